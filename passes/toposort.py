@@ -1,0 +1,25 @@
+"""Sort nodes so every node comes after the producers of its inputs (onnx.checker requires it).
+
+Before:  [Tile_16 (reads r), ReduceMax_5 (writes r)]     After:  [ReduceMax_5, Tile_16]
+
+Nodes already in order keep their relative order, so a sorted graph is left unchanged.
+"""
+from __future__ import annotations
+
+from surgeon.pass_api import Pass, PassResult, register_pass
+
+
+@register_pass("toposort")
+class Toposort(Pass):
+    """Sort nodes topologically (stable: a sorted graph stays as it is)."""
+
+    def run(self, graph, ctx):
+        result = PassResult()
+        before = [n.name for n in graph.nodes]
+        graph.toposort()
+        after = [n.name for n in graph.nodes]
+        if before != after:
+            moved = [name for i, name in enumerate(after) if before[i] != name]
+            result.rewritten.extend(moved)
+            result.note(f"reordered {len(moved)} node(s)")
+        return result

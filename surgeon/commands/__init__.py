@@ -1,0 +1,1 @@
+"""The subcommands of `surgeon`, one module each (see surgeon.cli)."""

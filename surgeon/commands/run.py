@@ -1,0 +1,109 @@
+"""Run a recipe over a model: `surgeon run RECIPE [MODEL] -o OUT`.
+
+The input model is never modified; OUT is written atomically and only when every step and the
+checker passed. A JSON run report is written beside OUT (`<OUT stem>.surgeon.json`).
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from surgeon.cli_args import OutputArgs, PluginArgs, print_json, table
+from surgeon.errors import CheckFailed, SurgeonError
+
+NAME = "run"
+HELP = "run a recipe over a model and write the rewritten model"
+ARG_GROUPS = (PluginArgs, OutputArgs)
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("recipe", help="recipe file, or the name of a shipped recipe (e.g. bevformer-tiny)")
+    parser.add_argument("model", nargs="?", help="input model (default: the recipe's 'model')")
+    parser.add_argument("-o", "--output", help="output model path (default: out/<recipe name>.onnx)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="STEP.PARAM=VALUE",
+                        help="override a step parameter (STEP: 1-based index, step name or pass name), "
+                             "or validate.KEY / build.KEY")
+    parser.add_argument("--dry-run", action="store_true", help="run everything, write nothing, show what changes")
+    parser.add_argument("--no-validate", action="store_true", help="skip the recipe's validate section")
+    parser.add_argument("--no-build", action="store_true", help="skip the recipe's build section")
+    parser.add_argument("--validate-each-step", action="store_true",
+                        help="validate after every step and name the first step whose outputs diverge")
+
+
+def run(args) -> int:
+    from surgeon.pipeline import run_recipe
+    from surgeon.recipe import load_recipe
+
+    recipe = load_recipe(args.recipe, overrides=args.overrides, model=args.model)
+    if args.validate_each_step:
+        if not recipe.validate:
+            raise SurgeonError("--validate-each-step needs a 'validate' section in the recipe")
+        recipe.validate["each_step"] = True
+    output = Path(args.output) if args.output else Path("out") / f"{recipe.name}.onnx"
+    progress = None if (args.quiet or args.json) else TerminalProgress(dry_run=args.dry_run)
+    result = run_recipe(recipe, output=output, dry_run=args.dry_run, validate=not args.no_validate,
+                        build=not args.no_build, progress=progress)
+    if args.json:
+        print_json(result.report())
+    elif not args.quiet:
+        print(summary(result, args.dry_run))
+    if not result.ok:
+        return CheckFailed.exit_code
+    return 0
+
+
+def summary(result, dry_run: bool) -> str:
+    rows = []
+    for r in result.steps:
+        delta = ", ".join(f"{k} {v:+d}" for k, v in list(r.op_delta.items())[:4])
+        if len(r.op_delta) > 4:
+            delta += ", ..."
+        rows.append([str(r.index), r.title, str(len(r.rewritten)), f"{r.nodes_before}->{r.nodes_after}",
+                     delta or "-", f"{r.seconds:.2f}s"])
+    lines = [table(rows, ["#", "step", "rewrites", "nodes", "op changes", "time"])] if rows else ["(no steps)"]
+    before, after = len(result.original.graph.node), len(result.model.graph.node)
+    if dry_run:
+        lines.append(f"dry run: {before} -> {after} nodes; nothing was written")
+    else:
+        lines.append(f"wrote {result.output} ({before} -> {after} nodes) in {result.seconds:.2f}s; "
+                     f"report {result.report_path}")
+    validation = result.validation
+    if validation is not None:
+        lines.append(getattr(validation, "summary", str(validation)))
+    if result.build is not None:
+        lines.append(getattr(result.build, "summary", str(result.build)))
+    return "\n".join(lines)
+
+
+class TerminalProgress:
+    """Prints one line per step to stderr: `[2/5] grid-sample ... 12 rewrites (0.31s)`."""
+
+    def __init__(self, dry_run: bool = False, stream=sys.stderr):
+        self.stream = stream
+        self.dry_run = dry_run
+
+    def run_started(self, recipe, model_path, steps) -> None:
+        mode = " (dry run)" if self.dry_run else ""
+        self._say(f"surgeon: recipe {recipe.name} on {model_path}, {steps} step(s), target {recipe.target}{mode}")
+
+    def step_started(self, index, total, step) -> None:
+        if self.stream.isatty():
+            self.stream.write(f"[{index}/{total}] {step.label or step.pass_name} ...\r")
+            self.stream.flush()
+
+    def step_finished(self, record, total) -> None:
+        what = f"{len(record.rewritten)} rewrite(s)" if record.rewritten else "nothing to do"
+        self._say(f"[{record.index}/{total}] {record.title}: {what} ({record.seconds:.2f}s)")
+        if self.dry_run:
+            for name in record.rewritten[:20]:
+                self._say(f"      would rewrite {name}")
+            if len(record.rewritten) > 20:
+                self._say(f"      ... and {len(record.rewritten) - 20} more")
+        for note in record.notes:
+            self._say(f"      note: {note}")
+
+    def message(self, text) -> None:
+        self._say(f"surgeon: {text}")
+
+    def _say(self, text: str) -> None:
+        print(text, file=self.stream, flush=True)

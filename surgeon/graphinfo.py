@@ -1,0 +1,37 @@
+"""Describing graphs: op labels (with the ATen operator), op histograms and their differences."""
+from __future__ import annotations
+
+from collections import Counter
+
+
+def op_label(node) -> str:
+    """`Conv`, `mmcv::MMCVMultiScaleDeformableAttention`, `ATen:grid_sampler` (NodeProto or gs.Node)."""
+    op = getattr(node, "op_type", None) or getattr(node, "op", "")
+    domain = node.domain or ""
+    if op == "ATen":
+        operator = _attr(node, "operator")
+        if operator:
+            return f"ATen:{operator}"
+    if domain and domain != "ai.onnx":
+        return f"{domain}::{op}"
+    return op
+
+
+def _attr(node, key):
+    if hasattr(node, "attrs"):
+        value = node.attrs.get(key)
+    else:
+        value = next((a.s for a in node.attribute if a.name == key), None)
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def op_histogram(nodes) -> dict[str, int]:
+    """Counts of op labels, sorted by label (deterministic)."""
+    counts = Counter(op_label(n) for n in nodes)
+    return dict(sorted(counts.items()))
+
+
+def histogram_delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    """`{label: after - before}` for labels whose count changed."""
+    keys = sorted(set(before) | set(after))
+    return {k: after.get(k, 0) - before.get(k, 0) for k in keys if after.get(k, 0) != before.get(k, 0)}

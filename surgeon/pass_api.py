@@ -1,0 +1,260 @@
+"""What a pass is: declared parameters, a `run` over an onnx-graphsurgeon Graph, and a result.
+
+A pass module looks like this::
+
+    @register_pass("clip-int")
+    class ClipInt(Pass):
+        '''Replace Clip on integer tensors by Max/Min. ...before/after sketch...'''
+
+        params = {"mode": Param(str, "auto", choices=("auto", "minmax", "cast"), help="...")}
+        needs = ("shapes",)
+
+        def run(self, graph, ctx):
+            result = PassResult()
+            for node in ...:
+                ...
+                result.rewrote(node)
+            return result
+
+Parameters are validated before anything runs and become attributes (`self.mode`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from surgeon.errors import SurgeonError, suggest
+
+REQUIRED = object()
+#: What a pass may declare in `needs`; the pipeline provides it, once, before the pass runs.
+NEEDS = ("toposort", "cleanup", "shapes")
+
+_TYPE_NAMES = {str: "string", int: "integer", float: "number", bool: "boolean", list: "list", dict: "mapping"}
+
+
+@dataclass(frozen=True)
+class Param:
+    """A declared pass parameter: its type, default, allowed values and a one-line help."""
+
+    type: type | tuple
+    default: Any = REQUIRED
+    help: str = ""
+    choices: tuple | None = None
+    items: type | None = None  # element type of a list parameter
+    nullable: bool = False  # None is an accepted value
+
+    @property
+    def required(self) -> bool:
+        return self.default is REQUIRED
+
+    def type_name(self) -> str:
+        if isinstance(self.type, tuple):
+            return " or ".join(_TYPE_NAMES.get(t, t.__name__) for t in self.type)
+        name = _TYPE_NAMES.get(self.type, self.type.__name__)
+        if self.type is list and self.items is not None:
+            name += f" of {_TYPE_NAMES.get(self.items, self.items.__name__)}"
+        return name
+
+    def coerce(self, value: Any) -> Any:
+        """Return `value` checked against the declaration, or raise ValueError saying why."""
+        if value is None and (self.nullable or self.default is None):
+            return None
+        value = _coerce_one(self.type, value, self.type_name())
+        if self.type is list and self.items is not None:
+            value = [_coerce_one(self.items, v, _TYPE_NAMES.get(self.items, "value")) for v in value]
+        if self.choices is not None and value not in self.choices:
+            hint = suggest(value, self.choices)
+            raise ValueError(f"{value!r} is not one of {', '.join(map(repr, self.choices))}"
+                             + (f"; {hint}" if hint else ""))
+        return value
+
+
+def _coerce_one(kind, value: Any, type_name: str) -> Any:
+    if isinstance(kind, tuple):
+        for option in kind:
+            try:
+                return _coerce_one(option, value, type_name)
+            except ValueError:
+                pass
+        raise ValueError(f"expected a {type_name}, got {type(value).__name__} {value!r}")
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if kind is list and isinstance(value, tuple):
+        return list(value)
+    if kind is not bool and isinstance(value, bool):
+        raise ValueError(f"expected a {type_name}, got a boolean {value!r}")
+    if not isinstance(value, kind):
+        raise ValueError(f"expected a {type_name}, got {type(value).__name__} {value!r}")
+    return value
+
+
+@dataclass
+class PassResult:
+    """What a pass did: the names of the nodes it rewrote and free-form notes."""
+
+    rewritten: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    #: A pass that rebuilds the whole graph (extract, set-opset, simplify) returns the new one here.
+    graph: Any = None
+
+    @property
+    def count(self) -> int:
+        return len(self.rewritten)
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.rewritten)
+
+    def rewrote(self, node_or_name) -> None:
+        self.rewritten.append(getattr(node_or_name, "name", node_or_name))
+
+    def note(self, text: str) -> None:
+        self.notes.append(text)
+
+
+class Pass:
+    """Base class of every pass. Subclasses set `params`, `needs` and implement `run`."""
+
+    name: ClassVar[str] = ""
+    params: ClassVar[dict[str, Param]] = {}
+    needs: ClassVar[tuple[str, ...]] = ()
+    #: Where the pass was defined (a module name or a plugin file), for `surgeon passes`.
+    origin: ClassVar[str] = ""
+
+    def __init__(self, **values: Any):
+        self.values = self.check_params(values)
+        for key, value in self.values.items():
+            setattr(self, key, value)
+
+    @classmethod
+    def check_params(cls, values: dict[str, Any]) -> dict[str, Any]:
+        """Validate `values` against the declared params; raise ParamError naming the parameter."""
+        unknown = [k for k in values if k not in cls.params]
+        if unknown:
+            raise ParamError(unknown[0], f"unknown parameter '{unknown[0]}' of pass '{cls.name}'",
+                             suggest(unknown[0], cls.params))
+        checked = {}
+        for key, param in cls.params.items():
+            if key in values:
+                try:
+                    checked[key] = param.coerce(values[key])
+                except ValueError as exc:
+                    raise ParamError(key, f"parameter '{key}' of pass '{cls.name}': {exc}") from None
+            elif param.required:
+                raise ParamError(key, f"pass '{cls.name}' needs parameter '{key}' ({param.help or param.type_name()})")
+            else:
+                checked[key] = param.default
+        return checked
+
+    @classmethod
+    def summary(cls) -> str:
+        doc = (cls.__doc__ or "").strip()
+        return doc.splitlines()[0] if doc else ""
+
+    def run(self, graph, ctx: "Context") -> PassResult:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.values.items())
+        return f"{self.name}({args})"
+
+
+class ParamError(SurgeonError):
+    """A parameter value a pass does not accept; `param` names it so recipes can point at its line."""
+
+    def __init__(self, param: str, message: str, hint: str | None = None):
+        super().__init__(message, hint=hint)
+        self.param = param
+
+
+_REGISTRY: dict[str, type[Pass]] = {}
+
+
+def register_pass(name: str):
+    """Class decorator: make a pass available under the kebab-case `name`."""
+
+    def decorate(cls: type[Pass]) -> type[Pass]:
+        if not name or name != name.lower() or " " in name or "_" in name:
+            raise ValueError(f"pass name {name!r} must be kebab-case")
+        existing = _REGISTRY.get(name)
+        if existing is not None and existing.__qualname__ != cls.__qualname__:
+            raise SurgeonError(f"two passes are named '{name}': {existing.origin or existing.__module__} and "
+                               f"{cls.__module__}")
+        for need in cls.needs:
+            if need not in NEEDS:
+                raise ValueError(f"pass {name!r} needs unknown {need!r}; known: {NEEDS}")
+        cls.name = name
+        cls.origin = cls.origin or cls.__module__
+        _REGISTRY[name] = cls
+        return cls
+
+    return decorate
+
+
+def registered_passes() -> dict[str, type[Pass]]:
+    return _REGISTRY
+
+
+@dataclass
+class Context:
+    """What a pass may know besides the graph: the target, the opset, where the model lives.
+
+    `ctx.new_name(base)` gives deterministic names that do not clash with the graph's; `ctx.tag(node)`
+    records that the running pass created `node` (written to the node's `metadata_props` on export).
+    """
+
+    target: Any  # surgeon.targets.Target
+    opset: int = 17
+    model_dir: Any = None
+    pass_name: str = ""
+    provenance: dict[str, dict[str, str]] = field(default_factory=dict)
+    _taken: set[str] | None = None
+
+    def begin(self, graph, pass_name: str) -> None:
+        """Called by the pipeline before each pass."""
+        self.pass_name = pass_name
+        self.opset = _default_opset(graph, self.opset)
+        self._taken = None
+
+    def _names(self, graph=None) -> set[str]:
+        if self._taken is None:
+            if graph is None:
+                raise RuntimeError("Context.new_name needs the graph the first time in a pass")
+            self._taken = {n.name for n in graph.nodes} | set(graph.tensors().keys())
+        return self._taken
+
+    def new_name(self, base: str, graph=None) -> str:
+        """A name not yet used in the graph: `base`, else `base_1`, `base_2`, ..."""
+        taken = self._names(graph)
+        name, i = base, 0
+        while name in taken:
+            i += 1
+            name = f"{base}_{i}"
+        taken.add(name)
+        return name
+
+    def tag(self, node, replaces: str | None = None) -> None:
+        """Record that the running pass made `node` (and which node it replaces)."""
+        props = {"surgeon.pass": self.pass_name}
+        if replaces:
+            props["surgeon.replaces"] = replaces
+        self.provenance[node.name] = props
+
+
+def _default_opset(graph, fallback: int) -> int:
+    opset = getattr(graph, "opset", None)
+    return int(opset) if opset else fallback
+
+
+def param_fields(cls: type[Pass]) -> list[dict]:
+    """The declared parameters as plain dicts (for docs, `surgeon explain` and the JSON schema)."""
+    rows = []
+    for key, p in cls.params.items():
+        rows.append({"name": key, "type": p.type_name(), "default": None if p.required else p.default,
+                     "required": p.required, "choices": list(p.choices) if p.choices else None,
+                     "help": p.help})
+    return rows
+
+
+__all__ = ["Pass", "Param", "PassResult", "Context", "register_pass", "registered_passes", "ParamError",
+           "REQUIRED", "param_fields"]

@@ -1,0 +1,303 @@
+"""Running a recipe: import once, run the steps, tidy once, check, write atomically, validate, build.
+
+The graph is imported into onnx-graphsurgeon once and exported once. Cleanup, toposort and shape
+inference run once at the end, or before a pass that declares it `needs` them and only when an
+earlier pass changed the graph. Nothing is written until every step and the checker have passed.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import onnx
+import onnx_graphsurgeon as gs
+
+from surgeon import __version__
+from surgeon.errors import CheckFailed, SurgeonError
+from surgeon.graphinfo import histogram_delta, op_histogram
+from surgeon.modelio import load_model, save_model_atomic, write_text_atomic
+from surgeon.pass_api import Context, PassResult
+from surgeon.recipe import Recipe, Step, load_recipe
+from surgeon.registry import get_pass
+from surgeon.targets import load_target
+
+
+@dataclass
+class StepRecord:
+    """What one step did, for the progress display, the summary table and the sidecar report."""
+
+    index: int
+    pass_name: str
+    label: str | None
+    params: dict[str, Any]
+    nodes_before: int
+    nodes_after: int
+    op_delta: dict[str, int]
+    rewritten: list[str]
+    notes: list[str]
+    seconds: float
+
+    @property
+    def title(self) -> str:
+        return self.label or self.pass_name
+
+
+@dataclass
+class RunResult:
+    recipe: Recipe
+    model: onnx.ModelProto
+    original: onnx.ModelProto
+    model_path: Path
+    steps: list[StepRecord]
+    output: Path | None = None
+    files: list[Path] = field(default_factory=list)
+    report_path: Path | None = None
+    validation: Any = None
+    build: Any = None
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.validation is None or bool(getattr(self.validation, "passed", True))
+
+    def report(self) -> dict[str, Any]:
+        return {
+            "surgeon_version": __version__,
+            "recipe": {"name": self.recipe.name, "path": str(self.recipe.path) if self.recipe.path else None,
+                       "sha256": self.recipe.sha256, "target": self.recipe.target},
+            "model": str(self.model_path),
+            "output": str(self.output) if self.output else None,
+            "nodes": {"before": len(self.original.graph.node), "after": len(self.model.graph.node)},
+            "steps": [asdict(s) for s in self.steps],
+            "validation": self.validation.to_dict() if hasattr(self.validation, "to_dict") else None,
+            "build": self.build.to_dict() if hasattr(self.build, "to_dict") else None,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+class Progress:
+    """Receives progress events; the base class ignores them (the API default). The CLI prints them."""
+
+    def run_started(self, recipe: Recipe, model_path: Path, steps: int) -> None: ...
+    def step_started(self, index: int, total: int, step: Step) -> None: ...
+    def step_finished(self, record: StepRecord, total: int) -> None: ...
+    def message(self, text: str) -> None: ...
+
+
+AfterStep = Callable[[StepRecord, gs.Graph], None]
+
+
+def run_recipe(recipe, model=None, output=None, *, overrides=(), dry_run: bool = False, validate: bool = True,
+               build: bool = True, progress: Progress | None = None, after_step: AfterStep | None = None) -> RunResult:
+    """Run `recipe` (a Recipe, a path or a dict) on `model` (default: the recipe's) and write `output`.
+
+    Raises SurgeonError (exit 2) for bad input or a failing step, CheckFailed (exit 1) when the result
+    fails onnx.checker; in both cases nothing is written. Validation failures are reported in the
+    result (`result.ok`), after the output is written, so the report can point at it.
+    """
+    started = time.perf_counter()
+    progress = progress or Progress()
+    if not isinstance(recipe, Recipe):
+        recipe = load_recipe(recipe, overrides=overrides, model=model)
+    elif model is not None:
+        recipe.model = Path(model)
+    if recipe.model is None:
+        raise SurgeonError(f"recipe '{recipe.name}' names no model: give MODEL on the command line or "
+                           "'model:' in the recipe")
+    model_path = Path(recipe.model)
+    output = Path(output) if output is not None else None
+    if output is not None and output.resolve() == model_path.resolve():
+        raise SurgeonError(f"refusing to overwrite the input model {model_path}: choose another -o")
+
+    original = load_model(model_path)
+    progress.run_started(recipe, model_path, len(recipe.steps))
+    graph, records = run_steps(original, recipe, model_dir=model_path.parent, progress=progress,
+                               after_step=after_step)
+    result_model = finish_graph(graph, original, recipe, records)
+    if recipe.checker:
+        check_model(result_model)
+
+    result = RunResult(recipe=recipe, model=result_model, original=original, model_path=model_path, steps=records)
+    if output is not None and not dry_run:
+        result.files = save_model_atomic(result_model, output)
+        result.output = output
+    if recipe.validate and validate:
+        from surgeon.validation import validate_run
+
+        progress.message("validating against the original model")
+        result.validation = validate_run(recipe, original, model_path, result_model,
+                                         None if dry_run else output, progress)
+    if recipe.build and build and not dry_run and output is not None:
+        from surgeon.build import build_run
+
+        progress.message("building the TensorRT engine")
+        result.build = build_run(recipe, output, progress)
+    result.seconds = time.perf_counter() - started
+    if output is not None and not dry_run:
+        result.report_path = report_path_for(output)
+        write_text_atomic(result.report_path, json.dumps(result.report(), indent=2, sort_keys=True, default=str) + "\n")
+    return result
+
+
+def report_path_for(output: Path) -> Path:
+    return output.with_name(output.stem + ".surgeon.json")
+
+
+def run_steps(model: onnx.ModelProto, recipe: Recipe, model_dir=None, progress: Progress | None = None,
+              after_step: AfterStep | None = None) -> tuple[gs.Graph, list[StepRecord]]:
+    """Import `model`, run the recipe's steps over it; return the (untidied) graph and the records."""
+    progress = progress or Progress()
+    graph = gs.import_onnx(model)
+    ctx = Context(target=load_target(recipe.target), opset=graph.opset or 17, model_dir=model_dir)
+    state = _GraphState()
+    records = []
+    total = len(recipe.steps)
+    for index, step in enumerate(recipe.steps, start=1):
+        progress.step_started(index, total, step)
+        record, graph = _run_step(graph, step, index, ctx, state)
+        records.append(record)
+        progress.step_finished(record, total)
+        if after_step is not None:
+            after_step(record, graph)
+    graph.__dict__["_surgeon_provenance"] = ctx.provenance
+    return graph, records
+
+
+class _GraphState:
+    """What is known to hold of the graph right now, so `needs` are provided only when stale."""
+
+    def __init__(self):
+        self.sorted = False
+        self.clean = False
+        self.shapes = False
+
+    def changed(self) -> None:
+        self.sorted = self.clean = self.shapes = False
+
+
+def _run_step(graph: gs.Graph, step: Step, index: int, ctx: Context, state: _GraphState):
+    where = step.describe(index)
+    cls = get_pass(step.pass_name)
+    instance = cls(**step.params)
+    graph = _provide(graph, cls.needs, state)
+    ctx.begin(graph, step.pass_name)
+    before_nodes = len(graph.nodes)
+    before_hist = op_histogram(graph.nodes)
+    started = time.perf_counter()
+    try:
+        result = instance.run(graph, ctx)
+    except SurgeonError as exc:
+        raise type(exc)(f"{where}: {exc.message}", file=exc.file, line=exc.line, column=exc.column,
+                        hint=exc.hint) from exc
+    except Exception as exc:  # a pass bug must still name its step, and keep the cause for SURGEON_DEBUG
+        raise SurgeonError(f"{where} failed: {type(exc).__name__}: {exc}") from exc
+    seconds = time.perf_counter() - started
+    if not isinstance(result, PassResult):
+        raise SurgeonError(f"{where}: pass '{step.pass_name}' returned {type(result).__name__}, not a PassResult")
+    if result.graph is not None:
+        graph = result.graph
+    if result.changed or result.graph is not None:
+        state.changed()
+    if step.pass_name == "toposort":
+        state.sorted = True
+    record = StepRecord(index=index, pass_name=step.pass_name, label=step.label, params=dict(step.params),
+                        nodes_before=before_nodes, nodes_after=len(graph.nodes),
+                        op_delta=histogram_delta(before_hist, op_histogram(graph.nodes)),
+                        rewritten=list(result.rewritten), notes=list(result.notes), seconds=round(seconds, 4))
+    return record, graph
+
+
+def _provide(graph: gs.Graph, needs, state: _GraphState) -> gs.Graph:
+    if ("cleanup" in needs or "shapes" in needs) and not state.clean:
+        graph.cleanup()
+        state.clean = True
+    if ("toposort" in needs or "shapes" in needs) and not state.sorted:
+        graph.toposort()
+        state.sorted = True
+    if "shapes" in needs and not state.shapes:
+        graph = infer_graph_shapes(graph)
+        state.shapes = True
+    return graph
+
+
+def infer_graph_shapes(graph: gs.Graph) -> gs.Graph:
+    """Run ONNX shape inference over a graphsurgeon graph; return the re-imported graph."""
+    model = gs.export_onnx(graph, do_type_check=False)
+    try:
+        model = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
+    except Exception:  # shape inference is best effort: custom ops and partial graphs may defeat it
+        return graph
+    inferred = gs.import_onnx(model)
+    inferred.__dict__["_surgeon_provenance"] = graph.__dict__.get("_surgeon_provenance")
+    return inferred
+
+
+def finish_graph(graph: gs.Graph, original: onnx.ModelProto, recipe: Recipe,
+                 records: list[StepRecord]) -> onnx.ModelProto:
+    """Tidy once, export once, infer shapes, and write provenance into `metadata_props`."""
+    provenance = graph.__dict__.get("_surgeon_provenance") or {}
+    graph.cleanup().toposort()
+    model = gs.export_onnx(graph, do_type_check=False)
+    try:
+        model = onnx.shape_inference.infer_shapes(model, strict_mode=False)
+    except Exception:
+        pass  # best effort, see infer_graph_shapes
+    _restore_node_metadata(model, original, provenance)
+    _copy_model_fields(model, original)
+    _stamp(model, recipe, records)
+    return model
+
+
+def _restore_node_metadata(model: onnx.ModelProto, original: onnx.ModelProto, provenance: dict) -> None:
+    kept = {n.name: list(n.metadata_props) for n in original.graph.node if n.name and n.metadata_props}
+    for node in model.graph.node:
+        props = {p.key: p.value for p in kept.get(node.name, ())}
+        props.update(provenance.get(node.name, {}))
+        if props:
+            del node.metadata_props[:]
+            for key in sorted(props):
+                node.metadata_props.add(key=key, value=props[key])
+
+
+def _copy_model_fields(model: onnx.ModelProto, original: onnx.ModelProto) -> None:
+    model.ir_version = original.ir_version or model.ir_version
+    model.producer_name = original.producer_name
+    model.producer_version = original.producer_version
+    model.domain = original.domain
+    model.model_version = original.model_version
+    model.doc_string = original.doc_string
+    # Keep opset imports of domains that still appear in the graph (and the default domain).
+    used = {n.domain for n in model.graph.node}
+    known = {o.domain for o in model.opset_import}
+    for imp in original.opset_import:
+        if imp.domain not in known and imp.domain in used:
+            model.opset_import.add(domain=imp.domain, version=imp.version)
+
+
+def _stamp(model: onnx.ModelProto, recipe: Recipe, records: list[StepRecord]) -> None:
+    props = {p.key: p.value for p in model.metadata_props if not p.key.startswith("surgeon.")}
+    props.update({
+        "surgeon.version": __version__,
+        "surgeon.recipe": recipe.name,
+        "surgeon.recipe_sha256": recipe.sha256,
+        "surgeon.target": recipe.target,
+        "surgeon.steps": json.dumps([{"pass": r.pass_name, "with": r.params} for r in records], sort_keys=True,
+                                    default=str),
+    })
+    del model.metadata_props[:]
+    for key in sorted(props):
+        model.metadata_props.add(key=key, value=props[key])
+
+
+def check_model(model: onnx.ModelProto) -> None:
+    """onnx.checker on the result; a failure is CheckFailed (exit 1) and nothing is written."""
+    try:
+        if model.ByteSize() < 2**31 - 1:
+            onnx.checker.check_model(model)
+    except onnx.checker.ValidationError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "invalid model"
+        raise CheckFailed(f"the rewritten model fails onnx.checker: {first} "
+                          "(nothing was written; set 'checker: false' in the recipe to skip this check)") from None

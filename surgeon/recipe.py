@@ -1,0 +1,528 @@
+"""Recipes: YAML files that chain passes over a model, with validation and build sections.
+
+    name: bevformer-tiny
+    description: make BEVFormer-tiny deployable on TensorRT 8.6
+    model: ../tests/data/zoo/bevformer-tiny.onnx     # relative to this file
+    target: tensorrt-8.6
+    extends: targets/tensorrt-8.6.yaml               # optional: inherit, then override
+    steps:
+      - pass: grid-sample
+        with: {mode: plugin}
+    validate: {...}                                  # see VALIDATE_FIELDS
+    build: {...}                                     # see BUILD_FIELDS
+
+A child recipe's keys replace its parent's; `steps` replaces the parent's steps, `prepend_steps` and
+`append_steps` add around them, and `set: {STEP.PARAM: VALUE}` overrides parameters like `--set`.
+Every error names the file, line and column, the step and the key, and suggests the nearest name.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from surgeon.errors import RecipeError, suggest
+from surgeon.pass_api import Param, ParamError
+from surgeon.registry import get_pass, shipped_dir, discover
+
+TOP_LEVEL_KEYS = ("name", "description", "model", "target", "extends", "steps", "prepend_steps", "append_steps",
+                  "set", "validate", "build", "checker")
+STEP_KEYS = ("pass", "with", "name")
+
+VALIDATE_FIELDS: dict[str, Param] = {
+    "against": Param(str, "original", help="'original' (the recipe's input model) or the path of a model to compare with"),
+    "expected": Param(str, None, help=".npz of reference outputs (e.g. from PyTorch), compared as well"),
+    "data": Param(str, None, help="recorded inputs: .npz or Polygraphy JSON (else seeded random inputs)"),
+    "inputs": Param(dict, None, help="per input name: {shape: [...], dtype: float32, range: [low, high]}"),
+    "iterations": Param(int, 1, help="how many input sets to run"),
+    "seed": Param(int, 0, help="seed of the random data loader"),
+    "atol": Param((float, dict), 1e-5, help="absolute tolerance, or {output: tol, '': default}"),
+    "rtol": Param((float, dict), 1e-5, help="relative tolerance, or {output: tol, '': default}"),
+    "error_stat": Param(str, "elemwise", choices=("elemwise", "max", "mean", "median", "quantile"),
+                        help="which error statistic is held to the tolerance"),
+    "quantile": Param(float, 0.99, help="the quantile used when error_stat is 'quantile'"),
+    "each_step": Param(bool, False, help="validate after every step and name the first step that diverges"),
+    "report": Param(str, None, help="report path prefix (default: beside the output model)"),
+    "runner": Param(str, "auto", choices=("auto", "onnxruntime", "reference"),
+                    help="how to run the models: ONNX Runtime, the reference runner, or whichever can"),
+}
+BUILD_FIELDS: dict[str, Param] = {
+    "engine": Param(str, None, help="engine path (default: the output model's path with .engine)"),
+    "precision": Param(str, "fp32", choices=("fp32", "fp16", "int8", "best"), help="builder precision flags"),
+    "strongly_typed": Param(bool, False, help="build a strongly typed network (TensorRT 9+)"),
+    "profiles": Param(list, None, help="optimization profiles: [{input: {min: [...], opt: [...], max: [...]}}]"),
+    "workspace": Param((int, str), None, help="workspace limit in bytes or with a unit ('4GiB')"),
+    "optimization_level": Param(int, None, help="builder optimization level 0-5"),
+    "timing_cache": Param(str, None, help="timing cache file, read and updated"),
+    "plugins": Param(list, ["builtin"], items=str, help="plugin libraries to load; 'builtin' is surgeon's"),
+    "calibration": Param(dict, None, help="int8 calibration: {data: inputs.npz, cache: file}"),
+}
+SECTIONS = {"validate": VALIDATE_FIELDS, "build": BUILD_FIELDS}
+# Section keys holding input files, resolved relative to the recipe file that declares them.
+_INPUT_PATHS = {"validate": ("expected", "data", "against"), "build": ("timing_cache",)}
+
+
+@dataclass
+class Step:
+    """One step: a pass name and its checked parameters."""
+
+    pass_name: str
+    params: dict[str, Any]
+    label: str | None = None
+    file: str | None = None
+    line: int | None = None
+
+    def describe(self, index: int) -> str:
+        return f"step {index} ({self.label or self.pass_name})"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"pass": self.pass_name, "with": dict(self.params), **({"name": self.label} if self.label else {})}
+
+
+@dataclass
+class Recipe:
+    name: str
+    path: Path | None = None
+    description: str = ""
+    model: Path | None = None
+    target: str = "onnxruntime"
+    steps: list[Step] = field(default_factory=list)
+    validate: dict[str, Any] | None = None
+    build: dict[str, Any] | None = None
+    checker: bool = True
+    sha256: str = ""
+    files: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "description": self.description, "target": self.target,
+                "model": str(self.model) if self.model else None,
+                "steps": [s.to_dict() for s in self.steps], "validate": self.validate, "build": self.build}
+
+
+# ---------------------------------------------------------------- YAML with positions
+
+class _Mapping(dict):
+    """A dict that remembers where each key and value stood in the file."""
+
+    file: str | None = None
+    mark = None
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.key_marks: dict[Any, Any] = {}
+        self.value_marks: dict[Any, Any] = {}
+
+
+class _Sequence(list):
+    mark = None
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.item_marks: list[Any] = []
+
+
+class _Loader(yaml.SafeLoader):
+    pass
+
+
+def _construct_mapping(loader: _Loader, node: yaml.MappingNode) -> _Mapping:
+    loader.flatten_mapping(node)
+    mapping = _Mapping()
+    mapping.mark = node.start_mark
+    for key_node, value_node in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        if key in mapping:
+            raise RecipeError(f"duplicate key '{key}'", file=key_node.start_mark.name,
+                              line=key_node.start_mark.line + 1, column=key_node.start_mark.column + 1)
+        mapping[key] = loader.construct_object(value_node, deep=True)
+        mapping.key_marks[key] = key_node.start_mark
+        mapping.value_marks[key] = value_node.start_mark
+    return mapping
+
+
+def _construct_sequence(loader: _Loader, node: yaml.SequenceNode) -> _Sequence:
+    seq = _Sequence(loader.construct_object(child, deep=True) for child in node.value)
+    seq.mark = node.start_mark
+    seq.item_marks = [child.start_mark for child in node.value]
+    return seq
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _construct_sequence)
+
+
+def _error(message: str, mark=None, hint: str | None = None, file=None) -> RecipeError:
+    if mark is None:
+        return RecipeError(message, file=file, hint=hint)
+    return RecipeError(message, file=file or mark.name, line=mark.line + 1, column=mark.column + 1, hint=hint)
+
+
+def _key_mark(mapping, key):
+    return getattr(mapping, "key_marks", {}).get(key) or getattr(mapping, "mark", None)
+
+
+def _value_mark(mapping, key):
+    return getattr(mapping, "value_marks", {}).get(key) or getattr(mapping, "mark", None)
+
+
+def _read_yaml(path: Path) -> _Mapping:
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise RecipeError("recipe file not found", file=path) from None
+    except OSError as exc:
+        raise RecipeError(f"cannot read recipe: {exc.strerror}", file=path) from None
+    try:
+        data = yaml.load(_NamedStream(text, str(path)), Loader=_Loader)
+    except RecipeError:
+        raise
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        raise _error(f"not valid YAML: {exc.problem or exc.context}", mark, file=path) from None
+    except yaml.YAMLError as exc:
+        raise RecipeError(f"not valid YAML: {exc}", file=path) from None
+    if data is None:
+        raise RecipeError("recipe is empty", file=path)
+    if not isinstance(data, dict):
+        raise RecipeError("a recipe must be a mapping of keys (name, target, steps, ...)", file=path, line=1)
+    return data
+
+
+class _NamedStream(str):
+    """A YAML source string whose marks carry the file name."""
+
+    def __new__(cls, text: str, name: str):
+        obj = super().__new__(cls, text)
+        obj.name = name
+        return obj
+
+
+# ---------------------------------------------------------------- loading
+
+def find_recipe(name_or_path) -> Path:
+    """A recipe path as given, or the name of a shipped recipe (`bevformer-tiny`, `targets/opset11`)."""
+    path = Path(name_or_path)
+    if path.exists():
+        return path
+    shipped = shipped_dir("recipes")
+    for candidate in (shipped / path, shipped / f"{path}.yaml"):
+        if candidate.is_file():
+            return candidate
+    known = sorted(str(p.relative_to(shipped).with_suffix("")) for p in shipped.rglob("*.yaml"))
+    raise RecipeError(f"recipe not found: {name_or_path}", hint=suggest(str(name_or_path), known))
+
+
+def load_recipe(source, overrides=(), model=None) -> Recipe:
+    """Load and check a recipe file (or a dict); apply `--set` style overrides; optionally replace the model."""
+    if isinstance(source, dict):
+        data, path = source, None
+        merged, files = _merge_chain(data, None, ())
+    else:
+        path = find_recipe(source)
+        merged, files = _merge_chain(_read_yaml(path), path, ())
+    recipe = _build(merged, path)
+    recipe.files = [str(f) for f in files]
+    recipe.sha256 = _sha256(path, data if path is None else None)
+    for override in overrides:
+        apply_override(recipe, override)
+    if model is not None:
+        recipe.model = Path(model)
+    return recipe
+
+
+def _sha256(path: Path | None, data) -> str:
+    raw = path.read_bytes() if path is not None else json.dumps(data, sort_keys=True, default=str).encode()
+    return hashlib.sha256(raw).hexdigest()
+
+
+def _merge_chain(data: dict, path: Path | None, seen: tuple) -> tuple[dict, list[Path]]:
+    """Resolve `extends` recursively: returns merged top-level entries (each remembers its source mapping)."""
+    _check_keys(data, TOP_LEVEL_KEYS, "recipe", path)
+    entries = {key: (data, path) for key in data}
+    files = [path] if path is not None else []
+    parent_name = data.get("extends")
+    if parent_name is None:
+        return entries, files
+    if not isinstance(parent_name, str):
+        raise _error("'extends' must be the path of another recipe", _value_mark(data, "extends"), file=path)
+    base_dir = path.parent if path is not None else Path.cwd()
+    parent_path = (base_dir / parent_name)
+    if not parent_path.exists():
+        raise _error(f"extended recipe not found: {parent_name}", _value_mark(data, "extends"), file=path)
+    resolved = parent_path.resolve()
+    if resolved in seen or (path is not None and resolved == path.resolve()):
+        raise _error(f"recipe extends itself through {parent_name}", _value_mark(data, "extends"), file=path)
+    parent_entries, parent_files = _merge_chain(_read_yaml(parent_path), parent_path,
+                                                seen + ((path.resolve(),) if path else ()) + (resolved,))
+    merged = dict(parent_entries)
+    for key in data:
+        if key in ("prepend_steps", "append_steps", "set") and key in parent_entries:
+            merged[key] = _concat_entries(parent_entries[key], (data, path), key)
+        else:
+            merged[key] = (data, path)
+    return merged, parent_files + files
+
+
+def _concat_entries(parent, child, key):
+    """Keep both a parent's and a child's prepend/append/set entries, parent first."""
+    return ("chain", [parent, child], key)
+
+
+def _entries_of(merged, key):
+    """[(mapping, path)] holding `key`, outermost parent first."""
+    entry = merged.get(key)
+    if entry is None:
+        return []
+    if entry[0] == "chain":
+        out = []
+        for part in entry[1]:
+            out.extend(_entries_of({key: part}, key))
+        return out
+    return [entry]
+
+
+def _check_keys(mapping, allowed, what: str, path, extra: str = "") -> None:
+    for key in mapping:
+        if key not in allowed:
+            raise _error(f"unknown key '{key}' in {what}{extra}", _key_mark(mapping, key),
+                         hint=suggest(key, allowed) or f"allowed: {', '.join(allowed)}", file=path)
+
+
+def _build(merged: dict, path: Path | None) -> Recipe:
+    def value(key, default=None):
+        entry = merged.get(key)
+        return (entry[0][key], entry[0], entry[1]) if entry and entry[0] != "chain" else (default, None, None)
+
+    name, mapping, file = value("name")
+    recipe = Recipe(name=name if name is not None else (path.stem if path else "recipe"), path=path)
+    if not isinstance(recipe.name, str):
+        raise _error("'name' must be a string", _value_mark(mapping, "name"), file=file)
+    description, mapping, file = value("description", "")
+    recipe.description = str(description or "")
+    target, mapping, file = value("target", "onnxruntime")
+    if not isinstance(target, str):
+        raise _error("'target' must be a target name such as 'tensorrt-8.6'", _value_mark(mapping, "target"), file=file)
+    _check_target(target, mapping, file)
+    recipe.target = target
+    checker, mapping, file = value("checker", True)
+    if not isinstance(checker, bool):
+        raise _error("'checker' must be true or false", _value_mark(mapping, "checker"), file=file)
+    recipe.checker = checker
+    model, mapping, file = value("model")
+    if model is not None:
+        if not isinstance(model, str):
+            raise _error("'model' must be a path", _value_mark(mapping, "model"), file=file)
+        recipe.model = (file.parent if file else Path.cwd()) / model
+
+    steps: list[Step] = []
+    for key in ("prepend_steps",):
+        for mapping, file in _entries_of(merged, key):
+            steps.extend(_parse_steps(mapping, key, file))
+    base_steps, mapping, file = value("steps", [])
+    if base_steps:
+        steps[len(steps):] = _parse_steps(mapping, "steps", file)
+    for mapping, file in _entries_of(merged, "append_steps"):
+        steps.extend(_parse_steps(mapping, "append_steps", file))
+    recipe.steps = steps
+
+    for section, fields in SECTIONS.items():
+        body, mapping, file = value(section)
+        if body is not None:
+            setattr(recipe, section, _parse_section(section, body, mapping, file, fields))
+
+    for mapping, file in _entries_of(merged, "set"):
+        sets = mapping["set"]
+        if not isinstance(sets, dict):
+            raise _error("'set' must map STEP.PARAM to a value", _value_mark(mapping, "set"), file=file)
+        for key, val in sets.items():
+            try:
+                apply_override(recipe, (str(key), val))
+            except RecipeError as exc:
+                raise _error(exc.message, _key_mark(sets, key), exc.hint, file=file) from None
+    return recipe
+
+
+def _check_target(target: str, mapping, file) -> None:
+    from surgeon.targets import available_targets
+
+    if target not in available_targets() and not Path(target).suffix in (".yaml", ".yml"):
+        raise _error(f"unknown target '{target}'", _value_mark(mapping, "target"),
+                     hint=suggest(target, available_targets()) or f"known: {', '.join(available_targets())}",
+                     file=file)
+
+
+def _parse_steps(mapping, key: str, file) -> list[Step]:
+    raw = mapping[key]
+    if raw is None:
+        return []
+    if not isinstance(raw, list):
+        raise _error(f"'{key}' must be a list of steps (- pass: NAME)", _value_mark(mapping, key), file=file)
+    passes = discover()
+    steps = []
+    marks = getattr(raw, "item_marks", [None] * len(raw))
+    for i, (item, mark) in enumerate(zip(raw, marks), start=1):
+        where = f" ({key} item {i})"
+        if not isinstance(item, dict):
+            raise _error(f"a step must be a mapping like '- pass: cleanup'{where}", mark, file=file)
+        _check_keys(item, STEP_KEYS, "step", file, where)
+        if "pass" not in item:
+            raise _error(f"step has no 'pass'{where}", getattr(item, "mark", mark), file=file)
+        name = item["pass"]
+        if not isinstance(name, str) or name not in passes:
+            raise _error(f"unknown pass '{name}'{where}", _value_mark(item, "pass"),
+                         hint=suggest(str(name), passes) or "see 'surgeon passes'", file=file)
+        params = item.get("with") or {}
+        if not isinstance(params, dict):
+            raise _error(f"'with' must map parameter names to values{where}", _value_mark(item, "with"), file=file)
+        try:
+            checked = passes[name].check_params(dict(params))
+        except ParamError as exc:
+            at = _key_mark(params, exc.param) if exc.param in params else _key_mark(item, "with")
+            raise _error(f"{exc.message}{where}", at, exc.hint, file=file) from None
+        label = item.get("name")
+        mark = getattr(item, "mark", mark)
+        steps.append(Step(name, checked, label=str(label) if label is not None else None,
+                          file=str(file) if file else None, line=mark.line + 1 if mark else None))
+    return steps
+
+
+def _parse_section(section: str, body, mapping, file, fields: dict[str, Param]) -> dict[str, Any]:
+    if not isinstance(body, dict):
+        raise _error(f"'{section}' must be a mapping", _value_mark(mapping, section), file=file)
+    _check_keys(body, tuple(fields), f"the {section} section", file)
+    checked = {}
+    for key, param in fields.items():
+        if key not in body:
+            checked[key] = param.default
+            continue
+        try:
+            checked[key] = param.coerce(body[key])
+        except ValueError as exc:
+            raise _error(f"{section}.{key}: {exc}", _value_mark(body, key), file=file) from None
+    base = file.parent if file else Path.cwd()
+    for key in _INPUT_PATHS.get(section, ()):
+        val = checked.get(key)
+        if isinstance(val, str) and not (section == "validate" and key == "against" and val == "original"):
+            checked[key] = str(base / val)
+    if section == "build":
+        checked["plugins"] = [p if p == "builtin" else str(base / p) for p in checked["plugins"]]
+        calibration = checked.get("calibration") or {}
+        if isinstance(calibration.get("data"), str):
+            checked["calibration"] = {**calibration, "data": str(base / calibration["data"])}
+    return checked
+
+
+# ---------------------------------------------------------------- overrides
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """`STEP.PARAM=VALUE` from the command line; VALUE is read as a YAML scalar (1e-3, true, [1,2])."""
+    if "=" not in text or "." not in text.split("=", 1)[0]:
+        raise RecipeError(f"--set expects STEP.PARAM=VALUE, got '{text}'")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key, value
+
+
+def apply_override(recipe: Recipe, override) -> None:
+    """Set one parameter: `STEP.PARAM` where STEP is a 1-based index, a step name or a pass name,
+    or `validate.KEY` / `build.KEY`."""
+    key, value = parse_override(override) if isinstance(override, str) else override
+    step_ref, param = key.rsplit(".", 1)
+    if step_ref in SECTIONS:
+        fields = SECTIONS[step_ref]
+        if param not in fields:
+            raise RecipeError(f"unknown key '{param}' in the {step_ref} section", hint=suggest(param, fields))
+        section = getattr(recipe, step_ref) or {k: p.default for k, p in fields.items()}
+        try:
+            section[param] = fields[param].coerce(value)
+        except ValueError as exc:
+            raise RecipeError(f"{step_ref}.{param}: {exc}") from None
+        setattr(recipe, step_ref, section)
+        return
+    step = _find_step(recipe, step_ref)
+    from surgeon.registry import get_pass as _get
+
+    cls = _get(step.pass_name)
+    try:
+        step.params = cls.check_params({**step.params, param: value})
+    except ParamError as exc:
+        raise RecipeError(f"--set {key}: {exc.message}", hint=exc.hint) from None
+
+
+def _find_step(recipe: Recipe, ref: str) -> Step:
+    if ref.isdigit():
+        index = int(ref)
+        if not 1 <= index <= len(recipe.steps):
+            raise RecipeError(f"step {index} does not exist: the recipe has {len(recipe.steps)} step(s), numbered from 1")
+        return recipe.steps[index - 1]
+    by_label = [s for s in recipe.steps if s.label == ref]
+    if by_label:
+        return by_label[0]
+    by_pass = [(i, s) for i, s in enumerate(recipe.steps, 1) if s.pass_name == ref]
+    if len(by_pass) == 1:
+        return by_pass[0][1]
+    if len(by_pass) > 1:
+        raise RecipeError(f"pass '{ref}' is used by steps {', '.join(str(i) for i, _ in by_pass)}; "
+                          f"address one by its number, e.g. {by_pass[0][0]}.PARAM")
+    names = [s.label or s.pass_name for s in recipe.steps]
+    raise RecipeError(f"no step named '{ref}' in the recipe", hint=suggest(ref, names + list(SECTIONS)))
+
+
+def json_schema() -> dict[str, Any]:
+    """A JSON Schema of recipes (for editors), generated from the declared passes and sections."""
+    passes = discover()
+
+    def param_schema(p: Param) -> dict[str, Any]:
+        types = p.type if isinstance(p.type, tuple) else (p.type,)
+        names = {str: "string", int: "integer", float: "number", bool: "boolean", list: "array", dict: "object"}
+        schema: dict[str, Any] = {"description": p.help}
+        schema["type"] = [names[t] for t in types] + (["null"] if p.default is None else [])
+        if len(schema["type"]) == 1:
+            schema["type"] = schema["type"][0]
+        if p.choices:
+            schema["enum"] = list(p.choices)
+        if p.default is not None and not p.required:
+            schema["default"] = p.default
+        return schema
+
+    step_variants = []
+    for name, cls in sorted(passes.items()):
+        step_variants.append({
+            "if": {"properties": {"pass": {"const": name}}},
+            "then": {"properties": {"with": {
+                "type": "object", "additionalProperties": False,
+                "properties": {k: param_schema(p) for k, p in cls.params.items()},
+                "required": [k for k, p in cls.params.items() if p.required]}}},
+        })
+    step = {"type": "object", "additionalProperties": False, "required": ["pass"],
+            "properties": {"pass": {"enum": sorted(passes)}, "with": {"type": "object"},
+                           "name": {"type": "string"}},
+            "allOf": step_variants}
+    steps = {"type": ["array", "null"], "items": {"$ref": "#/$defs/step"}}
+    section = lambda fields: {"type": "object", "additionalProperties": False,  # noqa: E731
+                              "properties": {k: param_schema(p) for k, p in fields.items()}}
+    from surgeon.targets import available_targets
+
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": "https://github.com/surgeon/surgeon/docs/recipe.schema.json",
+        "title": "surgeon recipe", "type": "object", "additionalProperties": False,
+        "properties": {
+            "name": {"type": "string"}, "description": {"type": "string"},
+            "model": {"type": "string", "description": "model path, relative to the recipe file"},
+            "target": {"type": "string", "examples": available_targets()},
+            "extends": {"type": "string", "description": "path of a recipe to inherit from"},
+            "steps": steps, "prepend_steps": steps, "append_steps": steps,
+            "set": {"type": "object", "description": "STEP.PARAM: VALUE overrides"},
+            "checker": {"type": "boolean"},
+            "validate": section(VALIDATE_FIELDS), "build": section(BUILD_FIELDS),
+        },
+        "$defs": {"step": step},
+    }

@@ -1,0 +1,153 @@
+"""Small tools passes share: recognising op spellings, reading constants, and building replacements.
+
+`Rewrite` builds the replacement of one node. New nodes are named after the node they replace
+(`<old name>/<suffix>`), tagged with the running pass (exported to `metadata_props`), and spliced in
+at the old node's position, so a sorted graph stays sorted and the original output tensors (and so
+their names) survive. Nothing touches the graph until `finish`/`bypass`: a pass that raises halfway
+leaves the graph as it was.
+
+    rw = Rewrite(graph, ctx, node)
+    ratio = rw.op("Div", [y, x], dtype=np.float32)
+    rw.finish("Atan", [ratio])
+"""
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+ATEN_DOMAINS = ("org.pytorch.aten", "")
+
+
+def aten_operator(node: gs.Node) -> str | None:
+    """The `operator` of an `org.pytorch.aten::ATen` node (e.g. 'grid_sampler'), else None."""
+    if node.op != "ATen" or node.domain not in ATEN_DOMAINS + (None,):
+        return None
+    value = node.attrs.get("operator")
+    if isinstance(value, bytes):
+        value = value.decode()
+    return value
+
+
+def attr_text(node: gs.Node, key: str, default: str | None = None) -> str | None:
+    value = node.attrs.get(key, default)
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def is_op(node: gs.Node, op_type: str | Iterable[str], domains: Iterable[str] = ("", "ai.onnx")) -> bool:
+    """True when `node` is a standard (or given-domain) op of one of the given types."""
+    types = (op_type,) if isinstance(op_type, str) else tuple(op_type)
+    return node.op in types and (node.domain or "") in tuple(domains)
+
+
+def dtype_of(tensor: gs.Tensor) -> np.dtype | None:
+    """The tensor's element type as a NumPy dtype, or None when unknown."""
+    if isinstance(tensor, gs.Constant):
+        return tensor.values.dtype
+    dtype = getattr(tensor, "dtype", None)
+    if dtype is None:
+        return None
+    if isinstance(dtype, (int, np.integer)):
+        if dtype == onnx.TensorProto.UNDEFINED:
+            return None
+        return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(int(dtype)))
+    try:
+        return np.dtype(dtype)
+    except TypeError:
+        return None
+
+
+def const_value(tensor: gs.Tensor) -> np.ndarray | None:
+    """The value of a tensor known at rewrite time: an initializer or a Constant node's output."""
+    if isinstance(tensor, gs.Constant):
+        return tensor.values
+    if len(tensor.inputs) == 1:
+        producer = tensor.inputs[0]
+        if producer.op == "Constant" and "value" in producer.attrs:
+            value = producer.attrs["value"]
+            return value.values if isinstance(value, gs.Constant) else np.asarray(value)
+    return None
+
+
+def producer(tensor: gs.Tensor) -> gs.Node | None:
+    return tensor.inputs[0] if tensor.inputs else None
+
+
+def find_nodes(graph: gs.Graph, predicate) -> list[gs.Node]:
+    """Nodes matching `predicate`, in graph order (a copy, safe to rewrite while iterating)."""
+    return [n for n in graph.nodes if predicate(n)]
+
+
+def replace_uses(graph: gs.Graph, old: gs.Tensor, new: gs.Tensor) -> None:
+    """Make every consumer of `old` read `new` instead (graph outputs included)."""
+    for consumer in list(old.outputs):
+        consumer.inputs[:] = [new if t is old else t for t in consumer.inputs]
+    graph.outputs[:] = [new if t is old else t for t in graph.outputs]
+
+
+class Rewrite:
+    """Builds the replacement of `node`; see the module docstring."""
+
+    def __init__(self, graph: gs.Graph, ctx, node: gs.Node):
+        self.graph = graph
+        self.ctx = ctx
+        self.node = node
+        self.prefix = node.name or ctx.new_name(node.op, graph)
+        self.nodes: list[gs.Node] = []
+
+    def name(self, suffix: str) -> str:
+        return self.ctx.new_name(f"{self.prefix}/{suffix}", self.graph)
+
+    def const(self, value, suffix: str = "const", dtype=None) -> gs.Constant:
+        """A new initializer holding `value` (cast to `dtype` when given)."""
+        array = np.asarray(value, dtype=dtype)
+        return gs.Constant(self.name(suffix), values=np.ascontiguousarray(array))
+
+    def op(self, op_type: str, inputs: Sequence[gs.Tensor], attrs: dict | None = None, *, suffix: str | None = None,
+           domain: str | None = None, dtype=None, shape=None, num_outputs: int = 1):
+        """Add a node; return its output Variable (a list when `num_outputs` > 1)."""
+        name = self.name(suffix or op_type)
+        outputs = [gs.Variable(name if num_outputs == 1 else f"{name}:{i}", dtype=dtype, shape=shape)
+                   for i in range(num_outputs)]
+        for out in outputs:
+            self.ctx.new_name(out.name, self.graph)
+        self._add(gs.Node(op_type, name=name, attrs=dict(attrs or {}), inputs=list(inputs), outputs=outputs,
+                          domain=domain))
+        return outputs[0] if num_outputs == 1 else outputs
+
+    def finish(self, op_type: str, inputs: Sequence[gs.Tensor], attrs: dict | None = None, *,
+               domain: str | None = None, suffix: str | None = None) -> gs.Node:
+        """Add the last node, which takes over the replaced node's outputs, and splice everything in."""
+        outputs = list(self.node.outputs)
+        self.node.outputs.clear()
+        last = gs.Node(op_type, name=self.name(suffix or op_type), attrs=dict(attrs or {}), inputs=list(inputs),
+                       outputs=outputs, domain=domain)
+        self._add(last)
+        self._splice()
+        return last
+
+    def bypass(self, *values: gs.Tensor) -> None:
+        """Replace the node's outputs by existing tensors (an Identity keeps graph-output names)."""
+        outputs = list(self.node.outputs)
+        if len(values) != len(outputs):
+            raise ValueError(f"{self.node.name}: {len(outputs)} outputs, {len(values)} replacements")
+        graph_outputs = {id(t) for t in self.graph.outputs}
+        self.node.outputs.clear()
+        for old, new in zip(outputs, values):
+            if id(old) in graph_outputs:
+                self._add(gs.Node("Identity", name=self.name("Identity"), inputs=[new], outputs=[old]))
+            else:
+                replace_uses(self.graph, old, new)
+        self._splice()
+
+    def _add(self, node: gs.Node) -> None:
+        self.nodes.append(node)
+        self.ctx.tag(node, replaces=self.node.name)
+
+    def _splice(self) -> None:
+        nodes = self.graph.nodes
+        at = next(i for i, n in enumerate(nodes) if n is self.node)
+        self.node.inputs.clear()
+        nodes[at:at + 1] = self.nodes

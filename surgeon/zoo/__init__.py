@@ -1,0 +1,34 @@
+"""The model zoo: PyTorch re-implementations of BEV perception models, exported as users export them.
+
+This package imports without torch (names, sizes, opsets); `export` and the model modules need the
+`zoo` extra. See docs/zoo.md for what each export contains and which targets its ops break.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from surgeon.errors import SurgeonError
+
+MODELS = {
+    "bevformer-tiny": "BEVFormer-tiny: ResNet-50, FPN, 3 encoder and 6 decoder layers, 6 cameras",
+    "bevformer-nmsfree": "BEVFormer's NMS-free box coder (topk, &=, atan2, inverse) as post-processing",
+    "bevfusion-camera-backbone": "BEVFusion camera backbone: ResNet-50, LSS FPN, depthnet (before bev_pool)",
+    "bevfusion-camera-vtransform": "BEVFusion camera BEV downsampling after bev_pool",
+    "bevfusion-fuser-head": "BEVFusion conv fuser, SECOND decoder and TransFusion head",
+    "sparse4d-head": "Sparse4D head: deformable feature aggregation with grid_sample over 6 cameras",
+}
+SIZES = ("fixture", "full")
+OPSETS = (11, 13, 16)
+MISSING_TORCH = "surgeon zoo needs the zoo extra: pip install 'surgeon[zoo]'"
+
+
+def export(model_name: str, size: str = "fixture", opset: int = 16, aten_fallback: bool = False,
+           out_dir: str | Path = ".") -> dict[str, Path]:
+    """Export one zoo model; see `surgeon.zoo.exporter.export`. Needs torch."""
+    try:
+        from .exporter import export as _export
+    except ModuleNotFoundError as exc:
+        if exc.name != "torch":
+            raise
+        raise SurgeonError(MISSING_TORCH) from exc
+    return _export(model_name, size, opset, aten_fallback, out_dir)

@@ -1,0 +1,77 @@
+"""Export a zoo model the way users do: TorchScript `torch.onnx.export`, seeded weights and inputs.
+
+Every export writes three files next to each other:
+`<stem>.onnx`, `<stem>.inputs.npz` (keyed by ONNX input names) and `<stem>.outputs.npz` (the PyTorch
+outputs keyed by ONNX output names), where stem is `<model>.<size>.opset<N>[-aten]`.
+"""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from surgeon.errors import SurgeonError
+
+from . import MODELS, OPSETS, SIZES, bevformer, bevfusion, sparse4d
+
+SEED = 0
+
+EXAMPLES = {
+    "bevformer-tiny": bevformer.tiny_example,
+    "bevformer-nmsfree": bevformer.nmsfree_example,
+    "bevfusion-camera-backbone": bevfusion.backbone_example,
+    "bevfusion-camera-vtransform": bevfusion.vtransform_example,
+    "bevfusion-fuser-head": bevfusion.fuser_head_example,
+    "sparse4d-head": sparse4d.head_example,
+}
+
+
+def check_choice(what: str, value, choices) -> None:
+    """Raise a SurgeonError naming the parameter when `value` is not one of `choices`."""
+    if value not in choices:
+        raise SurgeonError(f"unknown {what} {value!r}; choose one of: {', '.join(map(str, choices))}")
+
+
+def stem(model_name: str, size: str, opset: int, aten_fallback: bool) -> str:
+    """The file name stem of one export, e.g. `bevformer-tiny.fixture.opset11-aten`."""
+    return f"{model_name}.{size}.opset{opset}{'-aten' if aten_fallback else ''}"
+
+
+def build(model_name: str, size: str):
+    """(module in eval mode, {input name: tensor}, [output names]) with seeded weights and inputs."""
+    check_choice("model", model_name, MODELS)
+    check_choice("size", size, SIZES)
+    with torch.random.fork_rng():
+        torch.manual_seed(SEED)
+        module, inputs, output_names = EXAMPLES[model_name](size, torch.Generator().manual_seed(SEED + 1))
+    return module.eval(), inputs, output_names
+
+
+def export(model_name: str, size: str = "fixture", opset: int = 16, aten_fallback: bool = False,
+           out_dir: str | Path = ".") -> dict[str, Path]:
+    """Write the ONNX graph and its sample inputs and outputs; returns {"onnx", "inputs", "outputs"}: paths."""
+    check_choice("opset", opset, OPSETS)
+    module, inputs, output_names = build(model_name, size)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    base = out_dir / stem(model_name, size, opset, aten_fallback)
+    paths = {"onnx": base.with_name(base.name + ".onnx"), "inputs": base.with_name(base.name + ".inputs.npz"),
+             "outputs": base.with_name(base.name + ".outputs.npz")}
+    args = tuple(inputs.values())
+    export_type = (torch.onnx.OperatorExportTypes.ONNX_ATEN_FALLBACK if aten_fallback
+                   else torch.onnx.OperatorExportTypes.ONNX)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        outputs = module(*args)
+        try:
+            torch.onnx.export(module, args, str(paths["onnx"]), dynamo=False, opset_version=opset,
+                              operator_export_type=export_type, do_constant_folding=True,
+                              input_names=list(inputs), output_names=output_names)
+        except torch.onnx.errors.OnnxExporterError as exc:
+            raise SurgeonError(f"exporting {model_name} at opset {opset} without --aten-fallback failed: {exc}") from exc
+    outputs = outputs if isinstance(outputs, tuple) else (outputs,)
+    np.savez(paths["inputs"], **{name: t.numpy() for name, t in inputs.items()})
+    np.savez(paths["outputs"], **{name: t.numpy() for name, t in zip(output_names, outputs)})
+    return paths
