@@ -223,20 +223,22 @@ def point_sampling(reference_points: torch.Tensor, lidar2img: torch.Tensor, imag
 
 
 def rotate_bev(bev: torch.Tensor, angle_deg: torch.Tensor) -> torch.Tensor:
-    """torchvision's `rotate(img, angle)` on a [C, H, W] map: inverse affine grid + nearest grid_sample.
+    """torchvision's `rotate(img, angle)` on a [C, H, W] map: `_gen_affine_grid` + nearest grid_sample.
 
     Rotates about the map centre (upstream's fixed `rotate_center=[100, 100]` assumes a 200x200 BEV).
     """
     _, h, w = bev.shape
-    angle = -angle_deg * math.pi / 180
-    cos, sin = torch.cos(angle), torch.sin(angle)
-    theta = torch.stack([torch.stack([cos, -sin]), torch.stack([sin, cos])]).reshape(2, 2)
-    xs = torch.linspace(-w * 0.5 + 0.5, w * 0.5 - 0.5, w)
-    ys = torch.linspace(-h * 0.5 + 0.5, h * 0.5 - 0.5, h)
-    base = torch.stack(torch.meshgrid(ys, xs, indexing="ij")[::-1], -1)
-    grid = base.view(1, h * w, 2).matmul(theta.T) / torch.tensor([0.5 * w, 0.5 * h])
-    out = F.grid_sample(bev[None], grid.view(1, h, w, 2), mode="nearest", padding_mode="zeros", align_corners=False)
-    return out[0]
+    rot = -angle_deg * math.pi / 180
+    cos, sin = torch.cos(rot), torch.sin(rot)
+    zero = torch.zeros_like(cos)
+    theta = torch.stack([cos, -sin, zero, sin, cos, zero]).reshape(1, 2, 3)
+    base_grid = torch.empty(1, h, w, 3, dtype=theta.dtype)
+    base_grid[..., 0].copy_(torch.linspace(-w * 0.5 + 0.5, w * 0.5 - 0.5, steps=w))
+    base_grid[..., 1].copy_(torch.linspace(-h * 0.5 + 0.5, h * 0.5 - 0.5, steps=h).unsqueeze_(-1))
+    base_grid[..., 2].fill_(1)
+    rescaled_theta = theta.transpose(1, 2) / torch.tensor([0.5 * w, 0.5 * h], dtype=theta.dtype)
+    grid = base_grid.view(1, h * w, 3).bmm(rescaled_theta).view(1, h, w, 2)
+    return F.grid_sample(bev[None], grid, mode="nearest", padding_mode="zeros", align_corners=False)[0]
 
 
 class PerceptionTransformer(nn.Module):
