@@ -3,8 +3,13 @@
 Before:  x ─► Relu ─► y (graph output)      After:  x ─► Relu ─► y
          x ─► Neg ─► z (consumed by nobody)
          initializer W (consumed by nobody)
+
+Initializers that nothing reads never survive the import into onnx-graphsurgeon; this pass reports
+them (from the pipeline's context) so the run report says where they went.
 """
 from __future__ import annotations
+
+import onnx_graphsurgeon as gs
 
 from surgeon.pass_api import Param, Pass, PassResult, register_pass
 
@@ -16,22 +21,23 @@ class Cleanup(Pass):
     params = {
         "remove_unused_inputs": Param(bool, True, help="also drop graph inputs nothing reads"),
     }
+    provides = ("cleanup",)
 
     def run(self, graph, ctx):
         result = PassResult()
-        nodes_before = {id(n): n.name for n in graph.nodes}
-        initializers_before = {name for name, t in graph.tensors().items() if t.__class__.__name__ == "Constant"}
+        nodes_before = [(id(n), n.name) for n in graph.nodes]
+        constants_before = {name for name, t in graph.tensors().items() if isinstance(t, gs.Constant)}
         inputs_before = [t.name for t in graph.inputs]
-        graph.cleanup(remove_unused_graph_inputs=self.remove_unused_inputs, remove_unused_node_outputs=False)
+        graph.cleanup(remove_unused_graph_inputs=self.remove_unused_inputs)
         kept = {id(n) for n in graph.nodes}
-        for key, name in nodes_before.items():
-            if key not in kept:
-                result.rewrote(name)
-        dropped_consts = sorted(initializers_before - set(graph.tensors()))
-        dropped_inputs = [name for name in inputs_before if name not in {t.name for t in graph.inputs}]
-        if dropped_consts:
-            result.note(f"removed {len(dropped_consts)} unused initializer(s): {', '.join(dropped_consts[:10])}")
-            result.rewritten.extend(f"initializer:{n}" for n in dropped_consts)
+        result.rewritten.extend(name for key, name in nodes_before if key not in kept)
+        dropped = sorted(constants_before - set(graph.tensors())) + list(ctx.unused_initializers)
+        ctx.unused_initializers.clear()
+        if dropped:
+            result.note(f"removed {len(dropped)} unused initializer(s): {', '.join(dropped[:10])}")
+            result.rewritten.extend(f"initializer:{n}" for n in dropped)
+        remaining = {t.name for t in graph.inputs}
+        dropped_inputs = [name for name in inputs_before if name not in remaining]
         if dropped_inputs:
             result.note(f"removed unused graph input(s): {', '.join(dropped_inputs)}")
             result.rewritten.extend(f"input:{n}" for n in dropped_inputs)

@@ -13,6 +13,8 @@ from surgeon.pass_api import Pass, PassResult, register_pass
 class Toposort(Pass):
     """Sort nodes topologically (stable: a sorted graph stays as it is)."""
 
+    provides = ("toposort",)
+
     def run(self, graph, ctx):
         result = PassResult()
         before = [n.name for n in graph.nodes]

@@ -118,6 +118,8 @@ class Pass:
     name: ClassVar[str] = ""
     params: ClassVar[dict[str, Param]] = {}
     needs: ClassVar[tuple[str, ...]] = ()
+    #: What holds of the graph after the pass ran (same vocabulary as `needs`), so it is not redone.
+    provides: ClassVar[tuple[str, ...]] = ()
     #: Where the pass was defined (a module name or a plugin file), for `surgeon passes`.
     origin: ClassVar[str] = ""
 
@@ -180,7 +182,7 @@ def register_pass(name: str):
         if existing is not None and existing.__qualname__ != cls.__qualname__:
             raise SurgeonError(f"two passes are named '{name}': {existing.origin or existing.__module__} and "
                                f"{cls.__module__}")
-        for need in cls.needs:
+        for need in cls.needs + cls.provides:
             if need not in NEEDS:
                 raise ValueError(f"pass {name!r} needs unknown {need!r}; known: {NEEDS}")
         cls.name = name
@@ -208,6 +210,8 @@ class Context:
     model_dir: Any = None
     pass_name: str = ""
     provenance: dict[str, dict[str, str]] = field(default_factory=dict)
+    #: Initializers nothing read in the input model: onnx-graphsurgeon drops them on import.
+    unused_initializers: list[str] = field(default_factory=list)
     _taken: set[str] | None = None
 
     def begin(self, graph, pass_name: str) -> None:

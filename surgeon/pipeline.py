@@ -152,6 +152,8 @@ def run_steps(model: onnx.ModelProto, recipe: Recipe, model_dir=None, progress: 
     progress = progress or Progress()
     graph = gs.import_onnx(model)
     ctx = Context(target=load_target(recipe.target), opset=graph.opset or 17, model_dir=model_dir)
+    kept = graph.tensors()
+    ctx.unused_initializers = [t.name for t in model.graph.initializer if t.name not in kept]
     state = _GraphState()
     records = []
     total = len(recipe.steps)
@@ -201,8 +203,8 @@ def _run_step(graph: gs.Graph, step: Step, index: int, ctx: Context, state: _Gra
         graph = result.graph
     if result.changed or result.graph is not None:
         state.changed()
-    if step.pass_name == "toposort":
-        state.sorted = True
+    for fact in cls.provides:
+        setattr(state, {"toposort": "sorted", "cleanup": "clean", "shapes": "shapes"}[fact], True)
     record = StepRecord(index=index, pass_name=step.pass_name, label=step.label, params=dict(step.params),
                         nodes_before=before_nodes, nodes_after=len(graph.nodes),
                         op_delta=histogram_delta(before_hist, op_histogram(graph.nodes)),

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -151,6 +153,13 @@ def _construct_sequence(loader: _Loader, node: yaml.SequenceNode) -> _Sequence:
     return seq
 
 
+# YAML 1.1 (PyYAML) reads `1e-3` as a string; tolerances are written that way, so accept it as a float.
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"""^(?:
+    [-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+    |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+    |[-+]?\.(?:inf|Inf|INF)
+    |\.(?:nan|NaN|NAN))$""", re.X), list("-+0123456789."))
 _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _construct_sequence)
 
@@ -250,7 +259,7 @@ def _merge_chain(data: dict, path: Path | None, seen: tuple) -> tuple[dict, list
     if not isinstance(parent_name, str):
         raise _error("'extends' must be the path of another recipe", _value_mark(data, "extends"), file=path)
     base_dir = path.parent if path is not None else Path.cwd()
-    parent_path = (base_dir / parent_name)
+    parent_path = _join(base_dir, parent_name)
     if not parent_path.exists():
         raise _error(f"extended recipe not found: {parent_name}", _value_mark(data, "extends"), file=path)
     resolved = parent_path.resolve()
@@ -316,7 +325,7 @@ def _build(merged: dict, path: Path | None) -> Recipe:
     if model is not None:
         if not isinstance(model, str):
             raise _error("'model' must be a path", _value_mark(mapping, "model"), file=file)
-        recipe.model = (file.parent if file else Path.cwd()) / model
+        recipe.model = _join(file.parent if file else Path.cwd(), model)
 
     steps: list[Step] = []
     for key in ("prepend_steps",):
@@ -407,13 +416,18 @@ def _parse_section(section: str, body, mapping, file, fields: dict[str, Param]) 
     for key in _INPUT_PATHS.get(section, ()):
         val = checked.get(key)
         if isinstance(val, str) and not (section == "validate" and key == "against" and val == "original"):
-            checked[key] = str(base / val)
+            checked[key] = str(_join(base, val))
     if section == "build":
-        checked["plugins"] = [p if p == "builtin" else str(base / p) for p in checked["plugins"]]
+        checked["plugins"] = [p if p == "builtin" else str(_join(base, p)) for p in checked["plugins"]]
         calibration = checked.get("calibration") or {}
         if isinstance(calibration.get("data"), str):
-            checked["calibration"] = {**calibration, "data": str(base / calibration["data"])}
+            checked["calibration"] = {**calibration, "data": str(_join(base, calibration["data"]))}
     return checked
+
+
+def _join(base: Path, relative: str) -> Path:
+    """`relative` read from a recipe in folder `base`, without `dir/../` detours in messages."""
+    return Path(os.path.normpath(base / relative))
 
 
 # ---------------------------------------------------------------- overrides
@@ -424,7 +438,7 @@ def parse_override(text: str) -> tuple[str, Any]:
         raise RecipeError(f"--set expects STEP.PARAM=VALUE, got '{text}'")
     key, raw = text.split("=", 1)
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = yaml.load(raw, Loader=_Loader) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
     return key, value
@@ -475,9 +489,14 @@ def _find_step(recipe: Recipe, ref: str) -> Step:
     raise RecipeError(f"no step named '{ref}' in the recipe", hint=suggest(ref, names + list(SECTIONS)))
 
 
-def json_schema() -> dict[str, Any]:
-    """A JSON Schema of recipes (for editors), generated from the declared passes and sections."""
+def json_schema(builtin_only: bool = False) -> dict[str, Any]:
+    """A JSON Schema of recipes (for editors), generated from the declared passes and sections.
+
+    `builtin_only` leaves out passes that plugin files or other packages registered.
+    """
     passes = discover()
+    if builtin_only:
+        passes = {n: c for n, c in passes.items() if c.__module__.startswith("surgeon.passes.")}
 
     def param_schema(p: Param) -> dict[str, Any]:
         types = p.type if isinstance(p.type, tuple) else (p.type,)

@@ -151,3 +151,9 @@ class Rewrite:
         at = next(i for i, n in enumerate(nodes) if n is self.node)
         self.node.inputs.clear()
         nodes[at:at + 1] = self.nodes
+
+
+def via_onnx(graph: gs.Graph, transform) -> gs.Graph:
+    """Apply an ONNX-level `transform(ModelProto) -> ModelProto` (onnxsim, version converter, shape
+    inference) to a graphsurgeon graph; return the re-imported graph."""
+    return gs.import_onnx(transform(gs.export_onnx(graph, do_type_check=False)))

@@ -1,0 +1,49 @@
+"""Remove nodes by name or op type, wiring their (single) input straight to their output.
+
+Before:  x ─► Identity ─► Dropout ─► y         After (op_types: [Identity, Dropout]):  x ─► y
+
+Only nodes with one output can be removed; their first input takes the output's place. A graph
+output keeps its name (an Identity holds it).
+"""
+from __future__ import annotations
+
+from surgeon.errors import PassError, suggest
+from surgeon.pass_api import Param, Pass, PassResult, register_pass
+from surgeon.rewrite import Rewrite
+
+
+@register_pass("remove-node")
+class RemoveNode(Pass):
+    """Remove nodes by name or op type, reconnecting their input to their output."""
+
+    params = {
+        "names": Param(list, None, items=str, help="node names to remove (each must exist)"),
+        "op_types": Param(list, None, items=str, help="remove every node of these op types"),
+    }
+
+    def run(self, graph, ctx):
+        result = PassResult()
+        if not self.names and not self.op_types:
+            raise PassError("remove-node needs 'names' or 'op_types'")
+        by_name = {n.name: n for n in graph.nodes}
+        for name in self.names or ():
+            if name not in by_name:
+                raise PassError(f"no node named '{name}'", hint=suggest(name, by_name))
+        wanted = set(self.names or ())
+        types = set(self.op_types or ())
+        for node in [n for n in graph.nodes if n.name in wanted or n.op in types]:
+            if self._is_identity_kept(graph, node):
+                continue
+            data = [t for t in node.inputs if not t.is_empty()]
+            if len(node.outputs) != 1 or not data:
+                raise PassError(f"node '{node.name}' ({node.op}) has {len(node.outputs)} outputs and "
+                                f"{len(data)} inputs; only single-output nodes with an input can be removed")
+            Rewrite(graph, ctx, node).bypass(data[0])
+            result.rewrote(node)
+        return result
+
+    @staticmethod
+    def _is_identity_kept(graph, node) -> bool:
+        # Removing an Identity that produces a graph output would only put another Identity there
+        # (to keep the output's name): skip it, so a second run changes nothing.
+        return node.op == "Identity" and any(t is node.outputs[0] for t in graph.outputs)
