@@ -1,0 +1,126 @@
+"""Rewrite torch.maximum/minimum/fmax/fmin into standard Max/Min, or Where where Max/Min cannot take the dtype.
+
+Before (ATEN_FALLBACK export):            After (floats, and integers from opset 12):
+  a, b ─► ATen(operator="maximum") ─► y     a, b ─► Max ─► y
+
+Integers before opset 12, where Max/Min accept floats only:
+  a, b ─► Greater(a, b) ─► Where(·, a, b) ─► y          (minimum: Less)
+
+torch's own opset-11 export of an integer maximum rounds through float32, exact only below 2**24:
+  a ─► Cast(float) ─┐
+                    Max ─► Cast(int64) ─► y    becomes    a, b ─► Where(Greater(a, b), a, b) ─► y
+  b ─► Cast(float) ─┘                                   (or Max(a, b) from opset 12)
+
+fmax/fmin return the other operand where one is NaN (maximum/minimum, like ONNX Max/Min, propagate it):
+  fmax(a, b) = Max(Where(IsNaN(a), b, a), Where(IsNaN(b), a, b))
+Boolean maximum/minimum are Or/And. Standard integer Max/Min nodes a target cannot run are rewritten too.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from surgeon.errors import PassError
+from surgeon.pass_api import Param, Pass, PassResult, register_pass
+from surgeon.rewrite import Rewrite, aten_operator, attr_text, dtype_of, is_op, producer
+
+#: ATen operator -> (standard op, NaN-ignoring?)
+ATEN_FORMS = {"maximum": ("Max", False), "minimum": ("Min", False), "fmax": ("Max", True),
+              "fmin": ("Min", True)}
+#: torch.max(a, b) / torch.min(a, b) arrive as ATen max/min with overload "other".
+ATEN_OTHER_FORMS = {"max": "Max", "min": "Min"}
+WHERE_COMPARE = {"Max": "Greater", "Min": "Less"}
+BOOL_FORM = {"Max": "Or", "Min": "And"}
+#: Max/Min take integer inputs from this opset on.
+INTEGER_MINMAX_OPSET = 12
+
+
+@register_pass("maximum-minimum")
+class MaximumMinimum(Pass):
+    """Rewrite ATen maximum/minimum/fmax/fmin (and int Max/Min a target lacks) into Max/Min or Where."""
+
+    params = {
+        "mode": Param(str, "auto", choices=("auto", "where"),
+                      help="integer inputs: 'auto' uses Max/Min where opset and target allow, else "
+                           "Where(Greater); 'where' always uses Where(Greater/Less)"),
+    }
+    needs = ("shapes",)
+
+    def run(self, graph, ctx):
+        result = PassResult()
+        for node in list(graph.nodes):
+            site = self._match(node, ctx)
+            if site is None:
+                continue
+            op_type, ignore_nan, operands, dtype, reported = site
+            if len(operands) < 2:
+                raise PassError(f"node '{node.name}' ({node.op}) has {len(operands)} input(s); "
+                                f"{op_type} needs two")
+            rw = Rewrite(graph, ctx, node)
+            combined = operands[0]
+            for i, operand in enumerate(operands[1:], start=1):
+                last = i == len(operands) - 1
+                combined = self._combine(rw, op_type, ignore_nan, combined, operand, dtype, ctx, last)
+            result.rewrote(reported)
+        return result
+
+    def _match(self, node, ctx):
+        """(op_type, ignores NaN, operands, dtype, name to report) of a site to rewrite, or None."""
+        operator = aten_operator(node)
+        if operator in ATEN_FORMS:
+            op_type, ignore_nan = ATEN_FORMS[operator]
+            return op_type, ignore_nan, list(node.inputs[:2]), dtype_of(node.inputs[0]), node.name
+        if operator in ATEN_OTHER_FORMS and attr_text(node, "overload_name", "") == "other":
+            op_type = ATEN_OTHER_FORMS[operator]
+            return op_type, False, list(node.inputs[:2]), dtype_of(node.inputs[0]), node.name
+        if is_op(node, "Cast"):
+            # Anchored at the Cast back, whose output already has the integer type.
+            minmax = producer(node.inputs[0])
+            rounded = _float_rounded_integer_operands(minmax, node) if minmax is not None else None
+            if rounded is not None:
+                return minmax.op, False, rounded, dtype_of(rounded[0]), minmax.name
+        elif is_op(node, ("Max", "Min")):
+            dtype = dtype_of(node.inputs[0])
+            if dtype is not None and _is_integer(dtype) and self._integer_form(node.op, dtype, ctx) == "where":
+                return node.op, False, list(node.inputs), dtype, node.name
+        return None
+
+    def _integer_form(self, op_type, dtype, ctx) -> str:
+        if self.mode == "where" or ctx.opset < INTEGER_MINMAX_OPSET:
+            return "where"
+        return "minmax" if ctx.target.supports(op_type, dtype=dtype, opset=ctx.opset) else "where"
+
+    def _combine(self, rw, op_type, ignore_nan, a, b, dtype, ctx, last):
+        def emit(kind, inputs):
+            return rw.finish(kind, inputs) if last else rw.op(kind, inputs, dtype=dtype)
+
+        if dtype is not None and dtype == np.bool_:
+            return emit(BOOL_FORM[op_type], [a, b])
+        if dtype is not None and _is_integer(dtype):
+            if self._integer_form(op_type, dtype, ctx) == "where":
+                takes_a = rw.op(WHERE_COMPARE[op_type], [a, b], dtype=np.bool_)
+                return emit("Where", [takes_a, a, b])
+            return emit(op_type, [a, b])
+        if ignore_nan:
+            a, b = (rw.op("Where", [rw.op("IsNaN", [a], dtype=np.bool_), b, a], dtype=dtype),
+                    rw.op("Where", [rw.op("IsNaN", [b], dtype=np.bool_), a, b], dtype=dtype))
+        return emit(op_type, [a, b])
+
+
+def _is_integer(dtype) -> bool:
+    return np.issubdtype(np.dtype(dtype), np.integer)
+
+
+def _float_rounded_integer_operands(minmax, cast_back):
+    """The integer operands of torch's Cast(float) -> Max/Min -> Cast(int) export, or None."""
+    if not is_op(minmax, ("Max", "Min")) or len(minmax.inputs) != 2 or len(minmax.outputs[0].outputs) != 1:
+        return None
+    operands = []
+    for tensor in minmax.inputs:
+        cast = producer(tensor)
+        if cast is None or not is_op(cast, "Cast"):
+            return None
+        operands.append(cast.inputs[0])
+    dtypes = {dtype_of(t) for t in operands}
+    if len(dtypes) != 1 or None in dtypes or not _is_integer(next(iter(dtypes))):
+        return None
+    return operands if dtype_of(cast_back.outputs[0]) == next(iter(dtypes)) else None
