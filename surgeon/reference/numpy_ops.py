@@ -1,0 +1,203 @@
+"""NumPy kernels that match PyTorch, shared by the CPU references of ATen, custom and plugin nodes.
+
+The signatures here are stable: the plugin specs (`surgeon/plugins/specs.py`) build their references
+on them.
+
+    grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        == torch.nn.functional.grid_sample(x, grid, mode, padding_mode, align_corners)
+    multi_scale_deformable_attention(value, spatial_shapes, sampling_locations, attention_weights)
+        == mmcv's multi_scale_deformable_attn_pytorch
+
+Arithmetic follows PyTorch's CPU kernels step by step, in the input's float type, so the results
+agree to a few ulp rather than merely within a tolerance.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+#: torch's integer codes for grid_sampler's `interpolation_mode` and `padding_mode`.
+INTERPOLATION_MODES = ("bilinear", "nearest", "bicubic")
+PADDING_MODES = ("zeros", "border", "reflection")
+_CUBIC_A = -0.75  # the bicubic convolution coefficient PyTorch uses
+
+
+def grid_sample(x: np.ndarray, grid: np.ndarray, mode: str | int = "bilinear", padding_mode: str | int = "zeros",
+                align_corners: bool = False) -> np.ndarray:
+    """`torch.nn.functional.grid_sample` for 4-D ([N,C,H,W], grid [N,Ho,Wo,2]) and 5-D inputs
+    ([N,C,D,H,W], grid [N,Do,Ho,Wo,3]); grid's last axis is (x, y[, z]) in [-1, 1].
+
+    `mode` and `padding_mode` are names or torch's integer codes (as ATen `grid_sampler` receives
+    them). Bicubic is 4-D only, as in PyTorch.
+    """
+    mode = INTERPOLATION_MODES[mode] if isinstance(mode, (int, np.integer)) else mode
+    padding_mode = PADDING_MODES[padding_mode] if isinstance(padding_mode, (int, np.integer)) else padding_mode
+    if mode not in INTERPOLATION_MODES or padding_mode not in PADDING_MODES:
+        raise ValueError(f"grid_sample: unknown mode {mode!r} or padding_mode {padding_mode!r}")
+    x = np.asarray(x)
+    grid = np.asarray(grid, dtype=x.dtype)
+    spatial = x.ndim - 2
+    if spatial not in (2, 3) or grid.ndim != x.ndim or grid.shape[-1] != spatial or grid.shape[0] != x.shape[0]:
+        raise ValueError(f"grid_sample: input {x.shape} and grid {grid.shape} do not fit "
+                         "([N,C,H,W] with [N,Ho,Wo,2], or [N,C,D,H,W] with [N,Do,Ho,Wo,3])")
+    if mode == "bicubic" and spatial != 2:
+        raise ValueError("grid_sample: bicubic interpolation needs a 4-D input")
+    sizes = x.shape[2:]  # (H, W) or (D, H, W)
+    # grid's last axis is ordered x, y, z: the reverse of the spatial axes.
+    coords = [grid[..., spatial - 1 - axis] for axis in range(spatial)]
+    sampler = _Sampler(x, padding_mode, align_corners)
+    if mode == "bicubic":
+        return sampler.bicubic(*[_unnormalize(c, size, align_corners) for c, size in zip(coords, sizes)])
+    coords = [_source_index(c, size, padding_mode, align_corners) for c, size in zip(coords, sizes)]
+    if mode == "nearest":
+        return sampler.gather([np.rint(c).astype(np.int64) for c in coords])
+    return sampler.linear(coords)
+
+
+def _unnormalize(coord: np.ndarray, size: int, align_corners: bool) -> np.ndarray:
+    # PyTorch's vectorised CPU kernel: (c + 1) * scale - offset, in the input's float type.
+    one = coord.dtype.type(1)
+    if align_corners:
+        return (coord + one) * coord.dtype.type((size - 1) / 2)
+    return (coord + one) * coord.dtype.type(size / 2) - coord.dtype.type(0.5)
+
+
+def _source_index(coord, size: int, padding_mode: str, align_corners: bool) -> np.ndarray:
+    coord = _unnormalize(coord, size, align_corners)
+    return _apply_padding(coord, size, padding_mode, align_corners)
+
+
+def _apply_padding(coord, size: int, padding_mode: str, align_corners: bool):
+    if padding_mode == "border":
+        return _clip(coord, size)
+    if padding_mode == "reflection":
+        if align_corners:
+            coord = _reflect(coord, 0, 2 * (size - 1))
+        else:
+            coord = _reflect(coord, -1, 2 * size - 1)
+        return _clip(coord, size)
+    return coord
+
+
+def _clip(coord, size: int):
+    # np.clip keeps NaN, and so does PyTorch's clip_coordinates; both then sample nothing.
+    return np.clip(coord, 0, size - 1).astype(coord.dtype, copy=False)
+
+
+def _reflect(coord, twice_low: int, twice_high: int):
+    dtype = coord.dtype.type
+    if twice_low == twice_high:
+        return np.zeros_like(coord)
+    low = dtype(twice_low / 2)
+    span = dtype((twice_high - twice_low) / 2)
+    coord = np.abs(coord - low)
+    extra = np.fmod(coord, span)
+    flips = np.floor(coord / span)
+    return np.where(np.fmod(flips, 2) == 0, extra + low, span - extra + low).astype(coord.dtype, copy=False)
+
+
+class _Sampler:
+    """Reads x at integer positions with zero outside, per batch: x[n, :, i, j] for every grid point."""
+
+    def __init__(self, x: np.ndarray, padding_mode: str, align_corners: bool):
+        self.x = x
+        self.sizes = x.shape[2:]
+        self.padding_mode = padding_mode
+        self.align_corners = align_corners
+        n, c = x.shape[:2]
+        self.flat = x.reshape(n, c, -1)
+
+    def gather(self, indices: list[np.ndarray]) -> np.ndarray:
+        """x at integer `indices` (one array per spatial axis, each shaped like the output grid)."""
+        n, c = self.x.shape[:2]
+        out_shape = indices[0].shape[1:]
+        inside = np.ones(indices[0].shape, dtype=bool)
+        flat_index = np.zeros(indices[0].shape, dtype=np.int64)
+        for index, size in zip(indices, self.sizes):
+            inside &= (index >= 0) & (index < size)
+            flat_index = flat_index * size + np.clip(index, 0, size - 1)
+        flat_index = flat_index.reshape(n, 1, -1)
+        values = np.take_along_axis(self.flat, np.broadcast_to(flat_index, (n, c, flat_index.shape[-1])), axis=2)
+        values = values * inside.reshape(n, 1, -1).astype(self.x.dtype)
+        return values.reshape((n, c) + out_shape)
+
+    def linear(self, coords: list[np.ndarray]) -> np.ndarray:
+        """(Bi/tri)linear interpolation at float source coordinates, corner by corner."""
+        finite = np.ones(coords[0].shape, dtype=bool)
+        for coord in coords:
+            finite &= np.isfinite(coord)
+        coords = [np.where(finite, c, c.dtype.type(-10)) for c in coords]  # NaN/inf samples nothing
+        lows = [np.floor(c) for c in coords]
+        fracs = [c - low for c, low in zip(coords, lows)]
+        lows = [low.astype(np.int64) for low in lows]
+        one = self.x.dtype.type(1)
+        result = None
+        for corner in range(2 ** len(coords)):
+            offsets = [(corner >> (len(coords) - 1 - axis)) & 1 for axis in range(len(coords))]
+            weight = None
+            for frac, offset in zip(fracs, offsets):
+                factor = frac if offset else one - frac
+                weight = factor if weight is None else weight * factor
+            values = self.gather([low + offset for low, offset in zip(lows, offsets)])
+            term = values * weight[:, None]
+            result = term if result is None else result + term
+        return result
+
+    def bicubic(self, iy: np.ndarray, ix: np.ndarray) -> np.ndarray:
+        y0, x0 = np.floor(iy), np.floor(ix)
+        ty, tx = iy - y0, ix - x0
+        y0, x0 = y0.astype(np.int64), x0.astype(np.int64)
+        wy, wx = _cubic_weights(ty), _cubic_weights(tx)
+        result = None
+        for i in range(4):
+            row = None
+            for j in range(4):
+                term = self._bounded(y0 - 1 + i, x0 - 1 + j) * wx[j][:, None]
+                row = term if row is None else row + term
+            term = row * wy[i][:, None]
+            result = term if result is None else result + term
+        return result
+
+    def _bounded(self, y: np.ndarray, x: np.ndarray) -> np.ndarray:
+        # Bicubic applies the padding mode to each integer tap, as PyTorch's get_value_bounded does.
+        h, w = self.sizes
+        y = _apply_padding(y.astype(self.x.dtype), h, self.padding_mode, self.align_corners)
+        x = _apply_padding(x.astype(self.x.dtype), w, self.padding_mode, self.align_corners)
+        return self.gather([y.astype(np.int64), x.astype(np.int64)])
+
+
+def _cubic_weights(t: np.ndarray) -> list[np.ndarray]:
+    a = t.dtype.type(_CUBIC_A)
+    one, two = t.dtype.type(1), t.dtype.type(2)
+
+    def near(s):  # |s| <= 1
+        return ((a + two) * s - (a + t.dtype.type(3))) * s * s + one
+
+    def far(s):  # 1 < |s| < 2
+        return ((a * s - t.dtype.type(5) * a) * s + t.dtype.type(8) * a) * s - t.dtype.type(4) * a
+
+    return [far(t + one), near(t), near(one - t), far(two - t)]
+
+
+def multi_scale_deformable_attention(value: np.ndarray, spatial_shapes: np.ndarray, sampling_locations: np.ndarray,
+                                     attention_weights: np.ndarray) -> np.ndarray:
+    """mmcv's `multi_scale_deformable_attn_pytorch`: bilinear samples of every level, weighted and summed.
+
+    value [B, S, heads, D] (S = sum of H*W over levels), spatial_shapes [L, 2] as (H, W),
+    sampling_locations [B, Q, heads, L, P, 2] in [0, 1] as (x, y), attention_weights [B, Q, heads, L, P];
+    returns [B, Q, heads * D].
+    """
+    batch, _, heads, dim = value.shape
+    _, queries, _, levels, points, _ = sampling_locations.shape
+    shapes = [(int(h), int(w)) for h, w in np.asarray(spatial_shapes).reshape(-1, 2)]
+    starts = np.cumsum([0] + [h * w for h, w in shapes])
+    grids = sampling_locations.astype(value.dtype) * value.dtype.type(2) - value.dtype.type(1)
+    sampled = []
+    for level, (h, w) in enumerate(shapes):
+        level_value = value[:, starts[level]:starts[level + 1]]  # [B, H*W, heads, D]
+        level_value = level_value.transpose(0, 2, 3, 1).reshape(batch * heads, dim, h, w)
+        level_grid = grids[:, :, :, level].transpose(0, 2, 1, 3, 4).reshape(batch * heads, queries, points, 2)
+        sampled.append(grid_sample(level_value, level_grid, "bilinear", "zeros", False))  # [B*heads, D, Q, P]
+    stacked = np.stack(sampled, axis=-2).reshape(batch * heads, dim, queries, levels * points)
+    weights = attention_weights.transpose(0, 2, 1, 3, 4).reshape(batch * heads, 1, queries, levels * points)
+    out = (stacked * weights.astype(value.dtype)).sum(-1).reshape(batch, heads * dim, queries)
+    return out.transpose(0, 2, 1)

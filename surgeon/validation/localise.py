@@ -1,0 +1,68 @@
+"""Where two graphs part ways: the first tensor, in the reference graph's topological order, whose
+values differ although both graphs compute a tensor of that name.
+
+Rewrites keep the names of the tensors they do not replace, so the common names are checkpoints:
+
+    original:  x ─► conv_out ─► ATen(grid_sampler) ─► sampled ─► head ─► y
+    rewritten: x ─► conv_out ─► GridSample(wrong)   ─► sampled ─► head ─► y
+                    equal                               first to differ: 'sampled'
+
+Both models get every common tensor as an extra output and run once on the same input set (the
+reference runner handles ATen and plugin nodes, so any node's output can be read).
+"""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from surgeon.graphinfo import op_label
+from surgeon.validation.compare import Tolerance, error_arrays, run_model
+
+
+def common_tensors(reference: onnx.ModelProto, candidate: onnx.ModelProto) -> list[str]:
+    """Node outputs both graphs compute, in the reference graph's node order."""
+    produced = {out for node in candidate.graph.node for out in node.output if out}
+    names = [out for node in reference.graph.node for out in node.output if out and out in produced]
+    return list(dict.fromkeys(names))
+
+
+def with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
+    """A copy of `model` that also returns the tensors `names` (untyped: the runtime infers them)."""
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    existing = {o.name for o in copy.graph.output}
+    copy.graph.output.extend(helper.make_empty_tensor_value_info(n) for n in names if n not in existing)
+    return copy
+
+
+def first_divergence(reference: onnx.ModelProto, candidate: onnx.ModelProto, feed: dict, tolerance: Tolerance,
+                     runner: str = "auto") -> dict | None:
+    """The first common tensor outside tolerance (elementwise rule, default tolerances), or None."""
+    names = common_tensors(reference, candidate)
+    if not names:
+        return None
+    ref_results, _ = run_model(with_outputs(reference, names), [feed], runner, "original")
+    cand_results, _ = run_model(with_outputs(candidate, names), [feed], runner, "rewritten")
+    ref_values = next(iter(ref_results.items()))[1][0]
+    cand_values = next(iter(cand_results.items()))[1][0]
+    ref_nodes = {out: node for node in reference.graph.node for out in node.output}
+    cand_nodes = {out: node for node in candidate.graph.node for out in node.output}
+    checked = 0
+    for name in names:
+        a, b = np.asarray(ref_values[name]), np.asarray(cand_values[name])
+        if a.shape != b.shape:
+            continue  # a rewrite may legitimately change a layout under the same name
+        checked += 1
+        abs_err, rel_err = error_arrays(a, b)
+        bad = tolerance.element_mismatches("", abs_err, rel_err)
+        if bad.any():
+            return {"tensor": name, "checked": checked, "of": len(names),
+                    "max_abs": float(np.nanmax(abs_err)) if abs_err.size else 0.0,
+                    "mismatched": int(bad.sum()), "elements": int(bad.size),
+                    "original_node": _describe(ref_nodes[name]), "rewritten_node": _describe(cand_nodes[name])}
+    return None
+
+
+def _describe(node: onnx.NodeProto) -> str:
+    return f"{node.name or '(unnamed)'} ({op_label(node)})"

@@ -1,0 +1,250 @@
+"""Validation reports at a prefix (default `<output stem>.validation`):
+
+    PREFIX.md               short, PR-comment sized: verdict table per output, where it diverged
+    PREFIX.html             self-contained page: the tables, error histograms (base64 PNG), worst
+                            elements, the graph diff (op histogram before/after, nodes added/removed,
+                            per step when bisected)
+    PREFIX.json             the result as JSON (also embedded in the run report)
+    PREFIX.polygraphy.json  Polygraphy's RunResults: `polygraphy run B.onnx --onnxrt
+    PREFIX.inputs.json        --load-inputs PREFIX.inputs.json --load-outputs PREFIX.polygraphy.json`
+"""
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from surgeon.modelio import write_text_atomic
+
+#: Node names listed per side in the HTML graph diff before "… and N more".
+NAMES_SHOWN = 50
+_COLUMNS = ("output", "result", "max abs", "mean abs", "p99 abs", "max rel", "mean rel", "p99 rel", "cosine",
+            "atol", "rtol")
+
+
+def default_prefix(output: Path) -> Path:
+    return Path(output).with_name(Path(output).stem + ".validation")
+
+
+def write_reports(result, prefix: Path) -> list[Path]:
+    """Write every report format at `prefix`; return the files written."""
+    prefix = Path(prefix)
+    files = [write_text_atomic(_suffixed(prefix, ".md"), markdown(result)),
+             write_text_atomic(_suffixed(prefix, ".html"), html_page(result)),
+             write_text_atomic(_suffixed(prefix, ".json"),
+                               json.dumps(result.to_dict(), indent=2, sort_keys=True, default=str) + "\n")]
+    if result.run_results is not None:
+        files.append(_save_polygraphy(_suffixed(prefix, ".polygraphy.json"), result.run_results.save))
+        files.append(_save_polygraphy(_suffixed(prefix, ".inputs.json"), lambda path: _save_inputs(result.feeds, path)))
+    return files
+
+
+def _suffixed(prefix: Path, suffix: str) -> Path:
+    return prefix.with_name(prefix.name + suffix)
+
+
+def _save_polygraphy(path: Path, save) -> Path:
+    """Polygraphy writes the file itself; give it a temporary name beside `path`, then rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".json")
+    os.close(fd)
+    from polygraphy.logger import G_LOGGER
+
+    try:
+        with G_LOGGER.verbosity(G_LOGGER.ERROR):
+            save(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def _save_inputs(feeds, path) -> None:
+    from polygraphy.json import save_json
+
+    save_json(list(feeds), path, description="validation inputs")
+
+
+# ---------------------------------------------------------------- markdown
+
+def _g(value) -> str:
+    return "-" if value is None else f"{value:.3g}"
+
+
+def _row(o) -> list[str]:
+    verdict = "pass" if o.passed else "**FAIL**"
+    if o.note:
+        verdict += f" ({o.note})"
+    return [f"`{o.name}`", verdict, _g(o.max_abs), _g(o.mean_abs), _g(o.p99_abs), _g(o.max_rel), _g(o.mean_rel),
+            _g(o.p99_rel), "-" if o.cosine is None else f"{o.cosine:.6f}", _g(o.atol), _g(o.rtol)]
+
+
+def _md_table(outputs) -> list[str]:
+    lines = ["| " + " | ".join(_COLUMNS) + " |", "|" + "---|" * len(_COLUMNS)]
+    lines += ["| " + " | ".join(_row(o)) + " |" for o in outputs]
+    return lines
+
+
+def markdown(result) -> str:
+    verdict = "PASSED" if result.passed else "FAILED"
+    runners = ", ".join(f"{name}: {kind}" for name, kind in result.runners.items())
+    lines = [f"### surgeon validation {verdict}", "",
+             f"{result.tolerance.describe()} · {result.iterations} input set(s) from {result.data} · {runners}", ""]
+    lines += _md_table(result.outputs)
+    if result.expected:
+        lines += ["", "Against the expected outputs:", ""] + _md_table(result.expected)
+    for label, text in _where(result):
+        lines += ["", f"**{label}:** {text}"]
+    return "\n".join(lines) + "\n"
+
+
+def _where(result) -> list[tuple[str, str]]:
+    found = []
+    if result.bisection is not None:
+        found.append(("First diverging step", result.bisection.describe()))
+    if result.divergence:
+        d = result.divergence
+        found.append(("First diverging tensor", f"`{d['tensor']}` made by {d['rewritten_node']} (rewritten) / "
+                                                f"{d['original_node']} (original), max abs {_g(d['max_abs'])}, "
+                                                f"{d['mismatched']} of {d['elements']} elements out of tolerance"))
+    return found
+
+
+# ---------------------------------------------------------------- html
+
+_CSS = """
+body{font:14px/1.45 system-ui,sans-serif;margin:2em auto;max-width:72em;color:#222;padding:0 1em}
+h1{font-size:1.5em}h2{font-size:1.2em;margin-top:1.6em;border-bottom:1px solid #ddd}
+table{border-collapse:collapse;margin:.6em 0}td,th{border:1px solid #ccc;padding:.25em .6em;text-align:right}
+th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}
+.pass{color:#176f2c;font-weight:600}.fail{color:#b00020;font-weight:600}
+.verdict{font-size:1.2em;padding:.4em .8em;display:inline-block;border-radius:4px}
+.verdict.pass{background:#e3f4e6}.verdict.fail{background:#fbe3e6}
+code{background:#f5f5f5;padding:0 .2em}.names{font-family:monospace;font-size:12px;columns:2}
+"""
+
+
+def _esc(value) -> str:
+    return html.escape(str(value))
+
+
+def _html_table(header, rows) -> str:
+    head = "".join(f"<th>{_esc(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{cell}</td>" for cell in row) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _html_outputs(outputs) -> str:
+    rows = []
+    for o in outputs:
+        css = "pass" if o.passed else "fail"
+        verdict = f"<span class='{css}'>{'pass' if o.passed else 'FAIL'}</span>" + (f" ({_esc(o.note)})" if o.note else "")
+        rows.append([f"<code>{_esc(o.name)}</code>", verdict] + [_esc(c) for c in _row(o)[2:]])
+    return _html_table(_COLUMNS, rows)
+
+
+def _histogram(output) -> str:
+    """An <img> of the output's absolute-error histogram, or a note when there is nothing to plot."""
+    errors = output.abs_errors
+    if errors is None or errors.size == 0:
+        return ""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        from matplotlib.figure import Figure
+    except ImportError:
+        return "<p>(install matplotlib for error histograms)</p>"
+    import numpy as np
+
+    finite = errors[np.isfinite(errors)]
+    figure = Figure(figsize=(6, 2.6), dpi=90)
+    axes = figure.add_subplot()
+    axes.hist(finite, bins=60, color="#3b6fb6", log=True)
+    if output.atol is not None:
+        axes.axvline(output.atol, color="#b00020", linestyle="--", label=f"atol {output.atol:g}")
+        axes.legend(loc="upper right")
+    axes.set_xlabel("absolute error")
+    axes.set_ylabel("elements")
+    axes.set_title(output.name, fontsize=10)
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    data = base64.b64encode(buffer.getvalue()).decode()
+    return f"<img alt='error histogram of {_esc(output.name)}' src='data:image/png;base64,{data}'>"
+
+
+def _html_worst(outputs) -> str:
+    parts = []
+    for o in outputs:
+        if not o.worst:
+            continue
+        rows = [[str(w["iteration"]), _esc(tuple(w["index"])), _esc(_g_value(w["reference"])),
+                 _esc(_g_value(w["candidate"])), _esc(_g(w["abs_error"]))] for w in o.worst]
+        parts.append(f"<h3><code>{_esc(o.name)}</code></h3>"
+                     + _html_table(("input set", "index", "reference", "candidate", "abs error"), rows))
+    return "".join(parts)
+
+
+def _g_value(value) -> str:
+    return f"{value:.8g}" if isinstance(value, float) else str(value)
+
+
+def _html_graph_diff(diff: dict, bisection) -> str:
+    if not diff:
+        return ""
+    labels = sorted(set(diff["ops_before"]) | set(diff["ops_after"]))
+    rows = []
+    for label in labels:
+        before, after = diff["ops_before"].get(label, 0), diff["ops_after"].get(label, 0)
+        change = after - before
+        rows.append([f"<code>{_esc(label)}</code>", str(before), str(after), f"{change:+d}" if change else ""])
+    parts = [f"<p>{diff['nodes_before']} → {diff['nodes_after']} nodes</p>",
+             _html_table(("op", "before", "after", "change"), rows)]
+    for key, title in (("added", "Nodes added"), ("removed", "Nodes removed")):
+        names = diff[key]
+        shown = "".join(f"<div>{_esc(n)}</div>" for n in names[:NAMES_SHOWN])
+        more = f"<p>… and {len(names) - NAMES_SHOWN} more</p>" if len(names) > NAMES_SHOWN else ""
+        parts.append(f"<h3>{title} ({len(names)})</h3><div class='names'>{shown}</div>{more}")
+    if bisection is not None and bisection.records:
+        checked = {row["step"]: row for row in bisection.checked}
+        rows = []
+        for record in bisection.records:
+            row = checked.get(record.index)
+            verdict = "" if row is None else ("<span class='pass'>within</span>" if row["passed"]
+                                             else "<span class='fail'>outside</span>")
+            delta = ", ".join(f"{_esc(k)} {v:+d}" for k, v in record.op_delta.items())
+            rows.append([str(record.index), _esc(record.title), f"{record.nodes_before} → {record.nodes_after}",
+                         delta or "-", verdict, _esc(_g(row["max_abs"])) if row else ""])
+        parts.append("<h3>Per step</h3>" + _html_table(("#", "step", "nodes", "op changes", "tolerance", "max abs"),
+                                                        rows))
+    return "".join(parts)
+
+
+def html_page(result) -> str:
+    css = "pass" if result.passed else "fail"
+    verdict = "PASSED" if result.passed else "FAILED"
+    runners = ", ".join(f"{_esc(name)}: {_esc(kind)}" for name, kind in result.runners.items())
+    body = [f"<h1>surgeon validation</h1><p class='verdict {css}'>{verdict}</p>",
+            f"<p>{_esc(result.tolerance.describe())} · {result.iterations} input set(s) from {_esc(result.data)} · "
+            f"{runners}</p>",
+            "<h2>Outputs against the original</h2>", _html_outputs(result.outputs)]
+    if result.expected:
+        body += ["<h2>Outputs against the expected values</h2>", _html_outputs(result.expected)]
+    for label, text in _where(result):
+        body.append(f"<p><b>{_esc(label)}:</b> {_esc(text.replace('`', ''))}</p>")
+    histograms = "".join(_histogram(o) for o in result.outputs + result.expected)
+    if histograms:
+        body += ["<h2>Error histograms</h2>", histograms]
+    worst = _html_worst(result.outputs + result.expected)
+    if worst:
+        body += ["<h2>Worst elements</h2>", worst]
+    if result.graph_diff:
+        body += ["<h2>Graph diff</h2>", _html_graph_diff(result.graph_diff, result.bisection)]
+    return ("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>surgeon validation "
+            f"{verdict}</title><style>{_CSS}</style></head><body>{''.join(body)}</body></html>\n")

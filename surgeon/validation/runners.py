@@ -1,0 +1,298 @@
+"""Polygraphy runners for validation: ONNX Runtime where it can load the model, else our reference runner.
+
+The reference runner runs graphs ONNX Runtime refuses (ATen fallback nodes, mmcv/mmdeploy custom
+ops, TensorRT-plugin op types). It splits the graph into maximal runs of standard nodes, each run by
+one ONNX Runtime session, and executes the other nodes one by one with their registered CPU
+references (`surgeon.reference.find_reference`)::
+
+    x ─► [ORT: Conv, Relu, … 300 nodes] ─► ATen(grid_sampler) ─► [ORT: Add, MatMul, …] ─► y
+             one session                    NumPy reference        one session
+
+Standard nodes are scheduled ahead of special ones whenever their inputs allow, so a graph with k
+special nodes needs at most k + 1 sessions. A standard segment ONNX Runtime cannot load (non-standard
+attributes, for instance) falls back to `onnx.reference.ReferenceEvaluator`.
+"""
+from __future__ import annotations
+
+import heapq
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+from polygraphy.backend.base import BaseRunner
+from polygraphy.backend.onnxrt import OnnxrtRunner
+from polygraphy.common import TensorMetadata
+
+from surgeon.errors import SurgeonError
+from surgeon.graphinfo import op_label
+from surgeon.reference import as_outputs, find_reference
+
+RUNNER_KINDS = ("auto", "onnxruntime", "reference")
+#: Domains ONNX Runtime implements itself.
+ORT_DOMAINS = ("", "ai.onnx", "ai.onnx.ml", "com.microsoft")
+#: ONNX Runtime 1.31 reads models up to this IR version (DESIGN.md).
+ORT_MAX_IR_VERSION = 10
+
+
+def is_special(node: onnx.NodeProto) -> bool:
+    """True for a node ONNX Runtime cannot run: ATen, a custom domain, or an op type unknown to ONNX."""
+    domain = node.domain or ""
+    if node.op_type == "ATen" or domain not in ORT_DOMAINS:
+        return True
+    return domain in ("", "ai.onnx") and not onnx.defs.has(node.op_type)
+
+
+def make_runner(model: onnx.ModelProto, kind: str = "auto", name: str = "model") -> BaseRunner:
+    """A Polygraphy runner for `model`: `onnxruntime`, `reference`, or `auto` (ORT when it loads the model)."""
+    if kind not in RUNNER_KINDS:
+        raise SurgeonError(f"unknown runner '{kind}'; choose one of {', '.join(RUNNER_KINDS)}")
+    if kind == "reference" or (kind == "auto" and any(is_special(n) for n in model.graph.node)):
+        return ReferenceRunner(model, name=name)
+    try:
+        session = ort_session(model)
+    except Exception as exc:  # ORT raises its own exception types for unloadable graphs
+        if kind == "onnxruntime":
+            raise SurgeonError(f"ONNX Runtime cannot load the {name} model: {_first_line(exc)} "
+                               "(use --runner reference / 'runner: reference')") from None
+        return ReferenceRunner(model, name=name)
+    return OnnxrtRunner(session, name=name)
+
+
+def runner_kind(runner: BaseRunner) -> str:
+    return "reference" if isinstance(runner, ReferenceRunner) else "onnxruntime"
+
+
+def ort_session(model: onnx.ModelProto):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    if model.ir_version > ORT_MAX_IR_VERSION:
+        model = _with_ir_version(model, ORT_MAX_IR_VERSION)
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+def _with_ir_version(model: onnx.ModelProto, version: int) -> onnx.ModelProto:
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    copy.ir_version = version
+    return copy
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
+    """The model's real inputs (older exporters also list initializers as inputs)."""
+    initializers = {t.name for t in model.graph.initializer}
+    return [v for v in model.graph.input if v.name not in initializers]
+
+
+def input_metadata(model: onnx.ModelProto) -> TensorMetadata:
+    """Names, dtypes and shapes (None for dynamic dimensions) of the model's inputs."""
+    meta = TensorMetadata()
+    for value in graph_inputs(model):
+        tensor_type = value.type.tensor_type
+        dtype = helper.tensor_dtype_to_np_dtype(tensor_type.elem_type)
+        shape = None
+        if tensor_type.HasField("shape"):
+            shape = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
+                     for d in tensor_type.shape.dim]
+        meta.add(value.name, dtype, shape)
+    return meta
+
+
+@dataclass
+class _Segment:
+    """A run of standard nodes (one ORT session) or a single special node (its CPU reference)."""
+
+    nodes: list[onnx.NodeProto]
+    special: bool
+    inputs: list[str] = field(default_factory=list)
+    outputs: list[str] = field(default_factory=list)
+    reference: object = None
+    session: object = None
+    evaluator: object = None
+
+
+class ReferenceRunner(BaseRunner):
+    """Runs a model with ONNX Runtime segments and CPU references for the nodes ORT cannot run."""
+
+    def __init__(self, model: onnx.ModelProto, name: str | None = None):
+        super().__init__(name=name, prefix="surgeon-reference-runner")
+        self.model = model
+
+    def activate_impl(self):
+        self.initializers = {t.name: numpy_helper.to_array(t) for t in self.model.graph.initializer}
+        self.segments = _plan(self.model, set(self.initializers))
+        for segment in self.segments:
+            if segment.special:
+                segment.reference = _reference_for(segment.nodes[0])
+
+    def get_input_metadata_impl(self):
+        return input_metadata(self.model)
+
+    def infer_impl(self, feed_dict):
+        started = time.perf_counter()
+        values = dict(feed_dict)
+        for segment in self.segments:
+            inputs = [values[name] for name in segment.inputs]
+            if segment.special:
+                produced = self._run_special(segment, values)
+            else:
+                produced = self._run_standard(segment, inputs)
+            values.update(zip(segment.outputs, produced))
+        outputs = OrderedDict((o.name, _lookup(values, self.initializers, o.name)) for o in self.model.graph.output)
+        self.inference_time = time.perf_counter() - started
+        return outputs
+
+    def deactivate_impl(self):
+        del self.initializers
+        del self.segments
+
+    def _run_special(self, segment: _Segment, values: dict) -> list[np.ndarray]:
+        node = segment.nodes[0]
+        args = [None if not name else _lookup(values, self.initializers, name) for name in node.input]
+        attrs = {a.name: _attribute_value(a) for a in node.attribute}
+        try:
+            produced = as_outputs(segment.reference(args, attrs))
+        except Exception as exc:
+            raise SurgeonError(f"the CPU reference of node '{node.name}' ({op_label(node)}) failed: "
+                               f"{type(exc).__name__}: {exc}") from exc
+        named = dict(zip(node.output, produced))
+        if len(produced) < len([o for o in node.output if o]):
+            raise SurgeonError(f"the CPU reference of node '{node.name}' ({op_label(node)}) returned "
+                               f"{len(produced)} output(s), the node has {len(node.output)}")
+        return [named[name] for name in segment.outputs]
+
+    def _run_standard(self, segment: _Segment, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        feeds = dict(zip(segment.inputs, inputs))
+        if segment.session is None and segment.evaluator is None:
+            model = _segment_model(self.model, segment, feeds)
+            try:
+                segment.session = ort_session(model)
+            except Exception:  # e.g. libspconv's Reshape(dims=): ONNX's own evaluator is more lenient
+                from onnx.reference import ReferenceEvaluator
+
+                segment.evaluator = ReferenceEvaluator(model)
+        if segment.session is not None:
+            return segment.session.run(segment.outputs, feeds)
+        return segment.evaluator.run(segment.outputs, feeds)
+
+
+def _lookup(values: dict, initializers: dict, name: str) -> np.ndarray:
+    return values[name] if name in values else initializers[name]
+
+
+def _attribute_value(attribute: onnx.AttributeProto):
+    value = helper.get_attribute_value(attribute)
+    if isinstance(value, bytes):
+        return value.decode()
+    if isinstance(value, list) and value and isinstance(value[0], bytes):
+        return [v.decode() for v in value]
+    if isinstance(value, onnx.TensorProto):
+        return numpy_helper.to_array(value)
+    return value
+
+
+def _reference_for(node: onnx.NodeProto):
+    operator = None
+    if node.op_type == "ATen":
+        operator = next((helper.get_attribute_value(a) for a in node.attribute if a.name == "operator"), b"")
+        operator = operator.decode() if isinstance(operator, bytes) else operator
+    fn = find_reference(node.op_type, node.domain, operator)
+    if fn is None:
+        raise SurgeonError(f"node '{node.name}' ({op_label(node)}) has no CPU reference, so the graph cannot be "
+                           "validated: register one with @reference_op (see docs/validation.md)")
+    return fn
+
+
+def _consumed(node: onnx.NodeProto) -> list[str]:
+    """Tensors a node reads, including names its subgraphs (If/Loop bodies) take from the outer scope."""
+    names = [n for n in node.input if n]
+    for attribute in node.attribute:
+        graphs = ([attribute.g] if attribute.HasField("g") else []) + list(attribute.graphs)
+        for graph in graphs:
+            inner = {i.name for i in graph.input} | {t.name for t in graph.initializer}
+            for inner_node in graph.node:
+                inner.update(inner_node.output)
+            for inner_node in graph.node:
+                names.extend(n for n in _consumed(inner_node) if n not in inner)
+    return list(dict.fromkeys(names))
+
+
+def _plan(model: onnx.ModelProto, initializers: set[str]) -> list[_Segment]:
+    """Split the graph into segments, scheduling ready standard nodes before any special node."""
+    nodes = list(model.graph.node)
+    producer = {out: i for i, node in enumerate(nodes) for out in node.output if out}
+    reads = [_consumed(node) for node in nodes]
+    waiting_on = [{producer[n] for n in names if n in producer} for names in reads]
+    users: dict[int, list[int]] = {i: [] for i in range(len(nodes))}
+    for i, deps in enumerate(waiting_on):
+        for dep in deps:
+            users[dep].append(i)
+    special = [is_special(n) for n in nodes]
+    ready = {True: [], False: []}
+    for i, deps in enumerate(waiting_on):
+        if not deps:
+            heapq.heappush(ready[special[i]], i)
+    segments: list[_Segment] = []
+    current: list[int] = []
+
+    def done(i: int) -> None:
+        for user in users[i]:
+            waiting_on[user].discard(i)
+            if not waiting_on[user]:
+                heapq.heappush(ready[special[user]], user)
+
+    while ready[False] or ready[True]:
+        if ready[False]:
+            i = heapq.heappop(ready[False])
+            current.append(i)
+            done(i)
+            continue
+        if current:
+            segments.append(_Segment([nodes[j] for j in current], special=False))
+            current = []
+        i = heapq.heappop(ready[True])
+        segments.append(_Segment([nodes[i]], special=True))
+        done(i)
+    if current:
+        segments.append(_Segment([nodes[j] for j in current], special=False))
+    if sum(len(s.nodes) for s in segments) != len(nodes):
+        raise SurgeonError("the graph has a cycle or reads a tensor nothing produces; run 'toposort' first")
+    _wire(segments, model, initializers)
+    return segments
+
+
+def _wire(segments: list[_Segment], model: onnx.ModelProto, initializers: set[str]) -> None:
+    """Give each segment the tensors it reads from outside and those it must hand on."""
+    needed_later = {o.name for o in model.graph.output}
+    for segment in reversed(segments):
+        produced = {out for node in segment.nodes for out in node.output if out}
+        read = [name for node in segment.nodes for name in _consumed(node)]
+        segment.outputs = [out for node in segment.nodes for out in node.output if out and out in needed_later]
+        if segment.special:
+            # A reference returns every output; keep them all (unused ones are simply dropped).
+            segment.outputs = [out for out in segment.nodes[0].output if out]
+        segment.inputs = list(dict.fromkeys(n for n in read if n not in produced and n not in initializers))
+        needed_later.update(segment.inputs)
+    for segment in segments:
+        if segment.special:
+            segment.inputs = []  # references read their inputs by name, initializers included
+
+
+def _segment_model(model: onnx.ModelProto, segment: _Segment, feeds: dict[str, np.ndarray]) -> onnx.ModelProto:
+    read = {name for node in segment.nodes for name in _consumed(node)}
+    inputs = [helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(feeds[name].dtype), None)
+              for name in segment.inputs]
+    outputs = [helper.make_empty_tensor_value_info(name) for name in segment.outputs]
+    inits = [t for t in model.graph.initializer if t.name in read]
+    graph = helper.make_graph(segment.nodes, f"{model.graph.name}_segment", inputs, outputs, initializer=inits)
+    return helper.make_model(graph, opset_imports=list(model.opset_import),
+                             ir_version=min(model.ir_version or ORT_MAX_IR_VERSION, ORT_MAX_IR_VERSION))

@@ -1,0 +1,154 @@
+"""One validation: run both models on the same inputs, judge every output, localise a failure, report.
+
+    original ──► runner ──┐
+                          ├─► Polygraphy compare_accuracy ─► per-output verdicts + statistics
+    rewritten ─► runner ──┘          │ failed?
+                                     ├─► first diverging tensor (localise.py)
+                                     └─► first diverging step (bisect.py, with each_step)
+    expected.npz (PyTorch) ─► compared with the rewritten model's outputs too
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from polygraphy.comparator import IterationResult, RunResults
+
+from surgeon.graphinfo import histogram_delta, op_histogram
+from surgeon.modelio import load_model
+from surgeon.validation.bisect import Bisection, bisect_steps
+from surgeon.validation.compare import OutputReport, Tolerance, combine, compare_outputs, run_model
+from surgeon.validation.data import Feeds, load_arrays, make_feeds
+from surgeon.validation.localise import first_divergence
+
+ORIGINAL, REWRITTEN, EXPECTED = "original", "rewritten", "expected"
+
+
+@dataclass
+class ValidationResult:
+    """What `validate_run` returns to the pipeline: verdict, statistics, where it broke, report files."""
+
+    passed: bool
+    tolerance: Tolerance
+    outputs: list[OutputReport]
+    expected: list[OutputReport] = field(default_factory=list)
+    runners: dict[str, str] = field(default_factory=dict)
+    iterations: int = 1
+    data: str = ""
+    divergence: dict | None = None
+    bisection: Bisection | None = None
+    graph_diff: dict = field(default_factory=dict)
+    reports: list[Path] = field(default_factory=list)
+    run_results: RunResults | None = field(default=None, repr=False)
+    feeds: Feeds = field(default_factory=list, repr=False)
+
+    @property
+    def summary(self) -> str:
+        verdict = "PASSED" if self.passed else "FAILED"
+        runners = " vs ".join(f"{name} ({kind})" for name, kind in self.runners.items())
+        lines = [f"validation {verdict}: {len(self.outputs)} output(s), {self.tolerance.describe()}, "
+                 f"{self.iterations} input set(s) from {self.data}; {runners}"]
+        for group, label in ((self.outputs, "original"), (self.expected, "expected")):
+            for o in group:
+                if not o.passed:
+                    figures = o.note or f"max abs {_g(o.max_abs)}, max rel {_g(o.max_rel)}, cosine {_g(o.cosine)}"
+                    lines.append(f"  {o.name} differs from {label}: {figures}")
+        if self.divergence:
+            d = self.divergence
+            lines.append(f"  first diverging tensor: {d['tensor']} (made by {d['rewritten_node']} in the rewritten "
+                         f"graph, {d['original_node']} in the original), max abs {_g(d['max_abs'])}")
+        if self.bisection is not None:
+            lines.append(f"  bisect: {self.bisection.describe()}")
+        if self.reports:
+            lines.append("  reports: " + ", ".join(str(p) for p in self.reports))
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "passed": self.passed,
+            "tolerance": dict(self.tolerance.__dict__),
+            "runners": self.runners,
+            "iterations": self.iterations,
+            "data": self.data,
+            "outputs": [o.to_dict() for o in self.outputs],
+            "expected": [o.to_dict() for o in self.expected],
+            "divergence": self.divergence,
+            "bisection": self.bisection.to_dict() if self.bisection else None,
+            "graph_diff": self.graph_diff,
+            "reports": [str(p) for p in self.reports],
+        }
+
+
+def _g(value) -> str:
+    return "-" if value is None else f"{value:.3g}"
+
+
+def validate_models(original: onnx.ModelProto, rewritten: onnx.ModelProto, feeds: Feeds, tolerance: Tolerance,
+                    runner: str = "auto", expected: str | None = None, data: str = "random inputs",
+                    localise: bool = True) -> ValidationResult:
+    """Compare `rewritten` with `original` (and with `expected` outputs, if given) on `feeds`."""
+    original_results, original_kind = run_model(original, feeds, runner, ORIGINAL)
+    rewritten_results, rewritten_kind = run_model(rewritten, feeds, runner, REWRITTEN)
+    outputs = compare_outputs(original_results, rewritten_results, tolerance)
+    result = ValidationResult(passed=all(o.passed for o in outputs), tolerance=tolerance, outputs=outputs,
+                              runners={ORIGINAL: original_kind, REWRITTEN: rewritten_kind},
+                              iterations=len(feeds), data=data, feeds=feeds, graph_diff=graph_diff(original, rewritten))
+    result.run_results = combine(original_results, rewritten_results)
+    if expected:
+        result.expected = compare_outputs(expected_results(expected), rewritten_results, tolerance, iterations=1)
+        result.passed = result.passed and all(o.passed for o in result.expected)
+    if localise and not all(o.passed for o in outputs):
+        result.divergence = first_divergence(original, rewritten, feeds[0], tolerance, runner)
+    return result
+
+
+def expected_results(path: str | Path) -> RunResults:
+    """Reference outputs (e.g. from PyTorch) as a one-iteration Polygraphy result named 'expected'."""
+    arrays = load_arrays(path, "expected outputs")[0]
+    results = RunResults()
+    results[EXPECTED] = [IterationResult({k: np.asarray(v) for k, v in arrays.items()}, runner_name=EXPECTED)]
+    return results
+
+
+def graph_diff(before: onnx.ModelProto, after: onnx.ModelProto) -> dict:
+    """Op histograms before and after, their difference, and the node names added and removed."""
+    hist_before, hist_after = op_histogram(before.graph.node), op_histogram(after.graph.node)
+    names_before = {n.name for n in before.graph.node}
+    names_after = {n.name for n in after.graph.node}
+    return {"ops_before": hist_before, "ops_after": hist_after, "delta": histogram_delta(hist_before, hist_after),
+            "nodes_before": len(before.graph.node), "nodes_after": len(after.graph.node),
+            "added": sorted(names_after - names_before), "removed": sorted(names_before - names_after)}
+
+
+def validate_run(recipe, original: onnx.ModelProto, original_path: Path, rewritten: onnx.ModelProto,
+                 output: Path | None, progress) -> ValidationResult:
+    """The pipeline's validation step: compare, localise, bisect when asked, write the reports."""
+    from surgeon.validation.report import default_prefix, write_reports
+
+    config = recipe.validate
+    against = config.get("against") or "original"
+    reference = original if against == "original" else load_model(against)
+    tolerance = Tolerance.from_config(config)
+    runner = config.get("runner") or "auto"
+    feeds = make_feeds(reference, config.get("data"), config.get("inputs"), config.get("iterations") or 1,
+                       config.get("seed") or 0)
+    data = config.get("data") or f"a seeded random loader (seed {config.get('seed') or 0})"
+    result = validate_models(reference, rewritten, feeds, tolerance, runner, config.get("expected"), data)
+    if config.get("each_step") and recipe.steps:
+        progress.message("bisecting the recipe's steps")
+        result.bisection = bisect_steps(recipe, original, feeds, tolerance, runner,
+                                        reference=_only_runner(result.run_results, ORIGINAL),
+                                        model_dir=Path(original_path).parent, progress=progress)
+    if output is not None:
+        prefix = Path(config["report"]) if config.get("report") else default_prefix(output)
+        result.reports = write_reports(result, prefix)
+    return result
+
+
+def _only_runner(results: RunResults, name: str) -> RunResults:
+    single = RunResults()
+    single[name] = results[name]
+    return single
