@@ -6,7 +6,9 @@ Nodes already in order keep their relative order, so a sorted graph is left unch
 """
 from __future__ import annotations
 
+from surgeon.errors import PassError
 from surgeon.pass_api import Pass, PassResult, register_pass
+from surgeon.rewrite import stable_toposort
 
 
 @register_pass("toposort")
@@ -18,7 +20,10 @@ class Toposort(Pass):
     def run(self, graph, ctx):
         result = PassResult()
         before = [n.name for n in graph.nodes]
-        graph.toposort()
+        try:
+            stable_toposort(graph)
+        except ValueError as exc:
+            raise PassError(str(exc)) from None
         after = [n.name for n in graph.nodes]
         if before != after:
             moved = [name for i, name in enumerate(after) if before[i] != name]

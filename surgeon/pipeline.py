@@ -22,6 +22,7 @@ from surgeon.modelio import load_model, save_model_atomic, write_text_atomic
 from surgeon.pass_api import Context, PassResult
 from surgeon.recipe import Recipe, Step, load_recipe
 from surgeon.registry import get_pass
+from surgeon.rewrite import stable_toposort
 from surgeon.targets import load_target
 
 
@@ -192,8 +193,9 @@ def _run_step(graph: gs.Graph, step: Step, index: int, ctx: Context, state: _Gra
     try:
         result = instance.run(graph, ctx)
     except SurgeonError as exc:
-        raise type(exc)(f"{where}: {exc.message}", file=exc.file, line=exc.line, column=exc.column,
-                        hint=exc.hint) from exc
+        exc.message = f"{where}: {exc.message}"
+        exc.args = (exc.message,)
+        raise
     except Exception as exc:  # a pass bug must still name its step, and keep the cause for SURGEON_DEBUG
         raise SurgeonError(f"{where} failed: {type(exc).__name__}: {exc}") from exc
     seconds = time.perf_counter() - started
@@ -217,12 +219,19 @@ def _provide(graph: gs.Graph, needs, state: _GraphState) -> gs.Graph:
         graph.cleanup()
         state.clean = True
     if ("toposort" in needs or "shapes" in needs) and not state.sorted:
-        graph.toposort()
+        _toposort(graph)
         state.sorted = True
     if "shapes" in needs and not state.shapes:
         graph = infer_graph_shapes(graph)
         state.shapes = True
     return graph
+
+
+def _toposort(graph: gs.Graph) -> None:
+    try:
+        stable_toposort(graph)
+    except ValueError as exc:
+        raise SurgeonError(str(exc)) from None
 
 
 def infer_graph_shapes(graph: gs.Graph) -> gs.Graph:
@@ -241,7 +250,8 @@ def finish_graph(graph: gs.Graph, original: onnx.ModelProto, recipe: Recipe,
                  records: list[StepRecord]) -> onnx.ModelProto:
     """Tidy once, export once, infer shapes, and write provenance into `metadata_props`."""
     provenance = graph.__dict__.get("_surgeon_provenance") or {}
-    graph.cleanup().toposort()
+    graph.cleanup()
+    _toposort(graph)
     model = gs.export_onnx(graph, do_type_check=False)
     try:
         model = onnx.shape_inference.infer_shapes(model, strict_mode=False)

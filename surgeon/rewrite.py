@@ -83,7 +83,9 @@ def find_nodes(graph: gs.Graph, predicate) -> list[gs.Node]:
 def replace_uses(graph: gs.Graph, old: gs.Tensor, new: gs.Tensor) -> None:
     """Make every consumer of `old` read `new` instead (graph outputs included)."""
     for consumer in list(old.outputs):
-        consumer.inputs[:] = [new if t is old else t for t in consumer.inputs]
+        for i, tensor in enumerate(consumer.inputs):  # item by item: graphsurgeon's lists mishandle slices
+            if tensor is old:
+                consumer.inputs[i] = new
     graph.outputs[:] = [new if t is old else t for t in graph.outputs]
 
 
@@ -157,3 +159,54 @@ def via_onnx(graph: gs.Graph, transform) -> gs.Graph:
     """Apply an ONNX-level `transform(ModelProto) -> ModelProto` (onnxsim, version converter, shape
     inference) to a graphsurgeon graph; return the re-imported graph."""
     return gs.import_onnx(transform(gs.export_onnx(graph, do_type_check=False)))
+
+
+def stable_toposort(graph: gs.Graph) -> bool:
+    """Sort `graph.nodes` topologically, keeping the present order wherever it is already valid.
+
+    onnx-graphsurgeon's own toposort orders by depth and so reshuffles sorted graphs; this one leaves a
+    sorted graph exactly as it is (Kahn's algorithm, ready nodes taken in their original order).
+    Returns whether the order changed. Raises ValueError on a cycle.
+    """
+    import heapq
+
+    nodes = list(graph.nodes)
+    producer_index = {}
+    for i, node in enumerate(nodes):
+        for out in node.outputs:
+            producer_index[id(out)] = i
+    deps: list[set[int]] = []
+    for i, node in enumerate(nodes):
+        needed = {producer_index[id(t)] for t in _reads(node) if id(t) in producer_index}
+        needed.discard(i)
+        deps.append(needed)
+    if all(all(d < i for d in needed) for i, needed in enumerate(deps)):
+        return False
+    users: list[list[int]] = [[] for _ in nodes]
+    waiting = [len(d) for d in deps]
+    for i, needed in enumerate(deps):
+        for d in needed:
+            users[d].append(i)
+    ready = [i for i, w in enumerate(waiting) if w == 0]
+    heapq.heapify(ready)
+    order = []
+    while ready:
+        i = heapq.heappop(ready)
+        order.append(i)
+        for user in users[i]:
+            waiting[user] -= 1
+            if waiting[user] == 0:
+                heapq.heappush(ready, user)
+    if len(order) != len(nodes):
+        stuck = sorted(nodes[i].name for i, w in enumerate(waiting) if w)
+        raise ValueError(f"the graph has a cycle through {', '.join(stuck[:5])}")
+    graph.nodes[:] = [nodes[i] for i in order]
+    return True
+
+
+def _reads(node: gs.Node):
+    """Tensors a node reads, including those its subgraphs (If/Loop/Scan bodies) take from outside."""
+    yield from node.inputs
+    for sub in node.subgraphs():
+        for inner in sub.nodes:
+            yield from _reads(inner)
