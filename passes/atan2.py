@@ -1,0 +1,95 @@
+"""Replace atan2 (ATen fallback or a custom `Atan2` op) by standard ops that match `torch.atan2`.
+
+Before:  y ─┐
+            ├─► ATen(operator="atan2") ─► angle          (or Atan2 in any domain)
+         x ─┘
+After:   |y|, |x| ─► ratio = small/large ─► Atan ─► fold into the quadrant of (x, y) ─► angle
+
+The ratio is min(|x|,|y|) / max(|x|,|y|), always in [0, 1], so Atan works where it is most accurate
+and nothing overflows: x = 1e-30, y = 1 gives pi/2 exactly as torch does. Then
+
+    a = atan(ratio)                     in [0, pi/4]
+    a = pi/2 - a   where |y| > |x|      in [0, pi/2]
+    a = 0          where x == y == 0    (torch: atan2(±0, +0) = ±0)
+    a = pi - a     where x is negative  (sign bit set, so x = -0.0 counts: atan2(±0, -0) = ±pi)
+    angle = a * (-1 where y is negative else 1)  (sign bit set: y = -0.0 gives -0 or -pi)
+
+Equal magnitudes give ratio 1 exactly, which covers atan2(±inf, ±inf) = ±pi/4, ±3pi/4. NaN in
+either input gives NaN. A sign bit is read as `min(v, 1/v) < 0`, true for negative numbers, -0.0
+(1/-0 = -inf) and -inf; ONNX has no other way to see the sign of a zero. `signed_zeros: false` uses
+`v < 0` instead (four nodes fewer; -0.0 is then treated as +0.0).
+
+Known wrong rewrites this replaces: `atan(y / (x + 1e-6))` (no quadrant) and sigmoid tricks.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from surgeon.pass_api import Param, Pass, PassResult, register_pass
+from surgeon.rewrite import Rewrite, aten_operator, dtype_of, find_nodes
+
+FLOAT_TYPES = (np.float32, np.float64, np.float16)
+
+
+def is_atan2(node) -> bool:
+    return aten_operator(node) == "atan2" or node.op == "Atan2"
+
+
+@register_pass("atan2")
+class Atan2(Pass):
+    """Replace ATen atan2 / custom Atan2 by Atan, Div and Where, exact in all quadrants and on the axes."""
+
+    params = {
+        "signed_zeros": Param(bool, True, help="treat -0.0 like torch (atan2(0, -0.0) = pi); false saves four nodes"),
+    }
+    needs = ("shapes",)
+
+    def run(self, graph, ctx):
+        result = PassResult()
+        for node in find_nodes(graph, is_atan2):
+            y, x = node.inputs[0], node.inputs[1]
+            dtype = dtype_of(y) or dtype_of(node.outputs[0]) or np.dtype(np.float32)
+            if dtype not in [np.dtype(t) for t in FLOAT_TYPES]:
+                result.note(f"{node.name}: left alone, atan2 of {dtype} inputs")
+                continue
+            self.rewrite(graph, ctx, node, y, x, dtype)
+            result.rewrote(node)
+        return result
+
+    def rewrite(self, graph, ctx, node, y, x, dtype):
+        rw = Rewrite(graph, ctx, node)
+
+        def const(value, suffix):
+            return rw.const(value, suffix, dtype=dtype)
+
+        def sign_set(v, suffix):
+            zero = const(0, f"{suffix}_zero")
+            if not self.signed_zeros:
+                return rw.op("Less", [v, zero], suffix=f"{suffix}_negative")
+            reciprocal = rw.op("Div", [const(1, f"{suffix}_one"), v], suffix=f"{suffix}_reciprocal", dtype=dtype)
+            smaller = rw.op("Min", [v, reciprocal], suffix=f"{suffix}_min", dtype=dtype)
+            return rw.op("Less", [smaller, zero], suffix=f"{suffix}_negative")
+
+        abs_x = rw.op("Abs", [x], suffix="abs_x", dtype=dtype)
+        abs_y = rw.op("Abs", [y], suffix="abs_y", dtype=dtype)
+        steep = rw.op("Greater", [abs_y, abs_x], suffix="steep")
+        small = rw.op("Where", [steep, abs_x, abs_y], suffix="small", dtype=dtype)
+        large = rw.op("Where", [steep, abs_y, abs_x], suffix="large", dtype=dtype)
+        quotient = rw.op("Div", [small, large], suffix="quotient", dtype=dtype)
+        # 0/0 and inf/inf are NaN; both mean equal magnitudes, whose ratio is 1 (the origin is fixed below).
+        same = rw.op("Equal", [small, large], suffix="same_magnitude")
+        ratio = rw.op("Where", [same, const(1, "one"), quotient], suffix="ratio", dtype=dtype)
+        angle = rw.op("Atan", [ratio], suffix="atan", dtype=dtype)
+        angle = rw.op("Where", [steep, rw.op("Sub", [const(np.pi / 2, "half_pi"), angle], suffix="complement",
+                                            dtype=dtype), angle], suffix="first_quadrant", dtype=dtype)
+        # Tested on |x| + |y| rather than on `large`, so NaN in `small` is not taken for the origin.
+        magnitude_sum = rw.op("Add", [abs_x, abs_y], suffix="magnitude_sum", dtype=dtype)
+        origin = rw.op("Equal", [magnitude_sum, const(0, "zero")], suffix="origin")
+        angle = rw.op("Where", [origin, const(0, "origin_angle"), angle], suffix="origin_fixed", dtype=dtype)
+        angle = rw.op("Where", [sign_set(x, "x"), rw.op("Sub", [const(np.pi, "pi"), angle], suffix="supplement",
+                                                       dtype=dtype), angle], suffix="upper_half", dtype=dtype)
+        # A multiplication, not Where(negative, -angle, angle): ONNX Runtime 1.31 returns +0.0 for a -0.0
+        # selected from Where's second input (measured), which would lose atan2(-0.0, 1) = -0.0.
+        y_sign = rw.op("Where", [sign_set(y, "y"), const(-1, "minus_one"), const(1, "plus_one")], suffix="y_sign",
+                       dtype=dtype)
+        rw.finish("Mul", [angle, y_sign], suffix="angle")
