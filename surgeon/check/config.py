@@ -1,0 +1,116 @@
+"""`[tool.surgeon]` in the nearest pyproject.toml (searched upward from the working directory).
+
+    [tool.surgeon]
+    target = "tensorrt-8.6"          # default target of `surgeon check`
+    ignore = ["SG011"]               # rule ids never reported
+    select = ["SG0"]                 # only these rule ids (prefixes allowed)
+    static-shapes = true             # report dynamic input dims (SG006) whatever the target says
+    max-initializer-mb = 256         # SG013 threshold
+
+    [[tool.surgeon.overrides]]       # later entries win; paths are globs relative to pyproject.toml
+    files = ["models/legacy/*.onnx"]
+    target = "onnxruntime"
+    ignore = ["SG007"]
+"""
+from __future__ import annotations
+
+import fnmatch
+import tomllib
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from surgeon.errors import SurgeonError, suggest
+
+SETTING_KEYS = ("target", "select", "ignore", "static-shapes", "max-initializer-mb")
+_LIST_KEYS = ("select", "ignore")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Check settings for one file: target, rule filters and rule options."""
+
+    target: str | None = None
+    select: tuple[str, ...] = ()
+    ignore: tuple[str, ...] = ()
+    static_shapes: bool | None = None
+    max_initializer_mb: float = 512.0
+
+    def wants(self, rule_id: str) -> bool:
+        if self.select and not any(rule_id.startswith(prefix) for prefix in self.select):
+            return False
+        return not any(rule_id.startswith(prefix) for prefix in self.ignore)
+
+
+@dataclass(frozen=True)
+class Config:
+    """The settings of a pyproject.toml (or the defaults when there is none)."""
+
+    base: Settings = field(default_factory=Settings)
+    overrides: tuple[tuple[tuple[str, ...], dict], ...] = ()
+    root: Path | None = None
+    source: Path | None = None
+
+    def for_file(self, path) -> Settings:
+        settings = self.base
+        if self.root is None:
+            return settings
+        try:
+            relative = Path(path).resolve().relative_to(self.root).as_posix()
+        except ValueError:
+            return settings
+        for patterns, values in self.overrides:
+            if any(fnmatch.fnmatch(relative, pattern) for pattern in patterns):
+                settings = replace(settings, **values)
+        return settings
+
+
+def find_pyproject(start=None) -> Path | None:
+    folder = Path(start or Path.cwd()).resolve()
+    for candidate in (folder, *folder.parents):
+        if (candidate / "pyproject.toml").is_file():
+            return candidate / "pyproject.toml"
+    return None
+
+
+def load_config(start=None) -> Config:
+    """The `[tool.surgeon]` settings of the nearest pyproject.toml; unknown keys are errors naming the file."""
+    path = find_pyproject(start)
+    if path is None:
+        return Config()
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise SurgeonError(f"not valid TOML: {exc}", file=path) from None
+    table = data.get("tool", {}).get("surgeon")
+    if table is None:
+        return Config(source=path)
+    overrides = []
+    for index, entry in enumerate(table.get("overrides") or (), start=1):
+        where = f"[[tool.surgeon.overrides]] entry {index}"
+        if not isinstance(entry, dict) or not isinstance(entry.get("files"), list) or not entry["files"]:
+            raise SurgeonError(f"{where} needs files = [\"glob\", ...]", file=path)
+        values = _settings_values({k: v for k, v in entry.items() if k != "files"}, path, where)
+        overrides.append((tuple(map(str, entry["files"])), values))
+    base = _settings_values({k: v for k, v in table.items() if k != "overrides"}, path, "[tool.surgeon]")
+    return Config(base=Settings(**base), overrides=tuple(overrides), root=path.parent, source=path)
+
+
+def _settings_values(table: dict, path: Path, where: str) -> dict:
+    values = {}
+    for key, value in table.items():
+        if key not in SETTING_KEYS:
+            raise SurgeonError(f"unknown key '{key}' in {where}", file=path,
+                               hint=suggest(key, SETTING_KEYS + ("overrides",)))
+        attr = key.replace("-", "_")
+        if key in _LIST_KEYS:
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise SurgeonError(f"{where}: '{key}' must be a list of rule ids", file=path)
+            value = tuple(value)
+        elif key == "static-shapes" and not isinstance(value, bool):
+            raise SurgeonError(f"{where}: 'static-shapes' must be true or false", file=path)
+        elif key == "max-initializer-mb" and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise SurgeonError(f"{where}: 'max-initializer-mb' must be a number", file=path)
+        elif key == "target" and not isinstance(value, str):
+            raise SurgeonError(f"{where}: 'target' must be a target name such as 'tensorrt-8.6'", file=path)
+        values[attr] = value
+    return values

@@ -1,0 +1,142 @@
+"""What the rules look at, computed once per model: the loaded proto, the target, a topological order,
+shape-inferred dtypes and the opset in force for each domain."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+import onnx
+from onnx import TensorProto
+
+from surgeon.targets import Target
+
+STANDARD_DOMAINS = ("", "ai.onnx")
+_ONNX_DTYPE_NAMES = {"float": "float32", "double": "float64"}
+
+
+@dataclass(frozen=True)
+class CheckOptions:
+    """The knobs of a check run (from pyproject.toml and the command line)."""
+
+    static_shapes: bool | None = None  # None: as the target profile says
+    max_initializer_mb: float = 512.0
+
+
+def dtype_name(elem_type: int) -> str:
+    """ONNX element type as the profiles spell it: float32, float16, bfloat16, int64, bool, float8e4m3fn."""
+    name = TensorProto.DataType.Name(elem_type).lower()
+    return _ONNX_DTYPE_NAMES.get(name, name)
+
+
+@dataclass
+class ModelFacts:
+    path: Path
+    model: onnx.ModelProto
+    target: Target
+    options: CheckOptions = field(default_factory=CheckOptions)
+
+    @property
+    def file(self) -> str:
+        return str(self.path)
+
+    @property
+    def nodes(self):
+        return self.model.graph.node
+
+    @cached_property
+    def opsets(self) -> dict[str, int]:
+        return {("" if o.domain == "ai.onnx" else o.domain): o.version for o in self.model.opset_import}
+
+    @cached_property
+    def late_reads(self) -> list[tuple[int, str, int]]:
+        """(reader index, tensor name, producer index) for each tensor read before the node producing it."""
+        producer = {}
+        for index, node in enumerate(self.nodes):
+            for name in node.output:
+                producer.setdefault(name, index)
+        return [(index, name, producer[name]) for index, node in enumerate(self.nodes)
+                for name in dict.fromkeys(node_inputs(node)) if producer.get(name, -1) > index]
+
+    @property
+    def is_sorted(self) -> bool:
+        return not self.late_reads
+
+    @cached_property
+    def sorted_model(self) -> onnx.ModelProto:
+        """The model with nodes in topological order (the model itself when it already is, or cannot be)."""
+        if self.is_sorted:
+            return self.model
+        import onnx_graphsurgeon as gs
+
+        from surgeon.rewrite import stable_toposort
+
+        try:
+            graph = gs.import_onnx(self.model)
+            stable_toposort(graph)
+            exported = gs.export_onnx(graph)
+        except Exception:  # noqa: BLE001  gs cannot import every broken graph; the checker then sees the original
+            return self.model
+        exported.ir_version = self.model.ir_version
+        return exported
+
+    @cached_property
+    def inference(self) -> tuple[onnx.ModelProto | None, str | None]:
+        """(shape-inferred model, None) or (None, the strict-mode error message)."""
+        try:
+            inferred = onnx.shape_inference.infer_shapes(self.sorted_model, check_type=True, strict_mode=True,
+                                                         data_prop=True)
+        except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError, RuntimeError) as exc:
+            return None, str(exc).strip()
+        return inferred, None
+
+    @cached_property
+    def dtypes(self) -> dict[str, str]:
+        """Tensor name -> dtype name, from shape inference where it worked, else from what the file declares."""
+        graph = (self.inference[0] or self.model).graph
+        known = {}
+        for value in list(graph.input) + list(graph.output) + list(graph.value_info):
+            if value.type.HasField("tensor_type") and value.type.tensor_type.elem_type:
+                known[value.name] = dtype_name(value.type.tensor_type.elem_type)
+        for tensor in graph.initializer:
+            known[tensor.name] = dtype_name(tensor.data_type)
+        for node in graph.node:
+            if node.op_type == "Constant" and node.domain in STANDARD_DOMAINS:
+                value = next((a.t for a in node.attribute if a.name == "value"), None)
+                if value is not None:
+                    known[node.output[0]] = dtype_name(value.data_type)
+        return known
+
+    def first_input_dtype(self, node) -> str | None:
+        return self.dtypes.get(node.input[0]) if node.input and node.input[0] else None
+
+    def op_version(self, node) -> int | None:
+        """The ONNX version of a standard node's op at the model's opset (e.g. Split at opset 18 -> 18)."""
+        try:
+            return onnx.defs.get_schema(node.op_type, self.opsets.get("", 1), "").since_version
+        except onnx.defs.SchemaError:
+            return None
+
+    @property
+    def static_shapes_required(self) -> bool:
+        if self.options.static_shapes is not None:
+            return self.options.static_shapes
+        return self.target.static_shapes
+
+
+def node_inputs(node):
+    """Inputs of a node, including the outer-scope names its subgraphs (If/Loop bodies) read."""
+    names = [i for i in node.input if i]
+    for attr in node.attribute:
+        graphs = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)
+        for graph in graphs:
+            local = {v.name for v in graph.input} | {t.name for t in graph.initializer}
+            for inner in graph.node:
+                names.extend(i for i in node_inputs(inner) if i not in local)
+                local.update(inner.output)
+    return names
+
+
+def is_standard_op(node) -> bool:
+    """A node of the default domain whose op type ONNX defines."""
+    return node.domain in STANDARD_DOMAINS and onnx.defs.has(node.op_type, "")

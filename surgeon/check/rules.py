@@ -1,0 +1,278 @@
+"""The model rules of `surgeon check`: each reads `ModelFacts` and yields findings.
+
+A rule is a function registered with `@model_rule(id, name, severity, summary, fix)`; its id never
+changes meaning. The fix names the pass (and mode) that removes the finding, so a finding reads
+
+    SG001 error node /ATen_12 (ATen:grid_sampler) not runnable on tensorrt-8.6 — fix: pass grid-sample mode=plugin or mode=decompose
+"""
+from __future__ import annotations
+
+import os
+from collections import Counter
+from pathlib import Path
+
+import onnx
+
+from surgeon.check.facts import STANDARD_DOMAINS, ModelFacts, is_standard_op, node_inputs
+from surgeon.check.findings import Finding, model_rule
+from surgeon.graphinfo import op_label
+from surgeon.reference import find_reference
+
+GRID_SAMPLE_FORMS = ("ATen:grid_sampler", "mmdeploy::grid_sampler", "GridSampler2DTRT", "com.microsoft::GridSample",
+                     "GridSample")
+# Which pass removes a node the target cannot run, by op label (surgeon.graphinfo.op_label).
+FIX_BY_OP = {
+    "ATen:atan2": "atan2",
+    "ATen:linspace": "linspace",
+    "ATen:__iand_": "inplace-and",
+    "ATen:nan_to_num": "nan-to-num",
+    "ATen:any": "any-all",
+    "ATen:all": "any-all",
+    "ATen:maximum": "maximum-minimum",
+    "ATen:minimum": "maximum-minimum",
+    "ATen:inverse": "inverse",
+    "ATen:linalg_inv": "inverse",
+    "com.microsoft::Inverse": "inverse",
+    "Split": "chunk",  # Split-18 with num_outputs, which older runtimes lack
+}
+CLIP_INTEGER_OPSET = 12  # Clip-12 added integer types
+INTEGER_DTYPES = ("int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64")
+
+
+def _finding(facts: ModelFacts, rule: str, severity: str, message: str, node=None, fix: str | None = None):
+    return Finding(rule=rule, severity=severity, message=message, file=facts.file,
+                   node=(node.name or f"#{list(facts.nodes).index(node)}") if node is not None else None,
+                   op=op_label(node) if node is not None else None, fix=fix)
+
+
+def fix_for(node, target) -> str | None:
+    """The pass (and mode) that rewrites `node` into something `target` runs, if one exists."""
+    label = op_label(node)
+    if label in GRID_SAMPLE_FORMS:
+        return "grid-sample mode=plugin or mode=decompose" if target.is_tensorrt else "grid-sample mode=decompose"
+    return FIX_BY_OP.get(label)
+
+
+def _aten_operator(node) -> str | None:
+    value = next((a.s for a in node.attribute if a.name == "operator"), None)
+    return value.decode() if value is not None else None
+
+
+# ---------------------------------------------------------------- validity
+
+@model_rule("SG014", "onnx-checker", "error", "onnx.checker rejects the model (structure, attributes, IR rules)")
+def onnx_checker(facts: ModelFacts):
+    # Together with SG015 this is onnx.checker's full_check; the check runs on the topologically sorted
+    # model so an ordering problem (SG008) does not hide the next one.
+    try:
+        onnx.checker.check_model(facts.sorted_model, full_check=False)
+    except onnx.checker.ValidationError as exc:
+        yield _finding(facts, "SG014", "error", f"onnx.checker: {_first_line(exc)}")
+
+
+@model_rule("SG015", "shape-inference", "error", "strict ONNX shape inference fails (type or shape conflict)")
+def shape_inference(facts: ModelFacts):
+    error = facts.inference[1]
+    if error is not None:
+        yield _finding(facts, "SG015", "error", f"shape inference (strict): {_first_line(error)}")
+
+
+def _first_line(error) -> str:
+    return " ".join(str(error).split())
+
+
+@model_rule("SG016", "ir-version", "error", "IR version newer than the target runtime reads")
+def ir_version(facts: ModelFacts):
+    limit = facts.target.max_ir_version
+    if limit is not None and facts.model.ir_version > limit:
+        yield _finding(facts, "SG016", "error", f"IR version {facts.model.ir_version} is newer than "
+                       f"{facts.target.name} reads (at most {limit}); re-save the model with ir_version={limit}")
+
+
+# ---------------------------------------------------------------- ops on the target
+
+@model_rule("SG001", "custom-op-unsupported", "error",
+            "ATen, custom-domain or unknown op the target has no kernel or plugin for", fix="per op, e.g. grid-sample")
+def custom_op_unsupported(facts: ModelFacts):
+    for node in facts.nodes:
+        if is_standard_op(node) or facts.target.supports(node.op_type, node.domain):
+            continue
+        yield _finding(facts, "SG001", "error", f"not runnable on {facts.target.name}", node,
+                       fix=fix_for(node, facts.target))
+
+
+@model_rule("SG002", "no-reference", "warning",
+            "ATen or custom op with no CPU reference: `surgeon validate` cannot run the graph")
+def no_reference(facts: ModelFacts):
+    for node in facts.nodes:
+        if is_standard_op(node):
+            continue
+        if find_reference(node.op_type, node.domain, _aten_operator(node)) is None:
+            yield _finding(facts, "SG002", "warning", "has no CPU reference (register one with "
+                           "@surgeon.reference.reference_op to validate this graph)", node,
+                           fix=fix_for(node, facts.target))
+
+
+@model_rule("SG003", "op-unsupported", "error", "standard op (or op version) outside the target profile",
+            fix="per op, e.g. grid-sample, chunk")
+def op_unsupported(facts: ModelFacts):
+    target = facts.target
+    if not target.ops:
+        return
+    for node in facts.nodes:
+        if not is_standard_op(node) or node.op_type in target.plugins:
+            continue
+        rule = target.ops.get(node.op_type)
+        version = facts.op_version(node)
+        if rule is None:
+            problem = f"is not supported by {target.name}"
+        elif version is not None and rule.get("since") and version < int(rule["since"]):
+            problem = f"version {version} predates what {target.name} supports (from {rule['since']})"
+        elif version is not None and rule.get("until") and version > int(rule["until"]):
+            problem = (f"version {version} (opset {facts.opsets.get('', '?')}) is newer than {target.name} "
+                       f"supports (up to version {rule['until']})")
+        else:
+            continue
+        yield _finding(facts, "SG003", "error", problem, node, fix=fix_for(node, facts.target))
+
+
+@model_rule("SG004", "dtype-unsupported", "error", "op input dtype outside the target profile's types")
+def dtype_unsupported(facts: ModelFacts):
+    for node in facts.nodes:
+        if not is_standard_op(node) or _is_integer_clip(facts, node):  # SG005 reports integer Clip
+            continue
+        allowed = (facts.target.ops.get(node.op_type) or {}).get("dtypes")
+        dtype = facts.first_input_dtype(node)
+        cast_down = dtype == "float64" and facts.target.is_tensorrt  # TensorRT casts DOUBLE to FLOAT: SG007 warns
+        if allowed and dtype and not cast_down and dtype not in allowed:
+            yield _finding(facts, "SG004", "error", f"on {dtype} is not supported by {facts.target.name} "
+                           f"(supported: {', '.join(allowed)})", node)
+
+
+def _is_integer_clip(facts: ModelFacts, node) -> bool:
+    return node.op_type == "Clip" and node.domain in STANDARD_DOMAINS and facts.first_input_dtype(node) in INTEGER_DTYPES
+
+
+@model_rule("SG005", "clip-int", "warning",
+            "Clip on an integer tensor: not portable (TensorRT, opset-11 runtimes); an error where the target "
+            "or the model's opset rejects it", fix="clip-int")
+def clip_on_integers(facts: ModelFacts):
+    clip = facts.target.ops.get("Clip") or {}
+    for node in facts.nodes:
+        if not _is_integer_clip(facts, node):
+            continue
+        dtype = facts.first_input_dtype(node)
+        if facts.opsets.get("", 1) < CLIP_INTEGER_OPSET:
+            problem = f"on {dtype}: Clip takes floats only before opset 12 (the model is at opset {facts.opsets[''] }"
+            yield _finding(facts, "SG005", "error", problem + ")", node, fix="clip-int")
+        elif clip.get("until") and int(clip["until"]) < CLIP_INTEGER_OPSET:
+            yield _finding(facts, "SG005", "error", f"on {dtype}: {facts.target.name} has Clip up to version "
+                           f"{clip['until']}, which takes floats only", node, fix="clip-int")
+        elif clip.get("dtypes") and dtype not in clip["dtypes"]:
+            yield _finding(facts, "SG005", "error", f"on {dtype} is not supported by {facts.target.name} "
+                           f"(Clip types: {', '.join(clip['dtypes'])})", node, fix="clip-int")
+        else:
+            yield _finding(facts, "SG005", "warning", f"on {dtype} runs on {facts.target.name}, but TensorRT "
+                           "and opset-11 runtimes reject integer Clip", node, fix="clip-int")
+
+
+# ---------------------------------------------------------------- tensors and shapes
+
+@model_rule("SG006", "dynamic-shape", "error",
+            "graph input with a dynamic dim where static shapes are required (target profile or `static-shapes`)")
+def dynamic_shape(facts: ModelFacts):
+    if not facts.static_shapes_required:
+        return
+    initializers = {t.name for t in facts.model.graph.initializer}
+    for value in facts.model.graph.input:
+        if value.name in initializers or not value.type.HasField("tensor_type"):
+            continue
+        tensor = value.type.tensor_type
+        if not tensor.HasField("shape"):
+            yield _finding(facts, "SG006", "error", f"input '{value.name}' has no shape; {facts.target.name} "
+                           "needs static shapes")
+            continue
+        dims = [d.dim_param or "?" for d in tensor.shape.dim if not d.HasField("dim_value")]
+        if dims:
+            yield _finding(facts, "SG006", "error", f"input '{value.name}' has dynamic dims {', '.join(dims)}; "
+                           f"{facts.target.name} needs static shapes (re-export with fixed sizes)")
+
+
+@model_rule("SG007", "float64", "warning", "float64 tensors: TensorRT casts them down, NPUs reject them")
+def float64_tensors(facts: ModelFacts):
+    graph = facts.model.graph
+    doubles = sorted({name for name, dtype in facts.dtypes.items() if dtype == "float64"})
+    if not doubles:
+        return
+    producer = {out: node for node in graph.node for out in node.output}
+    for name in doubles:
+        node = producer.get(name)
+        what = "initializer" if name in {t.name for t in graph.initializer} else "tensor"
+        yield _finding(facts, "SG007", "warning", f"{what} '{name}' is float64", node)
+
+
+@model_rule("SG008", "not-toposorted", "error", "nodes not in topological order (onnx.checker requires it)",
+            fix="toposort")
+def not_toposorted(facts: ModelFacts):
+    for reader, name, producer in facts.late_reads:
+        node, late = facts.nodes[reader], facts.nodes[producer]
+        yield _finding(facts, "SG008", "error", f"reads '{name}' before node {late.name or f'#{producer}'} "
+                       f"({op_label(late)}) produces it", node, fix="toposort")
+
+
+@model_rule("SG009", "duplicate-node-name", "warning",
+            "two nodes share a name (provenance, validation reports and TensorRT layer names need unique ones)")
+def duplicate_node_names(facts: ModelFacts):
+    counts = Counter(node.name for node in facts.nodes if node.name)
+    for name, count in sorted(counts.items()):
+        if count > 1:
+            yield Finding("SG009", "warning", f"node name '{name}' is used by {count} nodes", facts.file, node=name)
+
+
+@model_rule("SG010", "duplicate-tensor-name", "error",
+            "a tensor name defined twice (graph input, initializer or node output): the graph is not SSA")
+def duplicate_tensor_names(facts: ModelFacts):
+    graph = facts.model.graph
+    initializers = {t.name for t in graph.initializer}
+    definitions = Counter(v.name for v in graph.input if v.name not in initializers)
+    definitions.update(t.name for t in graph.initializer)
+    definitions.update(name for node in graph.node for name in node.output if name)
+    for name, count in sorted(definitions.items()):
+        if count > 1:
+            yield Finding("SG010", "error", f"tensor '{name}' is defined {count} times", facts.file)
+
+
+@model_rule("SG011", "unused-initializer", "warning", "initializer no node reads", fix="cleanup")
+def unused_initializers(facts: ModelFacts):
+    read = {name for node in facts.nodes for name in node_inputs(node)}
+    read.update(v.name for v in facts.model.graph.output)
+    for tensor in facts.model.graph.initializer:
+        if tensor.name not in read:
+            yield Finding("SG011", "warning", f"initializer '{tensor.name}' is not used", facts.file, fix="cleanup")
+
+
+@model_rule("SG012", "external-data-escapes", "error",
+            "external-data location outside the model's folder (absolute or through ..)")
+def external_data_escapes(facts: ModelFacts):
+    folder = facts.path.resolve().parent
+    for tensor in facts.model.graph.initializer:
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        location = next((e.value for e in tensor.external_data if e.key == "location"), "")
+        resolved = Path(os.path.normpath(folder / location))
+        if Path(location).is_absolute() or not resolved.is_relative_to(folder):
+            yield Finding("SG012", "error", f"initializer '{tensor.name}' reads external data from "
+                          f"'{location}', outside {folder.name}/; keep data files beside the model", facts.file)
+
+
+@model_rule("SG013", "large-initializer", "warning",
+            "initializer larger than `max-initializer-mb` (default 512)")
+def large_initializers(facts: ModelFacts):
+    from surgeon.commands.inspect import _tensor_bytes
+
+    limit = facts.options.max_initializer_mb * 2**20
+    for tensor in facts.model.graph.initializer:
+        size = _tensor_bytes(tensor)
+        if size > limit:
+            yield Finding("SG013", "warning", f"initializer '{tensor.name}' holds {size / 2**20:.1f} MiB, over "
+                          f"the {facts.options.max_initializer_mb:g} MiB limit", facts.file)

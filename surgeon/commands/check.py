@@ -1,0 +1,91 @@
+"""Lint models against a target profile (and recipes against the pass registry) before anything runs.
+
+    surgeon check model.onnx --target tensorrt-8.6
+    surgeon check models/*.onnx --format sarif --output surgeon.sarif
+    surgeon check recipes/bevformer-tiny.yaml          # .yaml/.yml files are linted as recipes
+
+Settings come from `[tool.surgeon]` in the nearest pyproject.toml (docs/check.md); options given here win.
+Exit codes: 0 no errors, 1 errors found, 2 bad usage or a file that cannot be read.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import replace
+
+NAME = "check"
+HELP = "lint models for a target (ops, dtypes, order, names, data) and recipes; CI and pre-commit friendly"
+
+
+def add_arguments(parser) -> None:
+    from surgeon.check.formatters import FORMATS
+
+    parser.add_argument("paths", nargs="*", metavar="FILE", help="ONNX models; .yaml/.yml files are linted as recipes")
+    parser.add_argument("--recipe", action="append", default=[], metavar="RECIPE",
+                        help="lint RECIPE as a recipe whatever its extension (repeatable)")
+    parser.add_argument("-t", "--target", help="target profile name or YAML file (default: pyproject, else onnxruntime)")
+    parser.add_argument("--select", action="append", default=[], metavar="IDS",
+                        help="report only these rule ids or id prefixes, comma-separated (e.g. SG001,SG01)")
+    parser.add_argument("--ignore", action="append", default=[], metavar="IDS",
+                        help="never report these rule ids or id prefixes, comma-separated")
+    parser.add_argument("--format", choices=sorted(FORMATS), default="text", help="output format (default text)")
+    parser.add_argument("-o", "--output", metavar="FILE", help="write the report to FILE instead of stdout")
+    parser.add_argument("--static-shapes", action=argparse.BooleanOptionalAction, default=None,
+                        help="report dynamic input dims (SG006) even if the target allows them, or never")
+    parser.add_argument("--max-initializer-mb", type=float, metavar="MB", help="SG013 threshold (default 512)")
+    parser.add_argument("--no-config", action="store_true", help="ignore [tool.surgeon] in pyproject.toml")
+    parser.add_argument("--list-rules", action="store_true", help="print the rules and exit")
+
+
+def run(args) -> int:
+    from surgeon.check.config import Config, load_config
+    from surgeon.check.findings import all_rules
+    from surgeon.check.formatters import FORMATS
+    from surgeon.check.runner import check_file, exit_code, validate_rule_ids
+    from surgeon.cli_args import raise_usage, table
+    from surgeon.targets import load_target
+
+    rules = all_rules()
+    if args.list_rules:
+        print(table([[r.id, r.severity, r.name, r.summary, r.fix or "-"] for r in rules.values()],
+                    ["id", "severity", "name", "what", "fix"]))
+        return 0
+    inputs = [(path, False) for path in args.paths] + [(path, True) for path in args.recipe]
+    if not inputs:
+        raise_usage("surgeon check needs at least one model or recipe (or --list-rules)")
+    cli = _command_line_settings(args)
+    for option in ("select", "ignore"):
+        validate_rule_ids(cli.get(option, ()), f"--{option}")
+    if args.target:
+        load_target(args.target)  # an unknown target is a usage error before any file is read
+
+    config = Config() if args.no_config else load_config()
+    findings = []
+    for path, as_recipe in inputs:
+        settings = replace(config.for_file(path), **cli)
+        findings.extend(check_file(path, settings, as_recipe=as_recipe))
+
+    report = FORMATS[args.format](findings, rules, len(inputs))
+    if args.output:
+        from surgeon.modelio import write_text_atomic
+
+        write_text_atomic(args.output, report + "\n")
+    elif report:
+        sys.stdout.write(report + "\n")
+    return exit_code(findings)
+
+
+def _command_line_settings(args) -> dict:
+    """The settings given on the command line; they replace the pyproject ones."""
+    values = {}
+    if args.target:
+        values["target"] = args.target
+    for option in ("select", "ignore"):
+        ids = tuple(i.strip() for text in getattr(args, option) for i in text.split(",") if i.strip())
+        if ids:
+            values[option] = ids
+    if args.static_shapes is not None:
+        values["static_shapes"] = args.static_shapes
+    if args.max_initializer_mb is not None:
+        values["max_initializer_mb"] = args.max_initializer_mb
+    return values
