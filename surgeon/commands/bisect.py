@@ -1,0 +1,51 @@
+"""Find the recipe step that breaks the outputs: `surgeon bisect RECIPE [MODEL]`.
+
+Re-runs the recipe's steps, keeps the graph after each, and bisects for the first step after
+which the outputs leave the recipe's `validate:` tolerance (defaults when it has none). Exit code
+1 when a step is found, 0 when every step stays within tolerance, 2 for bad input.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from surgeon.cli_args import OutputArgs, PluginArgs, print_json, table
+from surgeon.errors import CheckFailed, SurgeonError
+
+NAME = "bisect"
+HELP = "find the first recipe step after which the outputs leave tolerance"
+ARG_GROUPS = (PluginArgs, OutputArgs)
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("recipe", help="recipe file, or the name of a shipped recipe")
+    parser.add_argument("model", nargs="?", help="input model (default: the recipe's 'model')")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="STEP.PARAM=VALUE",
+                        help="override a step parameter, or validate.KEY (e.g. validate.atol=1e-4)")
+
+
+def run(args) -> int:
+    from surgeon.commands.run import TerminalProgress
+    from surgeon.modelio import load_model
+    from surgeon.recipe import VALIDATE_FIELDS, load_recipe
+    from surgeon.validation import Tolerance, bisect_steps, make_feeds
+
+    recipe = load_recipe(args.recipe, overrides=args.overrides, model=args.model)
+    if recipe.model is None:
+        raise SurgeonError(f"recipe '{recipe.name}' names no model: give MODEL on the command line")
+    config = recipe.validate or {key: field.default for key, field in VALIDATE_FIELDS.items()}
+    original = load_model(recipe.model)
+    feeds = make_feeds(original, config.get("data"), config.get("inputs"), config.get("iterations") or 1,
+                       config.get("seed") or 0)
+    progress = None if (args.quiet or args.json) else TerminalProgress()
+    result = bisect_steps(recipe, original, feeds, Tolerance.from_config(config), config.get("runner") or "auto",
+                          model_dir=Path(recipe.model).parent, progress=progress)
+    if args.json:
+        print_json(result.to_dict())
+    elif not args.quiet:
+        rows = [[str(r["step"]), r["name"], "within" if r["passed"] else "OUTSIDE",
+                 "-" if r["max_abs"] is None else f"{r['max_abs']:.3g}"] for r in result.checked]
+        if rows:
+            print(table(rows, ["#", "step", "tolerance", "max abs"]))
+        print(result.describe())
+    return CheckFailed.exit_code if result.found else 0
+

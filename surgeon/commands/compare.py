@@ -1,0 +1,62 @@
+"""Compare two models numerically through Polygraphy: `surgeon compare A.onnx B.onnx`.
+
+Both models run on the same inputs (recorded with --data, else seeded random ones), each through
+ONNX Runtime or, for graphs with ATen/custom/plugin nodes, surgeon's reference runner. Exit code 0
+when every output of B is within tolerance of A's (and of --expected), 1 when not, 2 for bad input.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from surgeon.cli_args import OutputArgs, PluginArgs, print_json
+from surgeon.errors import CheckFailed
+
+NAME = "compare"
+HELP = "compare two models' outputs on the same inputs (Polygraphy), with reports"
+ARG_GROUPS = (PluginArgs, OutputArgs)
+
+
+def add_arguments(parser) -> None:
+    from surgeon.recipe import VALIDATE_FIELDS
+    from surgeon.validation.runners import RUNNER_KINDS
+
+    parser.add_argument("model_a", metavar="A.onnx", help="reference model (e.g. the original export)")
+    parser.add_argument("model_b", metavar="B.onnx", help="model to check (e.g. the rewritten one)")
+    parser.add_argument("--atol", type=float, default=VALIDATE_FIELDS["atol"].default, help="absolute tolerance")
+    parser.add_argument("--rtol", type=float, default=VALIDATE_FIELDS["rtol"].default, help="relative tolerance")
+    parser.add_argument("--error-stat", default="elemwise", choices=VALIDATE_FIELDS["error_stat"].choices,
+                        help="error statistic held to the tolerance (default: every element)")
+    parser.add_argument("--quantile", type=float, default=VALIDATE_FIELDS["quantile"].default,
+                        help="quantile checked with --error-stat quantile")
+    parser.add_argument("--data", metavar="INPUTS", help="recorded inputs: .npz or Polygraphy JSON")
+    parser.add_argument("--input-shape", action="append", default=[], metavar="NAME:1x3x224x224",
+                        help="shape of a dynamic input for random data (repeatable)")
+    parser.add_argument("--input-range", action="append", default=[], metavar="NAME:LO,HI",
+                        help="value range of an input for random data (repeatable)")
+    parser.add_argument("--iterations", type=int, default=1, help="random input sets to run")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
+    parser.add_argument("--expected", metavar="OUTPUTS.npz", help="reference outputs (e.g. PyTorch) B must match")
+    parser.add_argument("--report", metavar="PREFIX", help="write PREFIX.{md,html,json,polygraphy.json,inputs.json}")
+    parser.add_argument("--runner", default="auto", choices=RUNNER_KINDS,
+                        help="ONNX Runtime, the reference runner, or whichever can run each model")
+
+
+def run(args) -> int:
+    from surgeon.modelio import load_model
+    from surgeon.validation import Tolerance, make_feeds, validate_models
+    from surgeon.validation.data import parse_input_options
+    from surgeon.validation.report import write_reports
+
+    model_a, model_b = load_model(args.model_a), load_model(args.model_b)
+    feeds = make_feeds(model_a, args.data, parse_input_options(args.input_shape, args.input_range),
+                       args.iterations, args.seed)
+    tolerance = Tolerance(atol=args.atol, rtol=args.rtol, error_stat=args.error_stat, quantile=args.quantile)
+    data = args.data or f"a seeded random loader (seed {args.seed})"
+    result = validate_models(model_a, model_b, feeds, tolerance, args.runner, args.expected, data)
+    if args.report:
+        result.reports = write_reports(result, Path(args.report))
+    if args.json:
+        print_json(result.to_dict())
+    elif not args.quiet:
+        print(result.summary)
+    return 0 if result.passed else CheckFailed.exit_code

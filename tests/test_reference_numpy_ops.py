@@ -1,0 +1,84 @@
+"""The NumPy kernels shared by CPU references match PyTorch to a few ulp."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from surgeon.reference.numpy_ops import grid_sample, multi_scale_deformable_attention
+
+torch = pytest.importorskip("torch")
+F = torch.nn.functional
+
+TOL = dict(rtol=1e-5, atol=1e-5)
+
+
+def _grid(rng, shape):
+    """Coordinates beyond [-1, 1] (padding modes) plus the exact corners and centre (rounding edges)."""
+    grid = rng.uniform(-1.4, 1.4, shape).astype(np.float32)
+    flat = grid.reshape(-1, shape[-1])
+    flat[:3] = [[-1.0] * shape[-1], [1.0] * shape[-1], [0.0] * shape[-1]]
+    return grid
+
+
+@pytest.mark.parametrize("align_corners", [False, True])
+@pytest.mark.parametrize("padding_mode", ["zeros", "border", "reflection"])
+@pytest.mark.parametrize("mode", ["bilinear", "nearest", "bicubic"])
+def test_grid_sample_4d_matches_torch(mode, padding_mode, align_corners):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 3, 5, 7)).astype(np.float32)
+    grid = _grid(rng, (2, 4, 6, 2))
+    expected = F.grid_sample(torch.from_numpy(x), torch.from_numpy(grid), mode=mode, padding_mode=padding_mode,
+                             align_corners=align_corners).numpy()
+    np.testing.assert_allclose(grid_sample(x, grid, mode, padding_mode, align_corners), expected, **TOL)
+
+
+@pytest.mark.parametrize("align_corners", [False, True])
+@pytest.mark.parametrize("padding_mode", ["zeros", "border", "reflection"])
+@pytest.mark.parametrize("mode", ["bilinear", "nearest"])
+def test_grid_sample_5d_matches_torch(mode, padding_mode, align_corners):
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((1, 2, 4, 5, 6)).astype(np.float32)
+    grid = _grid(rng, (1, 3, 2, 4, 3))
+    expected = F.grid_sample(torch.from_numpy(x), torch.from_numpy(grid), mode=mode, padding_mode=padding_mode,
+                             align_corners=align_corners).numpy()
+    np.testing.assert_allclose(grid_sample(x, grid, mode, padding_mode, align_corners), expected, **TOL)
+
+
+def test_grid_sample_accepts_torch_integer_codes():
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((1, 1, 3, 3)).astype(np.float32)
+    grid = _grid(rng, (1, 2, 2, 2))
+    np.testing.assert_array_equal(grid_sample(x, grid, 1, 2, True), grid_sample(x, grid, "nearest", "reflection", True))
+
+
+def test_grid_sample_rejects_mismatched_shapes():
+    with pytest.raises(ValueError, match="do not fit"):
+        grid_sample(np.zeros((1, 1, 3, 3), np.float32), np.zeros((1, 2, 2, 3), np.float32))
+
+
+def _msda_torch(value, shapes, locations, weights):
+    """mmcv's multi_scale_deformable_attn_pytorch, written out with torch."""
+    bs, _, heads, dim = value.shape
+    _, queries, _, levels, points, _ = locations.shape
+    value_list = value.split([h * w for h, w in shapes], dim=1)
+    grids = 2 * locations - 1
+    sampled = []
+    for level, (h, w) in enumerate(shapes):
+        level_value = value_list[level].flatten(2).transpose(1, 2).reshape(bs * heads, dim, h, w)
+        level_grid = grids[:, :, :, level].transpose(1, 2).flatten(0, 1)
+        sampled.append(F.grid_sample(level_value, level_grid, mode="bilinear", padding_mode="zeros",
+                                     align_corners=False))
+    weights = weights.transpose(1, 2).reshape(bs * heads, 1, queries, levels * points)
+    out = (torch.stack(sampled, dim=-2).flatten(-2) * weights).sum(-1).view(bs, heads * dim, queries)
+    return out.transpose(1, 2).contiguous()
+
+
+def test_multi_scale_deformable_attention_matches_mmcv_pytorch():
+    rng = np.random.default_rng(3)
+    shapes = [(6, 8), (3, 4)]
+    value = rng.standard_normal((2, sum(h * w for h, w in shapes), 2, 4)).astype(np.float32)
+    locations = rng.uniform(-0.1, 1.1, (2, 5, 2, 2, 3, 2)).astype(np.float32)
+    weights = rng.uniform(0, 1, (2, 5, 2, 2, 3)).astype(np.float32)
+    expected = _msda_torch(torch.from_numpy(value), shapes, torch.from_numpy(locations), torch.from_numpy(weights))
+    out = multi_scale_deformable_attention(value, np.array(shapes, np.int64), locations, weights)
+    np.testing.assert_allclose(out, expected.numpy(), **TOL)
