@@ -1,0 +1,165 @@
+"""nan-to-num: the exported cluster and ATen(nan_to_num) against torch.nan_to_num, bit for bit."""
+from __future__ import annotations
+
+import io
+import warnings
+
+import numpy as np
+import onnx
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from onnx import helper
+
+from surgeon.testing import apply_pass, make_model, op_types, run_ort
+
+torch = pytest.importorskip("torch")
+
+EXACT_OPS = sorted(["IsNaN", "Equal", "Equal", "Where", "Where", "Where"])
+BITS = {np.dtype(np.float16): np.uint16, np.dtype(np.float32): np.uint32, np.dtype(np.float64): np.uint64}
+
+
+def export(fn, x, opset):
+    class Module(torch.nn.Module):
+        def forward(self, value):
+            return fn(value)
+
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():  # the TorchScript exporter's deprecation notices
+        warnings.simplefilter("ignore")
+        torch.onnx.export(Module(), (x,), buffer, dynamo=False, opset_version=opset,
+                          operator_export_type=torch.onnx.OperatorExportTypes.ONNX_ATEN_FALLBACK)
+    return onnx.load_from_string(buffer.getvalue())
+
+
+def edge_values(dtype, shape, seed):
+    info = np.finfo(dtype)
+    pool = np.array([np.nan, np.inf, -np.inf, 0.0, -0.0, info.max, info.min, info.tiny, -info.smallest_subnormal,
+                     1.5, -7.0], dtype)
+    return np.random.default_rng(seed).choice(pool, size=shape)
+
+
+def assert_bitwise_equal(got, want):
+    assert got.dtype == want.dtype and got.shape == want.shape
+    np.testing.assert_array_equal(got.view(BITS[got.dtype]), want.view(BITS[want.dtype]))
+
+
+def run_single(model, x):
+    return run_ort(model, {model.graph.input[0].name: x})[0]
+
+
+def aten_model(dtype, shape, opset=11, nan=None, posinf=None, neginf=None, as_attributes=False):
+    """ATen(nan_to_num): scalars as constant inputs (an omitted one is torch's None) or as attributes."""
+    inputs, initializers, attrs = ["x"], {}, {}
+    for kind, value in (("nan", nan), ("posinf", posinf), ("neginf", neginf)):
+        if as_attributes:
+            if value is not None:
+                attrs[kind] = float(value)
+        elif value is None:
+            inputs.append("")
+        else:
+            inputs.append(kind)
+            initializers[kind] = np.array(value, np.float64)
+    node = helper.make_node("ATen", inputs, ["y"], name="nan_to_num", domain="org.pytorch.aten",
+                            operator="nan_to_num", overload_name="", **attrs)
+    return make_model([node], [("x", dtype, shape)], [("y", dtype, shape)], initializers=initializers, opset=opset)
+
+
+replacement = st.one_of(st.none(), st.sampled_from([0.0, -1.5, 1e10, 65504.0, 3e38, np.inf, -np.inf]))
+
+
+@settings(max_examples=30, deadline=None)
+@given(dtype=st.sampled_from([np.float16, np.float32, np.float64]), opset=st.sampled_from([11, 13]),
+       shape=st.sampled_from([[6], [2, 1, 5], [0, 3], []]), nan=replacement, posinf=replacement,
+       neginf=replacement, as_attributes=st.booleans(), seed=st.integers(0, 2**16))
+def test_aten_form_matches_torch_bitwise(dtype, opset, shape, nan, posinf, neginf, as_attributes, seed):
+    model = aten_model(dtype, shape, opset, nan, posinf, neginf, as_attributes)
+    out, step = apply_pass(model, "nan-to-num")
+    onnx.checker.check_model(out)
+    assert step.rewritten == ["nan_to_num"] and sorted(op_types(out)) == EXACT_OPS
+    x = edge_values(dtype, shape, seed)
+    want = torch.nan_to_num(torch.from_numpy(x), nan=nan, posinf=posinf, neginf=neginf).numpy()
+    assert_bitwise_equal(run_single(out, x), want)
+
+
+@pytest.mark.parametrize("opset", [11, 13])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
+@pytest.mark.parametrize("kwargs", [{}, {"nan": 1.0, "posinf": 2.0, "neginf": -3.0}, {"nan": float("inf")}])
+def test_real_export_cluster_becomes_exact_form(opset, dtype, kwargs):
+    x = torch.from_numpy(edge_values(np.dtype(str(dtype).split(".")[1]), [4, 8], seed=opset))
+    model = export(lambda v: torch.nan_to_num(v, **kwargs), x, opset)
+    assert len(model.graph.node) == 21 and "IsInf" in op_types(model)
+    out, step = apply_pass(model, "nan-to-num")
+    onnx.checker.check_model(out)
+    assert step.rewritten == [model.graph.node[-1].name]
+    assert sorted(op_types(out)) == EXACT_OPS
+    # With nan=inf the exported cluster turns NaN into posinf; torch (and the rewrite) keep inf.
+    assert_bitwise_equal(run_single(out, x.numpy()), torch.nan_to_num(x, **kwargs).numpy())
+
+
+@pytest.mark.parametrize("opset", [11, 13])
+def test_remove_mode_wires_input_to_output(opset):
+    x = torch.tensor([[1.0, -2.5, 0.0], [3e38, -0.0, 7.0]])
+    model = export(torch.nan_to_num, x, opset)
+    out, step = apply_pass(model, "nan-to-num", mode="remove")
+    assert len(step.rewritten) == 1 and op_types(out) == ["Identity"]  # the graph output keeps its name
+    assert [o.name for o in out.graph.output] == [o.name for o in model.graph.output]
+    assert_bitwise_equal(run_single(out, x.numpy()), x.numpy())
+    aten_out, _ = apply_pass(aten_model(np.float32, [3], nan=1.0), "nan-to-num", mode="remove")
+    assert op_types(aten_out) == ["Identity"]
+
+
+def test_running_twice_changes_nothing():
+    model = export(torch.nan_to_num, torch.zeros(3), 13)
+    once, _ = apply_pass(model, "nan-to-num")
+    twice, step = apply_pass(once, "nan-to-num")
+    assert step.rewritten == []
+    assert [n.name for n in twice.graph.node] == [n.name for n in once.graph.node]
+    removed, step = apply_pass(once, "nan-to-num", mode="remove")  # our own form is recognised too
+    assert len(step.rewritten) == 1 and op_types(removed) == ["Identity"]
+
+
+def test_two_chained_clusters_are_two_sites():
+    x = torch.tensor([np.nan, np.inf, -np.inf, 2.0])
+    model = export(lambda v: torch.nan_to_num(torch.nan_to_num(v, nan=np.inf) * 2, posinf=5.0), x, 11)
+    out, step = apply_pass(model, "nan-to-num")
+    assert len(step.rewritten) == 2
+    want = torch.nan_to_num(torch.nan_to_num(x, nan=np.inf) * 2, posinf=5.0)
+    assert_bitwise_equal(run_single(out, x.numpy()), want.numpy())
+
+
+def test_unrelated_isnan_where_users_are_left_alone():
+    nodes = [helper.make_node("IsNaN", ["x"], ["isnan"], name="isnan"),
+             helper.make_node("Where", ["isnan", "zero", "x"], ["clean"], name="where"),
+             helper.make_node("Cast", ["isnan"], ["mask"], name="mask", to=onnx.TensorProto.FLOAT)]
+    model = make_model(nodes, [("x", np.float32, [4])], [("clean", np.float32, [4]), ("mask", np.float32, [4])],
+                       initializers={"zero": np.zeros(1, np.float32)})
+    out, step = apply_pass(model, "nan-to-num")
+    assert step.rewritten == [] and op_types(out) == ["IsNaN", "Where", "Cast"]
+
+
+def test_shared_intermediate_keeps_its_other_user():
+    x = torch.tensor([np.nan, np.inf, -np.inf, 1.0])
+    model = export(lambda v: torch.nan_to_num(v), x, 11)
+    first_stage = model.graph.node[2].output[0]  # Where(IsNaN(x), 0, x), also made a graph output here
+    model.graph.output.append(helper.make_tensor_value_info(first_stage, onnx.TensorProto.FLOAT, [4]))
+    out, step = apply_pass(model, "nan-to-num")
+    y, stage = run_ort(out, {out.graph.input[0].name: x.numpy()})
+    assert len(step.rewritten) == 1
+    assert_bitwise_equal(y, torch.nan_to_num(x).numpy())
+    assert_bitwise_equal(stage, torch.where(x.isnan(), 0.0, x).numpy())
+
+
+def test_integer_input_is_a_copy():
+    out, step = apply_pass(aten_model(np.int64, [3]), "nan-to-num")
+    x = np.array([-(2**63), 0, 2**63 - 1])
+    assert step.rewritten == ["nan_to_num"] and op_types(out) == ["Identity"]
+    np.testing.assert_array_equal(run_single(out, x), x)
+
+
+def test_non_constant_replacement_is_a_clear_error():
+    model = aten_model(np.float32, [3], nan=0.0)
+    model.graph.initializer.pop()
+    model.graph.input.append(helper.make_tensor_value_info("nan", onnx.TensorProto.DOUBLE, []))
+    with pytest.raises(Exception, match="'nan_to_num'.*nan .input 1. is not a constant"):
+        apply_pass(model, "nan-to-num")
