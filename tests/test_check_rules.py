@@ -1,0 +1,205 @@
+"""Every `surgeon check` model rule fires on a minimal bad graph and stays silent on a clean one."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from surgeon.check import Settings, all_rules, check_file
+from surgeon.check.findings import MODEL_RULES
+from surgeon.targets import available_targets
+from surgeon.testing import make_model
+
+
+def _relu(x="x", y="y", name="relu"):
+    return helper.make_node("Relu", [x], [y], name=name)
+
+
+def clean_model():
+    return make_model([_relu("x", "r"), helper.make_node("Add", ["r", "w"], ["y"], name="add")],
+                      [("x", np.float32, [2, 3])], [("y", np.float32, [2, 3])],
+                      initializers={"w": np.ones((2, 3), np.float32)})
+
+
+def aten_grid_sampler():
+    node = helper.make_node("ATen", ["x", "g"], ["y"], name="/ATen_12", domain="org.pytorch.aten",
+                            operator="grid_sampler")
+    return make_model([node], [("x", np.float32, [1, 2, 3, 3]), ("g", np.float32, [1, 3, 3, 2])],
+                      [("y", np.float32, [1, 2, 3, 3])])
+
+
+def custom_op_without_reference():
+    node = helper.make_node("Frobnicate", ["x"], ["y"], name="frob", domain="acme")
+    return make_model([node], [("x", np.float32, [2])], [("y", np.float32, [2])])
+
+
+def grid_sample_16():
+    node = helper.make_node("GridSample", ["x", "g"], ["y"], name="gs")
+    return make_model([node], [("x", np.float32, [1, 2, 3, 3]), ("g", np.float32, [1, 3, 3, 2])],
+                      [("y", np.float32, [1, 2, 3, 3])], opset=16)
+
+
+def split_num_outputs_18():
+    node = helper.make_node("Split", ["x"], ["a", "b"], name="split", axis=0, num_outputs=2)
+    return make_model([node], [("x", np.float32, [4])], [("a", np.float32, [2]), ("b", np.float32, [2])], opset=18)
+
+
+def reduce_sum_int64():
+    node = helper.make_node("ReduceSum", ["x"], ["y"], name="sum", keepdims=0)
+    return make_model([node], [("x", np.int64, [4])], [("y", np.int64, [])])
+
+
+def clip_int64(opset=13):
+    node = helper.make_node("Clip", ["x", "lo", "hi"], ["y"], name="clip")
+    return make_model([node], [("x", np.int64, [4])], [("y", np.int64, [4])],
+                      initializers={"lo": np.array(0), "hi": np.array(5)}, opset=opset)
+
+
+def dynamic_input():
+    return make_model([_relu()], [("x", np.float32, ["batch", 3])], [("y", np.float32, ["batch", 3])])
+
+
+def float64_cast():
+    node = helper.make_node("Cast", ["x"], ["y"], name="to_double", to=TensorProto.DOUBLE)
+    return make_model([node], [("x", np.float32, [2])], [("y", np.float64, [2])])
+
+
+def unsorted():
+    return make_model([helper.make_node("Neg", ["r"], ["y"], name="Tile_16"), _relu("x", "r", name="ReduceMax_5")],
+                      [("x", np.float32, [2])], [("y", np.float32, [2])])
+
+
+def duplicate_node_names():
+    return make_model([_relu("x", "r", name="same"), helper.make_node("Neg", ["r"], ["y"], name="same")],
+                      [("x", np.float32, [2])], [("y", np.float32, [2])])
+
+
+def duplicate_tensor_names():
+    return make_model([_relu("x", "y", name="a"), helper.make_node("Neg", ["x"], ["y"], name="b")],
+                      [("x", np.float32, [2])], [("y", np.float32, [2])])
+
+
+def unused_initializer():
+    return make_model([_relu()], [("x", np.float32, [2])], [("y", np.float32, [2])],
+                      initializers={"orphan": np.ones(2, np.float32)})
+
+
+def external_data_outside():
+    model = make_model([helper.make_node("Add", ["x", "w"], ["y"], name="add")], [("x", np.float32, [2])],
+                       [("y", np.float32, [2])], initializers={"w": np.ones(2, np.float32)})
+    weight = model.graph.initializer[0]
+    weight.ClearField("raw_data")
+    weight.data_location = TensorProto.EXTERNAL
+    for key, value in (("location", "../elsewhere/weights.bin"), ("offset", "0"), ("length", "8")):
+        weight.external_data.add(key=key, value=value)
+    return model
+
+
+def large_initializer():
+    return make_model([helper.make_node("Add", ["x", "w"], ["y"], name="add")], [("x", np.float32, [2 ** 18])],
+                      [("y", np.float32, [2 ** 18])], initializers={"w": np.zeros(2 ** 18, np.float32)})  # 1 MiB
+
+
+def unknown_attribute():
+    return make_model([helper.make_node("Relu", ["x"], ["y"], name="relu", alpha=1.0)],
+                      [("x", np.float32, [2])], [("y", np.float32, [2])])
+
+
+def shape_conflict():
+    return make_model([helper.make_node("Add", ["x", "z"], ["y"], name="add")],
+                      [("x", np.float32, [2, 3]), ("z", np.float32, [4, 5])], [("y", np.float32, [2, 3])])
+
+
+def ir_version_14():
+    model = clean_model()
+    model.ir_version = 14
+    return model
+
+
+# rule id, bad model, settings, expected text in one finding of that rule, its severity
+CASES = [
+    ("SG001", aten_grid_sampler, Settings(target="tensorrt-8.6"), "node /ATen_12 (ATen:grid_sampler) not runnable "
+     "on tensorrt-8.6 — fix: pass grid-sample mode=plugin or mode=decompose", "error"),
+    ("SG002", custom_op_without_reference, Settings(), "node frob (acme::Frobnicate) has no CPU reference", "warning"),
+    ("SG003", grid_sample_16, Settings(target="opset-11"), "node gs (GridSample) is not supported by opset-11 — "
+     "fix: pass grid-sample mode=decompose", "error"),
+    ("SG003", split_num_outputs_18, Settings(target="tensorrt-8.6"), "version 18 (opset 18) is newer than "
+     "tensorrt-8.6 supports (up to version 17) — fix: pass chunk", "error"),
+    ("SG004", reduce_sum_int64, Settings(target="tensorrt-8.5"), "node sum (ReduceSum) on int64 is not supported", "error"),
+    ("SG005", clip_int64, Settings(target="tensorrt-8.6"), "on int64 is not supported by tensorrt-8.6", "error"),
+    ("SG005", lambda: clip_int64(opset=11), Settings(), "Clip takes floats only before opset 12", "error"),
+    ("SG005", clip_int64, Settings(target="onnxruntime"), "TensorRT and opset-11 runtimes reject integer Clip", "warning"),
+    ("SG006", dynamic_input, Settings(target="opset-11"), "input 'x' has dynamic dims batch", "error"),
+    ("SG006", dynamic_input, Settings(static_shapes=True), "input 'x' has dynamic dims batch", "error"),
+    ("SG007", float64_cast, Settings(), "tensor 'y' is float64", "warning"),
+    ("SG008", unsorted, Settings(), "node Tile_16 (Neg) reads 'r' before node ReduceMax_5 (Relu) produces it", "error"),
+    ("SG009", duplicate_node_names, Settings(), "node name 'same' is used by 2 nodes", "warning"),
+    ("SG010", duplicate_tensor_names, Settings(), "tensor 'y' is defined 2 times", "error"),
+    ("SG011", unused_initializer, Settings(), "initializer 'orphan' is not used — fix: pass cleanup", "warning"),
+    ("SG012", external_data_outside, Settings(), "reads external data from '../elsewhere/weights.bin'", "error"),
+    ("SG013", large_initializer, Settings(max_initializer_mb=0.5), "holds 1.0 MiB, over the 0.5 MiB limit", "warning"),
+    ("SG014", unknown_attribute, Settings(), "onnx.checker: Unrecognized attribute: alpha", "error"),
+    ("SG015", shape_conflict, Settings(), "shape inference (strict)", "error"),
+    ("SG016", ir_version_14, Settings(target="onnxruntime"), "IR version 14 is newer than onnxruntime reads", "error"),
+]
+
+
+def _check(model, settings, tmp_path):
+    path = tmp_path / "model.onnx"
+    onnx.save(model, path)
+    return check_file(path, settings)
+
+
+@pytest.mark.parametrize("rule_id, build, settings, expected, severity", CASES,
+                         ids=[f"{c[0]}-{i}" for i, c in enumerate(CASES)])
+def test_rule_fires_on_bad_graph(rule_id, build, settings, expected, severity, tmp_path):
+    findings = [f for f in _check(build(), settings, tmp_path) if f.rule == rule_id]
+    assert findings, f"{rule_id} did not fire"
+    texts = [f.describe() for f in findings]
+    assert any(expected in text for text in texts), texts
+    assert {f.severity for f in findings} == {severity}
+
+
+@pytest.mark.parametrize("rule_id, build, settings, expected, severity", CASES,
+                         ids=[f"{c[0]}-{i}" for i, c in enumerate(CASES)])
+def test_ignored_rule_is_not_reported(rule_id, build, settings, expected, severity, tmp_path):
+    from dataclasses import replace
+
+    findings = _check(build(), replace(settings, ignore=(rule_id,)), tmp_path)
+    assert rule_id not in {f.rule for f in findings}
+
+
+def test_every_model_rule_has_a_bad_graph():
+    assert {c[0] for c in CASES} == set(MODEL_RULES)
+
+
+@pytest.mark.parametrize("target", [t for t in available_targets() if t != "libspconv"])
+def test_clean_graph_has_no_findings(target, tmp_path):
+    assert _check(clean_model(), Settings(target=target, static_shapes=True), tmp_path) == []
+
+
+def test_plugin_node_is_runnable_on_tensorrt(tmp_path):
+    node = helper.make_node("GridSample2D", ["x", "g"], ["y"], name="gs", domain="surgeon",
+                            plugin_version="1", plugin_namespace="surgeon")
+    model = make_model([node], [("x", np.float32, [1, 2, 3, 3]), ("g", np.float32, [1, 3, 3, 2])],
+                       [("y", np.float32, [1, 2, 3, 3])])
+    assert [f.rule for f in _check(model, Settings(target="tensorrt-8.6"), tmp_path)] == []
+    assert [f.rule for f in _check(model, Settings(target="onnxruntime"), tmp_path)] == ["SG001"]
+
+
+def test_sorted_copy_lets_the_checker_report_the_next_problem(tmp_path):
+    model = unsorted()
+    model.graph.node[1].attribute.append(helper.make_attribute("alpha", 1.0))
+    rules = {f.rule for f in _check(model, Settings(), tmp_path)}
+    assert {"SG008", "SG014"} <= rules
+    assert not any("topologically sorted" in f.message for f in _check(model, Settings(), tmp_path))
+
+
+def test_rule_ids_are_unique_and_documented():
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "check.md").read_text()
+    for rule_id, rule in all_rules().items():
+        assert f"| {rule_id} |" in doc, f"{rule_id} missing from docs/check.md"
+        assert rule.severity in ("error", "warning", "info")
