@@ -1,0 +1,44 @@
+"""Op histograms of exported graphs (no torch needed): what the zoo's docs and tests assert on.
+
+A node is counted under its op type, prefixed by its domain when not the default one, and for
+`ATen` nodes suffixed by the `operator` attribute (`ATen:grid_sampler`), since that is what decides
+whether a runtime can run it.
+"""
+from __future__ import annotations
+
+from collections import Counter
+
+import onnx
+
+
+def node_key(node: onnx.NodeProto) -> str:
+    """`[domain::]op_type[:aten_operator]` for one node."""
+    key = node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}::{node.op_type}"
+    if node.op_type == "ATen":
+        operator = next((a.s.decode() for a in node.attribute if a.name == "operator"), "?")
+        key += f":{operator}"
+    return key
+
+
+def all_nodes(graph: onnx.GraphProto):
+    """Every node, including those inside If/Loop/Scan bodies."""
+    for node in graph.node:
+        yield node
+        for attr in node.attribute:
+            for sub in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)):
+                yield from all_nodes(sub)
+
+
+def histogram(model: onnx.ModelProto) -> Counter:
+    """Counter of node keys over the whole model."""
+    return Counter(node_key(n) for n in all_nodes(model.graph))
+
+
+def integer_clips(model: onnx.ModelProto) -> int:
+    """How many Clip nodes take an int32/int64 input (TensorRT clips floats only)."""
+    inferred = onnx.shape_inference.infer_shapes(model)
+    types = {v.name: v.type.tensor_type.elem_type
+             for v in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]}
+    types.update({t.name: t.data_type for t in inferred.graph.initializer})
+    ints = {onnx.TensorProto.INT32, onnx.TensorProto.INT64}
+    return sum(1 for n in inferred.graph.node if n.op_type == "Clip" and types.get(n.input[0]) in ints)

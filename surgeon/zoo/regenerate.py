@@ -1,0 +1,35 @@
+"""Rewrite the committed zoo fixtures: `python -m surgeon.zoo.regenerate [OUT_DIR]`.
+
+Fixture-size exports for the tests: every model at opset 11 with the ATen fallback, and
+BEVFormer-tiny also at opset 13 with the fallback and at opset 16 without it. Seeds are fixed,
+so re-running gives identical npz files and identical ONNX bytes.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from . import MODELS
+from .exporter import export
+from .ophist import histogram
+
+FIXTURE_DIR = Path(__file__).resolve().parents[2] / "tests" / "data" / "zoo"
+FIXTURES = tuple((name, 11, True) for name in MODELS) + (("bevformer-tiny", 13, True), ("bevformer-tiny", 16, False))
+
+
+def main(argv: list[str] | None = None) -> int:
+    import onnx
+
+    args = sys.argv[1:] if argv is None else argv
+    out_dir = Path(args[0]) if args else FIXTURE_DIR
+    for name, opset, aten in FIXTURES:
+        paths = export(name, "fixture", opset, aten, out_dir)
+        model = onnx.load(paths["onnx"])
+        print(f"{paths['onnx'].name}: {len(model.graph.node)} nodes, {paths['onnx'].stat().st_size} bytes")
+        for key, count in sorted(histogram(model).items()):
+            print(f"  {key:<48} {count}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
