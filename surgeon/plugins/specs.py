@@ -134,20 +134,29 @@ def get_spec(name: str) -> PluginSpec:
 
 
 def make_plugin_node(rewrite, spec_name: str, inputs: Sequence, attrs: dict[str, Any] | None = None,
-                     domain: str = PLUGIN_DOMAIN):
-    """Finish `rewrite` (a surgeon.rewrite.Rewrite) with a plugin node taking over the replaced outputs."""
+                     domain: str = PLUGIN_DOMAIN, last: bool = True):
+    """Add a plugin node to `rewrite` (a surgeon.rewrite.Rewrite) and return it.
+
+    With `last` the node takes over the replaced node's outputs and the rewrite is spliced in;
+    otherwise it gets a new output (shape and dtype from the spec) for further nodes to read.
+    """
     spec = get_spec(spec_name)
     if len(inputs) != len(spec.inputs):
         raise PassError(f"plugin {spec.name} takes {len(spec.inputs)} inputs ({', '.join(spec.inputs)}), "
                         f"got {len(inputs)}")
     node_attrs = spec.node_attrs(dict(attrs or {}))
-    node = rewrite.finish(spec.name, list(inputs), node_attrs, domain=domain)
+    if last:
+        node = rewrite.finish(spec.name, list(inputs), node_attrs, domain=domain)
+    else:
+        rewrite.op(spec.name, list(inputs), node_attrs, domain=domain)
+        node = rewrite.nodes[-1]
     shapes = [getattr(t, "shape", None) for t in inputs]
+    out = node.outputs[0]
     if all(s is not None for s in shapes):
         (shape,) = spec.output_shape(shapes, spec.resolve_attrs(node_attrs))
-        out = node.outputs[0]
         out.shape = list(shape)
-        out.dtype = out.dtype if out.dtype is not None else getattr(inputs[spec.dtype_from], "dtype", None)
+    if out.dtype is None:
+        out.dtype = getattr(inputs[spec.dtype_from], "dtype", None)
     return node
 
 

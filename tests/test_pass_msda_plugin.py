@@ -1,0 +1,140 @@
+"""msda-plugin on real torch 2.13 exports of mmcv's multi_scale_deformable_attn_pytorch and on BEVFormer-tiny.
+
+Numerics: the fused graph runs through the validation reference runner (the plugin's NumPy
+reference); it must match PyTorch within 2e-6 absolute on unit-scale inputs (bilinear float32 sums
+in a different order), and the original graph within the same bound.
+"""
+from __future__ import annotations
+
+import io
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from surgeon.plugins.specs import PLUGIN_DOMAIN
+from surgeon.testing import apply_pass, run_ort
+from surgeon.validation.runners import ReferenceRunner
+from surgeon.zoo.layers import multi_scale_deformable_attn_pytorch
+
+FIXTURE = Path(__file__).parent / "data" / "zoo" / "bevformer-tiny.fixture.opset11-aten.onnx"
+ATOL = 2e-6
+
+
+class _Block(torch.nn.Module):
+    def __init__(self, shapes, permute=False, mode="bilinear"):
+        super().__init__()
+        self.shapes, self.permute, self.mode = shapes, permute, mode
+
+    def forward(self, value, locations, weights):
+        if self.mode != "bilinear":  # a grid sample the plugin must not take
+            return torch.nn.functional.grid_sample(value, locations, mode=self.mode, align_corners=False)
+        out = multi_scale_deformable_attn_pytorch(value, self.shapes, locations, weights)
+        return out.permute(1, 2, 0) if self.permute else out  # BEVFormer's temporal self-attention does this
+
+
+def _inputs(shapes, seed=0, batch=2, heads=2, dims=4, queries=5, points=3):
+    g = torch.Generator().manual_seed(seed)
+    keys = sum(h * w for h, w in shapes)
+    return (torch.randn(batch, keys, heads, dims, generator=g),
+            torch.rand(batch, queries, heads, len(shapes), points, 2, generator=g) * 1.4 - 0.2,
+            torch.rand(batch, queries, heads, len(shapes), points, generator=g))
+
+
+def _export(module, args, opset):
+    buffer = io.BytesIO()
+    fallback = torch.onnx.OperatorExportTypes.ONNX_ATEN_FALLBACK if opset == 11 else torch.onnx.OperatorExportTypes.ONNX
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, args, buffer, opset_version=opset, dynamo=False, operator_export_type=fallback,
+                          input_names=["value", "loc", "weights"], output_names=["out"])
+    return onnx.load_from_string(buffer.getvalue())
+
+
+def _run_reference(model, feeds):
+    with ReferenceRunner(model) as runner:
+        return runner.infer(feeds)["out"]
+
+
+@pytest.mark.parametrize("opset", [11, 16])
+@pytest.mark.parametrize("shapes", [[(6, 8), (3, 4), (2, 2)], [(5, 7)]], ids=["3-levels", "1-level"])
+def test_fuses_the_mmcv_fallback_and_keeps_its_outputs(opset, shapes):
+    args = _inputs(shapes)
+    model = _export(_Block(shapes), args, opset)
+    fused, step = apply_pass(model, "msda-plugin")
+
+    assert len(step.rewritten) == 1 and step.rewritten[0].startswith("/Transpose")
+    (node,) = fused.graph.node
+    assert (node.op_type, node.domain) == ("MultiScaleDeformableAttn", PLUGIN_DOMAIN)
+    assert {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute} == {
+        "plugin_version": b"1", "plugin_namespace": b"surgeon"}
+    consts = {i.name: onnx.numpy_helper.to_array(i) for i in fused.graph.initializer}
+    assert [node.input[0], node.input[3], node.input[4]] == ["value", "loc", "weights"]
+    np.testing.assert_array_equal(consts[node.input[1]], np.array(shapes, dtype=np.int64))
+    np.testing.assert_array_equal(consts[node.input[2]], np.cumsum([0] + [h * w for h, w in shapes[:-1]]))
+    onnx.checker.check_model(fused)
+
+    feeds = {"value": args[0].numpy(), "loc": args[1].numpy(), "weights": args[2].numpy()}
+    expected = _Block(shapes)(*args).numpy()
+    got = _run_reference(fused, feeds)
+    assert got.shape == expected.shape
+    np.testing.assert_allclose(got, expected, rtol=0, atol=ATOL)
+    original = run_ort(model, feeds)[0] if opset == 16 else _run_reference(model, feeds)
+    np.testing.assert_allclose(got, original, rtol=0, atol=ATOL)
+
+
+def test_a_merged_final_permute_stays_as_a_transpose_after_the_plugin():
+    shapes = [(4, 6)]
+    args = _inputs(shapes, seed=1)
+    model = _export(_Block(shapes, permute=True), args, 16)
+    fused, step = apply_pass(model, "msda-plugin", domain="")
+    assert [(n.op_type, n.domain) for n in fused.graph.node] == [("MultiScaleDeformableAttn", ""), ("Transpose", "")]
+    feeds = {"value": args[0].numpy(), "loc": args[1].numpy(), "weights": args[2].numpy()}
+    np.testing.assert_allclose(_run_reference(fused, feeds), _Block(shapes, permute=True)(*args).numpy(),
+                               rtol=0, atol=ATOL)
+
+
+def test_leaves_other_grid_samples_alone_and_is_idempotent():
+    image, grid = torch.randn(1, 3, 5, 5), torch.rand(1, 4, 4, 2) * 2 - 1
+    model = _export(_Block(None, mode="nearest"), (image, grid, torch.zeros(1)), 16)
+    untouched, step = apply_pass(model, "msda-plugin")
+    assert step.rewritten == [] and [n.op_type for n in untouched.graph.node] == ["GridSample"]
+
+    shapes = [(3, 4), (2, 2)]
+    fused, _ = apply_pass(_export(_Block(shapes), _inputs(shapes), 11), "msda-plugin")
+    again, step = apply_pass(fused, "msda-plugin")
+    assert step.rewritten == [] and [n.op_type for n in again.graph.node] == ["MultiScaleDeformableAttn"]
+
+
+def test_a_block_with_a_different_grid_is_reported_not_rewritten():
+    shapes = [(3, 4), (2, 2)]
+    model = _export(_Block(shapes), _inputs(shapes), 16)
+    sub = next(n for n in model.graph.node if n.op_type == "Sub")
+    sub.op_type = "Add"  # 2 * loc + 1: not mmcv's grid
+    _, step = apply_pass(model, "msda-plugin")
+    assert step.rewritten == []
+    assert any("not a deformable-attention block (expected 2 * loc - 1 from a Sub, found Add)" in n for n in step.notes)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not FIXTURE.exists(), reason=f"zoo fixture {FIXTURE.name} not generated")
+def test_bevformer_tiny_every_deformable_attention_is_fused_and_outputs_are_unchanged():
+    model = onnx.load(str(FIXTURE))
+    fused, step = apply_pass(model, "msda-plugin")
+    # 3 encoder layers x (temporal self-attention + spatial cross-attention) + 6 decoder cross-attentions.
+    assert len(step.rewritten) == 3 * 2 + 6
+    ops = [n.op_type for n in fused.graph.node]
+    assert ops.count("MultiScaleDeformableAttn") == 12
+    assert ops.count("ATen") == 1  # the previous BEV's nearest rotation is no deformable attention
+    feeds = dict(np.load(str(FIXTURE).replace(".onnx", ".inputs.npz")))
+    with ReferenceRunner(model) as runner:
+        before = runner.infer(feeds)
+    with ReferenceRunner(fused) as runner:
+        after = runner.infer(feeds)
+    for name, value in before.items():
+        # Summation order differs inside the 12 fused blocks; relative to the outputs' scale.
+        np.testing.assert_allclose(after[name], value, rtol=1e-5, atol=1e-5 * float(np.abs(value).max()),
+                                   err_msg=name)
