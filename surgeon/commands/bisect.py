@@ -6,6 +6,7 @@ which the outputs leave the recipe's `validate:` tolerance (defaults when it has
 """
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from surgeon.cli_args import OutputArgs, PluginArgs, print_json, table
@@ -36,7 +37,7 @@ def run(args) -> int:
     original = load_model(recipe.model)
     feeds = make_feeds(original, config.get("data"), config.get("inputs"), config.get("iterations") or 1,
                        config.get("seed") or 0)
-    progress = None if (args.quiet or args.json) else TerminalProgress()
+    progress = None if (args.quiet or args.json) else TerminalProgress(stream=sys.stderr)
     result = bisect_steps(recipe, original, feeds, Tolerance.from_config(config), config.get("runner") or "auto",
                           model_dir=Path(recipe.model).parent, progress=progress)
     if args.json:

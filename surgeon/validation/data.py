@@ -82,8 +82,8 @@ def make_feeds(model: onnx.ModelProto, data: str | None = None, inputs: dict | N
         resolved.add(name, dtype, shape)
         if spec.get("range") is not None:
             ranges[name] = _range(spec["range"], name)
-    loader = DataLoader(seed=seed, iterations=iterations, input_metadata=resolved, val_range=ranges or None)
     with G_LOGGER.verbosity(G_LOGGER.ERROR):
+        loader = DataLoader(seed=seed, iterations=iterations, input_metadata=resolved, val_range=ranges or None)
         return [{name: np.array(value) for name, value in feed.items()} for feed in loader]
 
 

@@ -1,0 +1,212 @@
+"""Validation end to end: equal rewrites pass, a wrong constant fails, localisation names the first
+diverging tensor, bisection names the step, and the compare/bisect/run commands exit 0/1/2."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+import pytest
+import yaml
+from onnx import helper
+
+from surgeon.cli import main
+from surgeon.errors import SurgeonError
+from surgeon.pass_api import Pass, PassResult, register_pass
+from surgeon.pipeline import run_recipe
+from surgeon.testing import make_model, run_ort
+from surgeon.validation import Tolerance, make_feeds, make_runner, validate_models
+from surgeon.validation.runners import OnnxrtRunner, ReferenceRunner
+
+ATEN = "org.pytorch.aten"
+WRONG_STEP = "test-validation-wrong-constant"
+
+
+@register_pass(WRONG_STEP)
+class WrongConstant(Pass):
+    """Adds 1e-3 to the bias of the node named 'shift': a rewrite with a wrong constant (for the tests)."""
+
+    def run(self, graph, ctx):
+        result = PassResult()
+        for node in graph.nodes:
+            if node.name == "shift" and isinstance(node.inputs[1], gs.Constant):
+                bias = node.inputs[1]
+                node.inputs[1] = gs.Constant(f"{bias.name}_wrong", np.asarray(bias.values + np.float32(1e-3)))
+                result.rewrote(node)
+        return result
+
+
+def chain_model(sampler: bool = False) -> onnx.ModelProto:
+    """x -> Mul 'scale' -> Add 'shift' -> Relu 'act' [-> ATen grid_sampler] -> Mul 'double' -> y."""
+    nodes = [helper.make_node("Mul", ["x", "w"], ["scaled"], name="scale"),
+             helper.make_node("Add", ["scaled", "b"], ["shifted"], name="shift"),
+             helper.make_node("Relu", ["shifted"], ["act"], name="act")]
+    inputs = [("x", np.float32, [1, 2, 4, 5])]
+    initializers = {"w": np.float32([[[[1.5]], [[-0.5]]]]), "b": np.float32(0.25), "two": np.float32(2)}
+    last = "act"
+    if sampler:
+        nodes.append(helper.make_node("ATen", ["act", "grid", "mode", "mode", "align"], ["sampled"], name="sample",
+                                      domain=ATEN, operator="grid_sampler", overload_name=""))
+        inputs.append(("grid", np.float32, [1, 3, 3, 2]))
+        initializers.update(mode=np.array(0, np.int64), align=np.array(False))
+        last = "sampled"
+    nodes.append(helper.make_node("Mul", [last, "two"], ["y"], name="double"))
+    return make_model(nodes, inputs, [("y", np.float32, None)], initializers, extra_opsets={ATEN: 1} if sampler else None)
+
+
+def write_recipe(tmp_path, model, steps, **validate) -> str:
+    model_path = tmp_path / "model.onnx"
+    onnx.save(model, model_path)
+    recipe = {"name": "validation-test", "model": "model.onnx", "checker": False,
+              "steps": [{"pass": s} for s in steps], "validate": {"inputs": {"grid": {"range": [-1.2, 1.2]}}
+                                                                   if len(model.graph.input) > 1 else None, **validate}}
+    if recipe["validate"]["inputs"] is None:
+        del recipe["validate"]["inputs"]
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return str(path)
+
+
+def test_equal_rewrite_passes_and_writes_reports(tmp_path):
+    recipe = write_recipe(tmp_path, chain_model(), ["cleanup", "toposort"], iterations=2)
+    result = run_recipe(recipe, output=tmp_path / "out.onnx")
+    assert result.ok and result.validation.passed
+    assert [o.name for o in result.validation.outputs] == ["y"]
+    assert result.validation.outputs[0].max_abs == 0 and result.validation.outputs[0].cosine == pytest.approx(1)
+    assert {p.name for p in result.validation.reports} == {
+        f"out.validation.{ext}" for ext in ("md", "html", "json", "polygraphy.json", "inputs.json")}
+    assert result.report()["validation"]["passed"] is True
+
+
+def test_dry_run_validates_but_writes_nothing(tmp_path):
+    recipe = write_recipe(tmp_path, chain_model(), [WRONG_STEP])
+    result = run_recipe(recipe, output=tmp_path / "out.onnx", dry_run=True)
+    assert not result.ok and result.validation.reports == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx", "recipe.yaml"]
+
+
+def test_wrong_constant_fails_localises_and_bisects(tmp_path):
+    recipe = write_recipe(tmp_path, chain_model(sampler=True), ["cleanup", "toposort", WRONG_STEP, "cleanup"],
+                          each_step=True)
+    result = run_recipe(recipe, output=tmp_path / "out.onnx")
+    validation = result.validation
+    assert not result.ok and not validation.passed
+    # The original graph's ATen node forces the reference runner on both sides.
+    assert validation.runners == {"original": "reference", "rewritten": "reference"}
+    assert validation.divergence["tensor"] == "shifted"
+    assert validation.divergence["rewritten_node"] == "shift (Add)"
+    assert validation.bisection.step_index == 3 and validation.bisection.step_name == WRONG_STEP
+    assert "step 3 (test-validation-wrong-constant)" in validation.summary
+    assert all(row["passed"] == (row["step"] < 3) for row in validation.bisection.checked)
+
+
+def test_run_validate_each_step_exits_1_naming_the_step(tmp_path, capsys):
+    recipe = write_recipe(tmp_path, chain_model(), ["toposort", WRONG_STEP])
+    assert main(["run", recipe, "-o", str(tmp_path / "out.onnx"), "--validate-each-step"]) == 1
+    out = capsys.readouterr().out
+    assert "validation FAILED" in out and "after step 2 (test-validation-wrong-constant)" in out
+
+
+def test_bisect_command(tmp_path, capsys):
+    bad = write_recipe(tmp_path, chain_model(), ["cleanup", WRONG_STEP, "toposort"])
+    assert main(["bisect", bad]) == 1
+    assert "outputs leave tolerance after step 2 (test-validation-wrong-constant)" in capsys.readouterr().out
+    assert main(["bisect", bad, "--set", "validate.atol=0.01"]) == 0
+    assert "every step of 3 stays within tolerance" in capsys.readouterr().out
+
+
+def test_per_output_tolerance_and_error_statistics():
+    original, rewritten = chain_model(), chain_model()
+    for init in rewritten.graph.initializer:
+        if init.name == "b":
+            init.CopyFrom(onnx.numpy_helper.from_array(np.float32(0.25 + 1e-3), "b"))
+    feeds = make_feeds(original, seed=3)
+    assert not validate_models(original, rewritten, feeds, Tolerance(atol=1e-5, rtol=0)).passed
+    assert validate_models(original, rewritten, feeds, Tolerance(atol={"y": 3e-3, "": 0.0}, rtol=0)).passed
+    loose_mean = Tolerance(atol=2.1e-3, rtol=0, error_stat="mean")
+    result = validate_models(original, rewritten, feeds, loose_mean)
+    # Relu clips some elements, so the mean error is below the 2e-3 that unclipped ones carry.
+    assert result.passed and result.outputs[0].mean_abs < result.outputs[0].max_abs <= 2.1e-3
+
+
+def test_expected_outputs_are_compared_with_the_rewritten_model(tmp_path):
+    model = chain_model()
+    feeds = make_feeds(model, seed=1)
+    x = feeds[0]["x"]
+    reference = np.maximum(x * np.float32([[[[1.5]], [[-0.5]]]]) + np.float32(0.25), 0) * 2
+    np.savez(tmp_path / "good.npz", y=reference)
+    np.savez(tmp_path / "bad.npz", y=reference + 1)
+    assert validate_models(model, model, feeds, Tolerance(), expected=str(tmp_path / "good.npz")).passed
+    failed = validate_models(model, model, feeds, Tolerance(), expected=str(tmp_path / "bad.npz"))
+    assert not failed.passed and failed.outputs[0].passed and not failed.expected[0].passed
+
+
+def test_runner_choice():
+    assert isinstance(make_runner(chain_model()), OnnxrtRunner)
+    assert isinstance(make_runner(chain_model(sampler=True)), ReferenceRunner)
+    with pytest.raises(SurgeonError, match="ONNX Runtime cannot load"):
+        make_runner(chain_model(sampler=True), "onnxruntime")
+
+
+def test_reference_runner_matches_onnxruntime_on_standard_graphs():
+    model = chain_model()
+    feed = make_feeds(model, seed=4)[0]
+    with ReferenceRunner(model) as runner:
+        np.testing.assert_array_equal(runner.infer(feed)["y"], run_ort(model, feed)[0])
+
+
+def test_a_node_without_reference_is_named():
+    nodes = [helper.make_node("Mystery", ["x"], ["y"], name="odd_node", domain="acme")]
+    model = make_model(nodes, [("x", np.float32, [2])], [("y", np.float32, [2])])
+    with pytest.raises(SurgeonError, match=r"odd_node.*acme::Mystery.*no CPU reference"):
+        with ReferenceRunner(model):
+            pass
+
+
+# ---------------------------------------------------------------- compare command
+
+@pytest.fixture
+def model_pair(tmp_path):
+    good, bad = chain_model(), chain_model()
+    for init in bad.graph.initializer:
+        if init.name == "w":
+            init.CopyFrom(onnx.numpy_helper.from_array(np.float32([[[[1.5]], [[-0.6]]]]), "w"))
+    paths = tmp_path / "a.onnx", tmp_path / "b.onnx"
+    onnx.save(good, paths[0])
+    onnx.save(bad, paths[1])
+    return [str(p) for p in paths]
+
+
+def test_compare_exit_codes(model_pair, tmp_path, capsys):
+    a, b = model_pair
+    assert main(["compare", a, a, "--iterations", "2"]) == 0
+    assert "validation PASSED" in capsys.readouterr().out
+    assert main(["compare", a, b, "--report", str(tmp_path / "rep")]) == 1
+    out = capsys.readouterr().out
+    assert "validation FAILED" in out and "first diverging tensor: scaled" in out
+    assert (tmp_path / "rep.md").exists()
+    assert main(["compare", a, str(tmp_path / "missing.onnx")]) == 2
+    assert main(["compare", a, a, "--input-shape", "x:1xtwo"]) == 2
+    assert main(["compare", a, a, "--input-range", "nope:0,1"]) == 2
+    assert "not an input of the model" in capsys.readouterr().err
+
+
+def test_compare_recorded_inputs_npz_and_polygraphy_json(model_pair, tmp_path):
+    from polygraphy.json import save_json
+
+    a, _ = model_pair
+    x = np.linspace(-1, 1, 40, dtype=np.float32).reshape(1, 2, 4, 5)
+    np.savez(tmp_path / "in.npz", x=x)
+    save_json([{"x": x}, {"x": -x}], str(tmp_path / "in.json"))
+    assert main(["compare", a, a, "--data", str(tmp_path / "in.npz"), "-q"]) == 0
+    assert main(["compare", a, a, "--data", str(tmp_path / "in.json"), "--json"]) == 0
+    np.savez(tmp_path / "wrong.npz", z=x)
+    assert main(["compare", a, a, "--data", str(tmp_path / "wrong.npz")]) == 2
+
+
+def test_dynamic_input_needs_a_shape(tmp_path, capsys):
+    nodes = [helper.make_node("Relu", ["x"], ["y"], name="relu")]
+    path = tmp_path / "dyn.onnx"
+    onnx.save(make_model(nodes, [("x", np.float32, ["batch", 3])], [("y", np.float32, None)]), path)
+    assert main(["compare", str(path), str(path)]) == 2
+    assert "--input-shape x:" in capsys.readouterr().err
+    assert main(["compare", str(path), str(path), "--input-shape", "x:2x3", "--input-range", "x:-1,1"]) == 0
