@@ -1,0 +1,108 @@
+"""Export a spconv backbone: trace it on real voxels, write the ONNX graph and the tensors to check it with.
+
+    result = export_spconv(model, features, indices, flavour="libspconv")
+    save_model_atomic(result.model, "scn.onnx"); save_tensors(result, "scn")   # scn.voxels/.coors/.output
+
+The model is called as `model(features, indices, batch_size)` (OpenPCDet / CenterPoint backbones)
+and must return a tensor built from the traced ops (the dense BEV map, or a SparseConvTensor).
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from spconv.pytorch.conv import SparseConvolution
+
+import surgeon.export.spconv_handlers  # noqa: F401  (registers the spconv handlers)
+from surgeon.errors import SurgeonError
+from surgeon.export.graph import build_model
+from surgeon.export.tensor_file import write_tensor
+from surgeon.export.tracer import Trace, trace_model
+
+MODELS = {"centerpoint-scn": "CenterPoint / OpenPCDet VoxelResBackBone8x + height compression, 5 -> 256 x 180 x 180"}
+
+
+@dataclass
+class SpconvExport:
+    model: onnx.ModelProto
+    trace: Trace
+    features: np.ndarray
+    indices: np.ndarray
+    output: np.ndarray
+
+
+def build_zoo_model(name: str) -> torch.nn.Module:
+    if name != "centerpoint-scn":
+        raise SurgeonError(f"unknown spconv model '{name}'; known: {', '.join(MODELS)}")
+    from surgeon.zoo.centerpoint import build_centerpoint_scn
+
+    return build_centerpoint_scn()
+
+
+@contextlib.contextmanager
+def spconv_cpu_quirks(model: torch.nn.Module, device: torch.device):
+    """Work around two spconv 2.3.8 CPU defects for the duration of the block.
+
+    - Its CPU kernels refuse a bias in eval mode ("cpu don't support act and bias") but add it after
+      the GEMM in training mode; a convolution has no other train/eval difference under no_grad, so
+      biased convolutions run with `training=True` (BatchNorm stays in eval).
+    - Its CPU scatter-add races when torch runs more than one thread: the same input gave outputs
+      0.16 apart on 2 threads (measured on the CenterPoint backbone); one thread is exact and faster.
+    """
+    if device.type != "cpu":
+        yield
+        return
+    switched = [m for m in model.modules()
+                if isinstance(m, SparseConvolution) and m.bias is not None and not m.training]
+    threads = torch.get_num_threads()
+    for module in switched:
+        module.training = True
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+        for module in switched:
+            module.training = False
+
+
+def trace_spconv(model: torch.nn.Module, features: torch.Tensor, indices: torch.Tensor, batch_size: int = 1) -> Trace:
+    """Trace `model(features, indices, batch_size)` with graph inputs `features` and `indices`."""
+    with spconv_cpu_quirks(model, features.device):
+        return trace_model(model, (features, indices, batch_size), inputs={"features": features},
+                           sparse_indices={"features": ("indices", indices)})
+
+
+def export_spconv(model: torch.nn.Module, features, indices, flavour: str = "standard", batch_size: int = 1,
+                  fold_batchnorm: bool = True, fold_relu: bool = True) -> SpconvExport:
+    """Trace `model` on (features [N, C], indices [N, 4] int32 as batch, z, y, x) in float32 on the CPU."""
+    features = np.asarray(features)
+    indices = np.asarray(indices)
+    if features.ndim != 2 or indices.ndim != 2 or len(features) != len(indices):
+        raise SurgeonError(f"features {list(features.shape)} and indices {list(indices.shape)} must be [N, C] "
+                           f"and [N, 1 + ndim] with the same N")
+    features_t = torch.from_numpy(features.astype(np.float32))
+    indices_t = torch.from_numpy(indices.astype(np.int32))
+    trace = trace_spconv(model.eval(), features_t, indices_t, batch_size)
+    onnx_model = build_model(trace, flavour, fold_batchnorm, fold_relu)
+    output = trace.outputs_data[0].detach().cpu().numpy()
+    return SpconvExport(onnx_model, trace, features, indices, output)
+
+
+def save_tensors(result: SpconvExport, stem) -> list[Path]:
+    """Write `<stem>.voxels`, `.coors`, `.output` (libspconv tensor files, float16 / int32 / float16, as
+    its demo reads them) and `<stem>.npz` (float32 features and output, int32 indices)."""
+    stem = Path(stem)
+    written = [
+        write_tensor(f"{stem}.voxels", result.features.astype(np.float16)),
+        write_tensor(f"{stem}.coors", result.indices.astype(np.int32)),
+        write_tensor(f"{stem}.output", result.output.astype(np.float16)),
+    ]
+    npz = Path(f"{stem}.npz")
+    np.savez(npz, features=result.features.astype(np.float32), indices=result.indices.astype(np.int32),
+             output=result.output.astype(np.float32))
+    return written + [npz]

@@ -1,0 +1,224 @@
+"""Record one op per handled module call while a model runs on a real input.
+
+torch.onnx.export cannot follow spconv's sparse convolutions (rule books built in C++, Python
+dicts of index pairs). NVIDIA's deploy tools export them by wrapping each module's forward, running
+the model once, and writing one custom node per call; this is that idea as a small, reusable engine:
+
+    @handler(MySparseModule)                      # or @handler(torch.Tensor, "view") for a method
+    def my_module(call):                          # runs after the original forward returned
+        x = call.input(call.args[0])              # the traced Value of an argument
+        call.emit("MyOp", [x], attrs={"alpha": call.target.alpha}, domain="my.domain")
+
+    trace = trace_model(model, (features, indices), inputs={"features": features},
+                        sparse_indices={"features": ("indices", indices)})
+
+Values are identified by the torch tensor holding their data; a SparseConvTensor by its `.features`
+tensor, so `replace_feature` and SparseSequential's feature-wise modules need no handler of their
+own. Calls made while a handled call runs (spconv's own reshapes and adds) are not recorded: a depth
+counter passes them straight through. The wrapping is undone when the run ends, also on error.
+"""
+from __future__ import annotations
+
+import contextlib
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from surgeon.errors import SurgeonError
+
+SPARSE_DOMAIN = "spconv"
+Handler = Callable[["Call"], None]
+_HANDLERS: dict[tuple[type, str], Handler] = {}
+
+
+def handler(owner: type, method: str = "forward"):
+    """Register the decorated function as the handler of calls to `owner.method`.
+
+    `owner` is a module class (its `forward` is wrapped) or any class with a method to intercept,
+    such as `torch.Tensor` and "view". The handler receives a `Call` after the original returned.
+    """
+
+    def register(fn: Handler) -> Handler:
+        _HANDLERS[(owner, method)] = fn
+        return fn
+
+    return register
+
+
+@dataclass
+class Value:
+    """A tensor of the exported graph: dense, or the features of a sparse tensor whose coordinates
+    are the tensor named `indices` ([N, 1 + ndim] int32 as batch, z, y, x)."""
+
+    name: str
+    shape: tuple[int, ...]
+    indices: str | None = None
+
+    @property
+    def is_sparse(self) -> bool:
+        return self.indices is not None
+
+
+@dataclass
+class Op:
+    """One recorded call, flavour-neutral; `surgeon.export.graph` writes it as ONNX node(s).
+
+    `domain` "" means a standard op on the feature tensors (Relu, Add, Reshape, ...); a custom domain
+    op gets each sparse input as a (features, indices) pair in the `standard` flavour, and a new
+    indices output per sparse output. `index_inputs` and `standard_attrs` exist only in that flavour.
+    """
+
+    op_type: str
+    name: str
+    inputs: list[Value]
+    outputs: list[Value]
+    attrs: dict[str, Any] = field(default_factory=dict)
+    weights: dict[str, np.ndarray] = field(default_factory=dict)
+    domain: str = ""
+    index_inputs: list[str] = field(default_factory=list)
+    standard_attrs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Call:
+    """What a handler sees: the intercepted object (`target`: module or `self`), arguments, output."""
+
+    trace: "Trace"
+    target: Any
+    args: tuple
+    kwargs: dict
+    output: Any
+    name: str
+
+    def input(self, obj) -> Value:
+        """The traced Value of `obj`; an object no handled call produced is an error naming this call."""
+        value = self.trace.value_of(obj)
+        if value is None:
+            raise SurgeonError(
+                f"call '{self.name}' ({type(self.target).__name__}) takes a tensor that no handled call "
+                f"produced; register a @handler for the module or function that made it "
+                f"(last recorded op: {self.trace.ops[-1].name if self.trace.ops else 'none'})")
+        return value
+
+    def emit(self, op_type: str, inputs: list[Value], attrs: dict | None = None, weights: dict | None = None,
+             domain: str = "", output=None, indices: str | None = "inherit", **extra) -> Op:
+        """Record an op producing `output` (default: the call's output) and register its Value.
+
+        The output Value is sparse with the coordinates of the first input (`indices="inherit"`), new
+        coordinates named `<op name>.indices` (`indices="new"`), or dense (`indices=None`).
+        """
+        output = self.output if output is None else output
+        if indices == "inherit":
+            indices = inputs[0].indices if inputs else None
+        elif indices == "new":
+            indices = f"{self.name}.indices"
+        value = self.trace.register(output, self.name, indices)
+        op = Op(op_type, self.name, list(inputs), [value], dict(attrs or {}), dict(weights or {}), domain, **extra)
+        self.trace.ops.append(op)
+        return op
+
+
+def tensor_of(obj) -> torch.Tensor | None:
+    """The tensor that identifies `obj`: itself, or the `.features` of a sparse tensor."""
+    if isinstance(obj, torch.Tensor):
+        return obj
+    features = getattr(obj, "features", None)
+    return features if isinstance(features, torch.Tensor) else None
+
+
+class Trace:
+    """The ops recorded in one run, the graph inputs and outputs, and the state handlers share."""
+
+    def __init__(self, model: torch.nn.Module):
+        self.ops: list[Op] = []
+        self.inputs: list[Value] = []
+        self.outputs: list[Value] = []
+        self.outputs_data: list[torch.Tensor] = []
+        self.rulebooks: dict[str, dict[str, Any]] = {}  # spconv indice_key -> what made it (inverse conv)
+        self._values: dict[int, Value] = {}
+        self._alive: list[torch.Tensor] = []  # keeps traced tensors alive so Python never reuses their id
+        self._module_names = {id(m): name or type(m).__name__ for name, m in model.named_modules()}
+        self._names: Counter[str] = Counter()
+        self.depth = 0
+
+    def value_of(self, obj) -> Value | None:
+        tensor = tensor_of(obj)
+        return None if tensor is None else self._values.get(id(tensor))
+
+    def register(self, obj, name: str, indices: str | None = None) -> Value:
+        tensor = tensor_of(obj)
+        if tensor is None:
+            raise SurgeonError(f"call '{name}' returned {type(obj).__name__}, not a tensor or sparse tensor")
+        value = Value(name, tuple(int(d) for d in tensor.shape), indices)
+        self._values[id(tensor)] = value
+        self._alive.append(tensor)
+        return value
+
+    def call_name(self, target, method: str) -> str:
+        base = self._module_names.get(id(target)) if isinstance(target, torch.nn.Module) else None
+        base = base or method.strip("_")
+        self._names[base] += 1
+        count = self._names[base]
+        return base if count == 1 else f"{base}_{count - 1}"
+
+
+@contextlib.contextmanager
+def _wrapped(owner: type, method: str, fn: Handler, trace: Trace):
+    """Replace `owner.method` by a recording wrapper for the duration of the block."""
+    defined_here = method in owner.__dict__
+    original = getattr(owner, method)
+
+    def recording(target, *args, **kwargs):
+        if trace.depth:
+            return original(target, *args, **kwargs)
+        trace.depth += 1
+        try:
+            output = original(target, *args, **kwargs)
+        finally:
+            trace.depth -= 1
+        trace.depth += 1  # the handler's own tensor calls (shape reads, .view on weights) are not the model's
+        try:
+            fn(Call(trace, target, args, kwargs, output, trace.call_name(target, method)))
+        finally:
+            trace.depth -= 1
+        return output
+
+    setattr(owner, method, recording)
+    try:
+        yield
+    finally:
+        if defined_here:
+            setattr(owner, method, original)
+        else:
+            delattr(owner, method)
+
+
+def trace_model(model: torch.nn.Module, args: tuple, inputs: dict[str, torch.Tensor],
+                sparse_indices: dict[str, tuple[str, torch.Tensor]] | None = None) -> Trace:
+    """Run `model(*args)` once under no_grad with every registered handler active; return the Trace.
+
+    `inputs` names the argument tensors that become graph inputs; `sparse_indices` gives, for a
+    sparse input, the name and tensor of its coordinates. The model's returned tensor(s) become the
+    graph outputs.
+    """
+    trace = Trace(model)
+    for name, tensor in inputs.items():
+        indices = (sparse_indices or {}).get(name)
+        trace.inputs.append(trace.register(tensor, name, indices[0] if indices else None))
+    with contextlib.ExitStack() as stack:
+        for (owner, method), fn in sorted(_HANDLERS.items(), key=lambda kv: (kv[0][0].__qualname__, kv[0][1])):
+            stack.enter_context(_wrapped(owner, method, fn, trace))
+        with torch.no_grad():
+            result = model(*args)
+    results = result if isinstance(result, (tuple, list)) else [result]
+    for index, item in enumerate(results):
+        value = trace.value_of(item)
+        if value is None:
+            raise SurgeonError(f"output {index} of the model was not produced by a handled call; register a "
+                               f"@handler for the last operation on it")
+        trace.outputs.append(value)
+        trace.outputs_data.append(tensor_of(item))
+    return trace
