@@ -1,0 +1,109 @@
+"""TensorRT builds: the no-TensorRT path (which runs here and in CI), option parsing, and real builds
+that run only where TensorRT and a GPU are."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from onnx import helper
+
+from surgeon.build import build_options, build_run, parse_bytes, parse_profiles, tensorrt_missing, trt_runner
+from surgeon.cli import main
+from surgeon.commands.build import parse_profile_args
+from surgeon.errors import SurgeonError
+from surgeon.pipeline import run_recipe
+from surgeon.recipe import load_recipe
+from surgeon.testing import make_model
+
+NO_TENSORRT = tensorrt_missing()
+needs_no_tensorrt = pytest.mark.skipif(NO_TENSORRT is None, reason="TensorRT is installed: the no-TensorRT path "
+                                                                   "cannot be exercised on this machine")
+needs_tensorrt = pytest.mark.skipif(NO_TENSORRT is not None, reason=f"needs TensorRT: {NO_TENSORRT}")
+
+
+@pytest.fixture
+def relu_model(tmp_path):
+    import onnx
+
+    model = make_model([helper.make_node("Relu", ["x"], ["y"], name="relu")], inputs=[("x", np.float32, [2, 3])],
+                       outputs=[("y", np.float32, [2, 3])])
+    path = tmp_path / "relu.onnx"
+    onnx.save(model, str(path))
+    return path
+
+
+@needs_no_tensorrt
+def test_build_command_without_tensorrt_exits_2_and_says_how_to_install(relu_model, tmp_path, capsys):
+    assert main(["build", str(relu_model), "-o", str(tmp_path / "relu.engine")]) == 2
+    error = capsys.readouterr().err
+    assert "TensorRT is not installed" in error and "pip install 'surgeon[trt]'" in error
+    assert "Traceback" not in error
+    assert not (tmp_path / "relu.engine").exists()
+
+
+@needs_no_tensorrt
+def test_recipe_with_a_build_section_runs_its_other_stages_and_reports_the_skip(relu_model, tmp_path):
+    recipe = load_recipe({"name": "with-build", "model": str(relu_model), "steps": [{"pass": "cleanup"}],
+                          "build": {"precision": "fp16", "workspace": "1GiB"}})
+    output = tmp_path / "out.onnx"
+    result = run_recipe(recipe, output=output)
+    assert output.is_file()
+    assert result.build.built is False and "pip install 'surgeon[trt]'" in result.build.skipped_reason
+    assert result.build.summary.startswith("TensorRT build skipped: TensorRT is not installed")
+    report = json.loads(result.report_path.read_text())
+    assert report["build"]["built"] is False and report["build"]["precision"] == "fp16"
+    assert not (tmp_path / "out.engine").exists()
+
+
+@needs_no_tensorrt
+def test_build_run_and_trt_runner_without_tensorrt(relu_model):
+    recipe = load_recipe({"name": "b", "model": str(relu_model), "build": {}})
+    result = build_run(recipe, relu_model)
+    assert (result.built, result.engine) == (False, None) and result.to_dict()["skipped_reason"] == NO_TENSORRT
+    with pytest.raises(SurgeonError, match="TensorRT is not installed"):
+        trt_runner(relu_model, plugins=[])
+
+
+@pytest.mark.parametrize("text, expected", [(4096, 4096), ("4GiB", 4 * 2**30), ("512 MiB", 512 * 2**20),
+                                            ("1.5GB", 1_500_000_000), (None, None)])
+def test_workspace_sizes(text, expected):
+    assert parse_bytes(text) == expected
+
+
+def test_bad_options_name_the_key():
+    with pytest.raises(SurgeonError, match="build.workspace: cannot read 'lots'"):
+        parse_bytes("lots")
+    with pytest.raises(SurgeonError, match="build.precision"):
+        build_options({"precision": "fp64"})
+    with pytest.raises(SurgeonError, match="unknown build option 'precison'"):
+        build_options({"precison": "fp16"})
+    with pytest.raises(SurgeonError, match="item 1, input 'x': needs min <= opt <= max"):
+        parse_profiles([{"x": {"min": [1, 3], "opt": [4, 3], "max": [2, 3]}}])
+    with pytest.raises(SurgeonError, match="item 2, input 'y': give exactly min, opt and max"):
+        parse_profiles([{"x": {"min": [1], "opt": [1], "max": [1]}}, {"y": {"min": [1]}}])
+
+
+def test_options_layer_defaults_section_and_command_line():
+    options = build_options({"precision": "fp16", "profiles": [{"x": {"min": [1, 3], "opt": [2, 3], "max": [4, 3]}}]},
+                            precision="best", workspace="2GiB", plugins=None)
+    assert options["precision"] == "best" and options["workspace"] == 2 * 2**30 and options["plugins"] == ["builtin"]
+    assert options["profiles"] == [{"x": {"min": [1, 3], "opt": [2, 3], "max": [4, 3]}}]
+    assert parse_profile_args(["image=1x3x64x96:2x3x64x96:4x3x64x96"]) == {
+        "image": {"min": [1, 3, 64, 96], "opt": [2, 3, 64, 96], "max": [4, 3, 64, 96]}}
+    with pytest.raises(SurgeonError, match="expected INPUT=MIN:OPT:MAX"):
+        parse_profile_args(["image=1x3"])
+
+
+@needs_tensorrt
+@pytest.mark.gpu
+def test_builds_an_engine_and_writes_the_layer_report(relu_model, tmp_path):
+    from surgeon.build import build_engine
+
+    result = build_engine(relu_model, tmp_path / "relu.engine", {"plugins": [], "precision": "fp16"})
+    assert result.built and result.engine.stat().st_size == result.engine_bytes > 0
+    report = json.loads(result.report.read_text())
+    assert report["layers"] and report["precision"] == "fp16" and report["plugins_used"] == []
+    x = np.random.default_rng(0).standard_normal((2, 3)).astype(np.float32)
+    with trt_runner(result.engine, plugins=[]) as runner:
+        np.testing.assert_array_equal(runner.infer({"x": x})["y"], np.maximum(x, 0))
