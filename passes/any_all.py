@@ -1,0 +1,153 @@
+"""Rewrite torch.any/torch.all into a float ReduceMax/ReduceMin that every runtime reduces.
+
+Before (ATEN_FALLBACK export of older exporters, dim and keepdim as constant inputs or attributes):
+  x ─► ATen(operator="any", dim, keepdim) ─► y
+Before (torch 2.13's own export: an int64 count, which TensorRT reduces poorly):
+  any:  x ─► Cast(int64) ─► ReduceSum(axes) ─► Greater(·, 0) ─► y
+  all:  x ─► Not ─► Cast(int64) ─► ReduceSum(axes) ─► Greater(·, 0) ─► Not ─► y
+
+After:
+  any:  x ─► Cast(float) ─► ReduceMax(axes) ─► Greater(·, 0) ─► y
+  all:  x ─► Cast(float) ─► ReduceMin(axes) ─► Greater(·, 0) ─► y
+A non-bool x is first Cast to bool (non-zero, NaN included, is true); axes are an attribute before
+opset 18 and an input from 18. The final test is Greater(·, 0), not a Cast back to bool: ONNX Runtime
+reduces an empty set to -inf (ReduceMax) and +inf (ReduceMin), so an empty any is False and an empty
+all is True, as in torch, where a Cast of -inf would give True. `dim=()` reduces nothing (as in torch);
+a uint8 input gives a uint8 result (torch's legacy rule). Negative axes are made positive where the rank
+is known: ONNX Runtime 1.31 returns an empty tensor unreduced when it is reduced over a negative axis.
+"""
+from __future__ import annotations
+
+import numpy as np
+import onnx_graphsurgeon as gs
+from onnx import TensorProto
+
+from surgeon.errors import PassError
+from surgeon.pass_api import Param, Pass, PassResult, register_pass
+from surgeon.rewrite import Rewrite, aten_operator, const_value, dtype_of, is_op, producer
+
+REDUCTION = {"any": "ReduceMax", "all": "ReduceMin"}
+#: ReduceMax/ReduceMin take their axes as an input from this opset on.
+AXES_INPUT_OPSET = 18
+
+
+@register_pass("any-all")
+class AnyAll(Pass):
+    """Rewrite ATen any/all (and torch's Cast/ReduceSum/Greater export) into a float ReduceMax/ReduceMin."""
+
+    params = {
+        "match_exported": Param(bool, True, help="also rewrite the int64 Cast/ReduceSum/Greater(0) cluster "
+                                                 "torch 2.13 exports for any/all"),
+    }
+    needs = ("shapes",)
+
+    def run(self, graph, ctx):
+        result = PassResult()
+        # `all` clusters first: their inner Greater alone would read as an `any` of Not(x).
+        for finder in (_aten_site, _exported_all_site, _exported_any_site):
+            if finder is not _aten_site and not self.match_exported:
+                continue
+            for node in list(graph.nodes):
+                site = None if _is_dead(graph, node) else finder(node)
+                if site is not None:
+                    _rewrite(graph, ctx, node, *site)
+                    result.rewrote(node)
+        return result
+
+
+def _is_dead(graph, node) -> bool:
+    """True for a node nothing reads any more, such as the inner Greater of an `all` just rewritten."""
+    graph_outputs = {id(t) for t in graph.outputs}
+    return not any(t.outputs or id(t) in graph_outputs for t in node.outputs)
+
+
+def _rewrite(graph, ctx, node, kind, x, axes, keepdims):
+    """y = Greater(Reduce{Max,Min}(Cast(x, float), axes), 0); axes None reduces all, [] nothing."""
+    rw = Rewrite(graph, ctx, node)
+    dtype = dtype_of(x)
+    truth = x if dtype == np.bool_ else rw.op("Cast", [x], {"to": TensorProto.BOOL}, dtype=np.bool_)
+    values = rw.op("Cast", [truth], {"to": TensorProto.FLOAT}, dtype=np.float32)
+    if axes != []:
+        rank = len(x.shape) if getattr(x, "shape", None) is not None else None
+        if axes is not None and rank is not None:
+            # ONNX Runtime 1.31 returns an empty input unreduced when an axis is negative.
+            axes = [axis % rank for axis in axes]
+        attrs, inputs = {"keepdims": int(keepdims)}, [values]
+        if axes is not None and ctx.opset >= AXES_INPUT_OPSET:
+            inputs.append(rw.const(np.asarray(axes, np.int64), "axes"))
+        elif axes is not None:
+            attrs["axes"] = list(axes)
+        values = rw.op(REDUCTION[kind], inputs, attrs, dtype=np.float32)
+    zero = gs.Constant(rw.name("zero"), values=np.zeros((), np.float32))  # 0-d: Rewrite.const would make it 1-d
+    if dtype == np.uint8:
+        rw.finish("Cast", [rw.op("Greater", [values, zero], dtype=np.bool_)], {"to": TensorProto.UINT8})
+    else:
+        rw.finish("Greater", [values, zero])
+
+
+def _aten_site(node):
+    """(kind, x, axes, keepdims) of ATen any/all; dim and keepdim are constant inputs or attributes."""
+    kind = aten_operator(node)
+    if kind not in REDUCTION:
+        return None
+    dims = _aten_argument(node, 1, "dim")
+    keepdim = _aten_argument(node, 2, "keepdim")
+    axes = None if dims is None else [int(d) for d in np.atleast_1d(dims)]  # dim=() gives []: no reduction
+    return kind, node.inputs[0], axes, bool(keepdim) if keepdim is not None else False
+
+
+def _aten_argument(node, index, name):
+    if index < len(node.inputs) and node.inputs[index].name:
+        value = const_value(node.inputs[index])
+        if value is None:
+            raise PassError(f"node '{node.name}': {aten_operator(node)}'s {name} (input {index}) is not a constant")
+        return value
+    return node.attrs.get(name)
+
+
+def _exported_any_site(node):
+    """('any', x, axes, keepdims) for Greater(ReduceSum(Cast(x: bool)), 0)."""
+    count = _bool_count(node)
+    return None if count is None else ("any",) + count
+
+
+def _exported_all_site(node):
+    """('all', x, axes, keepdims) for Not(Greater(ReduceSum(Cast(Not(x))), 0))."""
+    if not is_op(node, "Not"):
+        return None
+    inner = producer(node.inputs[0])
+    count = _bool_count(inner) if inner is not None else None
+    negation = producer(count[0]) if count is not None else None
+    if negation is None or not is_op(negation, "Not"):
+        return None
+    return ("all", negation.inputs[0]) + count[1:]
+
+
+def _bool_count(greater):
+    """(x, axes, keepdims) when `greater` is Greater(ReduceSum(Cast(x)), 0) with x boolean, else None."""
+    if not is_op(greater, "Greater") or not _is_zero(greater.inputs[1]):
+        return None
+    reduce_sum = producer(greater.inputs[0])
+    if reduce_sum is None or not is_op(reduce_sum, "ReduceSum"):
+        return None
+    cast = producer(reduce_sum.inputs[0])
+    if cast is None or not is_op(cast, "Cast"):
+        return None
+    x = cast.inputs[0]
+    negation = producer(x)
+    if dtype_of(x) != np.bool_ and not (negation is not None and is_op(negation, "Not")):
+        return None
+    axes = reduce_sum.attrs.get("axes")
+    if len(reduce_sum.inputs) > 1 and reduce_sum.inputs[1].name:
+        axes = const_value(reduce_sum.inputs[1])
+        if axes is None:
+            return None
+    axes = None if axes is None else [int(a) for a in axes]
+    if not axes:  # no axes: all of them, unless the node says to reduce nothing
+        axes = [] if reduce_sum.attrs.get("noop_with_empty_axes", 0) else None
+    return x, axes, bool(reduce_sum.attrs.get("keepdims", 1))
+
+
+def _is_zero(tensor) -> bool:
+    value = const_value(tensor)
+    return value is not None and value.size == 1 and value.item() == 0

@@ -1,0 +1,141 @@
+"""any-all: ATen any/all and torch's exported ReduceSum clusters against torch.any/torch.all, exactly."""
+from __future__ import annotations
+
+import io
+import warnings
+
+import numpy as np
+import onnx
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from onnx import helper
+
+from surgeon.testing import apply_pass, make_model, op_types, run_ort
+
+torch = pytest.importorskip("torch")
+
+REDUCTION = {"any": "ReduceMax", "all": "ReduceMin"}
+
+
+def export(fn, x, opset):
+    class Module(torch.nn.Module):
+        def forward(self, value):
+            return fn(value)
+
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():  # the TorchScript exporter's deprecation notices
+        warnings.simplefilter("ignore")
+        torch.onnx.export(Module(), (x,), buffer, dynamo=False, opset_version=opset,
+                          operator_export_type=torch.onnx.OperatorExportTypes.ONNX_ATEN_FALLBACK)
+    return onnx.load_from_string(buffer.getvalue())
+
+
+def torch_reduce(kind, x, dim, keepdim):
+    fn = getattr(torch, kind)
+    tensor = torch.from_numpy(x)
+    return (fn(tensor) if dim is None else fn(tensor, dim=dim, keepdim=keepdim)).numpy()
+
+
+def aten_model(kind, dtype, shape, opset, dim=None, keepdim=None, as_attributes=False):
+    """ATen any/all with dim/keepdim as constant inputs (omitted: torch's None) or as attributes."""
+    as_attributes = as_attributes and dim != []  # onnx-graphsurgeon cannot export an empty-list attribute
+    inputs, initializers, attrs = ["x"], {}, []
+    for name, value in (("dim", dim), ("keepdim", keepdim)):
+        if as_attributes and value is not None:
+            kind_of = onnx.AttributeProto.INTS if isinstance(value, list) else onnx.AttributeProto.INT
+            attrs.append(helper.make_attribute(name, value, attr_type=kind_of))
+        elif not as_attributes:
+            inputs.append(name if value is not None else "")
+            if value is not None:
+                initializers[name] = np.array(value, np.int64 if name == "dim" else np.bool_)
+    node = helper.make_node("ATen", inputs, ["y"], name=f"aten_{kind}", domain="org.pytorch.aten",
+                            operator=kind, overload_name="dim" if dim is not None else "")
+    node.attribute.extend(attrs)
+    out_dtype = np.uint8 if dtype == np.uint8 else np.bool_
+    return make_model([node], [("x", dtype, shape)], [("y", out_dtype, None)], initializers=initializers,
+                      opset=opset)
+
+
+def check_against_torch(model, kind, x, dim, keepdim):
+    out, step = apply_pass(model, "any-all")
+    onnx.checker.check_model(out)
+    got = run_ort(out, {out.graph.input[0].name: x})[0]
+    want = torch_reduce(kind, x, dim, keepdim)
+    assert got.dtype == want.dtype and got.shape == want.shape
+    np.testing.assert_array_equal(got, want)
+    return out, step
+
+
+def sample(dtype, shape, seed):
+    rng = np.random.default_rng(seed)
+    if dtype == np.bool_:
+        return rng.random(shape) < rng.choice([0.05, 0.5, 0.95])
+    pool = {np.float32: [0.0, -0.0, np.nan, np.inf, -1.5], np.int64: [0, -(2**63), -1, 2**40],
+            np.uint8: [0, 1, 255]}[dtype]
+    return rng.choice(np.array(pool, dtype), size=shape)
+
+
+shapes_and_dims = st.sampled_from([([4, 5], None), ([4, 5], 1), ([2, 3, 4], -1), ([2, 3, 4], [0, 2]),
+                                   ([2, 0, 3], 1), ([2, 0, 3], None), ([2, 0, 3], 0), ([1, 1], 0), ([3, 2], []),
+                                   ([5], 0)])
+
+
+@settings(max_examples=40, deadline=None)
+@given(kind=st.sampled_from(["any", "all"]), dtype=st.sampled_from([np.bool_, np.float32, np.int64, np.uint8]),
+       opset=st.sampled_from([11, 13, 18]), shape_dim=shapes_and_dims, keepdim=st.booleans(),
+       as_attributes=st.booleans(), seed=st.integers(0, 2**16))
+def test_aten_forms_match_torch_exactly(kind, dtype, opset, shape_dim, keepdim, as_attributes, seed):
+    shape, dim = shape_dim
+    model = aten_model(kind, dtype, shape, opset, dim, keepdim if dim is not None else None, as_attributes)
+    out, step = check_against_torch(model, kind, sample(dtype, shape, seed), dim, keepdim)
+    assert step.rewritten == [f"aten_{kind}"] and "ATen" not in op_types(out)
+    assert (REDUCTION[kind] in op_types(out)) == (dim != [])
+
+
+@pytest.mark.parametrize("opset", [11, 13, 18])
+def test_axes_attribute_before_18_and_input_from_18(opset):
+    out, _ = apply_pass(aten_model("any", np.bool_, [2, 3], opset, dim=1, keepdim=True), "any-all")
+    reduce = next(n for n in out.graph.node if n.op_type == "ReduceMax")
+    assert (len(reduce.input) == 2) == (opset >= 18)
+    assert any(a.name == "axes" for a in reduce.attribute) == (opset < 18)
+
+
+@pytest.mark.parametrize("opset", [11, 13])
+@pytest.mark.parametrize("kind", ["any", "all"])
+@pytest.mark.parametrize("dim, keepdim", [(None, False), (1, True), (-1, False)])
+@pytest.mark.parametrize("shape", [[3, 4, 5], [2, 0, 3], [1, 1, 1]])
+def test_real_exports_match_torch(opset, kind, dim, keepdim, shape):
+    x = torch.from_numpy(sample(np.bool_, shape, seed=len(shape) + opset))
+    fn = getattr(torch, kind)
+    model = export((lambda v: fn(v)) if dim is None else (lambda v: fn(v, dim=dim, keepdim=keepdim)), x, opset)
+    assert "ReduceSum" in op_types(model)
+    out, step = check_against_torch(model, kind, x.numpy(), dim, keepdim)
+    assert step.rewritten == [model.graph.node[-1].name]
+    assert "ReduceSum" not in op_types(out) and REDUCTION[kind] in op_types(out)
+    again, second = apply_pass(out, "any-all")
+    assert second.rewritten == [] and op_types(again) == op_types(out)
+
+
+def test_match_exported_false_keeps_torch_cluster():
+    model = export(torch.any, torch.zeros(3, dtype=torch.bool), 13)
+    out, step = apply_pass(model, "any-all", match_exported=False)
+    assert step.rewritten == [] and op_types(out) == op_types(model)
+
+
+def test_sum_of_floats_is_not_an_any():
+    nodes = [helper.make_node("Cast", ["x"], ["c"], to=onnx.TensorProto.INT64, name="cast"),
+             helper.make_node("ReduceSum", ["c"], ["s"], keepdims=0, name="sum"),
+             helper.make_node("Greater", ["s", "zero"], ["y"], name="positive")]
+    model = make_model(nodes, [("x", np.float32, [4])], [("y", np.bool_, [])],
+                       initializers={"zero": np.array(0, np.int64)})
+    out, step = apply_pass(model, "any-all")
+    assert step.rewritten == [] and op_types(out) == ["Cast", "ReduceSum", "Greater"]
+
+
+def test_non_constant_dim_is_a_clear_error():
+    model = aten_model("any", np.bool_, [2, 3], 11, dim=1, keepdim=False)
+    model.graph.initializer.pop(0)
+    model.graph.input.append(helper.make_tensor_value_info("dim", onnx.TensorProto.INT64, []))
+    with pytest.raises(Exception, match="'aten_any'.*dim .input 1. is not a constant"):
+        apply_pass(model, "any-all")
