@@ -3,7 +3,8 @@
 One op per call, with the attribute names NVIDIA's exporter (3DSparseConvolution
 `tool/*/exptool.py`) writes and its ONNX parser reads:
 
-    SubMConv3d / SparseConv3d / SparseInverseConv3d  ─►  SparseConvolution (weight [O, k.., I], bias)
+    SubMConv3d, SparseConv3d, SparseInverseConv3d,
+    SparseConvTranspose3d                            ─►  SparseConvolution (weight [O, k.., I], bias)
     nn.BatchNorm1d on the features                   ─►  BatchNormalization  (folded by the builder)
     nn.ReLU on the features                          ─►  Relu                (folded as `activation`)
     features + features, SparseConvTensor + ...      ─►  Add
@@ -89,7 +90,8 @@ def sparse_convolution(call: Call) -> None:
             "spatial_shape": attrs["input_spatial_shape"]}
 
 
-for _conv_type in (spconv.SubMConv3d, spconv.SparseConv3d, spconv.SparseInverseConv3d):
+for _conv_type in (spconv.SubMConv3d, spconv.SparseConv3d, spconv.SparseInverseConv3d,
+                   spconv.SparseConvTranspose3d):
     handler(_conv_type)(sparse_convolution)
 
 
