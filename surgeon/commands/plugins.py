@@ -6,13 +6,14 @@ from surgeon.cli_args import OutputArgs, print_json, table
 
 NAME = "plugins"
 HELP = "list surgeon's TensorRT plugins or build their library"
-ARG_GROUPS = (OutputArgs,)
 
 
 def add_arguments(parser) -> None:
     sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
-    sub.add_parser("list", help="the plugins: inputs, attributes, dtypes, CUDA source")
+    listing = sub.add_parser("list", help="the plugins: inputs, attributes, dtypes, CUDA source")
     build = sub.add_parser("build", help="compile libsurgeon_plugins.so with CMake and nvcc")
+    for action in (listing, build):  # after the action, where users type them
+        OutputArgs.add_to(action)
     build.add_argument("--out", metavar="DIR", help="where the library goes (default: $SURGEON_PLUGINS_DIR or "
                                                     "~/.cache/surgeon/plugins, where 'plugins: [builtin]' looks)")
     build.add_argument("--tensorrt-root", metavar="DIR", help="TensorRT installation, for the IPluginV3 plugins")
@@ -21,6 +22,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
+    OutputArgs.parse(args)
     if args.action == "list":
         return _list(args)
     from surgeon.plugins.build_lib import build_library
