@@ -31,16 +31,19 @@ def default_prefix(output: Path) -> Path:
 
 
 def write_reports(result, prefix: Path) -> list[Path]:
-    """Write every report format at `prefix`; return the files written."""
+    """Write every report format at `prefix`, list them in `result.reports`, and return them."""
     prefix = Path(prefix)
-    files = [write_text_atomic(_suffixed(prefix, ".md"), markdown(result)),
-             write_text_atomic(_suffixed(prefix, ".html"), html_page(result)),
-             write_text_atomic(_suffixed(prefix, ".json"),
-                               json.dumps(result.to_dict(), indent=2, sort_keys=True, default=str) + "\n")]
+    md, page, data = (_suffixed(prefix, ext) for ext in (".md", ".html", ".json"))
+    result.reports = [md, page, data]
     if result.run_results is not None:
-        files.append(_save_polygraphy(_suffixed(prefix, ".polygraphy.json"), result.run_results.save))
-        files.append(_save_polygraphy(_suffixed(prefix, ".inputs.json"), lambda path: _save_inputs(result.feeds, path)))
-    return files
+        outputs, inputs = _suffixed(prefix, ".polygraphy.json"), _suffixed(prefix, ".inputs.json")
+        result.reports += [outputs, inputs]
+        _save_polygraphy(outputs, result.run_results.save)
+        _save_polygraphy(inputs, lambda path: _save_inputs(result.feeds, path))
+    write_text_atomic(md, markdown(result))
+    write_text_atomic(page, html_page(result))
+    write_text_atomic(data, json.dumps(result.to_dict(), indent=2, sort_keys=True, default=str) + "\n")
+    return result.reports
 
 
 def _suffixed(prefix: Path, suffix: str) -> Path:

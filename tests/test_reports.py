@@ -1,0 +1,103 @@
+"""Validation reports: Markdown, self-contained HTML (opened in headless Chromium), JSON, and
+Polygraphy results that the real `polygraphy` CLI reads back."""
+from __future__ import annotations
+
+import base64
+import io
+import json
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from surgeon.pipeline import run_recipe
+from test_validation import WRONG_STEP, chain_model, write_recipe
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+POLYGRAPHY = Path(sys.executable).with_name("polygraphy")
+
+
+@pytest.fixture(scope="module")
+def failed_run(tmp_path_factory):
+    """A bisected run whose third step breaks the outputs; its reports are the subject of these tests."""
+    tmp_path = tmp_path_factory.mktemp("reports")
+    recipe = write_recipe(tmp_path, chain_model(), ["cleanup", "toposort", WRONG_STEP], each_step=True, iterations=2)
+    return run_recipe(recipe, output=tmp_path / "out.onnx"), tmp_path
+
+
+@pytest.fixture(scope="module")
+def passed_run(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("reports-ok")
+    recipe = write_recipe(tmp_path, chain_model(), ["cleanup"], report="checks/pr")
+    return run_recipe(recipe, output=tmp_path / "out.onnx"), tmp_path
+
+
+def test_markdown_is_a_short_table_naming_where_it_diverged(failed_run):
+    result, tmp_path = failed_run
+    text = (tmp_path / "out.validation.md").read_text()
+    assert text.startswith("### surgeon validation FAILED")
+    row = next(line for line in text.splitlines() if line.startswith("| `y`"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    y = result.validation.outputs[0]
+    assert cells[1] == "**FAIL**" and float(cells[2]) == pytest.approx(y.max_abs, rel=1e-2) and y.max_abs > 1e-4
+    assert "**First diverging step:** outputs leave tolerance after step 3 (test-validation-wrong-constant)" in text
+    assert "**First diverging tensor:** `shifted`" in text
+    assert len(text.splitlines()) < 20
+
+
+def test_json_report_matches_the_run_report(failed_run):
+    result, tmp_path = failed_run
+    data = json.loads((tmp_path / "out.validation.json").read_text())
+    assert data["passed"] is False and data["bisection"]["step"] == 3
+    assert data["outputs"][0]["name"] == "y" and len(data["outputs"][0]["worst"]) == 10
+    assert json.loads((tmp_path / "out.surgeon.json").read_text())["validation"] == data
+
+
+def test_report_prefix_from_the_recipe(passed_run):
+    result, tmp_path = passed_run
+    assert (tmp_path / "checks" / "pr.md").read_text().startswith("### surgeon validation PASSED")
+
+
+def test_html_embeds_decodable_histograms_and_the_graph_diff(failed_run):
+    import matplotlib.image
+
+    _, tmp_path = failed_run
+    page = (tmp_path / "out.validation.html").read_text()
+    images = re.findall(r"src='data:image/png;base64,([A-Za-z0-9+/=]+)'", page)
+    assert len(images) == 1
+    assert matplotlib.image.imread(io.BytesIO(base64.b64decode(images[0])), format="png").shape[2] in (3, 4)
+    assert "Worst elements" in page and "Per step" in page and "shift/b_wrong" not in page
+    assert "<script" not in page and "http" not in page.replace("charset", "")  # nothing fetched from elsewhere
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium)")
+def test_html_opens_in_headless_chromium_without_console_messages(failed_run):
+    _, tmp_path = failed_run
+    page = tmp_path / "out.validation.html"
+    with tempfile.TemporaryDirectory() as profile:
+        done = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                               "--disable-component-update", "--disable-sync", "--no-first-run",
+                               f"--user-data-dir={profile}", "--enable-logging=stderr", "--v=0", "--dump-dom",
+                               page.as_uri()], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "surgeon validation" in done.stdout and done.stdout.count("<img") == 1
+    console = [line for line in done.stderr.splitlines() if ":CONSOLE" in line]
+    assert console == []
+
+
+@pytest.mark.skipif(not POLYGRAPHY.exists(), reason=f"the polygraphy CLI is not installed beside {sys.executable}")
+def test_polygraphy_cli_reads_the_saved_results(failed_run, passed_run):
+    for (result, tmp_path), prefix, expected_rc in ((passed_run, "checks/pr", 0), (failed_run, "out.validation", 1)):
+        done = subprocess.run([str(POLYGRAPHY), "run", str(tmp_path / "out.onnx"), "--onnxrt",
+                               "--load-inputs", str(tmp_path / f"{prefix}.inputs.json"),
+                               "--load-outputs", str(tmp_path / f"{prefix}.polygraphy.json")],
+                              capture_output=True, text=True, timeout=300)
+        log = done.stdout + done.stderr
+        assert "original" in log and "rewritten" in log, log[-3000:]
+        # The rewritten model equals the saved 'rewritten' results and, only when it passed, the 'original' ones.
+        assert (done.returncode == 0) == (expected_rc == 0), log[-3000:]
