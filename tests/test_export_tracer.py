@@ -1,0 +1,125 @@
+"""The forward-hook tracer: user handlers, one record per outermost call, and clean unwrapping."""
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from surgeon.errors import SurgeonError  # noqa: E402
+import surgeon.export.torch_handlers  # noqa: E402,F401  (ReLU and view handlers)
+from surgeon.export.graph import build_model  # noqa: E402
+from surgeon.export.tracer import handler, trace_model  # noqa: E402
+from surgeon.testing import run_ort  # noqa: E402
+
+
+class Scale(torch.nn.Module):
+    """A user's custom module: multiplies by a learned per-channel factor."""
+
+    def __init__(self, channels):
+        super().__init__()
+        self.factor = torch.nn.Parameter(torch.linspace(0.5, 2.0, channels).reshape(1, channels, 1))
+
+    def forward(self, x):
+        return x * self.factor.view(1, -1, 1)  # the inner .view must not be recorded
+
+
+@handler(Scale)
+def scale_handler(call):
+    call.emit("Mul", [call.input(call.args[0])], weights={"factor": call.target.factor.detach().numpy()})
+
+
+class Twice(torch.nn.Module):
+    """A custom module made of another handled module: only the outer call may be recorded."""
+
+    def __init__(self, channels):
+        super().__init__()
+        self.inner = Scale(channels)
+
+    def forward(self, x):
+        return self.inner(self.inner(x))
+
+
+@handler(Twice)
+def twice_handler(call):
+    factor = call.target.inner.factor.detach().numpy()
+    call.emit("Mul", [call.input(call.args[0])], weights={"factor": factor * factor})
+
+
+class Boom(torch.nn.Module):
+    def forward(self, x):
+        raise RuntimeError("boom inside forward")
+
+
+@handler(Boom)
+def boom_handler(call):
+    call.emit("Identity", [call.input(call.args[0])])
+
+
+class Net(torch.nn.Module):
+    def __init__(self, *layers):
+        super().__init__()
+        self.layers = torch.nn.Sequential(*layers)
+
+    def forward(self, x):
+        y = self.layers(x)
+        return y.view(1, -1)
+
+
+def trace(net, x):
+    return trace_model(net, (x,), inputs={"x": x})
+
+
+def test_custom_handler_becomes_a_node_and_runs():
+    x = torch.randn(1, 3, 4)
+    net = Net(Scale(3), torch.nn.ReLU(), Scale(3))
+    t = trace(net, x)
+    assert [(op.op_type, op.name) for op in t.ops] == [
+        ("Mul", "layers.0"), ("Relu", "layers.1"), ("Mul", "layers.2"), ("Reshape", "view")]
+    model = build_model(t, "standard")
+    (y,) = run_ort(model, {"x": x.numpy()})
+    np.testing.assert_allclose(y, net(x).detach().numpy(), rtol=1e-6)
+
+
+def test_calls_inside_a_handled_call_are_not_recorded_twice():
+    x = torch.randn(1, 2, 5)
+    net = Net(Twice(2))
+    t = trace(net, x)
+    assert [op.name for op in t.ops] == ["layers.0", "view"]
+    (y,) = run_ort(build_model(t, "standard"), {"x": x.numpy()})
+    np.testing.assert_allclose(y, net(x).detach().numpy(), rtol=1e-6)
+
+
+def test_wrapping_is_undone_after_an_error_inside_a_forward():
+    boom_forward = Boom.__dict__["forward"]
+    view, relu_forward = torch.Tensor.view, torch.nn.ReLU.forward
+    with pytest.raises(RuntimeError, match="boom inside forward"):
+        trace(Net(torch.nn.ReLU(), Boom()), torch.randn(2, 3))
+    assert Boom.__dict__["forward"] is boom_forward
+    assert torch.Tensor.view is view and "view" not in torch.Tensor.__dict__
+    assert torch.nn.ReLU.forward is relu_forward
+
+
+def test_wrapping_is_undone_after_success():
+    scale_forward = Scale.__dict__["forward"]
+    trace(Net(Scale(3)), torch.randn(1, 3, 2))
+    assert Scale.__dict__["forward"] is scale_forward
+    assert "view" not in torch.Tensor.__dict__
+    # outside a trace nothing is recorded and the model still runs
+    assert Net(Scale(3))(torch.randn(1, 3, 2)).shape == (1, 6)
+
+
+def test_an_unhandled_operation_is_named():
+    class Sigmoid(torch.nn.Module):
+        def forward(self, x):
+            return torch.sigmoid(x)
+
+    with pytest.raises(SurgeonError, match="call 'layers.1' .* no handled call produced; register a @handler"):
+        trace(Net(Sigmoid(), torch.nn.ReLU()), torch.randn(2, 3))
+
+
+def test_an_output_no_handler_made_is_named():
+    class Plain(torch.nn.Module):
+        def forward(self, x):
+            return torch.sigmoid(x)
+
+    with pytest.raises(SurgeonError, match="output 0 of the model was not produced by a handled call"):
+        trace(Plain(), torch.randn(2, 3))
