@@ -60,7 +60,9 @@ class Atan2(Pass):
         rw = Rewrite(graph, ctx, node)
 
         def const(value, suffix):
-            return rw.const(value, suffix, dtype=dtype)
+            scalar = rw.const(value, suffix, dtype=dtype)
+            scalar.values = scalar.values.reshape(())  # Rewrite.const makes 0-d values 1-d, which would
+            return scalar                              # turn 0-d inputs into 1-d outputs
 
         def sign_set(v, suffix):
             zero = const(0, f"{suffix}_zero")

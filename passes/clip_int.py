@@ -113,6 +113,12 @@ class ClipInt(Pass):
         return bounds
 
     @staticmethod
+    def constant(rw, values, name):
+        tensor = rw.const(values, name)
+        tensor.values = tensor.values.reshape(values.shape)  # Rewrite.const makes 0-d values 1-d
+        return tensor
+
+    @staticmethod
     def as_type(rw, bound, dtype, name):
         """A runtime bound in the input's type (a float bound rounded inward first, as in `bounds`)."""
         bound_type = dtype_of(bound)
@@ -126,9 +132,8 @@ class ClipInt(Pass):
     @staticmethod
     def minmax(rw, x, lo, hi, dtype, opset):
         steps = [("min", lo, "Max", "Less"), ("max", hi, "Min", "Greater")]
-        steps = [(name, rw.const(b, name) if isinstance(b, np.ndarray) else ClipInt.as_type(rw, b, dtype, name),
-                  op, compare)
-                 for name, b, op, compare in steps if b is not None]
+        steps = [(name, ClipInt.constant(rw, b, name) if isinstance(b, np.ndarray) else
+                  ClipInt.as_type(rw, b, dtype, name), op, compare) for name, b, op, compare in steps if b is not None]
         if not steps:
             rw.bypass(x)
             return

@@ -125,3 +125,11 @@ def test_integer_atan2_is_left_with_a_note():
     model = make_model([node], [("y", np.int32, [3]), ("x", np.int32, [3])], [("angle", np.int32, [3])])
     _, step = apply_pass(model, "atan2")
     assert step.rewritten == [] and "int_atan2" in step.notes[0]
+
+
+def test_scalar_inputs_give_a_scalar_output():
+    node = helper.make_node("Atan2", ["y", "x"], ["angle"], name="atan2_node")
+    model = make_model([node], [("y", np.float32, []), ("x", np.float32, [])], [("angle", np.float32, [])])
+    out, _ = apply_pass(model, "atan2")
+    got = run_ort(out, {"y": np.array(-1, np.float32), "x": np.array(-1, np.float32)})[0]
+    assert got.shape == () and got == np.float32(-3 * np.pi / 4)
