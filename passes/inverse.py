@@ -1,9 +1,10 @@
 """Rewrite torch.inverse / torch.linalg.inv of 2x2, 3x3 and 4x4 matrices into closed-form opset-11 ops.
 
 torch 2.13 exports both as `ATen(operator="linalg_inv")` (older exporters: `"inverse"`), which no runtime
-runs; BEV models invert [..., 4, 4] lidar2img and ego-pose matrices with it.
+runs; BEV models invert [..., 4, 4] lidar2img and ego-pose matrices with it. ONNX Runtime's contrib
+`com.microsoft::Inverse` (what onnxruntime-extensions style exporters emit) runs on ORT only.
 
-Before:  M [..., n, n] ─► ATen(operator="linalg_inv") ─► Y
+Before:  M [..., n, n] ─► ATen(operator="linalg_inv") or com.microsoft::Inverse ─► Y
 
 After (adjugate over determinant, on the n*n entries gathered from the last axis):
   a   = Reshape(M, [..., n*n])
@@ -28,28 +29,28 @@ import numpy as np
 
 from surgeon.errors import PassError
 from surgeon.pass_api import Pass, PassResult, register_pass
-from surgeon.rewrite import Rewrite, aten_operator, dtype_of
+from surgeon.rewrite import Rewrite, aten_operator, dtype_of, is_op
 
-OPERATORS = ("linalg_inv", "inverse")
+ATEN_OPERATORS = ("linalg_inv", "inverse")
 SIZES = (2, 3, 4)
 
 
 @register_pass("inverse")
 class Inverse(Pass):
-    """Rewrite ATen inverse/linalg_inv of 2x2, 3x3 and 4x4 matrices into a closed-form adjugate / determinant."""
+    """Rewrite ATen inverse/linalg_inv and com.microsoft::Inverse of 2x2-4x4 matrices into adjugate / det."""
 
     needs = ("shapes",)
 
     def run(self, graph, ctx):
         result = PassResult()
         for node in list(graph.nodes):
-            if aten_operator(node) not in OPERATORS:
+            if aten_operator(node) not in ATEN_OPERATORS and not is_op(node, "Inverse", ("com.microsoft",)):
                 continue
             matrix = node.inputs[0]
             shape = list(matrix.shape) if matrix.shape is not None else None
             if shape is None or len(shape) < 2 or shape[-1] != shape[-2] or shape[-1] not in SIZES:
-                raise PassError(f"node '{node.name}' ({aten_operator(node)}) inverts a matrix of shape {shape}; "
-                                f"the closed form covers [..., n, n] with n in {SIZES} and a known rank")
+                raise PassError(f"node '{node.name}' ({aten_operator(node) or node.op}) inverts a matrix of shape "
+                                f"{shape}; the closed form covers [..., n, n] with n in {SIZES} and a known rank")
             dtype = dtype_of(matrix)
             _closed_form_inverse(Rewrite(graph, ctx, node), matrix, len(shape), shape[-1],
                                  np.dtype(np.float32) if dtype is None else dtype)

@@ -132,3 +132,14 @@ def test_graph_without_inverse_is_unchanged():
                        [("y", np.float32, [4, 4])])
     out, step = apply_pass(model, "inverse")
     assert step.rewritten == [] and op_types(out) == ["Relu"]
+
+
+def test_onnxruntime_contrib_inverse_is_rewritten_and_agrees_with_it():
+    node = helper.make_node("Inverse", ["m"], ["y"], name="ms_inverse", domain="com.microsoft")
+    model = make_model([node], [("m", np.float32, [6, 4, 4])], [("y", np.float32, [6, 4, 4])])
+    matrices = lidar2img(np.random.default_rng(7), 6)
+    out, step = apply_pass(model, "inverse")
+    assert step.rewritten == ["ms_inverse"] and set(op_types(out)) <= OPSET_11_OPS
+    got, contrib = run_ort(out, {"m": matrices})[0], run_ort(model, {"m": matrices})[0]
+    assert (relative_error(got, matrices) <= RTOL[np.float32]).all()
+    assert (relative_error(contrib, matrices) <= RTOL[np.float32]).all()
