@@ -1,0 +1,125 @@
+"""ONNX Runtime CPU latency of grid sampling: native GridSample-16 vs the grid-sample pass's decompose form
+vs the widely copied mmcv-style `bilinear_grid_sample` (the second baseline), in one process.
+
+    python bench/grid_sample.py [--runs 7] [--threads 0] [--quick]
+
+Prints the median latency of each form and its ratio to native GridSample on the same inputs, for
+BEVFormer's spatial cross-attention shapes (DESIGN.md "Fast decompositions") and one variant. Before
+timing, every form's output is compared with native GridSample (max abs difference printed).
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import helper
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from surgeon.testing import apply_pass, make_model  # noqa: E402
+
+#: (input [N,C,H,W], grid [N,Hg,Wg,2]): BEVFormer MSDA per head split, and 6 cameras x 256 channels.
+SHAPES = [((48, 32, 15, 25), (48, 2500, 8, 2)), ((6, 256, 15, 25), (6, 2500, 4, 2))]
+QUICK_SHAPES = [((8, 32, 15, 25), (8, 500, 8, 2))]
+
+
+def native_model(x_shape, grid_shape) -> onnx.ModelProto:
+    n, c, _, _ = x_shape
+    _, hg, wg, _ = grid_shape
+    node = helper.make_node("GridSample", ["x", "grid"], ["y"], name="grid_sample", mode="bilinear",
+                            padding_mode="zeros", align_corners=0)
+    return make_model([node], [("x", np.float32, list(x_shape)), ("grid", np.float32, list(grid_shape))],
+                      [("y", np.float32, [n, c, hg, wg])], opset=16)
+
+
+def mmcv_style_model(x_shape, grid_shape) -> onnx.ModelProto:
+    """mmcv's `bilinear_grid_sample` (pad, four GatherElements over an index expanded to [N,C,P]),
+    re-typed from its published algorithm and exported at opset 11 as users do."""
+    import torch
+    import torch.nn.functional as F
+
+    class MmcvBilinearGridSample(torch.nn.Module):
+        def forward(self, im, grid):
+            n, c, h, w = im.shape
+            _, gh, gw, _ = grid.shape
+            x = ((grid[..., 0] + 1) * w - 1) / 2
+            y = ((grid[..., 1] + 1) * h - 1) / 2
+            x, y = x.view(n, -1), y.view(n, -1)
+            x0, y0 = torch.floor(x).long(), torch.floor(y).long()
+            x1, y1 = x0 + 1, y0 + 1
+            wa = ((x1 - x) * (y1 - y)).unsqueeze(1)
+            wb = ((x1 - x) * (y - y0)).unsqueeze(1)
+            wc = ((x - x0) * (y1 - y)).unsqueeze(1)
+            wd = ((x - x0) * (y - y0)).unsqueeze(1)
+            padded = F.pad(im, pad=[1, 1, 1, 1], mode="constant", value=0).view(n, c, -1)
+            pw, ph = w + 2, h + 2
+            x0, x1 = (x0 + 1).clamp(0, pw - 1), (x1 + 1).clamp(0, pw - 1)
+            y0, y1 = (y0 + 1).clamp(0, ph - 1), (y1 + 1).clamp(0, ph - 1)
+
+            def corner(yy, xx):
+                return torch.gather(padded, 2, (xx + yy * pw).unsqueeze(1).expand(-1, c, -1))
+
+            out = corner(y0, x0) * wa + corner(y1, x0) * wb + corner(y0, x1) * wc + corner(y1, x1) * wd
+            return out.reshape(n, c, gh, gw)
+
+    buffer = io.BytesIO()
+    torch.onnx.export(MmcvBilinearGridSample(), (torch.zeros(x_shape), torch.zeros(grid_shape)), buffer,
+                      dynamo=False, opset_version=11, input_names=["x", "grid"], output_names=["y"])
+    return onnx.load_from_string(buffer.getvalue())
+
+
+def session(model: onnx.ModelProto, threads: int) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.log_severity_level = 3
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+def median_ms(sess: ort.InferenceSession, feeds, runs: int) -> float:
+    sess.run(None, feeds)  # warm-up: allocations, thread pool
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        sess.run(None, feeds)
+        times.append((time.perf_counter() - started) * 1000)
+    return statistics.median(times)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=7, help="timed runs per form (median reported)")
+    parser.add_argument("--threads", type=int, default=0, help="ORT intra-op threads (0: ORT default)")
+    parser.add_argument("--quick", action="store_true", help="one small shape, for a smoke run")
+    args = parser.parse_args(argv)
+    rng = np.random.default_rng(0)
+    print(f"onnxruntime {ort.__version__}, CPU, intra-op threads {args.threads or 'default'}, "
+          f"median of {args.runs} runs")
+    print(f"{'input':>18} {'grid':>20} | {'form':<22} {'ms':>9} {'x native':>9} {'max |diff|':>11}")
+    for x_shape, grid_shape in QUICK_SHAPES if args.quick else SHAPES:
+        native = native_model(x_shape, grid_shape)
+        forms = {"native GridSample-16": native,
+                 "surgeon decompose": apply_pass(native, "grid-sample", mode="decompose")[0],
+                 "mmcv-style (opset 11)": mmcv_style_model(x_shape, grid_shape)}
+        feeds = {"x": rng.standard_normal(x_shape, dtype=np.float32),
+                 "grid": rng.uniform(-1.1, 1.1, grid_shape).astype(np.float32)}
+        sessions = {name: session(model, args.threads) for name, model in forms.items()}
+        expected = sessions["native GridSample-16"].run(None, feeds)[0]
+        baseline = None
+        for name, sess in sessions.items():
+            diff = float(np.abs(sess.run(None, feeds)[0] - expected).max())
+            ms = median_ms(sess, feeds, args.runs)
+            baseline = baseline or ms
+            print(f"{str(list(x_shape)):>18} {str(list(grid_shape)):>20} | {name:<22} {ms:9.1f} "
+                  f"{ms / baseline:8.2f}x {diff:11.2e}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,299 @@
+"""Rewrite every spelling of 2-D grid sampling into standard GridSample, opset-11 ops or one plugin node.
+
+Recognised (x [N,C,H,W], grid [N,Hg,Wg,2] unless said otherwise):
+    org.pytorch.aten::ATen(operator="grid_sampler")(x, grid, mode, padding, align_corners)   torch fallback export
+    GridSample(x, grid) mode=bilinear|nearest|bicubic (opset 16) or linear|nearest|cubic (opset 20)
+    mmdeploy::grid_sampler(x, grid) interpolation_mode=, padding_mode=, align_corners= (ints)
+    GridSampler2DTRT / GridSampler2DTRT2(x, grid10)   BEVFormer_tensorrt: grid10 = [N,2,Hg,Wg] * 10
+
+After, mode onnx:       GridSample(x, grid) mode=bilinear padding_mode=zeros align_corners=0   (opset >= 16)
+After, mode plugin:     surgeon::GridSample2D(x, grid) interpolation_mode=0 padding_mode=0 align_corners=0
+After, mode decompose (opset-11 ops, no loops, no per-channel index):
+    x ─Pad(1 before, 2 after)─Transpose(NHWC)─Flatten─► table [N*H'*W', C]
+    grid ─► pixel coords (unnormalise, Clip) ─Floor─► 4 flat row indices [N,Hg,Wg] + 4 weights
+    Σ weight_k · Gather(table, index_k, axis 0) ─Transpose─► y [N,C,Hg,Wg]
+Out-of-image corners land in the zero border of the padded table, so zero padding needs no masks.
+docs/passes/grid-sample.md has the exact arithmetic and the benchmark.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from surgeon.errors import PassError
+from surgeon.pass_api import Param, Pass, PassResult, register_pass
+from surgeon.rewrite import Rewrite, aten_operator, attr_text, const_value, dtype_of, is_op
+
+#: GridSample's attribute spelling by opset: opset 20 renamed bilinear/bicubic to linear/cubic.
+ONNX16_MODES = {"bilinear": "bilinear", "nearest": "nearest", "bicubic": "bicubic",
+                "linear": "bilinear", "cubic": "bicubic"}
+ONNX20_MODES = {"bilinear": "linear", "nearest": "nearest", "bicubic": "cubic"}
+#: The integer codes of aten::grid_sampler, mmdeploy, BEVFormer_tensorrt and our plugin.
+INTERPOLATION_CODES = ("bilinear", "nearest", "bicubic")
+PADDING_CODES = ("zeros", "border", "reflection")
+TRT_OPS = ("GridSampler2DTRT", "GridSampler2DTRT2")
+TRT_GRID_SCALE = 10.0  # BEVFormer_tensorrt's wrapper feeds grid * 10 and divides by 10 inside
+GRID_SAMPLE_SINCE = 16
+CONVERTER_HIDDEN_DOMAIN = "surgeon.opset-conversion"
+
+
+@dataclass
+class Sampling:
+    """One grid-sampling node, whatever its spelling, in torch's terms."""
+
+    node: gs.Node
+    spelling: str  # aten | onnx | mmdeploy | trt
+    x: gs.Tensor
+    grid: gs.Tensor  # [N,Hg,Wg,2] except for the trt spelling ([N,2,Hg,Wg] scaled by 10)
+    interpolation: str
+    padding: str
+    align_corners: bool
+
+
+def _code(codes: tuple[str, ...], value, node: gs.Node, what: str) -> str:
+    if value is None or not 0 <= int(value) < len(codes):
+        raise PassError(f"node '{node.name}': {what} {value!r} is not one of "
+                        f"{', '.join(f'{i} ({c})' for i, c in enumerate(codes))}")
+    return codes[int(value)]
+
+
+def _aten_constant(node: gs.Node, index: int, what: str):
+    value = const_value(node.inputs[index]) if len(node.inputs) > index else None
+    if value is None:
+        raise PassError(f"node '{node.name}': grid_sampler's {what} (input {index}) is not a constant")
+    return value.item()
+
+
+def read_sampling(node: gs.Node) -> Sampling | None:
+    """The grid sampling `node` performs, or None when it is not a grid-sampling spelling."""
+    if aten_operator(node) == "grid_sampler":
+        return Sampling(node, "aten", node.inputs[0], node.inputs[1],
+                        _code(INTERPOLATION_CODES, _aten_constant(node, 2, "interpolation_mode"), node,
+                              "interpolation_mode"),
+                        _code(PADDING_CODES, _aten_constant(node, 3, "padding_mode"), node, "padding_mode"),
+                        bool(_aten_constant(node, 4, "align_corners")))
+    if is_op(node, "GridSample"):
+        mode = attr_text(node, "mode", "bilinear")
+        if mode not in ONNX16_MODES:
+            raise PassError(f"node '{node.name}': unknown GridSample mode {mode!r}")
+        return Sampling(node, "onnx", node.inputs[0], node.inputs[1], ONNX16_MODES[mode],
+                        attr_text(node, "padding_mode", "zeros"), bool(node.attrs.get("align_corners", 0)))
+    if node.op == "grid_sampler" and node.domain == "mmdeploy" or is_op(node, TRT_OPS):
+        return Sampling(node, "mmdeploy" if node.op == "grid_sampler" else "trt", node.inputs[0], node.inputs[1],
+                        _code(INTERPOLATION_CODES, node.attrs.get("interpolation_mode", 0), node,
+                              "interpolation_mode"),
+                        _code(PADDING_CODES, node.attrs.get("padding_mode", 0), node, "padding_mode"),
+                        bool(node.attrs.get("align_corners", 0)))
+    return None
+
+
+@register_pass("grid-sample")
+class GridSamplePass(Pass):
+    """Rewrite grid sampling (ATen, GridSample, mmdeploy, BEVFormer_tensorrt) to GridSample, opset-11 ops or a plugin."""
+
+    params = {
+        "mode": Param(str, "auto", choices=("auto", "onnx", "decompose", "plugin"),
+                      help="target form; auto: GridSample where the target runs it, else decompose"),
+        "plugin_op": Param(str, "GridSample2D", help="op type of the plugin node (mode plugin)"),
+        "plugin_version": Param(str, "1", help="plugin_version attribute of the plugin node"),
+        "plugin_namespace": Param(str, "surgeon", help="plugin_namespace attribute (and domain) of the plugin node"),
+    }
+    needs = ("shapes",)
+
+    def run(self, graph, ctx):
+        result = PassResult()
+        form = self.mode if self.mode != "auto" else choose_form(ctx.target)
+        sites = self._sites(graph, form)
+        if not sites:
+            return result
+        if form == "onnx" and graph.opset < GRID_SAMPLE_SINCE:
+            graph = raise_opset(graph, GRID_SAMPLE_SINCE)
+            result.graph = graph
+            result.note(f"raised the default-domain opset to {GRID_SAMPLE_SINCE} for GridSample "
+                        "(onnx version converter)")
+            sites = self._sites(graph, form)
+        for site in sites:
+            rw = Rewrite(graph, ctx, site.node)
+            grid = standard_grid(rw, site)
+            if form == "onnx":
+                emit_onnx(rw, site, grid, graph.opset)
+            elif form == "plugin":
+                self._emit_plugin(rw, site, grid)
+            else:
+                emit_decomposition(rw, site, grid, graph.opset)
+            result.rewrote(site.node)
+        if self.mode == "auto":
+            result.note(f"mode auto chose '{form}' for target {ctx.target.name}")
+        return result
+
+    @staticmethod
+    def _sites(graph, form: str) -> list[Sampling]:
+        sites = [s for s in map(read_sampling, graph.nodes) if s is not None]
+        if form == "onnx":  # a standard GridSample already is the onnx form
+            sites = [s for s in sites if s.spelling != "onnx"]
+        for site in sites:
+            rank = len(site.x.shape) if site.x.shape is not None else 4
+            if rank != 4:
+                raise PassError(f"node '{site.node.name}': {rank}-D grid sampling is not supported "
+                                "(only 4-D input [N,C,H,W])")
+        return sites
+
+    def _emit_plugin(self, rw: Rewrite, site: Sampling, grid: gs.Tensor) -> None:
+        if site.interpolation == "bicubic":
+            raise PassError(f"node '{site.node.name}': bicubic is not supported by the {self.plugin_op} plugin; "
+                            "use mode onnx")
+        out = site.node.outputs[0]
+        if out.shape is None and site.x.shape is not None and grid.shape is not None:
+            out.shape = [site.x.shape[0], site.x.shape[1], grid.shape[1], grid.shape[2]]
+        out.dtype = out.dtype or dtype_of(site.x)
+        rw.finish(self.plugin_op, [site.x, grid], {
+            "plugin_version": self.plugin_version, "plugin_namespace": self.plugin_namespace,
+            "interpolation_mode": INTERPOLATION_CODES.index(site.interpolation),
+            "padding_mode": PADDING_CODES.index(site.padding), "align_corners": int(site.align_corners),
+        }, domain=self.plugin_namespace)
+
+
+def choose_form(target) -> str:
+    """The form `mode: auto` picks: GridSample where the target runs it, opset-11 ops elsewhere."""
+    if target.is_tensorrt:
+        return "onnx" if target.version_tuple() >= (8, 5) else "decompose"
+    if target.opset >= GRID_SAMPLE_SINCE and target.supports("GridSample", opset=target.opset):
+        return "onnx"
+    return "decompose"
+
+
+def raise_opset(graph: gs.Graph, opset: int) -> gs.Graph:
+    """The graph converted to `opset` by the onnx version converter (which adapts e.g. Unsqueeze's axes).
+
+    The converter stops at default-domain ops it has no schema for (GridSampler2DTRT and the other
+    BEVFormer_tensorrt plugins), so those ride through it in a private domain and come back unchanged.
+    """
+    unknown = [n for n in graph.nodes if (n.domain or "") in ("", "ai.onnx") and not onnx.defs.has(n.op)]
+    for node in unknown:
+        node.domain = CONVERTER_HIDDEN_DOMAIN
+    try:
+        model = onnx.version_converter.convert_version(gs.export_onnx(graph, do_type_check=False), opset)
+    except Exception as exc:
+        raise PassError(f"GridSample needs opset {opset} but converting the model from opset {graph.opset} "
+                        f"failed: {str(exc).strip().splitlines()[0]}; use mode decompose") from exc
+    finally:
+        for node in unknown:
+            node.domain = ""
+    converted = gs.import_onnx(model)
+    for node in converted.nodes:
+        if node.domain == CONVERTER_HIDDEN_DOMAIN:
+            node.domain = ""
+    converted.import_domains = [d for d in converted.import_domains if d.domain != CONVERTER_HIDDEN_DOMAIN]
+    return converted
+
+
+def standard_grid(rw: Rewrite, site: Sampling) -> gs.Tensor:
+    """The grid in torch's layout [N,Hg,Wg,2], normalised to [-1, 1]."""
+    if site.spelling != "trt":
+        return site.grid
+    channels_last = rw.op("Transpose", [site.grid], {"perm": [0, 2, 3, 1]}, suffix="grid_nhwc")
+    dtype = dtype_of(site.grid) or np.float32
+    return rw.op("Div", [channels_last, rw.const(TRT_GRID_SCALE, "grid_scale", dtype)], suffix="grid", dtype=dtype)
+
+
+def emit_onnx(rw: Rewrite, site: Sampling, grid: gs.Tensor, opset: int) -> None:
+    mode = ONNX20_MODES[site.interpolation] if opset >= 20 else site.interpolation
+    rw.finish("GridSample", [site.x, grid], {"mode": mode, "padding_mode": site.padding,
+                                              "align_corners": int(site.align_corners)})
+
+
+def emit_decomposition(rw: Rewrite, site: Sampling, grid: gs.Tensor, opset: int) -> None:
+    """Gather whole channel rows of a padded channels-last table, one flat index per sample and corner."""
+    node = site.node
+    if site.padding == "reflection":
+        raise PassError(f"node '{node.name}': padding_mode reflection is not supported by decompose; "
+                        "use mode onnx or plugin")
+    if site.interpolation == "bicubic":
+        raise PassError(f"node '{node.name}': bicubic is not supported by decompose; use mode onnx")
+    shape = site.x.shape
+    if shape is None or not all(isinstance(d, int) for d in (shape[0], shape[2], shape[3])):
+        raise PassError(f"node '{node.name}': decompose needs a static batch and spatial size of the input, "
+                        f"got {shape}; set static input shapes first")
+    batch, _, height, width = shape
+    coord_dtype = dtype_of(grid) or np.float32
+    # One zero row/column before the image and two after: every clipped corner index stays inside.
+    padded_h, padded_w = height + 3, width + 3
+    padded = rw.op("Pad", [site.x, rw.const([0, 0, 1, 1, 0, 0, 2, 2], "pads", np.int64)], {"mode": "constant"},
+                   suffix="pad")
+    channels_last = rw.op("Transpose", [padded], {"perm": [0, 2, 3, 1]}, suffix="nhwc")
+    table = rw.op("Flatten", [channels_last], {"axis": 3}, suffix="table")
+    batch_rows = rw.const((np.arange(batch) * padded_h * padded_w).reshape(batch, 1, 1), "batch_rows", np.int64)
+
+    def pixel(axis: int, size: int, label: str) -> gs.Tensor:
+        """Source pixel coordinate along one axis, as torch's CPU kernel computes it, then clipped."""
+        # A 0-d index drops the last axis; Rewrite.const would make it 1-d (np.ascontiguousarray).
+        index = gs.Constant(rw.name(f"{label}_axis"), values=np.array(axis, dtype=np.int64))
+        coord = rw.op("Gather", [grid, index], {"axis": -1}, suffix=label)
+        shifted = rw.op("Add", [coord, rw.const(1.0, f"{label}_one", coord_dtype)], suffix=f"{label}_plus1")
+        if site.align_corners:
+            return _clip(rw, rw.op("Mul", [shifted, rw.const((size - 1) / 2, f"{label}_scale", coord_dtype)],
+                                   suffix=f"{label}_pixel"), size, site.padding, label, coord_dtype)
+        scaled = rw.op("Mul", [shifted, rw.const(size / 2, f"{label}_scale", coord_dtype)], suffix=f"{label}_scaled")
+        return _clip(rw, rw.op("Sub", [scaled, rw.const(0.5, f"{label}_half", coord_dtype)],
+                               suffix=f"{label}_pixel"), size, site.padding, label, coord_dtype)
+
+    def padded_index(coord: gs.Tensor, label: str) -> gs.Tensor:
+        shifted = rw.op("Add", [coord, rw.const(1.0, f"{label}_pad_offset", coord_dtype)], suffix=f"{label}_padded")
+        return rw.op("Cast", [shifted], {"to": onnx.TensorProto.INT64}, suffix=f"{label}_index")
+
+    def flat(row: gs.Tensor, col: gs.Tensor, label: str) -> gs.Tensor:
+        return rw.op("Add", [row, col], suffix=f"{label}_flat")
+
+    def row_start(row_index: gs.Tensor, label: str) -> gs.Tensor:
+        rows = rw.op("Mul", [row_index, rw.const(padded_w, f"{label}_stride", np.int64)], suffix=f"{label}_rows")
+        return rw.op("Add", [rows, batch_rows], suffix=f"{label}_start")
+
+    px, py = pixel(0, width, "x"), pixel(1, height, "y")
+    if site.interpolation == "nearest":
+        # Round is half-to-even, as torch's nearbyint.
+        col = padded_index(rw.op("Round", [px], suffix="x_round"), "x")
+        row = row_start(padded_index(rw.op("Round", [py], suffix="y_round"), "y"), "y")
+        picked = rw.op("Gather", [table, flat(row, col, "nearest")], {"axis": 0}, suffix="gather")
+        rw.finish("Transpose", [picked], {"perm": [0, 3, 1, 2]}, suffix="nchw")
+        return
+
+    one = rw.const(1.0, "one", coord_dtype)
+    one_index = rw.const(1, "one_index", np.int64)
+    x0, y0 = rw.op("Floor", [px], suffix="x_floor"), rw.op("Floor", [py], suffix="y_floor")
+    east, south = rw.op("Sub", [px, x0], suffix="east"), rw.op("Sub", [py, y0], suffix="south")
+    west, north = rw.op("Sub", [one, east], suffix="west"), rw.op("Sub", [one, south], suffix="north")
+    col_w = padded_index(x0, "x")
+    col_e = rw.op("Add", [col_w, one_index], suffix="x_east_index")
+    row_n = row_start(padded_index(y0, "y"), "y_north")
+    row_s = rw.op("Add", [row_n, rw.const(padded_w, "row_stride", np.int64)], suffix="y_south_start")
+    value_dtype = dtype_of(site.x)
+    total = None
+    # torch's order: nw, ne, sw, se; each weight is a product of two 1-D weights.
+    for label, row, col, weight_y, weight_x in (("nw", row_n, col_w, north, west), ("ne", row_n, col_e, north, east),
+                                                ("sw", row_s, col_w, south, west), ("se", row_s, col_e, south, east)):
+        weight = rw.op("Mul", [weight_x, weight_y], suffix=f"{label}_weight")
+        if value_dtype is not None and value_dtype != coord_dtype:
+            weight = rw.op("Cast", [weight], {"to": onnx.helper.np_dtype_to_tensor_dtype(value_dtype)},
+                           suffix=f"{label}_weight_cast")
+        corner = rw.op("Gather", [table, flat(row, col, label)], {"axis": 0}, suffix=f"{label}_gather")
+        term = rw.op("Mul", [corner, _unsqueeze_last(rw, weight, opset, label)], suffix=f"{label}_term")
+        total = term if total is None else rw.op("Add", [total, term], suffix=f"{label}_sum")
+    rw.finish("Transpose", [total], {"perm": [0, 3, 1, 2]}, suffix="nchw")
+
+
+def _clip(rw: Rewrite, coord: gs.Tensor, size: int, padding: str, label: str, dtype) -> gs.Tensor:
+    """border: torch's clip to [0, size-1]. zeros: [-1, size], which keeps far-out coordinates finite
+    (no int64 overflow in Cast) while every corner of such a point still lands in the zero border."""
+    low, high = (0, size - 1) if padding == "border" else (-1, size)
+    return rw.op("Clip", [coord, rw.const(low, f"{label}_low", dtype), rw.const(high, f"{label}_high", dtype)],
+                 suffix=f"{label}_clip")
+
+
+def _unsqueeze_last(rw: Rewrite, tensor: gs.Tensor, opset: int, label: str) -> gs.Tensor:
+    """Unsqueeze(axes=[-1]) in the spelling of `opset` (axes became an input at opset 13)."""
+    if opset >= 13:
+        return rw.op("Unsqueeze", [tensor, rw.const([-1], f"{label}_axes", np.int64)], suffix=f"{label}_weight_col")
+    return rw.op("Unsqueeze", [tensor], {"axes": [-1]}, suffix=f"{label}_weight_col")

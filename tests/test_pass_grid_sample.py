@@ -1,0 +1,288 @@
+"""grid-sample pass: every spelling, every mode, checked against torch.nn.functional.grid_sample.
+
+Tolerance: float32, atol 1e-5 (rtol 0) against PyTorch's CPU grid_sample; nearest mode is compared exactly.
+"""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import onnx
+import pytest
+from onnx import helper
+
+from surgeon.errors import SurgeonError
+from surgeon.targets import load_target
+from surgeon.testing import apply_pass, make_model, op_types, run_ort
+
+torch = pytest.importorskip("torch")
+F = torch.nn.functional
+
+from passes.grid_sample import choose_form  # noqa: E402  (after the torch skip: the module is plain)
+
+ATOL = 1e-5
+OPSET11_OPS = {"Pad", "Transpose", "Flatten", "Gather", "Add", "Sub", "Mul", "Div", "Clip", "Floor", "Round",
+               "Cast", "Unsqueeze"}
+MODES = ("bilinear", "nearest")
+PADDINGS = ("zeros", "border")
+#: (N, C, H, W, Hg, Wg), size-1 dims included; W=4/H=8 (align False) and W=5/H=9 (align True) give exact ties.
+SHAPES = [(1, 1, 1, 1, 1, 1), (2, 3, 4, 5, 6, 7), (1, 2, 1, 6, 3, 1), (3, 1, 5, 1, 2, 4), (2, 4, 8, 4, 5, 6),
+          (1, 3, 9, 5, 4, 4)]
+
+
+def torch_grid_sample(x, grid, mode="bilinear", padding="zeros", align_corners=False) -> np.ndarray:
+    return F.grid_sample(torch.from_numpy(x), torch.from_numpy(grid), mode=mode, padding_mode=padding,
+                         align_corners=align_corners).numpy()
+
+
+def tie_coords(size: int, align_corners: bool) -> np.ndarray:
+    """Normalised coordinates that unnormalise to k + 0.5 (nearest-mode rounding ties), plus pixel centres."""
+    k = np.arange(-1, size + 1, dtype=np.float32)
+    if align_corners:
+        scale = np.float32(max(size - 1, 1) / 2)
+        return np.concatenate([(k + np.float32(0.5)) / scale - 1, k / scale - 1]).astype(np.float32)
+    scale = np.float32(size / 2)
+    return np.concatenate([(k + 1) / scale - 1, (k + np.float32(0.5)) / scale - 1]).astype(np.float32)
+
+
+#: Coordinates far outside the image. ONNX Runtime 1.31's own GridSample gets them wrong (it returns
+#: e.g. 2.0 instead of 0 at x=1e30 with zero padding), so they are left out where its kernel is checked.
+FAR_OUT = [1e30, -1e30, 1e10, -1e7]
+
+
+def make_grid(rng, n, hg, wg, height, width, align_corners, far_out=True) -> np.ndarray:
+    """Uniform in [-1.5, 1.5], then overwritten in places by borders, ties, pixel centres and far-out values."""
+    grid = rng.uniform(-1.5, 1.5, (n, hg, wg, 2)).astype(np.float32)
+    specials = np.concatenate([np.array([-1, 1, 0, -3.0] + (FAR_OUT if far_out else []), np.float32),
+                               tie_coords(width, align_corners), tie_coords(height, align_corners)])
+    flat = grid.reshape(-1)
+    picks = rng.choice(specials, size=flat.size // 2)
+    flat[rng.choice(flat.size, size=picks.size, replace=False)] = picks
+    return grid
+
+
+def grid_sample_16(shape, mode, padding, align_corners, opset=16) -> onnx.ModelProto:
+    n, c, h, w, hg, wg = shape
+    node = helper.make_node("GridSample", ["x", "grid"], ["y"], name="sampler", mode=mode, padding_mode=padding,
+                            align_corners=int(align_corners))
+    return make_model([node], [("x", np.float32, [n, c, h, w]), ("grid", np.float32, [n, hg, wg, 2])],
+                      [("y", np.float32, [n, c, hg, wg])], opset=opset)
+
+
+def aten_export(opset: int, mode="bilinear", padding="zeros", align_corners=False) -> onnx.ModelProto:
+    """torch's own ATen fallback export of F.grid_sample (inputs x [1,3,4,5], grid [1,6,7,2])."""
+
+    class Sampler(torch.nn.Module):
+        def forward(self, x, grid):
+            return F.grid_sample(x, grid, mode=mode, padding_mode=padding, align_corners=align_corners)
+
+    buffer = io.BytesIO()
+    torch.onnx.export(Sampler(), (torch.zeros(1, 3, 4, 5), torch.zeros(1, 6, 7, 2)), buffer, dynamo=False,
+                      opset_version=opset, operator_export_type=torch.onnx.OperatorExportTypes.ONNX_ATEN_FALLBACK,
+                      input_names=["x", "grid"], output_names=["y"])
+    return onnx.load_from_string(buffer.getvalue())
+
+
+def feeds(shape, seed=0, align_corners=False, far_out=True):
+    n, c, h, w, hg, wg = shape
+    rng = np.random.default_rng(seed)
+    return (rng.standard_normal((n, c, h, w), dtype=np.float32),
+            make_grid(rng, n, hg, wg, h, w, align_corners, far_out))
+
+
+def assert_matches_torch(model, x, grid, mode, padding, align_corners, grid_feed=None):
+    out = run_ort(model, {"x": x, "grid": grid if grid_feed is None else grid_feed})[0]
+    expected = torch_grid_sample(x, grid, mode, padding, align_corners)
+    if mode == "nearest":
+        np.testing.assert_array_equal(out, expected)
+    else:
+        np.testing.assert_allclose(out, expected, atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("align_corners", (False, True))
+@pytest.mark.parametrize("padding", PADDINGS)
+@pytest.mark.parametrize("mode", MODES)
+def test_decompose_matches_torch_over_shapes(mode, padding, align_corners):
+    for index, shape in enumerate(SHAPES):
+        model, step = apply_pass(grid_sample_16(shape, mode, padding, align_corners), "grid-sample",
+                                 mode="decompose")
+        assert step.rewritten == ["sampler"]
+        x, grid = feeds(shape, seed=index, align_corners=align_corners)
+        assert_matches_torch(model, x, grid, mode, padding, align_corners)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_decompose_output_is_opset11_only_and_valid(mode):
+    model, _ = apply_pass(grid_sample_16(SHAPES[1], mode, "zeros", False, opset=11), "grid-sample",
+                          mode="decompose")
+    onnx.checker.check_model(model)
+    assert set(op_types(model)) <= OPSET11_OPS
+    assert "GridSample" not in op_types(model)
+    assert {o.domain: o.version for o in model.opset_import}[""] == 11
+
+
+def test_decompose_far_out_and_infinite_coordinates_stay_finite():
+    shape = (1, 2, 3, 4, 1, 4)
+    x, _ = feeds(shape)
+    grid = np.array([[[[1e30, 0.2], [-1e30, -1e30], [np.inf, 0.0], [0.1, -np.inf]]]], np.float32)
+    for padding in PADDINGS:
+        model, _ = apply_pass(grid_sample_16(shape, "bilinear", padding, False), "grid-sample", mode="decompose")
+        out = run_ort(model, {"x": x, "grid": grid})[0]
+        assert np.isfinite(out).all()
+        # torch gives NaN for infinite coordinates with zero padding (inf - inf weights); finite ones agree
+        finite = slice(0, 2) if padding == "zeros" else slice(None)
+        np.testing.assert_allclose(out[..., finite], torch_grid_sample(x, grid, "bilinear", padding)[..., finite],
+                                   atol=ATOL, rtol=0)
+    zeros_model, _ = apply_pass(grid_sample_16(shape, "bilinear", "zeros", False), "grid-sample", mode="decompose")
+    assert not run_ort(zeros_model, {"x": x, "grid": grid})[0].any()
+
+
+@pytest.mark.parametrize("opset", (11, 13))
+def test_aten_export_decompose_and_onnx(opset):
+    shape = (1, 3, 4, 5, 6, 7)
+    x, grid = feeds(shape, seed=opset, align_corners=True, far_out=False)
+    exported = aten_export(opset, "bilinear", "border", True)
+    assert [n.op_type for n in exported.graph.node if n.op_type == "ATen"] == ["ATen"]
+    aten_name = next(n.name for n in exported.graph.node if n.op_type == "ATen")
+
+    decomposed, step = apply_pass(exported, "grid-sample", mode="decompose")
+    assert step.rewritten == [aten_name]
+    assert set(op_types(decomposed)) <= OPSET11_OPS
+    assert_matches_torch(decomposed, x, grid, "bilinear", "border", True)
+
+    standard, step = apply_pass(exported, "grid-sample", mode="onnx")
+    assert step.rewritten == [aten_name] and op_types(standard) == ["GridSample"]
+    assert {o.domain: o.version for o in standard.opset_import}[""] == 16
+    assert any("opset to 16" in note for note in step.notes)
+    onnx.checker.check_model(standard)
+    assert_matches_torch(standard, x, grid, "bilinear", "border", True)
+    assert standard.graph.output[0].name == "y"
+
+
+def test_aten_nearest_export():
+    shape = (1, 3, 4, 5, 6, 7)
+    x, grid = feeds(shape, seed=5)
+    model, _ = apply_pass(aten_export(11, "nearest", "zeros", False), "grid-sample", mode="decompose")
+    assert_matches_torch(model, x, grid, "nearest", "zeros", False)
+
+
+def test_opset20_linear_spelling():
+    shape = SHAPES[1]
+    node = helper.make_node("GridSample", ["x", "grid"], ["y"], name="sampler20", mode="linear",
+                            padding_mode="zeros", align_corners=0)
+    n, c, h, w, hg, wg = shape
+    model = make_model([node], [("x", np.float32, [n, c, h, w]), ("grid", np.float32, [n, hg, wg, 2])],
+                       [("y", np.float32, [n, c, hg, wg])], opset=20)
+    x, grid = feeds(shape, seed=3)
+    decomposed, step = apply_pass(model, "grid-sample", mode="decompose")
+    assert step.rewritten == ["sampler20"]
+    assert_matches_torch(decomposed, x, grid, "bilinear", "zeros", False)
+    unchanged, step = apply_pass(model, "grid-sample", mode="onnx")
+    assert step.rewritten == [] and unchanged.graph.node[0].attribute == model.graph.node[0].attribute
+
+
+def test_mmdeploy_spelling():
+    shape = SHAPES[1]
+    n, c, h, w, hg, wg = shape
+    node = helper.make_node("grid_sampler", ["x", "grid"], ["y"], name="mm", domain="mmdeploy",
+                            interpolation_mode=1, padding_mode=1, align_corners=1)
+    model = make_model([node], [("x", np.float32, [n, c, h, w]), ("grid", np.float32, [n, hg, wg, 2])],
+                       [("y", np.float32, [n, c, hg, wg])], opset=11)
+    x, grid = feeds(shape, seed=4, align_corners=True, far_out=False)
+    for mode in ("decompose", "onnx"):
+        out, step = apply_pass(model, "grid-sample", mode=mode)
+        assert step.rewritten == ["mm"]
+        assert_matches_torch(out, x, grid, "nearest", "border", True)
+
+
+@pytest.mark.parametrize("op_type", ("GridSampler2DTRT", "GridSampler2DTRT2"))
+def test_bevformer_tensorrt_spelling(op_type):
+    """BEVFormer_tensorrt's wrapper: grid fed as [N,2,Hg,Wg] * 10; forward does permute(0,2,3,1) / 10."""
+    shape = SHAPES[1]
+    n, c, h, w, hg, wg = shape
+    node = helper.make_node(op_type, ["x", "grid10"], ["y"], name="trt", interpolation_mode=0, padding_mode=0,
+                            align_corners=0)
+    model = make_model([node], [("x", np.float32, [n, c, h, w]), ("grid10", np.float32, [n, 2, hg, wg])],
+                       [("y", np.float32, [n, c, hg, wg])], opset=11)
+    x, grid = feeds(shape, seed=6, far_out=False)
+    grid10 = np.ascontiguousarray(grid.transpose(0, 3, 1, 2) * np.float32(10))
+    wrapper_grid = (torch.from_numpy(grid10).permute(0, 2, 3, 1) / 10).numpy()
+    for mode in ("decompose", "onnx"):
+        out, step = apply_pass(model, "grid-sample", mode=mode)
+        assert step.rewritten == ["trt"]
+        result = run_ort(out, {"x": x, "grid10": grid10})[0]
+        np.testing.assert_allclose(result, torch_grid_sample(x, wrapper_grid), atol=ATOL, rtol=0)
+
+
+def test_plugin_node_contract():
+    exported = aten_export(11, "nearest", "reflection", True)
+    model, step = apply_pass(exported, "grid-sample", mode="plugin", plugin_version="2")
+    onnx.checker.check_model(model)
+    (node,) = [n for n in model.graph.node if n.op_type == "GridSample2D"]
+    assert op_types(model) == ["GridSample2D"] and node.domain == "surgeon"
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    assert attrs == {"plugin_version": b"2", "plugin_namespace": b"surgeon", "interpolation_mode": 1,
+                     "padding_mode": 2, "align_corners": 1}
+    assert list(node.input) == ["x", "grid"] and list(node.output) == ["y"]
+    out_dims = [d.dim_value for d in model.graph.output[0].type.tensor_type.shape.dim]
+    assert out_dims == [1, 3, 6, 7]
+    assert step.rewritten == [next(n.name for n in exported.graph.node if n.op_type == "ATen")]
+
+
+def test_plugin_from_trt_spelling_standardises_the_grid():
+    n, c, h, w, hg, wg = SHAPES[1]
+    node = helper.make_node("GridSampler2DTRT", ["x", "grid10"], ["y"], name="trt", interpolation_mode=0,
+                            padding_mode=1, align_corners=0)
+    model = make_model([node], [("x", np.float32, [n, c, h, w]), ("grid10", np.float32, [n, 2, hg, wg])],
+                       [("y", np.float32, [n, c, hg, wg])], opset=11)
+    out, _ = apply_pass(model, "grid-sample", mode="plugin", plugin_op="MyGridSample", plugin_namespace="acme")
+    assert op_types(out) == ["Transpose", "Div", "MyGridSample"]
+    plugin = out.graph.node[-1]
+    assert plugin.domain == "acme"
+    assert {a.name: helper.get_attribute_value(a) for a in plugin.attribute}["padding_mode"] == 1
+
+
+@pytest.mark.parametrize("mode", ("decompose", "onnx", "plugin"))
+def test_second_run_changes_nothing(mode):
+    once, _ = apply_pass(aten_export(11), "grid-sample", mode=mode)
+    twice, step = apply_pass(once, "grid-sample", mode=mode)
+    assert step.rewritten == []
+    assert op_types(twice) == op_types(once)
+
+
+def test_graph_without_grid_sampling_is_unchanged():
+    model = make_model([helper.make_node("Relu", ["x"], ["y"], name="relu")], [("x", np.float32, [2, 3])],
+                       [("y", np.float32, [2, 3])])
+    out, step = apply_pass(model, "grid-sample", mode="decompose")
+    assert step.rewritten == [] and op_types(out) == ["Relu"]
+
+
+def test_reflection_with_decompose_names_the_node():
+    model = grid_sample_16(SHAPES[1], "bilinear", "reflection", False)
+    with pytest.raises(SurgeonError, match="node 'sampler': padding_mode reflection is not supported by "
+                                           "decompose; use mode onnx or plugin"):
+        apply_pass(model, "grid-sample", mode="decompose")
+
+
+def test_bicubic_is_kept_by_onnx_and_refused_by_decompose():
+    model = grid_sample_16(SHAPES[1], "bicubic", "zeros", False)
+    assert apply_pass(model, "grid-sample", mode="onnx")[1].rewritten == []
+    with pytest.raises(SurgeonError, match="node 'sampler': bicubic"):
+        apply_pass(model, "grid-sample", mode="decompose")
+
+
+def test_decompose_needs_static_spatial_size():
+    node = helper.make_node("GridSample", ["x", "grid"], ["y"], name="sampler")
+    model = make_model([node], [("x", np.float32, [1, 3, "h", "w"]), ("grid", np.float32, [1, 6, 7, 2])],
+                       [("y", np.float32, None)], opset=16)
+    with pytest.raises(SurgeonError, match="node 'sampler': decompose needs a static"):
+        apply_pass(model, "grid-sample", mode="decompose")
+
+
+@pytest.mark.parametrize("target, form", [("onnxruntime", "onnx"), ("tensorrt-8.5", "onnx"),
+                                          ("tensorrt-10", "onnx"), ("opset-11", "decompose")])
+def test_auto_mode_follows_the_target(target, form):
+    assert choose_form(load_target(target)) == form
+    model, step = apply_pass(aten_export(11), "grid-sample", target=target)
+    assert ("GridSample" in op_types(model)) == (form == "onnx")
+    assert f"mode auto chose '{form}'" in " ".join(step.notes)
