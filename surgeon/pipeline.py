@@ -153,8 +153,7 @@ def run_steps(model: onnx.ModelProto, recipe: Recipe, model_dir=None, progress: 
     progress = progress or Progress()
     graph = gs.import_onnx(model)
     ctx = Context(target=load_target(recipe.target), opset=graph.opset or 17, model_dir=model_dir)
-    kept = graph.tensors()
-    ctx.unused_initializers = [t.name for t in model.graph.initializer if t.name not in kept]
+    ctx.unused_initializers = unused_initializers(model)
     state = _GraphState()
     records = []
     total = len(recipe.steps)
@@ -167,6 +166,22 @@ def run_steps(model: onnx.ModelProto, recipe: Recipe, model_dir=None, progress: 
             after_step(record, graph)
     graph.__dict__["_surgeon_provenance"] = ctx.provenance
     return graph, records
+
+
+def unused_initializers(model: onnx.ModelProto) -> list[str]:
+    """Initializers no node (subgraphs included) and no graph output reads."""
+    read: set[str] = {o.name for o in model.graph.output}
+    stack = [model.graph]
+    while stack:
+        graph = stack.pop()
+        for node in graph.node:
+            read.update(node.input)
+            for attr in node.attribute:
+                if attr.type == onnx.AttributeProto.GRAPH:
+                    stack.append(attr.g)
+                elif attr.type == onnx.AttributeProto.GRAPHS:
+                    stack.extend(attr.graphs)
+    return [t.name for t in model.graph.initializer if t.name not in read]
 
 
 class _GraphState:

@@ -29,3 +29,10 @@ def test_folding_works_on_ir_versions_ort_refuses():
     model.ir_version = 14  # what onnx 1.23 writes by default
     out, step = apply_pass(model, "fold-constants")
     assert step.rewritten == ["mul"] and out.ir_version == 14
+
+
+def test_graph_with_nothing_to_fold_is_left_alone():
+    nodes = [helper.make_node("Relu", ["x"], ["r"], name="relu"), helper.make_node("Neg", ["r"], ["y"], name="neg")]
+    model = make_model(nodes, [("x", np.float32, [4])], [("y", np.float32, [4])])
+    out, step = apply_pass(model, "fold-constants")
+    assert step.rewritten == [] and [n.name for n in out.graph.node] == ["relu", "neg"]

@@ -1,0 +1,165 @@
+"""What the pipeline costs around the passes, against plain onnx I/O and onnxsim, on the same graphs.
+
+    python bench/pipeline_overhead.py [--nodes 21000] [--repeat 3]
+
+Graphs: two generated graphs of at least 20,000 nodes — an MLP chain (MatMul/Add/Relu, ~7 MB of
+weights, nothing to fold) and an export-like convnet (Conv/BatchNorm/Relu with torch's dynamic
+Shape/Gather/Unsqueeze/Concat/Reshape chains and Identity leftovers, much to fold) — and the bundled
+CenterPoint repair sample. Each figure is the median wall time of --repeat runs in this
+process; ratios are against the no-op recipe measured in the same run.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+import surgeon  # noqa: E402
+from surgeon.testing import IR_VERSION  # noqa: E402
+
+def five_steps(model_path: Path) -> list[dict]:
+    """A typical repair recipe: ordering, leftovers removed, a name for deploy code, folding, tidy."""
+    first_input = onnx.load(model_path, load_external_data=False).graph.input[0].name
+    return [
+        {"pass": "toposort"},
+        {"pass": "remove-node", "with": {"op_types": ["Identity", "Dropout"]}},
+        {"pass": "rename", "with": {"inputs": {first_input: "features"}}},
+        {"pass": "fold-constants"},
+        {"pass": "cleanup"},
+    ]
+
+
+def mlp_chain(nodes: int, width: int = 16) -> onnx.ModelProto:
+    """x -> (MatMul W_i -> Add b_i -> Relu) * n: `nodes` nodes, weights seeded."""
+    rng = np.random.default_rng(0)
+    blocks = nodes // 3 + 1
+    graph_nodes, inits, current = [], [], "x"
+    for i in range(blocks):
+        w = (rng.standard_normal((width, width)) / width).astype(np.float32)
+        b = rng.standard_normal(width).astype(np.float32) * 0.01
+        inits += [numpy_helper.from_array(w, f"w{i}"), numpy_helper.from_array(b, f"b{i}")]
+        graph_nodes += [helper.make_node("MatMul", [current, f"w{i}"], [f"m{i}"], name=f"MatMul_{i}"),
+                        helper.make_node("Add", [f"m{i}", f"b{i}"], [f"a{i}"], name=f"Add_{i}"),
+                        helper.make_node("Relu", [f"a{i}"], [f"r{i}"], name=f"Relu_{i}")]
+        current = f"r{i}"
+    graph = helper.make_graph(graph_nodes, "mlp", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [4, width])],
+                              [helper.make_tensor_value_info(current, onnx.TensorProto.FLOAT, [4, width])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=IR_VERSION)
+
+
+def exported_convnet(nodes: int, channels: int = 8, size: int = 8) -> onnx.ModelProto:
+    """Blocks as torch's exporter writes them (opset 11): Conv -> BatchNormalization -> Relu, then a
+    dynamic flatten through Shape -> Gather -> Unsqueeze -> Concat -> Reshape and a Reshape back."""
+    rng = np.random.default_rng(0)
+    blocks = nodes // 10 + 1
+    graph_nodes, inits, current = [], [], "x"
+    inits += [numpy_helper.from_array(np.array(0, np.int64), "zero"),
+              numpy_helper.from_array(np.array([-1], np.int64), "minus_one"),
+              numpy_helper.from_array(np.array([1, channels, size, size], np.int64), "image_shape")]
+    for i in range(blocks):
+        w = (rng.standard_normal((channels, channels, 3, 3)) / 9).astype(np.float32)
+        inits += [numpy_helper.from_array(w, f"conv{i}.w"), numpy_helper.from_array(np.zeros(channels, np.float32), f"conv{i}.b")]
+        for name, value in (("scale", 1.0), ("bias", 0.0), ("mean", 0.0), ("var", 1.0)):
+            inits.append(numpy_helper.from_array(np.full(channels, value, np.float32), f"bn{i}.{name}"))
+        graph_nodes += [
+            helper.make_node("Conv", [current, f"conv{i}.w", f"conv{i}.b"], [f"c{i}"], name=f"Conv_{i}", pads=[1, 1, 1, 1]),
+            helper.make_node("BatchNormalization", [f"c{i}", f"bn{i}.scale", f"bn{i}.bias", f"bn{i}.mean", f"bn{i}.var"],
+                             [f"n{i}"], name=f"BatchNormalization_{i}"),
+            helper.make_node("Relu", [f"n{i}"], [f"r{i}"], name=f"Relu_{i}"),
+            helper.make_node("Shape", [f"r{i}"], [f"s{i}"], name=f"Shape_{i}"),
+            helper.make_node("Gather", [f"s{i}", "zero"], [f"g{i}"], name=f"Gather_{i}", axis=0),
+            helper.make_node("Unsqueeze", [f"g{i}"], [f"u{i}"], name=f"Unsqueeze_{i}", axes=[0]),
+            helper.make_node("Concat", [f"u{i}", "minus_one"], [f"shape{i}"], name=f"Concat_{i}", axis=0),
+            helper.make_node("Reshape", [f"r{i}", f"shape{i}"], [f"flat{i}"], name=f"Reshape_{i}"),
+            helper.make_node("Identity", [f"flat{i}"], [f"id{i}"], name=f"Identity_{i}"),
+            helper.make_node("Reshape", [f"id{i}", "image_shape"], [f"img{i}"], name=f"Reshape_back_{i}"),
+        ]
+        current = f"img{i}"
+    shape = [1, channels, size, size]
+    graph = helper.make_graph(graph_nodes, "convnet", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, shape)],
+                              [helper.make_tensor_value_info(current, onnx.TensorProto.FLOAT, shape)], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 11)], ir_version=IR_VERSION)
+
+
+def median_time(fn, repeat: int) -> float:
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def measure(model_path: Path, work: Path, repeat: int) -> dict[str, float | str]:
+    import onnxsim
+
+    steps = five_steps(model_path)
+
+    def load_save():
+        onnx.save(onnx.load(model_path), work / "copy.onnx")
+
+    def recipe(steps):
+        return lambda: surgeon.run_recipe({"name": "bench", "steps": steps}, model=model_path,
+                                          output=work / "out.onnx")
+
+    def simplify():
+        onnxsim.simplify(onnx.load(model_path), check_n=0)
+
+    figures: dict[str, float | str] = {
+        "onnx.load + onnx.save": median_time(load_save, repeat),
+        "no-op recipe": median_time(recipe([]), repeat),
+        "5-step recipe": median_time(recipe(steps), repeat),
+    }
+    try:
+        figures["onnxsim.simplify(check_n=0)"] = median_time(simplify, repeat)
+    except Exception as exc:  # onnxsim refuses some real graphs outright (e.g. unsorted ones)
+        figures["onnxsim.simplify(check_n=0)"] = f"fails: {str(exc).splitlines()[0][:60]}"
+    result = surgeon.run_recipe({"name": "bench", "steps": steps}, model=model_path, output=work / "out.onnx")
+    for step in result.steps:
+        figures[f"  step {step.index} {step.pass_name}"] = step.seconds
+    return figures
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--nodes", type=int, default=21000)
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        chain, convnet = work / "mlp.onnx", work / "convnet.onnx"
+        onnx.save(mlp_chain(args.nodes), chain)
+        onnx.save(exported_convnet(args.nodes), convnet)
+        cases = [(f"generated MLP chain, {len(onnx.load(chain).graph.node)} nodes", chain, args.repeat),
+                 (f"generated export-like convnet, {len(onnx.load(convnet).graph.node)} nodes", convnet, args.repeat),
+                 ("CenterPoint PFE repair sample, 10 nodes", REPO / "tests/data/centerpoint_pfe_sim_unsorted.onnx",
+                  max(args.repeat, 10))]
+        print("| graph | step | median s | x no-op recipe |")
+        print("|---|---|---:|---:|")
+        for title, path, repeat in cases:
+            figures = measure(path, work, repeat)
+            base = figures["no-op recipe"]
+            for name, seconds in figures.items():
+                if isinstance(seconds, str):
+                    print(f"| {title} | {name} | {seconds} | - |")
+                else:
+                    print(f"| {title} | {name} | {seconds:.3f} | {seconds / base:.2f} |")
+            summary = f"{title}: 5-step / no-op = {figures['5-step recipe'] / base:.2f} (target <= 2)"
+            simplify = figures["onnxsim.simplify(check_n=0)"]
+            if not isinstance(simplify, str):
+                summary += f", onnxsim / 5-step = {simplify / figures['5-step recipe']:.1f}"
+            print(summary, file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
