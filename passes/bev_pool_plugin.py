@@ -1,0 +1,181 @@
+"""Replace BEVFusion's bev_pool (BEVPoolv2's interval form) by one BEVPool plugin node.
+
+The plugin's inputs are the interval form's seven tensors — depth [N, D, H, W], feat [N, H, W, C],
+int32 ranks_depth / ranks_feat / ranks_bev (per frustum point, sorted by BEV cell), int32
+interval_starts / interval_lengths (one interval per occupied cell) — and it writes [1, C, bev_h, bev_w]
+(CUDA-BEVFusion's layout; see docs/plugins.md). Two spellings are recognised:
+
+1. A custom bev_pool node (`BEVPoolV2TRT`, `bev_pool_v2` in any domain) with those seven inputs and
+   `output_height` / `output_width` attributes (`output_z` must be 1). Its output layout is read from
+   the node's output shape: [1, C, H, W] is replaced as is, [1, H, W, C] gets a Transpose after the plugin.
+2. The PyTorch reference exported by torch.onnx (surgeon.zoo.bevfusion.bev_pool)::
+
+       depth ─► Reshape ─► Unsqueeze ─► Gather(ranks_depth) ─┐
+       feat ─► Reshape ─► Gather(ranks_feat) ────────────────┴► Mul ─► ScatterElements(segment) ─► Add ─┐
+       ranks_bev ─► Gather(interval_starts) ─► Unsqueeze ───────────────────────► ScatterND(zeros) ◄─ Reshape
+                                                                                     └─► Reshape [1, Y, X, C] ─► ...
+
+   where `segment` is repeat_interleave(arange, interval_lengths) (an ATen node at opset 11, a Loop at
+   opset 16). TorchScript exports `index_add_` as a ScatterElements *without* reduction, so that graph
+   overwrites instead of summing points of the same cell; the plugin computes the sum the model meant.
+   The ScatterND's [Y*X, C] result is rebuilt from the plugin as Reshape + Transpose, so the rest of
+   the graph is unchanged.
+"""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from surgeon.pass_api import Param, Pass, PassResult, register_pass
+from surgeon.plugins.specs import PLUGIN_DOMAIN, make_plugin_node
+from surgeon.rewrite import Rewrite, const_value, dtype_of, is_op, producer
+
+CUSTOM_OP_TYPES = ("BEVPoolV2TRT", "bev_pool_v2")
+
+
+class _NoMatch(Exception):
+    """The graph around a candidate is not bev_pool; the message says where the walk stopped."""
+
+
+@register_pass("bev-pool-plugin")
+class BevPoolPlugin(Pass):
+    """Replace BEVFusion's bev_pool (custom node or exported scatter form) by the BEVPool plugin."""
+
+    params = {
+        "domain": Param(str, PLUGIN_DOMAIN, choices=(PLUGIN_DOMAIN, ""),
+                        help="domain of the plugin node: 'surgeon', or '' as BEVFormer_tensorrt graphs have it"),
+    }
+
+    def run(self, graph, ctx):
+        result = PassResult()
+        for node in list(graph.nodes):
+            try:
+                if node.op in CUSTOM_OP_TYPES and len(node.inputs) == 7:
+                    self._replace_custom(graph, ctx, node)
+                elif is_op(node, "ScatterND") and not node.attrs.get("reduction"):
+                    if not _looks_like_bev_pool(node):
+                        continue
+                    self._replace_scatter(graph, ctx, node)
+                else:
+                    continue
+            except _NoMatch as exc:
+                result.note(f"{node.name}: not replaced ({exc})")
+                continue
+            result.rewrote(node)
+        return result
+
+    def _replace_custom(self, graph, ctx, node: gs.Node) -> None:
+        if int(node.attrs.get("output_z", 1)) != 1:
+            raise _NoMatch("output_z != 1: the plugin pools into one height slice")
+        if "output_height" not in node.attrs or "output_width" not in node.attrs:
+            raise _NoMatch("no output_height / output_width attributes")
+        bev_h, bev_w = int(node.attrs["output_height"]), int(node.attrs["output_width"])
+        shape = list(node.outputs[0].shape or [])
+        channels_last = len(shape) == 4 and shape[1:3] == [bev_h, bev_w]
+        if not (len(shape) == 4 and (channels_last or shape[2:] == [bev_h, bev_w])):
+            raise _NoMatch(f"output shape {shape or 'unknown'} is neither [1, C, H, W] nor [1, H, W, C]")
+        rewrite = Rewrite(graph, ctx, node)
+        inputs = node.inputs[:2] + [_int32(rewrite, t) for t in node.inputs[2:]]
+        plugin = make_plugin_node(rewrite, "BEVPool", inputs, {"bev_h": bev_h, "bev_w": bev_w}, domain=self.domain,
+                                  last=not channels_last)
+        if channels_last:
+            rewrite.finish("Transpose", [plugin.outputs[0]], {"perm": [0, 2, 3, 1]})
+
+    def _replace_scatter(self, graph, ctx, scatter: gs.Node) -> None:
+        bev_h, bev_w, channels = _grid(scatter)
+        starts_gather = _from(_skip_casts(_from(scatter.inputs[1], "Unsqueeze", "the cell indices").inputs[0]),
+                              "Gather", "the cell of each interval")
+        ranks_bev, interval_starts = starts_gather.inputs[0], _skip_casts(starts_gather.inputs[1])
+        add = _from(_from(scatter.inputs[2], "Reshape", "the interval sums").inputs[0], "Add", "the interval sums")
+        segment_sum = next((producer(t) for t in add.inputs if producer(t) is not None
+                            and is_op(producer(t), "ScatterElements")), None)
+        if segment_sum is None:
+            raise _NoMatch("the interval sums are not a ScatterElements over the point contributions")
+        mul = _from(_skip(segment_sum.inputs[2], "Expand"), "Mul", "depth * feature")
+        depth, ranks_depth, feat, ranks_feat = _depth_and_feature(mul)
+        interval_lengths = _interval_lengths(segment_sum.inputs[1], known=(ranks_depth, ranks_feat, ranks_bev,
+                                                                           interval_starts))
+        rewrite = Rewrite(graph, ctx, scatter)
+        indices = [_int32(rewrite, t) for t in (ranks_depth, ranks_feat, ranks_bev, interval_starts, interval_lengths)]
+        plugin = make_plugin_node(rewrite, "BEVPool", [depth, feat, *indices], {"bev_h": bev_h, "bev_w": bev_w},
+                                  domain=self.domain, last=False)
+        rows = rewrite.op("Reshape", [plugin.outputs[0], rewrite.const(np.array([channels, bev_h * bev_w]), "shape")])
+        rewrite.finish("Transpose", [rows], {"perm": [1, 0]})
+
+
+def _from(tensor: gs.Tensor, op_type: str, what: str) -> gs.Node:
+    node = producer(tensor)
+    if node is None or not is_op(node, op_type):
+        raise _NoMatch(f"expected {what} from a {op_type}, found {node.op if node is not None else 'a graph input'}")
+    return node
+
+
+def _skip(tensor: gs.Tensor, op_type: str) -> gs.Tensor:
+    node = producer(tensor)
+    return node.inputs[0] if node is not None and is_op(node, op_type) else tensor
+
+
+def _skip_casts(tensor: gs.Tensor) -> gs.Tensor:
+    while producer(tensor) is not None and is_op(producer(tensor), "Cast"):
+        tensor = producer(tensor).inputs[0]
+    return tensor
+
+
+def _looks_like_bev_pool(scatter: gs.Node) -> bool:
+    zeros = const_value(scatter.inputs[0])
+    return zeros is not None and zeros.ndim == 2 and not zeros.any() and len(scatter.inputs) == 3
+
+
+def _grid(scatter: gs.Node) -> tuple[int, int, int]:
+    """(bev_h, bev_w, channels) from the zeros the cells are scattered into and the Reshape that follows."""
+    cells, channels = const_value(scatter.inputs[0]).shape
+    views = [n for n in scatter.outputs[0].outputs if is_op(n, "Reshape")]
+    shape = const_value(views[0].inputs[1]) if len(views) == 1 else None
+    if shape is None or len(shape) != 4 or int(shape[0]) != 1 or int(shape[3]) != channels \
+            or int(shape[1]) * int(shape[2]) != cells:
+        raise _NoMatch("the cells are not viewed as [Z=1, Y, X, C] afterwards")
+    return int(shape[1]), int(shape[2]), int(channels)
+
+
+def _depth_and_feature(mul: gs.Node):
+    """(depth, ranks_depth, feat, ranks_feat) from depth.reshape(-1)[ranks_depth, None] * feat.reshape(-1, C)[ranks_feat]."""
+    found = {}
+    for operand in mul.inputs:
+        gather = _from(operand, "Gather", "a gathered operand")
+        source = producer(gather.inputs[0])
+        if source is not None and is_op(source, "Unsqueeze"):  # depth[..., None]
+            found["depth"] = (_from(source.inputs[0], "Reshape", "the flat depth").inputs[0], gather.inputs[1])
+        else:
+            found["feat"] = (_from(gather.inputs[0], "Reshape", "the flat features").inputs[0], gather.inputs[1])
+    if sorted(found) != ["depth", "feat"]:
+        raise _NoMatch("the product is not depth[ranks_depth, None] * feat[ranks_feat]")
+    (depth, ranks_depth), (feat, ranks_feat) = found["depth"], found["feat"]
+    return depth, _skip_casts(ranks_depth), feat, _skip_casts(ranks_feat)
+
+
+def _interval_lengths(segment: gs.Tensor, known) -> gs.Tensor:
+    """The one input tensor, besides the `known` index tensors, cast to integers among the ancestors of the
+    segment ids (repeat_interleave's result; the index shape also depends on the gathered points)."""
+    found, seen, stack = [], set(), [segment]
+    while stack:
+        tensor = stack.pop()
+        node = producer(tensor)
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        if is_op(node, "Cast") and const_value(node.inputs[0]) is None and producer(node.inputs[0]) is None:
+            found.append(node.inputs[0])
+        stack.extend(t for t in node.inputs if isinstance(t, gs.Variable))
+        for body in (v for v in node.attrs.values() if isinstance(v, gs.Graph)):  # a Loop reads outer tensors
+            stack.extend(t for inner in body.nodes for t in inner.inputs if isinstance(t, gs.Variable))
+    names = sorted({t.name for t in found} - {t.name for t in known})
+    if len(names) != 1:
+        raise _NoMatch(f"cannot tell interval_lengths among {names or 'no'} integer inputs of the segment ids")
+    return next(t for t in found if t.name == names[0])
+
+
+def _int32(rewrite: Rewrite, tensor: gs.Tensor) -> gs.Tensor:
+    if dtype_of(tensor) == np.int32:
+        return tensor
+    return rewrite.op("Cast", [tensor], {"to": onnx.TensorProto.INT32}, dtype=np.int32, shape=tensor.shape)
