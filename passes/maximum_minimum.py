@@ -18,6 +18,7 @@ Boolean maximum/minimum are Or/And. Standard integer Max/Min nodes a target cann
 from __future__ import annotations
 
 import numpy as np
+from onnx import TensorProto
 
 from surgeon.errors import PassError
 from surgeon.pass_api import Param, Pass, PassResult, register_pass
@@ -30,6 +31,7 @@ ATEN_FORMS = {"maximum": ("Max", False), "minimum": ("Min", False), "fmax": ("Ma
 ATEN_OTHER_FORMS = {"max": "Max", "min": "Min"}
 WHERE_COMPARE = {"Max": "Greater", "Min": "Less"}
 BOOL_FORM = {"Max": "Or", "Min": "And"}
+FLOAT_TYPES = (TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16)
 #: Max/Min take integer inputs from this opset on.
 INTEGER_MINMAX_OPSET = 12
 
@@ -117,7 +119,7 @@ def _float_rounded_integer_operands(minmax, cast_back):
     operands = []
     for tensor in minmax.inputs:
         cast = producer(tensor)
-        if cast is None or not is_op(cast, "Cast"):
+        if cast is None or not is_op(cast, "Cast") or cast.attrs.get("to") not in FLOAT_TYPES:
             return None
         operands.append(cast.inputs[0])
     dtypes = {dtype_of(t) for t in operands}

@@ -31,7 +31,7 @@ from surgeon.pass_api import Param, Pass, PassResult, register_pass
 from surgeon.rewrite import Rewrite, aten_operator, const_value, dtype_of, is_op, producer
 
 KINDS = ("nan", "posinf", "neginf")
-#: Casts torch puts between a value and its IsInf/IsNaN test: to float64 (exact) and back to bool.
+#: The Cast torch puts before IsInf: to float64, which keeps every value, infinities included.
 WIDENING_CASTS = (TensorProto.DOUBLE,)
 
 
@@ -116,16 +116,13 @@ def _aten_site(node):
 
 def _cluster_site(last, claimed):
     """(x, replacements, cluster) when `last` ends three Where stages replacing NaN, +inf and -inf."""
-    stages = []
-    node = last
-    while len(stages) < 3:
-        stage = _stage(node)
-        if stage is None or id(node) in claimed:
+    stages, node = [], last
+    for _ in KINDS:  # walk back through the value each stage passes on
+        stage = _stage(node) if node is not None and id(node) not in claimed else None
+        if stage is None:
             return None
         stages.append(stage)
-        node = producer(stage["passed"]) if len(stages) < 3 else None
-        if len(stages) < 3 and node is None:
-            return None
+        node = producer(stage["passed"])
     if sorted(s["kind"] for s in stages) != sorted(KINDS):
         return None
     root = stages[-1]["passed"]
