@@ -9,3 +9,11 @@
 - `surgeon.export.spconv_export`: `export_spconv(...)`, the whole flow behind `surgeon export spconv`.
 - `surgeon.export.tensor_file`: libspconv's tensor file format (NumPy only, no torch needed).
 """
+
+#: Models `surgeon export spconv --model` can build (torch-free, so the CLI lists them without torch).
+SPCONV_MODELS = {
+    "centerpoint-scn": "CenterPoint / OpenPCDet VoxelResBackBone8x + height compression: "
+                       "voxels [N,5] in 41x1440x1440 -> BEV [1,256,180,180]",
+}
+FLAVOURS = ("libspconv", "standard")  # see surgeon.export.graph
+MISSING_SPCONV = "surgeon export spconv needs torch and spconv: pip install 'surgeon[zoo]'"

@@ -25,9 +25,9 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from surgeon.errors import SurgeonError
+from surgeon.export import FLAVOURS
 from surgeon.export.tracer import SPARSE_DOMAIN, Op, Trace, Value
 
-FLAVOURS = ("libspconv", "standard")
 OPSET = 11
 IR_VERSION = 10
 INDICES_DTYPE = np.int32

@@ -18,12 +18,12 @@ import torch
 from spconv.pytorch.conv import SparseConvolution
 
 import surgeon.export.spconv_handlers  # noqa: F401  (registers the spconv handlers)
-from surgeon.errors import SurgeonError
+from surgeon.errors import SurgeonError, suggest
+from surgeon.export import SPCONV_MODELS
 from surgeon.export.graph import build_model
 from surgeon.export.tensor_file import write_tensor
 from surgeon.export.tracer import Trace, trace_model
 
-MODELS = {"centerpoint-scn": "CenterPoint / OpenPCDet VoxelResBackBone8x + height compression, 5 -> 256 x 180 x 180"}
 
 
 @dataclass
@@ -37,7 +37,8 @@ class SpconvExport:
 
 def build_zoo_model(name: str) -> torch.nn.Module:
     if name != "centerpoint-scn":
-        raise SurgeonError(f"unknown spconv model '{name}'; known: {', '.join(MODELS)}")
+        raise SurgeonError(f"unknown spconv model '{name}'; known: {', '.join(SPCONV_MODELS)}",
+                           hint=suggest(name, SPCONV_MODELS))
     from surgeon.zoo.centerpoint import build_centerpoint_scn
 
     return build_centerpoint_scn()
@@ -106,3 +107,19 @@ def save_tensors(result: SpconvExport, stem) -> list[Path]:
     np.savez(npz, features=result.features.astype(np.float32), indices=result.indices.astype(np.int32),
              output=result.output.astype(np.float32))
     return written + [npz]
+
+
+def check_with_references(result: SpconvExport, fold_batchnorm: bool = True, fold_relu: bool = True) -> dict:
+    """Run the `standard` graph of the same trace on the CPU references; compare with PyTorch's output.
+
+    Returns max_abs_error, output_scale (max |PyTorch output|) and their ratio, relative_error.
+    """
+    from surgeon.validation.runners import ReferenceRunner
+
+    standard = build_model(result.trace, "standard", fold_batchnorm, fold_relu)
+    feeds = {"features": result.features.astype(np.float32), "indices": result.indices.astype(np.int32)}
+    with ReferenceRunner(standard, name="spconv-reference") as runner:
+        (actual,) = runner.infer(feeds).values()
+    error = float(np.abs(actual.astype(np.float32) - result.output).max())
+    scale = float(np.abs(result.output).max())
+    return {"max_abs_error": error, "output_scale": scale, "relative_error": error / scale if scale else error}

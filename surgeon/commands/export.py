@@ -1,0 +1,101 @@
+"""Export models torch.onnx.export cannot trace, by hooking module forwards on a real input.
+
+    surgeon export spconv --model centerpoint-scn --features in_features.fp16.tensor \
+        --indices in_indices_zyx.int32.tensor --flavour libspconv -o scn.onnx --save-tensors scn --check
+
+`--flavour libspconv` writes what NVIDIA's 3DSparseConvolution parser reads (float16, implicit
+coordinates, `Reshape(dims=)`); `standard` passes onnx.checker and runs on surgeon's CPU references.
+`--features` / `--indices` are libspconv tensor files (.tensor) or .npy arrays: [N, C] features and
+[N, 4] int32 (batch, z, y, x) coordinates. `--check` runs the exported graph's ops on the CPU
+references and compares with PyTorch (exit 1 above --tolerance). Needs torch and spconv (zoo extra).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from surgeon.cli_args import OutputArgs, print_json
+from surgeon.errors import CheckFailed, SurgeonError
+from surgeon.export import FLAVOURS, MISSING_SPCONV, SPCONV_MODELS
+
+NAME = "export"
+HELP = "export a spconv lidar backbone to ONNX by hooking its module forwards (needs torch + spconv)"
+
+
+def add_arguments(parser) -> None:
+    sub = parser.add_subparsers(dest="export_kind", metavar="KIND", required=True)
+    spconv = sub.add_parser("spconv", help="a spconv 2.x sparse backbone (CenterPoint, BEVFusion lidar)",
+                            description=__doc__)
+    spconv.add_argument("--model", required=True, choices=sorted(SPCONV_MODELS),
+                        help="; ".join(f"{k}: {v}" for k, v in SPCONV_MODELS.items()))
+    spconv.add_argument("--features", required=True, metavar="FILE", help="voxel features [N, C] (.tensor or .npy)")
+    spconv.add_argument("--indices", required=True, metavar="FILE",
+                        help="voxel coordinates [N, 4] int32 as batch, z, y, x (.tensor or .npy)")
+    spconv.add_argument("--flavour", choices=FLAVOURS, default="libspconv", help="graph conventions (default libspconv)")
+    spconv.add_argument("-o", "--output", required=True, metavar="OUT.onnx", help="where to write the model")
+    spconv.add_argument("--save-tensors", metavar="STEM",
+                        help="also write STEM.voxels/.coors/.output (libspconv tensor files) and STEM.npz")
+    spconv.add_argument("--no-fold-batchnorm", action="store_true",
+                        help="keep BatchNormalization nodes (standard flavour only: libspconv has none)")
+    spconv.add_argument("--no-fold-relu", action="store_true", help="keep Relu nodes instead of activation=ReLU")
+    spconv.add_argument("--batch-size", type=int, default=1, help="batch size the model is called with (default 1)")
+    spconv.add_argument("--check", action="store_true",
+                        help="run the graph on the CPU references and compare with PyTorch's output")
+    OutputArgs.add_to(spconv)  # on the subcommand, so `--json` goes after `spconv` like every other option
+    spconv.add_argument("--tolerance", type=float, default=1e-3,
+                        help="--check fails above this max abs error relative to the output's scale (default 1e-3)")
+
+
+def load_array(path) -> np.ndarray:
+    from surgeon.export.tensor_file import read_tensor
+
+    path = Path(path)
+    if path.suffix == ".npy":
+        try:
+            return np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise SurgeonError(f"cannot read .npy array: {exc}", file=path) from None
+    return read_tensor(path)
+
+
+def run(args) -> int:
+    OutputArgs.parse(args)
+    try:
+        from surgeon.export.spconv_export import build_zoo_model, check_with_references, export_spconv, save_tensors
+    except ModuleNotFoundError as exc:
+        if exc.name in ("torch", "spconv", "cumm"):
+            raise SurgeonError(MISSING_SPCONV) from exc
+        raise
+    from surgeon.graphinfo import op_histogram
+    from surgeon.modelio import save_model_atomic
+
+    features, indices = load_array(args.features), load_array(args.indices)
+    fold = {"fold_batchnorm": not args.no_fold_batchnorm, "fold_relu": not args.no_fold_relu}
+    result = export_spconv(build_zoo_model(args.model), features, indices, args.flavour, args.batch_size, **fold)
+    written = save_model_atomic(result.model, args.output)
+    if args.save_tensors:
+        written += save_tensors(result, args.save_tensors)
+    report = {
+        "model": args.model, "flavour": args.flavour, "voxels": int(len(features)),
+        "nodes": len(result.model.graph.node), "ops": op_histogram(result.model.graph.node),
+        "output_shape": list(result.output.shape), "written": [str(p) for p in written],
+    }
+    if args.check:
+        report["check"] = check_with_references(result, **fold)
+    if args.json:
+        print_json(report)
+    elif not args.quiet:
+        ops = ", ".join(f"{op} x{count}" for op, count in report["ops"].items())
+        print(f"{args.output}: {report['nodes']} nodes ({ops}), output {report['output_shape']}, "
+              f"{report['voxels']} voxels, flavour {args.flavour}")
+        for path in written[1:]:
+            print(f"  {path}")
+        if args.check:
+            c = report["check"]
+            print(f"check: max abs error {c['max_abs_error']:.3g} against output scale {c['output_scale']:.3g} "
+                  f"(relative {c['relative_error']:.3g}, tolerance {args.tolerance:g})")
+    if args.check and not report["check"]["relative_error"] <= args.tolerance:
+        raise CheckFailed(f"the CPU references differ from PyTorch by {report['check']['relative_error']:.3g} "
+                          f"of the output's scale (tolerance {args.tolerance:g})")
+    return 0
