@@ -117,3 +117,11 @@ def _reduce(fn):
 
 reference_op("ATen", domain=ATEN, operator="any")(_reduce(np.any))
 reference_op("ATen", domain=ATEN, operator="all")(_reduce(np.all))
+
+
+@reference_op("ATen", domain=ATEN, operator="unflatten")
+def aten_unflatten(inputs, attrs):
+    """torch.unflatten(x, dim, sizes): split one axis into `sizes` (one entry may be -1)."""
+    x, dim, sizes = np.asarray(inputs[0]), int(_scalar(inputs[1])), [int(s) for s in np.ravel(inputs[2])]
+    dim = dim % x.ndim
+    return [x.reshape(x.shape[:dim] + tuple(sizes) + x.shape[dim + 1:])]

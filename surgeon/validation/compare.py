@@ -147,7 +147,7 @@ def compare_outputs(reference: RunResults, candidate: RunResults, tolerance: Tol
     verdicts: dict[str, bool] = {}
     if common:
         pair = combine(_only(reference, ref_name, ref_iters, common), _only(candidate, cand_name, cand_iters, common))
-        with G_LOGGER.verbosity(G_LOGGER.CRITICAL):
+        with G_LOGGER.verbosity(G_LOGGER.CRITICAL), np.errstate(divide="ignore", invalid="ignore"):
             accuracy = Comparator.compare_accuracy(pair, comparisons=[(1, 0)], compare_func=tolerance.compare_func())
         for per_pair in accuracy:
             for per_iteration in per_pair.values():

@@ -69,7 +69,7 @@ def ort_session(model: onnx.ModelProto):
     import onnxruntime as ort
 
     options = ort.SessionOptions()
-    options.log_severity_level = 3
+    options.log_severity_level = 4  # failures reach the user as SurgeonErrors naming the nodes instead
     if model.ir_version > ORT_MAX_IR_VERSION:
         model = _with_ir_version(model, ORT_MAX_IR_VERSION)
     return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
@@ -118,6 +118,7 @@ class _Segment:
     reference: object = None
     session: object = None
     evaluator: object = None
+    ort_error: str = ""
 
 
 class ReferenceRunner(BaseRunner):
@@ -176,13 +177,20 @@ class ReferenceRunner(BaseRunner):
             model = _segment_model(self.model, segment, feeds)
             try:
                 segment.session = ort_session(model)
-            except Exception:  # e.g. libspconv's Reshape(dims=): ONNX's own evaluator is more lenient
+            except Exception as exc:  # e.g. libspconv's Reshape(dims=): ONNX's own evaluator is more lenient
                 from onnx.reference import ReferenceEvaluator
 
+                segment.ort_error = _first_line(exc)
                 segment.evaluator = ReferenceEvaluator(model)
-        if segment.session is not None:
-            return segment.session.run(segment.outputs, feeds)
-        return segment.evaluator.run(segment.outputs, feeds)
+        try:
+            if segment.session is not None:
+                return segment.session.run(segment.outputs, feeds)
+            return segment.evaluator.run(segment.outputs, feeds)
+        except Exception as exc:  # either runtime's own exception types
+            first, last = segment.nodes[0], segment.nodes[-1]
+            cause = f"ONNX Runtime: {segment.ort_error}; onnx.reference: " if segment.ort_error else ""
+            raise SurgeonError(f"cannot run the {len(segment.nodes)} standard node(s) from '{first.name}' to "
+                               f"'{last.name}': {cause}{_first_line(exc)}") from exc
 
 
 def _lookup(values: dict, initializers: dict, name: str) -> np.ndarray:
@@ -228,7 +236,7 @@ def _consumed(node: onnx.NodeProto) -> list[str]:
 
 def _plan(model: onnx.ModelProto, initializers: set[str]) -> list[_Segment]:
     """Split the graph into segments, scheduling ready standard nodes before any special node."""
-    nodes = list(model.graph.node)
+    nodes = _live_nodes(model)
     producer = {out: i for i, node in enumerate(nodes) for out in node.output if out}
     reads = [_consumed(node) for node in nodes]
     waiting_on = [{producer[n] for n in names if n in producer} for names in reads]
@@ -268,6 +276,20 @@ def _plan(model: onnx.ModelProto, initializers: set[str]) -> list[_Segment]:
         raise SurgeonError("the graph has a cycle or reads a tensor nothing produces; run 'toposort' first")
     _wire(segments, model, initializers)
     return segments
+
+
+def _live_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
+    """The nodes the graph outputs depend on, in graph order; dead ones may not even be runnable."""
+    nodes = list(model.graph.node)
+    producer = {out: i for i, node in enumerate(nodes) for out in node.output if out}
+    live: set[int] = set()
+    pending = [o.name for o in model.graph.output]
+    while pending:
+        index = producer.get(pending.pop())
+        if index is not None and index not in live:
+            live.add(index)
+            pending.extend(_consumed(nodes[index]))
+    return [node for i, node in enumerate(nodes) if i in live]
 
 
 def _wire(segments: list[_Segment], model: onnx.ModelProto, initializers: set[str]) -> None:
