@@ -27,15 +27,12 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from surgeon.pass_api import Param, Pass, PassResult, register_pass
-from surgeon.plugins.specs import PLUGIN_DOMAIN, make_plugin_node
+from surgeon.pass_api import Pass, PassResult, register_pass
+from surgeon.plugins.matching import DOMAIN_PARAM, NoMatch, expect_producer
+from surgeon.plugins.specs import make_plugin_node
 from surgeon.rewrite import Rewrite, const_value, dtype_of, is_op, producer
 
 CUSTOM_OP_TYPES = ("BEVPoolV2TRT", "bev_pool_v2")
-
-
-class _NoMatch(Exception):
-    """The graph around a candidate is not bev_pool; the message says where the walk stopped."""
 
 
 @register_pass("bev-pool-plugin")
@@ -43,8 +40,7 @@ class BevPoolPlugin(Pass):
     """Replace BEVFusion's bev_pool (custom node or exported scatter form) by the BEVPool plugin."""
 
     params = {
-        "domain": Param(str, PLUGIN_DOMAIN, choices=(PLUGIN_DOMAIN, ""),
-                        help="domain of the plugin node: 'surgeon', or '' as BEVFormer_tensorrt graphs have it"),
+        "domain": DOMAIN_PARAM,
     }
 
     def run(self, graph, ctx):
@@ -59,7 +55,7 @@ class BevPoolPlugin(Pass):
                     self._replace_scatter(graph, ctx, node)
                 else:
                     continue
-            except _NoMatch as exc:
+            except NoMatch as exc:
                 result.note(f"{node.name}: not replaced ({exc})")
                 continue
             result.rewrote(node)
@@ -67,14 +63,14 @@ class BevPoolPlugin(Pass):
 
     def _replace_custom(self, graph, ctx, node: gs.Node) -> None:
         if int(node.attrs.get("output_z", 1)) != 1:
-            raise _NoMatch("output_z != 1: the plugin pools into one height slice")
+            raise NoMatch("output_z != 1: the plugin pools into one height slice")
         if "output_height" not in node.attrs or "output_width" not in node.attrs:
-            raise _NoMatch("no output_height / output_width attributes")
+            raise NoMatch("no output_height / output_width attributes")
         bev_h, bev_w = int(node.attrs["output_height"]), int(node.attrs["output_width"])
         shape = list(node.outputs[0].shape or [])
         channels_last = len(shape) == 4 and shape[1:3] == [bev_h, bev_w]
         if not (len(shape) == 4 and (channels_last or shape[2:] == [bev_h, bev_w])):
-            raise _NoMatch(f"output shape {shape or 'unknown'} is neither [1, C, H, W] nor [1, H, W, C]")
+            raise NoMatch(f"output shape {shape or 'unknown'} is neither [1, C, H, W] nor [1, H, W, C]")
         rewrite = Rewrite(graph, ctx, node)
         inputs = node.inputs[:2] + [_int32(rewrite, t) for t in node.inputs[2:]]
         plugin = make_plugin_node(rewrite, "BEVPool", inputs, {"bev_h": bev_h, "bev_w": bev_w}, domain=self.domain,
@@ -84,15 +80,15 @@ class BevPoolPlugin(Pass):
 
     def _replace_scatter(self, graph, ctx, scatter: gs.Node) -> None:
         bev_h, bev_w, channels = _grid(scatter)
-        starts_gather = _from(_skip_casts(_from(scatter.inputs[1], "Unsqueeze", "the cell indices").inputs[0]),
+        starts_gather = expect_producer(_skip_casts(expect_producer(scatter.inputs[1], "Unsqueeze", "the cell indices").inputs[0]),
                               "Gather", "the cell of each interval")
         ranks_bev, interval_starts = starts_gather.inputs[0], _skip_casts(starts_gather.inputs[1])
-        add = _from(_from(scatter.inputs[2], "Reshape", "the interval sums").inputs[0], "Add", "the interval sums")
+        add = expect_producer(expect_producer(scatter.inputs[2], "Reshape", "the interval sums").inputs[0], "Add", "the interval sums")
         segment_sum = next((producer(t) for t in add.inputs if producer(t) is not None
                             and is_op(producer(t), "ScatterElements")), None)
         if segment_sum is None:
-            raise _NoMatch("the interval sums are not a ScatterElements over the point contributions")
-        mul = _from(_skip(segment_sum.inputs[2], "Expand"), "Mul", "depth * feature")
+            raise NoMatch("the interval sums are not a ScatterElements over the point contributions")
+        mul = expect_producer(_skip(segment_sum.inputs[2], "Expand"), "Mul", "depth * feature")
         depth, ranks_depth, feat, ranks_feat = _depth_and_feature(mul)
         interval_lengths = _interval_lengths(segment_sum.inputs[1], known=(ranks_depth, ranks_feat, ranks_bev,
                                                                            interval_starts))
@@ -102,13 +98,6 @@ class BevPoolPlugin(Pass):
                                   domain=self.domain, last=False)
         rows = rewrite.op("Reshape", [plugin.outputs[0], rewrite.const(np.array([channels, bev_h * bev_w]), "shape")])
         rewrite.finish("Transpose", [rows], {"perm": [1, 0]})
-
-
-def _from(tensor: gs.Tensor, op_type: str, what: str) -> gs.Node:
-    node = producer(tensor)
-    if node is None or not is_op(node, op_type):
-        raise _NoMatch(f"expected {what} from a {op_type}, found {node.op if node is not None else 'a graph input'}")
-    return node
 
 
 def _skip(tensor: gs.Tensor, op_type: str) -> gs.Tensor:
@@ -134,7 +123,7 @@ def _grid(scatter: gs.Node) -> tuple[int, int, int]:
     shape = const_value(views[0].inputs[1]) if len(views) == 1 else None
     if shape is None or len(shape) != 4 or int(shape[0]) != 1 or int(shape[3]) != channels \
             or int(shape[1]) * int(shape[2]) != cells:
-        raise _NoMatch("the cells are not viewed as [Z=1, Y, X, C] afterwards")
+        raise NoMatch("the cells are not viewed as [Z=1, Y, X, C] afterwards")
     return int(shape[1]), int(shape[2]), int(channels)
 
 
@@ -142,14 +131,14 @@ def _depth_and_feature(mul: gs.Node):
     """(depth, ranks_depth, feat, ranks_feat) from depth.reshape(-1)[ranks_depth, None] * feat.reshape(-1, C)[ranks_feat]."""
     found = {}
     for operand in mul.inputs:
-        gather = _from(operand, "Gather", "a gathered operand")
+        gather = expect_producer(operand, "Gather", "a gathered operand")
         source = producer(gather.inputs[0])
         if source is not None and is_op(source, "Unsqueeze"):  # depth[..., None]
-            found["depth"] = (_from(source.inputs[0], "Reshape", "the flat depth").inputs[0], gather.inputs[1])
+            found["depth"] = (expect_producer(source.inputs[0], "Reshape", "the flat depth").inputs[0], gather.inputs[1])
         else:
-            found["feat"] = (_from(gather.inputs[0], "Reshape", "the flat features").inputs[0], gather.inputs[1])
+            found["feat"] = (expect_producer(gather.inputs[0], "Reshape", "the flat features").inputs[0], gather.inputs[1])
     if sorted(found) != ["depth", "feat"]:
-        raise _NoMatch("the product is not depth[ranks_depth, None] * feat[ranks_feat]")
+        raise NoMatch("the product is not depth[ranks_depth, None] * feat[ranks_feat]")
     (depth, ranks_depth), (feat, ranks_feat) = found["depth"], found["feat"]
     return depth, _skip_casts(ranks_depth), feat, _skip_casts(ranks_feat)
 
@@ -171,7 +160,7 @@ def _interval_lengths(segment: gs.Tensor, known) -> gs.Tensor:
             stack.extend(t for inner in body.nodes for t in inner.inputs if isinstance(t, gs.Variable))
     names = sorted({t.name for t in found} - {t.name for t in known})
     if len(names) != 1:
-        raise _NoMatch(f"cannot tell interval_lengths among {names or 'no'} integer inputs of the segment ids")
+        raise NoMatch(f"cannot tell interval_lengths among {names or 'no'} integer inputs of the segment ids")
     return next(t for t in found if t.name == names[0])
 
 

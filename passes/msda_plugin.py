@@ -27,13 +27,10 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from surgeon.pass_api import Param, Pass, PassResult, register_pass
-from surgeon.plugins.specs import PLUGIN_DOMAIN, make_plugin_node
+from surgeon.pass_api import Pass, PassResult, register_pass
+from surgeon.plugins.matching import DOMAIN_PARAM, NoMatch, expect_producer
+from surgeon.plugins.specs import make_plugin_node
 from surgeon.rewrite import Rewrite, aten_operator, attr_text, const_value, is_op, producer
-
-
-class _NoMatch(Exception):
-    """The walk from a grid sampler left the pattern; the message says where."""
 
 
 @register_pass("msda-plugin")
@@ -41,8 +38,7 @@ class MsdaPlugin(Pass):
     """Fuse mmcv's grid_sample fallback of multi-scale deformable attention into MultiScaleDeformableAttn."""
 
     params = {
-        "domain": Param(str, PLUGIN_DOMAIN, choices=(PLUGIN_DOMAIN, ""),
-                        help="domain of the plugin node: 'surgeon', or '' as BEVFormer_tensorrt graphs have it"),
+        "domain": DOMAIN_PARAM,
     }
 
     def run(self, graph, ctx):
@@ -56,7 +52,7 @@ class MsdaPlugin(Pass):
         for stack in stacks.values():
             try:
                 site = _match(stack)
-            except _NoMatch as exc:
+            except NoMatch as exc:
                 result.note(f"{stack.name}: not a deformable-attention block ({exc})")
                 continue
             rewrite = Rewrite(graph, ctx, site.output_node)
@@ -96,13 +92,6 @@ def _stack_of(sampler: gs.Node) -> gs.Node | None:
     return _only_consumer(unsqueeze.outputs[0], "Concat") if unsqueeze is not None else None
 
 
-def _from(tensor: gs.Tensor, op_type: str, what: str) -> gs.Node:
-    node = producer(tensor)
-    if node is None or not is_op(node, op_type):
-        raise _NoMatch(f"expected {what} from a {op_type}, found {node.op if node is not None else 'a graph input'}")
-    return node
-
-
 def _perm(node: gs.Node) -> list[int]:
     return list(node.attrs.get("perm", []))
 
@@ -122,27 +111,27 @@ class _Site:
 def _match(stack: gs.Node) -> _Site:
     samplers = []
     for tensor in stack.inputs:
-        sampler = producer(_from(tensor, "Unsqueeze", "each stacked level").inputs[0])
+        sampler = producer(expect_producer(tensor, "Unsqueeze", "each stacked level").inputs[0])
         if sampler is None or not _is_mmcv_grid_sampler(sampler):
-            raise _NoMatch("a stacked tensor is not a bilinear zero-padding grid sample")
+            raise NoMatch("a stacked tensor is not a bilinear zero-padding grid sample")
         samplers.append(sampler)
     value, level_shapes = _value_and_shapes(samplers)
     locations = _locations(samplers)
     flatten = _only_consumer(stack.outputs[0], "Reshape")
     mul = _only_consumer(flatten.outputs[0], "Mul") if flatten is not None else None
     if mul is None:
-        raise _NoMatch("the stacked samples are not flattened and multiplied by the attention weights")
+        raise NoMatch("the stacked samples are not flattened and multiplied by the attention weights")
     weights = _weights(mul.inputs[1] if mul.inputs[0] is flatten.outputs[0] else mul.inputs[0])
     reduce = _only_consumer(mul.outputs[0], "ReduceSum")
     axes = reduce.attrs.get("axes") if reduce is not None else None
     if reduce is not None and axes is None and len(reduce.inputs) > 1:
         axes = _ints(reduce.inputs[1])
     if reduce is None or list(axes or []) not in ([-1], [3]) or reduce.attrs.get("keepdims", 1):
-        raise _NoMatch("the weighted samples are not summed over the last axis")
+        raise NoMatch("the weighted samples are not summed over the last axis")
     view = _only_consumer(reduce.outputs[0], "Reshape")
     transpose = _only_consumer(view.outputs[0], "Transpose") if view is not None else None
     if transpose is None or sorted(_perm(transpose)) != [0, 1, 2]:
-        raise _NoMatch("the sum is not viewed as [B, C, Q] and transposed")
+        raise NoMatch("the sum is not viewed as [B, C, Q] and transposed")
     return _Site(value, locations, weights, level_shapes, transpose)
 
 
@@ -150,13 +139,13 @@ def _value_and_shapes(samplers: list[gs.Node]) -> tuple[gs.Tensor, list[tuple[in
     """value [B, S, heads, dims] before the per-level Split, and each level's (h, w)."""
     sources, shapes = [], []
     for level, sampler in enumerate(samplers):
-        to_image = _from(sampler.inputs[0], "Reshape", "the sampled value")
+        to_image = expect_producer(sampler.inputs[0], "Reshape", "the sampled value")
         shape = _ints(to_image.inputs[1]) or list(getattr(sampler.inputs[0], "shape", None) or [])
         if len(shape) != 4 or not all(isinstance(v, int) and v > 0 for v in shape[2:]):
-            raise _NoMatch(f"level {level}: the value's [B*heads, dims, h, w] shape is not known")
+            raise NoMatch(f"level {level}: the value's [B*heads, dims, h, w] shape is not known")
         shapes.append((shape[2], shape[3]))
-        transpose = _from(to_image.inputs[0], "Transpose", "the value image")
-        flatten = _from(transpose.inputs[0], "Reshape", "the value image")
+        transpose = expect_producer(to_image.inputs[0], "Transpose", "the value image")
+        flatten = expect_producer(transpose.inputs[0], "Reshape", "the value image")
         sources.append(flatten.inputs[0])
     split = producer(sources[0])
     if len(samplers) == 1 and (split is None or not is_op(split, "Split")):
@@ -164,12 +153,12 @@ def _value_and_shapes(samplers: list[gs.Node]) -> tuple[gs.Tensor, list[tuple[in
     if split is None or not is_op(split, "Split") or [producer(s) for s in sources] != [split] * len(sources) \
             or [split.outputs.index(s) for s in sources] != list(range(len(sources))) \
             or len(split.outputs) != len(sources):
-        raise _NoMatch("the levels' values are not the outputs of one Split, in level order")
+        raise NoMatch("the levels' values are not the outputs of one Split, in level order")
     sizes = split.attrs.get("split") or (_ints(split.inputs[1]) if len(split.inputs) > 1 else None)
     if sizes is not None and list(sizes) != [h * w for h, w in shapes]:
-        raise _NoMatch(f"Split sizes {list(sizes)} do not match the levels' h*w {[h * w for h, w in shapes]}")
+        raise NoMatch(f"Split sizes {list(sizes)} do not match the levels' h*w {[h * w for h, w in shapes]}")
     if split.attrs.get("axis", 0) != 1:
-        raise _NoMatch("value is not split along the key axis")
+        raise NoMatch("value is not split along the key axis")
     return split.inputs[0], shapes
 
 
@@ -177,27 +166,27 @@ def _locations(samplers: list[gs.Node]) -> gs.Tensor:
     """sampling_locations, from each level's grid: Reshape(Transpose(Gather(2 * loc - 1, level, axis=3)))."""
     grids = set()
     for level, sampler in enumerate(samplers):
-        flatten = _from(sampler.inputs[1], "Reshape", "the sampling grid")
-        transpose = _from(flatten.inputs[0], "Transpose", "the sampling grid")
-        gather = _from(transpose.inputs[0], "Gather", "the level's grid")
+        flatten = expect_producer(sampler.inputs[1], "Reshape", "the sampling grid")
+        transpose = expect_producer(flatten.inputs[0], "Transpose", "the sampling grid")
+        gather = expect_producer(transpose.inputs[0], "Gather", "the level's grid")
         if _perm(transpose) != [0, 2, 1, 3, 4] or gather.attrs.get("axis", 0) != 3 or _ints(gather.inputs[1]) != [level]:
-            raise _NoMatch(f"level {level}: the grid is not sampling_grids[:, :, :, {level}].transpose(1, 2)")
+            raise NoMatch(f"level {level}: the grid is not sampling_grids[:, :, :, {level}].transpose(1, 2)")
         grids.add(id(gather.inputs[0]))
         grid = gather.inputs[0]
     if len(grids) != 1:
-        raise _NoMatch("the levels sample different grids")
-    sub = _from(grid, "Sub", "2 * loc - 1")
-    mul = _from(sub.inputs[0], "Mul", "2 * loc")
+        raise NoMatch("the levels sample different grids")
+    sub = expect_producer(grid, "Sub", "2 * loc - 1")
+    mul = expect_producer(sub.inputs[0], "Mul", "2 * loc")
     constant = [i for i, t in enumerate(mul.inputs) if _ints(t) is not None]
     if _ints(sub.inputs[1]) != [1] or len(constant) != 1 or const_value(mul.inputs[constant[0]]).reshape(-1).tolist() != [2]:
-        raise _NoMatch("the grid is not 2 * sampling_locations - 1")
+        raise NoMatch("the grid is not 2 * sampling_locations - 1")
     return mul.inputs[1 - constant[0]]
 
 
 def _weights(tensor: gs.Tensor) -> gs.Tensor:
     """attention_weights [B, Q, heads, L, P], from its transpose(1, 2).reshape(B*heads, 1, Q, L*P)."""
-    reshape = _from(tensor, "Reshape", "the attention weights")
-    transpose = _from(reshape.inputs[0], "Transpose", "the attention weights")
+    reshape = expect_producer(tensor, "Reshape", "the attention weights")
+    transpose = expect_producer(reshape.inputs[0], "Transpose", "the attention weights")
     if _perm(transpose) != [0, 2, 1, 3, 4]:
-        raise _NoMatch("the attention weights are not transposed (1, 2)")
+        raise NoMatch("the attention weights are not transposed (1, 2)")
     return transpose.inputs[0]
