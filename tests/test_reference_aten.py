@@ -174,3 +174,9 @@ def test_hand_built_aten_graph_with_custom_and_plugin_nodes():
     np.testing.assert_allclose(outputs["y"], 3 * sampled.numpy(), rtol=1e-5, atol=1e-5)
     # The standard Transpose/Mul run in one ORT session ahead of the three special nodes.
     assert [s.special for s in segments] == [False, True, True, True, False]
+
+
+def test_unflatten():
+    x = np.arange(24, dtype=np.float32).reshape(2, 12)
+    out = aten("unflatten")(x, np.array(-1, np.int64), np.array([3, -1], np.int64))
+    np.testing.assert_array_equal(out, torch.from_numpy(x).unflatten(-1, (3, -1)).numpy())

@@ -210,3 +210,22 @@ def test_dynamic_input_needs_a_shape(tmp_path, capsys):
     assert main(["compare", str(path), str(path)]) == 2
     assert "--input-shape x:" in capsys.readouterr().err
     assert main(["compare", str(path), str(path), "--input-shape", "x:2x3", "--input-range", "x:-1,1"]) == 0
+
+
+def _with_broken_add(live: bool) -> onnx.ModelProto:
+    """The chain plus an Add whose inputs are empty names (as a faulty export writes them)."""
+    model = chain_model(sampler=True)
+    model.graph.node.append(helper.make_node("Add", ["", ""], ["broken"], name="broken_add"))
+    if live:
+        model.graph.output.append(helper.make_empty_tensor_value_info("broken"))
+    return model
+
+
+def test_reference_runner_skips_dead_nodes_and_names_unrunnable_live_ones():
+    feed = make_feeds(chain_model(sampler=True), seed=5)[0]
+    with ReferenceRunner(_with_broken_add(live=False)) as runner:
+        assert set(runner.infer(feed)) == {"y"}
+    with pytest.raises(SurgeonError, match=r"cannot run the 4 standard node\(s\) from 'scale' to "
+                                          r"'broken_add'.*Error Node \(broken_add\)"):
+        with ReferenceRunner(_with_broken_add(live=True)) as runner:
+            runner.infer(feed)
