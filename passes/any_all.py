@@ -71,7 +71,7 @@ def _rewrite(graph, ctx, node, kind, x, axes, keepdims):
         rank = len(x.shape) if getattr(x, "shape", None) is not None else None
         if axes is not None and rank is not None:
             # ONNX Runtime 1.31 returns an empty input unreduced when an axis is negative.
-            axes = [axis % rank for axis in axes]
+            axes = [axis + rank if axis < 0 else axis for axis in axes]
         attrs, inputs = {"keepdims": int(keepdims)}, [values]
         if axes is not None and ctx.opset >= AXES_INPUT_OPSET:
             inputs.append(rw.const(np.asarray(axes, np.int64), "axes"))
