@@ -54,7 +54,7 @@ class ValidationResult:
         for group, label in ((self.outputs, "original"), (self.expected, "expected")):
             for o in group:
                 if not o.passed:
-                    figures = o.note or f"max abs {_g(o.max_abs)}, max rel {_g(o.max_rel)}, cosine {_g(o.cosine)}"
+                    figures = o.note or f"max abs {_g(o.max_abs)}, max rel {_g(o.max_rel)}, cosine {o.cosine:.6f}"
                     lines.append(f"  {o.name} differs from {label}: {figures}")
         if self.divergence:
             d = self.divergence
