@@ -1,0 +1,289 @@
+"""Replace the dynamic chunk/split chains torch exports by one static Split (or constant Slices).
+
+Before (tensor.chunk(3, dim=1) with a dynamic batch, torch's exporter at opset 11 and 13):
+    Shape(x) ─► Gather(1) ─► Add(2) ─► Div(3) ─► Mul(1|2|3) ─┬─► Slice(x, 0, e1, 1) ─► a
+                                                             ├─► Slice(x, e1, e2, 1) ─► b
+                                                             └─► Slice(x, e2, e3, 1) ─► c
+Before (chunk along dim=-1): Shape ─► … ─► Concat(sizes) ─► SplitToSequence(x) ─► SequenceAt(0|1|2)
+Before (opset 18): Split(x, axis=1, num_outputs=3)
+After:  x ─► Split(axis=1, split=[3, 3, 1]) ─► a, b, c    (split: an attribute before opset 13, an input after)
+
+The integer chain is evaluated at rewrite time from the static dims that shape inference knows (a dynamic
+batch dim does not matter when the split axis is static). Slices on one tensor and axis, with step 1,
+that tile the axis exactly become one Split; other folded Slices keep their place with constant
+starts/ends (`mode: slice` always does that). SplitToSequence read only through SequenceAt at constant
+positions becomes a Split (sequences run neither on TensorRT nor on opset-11 NPUs); trailing empty
+chunks nobody reads are dropped. A chain whose split axis size is unknown stays as it is, with a note.
+
+torch.chunk(n) gives ceil(d / n) per chunk, the last one smaller, and fewer than n chunks when
+ceil(d / n) * (n - 1) >= d. Split-18's `num_outputs` uses the same ceil(d / n) sizes but always n
+outputs; when the last would be empty or negative (d = 6, n = 4) ONNX Runtime rejects the node, and
+so the pass leaves it with a note. Otherwise num_outputs becomes explicit sizes when the target's
+opset is below 18.
+"""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from surgeon.pass_api import Param, Pass, PassResult, register_pass
+from surgeon.rewrite import Rewrite, const_value, find_nodes, is_op, producer
+
+SPLIT_AS_INPUT_SINCE = 13  # Split-13 takes the sizes as an input
+NUM_OUTPUTS_SINCE = 18
+
+
+def static_dim(tensor, axis: int) -> int | None:
+    shape = tensor.shape
+    if shape is None or not -len(shape) <= axis < len(shape):
+        return None
+    dim = shape[axis]
+    return int(dim) if isinstance(dim, (int, np.integer)) and dim >= 0 else None
+
+
+class IntegerFolder:
+    """Evaluates small integer subgraphs (shape arithmetic) from constants and static dims."""
+
+    def __init__(self):
+        self.memo: dict[int, np.ndarray | None] = {}
+
+    def __call__(self, tensor) -> np.ndarray | None:
+        key = id(tensor)
+        if key not in self.memo:
+            self.memo[key] = None  # guards against cycles in a malformed graph
+            self.memo[key] = self.evaluate(tensor)
+        return self.memo[key]
+
+    def evaluate(self, tensor) -> np.ndarray | None:
+        value = const_value(tensor)
+        if value is not None:
+            return np.asarray(value)
+        node = producer(tensor)
+        if node is None or (node.domain or "") not in ("", "ai.onnx"):
+            return None
+        if node.op == "Shape":
+            return self.shape(node)
+        if node.op == "Gather" and producer(node.inputs[0]) is not None and producer(node.inputs[0]).op == "Shape":
+            return self.gathered_dims(node)
+        args = [self(t) if t.name else None for t in node.inputs]
+        if any(a is None for a, t in zip(args, node.inputs) if t.name):
+            return None
+        return self.apply(node, args)
+
+    def shape(self, node) -> np.ndarray | None:
+        dims = [static_dim(node.inputs[0], i) for i in range(len(node.inputs[0].shape or []))]
+        if node.inputs[0].shape is None or None in dims:
+            return None
+        return np.array(dims, np.int64)[node.attrs.get("start", 0):node.attrs.get("end", len(dims))]
+
+    def gathered_dims(self, node) -> np.ndarray | None:
+        shape_node = producer(node.inputs[0])
+        indices = self(node.inputs[1])
+        source = shape_node.inputs[0]
+        if indices is None or source.shape is None or shape_node.attrs.get("start", 0) or "end" in shape_node.attrs:
+            return None
+        dims = [static_dim(source, int(i)) for i in indices.ravel()]
+        return None if None in dims else np.array(dims, np.int64).reshape(indices.shape)
+
+    @staticmethod
+    def apply(node, args) -> np.ndarray | None:
+        a = args
+        op, attrs = node.op, node.attrs
+        if op in ("Add", "Sub", "Mul", "Max", "Min", "Equal"):
+            fn = {"Add": np.add, "Sub": np.subtract, "Mul": np.multiply, "Max": np.maximum, "Min": np.minimum,
+                  "Equal": np.equal}[op]
+            return fn(a[0], a[1])
+        if op == "Div":
+            if a[0].dtype.kind in "iu":  # ONNX integer division truncates toward zero
+                return (np.sign(a[0]) * np.sign(a[1]) * (np.abs(a[0]) // np.abs(a[1]))).astype(a[0].dtype)
+            return a[0] / a[1]
+        if op in ("Identity", "Neg"):
+            return a[0] if op == "Identity" else -a[0]
+        if op == "Cast":
+            return a[0].astype(onnx.helper.tensor_dtype_to_np_dtype(attrs["to"]))
+        if op == "Concat":
+            return np.concatenate([np.atleast_1d(x) for x in a], axis=attrs.get("axis", 0))
+        if op == "Unsqueeze":
+            axes = attrs["axes"] if "axes" in attrs else a[1].tolist()
+            return np.expand_dims(a[0], tuple(axes))
+        if op == "Squeeze":
+            axes = attrs.get("axes") or (a[1].tolist() if len(a) > 1 and a[1] is not None else None)
+            return np.squeeze(a[0], tuple(axes) if axes is not None else None)
+        if op == "ConstantOfShape":
+            fill = attrs.get("value")
+            fill = fill.values if isinstance(fill, gs.Constant) else np.zeros(1, np.float32)
+            return np.full(a[0].astype(np.int64), fill.ravel()[0], dtype=fill.dtype)
+        if op == "Expand":
+            return np.broadcast_to(a[0], np.broadcast_shapes(a[0].shape, tuple(a[1].astype(np.int64))))
+        if op == "Where":
+            return np.where(a[0], a[1], a[2])
+        if op == "Reshape" and not (a[1] == 0).any():
+            return a[0].reshape(a[1].astype(np.int64))
+        return None
+
+
+def negative_sizes_note(node, sizes) -> str:
+    # torch's exporter writes such chains for chunk(n) of an axis smaller than n - 1 (e.g. 3 chunks of 1).
+    return (f"{node.name}: left alone, its chain gives split sizes {sizes} for this input shape, which ONNX "
+            "Runtime rejects in the original graph too")
+
+
+def clamp(index: int, dim: int) -> int:
+    """ONNX Slice's start/end normalisation for step 1: negative counts from the end, then clamp."""
+    index = index + dim if index < 0 else index
+    return min(max(index, 0), dim)
+
+
+@register_pass("chunk")
+class Chunk(Pass):
+    """Fold dynamic chunk/split chains (Slice, SplitToSequence, Split-18 num_outputs) into static Splits."""
+
+    params = {
+        "mode": Param(str, "split", choices=("split", "slice"),
+                      help="split: one Split where slices tile the axis (else constant Slices); slice: constant Slices"),
+    }
+    needs = ("shapes",)
+
+    def run(self, graph, ctx):
+        result = PassResult()
+        fold = IntegerFolder()
+        self.slices(graph, ctx, fold, result)
+        for node in find_nodes(graph, lambda n: is_op(n, "SplitToSequence")):
+            self.split_to_sequence(graph, ctx, node, fold, result)
+        for node in find_nodes(graph, lambda n: is_op(n, "Split")):
+            self.split(graph, ctx, node, fold, result)
+        return result
+
+    # ------------------------------------------------------------------ Slice chains
+
+    def slices(self, graph, ctx, fold, result):
+        groups: dict[tuple[int, int], list] = {}
+        for node in find_nodes(graph, lambda n: is_op(n, "Slice") and len(n.inputs) >= 3):
+            if all(const_value(t) is not None for t in node.inputs[1:] if t.name):
+                continue  # already static: not a chain
+            bounds = self.folded_bounds(node, fold)
+            if bounds is None:
+                result.note(f"{node.name}: left alone, its bounds depend on sizes unknown at rewrite time")
+                continue
+            starts, ends, axes, steps = bounds
+            data = node.inputs[0]
+            dim = static_dim(data, int(axes[0])) if len(axes) == 1 else None
+            if self.mode == "split" and dim is not None and steps[0] == 1:
+                axis = int(axes[0]) % len(data.shape)
+                interval = (clamp(int(starts[0]), dim), clamp(int(ends[0]), dim))
+                groups.setdefault((id(data), axis), []).append((interval, node))
+            else:
+                self.constant_slice(graph, ctx, node, bounds, result)
+        for (_, axis), members in groups.items():
+            members.sort(key=lambda m: m[0])
+            intervals = [interval for interval, _ in members]
+            dim = static_dim(members[0][1].inputs[0], axis)
+            tiles = (intervals[0][0] == 0 and intervals[-1][1] == dim and all(a < b for a, b in intervals)
+                     and all(prev[1] == nxt[0] for prev, nxt in zip(intervals, intervals[1:])))
+            if tiles:
+                nodes = [node for _, node in members]
+                sizes = [b - a for a, b in intervals]
+                self.emit_split(graph, ctx, nodes, [n.outputs[0] for n in nodes], axis, sizes, result)
+                continue
+            for _, node in members:
+                self.constant_slice(graph, ctx, node, self.folded_bounds(node, fold), result)
+
+    @staticmethod
+    def folded_bounds(node, fold):
+        """(starts, ends, axes, steps) of a Slice as arrays (defaults filled in), or None if one is unknown."""
+        params = list(node.inputs[1:]) + [None] * (5 - len(node.inputs))
+        values = [fold(t) if t is not None and t.name else None for t in params]
+        if values[0] is None or values[1] is None or any(
+                v is None for v, t in zip(values, params) if t is not None and t.name):
+            return None
+        starts, ends, axes, steps = (np.asarray(v, np.int64).reshape(-1) if v is not None else None for v in values)
+        axes = axes if axes is not None else np.arange(len(starts), dtype=np.int64)
+        steps = steps if steps is not None else np.ones(len(starts), np.int64)
+        return starts, ends, axes, steps
+
+    def constant_slice(self, graph, ctx, node, values, result):
+        rw = Rewrite(graph, ctx, node)
+        names = ("starts", "ends", "axes", "steps")
+        inputs = [node.inputs[0]] + [rw.const(v, name) for v, name in zip(values, names)]
+        rw.finish("Slice", inputs)
+        result.rewrote(node)
+
+    # ------------------------------------------------------------------ SplitToSequence
+
+    def split_to_sequence(self, graph, ctx, node, fold, result):
+        x, sequence = node.inputs[0], node.outputs[0]
+        sizes = fold(node.inputs[1]) if len(node.inputs) > 1 and node.inputs[1].name else None
+        readers = list(sequence.outputs)
+        positions = [fold(r.inputs[1]) if r.op == "SequenceAt" else None for r in readers]
+        if sizes is None or sizes.ndim != 1 or any(p is None for p in positions) or sequence in graph.outputs:
+            result.note(f"{node.name}: left alone, its split sizes or the positions read are unknown at rewrite time")
+            return
+        axis = node.attrs.get("axis", 0)  # Split takes negative axes like SplitToSequence
+        sizes = [int(s) for s in sizes]
+        if min(sizes) < 0:
+            result.note(negative_sizes_note(node, sizes))
+            return
+        read = {int(p) % len(sizes): r.outputs[0] for p, r in zip(positions, readers)}
+        while sizes and sizes[-1] == 0 and len(sizes) - 1 not in read:
+            sizes.pop()
+        rw_names = Rewrite(graph, ctx, node)
+        outputs = [read.get(i) or gs.Variable(rw_names.name(f"chunk_{i}"), dtype=x.dtype) for i in range(len(sizes))]
+        for reader in readers:
+            reader.outputs.clear()
+            reader.inputs.clear()
+        sequence.inputs.clear()
+        self.emit_split(graph, ctx, [node], outputs, axis, sizes, result)
+        reader_ids = {id(r) for r in readers}
+        graph.nodes = [n for n in graph.nodes if id(n) not in reader_ids]
+
+    # ------------------------------------------------------------------ Split
+
+    def split(self, graph, ctx, node, fold, result):
+        x = node.inputs[0]
+        axis = node.attrs.get("axis", 0)
+        dim = static_dim(x, axis)
+        has_sizes = len(node.inputs) > 1 and node.inputs[1].name
+        if has_sizes and const_value(node.inputs[1]) is None:
+            sizes = fold(node.inputs[1])
+            if sizes is None:
+                result.note(f"{node.name}: left alone, its split sizes are unknown at rewrite time")
+                return
+            if sizes.min() < 0:
+                result.note(negative_sizes_note(node, sizes.tolist()))
+                return
+        elif "num_outputs" in node.attrs and ctx.target.opset < NUM_OUTPUTS_SINCE:
+            count = node.attrs["num_outputs"]
+            if dim is None:
+                result.note(f"{node.name}: left alone, num_outputs needs the size of axis {axis}, unknown here")
+                return
+            chunk = -(-dim // count)
+            sizes = [chunk] * (count - 1) + [dim - chunk * (count - 1)]
+            if sizes[-1] <= 0:
+                result.note(f"{node.name}: left alone, axis size {dim} gives no valid {count}-way split "
+                            f"(ceil({dim}/{count}) = {chunk}; ONNX Runtime rejects it, torch.chunk would give fewer)")
+                return
+        else:
+            return
+        self.emit_split(graph, ctx, [node], list(node.outputs), axis, [int(s) for s in sizes], result)
+
+    # ------------------------------------------------------------------ emitting
+
+    @staticmethod
+    def emit_split(graph, ctx, nodes, outputs, axis, sizes, result):
+        """Replace `nodes` by one Split of their data input into `outputs`, at the first node's place."""
+        first = nodes[0]
+        x = first.inputs[0]
+        for node in nodes:
+            node.outputs.clear()
+        for node in nodes[1:]:
+            node.inputs.clear()
+        replaced = {id(node) for node in nodes[1:]}
+        graph.nodes = [n for n in graph.nodes if id(n) not in replaced]
+        first.outputs.extend(outputs)
+        rw = Rewrite(graph, ctx, first)
+        if ctx.opset >= SPLIT_AS_INPUT_SINCE:
+            rw.finish("Split", [x, rw.const(np.array(sizes, np.int64), "split")], {"axis": axis})
+        else:
+            rw.finish("Split", [x], {"axis": axis, "split": sizes})
+        result.rewritten.extend(node.name for node in nodes)

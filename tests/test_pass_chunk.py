@@ -1,0 +1,127 @@
+"""chunk: torch's dynamic chunk chains (Slice and SplitToSequence forms) and Split-18 num_outputs become
+static Splits whose outputs equal torch.chunk exactly; unknown split-axis sizes are left with a note."""
+from __future__ import annotations
+
+import io
+import warnings
+
+import numpy as np
+import onnx
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from onnx import helper
+
+from surgeon.testing import apply_pass, make_model, op_types, run_ort
+
+torch = pytest.importorskip("torch")
+
+
+class Chunks(torch.nn.Module):
+    def __init__(self, count, dim):
+        super().__init__()
+        self.count, self.dim = count, dim
+
+    def forward(self, x):
+        return x.chunk(self.count, dim=self.dim)
+
+
+def export_chunks(count, dim, shape, opset, dynamic):
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(Chunks(count, dim), (torch.zeros(shape),), buffer, dynamo=False, opset_version=opset,
+                          operator_export_type=torch.onnx.OperatorExportTypes.ONNX_ATEN_FALLBACK,
+                          input_names=["x"], dynamic_axes={"x": dynamic})
+    return onnx.load_from_string(buffer.getvalue())
+
+
+def assert_chunks_match_torch(model, x, count, dim):
+    got = run_ort(model, {"x": x})
+    want = [c.numpy() for c in torch.from_numpy(x).chunk(count, dim=dim)]
+    assert [g.shape for g in got] == [w.shape for w in want]
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(g, w)
+
+
+@settings(max_examples=20, deadline=None)
+@given(count=st.integers(1, 6), size=st.integers(1, 13), dim=st.sampled_from([1, -1, 2]),
+       opset=st.sampled_from([11, 13]))
+def test_exported_chunk_chains_become_one_static_split(count, size, dim, opset):
+    shape = (2, 3, size) if dim != 1 else (2, size, 3)
+    model = export_chunks(count, dim, shape, opset, dynamic=[0])  # dynamic batch, static split axis
+    out, step = apply_pass(model, "chunk", target="opset-11" if opset == 11 else "tensorrt-8.6")
+    x = np.random.default_rng(size).standard_normal((4,) + shape[1:]).astype(np.float32)
+    if step.notes:  # torch's SplitToSequence chain for an axis shorter than count - 1: broken as exported
+        assert "rejects in the original graph too" in step.notes[0]
+        with pytest.raises(Exception, match="Invalid value in 'split'"):
+            run_ort(model, {"x": x})
+        return
+    ops = op_types(out)
+    if len(torch.zeros(shape).chunk(count, dim=dim)) > 1:
+        assert step.rewritten and ops.count("Split") == 1
+    assert not {"Slice", "Shape", "SplitToSequence", "SequenceAt"} & set(ops)
+    onnx.checker.check_model(out, full_check=True)
+    assert_chunks_match_torch(out, x, count, dim)
+
+
+@pytest.mark.parametrize("opset", [11, 13])
+def test_slice_mode_keeps_slices_with_constant_bounds(opset):
+    model = export_chunks(3, 1, (2, 7), opset, dynamic=[0])
+    out, step = apply_pass(model, "chunk", mode="slice")
+    assert len(step.rewritten) == 3 and op_types(out).count("Slice") == 3 and "Shape" not in op_types(out)
+    assert_chunks_match_torch(out, np.arange(35, dtype=np.float32).reshape(5, 7), 3, 1)
+
+
+def test_unknown_split_axis_size_is_left_alone_with_a_note():
+    model = export_chunks(3, 1, (2, 7), 13, dynamic=[0, 1])
+    out, step = apply_pass(model, "chunk")
+    assert step.rewritten == [] and step.notes and "unknown" in step.notes[0]
+    assert op_types(out).count("Slice") == 3
+
+
+def split18(size, count):
+    node = helper.make_node("Split", ["x"], [f"y{i}" for i in range(count)], name="split18", axis=1,
+                            num_outputs=count)
+    return make_model([node], [("x", np.float32, ["batch", size])],
+                      [(f"y{i}", np.float32, None) for i in range(count)], opset=18)
+
+
+@pytest.mark.parametrize("size, count", [(7, 3), (10, 4), (8, 3), (6, 2), (5, 1)])
+def test_num_outputs_becomes_explicit_sizes_with_torch_chunk_semantics(size, count):
+    out, step = apply_pass(split18(size, count), "chunk", target="tensorrt-8.6")
+    assert step.rewritten == ["split18"]
+    split = next(n for n in out.graph.node if n.op_type == "Split")
+    assert "num_outputs" not in [a.name for a in split.attribute]
+    onnx.checker.check_model(out, full_check=True)
+    assert_chunks_match_torch(out, np.random.default_rng(0).standard_normal((2, size)).astype(np.float32), count, 1)
+
+
+def test_num_outputs_without_a_valid_split_is_left_with_a_note():
+    _, step = apply_pass(split18(6, 4), "chunk", target="tensorrt-8.6")
+    assert step.rewritten == [] and "ceil(6/4) = 2" in step.notes[0]
+
+
+def test_num_outputs_is_kept_for_an_opset_18_target(tmp_path):
+    target = tmp_path / "onnxruntime-opset18.yaml"
+    target.write_text("name: onnxruntime-opset18\nextends: onnxruntime\nopset: 18\n")
+    _, step = apply_pass(split18(7, 3), "chunk", target=str(target))
+    assert step.rewritten == []
+
+
+def test_split_with_computed_sizes_is_folded_and_second_run_changes_nothing():
+    nodes = [helper.make_node("Shape", ["x"], ["shape"], name="shape"),
+             helper.make_node("Gather", ["shape", "one"], ["size"], name="gather", axis=0),
+             helper.make_node("Sub", ["size", "two"], ["rest"], name="rest"),
+             helper.make_node("Concat", ["two", "rest"], ["sizes"], name="sizes", axis=0),
+             helper.make_node("Split", ["x", "sizes"], ["a", "b"], name="split", axis=1)]
+    model = make_model(nodes, [("x", np.float32, ["batch", 9])], [("a", np.float32, None), ("b", np.float32, None)],
+                       initializers={"one": np.array(1), "two": np.array([2])}, opset=13)
+    once, step = apply_pass(model, "chunk")
+    assert step.rewritten == ["split"] and "Shape" not in op_types(once)
+    x = np.arange(18, dtype=np.float32).reshape(2, 9)
+    a, b = run_ort(once, {"x": x})
+    np.testing.assert_array_equal(a, x[:, :2])
+    np.testing.assert_array_equal(b, x[:, 2:])
+    twice, again = apply_pass(once, "chunk")
+    assert again.rewritten == [] and op_types(twice) == op_types(once)
