@@ -164,7 +164,9 @@ def run_steps(model: onnx.ModelProto, recipe: Recipe, model_dir=None, progress: 
         progress.step_finished(record, total)
         if after_step is not None:
             after_step(record, graph)
+    # What finish_graph needs besides the graph, kept with it (graphsurgeon graphs take attributes).
     graph.__dict__["_surgeon_provenance"] = ctx.provenance
+    graph.__dict__["_surgeon_state"] = state
     return graph, records
 
 
@@ -191,9 +193,11 @@ class _GraphState:
         self.sorted = False
         self.clean = False
         self.shapes = False
+        self.touched = False  # some step changed the graph: the output must be tidied
 
     def changed(self) -> None:
         self.sorted = self.clean = self.shapes = False
+        self.touched = True
 
 
 def _run_step(graph: gs.Graph, step: Step, index: int, ctx: Context, state: _GraphState):
@@ -257,7 +261,8 @@ def infer_graph_shapes(graph: gs.Graph) -> gs.Graph:
     except Exception:  # shape inference is best effort: custom ops and partial graphs may defeat it
         return graph
     inferred = gs.import_onnx(model)
-    inferred.__dict__["_surgeon_provenance"] = graph.__dict__.get("_surgeon_provenance")
+    for key in ("_surgeon_provenance", "_surgeon_state"):
+        inferred.__dict__[key] = graph.__dict__.get(key)
     return inferred
 
 
@@ -265,8 +270,12 @@ def finish_graph(graph: gs.Graph, original: onnx.ModelProto, recipe: Recipe,
                  records: list[StepRecord]) -> onnx.ModelProto:
     """Tidy once, export once, infer shapes, and write provenance into `metadata_props`."""
     provenance = graph.__dict__.get("_surgeon_provenance") or {}
-    graph.cleanup()
-    _toposort(graph)
+    state = graph.__dict__.get("_surgeon_state")
+    if state is None or state.touched:
+        if not state or not state.clean:
+            graph.cleanup()
+        if not state or not state.sorted:
+            _toposort(graph)
     model = gs.export_onnx(graph, do_type_check=False)
     try:
         model = onnx.shape_inference.infer_shapes(model, strict_mode=False)

@@ -170,6 +170,8 @@ def stable_toposort(graph: gs.Graph) -> bool:
     """
     import heapq
 
+    if _is_sorted(graph.nodes):
+        return False
     nodes = list(graph.nodes)
     producer_index = {}
     for i, node in enumerate(nodes):
@@ -180,8 +182,6 @@ def stable_toposort(graph: gs.Graph) -> bool:
         needed = {producer_index[id(t)] for t in _reads(node) if id(t) in producer_index}
         needed.discard(i)
         deps.append(needed)
-    if all(all(d < i for d in needed) for i, needed in enumerate(deps)):
-        return False
     users: list[list[int]] = [[] for _ in nodes]
     waiting = [len(d) for d in deps]
     for i, needed in enumerate(deps):
@@ -201,6 +201,18 @@ def stable_toposort(graph: gs.Graph) -> bool:
         stuck = sorted(nodes[i].name for i, w in enumerate(waiting) if w)
         raise ValueError(f"the graph has a cycle through {', '.join(stuck[:5])}")
     graph.nodes[:] = [nodes[i] for i in order]
+    return True
+
+
+def _is_sorted(nodes) -> bool:
+    """Every input is produced by an earlier node (or by none): one cheap pass over the graph."""
+    seen = set()
+    for node in nodes:
+        for tensor in _reads(node):
+            producers = tensor.inputs
+            if producers and id(producers[0]) not in seen and producers[0] is not node:
+                return False
+        seen.add(id(node))
     return True
 
 

@@ -238,3 +238,10 @@ def test_centerpoint_repair_recipe_fixes_the_real_graph(tmp_path):
 def test_module_entry_point_runs():
     proc = subprocess.run([sys.executable, "-m", "surgeon", "passes"], capture_output=True, text=True, cwd=REPO)
     assert proc.returncode == 0 and "toposort" in proc.stdout
+
+
+def test_noop_recipe_keeps_the_graph_as_it_was(tmp_path, model_file, relu_model):
+    recipe = recipe_file(tmp_path, [], model=model_file)
+    out = tmp_path / "o.onnx"
+    surgeon.run_recipe(recipe, output=out)
+    assert [n.name for n in onnx.load(out).graph.node] == [n.name for n in relu_model.graph.node]
