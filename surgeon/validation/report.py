@@ -15,7 +15,6 @@ import html
 import io
 import json
 import os
-import tempfile
 from pathlib import Path
 
 from surgeon.modelio import write_text_atomic
@@ -52,18 +51,16 @@ def _suffixed(prefix: Path, suffix: str) -> Path:
 
 def _save_polygraphy(path: Path, save) -> Path:
     """Polygraphy writes the file itself; give it a temporary name beside `path`, then rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".json")
-    os.close(fd)
     from polygraphy.logger import G_LOGGER
 
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with G_LOGGER.verbosity(G_LOGGER.ERROR):
-            save(tmp)
+            save(str(tmp))
         os.replace(tmp, path)
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        tmp.unlink(missing_ok=True)
     return path
 
 
