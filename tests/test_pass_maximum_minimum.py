@@ -145,3 +145,11 @@ def test_graph_without_sites_is_unchanged():
                        [("y", np.int64, [3])], opset=14)
     out, step = apply_pass(model, "maximum-minimum")
     assert step.rewritten == [] and op_types(out) == ["Relu"]
+
+
+@pytest.mark.parametrize("target, dtype, form", [("onnxruntime", np.int16, "Where"), ("onnxruntime", np.int32, "Max"),
+                                                 ("tensorrt-8.5", np.int8, "Where"), ("tensorrt-8.5", np.int32, "Max")])
+def test_integer_form_follows_the_target_profile(target, dtype, form):
+    # The profiles: ONNX Runtime 1.31 has no int16 Max kernel; TensorRT 8.5's Max takes int32/int64, not int8.
+    out, _ = apply_pass(aten_model("maximum", dtype, [3], [3], 13), "maximum-minimum", target=target)
+    assert op_types(out)[-1] == form
