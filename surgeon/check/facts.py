@@ -3,26 +3,20 @@ shape-inferred dtypes and the opset in force for each domain."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import cached_property, lru_cache
 from pathlib import Path
 
 import onnx
 from onnx import TensorProto
 
+from surgeon.check.config import Settings
 from surgeon.targets import Target
 
 STANDARD_DOMAINS = ("", "ai.onnx")
 _ONNX_DTYPE_NAMES = {"float": "float32", "double": "float64"}
 
 
-@dataclass(frozen=True)
-class CheckOptions:
-    """The knobs of a check run (from pyproject.toml and the command line)."""
-
-    static_shapes: bool | None = None  # None: as the target profile says
-    max_initializer_mb: float = 512.0
-
-
+@lru_cache(maxsize=None)
 def dtype_name(elem_type: int) -> str:
     """ONNX element type as the profiles spell it: float32, float16, bfloat16, int64, bool, float8e4m3fn."""
     name = TensorProto.DataType.Name(elem_type).lower()
@@ -34,7 +28,7 @@ class ModelFacts:
     path: Path
     model: onnx.ModelProto
     target: Target
-    options: CheckOptions = field(default_factory=CheckOptions)
+    settings: Settings = field(default_factory=Settings)
 
     @property
     def file(self) -> str:
@@ -49,14 +43,19 @@ class ModelFacts:
         return {("" if o.domain == "ai.onnx" else o.domain): o.version for o in self.model.opset_import}
 
     @cached_property
+    def reads(self) -> list[list[str]]:
+        """Per node, the tensor names it reads (with those its subgraphs take from outside)."""
+        return [node_inputs(node) for node in self.nodes]
+
+    @cached_property
     def late_reads(self) -> list[tuple[int, str, int]]:
         """(reader index, tensor name, producer index) for each tensor read before the node producing it."""
         producer = {}
         for index, node in enumerate(self.nodes):
             for name in node.output:
                 producer.setdefault(name, index)
-        return [(index, name, producer[name]) for index, node in enumerate(self.nodes)
-                for name in dict.fromkeys(node_inputs(node)) if producer.get(name, -1) > index]
+        return [(index, name, producer[name]) for index, reads in enumerate(self.reads)
+                for name in dict.fromkeys(reads) if producer.get(name, -1) > index]
 
     @property
     def is_sorted(self) -> bool:
@@ -119,8 +118,8 @@ class ModelFacts:
 
     @property
     def static_shapes_required(self) -> bool:
-        if self.options.static_shapes is not None:
-            return self.options.static_shapes
+        if self.settings.static_shapes is not None:
+            return self.settings.static_shapes
         return self.target.static_shapes
 
 
@@ -139,4 +138,9 @@ def node_inputs(node):
 
 def is_standard_op(node) -> bool:
     """A node of the default domain whose op type ONNX defines."""
-    return node.domain in STANDARD_DOMAINS and onnx.defs.has(node.op_type, "")
+    return node.domain in STANDARD_DOMAINS and _onnx_defines(node.op_type)
+
+
+@lru_cache(maxsize=None)
+def _onnx_defines(op_type: str) -> bool:
+    return onnx.defs.has(op_type, "")

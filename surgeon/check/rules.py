@@ -13,7 +13,7 @@ from pathlib import Path
 
 import onnx
 
-from surgeon.check.facts import STANDARD_DOMAINS, ModelFacts, is_standard_op, node_inputs
+from surgeon.check.facts import STANDARD_DOMAINS, ModelFacts, is_standard_op
 from surgeon.check.findings import Finding, model_rule
 from surgeon.graphinfo import op_label
 from surgeon.reference import find_reference
@@ -244,7 +244,7 @@ def duplicate_tensor_names(facts: ModelFacts):
 
 @model_rule("SG011", "unused-initializer", "warning", "initializer no node reads", fix="cleanup")
 def unused_initializers(facts: ModelFacts):
-    read = {name for node in facts.nodes for name in node_inputs(node)}
+    read = {name for reads in facts.reads for name in reads}
     read.update(v.name for v in facts.model.graph.output)
     for tensor in facts.model.graph.initializer:
         if tensor.name not in read:
@@ -270,9 +270,9 @@ def external_data_escapes(facts: ModelFacts):
 def large_initializers(facts: ModelFacts):
     from surgeon.commands.inspect import _tensor_bytes
 
-    limit = facts.options.max_initializer_mb * 2**20
+    limit = facts.settings.max_initializer_mb * 2**20
     for tensor in facts.model.graph.initializer:
         size = _tensor_bytes(tensor)
         if size > limit:
             yield Finding("SG013", "warning", f"initializer '{tensor.name}' holds {size / 2**20:.1f} MiB, over "
-                          f"the {facts.options.max_initializer_mb:g} MiB limit", facts.file)
+                          f"the {facts.settings.max_initializer_mb:g} MiB limit", facts.file)

@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from surgeon.check.config import Settings
-from surgeon.check.facts import CheckOptions, ModelFacts
+from surgeon.check.facts import ModelFacts
 from surgeon.check.findings import MODEL_RULES, RECIPE_RULES, UNREADABLE_FILE, Finding, all_rules
 from surgeon.errors import ModelError, SurgeonError, suggest
 
@@ -31,8 +31,7 @@ def check_model(path, settings: Settings) -> list[Finding]:
         model = load_model(path, load_external_data=False)
     except ModelError as exc:
         return [_unreadable(path, exc.message)]
-    facts = ModelFacts(Path(path), model, target,
-                       CheckOptions(static_shapes=settings.static_shapes, max_initializer_mb=settings.max_initializer_mb))
+    facts = ModelFacts(Path(path), model, target, settings)
     return [finding for rule_id, rule in MODEL_RULES.items() if settings.wants(rule_id)
             for finding in rule.check(facts)]
 
