@@ -243,10 +243,8 @@ def build_run(recipe, output_model_path, progress=None) -> BuildResult:
     options = build_options(recipe.build)
     engine = Path(options["engine"]) if options["engine"] else default_engine_path(output_model_path)
     reason = tensorrt_missing()
-    if reason:
-        if progress is not None:
-            progress.message(f"TensorRT build skipped: {reason}")
-        return BuildResult(built=False, skipped_reason=reason, engine=None, precision=options["precision"])
+    if reason:  # the run's summary and report say so; the other stages have run
+        return BuildResult(built=False, skipped_reason=reason, precision=options["precision"])
     return build_engine(output_model_path, engine, options, progress)
 
 
