@@ -24,13 +24,12 @@ interval_starts / interval_lengths (one interval per occupied cell) — and it w
 from __future__ import annotations
 
 import numpy as np
-import onnx
 import onnx_graphsurgeon as gs
 
 from surgeon.pass_api import Pass, PassResult, register_pass
-from surgeon.plugins.matching import DOMAIN_PARAM, NoMatch, expect_producer
+from surgeon.plugins.matching import DOMAIN_PARAM, NoMatch, as_dtype, expect_producer
 from surgeon.plugins.specs import make_plugin_node
-from surgeon.rewrite import Rewrite, const_value, dtype_of, is_op, producer
+from surgeon.rewrite import Rewrite, const_value, is_op, producer
 
 CUSTOM_OP_TYPES = ("BEVPoolV2TRT", "bev_pool_v2")
 
@@ -72,7 +71,7 @@ class BevPoolPlugin(Pass):
         if not (len(shape) == 4 and (channels_last or shape[2:] == [bev_h, bev_w])):
             raise NoMatch(f"output shape {shape or 'unknown'} is neither [1, C, H, W] nor [1, H, W, C]")
         rewrite = Rewrite(graph, ctx, node)
-        inputs = node.inputs[:2] + [_int32(rewrite, t) for t in node.inputs[2:]]
+        inputs = node.inputs[:2] + [as_dtype(rewrite, t, np.int32) for t in node.inputs[2:]]
         plugin = make_plugin_node(rewrite, "BEVPool", inputs, {"bev_h": bev_h, "bev_w": bev_w}, domain=self.domain,
                                   last=not channels_last)
         if channels_last:
@@ -93,7 +92,8 @@ class BevPoolPlugin(Pass):
         interval_lengths = _interval_lengths(segment_sum.inputs[1], known=(ranks_depth, ranks_feat, ranks_bev,
                                                                            interval_starts))
         rewrite = Rewrite(graph, ctx, scatter)
-        indices = [_int32(rewrite, t) for t in (ranks_depth, ranks_feat, ranks_bev, interval_starts, interval_lengths)]
+        indices = [as_dtype(rewrite, t, np.int32)
+                   for t in (ranks_depth, ranks_feat, ranks_bev, interval_starts, interval_lengths)]
         plugin = make_plugin_node(rewrite, "BEVPool", [depth, feat, *indices], {"bev_h": bev_h, "bev_w": bev_w},
                                   domain=self.domain, last=False)
         rows = rewrite.op("Reshape", [plugin.outputs[0], rewrite.const(np.array([channels, bev_h * bev_w]), "shape")])
@@ -162,9 +162,3 @@ def _interval_lengths(segment: gs.Tensor, known) -> gs.Tensor:
     if len(names) != 1:
         raise NoMatch(f"cannot tell interval_lengths among {names or 'no'} integer inputs of the segment ids")
     return next(t for t in found if t.name == names[0])
-
-
-def _int32(rewrite: Rewrite, tensor: gs.Tensor) -> gs.Tensor:
-    if dtype_of(tensor) == np.int32:
-        return tensor
-    return rewrite.op("Cast", [tensor], {"to": onnx.TensorProto.INT32}, dtype=np.int32, shape=tensor.shape)

@@ -15,7 +15,9 @@ After::
     MultiScaleDeformableAttn(value, spatial_shapes, level_start_index, loc, weights) ─► out
 
 When the exporter merged the final transpose(1, 2) with a permute that followed it (BEVFormer's
-temporal self-attention), the plugin is followed by the Transpose that remains.
+temporal self-attention), the plugin is followed by the Transpose that remains. mmcv's own op,
+exported as `mmcv::MMCVMultiScaleDeformableAttention` (same five inputs, same semantics), becomes the
+plugin too; its im2col_step attribute only tiles mmcv's CUDA work and is dropped.
 
 The match starts at each grid sampler and walks outwards, so node order does not matter; the level
 sizes (h, w) come from the sampler input's Reshape. Only bilinear, zero-padding,
@@ -28,9 +30,13 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from surgeon.pass_api import Pass, PassResult, register_pass
-from surgeon.plugins.matching import DOMAIN_PARAM, NoMatch, expect_producer
+from surgeon.plugins.matching import DOMAIN_PARAM, NoMatch, as_dtype, expect_producer
 from surgeon.plugins.specs import make_plugin_node
 from surgeon.rewrite import Rewrite, aten_operator, attr_text, const_value, is_op, producer
+
+
+#: mmcv's CUDA op as mmcv exports it (domain mmcv): the plugin's inputs and semantics already.
+MMCV_OP_TYPE = "MMCVMultiScaleDeformableAttention"
 
 
 @register_pass("msda-plugin")
@@ -66,6 +72,12 @@ class MsdaPlugin(Pass):
                 rewrite.finish("Transpose", [node.outputs[0]], {"perm": [[0, 2, 1][i] for i in site.perm]})
             result.rewrote(site.output_node)
             result.note(f"{node.name}: {len(site.level_shapes)} level(s) {site.level_shapes}")
+        for node in [n for n in graph.nodes if n.op == MMCV_OP_TYPE and len(n.inputs) == 5]:
+            rewrite = Rewrite(graph, ctx, node)
+            inputs = [node.inputs[0], as_dtype(rewrite, node.inputs[1], np.int64),
+                      as_dtype(rewrite, node.inputs[2], np.int64), *node.inputs[3:]]
+            make_plugin_node(rewrite, "MultiScaleDeformableAttn", inputs, domain=self.domain)
+            result.rewrote(node)
         return result
 
 

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from surgeon.plugins.specs import PLUGIN_DOMAIN
-from surgeon.testing import apply_pass, run_ort
+from surgeon.testing import apply_pass, make_model, run_ort
 from surgeon.validation.runners import ReferenceRunner
 from surgeon.zoo.layers import multi_scale_deformable_attn_pytorch
 
@@ -117,6 +117,23 @@ def test_a_block_with_a_different_grid_is_reported_not_rewritten():
     _, step = apply_pass(model, "msda-plugin")
     assert step.rewritten == []
     assert any("not a deformable-attention block (expected 2 * loc - 1 from a Sub, found Add)" in n for n in step.notes)
+
+
+def test_mmcv_custom_op_becomes_the_plugin_with_int64_indices():
+    shapes = [(6, 8), (3, 4)]
+    value, locations, weights = (t.numpy() for t in _inputs(shapes, seed=2))
+    node = onnx.helper.make_node("MMCVMultiScaleDeformableAttention", ["value", "shapes", "starts", "loc", "weights"],
+                                 ["out"], name="msda", domain="mmcv", im2col_step=64)
+    model = make_model([node], inputs=[("value", np.float32, value.shape), ("loc", np.float32, locations.shape),
+                                       ("weights", np.float32, weights.shape)],
+                       outputs=[("out", np.float32, [2, 5, 8])],
+                       initializers={"shapes": np.array(shapes, np.int32), "starts": np.array([0, 48], np.int32)})
+    fused, step = apply_pass(model, "msda-plugin")
+    assert step.rewritten == ["msda"]
+    assert [n.op_type for n in fused.graph.node] == ["Cast", "Cast", "MultiScaleDeformableAttn"]
+    expected = _Block(shapes)(*map(torch.from_numpy, (value, locations, weights))).numpy()
+    got = _run_reference(fused, {"value": value, "loc": locations, "weights": weights})
+    np.testing.assert_allclose(got, expected, rtol=0, atol=ATOL)
 
 
 @pytest.mark.slow
