@@ -1,0 +1,100 @@
+"""The shipped target recipes load (every pass they name exists, every parameter is valid), rewrite a
+graph holding ATen atan2 / linspace / __iand_ and an int64 Clip into one that passes onnx.checker and
+runs in ONNX Runtime with torch's results, and serve as parents through `extends`."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import helper
+
+from surgeon.pipeline import run_recipe
+from surgeon.recipe import load_recipe
+from surgeon.registry import discover
+from surgeon.targets import load_target
+from surgeon.testing import make_model, op_types, run_ort
+
+torch = pytest.importorskip("torch")
+
+TARGET_DIR = Path(__file__).resolve().parent.parent / "recipes" / "targets"
+RECIPES = {"opset11": "opset-11", "tensorrt-8.6": "tensorrt-8.6", "tensorrt-10": "tensorrt-10",
+           "onnxruntime": "onnxruntime"}
+
+
+def recipe_path(name):
+    path = TARGET_DIR / f"{name}.yaml"
+    steps = pass_names(path)
+    missing = sorted(set(steps) - set(discover()))
+    if missing:
+        pytest.skip(f"{path.name} names passes not registered yet: {', '.join(missing)}")
+    return path
+
+
+def pass_names(path):
+    import yaml
+
+    return [step["pass"] for step in yaml.safe_load(path.read_text())["steps"]]
+
+
+def aten(operator, inputs, output, name):
+    return helper.make_node("ATen", inputs, [output], name=name, domain="org.pytorch.aten", operator=operator,
+                            overload_name="Tensor" if operator == "__iand_" else "")
+
+
+def mixed_model(opset):
+    """ATen atan2, linspace and __iand_ plus an int64 Clip, as a fallback export at `opset` holds them."""
+    nodes = [aten("atan2", ["y", "x"], "angle", "atan2"),
+             aten("linspace", ["start", "end", "steps"], "grid", "linspace"),
+             helper.make_node("Add", ["angle", "grid"], ["angle_grid"], name="add"),
+             aten("__iand_", ["a", "b"], "mask", "iand"),
+             helper.make_node("Clip", ["index", "lo", "hi"], ["clipped"], name="clip")]
+    return make_model(nodes, [("y", np.float32, [4]), ("x", np.float32, [4]), ("a", np.bool_, [4]),
+                              ("b", np.bool_, [4]), ("index", np.int64, [4])],
+                      [("angle_grid", np.float32, [4]), ("mask", np.bool_, [4]), ("clipped", np.int64, [4])],
+                      initializers={"start": np.float32(-1), "end": np.float32(1), "steps": np.int64(4),
+                                    "lo": np.int64(-2), "hi": np.int64(3)}, opset=opset)
+
+
+FEEDS = {"y": np.array([0, -0.0, 1, -1], np.float32), "x": np.array([-1, -1, 0, 1e-30], np.float32),
+         "a": np.array([1, 1, 0, 0], bool), "b": np.array([1, 0, 1, 0], bool),
+         "index": np.array([-2**40, -1, 7, 2], np.int64)}
+
+
+def torch_results():
+    t = {k: torch.from_numpy(v) for k, v in FEEDS.items()}
+    angle_grid = torch.atan2(t["y"], t["x"]) + torch.linspace(-1, 1, 4)
+    return [angle_grid.numpy(), (t["a"] & t["b"]).numpy(), torch.clamp(t["index"], -2, 3).numpy()]
+
+
+@pytest.mark.parametrize("name, target", sorted(RECIPES.items()))
+@pytest.mark.parametrize("opset", [11, 13])
+def test_target_recipe_makes_the_mixed_graph_run_with_torch_results(name, target, opset, tmp_path):
+    recipe = load_recipe(recipe_path(name))
+    assert recipe.target == target and recipe.steps[-1].pass_name == "cleanup"
+    model_path = tmp_path / "mixed.onnx"
+    onnx.save(mixed_model(opset), model_path)
+    result = run_recipe(recipe, model=model_path, output=tmp_path / "out.onnx")  # runs onnx.checker
+    ops = set(op_types(result.model))
+    assert not ops & {"ATen", "Clip"}
+    assert result.model.opset_import[0].version == opset
+    profile = load_target(target)
+    assert [op for op in sorted(ops) if not profile.supports(op, opset=opset)] == []
+    got = run_ort(result.model, FEEDS)
+    for value, want in zip(got, torch_results()):
+        np.testing.assert_allclose(value, want, rtol=0, atol=1e-6)
+        assert value.dtype == want.dtype
+
+
+@pytest.mark.parametrize("name", sorted(RECIPES))
+def test_a_child_recipe_extends_a_target_recipe(name, tmp_path):
+    parent = recipe_path(name)
+    child = tmp_path / "child.yaml"
+    child.write_text(f"name: child\nextends: {parent}\nappend_steps:\n  - pass: toposort\n"
+                     "set:\n  clip-int.mode: minmax\n  atan2.signed_zeros: false\n")
+    recipe = load_recipe(child)
+    names = [step.pass_name for step in recipe.steps]
+    assert names == pass_names(parent) + ["toposort"]
+    atan2 = next(step for step in recipe.steps if step.pass_name == "atan2")
+    assert atan2.params["signed_zeros"] is False and recipe.target == RECIPES[name]
