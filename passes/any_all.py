@@ -15,8 +15,15 @@ reduces an empty set to -inf (ReduceMax) and +inf (ReduceMin), so an empty any i
 all is True, as in torch, where a Cast of -inf would give True. `dim=()` reduces nothing (as in torch);
 a uint8 input gives a uint8 result (torch's legacy rule). Negative axes are made positive where the rank
 is known: ONNX Runtime 1.31 returns an empty tensor unreduced when it is reduced over a negative axis.
+
+torch 2.13 mis-exports both on non-bool tensors: `all` applies Not to the float/int tensor (an invalid
+graph, which this rewrite repairs), `any` truncates it to int64 (0.5 counts as false, NaN as INT64_MIN,
+-1 and 1 cancel). That any graph is also what `x.long().sum() > 0` exports, so it is rewritten only
+with `float_any: true`.
 """
 from __future__ import annotations
+
+from functools import partial
 
 import numpy as np
 import onnx_graphsurgeon as gs
@@ -38,15 +45,19 @@ class AnyAll(Pass):
     params = {
         "match_exported": Param(bool, True, help="also rewrite the int64 Cast/ReduceSum/Greater(0) cluster "
                                                  "torch 2.13 exports for any/all"),
+        "float_any": Param(bool, False, help="also read Greater(ReduceSum(Cast(float x, int64)), 0) as torch.any "
+                                             "of a float tensor, which torch 2.13 exports so, wrongly; off "
+                                             "because x.long().sum() > 0 exports the same graph"),
     }
     needs = ("shapes",)
 
     def run(self, graph, ctx):
         result = PassResult()
         # `all` clusters first: their inner Greater alone would read as an `any` of Not(x).
-        for finder in (_aten_site, _exported_all_site, _exported_any_site):
-            if finder is not _aten_site and not self.match_exported:
-                continue
+        finders = [_aten_site]
+        if self.match_exported:
+            finders += [_exported_all_site, partial(_exported_any_site, float_inputs=self.float_any)]
+        for finder in finders:
             for node in list(graph.nodes):
                 site = None if _is_dead(graph, node) else finder(node)
                 if site is not None:
@@ -105,9 +116,9 @@ def _aten_argument(node, index, name):
     return node.attrs.get(name)
 
 
-def _exported_any_site(node):
-    """('any', x, axes, keepdims) for Greater(ReduceSum(Cast(x: bool)), 0)."""
-    count = _bool_count(node)
+def _exported_any_site(node, float_inputs: bool):
+    """('any', x, axes, keepdims) for Greater(ReduceSum(Cast(x: bool)), 0), or x float if `float_inputs`."""
+    count = _bool_count(node, float_inputs)
     return None if count is None else ("any",) + count
 
 
@@ -123,8 +134,12 @@ def _exported_all_site(node):
     return ("all", negation.inputs[0]) + count[1:]
 
 
-def _bool_count(greater):
-    """(x, axes, keepdims) when `greater` is Greater(ReduceSum(Cast(x)), 0) with x boolean, else None."""
+def _bool_count(greater, float_inputs: bool = False):
+    """(x, axes, keepdims) when `greater` is Greater(ReduceSum(Cast(x)), 0) counting true values, else None.
+
+    x must be boolean (or made by Not, which torch's `all` applies even to non-bool x, invalidly); with
+    `float_inputs`, x may be a float tensor truncated to int64, torch's export of any(float x).
+    """
     if not is_op(greater, "Greater") or not _is_zero(greater.inputs[1]):
         return None
     reduce_sum = producer(greater.inputs[0])
@@ -134,8 +149,11 @@ def _bool_count(greater):
     if cast is None or not is_op(cast, "Cast"):
         return None
     x = cast.inputs[0]
-    negation = producer(x)
-    if dtype_of(x) != np.bool_ and not (negation is not None and is_op(negation, "Not")):
+    negation, dtype = producer(x), dtype_of(x)
+    counts_truth = dtype == np.bool_ or (negation is not None and is_op(negation, "Not"))
+    truncated_float = (float_inputs and dtype is not None and np.issubdtype(dtype, np.floating)
+                       and cast.attrs.get("to") == TensorProto.INT64)
+    if not (counts_truth or truncated_float):
         return None
     axes = reduce_sum.attrs.get("axes")
     if len(reduce_sum.inputs) > 1 and reduce_sum.inputs[1].name:

@@ -57,8 +57,8 @@ def aten_model(kind, dtype, shape, opset, dim=None, keepdim=None, as_attributes=
                       opset=opset)
 
 
-def check_against_torch(model, kind, x, dim, keepdim):
-    out, step = apply_pass(model, "any-all")
+def check_against_torch(model, kind, x, dim, keepdim, **params):
+    out, step = apply_pass(model, "any-all", **params)
     onnx.checker.check_model(out)
     got = run_ort(out, {out.graph.input[0].name: x})[0]
     want = torch_reduce(kind, x, dim, keepdim)
@@ -139,3 +139,23 @@ def test_non_constant_dim_is_a_clear_error():
     model.graph.input.append(helper.make_tensor_value_info("dim", onnx.TensorProto.INT64, []))
     with pytest.raises(Exception, match="'aten_any'.*dim .input 1. is not a constant"):
         apply_pass(model, "any-all")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.int64])
+def test_invalid_export_of_all_on_non_bool_is_repaired(dtype):
+    x = torch.tensor([[0.5, 1.0, -2.0], [3.0, 0.0, 1.0]]).to(dtype)
+    model = export(lambda v: torch.all(v, dim=1), x, 13)
+    with pytest.raises(Exception, match="Not"):  # torch applies Not to the non-bool tensor
+        run_ort(model, {model.graph.input[0].name: x.numpy()})
+    check_against_torch(model, "all", x.numpy(), 1, False)
+
+
+def test_float_any_is_opt_in():
+    x = torch.tensor([[0.5, 0.0], [-1.0, 1.0], [np.nan, 0.0], [0.0, 0.0]])
+    model = export(lambda v: torch.any(v, dim=1), x, 13)
+    exported = run_ort(model, {model.graph.input[0].name: x.numpy()})[0]
+    assert not exported.any()  # torch's export truncates to int64: every row reads false
+    out, step = apply_pass(model, "any-all")
+    assert step.rewritten == [] and op_types(out) == op_types(model)
+    _, step = check_against_torch(model, "any", x.numpy(), 1, False, float_any=True)
+    assert len(step.rewritten) == 1
