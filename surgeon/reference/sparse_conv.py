@@ -7,8 +7,8 @@
 Indices rows are (batch, z, y, x) in `input_spatial_shape`. The rule book is built from the
 coordinates, vectorised: each coordinate is hashed to an int64 key (batch-major linear index), and
 for each kernel offset the matching input of every output is found with `np.searchsorted` on the
-sorted keys; then one gather, one GEMM and one scatter-add per offset (for a fixed offset no two
-pairs share an output, so a plain fancy-index `+=` is exact). Output coordinates of a regular or
+sorted keys; the pairs fill a neighbour table [outputs, kernel offsets], and each chunk of outputs
+is one gather and one GEMM over (offset, input channel). Output coordinates of a regular or
 transposed convolution come sorted by key; submanifold convolutions keep the input's rows; an
 inverse convolution outputs the rows of `rulebook_indices`, the input coordinates of the forward
 convolution that made its rule book (`rulebook_kernel_size/stride/padding/dilation` describe that
@@ -23,6 +23,7 @@ import numpy as np
 from surgeon.reference import reference_op
 
 DOMAIN = "spconv"
+IM2COL_ELEMENTS = 1 << 22  # floats gathered per GEMM: 16 MB, whatever the layer width
 
 
 def _keys(indices: np.ndarray, spatial_shape) -> np.ndarray:
@@ -89,16 +90,23 @@ def rule_book(indices: np.ndarray, attrs: dict, rulebook_indices: np.ndarray | N
     batch, coords = indices[:, :1].astype(np.int64), indices[:, 1:].astype(np.int64)
 
     if int(attrs.get("subm", 0)):
+        # Work on key-sorted voxels: a kernel offset shifts every key by one constant, so the needles of
+        # each binary search come sorted and the gathers below walk memory almost in order.
         dilation = np.asarray(attrs.get("dilation", [1] * ndim))
         center = np.asarray(kernel) // 2
-        index = _KeyIndex(_keys(indices, in_shape))
+        keys = _keys(indices, in_shape)
+        order = np.argsort(keys, kind="stable")
+        sorted_keys, sorted_coords = keys[order], coords[order]
+        key_steps = np.cumprod([1] + in_shape[::-1])[:-1][::-1]
         pairs = []
         for offset in offsets:
-            neighbour = coords + (np.asarray(offset) - center) * dilation
-            valid = np.all((neighbour >= 0) & (neighbour < np.asarray(in_shape)), axis=1)
-            out_rows = np.nonzero(valid)[0]
-            hit, in_rows = index.find(_keys(np.concatenate([batch[valid], neighbour[valid]], axis=1), in_shape))
-            pairs.append((in_rows, out_rows[hit]))
+            delta = (np.asarray(offset) - center) * dilation
+            shifted = sorted_coords + delta
+            inside = np.all((shifted >= 0) & (shifted < np.asarray(in_shape)), axis=1)
+            needles = sorted_keys + int(delta @ key_steps)
+            pos = np.minimum(np.searchsorted(sorted_keys, needles), len(sorted_keys) - 1)
+            hit = inside & (sorted_keys[pos] == needles)
+            pairs.append((order[pos[hit]], order[hit]))
         return indices.astype(np.int32), pairs
 
     if int(attrs.get("inverse", 0)):
@@ -135,15 +143,22 @@ def sparse_convolution(inputs, attrs):
     if int(attrs.get("groups", 1)) != 1:
         raise NotImplementedError("SparseConvolution reference: groups != 1")
     out_indices, pairs = rule_book(np.asarray(indices), attrs, rulebook_indices)
-    out_channels = weight.shape[0]
-    # [Cout, k.., Cin] -> [K, Cin, Cout] so each offset is one (rows x Cin) @ (Cin x Cout) GEMM
-    kernels = np.ascontiguousarray(weight.reshape(out_channels, -1, weight.shape[-1]).transpose(1, 2, 0),
-                                   dtype=np.float32)
     x = np.asarray(features, dtype=np.float32)
-    out = np.zeros((len(out_indices), out_channels), np.float32)
-    for kernel, (in_rows, out_rows) in zip(kernels, pairs):
-        if len(in_rows):
-            out[out_rows] += x[in_rows] @ kernel
+    out_channels, in_channels = weight.shape[0], weight.shape[-1]
+    # Neighbour table [M, K]: the input row feeding each output through each kernel offset, or the
+    # zero row appended at index N. Then every chunk of outputs is one gather and one GEMM with a
+    # K*Cin reduction (im2col), much faster than K gather/scatter-add rounds on thin rows.
+    neighbours = np.full((len(out_indices), len(pairs)), len(x), np.int64)
+    for k, (in_rows, out_rows) in enumerate(pairs):
+        neighbours[out_rows, k] = in_rows
+    padded = np.concatenate([x, np.zeros((1, in_channels), np.float32)])
+    # [Cout, k.., Cin] -> [K*Cin, Cout], matching the (offset, channel) order of a gathered row
+    kernel = np.ascontiguousarray(weight.reshape(out_channels, -1).T, dtype=np.float32)
+    out = np.empty((len(out_indices), out_channels), np.float32)
+    chunk = max(256, IM2COL_ELEMENTS // kernel.shape[0])
+    for start in range(0, len(out), chunk):
+        columns = np.take(padded, neighbours[start:start + chunk], axis=0)
+        out[start:start + chunk] = columns.reshape(len(columns), -1) @ kernel
     if bias is not None:
         out += np.asarray(bias, np.float32)
     activation = attrs.get("activation", "None")
