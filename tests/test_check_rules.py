@@ -1,6 +1,8 @@
 """Every `surgeon check` model rule fires on a minimal bad graph and stays silent on a clean one."""
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import onnx
 import pytest
@@ -203,3 +205,25 @@ def test_rule_ids_are_unique_and_documented():
     for rule_id, rule in all_rules().items():
         assert f"| {rule_id} |" in doc, f"{rule_id} missing from docs/check.md"
         assert rule.severity in ("error", "warning", "info")
+
+
+def test_every_fix_names_a_registered_pass():
+    from surgeon.check.rules import FIX_BY_OP
+    from surgeon.registry import discover
+
+    passes = discover()
+    named = {fix.split()[0] for fix in FIX_BY_OP.values()} | {"grid-sample"}
+    for rule in MODEL_RULES.values():  # "pass toposort", "per node: pass grid-sample (GridSample), chunk ..."
+        if rule.fix:
+            named |= set(re.findall(r"\b[a-z]+(?:-[a-z]+)*\b", rule.fix.split("pass ", 1)[1])) - {"or"}
+    assert named <= set(passes), named - set(passes)
+    grid = passes["grid-sample"].params["mode"].choices
+    assert {"plugin", "decompose"} <= set(grid)
+
+
+def test_aten_forms_map_to_their_pass(tmp_path):
+    node = helper.make_node("ATen", ["a", "b"], ["y"], name="and", domain="org.pytorch.aten",
+                            operator="__iand_", overload_name="Tensor")
+    model = make_model([node], [("a", np.bool_, [2]), ("b", np.bool_, [2])], [("y", np.bool_, [2])])
+    findings = [f for f in _check(model, Settings(target="tensorrt-10"), tmp_path) if f.rule == "SG001"]
+    assert [f.fix for f in findings] == ["inplace-and"]

@@ -53,7 +53,7 @@ def format_sarif(findings: list[Finding], rules: dict[str, Rule], files: int) ->
     driver_rules = [{
         "id": rule.id, "name": rule.name,
         "shortDescription": {"text": rule.summary},
-        "fullDescription": {"text": rule.summary + (f" Fix: pass {rule.fix}." if rule.fix else "")},
+        "fullDescription": {"text": rule.summary + (f" Fix: {rule.fix}." if rule.fix else "")},
         "defaultConfiguration": {"level": SARIF_LEVELS[rule.severity]},
         "helpUri": "https://github.com/surgeon/surgeon/blob/main/docs/check.md",
     } for rule in rules.values()]

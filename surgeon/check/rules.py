@@ -18,18 +18,20 @@ from surgeon.check.findings import Finding, model_rule
 from surgeon.graphinfo import op_label
 from surgeon.reference import find_reference
 
-GRID_SAMPLE_FORMS = ("ATen:grid_sampler", "mmdeploy::grid_sampler", "GridSampler2DTRT", "com.microsoft::GridSample",
-                     "GridSample")
-# Which pass removes a node the target cannot run, by op label (surgeon.graphinfo.op_label).
+GRID_SAMPLE_FORMS = ("ATen:grid_sampler", "mmdeploy::grid_sampler", "GridSampler2DTRT", "GridSampler2DTRT2",
+                     "com.microsoft::GridSample", "GridSample")
+# Which pass removes a node the target cannot run, by op label (surgeon.graphinfo.op_label); the forms
+# are those the passes' docstrings list.
 FIX_BY_OP = {
     "ATen:atan2": "atan2",
+    "Atan2": "atan2",
     "ATen:linspace": "linspace",
-    "ATen:__iand_": "inplace-and",
+    **{f"ATen:{form.format(kind)}": "inplace-and" for kind in ("and", "or", "xor")
+       for form in ("__i{}_", "__{}_", "bitwise_{}", "logical_{}")},
     "ATen:nan_to_num": "nan-to-num",
     "ATen:any": "any-all",
     "ATen:all": "any-all",
-    "ATen:maximum": "maximum-minimum",
-    "ATen:minimum": "maximum-minimum",
+    **{f"ATen:{op}": "maximum-minimum" for op in ("maximum", "minimum", "fmax", "fmin")},
     "ATen:inverse": "inverse",
     "ATen:linalg_inv": "inverse",
     "com.microsoft::Inverse": "inverse",
@@ -92,7 +94,9 @@ def ir_version(facts: ModelFacts):
 # ---------------------------------------------------------------- ops on the target
 
 @model_rule("SG001", "custom-op-unsupported", "error",
-            "ATen, custom-domain or unknown op the target has no kernel or plugin for", fix="per op, e.g. grid-sample")
+            "ATen, custom-domain or unknown op the target has no kernel or plugin for",
+            fix="per node: pass grid-sample, atan2, linspace, inplace-and, nan-to-num, any-all, maximum-minimum "
+                "or inverse")
 def custom_op_unsupported(facts: ModelFacts):
     for node in facts.nodes:
         if is_standard_op(node) or facts.target.supports(node.op_type, node.domain):
@@ -114,7 +118,7 @@ def no_reference(facts: ModelFacts):
 
 
 @model_rule("SG003", "op-unsupported", "error", "standard op (or op version) outside the target profile",
-            fix="per op, e.g. grid-sample, chunk")
+            fix="per node: pass grid-sample (GridSample), chunk (Split-18)")
 def op_unsupported(facts: ModelFacts):
     target = facts.target
     if not target.ops:
@@ -155,7 +159,7 @@ def _is_integer_clip(facts: ModelFacts, node) -> bool:
 
 @model_rule("SG005", "clip-int", "warning",
             "Clip on an integer tensor: not portable (TensorRT, opset-11 runtimes); an error where the target "
-            "or the model's opset rejects it", fix="clip-int")
+            "or the model's opset rejects it", fix="pass clip-int")
 def clip_on_integers(facts: ModelFacts):
     clip = facts.target.ops.get("Clip") or {}
     for node in facts.nodes:
@@ -212,7 +216,7 @@ def float64_tensors(facts: ModelFacts):
 
 
 @model_rule("SG008", "not-toposorted", "error", "nodes not in topological order (onnx.checker requires it)",
-            fix="toposort")
+            fix="pass toposort")
 def not_toposorted(facts: ModelFacts):
     for reader, name, producer in facts.late_reads:
         node, late = facts.nodes[reader], facts.nodes[producer]
@@ -242,7 +246,7 @@ def duplicate_tensor_names(facts: ModelFacts):
             yield Finding("SG010", "error", f"tensor '{name}' is defined {count} times", facts.file)
 
 
-@model_rule("SG011", "unused-initializer", "warning", "initializer no node reads", fix="cleanup")
+@model_rule("SG011", "unused-initializer", "warning", "initializer no node reads", fix="pass cleanup")
 def unused_initializers(facts: ModelFacts):
     read = {name for reads in facts.reads for name in reads}
     read.update(v.name for v in facts.model.graph.output)
