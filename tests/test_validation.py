@@ -122,6 +122,8 @@ def test_per_output_tolerance_and_error_statistics():
     feeds = make_feeds(original, seed=3)
     assert not validate_models(original, rewritten, feeds, Tolerance(atol=1e-5, rtol=0)).passed
     assert validate_models(original, rewritten, feeds, Tolerance(atol={"y": 3e-3, "": 0.0}, rtol=0)).passed
+    with pytest.raises(SurgeonError, match="atol names 'yy', which is not an output.*did you mean 'y'"):
+        validate_models(original, rewritten, feeds, Tolerance(atol={"yy": 1e-3}))
     loose_mean = Tolerance(atol=2.1e-3, rtol=0, error_stat="mean")
     result = validate_models(original, rewritten, feeds, loose_mean)
     # Relu clips some elements, so the mean error is below the 2e-3 that unclipped ones carry.

@@ -15,6 +15,7 @@ from polygraphy.comparator import Comparator, RunResults
 from polygraphy.comparator.compare import SimpleCompareFunc
 from polygraphy.logger import G_LOGGER
 
+from surgeon.errors import SurgeonError, suggest
 from surgeon.validation.runners import make_runner, runner_kind
 
 #: Worst elements listed per output in the reports.
@@ -48,6 +49,14 @@ class Tolerance:
     def describe(self) -> str:
         stat = self.error_stat if self.error_stat != "quantile" else f"quantile {self.quantile}"
         return f"atol={_text(self.atol)} rtol={_text(self.rtol)} ({stat})"
+
+    def check_outputs(self, outputs: list[str]) -> None:
+        """Refuse a per-output tolerance naming no output (a typo would silently use the default)."""
+        for key, value in (("atol", self.atol), ("rtol", self.rtol)):
+            for name in value if isinstance(value, dict) else ():
+                if name and name not in outputs:
+                    raise SurgeonError(f"{key} names '{name}', which is not an output of the model",
+                                       hint=suggest(name, outputs) or f"outputs: {', '.join(outputs)}")
 
     def element_mismatches(self, output: str, abs_err: np.ndarray, rel_err: np.ndarray) -> np.ndarray:
         """Elements outside tolerance under the elementwise rule (for intermediate tensors)."""

@@ -90,6 +90,7 @@ def validate_models(original: onnx.ModelProto, rewritten: onnx.ModelProto, feeds
                     runner: str = "auto", expected: str | None = None, data: str = "random inputs",
                     localise: bool = True) -> ValidationResult:
     """Compare `rewritten` with `original` (and with `expected` outputs, if given) on `feeds`."""
+    tolerance.check_outputs([o.name for o in original.graph.output])
     original_results, original_kind = run_model(original, feeds, runner, ORIGINAL)
     rewritten_results, rewritten_kind = run_model(rewritten, feeds, runner, REWRITTEN)
     outputs = compare_outputs(original_results, rewritten_results, tolerance)
