@@ -163,3 +163,13 @@ def test_non_constant_replacement_is_a_clear_error():
     model.graph.input.append(helper.make_tensor_value_info("nan", onnx.TensorProto.DOUBLE, []))
     with pytest.raises(Exception, match="'nan_to_num'.*nan .input 1. is not a constant"):
         apply_pass(model, "nan-to-num")
+
+
+def test_cluster_is_recognised_after_onnxsim():
+    onnxsim = pytest.importorskip("onnxsim")
+    x = torch.tensor([np.nan, np.inf, -np.inf, 1.0, -0.0])
+    simplified, ok = onnxsim.simplify(export(torch.nan_to_num, x, 11))
+    assert ok and "And" in op_types(simplified)  # onnxsim drops torch's bool Casts, keeps the rest
+    out, step = apply_pass(simplified, "nan-to-num")
+    assert len(step.rewritten) == 1 and sorted(op_types(out)) == EXACT_OPS
+    assert_bitwise_equal(run_single(out, x.numpy()), torch.nan_to_num(x).numpy())
