@@ -113,6 +113,24 @@ def _ints(tensor: gs.Tensor) -> list[int] | None:
     return None if value is None else [int(v) for v in np.asarray(value).reshape(-1)]
 
 
+def _trailing_dims(shape: gs.Tensor, count: int = 2) -> list[int] | None:
+    """The last `count` entries of a Reshape's target shape: a constant, or the constant tail of the
+    Concat a dynamic-batch export builds it with."""
+    value = _ints(shape)
+    if value is not None:
+        return value[-count:] if len(value) >= count else None
+    concat = producer(shape)
+    if concat is None or not is_op(concat, "Concat"):
+        return None
+    tail: list[int] = []
+    for piece in reversed(concat.inputs):
+        values = _ints(piece)
+        if values is None:
+            break
+        tail = values + tail
+    return tail[-count:] if len(tail) >= count else None
+
+
 class _Site:
     def __init__(self, value, locations, weights, level_shapes, output_node):
         self.value, self.locations, self.weights = value, locations, weights
@@ -152,10 +170,10 @@ def _value_and_shapes(samplers: list[gs.Node]) -> tuple[gs.Tensor, list[tuple[in
     sources, shapes = [], []
     for level, sampler in enumerate(samplers):
         to_image = expect_producer(sampler.inputs[0], "Reshape", "the sampled value")
-        shape = _ints(to_image.inputs[1]) or list(getattr(sampler.inputs[0], "shape", None) or [])
-        if len(shape) != 4 or not all(isinstance(v, int) and v > 0 for v in shape[2:]):
+        hw = _trailing_dims(to_image.inputs[1]) or list(getattr(sampler.inputs[0], "shape", None) or [])[2:]
+        if len(hw) != 2 or not all(isinstance(v, int) and v > 0 for v in hw):
             raise NoMatch(f"level {level}: the value's [B*heads, dims, h, w] shape is not known")
-        shapes.append((shape[2], shape[3]))
+        shapes.append((hw[0], hw[1]))
         transpose = expect_producer(to_image.inputs[0], "Transpose", "the value image")
         flatten = expect_producer(transpose.inputs[0], "Reshape", "the value image")
         sources.append(flatten.inputs[0])

@@ -44,13 +44,15 @@ def _inputs(shapes, seed=0, batch=2, heads=2, dims=4, queries=5, points=3):
             torch.rand(batch, queries, heads, len(shapes), points, generator=g))
 
 
-def _export(module, args, opset):
+def _export(module, args, opset, dynamic=False):
     buffer = io.BytesIO()
+    axes = {"value": {0: "batch"}, "loc": {0: "batch", 1: "queries"}, "weights": {0: "batch", 1: "queries"}}
     fallback = torch.onnx.OperatorExportTypes.ONNX_ATEN_FALLBACK if opset == 11 else torch.onnx.OperatorExportTypes.ONNX
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(module, args, buffer, opset_version=opset, dynamo=False, operator_export_type=fallback,
-                          input_names=["value", "loc", "weights"], output_names=["out"])
+                          input_names=["value", "loc", "weights"], output_names=["out"],
+                          dynamic_axes=axes if dynamic else None)
     return onnx.load_from_string(buffer.getvalue())
 
 
@@ -84,6 +86,16 @@ def test_fuses_the_mmcv_fallback_and_keeps_its_outputs(opset, shapes):
     np.testing.assert_allclose(got, expected, rtol=0, atol=ATOL)
     original = run_ort(model, feeds)[0] if opset == 16 else _run_reference(model, feeds)
     np.testing.assert_allclose(got, original, rtol=0, atol=ATOL)
+
+
+@pytest.mark.parametrize("opset", [11, 16])
+def test_dynamic_batch_exports_are_fused_and_run_at_other_sizes(opset):
+    shapes = [(6, 8), (3, 4)]
+    fused, step = apply_pass(_export(_Block(shapes), _inputs(shapes), opset, dynamic=True), "msda-plugin")
+    assert [n.op_type for n in fused.graph.node] == ["MultiScaleDeformableAttn"]
+    args = _inputs(shapes, seed=3, batch=3, queries=7)
+    feeds = {"value": args[0].numpy(), "loc": args[1].numpy(), "weights": args[2].numpy()}
+    np.testing.assert_allclose(_run_reference(fused, feeds), _Block(shapes)(*args).numpy(), rtol=0, atol=ATOL)
 
 
 def test_a_merged_final_permute_stays_as_a_transpose_after_the_plugin():
