@@ -138,7 +138,8 @@ def make_plugin_node(rewrite, spec_name: str, inputs: Sequence, attrs: dict[str,
     """Add a plugin node to `rewrite` (a surgeon.rewrite.Rewrite) and return it.
 
     With `last` the node takes over the replaced node's outputs and the rewrite is spliced in;
-    otherwise it gets a new output (shape and dtype from the spec) for further nodes to read.
+    otherwise it gets a new output for further nodes to read. Unknown output shapes and dtypes are
+    filled in from the spec's rules.
     """
     spec = get_spec(spec_name)
     if len(inputs) != len(spec.inputs):
@@ -152,7 +153,7 @@ def make_plugin_node(rewrite, spec_name: str, inputs: Sequence, attrs: dict[str,
         node = rewrite.nodes[-1]
     shapes = [getattr(t, "shape", None) for t in inputs]
     out = node.outputs[0]
-    if all(s is not None for s in shapes):
+    if out.shape is None and all(s is not None for s in shapes):  # a replaced output keeps what it knew
         (shape,) = spec.output_shape(shapes, spec.resolve_attrs(node_attrs))
         out.shape = list(shape)
     if out.dtype is None:
