@@ -72,14 +72,14 @@ class NanToNum(Pass):
     @staticmethod
     def _exact(rw: Rewrite, x, values: dict):
         dtype = values["nan"].dtype
-        kept = rw.op("Where", [rw.op("Equal", [x, scalar(rw, -np.inf, dtype, "minus_inf")], dtype=np.bool_),
-                               scalar(rw, values["neginf"], dtype, "neginf"), x], dtype=dtype)
-        kept = rw.op("Where", [rw.op("Equal", [x, scalar(rw, np.inf, dtype, "inf")], dtype=np.bool_),
-                               scalar(rw, values["posinf"], dtype, "posinf"), kept], dtype=dtype)
-        rw.finish("Where", [rw.op("IsNaN", [x], dtype=np.bool_), scalar(rw, values["nan"], dtype, "nan"), kept])
+        kept = rw.op("Where", [rw.op("Equal", [x, _scalar(rw, -np.inf, dtype, "minus_inf")], dtype=np.bool_),
+                               _scalar(rw, values["neginf"], dtype, "neginf"), x], dtype=dtype)
+        kept = rw.op("Where", [rw.op("Equal", [x, _scalar(rw, np.inf, dtype, "inf")], dtype=np.bool_),
+                               _scalar(rw, values["posinf"], dtype, "posinf"), kept], dtype=dtype)
+        rw.finish("Where", [rw.op("IsNaN", [x], dtype=np.bool_), _scalar(rw, values["nan"], dtype, "nan"), kept])
 
 
-def scalar(rw: Rewrite, value, dtype, suffix: str) -> gs.Constant:
+def _scalar(rw: Rewrite, value, dtype, suffix: str) -> gs.Constant:
     """A constant that keeps `value`'s shape; Rewrite.const makes 0-d values 1-d (np.ascontiguousarray),
     which would turn the output of a 0-d input into shape [1]."""
     return gs.Constant(rw.name(suffix), values=np.asarray(value, dtype=dtype))
@@ -88,7 +88,7 @@ def scalar(rw: Rewrite, value, dtype, suffix: str) -> gs.Constant:
 def _resolve(replacements: dict, dtype, node) -> dict:
     """The three replacement values as arrays of the input's dtype, filling torch's defaults."""
     known = {k: v for k, v in replacements.items() if v is not None}
-    if dtype is None:
+    if dtype is None:  # a cluster's constants have x's dtype (Where requires it); ATen's are Python floats
         dtype = next((v.dtype for v in known.values() if isinstance(v, np.ndarray)), None)
     if dtype is None:
         raise PassError(f"node '{node.name}': cannot tell the dtype of nan_to_num's input, which sets the "
@@ -109,7 +109,7 @@ def _aten_site(node):
             value = const_value(node.inputs[index])
             if value is None:
                 raise PassError(f"node '{node.name}': nan_to_num's {kind} (input {index}) is not a constant")
-            value = value if value.size else None  # an empty tensor is torch's None
+            value = value.item() if value.size else None  # an empty tensor is torch's None
         replacements[kind] = value
     return node.inputs[0], replacements, [node]
 

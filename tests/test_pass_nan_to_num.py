@@ -173,3 +173,10 @@ def test_cluster_is_recognised_after_onnxsim():
     out, step = apply_pass(simplified, "nan-to-num")
     assert len(step.rewritten) == 1 and sorted(op_types(out)) == EXACT_OPS
     assert_bitwise_equal(run_single(out, x.numpy()), torch.nan_to_num(x).numpy())
+
+
+def test_aten_input_of_unknown_dtype_is_a_clear_error():
+    model = aten_model(np.float32, [3], nan=1.0, posinf=2.0, neginf=-2.0)
+    model.graph.input[0].type.tensor_type.elem_type = onnx.TensorProto.UNDEFINED
+    with pytest.raises(Exception, match="'nan_to_num': cannot tell the dtype"):
+        apply_pass(model, "nan-to-num")
