@@ -26,7 +26,7 @@ def test_python_plugins_register_under_the_surgeon_namespace():
 
     importlib.import_module("surgeon.plugins.trt_python")
     names = {(c.name, c.plugin_namespace) for c in trt.get_plugin_registry().all_creators}
-    for name in ("GridSample2D", "MultiScaleDeformableAttn", "Rotate", "DeformableAggregation"):
+    for name in ("GridSample2D", "MultiScaleDeformableAttn", "Rotate", "DeformableAggregation", "BEVPool"):
         assert (name, "surgeon") in names
 
 

@@ -1,13 +1,14 @@
 """surgeon's kernels as TensorRT Python plugins (`tensorrt.plugin`, TensorRT 10.7+), launched via ctypes.
 
 Importing this module registers `surgeon::GridSample2D`, `surgeon::MultiScaleDeformableAttn`,
-`surgeon::Rotate` and `surgeon::DeformableAggregation` with TensorRT's plugin registry; each `impl`
-calls the C API of libsurgeon_plugins.so on TensorRT's stream. It imports only where `tensorrt` does.
+`surgeon::Rotate`, `surgeon::DeformableAggregation` and `surgeon::BEVPool` with TensorRT's plugin
+registry; each `impl` calls the C API of libsurgeon_plugins.so on TensorRT's stream. It imports only
+where `tensorrt` does.
 
     import surgeon.plugins.trt_python  # noqa: F401  (before parsing the ONNX model)
 
 Use it *instead of* loading the library's C++ IPluginV3 plugins into the same process: both register
-the same names. BEVPool (whose output shape depends on attributes) is C++-only.
+the same names.
 """
 from __future__ import annotations
 
@@ -31,6 +32,11 @@ def _dtype(tensor) -> int:
     return DTYPES["float16" if tensor.dtype == trt.DataType.HALF else "float32"]
 
 
+def _desc(dims: tuple, dtype) -> trtp.TensorDesc:
+    """An output descriptor from symbolic (or constant) dimensions."""
+    return trtp.from_shape_expr(trtp.ShapeExprs.from_tuple(dims), dtype=dtype)
+
+
 def _launch(function: str, tensor, *args) -> None:
     status = getattr(_library(), function)(_dtype(tensor), *args)
     if status != 0:
@@ -40,7 +46,7 @@ def _launch(function: str, tensor, *args) -> None:
 @trtp.register(f"{NAMESPACE}::GridSample2D")
 def grid_sample_2d_desc(input: trtp.TensorDesc, grid: trtp.TensorDesc, interpolation_mode: int, padding_mode: int,
                         align_corners: int) -> trtp.TensorDesc:
-    return trtp.from_shape_expr((input.shape_expr[0], input.shape_expr[1], grid.shape_expr[1], grid.shape_expr[2]),
+    return _desc((input.shape_expr[0], input.shape_expr[1], grid.shape_expr[1], grid.shape_expr[2]),
                                 dtype=input.dtype)
 
 
@@ -55,7 +61,7 @@ def grid_sample_2d_impl(input: trtp.Tensor, grid: trtp.Tensor, interpolation_mod
 @trtp.register(f"{NAMESPACE}::MultiScaleDeformableAttn")
 def msda_desc(value: trtp.TensorDesc, spatial_shapes: trtp.TensorDesc, level_start_index: trtp.TensorDesc,
               sampling_locations: trtp.TensorDesc, attention_weights: trtp.TensorDesc) -> trtp.TensorDesc:
-    return trtp.from_shape_expr((value.shape_expr[0], sampling_locations.shape_expr[1],
+    return _desc((value.shape_expr[0], sampling_locations.shape_expr[1],
                                  value.shape_expr[2] * value.shape_expr[3]), dtype=value.dtype)
 
 
@@ -88,7 +94,7 @@ def rotate_impl(input: trtp.Tensor, angle: trtp.Tensor, center: trtp.Tensor, int
 def deformable_aggregation_desc(mc_ms_feat: trtp.TensorDesc, spatial_shape: trtp.TensorDesc,
                                 scale_start_index: trtp.TensorDesc, sampling_location: trtp.TensorDesc,
                                 weights: trtp.TensorDesc) -> trtp.TensorDesc:
-    return trtp.from_shape_expr((mc_ms_feat.shape_expr[0], sampling_location.shape_expr[1], mc_ms_feat.shape_expr[2]),
+    return _desc((mc_ms_feat.shape_expr[0], sampling_location.shape_expr[1], mc_ms_feat.shape_expr[2]),
                                 dtype=mc_ms_feat.dtype)
 
 
@@ -101,3 +107,19 @@ def deformable_aggregation_impl(mc_ms_feat: trtp.Tensor, spatial_shape: trtp.Ten
     _launch("surgeon_deformable_aggregation", mc_ms_feat, mc_ms_feat.data_ptr, spatial_shape.data_ptr,
             scale_start_index.data_ptr, sampling_location.data_ptr, weights.data_ptr, outputs[0].data_ptr, batch,
             features, channels, cams, spatial_shape.shape[1], anchors, points, weights.shape[5], stream)
+
+
+@trtp.register(f"{NAMESPACE}::BEVPool")
+def bev_pool_desc(depth: trtp.TensorDesc, feat: trtp.TensorDesc, ranks_depth: trtp.TensorDesc,
+                  ranks_feat: trtp.TensorDesc, ranks_bev: trtp.TensorDesc, interval_starts: trtp.TensorDesc,
+                  interval_lengths: trtp.TensorDesc, bev_h: int, bev_w: int) -> trtp.TensorDesc:
+    return _desc((1, feat.shape_expr[3], bev_h, bev_w), dtype=feat.dtype)
+
+
+@trtp.impl(f"{NAMESPACE}::BEVPool")
+def bev_pool_impl(depth: trtp.Tensor, feat: trtp.Tensor, ranks_depth: trtp.Tensor, ranks_feat: trtp.Tensor,
+                  ranks_bev: trtp.Tensor, interval_starts: trtp.Tensor, interval_lengths: trtp.Tensor, bev_h: int,
+                  bev_w: int, outputs: Tuple[trtp.Tensor], stream: int) -> None:
+    _launch("surgeon_bev_pool", feat, depth.data_ptr, feat.data_ptr, ranks_depth.data_ptr, ranks_feat.data_ptr,
+            ranks_bev.data_ptr, interval_starts.data_ptr, interval_lengths.data_ptr, outputs[0].data_ptr,
+            interval_starts.shape[0], feat.shape[3], bev_h, bev_w, stream)
