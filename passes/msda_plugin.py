@@ -26,6 +26,8 @@ the pattern is left alone with a note saying which step of the walk failed.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import onnx_graphsurgeon as gs
 
@@ -131,11 +133,19 @@ def _trailing_dims(shape: gs.Tensor, count: int = 2) -> list[int] | None:
     return tail[-count:] if len(tail) >= count else None
 
 
+@dataclass
 class _Site:
-    def __init__(self, value, locations, weights, level_shapes, output_node):
-        self.value, self.locations, self.weights = value, locations, weights
-        self.level_shapes, self.output_node = level_shapes, output_node
-        self.perm = _perm(output_node)
+    """One matched block: the plugin's tensor inputs, each level's (h, w), the node whose outputs it takes."""
+
+    value: gs.Tensor
+    locations: gs.Tensor
+    weights: gs.Tensor
+    level_shapes: list[tuple[int, int]]
+    output_node: gs.Node
+
+    @property
+    def perm(self) -> list[int]:
+        return _perm(self.output_node)
 
 
 def _match(stack: gs.Node) -> _Site:
