@@ -231,3 +231,18 @@ def test_reference_runner_skips_dead_nodes_and_names_unrunnable_live_ones():
                                           r"'broken_add'.*Error Node \(broken_add\)"):
         with ReferenceRunner(_with_broken_add(live=True)) as runner:
             runner.infer(feed)
+
+
+def test_recipe_against_another_model_with_recorded_inputs_and_expected_outputs(tmp_path):
+    """`against`, `data` and `expected` are read relative to the recipe; expected failures fail the run."""
+    model = chain_model()
+    onnx.save(model, tmp_path / "reference.onnx")
+    x = np.linspace(-1, 1, 40, dtype=np.float32).reshape(1, 2, 4, 5)
+    np.savez(tmp_path / "in.npz", x=x)
+    np.savez(tmp_path / "torch.npz", y=run_ort(model, {"x": x})[0] + np.float32(0.5))
+    recipe = write_recipe(tmp_path, model, ["cleanup"], against="reference.onnx", data="in.npz", expected="torch.npz")
+    result = run_recipe(recipe, output=tmp_path / "out.onnx")
+    assert result.validation.outputs[0].passed and not result.validation.expected[0].passed and not result.ok
+    assert result.validation.expected[0].max_abs == pytest.approx(0.5)
+    assert "y differs from expected" in result.validation.summary
+    assert result.validation.data.endswith("in.npz")

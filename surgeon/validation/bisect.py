@@ -3,8 +3,8 @@
     step:      1 cleanup   2 grid-sample   3 clip-int   4 toposort
     outputs:   ok          ok              DIFFER       DIFFER      ─► "step 3 (clip-int)"
 
-Each step's graph is tidied and exported as the pipeline would finish it; the original model's
-outputs are computed once. Bisection assumes a step that breaks the outputs is not repaired by a
+Each checked step's graph is tidied and exported as the pipeline would finish it; the original
+model's outputs are computed once. Bisection assumes a step that breaks the outputs is not repaired by a
 later one, and so checks about log2(steps) + 1 graphs; every checked step is listed in the result.
 """
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import onnx
+import onnx_graphsurgeon as gs
 from polygraphy.comparator import RunResults
 
 from surgeon.pipeline import StepRecord, finish_graph, run_steps
@@ -45,17 +46,17 @@ class Bisection:
                            "nodes_before": r.nodes_before, "nodes_after": r.nodes_after} for r in self.records]}
 
 
-def step_models(recipe: Recipe, original: onnx.ModelProto, model_dir=None) -> tuple[list[onnx.ModelProto], list]:
-    """The finished model after each step (index i holds the model after step i + 1) and the step records."""
-    snapshots: list[onnx.ModelProto] = []
+def step_graphs(recipe: Recipe, original: onnx.ModelProto, model_dir=None) -> tuple[list[gs.Graph], list]:
+    """A copy of the graph after each step (index i: after step i + 1) and the step records."""
+    graphs: list[gs.Graph] = []
     records: list[StepRecord] = []
 
-    def keep(record: StepRecord, graph) -> None:
+    def keep(record: StepRecord, graph: gs.Graph) -> None:
         records.append(record)
-        snapshots.append(finish_graph(graph.copy(), original, recipe, list(records)))
+        graphs.append(graph.copy())
 
     run_steps(original, recipe, model_dir=model_dir, after_step=keep)
-    return snapshots, records
+    return graphs, records
 
 
 def bisect_steps(recipe: Recipe, original: onnx.ModelProto, feeds: list[dict], tolerance: Tolerance,
@@ -64,14 +65,16 @@ def bisect_steps(recipe: Recipe, original: onnx.ModelProto, feeds: list[dict], t
     """Find the first step whose graph's outputs differ from `reference` (default: the original model's)."""
     if reference is None:
         reference, _ = run_model(original, feeds, runner, "original")
-    snapshots, records = step_models(recipe, original, model_dir)
+    graphs, records = step_graphs(recipe, original, model_dir)
     checked: dict[int, tuple[bool, list[OutputReport]]] = {}
 
     def within(step: int) -> bool:
         if step not in checked:
             if progress is not None:
                 progress.message(f"bisect: checking the graph after step {step} ({records[step - 1].title})")
-            results, _ = run_model(snapshots[step - 1], feeds, runner, f"after-step-{step}")
+            # Finished (tidied, exported) only when checked: bisection looks at few of the steps.
+            model = finish_graph(graphs[step - 1], original, recipe, records[:step])
+            results, _ = run_model(model, feeds, runner, f"after-step-{step}")
             outputs = compare_outputs(reference, results, tolerance)
             checked[step] = (all(o.passed for o in outputs), outputs)
         return checked[step][0]

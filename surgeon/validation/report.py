@@ -106,7 +106,8 @@ def markdown(result) -> str:
 def _where(result) -> list[tuple[str, str]]:
     found = []
     if result.bisection is not None:
-        found.append(("First diverging step", result.bisection.describe()))
+        label = "First diverging step" if result.bisection.found else "Bisection"
+        found.append((label, result.bisection.describe()))
     if result.divergence:
         d = result.divergence
         found.append(("First diverging tensor", f"`{d['tensor']}` made by {d['rewritten_node']} (rewritten) / "
