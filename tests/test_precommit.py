@@ -91,10 +91,6 @@ def test_pinned_model_hook_passes_good_and_fails_bad(pinned):
             "— fix: pass grid-sample mode=plugin or mode=decompose") in output
 
 
-@pytest.mark.xfail(strict=True, reason="an installed surgeon has no surgeon.passes package, so loading a recipe "
-                   "fails with \"surgeon is installed without its 'passes' folder\": pyproject.toml's "
-                   "[tool.setuptools.packages.find] include = ['surgeon*'] must also include 'passes' "
-                   "(verified: then the wheel holds surgeon/passes/ and no top-level passes)")
 def test_pinned_recipe_hook_reports_the_recipe_line(pinned):
     code, output = _pre_commit(pinned, "run", "surgeon-recipe-lint", "--files", "recipes/typo.yaml")
     assert code == 1, output
