@@ -123,3 +123,19 @@ def test_an_output_no_handler_made_is_named():
 
     with pytest.raises(SurgeonError, match="output 0 of the model was not produced by a handled call"):
         trace(Plain(), torch.randn(2, 3))
+
+
+def test_permute_and_reshape_become_transpose_and_reshape_in_both_flavours():
+    class Layout(torch.nn.Module):
+        def forward(self, x):
+            return x.permute(0, 2, -2).reshape(2, -1)
+
+    x = torch.randn(1, 3, 4)
+    t = trace(torch.nn.Sequential(torch.nn.ReLU(), Layout()), x)
+    assert [(op.op_type, op.attrs) for op in t.ops] == [
+        ("Relu", {}), ("Transpose", {"dims": [0, 2, 1]}), ("Reshape", {"dims": [2, 6]})]
+    (y,) = run_ort(build_model(t, "standard"), {"x": x.numpy()})
+    np.testing.assert_array_equal(y, torch.relu(x).permute(0, 2, 1).reshape(2, -1).numpy())
+    libspconv = build_model(t, "libspconv")
+    assert [(n.op_type, len(n.input), [a.name for a in n.attribute]) for n in libspconv.graph.node] == [
+        ("Relu", 1, []), ("Transpose", 1, ["dims"]), ("Reshape", 1, ["dims"])]

@@ -18,6 +18,7 @@ from surgeon.export.spconv_export import trace_spconv  # noqa: E402
 from surgeon.reference import find_reference  # noqa: E402
 from surgeon.reference.sparse_conv import rule_book, scatter_dense, sparse_convolution  # noqa: E402
 
+pytestmark = pytest.mark.filterwarnings("ignore:Using a non-tuple sequence:UserWarning")  # spconv dense()
 GRID = [9, 12, 11]
 STANDARD_NUMPY = {
     "Add": lambda x, attrs: [x[0] + x[1]],
@@ -133,3 +134,17 @@ def test_scatter_dense_places_channels_first():
     (dense,) = scatter_dense([features, indices], {"output_shape": [2, 2, 2, 3, 4], "format": "zyx"})
     assert dense.shape == (2, 2, 2, 3, 4) and dense.sum() == 10
     assert dense[0, :, 1, 2, 3].tolist() == [1, 2] and dense[1, :, 0, 0, 0].tolist() == [3, 4]
+
+
+def test_sparse_tensor_addition_is_one_add():
+    class Residual(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = spconv.SubMConv3d(4, 4, 3, bias=False, indice_key="r")
+
+        def forward(self, features, indices, batch_size):
+            x = spconv.SparseConvTensor(features, indices, GRID, batch_size)
+            return (self.conv(x) + x).dense()  # SparseConvTensor.__add__ calls Tensor.__add__ inside
+
+    trace = check_against_spconv(Residual(), *random_voxels(100))
+    assert [op.op_type for op in trace.ops] == ["SparseConvolution", "Add", "ScatterDense"]
