@@ -2,21 +2,24 @@
 
 Before:  x:int64 ─► Clip(x, lo, hi) ─► y
 After (mode minmax, opset >= 12):   x ─► Max(x, lo) ─► Min(·, hi) ─► y
-After (mode minmax, opset <= 11):   x ─► Where(x < lo, lo, x) ─► Where(· > hi, hi, ·) ─► y
+After (mode minmax, opset <= 11, or int64 on ONNX Runtime):
+                                    x ─► Where(x < lo, lo, x) ─► Where(· > hi, hi, ·) ─► y
 After (mode cast):                  x ─► Cast(float64) ─► Clip ─► Cast(int64) ─► y
 
 `minmax` is exact for every integer type. Max and Min accept integers only from opset 12, so below
 that (the graph's opset or the target's, whichever is lower) the same min/max is spelled with
-Less/Greater and Where, which opset 9 already defines for integers. As in Clip, the lower bound is
+Less/Greater and Where, which opset 9 already defines for integers. The Where spelling is also used for
+int64 on ONNX Runtime: its int64 Max/Min with a scalar operand are wrong near +-2**31 (1.31, measured:
+Min(-2147483649, -1) = -1, Min(2147483648, 0) = 0; Less/Greater are right). As in Clip, the lower bound is
 applied first, so lo > hi gives hi everywhere (torch.clamp does the same).
 
 `cast` goes through float64, which holds every int32 and every int64 up to 2**53 exactly (float32
 would already round integers above 2**24). TensorRT has no float64, so `cast` is refused there.
 
-Missing bounds (an empty input name, or no such input) are simply not applied. Opset < 11 Clip keeps
-its bounds in float attributes: they become ceil(min) and floor(max) of the input's integer type,
-which clips an integer exactly as the float bound would; bounds beyond the type's range are dropped.
-Float Clips are left alone.
+Missing bounds (an empty input name, or no such input) are simply not applied. Float bounds (opset
+< 11 attributes, or the float constants torch 2.13 writes next to an int64 input) become ceil(min)
+and floor(max) in the input's type, saturated to its range, which clips an integer exactly as the
+float bound would; a bound at the type's limit clips nothing and is dropped. Float Clips are left alone.
 """
 from __future__ import annotations
 
@@ -68,7 +71,9 @@ class ClipInt(Pass):
             if self.mode == "cast":
                 self.through_float64(rw, node, dtype)
             else:
-                self.minmax(rw, node.inputs[0], *self.bounds(node, dtype), dtype, opset)
+                use_max_min = opset >= INTEGER_MAX_MIN_SINCE and not (
+                    dtype == np.int64 and ctx.target.runtime == "onnxruntime")
+                self.minmax(rw, node.inputs[0], *self.bounds(node, dtype), dtype, use_max_min)
             result.rewrote(node)
         return result
 
@@ -130,7 +135,7 @@ class ClipInt(Pass):
                      dtype=dtype)
 
     @staticmethod
-    def minmax(rw, x, lo, hi, dtype, opset):
+    def minmax(rw, x, lo, hi, dtype, use_max_min):
         steps = [("min", lo, "Max", "Less"), ("max", hi, "Min", "Greater")]
         steps = [(name, ClipInt.constant(rw, b, name) if isinstance(b, np.ndarray) else
                   ClipInt.as_type(rw, b, dtype, name), op, compare) for name, b, op, compare in steps if b is not None]
@@ -140,7 +145,7 @@ class ClipInt(Pass):
         value = x
         for i, (name, bound, op, compare) in enumerate(steps):
             last = i == len(steps) - 1
-            if opset >= INTEGER_MAX_MIN_SINCE:
+            if use_max_min:
                 inputs, op_type = [value, bound], op
             else:
                 beyond = rw.op(compare, [value, bound], suffix=f"beyond_{name}")

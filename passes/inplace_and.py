@@ -105,6 +105,8 @@ class InplaceAnd(Pass):
         known = dtype_of(node.outputs[0])
         if known is not None:
             return known
+        if (aten_operator(node) or "").startswith("logical_"):
+            return np.dtype(np.bool_)
         operands = [dtype_of(t) for t in node.inputs[:2]]
         if aten_operator(node) in INPLACE and operands[0] is not None:
             return operands[0]  # an in-place op keeps its first operand's type

@@ -35,7 +35,7 @@ def torch_clamp(x, lo, hi):
 
 
 @pytest.mark.parametrize("opset, target, expected_ops", [(11, "opset-11", {"Less", "Greater", "Where"}),
-                                                         (13, "onnxruntime", {"Max", "Min"}),
+                                                         (13, "onnxruntime", {"Less", "Greater", "Where"}),
                                                          (13, "tensorrt-8.6", {"Max", "Min"})])
 def test_exported_int_clamp_is_exact(opset, target, expected_ops):
     class Clamp(torch.nn.Module):
@@ -54,7 +54,9 @@ def test_exported_int_clamp_is_exact(opset, target, expected_ops):
     assert len(step.rewritten) == 1
     assert "Clip" not in op_types(out) and expected_ops <= set(op_types(out))
     onnx.checker.check_model(out, full_check=True)
-    x = np.array([-2**40, -9, -4, -3, -2, 0, 5, 6, 2**40], np.int64)
+    x = np.array([-2**40, -2**31 - 1, -9, -4, -3, -2, 0, 5, 6, 2**31, 2**40], np.int64)
+    if target.startswith("tensorrt"):  # checked on ONNX Runtime, whose int64 Max/Min fail near 2**31 (below)
+        x = x[np.abs(np.abs(x) - 2**31) > 1]
     np.testing.assert_array_equal(run_ort(out, {"x": x})[0], torch_clamp(x, -3, 5))
 
 
@@ -123,3 +125,20 @@ def test_runtime_bounds_of_the_input_type_and_float_bounds_rounded_inward(opset)
     x = np.arange(-6, 7, dtype=np.int64)
     got = run_ort(out, {"x": x, "lo": np.array(-4, np.int64), "hi": np.array(2.5, np.float32)})[0]
     np.testing.assert_array_equal(got, np.clip(x, -4, 2))
+
+
+def test_onnxruntime_int64_min_max_with_a_scalar_are_still_wrong_near_2_pow_31():
+    """Why int64 gets the Where form on ONNX Runtime; when this fails, ORT is fixed and Max/Min can return."""
+    nodes = [helper.make_node("Min", ["x", "zero"], ["low"]), helper.make_node("Max", ["x", "zero"], ["high"])]
+    model = make_model(nodes, [("x", np.int64, [None])], [("low", np.int64, [None]), ("high", np.int64, [None])],
+                       initializers={"zero": np.array(0, np.int64)}, opset=13)
+    x = np.array([2**31, -2**31 - 1], np.int64)
+    low, high = run_ort(model, {"x": x})
+    assert not (np.array_equal(low, np.minimum(x, 0)) and np.array_equal(high, np.maximum(x, 0)))
+
+
+def test_int32_keeps_max_min_on_onnxruntime():
+    out, _ = apply_pass(clip_model(np.int32, 13, lo=-3, hi=5), "clip-int")
+    assert {"Max", "Min"} <= set(op_types(out))
+    x = np.array([-2**31, -4, 0, 6, 2**31 - 1], np.int32)
+    np.testing.assert_array_equal(run_ort(out, {"x": x})[0], np.clip(x, -3, 5))
