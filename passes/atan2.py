@@ -1,7 +1,7 @@
 """Replace atan2 (ATen fallback or a custom `Atan2` op) by standard ops that match `torch.atan2`.
 
 Before:  y ─┐
-            ├─► ATen(operator="atan2") ─► angle          (or Atan2 in any domain)
+            ├─► ATen(operator="atan2") ─► angle          (or Atan2 in any domain, or torch's own export)
          x ─┘
 After:   |y|, |x| ─► ratio = small/large ─► Atan ─► fold into the quadrant of (x, y) ─► angle
 
@@ -19,14 +19,17 @@ either input gives NaN. A sign bit is read as `min(v, 1/v) < 0`, true for negati
 (1/-0 = -inf) and -inf; ONNX has no other way to see the sign of a zero. `signed_zeros: false` uses
 `v < 0` instead (four nodes fewer; -0.0 is then treated as +0.0).
 
-Known wrong rewrites this replaces: `atan(y / (x + 1e-6))` (no quadrant) and sigmoid tricks.
+Also replaced (`match_exported: true`): torch 2.13's own export of atan2,
+`Where(x < 0, Where(y > 0, atan(y/x) + pi, atan(y/x) - pi), atan(y/x))`, which is NaN at the origin and
+-pi instead of pi for y = +0, x < 0. Known wrong rewrites this avoids: `atan(y / (x + 1e-6))` (no
+quadrant) and sigmoid tricks.
 """
 from __future__ import annotations
 
 import numpy as np
 
 from surgeon.pass_api import Param, Pass, PassResult, register_pass
-from surgeon.rewrite import Rewrite, aten_operator, dtype_of, find_nodes
+from surgeon.rewrite import Rewrite, aten_operator, const_value, dtype_of, find_nodes, is_op, producer
 
 FLOAT_TYPES = (np.float32, np.float64, np.float16)
 
@@ -35,19 +38,52 @@ def is_atan2(node) -> bool:
     return aten_operator(node) == "atan2" or node.op == "Atan2"
 
 
+def exported_operands(node):
+    """(y, x) when `node` ends torch's own atan2 export, else None. torch 2.13 writes (opsets 11, 13)
+
+        a = Atan(Div(y, x));  Where(Less(x, 0), Where(Greater(y, 0), a + pi, a - pi), a)
+
+    which is NaN at the origin and gives -pi instead of pi for y = +0, x < 0.
+    """
+    if not is_op(node, "Where") or len(node.inputs) != 3:
+        return None
+    less, shifted, atan = (producer(t) for t in node.inputs)
+    if not (less and shifted and atan and is_op(less, "Less") and is_op(shifted, "Where") and is_op(atan, "Atan")):
+        return None
+    divide = producer(atan.inputs[0])
+    if divide is None or not is_op(divide, "Div"):
+        return None
+    y, x = divide.inputs
+    greater, plus, minus = (producer(t) for t in shifted.inputs)
+    a = atan.outputs[0]
+    shape_ok = (less.inputs[0] is x and is_constant(less.inputs[1], 0)
+                and greater is not None and is_op(greater, "Greater") and greater.inputs[0] is y
+                and is_constant(greater.inputs[1], 0)
+                and plus is not None and is_op(plus, "Add") and plus.inputs[0] is a and is_constant(plus.inputs[1], np.pi)
+                and minus is not None and is_op(minus, "Sub") and minus.inputs[0] is a
+                and is_constant(minus.inputs[1], np.pi))
+    return (y, x) if shape_ok else None
+
+
+def is_constant(tensor, expected: float) -> bool:
+    value = const_value(tensor)
+    return value is not None and value.size == 1 and np.isclose(float(value.ravel()[0]), expected, rtol=1e-6, atol=0)
+
+
 @register_pass("atan2")
 class Atan2(Pass):
     """Replace ATen atan2 / custom Atan2 by Atan, Div and Where, exact in all quadrants and on the axes."""
 
     params = {
         "signed_zeros": Param(bool, True, help="treat -0.0 like torch (atan2(0, -0.0) = pi); false saves four nodes"),
+        "match_exported": Param(bool, True, help="also replace torch's own Atan/Div/Where export, wrong on the axes"),
     }
     needs = ("shapes",)
 
     def run(self, graph, ctx):
         result = PassResult()
-        for node in find_nodes(graph, is_atan2):
-            y, x = node.inputs[0], node.inputs[1]
+        for node in find_nodes(graph, lambda n: is_atan2(n) or self.match_exported and exported_operands(n)):
+            y, x = node.inputs[:2] if is_atan2(node) else exported_operands(node)
             dtype = dtype_of(y) or dtype_of(node.outputs[0]) or np.dtype(np.float32)
             if dtype not in [np.dtype(t) for t in FLOAT_TYPES]:
                 result.note(f"{node.name}: left alone, atan2 of {dtype} inputs")

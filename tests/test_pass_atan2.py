@@ -133,3 +133,31 @@ def test_scalar_inputs_give_a_scalar_output():
     out, _ = apply_pass(model, "atan2")
     got = run_ort(out, {"y": np.array(-1, np.float32), "x": np.array(-1, np.float32)})[0]
     assert got.shape == () and got == np.float32(-3 * np.pi / 4)
+
+
+def exported_decomposed_atan2(opset):
+    class Angle(torch.nn.Module):
+        def forward(self, y, x):
+            return torch.atan2(y, x)
+
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(Angle(), (torch.ones(4), torch.ones(4)), buffer, dynamo=False, opset_version=opset,
+                          input_names=["y", "x"], output_names=["angle"], dynamic_axes={"y": [0], "x": [0]})
+    return onnx.load_from_string(buffer.getvalue())
+
+
+@pytest.mark.parametrize("opset", [11, 13])
+def test_torch_own_atan2_export_is_replaced_because_it_is_wrong_on_the_axes(opset):
+    model = exported_decomposed_atan2(opset)
+    y = np.array([0, 0, 1, -1], np.float32)
+    x = np.array([0, -1, -1, -1], np.float32)
+    exported = run_ort(model, {"y": y, "x": x})[0]
+    assert np.isnan(exported[0]) and exported[1] == np.float32(-np.pi)  # torch: 0 and pi
+    out, step = apply_pass(model, "atan2")
+    assert len(step.rewritten) == 1 and op_types(out).count("Atan") == 1
+    grid_y, grid_x = (grid.ravel() for grid in np.meshgrid(EDGES, EDGES))
+    assert_matches_torch(out, grid_y, grid_x)
+    _, kept = apply_pass(model, "atan2", match_exported=False)
+    assert kept.rewritten == []
