@@ -227,3 +227,15 @@ def test_aten_forms_map_to_their_pass(tmp_path):
     model = make_model([node], [("a", np.bool_, [2]), ("b", np.bool_, [2])], [("y", np.bool_, [2])])
     findings = [f for f in _check(model, Settings(target="tensorrt-10"), tmp_path) if f.rule == "SG001"]
     assert [f.fix for f in findings] == ["inplace-and"]
+
+
+def test_shape_inference_reports_the_cause_not_its_echoes(tmp_path):
+    """MaxPool on an unbatched [C, H, W] tensor (torch accepts it, ONNX does not) leaves its output
+    untyped; the Expand reading it fails too, but only the MaxPool is the problem."""
+    model = make_model([helper.make_node("MaxPool", ["x"], ["p"], name="pool", kernel_shape=[1, 1]),
+                        helper.make_node("Expand", ["p", "s"], ["y"], name="expand")],
+                       [("x", np.float32, [2, 3, 4])], [("y", np.float32, [2, 3, 4])],
+                       initializers={"s": np.array([2, 3, 4])})
+    findings = _check(model, Settings(select=("SG015",)), tmp_path)
+    assert [(f.node, f.message) for f in findings] == [
+        ("pool", "shape inference (strict): [ShapeInferenceError] Attribute kernel_shape has incorrect size")]

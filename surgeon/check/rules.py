@@ -8,6 +8,7 @@ changes meaning. The fix names the pass (and mode) that removes the finding, so 
 from __future__ import annotations
 
 import os
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -75,8 +76,26 @@ def onnx_checker(facts: ModelFacts):
 @model_rule("SG015", "shape-inference", "error", "strict ONNX shape inference fails (type or shape conflict)")
 def shape_inference(facts: ModelFacts):
     error = facts.inference[1]
-    if error is not None:
+    if error is None:
+        return
+    by_name = {node.name: node for node in facts.nodes if node.name}
+    untyped = {name for node in facts.nodes if not is_standard_op(node) for name in node.output}
+    problems = INFERENCE_PROBLEM.findall(_first_line(error))
+    if not problems:
         yield _finding(facts, "SG015", "error", f"shape inference (strict): {_first_line(error)}")
+    for _, name, problem in problems:
+        node = by_name.get(name)
+        if node is not None:
+            untyped.update(node.output)
+        # A node reading an untyped output (of an ATen/custom node, or of a node that failed already) only
+        # echoes the cause, which SG001/SG002 or an earlier SG015 finding reports.
+        if node is not None and "instead is null" in problem and any(i in untyped for i in node.input):
+            continue
+        yield _finding(facts, "SG015", "error", f"shape inference (strict): {problem.strip()}", node)
+
+
+# Strict shape inference joins its errors: "(op_type:MaxPool, node name: /MaxPool_1): [ShapeInferenceError] ..."
+INFERENCE_PROBLEM = re.compile(r"\(op_type:([^,]*), node name: (.*?)\): (.*?)(?= \(op_type:|$)")
 
 
 def _first_line(error) -> str:
