@@ -239,3 +239,13 @@ def test_shape_inference_reports_the_cause_not_its_echoes(tmp_path):
     findings = _check(model, Settings(select=("SG015",)), tmp_path)
     assert [(f.node, f.message) for f in findings] == [
         ("pool", "shape inference (strict): [ShapeInferenceError] Attribute kernel_shape has incorrect size")]
+
+
+def test_external_data_beside_the_model_is_clean_and_a_missing_file_is_reported(tmp_path):
+    onnx.save(clean_model(), tmp_path / "model.onnx", save_as_external_data=True, location="model.data",
+              size_threshold=0)
+    assert check_file(tmp_path / "model.onnx", Settings()) == []
+    (tmp_path / "model.data").unlink()
+    findings = check_file(tmp_path / "model.onnx", Settings())
+    assert [f.rule for f in findings] == ["SG014"]
+    assert "model.data" in findings[0].message

@@ -43,6 +43,10 @@ class ModelFacts:
         return {("" if o.domain == "ai.onnx" else o.domain): o.version for o in self.model.opset_import}
 
     @cached_property
+    def has_external_data(self) -> bool:
+        return any(t.data_location == TensorProto.EXTERNAL for t in self.model.graph.initializer)
+
+    @cached_property
     def reads(self) -> list[list[str]]:
         """Per node, the tensor names it reads (with those its subgraphs take from outside)."""
         return [node_inputs(node) for node in self.nodes]
