@@ -6,6 +6,7 @@ CPU references, running the exported graph, with spconv's own output: max abs er
 the output's scale (the brief's bar; measured 3e-7 on the window, 4e-7 on the full scan).
 """
 import json
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -129,7 +130,8 @@ def test_libspconv_flavour_follows_the_parser(exported):
 
 def test_libspconv_initializers_are_the_folded_weights_in_float16(exported):
     standard = build_model(exported.trace, "standard")
-    folded = {t.name: numpy_helper.to_array(t) for t in standard.graph.initializer if t.name.endswith((".weight", ".bias"))}
+    folded = {t.name: numpy_helper.to_array(t) for t in standard.graph.initializer
+              if t.name.endswith((".weight", ".bias"))}
     halves = {t.name: numpy_helper.to_array(t) for t in exported.model.graph.initializer}
     assert set(folded) == set(halves)
     for name, value in folded.items():
@@ -207,3 +209,22 @@ def test_full_real_scan_both_flavours():
     onnx.checker.check_model(standard, full_check=True)
     check = check_with_references(result)
     assert check["relative_error"] < TOLERANCE, check
+
+
+def test_cli_check_failure_writes_nothing(tmp_path, capsys):
+    out = tmp_path / "scn.onnx"
+    code = main(["export", "spconv", "--model", "centerpoint-scn", "--features", str(FEATURES), "--indices",
+                 str(INDICES), "-o", str(out), "--check", "--tolerance", "1e-12"])
+    assert code == 1
+    assert "nothing was written" in capsys.readouterr().err and not out.exists()
+
+
+def test_cli_without_spconv_says_what_to_install(monkeypatch, tmp_path, capsys):
+    for module in ("surgeon.export.spconv_export", "surgeon.export.spconv_handlers"):
+        monkeypatch.delitem(sys.modules, module)
+    for module in ("spconv", "spconv.pytorch", "spconv.pytorch.conv"):
+        monkeypatch.setitem(sys.modules, module, None)  # `import spconv...` then fails as without spconv
+    code = main(["export", "spconv", "--model", "centerpoint-scn", "--features", str(FEATURES), "--indices",
+                 str(INDICES), "-o", str(tmp_path / "x.onnx")])
+    assert code == 2
+    assert "needs torch and spconv: pip install 'surgeon[zoo]'" in capsys.readouterr().err

@@ -7,7 +7,8 @@
 coordinates, `Reshape(dims=)`); `standard` passes onnx.checker and runs on surgeon's CPU references.
 `--features` / `--indices` are libspconv tensor files (.tensor) or .npy arrays: [N, C] features and
 [N, 4] int32 (batch, z, y, x) coordinates. `--check` runs the exported graph's ops on the CPU
-references and compares with PyTorch (exit 1 above --tolerance). Needs torch and spconv (zoo extra).
+references and compares with PyTorch (exit 1 above --tolerance, and nothing is written).
+Needs torch and spconv (the zoo extra).
 """
 from __future__ import annotations
 
@@ -32,7 +33,8 @@ def add_arguments(parser) -> None:
     spconv.add_argument("--features", required=True, metavar="FILE", help="voxel features [N, C] (.tensor or .npy)")
     spconv.add_argument("--indices", required=True, metavar="FILE",
                         help="voxel coordinates [N, 4] int32 as batch, z, y, x (.tensor or .npy)")
-    spconv.add_argument("--flavour", choices=FLAVOURS, default="libspconv", help="graph conventions (default libspconv)")
+    spconv.add_argument("--flavour", choices=FLAVOURS, default="libspconv",
+                        help="graph conventions (default libspconv)")
     spconv.add_argument("-o", "--output", required=True, metavar="OUT.onnx", help="where to write the model")
     spconv.add_argument("--save-tensors", metavar="STEM",
                         help="also write STEM.voxels/.coors/.output (libspconv tensor files) and STEM.npz")
@@ -64,7 +66,7 @@ def run(args) -> int:
     try:
         from surgeon.export.spconv_export import build_zoo_model, check_with_references, export_spconv, save_tensors
     except ModuleNotFoundError as exc:
-        if exc.name in ("torch", "spconv", "cumm"):
+        if (exc.name or "").split(".")[0] in ("torch", "spconv", "cumm"):
             raise SurgeonError(MISSING_SPCONV) from exc
         raise
     from surgeon.graphinfo import op_histogram
@@ -73,16 +75,20 @@ def run(args) -> int:
     features, indices = load_array(args.features), load_array(args.indices)
     fold = {"fold_batchnorm": not args.no_fold_batchnorm, "fold_relu": not args.no_fold_relu}
     result = export_spconv(build_zoo_model(args.model), features, indices, args.flavour, args.batch_size, **fold)
-    written = save_model_atomic(result.model, args.output)
-    if args.save_tensors:
-        written += save_tensors(result, args.save_tensors)
     report = {
         "model": args.model, "flavour": args.flavour, "voxels": int(len(features)),
         "nodes": len(result.model.graph.node), "ops": op_histogram(result.model.graph.node),
-        "output_shape": list(result.output.shape), "written": [str(p) for p in written],
+        "output_shape": list(result.output.shape),
     }
     if args.check:
         report["check"] = check_with_references(result, **fold)
+        if not report["check"]["relative_error"] <= args.tolerance:
+            raise CheckFailed(f"the CPU references differ from PyTorch by {report['check']['relative_error']:.3g} "
+                              f"of the output's scale (tolerance {args.tolerance:g}); nothing was written")
+    written = save_model_atomic(result.model, args.output)
+    if args.save_tensors:
+        written += save_tensors(result, args.save_tensors)
+    report["written"] = [str(p) for p in written]
     if args.json:
         print_json(report)
     elif not args.quiet:
@@ -95,7 +101,4 @@ def run(args) -> int:
             c = report["check"]
             print(f"check: max abs error {c['max_abs_error']:.3g} against output scale {c['output_scale']:.3g} "
                   f"(relative {c['relative_error']:.3g}, tolerance {args.tolerance:g})")
-    if args.check and not report["check"]["relative_error"] <= args.tolerance:
-        raise CheckFailed(f"the CPU references differ from PyTorch by {report['check']['relative_error']:.3g} "
-                          f"of the output's scale (tolerance {args.tolerance:g})")
     return 0

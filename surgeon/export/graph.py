@@ -30,7 +30,6 @@ from surgeon.export.tracer import SPARSE_DOMAIN, Op, Trace, Value
 
 OPSET = 11
 IR_VERSION = 10
-INDICES_DTYPE = np.int32
 
 
 def fold_into_convolutions(ops: list[Op], graph_outputs: list[str], fold_batchnorm: bool = True,
