@@ -153,7 +153,7 @@ def _interval_lengths(segment: gs.Tensor, known) -> gs.Tensor:
         if node is None or id(node) in seen:
             continue
         seen.add(id(node))
-        if is_op(node, "Cast") and const_value(node.inputs[0]) is None and producer(node.inputs[0]) is None:
+        if is_op(node, "Cast") and producer(node.inputs[0]) is None:  # a graph input or an initializer
             found.append(node.inputs[0])
         stack.extend(t for t in node.inputs if isinstance(t, gs.Variable))
         for body in (v for v in node.attrs.values() if isinstance(v, gs.Graph)):  # a Loop reads outer tensors
