@@ -20,6 +20,7 @@ HELP = "lint models for a target (ops, dtypes, order, names, data) and recipes; 
 def add_arguments(parser) -> None:
     from surgeon.check.formatters import FORMATS
 
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter  # keep the examples of the docstring
     parser.add_argument("paths", nargs="*", metavar="FILE", help="ONNX models; .yaml/.yml files are linted as recipes")
     parser.add_argument("--recipe", action="append", default=[], metavar="RECIPE",
                         help="lint RECIPE as a recipe whatever its extension (repeatable)")
