@@ -22,7 +22,7 @@ from surgeon.modelio import load_model, save_model_atomic, write_text_atomic
 from surgeon.pass_api import Context, PassResult
 from surgeon.recipe import Recipe, Step, load_recipe
 from surgeon.registry import get_pass
-from surgeon.rewrite import stable_toposort
+from surgeon.rewrite import export_graph, stable_toposort
 from surgeon.targets import load_target
 
 
@@ -255,10 +255,10 @@ def _toposort(graph: gs.Graph) -> None:
 
 def infer_graph_shapes(graph: gs.Graph) -> gs.Graph:
     """Run ONNX shape inference over a graphsurgeon graph; return the re-imported graph."""
-    model = gs.export_onnx(graph, do_type_check=False)
     try:
+        model = gs.export_onnx(graph, do_type_check=False)
         model = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
-    except Exception:  # shape inference is best effort: custom ops and partial graphs may defeat it
+    except Exception:  # best effort: custom ops, partial graphs, attributes graphsurgeon cannot export
         return graph
     inferred = gs.import_onnx(model)
     for key in ("_surgeon_provenance", "_surgeon_state"):
@@ -276,7 +276,7 @@ def finish_graph(graph: gs.Graph, original: onnx.ModelProto, recipe: Recipe,
             graph.cleanup()
         if not state or not state.sorted:
             _toposort(graph)
-    model = gs.export_onnx(graph, do_type_check=False)
+    model = export_graph(graph)
     try:
         model = onnx.shape_inference.infer_shapes(model, strict_mode=False)
     except Exception:

@@ -104,8 +104,8 @@ class Rewrite:
 
     def const(self, value, suffix: str = "const", dtype=None) -> gs.Constant:
         """A new initializer holding `value` (cast to `dtype` when given)."""
-        array = np.asarray(value, dtype=dtype)
-        return gs.Constant(self.name(suffix), values=np.ascontiguousarray(array))
+        # np.array, not ascontiguousarray: that one turns 0-d scalars into shape [1].
+        return gs.Constant(self.name(suffix), values=np.array(value, dtype=dtype, order="C"))
 
     def op(self, op_type: str, inputs: Sequence[gs.Tensor], attrs: dict | None = None, *, suffix: str | None = None,
            domain: str | None = None, dtype=None, shape=None, num_outputs: int = 1):
@@ -155,10 +155,20 @@ class Rewrite:
         nodes[at:at + 1] = self.nodes
 
 
+def export_graph(graph: gs.Graph):
+    """`gs.export_onnx`, with graphsurgeon's export failures turned into one clear error."""
+    from surgeon.errors import SurgeonError
+
+    try:
+        return gs.export_onnx(graph, do_type_check=False)
+    except (ValueError, TypeError) as exc:
+        raise SurgeonError(f"onnx-graphsurgeon cannot export the graph: {str(exc).strip().splitlines()[0]}") from exc
+
+
 def via_onnx(graph: gs.Graph, transform) -> gs.Graph:
     """Apply an ONNX-level `transform(ModelProto) -> ModelProto` (onnxsim, version converter, shape
     inference) to a graphsurgeon graph; return the re-imported graph."""
-    return gs.import_onnx(transform(gs.export_onnx(graph, do_type_check=False)))
+    return gs.import_onnx(transform(export_graph(graph)))
 
 
 def stable_toposort(graph: gs.Graph) -> bool:

@@ -57,5 +57,38 @@ def run_ort(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.nda
     return session.run(None, feeds)
 
 
+def export_torch(module_or_fn, *args, opset: int = 11, aten_fallback: bool = True, input_names=None,
+                 output_names=None, dynamic_axes=None) -> onnx.ModelProto:
+    """Export like users do: `torch.onnx.export(..., dynamo=False)` at `opset`, with the ATen fallback.
+
+    A plain function is wrapped in a Module. Needs torch (tests: `pytest.importorskip("torch")`).
+    """
+    import io
+    import warnings
+
+    import torch
+
+    module = module_or_fn if isinstance(module_or_fn, torch.nn.Module) else _FunctionModule(module_or_fn)
+    fallback = torch.onnx.OperatorExportTypes.ONNX_ATEN_FALLBACK if aten_fallback else \
+        torch.onnx.OperatorExportTypes.ONNX
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module.eval(), tuple(args), buffer, dynamo=False, opset_version=opset,
+                          operator_export_type=fallback, input_names=input_names, output_names=output_names,
+                          dynamic_axes=dynamic_axes, do_constant_folding=True)
+    return onnx.load_from_string(buffer.getvalue())
+
+
+def _FunctionModule(fn):
+    import torch
+
+    class FunctionModule(torch.nn.Module):
+        def forward(self, *args):
+            return fn(*args)
+
+    return FunctionModule()
+
+
 def op_types(model: onnx.ModelProto) -> list[str]:
     return [n.op_type for n in model.graph.node]

@@ -245,3 +245,16 @@ def test_noop_recipe_keeps_the_graph_as_it_was(tmp_path, model_file, relu_model)
     out = tmp_path / "o.onnx"
     surgeon.run_recipe(recipe, output=out)
     assert [n.name for n in onnx.load(out).graph.node] == [n.name for n in relu_model.graph.node]
+
+
+def test_rewrite_const_keeps_scalars_0d():
+    import onnx_graphsurgeon as gs
+
+    from surgeon.pass_api import Context
+    from surgeon.rewrite import Rewrite
+    from surgeon.targets import load_target
+
+    graph = gs.Graph(nodes=[gs.Node("Relu", name="r")])
+    rw = Rewrite(graph, Context(target=load_target("onnxruntime")), graph.nodes[0])
+    assert rw.const(1.5, dtype=np.float32).values.shape == ()
+    assert rw.const([1, 2], dtype=np.int64).values.shape == (2,)
