@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from surgeon.errors import SurgeonError
+from surgeon.errors import SurgeonError, suggest
 
 MODELS = {
     "bevformer-tiny": "BEVFormer-tiny: ResNet-50, FPN, 3 encoder and 6 decoder layers, 6 cameras",
@@ -22,9 +22,25 @@ OPSETS = (11, 13, 16)
 MISSING_TORCH = "surgeon zoo needs the zoo extra: pip install 'surgeon[zoo]'"
 
 
+def check_choice(what: str, value, choices) -> None:
+    """Raise a SurgeonError naming the parameter when `value` is not one of `choices`."""
+    if value not in choices:
+        raise SurgeonError(f"unknown {what} {value!r}; choose one of: {', '.join(map(str, choices))}",
+                           hint=suggest(value, choices))
+
+
+def export_paths(out_dir: str | Path, model_name: str, size: str, opset: int, aten_fallback: bool) -> dict[str, Path]:
+    """{"onnx", "inputs", "outputs"}: the files one export writes, named after the stem
+    `<model>.<size>.opset<N>[-aten]` (e.g. `bevformer-tiny.fixture.opset11-aten.inputs.npz`)."""
+    stem = f"{model_name}.{size}.opset{opset}{'-aten' if aten_fallback else ''}"
+    return {kind: Path(out_dir) / f"{stem}{suffix}"
+            for kind, suffix in (("onnx", ".onnx"), ("inputs", ".inputs.npz"), ("outputs", ".outputs.npz"))}
+
+
 def export(model_name: str, size: str = "fixture", opset: int = 16, aten_fallback: bool = False,
            out_dir: str | Path = ".") -> dict[str, Path]:
     """Export one zoo model; see `surgeon.zoo.exporter.export`. Needs torch."""
+    check_choice("model", model_name, MODELS)
     try:
         from .exporter import export as _export
     except ModuleNotFoundError as exc:

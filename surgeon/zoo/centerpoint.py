@@ -154,3 +154,35 @@ def build_centerpoint_scn(input_channels: int = 5, sparse_shape=NUSCENES_GRID_ZY
     model = CenterPointSCN(input_channels, sparse_shape)
     randomize_batchnorm(model, torch.Generator().manual_seed(seed + 1))
     return model.eval()
+
+
+def load_backbone_checkpoint(model: CenterPointSCN, state: dict) -> None:
+    """Load an OpenPCDet checkpoint's `backbone_3d.*` weights into `model.backbone`.
+
+    `state` is what `torch.load` returns: a checkpoint with `model_state` (OpenPCDet) or
+    `state_dict`, or a bare state dict; keys may carry the `backbone_3d.` prefix. Convolution weights
+    saved by spconv 1.x ([k, k, k, Cin, Cout]) are permuted to spconv 2.x's [Cout, k, k, k, Cin].
+    Missing or unexpected keys raise SurgeonError naming them.
+    """
+    from surgeon.errors import SurgeonError
+
+    for key in ("model_state", "state_dict"):
+        if isinstance(state.get(key), dict):
+            state = state[key]
+    prefix = "backbone_3d."
+    if any(k.startswith(prefix) for k in state):
+        state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    expected = model.backbone.state_dict()
+    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise SurgeonError(f"checkpoint does not fit VoxelResBackBone8x: {len(missing)} missing keys "
+                           f"{missing[:3]}, {len(unexpected)} unexpected keys {unexpected[:3]}")
+    converted = {}
+    for key, value in state.items():
+        target = expected[key].shape
+        if value.ndim == 5 and value.shape != target and value.permute(4, 0, 1, 2, 3).shape == target:
+            value = value.permute(4, 0, 1, 2, 3).contiguous()  # spconv 1.x layout
+        if value.shape != target:
+            raise SurgeonError(f"checkpoint '{key}' has shape {list(value.shape)}, the model needs {list(target)}")
+        converted[key] = value
+    model.backbone.load_state_dict(converted)

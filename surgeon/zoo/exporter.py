@@ -1,8 +1,7 @@
 """Export a zoo model the way users do: TorchScript `torch.onnx.export`, seeded weights and inputs.
 
-Every export writes three files next to each other:
-`<stem>.onnx`, `<stem>.inputs.npz` (keyed by ONNX input names) and `<stem>.outputs.npz` (the PyTorch
-outputs keyed by ONNX output names), where stem is `<model>.<size>.opset<N>[-aten]`.
+Every export writes three files next to each other (see `export_paths`): the graph, its sample
+inputs keyed by ONNX input names and the PyTorch outputs keyed by ONNX output names.
 """
 from __future__ import annotations
 
@@ -14,7 +13,7 @@ import torch
 
 from surgeon.errors import SurgeonError
 
-from . import MODELS, OPSETS, SIZES, bevformer, bevfusion, sparse4d
+from . import MODELS, OPSETS, SIZES, bevformer, bevfusion, check_choice, export_paths, sparse4d
 
 SEED = 0
 
@@ -26,17 +25,6 @@ EXAMPLES = {
     "bevfusion-fuser-head": bevfusion.fuser_head_example,
     "sparse4d-head": sparse4d.head_example,
 }
-
-
-def check_choice(what: str, value, choices) -> None:
-    """Raise a SurgeonError naming the parameter when `value` is not one of `choices`."""
-    if value not in choices:
-        raise SurgeonError(f"unknown {what} {value!r}; choose one of: {', '.join(map(str, choices))}")
-
-
-def stem(model_name: str, size: str, opset: int, aten_fallback: bool) -> str:
-    """The file name stem of one export, e.g. `bevformer-tiny.fixture.opset11-aten`."""
-    return f"{model_name}.{size}.opset{opset}{'-aten' if aten_fallback else ''}"
 
 
 def build(model_name: str, size: str):
@@ -54,11 +42,8 @@ def export(model_name: str, size: str = "fixture", opset: int = 16, aten_fallbac
     """Write the ONNX graph and its sample inputs and outputs; returns {"onnx", "inputs", "outputs"}: paths."""
     check_choice("opset", opset, OPSETS)
     module, inputs, output_names = build(model_name, size)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    base = out_dir / stem(model_name, size, opset, aten_fallback)
-    paths = {"onnx": base.with_name(base.name + ".onnx"), "inputs": base.with_name(base.name + ".inputs.npz"),
-             "outputs": base.with_name(base.name + ".outputs.npz")}
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    paths = export_paths(out_dir, model_name, size, opset, aten_fallback)
     args = tuple(inputs.values())
     export_type = (torch.onnx.OperatorExportTypes.ONNX_ATEN_FALLBACK if aten_fallback
                    else torch.onnx.OperatorExportTypes.ONNX)

@@ -9,16 +9,22 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from . import MODELS
-from .exporter import export
-from .ophist import histogram
+from . import MODELS, export_paths
 
 FIXTURE_DIR = Path(__file__).resolve().parents[2] / "tests" / "data" / "zoo"
 FIXTURES = tuple((name, 11, True) for name in MODELS) + (("bevformer-tiny", 13, True), ("bevformer-tiny", 16, False))
 
 
+def fixture_paths(name: str, opset: int, aten_fallback: bool) -> dict[str, Path]:
+    """{"onnx", "inputs", "outputs"}: where the committed fixture files of one export lie."""
+    return export_paths(FIXTURE_DIR, name, "fixture", opset, aten_fallback)
+
+
 def main(argv: list[str] | None = None) -> int:
     import onnx
+
+    from .exporter import export
+    from .ophist import histogram
 
     args = sys.argv[1:] if argv is None else argv
     out_dir = Path(args[0]) if args else FIXTURE_DIR

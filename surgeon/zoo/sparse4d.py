@@ -162,7 +162,13 @@ class AsymmetricFFN(nn.Module):
 
 
 class SparseBox3DRefinementModule(nn.Module):
-    """Box refinement: residual on position and size, normalised yaw, velocity over the time interval."""
+    """Box refinement: residual on position and size, normalised yaw, velocity over the time interval.
+
+    Upstream assigns in place through list indices (`output[..., [X, Y, Z, W, L, H]] = ...`); torch
+    2.13's TorchScript exporter turns that into an invalid graph (Add and Expand nodes with empty
+    inputs, refused by onnx.checker and ONNX Runtime), so this writes the same values with slices and
+    a concat, as Sparse4D's deployment forks do.
+    """
 
     def __init__(self, embed_dims: int, num_classes: int):
         super().__init__()
@@ -172,12 +178,11 @@ class SparseBox3DRefinementModule(nn.Module):
 
     def forward(self, instance_feature, anchor, anchor_embed, time_interval: float = 0.5):
         output = self.layers(instance_feature + anchor_embed) * self.scale
-        refine_state = [X, Y, Z, W, L, H]
-        output[..., refine_state] = output[..., refine_state] + anchor[..., refine_state]
-        output[..., [SIN_YAW, COS_YAW]] = F.normalize(output[..., [SIN_YAW, COS_YAW]], dim=-1)
+        refined = output[..., X:H + 1] + anchor[..., X:H + 1]
+        yaw = F.normalize(output[..., SIN_YAW:COS_YAW + 1], dim=-1)
         translation = torch.transpose(output[..., VX:], 0, -1)
         velocity = torch.transpose(translation / instance_feature.new_tensor(time_interval), 0, -1)
-        output[..., VX:] = velocity + anchor[..., VX:]
+        output = torch.cat([refined, yaw, velocity + anchor[..., VX:]], dim=-1)
         return output, self.cls_layers(instance_feature)
 
 
