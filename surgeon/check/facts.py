@@ -1,5 +1,6 @@
-"""What the rules look at, computed once per model: the loaded proto, the target, a topological order,
-shape-inferred dtypes and the opset in force for each domain."""
+"""What the rules look at, computed once per model and only when a rule asks: the loaded proto, the
+target, what each node reads (and what it reads too early), a topologically sorted copy, strict shape
+inference and the dtypes it found, and the opset in force for each domain."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -25,6 +26,8 @@ def dtype_name(elem_type: int) -> str:
 
 @dataclass
 class ModelFacts:
+    """One model as the rules see it (read without its external data)."""
+
     path: Path
     model: onnx.ModelProto
     target: Target
