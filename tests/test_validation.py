@@ -246,3 +246,12 @@ def test_recipe_against_another_model_with_recorded_inputs_and_expected_outputs(
     assert result.validation.expected[0].max_abs == pytest.approx(0.5)
     assert "y differs from expected" in result.validation.summary
     assert result.validation.data.endswith("in.npz")
+
+
+def test_error_arrays_of_scalars_bools_and_zeros():
+    from surgeon.validation.compare import error_arrays
+
+    abs_err, rel_err = error_arrays(np.array(0.0, np.float32), np.array(1e-3, np.float32))
+    assert abs_err.shape == () and abs_err == pytest.approx(1e-3) and rel_err > 1e12
+    abs_err, _ = error_arrays(np.array([True, False]), np.array([True, True]))
+    np.testing.assert_array_equal(abs_err, [0.0, 1.0])

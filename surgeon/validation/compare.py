@@ -112,7 +112,7 @@ def error_arrays(reference: np.ndarray, candidate: np.ndarray) -> tuple[np.ndarr
     else:
         abs_err = np.abs(candidate.astype(np.float64) - reference.astype(np.float64))
     denominator = np.abs(reference.astype(np.float64))
-    denominator[denominator == 0] = _EPSILON
+    denominator = np.where(denominator == 0, _EPSILON, denominator)
     with np.errstate(invalid="ignore", over="ignore"):
         rel_err = abs_err / denominator
     return abs_err, rel_err

@@ -126,7 +126,7 @@ th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}
 .pass{color:#176f2c;font-weight:600}.fail{color:#b00020;font-weight:600}
 .verdict{font-size:1.2em;padding:.4em .8em;display:inline-block;border-radius:4px}
 .verdict.pass{background:#e3f4e6}.verdict.fail{background:#fbe3e6}
-code{background:#f5f5f5;padding:0 .2em}.names{font-family:monospace;font-size:12px;columns:2}
+code{background:#f5f5f5;padding:0 .2em}.plots img{display:inline-block;margin:0 .5em .5em 0}.names{font-family:monospace;font-size:12px;columns:2}
 """
 
 
@@ -149,7 +149,7 @@ def _html_outputs(outputs) -> str:
     return _html_table(_COLUMNS, rows)
 
 
-def _histogram(output) -> str:
+def _histogram(output, against: str) -> str:
     """An <img> of the output's absolute-error histogram, or a note when there is nothing to plot."""
     errors = output.abs_errors
     if errors is None or errors.size == 0:
@@ -172,12 +172,12 @@ def _histogram(output) -> str:
         axes.legend(loc="upper right")
     axes.set_xlabel("absolute error")
     axes.set_ylabel("elements")
-    axes.set_title(output.name, fontsize=10)
+    axes.set_title(f"{output.name} vs {against}", fontsize=10)
     figure.tight_layout()
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png")
     data = base64.b64encode(buffer.getvalue()).decode()
-    return f"<img alt='error histogram of {_esc(output.name)}' src='data:image/png;base64,{data}'>"
+    return f"<img alt='error histogram of {_esc(output.name)} vs {against}' src='data:image/png;base64,{data}'>"
 
 
 def _html_worst(outputs) -> str:
@@ -239,9 +239,10 @@ def html_page(result) -> str:
         body += ["<h2>Outputs against the expected values</h2>", _html_outputs(result.expected)]
     for label, text in _where(result):
         body.append(f"<p><b>{_esc(label)}:</b> {_esc(text.replace('`', ''))}</p>")
-    histograms = "".join(_histogram(o) for o in result.outputs + result.expected)
+    histograms = "".join([_histogram(o, "original") for o in result.outputs]
+                         + [_histogram(o, "expected") for o in result.expected])
     if histograms:
-        body += ["<h2>Error histograms</h2>", histograms]
+        body += ["<h2>Absolute error histograms</h2>", f"<div class='plots'>{histograms}</div>"]
     worst = _html_worst(result.outputs + result.expected)
     if worst:
         body += ["<h2>Worst elements</h2>", worst]
