@@ -62,6 +62,9 @@ def main(argv=None) -> int:
 
             traceback.print_exception(exc.__cause__)
         return exc.exit_code
+    except BrokenPipeError:  # `surgeon ... | head`: the reader left; say nothing more
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:
         print("surgeon: interrupted; nothing was written", file=sys.stderr)
         return 130

@@ -67,12 +67,17 @@ def save_model_atomic(model: onnx.ModelProto, path, external_data: bool | None =
 
 def write_text_atomic(path, text: str) -> Path:
     """Write a text file through a temporary file beside it."""
+    return write_bytes_atomic(path, text.encode())
+
+
+def write_bytes_atomic(path, data: bytes) -> Path:
+    """Write a file through a temporary file beside it, then rename: readers never see half of it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

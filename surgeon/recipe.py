@@ -261,7 +261,11 @@ def _merge_chain(data: dict, path: Path | None, seen: tuple) -> tuple[dict, list
     base_dir = path.parent if path is not None else Path.cwd()
     parent_path = _join(base_dir, parent_name)
     if not parent_path.exists():
-        raise _error(f"extended recipe not found: {parent_name}", _value_mark(data, "extends"), file=path)
+        try:  # a shipped recipe by name, e.g. `extends: targets/tensorrt-8.6`
+            parent_path = find_recipe(parent_name)
+        except RecipeError as exc:
+            raise _error(f"extended recipe not found: {parent_name}", _value_mark(data, "extends"), exc.hint,
+                         file=path) from None
     resolved = parent_path.resolve()
     if resolved in seen or (path is not None and resolved == path.resolve()):
         raise _error(f"recipe extends itself through {parent_name}", _value_mark(data, "extends"), file=path)

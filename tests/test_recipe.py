@@ -231,3 +231,14 @@ def test_json_schema_matches_docs_and_validates_recipes(tmp_path):
     bad = {"steps": [{"pass": "cleanup", "with": {"remove_unused_input": False}}]}
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(bad, schema)
+
+
+def test_extends_a_shipped_recipe_by_name(tmp_path):
+    path = write(tmp_path, """
+        extends: targets/tensorrt-8.6
+        name: mine
+        """)
+    recipe = load_recipe(path)
+    assert recipe.target == "tensorrt-8.6" and recipe.steps and recipe.name == "mine"
+    err = error_of(write(tmp_path, "extends: targets/tensorrt-8.7\n", "bad.yaml"))
+    assert "extended recipe not found" in err.message and "targets/tensorrt-8.6" in str(err)

@@ -16,15 +16,14 @@ reason, so a recipe's other stages still run and its report says the build was s
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from surgeon.errors import SurgeonError
+from surgeon.modelio import write_bytes_atomic
 
 INSTALL_HINT = ("install TensorRT on a machine with an NVIDIA GPU: pip install 'surgeon[trt]', or NVIDIA's wheels "
                 "(pip install tensorrt --extra-index-url https://pypi.nvidia.com)")
@@ -175,7 +174,7 @@ def build_engine(model_path, engine_path, options: dict[str, Any] | None = None,
         raise SurgeonError(f"TensorRT could not build {model_path}: {exc}") from exc
     seconds = time.perf_counter() - started
     data = bytes(serialized)
-    _write_bytes_atomic(engine_path, data)
+    write_bytes_atomic(engine_path, data)
     layers = engine_layers(EngineFromBytes(data)())
     result = BuildResult(built=True, engine=engine_path, seconds=seconds, engine_bytes=len(data), precision=precision,
                          tensorrt_version=trt.__version__, plugin_libraries=libraries,
@@ -183,19 +182,6 @@ def build_engine(model_path, engine_path, options: dict[str, Any] | None = None,
     result.report = engine_path.with_name(engine_path.stem + ".build.json")
     write_text_atomic(result.report, json.dumps(result.to_dict(), indent=2, sort_keys=True) + "\n")
     return result
-
-
-def _write_bytes_atomic(path: Path, data: bytes) -> None:
-    """The engine through a temporary file beside it (surgeon.modelio has a text-only helper)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _profile(profile, shapes: dict[str, dict[str, list[int]]]):
