@@ -22,7 +22,7 @@ from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 from surgeon.cli import main  # noqa: E402
 from surgeon.errors import SurgeonError  # noqa: E402
 from surgeon.export.graph import build_model  # noqa: E402
-from surgeon.export.spconv_export import check_with_references, export_spconv  # noqa: E402
+from surgeon.export.spconv_export import build_zoo_model, check_with_references, export_spconv  # noqa: E402
 from surgeon.export.tensor_file import read_tensor  # noqa: E402
 from surgeon.targets import load_target  # noqa: E402
 from surgeon.zoo.centerpoint import SparseBasicBlock, build_centerpoint_scn  # noqa: E402
@@ -228,3 +228,25 @@ def test_cli_without_spconv_says_what_to_install(monkeypatch, tmp_path, capsys):
                  str(INDICES), "-o", str(tmp_path / "x.onnx")])
     assert code == 2
     assert "needs torch and spconv: pip install 'surgeon[zoo]'" in capsys.readouterr().err
+
+
+def test_openpcdet_checkpoint_loads_in_either_spconv_layout(tmp_path):
+    trained = build_centerpoint_scn(seed=99)
+    state = {}
+    for key, value in trained.backbone.state_dict().items():
+        if value.ndim == 5 and key.startswith("conv1"):
+            value = value.permute(1, 2, 3, 4, 0)  # spconv 1.x kept [k, k, k, Cin, Cout]
+        state[f"backbone_3d.{key}"] = value
+    state["dense_head.conv_cls.weight"] = torch.zeros(3)  # the rest of the detector is ignored
+    path = tmp_path / "checkpoint_epoch_20.pth"
+    torch.save({"model_state": state, "epoch": 20}, path)
+    loaded = build_zoo_model("centerpoint-scn", path)
+    for key, value in trained.state_dict().items():
+        torch.testing.assert_close(loaded.state_dict()[key], value, rtol=0, atol=0)
+
+
+def test_a_checkpoint_of_another_network_is_named(tmp_path):
+    path = tmp_path / "other.pth"
+    torch.save({"model_state": {"backbone_3d.conv_input.0.weight": torch.zeros(16, 3, 3, 3, 4)}}, path)
+    with pytest.raises(SurgeonError, match=f"{path}: checkpoint does not fit VoxelResBackBone8x: 141 missing keys"):
+        build_zoo_model("centerpoint-scn", path)

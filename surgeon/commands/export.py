@@ -30,6 +30,9 @@ def add_arguments(parser) -> None:
                             description=__doc__)
     spconv.add_argument("--model", required=True, choices=sorted(SPCONV_MODELS),
                         help="; ".join(f"{k}: {v}" for k, v in SPCONV_MODELS.items()))
+    spconv.add_argument("--checkpoint", metavar="FILE.pth",
+                        help="OpenPCDet checkpoint whose backbone_3d.* weights to export (default: seeded random "
+                             "weights); spconv 1.x weight layouts are converted")
     spconv.add_argument("--features", required=True, metavar="FILE", help="voxel features [N, C] (.tensor or .npy)")
     spconv.add_argument("--indices", required=True, metavar="FILE",
                         help="voxel coordinates [N, 4] int32 as batch, z, y, x (.tensor or .npy)")
@@ -74,7 +77,8 @@ def run(args) -> int:
 
     features, indices = load_array(args.features), load_array(args.indices)
     fold = {"fold_batchnorm": not args.no_fold_batchnorm, "fold_relu": not args.no_fold_relu}
-    result = export_spconv(build_zoo_model(args.model), features, indices, args.flavour, args.batch_size, **fold)
+    model = build_zoo_model(args.model, args.checkpoint)
+    result = export_spconv(model, features, indices, args.flavour, args.batch_size, **fold)
     report = {
         "model": args.model, "flavour": args.flavour, "voxels": int(len(features)),
         "nodes": len(result.model.graph.node), "ops": op_histogram(result.model.graph.node),

@@ -35,13 +35,26 @@ class SpconvExport:
     output: np.ndarray
 
 
-def build_zoo_model(name: str) -> torch.nn.Module:
+def build_zoo_model(name: str, checkpoint=None) -> torch.nn.Module:
+    """The named model with seeded random weights, or the weights of an OpenPCDet `checkpoint` file."""
     if name != "centerpoint-scn":
         raise SurgeonError(f"unknown spconv model '{name}'; known: {', '.join(SPCONV_MODELS)}",
                            hint=suggest(name, SPCONV_MODELS))
-    from surgeon.zoo.centerpoint import build_centerpoint_scn
+    from surgeon.zoo.centerpoint import build_centerpoint_scn, load_backbone_checkpoint
 
-    return build_centerpoint_scn()
+    model = build_centerpoint_scn()
+    if checkpoint is not None:
+        try:
+            state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        except (OSError, RuntimeError, ValueError) as exc:
+            raise SurgeonError(f"cannot read checkpoint: {str(exc).splitlines()[0]}", file=checkpoint) from None
+        if not isinstance(state, dict):
+            raise SurgeonError(f"checkpoint holds a {type(state).__name__}, not a state dict", file=checkpoint)
+        try:
+            load_backbone_checkpoint(model, state)
+        except SurgeonError as exc:
+            raise SurgeonError(exc.message, file=checkpoint) from None
+    return model.eval()
 
 
 @contextlib.contextmanager
