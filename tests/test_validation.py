@@ -92,7 +92,7 @@ def test_wrong_constant_fails_localises_and_bisects(tmp_path):
     assert not result.ok and not validation.passed
     # The original graph's ATen node forces the reference runner on both sides.
     assert validation.runners == {"original": "reference", "rewritten": "reference"}
-    assert validation.divergence["tensor"] == "shifted"
+    assert validation.divergence["tensor"] == "shifted" and validation.divergence["checked"] == 2
     assert validation.divergence["rewritten_node"] == "shift (Add)"
     assert validation.bisection.step_index == 3 and validation.bisection.step_name == WRONG_STEP
     assert "step 3 (test-validation-wrong-constant)" in validation.summary
@@ -255,3 +255,14 @@ def test_error_arrays_of_scalars_bools_and_zeros():
     assert abs_err.shape == () and abs_err == pytest.approx(1e-3) and rel_err > 1e12
     abs_err, _ = error_arrays(np.array([True, False]), np.array([True, True]))
     np.testing.assert_array_equal(abs_err, [0.0, 1.0])
+
+
+def test_a_changed_output_shape_fails_and_localisation_says_no_common_tensor_differs():
+    original, reshaped = chain_model(), chain_model()
+    reshaped.graph.node[-1].output[0] = "doubled"
+    reshaped.graph.node.append(helper.make_node("Reshape", ["doubled", "flat"], ["y"], name="flatten"))
+    reshaped.graph.initializer.append(onnx.numpy_helper.from_array(np.array([2, 20], np.int64), "flat"))
+    result = validate_models(original, reshaped, make_feeds(original), Tolerance())
+    assert not result.passed and result.outputs[0].note == "shape [1, 2, 4, 5] vs [2, 20]"
+    assert result.divergence == {"tensor": None, "checked": 3, "of": 4}
+    assert "localisation: no common tensor differs when read as an extra output (3 compared)" in result.summary

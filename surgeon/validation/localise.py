@@ -37,11 +37,15 @@ def with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
 
 
 def first_divergence(reference: onnx.ModelProto, candidate: onnx.ModelProto, feed: dict, tolerance: Tolerance,
-                     runner: str = "auto") -> dict | None:
-    """The first common tensor outside tolerance (elementwise rule, default tolerances), or None."""
+                     runner: str = "auto") -> dict:
+    """The first common tensor outside tolerance (elementwise rule, default tolerances).
+
+    `tensor` is None when none differs. That happens: with every tensor an output, ONNX Runtime
+    cannot fuse across them, so an output difference caused by its graph optimisations vanishes.
+    """
     names = common_tensors(reference, candidate)
     if not names:
-        return None
+        return {"tensor": None, "checked": 0, "of": 0}
     ref_results, _ = run_model(with_outputs(reference, names), [feed], runner, "original")
     cand_results, _ = run_model(with_outputs(candidate, names), [feed], runner, "rewritten")
     ref_values = next(iter(ref_results.items()))[1][0]
@@ -61,7 +65,18 @@ def first_divergence(reference: onnx.ModelProto, candidate: onnx.ModelProto, fee
                     "max_abs": float(np.nanmax(abs_err)) if abs_err.size else 0.0,
                     "mismatched": int(bad.sum()), "elements": int(bad.size),
                     "original_node": _describe(ref_nodes[name]), "rewritten_node": _describe(cand_nodes[name])}
-    return None
+    return {"tensor": None, "checked": checked, "of": len(names)}
+
+
+def describe_divergence(found: dict) -> tuple[str, str]:
+    """A (label, sentence) pair for summaries and reports."""
+    if found["tensor"] is None:
+        return ("Localisation", f"no common tensor differs when read as an extra output ({found['checked']} "
+                                "compared): the output difference depends on how the runtime optimises the whole graph")
+    return ("First diverging tensor",
+            f"{found['tensor']} (made by {found['rewritten_node']} in the rewritten graph, {found['original_node']} "
+            f"in the original), max abs {found['max_abs']:.3g}, {found['mismatched']} of {found['elements']} "
+            "elements out of tolerance")
 
 
 def _describe(node: onnx.NodeProto) -> str:

@@ -18,6 +18,7 @@ import os
 from pathlib import Path
 
 from surgeon.modelio import write_text_atomic
+from surgeon.validation.localise import describe_divergence
 
 #: Node names listed per side in the HTML graph diff before "… and N more".
 NAMES_SHOWN = 50
@@ -109,10 +110,7 @@ def _where(result) -> list[tuple[str, str]]:
         label = "First diverging step" if result.bisection.found else "Bisection"
         found.append((label, result.bisection.describe()))
     if result.divergence:
-        d = result.divergence
-        found.append(("First diverging tensor", f"`{d['tensor']}` made by {d['rewritten_node']} (rewritten) / "
-                                                f"{d['original_node']} (original), max abs {_g(d['max_abs'])}, "
-                                                f"{d['mismatched']} of {d['elements']} elements out of tolerance"))
+        found.append(describe_divergence(result.divergence))
     return found
 
 
@@ -238,7 +236,7 @@ def html_page(result) -> str:
     if result.expected:
         body += ["<h2>Outputs against the expected values</h2>", _html_outputs(result.expected)]
     for label, text in _where(result):
-        body.append(f"<p><b>{_esc(label)}:</b> {_esc(text.replace('`', ''))}</p>")
+        body.append(f"<p><b>{_esc(label)}:</b> {_esc(text)}</p>")
     histograms = "".join([_histogram(o, "original") for o in result.outputs]
                          + [_histogram(o, "expected") for o in result.expected])
     if histograms:

@@ -22,7 +22,7 @@ from surgeon.modelio import load_model
 from surgeon.validation.bisect import Bisection, bisect_steps
 from surgeon.validation.compare import OutputReport, Tolerance, combine, compare_outputs, run_model
 from surgeon.validation.data import Feeds, load_arrays, make_feeds
-from surgeon.validation.localise import first_divergence
+from surgeon.validation.localise import describe_divergence, first_divergence
 
 ORIGINAL, REWRITTEN, EXPECTED = "original", "rewritten", "expected"
 
@@ -57,9 +57,8 @@ class ValidationResult:
                     figures = o.note or f"max abs {_g(o.max_abs)}, max rel {_g(o.max_rel)}, cosine {o.cosine:.6f}"
                     lines.append(f"  {o.name} differs from {label}: {figures}")
         if self.divergence:
-            d = self.divergence
-            lines.append(f"  first diverging tensor: {d['tensor']} (made by {d['rewritten_node']} in the rewritten "
-                         f"graph, {d['original_node']} in the original), max abs {_g(d['max_abs'])}")
+            label, text = describe_divergence(self.divergence)
+            lines.append(f"  {label.lower()}: {text}")
         if self.bisection is not None:
             lines.append(f"  bisect: {self.bisection.describe()}")
         if self.reports:
