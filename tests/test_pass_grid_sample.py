@@ -5,6 +5,7 @@ Tolerance: float32, atol 1e-5 (rtol 0) against PyTorch's CPU grid_sample; neares
 from __future__ import annotations
 
 import io
+import warnings
 
 import numpy as np
 import onnx
@@ -12,22 +13,26 @@ import pytest
 from onnx import helper
 
 from surgeon.errors import SurgeonError
+from surgeon.reference import find_reference
+from surgeon.registry import discover
 from surgeon.targets import load_target
 from surgeon.testing import apply_pass, make_model, op_types, run_ort
 
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
 
-from passes.grid_sample import choose_form  # noqa: E402  (after the torch skip: the module is plain)
+discover()  # the built-in passes import as surgeon.passes.*
+from surgeon.passes.grid_sample import MATMUL_MIN_CHANNELS, choose_form  # noqa: E402
 
 ATOL = 1e-5
 OPSET11_OPS = {"Pad", "Transpose", "Flatten", "Gather", "Add", "Sub", "Mul", "Div", "Clip", "Floor", "Round",
-               "Cast", "Unsqueeze"}
+               "Cast", "Unsqueeze", "Slice", "Concat", "Reshape", "MatMul"}
 MODES = ("bilinear", "nearest")
 PADDINGS = ("zeros", "border")
-#: (N, C, H, W, Hg, Wg), size-1 dims included; W=4/H=8 (align False) and W=5/H=9 (align True) give exact ties.
+#: (N, C, H, W, Hg, Wg), size-1 dims included; W=4/H=8 (align False) and W=5/H=9 (align True) give exact ties;
+#: C=130 takes the MatMul blend (MATMUL_MIN_CHANNELS).
 SHAPES = [(1, 1, 1, 1, 1, 1), (2, 3, 4, 5, 6, 7), (1, 2, 1, 6, 3, 1), (3, 1, 5, 1, 2, 4), (2, 4, 8, 4, 5, 6),
-          (1, 3, 9, 5, 4, 4)]
+          (1, 3, 9, 5, 4, 4), (2, 130, 3, 4, 2, 5)]
 
 
 def torch_grid_sample(x, grid, mode="bilinear", padding="zeros", align_corners=False) -> np.ndarray:
@@ -77,9 +82,12 @@ def aten_export(opset: int, mode="bilinear", padding="zeros", align_corners=Fals
             return F.grid_sample(x, grid, mode=mode, padding_mode=padding, align_corners=align_corners)
 
     buffer = io.BytesIO()
-    torch.onnx.export(Sampler(), (torch.zeros(1, 3, 4, 5), torch.zeros(1, 6, 7, 2)), buffer, dynamo=False,
-                      opset_version=opset, operator_export_type=torch.onnx.OperatorExportTypes.ONNX_ATEN_FALLBACK,
-                      input_names=["x", "grid"], output_names=["y"])
+    with warnings.catch_warnings():  # the TorchScript exporter's deprecation notices
+        warnings.simplefilter("ignore")
+        torch.onnx.export(Sampler(), (torch.zeros(1, 3, 4, 5), torch.zeros(1, 6, 7, 2)), buffer, dynamo=False,
+                          opset_version=opset,
+                          operator_export_type=torch.onnx.OperatorExportTypes.ONNX_ATEN_FALLBACK,
+                          input_names=["x", "grid"], output_names=["y"])
     return onnx.load_from_string(buffer.getvalue())
 
 
@@ -111,13 +119,13 @@ def test_decompose_matches_torch_over_shapes(mode, padding, align_corners):
         assert_matches_torch(model, x, grid, mode, padding, align_corners)
 
 
-@pytest.mark.parametrize("mode", MODES)
-def test_decompose_output_is_opset11_only_and_valid(mode):
-    model, _ = apply_pass(grid_sample_16(SHAPES[1], mode, "zeros", False, opset=11), "grid-sample",
-                          mode="decompose")
+@pytest.mark.parametrize("mode, shape", [("bilinear", SHAPES[1]), ("nearest", SHAPES[1]), ("bilinear", SHAPES[-1])])
+def test_decompose_output_is_opset11_only_and_valid(mode, shape):
+    model, _ = apply_pass(grid_sample_16(shape, mode, "zeros", False, opset=11), "grid-sample", mode="decompose")
     onnx.checker.check_model(model)
     assert set(op_types(model)) <= OPSET11_OPS
     assert "GridSample" not in op_types(model)
+    assert ("MatMul" in op_types(model)) == (mode == "bilinear" and shape[1] >= MATMUL_MIN_CHANNELS)
     assert {o.domain: o.version for o in model.opset_import}[""] == 11
 
 
@@ -227,6 +235,21 @@ def test_plugin_node_contract():
     out_dims = [d.dim_value for d in model.graph.output[0].type.tensor_type.shape.dim]
     assert out_dims == [1, 3, 6, 7]
     assert step.rewritten == [next(n.name for n in exported.graph.node if n.op_type == "ATen")]
+
+
+def test_plugin_node_runs_through_the_plugin_reference():
+    """The emitted node is what the GridSample2D spec's CPU reference (used by validation) expects."""
+    reference = find_reference("GridSample2D", "surgeon")
+    if reference is None:
+        pytest.skip("no CPU reference registered for surgeon::GridSample2D (surgeon.plugins.specs)")
+    shape = (1, 3, 4, 5, 6, 7)
+    x, grid = feeds(shape, seed=8, align_corners=True)
+    model, _ = apply_pass(aten_export(11, "bilinear", "border", True), "grid-sample", mode="plugin")
+    (node,) = model.graph.node
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    attrs = {k: v.decode() if isinstance(v, bytes) else v for k, v in attrs.items()}
+    (out,) = reference([x, grid], attrs)
+    np.testing.assert_allclose(out, torch_grid_sample(x, grid, "bilinear", "border", True), atol=ATOL, rtol=0)
 
 
 def test_plugin_from_trt_spelling_standardises_the_grid():
