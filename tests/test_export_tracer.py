@@ -1,5 +1,6 @@
 """The forward-hook tracer: user handlers, one record per outermost call, and clean unwrapping."""
 import numpy as np
+import onnx
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -139,3 +140,41 @@ def test_permute_and_reshape_become_transpose_and_reshape_in_both_flavours():
     libspconv = build_model(t, "libspconv")
     assert [(n.op_type, len(n.input), [a.name for a in n.attribute]) for n in libspconv.graph.node] == [
         ("Relu", 1, []), ("Transpose", 1, ["dims"]), ("Reshape", 1, ["dims"])]
+
+
+class Sparse:
+    """The least a sparse tensor needs for the tracer: its `.features` tensor identifies it."""
+
+    def __init__(self, features, indices):
+        self.features, self.indices = features, indices
+
+
+class Gate(torch.nn.Module):
+    def forward(self, x):
+        return Sparse(torch.sigmoid(x.features) * x.features, x.indices)
+
+
+@handler(Gate)
+def gate_handler(call):
+    call.emit("Gate", [call.input(call.args[0])], domain="test.sparse")  # keeps its input's voxels
+
+
+class SparseNet(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.gate = Gate()
+
+    def forward(self, features, indices):
+        return self.gate(Sparse(features, indices)).features
+
+
+def test_a_custom_sparse_op_gets_its_coordinates_and_keeps_them():
+    features, indices = torch.randn(5, 2), torch.zeros(5, 4, dtype=torch.int32)
+    t = trace_model(SparseNet(), (features, indices), inputs={"features": features},
+                    sparse_indices={"features": ("indices", indices)})
+    model = build_model(t, "standard")
+    (node,) = model.graph.node
+    assert (node.domain, list(node.input), list(node.output)) == ("test.sparse", ["features", "indices"], ["gate"])
+    onnx.checker.check_model(model, full_check=True)
+    (libspconv_node,) = build_model(t, "libspconv").graph.node
+    assert list(libspconv_node.input) == ["features"]  # coordinates are implicit there

@@ -89,9 +89,8 @@ def build_model(trace: Trace, flavour: str = "standard", fold_batchnorm: bool = 
                    for v in trace.inputs if v.is_sparse]
     outputs = [helper.make_tensor_value_info(v.name, float_type, v.shape) for v in trace.outputs]
     graph = helper.make_graph(writer.nodes, graph_name, inputs, outputs, initializer=writer.initializers)
-    opsets = [helper.make_opsetid("", OPSET)]
-    if flavour == "standard":
-        opsets.append(helper.make_opsetid(SPARSE_DOMAIN, 1))
+    custom_domains = sorted({node.domain for node in writer.nodes if node.domain})
+    opsets = [helper.make_opsetid("", OPSET)] + [helper.make_opsetid(domain, 1) for domain in custom_domains]
     model = helper.make_model(graph, opset_imports=opsets, ir_version=IR_VERSION, producer_name="surgeon")
     helper.set_model_props(model, {"surgeon.export": f"spconv tracer, flavour={flavour}"})
     return model
@@ -136,7 +135,7 @@ class _Writer:
             inputs += [value.name, value.indices] if self.standard and value.is_sparse else [value.name]
         inputs += [self.initializer(f"{op.name}.{key}", array) for key, array in weights.items()]
         for value in op.outputs:
-            outputs += [value.name, value.indices] if self.standard and value.is_sparse else [value.name]
+            outputs += [value.name, value.indices] if self.standard and value.owns_indices else [value.name]
         if self.standard:
             inputs += op.index_inputs
             attrs.update(op.standard_attrs)

@@ -61,14 +61,24 @@ class Value:
     def is_sparse(self) -> bool:
         return self.indices is not None
 
+    @property
+    def owns_indices(self) -> bool:
+        """Whether the op that made this value also made its coordinates (a new voxel set)."""
+        return self.indices == indices_name(self.name)
+
+
+def indices_name(value_name: str) -> str:
+    return f"{value_name}.indices"
+
 
 @dataclass
 class Op:
     """One recorded call, flavour-neutral; `surgeon.export.graph` writes it as ONNX node(s).
 
-    `domain` "" means a standard op on the feature tensors (Relu, Add, Reshape, ...); a custom domain
-    op gets each sparse input as a (features, indices) pair in the `standard` flavour, and a new
-    indices output per sparse output. `index_inputs` and `standard_attrs` exist only in that flavour.
+    `domain` "" means a standard op on the feature tensors (Relu, Add, Reshape, ...). In the
+    `standard` flavour a custom-domain op gets each sparse input as a (features, indices) pair and an
+    indices output for each output that `owns_indices`; `index_inputs` and `standard_attrs` exist
+    only in that flavour.
     """
 
     op_type: str
@@ -104,18 +114,17 @@ class Call:
         return value
 
     def emit(self, op_type: str, inputs: list[Value], attrs: dict | None = None, weights: dict | None = None,
-             domain: str = "", output=None, indices: str | None = "inherit", **extra) -> Op:
-        """Record an op producing `output` (default: the call's output) and register its Value.
+             domain: str = "", indices: str | None = "inherit", **extra) -> Op:
+        """Record an op producing the call's output and register its Value.
 
         The output Value is sparse with the coordinates of the first input (`indices="inherit"`), new
         coordinates named `<op name>.indices` (`indices="new"`), or dense (`indices=None`).
         """
-        output = self.output if output is None else output
         if indices == "inherit":
             indices = inputs[0].indices if inputs else None
         elif indices == "new":
-            indices = f"{self.name}.indices"
-        value = self.trace.register(output, self.name, indices)
+            indices = indices_name(self.name)
+        value = self.trace.register(self.output, self.name, indices)
         op = Op(op_type, self.name, list(inputs), [value], dict(attrs or {}), dict(weights or {}), domain, **extra)
         self.trace.ops.append(op)
         return op
