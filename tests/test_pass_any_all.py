@@ -1,8 +1,6 @@
 """any-all: ATen any/all and torch's exported ReduceSum clusters against torch.any/torch.all, exactly."""
 from __future__ import annotations
 
-import io
-import warnings
 
 import numpy as np
 import onnx
@@ -11,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from onnx import helper
 
-from surgeon.testing import apply_pass, make_model, op_types, run_ort
+from surgeon.testing import apply_pass, export_torch, make_model, op_types, run_ort
 
 torch = pytest.importorskip("torch")
 
@@ -19,16 +17,7 @@ REDUCTION = {"any": "ReduceMax", "all": "ReduceMin"}
 
 
 def export(fn, x, opset):
-    class Module(torch.nn.Module):
-        def forward(self, value):
-            return fn(value)
-
-    buffer = io.BytesIO()
-    with warnings.catch_warnings():  # the TorchScript exporter's deprecation notices
-        warnings.simplefilter("ignore")
-        torch.onnx.export(Module(), (x,), buffer, dynamo=False, opset_version=opset,
-                          operator_export_type=torch.onnx.OperatorExportTypes.ONNX_ATEN_FALLBACK)
-    return onnx.load_from_string(buffer.getvalue())
+    return export_torch(fn, x, opset=opset)
 
 
 def torch_reduce(kind, x, dim, keepdim):

@@ -2,8 +2,6 @@
 whose results equal torch's exactly, for bool and for integers of any value at opset 11, 13 and 18."""
 from __future__ import annotations
 
-import io
-import warnings
 
 import numpy as np
 import onnx
@@ -14,7 +12,7 @@ from hypothesis.extra import numpy as hnp
 from onnx import helper
 
 from surgeon.errors import SurgeonError
-from surgeon.testing import apply_pass, make_model, op_types, run_ort
+from surgeon.testing import apply_pass, export_torch, make_model, op_types, run_ort
 
 torch = pytest.importorskip("torch")
 
@@ -24,13 +22,7 @@ TARGETS = {11: "opset-11", 13: "tensorrt-10", 18: "onnxruntime"}
 
 
 def export(module, args, opset):
-    buffer = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(module, args, buffer, dynamo=False, opset_version=opset,
-                          operator_export_type=torch.onnx.OperatorExportTypes.ONNX_ATEN_FALLBACK,
-                          input_names=["a", "b"], dynamic_axes={"a": [0], "b": [0]})
-    return onnx.load_from_string(buffer.getvalue())
+    return export_torch(module, *args, opset=opset, input_names=["a", "b"], dynamic_axes={"a": [0], "b": [0]})
 
 
 def aten_model(operator, dtype, opset, out_dtype=None):

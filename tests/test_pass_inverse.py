@@ -5,8 +5,6 @@ the same float32 matrix), on well-conditioned matrices (condition number <= 4) a
 """
 from __future__ import annotations
 
-import io
-import warnings
 
 import numpy as np
 import onnx
@@ -14,7 +12,7 @@ import pytest
 from onnx import helper
 
 from surgeon.errors import SurgeonError
-from surgeon.testing import apply_pass, make_model, op_types, run_ort
+from surgeon.testing import apply_pass, export_torch, make_model, op_types, run_ort
 
 torch = pytest.importorskip("torch")
 
@@ -23,16 +21,7 @@ OPSET_11_OPS = {"Reshape", "Gather", "Mul", "Sub", "Add", "MatMul", "Div"}
 
 
 def export(fn, x, opset):
-    class Module(torch.nn.Module):
-        def forward(self, value):
-            return fn(value)
-
-    buffer = io.BytesIO()
-    with warnings.catch_warnings():  # the TorchScript exporter's deprecation notices
-        warnings.simplefilter("ignore")
-        torch.onnx.export(Module(), (x,), buffer, dynamo=False, opset_version=opset,
-                          operator_export_type=torch.onnx.OperatorExportTypes.ONNX_ATEN_FALLBACK)
-    return onnx.load_from_string(buffer.getvalue())
+    return export_torch(fn, x, opset=opset)
 
 
 def aten_model(shape, dtype=np.float32, operator="inverse", opset=11):

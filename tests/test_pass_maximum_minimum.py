@@ -1,8 +1,6 @@
 """maximum-minimum: ATen maximum/minimum/fmax/fmin and integer Max/Min against torch, exactly."""
 from __future__ import annotations
 
-import io
-import warnings
 
 import numpy as np
 import onnx
@@ -11,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from onnx import helper
 
-from surgeon.testing import apply_pass, make_model, op_types, run_ort
+from surgeon.testing import apply_pass, export_torch, make_model, op_types, run_ort
 
 torch = pytest.importorskip("torch")
 
@@ -22,16 +20,7 @@ INT_EDGES = {np.int64: [2**62 + 1, 2**62, -(2**63), 2**63 - 1, 2**24 + 1, 2**24,
 
 
 def export(fn, args, opset):
-    class Module(torch.nn.Module):
-        def forward(self, *inputs):
-            return fn(*inputs)
-
-    buffer = io.BytesIO()
-    with warnings.catch_warnings():  # the TorchScript exporter's deprecation notices
-        warnings.simplefilter("ignore")
-        torch.onnx.export(Module(), args, buffer, dynamo=False, opset_version=opset,
-                          operator_export_type=torch.onnx.OperatorExportTypes.ONNX_ATEN_FALLBACK)
-    return onnx.load_from_string(buffer.getvalue())
+    return export_torch(fn, *args, opset=opset)
 
 
 def aten_model(operator, dtype, shape_a, shape_b, opset, overload=""):

@@ -1,8 +1,6 @@
 """nan-to-num: the exported cluster and ATen(nan_to_num) against torch.nan_to_num, bit for bit."""
 from __future__ import annotations
 
-import io
-import warnings
 
 import numpy as np
 import onnx
@@ -11,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from onnx import helper
 
-from surgeon.testing import apply_pass, make_model, op_types, run_ort
+from surgeon.testing import apply_pass, export_torch, make_model, op_types, run_ort
 
 torch = pytest.importorskip("torch")
 
@@ -20,16 +18,7 @@ BITS = {np.dtype(np.float16): np.uint16, np.dtype(np.float32): np.uint32, np.dty
 
 
 def export(fn, x, opset):
-    class Module(torch.nn.Module):
-        def forward(self, value):
-            return fn(value)
-
-    buffer = io.BytesIO()
-    with warnings.catch_warnings():  # the TorchScript exporter's deprecation notices
-        warnings.simplefilter("ignore")
-        torch.onnx.export(Module(), (x,), buffer, dynamo=False, opset_version=opset,
-                          operator_export_type=torch.onnx.OperatorExportTypes.ONNX_ATEN_FALLBACK)
-    return onnx.load_from_string(buffer.getvalue())
+    return export_torch(fn, x, opset=opset)
 
 
 def edge_values(dtype, shape, seed):
