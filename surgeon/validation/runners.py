@@ -65,11 +65,15 @@ def runner_kind(runner: BaseRunner) -> str:
     return "reference" if isinstance(runner, ReferenceRunner) else "onnxruntime"
 
 
-def ort_session(model: onnx.ModelProto):
+def ort_session(model: onnx.ModelProto, spinning: bool = True):
+    """A CPU session; `spinning=False` for sessions that run by turns (the reference runner's segments),
+    whose idle thread pools would otherwise spin and steal the CPU from the one running."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.log_severity_level = 4  # failures reach the user as SurgeonErrors naming the nodes instead
+    if not spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if model.ir_version > ORT_MAX_IR_VERSION:
         model = _with_ir_version(model, ORT_MAX_IR_VERSION)
     return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
@@ -176,7 +180,7 @@ class ReferenceRunner(BaseRunner):
         if segment.session is None and segment.evaluator is None:
             model = _segment_model(self.model, segment, feeds)
             try:
-                segment.session = ort_session(model)
+                segment.session = ort_session(model, spinning=False)
             except Exception as exc:  # e.g. libspconv's Reshape(dims=): ONNX's own evaluator is more lenient
                 from onnx.reference import ReferenceEvaluator
 
