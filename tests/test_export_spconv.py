@@ -30,7 +30,6 @@ from surgeon.zoo.centerpoint import SparseBasicBlock, build_centerpoint_scn  # n
 DATA = Path(__file__).resolve().parent / "data" / "spconv"
 FEATURES, INDICES = DATA / "window_features.fp16.tensor", DATA / "window_indices_zyx.int32.tensor"
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-pytestmark = pytest.mark.filterwarnings("ignore:Using a non-tuple sequence:UserWarning")  # spconv dense()
 TOLERANCE = 1e-3
 # The attributes NVIDIA's exptool.py writes on every SparseConvolution (onnx.helper sorts them by name).
 EXPTOOL_ATTRIBUTES = ["ndim", "input_spatial_shape", "output_spatial_shape", "in_channels", "out_channels",

@@ -18,7 +18,6 @@ from surgeon.export.spconv_export import trace_spconv  # noqa: E402
 from surgeon.reference import find_reference  # noqa: E402
 from surgeon.reference.sparse_conv import rule_book, scatter_dense, sparse_convolution  # noqa: E402
 
-pytestmark = pytest.mark.filterwarnings("ignore:Using a non-tuple sequence:UserWarning")  # spconv dense()
 GRID = [9, 12, 11]
 STANDARD_NUMPY = {
     "Add": lambda x, attrs: [x[0] + x[1]],

@@ -9,6 +9,7 @@ and must return a tensor built from the traced ops (the dense BEV map, or a Spar
 from __future__ import annotations
 
 import contextlib
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,7 +87,9 @@ def spconv_cpu_quirks(model: torch.nn.Module, device: torch.device):
 
 def trace_spconv(model: torch.nn.Module, features: torch.Tensor, indices: torch.Tensor, batch_size: int = 1) -> Trace:
     """Trace `model(features, indices, batch_size)` with graph inputs `features` and `indices`."""
-    with spconv_cpu_quirks(model, features.device):
+    with spconv_cpu_quirks(model, features.device), warnings.catch_warnings():
+        # spconv 2.3.8's dense() indexes with a list, which torch 2.13 deprecates on every call
+        warnings.filterwarnings("ignore", "Using a non-tuple sequence for multidimensional indexing")
         return trace_model(model, (features, indices, batch_size), inputs={"features": features},
                            sparse_indices={"features": ("indices", indices)})
 

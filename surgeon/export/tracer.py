@@ -26,6 +26,7 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
+from torch.nn.modules.module import register_module_forward_hook, register_module_forward_pre_hook
 
 from surgeon.errors import SurgeonError
 
@@ -149,9 +150,10 @@ class Trace:
         self.rulebooks: dict[str, dict[str, Any]] = {}  # spconv indice_key -> what made it (inverse conv)
         self._values: dict[int, Value] = {}
         self._alive: list[torch.Tensor] = []  # keeps traced tensors alive so Python never reuses their id
-        self._module_names = {id(m): name or type(m).__name__ for name, m in model.named_modules()}
+        self._module_paths = {id(m): path for path, m in model.named_modules()}
         self._names: Counter[str] = Counter()
         self.depth = 0
+        self.running_modules: list[torch.nn.Module] = []  # the module calls under way, outermost first
 
     def value_of(self, obj) -> Value | None:
         tensor = tensor_of(obj)
@@ -166,9 +168,20 @@ class Trace:
         self._alive.append(tensor)
         return value
 
+    def enter_module(self, module, args) -> None:  # global forward hooks: returning None keeps args/outputs
+        self.running_modules.append(module)
+
+    def leave_module(self, module, args, output) -> None:
+        self.running_modules.pop()
+
     def call_name(self, target, method: str) -> str:
-        base = self._module_names.get(id(target)) if isinstance(target, torch.nn.Module) else None
-        base = base or method.strip("_")
+        """A module call is named by the module's path (`backbone.conv1.0.conv1`), a method call by the
+        path of the module whose forward made it (`backbone.conv1.0.add`); repeats get `_1`, `_2`, ..."""
+        if isinstance(target, torch.nn.Module):
+            base = self._module_paths.get(id(target)) or type(target).__name__
+        else:
+            caller = self._module_paths.get(id(self.running_modules[-1])) if self.running_modules else None
+            base = f"{caller}.{method.strip('_')}" if caller else method.strip("_")
         self._names[base] += 1
         count = self._names[base]
         return base if count == 1 else f"{base}_{count - 1}"
@@ -220,6 +233,9 @@ def trace_model(model: torch.nn.Module, args: tuple, inputs: dict[str, torch.Ten
     with contextlib.ExitStack() as stack:
         for (owner, method), fn in sorted(_HANDLERS.items(), key=lambda kv: (kv[0][0].__qualname__, kv[0][1])):
             stack.enter_context(_wrapped(owner, method, fn, trace))
+        for hook in (register_module_forward_pre_hook(trace.enter_module),
+                     register_module_forward_hook(trace.leave_module)):
+            stack.callback(hook.remove)
         with torch.no_grad():
             result = model(*args)
     results = result if isinstance(result, (tuple, list)) else [result]
