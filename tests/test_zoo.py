@@ -80,10 +80,10 @@ def test_grid_sample_form_follows_opset():
 def test_integer_clip_appears_from_opset_12():
     """clamp on the int64 camera hit count: opset 11 clips a float cast, later opsets clip int64.
 
-    (Type inference gives up partway through the opset-13 graph's ATen nodes, hence at least one.)"""
+    The three encoder layers count hits of the same mask; the exporter merges them into one Clip."""
     assert integer_clips(load(("bevformer-tiny", 11, True))) == 0
-    assert integer_clips(load(("bevformer-tiny", 13, True))) >= 1
-    assert integer_clips(load(("bevformer-tiny", 16, False))) == 3
+    assert integer_clips(load(("bevformer-tiny", 13, True))) == 1
+    assert integer_clips(load(("bevformer-tiny", 16, False))) == 1
 
 
 @pytest.mark.parametrize("fixture", FIXTURES, ids=fixture_id)
@@ -168,8 +168,9 @@ def test_export_reproduces_fixture(fixture, tmp_path):
     for kind in ("inputs", "outputs"):
         new, old = np.load(paths[kind]), np.load(committed[kind])
         assert list(new.keys()) == list(old.keys())
-        for key in old:
-            np.testing.assert_array_equal(new[key], old[key], err_msg=f"{kind}:{key}")
+        for key in old:  # inputs are seeded exactly; outputs may differ in the last bits on another CPU
+            np.testing.assert_allclose(new[key], old[key], rtol=0 if kind == "inputs" else 1e-5,
+                                       atol=0 if kind == "inputs" else 1e-6, err_msg=f"{kind}:{key}")
 
 
 @pytest.mark.slow

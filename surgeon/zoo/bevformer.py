@@ -155,10 +155,9 @@ class SpatialCrossAttention(nn.Module):
         value = feats.permute(2, 0, 1, 3).reshape(bs * num_cams, length, embed_dims)
         queries = self.attn.sample(queries_rebatch, value, reference_points_rebatch, spatial_shapes)
         queries = queries.view(bs, num_cams, num_query, embed_dims)
-        hit = (bev_mask.sum(-1) > 0).permute(1, 0, 2)
-        slots = (queries * hit[..., None].to(queries.dtype)).sum(1)
-        count = (bev_mask.sum(-1) > 0).permute(1, 2, 0).sum(-1)
-        count = torch.clamp(count, min=1)
+        hit = bev_mask.sum(-1) > 0
+        slots = (queries * hit.permute(1, 0, 2)[..., None].to(queries.dtype)).sum(1)
+        count = torch.clamp(hit.permute(1, 2, 0).sum(-1), min=1)
         slots = slots / count[..., None]
         return self.output_proj(slots) + inp_residual
 
@@ -379,15 +378,15 @@ class BEVFormerTiny(nn.Module):
         return pos.permute(2, 0, 1).unsqueeze(0).flatten(2).permute(2, 0, 1)
 
     def decode(self, bev_embed: torch.Tensor):
-        """DetectionTransformerDecoder with box refinement, then the head's branches."""
+        """DetectionTransformerDecoder with box refinement: per-layer states [bs, Q, C] and reference points."""
         c = self.cfg.embed_dims
         query_pos, query = torch.split(self.query_embedding.weight, c, dim=1)
         query_pos, query = query_pos.unsqueeze(0), query.unsqueeze(0)
         reference_points = self.transformer.reference_points(query_pos).sigmoid()
-        query, query_pos, value = query.permute(1, 0, 2), query_pos.permute(1, 0, 2), bev_embed
+        query, query_pos = query.permute(1, 0, 2), query_pos.permute(1, 0, 2)
         references, states = [reference_points], []
         for lid, layer in enumerate(self.decoder):
-            query = layer(query, query_pos, value, reference_points[..., :2].unsqueeze(2), self.cfg.bev_hw)
+            query = layer(query, query_pos, bev_embed, reference_points[..., :2].unsqueeze(2), self.cfg.bev_hw)
             tmp = self.reg_branches[lid](query.permute(1, 0, 2))
             new_reference_points = torch.zeros_like(reference_points)
             new_reference_points[..., :2] = tmp[..., :2] + inverse_sigmoid(reference_points[..., :2])
