@@ -76,8 +76,7 @@ def sparse_convolution(call: Call) -> None:
     if not conv.subm and not conv.inverse and conv.indice_key and conv.indice_key not in call.trace.rulebooks:
         call.trace.rulebooks[conv.indice_key] = {
             "indices": source.indices, "kernel_size": attrs["kernel_size"], "stride": attrs["stride"],
-            "padding": attrs["padding"], "dilation": attrs["dilation"],
-            "spatial_shape": attrs["input_spatial_shape"]}
+            "padding": attrs["padding"], "dilation": attrs["dilation"]}
 
 
 for _conv_type in (spconv.SubMConv3d, spconv.SparseConv3d, spconv.SparseInverseConv3d,

@@ -113,7 +113,7 @@ def rule_book(indices: np.ndarray, attrs: dict, rulebook_indices: np.ndarray | N
         if rulebook_indices is None:
             raise ValueError("an inverse SparseConvolution needs its rule book's input indices (input 4)")
         geometry = {k: [int(v) for v in attrs[f"rulebook_{k}"]] for k in ("kernel_size", "stride", "padding",
-                                                                           "dilation", "spatial_shape")}
+                                                                           "dilation")}
         index = _KeyIndex(_keys(indices, in_shape))
         r_batch, r_coords = rulebook_indices[:, :1].astype(np.int64), rulebook_indices[:, 1:].astype(np.int64)
         pairs = []
