@@ -266,3 +266,29 @@ def test_a_changed_output_shape_fails_and_localisation_says_no_common_tensor_dif
     assert not result.passed and result.outputs[0].note == "shape [1, 2, 4, 5] vs [2, 20]"
     assert result.divergence == {"tensor": None, "checked": 3, "of": 4}
     assert "localisation: no common tensor differs when read as an extra output (3 compared)" in result.summary
+
+
+def test_standard_op_with_non_standard_attributes_is_run_by_its_reference():
+    """libspconv writes Reshape(dims=) without a shape input: ORT refuses it, a registered reference runs it."""
+    from surgeon.reference import _REFERENCES, _key, reference_op
+
+    nodes = [helper.make_node("Relu", ["x"], ["r"], name="relu"),
+             helper.make_node("Reshape", ["r"], ["y"], name="spconv_reshape", dims=[3, 2])]
+    model = make_model(nodes, [("x", np.float32, [2, 3])], [("y", np.float32, None)])
+    x = np.arange(-3, 3, dtype=np.float32).reshape(2, 3)
+    assert isinstance(make_runner(model), ReferenceRunner)
+    with pytest.raises(SurgeonError, match=r"'spconv_reshape' \(Reshape\) is not a standard Reshape at opset 11 "
+                                           r"\(attributes: dims\)"):
+        with ReferenceRunner(model):
+            pass
+    key = _key("Reshape", "", None)
+    previous = _REFERENCES.get(key)
+    reference_op("Reshape")(lambda inputs, attrs: [inputs[0].reshape(attrs["dims"])])
+    try:
+        with ReferenceRunner(model) as runner:
+            np.testing.assert_array_equal(runner.infer({"x": x})["y"], np.maximum(x, 0).reshape(3, 2))
+    finally:
+        if previous is None:
+            del _REFERENCES[key]
+        else:
+            _REFERENCES[key] = previous

@@ -3,14 +3,15 @@
 The reference runner runs graphs ONNX Runtime refuses (ATen fallback nodes, mmcv/mmdeploy custom
 ops, TensorRT-plugin op types). It splits the graph into maximal runs of standard nodes, each run by
 one ONNX Runtime session, and executes the other nodes one by one with their registered CPU
-references (`surgeon.reference.find_reference`)::
+references (`surgeon.reference.find_reference`), standard op types with non-standard attributes
+(libspconv's `Reshape(dims=)`) included::
 
     x ─► [ORT: Conv, Relu, … 300 nodes] ─► ATen(grid_sampler) ─► [ORT: Add, MatMul, …] ─► y
              one session                    NumPy reference        one session
 
 Standard nodes are scheduled ahead of special ones whenever their inputs allow, so a graph with k
-special nodes needs at most k + 1 sessions. A standard segment ONNX Runtime cannot load (non-standard
-attributes, for instance) falls back to `onnx.reference.ReferenceEvaluator`.
+special nodes needs at most k + 1 sessions. A standard segment ONNX Runtime cannot load (a kernel it
+lacks for some dtype, for instance) falls back to `onnx.reference.ReferenceEvaluator`.
 """
 from __future__ import annotations
 
@@ -37,19 +38,31 @@ ORT_DOMAINS = ("", "ai.onnx", "ai.onnx.ml", "com.microsoft")
 ORT_MAX_IR_VERSION = 10
 
 
-def is_special(node: onnx.NodeProto) -> bool:
-    """True for a node ONNX Runtime cannot run: ATen, a custom domain, or an op type unknown to ONNX."""
+def is_special(node: onnx.NodeProto, opset: int | None = None) -> bool:
+    """True for a node ONNX Runtime cannot run: ATen, a custom domain, an op type unknown to ONNX (at
+    `opset`), or a standard op with attributes its schema lacks (libspconv's `Reshape(dims=)`)."""
     domain = node.domain or ""
     if node.op_type == "ATen" or domain not in ORT_DOMAINS:
         return True
-    return domain in ("", "ai.onnx") and not onnx.defs.has(node.op_type)
+    if domain not in ("", "ai.onnx"):
+        return False
+    try:
+        schema = onnx.defs.get_schema(node.op_type, opset or onnx.defs.onnx_opset_version())
+    except onnx.defs.SchemaError:
+        return True
+    return any(a.name not in schema.attributes for a in node.attribute)
+
+
+def default_opset(model: onnx.ModelProto) -> int | None:
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
 
 
 def make_runner(model: onnx.ModelProto, kind: str = "auto", name: str = "model") -> BaseRunner:
     """A Polygraphy runner for `model`: `onnxruntime`, `reference`, or `auto` (ORT when it loads the model)."""
     if kind not in RUNNER_KINDS:
         raise SurgeonError(f"unknown runner '{kind}'; choose one of {', '.join(RUNNER_KINDS)}")
-    if kind == "reference" or (kind == "auto" and any(is_special(n) for n in model.graph.node)):
+    opset = default_opset(model)
+    if kind == "reference" or (kind == "auto" and any(is_special(n, opset) for n in model.graph.node)):
         return ReferenceRunner(model, name=name)
     try:
         session = ort_session(model)
@@ -137,7 +150,7 @@ class ReferenceRunner(BaseRunner):
         self.segments = _plan(self.model, set(self.initializers))
         for segment in self.segments:
             if segment.special:
-                segment.reference = _reference_for(segment.nodes[0])
+                segment.reference = _reference_for(segment.nodes[0], self.model)
 
     def get_input_metadata_impl(self):
         return input_metadata(self.model)
@@ -212,15 +225,19 @@ def _attribute_value(attribute: onnx.AttributeProto):
     return value
 
 
-def _reference_for(node: onnx.NodeProto):
+def _reference_for(node: onnx.NodeProto, model: onnx.ModelProto):
     operator = None
     if node.op_type == "ATen":
         operator = next((helper.get_attribute_value(a) for a in node.attribute if a.name == "operator"), b"")
         operator = operator.decode() if isinstance(operator, bytes) else operator
     fn = find_reference(node.op_type, node.domain, operator)
     if fn is None:
-        raise SurgeonError(f"node '{node.name}' ({op_label(node)}) has no CPU reference, so the graph cannot be "
-                           "validated: register one with @reference_op (see docs/validation.md)")
+        why = "has no CPU reference"
+        if (node.domain or "") in ("", "ai.onnx") and onnx.defs.has(node.op_type):
+            why = (f"is not a standard {node.op_type} at opset {default_opset(model)} (attributes: "
+                   f"{', '.join(a.name for a in node.attribute) or 'none'}) and has no CPU reference")
+        raise SurgeonError(f"node '{node.name}' ({op_label(node)}) {why}, so the graph cannot be validated: "
+                           "register one with @reference_op (see docs/validation.md)")
     return fn
 
 
@@ -248,7 +265,8 @@ def _plan(model: onnx.ModelProto, initializers: set[str]) -> list[_Segment]:
     for i, deps in enumerate(waiting_on):
         for dep in deps:
             users[dep].append(i)
-    special = [is_special(n) for n in nodes]
+    opset = default_opset(model)
+    special = [is_special(n, opset) for n in nodes]
     ready = {True: [], False: []}
     for i, deps in enumerate(waiting_on):
         if not deps:
