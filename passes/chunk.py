@@ -8,6 +8,10 @@ Before (chunk along dim=-1): Shape ─► … ─► Concat(sizes) ─► SplitT
 Before (opset 18): Split(x, axis=1, num_outputs=3)
 After:  x ─► Split(axis=1, split=[3, 3, 1]) ─► a, b, c    (split: an attribute before opset 13, an input after)
 
+Before (nn.MultiheadAttention with q = k = v unpacks its in-projection with unflatten; ATen fallback):
+    ATen(operator="unflatten")(proj, dim=-1, sizes=Concat(3, E))
+After:  Reshape(proj, [0, 0, 3, E])    (leading dims copied, later dims static)
+
 The integer chain is evaluated at rewrite time from the static dims that shape inference knows (a dynamic
 batch dim does not matter when the split axis is static). Slices on one tensor and axis, with step 1,
 that tile the axis exactly become one Split; other folded Slices keep their place with constant
@@ -28,7 +32,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from surgeon.pass_api import Param, Pass, PassResult, register_pass
-from surgeon.rewrite import Rewrite, const_value, find_nodes, is_op, producer
+from surgeon.rewrite import Rewrite, aten_operator, const_value, find_nodes, is_op, producer
 
 SPLIT_AS_INPUT_SINCE = 13  # Split-13 takes the sizes as an input
 NUM_OUTPUTS_SINCE = 18
@@ -66,6 +70,8 @@ class IntegerFolder:
             return self.shape(node)
         if node.op == "Gather" and producer(node.inputs[0]) is not None and producer(node.inputs[0]).op == "Shape":
             return self.gathered_dims(node)
+        if node.op == "Slice" and producer(node.inputs[0]) is not None and producer(node.inputs[0]).op == "Shape":
+            return self.sliced_dims(node)
         args = [self(t) if t.name else None for t in node.inputs]
         if any(a is None for a, t in zip(args, node.inputs) if t.name):
             return None
@@ -85,6 +91,21 @@ class IntegerFolder:
             return None
         dims = [static_dim(source, int(i)) for i in indices.ravel()]
         return None if None in dims else np.array(dims, np.int64).reshape(indices.shape)
+
+    def sliced_dims(self, node) -> np.ndarray | None:
+        """Slice of a Shape (unflatten's `x.shape[-1]`): only the dims it keeps need to be static."""
+        shape_node = producer(node.inputs[0])
+        source = shape_node.inputs[0]
+        bounds = [self(t) if t.name else None for t in node.inputs[1:]]
+        if (source.shape is None or shape_node.attrs.get("start", 0) or "end" in shape_node.attrs
+                or any(b is None or b.size != 1 for b in bounds[:2])
+                or any(b is not None and (b.size != 1 or int(b.ravel()[0]) not in (0, -1)) for b in bounds[2:3])):
+            return None
+        start, end = (int(b.ravel()[0]) for b in bounds[:2])
+        step = int(bounds[3].ravel()[0]) if len(bounds) > 3 and bounds[3] is not None else 1
+        kept = list(range(len(source.shape)))[start:end:step]  # Python slicing clamps as ONNX Slice does
+        dims = [static_dim(source, axis) for axis in kept]
+        return None if None in dims else np.array(dims, np.int64)
 
     @staticmethod
     def apply(node, args) -> np.ndarray | None:
@@ -137,7 +158,7 @@ def clamp(index: int, dim: int) -> int:
 
 @register_pass("chunk")
 class Chunk(Pass):
-    """Fold dynamic chunk/split chains (Slice, SplitToSequence, Split-18 num_outputs) into static Splits."""
+    """Fold dynamic chunk/split chains (Slice, SplitToSequence, Split-18 num_outputs, ATen unflatten) statically."""
 
     params = {
         "mode": Param(str, "split", choices=("split", "slice"),
@@ -153,6 +174,8 @@ class Chunk(Pass):
             self.split_to_sequence(graph, ctx, node, fold, result)
         for node in find_nodes(graph, lambda n: is_op(n, "Split")):
             self.split(graph, ctx, node, fold, result)
+        for node in find_nodes(graph, lambda n: aten_operator(n) == "unflatten"):
+            self.unflatten(graph, ctx, node, fold, result)
         return result
 
     # ------------------------------------------------------------------ Slice chains
@@ -266,6 +289,27 @@ class Chunk(Pass):
         else:
             return
         self.emit_split(graph, ctx, [node], list(node.outputs), axis, [int(s) for s in sizes], result)
+
+    # ------------------------------------------------------------------ ATen unflatten
+
+    @staticmethod
+    def unflatten(graph, ctx, node, fold, result):
+        """unflatten(x, dim, sizes) is a Reshape: dims before `dim` copied (0), `sizes`, later dims static."""
+        x, dim, sizes = node.inputs[0], fold(node.inputs[1]), fold(node.inputs[2])
+        rank = len(x.shape) if x.shape is not None else None
+        # A 0 in sizes would mean "copy" to Reshape.
+        if dim is None or sizes is None or 0 in sizes or rank is None or not -rank <= int(dim) < rank:
+            result.note(f"{node.name}: left alone, unflatten's dim, sizes or input rank is unknown at rewrite time")
+            return
+        dim = int(dim) % rank
+        later = [static_dim(x, axis) for axis in range(dim + 1, rank)]
+        if None in later:
+            result.note(f"{node.name}: left alone, the dims after unflatten's axis {dim} are not static")
+            return
+        rw = Rewrite(graph, ctx, node)
+        shape = np.array([0] * dim + [int(s) for s in np.ravel(sizes)] + later, np.int64)
+        rw.finish("Reshape", [x, rw.const(shape, "shape")])
+        result.rewrote(node)
 
     # ------------------------------------------------------------------ emitting
 

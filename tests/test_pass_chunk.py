@@ -125,3 +125,35 @@ def test_split_with_computed_sizes_is_folded_and_second_run_changes_nothing():
     np.testing.assert_array_equal(b, x[:, 2:])
     twice, again = apply_pass(once, "chunk")
     assert again.rewritten == [] and op_types(twice) == op_types(once)
+
+
+class SelfAttention(torch.nn.Module):
+    """nn.MultiheadAttention with q = k = v: torch unpacks the in-projection with unflatten, not chunk."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.attn = torch.nn.MultiheadAttention(8, 2)
+
+    def forward(self, x):
+        return self.attn(x, x, x)[0]
+
+
+def test_self_attention_unflatten_becomes_a_reshape_with_torch_results():
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(SelfAttention().eval(), (torch.zeros(5, 1, 8),), buffer, dynamo=False, opset_version=11,
+                          operator_export_type=torch.onnx.OperatorExportTypes.ONNX_ATEN_FALLBACK,
+                          input_names=["x"], output_names=["y"], dynamic_axes={"x": [1]})
+    model = onnx.load_from_string(buffer.getvalue())
+    assert any(a.s == b"unflatten" for n in model.graph.node if n.op_type == "ATen" for a in n.attribute)
+    out, step = apply_pass(model, "chunk", target="tensorrt-8.6")
+    assert len(step.rewritten) == 1 and "ATen" not in op_types(out)
+    onnx.checker.check_model(out, full_check=True)
+    x = np.random.default_rng(0).standard_normal((5, 3, 8)).astype(np.float32)  # batch 3: the dynamic dim
+    with torch.no_grad():
+        want = SelfAttention().eval()(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(run_ort(out, {"x": x})[0], want, atol=1e-6, rtol=0)
+    again, second = apply_pass(out, "chunk", target="tensorrt-8.6")
+    assert second.rewritten == [] and op_types(again) == op_types(out)
