@@ -178,3 +178,22 @@ def test_a_custom_sparse_op_gets_its_coordinates_and_keeps_them():
     onnx.checker.check_model(model, full_check=True)
     (libspconv_node,) = build_model(t, "libspconv").graph.node
     assert list(libspconv_node.input) == ["features"]  # coordinates are implicit there
+
+
+def test_an_in_place_residual_addition_is_recorded_and_read_back():
+    class InPlaceResidual(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.relu = torch.nn.ReLU()
+
+        def forward(self, x):
+            out = self.relu(x)
+            out += x  # later uses of `out` must read the sum
+            return out.view(-1)
+
+    x = torch.randn(2, 3)
+    t = trace(InPlaceResidual(), x)
+    assert [op.op_type for op in t.ops] == ["Relu", "Add", "Reshape"]
+    assert t.ops[2].inputs[0].name == t.ops[1].outputs[0].name
+    (y,) = run_ort(build_model(t, "standard"), {"x": x.numpy()})
+    np.testing.assert_allclose(y, (torch.relu(x) + x).view(-1).numpy(), rtol=1e-6)

@@ -2,7 +2,7 @@
 
     nn.ReLU                                  ─►  Relu
     nn.BatchNorm1d (eval)                    ─►  BatchNormalization (scale, B, mean, var initializers)
-    a + b, both traced (residual additions)  ─►  Add
+    a + b, a += b, both traced (residuals)   ─►  Add
     .view / .reshape / .permute of a traced
     dense tensor                             ─►  Reshape / Transpose (`dims`: target shape / permutation)
 
@@ -55,6 +55,9 @@ def add_if_traced(call: Call) -> None:
 
 
 handler(torch.Tensor, "__add__")(add_if_traced)
+# `out += identity` (spconv 1.x style blocks, SparseConvTensor.__iadd__): the tensor keeps its identity
+# and becomes the Add's output, so later uses read the sum.
+handler(torch.Tensor, "__iadd__")(add_if_traced)
 
 
 def _reshape_if_traced(call: Call) -> None:
