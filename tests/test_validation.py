@@ -203,6 +203,8 @@ def test_compare_recorded_inputs_npz_and_polygraphy_json(model_pair, tmp_path):
     assert main(["compare", a, a, "--data", str(tmp_path / "in.json"), "--json"]) == 0
     np.savez(tmp_path / "wrong.npz", z=x)
     assert main(["compare", a, a, "--data", str(tmp_path / "wrong.npz")]) == 2
+    # Expected outputs belong to recorded inputs; against random ones they would be meaningless.
+    assert main(["compare", a, a, "--expected", str(tmp_path / "in.npz")]) == 2
 
 
 def test_dynamic_input_needs_a_shape(tmp_path, capsys):

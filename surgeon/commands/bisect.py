@@ -28,15 +28,15 @@ def run(args) -> int:
     from surgeon.commands.run import TerminalProgress
     from surgeon.modelio import load_model
     from surgeon.recipe import VALIDATE_FIELDS, load_recipe
-    from surgeon.validation import Tolerance, bisect_steps, make_feeds
+    from surgeon.validation import Tolerance, bisect_steps
+    from surgeon.validation.data import feeds_for
 
     recipe = load_recipe(args.recipe, overrides=args.overrides, model=args.model)
     if recipe.model is None:
         raise SurgeonError(f"recipe '{recipe.name}' names no model: give MODEL on the command line")
     config = recipe.validate or {key: field.default for key, field in VALIDATE_FIELDS.items()}
     original = load_model(recipe.model)
-    feeds = make_feeds(original, config.get("data"), config.get("inputs"), config.get("iterations") or 1,
-                       config.get("seed") or 0)
+    feeds, _ = feeds_for(original, config)
     progress = None if (args.quiet or args.json) else TerminalProgress(stream=sys.stderr)
     result = bisect_steps(recipe, original, feeds, Tolerance.from_config(config), config.get("runner") or "auto",
                           model_dir=Path(recipe.model).parent, progress=progress)

@@ -43,16 +43,16 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     from surgeon.modelio import load_model
-    from surgeon.validation import Tolerance, make_feeds, validate_models
-    from surgeon.validation.data import parse_input_options
+    from surgeon.validation import Tolerance, validate_models
+    from surgeon.validation.data import feeds_for, parse_input_options
     from surgeon.validation.report import write_reports
 
     model_a, model_b = load_model(args.model_a), load_model(args.model_b)
-    feeds = make_feeds(model_a, args.data, parse_input_options(args.input_shape, args.input_range),
-                       args.iterations, args.seed)
-    tolerance = Tolerance(atol=args.atol, rtol=args.rtol, error_stat=args.error_stat, quantile=args.quantile)
-    data = args.data or f"a seeded random loader (seed {args.seed})"
-    result = validate_models(model_a, model_b, feeds, tolerance, args.runner, args.expected, data)
+    config = {key: getattr(args, key) for key in ("data", "expected", "iterations", "seed", "atol", "rtol",
+                                                  "error_stat", "quantile")}
+    config["inputs"] = parse_input_options(args.input_shape, args.input_range)
+    feeds, data = feeds_for(model_a, config)
+    result = validate_models(model_a, model_b, feeds, Tolerance.from_config(config), args.runner, args.expected, data)
     if args.report:
         result.reports = write_reports(result, Path(args.report))
     if args.json:

@@ -87,6 +87,17 @@ def make_feeds(model: onnx.ModelProto, data: str | None = None, inputs: dict | N
         return [{name: np.array(value) for name, value in feed.items()} for feed in loader]
 
 
+def feeds_for(model: onnx.ModelProto, config: dict) -> tuple[Feeds, str]:
+    """The feeds a validate section (or the same keys from the command line) asks for, and their
+    description for reports. Expected outputs need the recorded inputs they were computed from."""
+    data, seed = config.get("data"), config.get("seed") or 0
+    if config.get("expected") and not data:
+        raise SurgeonError("expected outputs can only be compared on the inputs they came from: "
+                           "give them as validate.data / --data")
+    feeds = make_feeds(model, data, config.get("inputs"), config.get("iterations") or 1, seed)
+    return feeds, data or f"a seeded random loader (seed {seed})"
+
+
 def _check_recorded(feeds: Feeds, meta: TensorMetadata, path) -> None:
     for i, feed in enumerate(feeds, start=1):
         missing = [name for name in meta if name not in feed]

@@ -21,7 +21,7 @@ from surgeon.graphinfo import histogram_delta, op_histogram
 from surgeon.modelio import load_model
 from surgeon.validation.bisect import Bisection, bisect_steps
 from surgeon.validation.compare import OutputReport, Tolerance, combine, compare_outputs, run_model
-from surgeon.validation.data import Feeds, load_arrays, make_feeds
+from surgeon.validation.data import Feeds, feeds_for, load_arrays
 from surgeon.validation.localise import describe_divergence, first_divergence
 
 ORIGINAL, REWRITTEN, EXPECTED = "original", "rewritten", "expected"
@@ -133,9 +133,7 @@ def validate_run(recipe, original: onnx.ModelProto, original_path: Path, rewritt
     reference = original if against == "original" else load_model(against)
     tolerance = Tolerance.from_config(config)
     runner = config.get("runner") or "auto"
-    feeds = make_feeds(reference, config.get("data"), config.get("inputs"), config.get("iterations") or 1,
-                       config.get("seed") or 0)
-    data = config.get("data") or f"a seeded random loader (seed {config.get('seed') or 0})"
+    feeds, data = feeds_for(reference, config)
     result = validate_models(reference, rewritten, feeds, tolerance, runner, config.get("expected"), data)
     if config.get("each_step") and recipe.steps:
         progress.message("bisecting the recipe's steps")
