@@ -37,7 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"surgeon {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for module in _command_modules():
-        command = sub.add_parser(module.NAME, help=module.HELP, description=module.__doc__ or module.HELP)
+        command = sub.add_parser(module.NAME, help=module.HELP, description=module.__doc__ or module.HELP,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
         for group in getattr(module, "ARG_GROUPS", ()):
             group.add_to(command)
         module.add_arguments(command)

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from collections import Counter
 
+import onnx
+
 
 def op_label(node) -> str:
     """`Conv`, `mmcv::MMCVMultiScaleDeformableAttention`, `ATen:grid_sampler` (NodeProto or gs.Node)."""
@@ -35,3 +37,18 @@ def histogram_delta(before: dict[str, int], after: dict[str, int]) -> dict[str, 
     """`{label: after - before}` for labels whose count changed."""
     keys = sorted(set(before) | set(after))
     return {k: after.get(k, 0) - before.get(k, 0) for k in keys if after.get(k, 0) != before.get(k, 0)}
+
+
+def tensor_bytes(tensor: onnx.TensorProto) -> int:
+    """Bytes of a tensor's data, from its dims and type (external data: the recorded length)."""
+    if tensor.data_location == onnx.TensorProto.EXTERNAL:
+        info = {e.key: e.value for e in tensor.external_data}
+        return int(info.get("length", 0))
+    count = 1
+    for d in tensor.dims:
+        count *= d
+    try:
+        itemsize = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+    except (KeyError, TypeError):
+        itemsize = 1
+    return count * itemsize

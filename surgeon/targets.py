@@ -59,11 +59,38 @@ class Target:
         if rule is None:
             return False
         opset = self.opset if opset is None else opset
-        if opset is not None and rule.get("since") and opset < int(rule["since"]):
-            return False
+        # The op's definition in effect at `opset`; where none is (GridSample at 11), the opset itself.
+        version = _op_version(op_type, opset) or opset
+        if version is not None:
+            if rule.get("since") and version < int(rule["since"]):
+                return False
+            if rule.get("until") and version > int(rule["until"]):
+                return False
         if dtype is not None and rule.get("dtypes"):
-            return np.dtype(dtype).name in rule["dtypes"]
+            return _dtype_name(dtype) in rule["dtypes"]
         return True
+
+
+def _op_version(op_type: str, opset: int | None) -> int | None:
+    """The version of a standard op's definition in effect at `opset` (what since/until compare)."""
+    if opset is None:
+        return None
+    import onnx
+
+    try:
+        return onnx.defs.get_schema(op_type, int(opset)).since_version
+    except onnx.defs.SchemaError:
+        return None
+
+
+def _dtype_name(dtype) -> str:
+    """`float32` for np.float32 / 'float32'; names NumPy lacks (bfloat16, float8e4m3fn) pass as they are."""
+    if isinstance(dtype, str):
+        return dtype
+    try:
+        return np.dtype(dtype).name
+    except TypeError:
+        return str(dtype)
 
 
 def available_targets() -> list[str]:

@@ -298,7 +298,7 @@ def external_data_escapes(facts: ModelFacts):
 @model_rule("SG013", "large-initializer", "warning",
             "initializer larger than `max-initializer-mb` (default 512)")
 def large_initializers(facts: ModelFacts):
-    from surgeon.commands.inspect import _tensor_bytes
+    from surgeon.graphinfo import tensor_bytes as _tensor_bytes
 
     limit = facts.settings.max_initializer_mb * 2**20
     for tensor in facts.model.graph.initializer:

@@ -18,7 +18,7 @@ def add_arguments(parser) -> None:
 
 def describe(model: onnx.ModelProto) -> dict:
     """A JSON-ready description of `model`."""
-    from surgeon.graphinfo import op_histogram
+    from surgeon.graphinfo import op_histogram, tensor_bytes
 
     by_domain: dict[str, dict[str, int]] = defaultdict(dict)
     for label, count in op_histogram(model.graph.node).items():
@@ -26,7 +26,7 @@ def describe(model: onnx.ModelProto) -> dict:
         if label.startswith("ATen:"):
             domain, op = "org.pytorch.aten", label
         by_domain[domain or "ai.onnx"][op] = count
-    init_bytes = sum(_tensor_bytes(t) for t in model.graph.initializer)
+    init_bytes = sum(tensor_bytes(t) for t in model.graph.initializer)
     initializer_names = {t.name for t in model.graph.initializer}
     return {
         "ir_version": model.ir_version,
@@ -40,20 +40,6 @@ def describe(model: onnx.ModelProto) -> dict:
         "initializers": {"count": len(model.graph.initializer), "bytes": init_bytes},
         "metadata": {p.key: p.value for p in model.metadata_props},
     }
-
-
-def _tensor_bytes(tensor: onnx.TensorProto) -> int:
-    if tensor.data_location == onnx.TensorProto.EXTERNAL:
-        info = {e.key: e.value for e in tensor.external_data}
-        return int(info.get("length", 0))
-    count = 1
-    for d in tensor.dims:
-        count *= d
-    try:
-        itemsize = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
-    except (KeyError, TypeError):
-        itemsize = 1
-    return count * itemsize
 
 
 def _value_info(value: onnx.ValueInfoProto) -> dict:

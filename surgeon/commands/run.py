@@ -78,8 +78,8 @@ def summary(result, dry_run: bool) -> str:
 class TerminalProgress:
     """Prints one line per step to stderr: `[2/5] grid-sample ... 12 rewrites (0.31s)`."""
 
-    def __init__(self, dry_run: bool = False, stream=sys.stderr):
-        self.stream = stream
+    def __init__(self, dry_run: bool = False, stream=None):
+        self.stream = stream or sys.stderr  # looked up now: callers may have redirected stderr
         self.dry_run = dry_run
 
     def run_started(self, recipe, model_path, steps) -> None:
