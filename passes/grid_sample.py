@@ -213,9 +213,6 @@ def emit_onnx(rw: Rewrite, site: Sampling, grid: gs.Tensor, opset: int) -> None:
 def emit_decomposition(rw: Rewrite, site: Sampling, grid: gs.Tensor, opset: int) -> None:
     """Gather whole channel rows of a padded channels-last table, one flat index per sample point."""
     node = site.node
-    if site.padding == "reflection":
-        raise PassError(f"node '{node.name}': padding_mode reflection is not supported by decompose; "
-                        "use mode onnx or plugin")
     if site.interpolation == "bicubic":
         raise PassError(f"node '{node.name}': bicubic is not supported by decompose; use mode onnx")
     shape = site.x.shape
@@ -262,8 +259,10 @@ def emit_decomposition(rw: Rewrite, site: Sampling, grid: gs.Tensor, opset: int)
 def _pixel(rw: Rewrite, grid: gs.Tensor, axis: int, size: int, site: Sampling, dtype, label: str) -> gs.Tensor:
     """Source pixel coordinate along one axis, computed as torch's CPU kernel does, then clipped.
 
-    border: torch's clip to [0, size-1]. zeros: [-1, size], which keeps far-out coordinates finite (no
-    int64 overflow in Cast) while every corner of such a point still lands in the zero border.
+    border and reflection: torch's clip to [0, size-1]. zeros: [-1, size], which keeps far-out
+    coordinates finite (no int64 overflow in Cast) while every corner of such a point still lands in the
+    zero border. A NaN coordinate becomes the low bound (as torch's clip does for border and reflection):
+    its int64 index would be undefined and make Gather fail at run time.
     """
     # A 0-d index drops the last axis; Rewrite.const would make it 1-d (np.ascontiguousarray).
     index = gs.Constant(rw.name(f"{label}_axis"), values=np.array(axis, dtype=np.int64))
@@ -274,9 +273,31 @@ def _pixel(rw: Rewrite, grid: gs.Tensor, axis: int, size: int, site: Sampling, d
     else:
         scaled = rw.op("Mul", [shifted, rw.const(size / 2, f"{label}_scale", dtype)], suffix=f"{label}_scaled")
         pixel = rw.op("Sub", [scaled, rw.const(0.5, f"{label}_half", dtype)], suffix=f"{label}_pixel")
-    low, high = (0, size - 1) if site.padding == "border" else (-1, size)
-    return rw.op("Clip", [pixel, rw.const(low, f"{label}_low", dtype), rw.const(high, f"{label}_high", dtype)],
-                 suffix=f"{label}_clip")
+    if site.padding == "reflection":
+        pixel = _reflect(rw, pixel, site.align_corners, size, dtype, label)
+    low, high = (-1, size) if site.padding == "zeros" else (0, size - 1)
+    low = rw.const(low, f"{label}_low", dtype)
+    pixel = rw.op("Where", [rw.op("IsNaN", [pixel], suffix=f"{label}_nan"), low, pixel], suffix=f"{label}_defined")
+    return rw.op("Clip", [pixel, low, rw.const(high, f"{label}_high", dtype)], suffix=f"{label}_clip")
+
+
+def _reflect(rw: Rewrite, coord: gs.Tensor, align_corners: bool, size: int, dtype, label: str) -> gs.Tensor:
+    """torch's vectorised `reflect_coordinates` (GridSamplerKernel.cpp), operation for operation:
+    mirror into [low, low + twice_span/2] with low = 0 (align_corners) or -0.5."""
+    if align_corners and size <= 1:  # torch: every coordinate reflects to 0 (here NaN for ±inf, then 0)
+        return rw.op("Mul", [coord, rw.const(0.0, f"{label}_zero", dtype)], suffix=f"{label}_reflected")
+    twice_span = rw.const((size - 1) * 2 if align_corners else size * 2, f"{label}_twice_span", dtype)
+    low = None if align_corners else rw.const(-0.5, f"{label}_mirror_low", dtype)
+    if low is not None:
+        coord = rw.op("Sub", [coord, low], suffix=f"{label}_from_low")
+    distance = rw.op("Abs", [coord], suffix=f"{label}_distance")
+    # Floor is torch's trunc here: the distance is not negative.
+    flips = rw.op("Floor", [rw.op("Div", [distance, twice_span], suffix=f"{label}_spans")], suffix=f"{label}_flips")
+    extra = rw.op("Sub", [distance, rw.op("Mul", [flips, twice_span], suffix=f"{label}_whole")],
+                  suffix=f"{label}_extra")
+    reflected = rw.op("Min", [extra, rw.op("Sub", [twice_span, extra], suffix=f"{label}_back")],
+                      suffix=f"{label}_reflected")
+    return reflected if low is None else rw.op("Add", [reflected, low], suffix=f"{label}_mirrored")
 
 
 def _flat_index(rw: Rewrite, row: gs.Tensor, col: gs.Tensor, batch: int, rows: int, cols: int,

@@ -26,9 +26,9 @@ from surgeon.passes.grid_sample import MATMUL_MIN_CHANNELS, choose_form  # noqa:
 
 ATOL = 1e-5
 OPSET11_OPS = {"Pad", "Transpose", "Flatten", "Gather", "Add", "Sub", "Mul", "Div", "Clip", "Floor", "Round",
-               "Cast", "Unsqueeze", "Slice", "Concat", "Reshape", "MatMul"}
+               "Cast", "Unsqueeze", "Slice", "Concat", "Reshape", "MatMul", "IsNaN", "Where", "Abs", "Min"}
 MODES = ("bilinear", "nearest")
-PADDINGS = ("zeros", "border")
+PADDINGS = ("zeros", "border", "reflection")
 #: (N, C, H, W, Hg, Wg), size-1 dims included; W=4/H=8 (align False) and W=5/H=9 (align True) give exact ties;
 #: C=130 takes the MatMul blend (MATMUL_MIN_CHANNELS).
 SHAPES = [(1, 1, 1, 1, 1, 1), (2, 3, 4, 5, 6, 7), (1, 2, 1, 6, 3, 1), (3, 1, 5, 1, 2, 4), (2, 4, 8, 4, 5, 6),
@@ -119,14 +119,17 @@ def test_decompose_matches_torch_over_shapes(mode, padding, align_corners):
         assert_matches_torch(model, x, grid, mode, padding, align_corners)
 
 
-@pytest.mark.parametrize("mode, shape", [("bilinear", SHAPES[1]), ("nearest", SHAPES[1]), ("bilinear", SHAPES[-1])])
-def test_decompose_output_is_opset11_only_and_valid(mode, shape):
-    model, _ = apply_pass(grid_sample_16(shape, mode, "zeros", False, opset=11), "grid-sample", mode="decompose")
+@pytest.mark.parametrize("mode, padding, shape", [("bilinear", "zeros", SHAPES[1]), ("nearest", "border", SHAPES[1]),
+                                                  ("bilinear", "reflection", SHAPES[1]),
+                                                  ("bilinear", "zeros", SHAPES[-1])])
+def test_decompose_output_is_opset11_only_and_valid(mode, padding, shape):
+    model, _ = apply_pass(grid_sample_16(shape, mode, padding, False, opset=11), "grid-sample", mode="decompose")
     onnx.checker.check_model(model)
-    assert set(op_types(model)) <= OPSET11_OPS
-    assert "GridSample" not in op_types(model)
-    assert ("MatMul" in op_types(model)) == (mode == "bilinear" and shape[1] >= MATMUL_MIN_CHANNELS)
     assert {o.domain: o.version for o in model.opset_import}[""] == 11
+    ops = set(op_types(model))
+    assert ops <= OPSET11_OPS and all(onnx.defs.get_schema(op, 11).since_version <= 11 for op in ops)
+    assert "GridSample" not in ops
+    assert ("MatMul" in ops) == (mode == "bilinear" and shape[1] >= MATMUL_MIN_CHANNELS)
 
 
 def test_decompose_far_out_and_infinite_coordinates_stay_finite():
@@ -137,8 +140,9 @@ def test_decompose_far_out_and_infinite_coordinates_stay_finite():
         model, _ = apply_pass(grid_sample_16(shape, "bilinear", padding, False), "grid-sample", mode="decompose")
         out = run_ort(model, {"x": x, "grid": grid})[0]
         assert np.isfinite(out).all()
-        # torch gives NaN for infinite coordinates with zero padding (inf - inf weights); finite ones agree
-        finite = slice(0, 2) if padding == "zeros" else slice(None)
+        # torch gives NaN for infinite coordinates with zero padding (inf - inf weights) and with reflection
+        # (fmod(inf) is NaN); finite ones agree
+        finite = slice(None) if padding == "border" else slice(0, 2)
         np.testing.assert_allclose(out[..., finite], torch_grid_sample(x, grid, "bilinear", padding)[..., finite],
                                    atol=ATOL, rtol=0)
     zeros_model, _ = apply_pass(grid_sample_16(shape, "bilinear", "zeros", False), "grid-sample", mode="decompose")
@@ -280,11 +284,17 @@ def test_graph_without_grid_sampling_is_unchanged():
     assert step.rewritten == [] and op_types(out) == ["Relu"]
 
 
-def test_reflection_with_decompose_names_the_node():
-    model = grid_sample_16(SHAPES[1], "bilinear", "reflection", False)
-    with pytest.raises(SurgeonError, match="node 'sampler': padding_mode reflection is not supported by "
-                                           "decompose; use mode onnx or plugin"):
-        apply_pass(model, "grid-sample", mode="decompose")
+def test_decompose_nan_coordinates_do_not_break_the_gather():
+    """A NaN's int64 index is undefined (ORT's Gather then fails the whole run); it reads the low bound."""
+    shape = (1, 2, 3, 4, 1, 3)
+    x, _ = feeds(shape)
+    grid = np.array([[[[np.nan, 0.0], [0.0, np.nan], [0.2, 0.1]]]], np.float32)
+    for mode in MODES:
+        for padding in PADDINGS:
+            model, _ = apply_pass(grid_sample_16(shape, mode, padding, False), "grid-sample", mode="decompose")
+            out = run_ort(model, {"x": x, "grid": grid})[0]
+            assert np.isfinite(out).all()
+            np.testing.assert_allclose(out[..., 2], torch_grid_sample(x, grid, mode, padding)[..., 2], atol=ATOL)
 
 
 def test_bicubic_is_kept_by_onnx_and_refused_by_decompose():
