@@ -197,3 +197,28 @@ def test_an_in_place_residual_addition_is_recorded_and_read_back():
     assert t.ops[2].inputs[0].name == t.ops[1].outputs[0].name
     (y,) = run_ort(build_model(t, "standard"), {"x": x.numpy()})
     np.testing.assert_allclose(y, (torch.relu(x) + x).view(-1).numpy(), rtol=1e-6)
+
+
+def test_an_in_place_write_no_handler_saw_is_an_error():
+    class Doubles(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.relu = torch.nn.ReLU(inplace=True)  # in place, but recorded: fine
+
+        def forward(self, x):
+            out = self.relu(x)  # writes the graph input in place: the Relu reads it first
+            out.mul_(2)  # not recorded: the graph would silently miss it
+            return out.view(-1)
+
+    with pytest.raises(SurgeonError, match="tensor 'relu' was modified in place by an operation no handler records"):
+        trace(Doubles(), torch.randn(2, 3))
+
+
+def test_an_in_place_module_reads_its_input_then_becomes_its_output():
+    x = torch.randn(2, 3)
+    t = trace(Net(Scale(3), torch.nn.ReLU(inplace=True)), x.view(1, 3, 2))
+    assert [(op.op_type, [v.name for v in op.inputs]) for op in t.ops] == [
+        ("Mul", ["x"]), ("Relu", ["layers.0"]), ("Reshape", ["layers.1"])]
+    (y,) = run_ort(build_model(t, "standard"), {"x": x.view(1, 3, 2).numpy()})
+    np.testing.assert_allclose(y, torch.relu(x.view(1, 3, 2) * Scale(3).factor).view(1, -1).detach().numpy(),
+                               rtol=1e-6)

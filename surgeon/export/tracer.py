@@ -148,23 +148,33 @@ class Trace:
         self.outputs: list[Value] = []
         self.outputs_data: list[torch.Tensor] = []
         self.rulebooks: dict[str, dict[str, Any]] = {}  # spconv indice_key -> what made it (inverse conv)
-        self._values: dict[int, Value] = {}
+        self._values: dict[int, tuple[Value, int]] = {}  # id(tensor) -> (Value, tensor._version when made)
         self._alive: list[torch.Tensor] = []  # keeps traced tensors alive so Python never reuses their id
         self._module_paths = {id(m): path for path, m in model.named_modules()}
         self._names: Counter[str] = Counter()
         self.depth = 0
         self.running_modules: list[torch.nn.Module] = []  # the module calls under way, outermost first
+        self.versions_before_call: dict[int, int] = {}  # argument versions of the call being handled
 
     def value_of(self, obj) -> Value | None:
+        """The Value `obj` holds, or None; a traced tensor changed in place by an unrecorded op is an error."""
         tensor = tensor_of(obj)
-        return None if tensor is None else self._values.get(id(tensor))
+        entry = None if tensor is None else self._values.get(id(tensor))
+        if entry is None:
+            return None
+        value, version = entry
+        if tensor._version != version and self.versions_before_call.get(id(tensor)) != version:
+            raise SurgeonError(f"tensor '{value.name}' was modified in place by an operation no handler records "
+                               f"(after it was made); register a @handler for it or write it out of place")
+        return value
 
     def register(self, obj, name: str, indices: str | None = None) -> Value:
         tensor = tensor_of(obj)
         if tensor is None:
             raise SurgeonError(f"call '{name}' returned {type(obj).__name__}, not a tensor or sparse tensor")
         value = Value(name, tuple(int(d) for d in tensor.shape), indices)
-        self._values[id(tensor)] = value
+        # torch bumps `_version` on every in-place write: remembering it catches writes no handler saw
+        self._values[id(tensor)] = (value, tensor._version)
         self._alive.append(tensor)
         return value
 
@@ -196,6 +206,8 @@ def _wrapped(owner: type, method: str, fn: Handler, trace: Trace):
     def recording(target, *args, **kwargs):
         if trace.depth:
             return original(target, *args, **kwargs)
+        # This call may write its own arguments in place (ReLU(inplace=True), +=): note their versions first.
+        trace.versions_before_call = {id(t): t._version for t in map(tensor_of, (target, *args)) if t is not None}
         trace.depth += 1
         try:
             output = original(target, *args, **kwargs)
@@ -206,6 +218,7 @@ def _wrapped(owner: type, method: str, fn: Handler, trace: Trace):
             fn(Call(trace, target, args, kwargs, output, trace.call_name(target, method)))
         finally:
             trace.depth -= 1
+            trace.versions_before_call = {}
         return output
 
     setattr(owner, method, recording)
