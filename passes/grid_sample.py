@@ -36,6 +36,7 @@ ONNX20_MODES = {"bilinear": "linear", "nearest": "nearest", "bicubic": "cubic"}
 INTERPOLATION_CODES = ("bilinear", "nearest", "bicubic")
 PADDING_CODES = ("zeros", "border", "reflection")
 TRT_OPS = ("GridSampler2DTRT", "GridSampler2DTRT2")
+ATEN_OPERATORS = ("grid_sampler", "grid_sampler_2d")  # same inputs; torch exports the first
 TRT_GRID_SCALE = 10.0  # BEVFormer_tensorrt's wrapper feeds grid * 10 and divides by 10 inside
 GRID_SAMPLE_SINCE = 16
 CONVERTER_HIDDEN_DOMAIN = "surgeon.opset-conversion"
@@ -73,7 +74,7 @@ def _aten_constant(node: gs.Node, index: int, what: str):
 
 def read_sampling(node: gs.Node) -> Sampling | None:
     """The grid sampling `node` performs, or None when it is not a grid-sampling spelling."""
-    if aten_operator(node) == "grid_sampler":
+    if aten_operator(node) in ATEN_OPERATORS:
         return Sampling(node, "aten", node.inputs[0], node.inputs[1],
                         _code(INTERPOLATION_CODES, _aten_constant(node, 2, "interpolation_mode"), node,
                               "interpolation_mode"),
@@ -138,17 +139,11 @@ class GridSamplePass(Pass):
         sites = [s for s in map(read_sampling, graph.nodes) if s is not None]
         if form == "onnx":  # a standard GridSample already is the onnx form
             sites = [s for s in sites if s.spelling != "onnx"]
-        for site in sites:
-            rank = len(site.x.shape) if site.x.shape is not None else 4
-            if rank != 4:
-                raise PassError(f"node '{site.node.name}': {rank}-D grid sampling is not supported "
-                                "(only 4-D input [N,C,H,W])")
+        for site in sites:  # all refusals before the first rewrite
+            check_supported(site, form)
         return sites
 
     def _emit_plugin(self, rw: Rewrite, site: Sampling, grid: gs.Tensor) -> None:
-        if site.interpolation == "bicubic":
-            raise PassError(f"node '{site.node.name}': bicubic is not supported by the {self.plugin_op} plugin; "
-                            "use mode onnx")
         out = site.node.outputs[0]
         if out.shape is None and site.x.shape is not None and grid.shape is not None:
             out.shape = [site.x.shape[0], site.x.shape[1], grid.shape[1], grid.shape[2]]
@@ -159,6 +154,19 @@ class GridSamplePass(Pass):
             "interpolation_mode": INTERPOLATION_CODES.index(site.interpolation),
             "padding_mode": PADDING_CODES.index(site.padding), "align_corners": int(site.align_corners),
         }, domain=self.plugin_namespace)
+
+
+def check_supported(site: Sampling, form: str) -> None:
+    """Raise PassError naming the node when `form` cannot express `site`."""
+    where = f"node '{site.node.name}'"
+    shape = site.x.shape
+    if shape is not None and len(shape) != 4:
+        raise PassError(f"{where}: {len(shape)}-D grid sampling is not supported (only 4-D input [N,C,H,W])")
+    if form in ("decompose", "plugin") and site.interpolation == "bicubic":
+        raise PassError(f"{where}: bicubic is not supported by {form}; use mode onnx")
+    if form == "decompose" and (shape is None or not all(isinstance(d, int) for d in (shape[0], shape[2], shape[3]))):
+        raise PassError(f"{where}: decompose needs a static batch and spatial size of the input, got {shape}; "
+                        "set static input shapes first")
 
 
 def choose_form(target) -> str:
@@ -212,14 +220,7 @@ def emit_onnx(rw: Rewrite, site: Sampling, grid: gs.Tensor, opset: int) -> None:
 
 def emit_decomposition(rw: Rewrite, site: Sampling, grid: gs.Tensor, opset: int) -> None:
     """Gather whole channel rows of a padded channels-last table, one flat index per sample point."""
-    node = site.node
-    if site.interpolation == "bicubic":
-        raise PassError(f"node '{node.name}': bicubic is not supported by decompose; use mode onnx")
-    shape = site.x.shape
-    if shape is None or not all(isinstance(d, int) for d in (shape[0], shape[2], shape[3])):
-        raise PassError(f"node '{node.name}': decompose needs a static batch and spatial size of the input, "
-                        f"got {shape}; set static input shapes first")
-    batch, channels, height, width = shape
+    batch, channels, height, width = site.x.shape
     coord_dtype = np.dtype(dtype_of(grid) or np.float32)
     # One zero row/column before the image and two after: every clipped corner index stays inside.
     padded = rw.op("Pad", [site.x, rw.const([0, 0, 1, 1, 0, 0, 2, 2], "pads", np.int64)], {"mode": "constant"},

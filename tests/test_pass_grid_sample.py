@@ -9,10 +9,12 @@ import warnings
 
 import numpy as np
 import onnx
+import onnx_graphsurgeon as gs
 import pytest
 from onnx import helper
 
 from surgeon.errors import SurgeonError
+from surgeon.pass_api import Context
 from surgeon.reference import find_reference
 from surgeon.registry import discover
 from surgeon.targets import load_target
@@ -22,7 +24,7 @@ torch = pytest.importorskip("torch")
 F = torch.nn.functional
 
 discover()  # the built-in passes import as surgeon.passes.*
-from surgeon.passes.grid_sample import MATMUL_MIN_CHANNELS, choose_form  # noqa: E402
+from surgeon.passes.grid_sample import MATMUL_MIN_CHANNELS, GridSamplePass, choose_form  # noqa: E402
 
 ATOL = 1e-5
 OPSET11_OPS = {"Pad", "Transpose", "Flatten", "Gather", "Add", "Sub", "Mul", "Div", "Clip", "Floor", "Round",
@@ -288,11 +290,39 @@ def test_graph_without_grid_sampling_is_unchanged():
     assert step.rewritten == [] and op_types(out) == ["Relu"]
 
 
-def test_bicubic_is_kept_by_onnx_and_refused_by_decompose():
+def test_bicubic_is_kept_by_onnx_and_refused_by_decompose_and_plugin():
     model = grid_sample_16(SHAPES[1], "bicubic", "zeros", False)
     assert apply_pass(model, "grid-sample", mode="onnx")[1].rewritten == []
-    with pytest.raises(SurgeonError, match="node 'sampler': bicubic"):
-        apply_pass(model, "grid-sample", mode="decompose")
+    for mode in ("decompose", "plugin"):
+        with pytest.raises(SurgeonError, match=f"node 'sampler': bicubic is not supported by {mode}; use mode onnx"):
+            apply_pass(model, "grid-sample", mode=mode)
+
+
+def test_a_refused_site_leaves_the_graph_untouched():
+    """Every site is checked before the first one is rewritten."""
+    n, c, h, w, hg, wg = SHAPES[1]
+    nodes = [helper.make_node("GridSample", ["x", "grid"], ["y1"], name="fine"),
+             helper.make_node("GridSample", ["x", "grid"], ["y2"], name="cubic", mode="bicubic")]
+    model = make_model(nodes, [("x", np.float32, [n, c, h, w]), ("grid", np.float32, [n, hg, wg, 2])],
+                       [("y1", np.float32, None), ("y2", np.float32, None)], opset=16)
+    graph = gs.import_onnx(model)
+    with pytest.raises(SurgeonError, match="node 'cubic'"):
+        GridSamplePass(mode="decompose").run(graph, Context(target=load_target("onnxruntime")))
+    assert [node.op for node in graph.nodes] == ["GridSample", "GridSample"]
+
+
+def test_aten_grid_sampler_2d_built_by_hand():
+    """aten::grid_sampler_2d (same inputs as grid_sampler), constants as initializers, no overload_name."""
+    n, c, h, w, hg, wg = SHAPES[1]
+    node = helper.make_node("ATen", ["x", "grid", "mode", "padding", "align"], ["y"], name="aten2d",
+                            domain="org.pytorch.aten", operator="grid_sampler_2d")
+    model = make_model([node], [("x", np.float32, [n, c, h, w]), ("grid", np.float32, [n, hg, wg, 2])],
+                       [("y", np.float32, [n, c, hg, wg])], opset=11,
+                       initializers={"mode": np.array(1), "padding": np.array(2), "align": np.array(False)})
+    x, grid = feeds(SHAPES[1], seed=9)
+    out, step = apply_pass(model, "grid-sample", mode="decompose")
+    assert step.rewritten == ["aten2d"]
+    assert_matches_torch(out, x, grid, "nearest", "reflection", False)
 
 
 def test_decompose_needs_static_spatial_size():
