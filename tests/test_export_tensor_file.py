@@ -59,3 +59,13 @@ def test_bad_files_name_the_problem_and_the_file(tmp_path, content, message):
 def test_unsupported_dtype_is_refused(tmp_path):
     with pytest.raises(SurgeonError, match="cannot hold dtype float64"):
         write_tensor(tmp_path / "t.tensor", np.zeros(3))
+
+
+@pytest.mark.skipif(not (SHARED / "centerpoint_voxels_features.fp16.tensor").exists(),
+                    reason="../shared/data/centerpoint_voxels_features.fp16.tensor (NVIDIA's file) is absent")
+@pytest.mark.parametrize("name", ["centerpoint_voxels_features.fp16.tensor",
+                                  "centerpoint_voxels_indices_zyx.int32.tensor"])
+def test_rewriting_nvidias_files_gives_the_same_bytes(tmp_path, name):
+    original = SHARED / name
+    rewritten = write_tensor(tmp_path / name, read_tensor(original))
+    assert rewritten.read_bytes() == original.read_bytes()
