@@ -44,6 +44,25 @@ def test_grid_sample_5d_matches_torch(mode, padding_mode, align_corners):
     np.testing.assert_allclose(grid_sample(x, grid, mode, padding_mode, align_corners), expected, **TOL)
 
 
+AVX = torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
+
+
+@pytest.mark.skipif(not AVX, reason="bit-exactness is claimed for PyTorch's AVX2/AVX512 CPU kernels; this CPU "
+                                    f"runs {torch.backends.cpu.get_cpu_capability()}")
+@pytest.mark.parametrize("spatial", [2, 3])
+@pytest.mark.parametrize("mode", ["bilinear", "nearest"])
+def test_grid_sample_is_bit_identical_to_torch(mode, spatial):
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((2, 4) + (6,) * (spatial - 1) + (9,)).astype(np.float32)
+    grid = _grid(rng, (2, 30) + (3,) * (spatial - 2) + (5, spatial))
+    for padding_mode in ("zeros", "border", "reflection"):
+        for align_corners in (False, True):
+            expected = F.grid_sample(torch.from_numpy(x), torch.from_numpy(grid), mode=mode,
+                                     padding_mode=padding_mode, align_corners=align_corners).numpy()
+            np.testing.assert_array_equal(grid_sample(x, grid, mode, padding_mode, align_corners), expected,
+                                          err_msg=f"{padding_mode}, align_corners={align_corners}")
+
+
 def test_grid_sample_accepts_torch_integer_codes():
     rng = np.random.default_rng(2)
     x = rng.standard_normal((1, 1, 3, 3)).astype(np.float32)
