@@ -222,17 +222,14 @@ def emit_decomposition(rw: Rewrite, site: Sampling, grid: gs.Tensor, opset: int)
     """Gather whole channel rows of a padded channels-last table, one flat index per sample point."""
     batch, channels, height, width = site.x.shape
     coord_dtype = np.dtype(dtype_of(grid) or np.float32)
-    # One zero row/column before the image and two after: every clipped corner index stays inside.
-    padded = rw.op("Pad", [site.x, rw.const([0, 0, 1, 1, 0, 0, 2, 2], "pads", np.int64)], {"mode": "constant"},
-                   suffix="pad")
-    padded = rw.op("Transpose", [padded], {"perm": [0, 2, 3, 1]}, suffix="nhwc")  # [N, H+3, W+3, C]
+    padded = padded_channels_last(rw, site.x, 2)  # [N, H+3, W+3, C]
     px = _pixel(rw, grid, 0, width, site, coord_dtype, "x")
     py = _pixel(rw, grid, 1, height, site, coord_dtype, "y")
     if site.interpolation == "nearest":
         # Round is half-to-even, as torch's nearbyint.
-        x_near, y_near = rw.op("Round", [px], suffix="x_round"), rw.op("Round", [py], suffix="y_round")
-        index = _flat_index(rw, y_near, x_near, batch, height + 3, width + 3, coord_dtype)
+        rounded = [rw.op("Round", [p], suffix=f"{label}_round") for p, label in ((py, "y"), (px, "x"))]
         table = rw.op("Flatten", [padded], {"axis": 3}, suffix="table")
+        index = flat_index(rw, rounded, batch, [height + 3, width + 3], coord_dtype)
         picked = rw.op("Gather", [table, index], {"axis": 0}, suffix="gather")
         rw.finish("Transpose", [picked], {"perm": [0, 3, 1, 2]}, suffix="nchw")
         return
@@ -241,34 +238,62 @@ def emit_decomposition(rw: Rewrite, site: Sampling, grid: gs.Tensor, opset: int)
     x0, y0 = rw.op("Floor", [px], suffix="x_floor"), rw.op("Floor", [py], suffix="y_floor")
     east, south = rw.op("Sub", [px, x0], suffix="east"), rw.op("Sub", [py, y0], suffix="south")
     west, north = rw.op("Sub", [one, east], suffix="west"), rw.op("Sub", [one, south], suffix="north")
-    value_dtype = dtype_of(site.x)
     weights = []  # torch's order: nw, ne, sw, se; each a product of two 1-D weights
     for label, weight_x, weight_y in (("nw", west, north), ("ne", east, north), ("sw", west, south),
                                       ("se", east, south)):
-        weight = rw.op("Mul", [weight_x, weight_y], suffix=f"{label}_weight")
-        if value_dtype is not None and value_dtype != coord_dtype:
-            weight = rw.op("Cast", [weight], {"to": onnx.helper.np_dtype_to_tensor_dtype(value_dtype)},
-                           suffix=f"{label}_weight_cast")
-        weights.append(weight)
+        weights.append(value_weight(rw, rw.op("Mul", [weight_x, weight_y], suffix=f"{label}_weight"), site.x,
+                                    coord_dtype, label))
     if isinstance(channels, int) and channels >= MATMUL_MIN_CHANNELS:
         blended = _blend_by_matmul(rw, padded, x0, y0, weights, batch, height, width, opset, coord_dtype)
     else:
-        blended = _blend_by_rows(rw, padded, x0, y0, weights, batch, height, width, opset, coord_dtype)
+        table = rw.op("Flatten", [padded], {"axis": 3}, suffix="table")
+        north_west = flat_index(rw, [y0, x0], batch, [height + 3, width + 3], coord_dtype)
+        corners = zip(("nw", "ne", "sw", "se"), (0, 1, width + 3, width + 4), weights)
+        blended = blend_rows(rw, table, north_west, corners, opset)
     rw.finish("Transpose", [blended], {"perm": [0, 3, 1, 2]}, suffix="nchw")
 
 
-def _pixel(rw: Rewrite, grid: gs.Tensor, axis: int, size: int, site: Sampling, dtype, label: str) -> gs.Tensor:
-    """Source pixel coordinate along one axis, computed as torch's CPU kernel does, then clipped.
+def padded_channels_last(rw: Rewrite, x: gs.Tensor, spatial_dims: int) -> gs.Tensor:
+    """x with one zero row/column/slice before and two after each spatial axis, channels last: every
+    clipped corner index stays inside, and every corner outside the image reads zero."""
+    pads = [0, 0] + [1] * spatial_dims + [0, 0] + [2] * spatial_dims
+    padded = rw.op("Pad", [x, rw.const(pads, "pads", np.int64)], {"mode": "constant"}, suffix="pad")
+    return rw.op("Transpose", [padded], {"perm": [0, *range(2, spatial_dims + 2), 1]}, suffix="channels_last")
 
-    border and reflection: torch's clip to [0, size-1]. zeros: [-1, size], which keeps far-out
-    coordinates finite (no int64 overflow in Cast) while every corner of such a point still lands in the
-    zero border. A NaN coordinate becomes the low bound (as torch's clip does for border and reflection):
-    its int64 index would be undefined and make Gather fail at run time.
-    """
-    # A 0-d index drops the last axis; Rewrite.const would make it 1-d (np.ascontiguousarray).
+
+def grid_axis(rw: Rewrite, grid: gs.Tensor, axis: int, label: str) -> gs.Tensor:
+    """grid[..., axis] (a 0-d index drops the last axis; Rewrite.const would make it 1-d)."""
     index = gs.Constant(rw.name(f"{label}_axis"), values=np.array(axis, dtype=np.int64))
-    coord = rw.op("Gather", [grid, index], {"axis": -1}, suffix=label)
-    shifted = rw.op("Add", [coord, rw.const(1.0, f"{label}_one", dtype)], suffix=f"{label}_plus1")
+    return rw.op("Gather", [grid, index], {"axis": -1}, suffix=label)
+
+
+def clip_pixel(rw: Rewrite, pixel: gs.Tensor, size: int, padding: str, nan_to: float, dtype, label: str) -> gs.Tensor:
+    """border and reflection: clip to [0, size-1] as torch does. zeros: [-1, size], which keeps far-out
+    coordinates finite (no int64 overflow in Cast) while every corner of such a point still lands in the
+    zero border. NaN becomes `nan_to`: its int64 index would be undefined and make Gather fail the run."""
+    low, high = (-1, size) if padding == "zeros" else (0, size - 1)
+    is_nan = rw.op("IsNaN", [pixel], suffix=f"{label}_nan")
+    defined = rw.op("Where", [is_nan, rw.const(nan_to, f"{label}_nan_to", dtype), pixel], suffix=f"{label}_defined")
+    return rw.op("Clip", [defined, rw.const(low, f"{label}_low", dtype), rw.const(high, f"{label}_high", dtype)],
+                 suffix=f"{label}_clip")
+
+
+def value_weight(rw: Rewrite, weight: gs.Tensor, x: gs.Tensor, coord_dtype, label: str) -> gs.Tensor:
+    """`weight` in the input's dtype (the grid's may differ)."""
+    value_dtype = dtype_of(x)
+    if value_dtype is None or value_dtype == coord_dtype:
+        return weight
+    return rw.op("Cast", [weight], {"to": onnx.helper.np_dtype_to_tensor_dtype(value_dtype)},
+                 suffix=f"{label}_weight_cast")
+
+
+def _pixel(rw: Rewrite, grid: gs.Tensor, axis: int, size: int, site: Sampling, dtype, label: str) -> gs.Tensor:
+    """Source pixel coordinate along one axis, as torch's vectorised 2-D CPU kernel computes it, clipped.
+
+    A NaN coordinate becomes the low bound, as torch's `clip_coordinates` does for border and reflection.
+    """
+    shifted = rw.op("Add", [grid_axis(rw, grid, axis, label), rw.const(1.0, f"{label}_one", dtype)],
+                    suffix=f"{label}_plus1")
     if site.align_corners:
         pixel = rw.op("Mul", [shifted, rw.const((size - 1) / 2, f"{label}_scale", dtype)], suffix=f"{label}_pixel")
     else:
@@ -276,10 +301,7 @@ def _pixel(rw: Rewrite, grid: gs.Tensor, axis: int, size: int, site: Sampling, d
         pixel = rw.op("Sub", [scaled, rw.const(0.5, f"{label}_half", dtype)], suffix=f"{label}_pixel")
     if site.padding == "reflection":
         pixel = _reflect(rw, pixel, site.align_corners, size, dtype, label)
-    low, high = (-1, size) if site.padding == "zeros" else (0, size - 1)
-    low = rw.const(low, f"{label}_low", dtype)
-    pixel = rw.op("Where", [rw.op("IsNaN", [pixel], suffix=f"{label}_nan"), low, pixel], suffix=f"{label}_defined")
-    return rw.op("Clip", [pixel, low, rw.const(high, f"{label}_high", dtype)], suffix=f"{label}_clip")
+    return clip_pixel(rw, pixel, size, site.padding, -1 if site.padding == "zeros" else 0, dtype, label)
 
 
 def _reflect(rw: Rewrite, coord: gs.Tensor, align_corners: bool, size: int, dtype, label: str) -> gs.Tensor:
@@ -301,32 +323,32 @@ def _reflect(rw: Rewrite, coord: gs.Tensor, align_corners: bool, size: int, dtyp
     return reflected if low is None else rw.op("Add", [reflected, low], suffix=f"{label}_mirrored")
 
 
-def _flat_index(rw: Rewrite, row: gs.Tensor, col: gs.Tensor, batch: int, rows: int, cols: int,
-                dtype) -> gs.Tensor:
-    """int64 row of a [batch*rows*cols, ...] table holding the image at offset (1, 1) of each batch item."""
+def flat_index(rw: Rewrite, coords: list[gs.Tensor], batch: int, sizes: list[int], dtype) -> gs.Tensor:
+    """int64 row of a [batch * prod(sizes), ...] table holding each batch item's image at offset 1 along
+    every spatial axis; `coords` are float pixel coordinates [N, ...], slowest axis first."""
     offset = rw.const(1.0, "pad_offset", dtype)
-    row = rw.op("Cast", [rw.op("Add", [row, offset], suffix="row_padded")], {"to": onnx.TensorProto.INT64},
-                suffix="row_index")
-    col = rw.op("Cast", [rw.op("Add", [col, offset], suffix="col_padded")], {"to": onnx.TensorProto.INT64},
-                suffix="col_index")
-    start = rw.op("Mul", [row, rw.const(cols, "row_stride", np.int64)], suffix="row_start")
-    start = rw.op("Add", [start, rw.const((np.arange(batch) * rows * cols).reshape(batch, 1, 1), "batch_start",
-                                          np.int64)], suffix="batch_row_start")
-    return rw.op("Add", [start, col], suffix="flat_index")
+    strides = [int(np.prod(sizes[axis + 1:])) for axis in range(len(sizes))]
+    index = rw.const((np.arange(batch) * int(np.prod(sizes))).reshape((batch,) + (1,) * len(coords)),
+                     "batch_start", np.int64)
+    for axis, (coord, stride) in enumerate(zip(coords, strides)):
+        padded = rw.op("Add", [coord, offset], suffix=f"axis{axis}_padded")
+        position = rw.op("Cast", [padded], {"to": onnx.TensorProto.INT64}, suffix=f"axis{axis}_index")
+        if stride != 1:
+            position = rw.op("Mul", [position, rw.const(stride, f"axis{axis}_stride", np.int64)],
+                             suffix=f"axis{axis}_start")
+        index = rw.op("Add", [index, position], suffix=f"axis{axis}_flat")
+    return index
 
 
-def _blend_by_rows(rw, padded, x0, y0, weights, batch, height, width, opset, dtype) -> gs.Tensor:
-    """Σ weight_k · Gather(table, index_k): four gathers of [N,Hg,Wg,C] rows, weighted and summed."""
-    table = rw.op("Flatten", [padded], {"axis": 3}, suffix="table")
-    north_west = _flat_index(rw, y0, x0, batch, height + 3, width + 3, dtype)
-    one_col, one_row = rw.const(1, "next_col", np.int64), rw.const(width + 3, "next_row", np.int64)
-    south_west = rw.op("Add", [north_west, one_row], suffix="sw_index")
-    indices = [north_west, rw.op("Add", [north_west, one_col], suffix="ne_index"), south_west,
-               rw.op("Add", [south_west, one_col], suffix="se_index")]
+def blend_rows(rw: Rewrite, table: gs.Tensor, base: gs.Tensor, corners, opset: int) -> gs.Tensor:
+    """Σ weight · Gather(table, base + offset) over `corners` ((label, row offset, weight), summed in
+    that order): one gather of whole channel rows per corner."""
     total = None
-    for label, index, weight in zip(("nw", "ne", "sw", "se"), indices, weights):
+    for label, offset, weight in corners:
+        index = base if offset == 0 else rw.op("Add", [base, rw.const(offset, f"{label}_offset", np.int64)],
+                                               suffix=f"{label}_index")
         corner = rw.op("Gather", [table, index], {"axis": 0}, suffix=f"{label}_gather")
-        term = rw.op("Mul", [corner, _unsqueeze(rw, weight, [-1], opset, f"{label}_weight")], suffix=f"{label}_term")
+        term = rw.op("Mul", [corner, unsqueeze(rw, weight, [-1], opset, f"{label}_weight")], suffix=f"{label}_term")
         total = term if total is None else rw.op("Add", [total, term], suffix=f"{label}_sum")
     return total
 
@@ -341,18 +363,18 @@ def _blend_by_matmul(rw, padded, x0, y0, weights, batch, height, width, opset, d
                                        rw.const([1, 2], f"{label}_axes", np.int64)], suffix=f"{label}_shift"))
     quads = rw.op("Concat", corners, {"axis": 3}, suffix="corners")
     table = rw.op("Flatten", [quads], {"axis": 3}, suffix="table")
-    index = _flat_index(rw, y0, x0, batch, height + 2, width + 2, dtype)
+    index = flat_index(rw, [y0, x0], batch, [height + 2, width + 2], dtype)
     gathered = rw.op("Gather", [table, index], {"axis": 0}, suffix="gather")
     by_corner = rw.op("Reshape", [gathered, rw.const([0, 0, 0, 4, -1], "corner_shape", np.int64)],
                       suffix="by_corner")
-    columns = [_unsqueeze(rw, w, [-1], opset, f"{label}_weight") for label, w in zip(("nw", "ne", "sw", "se"),
+    columns = [unsqueeze(rw, w, [-1], opset, f"{label}_weight") for label, w in zip(("nw", "ne", "sw", "se"),
                                                                                         weights)]
-    weight_row = _unsqueeze(rw, rw.op("Concat", columns, {"axis": -1}, suffix="weights"), [-2], opset, "weights")
+    weight_row = unsqueeze(rw, rw.op("Concat", columns, {"axis": -1}, suffix="weights"), [-2], opset, "weights")
     blended = rw.op("MatMul", [weight_row, by_corner], suffix="blend")
     return rw.op("Reshape", [blended, rw.const([0, 0, 0, -1], "blend_shape", np.int64)], suffix="blended")
 
 
-def _unsqueeze(rw: Rewrite, tensor: gs.Tensor, axes: list[int], opset: int, label: str) -> gs.Tensor:
+def unsqueeze(rw: Rewrite, tensor: gs.Tensor, axes: list[int], opset: int, label: str) -> gs.Tensor:
     """Unsqueeze in the spelling of `opset` (axes became an input at opset 13)."""
     if opset >= 13:
         return rw.op("Unsqueeze", [tensor, rw.const(axes, f"{label}_axes", np.int64)], suffix=f"{label}_unsqueeze")
