@@ -249,3 +249,28 @@ def test_a_checkpoint_of_another_network_is_named(tmp_path):
     torch.save({"model_state": {"backbone_3d.conv_input.0.weight": torch.zeros(16, 3, 3, 3, 4)}}, path)
     with pytest.raises(SurgeonError, match=f"{path}: checkpoint does not fit VoxelResBackBone8x: 141 missing keys"):
         build_zoo_model("centerpoint-scn", path)
+
+
+def test_a_sparse_result_is_exported_with_its_coordinates(window):
+    from surgeon.export.spconv_export import spconv_cpu_quirks, trace_spconv
+    from surgeon.validation.runners import ReferenceRunner
+
+    backbone = build_centerpoint_scn().backbone  # returns conv_out's SparseConvTensor, no dense()
+    features, indices = (torch.from_numpy(a) for a in (window[0].astype(np.float32), window[1]))
+    trace = trace_spconv(backbone, features, indices)
+    standard = build_model(trace, "standard")
+    assert [o.name for o in standard.graph.output] == ["conv_out.2", "conv_out.0.indices"]
+    onnx.checker.check_model(standard, full_check=True)
+    with ReferenceRunner(standard) as runner:
+        out = runner.infer({"features": features.numpy(), "indices": indices.numpy()})
+    with spconv_cpu_quirks(backbone, features.device), torch.no_grad():
+        expected = backbone(features, indices)
+
+    def by_coordinate(coords, values):  # the reference sorts voxels by key, spconv keeps its own order
+        order = np.lexsort(coords.T[::-1])
+        return coords[order], values[order]
+
+    ours = by_coordinate(out["conv_out.0.indices"], out["conv_out.2"])
+    theirs = by_coordinate(expected.indices.numpy(), expected.features.numpy())
+    np.testing.assert_array_equal(ours[0], theirs[0])
+    np.testing.assert_allclose(ours[1], theirs[1], rtol=0, atol=TOLERANCE * np.abs(theirs[1]).max())

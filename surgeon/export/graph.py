@@ -88,6 +88,9 @@ def build_model(trace: Trace, flavour: str = "standard", fold_batchnorm: bool = 
         inputs += [helper.make_tensor_value_info(v.indices, TensorProto.INT32, [v.shape[0], None])
                    for v in trace.inputs if v.is_sparse]
     outputs = [helper.make_tensor_value_info(v.name, float_type, v.shape) for v in trace.outputs]
+    if flavour == "standard":  # a sparse result is only meaningful with its coordinates
+        outputs += [helper.make_tensor_value_info(v.indices, TensorProto.INT32, [None, None])
+                    for v in trace.outputs if v.is_sparse]
     graph = helper.make_graph(writer.nodes, graph_name, inputs, outputs, initializer=writer.initializers)
     custom_domains = sorted({node.domain for node in writer.nodes if node.domain})
     opsets = [helper.make_opsetid("", OPSET)] + [helper.make_opsetid(domain, 1) for domain in custom_domains]
@@ -128,7 +131,7 @@ class _Writer:
     def add_custom(self, op: Op) -> None:
         weights = dict(op.weights)
         if op.op_type == "SparseConvolution" and "bias" not in weights:
-            # libspconv's parser reads input 2 unconditionally.
+            # libspconv's parser reads input 2 unconditionally; both flavours keep the same inputs.
             weights["bias"] = np.zeros(op.attrs["out_channels"], weights["weight"].dtype)
         inputs, outputs, attrs = [], [], dict(op.attrs)
         for value in op.inputs:
