@@ -207,6 +207,16 @@ def test_compare_recorded_inputs_npz_and_polygraphy_json(model_pair, tmp_path):
     assert main(["compare", a, a, "--expected", str(tmp_path / "in.npz")]) == 2
 
 
+def test_renamed_inputs_are_fed_by_position_and_said_so():
+    original, renamed = chain_model(), chain_model()
+    renamed.graph.input[0].name = "image"
+    renamed.graph.node[0].input[0] = "image"
+    result = validate_models(original, renamed, make_feeds(original), Tolerance())
+    assert result.passed and result.notes == [
+        "the rewritten model's inputs differ from the original's; fed by position: x -> image"]
+    assert "note: the rewritten model's inputs differ" in result.summary
+
+
 def test_dynamic_input_needs_a_shape(tmp_path, capsys):
     nodes = [helper.make_node("Relu", ["x"], ["y"], name="relu")]
     path = tmp_path / "dyn.onnx"

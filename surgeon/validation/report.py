@@ -96,6 +96,7 @@ def markdown(result) -> str:
     runners = ", ".join(f"{name}: {kind}" for name, kind in result.runners.items())
     lines = [f"### surgeon validation {verdict}", "",
              f"{result.tolerance.describe()} · {result.iterations} input set(s) from {result.data} · {runners}", ""]
+    lines += [f"Note: {note}" for note in result.notes] + ([""] if result.notes else [])
     lines += _md_table(result.outputs)
     if result.expected:
         lines += ["", "Against the expected outputs:", ""] + _md_table(result.expected)
@@ -232,6 +233,7 @@ def html_page(result) -> str:
     body = [f"<h1>surgeon validation</h1><p class='verdict {css}'>{verdict}</p>",
             f"<p>{_esc(result.tolerance.describe())} · {result.iterations} input set(s) from {_esc(result.data)} · "
             f"{runners}</p>",
+            *[f"<p><b>Note:</b> {_esc(note)}</p>" for note in result.notes],
             "<h2>Outputs against the original</h2>", _html_outputs(result.outputs)]
     if result.expected:
         body += ["<h2>Outputs against the expected values</h2>", _html_outputs(result.expected)]

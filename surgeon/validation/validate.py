@@ -23,6 +23,7 @@ from surgeon.validation.bisect import Bisection, bisect_steps
 from surgeon.validation.compare import OutputReport, Tolerance, combine, compare_outputs, run_model
 from surgeon.validation.data import Feeds, feeds_for, load_arrays
 from surgeon.validation.localise import describe_divergence, first_divergence
+from surgeon.validation.runners import graph_inputs
 
 ORIGINAL, REWRITTEN, EXPECTED = "original", "rewritten", "expected"
 
@@ -39,6 +40,7 @@ class ValidationResult:
     iterations: int = 1
     data: str = ""
     divergence: dict | None = None
+    notes: list[str] = field(default_factory=list)
     bisection: Bisection | None = None
     graph_diff: dict = field(default_factory=dict)
     reports: list[Path] = field(default_factory=list)
@@ -51,6 +53,7 @@ class ValidationResult:
         runners = " vs ".join(f"{name} ({kind})" for name, kind in self.runners.items())
         lines = [f"validation {verdict}: {len(self.outputs)} output(s), {self.tolerance.describe()}, "
                  f"{self.iterations} input set(s) from {self.data}; {runners}"]
+        lines += [f"  note: {note}" for note in self.notes]
         for group, label in ((self.outputs, "original"), (self.expected, "expected")):
             for o in group:
                 if not o.passed:
@@ -75,6 +78,7 @@ class ValidationResult:
             "outputs": [o.to_dict() for o in self.outputs],
             "expected": [o.to_dict() for o in self.expected],
             "divergence": self.divergence,
+            "notes": self.notes,
             "bisection": self.bisection.to_dict() if self.bisection else None,
             "graph_diff": self.graph_diff,
             "reports": [str(p) for p in self.reports],
@@ -97,12 +101,23 @@ def validate_models(original: onnx.ModelProto, rewritten: onnx.ModelProto, feeds
                               runners={ORIGINAL: original_kind, REWRITTEN: rewritten_kind},
                               iterations=len(feeds), data=data, feeds=feeds, graph_diff=graph_diff(original, rewritten))
     result.run_results = combine(original_results, rewritten_results)
+    result.notes = input_notes(original, rewritten)
     if expected:
         result.expected = compare_outputs(expected_results(expected), rewritten_results, tolerance, iterations=1)
         result.passed = result.passed and all(o.passed for o in result.expected)
     if localise and not all(o.passed for o in outputs):
         result.divergence = first_divergence(original, rewritten, feeds[0], tolerance, runner)
     return result
+
+
+def input_notes(original: onnx.ModelProto, rewritten: onnx.ModelProto) -> list[str]:
+    """Polygraphy feeds an input the rewritten model renamed by position; say so rather than hide it."""
+    before = [v.name for v in graph_inputs(original)]
+    after = [v.name for v in graph_inputs(rewritten)]
+    if before == after:
+        return []
+    pairs = ", ".join(f"{a} -> {b}" for a, b in zip(before, after) if a != b)
+    return [f"the rewritten model's inputs differ from the original's; fed by position: {pairs}"]
 
 
 def expected_results(path: str | Path) -> RunResults:
