@@ -35,8 +35,9 @@ ONNX20_MODES = {"bilinear": "linear", "nearest": "nearest", "bicubic": "cubic"}
 #: The integer codes of aten::grid_sampler, mmdeploy, BEVFormer_tensorrt and our plugin.
 INTERPOLATION_CODES = ("bilinear", "nearest", "bicubic")
 PADDING_CODES = ("zeros", "border", "reflection")
-TRT_OPS = ("GridSampler2DTRT", "GridSampler2DTRT2")
-ATEN_OPERATORS = ("grid_sampler", "grid_sampler_2d")  # same inputs; torch exports the first
+#: BEVFormer_tensorrt's op types and their number of spatial dimensions.
+TRT_OPS = {"GridSampler2DTRT": 2, "GridSampler2DTRT2": 2, "GridSampler3DTRT": 3, "GridSampler3DTRT2": 3}
+ATEN_OPERATORS = ("grid_sampler", "grid_sampler_2d", "grid_sampler_3d")  # same inputs; torch exports the first
 TRT_GRID_SCALE = 10.0  # BEVFormer_tensorrt's wrapper feeds grid * 10 and divides by 10 inside
 GRID_SAMPLE_SINCE = 16
 CONVERTER_HIDDEN_DOMAIN = "surgeon.opset-conversion"
@@ -52,10 +53,18 @@ class Sampling:
     node: gs.Node
     spelling: str  # aten | onnx | mmdeploy | trt
     x: gs.Tensor
-    grid: gs.Tensor  # [N,Hg,Wg,2] except for the trt spelling ([N,2,Hg,Wg] scaled by 10)
+    grid: gs.Tensor  # [N,Hg,Wg,2] ([N,Dg,Hg,Wg,3]) except for the trt spelling ([N,2,Hg,Wg] scaled by 10)
     interpolation: str
     padding: str
     align_corners: bool
+
+    @property
+    def spatial_dims(self) -> int:
+        """2 for [N,C,H,W] input, 3 for [N,C,D,H,W]: from the input's rank, else the grid's, else the op."""
+        for tensor in (self.x, self.grid):
+            if tensor.shape is not None:
+                return len(tensor.shape) - 2
+        return TRT_OPS.get(self.node.op, 2)
 
 
 def _code(codes: tuple[str, ...], value, node: gs.Node, what: str) -> str:
@@ -86,7 +95,7 @@ def read_sampling(node: gs.Node) -> Sampling | None:
             raise PassError(f"node '{node.name}': unknown GridSample mode {mode!r}")
         return Sampling(node, "onnx", node.inputs[0], node.inputs[1], ONNX16_MODES[mode],
                         attr_text(node, "padding_mode", "zeros"), bool(node.attrs.get("align_corners", 0)))
-    if node.op == "grid_sampler" and node.domain == "mmdeploy" or is_op(node, TRT_OPS):
+    if node.op == "grid_sampler" and node.domain == "mmdeploy" or is_op(node, tuple(TRT_OPS)):
         return Sampling(node, "mmdeploy" if node.op == "grid_sampler" else "trt", node.inputs[0], node.inputs[1],
                         _code(INTERPOLATION_CODES, node.attrs.get("interpolation_mode", 0), node,
                               "interpolation_mode"),
@@ -109,39 +118,13 @@ class GridSamplePass(Pass):
     needs = ("shapes",)
 
     def run(self, graph, ctx):
-        result = PassResult()
         form = self.mode if self.mode != "auto" else choose_form(ctx.target)
-        sites = self._sites(graph, form)
-        if not sites:
-            return result
-        if form == "onnx" and graph.opset < GRID_SAMPLE_SINCE:
-            graph = raise_opset(graph, GRID_SAMPLE_SINCE)
-            result.graph = graph
-            result.note(f"raised the default-domain opset to {GRID_SAMPLE_SINCE} for GridSample "
-                        "(onnx version converter)")
-            sites = self._sites(graph, form)
-        for site in sites:
-            rw = Rewrite(graph, ctx, site.node)
-            grid = standard_grid(rw, site)
-            if form == "onnx":
-                emit_onnx(rw, site, grid, graph.opset)
-            elif form == "plugin":
-                self._emit_plugin(rw, site, grid)
-            else:
-                emit_decomposition(rw, site, grid, graph.opset)
-            result.rewrote(site.node.name or rw.prefix)
-        if self.mode == "auto":
+        emit = {"onnx": emit_onnx, "decompose": emit_decomposition,
+                "plugin": lambda rw, site, grid, opset: self._emit_plugin(rw, site, grid)}[form]
+        result = rewrite_sites(graph, ctx, form, 2, GRID_SAMPLE_SINCE, emit)
+        if self.mode == "auto" and result.changed:
             result.note(f"mode auto chose '{form}' for target {ctx.target.name}")
         return result
-
-    @staticmethod
-    def _sites(graph, form: str) -> list[Sampling]:
-        sites = [s for s in map(read_sampling, graph.nodes) if s is not None]
-        if form == "onnx":  # a standard GridSample already is the onnx form
-            sites = [s for s in sites if s.spelling != "onnx"]
-        for site in sites:  # all refusals before the first rewrite
-            check_supported(site, form)
-        return sites
 
     def _emit_plugin(self, rw: Rewrite, site: Sampling, grid: gs.Tensor) -> None:
         out = site.node.outputs[0]
@@ -156,15 +139,44 @@ class GridSamplePass(Pass):
         }, domain=self.plugin_namespace)
 
 
+def rewrite_sites(graph, ctx, form: str, spatial_dims: int, onnx_opset: int, emit) -> PassResult:
+    """The loop of grid-sample and grid-sample-3d: find the sites with `spatial_dims`, check them all,
+    raise the opset for the onnx form, then `emit(rw, site, grid, opset)` each one."""
+    result = PassResult()
+    sites = find_sites(graph, form, spatial_dims)
+    if sites and form == "onnx" and graph.opset < onnx_opset:
+        graph = raise_opset(graph, onnx_opset)
+        result.graph = graph
+        result.note(f"raised the default-domain opset to {onnx_opset} for GridSample (onnx version converter)")
+        sites = find_sites(graph, form, spatial_dims)
+    for site in sites:
+        rw = Rewrite(graph, ctx, site.node)
+        emit(rw, site, standard_grid(rw, site), graph.opset)
+        result.rewrote(site.node.name or rw.prefix)
+    others = [s.node.name for s in map(read_sampling, graph.nodes) if s is not None and s.spatial_dims != spatial_dims]
+    if others:
+        result.note(f"left {len(others)} grid sampling node(s) with {'2' if spatial_dims == 3 else '3'} spatial "
+                    f"dimensions to {'grid-sample' if spatial_dims == 3 else 'grid-sample-3d'}: {', '.join(others)}")
+    return result
+
+
+def find_sites(graph, form: str, spatial_dims: int) -> list[Sampling]:
+    """The grid-sampling nodes with `spatial_dims` that `form` rewrites, each checked (before any rewrite)."""
+    sites = [s for s in map(read_sampling, graph.nodes) if s is not None and s.spatial_dims == spatial_dims]
+    if form == "onnx":  # a standard GridSample already is the onnx form
+        sites = [s for s in sites if s.spelling != "onnx"]
+    for site in sites:
+        check_supported(site, form)
+    return sites
+
+
 def check_supported(site: Sampling, form: str) -> None:
     """Raise PassError naming the node when `form` cannot express `site`."""
     where = f"node '{site.node.name}'"
     shape = site.x.shape
-    if shape is not None and len(shape) != 4:
-        raise PassError(f"{where}: {len(shape)}-D grid sampling is not supported (only 4-D input [N,C,H,W])")
     if form in ("decompose", "plugin") and site.interpolation == "bicubic":
         raise PassError(f"{where}: bicubic is not supported by {form}; use mode onnx")
-    if form == "decompose" and (shape is None or not all(isinstance(d, int) for d in (shape[0], shape[2], shape[3]))):
+    if form == "decompose" and (shape is None or not all(isinstance(d, int) for d in [shape[0], *shape[2:]])):
         raise PassError(f"{where}: decompose needs a static batch and spatial size of the input, got {shape}; "
                         "set static input shapes first")
 
@@ -204,10 +216,11 @@ def raise_opset(graph: gs.Graph, opset: int) -> gs.Graph:
 
 
 def standard_grid(rw: Rewrite, site: Sampling) -> gs.Tensor:
-    """The grid in torch's layout [N,Hg,Wg,2], normalised to [-1, 1]."""
+    """The grid in torch's layout [N,Hg,Wg,2] (or [N,Dg,Hg,Wg,3]), normalised to [-1, 1]."""
     if site.spelling != "trt":
         return site.grid
-    channels_last = rw.op("Transpose", [site.grid], {"perm": [0, 2, 3, 1]}, suffix="grid_nhwc")
+    perm = [0, *range(2, site.spatial_dims + 2), 1]
+    channels_last = rw.op("Transpose", [site.grid], {"perm": perm}, suffix="grid_channels_last")
     dtype = dtype_of(site.grid) or np.float32
     return rw.op("Div", [channels_last, rw.const(TRT_GRID_SCALE, "grid_scale", dtype)], suffix="grid", dtype=dtype)
 
