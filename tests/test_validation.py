@@ -16,6 +16,7 @@ from surgeon.pipeline import run_recipe
 from surgeon.testing import make_model, run_ort
 from surgeon.validation import Tolerance, make_feeds, make_runner, validate_models
 from surgeon.validation.runners import OnnxrtRunner, ReferenceRunner
+from surgeon.validation.validate import input_notes
 
 ATEN = "org.pytorch.aten"
 WRONG_STEP = "test-validation-wrong-constant"
@@ -215,6 +216,9 @@ def test_renamed_inputs_are_fed_by_position_and_said_so():
     assert result.passed and result.notes == [
         "the rewritten model's inputs differ from the original's; fed by position: x -> image"]
     assert "note: the rewritten model's inputs differ" in result.summary
+    renamed.graph.input[0].type.tensor_type.elem_type = onnx.TensorProto.DOUBLE
+    assert input_notes(original, renamed)[1] == ("input image is float64 in the rewritten model, float32 in the "
+                                                  "original: its data is cast")
 
 
 def test_dynamic_input_needs_a_shape(tmp_path, capsys):

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import onnx
+from onnx import helper
 from polygraphy.comparator import IterationResult, RunResults
 
 from surgeon.graphinfo import histogram_delta, op_histogram
@@ -111,13 +112,21 @@ def validate_models(original: onnx.ModelProto, rewritten: onnx.ModelProto, feeds
 
 
 def input_notes(original: onnx.ModelProto, rewritten: onnx.ModelProto) -> list[str]:
-    """Polygraphy feeds an input the rewritten model renamed by position; say so rather than hide it."""
-    before = [v.name for v in graph_inputs(original)]
-    after = [v.name for v in graph_inputs(rewritten)]
-    if before == after:
-        return []
-    pairs = ", ".join(f"{a} -> {b}" for a, b in zip(before, after) if a != b)
-    return [f"the rewritten model's inputs differ from the original's; fed by position: {pairs}"]
+    """Polygraphy feeds inputs the rewritten model renamed by position and casts those it retyped;
+    say so rather than hide it."""
+    def signature(model):
+        return [(v.name, np.dtype(helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type)))
+                for v in graph_inputs(model)]
+
+    before, after = signature(original), signature(rewritten)
+    notes = []
+    if [name for name, _ in before] != [name for name, _ in after]:
+        pairs = ", ".join(f"{a} -> {b}" for (a, _), (b, _) in zip(before, after) if a != b)
+        notes.append(f"the rewritten model's inputs differ from the original's; fed by position: {pairs}")
+    for (_, dtype), (name, new_dtype) in zip(before, after):
+        if dtype != new_dtype:
+            notes.append(f"input {name} is {new_dtype} in the rewritten model, {dtype} in the original: its data is cast")
+    return notes
 
 
 def expected_results(path: str | Path) -> RunResults:
