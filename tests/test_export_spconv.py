@@ -274,3 +274,15 @@ def test_a_sparse_result_is_exported_with_its_coordinates(window):
     theirs = by_coordinate(expected.indices.numpy(), expected.features.numpy())
     np.testing.assert_array_equal(ours[0], theirs[0])
     np.testing.assert_allclose(ours[1], theirs[1], rtol=0, atol=TOLERANCE * np.abs(theirs[1]).max())
+
+
+def test_float16_weights_cost_what_libspconv_will_see(exported):
+    exact = check_with_references(exported)["relative_error"]
+    rounded = check_with_references(exported, float16_weights=True)["relative_error"]
+    assert exact < 1e-6 < rounded < TOLERANCE  # measured 3.4e-7 and 1.9e-4 on this window
+
+
+def test_the_check_refuses_a_sparse_result(window):
+    result = export_spconv(build_centerpoint_scn().backbone, *window, flavour="standard")
+    with pytest.raises(SurgeonError, match="the check compares dense outputs"):
+        check_with_references(result)

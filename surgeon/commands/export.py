@@ -7,7 +7,8 @@
 coordinates, `Reshape(dims=)`); `standard` passes onnx.checker and runs on surgeon's CPU references.
 `--features` / `--indices` are libspconv tensor files (.tensor) or .npy arrays: [N, C] features and
 [N, 4] int32 (batch, z, y, x) coordinates. `--check` runs the exported graph's ops on the CPU
-references and compares with PyTorch (exit 1 above --tolerance, and nothing is written).
+references and compares with PyTorch (exit 1 above --tolerance, and nothing is written); for the
+libspconv flavour it also reports the error with the float16 weights and input that engine gets.
 Needs torch and spconv (the zoo extra).
 """
 from __future__ import annotations
@@ -86,6 +87,8 @@ def run(args) -> int:
     }
     if args.check:
         report["check"] = check_with_references(result, **fold)
+        if args.flavour == "libspconv":
+            report["check_float16_weights"] = check_with_references(result, **fold, float16_weights=True)
         if not report["check"]["relative_error"] <= args.tolerance:
             raise CheckFailed(f"the CPU references differ from PyTorch by {report['check']['relative_error']:.3g} "
                               f"of the output's scale (tolerance {args.tolerance:g}); nothing was written")
@@ -105,4 +108,9 @@ def run(args) -> int:
             c = report["check"]
             print(f"check: max abs error {c['max_abs_error']:.3g} against output scale {c['output_scale']:.3g} "
                   f"(relative {c['relative_error']:.3g}, tolerance {args.tolerance:g})")
+            if "check_float16_weights" in report:
+                h = report["check_float16_weights"]
+                print(f"       with the float16 weights and input libspconv gets: max abs error "
+                      f"{h['max_abs_error']:.3g} (relative {h['relative_error']:.3g}; its float16 arithmetic "
+                      f"adds to this)")
     return 0

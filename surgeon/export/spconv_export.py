@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import torch
+from onnx import numpy_helper
 from spconv.pytorch.conv import SparseConvolution
 
 import surgeon.export.spconv_handlers  # noqa: F401  (registers the spconv handlers)
@@ -125,17 +126,30 @@ def save_tensors(result: SpconvExport, stem) -> list[Path]:
     return written + [npz]
 
 
-def check_with_references(result: SpconvExport, fold_batchnorm: bool = True, fold_relu: bool = True) -> dict:
+def check_with_references(result: SpconvExport, fold_batchnorm: bool = True, fold_relu: bool = True,
+                          float16_weights: bool = False) -> dict:
     """Run the `standard` graph of the same trace on the CPU references; compare with PyTorch's output.
 
-    Returns max_abs_error, output_scale (max |PyTorch output|) and their ratio, relative_error.
+    With `float16_weights` the weights and input features are rounded to float16 first, as the
+    libspconv flavour stores them (activations stay float32, so libspconv's own float16 arithmetic
+    adds to this). Returns max_abs_error, output_scale (max |PyTorch output|), relative_error.
     """
     from surgeon.validation.runners import ReferenceRunner
 
+    if result.trace.outputs[0].is_sparse:
+        raise SurgeonError("the check compares dense outputs; this model returns a sparse tensor (end it with "
+                           ".dense() or compare the standard graph's features and indices yourself)")
     standard = build_model(result.trace, "standard", fold_batchnorm, fold_relu)
-    feeds = {"features": result.features.astype(np.float32), "indices": result.indices.astype(np.int32)}
+    features = result.features.astype(np.float32)
+    if float16_weights:
+        features = features.astype(np.float16).astype(np.float32)
+        for index, tensor in enumerate(standard.graph.initializer):
+            if tensor.data_type == onnx.TensorProto.FLOAT:
+                rounded = numpy_helper.to_array(tensor).astype(np.float16).astype(np.float32)
+                standard.graph.initializer[index].CopyFrom(numpy_helper.from_array(rounded, tensor.name))
+    feeds = {"features": features, "indices": result.indices.astype(np.int32)}
     with ReferenceRunner(standard, name="spconv-reference") as runner:
-        (actual,) = runner.infer(feeds).values()
+        actual = runner.infer(feeds)[result.trace.outputs[0].name]
     error = float(np.abs(actual.astype(np.float32) - result.output).max())
     scale = float(np.abs(result.output).max())
     return {"max_abs_error": error, "output_scale": scale, "relative_error": error / scale if scale else error}
