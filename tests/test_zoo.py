@@ -119,14 +119,18 @@ def test_opset16_fixture_reproduces_pytorch_in_onnxruntime():
     assert_close(*run_ort(fixture_paths("bevformer-tiny", 16, False)))
 
 
-def test_zoo_list_needs_no_torch(capsys):
-    from surgeon.commands import zoo as command
+def test_cli_lists_models(capsys):
+    from surgeon.cli import main
 
-    class Args:
-        zoo_command = "list"
+    assert main(["zoo", "list"]) == 0
+    assert [line.split()[0] for line in capsys.readouterr().out.splitlines()] == list(MODELS)
 
-    assert command.run(Args()) == 0
-    assert capsys.readouterr().out.split()[0] == "bevformer-tiny"
+
+def test_cli_names_a_bad_model(capsys):
+    from surgeon.cli import main
+
+    assert main(["zoo", "export", "bevformer-small"]) == 2
+    assert "unknown model 'bevformer-small'" in capsys.readouterr().err
 
 
 def test_export_without_torch_says_which_extra(monkeypatch):

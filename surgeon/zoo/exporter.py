@@ -5,6 +5,9 @@ inputs keyed by ONNX input names and the PyTorch outputs keyed by ONNX output na
 """
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
 import warnings
 from pathlib import Path
 
@@ -25,6 +28,21 @@ EXAMPLES = {
     "bevfusion-fuser-head": bevfusion.fuser_head_example,
     "sparse4d-head": sparse4d.head_example,
 }
+
+
+@contextlib.contextmanager
+def _quiet_stdout():
+    """Silence file descriptor 1: on failure the TorchScript exporter prints the whole Torch IR graph
+    there from C++ (thousands of lines), which would bury the one-line error."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 1)
+            yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 def build(model_name: str, size: str):
@@ -51,11 +69,13 @@ def export(model_name: str, size: str = "fixture", opset: int = 16, aten_fallbac
         warnings.simplefilter("ignore")
         outputs = module(*args)
         try:
-            torch.onnx.export(module, args, str(paths["onnx"]), dynamo=False, opset_version=opset,
-                              operator_export_type=export_type, do_constant_folding=True,
-                              input_names=list(inputs), output_names=output_names)
+            with _quiet_stdout():
+                torch.onnx.export(module, args, str(paths["onnx"]), dynamo=False, opset_version=opset,
+                                  operator_export_type=export_type, do_constant_folding=True,
+                                  input_names=list(inputs), output_names=output_names)
         except torch.onnx.errors.OnnxExporterError as exc:
-            raise SurgeonError(f"exporting {model_name} at opset {opset} without --aten-fallback failed: {exc}") from exc
+            how = "with the ATen fallback" if aten_fallback else "without the ATen fallback"
+            raise SurgeonError(f"exporting {model_name} at opset {opset} {how} failed: {exc}") from exc
     outputs = outputs if isinstance(outputs, tuple) else (outputs,)
     np.savez(paths["inputs"], **{name: t.numpy() for name, t in inputs.items()})
     np.savez(paths["outputs"], **{name: t.numpy() for name, t in zip(output_names, outputs)})
