@@ -121,7 +121,7 @@ _CSS = """
 body{font:14px/1.45 system-ui,sans-serif;margin:2em auto;max-width:72em;color:#222;padding:0 1em}
 h1{font-size:1.5em}h2{font-size:1.2em;margin-top:1.6em;border-bottom:1px solid #ddd}
 table{border-collapse:collapse;margin:.6em 0}td,th{border:1px solid #ccc;padding:.25em .6em;text-align:right}
-th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}
+th{background:#f3f3f3}.text{text-align:left}
 .pass{color:#176f2c;font-weight:600}.fail{color:#b00020;font-weight:600}
 .verdict{font-size:1.2em;padding:.4em .8em;display:inline-block;border-radius:4px}
 .verdict.pass{background:#e3f4e6}.verdict.fail{background:#fbe3e6}
@@ -133,9 +133,14 @@ def _esc(value) -> str:
     return html.escape(str(value))
 
 
-def _html_table(header, rows) -> str:
-    head = "".join(f"<th>{_esc(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{cell}</td>" for cell in row) + "</tr>" for row in rows)
+def _html_table(header, rows, text_columns: int = 1) -> str:
+    """A table whose first `text_columns` columns are left-aligned text, the rest right-aligned figures."""
+    def align(i):
+        return " class='text'" if i < text_columns else ""
+
+    head = "".join(f"<th{align(i)}>{_esc(h)}</th>" for i, h in enumerate(header))
+    body = "".join("<tr>" + "".join(f"<td{align(i)}>{cell}</td>" for i, cell in enumerate(row)) + "</tr>"
+                   for row in rows)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
@@ -145,7 +150,7 @@ def _html_outputs(outputs) -> str:
         css = "pass" if o.passed else "fail"
         verdict = f"<span class='{css}'>{'pass' if o.passed else 'FAIL'}</span>" + (f" ({_esc(o.note)})" if o.note else "")
         rows.append([f"<code>{_esc(o.name)}</code>", verdict] + [_esc(c) for c in _row(o)[2:]])
-    return _html_table(_COLUMNS, rows)
+    return _html_table(_COLUMNS, rows, text_columns=2)
 
 
 def _histogram(output, against: str) -> str:
@@ -187,7 +192,8 @@ def _html_worst(outputs) -> str:
         rows = [[str(w["iteration"]), _esc(tuple(w["index"])), _esc(_g_value(w["reference"])),
                  _esc(_g_value(w["candidate"])), _esc(_g(w["abs_error"]))] for w in o.worst]
         parts.append(f"<h3><code>{_esc(o.name)}</code></h3>"
-                     + _html_table(("input set", "index", "reference", "candidate", "abs error"), rows))
+                     + _html_table(("input set", "index", "reference", "candidate", "abs error"), rows,
+                                   text_columns=2))
     return "".join(parts)
 
 
@@ -222,7 +228,7 @@ def _html_graph_diff(diff: dict, bisection) -> str:
             rows.append([str(record.index), _esc(record.title), f"{record.nodes_before} → {record.nodes_after}",
                          delta or "-", verdict, _esc(_g(row["max_abs"])) if row else ""])
         parts.append("<h3>Per step</h3>" + _html_table(("#", "step", "nodes", "op changes", "tolerance", "max abs"),
-                                                        rows))
+                                                        rows, text_columns=5))
     return "".join(parts)
 
 
