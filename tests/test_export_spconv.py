@@ -286,3 +286,13 @@ def test_the_check_refuses_a_sparse_result(window):
     result = export_spconv(build_centerpoint_scn().backbone, *window, flavour="standard")
     with pytest.raises(SurgeonError, match="the check compares dense outputs"):
         check_with_references(result)
+
+
+def test_a_layer_larger_than_its_output_bound_is_reported(window):
+    from surgeon.export.spconv_export import layers_over_output_bound
+
+    model = build_centerpoint_scn()
+    model.backbone.conv_input[0].output_bound = 1000  # the window has 3,011 voxels
+    result = export_spconv(model, *window, flavour="libspconv")
+    assert layers_over_output_bound(result.model) == [("backbone.conv_input.0", 3011, 1000)]
+    assert layers_over_output_bound(export_spconv(build_centerpoint_scn(), *window).model) == []

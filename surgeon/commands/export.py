@@ -13,6 +13,7 @@ Needs torch and spconv (the zoo extra).
 """
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -68,7 +69,8 @@ def load_array(path) -> np.ndarray:
 def run(args) -> int:
     OutputArgs.parse(args)
     try:
-        from surgeon.export.spconv_export import build_zoo_model, check_with_references, export_spconv, save_tensors
+        from surgeon.export.spconv_export import (build_zoo_model, check_with_references, export_spconv,
+                                                  layers_over_output_bound, save_tensors)
     except ModuleNotFoundError as exc:
         if (exc.name or "").split(".")[0] in ("torch", "spconv", "cumm"):
             raise SurgeonError(MISSING_SPCONV) from exc
@@ -84,6 +86,8 @@ def run(args) -> int:
         "model": args.model, "flavour": args.flavour, "voxels": int(len(features)),
         "nodes": len(result.model.graph.node), "ops": op_histogram(result.model.graph.node),
         "output_shape": list(result.output.shape),
+        "over_output_bound": [{"node": n, "voxels": v, "output_bound": b}
+                              for n, v, b in layers_over_output_bound(result.model)],
     }
     if args.check:
         report["check"] = check_with_references(result, **fold)
@@ -104,6 +108,10 @@ def run(args) -> int:
               f"{report['voxels']} voxels, flavour {args.flavour}")
         for path in written[1:]:
             print(f"  {path}")
+        for layer in report["over_output_bound"]:
+            print(f"warning: {layer['node']} outputs {layer['voxels']} voxels on this input, more than its "
+                  f"output_bound {layer['output_bound']} (set the module's output_bound before exporting)",
+                  file=sys.stderr)
         if args.check:
             c = report["check"]
             print(f"check: max abs error {c['max_abs_error']:.3g} against output scale {c['output_scale']:.3g} "

@@ -153,3 +153,16 @@ def check_with_references(result: SpconvExport, fold_batchnorm: bool = True, fol
     error = float(np.abs(actual.astype(np.float32) - result.output).max())
     scale = float(np.abs(result.output).max())
     return {"max_abs_error": error, "output_scale": scale, "relative_error": error / scale if scale else error}
+
+
+def layers_over_output_bound(model: onnx.ModelProto) -> list[tuple[str, int, int]]:
+    """(node, traced output voxels, output_bound) for every SparseConvolution whose traced output is
+    larger than the `output_bound` libspconv allocates for it: such a layer overflows on that input."""
+    over = []
+    for node in model.graph.node:
+        if node.op_type == "SparseConvolution":
+            attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+            voxels, bound = int(attrs["output_shape"][0]), int(attrs["output_bound"])
+            if voxels > bound:
+                over.append((node.name, voxels, bound))
+    return over
