@@ -1,5 +1,5 @@
-"""ONNX Runtime CPU latency of grid sampling: native GridSample-16 vs the grid-sample pass's decompose form
-vs the widely copied mmcv-style `bilinear_grid_sample` (the second baseline), in one process.
+"""ONNX Runtime CPU latency of grid sampling: native GridSample vs the grid-sample passes' decompose forms
+vs the widely copied mmcv-style `bilinear_grid_sample` (the second baseline, 2-D only), in one process.
 
     python bench/grid_sample.py [--runs 9] [--threads 0] [--quick]
 
@@ -28,18 +28,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from surgeon.testing import apply_pass, make_model  # noqa: E402
 
-#: (input [N,C,H,W], grid [N,Hg,Wg,2]): BEVFormer MSDA per head split, and 6 cameras x 256 channels.
-SHAPES = [((48, 32, 15, 25), (48, 2500, 8, 2)), ((6, 256, 15, 25), (6, 2500, 4, 2))]
-QUICK_SHAPES = [((8, 32, 15, 25), (8, 500, 8, 2))]
+#: (input [N,C,H,W], grid [N,Hg,Wg,2]): BEVFormer MSDA per head split, and 6 cameras x 256 channels;
+#: then one volumetric case (input [N,C,D,H,W], grid [N,Dg,Hg,Wg,3]) for grid-sample-3d.
+SHAPES = [((48, 32, 15, 25), (48, 2500, 8, 2)), ((6, 256, 15, 25), (6, 2500, 4, 2)),
+          ((1, 32, 8, 32, 32), (1, 8, 64, 64, 3))]
+QUICK_SHAPES = [((8, 32, 15, 25), (8, 500, 8, 2)), ((1, 8, 4, 8, 8), (1, 4, 16, 16, 3))]
 
 
 def native_model(x_shape, grid_shape) -> onnx.ModelProto:
-    n, c, _, _ = x_shape
-    _, hg, wg, _ = grid_shape
-    node = helper.make_node("GridSample", ["x", "grid"], ["y"], name="grid_sample", mode="bilinear",
-                            padding_mode="zeros", align_corners=0)
+    """GridSample-16 (4-D) or GridSample-20 (5-D), bilinear, zero padding."""
+    volumetric = len(x_shape) == 5
+    node = helper.make_node("GridSample", ["x", "grid"], ["y"], name="grid_sample",
+                            mode="linear" if volumetric else "bilinear", padding_mode="zeros", align_corners=0)
     return make_model([node], [("x", np.float32, list(x_shape)), ("grid", np.float32, list(grid_shape))],
-                      [("y", np.float32, [n, c, hg, wg])], opset=16)
+                      [("y", np.float32, [*x_shape[:2], *grid_shape[1:-1]])], opset=20 if volumetric else 16)
 
 
 def mmcv_style_model(x_shape, grid_shape) -> onnx.ModelProto:
@@ -110,21 +112,26 @@ def main(argv=None) -> int:
     clock = time.process_time if args.threads == 1 else time.perf_counter
     print(f"onnxruntime {ort.__version__}, CPU, intra-op threads {args.threads or 'default'}, "
           f"median of {args.runs} runs, {'CPU' if args.threads == 1 else 'wall'} time")
-    print(f"{'input':>18} {'grid':>20} | {'form':<22} {'ms':>9} {'x native':>9} {'max |diff|':>11}")
+    print(f"{'input':>20} {'grid':>22} | {'form':<22} {'ms':>9} {'x native':>9} {'max |diff|':>11}")
     for x_shape, grid_shape in QUICK_SHAPES if args.quick else SHAPES:
         native = native_model(x_shape, grid_shape)
-        forms = {"native GridSample-16": native,
-                 "surgeon decompose": apply_pass(native, "grid-sample", mode="decompose")[0],
-                 "mmcv-style (opset 11)": mmcv_style_model(x_shape, grid_shape)}
+        if len(x_shape) == 5:
+            forms = {"native GridSample-20": native,
+                     "surgeon decompose": apply_pass(native, "grid-sample-3d", mode="decompose")[0]}
+        else:
+            forms = {"native GridSample-16": native,
+                     "surgeon decompose": apply_pass(native, "grid-sample", mode="decompose")[0],
+                     "mmcv-style (opset 11)": mmcv_style_model(x_shape, grid_shape)}
         feeds = {"x": rng.standard_normal(x_shape, dtype=np.float32),
                  "grid": rng.uniform(-1.1, 1.1, grid_shape).astype(np.float32)}
         sessions = {name: session(model, args.threads) for name, model in forms.items()}
-        expected = sessions["native GridSample-16"].run(None, feeds)[0]
+        native_name = next(iter(sessions))
+        expected = sessions[native_name].run(None, feeds)[0]
         diffs = {name: float(np.abs(sess.run(None, feeds)[0] - expected).max()) for name, sess in sessions.items()}
         medians = median_ms(sessions, feeds, args.runs, clock)
-        baseline = medians["native GridSample-16"]
+        baseline = medians[native_name]
         for name, ms in medians.items():
-            print(f"{str(list(x_shape)):>18} {str(list(grid_shape)):>20} | {name:<22} {ms:9.1f} "
+            print(f"{str(list(x_shape)):>20} {str(list(grid_shape)):>22} | {name:<22} {ms:9.1f} "
                   f"{ms / baseline:8.2f}x {diffs[name]:11.2e}")
     return 0
 
