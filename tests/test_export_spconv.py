@@ -296,3 +296,10 @@ def test_a_layer_larger_than_its_output_bound_is_reported(window):
     result = export_spconv(model, *window, flavour="libspconv")
     assert layers_over_output_bound(result.model) == [("backbone.conv_input.0", 3011, 1000)]
     assert layers_over_output_bound(export_spconv(build_centerpoint_scn(), *window).model) == []
+
+
+def test_a_file_that_is_no_checkpoint_is_named(tmp_path):
+    path = tmp_path / "notes.pth"
+    path.write_text("not a checkpoint")
+    with pytest.raises(SurgeonError, match=f"{path}: cannot read checkpoint"):
+        build_zoo_model("centerpoint-scn", path)

@@ -9,6 +9,7 @@ and must return a tensor built from the traced ops (the dense BEV map, or a Spar
 from __future__ import annotations
 
 import contextlib
+import pickle
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,9 +28,10 @@ from surgeon.export.tensor_file import write_tensor
 from surgeon.export.tracer import Trace, trace_model
 
 
-
 @dataclass
 class SpconvExport:
+    """The exported model, the trace it came from, the inputs it was traced on and PyTorch's output."""
+
     model: onnx.ModelProto
     trace: Trace
     features: np.ndarray
@@ -48,7 +50,7 @@ def build_zoo_model(name: str, checkpoint=None) -> torch.nn.Module:
     if checkpoint is not None:
         try:
             state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-        except (OSError, RuntimeError, ValueError) as exc:
+        except (OSError, RuntimeError, ValueError, EOFError, pickle.UnpicklingError) as exc:
             raise SurgeonError(f"cannot read checkpoint: {str(exc).splitlines()[0]}", file=checkpoint) from None
         if not isinstance(state, dict):
             raise SurgeonError(f"checkpoint holds a {type(state).__name__}, not a state dict", file=checkpoint)
