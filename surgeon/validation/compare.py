@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 import onnx
-from polygraphy.comparator import Comparator, RunResults
+from polygraphy.comparator import Comparator, IterationResult, RunResults
 from polygraphy.comparator.compare import SimpleCompareFunc
 from polygraphy.logger import G_LOGGER
 
@@ -155,7 +155,7 @@ def compare_outputs(reference: RunResults, candidate: RunResults, tolerance: Tol
     common = [n for n in ref_names if n in cand_names]
     verdicts: dict[str, bool] = {}
     if common:
-        pair = combine(_only(reference, ref_name, ref_iters, common), _only(candidate, cand_name, cand_iters, common))
+        pair = combine(_restricted(ref_name, ref_iters, common), _restricted(cand_name, cand_iters, common))
         with G_LOGGER.verbosity(G_LOGGER.CRITICAL), np.errstate(divide="ignore", invalid="ignore"):
             accuracy = Comparator.compare_accuracy(pair, comparisons=[(1, 0)], compare_func=tolerance.compare_func())
         for per_pair in accuracy:
@@ -173,9 +173,8 @@ def compare_outputs(reference: RunResults, candidate: RunResults, tolerance: Tol
     return reports
 
 
-def _only(results: RunResults, name: str, iterations, outputs: list[str]) -> RunResults:
-    from polygraphy.comparator import IterationResult
-
+def _restricted(name: str, iterations, outputs: list[str]) -> RunResults:
+    """One runner's results holding only `outputs` (those both sides have)."""
     single = RunResults()
     single[name] = [IterationResult({k: it[k] for k in outputs}, runner_name=name) for it in iterations]
     return single
