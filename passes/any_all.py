@@ -1,5 +1,11 @@
 """Rewrite torch.any/torch.all into a float ReduceMax/ReduceMin that every runtime reduces.
 
+Also the count of true values (`mask.sum(dim)`, same Cast/ReduceSum cluster without the Greater) where
+the target lacks ReduceSum on the integer type (TensorRT 8.6 reduces float only):
+  x: bool ─► Cast(int64) ─► ReduceSum(axes) ─► n    becomes    x ─► Cast(float) ─► ReduceSum ─► Cast(int64) ─► n
+exact while the reduced extent is below 2**24 (float32 counts exactly up to there): a count over an
+unknown or larger extent is left alone with a note.
+
 Before (ATEN_FALLBACK export of older exporters, dim and keepdim as constant inputs or attributes):
   x ─► ATen(operator="any", dim, keepdim) ─► y
 Before (torch 2.13's own export: an int64 count, which TensorRT reduces poorly):
@@ -27,7 +33,7 @@ from functools import partial
 
 import numpy as np
 import onnx_graphsurgeon as gs
-from onnx import TensorProto
+from onnx import TensorProto, helper
 
 from surgeon.errors import PassError
 from surgeon.pass_api import Param, Pass, PassResult, register_pass
@@ -36,6 +42,8 @@ from surgeon.rewrite import Rewrite, aten_operator, const_value, dtype_of, is_op
 REDUCTION = {"any": "ReduceMax", "all": "ReduceMin"}
 #: ReduceMax/ReduceMin take their axes as an input from this opset on.
 AXES_INPUT_OPSET = 18
+#: float32 represents every integer count below this exactly.
+FLOAT_EXACT_COUNT = 2 ** 24
 
 
 @register_pass("any-all")
@@ -48,6 +56,8 @@ class AnyAll(Pass):
         "float_any": Param(bool, False, help="also read Greater(ReduceSum(Cast(float x, int64)), 0) as torch.any "
                                              "of a float tensor, which torch 2.13 exports so, wrongly; off "
                                              "because x.long().sum() > 0 exports the same graph"),
+        "float_counts": Param(bool, True, help="sum bool masks (Cast(int)/ReduceSum) in float where the target "
+                                               "lacks ReduceSum on that integer type"),
     }
     needs = ("shapes",)
 
@@ -63,6 +73,20 @@ class AnyAll(Pass):
                 if site is not None:
                     _rewrite(graph, ctx, node, *site)
                     result.rewrote(node)
+        if self.float_counts:
+            # After any/all: the counts left are not part of an any/all cluster.
+            for node in list(graph.nodes):
+                if _is_dead(graph, node) or not _is_bool_count(node):
+                    continue
+                if ctx.target.supports("ReduceSum", dtype=dtype_of(node.outputs[0]), opset=ctx.opset):
+                    continue
+                extent = _reduced_extent(node)
+                if extent is None or extent >= FLOAT_EXACT_COUNT:
+                    result.note(f"{node.name}: left alone, the count's reduced extent ({extent or 'unknown'}) "
+                                f"is not known to be below 2**24, where float32 counts stop being exact")
+                    continue
+                _rewrite_count(graph, ctx, node)
+                result.rewrote(node)
         return result
 
 
@@ -94,6 +118,42 @@ def _rewrite(graph, ctx, node, kind, x, axes, keepdims):
         rw.finish("Cast", [rw.op("Greater", [values, zero], dtype=np.bool_)], {"to": TensorProto.UINT8})
     else:
         rw.finish("Greater", [values, zero])
+
+
+def _is_bool_count(node) -> bool:
+    """ReduceSum(Cast(x: bool, to an integer type)): torch's export of mask.sum()."""
+    if not is_op(node, "ReduceSum"):
+        return False
+    cast = producer(node.inputs[0])
+    dtype = dtype_of(node.outputs[0])
+    return (cast is not None and is_op(cast, "Cast") and dtype_of(cast.inputs[0]) == np.bool_
+            and dtype is not None and np.issubdtype(dtype, np.integer))
+
+
+def _reduced_extent(reduce_sum) -> int | None:
+    """How many values each output of the ReduceSum adds up, if the shapes say."""
+    shape = reduce_sum.inputs[0].shape
+    axes = reduce_sum.attrs.get("axes")
+    axes_input = len(reduce_sum.inputs) > 1 and reduce_sum.inputs[1].name
+    if axes_input:
+        axes = const_value(reduce_sum.inputs[1])
+    if shape is None or (axes_input and axes is None):
+        return None
+    if axes is None or len(axes) == 0:
+        axes = [] if reduce_sum.attrs.get("noop_with_empty_axes", 0) else range(len(shape))
+    dims = [shape[int(a)] for a in axes]
+    if not all(isinstance(d, (int, np.integer)) and d >= 0 for d in dims):
+        return None
+    return int(np.prod(dims, dtype=np.int64))
+
+
+def _rewrite_count(graph, ctx, reduce_sum):
+    """Cast(x: bool, float) ─► ReduceSum (same axes and attributes) ─► Cast back to the count's type."""
+    rw = Rewrite(graph, ctx, reduce_sum)
+    mask = producer(reduce_sum.inputs[0]).inputs[0]
+    values = rw.op("Cast", [mask], {"to": TensorProto.FLOAT}, dtype=np.float32)
+    total = rw.op("ReduceSum", [values] + list(reduce_sum.inputs[1:]), dict(reduce_sum.attrs), dtype=np.float32)
+    rw.finish("Cast", [total], {"to": helper.np_dtype_to_tensor_dtype(dtype_of(reduce_sum.outputs[0]))})
 
 
 def _aten_site(node):

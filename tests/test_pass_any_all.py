@@ -148,3 +148,32 @@ def test_float_any_is_opt_in():
     assert step.rewritten == [] and op_types(out) == op_types(model)
     _, step = check_against_torch(model, "any", x.numpy(), 1, False, float_any=True)
     assert len(step.rewritten) == 1
+
+
+@pytest.mark.parametrize("opset", [11, 13])
+@pytest.mark.parametrize("dim", [-1, None])
+def test_mask_count_is_summed_in_float_where_the_target_lacks_int_reducesum(opset, dim):
+    count = (lambda m: m.sum(-1)) if dim == -1 else (lambda m: m.sum())
+    mask = np.random.default_rng(opset).random((3, 4, 6)) > 0.4
+    model = export_torch(count, torch.from_numpy(mask), opset=opset)
+    assert "ReduceSum" in op_types(model)
+    out, step = apply_pass(model, "any-all", target="tensorrt-8.6")
+    assert len(step.rewritten) == 1 and op_types(out)[-1] == "Cast"
+    reduce_sum = next(n for n in out.graph.node if n.op_type == "ReduceSum")
+    cast = next(n for n in out.graph.node if n.output[0] == reduce_sum.input[0])
+    assert cast.op_type == "Cast" and cast.attribute[0].i == onnx.TensorProto.FLOAT
+    onnx.checker.check_model(out, full_check=True)
+    got = run_ort(out, {model.graph.input[0].name: mask})[0]
+    want = count(torch.from_numpy(mask)).numpy()
+    assert got.dtype == want.dtype == np.int64
+    np.testing.assert_array_equal(got, want)
+
+
+def test_mask_count_is_kept_where_the_target_sums_integers_or_the_extent_is_unknown():
+    mask = torch.zeros(3, 4, dtype=torch.bool)
+    model = export_torch(lambda m: m.sum(-1), mask, opset=13)
+    _, kept = apply_pass(model, "any-all", target="onnxruntime")
+    assert kept.rewritten == [] and not kept.notes
+    dynamic = export_torch(lambda m: m.sum(-1), mask, opset=13, input_names=["m"], dynamic_axes={"m": [1]})
+    _, unknown = apply_pass(dynamic, "any-all", target="tensorrt-8.6")
+    assert unknown.rewritten == [] and "below 2**24" in unknown.notes[0]
