@@ -61,12 +61,18 @@ def step_graphs(recipe: Recipe, original: onnx.ModelProto, model_dir=None) -> tu
 
 def bisect_steps(recipe: Recipe, original: onnx.ModelProto, feeds: list[dict], tolerance: Tolerance,
                  runner: str = "auto", reference: RunResults | None = None, model_dir=None,
-                 progress=None) -> Bisection:
-    """Find the first step whose graph's outputs differ from `reference` (default: the original model's)."""
+                 progress=None, final: list[OutputReport] | None = None) -> Bisection:
+    """Find the first step whose graph's outputs differ from `reference` (default: the original model's).
+
+    `final` is the verdict on the finished model when the caller has it (`validate_run` does), so the
+    last step is not run again.
+    """
     if reference is None:
         reference, _ = run_model(original, feeds, runner, "original")
     graphs, records = step_graphs(recipe, original, model_dir)
     checked: dict[int, tuple[bool, list[OutputReport]]] = {}
+    if final is not None and records:
+        checked[len(records)] = (all(o.passed for o in final), final)
 
     def within(step: int) -> bool:
         if step not in checked:

@@ -163,7 +163,8 @@ def validate_run(recipe, original: onnx.ModelProto, original_path: Path, rewritt
         progress.message("bisecting the recipe's steps")
         result.bisection = bisect_steps(recipe, original, feeds, tolerance, runner,
                                         reference=_only_runner(result.run_results, ORIGINAL),
-                                        model_dir=Path(original_path).parent, progress=progress)
+                                        model_dir=Path(original_path).parent, progress=progress,
+                                        final=result.outputs)
     if output is not None:
         prefix = _report_prefix(config.get("report"), recipe) or default_prefix(output)
         result.reports = write_reports(result, prefix)
