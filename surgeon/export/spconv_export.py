@@ -9,6 +9,7 @@ and must return a tensor built from the traced ops (the dense BEV map, or a Spar
 from __future__ import annotations
 
 import contextlib
+import io
 import pickle
 import warnings
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from surgeon.export import SPCONV_MODELS
 from surgeon.export.graph import build_model
 from surgeon.export.tensor_file import write_tensor
 from surgeon.export.tracer import Trace, trace_model
+from surgeon.modelio import write_bytes_atomic
 
 
 @dataclass
@@ -88,7 +90,8 @@ def spconv_cpu_quirks(model: torch.nn.Module, device: torch.device):
             module.training = False
 
 
-def trace_spconv(model: torch.nn.Module, features: torch.Tensor, indices: torch.Tensor, batch_size: int = 1) -> Trace:
+def trace_spconv(model: torch.nn.Module, features: torch.Tensor, indices: torch.Tensor,
+                 batch_size: int = 1) -> Trace:
     """Trace `model(features, indices, batch_size)` with graph inputs `features` and `indices`."""
     with spconv_cpu_quirks(model, features.device), warnings.catch_warnings():
         # spconv 2.3.8's dense() indexes with a list, which torch 2.13 deprecates on every call
@@ -122,10 +125,11 @@ def save_tensors(result: SpconvExport, stem) -> list[Path]:
         write_tensor(f"{stem}.coors", result.indices.astype(np.int32)),
         write_tensor(f"{stem}.output", result.output.astype(np.float16)),
     ]
-    npz = Path(f"{stem}.npz")
-    np.savez(npz, features=result.features.astype(np.float32), indices=result.indices.astype(np.int32),
-             output=result.output.astype(np.float32))
-    return written + [npz]
+    arrays = {"features": result.features.astype(np.float32), "indices": result.indices.astype(np.int32),
+              "output": result.output.astype(np.float32)}
+    npz = io.BytesIO()
+    np.savez(npz, **arrays)
+    return written + [write_bytes_atomic(f"{stem}.npz", npz.getvalue())]
 
 
 def check_with_references(result: SpconvExport, fold_batchnorm: bool = True, fold_relu: bool = True,

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from surgeon.errors import SurgeonError
+from surgeon.modelio import write_bytes_atomic
 
 MAGIC = 0x33FF1101
 DTYPE_CODES = {
@@ -26,13 +27,9 @@ def write_tensor(path, array) -> Path:
     if code is None:
         raise SurgeonError(f"libspconv tensor files cannot hold dtype {array.dtype} "
                            f"(supported: {', '.join(d.name for d in DTYPE_CODES)})", file=path)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     header = np.array([MAGIC, array.ndim, code, *array.shape], dtype="<i4")
-    with open(path, "wb") as handle:
-        handle.write(header.tobytes())
-        handle.write(np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes())
-    return path
+    body = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<"))
+    return write_bytes_atomic(path, header.tobytes() + body.tobytes())
 
 
 def read_tensor(path) -> np.ndarray:
