@@ -10,11 +10,11 @@ After, mode onnx:       GridSample(x, grid) mode=bilinear padding_mode=zeros ali
 After, mode plugin:     surgeon::GridSample2D(x, grid) interpolation_mode=0 padding_mode=0 align_corners=0
 After, mode decompose (opset-11 ops, no loops, no per-channel index):
     x ─Pad(1 before, 2 after)─Transpose(NHWC)─Flatten─► table [N*H'*W', C]
-    grid ─► pixel coords (unnormalise, Clip) ─Floor─► 4 flat row indices [N,Hg,Wg] + 4 weights
+    grid ─► pixel coords (unnormalise, reflect, NaN guard, Clip) ─Floor─► 4 flat row indices [N,Hg,Wg] + 4 weights
     Σ weight_k · Gather(table, index_k, axis 0) ─Transpose─► y [N,C,Hg,Wg]
     (from 128 channels: one Gather from a table of 4-corner rows [N*H'*W', 4C], then MatMul with the weights)
 Out-of-image corners land in the zero border of the padded table, so zero padding needs no masks.
-docs/passes/grid-sample.md has the exact arithmetic and the benchmark.
+5-D input is left to grid-sample-3d. docs/passes/grid-sample.md has the exact arithmetic and the benchmark.
 """
 from __future__ import annotations
 
@@ -41,8 +41,8 @@ ATEN_OPERATORS = ("grid_sampler", "grid_sampler_2d", "grid_sampler_3d")  # same 
 TRT_GRID_SCALE = 10.0  # BEVFormer_tensorrt's wrapper feeds grid * 10 and divides by 10 inside
 GRID_SAMPLE_SINCE = 16
 CONVERTER_HIDDEN_DOMAIN = "surgeon.opset-conversion"
-#: From this many channels decompose blends with one gather + MatMul instead of four gathers: measured
-#: crossover between 64 (four gathers faster) and 128 (MatMul faster) in bench/grid_sample.py.
+#: From this many channels decompose blends with one gather + MatMul instead of four gathers: the measured
+#: crossover lies between 64 (four gathers faster) and 128 (MatMul faster); docs/passes/grid-sample.md, Speed.
 MATMUL_MIN_CHANNELS = 128
 
 
