@@ -10,7 +10,7 @@ After, mode onnx:       GridSample(x, grid) mode=bilinear padding_mode=zeros ali
 After, mode plugin:     surgeon::GridSample2D(x, grid) interpolation_mode=0 padding_mode=0 align_corners=0
 After, mode decompose (opset-11 ops, no loops, no per-channel index):
     x ─Pad(1 before, 2 after)─Transpose(NHWC)─Flatten─► table [N*H'*W', C]
-    grid ─► pixel coords (unnormalise, reflect, NaN guard, Clip) ─Floor─► 4 flat row indices [N,Hg,Wg] + 4 weights
+    grid ─► pixel coords (unnormalise, reflect, NaN guard, Clip) ─Floor─► 4 flat indices [N,Hg,Wg], 4 weights
     Σ weight_k · Gather(table, index_k, axis 0) ─Transpose─► y [N,C,Hg,Wg]
     (from 128 channels: one Gather from a table of 4-corner rows [N*H'*W', 4C], then MatMul with the weights)
 Out-of-image corners land in the zero border of the padded table, so zero padding needs no masks.
