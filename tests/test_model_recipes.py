@@ -58,12 +58,6 @@ CASES = [
     Case("sparse4d-head", "sparse4d-head.fixture.opset11-aten", {"GridSample": 24}),
 ]
 
-# Findings no pass removes yet (docs/model-recipes.md, "Known gaps"); strict: a fix makes the test fail.
-KNOWN_CHECK_ERRORS = {
-    "bevformer-tiny": "SG004: spatial cross-attention's hit count is a ReduceSum on int64, which TensorRT 8.6 "
-                      "reduces in float only; no pass rewrites integer reductions yet",
-}
-
 
 @dataclass
 class Outcome:
@@ -109,9 +103,7 @@ def test_result_holds_the_ops_the_recipe_promises(outcome):
         assert not set(ops) & (PLUGINS | {"GridSample"})
 
 
-def test_check_finds_no_error_for_the_target(outcome, request):
-    if outcome.case.recipe in KNOWN_CHECK_ERRORS:
-        request.applymarker(pytest.mark.xfail(strict=True, reason=KNOWN_CHECK_ERRORS[outcome.case.recipe]))
+def test_check_finds_no_error_for_the_target(outcome):
     errors = [f"{f['rule']} {f['node']} ({f['op']}): {f['message']}" for f in outcome.findings
               if f["severity"] == "error"]
     assert errors == []
