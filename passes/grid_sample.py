@@ -176,8 +176,8 @@ def check_supported(site: Sampling, form: str) -> None:
     shape = site.x.shape
     if form in ("decompose", "plugin") and site.interpolation == "bicubic":
         raise PassError(f"{where}: bicubic is not supported by {form}; use mode onnx")
-    if form == "decompose" and (shape is None or not all(isinstance(d, int) for d in [shape[0], *shape[2:]])):
-        raise PassError(f"{where}: decompose needs a static batch and spatial size of the input, got {shape}; "
+    if form == "decompose" and (shape is None or not all(isinstance(d, int) for d in shape[2:])):
+        raise PassError(f"{where}: decompose needs a static spatial size of the input, got {shape}; "
                         "set static input shapes first")
 
 
@@ -233,7 +233,7 @@ def emit_onnx(rw: Rewrite, site: Sampling, grid: gs.Tensor, opset: int) -> None:
 
 def emit_decomposition(rw: Rewrite, site: Sampling, grid: gs.Tensor, opset: int) -> None:
     """Gather whole channel rows of a padded channels-last table, one flat index per sample point."""
-    batch, channels, height, width = site.x.shape
+    _, channels, height, width = site.x.shape
     coord_dtype = np.dtype(dtype_of(grid) or np.float32)
     padded = padded_channels_last(rw, site.x, 2)  # [N, H+3, W+3, C]
     px = _pixel(rw, grid, 0, width, site, coord_dtype, "x")
@@ -242,7 +242,7 @@ def emit_decomposition(rw: Rewrite, site: Sampling, grid: gs.Tensor, opset: int)
         # Round is half-to-even, as torch's nearbyint.
         rounded = [rw.op("Round", [p], suffix=f"{label}_round") for p, label in ((py, "y"), (px, "x"))]
         table = rw.op("Flatten", [padded], {"axis": 3}, suffix="table")
-        index = flat_index(rw, rounded, batch, [height + 3, width + 3], coord_dtype)
+        index = flat_index(rw, rounded, site.x, [height + 3, width + 3], coord_dtype)
         picked = rw.op("Gather", [table, index], {"axis": 0}, suffix="gather")
         rw.finish("Transpose", [picked], {"perm": [0, 3, 1, 2]}, suffix="nchw")
         return
@@ -257,10 +257,10 @@ def emit_decomposition(rw: Rewrite, site: Sampling, grid: gs.Tensor, opset: int)
         weights.append(value_weight(rw, rw.op("Mul", [weight_x, weight_y], suffix=f"{label}_weight"), site.x,
                                     coord_dtype, label))
     if isinstance(channels, int) and channels >= MATMUL_MIN_CHANNELS:
-        blended = _blend_by_matmul(rw, padded, x0, y0, weights, batch, height, width, opset, coord_dtype)
+        blended = _blend_by_matmul(rw, padded, x0, y0, weights, site.x, height, width, opset, coord_dtype)
     else:
         table = rw.op("Flatten", [padded], {"axis": 3}, suffix="table")
-        north_west = flat_index(rw, [y0, x0], batch, [height + 3, width + 3], coord_dtype)
+        north_west = flat_index(rw, [y0, x0], site.x, [height + 3, width + 3], coord_dtype)
         corners = zip(("nw", "ne", "sw", "se"), (0, 1, width + 3, width + 4), weights)
         blended = blend_rows(rw, table, north_west, corners, opset)
     rw.finish("Transpose", [blended], {"perm": [0, 3, 1, 2]}, suffix="nchw")
@@ -336,13 +336,12 @@ def _reflect(rw: Rewrite, coord: gs.Tensor, align_corners: bool, size: int, dtyp
     return reflected if low is None else rw.op("Add", [reflected, low], suffix=f"{label}_mirrored")
 
 
-def flat_index(rw: Rewrite, coords: list[gs.Tensor], batch: int, sizes: list[int], dtype) -> gs.Tensor:
-    """int64 row of a [batch * prod(sizes), ...] table holding each batch item's image at offset 1 along
-    every spatial axis; `coords` are float pixel coordinates [N, ...], slowest axis first."""
+def flat_index(rw: Rewrite, coords: list[gs.Tensor], x: gs.Tensor, sizes: list[int], dtype) -> gs.Tensor:
+    """int64 row of a [N * prod(sizes), ...] table holding each batch item of `x` at offset 1 along every
+    spatial axis; `coords` are float pixel coordinates [N, ...], slowest axis first."""
     offset = rw.const(1.0, "pad_offset", dtype)
     strides = [int(np.prod(sizes[axis + 1:])) for axis in range(len(sizes))]
-    index = rw.const((np.arange(batch) * int(np.prod(sizes))).reshape((batch,) + (1,) * len(coords)),
-                     "batch_start", np.int64)
+    index = _batch_starts(rw, x, int(np.prod(sizes)), len(coords))
     for axis, (coord, stride) in enumerate(zip(coords, strides)):
         padded = rw.op("Add", [coord, offset], suffix=f"axis{axis}_padded")
         position = rw.op("Cast", [padded], {"to": onnx.TensorProto.INT64}, suffix=f"axis{axis}_index")
@@ -351,6 +350,24 @@ def flat_index(rw: Rewrite, coords: list[gs.Tensor], batch: int, sizes: list[int
                              suffix=f"axis{axis}_start")
         index = rw.op("Add", [index, position], suffix=f"axis{axis}_flat")
     return index
+
+
+def _batch_starts(rw: Rewrite, x: gs.Tensor, rows_per_item: int, grid_dims: int) -> gs.Tensor:
+    """[N, 1, ...] int64: the first table row of each batch item (Shape and Range when N is dynamic)."""
+    batch = x.shape[0]
+    if isinstance(batch, int):
+        return rw.const((np.arange(batch) * rows_per_item).reshape((batch,) + (1,) * grid_dims), "batch_start",
+                        np.int64)
+
+    def scalar(value, suffix):  # Range takes 0-d inputs; Rewrite.const would make them 1-d
+        return gs.Constant(rw.name(suffix), values=np.array(value, dtype=np.int64))
+
+    count = rw.op("Gather", [rw.op("Shape", [x], suffix="shape"), scalar(0, "batch_axis")], {"axis": 0},
+                  suffix="batch")
+    items = rw.op("Range", [scalar(0, "range_start"), count, scalar(1, "range_step")], suffix="batch_items")
+    starts = rw.op("Mul", [items, rw.const(rows_per_item, "batch_stride", np.int64)], suffix="batch_rows")
+    return rw.op("Reshape", [starts, rw.const([-1] + [1] * grid_dims, "batch_shape", np.int64)],
+                 suffix="batch_start")
 
 
 def blend_rows(rw: Rewrite, table: gs.Tensor, base: gs.Tensor, corners, opset: int) -> gs.Tensor:
@@ -366,7 +383,7 @@ def blend_rows(rw: Rewrite, table: gs.Tensor, base: gs.Tensor, corners, opset: i
     return total
 
 
-def _blend_by_matmul(rw, padded, x0, y0, weights, batch, height, width, opset, dtype) -> gs.Tensor:
+def _blend_by_matmul(rw, padded, x0, y0, weights, x, height, width, opset, dtype) -> gs.Tensor:
     """One gather from a table whose row holds a pixel's four corners [nw|ne|sw|se] (4C wide), then
     MatMul [.., 1, 4] x [.., 4, C]. Faster than four gathers from 128 channels on (docs: Speed)."""
     corners = []
@@ -376,7 +393,7 @@ def _blend_by_matmul(rw, padded, x0, y0, weights, batch, height, width, opset, d
                                        rw.const([1, 2], f"{label}_axes", np.int64)], suffix=f"{label}_shift"))
     quads = rw.op("Concat", corners, {"axis": 3}, suffix="corners")
     table = rw.op("Flatten", [quads], {"axis": 3}, suffix="table")
-    index = flat_index(rw, [y0, x0], batch, [height + 2, width + 2], dtype)
+    index = flat_index(rw, [y0, x0], x, [height + 2, width + 2], dtype)
     gathered = rw.op("Gather", [table, index], {"axis": 0}, suffix="gather")
     by_corner = rw.op("Reshape", [gathered, rw.const([0, 0, 0, 4, -1], "corner_shape", np.int64)],
                       suffix="by_corner")

@@ -60,7 +60,7 @@ def choose_form(target) -> str:
 
 
 def emit_decomposition(rw: Rewrite, site: Sampling, grid: gs.Tensor, opset: int) -> None:
-    batch, _, depth, height, width = site.x.shape
+    _, _, depth, height, width = site.x.shape
     dtype = np.dtype(dtype_of(grid) or np.float32)
     sizes = [depth + 3, height + 3, width + 3]  # the padded table's spatial shape
     table = rw.op("Flatten", [padded_channels_last(rw, site.x, 3)], {"axis": 4}, suffix="table")
@@ -69,7 +69,7 @@ def emit_decomposition(rw: Rewrite, site: Sampling, grid: gs.Tensor, opset: int)
              for axis, size, label in ((2, depth, "z"), (1, height, "y"), (0, width, "x"))]
     if site.interpolation == "nearest":  # Round is half-to-even, as torch's nearbyint
         rounded = [rw.op("Round", [v], suffix=f"{label}_round") for v, label in zip(voxel, "zyx")]
-        picked = rw.op("Gather", [table, flat_index(rw, rounded, batch, sizes, dtype)], {"axis": 0}, suffix="gather")
+        picked = rw.op("Gather", [table, flat_index(rw, rounded, site.x, sizes, dtype)], {"axis": 0}, suffix="gather")
         rw.finish("Transpose", [picked], {"perm": [0, 4, 1, 2, 3]}, suffix="ncdhw")
         return
 
@@ -87,7 +87,7 @@ def emit_decomposition(rw: Rewrite, site: Sampling, grid: gs.Tensor, opset: int)
                        suffix=f"{label}_weight")  # (x * y) * z, torch's order
         offset = dz * sizes[1] * sizes[2] + dy * sizes[2] + dx
         corners.append((label, offset, value_weight(rw, weight, site.x, dtype, label)))
-    blended = blend_rows(rw, table, flat_index(rw, floors, batch, sizes, dtype), corners, opset)
+    blended = blend_rows(rw, table, flat_index(rw, floors, site.x, sizes, dtype), corners, opset)
     rw.finish("Transpose", [blended], {"perm": [0, 4, 1, 2, 3]}, suffix="ncdhw")
 
 

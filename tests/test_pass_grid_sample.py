@@ -327,6 +327,19 @@ def test_aten_grid_sampler_2d_built_by_hand():
     assert_matches_torch(out, x, grid, "nearest", "reflection", False)
 
 
+@pytest.mark.parametrize("mode, channels", [("bilinear", 3), ("nearest", 3), ("bilinear", MATMUL_MIN_CHANNELS)])
+def test_decompose_with_dynamic_batch(mode, channels):
+    """A symbolic batch: the batch offsets come from Shape and Range at run time."""
+    node = helper.make_node("GridSample", ["x", "grid"], ["y"], name="sampler", mode=mode)
+    model = make_model([node], [("x", np.float32, ["n", channels, 4, 5]), ("grid", np.float32, ["n", 6, 7, 2])],
+                       [("y", np.float32, None)], opset=16)
+    decomposed, step = apply_pass(model, "grid-sample", mode="decompose")
+    assert step.rewritten == ["sampler"] and "Range" in op_types(decomposed)
+    for batch in (1, 3):
+        x, grid = feeds((batch, channels, 4, 5, 6, 7), seed=batch)
+        assert_matches_torch(decomposed, x, grid, mode, "zeros", False)
+
+
 def test_decompose_needs_static_spatial_size():
     node = helper.make_node("GridSample", ["x", "grid"], ["y"], name="sampler")
     model = make_model([node], [("x", np.float32, [1, 3, "h", "w"]), ("grid", np.float32, [1, 6, 7, 2])],
