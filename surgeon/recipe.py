@@ -64,8 +64,9 @@ BUILD_FIELDS: dict[str, Param] = {
     "calibration": Param(dict, None, help="int8 calibration: {data: inputs.npz, cache: file}"),
 }
 SECTIONS = {"validate": VALIDATE_FIELDS, "build": BUILD_FIELDS}
-# Section keys holding input files, resolved relative to the recipe file that declares them.
-_INPUT_PATHS = {"validate": ("expected", "data", "against"), "build": ("timing_cache",)}
+# Section keys holding paths, resolved relative to the recipe file that declares them (`--set` values
+# stay relative to the working directory).
+_INPUT_PATHS = {"validate": ("expected", "data", "against", "report"), "build": ("timing_cache",)}
 
 
 @dataclass

@@ -33,6 +33,10 @@ class Target:
     domains: dict[str, list[str]] = field(default_factory=dict)
     plugins: dict[str, dict[str, Any]] = field(default_factory=dict)
     static_shapes: bool = False
+    #: False where the runtime reads non-standard attributes by design (libspconv's Reshape(dims=)).
+    onnx_checker: bool = True
+    #: False where graphs cannot run node by node on the CPU (libspconv passes coordinates implicitly).
+    cpu_references: bool = True
     sources: tuple[str, ...] = ()
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
@@ -102,7 +106,7 @@ def load_target(name: str) -> Target:
     """Load a profile by name (or by path to a YAML file)."""
     data = _load_raw(name, seen=())
     known = {"name", "runtime", "version", "opset", "max_ir_version", "description", "ops", "domains", "plugins",
-             "static_shapes", "sources", "extends", "notes"}
+             "static_shapes", "sources", "extends", "notes", "onnx_checker", "cpu_references"}
     unknown = sorted(set(data) - known)
     if unknown:
         raise SurgeonError(f"target profile '{name}': unknown key '{unknown[0]}'", hint=suggest(unknown[0], known))
@@ -113,6 +117,7 @@ def load_target(name: str) -> Target:
         description=data.get("description", ""), ops=dict(data.get("ops") or {}),
         domains={k: list(v) for k, v in (data.get("domains") or {}).items()},
         plugins=dict(data.get("plugins") or {}), static_shapes=bool(data.get("static_shapes", False)),
+        onnx_checker=bool(data.get("onnx_checker", True)), cpu_references=bool(data.get("cpu_references", True)),
         sources=tuple(data.get("sources") or ()), raw=data)
 
 

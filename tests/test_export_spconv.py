@@ -127,6 +127,16 @@ def test_libspconv_flavour_follows_the_parser(exported):
         onnx.checker.check_model(model)  # Reshape(dims=) is not standard ONNX: that is libspconv's format
 
 
+def test_surgeon_check_for_libspconv_accepts_the_export(exported, tmp_path, capsys):
+    from surgeon.cli import main
+
+    path = tmp_path / "scn.onnx"
+    onnx.save(exported.model, path)
+    assert main(["check", str(path), "--target", "libspconv"]) == 0, capsys.readouterr().out
+    assert "SG014" not in capsys.readouterr().out
+    assert main(["check", str(path), "--target", "onnxruntime"]) == 1  # nothing else runs it
+
+
 def test_libspconv_initializers_are_the_folded_weights_in_float16(exported):
     standard = build_model(exported.trace, "standard")
     folded = {t.name: numpy_helper.to_array(t) for t in standard.graph.initializer

@@ -258,3 +258,27 @@ def test_rewrite_const_keeps_scalars_0d():
     rw = Rewrite(graph, Context(target=load_target("onnxruntime")), graph.nodes[0])
     assert rw.const(1.5, dtype=np.float32).values.shape == ()
     assert rw.const([1, 2], dtype=np.int64).values.shape == (2,)
+
+
+def test_reports_get_the_usual_file_mode(tmp_path, model_file):
+    import os
+    import stat
+
+    recipe = recipe_file(tmp_path, [{"pass": "cleanup"}], model=model_file)
+    surgeon.run_recipe(recipe, output=tmp_path / "o.onnx")
+    mask = os.umask(0)
+    os.umask(mask)
+    assert stat.S_IMODE((tmp_path / "o.surgeon.json").stat().st_mode) == 0o666 & ~mask
+
+
+def test_a_second_reference_for_the_same_op_is_an_error():
+    from surgeon.reference import find_reference, load_references, reference_op, temporary_reference
+
+    load_references()
+    with pytest.raises(ValueError, match="two references"):
+        reference_op("ATen", domain="org.pytorch.aten", operator="grid_sampler")(lambda inputs, attrs: inputs)
+    marker = lambda inputs, attrs: ["temporary"]  # noqa: E731
+    original = find_reference("ATen", "org.pytorch.aten", "grid_sampler")
+    with temporary_reference(marker, "ATen", "org.pytorch.aten", "grid_sampler"):
+        assert find_reference("ATen", "org.pytorch.aten", "grid_sampler") is marker
+    assert find_reference("ATen", "org.pytorch.aten", "grid_sampler") is original

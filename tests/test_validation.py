@@ -286,7 +286,7 @@ def test_a_changed_output_shape_fails_and_localisation_says_no_common_tensor_dif
 
 def test_standard_op_with_non_standard_attributes_is_run_by_its_reference():
     """libspconv writes Reshape(dims=) without a shape input: ORT refuses it, a registered reference runs it."""
-    from surgeon.reference import _REFERENCES, _key, reference_op
+    from surgeon.reference import temporary_reference
 
     nodes = [helper.make_node("Relu", ["x"], ["r"], name="relu"),
              helper.make_node("Reshape", ["r"], ["y"], name="spconv_reshape", dims=[3, 2])]
@@ -297,14 +297,6 @@ def test_standard_op_with_non_standard_attributes_is_run_by_its_reference():
                                            r"\(attributes: dims\)"):
         with ReferenceRunner(model):
             pass
-    key = _key("Reshape", "", None)
-    previous = _REFERENCES.get(key)
-    reference_op("Reshape")(lambda inputs, attrs: [inputs[0].reshape(attrs["dims"])])
-    try:
+    with temporary_reference(lambda inputs, attrs: [inputs[0].reshape(attrs["dims"])], "Reshape"):
         with ReferenceRunner(model) as runner:
             np.testing.assert_array_equal(runner.infer({"x": x})["y"], np.maximum(x, 0).reshape(3, 2))
-    finally:
-        if previous is None:
-            del _REFERENCES[key]
-        else:
-            _REFERENCES[key] = previous

@@ -68,6 +68,8 @@ def onnx_checker(facts: ModelFacts):
     # Together with SG015 this is onnx.checker's full_check. It runs on the topologically sorted model so an
     # ordering problem (SG008) does not hide the next one; a model with external data is checked by path,
     # as only then does the checker resolve data files against the model's folder.
+    if not facts.target.onnx_checker:
+        return
     if facts.has_external_data:
         model = str(facts.path)
     else:
@@ -134,6 +136,8 @@ def custom_op_unsupported(facts: ModelFacts):
 @model_rule("SG002", "no-reference", "warning",
             "ATen or custom op with no CPU reference: `surgeon validate` cannot run the graph")
 def no_reference(facts: ModelFacts):
+    if not facts.target.cpu_references:
+        return
     for node in facts.nodes:
         if is_standard_op(node):
             continue

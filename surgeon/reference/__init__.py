@@ -14,6 +14,7 @@ no hand-kept list.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import pkgutil
 from typing import Callable
@@ -34,10 +35,34 @@ def reference_op(op_type: str, domain: str = "", operator: str | None = None):
     """Register the decorated function as the CPU reference of `domain::op_type` (ATen: with `operator`)."""
 
     def decorate(fn: ReferenceFn) -> ReferenceFn:
-        _REFERENCES[_key(op_type, domain, operator)] = fn
+        key = _key(op_type, domain, operator)
+        existing = _REFERENCES.get(key)
+        if existing is not None and _origin(existing) != _origin(fn):
+            raise ValueError(f"two references for {key}: {_origin(existing)} and {_origin(fn)}")
+        _REFERENCES[key] = fn
         return fn
 
     return decorate
+
+
+def _origin(fn) -> str:
+    return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', '?')}"
+
+
+@contextlib.contextmanager
+def temporary_reference(fn: ReferenceFn, op_type: str, domain: str = "", operator: str | None = None):
+    """Use `fn` as the reference of an op inside a `with` block (tests, experiments), then restore."""
+    load_references()
+    key = _key(op_type, domain, operator)
+    previous = _REFERENCES.get(key)
+    _REFERENCES[key] = fn
+    try:
+        yield fn
+    finally:
+        if previous is None:
+            _REFERENCES.pop(key, None)
+        else:
+            _REFERENCES[key] = previous
 
 
 def find_reference(op_type: str, domain: str | None = "", operator: str | None = None) -> ReferenceFn | None:

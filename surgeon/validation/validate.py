@@ -166,17 +166,9 @@ def validate_run(recipe, original: onnx.ModelProto, original_path: Path, rewritt
                                         model_dir=Path(original_path).parent, progress=progress,
                                         final=result.outputs)
     if output is not None:
-        prefix = _report_prefix(config.get("report"), recipe) or default_prefix(output)
+        prefix = Path(config["report"]) if config.get("report") else default_prefix(output)
         result.reports = write_reports(result, prefix)
     return result
-
-
-def _report_prefix(report: str | None, recipe) -> Path | None:
-    """The recipe's `report` prefix, relative to the recipe file like its other paths."""
-    if not report:
-        return None
-    base = Path(recipe.path).parent if getattr(recipe, "path", None) else Path.cwd()
-    return base / report
 
 
 def _only_runner(results: RunResults, name: str) -> RunResults:
