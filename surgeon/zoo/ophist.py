@@ -42,3 +42,24 @@ def integer_clips(model: onnx.ModelProto) -> int:
     types.update({t.name: t.data_type for t in inferred.graph.initializer})
     ints = {onnx.TensorProto.INT32, onnx.TensorProto.INT64}
     return sum(1 for n in inferred.graph.node if n.op_type == "Clip" and types.get(n.input[0]) in ints)
+
+
+def print_histogram(path) -> None:
+    """Print a model's node count, integer Clip count and op histogram."""
+    model = onnx.load(path, load_external_data=False)
+    print(f"{path}: {len(model.graph.node)} nodes, {integer_clips(model)} integer Clip")
+    for key, count in sorted(histogram(model).items()):
+        print(f"  {key:<48} {count}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m surgeon.zoo.ophist MODEL.onnx ...`: print the histogram of each model."""
+    import sys
+
+    for path in (sys.argv[1:] if argv is None else argv):
+        print_histogram(path)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -21,19 +21,13 @@ def fixture_paths(name: str, opset: int, aten_fallback: bool) -> dict[str, Path]
 
 
 def main(argv: list[str] | None = None) -> int:
-    import onnx
-
     from .exporter import export
-    from .ophist import histogram
+    from .ophist import print_histogram
 
     args = sys.argv[1:] if argv is None else argv
     out_dir = Path(args[0]) if args else FIXTURE_DIR
     for name, opset, aten in FIXTURES:
-        paths = export(name, "fixture", opset, aten, out_dir)
-        model = onnx.load(paths["onnx"])
-        print(f"{paths['onnx'].name}: {len(model.graph.node)} nodes, {paths['onnx'].stat().st_size} bytes")
-        for key, count in sorted(histogram(model).items()):
-            print(f"  {key:<48} {count}")
+        print_histogram(export(name, "fixture", opset, aten, out_dir)["onnx"])
     return 0
 
 
