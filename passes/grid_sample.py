@@ -177,8 +177,8 @@ def check_supported(site: Sampling, form: str) -> None:
     if form in ("decompose", "plugin") and site.interpolation == "bicubic":
         raise PassError(f"{where}: bicubic is not supported by {form}; use mode onnx")
     if form == "decompose" and (shape is None or not all(isinstance(d, int) for d in shape[2:])):
-        raise PassError(f"{where}: decompose needs a static spatial size of the input, got {shape}; "
-                        "set static input shapes first")
+        raise PassError(f"{where}: decompose needs a static spatial size of the input, got {shape}; run "
+                        "fold-constants before this step (shapes computed by Shape/Concat chains) or set-input-shapes")
 
 
 def choose_form(target) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import warnings
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -15,6 +16,8 @@ from onnx import helper
 
 from surgeon.errors import SurgeonError
 from surgeon.pass_api import Context
+from surgeon.pipeline import finish_graph, run_steps
+from surgeon.recipe import load_recipe
 from surgeon.reference import find_reference
 from surgeon.registry import discover
 from surgeon.targets import load_target
@@ -340,11 +343,47 @@ def test_decompose_with_dynamic_batch(mode, channels):
         assert_matches_torch(decomposed, x, grid, mode, "zeros", False)
 
 
+ZOO = Path(__file__).resolve().parent / "data" / "zoo"
+
+
+def zoo_fixture(name):
+    path = ZOO / f"{name}.onnx"
+    if not path.exists():
+        pytest.skip(f"zoo fixture {path} is missing (python -m surgeon.zoo.regenerate writes it)")
+    return onnx.load(path), dict(np.load(ZOO / f"{name}.inputs.npz"))
+
+
+def run_recipe_steps(model, steps, target="onnxruntime"):
+    recipe = load_recipe({"name": "zoo", "target": target, "checker": False, "steps": steps})
+    graph, records = run_steps(model, recipe)
+    return finish_graph(graph, model, recipe, records), records[-1]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, before", [("bevformer-tiny.fixture.opset11-aten", []),
+                                          ("sparse4d-head.fixture.opset11-aten", [{"pass": "fold-constants"}])])
+def test_real_exported_models(name, before):
+    """torch's own ATen exports of BEVFormer-tiny (13 grid_sampler nodes) and the Sparse4D head (24, whose
+    input shapes come from Shape/Concat chains: fold-constants first). decompose vs native GridSample on
+    the same graph isolates this pass: atol 1e-5."""
+    model, inputs = zoo_fixture(name)
+    sites = sum(n.op_type == "ATen" for n in model.graph.node)
+    native, step = run_recipe_steps(model, before + [{"pass": "grid-sample", "with": {"mode": "onnx"}}])
+    assert len(step.rewritten) == sites
+    decomposed, step = run_recipe_steps(model, before + [{"pass": "grid-sample", "with": {"mode": "decompose"}}],
+                                        target="opset-11")
+    assert len(step.rewritten) == sites and "GridSample" not in op_types(decomposed)
+    onnx.checker.check_model(decomposed)
+    for got, want in zip(run_ort(decomposed, inputs), run_ort(native, inputs)):
+        np.testing.assert_allclose(got, want, atol=ATOL, rtol=0)
+
+
 def test_decompose_needs_static_spatial_size():
     node = helper.make_node("GridSample", ["x", "grid"], ["y"], name="sampler")
     model = make_model([node], [("x", np.float32, [1, 3, "h", "w"]), ("grid", np.float32, [1, 6, 7, 2])],
                        [("y", np.float32, None)], opset=16)
-    with pytest.raises(SurgeonError, match="node 'sampler': decompose needs a static"):
+    with pytest.raises(SurgeonError, match="node 'sampler': decompose needs a static spatial size .* run "
+                                           "fold-constants"):
         apply_pass(model, "grid-sample", mode="decompose")
 
 
