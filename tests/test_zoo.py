@@ -77,6 +77,27 @@ def test_grid_sample_form_follows_opset():
     assert "GridSample" not in hist11
 
 
+def test_fixtures_stay_small():
+    total = sum(path.stat().st_size for path in fixture_paths(*FIXTURES[0])["onnx"].parent.iterdir())
+    assert total < 25 * 2 ** 20
+
+
+def test_aten_grid_sampler_signature():
+    """(x, grid, interpolation_mode, padding_mode, align_corners) with the scalars as Constant nodes:
+    bilinear (0) in the deformable attentions, nearest (1) in the previous-BEV rotation."""
+    graph = load(("bevformer-tiny", 11, True)).graph
+    constants = {n.output[0]: onnx.numpy_helper.to_array(n.attribute[0].t) for n in graph.node if n.op_type == "Constant"}
+    modes = []
+    for node in graph.node:
+        if node.op_type == "ATen":
+            assert node.domain == "org.pytorch.aten" and len(node.input) == 5
+            mode, padding, align_corners = (constants[name] for name in node.input[2:])
+            assert mode.dtype == padding.dtype == np.int64 and align_corners.dtype == np.bool_
+            assert int(padding) == 0 and not bool(align_corners)
+            modes.append(int(mode))
+    assert sorted(modes) == [0] * 12 + [1]
+
+
 def test_integer_clip_appears_from_opset_12():
     """clamp on the int64 camera hit count: opset 11 clips a float cast, later opsets clip int64.
 
