@@ -11,7 +11,9 @@ box refinement with `inverse_sigmoid`, and `NMSFreeCoder` (`topk`, in-place `&=`
 
 One deliberate deployment change, the one every TensorRT port makes: spatial cross-attention runs
 every BEV query through every camera and masks the result instead of gathering the queries that
-hit a camera with `nonzero` (a data-dependent shape no exporter keeps).
+hit a camera with `nonzero` (a data-dependent shape no exporter keeps). One addition: upstream
+applies `nan_to_num` only to the boolean `bev_mask`, which exports to nothing; it is also applied
+to the projected points here, so the graph has the IsNaN/IsInf/Where cluster users meet.
 """
 from __future__ import annotations
 
