@@ -33,6 +33,9 @@ from surgeon.testing import apply_pass, make_model  # noqa: E402
 SHAPES = [((48, 32, 15, 25), (48, 2500, 8, 2)), ((6, 256, 15, 25), (6, 2500, 4, 2)),
           ((1, 32, 8, 32, 32), (1, 8, 64, 64, 3))]
 QUICK_SHAPES = [((8, 32, 15, 25), (8, 500, 8, 2)), ((1, 8, 4, 8, 8), (1, 4, 16, 16, 3))]
+#: The zoo's BEVFormer-tiny as torch exports it (ATen grid_sampler, opset 11), timed whole.
+WHOLE_MODEL = (Path(__file__).resolve().parent.parent / "tests" / "data" / "zoo"
+               / "bevformer-tiny.fixture.opset11-aten.onnx")
 
 
 def native_model(x_shape, grid_shape) -> onnx.ModelProto:
@@ -102,11 +105,25 @@ def median_ms(sessions: dict[str, ort.InferenceSession], feeds, runs: int, clock
     return {name: statistics.median(values) for name, values in times.items()}
 
 
+def report(label: str, grid_label: str, forms: dict[str, onnx.ModelProto], feeds, runs: int, threads: int,
+           clock) -> None:
+    """Time `forms` (the first is the baseline) on `feeds`; print one row per form."""
+    sessions = {name: session(model, threads) for name, model in forms.items()}
+    baseline_name = next(iter(sessions))
+    expected = sessions[baseline_name].run(None, feeds)
+    diffs = {name: max(float(np.abs(got - want).max()) for got, want in zip(sess.run(None, feeds), expected))
+             for name, sess in sessions.items()}
+    medians = median_ms(sessions, feeds, runs, clock)
+    for name, ms in medians.items():
+        print(f"{label:>20} {grid_label:>22} | {name:<22} {ms:9.1f} {ms / medians[baseline_name]:8.2f}x "
+              f"{diffs[name]:11.2e}")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=9, help="timed runs per form (median reported)")
     parser.add_argument("--threads", type=int, default=0, help="ORT intra-op threads (0: ORT default)")
-    parser.add_argument("--quick", action="store_true", help="one small shape, for a smoke run")
+    parser.add_argument("--quick", action="store_true", help="small shapes and no whole model, for a smoke run")
     args = parser.parse_args(argv)
     rng = np.random.default_rng(0)
     clock = time.process_time if args.threads == 1 else time.perf_counter
@@ -124,15 +141,14 @@ def main(argv=None) -> int:
                      "mmcv-style (opset 11)": mmcv_style_model(x_shape, grid_shape)}
         feeds = {"x": rng.standard_normal(x_shape, dtype=np.float32),
                  "grid": rng.uniform(-1.1, 1.1, grid_shape).astype(np.float32)}
-        sessions = {name: session(model, args.threads) for name, model in forms.items()}
-        native_name = next(iter(sessions))
-        expected = sessions[native_name].run(None, feeds)[0]
-        diffs = {name: float(np.abs(sess.run(None, feeds)[0] - expected).max()) for name, sess in sessions.items()}
-        medians = median_ms(sessions, feeds, args.runs, clock)
-        baseline = medians[native_name]
-        for name, ms in medians.items():
-            print(f"{str(list(x_shape)):>20} {str(list(grid_shape)):>22} | {name:<22} {ms:9.1f} "
-                  f"{ms / baseline:8.2f}x {diffs[name]:11.2e}")
+        report(str(list(x_shape)), str(list(grid_shape)), forms, feeds, args.runs, args.threads, clock)
+    if not args.quick and WHOLE_MODEL.exists():  # the whole BEVFormer-tiny fixture, its recorded inputs
+        exported = onnx.load(WHOLE_MODEL)
+        forms = {"native GridSample-16": apply_pass(exported, "grid-sample", mode="onnx")[0],
+                 "surgeon decompose": apply_pass(exported, "grid-sample", mode="decompose")[0]}
+        feeds = dict(np.load(WHOLE_MODEL.with_suffix(".inputs.npz")))
+        sites = sum(n.op_type == "ATen" for n in exported.graph.node)
+        report("bevformer-tiny", f"whole model, {sites} sites", forms, feeds, args.runs, args.threads, clock)
     return 0
 
 
