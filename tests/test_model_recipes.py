@@ -56,6 +56,7 @@ CASES = [
     Case("bevfusion-fuser-head", "bevfusion-fuser-head.fixture.opset11-aten", {"MaxPool": 1},
          original_unrunnable="MaxPool"),
     Case("sparse4d-head", "sparse4d-head.fixture.opset11-aten", {"GridSample": 24}),
+    Case("sparse4d-head-opset11", "sparse4d-head.fixture.opset11-aten", {"GridSample": 0}),
 ]
 
 
