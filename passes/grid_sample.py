@@ -116,6 +116,14 @@ class GridSamplePass(Pass):
         "plugin_namespace": Param(str, "surgeon", help="plugin_namespace attribute (and domain) of the plugin node"),
     }
     needs = ("shapes",)
+    handles = ("ATen:grid_sampler", "ATen:grid_sampler_2d", "mmdeploy::grid_sampler", "GridSampler2DTRT",
+               "GridSampler2DTRT2", "GridSample")
+
+    @classmethod
+    def fix_hint(cls, target) -> str:
+        if target.is_tensorrt:
+            return "grid-sample mode=plugin or mode=decompose"
+        return "grid-sample" if choose_form(target) == "onnx" else "grid-sample mode=decompose"
 
     def run(self, graph, ctx):
         form = self.mode if self.mode != "auto" else choose_form(ctx.target)

@@ -42,6 +42,7 @@ class GridSample3DPass(Pass):
                       help="target form; auto: GridSample where the target's opset is 20 or more, else decompose"),
     }
     needs = ("shapes",)
+    handles = ("ATen:grid_sampler_3d", "GridSampler3DTRT", "GridSampler3DTRT2")
 
     def run(self, graph, ctx):
         form = self.mode if self.mode != "auto" else choose_form(ctx.target)
