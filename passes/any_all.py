@@ -50,6 +50,8 @@ FLOAT_EXACT_COUNT = 2 ** 24
 class AnyAll(Pass):
     """Rewrite ATen any/all (and torch's Cast/ReduceSum/Greater export) into a float ReduceMax/ReduceMin."""
 
+    handles = ("ATen:any", "ATen:all")
+
     params = {
         "match_exported": Param(bool, True, help="also rewrite the int64 Cast/ReduceSum/Greater(0) cluster "
                                                  "torch 2.13 exports for any/all"),

@@ -74,6 +74,8 @@ def is_constant(tensor, expected: float) -> bool:
 class Atan2(Pass):
     """Replace ATen atan2 / custom Atan2 by Atan, Div and Where, exact in all quadrants and on the axes."""
 
+    handles = ("ATen:atan2", "Atan2")
+
     params = {
         "signed_zeros": Param(bool, True, help="treat -0.0 like torch (atan2(0, -0.0) = pi); false saves four nodes"),
         "match_exported": Param(bool, True, help="also replace torch's own Atan/Div/Where export, wrong on the axes"),

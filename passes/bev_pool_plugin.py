@@ -38,6 +38,8 @@ CUSTOM_OP_TYPES = ("BEVPoolV2TRT", "bev_pool_v2")
 class BevPoolPlugin(Pass):
     """Replace BEVFusion's bev_pool (custom node or exported scatter form) by the BEVPool plugin."""
 
+    handles = CUSTOM_OP_TYPES
+
     params = {
         "domain": DOMAIN_PARAM,
     }

@@ -160,6 +160,8 @@ def clamp(index: int, dim: int) -> int:
 class Chunk(Pass):
     """Fold dynamic chunk/split chains (Slice, SplitToSequence, Split-18 num_outputs, ATen unflatten) statically."""
 
+    handles = ("Split",)  # Split-18 num_outputs, which older runtimes lack
+
     params = {
         "mode": Param(str, "split", choices=("split", "slice"),
                       help="split: one Split where slices tile the axis (else constant Slices); slice: constant Slices"),

@@ -49,6 +49,8 @@ def onnx_type(dtype) -> int:
 class InplaceAnd(Pass):
     """Replace ATen and/or/xor (in-place, bitwise, logical) and unsupported Bitwise* by And/Or/Xor forms."""
 
+    handles = tuple(f"ATen:{name}" for name in ATEN_OPERATORS)
+
     params = {
         "integers": Param(str, "bits", choices=("bits", "masks"),
                           help="integer operands below opset 18: bits (exact for any value) or masks (0/1 only)"),

@@ -39,6 +39,8 @@ SIZES = (2, 3, 4)
 class Inverse(Pass):
     """Rewrite ATen inverse/linalg_inv and com.microsoft::Inverse of 2x2-4x4 matrices into adjugate / det."""
 
+    handles = ("ATen:inverse", "ATen:linalg_inv", "com.microsoft::Inverse")
+
     needs = ("shapes",)
 
     def run(self, graph, ctx):

@@ -105,6 +105,8 @@ def output_dtype(node) -> np.dtype | None:
 class Linspace(Pass):
     """Replace ATen linspace by a bit-exact constant, or a Range-based opset-11 subgraph."""
 
+    handles = ("ATen:linspace",)
+
     params = {
         "mode": Param(str, "auto", choices=("auto", "range"),
                       help="auto: a constant when start, end and steps are constant, else Range; range: always Range"),

@@ -40,6 +40,8 @@ INTEGER_MINMAX_OPSET = 12
 class MaximumMinimum(Pass):
     """Rewrite ATen maximum/minimum/fmax/fmin (and int Max/Min a target lacks) into Max/Min or Where."""
 
+    handles = ("ATen:maximum", "ATen:minimum", "ATen:fmax", "ATen:fmin")
+
     params = {
         "mode": Param(str, "auto", choices=("auto", "where"),
                       help="integer inputs: 'auto' uses Max/Min where opset and target allow, else "

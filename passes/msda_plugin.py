@@ -45,6 +45,8 @@ MMCV_OP_TYPE = "MMCVMultiScaleDeformableAttention"
 class MsdaPlugin(Pass):
     """Fuse mmcv's grid_sample fallback of multi-scale deformable attention into MultiScaleDeformableAttn."""
 
+    handles = ("mmcv::MMCVMultiScaleDeformableAttention",)
+
     params = {
         "domain": DOMAIN_PARAM,
     }

@@ -39,6 +39,8 @@ WIDENING_CASTS = (TensorProto.DOUBLE,)
 class NanToNum(Pass):
     """Rewrite torch.nan_to_num (ATen or the exported IsNaN/IsInf/Where cluster) exactly, or remove it."""
 
+    handles = ("ATen:nan_to_num",)
+
     params = {
         "mode": Param(str, "exact", choices=("exact", "remove"),
                       help="'exact': six opset-11 ops matching torch bit for bit; 'remove': wire the input "

@@ -120,6 +120,9 @@ class Pass:
     needs: ClassVar[tuple[str, ...]] = ()
     #: What holds of the graph after the pass ran (same vocabulary as `needs`), so it is not redone.
     provides: ClassVar[tuple[str, ...]] = ()
+    #: Op labels (`surgeon.graphinfo.op_label`: `ATen:atan2`, `mmdeploy::grid_sampler`, `Split`) this pass
+    #: rewrites; `surgeon check` names the pass as the fix for such nodes.
+    handles: ClassVar[tuple[str, ...]] = ()
     #: Where the pass was defined (a module name or a plugin file), for `surgeon passes`.
     origin: ClassVar[str] = ""
 
@@ -147,6 +150,11 @@ class Pass:
             else:
                 checked[key] = param.default
         return checked
+
+    @classmethod
+    def fix_hint(cls, target) -> str:
+        """How `surgeon check` phrases this pass as a fix on `target` (a pass may name its mode)."""
+        return cls.name
 
     @classmethod
     def summary(cls) -> str:

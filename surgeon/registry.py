@@ -94,3 +94,8 @@ def get_pass(name: str) -> type[Pass]:
     if name not in passes:
         raise SurgeonError(f"unknown pass '{name}'", hint=suggest(name, passes))
     return passes[name]
+
+
+def passes_handling(label: str) -> list[type[Pass]]:
+    """The passes that declare they rewrite nodes with this op label (see `Pass.handles`)."""
+    return [cls for _, cls in sorted(discover().items()) if label in cls.handles]

@@ -208,11 +208,10 @@ def test_rule_ids_are_unique_and_documented():
 
 
 def test_every_fix_names_a_registered_pass():
-    from surgeon.check.rules import FIX_BY_OP
     from surgeon.registry import discover
 
     passes = discover()
-    named = {fix.split()[0] for fix in FIX_BY_OP.values()} | {"grid-sample"}
+    named = {"grid-sample"}
     for rule in MODEL_RULES.values():  # "pass toposort", "per node: pass grid-sample (GridSample), chunk ..."
         if rule.fix:
             named |= set(re.findall(r"\b[a-z]+(?:-[a-z]+)*\b", rule.fix.split("pass ", 1)[1])) - {"or"}
@@ -249,3 +248,18 @@ def test_external_data_beside_the_model_is_clean_and_a_missing_file_is_reported(
     findings = check_file(tmp_path / "model.onnx", Settings())
     assert [f.rule for f in findings] == ["SG014"]
     assert "model.data" in findings[0].message
+
+
+def test_fixes_come_from_what_passes_declare_they_handle():
+    from onnx import helper as h
+
+    from surgeon.check.rules import fix_for
+    from surgeon.registry import passes_handling
+    from surgeon.targets import load_target
+
+    assert [c.name for c in passes_handling("ATen:atan2")] == ["atan2"]
+    assert [c.name for c in passes_handling("ATen:fmax")] == ["maximum-minimum"]
+    node = h.make_node("ATen", ["x", "g"], ["y"], domain="org.pytorch.aten", operator="grid_sampler")
+    assert fix_for(node, load_target("tensorrt-8.6")) == "grid-sample mode=plugin or mode=decompose"
+    assert fix_for(node, load_target("opset-11")) == "grid-sample mode=decompose"
+    assert fix_for(h.make_node("Relu", ["x"], ["y"]), load_target("opset-11")) is None

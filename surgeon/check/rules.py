@@ -16,28 +16,10 @@ import onnx
 
 from surgeon.check.facts import STANDARD_DOMAINS, ModelFacts, is_standard_op
 from surgeon.check.findings import Finding, model_rule
+from surgeon.registry import passes_handling
 from surgeon.graphinfo import op_label
 from surgeon.reference import find_reference
 
-GRID_SAMPLE_FORMS = ("ATen:grid_sampler", "mmdeploy::grid_sampler", "GridSampler2DTRT", "GridSampler2DTRT2",
-                     "com.microsoft::GridSample", "GridSample")
-# Which pass removes a node the target cannot run, by op label (surgeon.graphinfo.op_label); the forms
-# are those the passes' docstrings list.
-FIX_BY_OP = {
-    "ATen:atan2": "atan2",
-    "Atan2": "atan2",
-    "ATen:linspace": "linspace",
-    **{f"ATen:{form.format(kind)}": "inplace-and" for kind in ("and", "or", "xor")
-       for form in ("__i{}_", "__{}_", "bitwise_{}", "logical_{}")},
-    "ATen:nan_to_num": "nan-to-num",
-    "ATen:any": "any-all",
-    "ATen:all": "any-all",
-    **{f"ATen:{op}": "maximum-minimum" for op in ("maximum", "minimum", "fmax", "fmin")},
-    "ATen:inverse": "inverse",
-    "ATen:linalg_inv": "inverse",
-    "com.microsoft::Inverse": "inverse",
-    "Split": "chunk",  # Split-18 with num_outputs, which older runtimes lack
-}
 CLIP_INTEGER_OPSET = 12  # Clip-12 added integer types
 INTEGER_DTYPES = ("int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64")
 
@@ -49,11 +31,12 @@ def _finding(facts: ModelFacts, rule: str, severity: str, message: str, node=Non
 
 
 def fix_for(node, target) -> str | None:
-    """The pass (and mode) that rewrites `node` into something `target` runs, if one exists."""
-    label = op_label(node)
-    if label in GRID_SAMPLE_FORMS:
-        return "grid-sample mode=plugin or mode=decompose" if target.is_tensorrt else "grid-sample mode=decompose"
-    return FIX_BY_OP.get(label)
+    """The pass (and mode) that rewrites `node` into something `target` runs, if one exists.
+
+    Passes declare the op labels they rewrite (`Pass.handles`), so this table is never kept by hand.
+    """
+    fixes = [cls.fix_hint(target) for cls in passes_handling(op_label(node))]
+    return " or ".join(fixes) if fixes else None
 
 
 def _aten_operator(node) -> str | None:
