@@ -24,7 +24,7 @@ def run(args) -> int:
     module_doc = inspect.getdoc(sys.modules.get(cls.__module__)) or ""
     if args.json:
         print_json({"name": cls.name, "summary": cls.summary(), "doc": inspect.getdoc(cls), "module_doc": module_doc,
-                    "params": params, "needs": list(cls.needs), "origin": cls.origin})
+                    "params": params, "needs": list(cls.needs), "handles": list(cls.handles), "origin": cls.origin})
         return 0
     print(f"{cls.name}: {cls.summary()}\n")
     body = "\n".join(inspect.getdoc(cls).splitlines()[1:]).strip() if inspect.getdoc(cls) else ""
@@ -37,7 +37,9 @@ def run(args) -> int:
         print(table(rows, ["parameter", "type", "default", "meaning"]))
     else:
         print("no parameters")
+    if cls.handles:
+        print(f"\nrewrites: {', '.join(cls.handles)}")
     if cls.needs:
-        print(f"\nneeds: {', '.join(cls.needs)} (provided by the pipeline before the pass runs)")
+        print(f"needs: {', '.join(cls.needs)} (provided by the pipeline before the pass runs)")
     print(f"defined in: {cls.origin}")
     return 0
