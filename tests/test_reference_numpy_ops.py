@@ -63,6 +63,51 @@ def test_grid_sample_is_bit_identical_to_torch(mode, spatial):
                                           err_msg=f"{padding_mode}, align_corners={align_corners}")
 
 
+EXTREME = [1e30, -1e30, 1e10, -1e7, np.inf, -np.inf, np.nan]
+
+
+def _extreme_grid(spatial: int) -> np.ndarray:
+    """One point per extreme value on the x axis, paired with an ordinary coordinate on the other axes;
+    then one point with every axis at that value."""
+    points = []
+    for value in EXTREME:
+        points.append([value] + [0.1] * (spatial - 1))
+        points.append([value] * spatial)
+    return np.array(points, np.float32).reshape((1, len(points)) + (1,) * (spatial - 1) + (spatial,))
+
+
+@pytest.mark.parametrize("align_corners", [False, True])
+@pytest.mark.parametrize("padding_mode", ["zeros", "border", "reflection"])
+@pytest.mark.parametrize("mode,spatial", [("bilinear", 2), ("nearest", 2), ("bicubic", 2), ("bilinear", 3),
+                                          ("nearest", 3)])
+def test_grid_sample_matches_torch_at_far_out_infinite_and_nan_coordinates(mode, spatial, padding_mode,
+                                                                           align_corners):
+    """Huge coordinates reflect as torch's rounded arithmetic does, NaN clips to torch's bound, and NaN
+    results (bilinear zero padding at a non-finite 2-D coordinate) sit where torch's do."""
+    sizes = (3, 5) if spatial == 2 else (2, 3, 5)
+    x = np.arange(np.prod(sizes), dtype=np.float32).reshape((1, 1) + sizes)
+    grid = _extreme_grid(spatial)
+    expected = F.grid_sample(torch.from_numpy(x), torch.from_numpy(grid), mode=mode, padding_mode=padding_mode,
+                             align_corners=align_corners).numpy()
+    got = grid_sample(x, grid, mode, padding_mode, align_corners)
+    if mode == "bicubic":  # a few ulp apart in general (module docstring); NaN where torch has NaN
+        np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-5)
+    else:
+        np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.parametrize("padding_mode,x_coord,expected", [("reflection", 1e30, 5.0), ("border", np.nan, 5.0),
+                                                            ("reflection", np.nan, 5.0)])
+def test_grid_sample_reflects_and_clips_like_torch_on_the_issue_example(padding_mode, x_coord, expected):
+    """The reported cases: image arange(15) as 3x5, y at the centre row; torch reads column 0 (value 5)."""
+    x = np.arange(15, dtype=np.float32).reshape(1, 1, 3, 5)
+    grid = np.array([x_coord, 0.0], np.float32).reshape(1, 1, 1, 2)
+    torch_out = F.grid_sample(torch.from_numpy(x), torch.from_numpy(grid), mode="bilinear",
+                              padding_mode=padding_mode, align_corners=False)
+    assert torch_out.item() == expected
+    assert grid_sample(x, grid, "bilinear", padding_mode, False).item() == expected
+
+
 def test_grid_sample_accepts_torch_integer_codes():
     rng = np.random.default_rng(2)
     x = rng.standard_normal((1, 1, 3, 3)).astype(np.float32)

@@ -53,9 +53,9 @@ def grid_sample(x: np.ndarray, grid: np.ndarray, mode: str | int = "bilinear", p
     sampler = _Sampler(x, padding_mode, align_corners)
     if mode == "bicubic":
         return sampler.bicubic(*coords)
-    coords = [_apply_padding(c, size, padding_mode, align_corners) for c, size in zip(coords, sizes)]
+    coords = [_apply_padding(c, size, padding_mode, align_corners, vectorised) for c, size in zip(coords, sizes)]
     if mode == "nearest":
-        return sampler.gather([np.rint(c).astype(np.int64) for c in coords])
+        return sampler.gather([_index(np.rint(c), size, reach=1) for c, size in zip(coords, sizes)])
     return sampler.linear(coords, vectorised)
 
 
@@ -81,33 +81,65 @@ def _unnormalize_scalar(coord: np.ndarray, size: int, align_corners: bool) -> np
     return ((coord + one) * coord.dtype.type(size) - one) / two
 
 
-def _apply_padding(coord, size: int, padding_mode: str, align_corners: bool):
-    if padding_mode == "border":
-        return _clip(coord, size)
+def _apply_padding(coord, size: int, padding_mode: str, align_corners: bool, vectorised: bool):
+    """Border and reflection padding as PyTorch's vectorised 2-D kernel (GridSamplerKernel.cpp,
+    `ComputeLocation`) or its scalar 3-D one (GridSampler.h, `compute_coordinates`) computes them."""
+    if padding_mode == "zeros":
+        return coord
     if padding_mode == "reflection":
-        if align_corners:
-            coord = _reflect(coord, 0, 2 * (size - 1))
+        if vectorised:
+            coord = _reflect_vectorised(coord, size, align_corners)
+        elif align_corners:
+            coord = _reflect_scalar(coord, 0, 2 * (size - 1))
         else:
-            coord = _reflect(coord, -1, 2 * size - 1)
-        return _clip(coord, size)
-    return coord
+            coord = _reflect_scalar(coord, -1, 2 * size - 1)
+    # The vectorised clip, max(in, 0) first, turns NaN into 0; the scalar std::min(size - 1, std::max(in, 0))
+    # keeps NaN through std::max and returns size - 1 from std::min.
+    return _clip(coord, size, nan_to=0 if vectorised else size - 1)
 
 
-def _clip(coord, size: int):
-    # np.clip keeps NaN, and so does PyTorch's clip_coordinates; both then sample nothing.
-    return np.clip(coord, 0, size - 1).astype(coord.dtype, copy=False)
+def _clip(coord, size: int, nan_to: int):
+    defined = np.where(np.isnan(coord), coord.dtype.type(nan_to), coord)
+    return np.clip(defined, 0, size - 1).astype(coord.dtype, copy=False)
 
 
-def _reflect(coord, twice_low: int, twice_high: int):
+def _reflect_vectorised(coord, size: int, align_corners: bool):
+    """The vectorised `reflect_coordinates`: with twice_span = 2(size-1) and low = 0 (align_corners) or
+    twice_span = 2 size and low = -0.5, d = |coord - low|, extra = d - trunc(d / twice_span) * twice_span,
+    then min(extra, twice_span - extra) + low. On huge d the rounded product makes extra differ from
+    fmod's exact remainder, and torch returns what this returns. ±inf and NaN give NaN."""
+    dtype = coord.dtype.type
+    if align_corners and size <= 1:  # torch's `empty` span: everything reflects to 0
+        return np.zeros_like(coord)
+    twice_span = dtype(2 * (size - 1) if align_corners else 2 * size)
+    low = dtype(0 if align_corners else -0.5)
+    with np.errstate(invalid="ignore"):  # inf - inf
+        distance = np.abs(coord - low)
+        extra = distance - np.trunc(distance / twice_span) * twice_span
+        return (np.minimum(extra, twice_span - extra) + low).astype(coord.dtype, copy=False)
+
+
+def _reflect_scalar(coord, twice_low: int, twice_high: int):
+    """The scalar `reflect_coordinates` (GridSampler.h) with fmod; torch's int `flips` is INT_MIN (even)
+    beyond int's range, as fmod(flips, 2) == 0 is for any float that large."""
     dtype = coord.dtype.type
     if twice_low == twice_high:
         return np.zeros_like(coord)
     low = dtype(twice_low / 2)
     span = dtype((twice_high - twice_low) / 2)
     coord = np.abs(coord - low)
-    extra = np.fmod(coord, span)
-    flips = np.floor(coord / span)
-    return np.where(np.fmod(flips, 2) == 0, extra + low, span - extra + low).astype(coord.dtype, copy=False)
+    with np.errstate(invalid="ignore"):  # fmod(inf, span)
+        extra = np.fmod(coord, span)
+        flips = np.floor(coord / span)
+        return np.where(np.fmod(flips, 2) == 0, extra + low, span - extra + low).astype(coord.dtype, copy=False)
+
+
+def _index(position: np.ndarray, size: int, reach: int) -> np.ndarray:
+    """int64 of a whole-number float `position`, clipped to [-reach, size] first so that far-out, infinite
+    or NaN positions (zero padding) become an index that is still outside the image, not an undefined
+    conversion; `reach` is 2 for a lower corner, whose upper neighbour must stay outside too."""
+    inside_or_near = np.clip(np.where(np.isnan(position), -reach, position), -reach, size)
+    return inside_or_near.astype(np.int64)
 
 
 class _Sampler:
@@ -141,17 +173,20 @@ class _Sampler:
         finite = np.ones(coords[0].shape, dtype=bool)
         for coord in coords:
             finite &= np.isfinite(coord)
-        coords = [np.where(finite, c, c.dtype.type(-10)) for c in coords]  # NaN/inf samples nothing
-        lows = [np.floor(c) for c in coords]
+        # A non-finite coordinate (zero padding only; the others are clipped) samples nothing.
+        samples = [np.where(finite, c, c.dtype.type(-10)) for c in coords]
+        lows = [np.floor(c) for c in samples]
         if vectorised:  # weights (1 - t) and t, y factor first; corners summed by fused multiply-adds
-            fracs = [c - low for c, low in zip(coords, lows)]
+            # from the coordinates as given: torch's weights there are NaN (inf - inf), and so is its result
+            with np.errstate(invalid="ignore"):
+                fracs = [c - np.floor(c) for c in coords]
             factors = [(self.x.dtype.type(1) - frac, frac) for frac in fracs]
             order = range(len(coords))
         else:  # weights (high - c) and (c - low), x factor first; corners summed plainly
-            factors = [(low + 1 - c, c - low) for c, low in zip(coords, lows)]
+            factors = [(low + 1 - c, c - low) for c, low in zip(samples, lows)]
             order = reversed(range(len(coords)))
         order = list(order)
-        lows = [low.astype(np.int64) for low in lows]
+        lows = [_index(low, size, reach=2) for low, size in zip(lows, self.sizes)]
         result = None
         for corner in range(2 ** len(coords)):
             offsets = [(corner >> (len(coords) - 1 - axis)) & 1 for axis in range(len(coords))]
@@ -170,25 +205,25 @@ class _Sampler:
 
     def bicubic(self, iy: np.ndarray, ix: np.ndarray) -> np.ndarray:
         y0, x0 = np.floor(iy), np.floor(ix)
-        ty, tx = iy - y0, ix - x0
-        y0, x0 = y0.astype(np.int64), x0.astype(np.int64)
+        with np.errstate(invalid="ignore"):  # inf - inf: NaN weights, as torch's
+            ty, tx = iy - y0, ix - x0
         wy, wx = _cubic_weights(ty), _cubic_weights(tx)
         result = None
         for i in range(4):
             row = None
             for j in range(4):
-                term = self._bounded(y0 - 1 + i, x0 - 1 + j) * wx[j][:, None]
+                term = self._bounded(y0 + (i - 1), x0 + (j - 1)) * wx[j][:, None]
                 row = term if row is None else row + term
             term = row * wy[i][:, None]
             result = term if result is None else result + term
         return result
 
     def _bounded(self, y: np.ndarray, x: np.ndarray) -> np.ndarray:
-        # Bicubic applies the padding mode to each integer tap, as PyTorch's get_value_bounded does.
+        # Bicubic applies the padding mode to each whole-number tap (floats, as in PyTorch's get_value_bounded).
         h, w = self.sizes
-        y = _apply_padding(y.astype(self.x.dtype), h, self.padding_mode, self.align_corners)
-        x = _apply_padding(x.astype(self.x.dtype), w, self.padding_mode, self.align_corners)
-        return self.gather([y.astype(np.int64), x.astype(np.int64)])
+        y = _apply_padding(y, h, self.padding_mode, self.align_corners, vectorised=True)
+        x = _apply_padding(x, w, self.padding_mode, self.align_corners, vectorised=True)
+        return self.gather([_index(y, h, reach=1), _index(x, w, reach=1)])
 
 
 def _cubic_weights(t: np.ndarray) -> list[np.ndarray]:
