@@ -77,6 +77,33 @@ def compare(a: Path, b: Path, case: Case, report: Path) -> int:
                         "--rtol", "0", "--report", str(report), "-q"])
 
 
+def test_every_zoo_recipe_has_cases():
+    """A recipe shipped for a zoo model is tested on every zoo export of that model."""
+    for path in sorted((ROOT / "recipes").glob("*.yaml")):
+        recipe = load_recipe(path)
+        if recipe.model is None or Path(recipe.model).resolve().parent != ZOO:
+            continue
+        model = Path(recipe.model).name.split(".")[0]
+        exports = {p.name[:-len(".onnx")] for p in ZOO.glob(f"{model}.fixture.*.onnx")}
+        tested = {case.export for case in CASES if case.recipe == recipe.name}
+        # An opset-11 target takes only the opset-11 export (onnx cannot convert an opset down).
+        if recipe.target == "opset-11":
+            exports = {e for e in exports if ".opset11" in e}
+        assert tested == exports, recipe.name
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c.export.endswith("opset11-aten")], ids=lambda c: c.recipe)
+def test_recipe_validates_its_model_against_the_pytorch_outputs(case):
+    recipe = load_recipe(ROOT / "recipes" / f"{case.recipe}.yaml")
+    assert Path(recipe.model).resolve() == ZOO / f"{case.export}.onnx"
+    if case.original_unrunnable:
+        assert recipe.validate is None  # validation would run the original, which runs nowhere
+        return
+    assert Path(recipe.validate["data"]).resolve() == ZOO / f"{case.export}.inputs.npz"
+    assert Path(recipe.validate["expected"]).resolve() == ZOO / f"{case.export}.outputs.npz"
+    assert recipe.validate["atol"] <= PYTORCH_ATOL and recipe.validate["against"] == "original"
+
+
 def _param(case: Case):
     # BEVFormer's 6,400-node graphs take 10-25 s each (shape inference, opset conversion, reference runner).
     return pytest.param(case, id=case.id, marks=[pytest.mark.slow] if case.export.startswith("bevformer-tiny") else [])
