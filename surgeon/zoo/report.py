@@ -76,7 +76,8 @@ def export_lines(name: str, opset: int, aten: bool, out_dir: Path) -> list[str]:
     try:
         paths = export(name, "fixture", opset, aten, out_dir)
     except SurgeonError as exc:
-        return [f"export fails: `{first_line(exc).split(' failed: ', 1)[-1]}`"]
+        reason = str(exc).split(" failed: ", 1)[-1].split(". ")[0]
+        return [f"export fails: `{reason}`"]
     model = onnx.load(paths["onnx"])
     ops = ", ".join(f"{key} {count}" for key, count in sorted(histogram(model).items()))
     lines = [f"{len(model.graph.node)} nodes, {paths['onnx'].stat().st_size:,} bytes; integer Clip: {integer_clips(model)}",
