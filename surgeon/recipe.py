@@ -36,7 +36,8 @@ TOP_LEVEL_KEYS = ("name", "description", "model", "target", "extends", "steps", 
 STEP_KEYS = ("pass", "with", "name")
 
 VALIDATE_FIELDS: dict[str, Param] = {
-    "against": Param(str, "original", help="'original' (the recipe's input model) or the path of a model to compare with"),
+    "against": Param(str, "original", help="'original' (the recipe's input model), 'none' (only the expected "
+                     "outputs: for exports nothing can run) or the path of a model to compare with"),
     "expected": Param(str, None, help=".npz of reference outputs (e.g. from PyTorch), compared as well"),
     "data": Param(str, None, help="recorded inputs: .npz or Polygraphy JSON (else seeded random inputs)"),
     "inputs": Param(dict, None, help="per input name: {shape: [...], dtype: float32, range: [low, high]}"),
@@ -420,7 +421,7 @@ def _parse_section(section: str, body, mapping, file, fields: dict[str, Param]) 
     base = file.parent if file else Path.cwd()
     for key in _INPUT_PATHS.get(section, ()):
         val = checked.get(key)
-        if isinstance(val, str) and not (section == "validate" and key == "against" and val == "original"):
+        if isinstance(val, str) and not (section == "validate" and key == "against" and val in ("original", "none")):
             checked[key] = str(_join(base, val))
     if section == "build":
         checked["plugins"] = [p if p == "builtin" else str(_join(base, p)) for p in checked["plugins"]]

@@ -96,12 +96,11 @@ def test_every_zoo_recipe_has_cases():
 def test_recipe_validates_its_model_against_the_pytorch_outputs(case):
     recipe = load_recipe(ROOT / "recipes" / f"{case.recipe}.yaml")
     assert Path(recipe.model).resolve() == ZOO / f"{case.export}.onnx"
-    if not case.original_runs:
-        assert recipe.validate is None  # validation would run the original, which runs nowhere
-        return
     assert Path(recipe.validate["data"]).resolve() == ZOO / f"{case.export}.inputs.npz"
     assert Path(recipe.validate["expected"]).resolve() == ZOO / f"{case.export}.outputs.npz"
-    assert recipe.validate["atol"] <= PYTORCH_ATOL and recipe.validate["against"] == "original"
+    # an original that runs nowhere is left out: only the PyTorch outputs judge the result
+    assert recipe.validate["against"] == ("original" if case.original_runs else "none")
+    assert recipe.validate["atol"] <= PYTORCH_ATOL
 
 
 def _param(case: Case):

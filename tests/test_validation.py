@@ -300,3 +300,30 @@ def test_standard_op_with_non_standard_attributes_is_run_by_its_reference():
     with temporary_reference(lambda inputs, attrs: [inputs[0].reshape(attrs["dims"])], "Reshape"):
         with ReferenceRunner(model) as runner:
             np.testing.assert_array_equal(runner.infer({"x": x})["y"], np.maximum(x, 0).reshape(3, 2))
+
+
+def test_against_none_compares_with_the_expected_outputs_only(tmp_path):
+    """For exports no runtime can run (the original is never run), only the expected outputs judge."""
+    import surgeon
+    from surgeon.errors import SurgeonError
+
+    unrunnable = helper.make_node("MaxPool", ["x"], ["y"], name="pool", kernel_shape=[1, 1])  # 2-D pool on 3-D
+    model = make_model([unrunnable], [("x", np.float32, [1, 2, 3])], [("y", np.float32, [1, 2, 3])])
+    path = tmp_path / "m.onnx"
+    onnx.save(model, path)
+    x = np.arange(6, dtype=np.float32).reshape(1, 2, 3)
+    np.savez(tmp_path / "in.npz", x=x)
+    np.savez(tmp_path / "good.npz", y=x)
+    np.savez(tmp_path / "bad.npz", y=x + 1)
+
+    def run(expected):
+        recipe = {"name": "t", "checker": False, "steps": [{"pass": "remove-node", "with": {"names": ["pool"]}}],
+                  "validate": {"against": "none", "data": str(tmp_path / "in.npz"), "expected": expected}}
+        return surgeon.run_recipe(recipe, model=path, output=tmp_path / "out.onnx")
+
+    passed = run(str(tmp_path / "good.npz"))
+    assert passed.ok and passed.validation.outputs == [] and passed.validation.expected[0].passed
+    assert "Against the expected outputs" in (tmp_path / "out.validation.md").read_text()
+    assert not run(str(tmp_path / "bad.npz")).ok
+    with pytest.raises(SurgeonError, match="needs 'expected'"):
+        run(None)

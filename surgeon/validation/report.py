@@ -97,7 +97,8 @@ def markdown(result) -> str:
     lines = [f"### surgeon validation {verdict}", "",
              f"{result.tolerance.describe()} · {result.iterations} input set(s) from {result.data} · {runners}", ""]
     lines += [f"Note: {note}" for note in result.notes] + ([""] if result.notes else [])
-    lines += _md_table(result.outputs)
+    if result.outputs:
+        lines += _md_table(result.outputs)
     if result.expected:
         lines += ["", "Against the expected outputs:", ""] + _md_table(result.expected)
     for label, text in _where(result):
@@ -239,8 +240,9 @@ def html_page(result) -> str:
     body = [f"<h1>surgeon validation</h1><p class='verdict {css}'>{verdict}</p>",
             f"<p>{_esc(result.tolerance.describe())} · {result.iterations} input set(s) from {_esc(result.data)} · "
             f"{runners}</p>",
-            *[f"<p><b>Note:</b> {_esc(note)}</p>" for note in result.notes],
-            "<h2>Outputs against the original</h2>", _html_outputs(result.outputs)]
+            *[f"<p><b>Note:</b> {_esc(note)}</p>" for note in result.notes]]
+    if result.outputs:
+        body += ["<h2>Outputs against the original</h2>", _html_outputs(result.outputs)]
     if result.expected:
         body += ["<h2>Outputs against the expected values</h2>", _html_outputs(result.expected)]
     for label, text in _where(result):

@@ -18,6 +18,7 @@ import onnx
 from onnx import helper
 from polygraphy.comparator import IterationResult, RunResults
 
+from surgeon.errors import SurgeonError
 from surgeon.graphinfo import histogram_delta, op_histogram
 from surgeon.modelio import load_model
 from surgeon.validation.bisect import Bisection, bisect_steps
@@ -52,7 +53,8 @@ class ValidationResult:
     def summary(self) -> str:
         verdict = "PASSED" if self.passed else "FAILED"
         runners = " vs ".join(f"{name} ({kind})" for name, kind in self.runners.items())
-        lines = [f"validation {verdict}: {len(self.outputs)} output(s), {self.tolerance.describe()}, "
+        judged = f"{len(self.outputs)} output(s)" if self.outputs else f"{len(self.expected)} output(s) vs expected"
+        lines = [f"validation {verdict}: {judged}, {self.tolerance.describe()}, "
                  f"{self.iterations} input set(s) from {self.data}; {runners}"]
         lines += [f"  note: {note}" for note in self.notes]
         for group, label in ((self.outputs, "original"), (self.expected, "expected")):
@@ -93,7 +95,12 @@ def _g(value) -> str:
 def validate_models(original: onnx.ModelProto, rewritten: onnx.ModelProto, feeds: Feeds, tolerance: Tolerance,
                     runner: str = "auto", expected: str | None = None, data: str = "random inputs",
                     localise: bool = True) -> ValidationResult:
-    """Compare `rewritten` with `original` (and with `expected` outputs, if given) on `feeds`."""
+    """Compare `rewritten` with `original` (and with `expected` outputs, if given) on `feeds`.
+
+    `original=None` compares with the `expected` outputs only: for exports no runtime can run at all.
+    """
+    if original is None:
+        return _validate_against_expected(rewritten, feeds, tolerance, runner, expected, data)
     tolerance.check_outputs([o.name for o in original.graph.output])
     original_results, original_kind = run_model(original, feeds, runner, ORIGINAL)
     rewritten_results, rewritten_kind = run_model(rewritten, feeds, runner, REWRITTEN)
@@ -108,6 +115,20 @@ def validate_models(original: onnx.ModelProto, rewritten: onnx.ModelProto, feeds
         result.passed = result.passed and all(o.passed for o in result.expected)
     if localise and not all(o.passed for o in outputs):
         result.divergence = first_divergence(original, rewritten, feeds[0], tolerance, runner)
+    return result
+
+
+def _validate_against_expected(rewritten, feeds, tolerance, runner, expected, data) -> ValidationResult:
+    if not expected:
+        raise SurgeonError("validate: 'against: none' compares with the expected outputs only, so it needs "
+                           "'expected' (an .npz of reference outputs)")
+    tolerance.check_outputs([o.name for o in rewritten.graph.output])
+    rewritten_results, rewritten_kind = run_model(rewritten, feeds, runner, REWRITTEN)
+    compared = compare_outputs(expected_results(expected), rewritten_results, tolerance, iterations=1)
+    result = ValidationResult(passed=all(o.passed for o in compared), tolerance=tolerance, outputs=[],
+                              expected=compared, runners={REWRITTEN: rewritten_kind}, iterations=len(feeds),
+                              data=data, feeds=feeds)
+    result.run_results = rewritten_results
     return result
 
 
@@ -154,11 +175,16 @@ def validate_run(recipe, original: onnx.ModelProto, original_path: Path, rewritt
 
     config = recipe.validate
     against = config.get("against") or "original"
-    reference = original if against == "original" else load_model(against)
+    reference = original if against == "original" else None if against == "none" else load_model(against)
     tolerance = Tolerance.from_config(config)
     runner = config.get("runner") or "auto"
-    feeds, data = feeds_for(reference, config)
+    feeds, data = feeds_for(reference if reference is not None else rewritten, config)
     result = validate_models(reference, rewritten, feeds, tolerance, runner, config.get("expected"), data)
+    if reference is None:
+        result.graph_diff = graph_diff(original, rewritten)
+        if config.get("each_step"):
+            raise SurgeonError("validate: each_step bisects against the original model, which 'against: none' "
+                               "leaves out")
     if config.get("each_step") and recipe.steps:
         progress.message("bisecting the recipe's steps")
         result.bisection = bisect_steps(recipe, original, feeds, tolerance, runner,
