@@ -22,6 +22,8 @@ EXPECTED_ATEN = {
     ("bevformer-nmsfree", 11, True): {"__iand_", "linalg_inv"},
     ("bevfusion-camera-backbone", 11, True): set(),
     ("bevfusion-camera-vtransform", 11, True): set(),
+    ("bevfusion-camera", 11, True): {"repeat_interleave"},
+    ("bevfusion-camera", 16, False): set(),
     ("bevfusion-fuser-head", 11, True): {"unflatten"},
     ("sparse4d-head", 11, True): {"grid_sampler"},
 }
@@ -31,6 +33,8 @@ EXPECTED_OPS = {
     "bevformer-nmsfree": {"TopK", "Atan", "Mod", "Exp"},
     "bevfusion-camera-backbone": {"Conv", "Resize", "Softmax", "Transpose"},
     "bevfusion-camera-vtransform": {"Conv", "Relu"},
+    # bev_pool: the gathers, index_add_ as a ScatterElements (without reduction), the cells as a ScatterND
+    "bevfusion-camera": {"Conv", "Softmax", "Gather", "ScatterElements", "ScatterND"},
     "bevfusion-fuser-head": {"TopK", "OneHot", "MaxPool", "GatherElements", "ConvTranspose", "ScatterND"},
     "sparse4d-head": {"Clip", "Softmax", "ReduceL2", "ScatterND", "MatMul"},
 }
@@ -115,8 +119,11 @@ def test_npz_match_graph_inputs_and_outputs(fixture):
     assert list(inputs.keys()) == [i.name for i in graph.input]
     assert list(outputs.keys()) == [o.name for o in graph.output]
     for value in graph.input:
-        dims = [d.dim_value for d in value.type.tensor_type.shape.dim]
-        assert list(inputs[value.name].shape) == dims
+        dims = [d.dim_param or d.dim_value for d in value.type.tensor_type.shape.dim]
+        # a dynamic axis (bevfusion-camera's index arrays) is named, any length fits it
+        assert [n if isinstance(d, str) else d for n, d in zip(inputs[value.name].shape, dims)] == \
+            list(inputs[value.name].shape)
+        assert len(dims) == inputs[value.name].ndim
         assert inputs[value.name].dtype == onnx.helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type)
 
 
@@ -236,6 +243,34 @@ def test_bev_pool_matches_a_plain_scatter_add():
                                                   * feat.reshape(-1, c)[ranks_feat])
     expected = plain.view(z, y, x, c).permute(3, 0, 1, 2).reshape(1, c * z, y, x)
     torch.testing.assert_close(bev_pool(depth, feat, *indices, bev_shape=cfg.bev_shape), expected)
+
+
+def test_camera_branch_shares_the_split_modules_weights():
+    """bevfusion-camera is bevfusion-camera-backbone, bev_pool and bevfusion-camera-vtransform with the
+    same weights and inputs, so a graph cut out of it can be compared with the split exports."""
+    torch = pytest.importorskip("torch")
+    from surgeon.zoo.bevfusion import BEV_POOL_INDICES, bev_pool
+    from surgeon.zoo.exporter import build
+
+    camera, inputs, _ = build("bevfusion-camera", "fixture")
+    backbone, backbone_inputs, _ = build("bevfusion-camera-backbone", "fixture")
+    vtransform, _, _ = build("bevfusion-camera-vtransform", "fixture")
+    for whole, split in ((camera.backbone, backbone), (camera.vtransform, vtransform)):
+        for (name, value), (split_name, split_value) in zip(whole.state_dict().items(), split.state_dict().items()):
+            assert name == split_name and torch.equal(value, split_value), name
+    for name, value in backbone_inputs.items():
+        assert torch.equal(inputs[name], value), name
+    with torch.no_grad():
+        pooled = bev_pool(*backbone(inputs["img"], inputs["depth"]), *(inputs[n] for n in BEV_POOL_INDICES),
+                          bev_shape=camera.cfg.bev_shape)
+        torch.testing.assert_close(camera(*inputs.values()), vtransform(pooled), rtol=0, atol=0)
+
+
+def test_camera_fixture_exports_index_add_as_an_overwriting_scatter():
+    """Why bevfusion-camera needs the bev-pool-plugin pass: ONNX Runtime runs the opset-16 export, but its
+    ScatterElements keeps one point per BEV cell where PyTorch's index_add_ sums them."""
+    expected, got = run_ort(fixture_paths("bevfusion-camera", 16, False))
+    assert not np.allclose(got[0], expected["camera_bev"], atol=1e-2)
 
 
 def test_export_paths_name_the_files(tmp_path):

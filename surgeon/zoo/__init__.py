@@ -14,6 +14,7 @@ MODELS = {
     "bevformer-nmsfree": "BEVFormer's NMS-free box coder (topk, &=, atan2, inverse) as post-processing",
     "bevfusion-camera-backbone": "BEVFusion camera backbone: ResNet-50, LSS FPN, depthnet (before bev_pool)",
     "bevfusion-camera-vtransform": "BEVFusion camera BEV downsampling after bev_pool",
+    "bevfusion-camera": "BEVFusion's whole camera branch: backbone, bev_pool (index arrays as inputs), vtransform",
     "bevfusion-fuser-head": "BEVFusion conv fuser, SECOND decoder and TransFusion head",
     "sparse4d-head": "Sparse4D head: deformable feature aggregation with grid_sample over 6 cameras",
 }

@@ -5,6 +5,9 @@
 - `bev_pool` (BEVPoolv2's interval form) runs between the graphs, as CUDA-BEVFusion's own kernel;
   `bev_pool` here is its PyTorch reference and `bev_pool_indices` precomputes its index arrays.
 - `camera.vtransform`: the downsampling convs on the pooled camera BEV.
+- `Camera`: the three above in one module (backbone -> bev_pool -> vtransform) with the index arrays
+  as graph inputs, as a user exports the whole camera branch before splitting it. Built from the
+  same seed as the two split modules, so its backbone and vtransform weights equal theirs.
 - fuser + head: ConvFuser of camera and lidar BEV, SECOND + SECONDFPN, TransFusion head (heatmap
   peaks by max-pool, `argsort`, `one_hot`, decoder with `nn.MultiheadAttention` and LayerNorm).
 """
@@ -138,6 +141,9 @@ def frustum_points(cfg: BEVFusionConfig, camera2lidar: torch.Tensor, intrinsics:
     return points + camera2lidar[:, :3, 3].view(-1, 1, 1, 1, 3)
 
 
+BEV_POOL_INDICES = ("ranks_depth", "ranks_feat", "ranks_bev", "interval_starts", "interval_lengths")
+
+
 def bev_pool_indices(cfg: BEVFusionConfig, camera2lidar: torch.Tensor, intrinsics: torch.Tensor):
     """BEVPoolv2's voxel_pooling_prepare_v2 on the frustum geometry.
 
@@ -194,6 +200,31 @@ class CameraVTransform(nn.Module):
 
     def forward(self, pooled: torch.Tensor) -> torch.Tensor:
         return self.downsample(pooled)
+
+
+class Camera(nn.Module):
+    """The whole camera branch: CameraBackbone -> bev_pool -> CameraVTransform.
+
+    Inputs: img, depth (as CameraBackbone) and bev_pool's five int32 index arrays, precomputed from
+    the frustum geometry as deploy code does (`bev_pool_indices`). Output: camera_bev [1, C, Y/2, X/2].
+    How many points fall inside the grid depends on the camera calibration, so the index arrays are
+    exported with dynamic lengths (`dynamic_axes`, read by the exporter); fixed lengths would let
+    the tracer unroll repeat_interleave into one branch per interval.
+    """
+
+    dynamic_axes = {**{name: {0: "points"} for name in ("ranks_depth", "ranks_feat", "ranks_bev")},
+                    **{name: {0: "intervals"} for name in ("interval_starts", "interval_lengths")}}
+
+    def __init__(self, backbone: CameraBackbone, vtransform: CameraVTransform):
+        super().__init__()
+        self.cfg = backbone.cfg
+        self.backbone, self.vtransform = backbone, vtransform
+
+    def forward(self, img, depth, ranks_depth, ranks_feat, ranks_bev, interval_starts, interval_lengths):
+        depth_weights, feature = self.backbone(img, depth)
+        pooled = bev_pool(depth_weights, feature, ranks_depth, ranks_feat, ranks_bev, interval_starts,
+                          interval_lengths, bev_shape=self.cfg.bev_shape)
+        return self.vtransform(pooled)
 
 
 class SECOND(nn.Module):
@@ -349,6 +380,22 @@ def pooled_camera_bev(cfg: BEVFusionConfig, generator: torch.Generator) -> torch
 def vtransform_example(size: str, generator: torch.Generator):
     cfg = SIZES[size]
     return CameraVTransform(cfg), {"pooled": pooled_camera_bev(cfg, generator)}, ["camera_bev"]
+
+
+def camera_example(size: str, generator: torch.Generator):
+    """Camera on backbone_example's inputs plus the rig's bev_pool indices.
+
+    The vtransform is built after re-seeding torch with the seed the exporter set, so its weights are
+    those of vtransform_example's module (the backbone's already are: it is built first in both).
+    """
+    cfg = SIZES[size]
+    backbone, inputs, _ = backbone_example(size, generator)
+    with torch.random.fork_rng():
+        torch.manual_seed(torch.initial_seed())
+        vtransform = CameraVTransform(cfg)
+    indices = bev_pool_indices(cfg, rig.camera2lidar(), rig.intrinsics(cfg.image_hw).expand(cfg.num_cams, 3, 3))
+    inputs.update(zip(BEV_POOL_INDICES, indices))
+    return Camera(backbone, vtransform), inputs, ["camera_bev"]
 
 
 def fuser_head_example(size: str, generator: torch.Generator):

@@ -25,6 +25,7 @@ EXAMPLES = {
     "bevformer-nmsfree": bevformer.nmsfree_example,
     "bevfusion-camera-backbone": bevfusion.backbone_example,
     "bevfusion-camera-vtransform": bevfusion.vtransform_example,
+    "bevfusion-camera": bevfusion.camera_example,
     "bevfusion-fuser-head": bevfusion.fuser_head_example,
     "sparse4d-head": sparse4d.head_example,
 }
@@ -72,7 +73,8 @@ def export(model_name: str, size: str = "fixture", opset: int = 16, aten_fallbac
             with _quiet_stdout():
                 torch.onnx.export(module, args, str(paths["onnx"]), dynamo=False, opset_version=opset,
                                   operator_export_type=export_type, do_constant_folding=True,
-                                  input_names=list(inputs), output_names=output_names)
+                                  input_names=list(inputs), output_names=output_names,
+                                  dynamic_axes=getattr(module, "dynamic_axes", None))
         except torch.onnx.errors.OnnxExporterError as exc:
             how = "with the ATen fallback" if aten_fallback else "without the ATen fallback"
             raise SurgeonError(f"exporting {model_name} at opset {opset} {how} failed: {exc}") from exc
