@@ -57,13 +57,20 @@ def discover() -> dict[str, type[Pass]]:
         for info in sorted(pkgutil.iter_modules(package.__path__), key=lambda i: i.name):
             if not info.name.startswith("_"):
                 importlib.import_module(f"{_SHIPPED_PACKAGE}.{info.name}")
-        for entry in sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
-            try:
-                entry.load()
-            except Exception as exc:  # a broken third-party package must say which one
-                raise SurgeonError(f"entry point '{entry.name}' ({entry.value}) of group {ENTRY_POINT_GROUP} "
-                                   f"failed to load: {exc}") from None
+        load_entry_points()
     return registered_passes()
+
+
+def load_entry_points() -> list[str]:
+    """Import what installed packages declare in the `surgeon.passes` group; return the passes added."""
+    before = set(registered_passes())
+    for entry in sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+        try:
+            entry.load()
+        except Exception as exc:  # a broken third-party package must say which one
+            raise SurgeonError(f"entry point '{entry.name}' ({entry.value}) of group {ENTRY_POINT_GROUP} "
+                               f"failed to load: {type(exc).__name__}: {exc}") from None
+    return sorted(set(registered_passes()) - before)
 
 
 def load_plugin_file(path) -> list[str]:
