@@ -78,6 +78,8 @@ CASES = [
     Case("bevfusion-camera", "bevfusion-camera.fixture.opset16", CAMERA, original="differs"),
     Case("bevfusion-camera-backbone-split", "bevfusion-camera.fixture.opset11-aten", {"Conv": 63, "BEVPool": 0},
          part_of="bevfusion-camera-backbone.fixture.opset11-aten"),
+    Case("bevfusion-camera-vtransform-split", "bevfusion-camera.fixture.opset11-aten", {"Conv": 3, "BEVPool": 0},
+         part_of="bevfusion-camera-vtransform.fixture.opset11-aten"),
     Case("sparse4d-head", "sparse4d-head.fixture.opset11-aten", {"GridSample": 24}),
     Case("sparse4d-head-opset11", "sparse4d-head.fixture.opset11-aten", {"GridSample": 0}),
 ]
