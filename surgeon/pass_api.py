@@ -221,12 +221,15 @@ class Context:
     #: Initializers nothing read in the input model: onnx-graphsurgeon drops them on import.
     unused_initializers: list[str] = field(default_factory=list)
     _taken: set[str] | None = None
+    #: Where the last Rewrite spliced its nodes in (see surgeon.rewrite), reset for every pass.
+    splice_hint: int = 0
 
     def begin(self, graph, pass_name: str) -> None:
         """Called by the pipeline before each pass."""
         self.pass_name = pass_name
         self.opset = _default_opset(graph, self.opset)
         self._taken = None
+        self.splice_hint = 0
 
     def _names(self, graph=None) -> set[str]:
         if self._taken is None:

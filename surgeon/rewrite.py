@@ -89,6 +89,18 @@ def replace_uses(graph: gs.Graph, old: gs.Tensor, new: gs.Tensor) -> None:
     graph.outputs[:] = [new if t is old else t for t in graph.outputs]
 
 
+def _position(nodes: list, node, hint: int) -> int:
+    """Index of `node` in `nodes`, searching from `hint` onwards first, then from the start."""
+    hint = min(hint, len(nodes))
+    for i in range(hint, len(nodes)):
+        if nodes[i] is node:
+            return i
+    for i in range(hint):
+        if nodes[i] is node:
+            return i
+    raise ValueError(f"node '{node.name}' is not in the graph")
+
+
 class Rewrite:
     """Builds the replacement of `node`; see the module docstring."""
 
@@ -150,9 +162,12 @@ class Rewrite:
 
     def _splice(self) -> None:
         nodes = self.graph.nodes
-        at = next(i for i, n in enumerate(nodes) if n is self.node)
+        at = _position(nodes, self.node, self.ctx.splice_hint)
         self.node.inputs.clear()
         nodes[at:at + 1] = self.nodes
+        # Passes rewrite in graph order: the next node to replace is usually after this one, so the
+        # search starts here (thousands of rewrites on 20,000 nodes stay linear, not quadratic).
+        self.ctx.splice_hint = at + len(self.nodes)
 
 
 def export_graph(graph: gs.Graph):
