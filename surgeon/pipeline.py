@@ -128,7 +128,9 @@ def run_recipe(recipe, model=None, output=None, *, overrides=(), dry_run: bool =
     if recipe.validate and validate:
         from surgeon.validation import validate_run
 
-        progress.message("validating against the original model")
+        against = recipe.validate.get("against") or "original"
+        progress.message("validating against " + {"original": "the original model",
+                                                  "none": "the expected outputs"}.get(against, against))
         result.validation = validate_run(recipe, original, model_path, result_model,
                                          None if dry_run else output, progress)
     if recipe.build and build and not dry_run and output is not None:

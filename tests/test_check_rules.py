@@ -263,3 +263,14 @@ def test_fixes_come_from_what_passes_declare_they_handle():
     assert fix_for(node, load_target("tensorrt-8.6")) == "grid-sample mode=plugin or mode=decompose"
     assert fix_for(node, load_target("opset-11")) == "grid-sample mode=decompose"
     assert fix_for(h.make_node("Relu", ["x"], ["y"]), load_target("opset-11")) is None
+
+
+def test_a_pool_of_the_wrong_rank_names_pool_rank_as_its_fix(tmp_path):
+    from onnx import helper as h
+
+    pool = h.make_node("MaxPool", ["x"], ["y"], name="pool", kernel_shape=[1, 1])  # 2-D pool on a 3-D tensor
+    model = make_model([pool], [("x", np.float32, [1, 4, 5])], [("y", np.float32, None)])
+    path = tmp_path / "pool.onnx"
+    onnx.save(model, path)
+    findings = [f for f in check_file(path, Settings(target="onnxruntime")) if f.rule == "SG015"]
+    assert findings and findings[0].node == "pool" and findings[0].fix == "pool-rank"

@@ -83,7 +83,19 @@ def shape_inference(facts: ModelFacts):
         # echoes the cause, which SG001/SG002 or an earlier SG015 finding reports.
         if node is not None and "instead is null" in problem and any(i in untyped for i in node.input):
             continue
-        yield _finding(facts, "SG015", "error", f"shape inference (strict): {problem.strip()}", node)
+        yield _finding(facts, "SG015", "error", f"shape inference (strict): {problem.strip()}", node,
+                       fix=_shape_fix(node, problem))
+
+
+POOLS = ("MaxPool", "AveragePool", "LpPool")
+
+
+def _shape_fix(node, problem: str) -> str | None:
+    """A pass for the shape errors one exists for: a pool whose kernel rank does not fit its input (the
+    2-D pool torch writes for F.max_pool2d on a 3-D tensor)."""
+    if node is not None and node.op_type in POOLS and "incorrect size" in problem:
+        return "pool-rank"
+    return None
 
 
 # Strict shape inference joins its errors: "(op_type:MaxPool, node name: /MaxPool_1): [ShapeInferenceError] ..."
