@@ -21,6 +21,27 @@ class PluginArgs:
         args.plugin_passes = [name for path in args.plugin for name in load_plugin_file(path)]
 
 
+class RecipeArgs:
+    """`RECIPE [MODEL] --set STEP.PARAM=VALUE`: loads the recipe into `args.loaded_recipe`.
+
+    List it after PluginArgs, so passes from plugin files are known when the recipe is checked.
+    """
+
+    @staticmethod
+    def add_to(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("recipe", help="recipe file, or the name of a shipped recipe (e.g. bevformer-tiny)")
+        parser.add_argument("model", nargs="?", help="input model (default: the recipe's 'model')")
+        parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="STEP.PARAM=VALUE",
+                            help="override a step parameter (STEP: 1-based index, step name or pass name), "
+                                 "or validate.KEY / build.KEY (e.g. validate.atol=1e-4)")
+
+    @staticmethod
+    def parse(args) -> None:
+        from surgeon.recipe import load_recipe
+
+        args.loaded_recipe = load_recipe(args.recipe, overrides=args.overrides, model=args.model)
+
+
 class OutputArgs:
     """`--json` for machine-readable output and `--quiet` to print nothing but errors."""
 

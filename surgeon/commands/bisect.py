@@ -9,29 +9,26 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from surgeon.cli_args import OutputArgs, PluginArgs, print_json, table
+from surgeon.cli_args import OutputArgs, PluginArgs, RecipeArgs, print_json, table
 from surgeon.errors import CheckFailed, SurgeonError
 
 NAME = "bisect"
 HELP = "find the first recipe step after which the outputs leave tolerance"
-ARG_GROUPS = (PluginArgs, OutputArgs)
+ARG_GROUPS = (PluginArgs, RecipeArgs, OutputArgs)
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("recipe", help="recipe file, or the name of a shipped recipe")
-    parser.add_argument("model", nargs="?", help="input model (default: the recipe's 'model')")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="STEP.PARAM=VALUE",
-                        help="override a step parameter, or validate.KEY (e.g. validate.atol=1e-4)")
+    pass
 
 
 def run(args) -> int:
     from surgeon.commands.run import TerminalProgress
     from surgeon.modelio import load_model
-    from surgeon.recipe import VALIDATE_FIELDS, load_recipe
+    from surgeon.recipe import VALIDATE_FIELDS
     from surgeon.validation import Tolerance, bisect_steps
     from surgeon.validation.data import feeds_for
 
-    recipe = load_recipe(args.recipe, overrides=args.overrides, model=args.model)
+    recipe = args.loaded_recipe
     if recipe.model is None:
         raise SurgeonError(f"recipe '{recipe.name}' names no model: give MODEL on the command line")
     config = recipe.validate or {key: field.default for key, field in VALIDATE_FIELDS.items()}

@@ -8,21 +8,16 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from surgeon.cli_args import OutputArgs, PluginArgs, print_json, table
+from surgeon.cli_args import OutputArgs, PluginArgs, RecipeArgs, print_json, table
 from surgeon.errors import CheckFailed, SurgeonError
 
 NAME = "run"
 HELP = "run a recipe over a model and write the rewritten model"
-ARG_GROUPS = (PluginArgs, OutputArgs)
+ARG_GROUPS = (PluginArgs, RecipeArgs, OutputArgs)
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("recipe", help="recipe file, or the name of a shipped recipe (e.g. bevformer-tiny)")
-    parser.add_argument("model", nargs="?", help="input model (default: the recipe's 'model')")
     parser.add_argument("-o", "--output", help="output model path (default: out/<recipe name>.onnx)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="STEP.PARAM=VALUE",
-                        help="override a step parameter (STEP: 1-based index, step name or pass name), "
-                             "or validate.KEY / build.KEY")
     parser.add_argument("--dry-run", action="store_true", help="run everything, write nothing, show what changes")
     parser.add_argument("--no-validate", action="store_true", help="skip the recipe's validate section")
     parser.add_argument("--no-build", action="store_true", help="skip the recipe's build section")
@@ -32,9 +27,8 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     from surgeon.pipeline import run_recipe
-    from surgeon.recipe import load_recipe
 
-    recipe = load_recipe(args.recipe, overrides=args.overrides, model=args.model)
+    recipe = args.loaded_recipe
     if args.validate_each_step:
         if not recipe.validate:
             raise SurgeonError("--validate-each-step needs a 'validate' section in the recipe")
