@@ -16,7 +16,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from surgeon import __version__
-from surgeon.errors import CheckFailed, SurgeonError
+from surgeon.errors import CheckFailed, ModelError, SurgeonError
 from surgeon.graphinfo import histogram_delta, op_histogram
 from surgeon.modelio import load_model, save_model_atomic, write_text_atomic
 from surgeon.pass_api import Context, PassResult
@@ -113,6 +113,9 @@ def run_recipe(recipe, model=None, output=None, *, overrides=(), dry_run: bool =
     if output is not None and output.resolve() == model_path.resolve():
         raise SurgeonError(f"refusing to overwrite the input model {model_path}: choose another -o")
 
+    if not model_path.exists():
+        raise ModelError("model file not found", file=model_path,
+                         hint=f"recipe '{recipe.name}' reads it; give MODEL on the command line to use another")
     original = load_model(model_path)
     progress.run_started(recipe, model_path, len(recipe.steps))
     graph, records = run_steps(original, recipe, model_dir=model_path.parent, progress=progress,
