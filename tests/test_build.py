@@ -107,3 +107,23 @@ def test_builds_an_engine_and_writes_the_layer_report(relu_model, tmp_path):
     x = np.random.default_rng(0).standard_normal((2, 3)).astype(np.float32)
     with trt_runner(result.engine, plugins=[]) as runner:
         np.testing.assert_array_equal(runner.infer({"x": x})["y"], np.maximum(x, 0))
+
+
+@needs_no_tensorrt
+def test_compare_trt_without_tensorrt_exits_2_and_says_how_to_install(relu_model, capsys):
+    assert main(["compare", str(relu_model), str(relu_model), "--trt"]) == 2
+    error = capsys.readouterr().err
+    assert "TensorRT is not installed" in error and "pip install 'surgeon[trt]'" in error
+    assert "Traceback" not in error
+
+
+@needs_tensorrt
+@pytest.mark.gpu
+def test_compare_trt_runs_the_engine_against_onnxruntime(relu_model, tmp_path, capsys):
+    from surgeon.build import build_engine
+
+    result = build_engine(relu_model, tmp_path / "relu.engine", {"plugins": []})
+    code = main(["compare", str(relu_model), str(result.engine), "--trt", "--plugin-lib", "builtin",
+                 "--report", str(tmp_path / "trt")])
+    assert code == 0, capsys.readouterr().out
+    assert (tmp_path / "trt.md").read_text().startswith("### surgeon validation PASSED")

@@ -1,8 +1,10 @@
 """Compare two models numerically through Polygraphy: `surgeon compare A.onnx B.onnx`.
 
 Both models run on the same inputs (recorded with --data, else seeded random ones), each through
-ONNX Runtime or, for graphs with ATen/custom/plugin nodes, surgeon's reference runner. Exit code 0
-when every output of B is within tolerance of A's (and of --expected), 1 when not, 2 for bad input.
+ONNX Runtime or, for graphs with ATen/custom/plugin nodes, surgeon's reference runner. With --trt, B
+is a TensorRT engine (or an ONNX model built into one in memory, with surgeon's plugins) run by
+Polygraphy's TensorRT runner. Exit code 0 when every output of B is within tolerance of A's (and of
+--expected), 1 when not, 2 for bad input (or --trt without TensorRT).
 """
 from __future__ import annotations
 
@@ -21,7 +23,11 @@ def add_arguments(parser) -> None:
     from surgeon.validation.runners import RUNNER_KINDS
 
     parser.add_argument("model_a", metavar="A.onnx", help="reference model (e.g. the original export)")
-    parser.add_argument("model_b", metavar="B.onnx", help="model to check (e.g. the rewritten one)")
+    parser.add_argument("model_b", metavar="B.onnx", help="model to check (e.g. the rewritten one); with --trt "
+                        "an engine (.engine/.plan) or an ONNX model to build")
+    parser.add_argument("--trt", action="store_true", help="run B through TensorRT (needs the trt extra)")
+    parser.add_argument("--plugin-lib", action="append", default=None, metavar="LIB.so",
+                        help="with --trt: plugin libraries to load (default: surgeon's own, 'builtin')")
     parser.add_argument("--atol", type=float, default=VALIDATE_FIELDS["atol"].default, help="absolute tolerance")
     parser.add_argument("--rtol", type=float, default=VALIDATE_FIELDS["rtol"].default, help="relative tolerance")
     parser.add_argument("--error-stat", default="elemwise", choices=VALIDATE_FIELDS["error_stat"].choices,
@@ -47,12 +53,19 @@ def run(args) -> int:
     from surgeon.validation.data import feeds_for, parse_input_options
     from surgeon.validation.report import write_reports
 
-    model_a, model_b = load_model(args.model_a), load_model(args.model_b)
+    model_a = load_model(args.model_a)
+    if args.trt:
+        from surgeon.build import trt_runner  # raises SurgeonError (exit 2) saying how to install TensorRT
+
+        candidate, candidate_runner = None, trt_runner(args.model_b, plugins=args.plugin_lib or ["builtin"])
+    else:
+        candidate, candidate_runner = load_model(args.model_b), None
     config = {key: getattr(args, key) for key in ("data", "expected", "iterations", "seed", "atol", "rtol",
                                                   "error_stat", "quantile")}
     config["inputs"] = parse_input_options(args.input_shape, args.input_range)
     feeds, data = feeds_for(model_a, config)
-    result = validate_models(model_a, model_b, feeds, Tolerance.from_config(config), args.runner, args.expected, data)
+    result = validate_models(model_a, candidate, feeds, Tolerance.from_config(config), args.runner, args.expected,
+                             data, rewritten_runner=candidate_runner)
     if args.report:
         result.reports = write_reports(result, Path(args.report))
     if args.json:

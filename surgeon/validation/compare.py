@@ -130,9 +130,13 @@ def cosine_similarity(reference: np.ndarray, candidate: np.ndarray) -> float:
 def run_model(model: onnx.ModelProto, feeds: list[dict], kind: str, name: str) -> tuple[RunResults, str]:
     """Run `model` on every feed through a Polygraphy runner named `name`; return the results and runner kind."""
     runner = make_runner(model, kind, name)
+    return run_runner(runner, feeds), runner_kind(runner)
+
+
+def run_runner(runner, feeds: list[dict]) -> RunResults:
+    """Run any Polygraphy runner (ours, ONNX Runtime's, TensorRT's) on every feed."""
     with G_LOGGER.verbosity(G_LOGGER.CRITICAL):
-        results = Comparator.run([runner], data_loader=feeds)
-    return results, runner_kind(runner)
+        return Comparator.run([runner], data_loader=feeds)
 
 
 def combine(*results: RunResults) -> RunResults:

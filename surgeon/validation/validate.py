@@ -22,7 +22,7 @@ from surgeon.errors import SurgeonError
 from surgeon.graphinfo import histogram_delta, op_histogram
 from surgeon.modelio import load_model
 from surgeon.validation.bisect import Bisection, bisect_steps
-from surgeon.validation.compare import OutputReport, Tolerance, combine, compare_outputs, run_model
+from surgeon.validation.compare import OutputReport, Tolerance, combine, compare_outputs, run_model, run_runner
 from surgeon.validation.data import Feeds, feeds_for, load_arrays
 from surgeon.validation.localise import describe_divergence, first_divergence
 from surgeon.validation.runners import graph_inputs
@@ -92,24 +92,32 @@ def _g(value) -> str:
     return "-" if value is None else f"{value:.3g}"
 
 
-def validate_models(original: onnx.ModelProto, rewritten: onnx.ModelProto, feeds: Feeds, tolerance: Tolerance,
-                    runner: str = "auto", expected: str | None = None, data: str = "random inputs",
-                    localise: bool = True) -> ValidationResult:
+def validate_models(original: onnx.ModelProto, rewritten: onnx.ModelProto | None, feeds: Feeds,
+                    tolerance: Tolerance, runner: str = "auto", expected: str | None = None,
+                    data: str = "random inputs", localise: bool = True,
+                    rewritten_runner=None) -> ValidationResult:
     """Compare `rewritten` with `original` (and with `expected` outputs, if given) on `feeds`.
 
     `original=None` compares with the `expected` outputs only: for exports no runtime can run at all.
+    `rewritten_runner` (a Polygraphy runner, e.g. TensorRT's) runs the candidate instead of `rewritten`,
+    which may then be None (an engine has no graph to diff or localise in).
     """
     if original is None:
         return _validate_against_expected(rewritten, feeds, tolerance, runner, expected, data)
     tolerance.check_outputs([o.name for o in original.graph.output])
     original_results, original_kind = run_model(original, feeds, runner, ORIGINAL)
-    rewritten_results, rewritten_kind = run_model(rewritten, feeds, runner, REWRITTEN)
+    if rewritten_runner is not None:
+        rewritten_results, rewritten_kind = run_runner(rewritten_runner, feeds), rewritten_runner.name
+    else:
+        rewritten_results, rewritten_kind = run_model(rewritten, feeds, runner, REWRITTEN)
     outputs = compare_outputs(original_results, rewritten_results, tolerance)
     result = ValidationResult(passed=all(o.passed for o in outputs), tolerance=tolerance, outputs=outputs,
                               runners={ORIGINAL: original_kind, REWRITTEN: rewritten_kind},
-                              iterations=len(feeds), data=data, feeds=feeds, graph_diff=graph_diff(original, rewritten))
+                              iterations=len(feeds), data=data, feeds=feeds,
+                              graph_diff=graph_diff(original, rewritten) if rewritten is not None else {})
     result.run_results = combine(original_results, rewritten_results)
-    result.notes = input_notes(original, rewritten)
+    result.notes = input_notes(original, rewritten) if rewritten is not None else []
+    localise = localise and rewritten is not None
     if expected:
         result.expected = compare_outputs(expected_results(expected), rewritten_results, tolerance, iterations=1)
         result.passed = result.passed and all(o.passed for o in result.expected)
