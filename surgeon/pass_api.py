@@ -62,10 +62,13 @@ class Param:
         value = _coerce_one(self.type, value, self.type_name())
         if self.type is list and self.items is not None:
             value = [_coerce_one(self.items, v, _TYPE_NAMES.get(self.items, "value")) for v in value]
-        if self.choices is not None and value not in self.choices:
-            hint = suggest(value, self.choices)
-            raise ValueError(f"{value!r} is not one of {', '.join(map(repr, self.choices))}"
-                             + (f"; {hint}" if hint else ""))
+        if self.choices is not None:
+            # A mapping (per-output values, say) takes its choices as values: {"boxes": "max"}.
+            for choice in value.values() if isinstance(value, dict) else (value,):
+                if choice not in self.choices:
+                    hint = suggest(choice, self.choices)
+                    raise ValueError(f"{choice!r} is not one of {', '.join(map(repr, self.choices))}"
+                                     + (f"; {hint}" if hint else ""))
         return value
 
 

@@ -45,8 +45,8 @@ VALIDATE_FIELDS: dict[str, Param] = {
     "seed": Param(int, 0, help="seed of the random data loader"),
     "atol": Param((float, dict), 1e-5, help="absolute tolerance, or {output: tol, '': default}"),
     "rtol": Param((float, dict), 1e-5, help="relative tolerance, or {output: tol, '': default}"),
-    "error_stat": Param(str, "elemwise", choices=("elemwise", "max", "mean", "median", "quantile"),
-                        help="which error statistic is held to the tolerance"),
+    "error_stat": Param((str, dict), "elemwise", choices=("elemwise", "max", "mean", "median", "quantile"),
+                        help="which error statistic is held to the tolerance, or {output: stat, '': default}"),
     "quantile": Param(float, 0.99, help="the quantile used when error_stat is 'quantile'"),
     "each_step": Param(bool, False, help="validate after every step and name the first step that diverges"),
     "report": Param(str, None, help="report path prefix (default: beside the output model)"),
@@ -511,7 +511,10 @@ def json_schema(builtin_only: bool = False) -> dict[str, Any]:
         schema["type"] = [names[t] for t in types] + (["null"] if p.default is None else [])
         if len(schema["type"]) == 1:
             schema["type"] = schema["type"][0]
-        if p.choices:
+        if p.choices and "object" in schema["type"]:
+            schema["anyOf"] = [{"enum": list(p.choices)},
+                               {"type": "object", "additionalProperties": {"enum": list(p.choices)}}]
+        elif p.choices:
             schema["enum"] = list(p.choices)
         if p.default is not None and not p.required:
             schema["default"] = p.default

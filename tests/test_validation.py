@@ -327,3 +327,16 @@ def test_against_none_compares_with_the_expected_outputs_only(tmp_path):
     assert not run(str(tmp_path / "bad.npz")).ok
     with pytest.raises(SurgeonError, match="needs 'expected'"):
         run(None)
+
+
+def test_compare_takes_per_output_tolerances_and_statistics(model_pair, capsys):
+    """Polygraphy's spelling: --atol 1e-5 --atol y:10 sets y's tolerance; other outputs keep the first."""
+    a, b = model_pair
+    assert main(["compare", a, b, "--atol", "y:10", "--rtol", "y:10"]) == 0  # the broken weight is within 10
+    assert "atol={*: 1e-05, y: 10}" in capsys.readouterr().out
+    assert main(["compare", a, b, "--atol", "y:10", "--rtol", "y:10", "--error-stat", "y:max"]) == 0
+    assert main(["compare", a, b, "--atol", "1e-6"]) == 1
+    assert main(["compare", a, b, "--error-stat", "y:mx"]) == 2
+    assert "did you mean 'max'" in capsys.readouterr().err
+    assert main(["compare", a, b, "--atol", "y:loose"]) == 2
+    assert "'loose' is not a float" in capsys.readouterr().err

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from surgeon.cli_args import OutputArgs, PluginArgs, print_json
-from surgeon.errors import CheckFailed
+from surgeon.errors import CheckFailed, SurgeonError
 
 NAME = "compare"
 HELP = "compare two models' outputs on the same inputs (Polygraphy), with reports"
@@ -28,10 +28,14 @@ def add_arguments(parser) -> None:
     parser.add_argument("--trt", action="store_true", help="run B through TensorRT (needs the trt extra)")
     parser.add_argument("--plugin-lib", action="append", default=None, metavar="LIB.so",
                         help="with --trt: plugin libraries to load (default: surgeon's own, 'builtin')")
-    parser.add_argument("--atol", type=float, default=VALIDATE_FIELDS["atol"].default, help="absolute tolerance")
-    parser.add_argument("--rtol", type=float, default=VALIDATE_FIELDS["rtol"].default, help="relative tolerance")
-    parser.add_argument("--error-stat", default="elemwise", choices=VALIDATE_FIELDS["error_stat"].choices,
-                        help="error statistic held to the tolerance (default: every element)")
+    parser.add_argument("--atol", action="append", metavar="[OUTPUT:]VALUE",
+                        help=f"absolute tolerance, for all outputs or one (repeatable; default "
+                             f"{VALIDATE_FIELDS['atol'].default:g})")
+    parser.add_argument("--rtol", action="append", metavar="[OUTPUT:]VALUE",
+                        help=f"relative tolerance, likewise (default {VALIDATE_FIELDS['rtol'].default:g})")
+    parser.add_argument("--error-stat", action="append", metavar="[OUTPUT:]STAT",
+                        help="error statistic held to the tolerance, likewise: "
+                             f"{', '.join(VALIDATE_FIELDS['error_stat'].choices)} (default: elemwise)")
     parser.add_argument("--quantile", type=float, default=VALIDATE_FIELDS["quantile"].default,
                         help="quantile checked with --error-stat quantile")
     parser.add_argument("--data", metavar="INPUTS", help="recorded inputs: .npz or Polygraphy JSON")
@@ -47,6 +51,29 @@ def add_arguments(parser) -> None:
                         help="ONNX Runtime, the reference runner, or whichever can run each model")
 
 
+def per_output_option(values: list[str] | None, kind, option: str):
+    """`--atol 1e-4 --atol boxes:1e-3` as Polygraphy spells it: a value, or {output: value, "": default}.
+
+    Checked like the recipe's validate section (a wrong statistic is an error naming the option)."""
+    from surgeon.recipe import VALIDATE_FIELDS
+
+    field = VALIDATE_FIELDS[option[2:].replace("-", "_")]
+    if not values:
+        return field.default
+    parsed = {}
+    for text in values:
+        name, _, raw = text.rpartition(":")
+        try:
+            parsed[name] = kind(raw)
+        except ValueError:
+            raise SurgeonError(f"{option} {text}: '{raw}' is not a {kind.__name__}") from None
+    value = parsed[""] if list(parsed) == [""] else {"": field.default, **parsed}
+    try:
+        return field.coerce(value)
+    except ValueError as exc:
+        raise SurgeonError(f"{option}: {exc}") from None
+
+
 def run(args) -> int:
     from surgeon.modelio import load_model
     from surgeon.validation import Tolerance, validate_models
@@ -60,8 +87,9 @@ def run(args) -> int:
         candidate, candidate_runner = None, trt_runner(args.model_b, plugins=args.plugin_lib or ["builtin"])
     else:
         candidate, candidate_runner = load_model(args.model_b), None
-    config = {key: getattr(args, key) for key in ("data", "expected", "iterations", "seed", "atol", "rtol",
-                                                  "error_stat", "quantile")}
+    config = {key: getattr(args, key) for key in ("data", "expected", "iterations", "seed", "quantile")}
+    for key, kind in (("atol", float), ("rtol", float), ("error_stat", str)):
+        config[key] = per_output_option(getattr(args, key), kind, f"--{key.replace('_', '-')}")
     config["inputs"] = parse_input_options(args.input_shape, args.input_range)
     feeds, data = feeds_for(model_a, config)
     result = validate_models(model_a, candidate, feeds, Tolerance.from_config(config), args.runner, args.expected,

@@ -31,7 +31,7 @@ class Tolerance:
 
     atol: float | dict = 1e-5
     rtol: float | dict = 1e-5
-    error_stat: str = "elemwise"
+    error_stat: str | dict = "elemwise"
     quantile: float = 0.99
 
     @classmethod
@@ -44,15 +44,19 @@ class Tolerance:
 
     def compare_func(self) -> SimpleCompareFunc:
         return SimpleCompareFunc(atol=_as_dict(self.atol), rtol=_as_dict(self.rtol), check_shapes=True,
-                                 check_error_stat=self.error_stat, error_quantile=self.quantile)
+                                 check_error_stat=dict(self.error_stat) if isinstance(self.error_stat, dict)
+                                 else self.error_stat, error_quantile=self.quantile)
 
     def describe(self) -> str:
-        stat = self.error_stat if self.error_stat != "quantile" else f"quantile {self.quantile}"
+        if isinstance(self.error_stat, dict):
+            stat = "{" + ", ".join(f"{k or '*'}: {v}" for k, v in self.error_stat.items()) + "}"
+        else:
+            stat = self.error_stat if self.error_stat != "quantile" else f"quantile {self.quantile}"
         return f"atol={_text(self.atol)} rtol={_text(self.rtol)} ({stat})"
 
     def check_outputs(self, outputs: list[str]) -> None:
         """Refuse a per-output tolerance naming no output (a typo would silently use the default)."""
-        for key, value in (("atol", self.atol), ("rtol", self.rtol)):
+        for key, value in (("atol", self.atol), ("rtol", self.rtol), ("error_stat", self.error_stat)):
             for name in value if isinstance(value, dict) else ():
                 if name and name not in outputs:
                     raise SurgeonError(f"{key} names '{name}', which is not an output of the model",
