@@ -9,13 +9,14 @@ import warnings
 import numpy as np
 import onnx
 import pytest
-import torch
 from onnx import helper
 
 from surgeon.plugins.specs import PLUGIN_DOMAIN
 from surgeon.testing import apply_pass, make_model, run_ort
 from surgeon.validation.runners import ReferenceRunner
-from surgeon.zoo.bevfusion import bev_pool
+
+torch = pytest.importorskip("torch", reason="needs PyTorch (the zoo extra: pip install 'surgeon[zoo]')")
+from surgeon.zoo.bevfusion import bev_pool  # noqa: E402  (needs torch)
 
 NAMES = ["depth", "feat", "ranks_depth", "ranks_feat", "ranks_bev", "interval_starts", "interval_lengths"]
 BEV = (1, 8, 10)  # z, y, x

@@ -13,12 +13,13 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-import torch
 
 from surgeon.plugins.specs import PLUGIN_DOMAIN
 from surgeon.testing import apply_pass, make_model, run_ort
 from surgeon.validation.runners import ReferenceRunner
-from surgeon.zoo.layers import multi_scale_deformable_attn_pytorch
+
+torch = pytest.importorskip("torch", reason="needs PyTorch (the zoo extra: pip install 'surgeon[zoo]')")
+from surgeon.zoo.layers import multi_scale_deformable_attn_pytorch  # noqa: E402  (needs torch)
 
 FIXTURE = Path(__file__).parent / "data" / "zoo" / "bevformer-tiny.fixture.opset11-aten.onnx"
 ATOL = 2e-6

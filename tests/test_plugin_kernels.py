@@ -1,6 +1,6 @@
 """The CUDA kernels against the plugin specs' NumPy references, through the C API (ctypes + torch CUDA tensors).
 
-GPU only: run with `pytest -m gpu` on a machine with a CUDA GPU and nvcc (the library is built for
+GPU only: these skip without a CUDA GPU (select them with `pytest -m gpu`); they need nvcc (the library is built for
 the device's architecture unless $SURGEON_PLUGINS_DIR already holds one). Tolerances: float32 within
 1e-5 (fused multiply-adds and summation order differ from NumPy); float16 within 1e-2 of the
 reference computed from the same float16 inputs (one rounding of the result plus half-precision
@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from surgeon.plugins.build_lib import DTYPES, build_library, default_dir, load_library, missing_tools, LIBRARY_NAME
 from surgeon.plugins.specs import get_spec
+
+torch = pytest.importorskip("torch", reason="needs PyTorch (the zoo extra: pip install 'surgeon[zoo]')")
 
 pytestmark = [
     pytest.mark.gpu,

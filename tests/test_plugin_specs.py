@@ -10,15 +10,16 @@ import math
 import numpy as np
 import onnx_graphsurgeon as gs
 import pytest
-import torch
-import torch.nn.functional as F
 
 from surgeon.errors import PassError
 from surgeon.pass_api import Context
 from surgeon.plugins.specs import PLUGIN_DOMAIN, get_spec, make_plugin_node, plugin_specs
 from surgeon.reference import find_reference
 from surgeon.rewrite import Rewrite
-from surgeon.zoo.layers import multi_scale_deformable_attn_pytorch
+
+torch = pytest.importorskip("torch", reason="the references are checked against PyTorch (the zoo extra)")
+F = torch.nn.functional
+from surgeon.zoo.layers import multi_scale_deformable_attn_pytorch  # noqa: E402  (needs torch)
 
 ATOL = 2e-6
 

@@ -8,6 +8,7 @@ from surgeon.reference.numpy_ops import grid_sample, multi_scale_deformable_atte
 
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
+from surgeon.zoo.layers import multi_scale_deformable_attn_pytorch  # noqa: E402  (needs torch)
 
 TOL = dict(rtol=1e-5, atol=1e-5)
 
@@ -120,29 +121,13 @@ def test_grid_sample_rejects_mismatched_shapes():
         grid_sample(np.zeros((1, 1, 3, 3), np.float32), np.zeros((1, 2, 2, 3), np.float32))
 
 
-def _msda_torch(value, shapes, locations, weights):
-    """mmcv's multi_scale_deformable_attn_pytorch, written out with torch."""
-    bs, _, heads, dim = value.shape
-    _, queries, _, levels, points, _ = locations.shape
-    value_list = value.split([h * w for h, w in shapes], dim=1)
-    grids = 2 * locations - 1
-    sampled = []
-    for level, (h, w) in enumerate(shapes):
-        level_value = value_list[level].flatten(2).transpose(1, 2).reshape(bs * heads, dim, h, w)
-        level_grid = grids[:, :, :, level].transpose(1, 2).flatten(0, 1)
-        sampled.append(F.grid_sample(level_value, level_grid, mode="bilinear", padding_mode="zeros",
-                                     align_corners=False))
-    weights = weights.transpose(1, 2).reshape(bs * heads, 1, queries, levels * points)
-    out = (torch.stack(sampled, dim=-2).flatten(-2) * weights).sum(-1).view(bs, heads * dim, queries)
-    return out.transpose(1, 2).contiguous()
-
-
 def test_multi_scale_deformable_attention_matches_mmcv_pytorch():
     rng = np.random.default_rng(3)
     shapes = [(6, 8), (3, 4)]
     value = rng.standard_normal((2, sum(h * w for h, w in shapes), 2, 4)).astype(np.float32)
     locations = rng.uniform(-0.1, 1.1, (2, 5, 2, 2, 3, 2)).astype(np.float32)
     weights = rng.uniform(0, 1, (2, 5, 2, 2, 3)).astype(np.float32)
-    expected = _msda_torch(torch.from_numpy(value), shapes, torch.from_numpy(locations), torch.from_numpy(weights))
+    expected = multi_scale_deformable_attn_pytorch(torch.from_numpy(value), shapes, torch.from_numpy(locations),
+                                                   torch.from_numpy(weights))
     out = multi_scale_deformable_attention(value, np.array(shapes, np.int64), locations, weights)
     np.testing.assert_allclose(out, expected.numpy(), **TOL)
