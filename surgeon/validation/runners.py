@@ -34,7 +34,8 @@ from surgeon.reference import as_outputs, find_reference
 RUNNER_KINDS = ("auto", "onnxruntime", "reference")
 #: Domains ONNX Runtime implements itself.
 ORT_DOMAINS = ("", "ai.onnx", "ai.onnx.ml", "com.microsoft")
-#: ONNX Runtime 1.31 reads models up to this IR version (DESIGN.md).
+#: ONNX Runtime 1.31 reads IR versions up to 13 (DESIGN.md); models and segments it runs are written at
+#: 10, the version this project builds graphs with, which every ONNX Runtime since 1.16 reads.
 ORT_MAX_IR_VERSION = 10
 
 
