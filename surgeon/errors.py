@@ -57,5 +57,5 @@ def suggest(word: str, candidates) -> str | None:
     """The closest valid spelling of `word`, phrased as a hint, or None."""
     import difflib
 
-    close = difflib.get_close_matches(str(word), sorted(map(str, candidates)), n=1, cutoff=0.5)
+    close = difflib.get_close_matches(str(word), sorted(map(str, candidates)), n=1, cutoff=0.6)
     return f"did you mean '{close[0]}'?" if close else None

@@ -242,3 +242,10 @@ def test_extends_a_shipped_recipe_by_name(tmp_path):
     assert recipe.target == "tensorrt-8.6" and recipe.steps and recipe.name == "mine"
     err = error_of(write(tmp_path, "extends: targets/tensorrt-8.7\n", "bad.yaml"))
     assert "extended recipe not found" in err.message and "targets/tensorrt-8.6" in str(err)
+
+
+def test_suggestions_are_offered_for_typos_only():
+    from surgeon.errors import suggest
+
+    assert suggest("toposrot", ["toposort", "linspace"]) == "did you mean 'toposort'?"
+    assert suggest("nope", ["toposort", "linspace", "opset-11"]) is None
