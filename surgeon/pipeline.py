@@ -192,16 +192,14 @@ def unused_initializers(model: onnx.ModelProto) -> list[str]:
 
 
 class _GraphState:
-    """What is known to hold of the graph right now, so `needs` are provided only when stale."""
+    """Which of `needs` (toposort, cleanup, shapes) hold of the graph now, so each is provided only when stale."""
 
     def __init__(self):
-        self.sorted = False
-        self.clean = False
-        self.shapes = False
+        self.held: set[str] = set()
         self.touched = False  # some step changed the graph: the output must be tidied
 
     def changed(self) -> None:
-        self.sorted = self.clean = self.shapes = False
+        self.held.clear()
         self.touched = True
 
 
@@ -229,8 +227,7 @@ def _run_step(graph: gs.Graph, step: Step, index: int, ctx: Context, state: _Gra
         graph = result.graph
     if result.changed or result.graph is not None:
         state.changed()
-    for fact in cls.provides:
-        setattr(state, {"toposort": "sorted", "cleanup": "clean", "shapes": "shapes"}[fact], True)
+    state.held.update(cls.provides)
     record = StepRecord(index=index, pass_name=step.pass_name, label=step.label, params=dict(step.params),
                         nodes_before=before_nodes, nodes_after=len(graph.nodes),
                         op_delta=histogram_delta(before_hist, op_histogram(graph.nodes)),
@@ -239,15 +236,15 @@ def _run_step(graph: gs.Graph, step: Step, index: int, ctx: Context, state: _Gra
 
 
 def _provide(graph: gs.Graph, needs, state: _GraphState) -> gs.Graph:
-    if ("cleanup" in needs or "shapes" in needs) and not state.clean:
+    # Shape inference runs on a tidy, sorted graph, so "shapes" implies the other two first.
+    wanted = set(needs) | ({"cleanup", "toposort"} if "shapes" in needs else set())
+    if "cleanup" in wanted - state.held:
         graph.cleanup()
-        state.clean = True
-    if ("toposort" in needs or "shapes" in needs) and not state.sorted:
+    if "toposort" in wanted - state.held:
         _toposort(graph)
-        state.sorted = True
-    if "shapes" in needs and not state.shapes:
+    if "shapes" in wanted - state.held:
         graph = infer_graph_shapes(graph)
-        state.shapes = True
+    state.held |= wanted
     return graph
 
 
@@ -277,9 +274,10 @@ def finish_graph(graph: gs.Graph, original: onnx.ModelProto, recipe: Recipe,
     provenance = graph.__dict__.get("_surgeon_provenance") or {}
     state = graph.__dict__.get("_surgeon_state")
     if state is None or state.touched:
-        if not state or not state.clean:
+        held = state.held if state else set()
+        if "cleanup" not in held:
             graph.cleanup()
-        if not state or not state.sorted:
+        if "toposort" not in held:
             _toposort(graph)
     model = export_graph(graph)
     try:
