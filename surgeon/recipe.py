@@ -34,6 +34,8 @@ from surgeon.registry import get_pass, shipped_dir, discover
 TOP_LEVEL_KEYS = ("name", "description", "model", "target", "extends", "steps", "prepend_steps", "append_steps",
                   "set", "validate", "build", "checker")
 STEP_KEYS = ("pass", "with", "name")
+#: Keys whose entries from every level of an `extends` chain apply, outermost parent first.
+ACCUMULATING = ("prepend_steps", "append_steps", "set")
 
 VALIDATE_FIELDS: dict[str, Param] = {
     "against": Param(str, "original", help="'original' (the recipe's input model), 'none' (only the expected "
@@ -251,9 +253,10 @@ def _sha256(path: Path | None, data) -> str:
 
 
 def _merge_chain(data: dict, path: Path | None, seen: tuple) -> tuple[dict, list[Path]]:
-    """Resolve `extends` recursively: returns merged top-level entries (each remembers its source mapping)."""
+    """Resolve `extends` recursively: map each top-level key to the [(mapping, file)] that set it, outermost
+    parent first. A child replaces its parent's entry, except for the keys that accumulate (ACCUMULATING)."""
     _check_keys(data, TOP_LEVEL_KEYS, "recipe", path)
-    entries = {key: (data, path) for key in data}
+    entries = {key: [(data, path)] for key in data}
     files = [path] if path is not None else []
     parent_name = data.get("extends")
     if parent_name is None:
@@ -274,30 +277,9 @@ def _merge_chain(data: dict, path: Path | None, seen: tuple) -> tuple[dict, list
     parent_entries, parent_files = _merge_chain(_read_yaml(parent_path), parent_path,
                                                 seen + ((path.resolve(),) if path else ()) + (resolved,))
     merged = dict(parent_entries)
-    for key in data:
-        if key in ("prepend_steps", "append_steps", "set") and key in parent_entries:
-            merged[key] = _concat_entries(parent_entries[key], (data, path), key)
-        else:
-            merged[key] = (data, path)
+    for key, sources in entries.items():
+        merged[key] = merged.get(key, []) + sources if key in ACCUMULATING else sources
     return merged, parent_files + files
-
-
-def _concat_entries(parent, child, key):
-    """Keep both a parent's and a child's prepend/append/set entries, parent first."""
-    return ("chain", [parent, child], key)
-
-
-def _entries_of(merged, key):
-    """[(mapping, path)] holding `key`, outermost parent first."""
-    entry = merged.get(key)
-    if entry is None:
-        return []
-    if entry[0] == "chain":
-        out = []
-        for part in entry[1]:
-            out.extend(_entries_of({key: part}, key))
-        return out
-    return [entry]
 
 
 def _check_keys(mapping, allowed, what: str, path, extra: str = "") -> None:
@@ -309,8 +291,10 @@ def _check_keys(mapping, allowed, what: str, path, extra: str = "") -> None:
 
 def _build(merged: dict, path: Path | None) -> Recipe:
     def value(key, default=None):
-        entry = merged.get(key)
-        return (entry[0][key], entry[0], entry[1]) if entry and entry[0] != "chain" else (default, None, None)
+        if key not in merged:
+            return default, None, None
+        mapping, file = merged[key][-1]
+        return mapping[key], mapping, file
 
     name, mapping, file = value("name")
     recipe = Recipe(name=name if name is not None else (path.stem if path else "recipe"), path=path)
@@ -334,13 +318,12 @@ def _build(merged: dict, path: Path | None) -> Recipe:
         recipe.model = _join(file.parent if file else Path.cwd(), model)
 
     steps: list[Step] = []
-    for key in ("prepend_steps",):
-        for mapping, file in _entries_of(merged, key):
-            steps.extend(_parse_steps(mapping, key, file))
+    for mapping, file in merged.get("prepend_steps", []):
+        steps.extend(_parse_steps(mapping, "prepend_steps", file))
     base_steps, mapping, file = value("steps", [])
     if base_steps:
         steps[len(steps):] = _parse_steps(mapping, "steps", file)
-    for mapping, file in _entries_of(merged, "append_steps"):
+    for mapping, file in merged.get("append_steps", []):
         steps.extend(_parse_steps(mapping, "append_steps", file))
     recipe.steps = steps
 
@@ -349,7 +332,7 @@ def _build(merged: dict, path: Path | None) -> Recipe:
         if body is not None:
             setattr(recipe, section, _parse_section(section, body, mapping, file, fields))
 
-    for mapping, file in _entries_of(merged, "set"):
+    for mapping, file in merged.get("set", []):
         sets = mapping["set"]
         if not isinstance(sets, dict):
             raise _error("'set' must map STEP.PARAM to a value", _value_mark(mapping, "set"), file=file)

@@ -249,3 +249,25 @@ def test_suggestions_are_offered_for_typos_only():
 
     assert suggest("toposrot", ["toposort", "linspace"]) == "did you mean 'toposort'?"
     assert suggest("nope", ["toposort", "linspace", "opset-11"]) is None
+
+
+def test_prepend_append_and_set_accumulate_over_three_levels(tmp_path):
+    write(tmp_path, """
+        steps: [{pass: cleanup}]
+        prepend_steps: [{pass: toposort}]
+        set: {cleanup.remove_unused_inputs: false}
+        """, "a.yaml")
+    write(tmp_path, """
+        extends: a.yaml
+        prepend_steps: [{pass: infer-shapes}]
+        append_steps: [{pass: toposort}]
+        """, "b.yaml")
+    c = write(tmp_path, """
+        extends: b.yaml
+        name: c
+        append_steps: [{pass: infer-shapes}]
+        set: {cleanup.remove_unused_inputs: true}
+        """, "c.yaml")
+    recipe = load_recipe(c)
+    assert [s.pass_name for s in recipe.steps] == ["toposort", "infer-shapes", "cleanup", "toposort", "infer-shapes"]
+    assert recipe.steps[2].params["remove_unused_inputs"] is True  # the child's set applies last
