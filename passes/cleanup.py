@@ -12,6 +12,7 @@ from __future__ import annotations
 import onnx_graphsurgeon as gs
 
 from surgeon.pass_api import Param, Pass, PassResult, register_pass
+from surgeon.rewrite import prune_graph
 
 
 @register_pass("cleanup")
@@ -25,13 +26,12 @@ class Cleanup(Pass):
 
     def run(self, graph, ctx):
         result = PassResult()
-        nodes_before = [(id(n), n.name) for n in graph.nodes]
-        constants_before = {name for name, t in graph.tensors().items() if isinstance(t, gs.Constant)}
+        constants_before = _constants_read(graph)
         inputs_before = [t.name for t in graph.inputs]
-        graph.cleanup(remove_unused_graph_inputs=self.remove_unused_inputs)
-        kept = {id(n) for n in graph.nodes}
-        result.rewritten.extend(name for key, name in nodes_before if key not in kept)
-        dropped = sorted(constants_before - set(graph.tensors())) + list(ctx.unused_initializers)
+        removed = prune_graph(graph, remove_unused_inputs=self.remove_unused_inputs)
+        result.rewritten.extend(node.name for node in removed)
+        dropped = sorted(constants_before - _constants_read(graph)) if removed else []
+        dropped += list(ctx.unused_initializers)
         ctx.unused_initializers.clear()
         if dropped:
             result.note(f"removed {len(dropped)} unused initializer(s): {', '.join(dropped[:10])}")
@@ -42,3 +42,13 @@ class Cleanup(Pass):
             result.note(f"removed unused graph input(s): {', '.join(dropped_inputs)}")
             result.rewritten.extend(f"input:{n}" for n in dropped_inputs)
         return result
+
+
+def _constants_read(graph) -> set[str]:
+    """Names of the constants that nodes (subgraph nodes too) or graph outputs read."""
+    names = {t.name for t in graph.outputs if isinstance(t, gs.Constant)}
+    for node in graph.nodes:
+        names.update(t.name for t in node.inputs if isinstance(t, gs.Constant))
+        for subgraph in node.subgraphs():
+            names |= _constants_read(subgraph)
+    return names

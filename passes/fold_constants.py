@@ -1,19 +1,29 @@
-"""Fold subgraphs whose inputs are all constants into initializers (onnx-graphsurgeon's folder).
+"""Fold subgraphs whose inputs are all constants into initializers, shape computations included.
 
 Before:  Constant(2) ─► Mul ◄─ Constant(3) ─► Add ◄─ x      After:  Constant(6) ─► Add ◄─ x
+         x[1,8,8,8] ─► Shape ─► Gather(0) ─► Unsqueeze ─► Concat(-1) ─► Reshape      x ─► Reshape ◄─ [1,-1]
 
-`size_threshold` keeps large folded tensors (e.g. expanded index tables) out of the file: a folded
-value bigger than it stays computed at run time.
+Shape computations and integer arithmetic fold in NumPy (surgeon.folding: exact, one walk);
+whatever remains with constant inputs (floating-point math, subgraphs) goes to onnx-graphsurgeon's
+folder, which evaluates it with ONNX Runtime. Shapes are inferred first when a `Shape` node reads a
+tensor of unknown shape. `size_threshold` keeps large folded tensors (e.g. expanded index tables)
+out of the file: a folded value bigger than it stays computed at run time.
 """
 from __future__ import annotations
 
-import onnx_graphsurgeon as gs
+import onnx
 
 from surgeon.errors import PassError
+from surgeon.folding import NOT_FOLDED, fold_graph
 from surgeon.pass_api import Param, Pass, PassResult, register_pass
+from surgeon.pipeline import infer_graph_shapes
+from surgeon.rewrite import any_subgraphs, prune_graph
 
 # onnx-graphsurgeon folds through ONNX Runtime, which refuses IR versions above 10 here (DESIGN.md).
 _FOLDING_IR_VERSION = 10
+# graphsurgeon's folder turns Cast(int->float) -> op -> Cast(->int) on shape values back into integer
+# math (for TensorRT); these are the ops it does that for.
+_CAST_ELISION_OPS = {"Add", "Sub", "Mul", "Div", "Max", "Min", "Equal", "Greater", "Less", "Concat"}
 
 
 @register_pass("fold-constants")
@@ -30,34 +40,53 @@ class FoldConstants(Pass):
 
     def run(self, graph, ctx):
         result = PassResult()
-        if not self._anything_to_fold(graph):
-            return result
         before = [(id(n), n.name) for n in graph.nodes]
-        ir_version = graph.ir_version
-        if ir_version is None or ir_version > _FOLDING_IR_VERSION:
-            graph.ir_version = _FOLDING_IR_VERSION
-        try:
-            graph.fold_constants(fold_shapes=self.fold_shapes, partitioning=self.partitioning,
-                                 size_threshold=self.size_threshold, error_ok=False)
-        except Exception as exc:
-            raise PassError(f"constant folding failed: {type(exc).__name__}: {str(exc).splitlines()[0]}",
-                            hint="try partitioning: basic") from exc
-        finally:
-            graph.ir_version = ir_version
-        graph.cleanup()
+        if self.fold_shapes and _shapes_unknown(graph):
+            infer_graph_shapes(graph)
+        if graph.functions or any_subgraphs(graph.nodes) or _cast_elision_possible(graph):
+            self._fold_with_graphsurgeon(graph)
+        else:
+            folded = fold_graph(graph, fold_shapes=self.fold_shapes, size_threshold=self.size_threshold)
+            if folded.remaining:
+                self._fold_with_graphsurgeon(graph)
+        prune_graph(graph)
         kept = {id(n) for n in graph.nodes}
         result.rewritten.extend(name for key, name in before if key not in kept)
         return result
 
-    def _anything_to_fold(self, graph) -> bool:
-        """Whether some node could fold: all its inputs constant, or a Shape node (with fold_shapes).
+    def _fold_with_graphsurgeon(self, graph) -> None:
+        # Subgraphs and functions are exported on their own while folding: each needs the IR cap.
+        graphs = [graph, *graph.subgraphs(recursive=True), *graph.functions]
+        ir_versions = [g.ir_version for g in graphs]
+        for g in graphs:
+            if g.ir_version is None or g.ir_version > _FOLDING_IR_VERSION:
+                g.ir_version = _FOLDING_IR_VERSION
+        try:
+            graph.fold_constants(fold_shapes=self.fold_shapes, partitioning=self.partitioning,
+                                 size_threshold=self.size_threshold, error_ok=False,
+                                 should_exclude_node=lambda node: node.op in NOT_FOLDED)
+        except Exception as exc:
+            raise PassError(f"constant folding failed: {type(exc).__name__}: {str(exc).splitlines()[0]}",
+                            hint="try partitioning: basic") from exc
+        finally:
+            for g, version in zip(graphs, ir_versions):
+                g.ir_version = version
 
-        graphsurgeon's folder walks and partitions the whole graph even when nothing folds (seconds on
-        20,000 nodes, see docs/performance.md); this linear check skips that case.
-        """
-        for node in graph.nodes:
-            if self.fold_shapes and node.op == "Shape":
-                return True
-            if all(isinstance(t, gs.Constant) or t.is_empty() for t in node.inputs) and not list(node.subgraphs()):
-                return True
-        return False
+
+def _shapes_unknown(graph) -> bool:
+    """Some Shape node reads a tensor whose shape nobody has inferred yet."""
+    return any(node.op == "Shape" and node.inputs and node.inputs[0].shape is None for node in graph.nodes)
+
+
+def _cast_elision_possible(graph) -> bool:
+    """Whether graphsurgeon's shape-cast elision could apply: an op from _CAST_ELISION_OPS reading a
+    Cast to float and consumed only by Casts."""
+    for node in graph.nodes:
+        if node.op not in _CAST_ELISION_OPS:
+            continue
+        casts_in = any(t.inputs and t.inputs[0].op == "Cast" and t.inputs[0].attrs.get("to") == onnx.TensorProto.FLOAT
+                       for t in node.inputs)
+        casts_out = all(t.outputs and all(c.op == "Cast" for c in t.outputs) for t in node.outputs)
+        if casts_in and casts_out:
+            return True
+    return False

@@ -6,6 +6,8 @@ earlier pass changed the graph. Nothing is written until every step and the chec
 """
 from __future__ import annotations
 
+import contextlib
+import gc
 import json
 import time
 from dataclasses import asdict, dataclass, field
@@ -22,7 +24,7 @@ from surgeon.modelio import load_model, save_model_atomic, write_text_atomic
 from surgeon.pass_api import Context, PassResult
 from surgeon.recipe import Recipe, Step, load_recipe
 from surgeon.registry import get_pass
-from surgeon.rewrite import export_graph, stable_toposort
+from surgeon.rewrite import export_graph, prune_graph, stable_toposort
 from surgeon.targets import load_target
 
 
@@ -118,11 +120,12 @@ def run_recipe(recipe, model=None, output=None, *, overrides=(), dry_run: bool =
                          hint=f"recipe '{recipe.name}' reads it; give MODEL on the command line to use another")
     original = load_model(model_path)
     progress.run_started(recipe, model_path, len(recipe.steps))
-    graph, records = run_steps(original, recipe, model_dir=model_path.parent, progress=progress,
-                               after_step=after_step)
-    result_model = finish_graph(graph, original, recipe, records)
-    if recipe.checker:
-        check_model(result_model)
+    with collector_paused():
+        graph, records = run_steps(original, recipe, model_dir=model_path.parent, progress=progress,
+                                   after_step=after_step)
+        result_model = finish_graph(graph, original, recipe, records)
+        if recipe.checker:
+            check_model(result_model)
 
     result = RunResult(recipe=recipe, model=result_model, original=original, model_path=model_path, steps=records)
     if output is not None and not dry_run:
@@ -146,6 +149,23 @@ def run_recipe(recipe, model=None, output=None, *, overrides=(), dry_run: bool =
         result.report_path = report_path_for(output)
         write_text_atomic(result.report_path, json.dumps(result.report(), indent=2, sort_keys=True, default=str) + "\n")
     return result
+
+
+@contextlib.contextmanager
+def collector_paused():
+    """Pause Python's cyclic garbage collector while graphs are built and rewritten.
+
+    graphsurgeon graphs are reference cycles by design (tensor <-> node); building one of 20,000 nodes
+    triggers full collections that free nothing and took 25-40 % of a run (docs/performance.md). The
+    graphs are freed by the next collection after the run.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 def report_path_for(output: Path) -> Path:
@@ -197,6 +217,7 @@ class _GraphState:
     def __init__(self):
         self.held: set[str] = set()
         self.touched = False  # some step changed the graph: the output must be tidied
+        self.histogram: dict[str, int] | None = None  # op histogram after the last step
 
     def changed(self) -> None:
         self.held.clear()
@@ -210,7 +231,7 @@ def _run_step(graph: gs.Graph, step: Step, index: int, ctx: Context, state: _Gra
     graph = _provide(graph, cls.needs, state)
     ctx.begin(graph, step.pass_name)
     before_nodes = len(graph.nodes)
-    before_hist = op_histogram(graph.nodes)
+    before_hist = state.histogram if state.histogram is not None else op_histogram(graph.nodes)
     started = time.perf_counter()
     try:
         result = instance.run(graph, ctx)
@@ -228,9 +249,10 @@ def _run_step(graph: gs.Graph, step: Step, index: int, ctx: Context, state: _Gra
     if result.changed or result.graph is not None:
         state.changed()
     state.held.update(cls.provides)
+    state.histogram = op_histogram(graph.nodes)
     record = StepRecord(index=index, pass_name=step.pass_name, label=step.label, params=dict(step.params),
                         nodes_before=before_nodes, nodes_after=len(graph.nodes),
-                        op_delta=histogram_delta(before_hist, op_histogram(graph.nodes)),
+                        op_delta=histogram_delta(before_hist, state.histogram),
                         rewritten=list(result.rewritten), notes=list(result.notes), seconds=round(seconds, 4))
     return record, graph
 
@@ -238,8 +260,8 @@ def _run_step(graph: gs.Graph, step: Step, index: int, ctx: Context, state: _Gra
 def _provide(graph: gs.Graph, needs, state: _GraphState) -> gs.Graph:
     # Shape inference runs on a tidy, sorted graph, so "shapes" implies the other two first.
     wanted = set(needs) | ({"cleanup", "toposort"} if "shapes" in needs else set())
-    if "cleanup" in wanted - state.held:
-        graph.cleanup()
+    if "cleanup" in wanted - state.held and prune_graph(graph):
+        state.histogram = None  # nodes went: the cached histogram no longer holds
     if "toposort" in wanted - state.held:
         _toposort(graph)
     if "shapes" in wanted - state.held:
@@ -256,16 +278,26 @@ def _toposort(graph: gs.Graph) -> None:
 
 
 def infer_graph_shapes(graph: gs.Graph) -> gs.Graph:
-    """Run ONNX shape inference over a graphsurgeon graph; return the re-imported graph."""
+    """Annotate the graph's tensors, in place, with the dtypes and shapes ONNX shape inference finds.
+
+    Best effort: a graph that cannot be exported or inferred (custom ops without schemas, attributes
+    graphsurgeon cannot export) is returned as it was. Tensors inference says nothing about keep
+    what they had. Annotating in place costs a fraction of re-importing the inferred model.
+    """
+    from onnx_graphsurgeon.importers.onnx_importer import get_onnx_tensor_dtype, get_onnx_tensor_shape
+
     try:
         model = gs.export_onnx(graph, do_type_check=False)
         model = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
-    except Exception:  # best effort: custom ops, partial graphs, attributes graphsurgeon cannot export
+    except Exception:
         return graph
-    inferred = gs.import_onnx(model)
-    for key in ("_surgeon_provenance", "_surgeon_state"):
-        inferred.__dict__[key] = graph.__dict__.get(key)
-    return inferred
+    tensors = graph.tensors()
+    for info in (*model.graph.value_info, *model.graph.output, *model.graph.input):
+        tensor = tensors.get(info.name)
+        if isinstance(tensor, gs.Variable) and info.type.HasField("tensor_type"):
+            tensor.dtype = get_onnx_tensor_dtype(info)
+            tensor.shape = get_onnx_tensor_shape(info)
+    return graph
 
 
 def finish_graph(graph: gs.Graph, original: onnx.ModelProto, recipe: Recipe,
@@ -273,12 +305,11 @@ def finish_graph(graph: gs.Graph, original: onnx.ModelProto, recipe: Recipe,
     """Tidy once, export once, infer shapes, and write provenance into `metadata_props`."""
     provenance = graph.__dict__.get("_surgeon_provenance") or {}
     state = graph.__dict__.get("_surgeon_state")
-    if state is None or state.touched:
-        held = state.held if state else set()
-        if "cleanup" not in held:
-            graph.cleanup()
-        if "toposort" not in held:
-            _toposort(graph)
+    held = state.held if state else set()
+    if (state is None or state.touched) and "cleanup" not in held:
+        prune_graph(graph)
+    if "toposort" not in held:  # also for an untouched graph: unsorted exports fail onnx.checker
+        _toposort(graph)
     model = export_graph(graph)
     try:
         model = onnx.shape_inference.infer_shapes(model, strict_mode=False)

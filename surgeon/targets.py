@@ -137,7 +137,8 @@ def _load_raw(name: str, seen: tuple[str, ...]) -> dict[str, Any]:
         raise SurgeonError(f"target profile '{name}' extends itself through {' -> '.join(seen + (name,))}")
     path = _profile_path(name)
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        # libyaml's loader where PyYAML has it: the generated onnxruntime profile takes 0.16 s in pure Python
+        data = yaml.load(path.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)) or {}
     except yaml.YAMLError as exc:
         raise SurgeonError(f"target profile is not valid YAML: {exc}", file=path) from None
     parent_name = data.pop("extends", None)

@@ -1,0 +1,429 @@
+"""Constant folding in NumPy for the ops that shape computations are made of.
+
+Exported graphs compute shapes at run time: `Shape -> Gather -> Unsqueeze -> Concat -> Reshape`,
+thousands of times in a large model. onnx-graphsurgeon's folder evaluates such chains with ONNX
+Runtime after copying the whole graph, which costs seconds on 20,000 nodes (docs/performance.md).
+`fold_graph` folds them in one walk over the sorted graph instead:
+
+- `Constant` nodes become constant tensors (as graphsurgeon's folder does first);
+- a node whose inputs are all known is evaluated in NumPy when its op is in the table below;
+- `Shape` of a tensor with a static shape is known, and so are the static dimensions that a
+  `Gather` or `Slice` picks out of a partly dynamic shape.
+
+The table holds only evaluations whose NumPy result is bit-identical to ONNX Runtime's: data
+movement for every dtype, integer and boolean arithmetic, comparisons, casts that are exact or
+wrap the same way in C++. Floating-point arithmetic is not in it, so a constant node of that kind is
+reported in `FoldResult.remaining`, for graphsurgeon's (ONNX Runtime) folder to evaluate.
+
+    result = fold_graph(graph, size_threshold=1 << 20)
+    result.remaining   # nodes with constant inputs that NumPy did not evaluate
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+Evaluator = Callable[[gs.Node, list], "list[np.ndarray] | None"]
+_EVALUATORS: dict[str, Evaluator] = {}
+
+# Never folded: quantisation ops (graphsurgeon's rule: their scales belong to the quantised model), and
+# ops whose output is a sequence, which a constant tensor cannot hold (graphsurgeon's folder crashes on them).
+NOT_FOLDED = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear",
+              "SequenceEmpty", "SequenceConstruct", "SequenceInsert", "SequenceErase", "SplitToSequence"}
+
+
+@dataclass
+class FoldResult:
+    folded: list[gs.Node] = field(default_factory=list)      # evaluated here: now without consumers
+    remaining: list[gs.Node] = field(default_factory=list)   # constant inputs, not evaluated here
+    constants: list[str] = field(default_factory=list)       # tensors that became constants
+
+
+def fold_graph(graph: gs.Graph, fold_shapes: bool = True, size_threshold: int | None = None) -> FoldResult:
+    """Fold what NumPy evaluates exactly, in place. The graph must be sorted and hold no subgraphs."""
+    result = FoldResult()
+    known: dict[int, np.ndarray] = {}
+    partial_shapes: dict[int, list] = {}  # Shape outputs of partly dynamic shapes: dims, None where dynamic
+    folded_ids: set[int] = set()
+    for node in graph.nodes:
+        if any(isinstance(v, gs.Node.AttributeRef) for v in node.attrs.values()):
+            continue
+        if node.op == "Constant" and not node.domain:
+            _lower_constant_node(node, result)
+            continue
+        if _inputs_known(node, known) and node.op not in NOT_FOLDED:
+            outputs = _evaluate(node, [_value(t, known) for t in node.inputs])
+            if outputs is None:
+                result.remaining.append(node)
+                continue
+        elif fold_shapes:
+            outputs = _fold_shape(node, known, partial_shapes)
+            if outputs is None:
+                continue
+        else:
+            continue
+        for tensor, value in zip(node.outputs, outputs):
+            known[id(tensor)] = value
+        folded_ids.add(id(node))
+        result.folded.append(node)
+
+    graph_outputs = {id(t) for t in graph.outputs}
+    for node in result.folded:
+        for tensor in node.outputs:
+            value = known[id(tensor)]
+            needed = id(tensor) in graph_outputs or any(id(c) not in folded_ids for c in tensor.outputs)
+            if not needed or tensor.is_empty():
+                continue
+            if size_threshold is not None and value.nbytes > size_threshold:
+                continue
+            tensor.to_constant(np.array(value, copy=True))
+            tensor.inputs.clear()
+            result.constants.append(tensor.name)
+    return result
+
+
+def _lower_constant_node(node: gs.Node, result: FoldResult) -> None:
+    if len(node.attrs) != 1 or len(node.outputs) != 1:
+        return
+    (key, value), = node.attrs.items()
+    if key == "value" and isinstance(value, gs.Constant):
+        array = value._values  # graphsurgeon's LazyValues: loaded on first use, not here
+    elif key in ("value_float", "value_floats"):
+        array = np.array(value, dtype=np.float32)
+    elif key in ("value_int", "value_ints"):
+        array = np.array(value, dtype=np.int64)
+    else:
+        return  # sparse and string values stay as they are
+    tensor = node.outputs[0]
+    tensor.to_constant(array)
+    tensor.inputs.clear()
+    result.constants.append(tensor.name)
+
+
+def _inputs_known(node: gs.Node, known: dict) -> bool:
+    return all(t.is_empty() or isinstance(t, gs.Constant) or id(t) in known for t in node.inputs)
+
+
+def _value(tensor: gs.Tensor, known: dict):
+    if tensor.is_empty():
+        return None
+    if isinstance(tensor, gs.Constant):
+        return tensor.values
+    return known[id(tensor)]
+
+
+def _evaluate(node: gs.Node, inputs: list) -> list[np.ndarray] | None:
+    evaluator = _EVALUATORS.get(node.op) if node.domain in ("", "ai.onnx", None) else None
+    if evaluator is None:
+        return None
+    try:
+        outputs = evaluator(node, inputs)
+    except (ValueError, IndexError, TypeError, OverflowError, ZeroDivisionError):
+        return None  # ONNX Runtime decides what an invalid constant computation means
+    if outputs is None or len(outputs) != len(node.outputs):
+        return None
+    return [np.asarray(v) for v in outputs]
+
+
+def _fold_shape(node: gs.Node, known: dict, partial_shapes: dict) -> list[np.ndarray] | None:
+    """Shape of a static tensor; static dims that Gather/Slice take from a partly dynamic shape."""
+    if node.op == "Shape" and node.inputs and node.inputs[0].shape is not None:
+        dims = _shape_slice(list(node.inputs[0].shape), node)
+        if all(_is_static(d) for d in dims):
+            return [np.array(dims, dtype=np.int64)]
+        partial_shapes[id(node.outputs[0])] = dims
+        return None
+    source = node.inputs[0] if node.inputs else None
+    if source is None or id(source) not in partial_shapes:
+        return None
+    dims = partial_shapes[id(source)]
+    picked = None
+    if node.op == "Gather" and node.attrs.get("axis", 0) == 0 and isinstance(node.inputs[1], gs.Constant):
+        indices = node.inputs[1].values
+        try:
+            picked = np.array(dims, dtype=object)[indices]
+        except IndexError:
+            return None
+        picked = picked.tolist() if isinstance(picked, np.ndarray) else picked
+    elif node.op == "Slice" and all(t.is_empty() or isinstance(t, gs.Constant) for t in node.inputs[1:]):
+        params = [None if t.is_empty() else t.values for t in node.inputs[1:]]
+        window = _slice_window(node, [np.array(dims, dtype=object), *params])
+        picked = window.tolist() if window is not None else None
+    if picked is None:
+        return None
+    flat = picked if isinstance(picked, list) else [picked]
+    if not all(_is_static(d) for d in flat):
+        return None
+    return [np.array(picked, dtype=np.int64)]
+
+
+def _is_static(dim) -> bool:
+    return isinstance(dim, (int, np.integer)) and dim >= 0
+
+
+def _shape_slice(dims: list, node: gs.Node) -> list:
+    start, end = node.attrs.get("start", 0), node.attrs.get("end")
+    return dims[start:end]
+
+
+def _evaluates(*ops: str):
+    def register(fn: Evaluator) -> Evaluator:
+        for op in ops:
+            _EVALUATORS[op] = fn
+        return fn
+    return register
+
+
+def _is_int(*arrays) -> bool:
+    return all(a.dtype.kind in "iub" for a in arrays)
+
+
+def _axes(node: gs.Node, inputs: list, index: int = 1):
+    """Axes from the input (newer opsets) or the attribute (older ones); None when absent."""
+    if len(inputs) > index and inputs[index] is not None:
+        return [int(a) for a in np.atleast_1d(inputs[index])]
+    axes = node.attrs.get("axes")
+    return None if axes is None else [int(a) for a in axes]
+
+
+# Data movement: exact for every dtype.
+
+@_evaluates("Identity")
+def _identity(node, inputs):
+    return [inputs[0]]
+
+
+@_evaluates("Shape")
+def _shape(node, inputs):
+    return [np.array(_shape_slice(list(inputs[0].shape), node), dtype=np.int64)]
+
+
+@_evaluates("Size")
+def _size(node, inputs):
+    return [np.array(inputs[0].size, dtype=np.int64)]
+
+
+@_evaluates("Gather")
+def _gather(node, inputs):
+    data, indices = inputs
+    axis = node.attrs.get("axis", 0)
+    size = data.shape[axis]
+    if np.any(indices < -size) or np.any(indices >= size):
+        return None
+    return [np.take(data, indices.astype(np.int64), axis=axis)]
+
+
+@_evaluates("Unsqueeze")
+def _unsqueeze(node, inputs):
+    return [np.expand_dims(inputs[0], tuple(_axes(node, inputs)))]
+
+
+@_evaluates("Squeeze")
+def _squeeze(node, inputs):
+    axes = _axes(node, inputs)
+    return [np.squeeze(inputs[0], axis=None if axes is None else tuple(axes))]
+
+
+@_evaluates("Concat")
+def _concat(node, inputs):
+    return [np.concatenate([v for v in inputs if v is not None], axis=node.attrs["axis"])]
+
+
+@_evaluates("Reshape")
+def _reshape(node, inputs):
+    data, shape = inputs
+    shape = [int(d) for d in shape]
+    if not node.attrs.get("allowzero", 0):
+        shape = [data.shape[i] if d == 0 else d for i, d in enumerate(shape)]
+    return [np.reshape(data, shape)]
+
+
+@_evaluates("Flatten")
+def _flatten(node, inputs):
+    data = inputs[0]
+    axis = node.attrs.get("axis", 1) % (data.ndim + 1) if data.ndim else 0
+    return [np.reshape(data, (int(np.prod(data.shape[:axis])), int(np.prod(data.shape[axis:]))))]
+
+
+@_evaluates("Transpose")
+def _transpose(node, inputs):
+    return [np.transpose(inputs[0], node.attrs.get("perm"))]
+
+
+@_evaluates("Expand")
+def _expand(node, inputs):
+    data, shape = inputs
+    return [np.broadcast_to(data, np.broadcast_shapes(data.shape, tuple(int(d) for d in shape)))]
+
+
+@_evaluates("Tile")
+def _tile(node, inputs):
+    return [np.tile(inputs[0], [int(r) for r in inputs[1]])]
+
+
+@_evaluates("Slice")
+def _slice(node, inputs):
+    window = _slice_window(node, inputs)
+    return None if window is None else [window]
+
+
+def _slice_window(node, inputs):
+    data = inputs[0]
+    if len(inputs) >= 3:  # opset 10+: starts, ends, axes, steps as inputs
+        params = inputs[1:]
+        starts, ends = params[0], params[1]
+        axes = params[2] if len(params) > 2 else None
+        steps = params[3] if len(params) > 3 else None
+    else:
+        starts, ends = node.attrs.get("starts"), node.attrs.get("ends")
+        axes, steps = node.attrs.get("axes"), None
+        if starts is None or ends is None:
+            return None
+    starts, ends = [int(s) for s in np.atleast_1d(starts)], [int(e) for e in np.atleast_1d(ends)]
+    axes = list(range(len(starts))) if axes is None else [int(a) % data.ndim for a in np.atleast_1d(axes)]
+    steps = [1] * len(starts) if steps is None else [int(s) for s in np.atleast_1d(steps)]
+    if 0 in steps:
+        return None
+    window = [slice(None)] * data.ndim
+    for axis, start, end, step in zip(axes, starts, ends, steps):
+        window[axis] = slice(start, end, step)
+    return data[tuple(window)]
+
+
+@_evaluates("ConstantOfShape")
+def _constant_of_shape(node, inputs):
+    value = node.attrs.get("value")
+    fill = value.values.reshape(-1)[0] if isinstance(value, gs.Constant) else np.float32(0)
+    return [np.full([int(d) for d in inputs[0]], fill, dtype=fill.dtype)]
+
+
+@_evaluates("Where")
+def _where(node, inputs):
+    condition, x, y = inputs
+    if condition.dtype != np.bool_ or x.dtype != y.dtype:
+        return None
+    return [np.where(condition, x, y)]
+
+
+# Integer and boolean arithmetic: wraps around and truncates exactly as C++ does.
+
+_INTEGER_BINARY = {"Add": np.add, "Sub": np.subtract, "Mul": np.multiply,
+                   "And": np.logical_and, "Or": np.logical_or, "Xor": np.logical_xor,
+                   "BitwiseAnd": np.bitwise_and, "BitwiseOr": np.bitwise_or, "BitwiseXor": np.bitwise_xor}
+
+
+@_evaluates(*_INTEGER_BINARY)
+def _integer_binary(node, inputs):
+    a, b = inputs
+    if not _is_int(a, b) or a.dtype != b.dtype:
+        return None
+    with np.errstate(over="ignore"):
+        return [_INTEGER_BINARY[node.op](a, b).astype(a.dtype, copy=False)]
+
+
+@_evaluates("Div")
+def _integer_div(node, inputs):
+    a, b = inputs
+    if not _is_int(a, b) or a.dtype != b.dtype or a.dtype == np.bool_ or np.any(b == 0):
+        return None
+    quotient = np.abs(a) // np.abs(b)  # C++ division truncates toward zero
+    return [np.where((a < 0) != (b < 0), -quotient, quotient).astype(a.dtype)]
+
+
+@_evaluates("Mod")
+def _integer_mod(node, inputs):
+    a, b = inputs
+    if not _is_int(a, b) or a.dtype != b.dtype or np.any(b == 0):
+        return None
+    return [(np.fmod if node.attrs.get("fmod", 0) else np.mod)(a, b).astype(a.dtype)]
+
+
+@_evaluates("Neg", "Abs", "Sign")
+def _integer_unary(node, inputs):
+    if not _is_int(inputs[0]) or inputs[0].dtype == np.bool_:
+        return None
+    with np.errstate(over="ignore"):
+        return [{"Neg": np.negative, "Abs": np.abs, "Sign": np.sign}[node.op](inputs[0]).astype(inputs[0].dtype)]
+
+
+@_evaluates("Not")
+def _not(node, inputs):
+    return [np.logical_not(inputs[0])] if inputs[0].dtype == np.bool_ else None
+
+
+@_evaluates("Max", "Min")
+def _integer_extremum(node, inputs):
+    values = [v for v in inputs if v is not None]
+    if not _is_int(*values) or len({v.dtype for v in values}) != 1:
+        return None
+    result = values[0]
+    for value in values[1:]:
+        result = (np.maximum if node.op == "Max" else np.minimum)(result, value)
+    return [np.asarray(result)]
+
+
+_COMPARISONS = {"Equal": np.equal, "Less": np.less, "Greater": np.greater,
+                "LessOrEqual": np.less_equal, "GreaterOrEqual": np.greater_equal}
+
+
+@_evaluates(*_COMPARISONS)
+def _compare(node, inputs):
+    a, b = inputs
+    if a.dtype != b.dtype or a.dtype.kind not in "iubf":  # IEEE comparisons are exact, NaN included
+        return None
+    return [_COMPARISONS[node.op](a, b)]
+
+
+@_evaluates("Range")
+def _range(node, inputs):
+    start, limit, delta = inputs
+    if not _is_int(start, limit, delta) or int(delta) == 0:
+        return None
+    return [np.arange(int(start), int(limit), int(delta), dtype=start.dtype)]
+
+
+_REDUCTIONS = {"ReduceSum": np.sum, "ReduceProd": np.prod, "ReduceMax": np.max, "ReduceMin": np.min}
+
+
+@_evaluates(*_REDUCTIONS)
+def _integer_reduce(node, inputs):
+    data = inputs[0]
+    if not _is_int(data) or data.dtype == np.bool_:
+        return None
+    axes = _axes(node, inputs)
+    if axes is None and node.attrs.get("noop_with_empty_axes", 0):
+        return [data]
+    axis = None if axes is None else tuple(axes)
+    if data.size == 0 and node.op in ("ReduceMax", "ReduceMin"):
+        return None
+    keepdims = bool(node.attrs.get("keepdims", 1))
+    return [_REDUCTIONS[node.op](data, axis=axis, keepdims=keepdims).astype(data.dtype)]
+
+
+@_evaluates("Cast")
+def _cast(node, inputs):
+    data = inputs[0]
+    target = onnx.helper.tensor_dtype_to_np_dtype(int(node.attrs["to"]))
+    exact_kinds = "iub"
+    if target.kind not in exact_kinds + "f" or target.itemsize < 4 and target.kind == "f":
+        return None  # strings, float16/bfloat16: rounding rules not worth reproducing here
+    if data.dtype.kind in exact_kinds:
+        converted = data.astype(target)
+        if target.kind == "f" and not np.array_equal(converted.astype(data.dtype), data):
+            return None  # rounded: leave the rounding to ONNX Runtime rather than argue about it
+        return [converted]
+    if data.dtype.kind != "f" or data.dtype.itemsize < 4:
+        return None
+    if target.kind == "f":
+        with np.errstate(over="ignore"):  # too large for float32: infinity, as in C++
+            return [data.astype(target)]  # float32 <-> float64: IEEE round-to-nearest both ways
+    if target == np.bool_:
+        return [data != 0]
+    info = np.iinfo(target)
+    if not np.all(np.isfinite(data)) or np.any(data <= info.min - 1.0) or np.any(data >= info.max + 1.0):
+        return None  # out of range: undefined behaviour in C++, nothing to reproduce
+    return [np.trunc(data).astype(target)]

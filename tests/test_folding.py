@@ -1,0 +1,202 @@
+"""surgeon.folding: every NumPy evaluation equals ONNX Runtime's bit for bit; what it cannot do exactly,
+it leaves for ONNX Runtime; and the fold-constants pass gives the same graphs as graphsurgeon's folder."""
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+import pytest
+from onnx import helper, numpy_helper
+
+from surgeon.folding import NOT_FOLDED, fold_graph
+from surgeon.testing import IR_VERSION, apply_pass, make_model, run_ort
+
+ZOO = Path(__file__).parent / "data" / "zoo"
+I64_MAX = np.iinfo(np.int64).max
+
+
+def single_node_model(op, inputs, attrs=None, opset=13, outputs=1):
+    """A graph whose only node reads constant initializers: ORT evaluates it at run time."""
+    names = [f"in{i}" if v is not None else "" for i, v in enumerate(inputs)]
+    node = helper.make_node(op, names, [f"out{i}" for i in range(outputs)], name="node", **(attrs or {}))
+    graph = helper.make_graph(
+        [node], "one", [], [helper.make_value_info(f"out{i}", onnx.TypeProto()) for i in range(outputs)],
+        initializer=[numpy_helper.from_array(np.asarray(v), n) for n, v in zip(names, inputs) if v is not None])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=IR_VERSION)
+
+
+def i64(*values):
+    return np.array(values, dtype=np.int64)
+
+
+NAN = np.float32("nan")
+CASES = [  # (id, op, inputs, attrs, opset)
+    ("gather-negative", "Gather", [i64(5, 6, 7, 8), i64(-1, 0, 2)], {}, 13),
+    ("gather-scalar-index", "Gather", [i64(5, 6, 7, 8), np.array(-4, np.int64)], {}, 13),
+    ("gather-axis1-float", "Gather", [np.arange(12, dtype=np.float32).reshape(3, 4), np.array([3, -2], np.int32)],
+     {"axis": 1}, 13),
+    ("unsqueeze-attr", "Unsqueeze", [np.array(3, np.int64)], {"axes": [0]}, 11),
+    ("unsqueeze-attr-negative", "Unsqueeze", [i64(1, 2)], {"axes": [0, -1]}, 11),
+    ("unsqueeze-input", "Unsqueeze", [i64(1, 2), i64(-1)], {}, 13),
+    ("squeeze-attr", "Squeeze", [np.zeros((1, 3, 1), np.int64)], {"axes": [-1]}, 11),
+    ("squeeze-all", "Squeeze", [np.zeros((1, 3, 1), np.int64)], {}, 13),
+    ("concat", "Concat", [i64(1), i64(-1, 4)], {"axis": 0}, 13),
+    ("concat-float-axis1", "Concat", [np.ones((2, 1), np.float32), np.zeros((2, 2), np.float32)], {"axis": -1}, 13),
+    ("reshape-zero-minus-one", "Reshape", [np.arange(24, dtype=np.int64).reshape(2, 3, 4), i64(0, -1)], {}, 13),
+    ("flatten-axis2", "Flatten", [np.arange(24, dtype=np.int32).reshape(2, 3, 4)], {"axis": 2}, 13),
+    ("flatten-axis0", "Flatten", [np.arange(6, dtype=np.int64).reshape(2, 3)], {"axis": 0}, 13),
+    ("transpose-perm", "Transpose", [np.arange(6, dtype=np.int64).reshape(1, 2, 3)], {"perm": [2, 0, 1]}, 13),
+    ("transpose-default", "Transpose", [np.arange(6, dtype=np.float32).reshape(2, 3)], {}, 13),
+    ("expand-bidirectional", "Expand", [i64(1, 2, 3).reshape(3, 1), i64(2, 1, 4)], {}, 13),
+    ("tile", "Tile", [i64(1, 2).reshape(1, 2), i64(3, 2)], {}, 13),
+    ("slice-inputs", "Slice", [np.arange(10, dtype=np.int64), i64(-3), i64(I64_MAX), i64(0), i64(1)], {}, 13),
+    ("slice-negative-step", "Slice", [np.arange(10, dtype=np.int64), i64(-1), i64(-I64_MAX), i64(0), i64(-2)], {}, 13),
+    ("slice-2d-axis1", "Slice", [np.arange(12, dtype=np.int64).reshape(3, 4), i64(1), i64(3), i64(-1)], {}, 13),
+    ("slice-attrs", "Slice", [np.arange(10, dtype=np.int64)], {"starts": [2], "ends": [100]}, 9),
+    ("constant-of-shape-int", "ConstantOfShape", [i64(2, 3)],
+     {"value": numpy_helper.from_array(np.array([7], np.int64))}, 13),
+    ("constant-of-shape-default", "ConstantOfShape", [i64(4)], {}, 13),
+    ("where-int", "Where", [np.array([True, False, True]), i64(1, 2, 3), i64(-1)], {}, 13),
+    ("add-wraps", "Add", [i64(I64_MAX, 1), i64(1, 2)], {}, 13),
+    ("sub-int32", "Sub", [np.array([1, -5], np.int32), np.array([3], np.int32)], {}, 13),
+    ("mul-broadcast", "Mul", [i64(1, 2, 3).reshape(3, 1), i64(-2, 5)], {}, 13),
+    ("div-truncates", "Div", [i64(-7, 7, -7, 7, 0), i64(2, -2, -2, 2, 3)], {}, 13),
+    ("mod-python-sign", "Mod", [i64(-7, 7, -7, 7), i64(3, -3, -3, 3)], {}, 13),
+    ("mod-fmod", "Mod", [i64(-7, 7, -7, 7), i64(3, -3, -3, 3)], {"fmod": 1}, 13),
+    ("neg", "Neg", [i64(3, -4, 0)], {}, 13),
+    ("abs-int32", "Abs", [np.array([-3, 4], np.int32)], {}, 13),
+    ("sign", "Sign", [i64(-9, 0, 9)], {}, 13),
+    ("not", "Not", [np.array([True, False])], {}, 13),
+    ("and", "And", [np.array([True, True, False]), np.array([True, False, False])], {}, 13),
+    ("or", "Or", [np.array([True, False]), np.array([False])], {}, 13),
+    ("xor", "Xor", [np.array([True, False]), np.array([True, True])], {}, 13),
+    ("max-variadic", "Max", [i64(1, 9), i64(5), i64(-3, 20)], {}, 13),
+    ("min-int32", "Min", [np.array([1, 9], np.int32), np.array([5, -5], np.int32)], {}, 13),
+    ("equal-float-nan", "Equal", [np.array([1, NAN, 2], np.float32), np.array([1, NAN, 3], np.float32)], {}, 13),
+    ("less-int", "Less", [i64(1, 5), i64(3, 3)], {}, 13),
+    ("greater-or-equal-float", "GreaterOrEqual", [np.array([1, NAN], np.float32), np.array([1, 0], np.float32)],
+     {}, 13),
+    ("range-up", "Range", [np.array(2, np.int64), np.array(11, np.int64), np.array(3, np.int64)], {}, 13),
+    ("range-down", "Range", [np.array(5, np.int32), np.array(-2, np.int32), np.array(-2, np.int32)], {}, 13),
+    ("range-empty", "Range", [np.array(5, np.int64), np.array(1, np.int64), np.array(1, np.int64)], {}, 13),
+    ("reduce-prod-all", "ReduceProd", [i64(2, 3, 4)], {"keepdims": 0}, 13),
+    ("reduce-sum-attr", "ReduceSum", [np.arange(6, dtype=np.int64).reshape(2, 3)], {"axes": [1]}, 11),
+    ("reduce-sum-input", "ReduceSum", [np.arange(6, dtype=np.int64).reshape(2, 3), i64(0)], {"keepdims": 0}, 13),
+    ("reduce-max", "ReduceMax", [np.arange(6, dtype=np.int32).reshape(2, 3)], {"axes": [-1]}, 13),
+    ("reduce-min-input", "ReduceMin", [np.arange(6, dtype=np.int64).reshape(2, 3), i64(0)], {}, 18),
+    ("cast-int64-int32-wraps", "Cast", [i64(2**40 + 5, -1)], {"to": onnx.TensorProto.INT32}, 13),
+    ("cast-int-float-exact", "Cast", [i64(3, -8, 2**24)], {"to": onnx.TensorProto.FLOAT}, 13),
+    ("cast-float-int-truncates", "Cast", [np.array([2.7, -2.7, 0.0, -0.5], np.float32)],
+     {"to": onnx.TensorProto.INT64}, 13),
+    ("cast-float-double", "Cast", [np.array([0.1, -1e30], np.float32)], {"to": onnx.TensorProto.DOUBLE}, 13),
+    ("cast-double-float-rounds", "Cast", [np.array([0.1, 1e300], np.float64)], {"to": onnx.TensorProto.FLOAT}, 13),
+    ("cast-int-bool", "Cast", [i64(0, 3, -1)], {"to": onnx.TensorProto.BOOL}, 13),
+    ("cast-float-bool-nan", "Cast", [np.array([0.0, NAN, -0.0, 2.0], np.float32)], {"to": onnx.TensorProto.BOOL}, 13),
+    ("cast-bool-float", "Cast", [np.array([True, False])], {"to": onnx.TensorProto.FLOAT}, 13),
+    ("shape-start-end", "Shape", [np.zeros((2, 3, 4, 5), np.float32)], {"start": 1, "end": -1}, 15),
+    ("size", "Size", [np.zeros((2, 3), np.float32)], {}, 13),
+    ("identity", "Identity", [np.array([1.5], np.float32)], {}, 13),
+]
+
+
+@pytest.mark.parametrize("op, inputs, attrs, opset", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_numpy_evaluation_is_bit_identical_to_onnxruntime(op, inputs, attrs, opset):
+    model = single_node_model(op, inputs, attrs, opset)
+    expected = run_ort(model, {})[0]
+    graph = gs.import_onnx(model)
+    result = fold_graph(graph)
+    assert result.remaining == [] and [n.name for n in result.folded] == ["node"]
+    folded = graph.outputs[0]
+    assert isinstance(folded, gs.Constant)
+    assert folded.values.dtype == expected.dtype and folded.values.shape == expected.shape
+    assert folded.values.tobytes() == expected.tobytes()
+
+
+LEFT_TO_ONNXRUNTIME = [  # evaluations NumPy could get wrong, or that are invalid: not folded here
+    ("float-add", "Add", [np.array([0.1], np.float32), np.array([0.2], np.float32)], {}),
+    ("integer-division-by-zero", "Div", [i64(1), i64(0)], {}),
+    ("cast-int-float-rounds", "Cast", [i64(2**60 + 1)], {"to": onnx.TensorProto.FLOAT}),
+    ("cast-float-int-out-of-range", "Cast", [np.array([1e20], np.float32)], {"to": onnx.TensorProto.INT32}),
+    ("cast-to-float16", "Cast", [np.array([0.1], np.float32)], {"to": onnx.TensorProto.FLOAT16}),
+    ("gather-out-of-range", "Gather", [i64(1, 2), i64(2)], {}),
+    ("float-exp", "Exp", [np.array([1.0], np.float32)], {}),
+]
+
+
+@pytest.mark.parametrize("op, inputs, attrs", [c[1:] for c in LEFT_TO_ONNXRUNTIME],
+                         ids=[c[0] for c in LEFT_TO_ONNXRUNTIME])
+def test_evaluations_numpy_might_get_wrong_are_left_for_onnxruntime(op, inputs, attrs):
+    graph = gs.import_onnx(single_node_model(op, inputs, attrs))
+    result = fold_graph(graph)
+    assert [n.name for n in result.remaining] == ["node"] and result.folded == []
+    assert not isinstance(graph.outputs[0], gs.Constant)
+
+
+def shape_chain_model(batch="N"):
+    """x[batch,3,4] -> Shape -> Gather(i) -> Unsqueeze ... as torch exports `x.view(x.size(i), -1)`."""
+    nodes = [helper.make_node("Shape", ["x"], ["s"], name="shape")]
+    for i in range(3):
+        nodes += [helper.make_node("Gather", ["s", f"i{i}"], [f"g{i}"], name=f"gather{i}", axis=0),
+                  helper.make_node("Unsqueeze", [f"g{i}"], [f"u{i}"], name=f"unsqueeze{i}", axes=[0])]
+    nodes += [helper.make_node("Slice", ["s", "one", "three"], ["tail"], name="slice"),
+              helper.make_node("Concat", ["u0", "u1", "u2", "tail"], ["shape"], name="concat", axis=0),
+              helper.make_node("Reshape", ["x", "shape"], ["y"], name="reshape")]
+    return make_model(nodes, [("x", np.float32, [batch, 3, 4])], [("y", np.float32, None)],
+                      initializers={"i0": np.array(0), "i1": np.array(1), "i2": np.array(2),
+                                    "one": i64(1), "three": i64(3)})
+
+
+def test_static_dimensions_of_a_partly_dynamic_shape_fold():
+    graph = gs.import_onnx(shape_chain_model(batch="N"))
+    result = fold_graph(graph)
+    folded = {n.name for n in result.folded}
+    assert folded == {"gather1", "gather2", "unsqueeze1", "unsqueeze2", "slice"}
+    assert result.remaining == []
+
+
+def test_fold_constants_pass_folds_shape_chains_of_a_graph_without_shapes():
+    model = shape_chain_model(batch=2)
+    x = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
+    out, step = apply_pass(model, "fold-constants")
+    assert [n.op_type for n in out.graph.node] == ["Reshape"]
+    assert step.rewritten == ["shape", "gather0", "unsqueeze0", "gather1", "unsqueeze1", "gather2", "unsqueeze2",
+                              "slice", "concat"]
+    shape = numpy_helper.to_array(next(t for t in out.graph.initializer if t.name == "shape"))
+    np.testing.assert_array_equal(shape, [2, 3, 4, 3, 4])
+    np.testing.assert_array_equal(run_ort(out, {"x": x})[0], run_ort(model, {"x": x})[0])
+
+
+def test_size_threshold_keeps_large_folded_values_computed():
+    model = single_node_model("ConstantOfShape", [i64(1000)], {"value": numpy_helper.from_array(i64(1))})
+    graph = gs.import_onnx(model)
+    result = fold_graph(graph, size_threshold=4000)
+    assert [n.name for n in result.folded] == ["node"] and result.constants == []
+    assert not isinstance(graph.outputs[0], gs.Constant)
+
+
+def graphsurgeon_folded(model):
+    """The pass as it was before surgeon.folding: graphsurgeon's folder over the whole graph."""
+    from surgeon.pipeline import infer_graph_shapes
+    from surgeon.rewrite import export_graph, stable_toposort
+
+    graph = gs.import_onnx(model)
+    stable_toposort(graph)
+    infer_graph_shapes(graph)
+    for g in (graph, *graph.subgraphs(recursive=True)):
+        g.ir_version = 10  # what ONNX Runtime accepts (DESIGN.md)
+    graph.fold_constants(error_ok=False, should_exclude_node=lambda node: node.op in NOT_FOLDED)
+    graph.cleanup()
+    return export_graph(graph)
+
+
+@pytest.mark.parametrize("fixture", sorted(p.name for p in ZOO.glob("*.onnx")))
+def test_fold_constants_matches_graphsurgeons_folder_on_the_zoo(fixture):
+    model = onnx.load(ZOO / fixture)
+    ours, _ = apply_pass(model, "fold-constants")
+    theirs = graphsurgeon_folded(model)
+    assert [n.name for n in ours.graph.node] == [n.name for n in theirs.graph.node]
+    ours_init = {t.name: numpy_helper.to_array(t) for t in ours.graph.initializer}
+    theirs_init = {t.name: numpy_helper.to_array(t) for t in theirs.graph.initializer}
+    assert ours_init.keys() == theirs_init.keys()
+    for name, value in theirs_init.items():
+        assert ours_init[name].dtype == value.dtype and ours_init[name].tobytes() == value.tobytes(), name
