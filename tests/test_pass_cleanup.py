@@ -1,5 +1,11 @@
-import numpy as np
+from pathlib import Path
 
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+import pytest
+
+from surgeon.rewrite import export_graph, prune_graph
 from surgeon.testing import apply_pass, run_ort
 
 
@@ -15,3 +21,21 @@ def test_cleanup_is_idempotent(relu_model):
     once, _ = apply_pass(relu_model, "cleanup")
     twice, step = apply_pass(once, "cleanup")
     assert step.rewritten == [] and twice.graph == once.graph
+
+
+ZOO = Path(__file__).parent / "data" / "zoo"
+
+
+@pytest.mark.parametrize("fixture", ["bevformer-tiny.fixture.opset11-aten.onnx", "bevfusion-camera.fixture.opset16.onnx",
+                                     "sparse4d-head.fixture.opset11-aten.onnx"])
+def test_prune_graph_removes_what_graphsurgeons_cleanup_removes(fixture):
+    """Cut each real graph at a middle tensor (so half of it is dead) and prune it both ways."""
+    graphs = [gs.import_onnx(onnx.load(ZOO / fixture)) for _ in range(2)]
+    for graph in graphs:
+        middle = graph.nodes[len(graph.nodes) // 2].outputs[0]
+        graph.outputs = [middle]
+    removed = prune_graph(graphs[0], remove_unused_inputs=True)
+    graphs[1].cleanup(remove_unused_graph_inputs=True)
+    assert removed and [n.name for n in graphs[0].nodes] == [n.name for n in graphs[1].nodes]
+    assert [t.name for t in graphs[0].inputs] == [t.name for t in graphs[1].inputs]
+    assert export_graph(graphs[0]).SerializeToString() == export_graph(graphs[1]).SerializeToString()

@@ -247,6 +247,12 @@ def test_noop_recipe_keeps_the_graph_as_it_was(tmp_path, model_file, relu_model)
     assert [n.name for n in onnx.load(out).graph.node] == [n.name for n in relu_model.graph.node]
 
 
+def test_noop_recipe_sorts_an_unsorted_graph_so_it_passes_the_checker(tmp_path):
+    out = tmp_path / "o.onnx"
+    surgeon.run_recipe({"name": "noop", "steps": []}, model=DATA / "centerpoint_pfe_sim_unsorted.onnx", output=out)
+    onnx.checker.check_model(onnx.load(out))
+
+
 def test_rewrite_const_keeps_scalars_0d():
     import onnx_graphsurgeon as gs
 
