@@ -35,9 +35,9 @@ from collections import OrderedDict
 import onnx
 import onnx_graphsurgeon as gs
 from onnx import AttributeProto, ModelProto
-from onnx_graphsurgeon.exporters.onnx_exporter import OnnxExporter, dtype_to_onnx
+from onnx_graphsurgeon.exporters.onnx_exporter import OnnxExporter, dtype_to_onnx, update_import_domains
 from onnx_graphsurgeon.importers.onnx_importer import (
-    OnnxImporter, get_itemsize, get_numpy_type, get_onnx_tensor_dtype, get_onnx_tensor_type)
+    OnnxImporter, get_itemsize, get_onnx_tensor_dtype)
 from onnx_graphsurgeon.ir.tensor import LazyValues, SparseValues
 from onnx_graphsurgeon.util.misc import SynchronizedList
 
@@ -87,9 +87,12 @@ class _Importer:
         self.dtypes: dict[int, object] = {}  # TensorProto data_type -> what gs stores as dtype
         self.itemsizes: dict[int, int] = {}
         self.tensors: dict[str, gs.Tensor] = {}
+        self.has_subgraphs = False
 
     def graph(self, model: ModelProto) -> gs.Graph:
         onnx_graph = model.graph
+        self.opset = OnnxImporter.get_opset(model)
+        self.import_domains = OnnxImporter.get_import_domains(model)
         tensors = self.tensors
         for initializer in onnx_graph.initializer:
             if initializer.name not in tensors:
@@ -100,7 +103,10 @@ class _Importer:
         inputs = [self.io_tensor(i) for i in onnx_graph.input if i.name not in initializer_names]
         outputs = [self.io_tensor(o) for o in onnx_graph.output]
         nodes = [self.node(n) for n in onnx_graph.node]
-        return _graph(nodes, inputs, outputs, onnx_graph, model)
+        graph = _graph(nodes, inputs, outputs, onnx_graph, model, self.opset, self.import_domains)
+        if self.has_subgraphs:
+            graph._merge_subgraph_functions()  # as gs.Graph() does: subgraphs share the model's functions
+        return graph
 
     def constant(self, proto: onnx.TensorProto) -> gs.Constant:
         """`OnnxImporter.import_tensor` of a TensorProto: a Constant over LazyValues."""
@@ -172,6 +178,9 @@ class _Importer:
         return tensor
 
     def node(self, proto: onnx.NodeProto) -> gs.Node:
+        # Attributes first, as gs: a subgraph sees the tensors known before its node, and its nodes
+        # come before their parent in the outer tensors' consumer lists.
+        attrs = self.attributes(proto.attribute)
         node = _new(gs.Node)
         inputs = _links(node, "outputs")
         outputs = _links(node, "inputs")
@@ -187,14 +196,14 @@ class _Importer:
         fields = node.__dict__
         fields["op"] = proto.op_type
         fields["name"] = proto.name
-        fields["attrs"] = self.attributes(proto.attribute)
+        fields["attrs"] = attrs
         fields["inputs"] = inputs
         fields["outputs"] = outputs
         fields["domain"] = proto.domain if proto.HasField("domain") else None
         return node
 
     def attributes(self, protos) -> OrderedDict:
-        """`OnnxImporter.import_attributes` for the kinds it keeps, GRAPH excepted."""
+        """`OnnxImporter.import_attributes`; subgraphs are imported by gs itself."""
         attrs = OrderedDict()
         for attr in protos:
             kind = attr.type
@@ -214,14 +223,18 @@ class _Importer:
                 attrs[attr.name] = self.constant(attr.t)
             elif kind == AttributeProto.STRINGS:
                 attrs[attr.name] = [s.decode() for s in attr.strings]
-            else:  # GRAPH (subgraphs), and kinds gs skips with a warning
+            elif kind == AttributeProto.GRAPH:
+                self.has_subgraphs = True
+                attrs[attr.name] = OnnxImporter.import_graph(attr.g, OrderedDict(self.tensors), opset=self.opset,
+                                                             import_domains=self.import_domains)
+            else:  # kinds gs skips with a warning
                 raise _Unsupported
         return attrs
 
 
-def _graph(nodes, inputs, outputs, onnx_graph: onnx.GraphProto, model: ModelProto) -> gs.Graph:
-    """`gs.Graph(...)` as `OnnxImporter.import_graph` calls it, for a graph without subgraphs or
-    functions (where its `_merge_subgraph_functions` walk finds nothing to merge)."""
+def _graph(nodes, inputs, outputs, onnx_graph: onnx.GraphProto, model: ModelProto, opset, import_domains) -> gs.Graph:
+    """`gs.Graph(...)` as `OnnxImporter.import_graph` calls it, less its walk over every node's
+    attributes looking for subgraphs (done by the caller where there are some)."""
     graph = _new(gs.Graph)
     fields = graph.__dict__
     fields["nodes"] = nodes
@@ -230,11 +243,10 @@ def _graph(nodes, inputs, outputs, onnx_graph: onnx.GraphProto, model: ModelProt
     fields["name"] = onnx_graph.name
     fields["__name__"] = onnx_graph.name
     fields["doc_string"] = onnx_graph.doc_string
-    opset = OnnxImporter.get_opset(model)
     fields["opset"] = gs.Graph.DEFAULT_OPSET if opset is None else opset
     fields["producer_name"] = model.producer_name
     fields["producer_version"] = model.producer_version
-    fields["import_domains"] = OnnxImporter.get_import_domains(model)
+    fields["import_domains"] = import_domains
     fields["ir_version"] = model.ir_version
     fields["name_idx"] = 0
     fields["_functions"] = []
@@ -247,19 +259,19 @@ def export_model(graph: gs.Graph, do_type_check: bool = True, **kwargs) -> Model
     """`gs.export_onnx(graph, do_type_check, **kwargs)`, byte for byte, built directly."""
     if kwargs or graph.functions:
         return gs.export_onnx(graph, do_type_check=do_type_check, **kwargs)
-    if do_type_check and any(t.dtype is None for t in graph.inputs + graph.outputs):
-        return gs.export_onnx(graph, do_type_check=do_type_check)  # raises gs's own error
     try:
-        return _Exporter(graph).model()
+        return _Exporter(graph, do_type_check).model()
     except _Unsupported:
         return gs.export_onnx(graph, do_type_check=do_type_check)
 
 
 class _Exporter:
-    def __init__(self, graph: gs.Graph):
+    def __init__(self, graph: gs.Graph, do_type_check: bool):
         self.graph = graph
+        self.do_type_check = do_type_check
         self.onnx_dtypes: dict[object, int] = {}
         self.type_protos: dict[tuple, onnx.TypeProto] = {}
+        self.has_subgraphs = False
         self.tensor_map: dict[str, gs.Tensor] = {}  # as `graph.tensors()` orders it
 
     def model(self) -> ModelProto:
@@ -285,7 +297,8 @@ class _Exporter:
         onnx_graph.name = graph.name
         if graph.doc_string:
             onnx_graph.doc_string = graph.doc_string
-        model.opset_import.extend(_update_import_domains(graph))
+        model.opset_import.extend(update_import_domains(graph) if self.has_subgraphs else
+                                  _update_import_domains(graph))
         model.producer_name = graph.producer_name
         model.producer_version = graph.producer_version
         if graph.ir_version is not None:
@@ -339,9 +352,8 @@ class _Exporter:
                 repeated.add(name=key, floats=value, type=AttributeProto.FLOATS)
             elif kind is gs.Constant and type(value._values) is LazyValues:
                 repeated.add(name=key, t=_lazy_tensor_proto(value), type=AttributeProto.TENSOR)
-            elif isinstance(value, gs.Graph):
-                raise _Unsupported
-            else:
+            else:  # subgraphs, NumPy values, dtype classes, AttributeRefs, what onnx.helper refuses...
+                self.has_subgraphs = self.has_subgraphs or isinstance(value, gs.Graph)
                 repeated.extend(OnnxExporter.export_attributes({key: value}))
 
     def initializers(self, repeated) -> None:
@@ -357,9 +369,11 @@ class _Exporter:
                 repeated.append(OnnxExporter.export_tensor_proto(tensor))
 
     def value_info(self, repeated, tensor: gs.Tensor) -> None:
-        """`OnnxExporter.export_value_info_proto` (type check done by the caller)."""
+        """`OnnxExporter.export_value_info_proto`."""
         dtype = tensor.dtype
         if dtype is None:
+            if self.do_type_check:
+                raise _Unsupported  # gs.export_onnx raises its own error
             repeated.add(name=tensor.name)
             return
         type_proto = None
@@ -400,8 +414,8 @@ def _lazy_tensor_proto(tensor: gs.Constant) -> onnx.TensorProto:
 
 
 def _update_import_domains(graph: gs.Graph):
-    """`onnx_exporter.update_import_domains` (including its update of `graph.import_domains`) for a
-    graph without subgraphs, without its walk over every node's attributes."""
+    """`update_import_domains` (including its update of `graph.import_domains`) for a graph without
+    subgraphs, less its walk over every node's attributes looking for them."""
     if graph.import_domains is None:
         graph.import_domains = [onnx.helper.make_opsetid("", graph.opset)]
     used_domains = {node.domain for node in graph.nodes}
