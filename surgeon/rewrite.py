@@ -18,6 +18,8 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
+from surgeon.graphio import export_model, import_graph
+
 ATEN_DOMAINS = ("org.pytorch.aten", "")
 
 
@@ -171,11 +173,11 @@ class Rewrite:
 
 
 def export_graph(graph: gs.Graph):
-    """`gs.export_onnx`, with graphsurgeon's export failures turned into one clear error."""
+    """`gs.export_onnx` (byte for byte, via surgeon.graphio), export failures turned into one clear error."""
     from surgeon.errors import SurgeonError
 
     try:
-        return gs.export_onnx(graph, do_type_check=False)
+        return export_model(graph, do_type_check=False)
     except (ValueError, TypeError) as exc:
         raise SurgeonError(f"onnx-graphsurgeon cannot export the graph: {str(exc).strip().splitlines()[0]}") from exc
 
@@ -183,7 +185,7 @@ def export_graph(graph: gs.Graph):
 def via_onnx(graph: gs.Graph, transform) -> gs.Graph:
     """Apply an ONNX-level `transform(ModelProto) -> ModelProto` (onnxsim, version converter, shape
     inference) to a graphsurgeon graph; return the re-imported graph."""
-    return gs.import_onnx(transform(export_graph(graph)))
+    return import_graph(transform(export_graph(graph)))
 
 
 def stable_toposort(graph: gs.Graph) -> bool:
