@@ -20,6 +20,7 @@ import onnx_graphsurgeon as gs
 from surgeon import __version__
 from surgeon.errors import CheckFailed, ModelError, SurgeonError
 from surgeon.graphinfo import histogram_delta, op_histogram
+from surgeon.graphio import export_model, import_graph
 from surgeon.modelio import load_model, save_model_atomic, write_text_atomic
 from surgeon.pass_api import Context, PassResult
 from surgeon.recipe import Recipe, Step, load_recipe
@@ -176,7 +177,7 @@ def run_steps(model: onnx.ModelProto, recipe: Recipe, model_dir=None, progress: 
               after_step: AfterStep | None = None) -> tuple[gs.Graph, list[StepRecord]]:
     """Import `model`, run the recipe's steps over it; return the (untidied) graph and the records."""
     progress = progress or Progress()
-    graph = gs.import_onnx(model)
+    graph = import_graph(model)
     ctx = Context(target=load_target(recipe.target), opset=graph.opset or 17, model_dir=model_dir)
     ctx.unused_initializers = unused_initializers(model)
     state = _GraphState()
@@ -287,7 +288,7 @@ def infer_graph_shapes(graph: gs.Graph) -> gs.Graph:
     from onnx_graphsurgeon.importers.onnx_importer import get_onnx_tensor_dtype, get_onnx_tensor_shape
 
     try:
-        model = gs.export_onnx(graph, do_type_check=False)
+        model = export_model(graph, do_type_check=False)
         model = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
     except Exception:
         return graph
