@@ -180,17 +180,18 @@ class _Importer:
     def node(self, proto: onnx.NodeProto) -> gs.Node:
         # Attributes first, as gs: a subgraph sees the tensors known before its node, and its nodes
         # come before their parent in the outer tensors' consumer lists.
-        attrs = self.attributes(proto.attribute)
+        attribute = proto.attribute
+        attrs = self.attributes(attribute) if attribute else OrderedDict()
         node = _new(gs.Node)
         inputs = _links(node, "outputs")
         outputs = _links(node, "inputs")
-        node_tensor = self.node_tensor
+        known = self.tensors.get
         for name in proto.input:
-            tensor = node_tensor(name)
+            tensor = known(name) or self.node_tensor(name)
             _append(inputs, tensor)
             _append(tensor.outputs, node)
         for name in proto.output:
-            tensor = node_tensor(name)
+            tensor = known(name) or self.node_tensor(name)
             _append(outputs, tensor)
             _append(tensor.inputs, node)
         fields = node.__dict__
