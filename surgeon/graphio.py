@@ -319,6 +319,8 @@ class _Exporter:
         named = set()
         track = self.track
         for node in self.graph.nodes:
+            if type(node.op) is not str:
+                raise _Unsupported  # onnx.helper.make_node raises its own error
             name = node.name
             if name:
                 if name in named:
@@ -378,7 +380,7 @@ class _Exporter:
             repeated.add(name=tensor.name)
             return
         type_proto = None
-        if type(tensor) is gs.Constant or tensor.type == "tensor_type":
+        if isinstance(tensor, gs.Constant) or tensor.type == "tensor_type":
             type_proto = self.tensor_type(dtype, tensor.shape)
         if type_proto is None:
             repeated.append(OnnxExporter.export_value_info_proto(tensor, do_type_check=False))

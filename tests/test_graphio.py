@@ -292,9 +292,10 @@ def set_python_and_numpy_values(graph: gs.Graph) -> None:
     lambda g: g.__setattr__("ir_version", None),
     lambda g: g.__setattr__("doc_string", "now documented"),
     lambda g: g.inputs[0].__setattr__("dtype", None),
+    lambda g: g.nodes[0].__setattr__("op", None),
 ], ids=["unchanged", "python-and-numpy-values", "variable-attr", "sparse-type", "numpy-dim", "empty-list",
         "duplicate-node-name", "duplicate-tensor-name", "new-domain", "no-import-domains", "no-ir-version",
-        "doc-string", "untyped-input"])
+        "doc-string", "untyped-input", "no-op-type"])
 @pytest.mark.parametrize("do_type_check", [False, True])
 def test_export_of_edited_graphs(edit, do_type_check):
     ours, theirs = edited_pair(small_model(), edit)
