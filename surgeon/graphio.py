@@ -3,9 +3,9 @@
 onnx-graphsurgeon stays the IR: `import_graph` returns the same `gs.Graph`, `gs.Node`, `gs.Variable`
 and `gs.Constant` objects that `gs.import_onnx` builds, and `export_model` returns a model whose
 serialization is byte-identical to `gs.export_onnx`'s. Only the cost differs. On the 21,000-node
-convnet of bench/pipeline_overhead.py, `gs.import_onnx` takes ~1.0 s and `gs.export_onnx` ~0.45 s —
-more than the five passes of a typical recipe together — because graphsurgeon spends it in its
-constructors, not in ONNX:
+graphs of bench/pipeline_overhead.py, `gs.import_onnx` takes ~0.5 s and `gs.export_onnx` 0.2-0.3 s
+with the garbage collector paused as the pipeline runs (about twice that with it running) — as much
+as a typical recipe's passes together — and spends it in graphsurgeon's constructors, not in ONNX:
 
 - every `Node`/`Tensor` attribute assignment goes through an overridden `__setattr__`;
 - every link is added through `SynchronizedList.append`, which appends to the other side too;
@@ -17,15 +17,17 @@ Here the objects are made with `object.__new__` and their `__dict__` filled dire
 order graphsurgeon's constructors use), both sides of every link are filled with plain `list`
 methods, and export writes NodeProto/ValueInfoProto straight into the model's graph.
 
-    graph = import_graph(model)          # == gs.import_onnx(model), several times faster
-    model = export_model(graph, do_type_check=False)   # == gs.export_onnx(graph, do_type_check=False)
+    graph = import_graph(model)                        # == gs.import_onnx(model), ~2.7x faster
+    model = export_model(graph, do_type_check=False)   # == gs.export_onnx(graph, ...), ~2.2x faster
 
-Whatever the fast paths do not cover — subgraph (GRAPH) attributes, local functions, sparse
-initializers, attribute kinds graphsurgeon skips, duplicate names it warns about, attribute values
-that are not plain Python numbers/strings/lists, export keyword arguments other than
-`do_type_check` — goes to graphsurgeon itself, whole graph or single item, so the result is the
-same by construction. tests/test_graphio.py holds the equivalence proofs; bench/graph_io.py the
-figures.
+Whatever the fast paths do not cover goes to graphsurgeon itself, so the result is the same by
+construction: whole models with local functions, sparse initializers or attribute kinds gs skips;
+subgraphs (If/Loop bodies, imported and exported by gs inside an otherwise fast graph); single
+attribute values that are not plain Python numbers/strings/lists or not-yet-loaded tensors, and
+value infos that are not plain tensor types; whole exports with duplicate names (gs warns about
+them), a failing type check or `make_model` keyword arguments. tests/test_graphio.py holds the
+equivalence proofs; bench/graph_io.py the figures. What is left of the import's cost is mostly
+reading the protos' fields and creating ~8 Python objects per node; export's is the protobuf calls.
 """
 from __future__ import annotations
 

@@ -25,6 +25,12 @@ from surgeon.testing import IR_VERSION, make_model
 REPO = Path(__file__).resolve().parent.parent
 MODEL_FILES = sorted({*REPO.glob("tests/data/**/*.onnx"), *(REPO.parent / "shared" / "data").glob("**/*.onnx")})
 MAX_MODEL_BYTES = 200 * 2**20
+SLOW_MODEL_BYTES = 2 * 2**20  # BEVFormer-tiny's 6,700 nodes: ~5 s each for the four imports and exports
+
+
+def model_params():
+    return [pytest.param(p, id=p.name, marks=[pytest.mark.slow] if p.stat().st_size > SLOW_MODEL_BYTES else [])
+            for p in MODEL_FILES]
 
 
 def fresh(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -91,7 +97,7 @@ def assert_same_export(ours: gs.Graph, theirs: gs.Graph, do_type_check: bool = F
     assert describe(ours) == describe(theirs)  # including what export changed in the graph
 
 
-@pytest.mark.parametrize("path", MODEL_FILES, ids=lambda p: p.name)
+@pytest.mark.parametrize("path", model_params())
 def test_bundled_models(path):
     if path.stat().st_size > MAX_MODEL_BYTES:
         pytest.skip(f"{path.name} is over {MAX_MODEL_BYTES >> 20} MB")
@@ -123,9 +129,10 @@ def test_constant_node_value_kinds():
 
 
 def test_attribute_kinds_and_node_fields():
+    tensor = numpy_helper.from_array(np.ones((2, 2), np.float16))
     node = helper.make_node("Custom", ["x", "", "x"], ["y", ""], name="custom", domain="my.domain",
-                            doc_string="dropped by both", f=0.1, i=-(2**40), s=b"\xc3\xa9t\xc3\xa9", t=numpy_helper.from_array(
-                                np.ones((2, 2), np.float16)), floats=[0.1, -2.0], ints=[3, -1], strings=[b"a", b""])
+                            doc_string="dropped by both", f=0.1, i=-(2**40), s="été".encode(), t=tensor,
+                            floats=[0.1, -2.0], ints=[3, -1], strings=[b"a", b""])
     unnamed = helper.make_node("Relu", ["y"], ["z"], domain="")  # empty but present domain, no name
     model = graph_model([node, unnamed], [vi("x")], [vi("z")], opsets=(("", 13), ("my.domain", 2)))
     assert_equivalent(model)
@@ -145,11 +152,13 @@ def test_initializers_of_every_dtype_and_inputs_that_are_initializers():
     inits = [numpy_helper.from_array(v, k) for k, v in arrays.items()]
     inits.append(helper.make_tensor("bf16", TensorProto.BFLOAT16, [2], [1.0, 2.0]))
     inits.append(helper.make_tensor("f8", TensorProto.FLOAT8E4M3FN, [1], [1.0]))
+    inits.append(helper.make_tensor("i4", TensorProto.INT4, [3], [1, -2, 3]))
     inits.append(numpy_helper.from_array(np.zeros(2, np.float32), "f32"))  # duplicate name: first wins
-    nodes = [helper.make_node("Identity", [k], [f"out_{k}"]) for k in [*arrays, "bf16", "f8"]]
+    names = [*arrays, "bf16", "f8", "i4"]
+    nodes = [helper.make_node("Identity", [k], [f"out_{k}"]) for k in names]
     inputs = [vi("f32", shape=(2, 3)), vi("extra")]  # an input that is also an initializer
-    model = graph_model(nodes, inputs, [vi(f"out_{k}", TensorProto.UNDEFINED, None) for k in [*arrays, "bf16", "f8"]],
-                        initializers=inits)
+    outputs = [vi(f"out_{k}", TensorProto.UNDEFINED, None) for k in names]
+    model = graph_model(nodes, inputs, outputs, initializers=inits)
     assert_equivalent(model)
 
 
