@@ -15,6 +15,8 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from onnx import AttributeProto, TensorProto, helper, numpy_helper
 from onnx_graphsurgeon.ir.tensor import LazyValues
 from onnx_graphsurgeon.util.misc import SynchronizedList
@@ -102,6 +104,15 @@ def test_bundled_models(path):
     if path.stat().st_size > MAX_MODEL_BYTES:
         pytest.skip(f"{path.name} is over {MAX_MODEL_BYTES >> 20} MB")
     assert_equivalent(onnx.load(path))
+
+
+@pytest.mark.parametrize("name", ["bevfusion-camera-backbone.fixture.opset11-aten.onnx",
+                                  "bevfusion-fuser-head.fixture.opset11-aten.onnx"])
+def test_shape_inferred_models(name):
+    """value_info for nearly every tensor, as after onnx shape inference or onnxsim."""
+    model = onnx.shape_inference.infer_shapes(onnx.load(REPO / "tests/data/zoo" / name), data_prop=True)
+    assert len(model.graph.value_info) > 100
+    assert_equivalent(model)
 
 
 def test_bundled_models_found():
@@ -317,6 +328,29 @@ def test_export_of_edited_graphs(edit, do_type_check):
         return
     assert export_model(ours, do_type_check=do_type_check).SerializeToString() == expected
     assert describe(ours) == describe(theirs)
+
+
+attribute_values = st.one_of(
+    st.integers(-(2**70), 2**70), st.floats(width=32), st.floats(), st.text(max_size=4), st.binary(max_size=4),
+    st.booleans(), st.none(), st.sampled_from([np.float32, np.int64, np.dtype("float16"), np.int64(3),
+                                               np.float32(0.5), np.bool_(True)]),
+    st.lists(st.integers(-(2**70), 2**70), max_size=3), st.lists(st.floats(), max_size=3),
+    st.lists(st.one_of(st.integers(-5, 5), st.floats(-5, 5), st.booleans()), max_size=3),
+    st.lists(st.text(max_size=3), max_size=3), st.tuples(st.integers(-5, 5), st.integers(-5, 5)))
+
+
+@settings(max_examples=150, deadline=None)
+@given(value=attribute_values)
+def test_any_attribute_value_exports_as_graphsurgeon_does(value):
+    ours, theirs = edited_pair(small_model(), lambda g: g.nodes[1].attrs.update(value=value))
+    try:
+        expected = gs.export_onnx(theirs).SerializeToString()
+    except Exception as exc:
+        with pytest.raises(type(exc)) as ours_raised:
+            export_model(ours)
+        assert str(ours_raised.value) == str(exc)
+        return
+    assert export_model(ours).SerializeToString() == expected
 
 
 def test_graph_built_with_graphsurgeon_api():
