@@ -3,7 +3,8 @@
     python bench/graph_io.py [--nodes 21000] [--repeat 5]
 
 The graphs are bench/pipeline_overhead.py's (an MLP chain and an export-like convnet), saved and
-loaded back so the protos are what a pipeline reads from disk. Each figure is the median wall time of
+loaded back so the protos are what a pipeline reads from disk, and the bundled BEVFormer-tiny
+fixture (a real TorchScript export, 6,400 nodes). Each figure is the median wall time of
 --repeat runs in this process, with the garbage collector paused as surgeon's pipeline runs; ratios
 are graphsurgeon's time over surgeon.graphio's, measured in the same run. Outputs are checked
 byte-identical first.
@@ -67,9 +68,12 @@ def main() -> None:
           "| export speed-up |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     with tempfile.TemporaryDirectory() as tmp:
+        cases = []
         for title, build in (("generated MLP chain", mlp_chain), ("generated export-like convnet", exported_convnet)):
-            path = Path(tmp) / "model.onnx"
-            onnx.save(build(args.nodes), path)
+            cases.append((title, Path(tmp) / f"{build.__name__}.onnx"))
+            onnx.save(build(args.nodes), cases[-1][1])
+        cases.append(("BEVFormer-tiny fixture", REPO / "tests/data/zoo/bevformer-tiny.fixture.opset11-aten.onnx"))
+        for title, path in cases:
             model = onnx.load(path)
             t = measure(model, args.repeat)
             print(f"| {title}, {len(model.graph.node)} nodes | {t['gs.import_onnx']:.3f} | {t['import_graph']:.3f} "
