@@ -25,13 +25,18 @@ from surgeon.graphio import export_model, import_graph
 from surgeon.testing import IR_VERSION, make_model
 
 REPO = Path(__file__).resolve().parent.parent
-MODEL_FILES = sorted({*REPO.glob("tests/data/**/*.onnx"), *(REPO.parent / "shared" / "data").glob("**/*.onnx")})
+SHARED_DATA = REPO.parent / "shared" / "data"
+MODEL_FILES = sorted({*REPO.glob("tests/data/**/*.onnx"), *SHARED_DATA.glob("**/*.onnx")})
 MAX_MODEL_BYTES = 200 * 2**20
 SLOW_MODEL_BYTES = 2 * 2**20  # BEVFormer-tiny's 6,700 nodes: ~5 s each for the four imports and exports
 
 
 def model_params():
-    return [pytest.param(p, id=p.name, marks=[pytest.mark.slow] if p.stat().st_size > SLOW_MODEL_BYTES else [])
+    def name(path: Path) -> str:
+        return str(path.relative_to(REPO) if path.is_relative_to(REPO) else "shared" / path.relative_to(SHARED_DATA))
+
+    return [pytest.param(p, id=name(p),
+                         marks=[pytest.mark.slow] if p.stat().st_size > SLOW_MODEL_BYTES else [])
             for p in MODEL_FILES]
 
 
