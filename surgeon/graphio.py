@@ -59,7 +59,7 @@ def import_graph(model: ModelProto) -> gs.Graph:
     if model.functions or model.graph.sparse_initializer:
         return gs.import_onnx(model)
     try:
-        return _Importer().graph(model)
+        return _Importer(model).graph()
     except _Unsupported:
         return gs.import_onnx(model)
 
@@ -85,16 +85,20 @@ def _variable(name: str, dtype=None, shape=None, type: str = "tensor_type") -> g
 
 
 class _Importer:
-    def __init__(self):
+    """`OnnxImporter.import_graph` for a model's main graph."""
+
+    def __init__(self, model: ModelProto):
+        self.model = model
+        self.opset = OnnxImporter.get_opset(model)
+        self.import_domains = OnnxImporter.get_import_domains(model)
         self.dtypes: dict[int, object] = {}  # TensorProto data_type -> what gs stores as dtype
         self.itemsizes: dict[int, int] = {}
         self.tensors: dict[str, gs.Tensor] = {}
         self.has_subgraphs = False
 
-    def graph(self, model: ModelProto) -> gs.Graph:
+    def graph(self) -> gs.Graph:
+        model = self.model
         onnx_graph = model.graph
-        self.opset = OnnxImporter.get_opset(model)
-        self.import_domains = OnnxImporter.get_import_domains(model)
         tensors = self.tensors
         for initializer in onnx_graph.initializer:
             if initializer.name not in tensors:
@@ -269,6 +273,8 @@ def export_model(graph: gs.Graph, do_type_check: bool = True, **kwargs) -> Model
 
 
 class _Exporter:
+    """`OnnxExporter.export_graph` plus `export_onnx`'s model around it."""
+
     def __init__(self, graph: gs.Graph, do_type_check: bool):
         self.graph = graph
         self.do_type_check = do_type_check
