@@ -50,17 +50,17 @@ def fold_graph(graph: gs.Graph, fold_shapes: bool = True, size_threshold: int | 
     partial_shapes: dict[int, list] = {}  # Shape outputs of partly dynamic shapes: dims, None where dynamic
     folded_ids: set[int] = set()
     for node in graph.nodes:
-        if any(isinstance(v, gs.Node.AttributeRef) for v in node.attrs.values()):
-            continue
         if node.op == "Constant" and not node.domain:
             _lower_constant_node(node, result)
             continue
-        if _inputs_known(node, known) and node.op not in NOT_FOLDED:
+        if _inputs_known(node, known):
+            if node.op in NOT_FOLDED or _has_attribute_refs(node):
+                continue
             outputs = _evaluate(node, [_value(t, known) for t in node.inputs])
             if outputs is None:
                 result.remaining.append(node)
                 continue
-        elif fold_shapes:
+        elif fold_shapes and (node.op == "Shape" or (node.inputs and id(node.inputs[0]) in partial_shapes)):
             outputs = _fold_shape(node, known, partial_shapes)
             if outputs is None:
                 continue
@@ -90,6 +90,8 @@ def _lower_constant_node(node: gs.Node, result: FoldResult) -> None:
     if len(node.attrs) != 1 or len(node.outputs) != 1:
         return
     (key, value), = node.attrs.items()
+    if isinstance(value, gs.Node.AttributeRef):
+        return
     if key == "value" and isinstance(value, gs.Constant):
         array = value._values  # graphsurgeon's LazyValues: loaded on first use, not here
     elif key in ("value_float", "value_floats"):
@@ -105,7 +107,15 @@ def _lower_constant_node(node: gs.Node, result: FoldResult) -> None:
 
 
 def _inputs_known(node: gs.Node, known: dict) -> bool:
-    return all(t.is_empty() or isinstance(t, gs.Constant) or id(t) in known for t in node.inputs)
+    for tensor in node.inputs:  # a loop, not all(...): this runs for every node of the graph
+        if not (isinstance(tensor, gs.Constant) or id(tensor) in known or tensor.name == ""):
+            return False
+    return True
+
+
+def _has_attribute_refs(node: gs.Node) -> bool:
+    """Attributes taken from an enclosing function's: their values are not known here."""
+    return any(isinstance(v, gs.Node.AttributeRef) for v in node.attrs.values())
 
 
 def _value(tensor: gs.Tensor, known: dict):

@@ -8,7 +8,7 @@ import onnx
 
 def op_label(node) -> str:
     """`Conv`, `mmcv::MMCVMultiScaleDeformableAttention`, `ATen:grid_sampler` (NodeProto or gs.Node)."""
-    op = getattr(node, "op_type", None) or getattr(node, "op", "")
+    op = node.op if hasattr(node, "op") else node.op_type
     domain = node.domain or ""
     if op == "ATen":
         operator = _attr(node, "operator")

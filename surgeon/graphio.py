@@ -84,6 +84,22 @@ def _variable(name: str, dtype=None, shape=None, type: str = "tensor_type") -> g
     return tensor
 
 
+def tensor_dtype_and_shape(info: onnx.ValueInfoProto, dtypes: dict) -> tuple:
+    """(dtype, shape) of a tensor-typed ValueInfoProto, as graphsurgeon reads them; `dtypes` caches
+    graphsurgeon's dtype lookups by element type."""
+    tensor_type = info.type.tensor_type
+    elem_type = tensor_type.elem_type
+    dtype = dtypes.get(elem_type)
+    if dtype is None:
+        dtype = dtypes[elem_type] = get_onnx_tensor_dtype(info)
+    shape = None
+    if tensor_type.HasField("shape"):
+        shape = [dim.dim_param if dim.HasField("dim_param") else
+                 dim.dim_value if dim.HasField("dim_value") else None
+                 for dim in tensor_type.shape.dim]
+    return dtype, shape
+
+
 class _Importer:
     """`OnnxImporter.import_graph` for a model's main graph."""
 
@@ -146,17 +162,7 @@ class _Importer:
             return _variable(info.name)
         if not onnx_type.HasField("tensor_type"):
             return OnnxImporter.import_tensor(info)
-        tensor_type = onnx_type.tensor_type
-        elem_type = tensor_type.elem_type
-        dtype = self.dtypes.get(elem_type)
-        if dtype is None:
-            dtype = self.dtypes[elem_type] = get_onnx_tensor_dtype(info)
-        shape = None
-        if tensor_type.HasField("shape"):
-            shape = [dim.dim_param if dim.HasField("dim_param") else
-                     dim.dim_value if dim.HasField("dim_value") else None
-                     for dim in tensor_type.shape.dim]
-        return _variable(info.name, dtype, shape)
+        return _variable(info.name, *tensor_dtype_and_shape(info, self.dtypes))
 
     def value_info(self, info: onnx.ValueInfoProto) -> None:
         # As gs: a repeated value_info fills in what the first one left unknown, nothing else.

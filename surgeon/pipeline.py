@@ -20,12 +20,12 @@ import onnx_graphsurgeon as gs
 from surgeon import __version__
 from surgeon.errors import CheckFailed, ModelError, SurgeonError
 from surgeon.graphinfo import histogram_delta, op_histogram
-from surgeon.graphio import export_model, import_graph
+from surgeon.graphio import export_model, import_graph, tensor_dtype_and_shape
 from surgeon.modelio import load_model, save_model_atomic, write_text_atomic
 from surgeon.pass_api import Context, PassResult
 from surgeon.recipe import Recipe, Step, load_recipe
 from surgeon.registry import get_pass
-from surgeon.rewrite import export_graph, prune_graph, stable_toposort
+from surgeon.rewrite import export_graph, is_sorted, prune_graph, stable_toposort
 from surgeon.targets import load_target
 
 
@@ -177,10 +177,13 @@ def run_steps(model: onnx.ModelProto, recipe: Recipe, model_dir=None, progress: 
               after_step: AfterStep | None = None) -> tuple[gs.Graph, list[StepRecord]]:
     """Import `model`, run the recipe's steps over it; return the (untidied) graph and the records."""
     progress = progress or Progress()
-    graph = import_graph(model)
+    inferred = _with_inferred_shapes(model) if recipe.steps else None
+    graph = import_graph(inferred or model)
     ctx = Context(target=load_target(recipe.target), opset=graph.opset or 17, model_dir=model_dir)
     ctx.unused_initializers = unused_initializers(model)
     state = _GraphState()
+    if inferred is not None and is_sorted(graph.nodes):
+        state.held.add("shapes")  # inference on an unsorted graph is partial: leave it to _provide
     records = []
     total = len(recipe.steps)
     for index, step in enumerate(recipe.steps, start=1):
@@ -194,6 +197,18 @@ def run_steps(model: onnx.ModelProto, recipe: Recipe, model_dir=None, progress: 
     graph.__dict__["_surgeon_provenance"] = ctx.provenance
     graph.__dict__["_surgeon_state"] = state
     return graph, records
+
+
+def _with_inferred_shapes(model: onnx.ModelProto) -> onnx.ModelProto | None:
+    """The model with the dtypes and shapes ONNX shape inference finds, or None where it fails.
+
+    Inferring on the loaded proto costs a fraction of exporting the graph later for the first pass
+    that needs shapes (and fold-constants, which needs those of Shape inputs): docs/performance.md.
+    """
+    try:
+        return onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
+    except Exception:  # custom ops without schemas, models over 2 GB: passes infer later if they need to
+        return None
 
 
 def unused_initializers(model: onnx.ModelProto) -> list[str]:
@@ -285,19 +300,18 @@ def infer_graph_shapes(graph: gs.Graph) -> gs.Graph:
     graphsurgeon cannot export) is returned as it was. Tensors inference says nothing about keep
     what they had. Annotating in place costs a fraction of re-importing the inferred model.
     """
-    from onnx_graphsurgeon.importers.onnx_importer import get_onnx_tensor_dtype, get_onnx_tensor_shape
-
     try:
         model = export_model(graph, do_type_check=False)
         model = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
     except Exception:
         return graph
-    tensors = graph.tensors()
+    variables = {t.name: t for t in graph.inputs if isinstance(t, gs.Variable)}
+    variables.update((t.name, t) for node in graph.nodes for t in node.outputs if isinstance(t, gs.Variable))
+    dtypes: dict = {}
     for info in (*model.graph.value_info, *model.graph.output, *model.graph.input):
-        tensor = tensors.get(info.name)
-        if isinstance(tensor, gs.Variable) and info.type.HasField("tensor_type"):
-            tensor.dtype = get_onnx_tensor_dtype(info)
-            tensor.shape = get_onnx_tensor_shape(info)
+        tensor = variables.get(info.name)
+        if tensor is not None and info.type.HasField("tensor_type"):
+            tensor.dtype, tensor.shape = tensor_dtype_and_shape(info, dtypes)
     return graph
 
 
@@ -312,14 +326,26 @@ def finish_graph(graph: gs.Graph, original: onnx.ModelProto, recipe: Recipe,
     if "toposort" not in held:  # also for an untouched graph: unsorted exports fail onnx.checker
         _toposort(graph)
     model = export_graph(graph)
-    try:
-        model = onnx.shape_inference.infer_shapes(model, strict_mode=False)
-    except Exception:
-        pass  # best effort, see infer_graph_shapes
+    if not _every_tensor_typed(graph):
+        try:
+            model = onnx.shape_inference.infer_shapes(model, strict_mode=False)
+        except Exception:
+            pass  # best effort, see infer_graph_shapes
     _restore_node_metadata(model, original, provenance)
     _copy_model_fields(model, original)
     _stamp(model, recipe, records)
     return model
+
+
+def _every_tensor_typed(graph: gs.Graph) -> bool:
+    """Every tensor a node writes has a dtype and a shape without unknown dims (an earlier shape
+    inference, e.g. for fold-constants, left them): inferring again would add nothing."""
+    for node in graph.nodes:
+        for tensor in node.outputs:
+            if isinstance(tensor, gs.Variable) and tensor.name and (
+                    tensor.dtype is None or tensor.shape is None or None in tensor.shape):
+                return False
+    return True
 
 
 def _restore_node_metadata(model: onnx.ModelProto, original: onnx.ModelProto, provenance: dict) -> None:

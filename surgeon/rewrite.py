@@ -197,7 +197,7 @@ def stable_toposort(graph: gs.Graph) -> bool:
     """
     import heapq
 
-    if _is_sorted(graph.nodes):
+    if is_sorted(graph.nodes):
         return False
     nodes = list(graph.nodes)
     producer_index = {}
@@ -231,7 +231,7 @@ def stable_toposort(graph: gs.Graph) -> bool:
     return True
 
 
-def _is_sorted(nodes) -> bool:
+def is_sorted(nodes) -> bool:
     """Every input is produced by an earlier node (or by none): one cheap pass over the graph."""
     reads = _reads if any_subgraphs(nodes) else _direct_reads
     seen = set()
