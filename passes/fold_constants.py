@@ -3,10 +3,11 @@
 Before:  Constant(2) ─► Mul ◄─ Constant(3) ─► Add ◄─ x      After:  Constant(6) ─► Add ◄─ x
          x[1,8,8,8] ─► Shape ─► Gather(0) ─► Unsqueeze ─► Concat(-1) ─► Reshape      x ─► Reshape ◄─ [1,-1]
 
-Shape computations and integer arithmetic fold in NumPy (surgeon.folding: exact, one walk);
-whatever remains with constant inputs (floating-point math, subgraphs) goes to onnx-graphsurgeon's
-folder, which evaluates it with ONNX Runtime. Shapes are inferred first when a `Shape` node reads a
-tensor of unknown shape. `size_threshold` keeps large folded tensors (e.g. expanded index tables)
+One walk over the sorted graph (surgeon.folding): shape computations, integer and elementwise
+float arithmetic fold in NumPy, bit-identical to ONNX Runtime; other constant nodes (MatMul, Exp, ...)
+are evaluated one by one on ONNX Runtime. Graphs with subgraphs or functions, and whatever the walk
+could not evaluate, go to onnx-graphsurgeon's folder (ONNX Runtime over the whole graph). Shapes are
+inferred first when a `Shape` node reads a tensor of unknown shape. `size_threshold` keeps large folded tensors (e.g. expanded index tables)
 out of the file: a folded value bigger than it stays computed at run time.
 """
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 import onnx
 
 from surgeon.errors import PassError
-from surgeon.folding import NOT_FOLDED, fold_graph
+from surgeon.folding import NOT_FOLDED, evaluate_with_onnxruntime, fold_graph
 from surgeon.pass_api import Param, Pass, PassResult, register_pass
 from surgeon.pipeline import infer_graph_shapes
 from surgeon.rewrite import any_subgraphs, prune_graph
@@ -46,7 +47,13 @@ class FoldConstants(Pass):
         if graph.functions or any_subgraphs(graph.nodes) or _cast_elision_possible(graph):
             self._fold_with_graphsurgeon(graph)
         else:
-            folded = fold_graph(graph, fold_shapes=self.fold_shapes, size_threshold=self.size_threshold)
+            opset = graph.opset or ctx.opset
+
+            def onnxruntime(node, inputs):
+                return evaluate_with_onnxruntime(node, inputs, opset)
+
+            folded = fold_graph(graph, fold_shapes=self.fold_shapes, size_threshold=self.size_threshold,
+                                fallback=onnxruntime)
             if folded.remaining:
                 self._fold_with_graphsurgeon(graph)
         prune_graph(graph)

@@ -1,4 +1,5 @@
-"""Constant folding in NumPy for the ops that shape computations are made of.
+"""Constant folding in one walk: NumPy for the ops shape computations are made of, ONNX Runtime per node
+for the rest.
 
 Exported graphs compute shapes at run time: `Shape -> Gather -> Unsqueeze -> Concat -> Reshape`,
 thousands of times in a large model. onnx-graphsurgeon's folder evaluates such chains with ONNX
@@ -10,13 +11,16 @@ Runtime after copying the whole graph, which costs seconds on 20,000 nodes (docs
 - `Shape` of a tensor with a static shape is known, and so are the static dimensions that a
   `Gather` or `Slice` picks out of a partly dynamic shape.
 
-The table holds only evaluations whose NumPy result is bit-identical to ONNX Runtime's: data
-movement for every dtype, integer and boolean arithmetic, comparisons, casts that are exact or
-wrap the same way in C++. Floating-point arithmetic is not in it, so a constant node of that kind is
-reported in `FoldResult.remaining`, for graphsurgeon's (ONNX Runtime) folder to evaluate.
+The table holds only evaluations whose NumPy result is bit-identical to ONNX Runtime's (each one
+tested against it, NaN, infinities, signed zeros and subnormals included): data movement for every
+dtype, integer and boolean arithmetic, the correctly rounded float32/float64 + - * /, comparisons,
+casts that are exact or wrap the same way in C++. A constant node outside the table (MatMul, Exp,
+float16 math, ...) goes to `fallback`, normally `evaluate_with_onnxruntime`: ONNX Runtime's own
+kernel on a one-node model. What neither evaluates is reported in `FoldResult.remaining`.
 
-    result = fold_graph(graph, size_threshold=1 << 20)
-    result.remaining   # nodes with constant inputs that NumPy did not evaluate
+    result = fold_graph(graph, size_threshold=1 << 20,
+                        fallback=lambda node, inputs: evaluate_with_onnxruntime(node, inputs, opset=17))
+    result.remaining   # nodes with constant inputs that nothing here evaluated
 """
 from __future__ import annotations
 
@@ -43,8 +47,13 @@ class FoldResult:
     constants: list[str] = field(default_factory=list)       # tensors that became constants
 
 
-def fold_graph(graph: gs.Graph, fold_shapes: bool = True, size_threshold: int | None = None) -> FoldResult:
-    """Fold what NumPy evaluates exactly, in place. The graph must be sorted and hold no subgraphs."""
+def fold_graph(graph: gs.Graph, fold_shapes: bool = True, size_threshold: int | None = None,
+               fallback: Evaluator | None = None) -> FoldResult:
+    """Fold what NumPy evaluates exactly, in place. The graph must be sorted and hold no subgraphs.
+
+    `fallback(node, inputs)` evaluates constant nodes outside the NumPy table (for example
+    `evaluate_with_onnxruntime`); what neither evaluates is reported in `remaining`.
+    """
     result = FoldResult()
     known: dict[int, np.ndarray] = {}
     partial_shapes: dict[int, list] = {}  # Shape outputs of partly dynamic shapes: dims, None where dynamic
@@ -56,7 +65,10 @@ def fold_graph(graph: gs.Graph, fold_shapes: bool = True, size_threshold: int | 
         if _inputs_known(node, known):
             if node.op in NOT_FOLDED or _has_attribute_refs(node):
                 continue
-            outputs = _evaluate(node, [_value(t, known) for t in node.inputs])
+            values = [_value(t, known) for t in node.inputs]
+            outputs = _evaluate(node, values)
+            if outputs is None and fallback is not None:
+                outputs = fallback(node, values)
             if outputs is None:
                 result.remaining.append(node)
                 continue
@@ -73,7 +85,7 @@ def fold_graph(graph: gs.Graph, fold_shapes: bool = True, size_threshold: int | 
 
     graph_outputs = {id(t) for t in graph.outputs}
     for node in result.folded:
-        for tensor in node.outputs:
+        for tensor in list(node.outputs):  # clearing a tensor's inputs takes it out of node.outputs
             value = known[id(tensor)]
             needed = id(tensor) in graph_outputs or any(id(c) not in folded_ids for c in tensor.outputs)
             if not needed or tensor.is_empty():
@@ -124,6 +136,36 @@ def _value(tensor: gs.Tensor, known: dict):
     if isinstance(tensor, gs.Constant):
         return tensor.values
     return known[id(tensor)]
+
+
+def evaluate_with_onnxruntime(node: gs.Node, inputs: list, opset: int, ir_version: int = 10) -> list | None:
+    """Evaluate one node on ONNX Runtime's CPU provider, its inputs given as values; None if it fails.
+
+    A one-node model: ONNX Runtime computes it with the kernel the deployed model would use, so
+    floating-point ops (MatMul, Exp, ...) fold to exactly what ONNX Runtime computes at run time.
+    """
+    import onnxruntime as ort
+
+    from surgeon.graphio import export_model
+
+    graph = gs.Graph(
+        nodes=[gs.Node(node.op, name="node", attrs=dict(node.attrs), domain=node.domain,
+                       inputs=[gs.Constant(f"in{i}", v) if v is not None else gs.Variable.empty()
+                               for i, v in enumerate(inputs)],
+                       outputs=[gs.Variable(f"out{i}") if not t.is_empty() else gs.Variable.empty()
+                                for i, t in enumerate(node.outputs)])],
+        opset=opset, ir_version=ir_version)
+    graph.outputs = [t for t in graph.nodes[0].outputs if not t.is_empty()]
+    options = ort.SessionOptions()
+    options.log_severity_level = 4
+    try:
+        session = ort.InferenceSession(export_model(graph, do_type_check=False).SerializeToString(), options,
+                                       providers=["CPUExecutionProvider"])
+        values = iter(session.run(None, {}))
+    except Exception:  # an op ONNX Runtime lacks, an invalid constant computation: left unfolded
+        return None
+    outputs = [next(values) if not t.is_empty() else np.zeros(0) for t in node.outputs]
+    return outputs if all(isinstance(v, np.ndarray) for v in outputs) else None
 
 
 def _evaluate(node: gs.Node, inputs: list) -> list[np.ndarray] | None:
@@ -319,26 +361,44 @@ def _where(node, inputs):
     return [np.where(condition, x, y)]
 
 
-# Integer and boolean arithmetic: wraps around and truncates exactly as C++ does.
+# Arithmetic: integers wrap around and divide truncating toward zero, as C++ does; float32/float64
+# add, subtract, multiply and divide are correctly rounded (IEEE 754) in NumPy and ONNX Runtime alike.
 
-_INTEGER_BINARY = {"Add": np.add, "Sub": np.subtract, "Mul": np.multiply,
-                   "And": np.logical_and, "Or": np.logical_or, "Xor": np.logical_xor,
-                   "BitwiseAnd": np.bitwise_and, "BitwiseOr": np.bitwise_or, "BitwiseXor": np.bitwise_xor}
+_ARITHMETIC = {"Add": np.add, "Sub": np.subtract, "Mul": np.multiply}
+_LOGICAL = {"And": np.logical_and, "Or": np.logical_or, "Xor": np.logical_xor,
+            "BitwiseAnd": np.bitwise_and, "BitwiseOr": np.bitwise_or, "BitwiseXor": np.bitwise_xor}
 
 
-@_evaluates(*_INTEGER_BINARY)
-def _integer_binary(node, inputs):
+def _is_exact_float(*arrays) -> bool:
+    return all(a.dtype in (np.float32, np.float64) for a in arrays)
+
+
+@_evaluates(*_ARITHMETIC)
+def _arithmetic(node, inputs):
+    a, b = inputs
+    if a.dtype != b.dtype or not (_is_int(a) and a.dtype != np.bool_ or _is_exact_float(a)):
+        return None
+    with np.errstate(all="ignore"):  # overflow wraps (integers) or gives inf (floats), as in C++
+        return [np.asarray(_ARITHMETIC[node.op](a, b)).astype(a.dtype, copy=False)]
+
+
+@_evaluates(*_LOGICAL)
+def _logical(node, inputs):
     a, b = inputs
     if not _is_int(a, b) or a.dtype != b.dtype:
         return None
-    with np.errstate(over="ignore"):
-        return [_INTEGER_BINARY[node.op](a, b).astype(a.dtype, copy=False)]
+    return [_LOGICAL[node.op](a, b)]
 
 
 @_evaluates("Div")
-def _integer_div(node, inputs):
+def _div(node, inputs):
     a, b = inputs
-    if not _is_int(a, b) or a.dtype != b.dtype or a.dtype == np.bool_ or np.any(b == 0):
+    if a.dtype != b.dtype:
+        return None
+    if _is_exact_float(a):
+        with np.errstate(all="ignore"):  # x/0 is inf or nan, as in C++
+            return [np.asarray(np.divide(a, b)).astype(a.dtype, copy=False)]
+    if not _is_int(a, b) or a.dtype == np.bool_ or np.any(b == 0):
         return None
     quotient = np.abs(a) // np.abs(b)  # C++ division truncates toward zero
     return [np.where((a < 0) != (b < 0), -quotient, quotient).astype(a.dtype)]
@@ -352,12 +412,56 @@ def _integer_mod(node, inputs):
     return [(np.fmod if node.attrs.get("fmod", 0) else np.mod)(a, b).astype(a.dtype)]
 
 
-@_evaluates("Neg", "Abs", "Sign")
-def _integer_unary(node, inputs):
+@_evaluates("Neg", "Abs")
+def _negate_or_abs(node, inputs):
+    data = inputs[0]
+    if not (_is_int(data) and data.dtype != np.bool_ or _is_exact_float(data)):
+        return None
+    with np.errstate(over="ignore"):  # -INT_MIN wraps, as in C++
+        return [np.asarray((np.negative if node.op == "Neg" else np.abs)(data)).astype(data.dtype)]
+
+
+@_evaluates("Sign")
+def _integer_sign(node, inputs):  # float Sign of NaN differs between NumPy (nan) and ONNX Runtime (0)
     if not _is_int(inputs[0]) or inputs[0].dtype == np.bool_:
         return None
-    with np.errstate(over="ignore"):
-        return [{"Neg": np.negative, "Abs": np.abs, "Sign": np.sign}[node.op](inputs[0]).astype(inputs[0].dtype)]
+    return [np.sign(inputs[0]).astype(inputs[0].dtype)]
+
+
+@_evaluates("Split")
+def _split(node, inputs):
+    data = inputs[0]
+    axis = node.attrs.get("axis", 0)
+    sizes = inputs[1] if len(inputs) > 1 and inputs[1] is not None else node.attrs.get("split")
+    if sizes is None:
+        parts = len(node.outputs)
+        if "num_outputs" in node.attrs:  # opset 18: the last part may be smaller
+            size = -(-data.shape[axis] // parts)
+            sizes = [min(size, data.shape[axis] - i * size) for i in range(parts)]
+        elif data.shape[axis] % parts:
+            return None
+        else:
+            sizes = [data.shape[axis] // parts] * parts
+    sizes = [int(s) for s in sizes]
+    if sum(sizes) != data.shape[axis]:
+        return None
+    bounds = np.cumsum(sizes)[:-1]
+    return np.split(data, bounds, axis=axis)
+
+
+@_evaluates("ScatterND")
+def _scatter_nd(node, inputs):
+    data, indices, updates = inputs
+    if node.attrs.get("reduction", "none") not in ("none", b"none"):
+        return None
+    depth = indices.shape[-1]
+    index_rows = indices.reshape(-1, depth).astype(np.int64)
+    index_rows = np.where(index_rows < 0, index_rows + np.array(data.shape[:depth]), index_rows)
+    if len(np.unique(index_rows, axis=0)) != len(index_rows):
+        return None  # duplicate indices: the result depends on the write order
+    result = np.array(data, copy=True)
+    result[tuple(index_rows.T)] = updates.reshape((len(index_rows),) + data.shape[depth:])
+    return [result]
 
 
 @_evaluates("Not")
