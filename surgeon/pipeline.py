@@ -177,7 +177,7 @@ def run_steps(model: onnx.ModelProto, recipe: Recipe, model_dir=None, progress: 
               after_step: AfterStep | None = None) -> tuple[gs.Graph, list[StepRecord]]:
     """Import `model`, run the recipe's steps over it; return the (untidied) graph and the records."""
     progress = progress or Progress()
-    inferred = _with_inferred_shapes(model) if recipe.steps else None
+    inferred = _with_inferred_shapes(model) if _shapes_pay_off(model, recipe) else None
     graph = import_graph(inferred or model)
     ctx = Context(target=load_target(recipe.target), opset=graph.opset or 17, model_dir=model_dir)
     ctx.unused_initializers = unused_initializers(model)
@@ -197,6 +197,14 @@ def run_steps(model: onnx.ModelProto, recipe: Recipe, model_dir=None, progress: 
     graph.__dict__["_surgeon_provenance"] = ctx.provenance
     graph.__dict__["_surgeon_state"] = state
     return graph, records
+
+
+def _shapes_pay_off(model: onnx.ModelProto, recipe: Recipe) -> bool:
+    """Whether inferring shapes before import is likely to save a later export: some step needs them,
+    or the graph computes shapes at run time (`Shape` nodes, which fold-constants folds when known)."""
+    if any("shapes" in get_pass(step.pass_name).needs for step in recipe.steps):
+        return True
+    return bool(recipe.steps) and any(node.op_type == "Shape" for node in model.graph.node)
 
 
 def _with_inferred_shapes(model: onnx.ModelProto) -> onnx.ModelProto | None:
