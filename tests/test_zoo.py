@@ -200,9 +200,11 @@ def test_export_reproduces_fixture(fixture, tmp_path):
     for kind in ("inputs", "outputs"):
         new, old = np.load(paths[kind]), np.load(committed[kind])
         assert list(new.keys()) == list(old.keys())
-        for key in old:  # inputs are seeded exactly; outputs may differ in the last bits on another CPU
+        # Inputs are seeded exactly. Outputs differ in the last bits with the CPU and PyTorch's thread
+        # count (up to 7.6e-6 near zero with OMP_NUM_THREADS=1 on the development machine).
+        for key in old:
             np.testing.assert_allclose(new[key], old[key], rtol=0 if kind == "inputs" else 1e-5,
-                                       atol=0 if kind == "inputs" else 1e-6, err_msg=f"{kind}:{key}")
+                                       atol=0 if kind == "inputs" else 2e-5, err_msg=f"{kind}:{key}")
 
 
 @pytest.mark.slow
