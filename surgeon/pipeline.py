@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import json
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -177,13 +178,16 @@ def run_steps(model: onnx.ModelProto, recipe: Recipe, model_dir=None, progress: 
               after_step: AfterStep | None = None) -> tuple[gs.Graph, list[StepRecord]]:
     """Import `model`, run the recipe's steps over it; return the (untidied) graph and the records."""
     progress = progress or Progress()
-    inferred = _with_inferred_shapes(model) if _shapes_pay_off(model, recipe) else None
-    graph = import_graph(inferred or model)
+    graph = import_graph(model)
     ctx = Context(target=load_target(recipe.target), opset=graph.opset or 17, model_dir=model_dir)
     ctx.unused_initializers = unused_initializers(model)
     state = _GraphState()
-    if inferred is not None and is_sorted(graph.nodes):
-        state.held.add("shapes")  # inference on an unsorted graph is partial: leave it to _provide
+    if _shapes_pay_off(model, recipe):
+        inferred = _inferred_skeleton(model)
+        if inferred is not None:
+            annotate_shapes(graph, inferred)
+            if is_sorted(graph.nodes):  # inference on an unsorted graph is partial: leave it to _provide
+                state.held.add("shapes")
     records = []
     total = len(recipe.steps)
     for index, step in enumerate(recipe.steps, start=1):
@@ -207,15 +211,35 @@ def _shapes_pay_off(model: onnx.ModelProto, recipe: Recipe) -> bool:
     return bool(recipe.steps) and any(node.op_type == "Shape" for node in model.graph.node)
 
 
-def _with_inferred_shapes(model: onnx.ModelProto) -> onnx.ModelProto | None:
-    """The model with the dtypes and shapes ONNX shape inference finds, or None where it fails.
+# Initializers up to this many elements keep their values for shape inference (Reshape shapes, Slice
+# bounds, Resize scales...); larger ones are weights, of which inference needs only dtype and dims.
+_SHAPE_RELEVANT_ELEMENTS = 1024
+
+
+def _inferred_skeleton(model: onnx.ModelProto) -> onnx.ModelProto | None:
+    """ONNX shape inference over the model without its weights' data; None where inference fails.
 
     Inferring on the loaded proto costs a fraction of exporting the graph later for the first pass
-    that needs shapes (and fold-constants, which needs those of Shape inputs): docs/performance.md.
+    that needs shapes (docs/performance.md); leaving the weights out keeps a second copy of them out
+    of memory and out of the serialization inference does.
     """
+    skeleton = onnx.ModelProto(ir_version=model.ir_version, opset_import=model.opset_import,
+                               functions=model.functions)
+    graph = skeleton.graph
+    source = model.graph
+    graph.node.extend(source.node)
+    graph.input.extend(source.input)
+    graph.output.extend(source.output)
+    graph.value_info.extend(source.value_info)
+    graph.sparse_initializer.extend(source.sparse_initializer)
+    for tensor in source.initializer:
+        if math.prod(tensor.dims) <= _SHAPE_RELEVANT_ELEMENTS:
+            graph.initializer.append(tensor)
+        else:
+            graph.initializer.add(name=tensor.name, data_type=tensor.data_type, dims=tensor.dims)
     try:
-        return onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
-    except Exception:  # custom ops without schemas, models over 2 GB: passes infer later if they need to
+        return onnx.shape_inference.infer_shapes(skeleton, strict_mode=False, data_prop=True)
+    except Exception:  # custom ops without schemas, unusual graphs: passes infer later if they need to
         return None
 
 
@@ -313,6 +337,12 @@ def infer_graph_shapes(graph: gs.Graph) -> gs.Graph:
         model = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
     except Exception:
         return graph
+    return annotate_shapes(graph, model)
+
+
+def annotate_shapes(graph: gs.Graph, inferred: onnx.ModelProto) -> gs.Graph:
+    """Set dtype and shape of the graph's tensors from `inferred`'s value infos, inputs and outputs."""
+    model = inferred
     variables = {t.name: t for t in graph.inputs if isinstance(t, gs.Variable)}
     variables.update((t.name, t) for node in graph.nodes for t in node.outputs if isinstance(t, gs.Variable))
     dtypes: dict = {}

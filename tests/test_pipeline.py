@@ -15,7 +15,7 @@ import surgeon
 from surgeon.cli import main
 from surgeon.errors import CheckFailed, SurgeonError
 from surgeon.pass_api import Pass, PassResult, register_pass
-from surgeon.testing import run_ort
+from surgeon.testing import make_model, run_ort
 
 from conftest import DATA, REPO
 
@@ -288,3 +288,22 @@ def test_a_second_reference_for_the_same_op_is_an_error():
     with temporary_reference(marker, "ATen", "org.pytorch.aten", "grid_sampler"):
         assert find_reference("ATen", "org.pytorch.aten", "grid_sampler") is marker
     assert find_reference("ATen", "org.pytorch.aten", "grid_sampler") is original
+
+
+def test_shapes_are_inferred_before_import_without_copying_the_weights():
+    """A step that needs shapes finds them on the imported graph; inference saw the weights' dims, not
+    their data, and still used the small shape constant."""
+    from surgeon.pipeline import _inferred_skeleton, run_steps
+    from surgeon.recipe import load_recipe
+
+    nodes = [onnx.helper.make_node("MatMul", ["x", "w"], ["m"], name="matmul"),
+             onnx.helper.make_node("Reshape", ["m", "shape"], ["y"], name="reshape")]
+    model = make_model(nodes, [("x", np.float32, [2, 64])], [("y", np.float32, None)],
+                       initializers={"w": np.ones((64, 64), np.float32), "shape": np.array([4, -1], np.int64)})
+    skeleton = _inferred_skeleton(model)
+    weights = {t.name: t for t in skeleton.graph.initializer}
+    assert not weights["w"].raw_data and list(weights["w"].dims) == [64, 64] and weights["shape"].raw_data
+    graph, _ = run_steps(model, load_recipe({"name": "s", "steps": [{"pass": "clip-int"}]}))
+    tensors = graph.tensors()
+    assert tensors["m"].shape == [2, 64] and tensors["y"].shape == [4, 32]
+    assert model.graph.initializer[0].raw_data  # the input model keeps its data
