@@ -158,6 +158,7 @@ def evaluate_with_onnxruntime(node: gs.Node, inputs: list, opset: int, ir_versio
     graph.outputs = [t for t in graph.nodes[0].outputs if not t.is_empty()]
     options = ort.SessionOptions()
     options.log_severity_level = 4
+    options.intra_op_num_threads = options.inter_op_num_threads = 1  # no thread pool per folded node
     try:
         session = ort.InferenceSession(export_model(graph, do_type_check=False).SerializeToString(), options,
                                        providers=["CPUExecutionProvider"])
