@@ -7,12 +7,14 @@ One walk over the sorted graph (surgeon.folding): shape computations, integer an
 float arithmetic fold in NumPy, bit-identical to ONNX Runtime; other constant nodes (MatMul, Exp, ...)
 are evaluated one by one on ONNX Runtime. Graphs with subgraphs or functions, and whatever the walk
 could not evaluate, go to onnx-graphsurgeon's folder (ONNX Runtime over the whole graph). Shapes are
-inferred first when a `Shape` node reads a tensor of unknown shape. `size_threshold` keeps large folded tensors (e.g. expanded index tables)
-out of the file: a folded value bigger than it stays computed at run time.
+inferred first when a `Shape` node reads a tensor of unknown shape. `size_threshold` keeps large
+folded tensors (e.g. expanded index tables) out of the file: a folded value bigger than it stays
+computed at run time.
 """
 from __future__ import annotations
 
 import onnx
+import onnx_graphsurgeon as gs
 
 from surgeon.errors import PassError
 from surgeon.folding import NOT_FOLDED, evaluate_with_onnxruntime, fold_graph
@@ -45,7 +47,8 @@ class FoldConstants(Pass):
         if self.fold_shapes and _shapes_unknown(graph):
             infer_graph_shapes(graph)
         if graph.functions or any_subgraphs(graph.nodes) or _cast_elision_possible(graph):
-            self._fold_with_graphsurgeon(graph)
+            if self._anything_to_fold(graph):
+                self._fold_with_graphsurgeon(graph)
         else:
             opset = graph.opset or ctx.opset
 
@@ -78,6 +81,20 @@ class FoldConstants(Pass):
         finally:
             for g, version in zip(graphs, ir_versions):
                 g.ir_version = version
+
+
+    def _anything_to_fold(self, graph) -> bool:
+        """Whether some node could fold: all its inputs constant, or a Shape node (with fold_shapes).
+
+        graphsurgeon's folder walks and partitions the whole graph even when nothing folds (seconds on
+        20,000 nodes, see docs/performance.md); this linear check skips that case.
+        """
+        for node in graph.nodes:
+            if self.fold_shapes and node.op == "Shape":
+                return True
+            if all(isinstance(t, gs.Constant) or t.is_empty() for t in node.inputs) and not list(node.subgraphs()):
+                return True
+        return False
 
 
 def _shapes_unknown(graph) -> bool:

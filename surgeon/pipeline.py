@@ -340,9 +340,9 @@ def infer_graph_shapes(graph: gs.Graph) -> gs.Graph:
     return annotate_shapes(graph, model)
 
 
-def annotate_shapes(graph: gs.Graph, inferred: onnx.ModelProto) -> gs.Graph:
-    """Set dtype and shape of the graph's tensors from `inferred`'s value infos, inputs and outputs."""
-    model = inferred
+def annotate_shapes(graph: gs.Graph, model: onnx.ModelProto) -> gs.Graph:
+    """Set dtype and shape of the graph's tensors from the (inferred) model's value infos, inputs and
+    outputs; tensors the model says nothing about keep what they had."""
     variables = {t.name: t for t in graph.inputs if isinstance(t, gs.Variable)}
     variables.update((t.name, t) for node in graph.nodes for t in node.outputs if isinstance(t, gs.Variable))
     dtypes: dict = {}
