@@ -29,6 +29,19 @@ class Explode(Pass):
         raise RuntimeError("boom")
 
 
+@register_pass("test-collector-probe")
+class CollectorProbe(Pass):
+    """Records whether Python's cyclic garbage collector runs while passes do (for the tests)."""
+
+    seen: list[bool] = []
+
+    def run(self, graph, ctx):
+        import gc
+
+        CollectorProbe.seen.append(gc.isenabled())
+        return PassResult()
+
+
 @register_pass("test-break-graph")
 class BreakGraph(Pass):
     """Point a node at a tensor nobody produces, so onnx.checker fails (for the tests)."""
@@ -307,3 +320,16 @@ def test_shapes_are_inferred_before_import_without_copying_the_weights():
     tensors = graph.tensors()
     assert tensors["m"].shape == [2, 64] and tensors["y"].shape == [4, 32]
     assert model.graph.initializer[0].raw_data  # the input model keeps its data
+
+
+def test_collector_is_paused_during_the_steps_and_restored_after(tmp_path, model_file):
+    import gc
+
+    recipe = recipe_file(tmp_path, [{"pass": "test-collector-probe"}], model=model_file)
+    assert gc.isenabled()
+    surgeon.run_recipe(recipe, output=tmp_path / "o.onnx")
+    assert CollectorProbe.seen == [False] and gc.isenabled()
+    with pytest.raises(SurgeonError):  # restored when a step fails, too
+        surgeon.run_recipe(recipe_file(tmp_path, [{"pass": "test-explode"}], model=model_file),
+                           output=tmp_path / "o.onnx")
+    assert gc.isenabled()
