@@ -19,15 +19,12 @@ import onnx
 REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
-from surgeon.cli import main as surgeon_cli  # noqa: E402
 from surgeon.pipeline import run_recipe  # noqa: E402
-from test_model_recipes import CASES, PYTORCH_ATOL, ZOO  # noqa: E402
+from test_model_recipes import CASES, ZOO, compare  # noqa: E402
 
 
-def compare(original: Path, result: Path, case, report: Path) -> dict:
-    surgeon_cli(["compare", str(original), str(result), "--data", str(ZOO / f"{case.reference}.inputs.npz"),
-                 "--expected", str(ZOO / f"{case.reference}.outputs.npz"), "--atol", str(PYTORCH_ATOL),
-                 "--rtol", "0", "--report", str(report), "-q"])
+def compare_report(original: Path, result: Path, case, report: Path) -> dict:
+    compare(original, result, case, report)
     return json.loads(report.with_suffix(".json").read_text())
 
 
@@ -45,11 +42,11 @@ def main() -> None:
             after = len(onnx.load(output, load_external_data=False).graph.node)
             started = time.perf_counter()
             if case.original == "equal":
-                report = compare(ZOO / f"{case.reference}.onnx", output, case, Path(tmp) / "compare")
+                report = compare_report(ZOO / f"{case.reference}.onnx", output, case, Path(tmp) / "compare")
                 compare_seconds = f"{time.perf_counter() - started:.2f} s"
                 original = f"{max(e['max_abs'] for e in report['outputs']):.1e}"
             else:  # the raw export runs nowhere or computes something else: PyTorch's outputs judge alone
-                report = compare(output, output, case, Path(tmp) / "compare")
+                report = compare_report(output, output, case, Path(tmp) / "compare")
                 compare_seconds, original = "–", f"({case.original})"
             pytorch = max(e["max_abs"] for e in report["expected"])
             export = case.export.split(".")[-1]

@@ -182,11 +182,14 @@ def run_steps(model: onnx.ModelProto, recipe: Recipe, model_dir=None, progress: 
     ctx = Context(target=load_target(recipe.target), opset=graph.opset or 17, model_dir=model_dir)
     ctx.unused_initializers = unused_initializers(model)
     state = _GraphState()
+    sorted_on_import = is_sorted(graph.nodes)
+    if sorted_on_import:
+        state.held.add("toposort")
     if _shapes_pay_off(model, recipe):
         inferred = _inferred_skeleton(model)
         if inferred is not None:
             annotate_shapes(graph, inferred)
-            if is_sorted(graph.nodes):  # inference on an unsorted graph is partial: leave it to _provide
+            if sorted_on_import:  # inference on an unsorted graph is partial: leave it to _provide
                 state.held.add("shapes")
     records = []
     total = len(recipe.steps)
