@@ -6,7 +6,7 @@ Graphs: two generated graphs of at least 20,000 nodes — an MLP chain (MatMul/A
 weights, nothing to fold) and an export-like convnet (Conv/BatchNorm/Relu with torch's dynamic
 Shape/Gather/Unsqueeze/Concat/Reshape chains and Identity leftovers, 8,404 nodes to fold) — and the bundled
 CenterPoint repair sample. Each figure is the median wall time of --repeat runs in this
-process; ratios are against the no-op recipe measured in the same run.
+process, the forms taking turns; ratios are against the no-op recipe measured in the same run.
 """
 from __future__ import annotations
 
@@ -92,18 +92,17 @@ def exported_convnet(nodes: int, channels: int = 8, size: int = 8) -> onnx.Model
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 11)], ir_version=IR_VERSION)
 
 
-def median_time(fn, repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        # Each run starts with no garbage of the previous ones to collect, as a fresh CLI process does.
-        gc.collect()
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+def timed(fn) -> float:
+    # Each run starts with no garbage of the previous ones to collect, as a fresh CLI process does.
+    gc.collect()
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
 
 
 def measure(model_path: Path, work: Path, repeat: int) -> dict[str, float | str]:
+    """Median seconds of each form, the forms run round-robin (one of each per round), so a machine
+    whose speed drifts during the benchmark shifts them all alike and the ratios stay fair."""
     import onnxsim
 
     steps = five_steps(model_path)
@@ -118,15 +117,19 @@ def measure(model_path: Path, work: Path, repeat: int) -> dict[str, float | str]
     def simplify():
         onnxsim.simplify(onnx.load(model_path), check_n=0)
 
-    figures: dict[str, float | str] = {
-        "onnx.load + onnx.save": median_time(load_save, repeat),
-        "no-op recipe": median_time(recipe([]), repeat),
-        "5-step recipe": median_time(recipe(steps), repeat),
-    }
-    try:
-        figures["onnxsim.simplify(check_n=0)"] = median_time(simplify, repeat)
-    except Exception as exc:  # onnxsim refuses some real graphs outright (e.g. unsorted ones)
-        figures["onnxsim.simplify(check_n=0)"] = f"fails: {str(exc).splitlines()[0][:60]}"
+    forms = {"onnx.load + onnx.save": load_save, "no-op recipe": recipe([]), "5-step recipe": recipe(steps),
+             "onnxsim.simplify(check_n=0)": simplify}
+    times: dict[str, list[float]] = {name: [] for name in forms}
+    failed: dict[str, str] = {}
+    for _ in range(repeat):
+        for name, fn in forms.items():
+            if name in failed:
+                continue
+            try:
+                times[name].append(timed(fn))
+            except Exception as exc:  # onnxsim refuses some real graphs outright (e.g. unsorted ones)
+                failed[name] = f"fails: {str(exc).splitlines()[0][:60]}"
+    figures: dict[str, float | str] = {name: failed.get(name) or statistics.median(times[name]) for name in forms}
     result = surgeon.run_recipe({"name": "bench", "steps": steps}, model=model_path, output=work / "out.onnx")
     for step in result.steps:
         figures[f"  step {step.index} {step.pass_name}"] = step.seconds
