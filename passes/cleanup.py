@@ -12,7 +12,7 @@ from __future__ import annotations
 import onnx_graphsurgeon as gs
 
 from surgeon.pass_api import Param, Pass, PassResult, register_pass
-from surgeon.rewrite import prune_graph
+from surgeon.rewrite import any_subgraphs, prune_graph
 
 
 @register_pass("cleanup")
@@ -23,14 +23,23 @@ class Cleanup(Pass):
         "remove_unused_inputs": Param(bool, True, help="also drop graph inputs nothing reads"),
     }
     provides = ("cleanup",)
+    keeps = ("toposort", "shapes")
 
     def run(self, graph, ctx):
         result = PassResult()
-        constants_before = _constants_read(graph)
         inputs_before = [t.name for t in graph.inputs]
-        removed = prune_graph(graph, remove_unused_inputs=self.remove_unused_inputs)
+        if "cleanup" in ctx.held and not graph.functions and not any_subgraphs(graph.nodes):
+            # Pruned already (by the pipeline or the previous pass): every node feeds an output, so
+            # an input is read exactly when some node reads it or it is an output itself.
+            removed, dropped = [], []
+            if self.remove_unused_inputs:
+                outputs = {id(t) for t in graph.outputs}
+                graph.inputs = [t for t in graph.inputs if t.outputs or id(t) in outputs]
+        else:
+            constants_before = _constants_read(graph)
+            removed = prune_graph(graph, remove_unused_inputs=self.remove_unused_inputs)
+            dropped = sorted(constants_before - _constants_read(graph)) if removed else []
         result.rewritten.extend(node.name for node in removed)
-        dropped = sorted(constants_before - _constants_read(graph)) if removed else []
         dropped += list(ctx.unused_initializers)
         ctx.unused_initializers.clear()
         if dropped:

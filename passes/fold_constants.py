@@ -40,6 +40,8 @@ class FoldConstants(Pass):
                               help="retry folding partitions when a node cannot be evaluated"),
     }
     needs = ("toposort",)
+    provides = ("cleanup",)  # folded nodes are pruned
+    keeps = ("toposort",)  # folded nodes become constants where they stood
 
     def run(self, graph, ctx):
         result = PassResult()

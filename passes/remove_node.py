@@ -20,6 +20,7 @@ class RemoveNode(Pass):
         "names": Param(list, None, items=str, help="node names to remove (each must exist)"),
         "op_types": Param(list, None, items=str, help="remove every node of these op types"),
     }
+    keeps = ("toposort",)  # a bypassed node's readers now read its input, made earlier
 
     def run(self, graph, ctx):
         result = PassResult()

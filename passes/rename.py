@@ -8,6 +8,7 @@ export. Renaming is exact: an unknown name or a clash with an existing name is a
 from __future__ import annotations
 
 from surgeon.errors import PassError, suggest
+from surgeon.graphinfo import tensor_names
 from surgeon.pass_api import Param, Pass, PassResult, register_pass
 
 
@@ -21,13 +22,14 @@ class Rename(Pass):
         "tensors": Param(dict, None, help="{old: new} for any tensor"),
         "nodes": Param(dict, None, help="{old: new} for node names"),
     }
+    keeps = ("toposort", "cleanup", "shapes")
 
     def run(self, graph, ctx):
         result = PassResult()
-        tensors = graph.tensors()
+        tensors = graph.tensors() if self.tensors else {}
         groups = (("inputs", {t.name: t for t in graph.inputs}), ("outputs", {t.name: t for t in graph.outputs}),
                   ("tensors", tensors))
-        taken = set(tensors)
+        taken = set(tensors) if tensors else tensor_names(graph)
         for key, pool in groups:
             for old, new in (getattr(self, key) or {}).items():
                 tensor = self._lookup(pool, old, key)

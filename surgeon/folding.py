@@ -147,6 +147,7 @@ def evaluate_with_onnxruntime(node: gs.Node, inputs: list, opset: int, ir_versio
     import onnxruntime as ort
 
     from surgeon.graphio import export_model
+    from surgeon.rewrite import dismantle_graph
 
     graph = gs.Graph(
         nodes=[gs.Node(node.op, name="node", attrs=dict(node.attrs), domain=node.domain,
@@ -159,9 +160,10 @@ def evaluate_with_onnxruntime(node: gs.Node, inputs: list, opset: int, ir_versio
     options = ort.SessionOptions()
     options.log_severity_level = 4
     options.intra_op_num_threads = options.inter_op_num_threads = 1  # no thread pool per folded node
+    model = export_model(graph, do_type_check=False)
+    dismantle_graph(graph)
     try:
-        session = ort.InferenceSession(export_model(graph, do_type_check=False).SerializeToString(), options,
-                                       providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
         values = iter(session.run(None, {}))
     except Exception:  # an op ONNX Runtime lacks, an invalid constant computation: left unfolded
         return None

@@ -94,8 +94,8 @@ def tensor_dtype_and_shape(info: onnx.ValueInfoProto, dtypes: dict) -> tuple:
         dtype = dtypes[elem_type] = get_onnx_tensor_dtype(info)
     shape = None
     if tensor_type.HasField("shape"):
-        shape = [dim.dim_param if dim.HasField("dim_param") else
-                 dim.dim_value if dim.HasField("dim_value") else None
+        shape = [dim.dim_value if dim.HasField("dim_value") else  # a oneof: the order only saves time
+                 dim.dim_param if dim.HasField("dim_param") else None
                  for dim in tensor_type.shape.dim]
     return dtype, shape
 

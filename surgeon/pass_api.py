@@ -123,6 +123,10 @@ class Pass:
     needs: ClassVar[tuple[str, ...]] = ()
     #: What holds of the graph after the pass ran (same vocabulary as `needs`), so it is not redone.
     provides: ClassVar[tuple[str, ...]] = ()
+    #: What stays true of the graph across the pass if it held before (same vocabulary): a pass that
+    #: only removes nodes keeps their order, one that renames keeps everything. Everything else is
+    #: provided again before the next pass that needs it.
+    keeps: ClassVar[tuple[str, ...]] = ()
     #: Op labels (`surgeon.graphinfo.op_label`: `ATen:atan2`, `mmdeploy::grid_sampler`, `Split`) this pass
     #: rewrites; `surgeon check` names the pass as the fix for such nodes.
     handles: ClassVar[tuple[str, ...]] = ()
@@ -193,7 +197,7 @@ def register_pass(name: str):
         if existing is not None and existing.__qualname__ != cls.__qualname__:
             raise SurgeonError(f"two passes are named '{name}': {existing.origin or existing.__module__} and "
                                f"{cls.__module__}")
-        for need in cls.needs + cls.provides:
+        for need in cls.needs + cls.provides + cls.keeps:
             if need not in NEEDS:
                 raise ValueError(f"pass {name!r} needs unknown {need!r}; known: {NEEDS}")
         cls.name = name
@@ -221,11 +225,25 @@ class Context:
     model_dir: Any = None
     pass_name: str = ""
     provenance: dict[str, dict[str, str]] = field(default_factory=dict)
-    #: Initializers nothing read in the input model: onnx-graphsurgeon drops them on import.
-    unused_initializers: list[str] = field(default_factory=list)
+    #: The model as loaded, before import (read-only).
+    input_model: Any = None
+    #: What holds of the graph as the pass starts (the vocabulary of `needs`), so a pass can skip
+    #: work already done: `toposort` on a sorted graph, `cleanup` after a pass that pruned.
+    held: frozenset = frozenset()
+    _unused_initializers: list[str] | None = None
     _taken: set[str] | None = None
     #: Where the last Rewrite spliced its nodes in (see surgeon.rewrite), reset for every pass.
     splice_hint: int = 0
+
+    @property
+    def unused_initializers(self) -> list[str]:
+        """Initializers nothing read in the input model: onnx-graphsurgeon drops them on import.
+        Found on first use (a walk over the model), a list a pass may clear once it reported them."""
+        if self._unused_initializers is None:
+            from surgeon.graphinfo import unused_initializers
+
+            self._unused_initializers = unused_initializers(self.input_model) if self.input_model is not None else []
+        return self._unused_initializers
 
     def begin(self, graph, pass_name: str) -> None:
         """Called by the pipeline before each pass."""
@@ -238,7 +256,9 @@ class Context:
         if self._taken is None:
             if graph is None:
                 raise RuntimeError("Context.new_name needs the graph the first time in a pass")
-            self._taken = {n.name for n in graph.nodes} | set(graph.tensors().keys())
+            from surgeon.graphinfo import tensor_names
+
+            self._taken = {n.name for n in graph.nodes} | tensor_names(graph)
         return self._taken
 
     def new_name(self, base: str, graph=None) -> str:

@@ -156,16 +156,22 @@ class Rewrite:
                 self._add(gs.Node("Identity", name=self.name("Identity"), inputs=[new], outputs=[old]))
             else:
                 replace_uses(self.graph, old, new)
-        self._splice()
+        self._splice(outputs)
 
     def _add(self, node: gs.Node) -> None:
         self.nodes.append(node)
         self.ctx.tag(node, replaces=self.node.name)
 
-    def _splice(self) -> None:
+    def _splice(self, former_outputs: Sequence[gs.Tensor] = ()) -> None:
         nodes = self.graph.nodes
         at = _position(nodes, self.node, self.ctx.splice_hint)
+        former_inputs = list(self.node.inputs)
         self.node.inputs.clear()
+        _release(self.node)
+        graph_io = {id(t) for t in (*self.graph.inputs, *self.graph.outputs)}
+        for tensor in (*former_inputs, *former_outputs):
+            if not tensor.inputs and not tensor.outputs and id(tensor) not in graph_io:
+                _release(tensor)  # nothing reads or writes it any more
         nodes[at:at + 1] = self.nodes
         # Passes rewrite in graph order: the next node to replace is usually after this one, so the
         # search starts here (thousands of rewrites on 20,000 nodes stay linear, not quadratic).
@@ -233,7 +239,20 @@ def stable_toposort(graph: gs.Graph) -> bool:
 
 def is_sorted(nodes) -> bool:
     """Every input is produced by an earlier node (or by none): one cheap pass over the graph."""
-    reads = _reads if any_subgraphs(nodes) else _direct_reads
+    seen = set()
+    for node in nodes:
+        attrs = node.attrs
+        if attrs and any(isinstance(value, gs.Graph) for value in attrs.values()):
+            return _is_sorted_reading(nodes, _reads)  # subgraphs read tensors of the outer graph too
+        for tensor in node.inputs:
+            producers = tensor.inputs
+            if producers and id(producers[0]) not in seen and producers[0] is not node:
+                return False
+        seen.add(id(node))
+    return True
+
+
+def _is_sorted_reading(nodes, reads) -> bool:
     seen = set()
     for node in nodes:
         for tensor in reads(node):
@@ -250,16 +269,47 @@ def any_subgraphs(nodes) -> bool:
     return any(isinstance(value, gs.Graph) for node in nodes for value in node.attrs.values())
 
 
-def _direct_reads(node: gs.Node):
-    return node.inputs
-
-
 def _reads(node: gs.Node):
     """Tensors a node reads, including those its subgraphs (If/Loop/Scan bodies) take from outside."""
     yield from node.inputs
     for sub in node.subgraphs():
         for inner in sub.nodes:
             yield from _reads(inner)
+
+
+def _release(item: gs.Node | gs.Tensor) -> None:
+    """Swap a disconnected node's or tensor's (empty) synchronized `inputs`/`outputs` lists for plain
+    ones: the lists point back at their owner, so a removed node would otherwise wait for the cyclic
+    garbage collector (see dismantle_graph). The object stays readable (name, op, attrs)."""
+    item.__dict__["inputs"] = []
+    item.__dict__["outputs"] = []
+
+
+def dismantle_graph(graph: gs.Graph) -> None:
+    """Take apart a graph nobody will use again, so reference counting frees it at once.
+
+    Every graphsurgeon node and tensor is a reference cycle (its `inputs`/`outputs` lists point back
+    at it), so a dropped graph waits for a full garbage collection, which walks every object the run
+    created: 0.45 s for a 21,000-node graph, plus 0.1-0.2 s in the collection that re-enabling the
+    collector triggers (docs/performance.md). Clearing the objects' attribute dicts breaks the cycles.
+    """
+    stack = [graph, *graph.functions]
+    while stack:
+        current = stack.pop()
+        for node in current.nodes:
+            for value in node.attrs.values():
+                if isinstance(value, gs.Graph):
+                    stack.append(value)
+                elif isinstance(value, list):
+                    stack.extend(v for v in value if isinstance(v, gs.Graph))
+            for tensor in node.inputs:
+                tensor.__dict__.clear()
+            for tensor in node.outputs:
+                tensor.__dict__.clear()
+            node.__dict__.clear()
+        for tensor in (*current.inputs, *current.outputs):
+            tensor.__dict__.clear()
+        current.__dict__.clear()
 
 
 def prune_graph(graph: gs.Graph, remove_unused_inputs: bool = False) -> list[gs.Node]:
@@ -292,9 +342,14 @@ def prune_graph(graph: gs.Graph, remove_unused_inputs: bool = False) -> list[gs.
     removed = [n for n in nodes if id(n) not in used]
     if removed:
         nodes[:] = [n for n in nodes if id(n) in used]
+        orphans = [t for node in removed for t in node.outputs]
         for node in removed:
             node.inputs.clear()
             node.outputs.clear()
+            _release(node)
+        for tensor in orphans:
+            if not tensor.inputs and not tensor.outputs:
+                _release(tensor)
     if remove_unused_inputs:
         graph.inputs = [t for t in graph.inputs if id(t) in read]
     return removed

@@ -333,3 +333,156 @@ def test_collector_is_paused_during_the_steps_and_restored_after(tmp_path, model
         surgeon.run_recipe(recipe_file(tmp_path, [{"pass": "test-explode"}], model=model_file),
                            output=tmp_path / "o.onnx")
     assert gc.isenabled()
+
+
+def test_a_run_leaves_no_graph_for_the_cyclic_collector(tmp_path):
+    """graphsurgeon nodes and tensors are reference cycles; the run takes apart the graphs it drops
+    (removed, folded, replaced nodes and the final graph) so they are freed at once, not by a full
+    collection later (docs/performance.md)."""
+    import gc
+
+    import onnx_graphsurgeon as gs
+
+    model = _model_with_leftovers()
+    model_path = tmp_path / "m.onnx"
+    onnx.save(model, model_path)
+    steps = [{"pass": "remove-node", "with": {"op_types": ["Identity"]}}, {"pass": "fold-constants"},
+             {"pass": "clip-int"}, {"pass": "cleanup"}]
+    gc.collect()
+    gc.disable()  # nothing may be collected before we look
+    try:
+        result = surgeon.run_recipe({"name": "g", "steps": steps}, model=model_path, output=tmp_path / "o.onnx")
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        gc.collect()
+        left = [f"{type(o).__name__} {o.name}" for o in gc.garbage if isinstance(o, (gs.Node, gs.Tensor, gs.Graph))]
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
+    ops = [n.op_type for n in result.model.graph.node]
+    assert "Identity" not in ops and "Shape" not in ops and "Clip" not in ops  # every path removed nodes
+    assert left == [], left
+    feeds = {"x": np.arange(6, dtype=np.float32).reshape(2, 3), "k": np.array([[-3, 2, 9], [0, 5, 6]], np.int64)}
+    expected = (feeds["x"] + 5) * np.clip(feeds["k"], 0, 5).astype(np.float32)  # x + sum(shape(x)), clipped k
+    np.testing.assert_array_equal(run_ort(result.model, feeds)[0], expected)
+
+
+def _model_with_leftovers() -> onnx.ModelProto:
+    """y = (Identity(x) + sum(shape(x))) * float(clip(k, 0, 5)): an Identity, a foldable shape chain and
+    an int Clip, so remove-node, fold-constants and clip-int each remove or replace nodes."""
+    from onnx import helper
+
+    return make_model(
+        [helper.make_node("Identity", ["x"], ["i"], name="id"),
+         helper.make_node("Shape", ["i"], ["s"], name="shape"),
+         helper.make_node("Cast", ["s"], ["sf"], name="cast", to=onnx.TensorProto.FLOAT),
+         helper.make_node("ReduceSum", ["sf"], ["n"], name="count", keepdims=1),
+         helper.make_node("Add", ["i", "n"], ["a"], name="add"),
+         helper.make_node("Clip", ["k", "lo", "hi"], ["kc"], name="clip"),
+         helper.make_node("Cast", ["kc"], ["kf"], name="cast_k", to=onnx.TensorProto.FLOAT),
+         helper.make_node("Mul", ["a", "kf"], ["y"], name="mul")],
+        [("x", np.float32, [2, 3]), ("k", np.int64, [2, 3])], [("y", np.float32, [2, 3])],
+        initializers={"lo": np.array(0, np.int64), "hi": np.array(5, np.int64)})
+
+
+@register_pass("test-keeps-order")
+class KeepsOrder(Pass):
+    """Renames the first node, a change that keeps the order, and says so (for the tests)."""
+
+    keeps = ("toposort",)
+
+    def run(self, graph, ctx):
+        graph.nodes[0].name += "_renamed"
+        result = PassResult()
+        result.rewrote(graph.nodes[0])
+        return result
+
+
+@register_pass("test-keeps-nothing")
+class KeepsNothing(KeepsOrder):
+    """The same change, declaring nothing (for the tests)."""
+
+    keeps = ()
+
+
+@register_pass("test-needs-order")
+class NeedsOrder(Pass):
+    """Needs a sorted graph, changes nothing (for the tests)."""
+
+    needs = ("toposort",)
+
+    def run(self, graph, ctx):
+        return PassResult()
+
+
+@pytest.mark.parametrize("first, sorts", [("test-keeps-order", 0), ("test-keeps-nothing", 1)])
+def test_what_a_pass_keeps_is_not_provided_again(tmp_path, model_file, monkeypatch, first, sorts):
+    from surgeon import pipeline
+
+    calls = []
+    real = pipeline._toposort
+    monkeypatch.setattr(pipeline, "_toposort", lambda graph: calls.append(1) or real(graph))
+    surgeon.run_recipe({"name": "k", "steps": [{"pass": first}, {"pass": "test-needs-order"}]}, model=model_file,
+                       output=tmp_path / "o.onnx")
+    assert len(calls) == sorts  # a sorted input stays held through the first step only if it keeps the order
+
+
+def test_unknown_keeps_is_refused_at_registration():
+    with pytest.raises(ValueError, match="unknown 'order'"):
+        @register_pass("test-bad-keeps")
+        class BadKeeps(Pass):
+            keeps = ("order",)
+
+            def run(self, graph, ctx):
+                return PassResult()
+
+
+@pytest.mark.parametrize("step", [
+    {"pass": "remove-node", "with": {"op_types": ["Identity"]}},
+    {"pass": "rename", "with": {"inputs": {"x": "features"}, "nodes": {"mul": "scale"}}},
+    {"pass": "fold-constants"}, {"pass": "cleanup"}, {"pass": "toposort"}])
+def test_what_the_generic_passes_declare_they_keep_holds(step):
+    """After each pass, on a sorted, clean, shape-annotated graph that it changes, what its `keeps`
+    names still holds: sorted, nothing left to prune, every tensor's shape as inference says."""
+    from surgeon.pipeline import infer_graph_shapes, run_steps
+    from surgeon.recipe import load_recipe
+    from surgeon.registry import get_pass
+    from surgeon.rewrite import is_sorted, prune_graph
+
+    keeps = get_pass(step["pass"]).keeps
+    assert keeps  # each of these declares something
+    graph, records = run_steps(_model_with_leftovers(), load_recipe({"name": "k", "steps": [step]}))
+    if "toposort" in keeps:
+        assert is_sorted(graph.nodes)
+    if "shapes" in keeps:
+        annotated = {t.name: (t.dtype, t.shape) for t in graph.tensors().values()}
+        inferred = {t.name: (t.dtype, t.shape) for t in infer_graph_shapes(graph).tensors().values()}
+        assert annotated == inferred
+    if "cleanup" in keeps:
+        assert prune_graph(graph) == []
+
+
+def test_passes_that_skip_work_the_pipeline_knows_is_done_give_the_same_model(tmp_path, monkeypatch):
+    """toposort on a graph held sorted and cleanup after fold-constants (which prunes) take shortcuts
+    through `ctx.held`; the result is the one the full work gives."""
+    from onnx import helper
+
+    from surgeon.pass_api import Context
+
+    model = _model_with_leftovers()
+    model.graph.input.append(helper.make_tensor_value_info("unused", onnx.TensorProto.FLOAT, [1]))
+    model.graph.node.append(helper.make_node("Neg", ["x"], ["dead"], name="dead"))
+    path = tmp_path / "m.onnx"
+    onnx.save(model, path)
+    steps = [{"pass": "toposort"}, {"pass": "fold-constants"}, {"pass": "cleanup"}]
+
+    def run(output):
+        result = surgeon.run_recipe({"name": "h", "steps": steps}, model=path, output=output)
+        return output.read_bytes(), [(r.rewritten, r.notes) for r in result.steps]
+
+    with_shortcuts = run(tmp_path / "a.onnx")
+    monkeypatch.setattr(Context, "held", property(lambda self: frozenset(), lambda self, value: None))
+    without = run(tmp_path / "b.onnx")
+    assert with_shortcuts == without
+    names = [i.name for i in onnx.load(tmp_path / "a.onnx").graph.input]
+    assert names == ["x", "k"]  # the unused input went in both
