@@ -45,11 +45,12 @@ class FoldConstants(Pass):
 
     def run(self, graph, ctx):
         result = PassResult()
-        before = [(id(n), n.name) for n in graph.nodes]
         if self.fold_shapes and _shapes_unknown(graph):
             infer_graph_shapes(graph)
+        before = None  # graphsurgeon's folder removes nodes itself: what went is found by comparing
         if graph.functions or any_subgraphs(graph.nodes) or _cast_elision_possible(graph):
             if self._anything_to_fold(graph):
+                before = list(graph.nodes)
                 self._fold_with_graphsurgeon(graph)
         else:
             opset = graph.opset or ctx.opset
@@ -60,10 +61,14 @@ class FoldConstants(Pass):
             folded = fold_graph(graph, fold_shapes=self.fold_shapes, size_threshold=self.size_threshold,
                                 fallback=onnxruntime)
             if folded.remaining:
+                before = list(graph.nodes)
                 self._fold_with_graphsurgeon(graph)
-        prune_graph(graph)
-        kept = {id(n) for n in graph.nodes}
-        result.rewritten.extend(name for key, name in before if key not in kept)
+        if before is None:
+            result.rewritten.extend(node.name for node in prune_graph(graph))
+        else:
+            prune_graph(graph)
+            kept = {id(n) for n in graph.nodes}
+            result.rewritten.extend(node.name for node in before if id(node) not in kept)
         return result
 
     def _fold_with_graphsurgeon(self, graph) -> None:
