@@ -45,8 +45,8 @@ class FoldConstants(Pass):
 
     def run(self, graph, ctx):
         result = PassResult()
-        if self.fold_shapes and _shapes_unknown(graph):
-            infer_graph_shapes(graph)
+        if self.fold_shapes and "shapes" not in ctx.held and _shapes_unknown(graph):
+            infer_graph_shapes(graph)  # held: inference already said all it can
         before = None  # graphsurgeon's folder removes nodes itself: what went is found by comparing
         if graph.functions or any_subgraphs(graph.nodes) or _cast_elision_possible(graph):
             if self._anything_to_fold(graph):

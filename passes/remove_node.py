@@ -12,6 +12,11 @@ from surgeon.pass_api import Param, Pass, PassResult, register_pass
 from surgeon.rewrite import Rewrite
 
 
+# Ops whose (single) output has its first input's dtype and shape, so removing them leaves every
+# tensor's inferred type as it was (Dropout: in inference).
+_SAME_TYPE_AND_SHAPE = {"Identity", "Dropout"}
+
+
 @register_pass("remove-node")
 class RemoveNode(Pass):
     """Remove nodes by name or op type, reconnecting their input to their output."""
@@ -32,6 +37,7 @@ class RemoveNode(Pass):
                 raise PassError(f"no node named '{name}'", hint=suggest(name, by_name))
         wanted = set(self.names or ())
         types = set(self.op_types or ())
+        removed_types: set[str] = set()
         for node in [n for n in graph.nodes if n.name in wanted or n.op in types]:
             if self._is_identity_kept(graph, node):
                 continue
@@ -41,6 +47,9 @@ class RemoveNode(Pass):
                                 f"{len(data)} inputs; only single-output nodes with an input can be removed")
             Rewrite(graph, ctx, node).bypass(data[0])
             result.rewrote(node)
+            removed_types.add(node.op)
+        if removed_types <= _SAME_TYPE_AND_SHAPE:
+            result.keeps = ("shapes",)  # every reader now reads a tensor of the same type and shape
         return result
 
     @staticmethod

@@ -99,6 +99,9 @@ class PassResult:
     notes: list[str] = field(default_factory=list)
     #: A pass that rebuilds the whole graph (extract, set-opset, simplify) returns the new one here.
     graph: Any = None
+    #: What this run left true beyond the class's `keeps`, where that depends on what it met
+    #: (remove-node of Identity nodes keeps the shapes, of a Cast it does not).
+    keeps: tuple[str, ...] = ()
 
     @property
     def count(self) -> int:

@@ -23,7 +23,7 @@ from surgeon.errors import CheckFailed, ModelError, SurgeonError
 from surgeon.graphinfo import histogram_delta, op_histogram
 from surgeon.graphio import export_model, import_graph, tensor_dtype_and_shape
 from surgeon.modelio import load_model, save_model_atomic, write_text_atomic
-from surgeon.pass_api import Context, PassResult
+from surgeon.pass_api import NEEDS, Context, PassResult
 from surgeon.recipe import Recipe, Step, load_recipe
 from surgeon.registry import get_pass
 from surgeon.rewrite import dismantle_graph, export_graph, is_sorted, prune_graph, stable_toposort
@@ -288,10 +288,13 @@ def _run_step(graph: gs.Graph, step: Step, index: int, ctx: Context, state: _Gra
         raise SurgeonError(f"{where}: pass '{step.pass_name}' returned {type(result).__name__}, not a PassResult")
     if result.graph is not None:
         graph = result.graph
+    unknown = set(result.keeps) - set(NEEDS)
+    if unknown:
+        raise SurgeonError(f"{where}: pass '{step.pass_name}' says it keeps {sorted(unknown)}; known: {list(NEEDS)}")
     if result.graph is not None:
         state.changed()
     elif result.changed:
-        state.changed(keeps=cls.keeps)
+        state.changed(keeps=(*cls.keeps, *result.keeps))
     state.held.update(cls.provides)
     if result.changed or result.graph is not None or state.histogram is None:
         state.histogram = op_histogram(graph.nodes)
