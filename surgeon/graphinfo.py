@@ -38,19 +38,24 @@ def unused_initializers(model: onnx.ModelProto) -> list[str]:
     read: set[str] = {o.name for o in model.graph.output}
     for node in model.graph.node:
         read.update(node.input)
-    if all(t.name in read for t in model.graph.initializer):
+    unread = [t.name for t in model.graph.initializer if t.name not in read]
+    if not unread:
         return []  # the usual case, known without looking into every node's attributes for subgraphs
     stack = [model.graph]
     while stack:
-        graph = stack.pop()
-        for node in graph.node:
-            read.update(node.input)
+        for node in stack.pop().node:
             for attr in node.attribute:
                 if attr.type == onnx.AttributeProto.GRAPH:
-                    stack.append(attr.g)
+                    subgraphs = [attr.g]
                 elif attr.type == onnx.AttributeProto.GRAPHS:
-                    stack.extend(attr.graphs)
-    return [t.name for t in model.graph.initializer if t.name not in read]
+                    subgraphs = list(attr.graphs)
+                else:
+                    continue
+                for subgraph in subgraphs:  # If/Loop/Scan bodies read the outer graph's tensors too
+                    for inner in subgraph.node:
+                        read.update(inner.input)
+                    stack.append(subgraph)
+    return [name for name in unread if name not in read]
 
 
 def tensor_names(graph) -> set[str]:
