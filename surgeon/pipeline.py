@@ -26,7 +26,7 @@ from surgeon.modelio import load_model, save_model_atomic, write_text_atomic
 from surgeon.pass_api import NEEDS, Context, PassResult
 from surgeon.recipe import Recipe, Step, load_recipe
 from surgeon.registry import get_pass
-from surgeon.rewrite import dismantle_graph, export_graph, is_sorted, prune_graph, stable_toposort
+from surgeon.rewrite import dismantle_graph, dismantle_replaced, export_graph, is_sorted, prune_graph, stable_toposort
 from surgeon.targets import load_target
 
 
@@ -287,6 +287,7 @@ def _run_step(graph: gs.Graph, step: Step, index: int, ctx: Context, state: _Gra
     if not isinstance(result, PassResult):
         raise SurgeonError(f"{where}: pass '{step.pass_name}' returned {type(result).__name__}, not a PassResult")
     if result.graph is not None:
+        dismantle_replaced(graph, result.graph)
         graph = result.graph
     unknown = set(result.keeps) - set(NEEDS)
     if unknown:

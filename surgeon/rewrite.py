@@ -312,6 +312,24 @@ def dismantle_graph(graph: gs.Graph) -> None:
         current.__dict__.clear()
 
 
+def dismantle_replaced(old: gs.Graph, new: gs.Graph) -> None:
+    """Take apart `old` (see dismantle_graph) now that `new` replaces it, unless the two share a node or
+    tensor (a pass may build its new graph from the old one's parts) or hold subgraphs or functions."""
+    if old is new or old.functions or new.functions or any_subgraphs(old.nodes) or any_subgraphs(new.nodes):
+        return
+    kept = {id(t) for t in (*new.inputs, *new.outputs)}
+    for node in new.nodes:
+        kept.add(id(node))
+        kept.update(id(t) for t in node.inputs)
+        kept.update(id(t) for t in node.outputs)
+    if any(id(t) in kept for t in (*old.inputs, *old.outputs)):
+        return
+    for node in old.nodes:
+        if id(node) in kept or any(id(t) in kept for t in node.inputs) or any(id(t) in kept for t in node.outputs):
+            return
+    dismantle_graph(old)
+
+
 def prune_graph(graph: gs.Graph, remove_unused_inputs: bool = False) -> list[gs.Node]:
     """`graph.cleanup(...)`: remove nodes that no graph output depends on; return them, in graph order.
 

@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 import textwrap
+import weakref
 
 import numpy as np
 import onnx
@@ -492,3 +493,50 @@ def test_passes_that_skip_work_the_pipeline_knows_is_done_give_the_same_model(tm
     assert with_shortcuts == without
     names = [i.name for i in onnx.load(tmp_path / "a.onnx").graph.input]
     assert names == ["x", "k"]  # the unused input went in both
+
+
+@register_pass("test-fresh-graph")
+class FreshGraph(Pass):
+    """Returns the graph re-imported through ONNX, as set-opset and simplify do (for the tests)."""
+
+    def run(self, graph, ctx):
+        from surgeon.rewrite import via_onnx
+
+        FreshGraph.replaced.append(weakref.ref(graph.nodes[0]))
+        result = PassResult(graph=via_onnx(graph, lambda model: model))
+        result.rewrote("all")
+        return result
+
+    replaced: list = []
+
+
+@register_pass("test-rebuilt-graph")
+class RebuiltGraph(Pass):
+    """Returns a new Graph object made of the old one's nodes and tensors (for the tests)."""
+
+    def run(self, graph, ctx):
+        import onnx_graphsurgeon as gs
+
+        result = PassResult(graph=gs.Graph(nodes=list(graph.nodes), inputs=list(graph.inputs),
+                                           outputs=list(graph.outputs), opset=graph.opset))
+        result.rewrote("all")
+        return result
+
+
+def test_a_graph_a_pass_replaced_is_freed_at_once_unless_the_new_one_reuses_it(tmp_path, model_file, relu_model):
+    import gc
+
+    FreshGraph.replaced.clear()
+    gc.disable()  # freed by reference counting, not by a collection
+    try:
+        surgeon.run_recipe({"name": "f", "steps": [{"pass": "test-fresh-graph"}]}, model=model_file,
+                           output=tmp_path / "fresh.onnx")
+        assert FreshGraph.replaced[0]() is None
+    finally:
+        gc.enable()
+    result = surgeon.run_recipe({"name": "r", "steps": [{"pass": "test-rebuilt-graph"}]}, model=model_file,
+                                output=tmp_path / "rebuilt.onnx")
+    feeds = {i.name: np.ones([d.dim_value or 1 for d in i.type.tensor_type.shape.dim], np.float32)
+             for i in result.model.graph.input}
+    original = onnx.load(model_file)
+    np.testing.assert_array_equal(run_ort(result.model, feeds)[0], run_ort(original, feeds)[0])
