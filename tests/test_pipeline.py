@@ -540,3 +540,20 @@ def test_a_graph_a_pass_replaced_is_freed_at_once_unless_the_new_one_reuses_it(t
              for i in result.model.graph.input}
     original = onnx.load(model_file)
     np.testing.assert_array_equal(run_ort(result.model, feeds)[0], run_ort(original, feeds)[0])
+
+
+@register_pass("test-keeps-unknown")
+class KeepsUnknown(KeepsOrder):
+    """Says at run time that it keeps something the pipeline does not know (for the tests)."""
+
+    def run(self, graph, ctx):
+        result = super().run(graph, ctx)
+        result.keeps = ("order",)
+        return result
+
+
+def test_a_run_keeping_something_unknown_is_an_error_naming_the_step(tmp_path, model_file):
+    with pytest.raises(SurgeonError, match=r"step 1 .*test-keeps-unknown.* keeps \['order'\]; known:"):
+        surgeon.run_recipe({"name": "u", "steps": [{"pass": "test-keeps-unknown"}]}, model=model_file,
+                           output=tmp_path / "o.onnx")
+    assert not (tmp_path / "o.onnx").exists()
