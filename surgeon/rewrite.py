@@ -242,20 +242,9 @@ def is_sorted(nodes) -> bool:
     seen = set()
     for node in nodes:
         attrs = node.attrs
-        if attrs and any(isinstance(value, gs.Graph) for value in attrs.values()):
-            return _is_sorted_reading(nodes, _reads)  # subgraphs read tensors of the outer graph too
-        for tensor in node.inputs:
-            producers = tensor.inputs
-            if producers and id(producers[0]) not in seen and producers[0] is not node:
-                return False
-        seen.add(id(node))
-    return True
-
-
-def _is_sorted_reading(nodes, reads) -> bool:
-    seen = set()
-    for node in nodes:
-        for tensor in reads(node):
+        # A node's subgraphs (If/Loop/Scan bodies) read tensors of the outer graph too.
+        has_subgraphs = attrs and any(isinstance(value, gs.Graph) for value in attrs.values())
+        for tensor in _reads(node) if has_subgraphs else node.inputs:
             producers = tensor.inputs
             if producers and id(producers[0]) not in seen and producers[0] is not node:
                 return False
