@@ -242,14 +242,28 @@ def is_sorted(nodes) -> bool:
     seen = set()
     for node in nodes:
         attrs = node.attrs
-        # A node's subgraphs (If/Loop/Scan bodies) read tensors of the outer graph too.
-        has_subgraphs = attrs and any(isinstance(value, gs.Graph) for value in attrs.values())
-        for tensor in _reads(node) if has_subgraphs else node.inputs:
+        # A node's subgraphs (If/Loop/Scan bodies) read tensors of the outer graph too; what their
+        # own nodes produce says nothing about the outer order.
+        if attrs and any(isinstance(value, gs.Graph) for value in attrs.values()):
+            reads, inner = _reads(node), _inner_node_ids(node)
+        else:
+            reads, inner = node.inputs, ()
+        for tensor in reads:
             producers = tensor.inputs
-            if producers and id(producers[0]) not in seen and producers[0] is not node:
+            if producers and id(producers[0]) not in seen and producers[0] is not node \
+                    and id(producers[0]) not in inner:
                 return False
         seen.add(id(node))
     return True
+
+
+def _inner_node_ids(node: gs.Node) -> set[int]:
+    ids: set[int] = set()
+    for sub in node.subgraphs():
+        for inner in sub.nodes:
+            ids.add(id(inner))
+            ids |= _inner_node_ids(inner)
+    return ids
 
 
 def any_subgraphs(nodes) -> bool:
