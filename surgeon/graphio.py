@@ -34,6 +34,7 @@ from __future__ import annotations
 import math
 from collections import OrderedDict
 
+import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 from onnx import AttributeProto, ModelProto
@@ -56,12 +57,20 @@ class _Unsupported(Exception):
 
 def import_graph(model: ModelProto) -> gs.Graph:
     """`gs.import_onnx(model)`, built without graphsurgeon's per-object overhead."""
+    return import_graph_and_order(model)[0]
+
+
+def import_graph_and_order(model: ModelProto) -> tuple[gs.Graph, bool | None]:
+    """`import_graph`, and whether its nodes are topologically sorted (`rewrite.is_sorted`), noticed on
+    the way; None where that is not known (graphs with subgraphs, graphsurgeon's own import)."""
     if model.functions or model.graph.sparse_initializer:
-        return gs.import_onnx(model)
+        return gs.import_onnx(model), None
+    importer = _Importer(model)
     try:
-        return _Importer(model).graph()
+        graph = importer.graph()
     except _Unsupported:
-        return gs.import_onnx(model)
+        return gs.import_onnx(model), None
+    return graph, None if importer.has_subgraphs else not importer.read_before_written
 
 
 def _links(owner, field_name: str) -> SynchronizedList:
@@ -100,6 +109,25 @@ def tensor_dtype_and_shape(info: onnx.ValueInfoProto, dtypes: dict) -> tuple:
     return dtype, shape
 
 
+class TensorTypes:
+    """`tensor_dtype_and_shape` remembered by the serialized type: a graph's tensors share a few types,
+    and looking one up costs a quarter of reading its dims from the proto (20,000 tensors: 34 -> 9 ms).
+    Each call returns its own shape list, so annotated tensors never share one."""
+
+    def __init__(self, dtypes: dict | None = None):
+        self.dtypes = {} if dtypes is None else dtypes
+        self.known: dict[bytes, tuple] = {}
+
+    def read(self, info: onnx.ValueInfoProto) -> tuple:
+        key = info.type.SerializeToString()
+        known = self.known.get(key)
+        if known is None:
+            dtype, shape = tensor_dtype_and_shape(info, self.dtypes)
+            known = self.known[key] = (dtype, None if shape is None else tuple(shape))
+        dtype, shape = known
+        return dtype, None if shape is None else list(shape)
+
+
 class _Importer:
     """`OnnxImporter.import_graph` for a model's main graph."""
 
@@ -109,8 +137,10 @@ class _Importer:
         self.import_domains = OnnxImporter.get_import_domains(model)
         self.dtypes: dict[int, object] = {}  # TensorProto data_type -> what gs stores as dtype
         self.itemsizes: dict[int, int] = {}
+        self.types = TensorTypes(self.dtypes)
         self.tensors: dict[str, gs.Tensor] = {}
         self.has_subgraphs = False
+        self.read_before_written = False  # some node reads a tensor a later node writes: not sorted
 
     def graph(self) -> gs.Graph:
         model = self.model
@@ -162,7 +192,7 @@ class _Importer:
             return _variable(info.name)
         if not onnx_type.HasField("tensor_type"):
             return OnnxImporter.import_tensor(info)
-        return _variable(info.name, *tensor_dtype_and_shape(info, self.dtypes))
+        return _variable(info.name, *self.types.read(info))
 
     def value_info(self, info: onnx.ValueInfoProto) -> None:
         # As gs: a repeated value_info fills in what the first one left unknown, nothing else.
@@ -204,6 +234,8 @@ class _Importer:
             _append(tensor.outputs, node)
         for name in proto.output:
             tensor = known(name) or self.node_tensor(name)
+            if tensor.outputs and not tensor.inputs and any(reader is not node for reader in tensor.outputs):
+                self.read_before_written = True
             _append(outputs, tensor)
             _append(tensor.inputs, node)
         fields = node.__dict__
@@ -382,8 +414,25 @@ class _Exporter:
                 repeated.append(_lazy_tensor_proto(tensor))
             elif isinstance(values, SparseValues):
                 raise _Unsupported
+            elif type(values) is np.ndarray and tensor._export_dtype is None and self.whole_bytes(values.dtype):
+                # `constant_to_onnx_tensor` without onnx.helper.make_tensor's checks and its dtype lookups
+                # (a folded graph has thousands of small NumPy constants): the same fields, the same bytes.
+                proto = repeated.add(name=tensor.name, data_type=self.onnx_dtypes[values.dtype],
+                                     dims=values.shape, raw_data=values.tobytes())
+                if tensor.data_location is not None:
+                    proto.data_location = tensor.data_location
             else:
                 repeated.append(OnnxExporter.export_tensor_proto(tensor))
+
+    def whole_bytes(self, dtype: np.dtype) -> bool:
+        """Whether raw data of `dtype` is its NumPy bytes as they are (no 2/4/6-bit packing, no strings)."""
+        elem_type = self.onnx_dtypes.get(dtype)
+        if elem_type is None:
+            try:
+                elem_type = self.onnx_dtypes[dtype] = dtype_to_onnx(dtype)
+            except Exception:
+                return False
+        return elem_type in _WHOLE_BYTE_TYPES
 
     def value_info(self, repeated, tensor: gs.Tensor) -> None:
         """`OnnxExporter.export_value_info_proto`."""
@@ -421,6 +470,13 @@ class _Exporter:
         if type_proto is None:
             type_proto = self.type_protos[key] = onnx.helper.make_tensor_type_proto(elem_type, shape)
         return type_proto
+
+
+_WHOLE_BYTE_TYPES = frozenset({
+    onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16, onnx.TensorProto.BOOL,
+    onnx.TensorProto.INT8, onnx.TensorProto.INT16, onnx.TensorProto.INT32, onnx.TensorProto.INT64,
+    onnx.TensorProto.UINT8, onnx.TensorProto.UINT16, onnx.TensorProto.UINT32, onnx.TensorProto.UINT64,
+})
 
 
 def _lazy_tensor_proto(tensor: gs.Constant) -> onnx.TensorProto:

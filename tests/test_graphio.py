@@ -21,7 +21,8 @@ from onnx import AttributeProto, TensorProto, helper, numpy_helper
 from onnx_graphsurgeon.ir.tensor import LazyValues
 from onnx_graphsurgeon.util.misc import SynchronizedList
 
-from surgeon.graphio import export_model, import_graph
+from surgeon.graphio import export_model, import_graph, import_graph_and_order
+from surgeon.rewrite import is_sorted
 from surgeon.testing import IR_VERSION, make_model
 
 REPO = Path(__file__).resolve().parent.parent
@@ -118,6 +119,46 @@ def test_shape_inferred_models(name):
     model = onnx.shape_inference.infer_shapes(onnx.load(REPO / "tests/data/zoo" / name), data_prop=True)
     assert len(model.graph.value_info) > 100
     assert_equivalent(model)
+
+
+def order_cases():
+    """The node orders whose import verdict is checked: bundled models as stored, and shuffled."""
+    import random
+
+    rng = random.Random(7)
+    for path in MODEL_FILES[:6]:
+        if path.stat().st_size > MAX_MODEL_BYTES:
+            continue
+        model = onnx.load(path, load_external_data=False)
+        yield path.name, model
+        nodes = list(model.graph.node)
+        rng.shuffle(nodes)
+        del model.graph.node[:]
+        model.graph.node.extend(nodes)
+        yield path.name + " shuffled", model
+    x, y, z = vi("x"), vi("y"), vi("z")
+    chain = [helper.make_node("Relu", ["x"], ["a"]), helper.make_node("Neg", ["a"], ["y"])]
+    yield "chain", graph_model(chain, [x], [y])
+    yield "chain reversed", graph_model(chain[::-1], [x], [y])
+    yield "reads its own output", graph_model([helper.make_node("Add", ["x", "y"], ["y"])], [x], [y])
+    yield "two readers, one early", graph_model(
+        [helper.make_node("Relu", ["a"], ["y"]), helper.make_node("Neg", ["x"], ["a"]),
+         helper.make_node("Relu", ["a"], ["z"])], [x], [y, z])
+    yield "writes a graph input", graph_model([helper.make_node("Neg", ["x"], ["y"]),
+                                               helper.make_node("Relu", ["y"], ["x"])], [x], [y])
+
+
+def test_import_tells_whether_the_nodes_are_sorted():
+    """The order noticed during import is `is_sorted`'s verdict on the imported graph, sorted or not."""
+    verdicts = set()
+    for name, model in order_cases():
+        graph, in_order = import_graph_and_order(model)
+        assert in_order is not None, name
+        assert in_order == is_sorted(graph.nodes), name
+        verdicts.add(in_order)
+    assert verdicts == {True, False}
+    assert import_graph_and_order(if_model())[1] is None  # subgraphs: is_sorted decides
+    assert import_graph_and_order(function_model())[1] is None  # graphsurgeon's own import
 
 
 def test_bundled_models_found():
@@ -333,6 +374,40 @@ def test_export_of_edited_graphs(edit, do_type_check):
         return
     assert export_model(ours, do_type_check=do_type_check).SerializeToString() == expected
     assert describe(ours) == describe(theirs)
+
+
+NUMPY_CONSTANTS = [np.arange(6, dtype=dtype).reshape(2, 3) for dtype in (
+    np.float32, np.float64, np.float16, np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32,
+    np.uint64)] + [np.array([True, False]), np.array(3, np.int64), np.zeros((0, 4), np.float32),
+                   np.arange(4, dtype=np.float32)[::2],  # not contiguous
+                   np.array([1.5, 2.0], dtype=">f4"),  # big-endian
+                   np.array([1.0], dtype=ml_dtypes.bfloat16), np.array([1, -2], dtype=ml_dtypes.int4),
+                   np.array([1.0, 0.5], dtype=ml_dtypes.float8_e4m3fn)]
+
+
+@pytest.mark.parametrize("values", NUMPY_CONSTANTS, ids=lambda v: f"{v.dtype}{list(v.shape)}")
+@pytest.mark.parametrize("located", [False, True])
+def test_numpy_constants_export_as_graphsurgeon_does(values, located):
+    """Folded graphs carry thousands of NumPy constants; the exporter writes them itself (same bytes)."""
+    def edit(graph):
+        constant = gs.Constant("folded", values.copy(), data_location=0 if located else None)
+        graph.nodes.append(gs.Node("Identity", inputs=[constant], outputs=[gs.Variable("folded_out")]))
+    ours, theirs = edited_pair(small_model(), edit)
+    try:
+        expected = gs.export_onnx(theirs).SerializeToString()
+    except ValueError as exc:  # graphsurgeon refuses (big-endian): so must we, with the same error
+        with pytest.raises(ValueError, match=str(exc).split("(")[0]):
+            export_model(ours)
+        return
+    assert export_model(ours).SerializeToString() == expected
+
+
+def test_numpy_constants_with_an_export_dtype_go_to_graphsurgeon():
+    def edit(graph):
+        constant = gs.Constant("folded", np.array([1.0, 2.0], np.float32), export_dtype=np.float32)
+        graph.nodes.append(gs.Node("Identity", inputs=[constant], outputs=[gs.Variable("folded_out")]))
+    ours, theirs = edited_pair(small_model(), edit)
+    assert export_model(ours).SerializeToString() == gs.export_onnx(theirs).SerializeToString()
 
 
 attribute_values = st.one_of(
