@@ -12,6 +12,7 @@ leaves the graph as it was.
 """
 from __future__ import annotations
 
+from operator import attrgetter
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -269,7 +270,12 @@ def _inner_node_ids(node: gs.Node) -> set[int]:
 def any_subgraphs(nodes) -> bool:
     """Whether some node holds a subgraph (If/Loop/Scan bodies). Same test as `Node.subgraphs`, minus
     its generator per node (a third of a toposort on 20,000 nodes)."""
-    return any(isinstance(value, gs.Graph) for node in nodes for value in node.attrs.values())
+    for attrs in map(attrgetter("attrs"), nodes):
+        if attrs:
+            for value in attrs.values():
+                if isinstance(value, gs.Graph):
+                    return True
+    return False
 
 
 def _reads(node: gs.Node):
@@ -286,6 +292,27 @@ def _release(item: gs.Node | gs.Tensor) -> None:
     garbage collector (see dismantle_graph). The object stays readable (name, op, attrs)."""
     item.__dict__["inputs"] = []
     item.__dict__["outputs"] = []
+
+
+def _unlink(removed: list[gs.Node]) -> None:
+    """Disconnect removed nodes from their tensors and release them (and the tensors left with no
+    link). As `node.inputs.clear()`, `node.outputs.clear()` on each, but one filtered rebuild per
+    touched tensor instead of one `list.remove` per link (8,400 folded nodes: 3x faster)."""
+    gone = {id(node) for node in removed}
+    touched = {id(t): t for node in removed for t in node.inputs}
+    orphans = {id(t): t for node in removed for t in node.outputs}
+    for tensors, field in ((touched, "outputs"), (orphans, "inputs")):
+        for tensor in tensors.values():
+            links = tensor.__dict__[field]
+            kept = [node for node in links if id(node) not in gone]
+            if len(kept) != len(links):
+                list.clear(links)  # the plain list methods: the removed nodes' own lists are dropped below
+                list.extend(links, kept)
+    for node in removed:
+        _release(node)
+    for tensor in orphans.values():
+        if not tensor.inputs and not tensor.outputs:
+            _release(tensor)
 
 
 def dismantle_graph(graph: gs.Graph) -> None:
@@ -363,14 +390,7 @@ def prune_graph(graph: gs.Graph, remove_unused_inputs: bool = False) -> list[gs.
     removed = [n for n in nodes if id(n) not in used]
     if removed:
         nodes[:] = [n for n in nodes if id(n) in used]
-        orphans = [t for node in removed for t in node.outputs]
-        for node in removed:
-            node.inputs.clear()
-            node.outputs.clear()
-            _release(node)
-        for tensor in orphans:
-            if not tensor.inputs and not tensor.outputs:
-                _release(tensor)
+        _unlink(removed)
     if remove_unused_inputs:
         graph.inputs = [t for t in graph.inputs if id(t) in read]
     return removed
