@@ -10,7 +10,7 @@ import onnx_graphsurgeon as gs
 
 from surgeon.errors import PassError, suggest
 from surgeon.pass_api import Param, Pass, PassResult, register_pass
-from surgeon.pipeline import infer_graph_shapes
+from surgeon.inference import infer_graph_shapes
 
 
 @register_pass("set-input-shapes")

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import gc
 import json
-import math
 import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -21,8 +20,9 @@ import onnx_graphsurgeon as gs
 from surgeon import __version__
 from surgeon.errors import CheckFailed, ModelError, SurgeonError
 from surgeon.graphinfo import histogram_delta, op_histogram
-from surgeon.graphio import export_model, import_graph, tensor_dtype_and_shape
-from surgeon.modelio import load_model, save_model_atomic, write_text_atomic
+from surgeon.graphio import import_graph_and_order
+from surgeon.inference import annotate_shapes, infer_graph_shapes, infer_where_untyped, infer_without_weights
+from surgeon.modelio import load_model, save_model_atomic, serialize_model, write_text_atomic
 from surgeon.pass_api import NEEDS, Context, PassResult
 from surgeon.recipe import Recipe, Step, load_recipe
 from surgeon.registry import get_pass
@@ -132,12 +132,14 @@ def run_recipe(recipe, model=None, output=None, *, overrides=(), dry_run: bool =
         result_model = finish_graph(graph, original, recipe, records)
         dismantle_graph(graph)
         del graph
+        writing = output is not None and not dry_run
+        serialized = serialize_model(result_model) if recipe.checker or writing else None
         if recipe.checker:
-            check_model(result_model)
+            check_model(result_model if serialized is None else serialized)
 
     result = RunResult(recipe=recipe, model=result_model, original=original, model_path=model_path, steps=records)
-    if output is not None and not dry_run:
-        result.files = save_model_atomic(result_model, output)
+    if writing:
+        result.files = save_model_atomic(result_model, output, serialized=serialized)
         result.output = output
     if recipe.validate and validate:
         from surgeon.validation import validate_run
@@ -184,15 +186,16 @@ def run_steps(model: onnx.ModelProto, recipe: Recipe, model_dir=None, progress: 
               after_step: AfterStep | None = None) -> tuple[gs.Graph, list[StepRecord]]:
     """Import `model`, run the recipe's steps over it; return the (untidied) graph and the records."""
     progress = progress or Progress()
-    graph = import_graph(model)
+    graph, sorted_on_import = import_graph_and_order(model)
     ctx = Context(target=load_target(recipe.target), opset=graph.opset or 17, model_dir=model_dir)
     ctx.input_model = model
     state = _GraphState()
-    sorted_on_import = is_sorted(graph.nodes)
+    if sorted_on_import is None:
+        sorted_on_import = is_sorted(graph.nodes)
     if sorted_on_import:
         state.held.add("toposort")
     if _shapes_pay_off(model, recipe):
-        inferred = _inferred_skeleton(model)
+        inferred = infer_without_weights(model)
         if inferred is not None:
             annotate_shapes(graph, inferred)
             if sorted_on_import:  # inference on an unsorted graph is partial: leave it to _provide
@@ -218,38 +221,6 @@ def _shapes_pay_off(model: onnx.ModelProto, recipe: Recipe) -> bool:
     if any("shapes" in get_pass(step.pass_name).needs for step in recipe.steps):
         return True
     return bool(recipe.steps) and any(node.op_type == "Shape" for node in model.graph.node)
-
-
-# Initializers up to this many elements keep their values for shape inference (Reshape shapes, Slice
-# bounds, Resize scales...); larger ones are weights, of which inference needs only dtype and dims.
-_SHAPE_RELEVANT_ELEMENTS = 1024
-
-
-def _inferred_skeleton(model: onnx.ModelProto) -> onnx.ModelProto | None:
-    """ONNX shape inference over the model without its weights' data; None where inference fails.
-
-    Inferring on the loaded proto costs a fraction of exporting the graph later for the first pass
-    that needs shapes (docs/performance.md); leaving the weights out keeps a second copy of them out
-    of memory and out of the serialization inference does.
-    """
-    skeleton = onnx.ModelProto(ir_version=model.ir_version, opset_import=model.opset_import,
-                               functions=model.functions)
-    graph = skeleton.graph
-    source = model.graph
-    graph.node.extend(source.node)
-    graph.input.extend(source.input)
-    graph.output.extend(source.output)
-    graph.value_info.extend(source.value_info)
-    graph.sparse_initializer.extend(source.sparse_initializer)
-    for tensor in source.initializer:
-        if math.prod(tensor.dims) <= _SHAPE_RELEVANT_ELEMENTS:
-            graph.initializer.append(tensor)
-        else:
-            graph.initializer.add(name=tensor.name, data_type=tensor.data_type, dims=tensor.dims)
-    try:
-        return onnx.shape_inference.infer_shapes(skeleton, strict_mode=False, data_prop=True)
-    except Exception:  # custom ops without schemas, unusual graphs: passes infer later if they need to
-        return None
 
 
 class _GraphState:
@@ -326,37 +297,6 @@ def _toposort(graph: gs.Graph) -> None:
         raise SurgeonError(str(exc)) from None
 
 
-def infer_graph_shapes(graph: gs.Graph) -> gs.Graph:
-    """Annotate the graph's tensors, in place, with the dtypes and shapes ONNX shape inference finds.
-
-    Best effort: a graph that cannot be exported or inferred (custom ops without schemas, attributes
-    graphsurgeon cannot export) is returned as it was. Tensors inference says nothing about keep
-    what they had. Annotating in place costs a fraction of re-importing the inferred model.
-    """
-    try:
-        model = export_model(graph, do_type_check=False)
-        model = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
-    except Exception:
-        return graph
-    return annotate_shapes(graph, model)
-
-
-def annotate_shapes(graph: gs.Graph, model: onnx.ModelProto) -> gs.Graph:
-    """Set dtype and shape of the graph's tensors from the (inferred) model's value infos, inputs and
-    outputs; tensors the model says nothing about keep what they had."""
-    variables = {t.name: t for t in graph.inputs if isinstance(t, gs.Variable)}
-    variables.update((t.name, t) for node in graph.nodes for t in node.outputs if isinstance(t, gs.Variable))
-    dtypes: dict = {}
-    for info in (*model.graph.value_info, *model.graph.output, *model.graph.input):
-        tensor = variables.get(info.name)
-        if tensor is not None and info.type.HasField("tensor_type"):
-            # Straight into the instance dict: Tensor.__setattr__ special-cases inputs/outputs only,
-            # and going through it took half of this function on 20,000 tensors.
-            fields = tensor.__dict__
-            fields["dtype"], fields["shape"] = tensor_dtype_and_shape(info, dtypes)
-    return graph
-
-
 def finish_graph(graph: gs.Graph, original: onnx.ModelProto, recipe: Recipe,
                  records: list[StepRecord]) -> onnx.ModelProto:
     """Tidy once, export once, infer shapes, and write provenance into `metadata_props`."""
@@ -367,8 +307,9 @@ def finish_graph(graph: gs.Graph, original: onnx.ModelProto, recipe: Recipe,
         prune_graph(graph)
     if "toposort" not in held:  # also for an untouched graph: unsorted exports fail onnx.checker
         _toposort(graph)
+    typed = infer_where_untyped(graph)
     model = export_graph(graph)
-    if not _every_tensor_typed(graph):
+    if not typed:
         try:
             model = onnx.shape_inference.infer_shapes(model, strict_mode=False)
         except Exception:
@@ -379,19 +320,10 @@ def finish_graph(graph: gs.Graph, original: onnx.ModelProto, recipe: Recipe,
     return model
 
 
-def _every_tensor_typed(graph: gs.Graph) -> bool:
-    """Every tensor a node writes has a dtype and a shape without unknown dims (an earlier shape
-    inference, e.g. for fold-constants, left them): inferring again would add nothing."""
-    for node in graph.nodes:
-        for tensor in node.outputs:
-            if isinstance(tensor, gs.Variable) and tensor.name and (
-                    tensor.dtype is None or tensor.shape is None or None in tensor.shape):
-                return False
-    return True
-
-
 def _restore_node_metadata(model: onnx.ModelProto, original: onnx.ModelProto, provenance: dict) -> None:
-    kept = {n.name: list(n.metadata_props) for n in original.graph.node if n.name and n.metadata_props}
+    kept = {n.name: list(n.metadata_props) for n in original.graph.node if n.metadata_props and n.name}
+    if not kept and not provenance:
+        return
     for node in model.graph.node:
         props = {p.key: p.value for p in kept.get(node.name, ())}
         props.update(provenance.get(node.name, {}))
@@ -431,10 +363,10 @@ def _stamp(model: onnx.ModelProto, recipe: Recipe, records: list[StepRecord]) ->
         model.metadata_props.add(key=key, value=props[key])
 
 
-def check_model(model: onnx.ModelProto) -> None:
-    """onnx.checker on the result; a failure is CheckFailed (exit 1) and nothing is written."""
+def check_model(model: onnx.ModelProto | bytes) -> None:
+    """onnx.checker on the result (or its bytes); a failure is CheckFailed (exit 1) and nothing is written."""
     try:
-        if model.ByteSize() < 2**31 - 1:
+        if isinstance(model, bytes) or model.ByteSize() < 2**31 - 1:
             onnx.checker.check_model(model)
     except onnx.checker.ValidationError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else "invalid model"

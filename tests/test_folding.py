@@ -217,7 +217,7 @@ def test_size_threshold_keeps_large_folded_values_computed():
 
 def graphsurgeon_folded(model):
     """The pass as it was before surgeon.folding: graphsurgeon's folder over the whole graph."""
-    from surgeon.pipeline import infer_graph_shapes
+    from surgeon.inference import infer_graph_shapes
     from surgeon.rewrite import export_graph, stable_toposort
 
     graph = gs.import_onnx(model)

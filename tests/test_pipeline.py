@@ -307,14 +307,15 @@ def test_a_second_reference_for_the_same_op_is_an_error():
 def test_shapes_are_inferred_before_import_without_copying_the_weights():
     """A step that needs shapes finds them on the imported graph; inference saw the weights' dims, not
     their data, and still used the small shape constant."""
-    from surgeon.pipeline import _inferred_skeleton, run_steps
+    from surgeon.inference import infer_without_weights
+    from surgeon.pipeline import run_steps
     from surgeon.recipe import load_recipe
 
     nodes = [onnx.helper.make_node("MatMul", ["x", "w"], ["m"], name="matmul"),
              onnx.helper.make_node("Reshape", ["m", "shape"], ["y"], name="reshape")]
     model = make_model(nodes, [("x", np.float32, [2, 64])], [("y", np.float32, None)],
                        initializers={"w": np.ones((64, 64), np.float32), "shape": np.array([4, -1], np.int64)})
-    skeleton = _inferred_skeleton(model)
+    skeleton = infer_without_weights(model)
     weights = {t.name: t for t in skeleton.graph.initializer}
     assert not weights["w"].raw_data and list(weights["w"].dims) == [64, 64] and weights["shape"].raw_data
     graph, _ = run_steps(model, load_recipe({"name": "s", "steps": [{"pass": "clip-int"}]}))
@@ -452,7 +453,8 @@ def test_what_the_pipeline_holds_after_a_generic_pass_is_true(step, held):
     """After each pass on a sorted, shape-annotated graph that it changes, what the pipeline then
     believes (from the pass's `keeps` and `provides`) really holds: the graph is sorted, nothing is
     left to prune, every tensor's type is what inference says."""
-    from surgeon.pipeline import infer_graph_shapes, run_steps
+    from surgeon.inference import infer_graph_shapes
+    from surgeon.pipeline import run_steps
     from surgeon.recipe import load_recipe
     from surgeon.rewrite import is_sorted, prune_graph
 
