@@ -167,7 +167,7 @@ def collector_paused():
 
     graphsurgeon graphs are reference cycles by design (tensor <-> node); building one of 20,000 nodes
     triggers full collections that free nothing and took 25-40 % of a run (docs/performance.md). The
-    graphs are freed by the next collection after the run.
+    graphs the run drops are taken apart (`rewrite.dismantle_graph`), so reference counting frees them.
     """
     was_enabled = gc.isenabled()
     gc.disable()
