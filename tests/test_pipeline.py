@@ -559,3 +559,16 @@ def test_a_run_keeping_something_unknown_is_an_error_naming_the_step(tmp_path, m
         surgeon.run_recipe({"name": "u", "steps": [{"pass": "test-keeps-unknown"}]}, model=model_file,
                            output=tmp_path / "o.onnx")
     assert not (tmp_path / "o.onnx").exists()
+
+
+def test_summary_counts_the_unused_nodes_removed_between_steps(tmp_path, capsys):
+    """The dead `Abs` of the input is pruned before clip-int (which needs shapes, so a tidy graph): the
+    summary says so instead of letting the node count drop between two rows unexplained."""
+    model = tmp_path / "leftovers.onnx"
+    onnx.save(_model_with_leftovers(), model)
+    recipe = recipe_file(tmp_path, [{"pass": "remove-node", "with": {"op_types": ["Identity"]}},
+                                    {"pass": "clip-int"}], model=model)
+    assert main(["run", str(recipe), "-o", str(tmp_path / "o.onnx")]) == 0
+    out = capsys.readouterr().out
+    assert "9->8" in out and "7->" in out
+    assert "unused nodes removed between steps (in no row above): 1 before step 2" in out

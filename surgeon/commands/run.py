@@ -56,6 +56,10 @@ def summary(result, dry_run: bool) -> str:
                      delta or "-", f"{r.seconds:.2f}s"])
     lines = [table(rows, ["#", "step", "rewrites", "nodes", "op changes", "time"])] if rows else ["(no steps)"]
     before, after = len(result.original.graph.node), len(result.model.graph.node)
+    pruned = _pruned_between_steps(result.steps, before, after)
+    if pruned:
+        lines.append("unused nodes removed between steps (in no row above): "
+                     + ", ".join(f"{count} {where}" for where, count in pruned))
     if dry_run:
         lines.append(f"dry run: {before} -> {after} nodes; nothing was written")
     else:
@@ -67,6 +71,19 @@ def summary(result, dry_run: bool) -> str:
     if result.build is not None:
         lines.append(getattr(result.build, "summary", str(result.build)))
     return "\n".join(lines)
+
+
+def _pruned_between_steps(steps, before: int, after: int) -> list[tuple[str, int]]:
+    """(where, how many) for each drop in the node count between one row and the next: the pipeline
+    removes unused nodes lazily, when a step needs a tidy graph, and at the end."""
+    pruned, previous = [], before
+    for record in steps:
+        if previous > record.nodes_before:
+            pruned.append((f"before step {record.index}", previous - record.nodes_before))
+        previous = record.nodes_after
+    if steps and previous > after:
+        pruned.append(("at the end", previous - after))
+    return pruned
 
 
 class TerminalProgress:
