@@ -22,7 +22,7 @@ from surgeon.errors import CheckFailed, ModelError, SurgeonError
 from surgeon.graphinfo import histogram_delta, op_histogram
 from surgeon.graphio import import_graph_and_order
 from surgeon.inference import annotate_shapes, infer_graph_shapes, infer_where_untyped, infer_without_weights
-from surgeon.modelio import load_model, save_model_atomic, serialize_model, write_text_atomic
+from surgeon.modelio import TWO_GB, load_model, save_model_atomic, serialize_model, write_text_atomic
 from surgeon.pass_api import NEEDS, Context, PassResult
 from surgeon.recipe import Recipe, Step, load_recipe
 from surgeon.registry import get_pass
@@ -366,7 +366,7 @@ def _stamp(model: onnx.ModelProto, recipe: Recipe, records: list[StepRecord]) ->
 def check_model(model: onnx.ModelProto | bytes) -> None:
     """onnx.checker on the result (or its bytes); a failure is CheckFailed (exit 1) and nothing is written."""
     try:
-        if isinstance(model, bytes) or model.ByteSize() < 2**31 - 1:
+        if isinstance(model, bytes) or model.ByteSize() < TWO_GB:
             onnx.checker.check_model(model)
     except onnx.checker.ValidationError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else "invalid model"
