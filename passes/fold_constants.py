@@ -18,8 +18,8 @@ import onnx_graphsurgeon as gs
 
 from surgeon.errors import PassError
 from surgeon.folding import NOT_FOLDED, evaluate_with_onnxruntime, fold_graph
-from surgeon.pass_api import Param, Pass, PassResult, register_pass
 from surgeon.inference import infer_graph_shapes
+from surgeon.pass_api import Param, Pass, PassResult, register_pass
 from surgeon.rewrite import any_subgraphs, prune_graph
 
 # onnx-graphsurgeon folds through ONNX Runtime, which refuses IR versions above 10 here (DESIGN.md).
