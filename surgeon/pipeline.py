@@ -44,6 +44,7 @@ class StepRecord:
     rewritten: list[str]
     notes: list[str]
     seconds: float
+    pruned_before: int = 0  # unused nodes removed just before the step, which needed a tidy graph
 
     @property
     def title(self) -> str:
@@ -72,6 +73,11 @@ class RunResult:
     def ok(self) -> bool:
         return self.validation is None or bool(getattr(self.validation, "passed", True))
 
+    @property
+    def pruned_at_end(self) -> int:
+        """Unused nodes removed when the final graph was tidied, after the last step."""
+        return max(0, self.steps[-1].nodes_after - len(self.model.graph.node)) if self.steps else 0
+
     def report(self) -> dict[str, Any]:
         return {
             "surgeon_version": __version__,
@@ -79,7 +85,8 @@ class RunResult:
                        "sha256": self.recipe.sha256, "target": self.recipe.target},
             "model": str(self.model_path),
             "output": str(self.output) if self.output else None,
-            "nodes": {"before": len(self.original.graph.node), "after": len(self.model.graph.node)},
+            "nodes": {"before": len(self.original.graph.node), "after": len(self.model.graph.node),
+                      "pruned_at_end": self.pruned_at_end},
             "steps": [s.to_dict() for s in self.steps],
             "validation": self.validation.to_dict() if hasattr(self.validation, "to_dict") else None,
             "build": self.build.to_dict() if hasattr(self.build, "to_dict") else None,
@@ -240,6 +247,7 @@ def _run_step(graph: gs.Graph, step: Step, index: int, ctx: Context, state: _Gra
     where = step.describe(index)
     cls = get_pass(step.pass_name)
     instance = cls(**step.params)
+    untidy_nodes = len(graph.nodes)
     graph = _provide(graph, cls.needs, state)
     ctx.begin(graph, step.pass_name)
     ctx.held = frozenset(state.held)
@@ -273,7 +281,8 @@ def _run_step(graph: gs.Graph, step: Step, index: int, ctx: Context, state: _Gra
     record = StepRecord(index=index, pass_name=step.pass_name, label=step.label, params=dict(step.params),
                         nodes_before=before_nodes, nodes_after=len(graph.nodes),
                         op_delta=histogram_delta(before_hist, state.histogram),
-                        rewritten=list(result.rewritten), notes=list(result.notes), seconds=round(seconds, 4))
+                        rewritten=list(result.rewritten), notes=list(result.notes), seconds=round(seconds, 4),
+                        pruned_before=untidy_nodes - before_nodes)
     return record, graph
 
 

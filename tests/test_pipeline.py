@@ -186,7 +186,7 @@ def test_json_output_and_version(tmp_path, model_file, capsys):
     recipe = recipe_file(tmp_path, [{"pass": "cleanup"}])
     assert main(["run", str(recipe), str(model_file), "-o", str(tmp_path / "o.onnx"), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
-    assert report["nodes"] == {"before": 3, "after": 2}
+    assert report["nodes"] == {"before": 3, "after": 2, "pruned_at_end": 0}
     with pytest.raises(SystemExit) as info:
         main(["--version"])
     assert info.value.code == 0 and surgeon.__version__ in capsys.readouterr().out
@@ -572,3 +572,20 @@ def test_summary_counts_the_unused_nodes_removed_between_steps(tmp_path, capsys)
     out = capsys.readouterr().out
     assert "9->8" in out and "7->" in out
     assert "unused nodes removed between steps (in no row above): 1 before step 2" in out
+    report = json.loads((tmp_path / "o.surgeon.json").read_text())
+    assert [s["pruned_before"] for s in report["steps"]] == [0, 1]
+    assert report["nodes"]["pruned_at_end"] == 0
+
+
+def test_the_bisect_report_shows_the_unused_nodes_removed_before_a_step(tmp_path):
+    from surgeon.validation.bisect import Bisection, step_graphs
+    from surgeon.validation.report import _html_graph_diff
+
+    recipe = surgeon.load_recipe({"name": "b", "steps": [{"pass": "remove-node", "with": {"op_types": ["Identity"]}},
+                                                         {"pass": "clip-int"}]})
+    _, records = step_graphs(recipe, _model_with_leftovers())
+    assert [r.pruned_before for r in records] == [0, 1]
+    bisection = Bisection(step_index=None, step_name=None, records=records)
+    assert [s["pruned_before"] for s in bisection.to_dict()["steps"]] == [0, 1]
+    diff = {"ops_before": {}, "ops_after": {}, "nodes_before": 9, "nodes_after": 7, "added": [], "removed": []}
+    assert "1 unused removed first; 7 → 10" in _html_graph_diff(diff, bisection)

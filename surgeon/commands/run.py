@@ -56,7 +56,7 @@ def summary(result, dry_run: bool) -> str:
                      delta or "-", f"{r.seconds:.2f}s"])
     lines = [table(rows, ["#", "step", "rewrites", "nodes", "op changes", "time"])] if rows else ["(no steps)"]
     before, after = len(result.original.graph.node), len(result.model.graph.node)
-    pruned = _pruned_between_steps(result.steps, before, after)
+    pruned = _pruned_between_steps(result)
     if pruned:
         lines.append("unused nodes removed between steps (in no row above): "
                      + ", ".join(f"{count} {where}" for where, count in pruned))
@@ -73,16 +73,12 @@ def summary(result, dry_run: bool) -> str:
     return "\n".join(lines)
 
 
-def _pruned_between_steps(steps, before: int, after: int) -> list[tuple[str, int]]:
-    """(where, how many) for each drop in the node count between one row and the next: the pipeline
-    removes unused nodes lazily, when a step needs a tidy graph, and at the end."""
-    pruned, previous = [], before
-    for record in steps:
-        if previous > record.nodes_before:
-            pruned.append((f"before step {record.index}", previous - record.nodes_before))
-        previous = record.nodes_after
-    if steps and previous > after:
-        pruned.append(("at the end", previous - after))
+def _pruned_between_steps(result) -> list[tuple[str, int]]:
+    """(where, how many): the pipeline removes unused nodes lazily, when a step needs a tidy graph, and
+    at the end; those removals belong to no step's row."""
+    pruned = [(f"before step {r.index}", r.pruned_before) for r in result.steps if r.pruned_before]
+    if result.pruned_at_end:
+        pruned.append(("at the end", result.pruned_at_end))
     return pruned
 
 

@@ -43,7 +43,8 @@ class Bisection:
         return {"step": self.step_index, "name": self.step_name, "checked": self.checked,
                 "outputs": [o.to_dict() for o in self.outputs],
                 "steps": [{"index": r.index, "name": r.title, "op_delta": r.op_delta,
-                           "nodes_before": r.nodes_before, "nodes_after": r.nodes_after} for r in self.records]}
+                           "nodes_before": r.nodes_before, "nodes_after": r.nodes_after,
+                           "pruned_before": r.pruned_before} for r in self.records]}
 
 
 def step_graphs(recipe: Recipe, original: onnx.ModelProto, model_dir=None) -> tuple[list[gs.Graph], list]:

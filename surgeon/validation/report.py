@@ -226,7 +226,10 @@ def _html_graph_diff(diff: dict, bisection) -> str:
             verdict = "" if row is None else ("<span class='pass'>within</span>" if row["passed"]
                                              else "<span class='fail'>outside</span>")
             delta = ", ".join(f"{_esc(k)} {v:+d}" for k, v in record.op_delta.items())
-            rows.append([str(record.index), _esc(record.title), f"{record.nodes_before} → {record.nodes_after}",
+            nodes = f"{record.nodes_before} → {record.nodes_after}"
+            if record.pruned_before:  # tidied away before the step ran, so the previous row's count drops
+                nodes = f"{record.pruned_before} unused removed first; {nodes}"
+            rows.append([str(record.index), _esc(record.title), nodes,
                          delta or "-", verdict, _esc(_g(row["max_abs"])) if row else ""])
         parts.append("<h3>Per step</h3>" + _html_table(("#", "step", "nodes", "op changes", "tolerance", "max abs"),
                                                         rows, text_columns=5))
