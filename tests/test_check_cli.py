@@ -186,6 +186,14 @@ def test_recipe_lint(tmp_path, capsys):
     assert f"{missing}:2:8: SR002 error model: file not found: {tmp_path / 'nowhere.onnx'}" in out
 
 
+def test_every_bundled_recipe_passes_the_lint(capsys):
+    """What the sample pre-commit hook runs over recipes/ (two of them compare with `against: none`,
+    which once failed SR002 as a missing file named 'none')."""
+    recipes = sorted((REPO / "recipes").rglob("*.yaml"))
+    code, out, _ = run(capsys, "--recipe", *recipes)
+    assert (code, out.strip()) == (0, f"no findings in {len(recipes)} files")
+
+
 def test_real_unsorted_centerpoint_names_the_nodes(capsys):
     code, out, _ = run(capsys, DATA / "centerpoint_pfe_sim_unsorted.onnx", "--format", "json")
     findings = json.loads(out)["findings"]

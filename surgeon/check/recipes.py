@@ -45,7 +45,7 @@ def _input_files(recipe):
         yield ("model",), recipe.model
     validate = recipe.validate or {}
     for key in ("expected", "data", "against"):
-        if validate.get(key) and validate[key] != "original":
+        if validate.get(key) and not (key == "against" and validate[key] in ("original", "none")):
             yield ("validate", key), validate[key]
     build = recipe.build or {}
     for library in build.get("plugins") or ():
