@@ -20,6 +20,7 @@ class SetInputShapes(Pass):
     params = {
         "shapes": Param(dict, help="{input name: [dims]}; a dim is an int or a symbolic name"),
     }
+    needs = ("cleanup", "toposort")  # shape inference runs on a tidy, sorted graph; this pass moves no node
     provides = ("toposort", "cleanup", "shapes")
 
     def run(self, graph, ctx):
@@ -45,6 +46,5 @@ class SetInputShapes(Pass):
             for tensor in graph.tensors().values():
                 if isinstance(tensor, gs.Variable) and tensor.name not in graph_inputs:
                     tensor.shape = None
-            graph.cleanup().toposort()
             result.graph = infer_graph_shapes(graph)
         return result

@@ -33,3 +33,14 @@ def test_same_shape_is_no_change():
                        [("y", np.float32, [4, 5])])
     _, step = apply_pass(model, "set-input-shapes", shapes={"x": [4, 5]})
     assert step.rewritten == []
+
+
+def test_a_sorted_graph_keeps_its_node_order():
+    """The stable order the pipeline promises: graphsurgeon's own toposort would move `c` before `b`."""
+    nodes = [helper.make_node("Relu", ["x"], ["a"], name="a"), helper.make_node("Neg", ["a"], ["b"], name="b"),
+             helper.make_node("Abs", ["x"], ["c"], name="c")]
+    model = make_model(nodes, [("x", np.float32, ["batch", 4])],
+                       [("b", np.float32, ["batch", 4]), ("c", np.float32, ["batch", 4])])
+    out, _ = apply_pass(model, "set-input-shapes", shapes={"x": [1, 4]})
+    assert [n.name for n in out.graph.node] == ["a", "b", "c"]
+    assert dims(out.graph.output[0]) == [1, 4] and dims(out.graph.output[1]) == [1, 4]
