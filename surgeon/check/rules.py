@@ -129,7 +129,7 @@ def custom_op_unsupported(facts: ModelFacts):
 
 
 @model_rule("SG002", "no-reference", "warning",
-            "ATen or custom op with no CPU reference: `surgeon validate` cannot run the graph")
+            "ATen or custom op with no CPU reference: validation (`surgeon run`, `compare`, `bisect`) cannot run the graph")
 def no_reference(facts: ModelFacts):
     if not facts.target.cpu_references:
         return
