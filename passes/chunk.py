@@ -16,8 +16,9 @@ The integer chain is evaluated at rewrite time from the static dims that shape i
 batch dim does not matter when the split axis is static). Slices on one tensor and axis, with step 1,
 that tile the axis exactly become one Split; other folded Slices keep their place with constant
 starts/ends (`mode: slice` always does that). SplitToSequence read only through SequenceAt at constant
-positions becomes a Split (sequences run neither on TensorRT nor on opset-11 NPUs); trailing empty
-chunks nobody reads are dropped. A chain whose split axis size is unknown stays as it is, with a note.
+positions becomes a Split (sequences run neither on TensorRT nor on opset-11 NPUs); readers of the same
+position all read its one output, and trailing empty chunks nobody reads are dropped. A chain whose split
+axis size is unknown, or a position past the chunks, stays as it is, with a note.
 
 torch.chunk(n) gives ceil(d / n) per chunk, the last one smaller, and fewer than n chunks when
 ceil(d / n) * (n - 1) >= d. Split-18's `num_outputs` uses the same ceil(d / n) sizes but always n
@@ -249,17 +250,30 @@ class Chunk(Pass):
         if min(sizes) < 0:
             result.note(negative_sizes_note(node, sizes))
             return
-        read = {int(p) % len(sizes): r.outputs[0] for p, r in zip(positions, readers)}
+        positions = [int(p) for p in positions]
+        if any(not -len(sizes) <= p < len(sizes) for p in positions):
+            result.note(f"{node.name}: left alone, a SequenceAt reads a position outside its {len(sizes)} chunks, "
+                        "which ONNX Runtime rejects in the original graph too")
+            return
+        read: dict[int, gs.Tensor] = {}  # position -> Split output: the first reader's output, name kept
+        first_readers = []
+        for position, reader in zip(positions, readers):
+            position %= len(sizes)
+            if position in read:  # another reader of the same chunk reads that output too
+                Rewrite(graph, ctx, reader).bypass(read[position])
+            else:
+                read[position] = reader.outputs[0]
+                first_readers.append(reader)
         while sizes and sizes[-1] == 0 and len(sizes) - 1 not in read:
             sizes.pop()
         rw_names = Rewrite(graph, ctx, node)
         outputs = [read.get(i) or gs.Variable(rw_names.name(f"chunk_{i}"), dtype=x.dtype) for i in range(len(sizes))]
-        for reader in readers:
+        for reader in first_readers:
             reader.outputs.clear()
             reader.inputs.clear()
         sequence.inputs.clear()
         self.emit_split(graph, ctx, [node], outputs, axis, sizes, result)
-        reader_ids = {id(r) for r in readers}
+        reader_ids = {id(r) for r in first_readers}
         graph.nodes = [n for n in graph.nodes if id(n) not in reader_ids]
 
     # ------------------------------------------------------------------ Split

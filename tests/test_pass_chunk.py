@@ -157,3 +157,45 @@ def test_self_attention_unflatten_becomes_a_reshape_with_torch_results():
     np.testing.assert_allclose(run_ort(out, {"x": x})[0], want, atol=1e-6, rtol=0)
     again, second = apply_pass(out, "chunk", target="tensorrt-8.6")
     assert second.rewritten == [] and op_types(again) == op_types(out)
+
+
+def sequence_readers(positions, outputs):
+    """SplitToSequence of x [2, 7] into torch.chunk(3, dim=1)'s sizes, one SequenceAt per (position, name)."""
+    nodes = [helper.make_node("SplitToSequence", ["x", "sizes"], ["seq"], name="s2s", axis=1)]
+    initializers = {"sizes": np.array([3, 3, 1], np.int64)}
+    for position, name in zip(positions, outputs):
+        initializers[f"at_{name}"] = np.array(position, np.int64)
+        nodes.append(helper.make_node("SequenceAt", ["seq", f"at_{name}"], [name], name=f"read_{name}"))
+    return nodes, initializers
+
+
+def test_every_reader_of_one_sequence_position_gets_that_chunk():
+    # Two SequenceAt per position read (0 twice; 2 as 2 and -1), one of them a graph output itself.
+    nodes, initializers = sequence_readers([0, -1, 0, 2], ["a", "last", "a2", "c"])
+    nodes += [helper.make_node("Add", ["a", "a2"], ["twice_a"], name="add"),
+              helper.make_node("Neg", ["c"], ["minus_c"], name="neg")]
+    model = make_model(nodes, [("x", np.float32, ["batch", 7])],
+                       [(name, np.float32, None) for name in ("twice_a", "a2", "last", "minus_c")],
+                       initializers=initializers, opset=13)
+    out, step = apply_pass(model, "chunk")
+    assert step.rewritten == ["s2s"] and not step.notes
+    assert not {"SplitToSequence", "SequenceAt"} & set(op_types(out))
+    onnx.checker.check_model(out, full_check=True)
+    x = np.random.default_rng(1).standard_normal((4, 7)).astype(np.float32)
+    first, _, last = (c.numpy() for c in torch.from_numpy(x).chunk(3, dim=1))
+    got = dict(zip(("twice_a", "a2", "last", "minus_c"), run_ort(out, {"x": x})))
+    np.testing.assert_array_equal(got["twice_a"], first + first)
+    np.testing.assert_array_equal(got["a2"], first)
+    np.testing.assert_array_equal(got["last"], last)
+    np.testing.assert_array_equal(got["minus_c"], -last)
+
+
+def test_sequence_position_out_of_range_is_left_with_a_note():
+    nodes, initializers = sequence_readers([0, 3], ["a", "past_end"])
+    model = make_model(nodes, [("x", np.float32, [2, 7])], [("a", np.float32, None), ("past_end", np.float32, None)],
+                       initializers=initializers, opset=13)
+    out, step = apply_pass(model, "chunk")
+    assert step.rewritten == [] and "outside its 3 chunks" in step.notes[0]
+    assert op_types(out) == op_types(model)
+    with pytest.raises(Exception, match="index"):
+        run_ort(model, {"x": np.zeros((2, 7), np.float32)})
