@@ -21,6 +21,9 @@ reduces an empty set to -inf (ReduceMax) and +inf (ReduceMin), so an empty any i
 all is True, as in torch, where a Cast of -inf would give True. `dim=()` reduces nothing (as in torch);
 a uint8 input gives a uint8 result (torch's legacy rule). Negative axes are made positive where the rank
 is known: ONNX Runtime 1.31 returns an empty tensor unreduced when it is reduced over a negative axis.
+torch reads dim 0 and -1 of a 0-d tensor as the element itself, so there they reduce nothing (torch's own
+export, ReduceSum over axis 0 of a rank-0 input, fails in ONNX Runtime; the rewrite repairs it); a dim
+outside torch's range for a known rank is an error naming the node.
 
 torch 2.13 mis-exports both on non-bool tensors: `all` applies Not to the float/int tensor (an invalid
 graph, which this rewrite repairs), `any` truncates it to int64 (0.5 counts as false, NaN as INT64_MIN,
@@ -100,15 +103,14 @@ def _is_dead(graph, node) -> bool:
 
 def _rewrite(graph, ctx, node, kind, x, axes, keepdims):
     """y = Greater(Reduce{Max,Min}(Cast(x, float), axes), 0); axes None reduces all, [] nothing."""
+    rank = len(x.shape) if getattr(x, "shape", None) is not None else None
+    if axes and rank is not None:
+        axes = _checked_axes(node, kind, axes, rank)
     rw = Rewrite(graph, ctx, node)
     dtype = dtype_of(x)
     truth = x if dtype == np.bool_ else rw.op("Cast", [x], {"to": TensorProto.BOOL}, dtype=np.bool_)
     values = rw.op("Cast", [truth], {"to": TensorProto.FLOAT}, dtype=np.float32)
     if axes != []:
-        rank = len(x.shape) if getattr(x, "shape", None) is not None else None
-        if axes is not None and rank is not None:
-            # ONNX Runtime 1.31 returns an empty input unreduced when an axis is negative.
-            axes = [axis + rank if axis < 0 else axis for axis in axes]
         attrs, inputs = {"keepdims": int(keepdims)}, [values]
         if axes is not None and ctx.opset >= AXES_INPUT_OPSET:
             inputs.append(rw.const(np.asarray(axes, np.int64), "axes"))
@@ -120,6 +122,19 @@ def _rewrite(graph, ctx, node, kind, x, axes, keepdims):
         rw.finish("Cast", [rw.op("Greater", [values, zero], dtype=np.bool_)], {"to": TensorProto.UINT8})
     else:
         rw.finish("Greater", [values, zero])
+
+
+def _checked_axes(node, kind, axes, rank) -> list[int]:
+    """The axes made non-negative, [] for a 0-d input; an axis out of torch's range is an error."""
+    # torch wraps the dim of a 0-d tensor as if it had one dim: 0 and -1 both name the element itself,
+    # and reducing over it gives that element's truth (keepdim or not).
+    extent = max(rank, 1)
+    wrong = [axis for axis in axes if not -extent <= axis < extent]
+    if wrong:
+        raise PassError(f"node '{node.name}': {kind} over dim {wrong[0]} of a rank-{rank} input, outside "
+                        f"[{-extent}, {extent - 1}] (torch raises 'Dimension out of range')")
+    # ONNX Runtime 1.31 returns an empty input unreduced when an axis is negative.
+    return [] if rank == 0 else [axis % rank for axis in axes]
 
 
 def _is_bool_count(node) -> bool:

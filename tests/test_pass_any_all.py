@@ -177,3 +177,40 @@ def test_mask_count_is_kept_where_the_target_sums_integers_or_the_extent_is_unkn
     dynamic = export_torch(lambda m: m.sum(-1), mask, opset=13, input_names=["m"], dynamic_axes={"m": [1]})
     _, unknown = apply_pass(dynamic, "any-all", target="tensorrt-8.6")
     assert unknown.rewritten == [] and "below 2**24" in unknown.notes[0]
+
+
+ZERO_D_ELEMENTS = {np.bool_: [False, True], np.float32: [0.0, -0.0, np.nan, 0.5], np.uint8: [0, 255]}
+
+
+@pytest.mark.parametrize("opset", [11, 13, 18])
+@pytest.mark.parametrize("dtype", list(ZERO_D_ELEMENTS))
+@pytest.mark.parametrize("dim", [0, -1, [-1], None])
+@pytest.mark.parametrize("keepdim", [False, True])
+@pytest.mark.parametrize("kind", ["any", "all"])
+def test_zero_d_input_reduces_to_the_truth_of_its_element(kind, keepdim, dim, dtype, opset):
+    # torch wraps dim 0 / -1 of a 0-d tensor: the result is the element's truth, 0-d, keepdim or not.
+    model = aten_model(kind, dtype, [], opset, dim, keepdim if dim is not None else None)
+    for element in ZERO_D_ELEMENTS[dtype]:
+        out, step = check_against_torch(model, kind, np.array(element, dtype), dim, keepdim)
+        assert step.rewritten == [f"aten_{kind}"]
+
+
+@pytest.mark.parametrize("opset", [11, 13, 18])
+@pytest.mark.parametrize("dim", [0, -1])
+@pytest.mark.parametrize("kind", ["any", "all"])
+def test_real_export_on_a_zero_d_input_is_repaired(kind, dim, opset):
+    fn = getattr(torch, kind)
+    model = export(lambda v: fn(v, dim=dim), torch.tensor(True), opset)
+    name = model.graph.input[0].name
+    with pytest.raises(Exception, match="axis must be in"):  # torch reduces the rank-0 input over axis 0
+        run_ort(model, {name: np.array(True)})
+    for element in (False, True):
+        out, step = check_against_torch(model, kind, np.array(element), dim, False)
+        assert len(step.rewritten) == 1 and not {"ReduceSum", "ReduceMax", "ReduceMin"} & set(op_types(out))
+
+
+@pytest.mark.parametrize("shape, dim", [([2, 3], 2), ([2, 3], [0, -3]), ([], 1), ([], -2)])
+def test_dim_out_of_range_is_a_clear_error(shape, dim):
+    model = aten_model("all", np.bool_, shape, 13, dim, False)
+    with pytest.raises(Exception, match=rf"'aten_all': all over dim -?\d of a rank-{len(shape)} input, outside"):
+        apply_pass(model, "any-all")
