@@ -4,22 +4,30 @@ Before:  x:int64 ─► Clip(x, lo, hi) ─► y
 After (mode minmax, opset >= 12):   x ─► Max(x, lo) ─► Min(·, hi) ─► y
 After (mode minmax, opset <= 11, or int64 on ONNX Runtime):
                                     x ─► Where(x < lo, lo, x) ─► Where(· > hi, hi, ·) ─► y
-After (mode cast):                  x ─► Cast(float64) ─► Clip ─► Cast(int64) ─► y
+After (mode cast):       x ─► Cast(float64) ─► Max(·, lo) ─► Min(·, hi) ─► Cast(int64) ─► y
+A type the runtime has no such kernels for (int16 on ONNX Runtime, uint8 on TensorRT 10) is clipped in a
+wider one:                          x ─► Cast(int32) ─► (as above, in int32) ─► Cast(int16) ─► y
 
 `minmax` is exact for every integer type. Max and Min accept integers only from opset 12, so below
 that (the graph's opset or the target's, whichever is lower) the same min/max is spelled with
 Less/Greater and Where, which opset 9 already defines for integers. The Where spelling is also used for
-int64 on ONNX Runtime: its int64 Max/Min with a scalar operand are wrong near +-2**31 (1.31, measured:
-Min(-2147483649, -1) = -1, Min(2147483648, 0) = 0; Less/Greater are right). As in Clip, the lower bound is
-applied first, so lo > hi gives hi everywhere (torch.clamp does the same).
+int64 on ONNX Runtime: its int64 Max/Min are wrong near +-2**31 (1.31, measured: Min(-2147483649, -1) = -1,
+Min(2147483648, 0) = 0; Less/Greater are right). As in Clip, the lower bound is applied first, so lo > hi
+gives hi everywhere (torch.clamp does the same). Every rewrite must load on ONNX Runtime (the project
+validates on it), whose CPU kernels lack int16/uint16 Max, Min and Where and uint64 Where: those types go
+through int32 (uint64 has no wider type: below opset 12 it is left alone with a note).
 
-`cast` goes through float64, which holds every int32 and every int64 up to 2**53 exactly (float32
-would already round integers above 2**24). TensorRT has no float64, so `cast` is refused there.
+`cast` clips in float64 with Max/Min (ONNX Runtime's Clip-11 and older are float32-only; its Max-8 and later
+take float64). float64 holds every integer of up to 32 bits, so `cast` is exact for those. For int64 and
+uint64 it is exact only with both bounds constant within +-2**53 (rounding is monotone, so values
+beyond a bound still land on it); other 64-bit Clips get the minmax form and a note. TensorRT has no
+float64, so `cast` is refused there.
 
 Missing bounds (an empty input name, or no such input) are simply not applied. Float bounds (opset
-< 11 attributes, or the float constants torch 2.13 writes next to an int64 input) become ceil(min)
-and floor(max) in the input's type, saturated to its range, which clips an integer exactly as the
-float bound would; a bound at the type's limit clips nothing and is dropped. Float Clips are left alone.
+< 11 attributes, float constants or float tensors at run time) become ceil(min) and floor(max) in the
+input's type, saturated to its range, which clips an integer exactly as the float bound would; a
+constant bound at the type's limit clips nothing and is dropped. A NaN constant bound is an error; a NaN
+at run time clips nothing. Float Clips are left alone.
 """
 from __future__ import annotations
 
@@ -32,26 +40,38 @@ from surgeon.errors import PassError
 from surgeon.pass_api import Param, Pass, PassResult, register_pass
 from surgeon.rewrite import Rewrite, const_value, dtype_of, find_nodes, is_op
 
+WHERE_SINCE = 9  # Where-9; Less/Greater take integers from opset 9 too
 INTEGER_MAX_MIN_SINCE = 12  # Max-12 / Min-12 added the integer types
+FLOAT64_EXACT = 2**53  # float64 holds every integer of at most this magnitude
+# Integer types ONNX Runtime 1.31's CPU provider has no kernel for (get_all_opkernel_def; its target
+# profile lists no Where types, so target.supports cannot tell).
+ORT_LACKS = {"Where": {"int16", "uint16", "uint64"}, "Max": {"int16", "uint16"}, "Min": {"int16", "uint16"}}
+WIDER_TYPES = (np.dtype(np.int32), np.dtype(np.int64))
 
 
-def integer_bound(value: float, rounding, dtype, node_name: str) -> int:
-    """`rounding(value)` (ceil or floor) saturated to the integer type's range."""
+class LeftAlone(Exception):
+    """Why a Clip cannot be rewritten exactly; it becomes a note."""
+
+
+def integer_bound(value, rounding, dtype, node_name: str) -> int:
+    """`rounding(value)` (ceil or floor; integers as they are) saturated to the integer type's range."""
     info = np.iinfo(dtype)
-    if math.isnan(value):
-        raise PassError(f"Clip node '{node_name}' has a NaN bound, which means nothing for integers")
-    if math.isinf(value):
-        return info.min if value < 0 else info.max
-    return max(info.min, min(info.max, rounding(value)))
+    if isinstance(value, float):
+        if math.isnan(value):
+            raise PassError(f"Clip node '{node_name}' has a NaN bound, which means nothing for integers")
+        if math.isinf(value):
+            return info.min if value < 0 else info.max
+        value = rounding(value)
+    return max(info.min, min(info.max, int(value)))
 
 
 @register_pass("clip-int")
 class ClipInt(Pass):
-    """Replace Clip on int32/int64 (any integer type) by Max/Min (or Where) with constants of that type."""
+    """Replace Clip on integer tensors by Max/Min (or Where) of that type, or by Max/Min in float64."""
 
     params = {
         "mode": Param(str, "minmax", choices=("minmax", "cast"),
-                      help="minmax: exact Max/Min (Where below opset 12); cast: Clip in float64 between Casts"),
+                      help="minmax: exact Max/Min (Where below opset 12); cast: Max/Min in float64 between Casts"),
     }
     needs = ("shapes",)
 
@@ -67,32 +87,30 @@ class ClipInt(Pass):
                 if dtype is None:
                     result.note(f"{node.name}: left alone, the input's type is unknown")
                 continue
-            rw = Rewrite(graph, ctx, node)
-            if self.mode == "cast":
-                self.through_float64(rw, node, dtype)
-            else:
-                use_max_min = opset >= INTEGER_MAX_MIN_SINCE and not (
-                    dtype == np.int64 and ctx.target.runtime == "onnxruntime")
-                self.minmax(rw, node.inputs[0], *self.bounds(node, dtype), dtype, use_max_min)
+            try:
+                if opset < WHERE_SINCE:
+                    raise LeftAlone(f"opset {opset} has no Where and no integer Less/Greater")
+                lo, hi = self.bounds(node, dtype)
+                if self.mode == "cast" and self.float64_is_exact(dtype, lo, hi):
+                    self.through_float64(Rewrite(graph, ctx, node), node.inputs[0], lo, hi, dtype)
+                else:
+                    if self.mode == "cast":
+                        result.note(f"{node.name}: minmax form instead of cast, float64 rounds {dtype} beyond "
+                                    "+-2**53 (cast is exact there only with both bounds constant within it)")
+                    compute, use_max_min = self.compute_type(dtype, lo, hi, opset, ctx.target)
+                    self.minmax(Rewrite(graph, ctx, node), node.inputs[0], lo, hi, dtype, compute, use_max_min)
+            except LeftAlone as why:
+                result.note(f"{node.name}: left alone, {why}")
+                continue
             result.rewrote(node)
         return result
 
     @staticmethod
-    def through_float64(rw, node, dtype):
-        """Cast, the same Clip (bounds cast alike, attributes of opset < 11 kept), Cast back."""
-        as_float = rw.op("Cast", [node.inputs[0]], {"to": onnx.TensorProto.DOUBLE}, suffix="to_float64",
-                         dtype=np.float64)
-        bounds = [rw.op("Cast", [b], {"to": onnx.TensorProto.DOUBLE}, suffix=f"{name}_float64", dtype=np.float64)
-                  if b.name else b for name, b in zip(("min", "max"), node.inputs[1:])]
-        clipped = rw.op("Clip", [as_float, *bounds], node.attrs, suffix="Clip_float64", dtype=np.float64)
-        rw.finish("Cast", [clipped], {"to": onnx.helper.np_dtype_to_tensor_dtype(dtype)})
-
-    @staticmethod
     def bounds(node, dtype):
-        """(lower, upper): a tensor of the input's type, an integer array, or None where nothing is clipped.
+        """(lower, upper): an array of the input's type, a runtime tensor, or None where nothing is clipped.
 
-        Float bounds (opset < 11 attributes, or float constants as torch's exporter writes them) become
-        ceil(lower) and floor(upper) in the integer type, which clip integers exactly as the float would.
+        Constant bounds become ceil(lower) and floor(upper), saturated to the integer type, which clip
+        integers exactly as the float would. Runtime bounds are checked here and converted in `bound_tensor`.
         """
         if "min" in node.attrs or "max" in node.attrs:
             found = [node.attrs.get("min"), node.attrs.get("max")]
@@ -104,6 +122,10 @@ class ClipInt(Pass):
             if value is not None and not isinstance(value, (int, float)):
                 constant = const_value(value)
                 if constant is None:
+                    bound_type = dtype_of(value)
+                    if bound_type is None or not (is_float(bound_type) or np.can_cast(bound_type, dtype)):
+                        raise LeftAlone(f"its bound '{value.name}' is {bound_type or 'of unknown type'}, "
+                                        f"which does not convert to {dtype} exactly")
                     bounds.append(value)
                     continue
                 value = constant
@@ -111,46 +133,142 @@ class ClipInt(Pass):
                 bounds.append(None)
                 continue
             values = np.asarray(value)
-            if values.dtype.kind == "f":
-                values = np.array([integer_bound(v, rounding, dtype, node.name) for v in values.ravel()],
-                                  dtype=dtype).reshape(values.shape)
-            bounds.append(None if values.size == 1 and values.item() == no_op else values.astype(dtype))
+            if values.dtype.kind not in "iu":
+                values = values.astype(np.float64)  # holds every float16, bfloat16 and float32 exactly
+            values = np.array([integer_bound(v, rounding, dtype, node.name) for v in values.ravel().tolist()],
+                              dtype=dtype).reshape(values.shape)
+            bounds.append(None if values.size == 1 and values.item() == no_op else values)
         return bounds
 
     @staticmethod
-    def constant(rw, values, name):
-        tensor = rw.const(values, name)
-        tensor.values = tensor.values.reshape(values.shape)  # Rewrite.const makes 0-d values 1-d
-        return tensor
+    def float64_is_exact(dtype, lo, hi) -> bool:
+        """Whether clipping in float64 gives exactly the integer clip (see the module docstring)."""
+        if dtype.itemsize <= 4 or (lo is None and hi is None):
+            return True
+        return all(isinstance(b, np.ndarray) and all(abs(v) <= FLOAT64_EXACT for v in b.ravel().tolist())
+                   for b in (lo, hi))
 
     @staticmethod
-    def as_type(rw, bound, dtype, name):
-        """A runtime bound in the input's type (a float bound rounded inward first, as in `bounds`)."""
-        bound_type = dtype_of(bound)
-        if bound_type == dtype:
-            return bound
-        if bound_type is not None and bound_type.kind == "f":
-            bound = rw.op("Ceil" if name == "min" else "Floor", [bound], suffix=f"{name}_inward", dtype=bound_type)
-        return rw.op("Cast", [bound], {"to": onnx.helper.np_dtype_to_tensor_dtype(dtype)}, suffix=f"{name}_cast",
-                     dtype=dtype)
+    def compute_type(dtype, lo, hi, opset, target):
+        """(type to clip in, whether with Max/Min): the input's own type, else the narrowest wider one the
+        target and ONNX Runtime have the ops for."""
+        runtime_float_bound = any(not isinstance(b, (np.ndarray, type(None))) and is_float(dtype_of(b))
+                                  for b in (lo, hi))
+
+        def available(op, candidate):
+            return target.supports(op, dtype=candidate, opset=opset) and candidate.name not in ORT_LACKS.get(op, ())
+
+        candidates = [dtype] + [t for t in WIDER_TYPES if t.itemsize > dtype.itemsize and np.can_cast(dtype, t)]
+        for candidate in candidates:
+            use_max_min = opset >= INTEGER_MAX_MIN_SINCE and not (
+                candidate == np.int64 and target.runtime == "onnxruntime")
+            ops = ["Max", "Min"] if use_max_min else ["Less", "Greater", "Where"]
+            if runtime_float_bound:
+                ops.append("Where")  # saturating the bound to the input's range
+            casts_fit = candidate == dtype or (available("Cast", dtype) and available("Cast", candidate))
+            if casts_fit and all(available(op, candidate) for op in ops):
+                return candidate, use_max_min
+        raise LeftAlone(f"no integer type holding every {dtype} has {'/'.join(dict.fromkeys(ops))} at opset "
+                        f"{opset} both on target '{target.name}' and on ONNX Runtime (a wider type also needs "
+                        f"Casts from and to {dtype})")
 
     @staticmethod
-    def minmax(rw, x, lo, hi, dtype, use_max_min):
-        steps = [("min", lo, "Max", "Less"), ("max", hi, "Min", "Greater")]
-        steps = [(name, ClipInt.constant(rw, b, name) if isinstance(b, np.ndarray) else
-                  ClipInt.as_type(rw, b, dtype, name), op, compare) for name, b, op, compare in steps if b is not None]
-        if not steps:
+    def minmax(rw, x, lo, hi, dtype, compute, use_max_min):
+        """Max/Min or Less/Greater/Where in `compute`, between Casts where that is not x's type."""
+        if lo is None and hi is None:
             rw.bypass(x)
             return
-        value = x
+        value = x if compute == dtype else rw.op("Cast", [x], {"to": tensor_type(compute)},
+                                                 suffix=f"to_{compute.name}", dtype=compute)
+        steps = [(name, ClipInt.bound_tensor(rw, bound, name, dtype, compute), op, compare)
+                 for name, bound, op, compare in (("min", lo, "Max", "Less"), ("max", hi, "Min", "Greater"))
+                 if bound is not None]
         for i, (name, bound, op, compare) in enumerate(steps):
-            last = i == len(steps) - 1
             if use_max_min:
                 inputs, op_type = [value, bound], op
             else:
                 beyond = rw.op(compare, [value, bound], suffix=f"beyond_{name}")
                 inputs, op_type = [beyond, bound, value], "Where"
-            if last:
+            if i == len(steps) - 1 and compute == dtype:
                 rw.finish(op_type, inputs, suffix=f"{op_type}_{name}")
+                return
+            value = rw.op(op_type, inputs, suffix=f"{op_type}_{name}", dtype=compute)
+        rw.finish("Cast", [value], {"to": tensor_type(dtype)}, suffix=f"to_{dtype.name}")
+
+    @staticmethod
+    def bound_tensor(rw, bound, name, dtype, compute):
+        """A bound as a tensor of `compute` holding a value of `dtype`'s range (a float rounded inward)."""
+        if isinstance(bound, np.ndarray):
+            return rw.const(bound.astype(compute), name)
+        if is_float(dtype_of(bound)):
+            rounded = rounded_inward(rw, bound, name)
+            as_integer = rw.op("Cast", [rounded], {"to": tensor_type(compute)}, suffix=f"{name}_cast", dtype=compute)
+            return saturated(rw, rounded, as_integer, name, dtype, compute)
+        if dtype_of(bound) == compute:
+            return bound
+        return rw.op("Cast", [bound], {"to": tensor_type(compute)}, suffix=f"{name}_cast", dtype=compute)
+
+    @staticmethod
+    def through_float64(rw, x, lo, hi, dtype):
+        """Cast, Max/Min in float64 (bounds converted alike, runtime floats rounded and saturated), Cast back."""
+        if lo is None and hi is None:
+            rw.bypass(x)
+            return
+        float64 = np.dtype(np.float64)
+        value = rw.op("Cast", [x], {"to": onnx.TensorProto.DOUBLE}, suffix="to_float64", dtype=float64)
+        for name, bound, op in (("min", lo, "Max"), ("max", hi, "Min")):
+            if bound is None:
+                continue
+            if isinstance(bound, np.ndarray):
+                bound = rw.const(bound.astype(float64), name)
             else:
-                value = rw.op(op_type, inputs, suffix=f"{op_type}_{name}", dtype=dtype)
+                from_float = is_float(dtype_of(bound))
+                if dtype_of(bound) != float64:
+                    bound = rw.op("Cast", [bound], {"to": onnx.TensorProto.DOUBLE}, suffix=f"{name}_float64",
+                                  dtype=float64)
+                if from_float:
+                    rounded = rounded_inward(rw, bound, name)
+                    bound = saturated(rw, rounded, rounded, name, dtype, float64)
+            value = rw.op(op, [value, bound], suffix=f"{op}_{name}", dtype=float64)
+        rw.finish("Cast", [value], {"to": tensor_type(dtype)}, suffix=f"to_{dtype.name}")
+
+
+def is_float(dtype) -> bool:
+    return dtype.kind == "f" or dtype.name == "bfloat16"  # ml_dtypes' bfloat16 has kind 'V'
+
+
+def tensor_type(dtype) -> int:
+    return onnx.helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+
+
+def rounded_inward(rw, bound, name):
+    """Ceil of a lower bound, Floor of an upper one, in float32 or float64 (what Ceil/Floor run on)."""
+    float_type = dtype_of(bound)
+    if float_type not in (np.float32, np.float64):  # float16, bfloat16: float32 holds them exactly
+        float_type = np.dtype(np.float32)
+        bound = rw.op("Cast", [bound], {"to": onnx.TensorProto.FLOAT}, suffix=f"{name}_float32", dtype=float_type)
+    return rw.op("Ceil" if name == "min" else "Floor", [bound], suffix=f"{name}_inward", dtype=float_type)
+
+
+def saturated(rw, rounded, in_range, name, dtype, out_type):
+    """`in_range` where the integer-valued float `rounded` lies in `dtype`'s range, else the limit it passes.
+
+    The comparisons are in float against min and max + 1, powers of two (or 0) that every float type holds
+    exactly (float32 does not hold 2**31 - 1); `in_range` is read only where it is exact. A NaN bound
+    fails both comparisons and gets the limit that clips nothing (torch.clamp gives a float NaN there,
+    which no integer holds).
+    """
+    info = np.iinfo(dtype)
+    float_type = dtype_of(rounded)
+    bottom = rw.const(np.array(float(info.min), float_type), f"{name}_bottom")
+    past_top = rw.const(np.array(float(info.max + 1), float_type), f"{name}_past_top")
+    low = rw.const(np.array(info.min, out_type), f"{name}_type_min")
+    high = rw.const(np.array(info.max, out_type), f"{name}_type_max")
+    below_top = rw.op("Less", [rounded, past_top], suffix=f"{name}_below_top")
+    if name == "min":
+        capped = rw.op("Where", [below_top, in_range, high], suffix=f"{name}_capped", dtype=out_type)
+        above_bottom = rw.op("Greater", [rounded, bottom], suffix=f"{name}_above_bottom")
+        return rw.op("Where", [above_bottom, capped, low], suffix=f"{name}_saturated", dtype=out_type)
+    under_bottom = rw.op("Less", [rounded, bottom], suffix=f"{name}_under_bottom")
+    floored = rw.op("Where", [under_bottom, low, in_range], suffix=f"{name}_floored", dtype=out_type)
+    return rw.op("Where", [below_top, floored, high], suffix=f"{name}_saturated", dtype=out_type)

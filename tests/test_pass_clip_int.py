@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import math
 import warnings
 
 import numpy as np
@@ -97,7 +98,8 @@ def test_clip_without_bounds_becomes_the_identity():
 
 def test_cast_mode_is_exact_over_the_whole_int32_range():
     out, _ = apply_pass(clip_model(np.int32, 13, lo=-2**31 + 1, hi=2**31 - 2), "clip-int", mode="cast")
-    assert "Cast" in op_types(out) and "Max" not in op_types(out)
+    assert op_types(out) == ["Cast", "Max", "Min", "Cast"]
+    assert {v.type.tensor_type.elem_type for v in out.graph.value_info} == {onnx.TensorProto.DOUBLE}
     x = np.array([-2**31, -2**31 + 1, -16777217, 16777217, 2**31 - 2, 2**31 - 1], np.int32)
     np.testing.assert_array_equal(run_ort(out, {"x": x})[0], torch_clamp(x, -2**31 + 1, 2**31 - 2))
 
@@ -142,3 +144,171 @@ def test_int32_keeps_max_min_on_onnxruntime():
     assert {"Max", "Min"} <= set(op_types(out))
     x = np.array([-2**31, -4, 0, 6, 2**31 - 1], np.int32)
     np.testing.assert_array_equal(run_ort(out, {"x": x})[0], np.clip(x, -3, 5))
+
+
+INTEGER_TYPES = [np.int8, np.uint8, np.int16, np.uint16, np.int32, np.uint32, np.int64, np.uint64]
+
+
+def reference_clamp(x, lo, hi):
+    """torch.clamp with integer bounds; torch 2.13 has no clamp for uint16/32 (done in int64, exact) or
+    uint64 (NumPy's clip, exact in uint64)."""
+    if x.dtype == np.uint64:
+        return np.clip(x, np.uint64(lo if lo is not None else 0), np.uint64(hi if hi is not None else 2**64 - 1))
+    if x.dtype in (np.uint16, np.uint32):
+        return torch_clamp(x.astype(np.int64), lo, hi).astype(x.dtype)
+    return torch_clamp(x, lo, hi)
+
+
+def edge_values(dtype):
+    info = np.iinfo(dtype)
+    return np.array(sorted({info.min, info.min + 1, 0, 1, 5, 6, 7, info.max - 1, info.max}), dtype)
+
+
+def runtime_bound_model(dtype, bound_type, opset):
+    node = helper.make_node("Clip", ["x", "lo", "hi"], ["y"], name="clip")
+    return make_model([node], [("x", dtype, [None]), ("lo", bound_type, []), ("hi", bound_type, [])],
+                      [("y", dtype, [None])], opset=opset)
+
+
+def saturated_bounds(lo, hi, dtype):
+    """The integer bounds the docs promise for float bounds: ceil(lo), floor(hi), saturated to the type;
+    a NaN bound clips nothing."""
+    info = np.iinfo(dtype)
+
+    def saturate(value, rounding):
+        if np.isnan(value):
+            return None
+        if np.isinf(value):
+            return info.min if value < 0 else info.max
+        return max(info.min, min(info.max, rounding(float(value))))
+
+    return saturate(lo, math.ceil), saturate(hi, math.floor)
+
+
+F32_BELOW_2_POW_31 = float(np.nextafter(np.float32(2**31), np.float32(0)))  # 2**31 - 128
+F32_BELOW_2_POW_63 = float(np.nextafter(np.float32(2**63), np.float32(0)))  # 2**63 - 2**39
+RUNTIME_FLOAT_BOUNDS = [(-np.inf, np.inf), (-1.5, 1e20), (-3e9, 3e9), (-1.5, 300.0), (2.5, 4.5), (6.0, 2.0),
+                        (np.inf, np.inf), (-np.inf, -np.inf), (-1e20, 2.0**31), (-2.0**31, F32_BELOW_2_POW_31),
+                        (-2.0**63, 2.0**63), (-1.5, F32_BELOW_2_POW_63), (np.nan, 4.5), (2.5, np.nan)]
+
+
+@pytest.mark.parametrize("mode", ["minmax", "cast"])
+@pytest.mark.parametrize("opset", [11, 13])
+@pytest.mark.parametrize("dtype", [np.int32, np.int64, np.uint8])
+def test_runtime_float_bounds_saturate_to_the_integer_type(dtype, opset, mode):
+    """Ceil/Floor then a plain Cast wrapped: int32 with hi=inf gave INT32_MIN everywhere, uint8 with
+    hi=300 gave 44. Bounds at float32's edges (2**31, the float32 just below it) must land exactly."""
+    out, step = apply_pass(runtime_bound_model(dtype, np.float32, opset), "clip-int", mode=mode)
+    assert step.rewritten == ["clip"] and "Clip" not in op_types(out)
+    onnx.checker.check_model(out, full_check=True)
+    x = edge_values(dtype)
+    for lo, hi in RUNTIME_FLOAT_BOUNDS:
+        feeds = {"x": x, "lo": np.array(lo, np.float32), "hi": np.array(hi, np.float32)}
+        want = reference_clamp(x, *saturated_bounds(np.float32(lo), np.float32(hi), dtype))
+        np.testing.assert_array_equal(run_ort(out, feeds)[0], want, err_msg=f"lo={lo}, hi={hi}")
+
+
+@pytest.mark.parametrize("bound_type", [onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16, onnx.TensorProto.DOUBLE])
+def test_float16_bfloat16_and_float64_runtime_bounds_saturate_too(bound_type):
+    """Bounds fed as float64 and cast in the graph (ONNX Runtime's Python API takes no bfloat16 arrays);
+    every bound below is exact in each type."""
+    nodes = [helper.make_node("Cast", [f"{name}64"], [name], to=bound_type) for name in ("lo", "hi")]
+    nodes.append(helper.make_node("Clip", ["x", "lo", "hi"], ["y"], name="clip"))
+    model = make_model(nodes, [("x", np.int16, [None]), ("lo64", np.float64, []), ("hi64", np.float64, [])],
+                       [("y", np.int16, [None])], opset=13)
+    out, step = apply_pass(model, "clip-int")
+    assert step.rewritten == ["clip"]
+    x = edge_values(np.int16)
+    for lo, hi in [(-np.inf, np.inf), (-2.5, 4.5), (np.nan, 30720.0), (-2.0**40, 2.0**40), (30720.0, np.nan)]:
+        feeds = {"x": x, "lo64": np.array(lo), "hi64": np.array(hi)}
+        want = reference_clamp(x, *saturated_bounds(lo, hi, np.int16))
+        np.testing.assert_array_equal(run_ort(out, feeds)[0], want, err_msg=f"lo={lo}, hi={hi}")
+
+
+def test_a_nan_constant_bound_is_an_error_naming_the_node():
+    model = clip_model(np.int32, 13, attrs=None)
+    model.graph.node[0].input.extend(["lo"])
+    model.graph.initializer.append(onnx.numpy_helper.from_array(np.array(np.nan, np.float32), "lo"))
+    with pytest.raises(SurgeonError, match="'clip'.*NaN"):
+        apply_pass(model, "clip-int")
+
+
+@pytest.mark.parametrize("mode", ["minmax", "cast"])
+@pytest.mark.parametrize("opset", [10, 11, 13])
+@pytest.mark.parametrize("dtype", INTEGER_TYPES)
+def test_every_integer_type_loads_in_onnxruntime_and_is_exact(dtype, opset, mode):
+    """ONNX Runtime has no int16/uint16 Where or Max/Min, no uint64 Where, and no float64 Clip before
+    opset 12: each such form failed to load. uint64 below opset 12 has no form and stays, with a note."""
+    attrs = {"min": 1.0, "max": 6.0} if opset < 11 else None
+    model = clip_model(dtype, opset, attrs=attrs) if attrs else clip_model(dtype, opset, lo=1, hi=6)
+    out, step = apply_pass(model, "clip-int", mode=mode)
+    if dtype == np.uint64 and opset < 12 and mode == "minmax":
+        assert step.rewritten == [] and "uint64" in step.notes[0] and "Where" in step.notes[0]
+        return
+    assert step.rewritten == ["clip"] and "Clip" not in op_types(out)
+    onnx.checker.check_model(out, full_check=True)
+    x = edge_values(dtype)
+    np.testing.assert_array_equal(run_ort(out, {"x": x})[0], reference_clamp(x, 1, 6))
+
+
+@pytest.mark.parametrize("dtype", [np.int16, np.uint16])
+def test_16_bit_types_are_clipped_in_int32(dtype):
+    out, _ = apply_pass(clip_model(dtype, 13, lo=-3 if dtype == np.int16 else 3, hi=300), "clip-int")
+    assert op_types(out) == ["Cast", "Max", "Min", "Cast"]
+    assert {v.type.tensor_type.elem_type for v in out.graph.value_info} == {onnx.TensorProto.INT32}
+
+
+@pytest.mark.parametrize("dtype", [np.int64, np.uint64])
+def test_cast_mode_is_exact_for_64_bit_types_with_constant_bounds_within_2_pow_53(dtype):
+    """Rounding to float64 is monotone: values beyond a representable bound still land on it."""
+    lo, hi = (-2**53, 2**53) if dtype == np.int64 else (3, 2**53)
+    out, step = apply_pass(clip_model(dtype, 11, lo=lo, hi=hi), "clip-int", mode="cast")
+    assert op_types(out) == ["Cast", "Max", "Min", "Cast"] and step.notes == []
+    info = np.iinfo(dtype)
+    x = np.array([info.min, info.min + 1, lo - 1, lo, lo + 1, 5, hi - 1, hi, hi + 1, hi + 3, info.max], dtype)
+    np.testing.assert_array_equal(run_ort(out, {"x": x})[0], reference_clamp(x, lo, hi))
+
+
+@pytest.mark.parametrize("lo, hi", [(None, 5), (-3, 2**53 + 1)])
+def test_cast_mode_gives_int64_the_minmax_form_where_float64_would_round(lo, hi):
+    out, step = apply_pass(clip_model(np.int64, 11, lo=lo, hi=hi), "clip-int", mode="cast")
+    assert "Where" in op_types(out) and "clip" in step.notes[0] and "2**53" in step.notes[0]
+    x = np.array([-2**62 - 1, -2**53 - 1, -4, 0, 5, 2**53 + 1, 2**53 + 3, 2**62 + 1], np.int64)
+    np.testing.assert_array_equal(run_ort(out, {"x": x})[0], torch_clamp(x, lo, hi))
+
+
+def test_tensorrt_uint8_goes_through_int32_and_int16_is_left_alone_with_a_note():
+    """TensorRT 10 compares, selects and takes Max/Min in int32/int64 only, and casts no int16."""
+    out, _ = apply_pass(clip_model(np.uint8, 13, lo=3, hi=200), "clip-int", target="tensorrt-10")
+    assert op_types(out) == ["Cast", "Max", "Min", "Cast"]
+    x = edge_values(np.uint8)
+    np.testing.assert_array_equal(run_ort(out, {"x": x})[0], reference_clamp(x, 3, 200))
+    _, step = apply_pass(clip_model(np.int16, 13, lo=3, hi=200), "clip-int", target="tensorrt-10")
+    assert step.rewritten == [] and "int16" in step.notes[0] and "tensorrt-10" in step.notes[0]
+
+
+def test_runtime_integer_bounds_of_a_narrower_type_are_cast_and_of_a_wider_one_left_alone():
+    """An int64 bound next to int32 values would wrap when cast (2**32 + 3 becomes 3)."""
+    nodes = [helper.make_node("Clip", ["x", "lo", "hi"], ["y"], name="clip")]
+    narrow = make_model(nodes, [("x", np.int32, [None]), ("lo", np.int8, []), ("hi", np.int32, [])],
+                        [("y", np.int32, [None])], opset=13)
+    out, step = apply_pass(narrow, "clip-int")
+    assert step.rewritten == ["clip"]
+    x = edge_values(np.int32)
+    got = run_ort(out, {"x": x, "lo": np.array(-128, np.int8), "hi": np.array(2**31 - 2, np.int32)})[0]
+    np.testing.assert_array_equal(got, torch_clamp(x, -128, 2**31 - 2))
+    wide = make_model(nodes, [("x", np.int32, [None]), ("lo", np.int64, []), ("hi", np.int32, [])],
+                      [("y", np.int32, [None])], opset=13)
+    _, step = apply_pass(wide, "clip-int")
+    assert step.rewritten == [] and "'lo' is int64" in step.notes[0]
+
+
+def test_integer_constant_bounds_of_a_wider_type_saturate_instead_of_wrapping():
+    """uint8 with int64 bounds -1 and 300: a plain cast made them 255 and 44."""
+    node = helper.make_node("Clip", ["x", "lo", "hi"], ["y"], name="clip")
+    for lo, hi in [(-1, 300), (-1, 200), (3, 300)]:
+        model = make_model([node], [("x", np.uint8, [None])], [("y", np.uint8, [None])],
+                           initializers={"lo": np.array(lo, np.int64), "hi": np.array(hi, np.int64)}, opset=13)
+        out, _ = apply_pass(model, "clip-int")
+        x = edge_values(np.uint8)
+        np.testing.assert_array_equal(run_ort(out, {"x": x})[0], reference_clamp(x, max(lo, 0), min(hi, 255)))
