@@ -2,24 +2,32 @@
 
 torch 2.13 exports both as `ATen(operator="linalg_inv")` (older exporters: `"inverse"`), which no runtime
 runs; BEV models invert [..., 4, 4] lidar2img and ego-pose matrices with it. ONNX Runtime's contrib
-`com.microsoft::Inverse` (what onnxruntime-extensions style exporters emit) runs on ORT only.
+`com.microsoft::Inverse` (what onnxruntime-extensions style exporters emit) runs on ORT only: it is
+rewritten where the target lacks it, kept where the target runs it (mode auto; mode closed-form always
+rewrites it).
 
 Before:  M [..., n, n] ─► ATen(operator="linalg_inv") or com.microsoft::Inverse ─► Y
 
-After (adjugate over determinant, on the n*n entries gathered from the last axis):
+After (adjugate over determinant of M / s, on the n*n entries gathered from the last axis):
   a   = Reshape(M, [..., n*n])
-  low = Gather(a, i) * Gather(a, j) - Gather(a, k) * Gather(a, l)      the 12 2x2 minors of rows 0-1, 2-3
-  adj = sign * (Gather(a, .) * Gather(low, .) - ... + ...)             each 3x3 cofactor, expanded
-  det = MatMul(Gather(a, row 0) * Gather(adj, column 0), ones[n, 1])  Laplace expansion along row 0
-  Y   = Reshape(adj / det, [..., n, n])
-(3x3: adj entries are the 2x2 minors themselves; 2x2: adj is a signed permutation of a.)
+  s   = Pow(2, Floor(Log(ReduceMax(Abs(a), axis -1)) / ln 2 - 1/2))   a power of two near max |a|
+  b   = a / s
+  low = Gather(b, i) * Gather(b, j) - Gather(b, k) * Gather(b, l)      the 12 2x2 minors of rows 0-1, 2-3
+  adj = sign * (Gather(b, .) * Gather(low, .) - ... + ...)             each 3x3 cofactor, expanded
+  det = MatMul(Gather(b, row 0) * Gather(adj, column 0), ones[n, 1])  Laplace expansion along row 0
+  Y   = Reshape(adj / det / s, [..., n, n])                            inv(M) = inv(M / s) / s
+(3x3: adj entries are the 2x2 minors themselves; 2x2: adj is a signed permutation of b.)
 
-Only Reshape, Gather, Mul, Sub, Add, MatMul and Div: opset 11 and later, any number of leading (also
-dynamic) dimensions. Accuracy, tested in float32 against a float64 inverse: relative error (max abs error over
-max abs entry, per matrix) within 2e-6 on well-conditioned matrices and on lidar2img projections (focal
-~1000 px, translation ~metres); measured at most 2.8e-7, where torch.inverse's float32 LU reaches 3.2e-5
-on the same lidar2img matrices (docs/passes/inverse.md). A singular matrix gives inf/NaN where torch
-raises. Other sizes are an error naming the node and the shape.
+The determinant is a product of n entries: unscaled, it overflows or underflows for matrices that are
+merely large or small (float32 1e10 * I gave zeros). Dividing by a power of two is exact, so the result is
+the closed form of M / s, exactly rescaled, and its relative error does not depend on the magnitude of M.
+
+Only Reshape, Abs, ReduceMax, Log, Sub, Floor, Pow, Gather, Mul, Add, MatMul and Div: opset 11 and later,
+any number of leading (also dynamic) dimensions. Accuracy, tested in float32 against a float64 inverse:
+relative error (max abs error over max abs entry, per matrix) within 2e-6 on well-conditioned matrices with
+entries from 1e-30 to 1e30 and on lidar2img projections (docs/passes/inverse.md has the measurements). A
+singular or zero matrix gives inf/NaN where torch raises; a NaN or inf entry gives NaN like torch. Other
+sizes are an error naming the node and the shape.
 """
 from __future__ import annotations
 
@@ -28,11 +36,14 @@ from itertools import combinations
 import numpy as np
 
 from surgeon.errors import PassError
-from surgeon.pass_api import Pass, PassResult, register_pass
+from surgeon.pass_api import Param, Pass, PassResult, register_pass
 from surgeon.rewrite import Rewrite, aten_operator, dtype_of, is_op
 
 ATEN_OPERATORS = ("linalg_inv", "inverse")
+CONTRIB_DOMAIN = "com.microsoft"
 SIZES = (2, 3, 4)
+#: ReduceMax takes its axes as an input from this opset on.
+AXES_INPUT_OPSET = 18
 
 
 @register_pass("inverse")
@@ -41,12 +52,23 @@ class Inverse(Pass):
 
     handles = ("ATen:inverse", "ATen:linalg_inv", "com.microsoft::Inverse")
 
+    params = {
+        "mode": Param(str, "auto", choices=("auto", "closed-form"),
+                      help="com.microsoft::Inverse: 'auto' keeps it where the target runs it (ONNX Runtime) "
+                           "and rewrites it elsewhere; 'closed-form' always rewrites it. ATen inverse is "
+                           "always rewritten"),
+    }
     needs = ("shapes",)
 
     def run(self, graph, ctx):
         result = PassResult()
         for node in list(graph.nodes):
-            if aten_operator(node) not in ATEN_OPERATORS and not is_op(node, "Inverse", ("com.microsoft",)):
+            if is_op(node, "Inverse", (CONTRIB_DOMAIN,)):
+                if self.mode == "auto" and ctx.target.supports("Inverse", CONTRIB_DOMAIN):
+                    result.note(f"{node.name}: {CONTRIB_DOMAIN}::Inverse kept, target '{ctx.target.name}' runs it "
+                                f"(mode closed-form rewrites it)")
+                    continue
+            elif aten_operator(node) not in ATEN_OPERATORS:
                 continue
             matrix = node.inputs[0]
             shape = list(matrix.shape) if matrix.shape is not None else None
@@ -55,14 +77,16 @@ class Inverse(Pass):
                                 f"{shape}; the closed form covers [..., n, n] with n in {SIZES} and a known rank")
             dtype = dtype_of(matrix)
             _closed_form_inverse(Rewrite(graph, ctx, node), matrix, len(shape), shape[-1],
-                                 np.dtype(np.float32) if dtype is None else dtype)
+                                 np.dtype(np.float32) if dtype is None else dtype, ctx.opset)
             result.rewrote(node)
         return result
 
 
-def _closed_form_inverse(rw: Rewrite, matrix, rank: int, n: int, dtype) -> None:
+def _closed_form_inverse(rw: Rewrite, matrix, rank: int, n: int, dtype, opset: int) -> None:
     leading = [0] * (rank - 2)  # Reshape's 0 keeps a dimension, so leading dims may be dynamic
     flat = rw.op("Reshape", [matrix, rw.const(leading + [n * n], "flat_shape", np.int64)], dtype=dtype)
+    scale = _power_of_two_scale(rw, flat, dtype, opset)
+    scaled = rw.op("Div", [flat, scale], dtype=dtype)
 
     def gather(data, indices, suffix):
         return rw.op("Gather", [data, rw.const(indices, suffix, np.int64)], {"axis": -1}, dtype=dtype)
@@ -77,21 +101,41 @@ def _closed_form_inverse(rw: Rewrite, matrix, rank: int, n: int, dtype) -> None:
         return total
 
     if n == 2:
-        adjugate = rw.op("Mul", [gather(flat, [3, 1, 2, 0], "adj_entries"),
+        adjugate = rw.op("Mul", [gather(scaled, [3, 1, 2, 0], "adj_entries"),
                                  rw.const([1, -1, -1, 1], "adj_sign", dtype)], dtype=dtype)
     elif n == 3:
-        adjugate = products(flat, flat, _minor_terms(_adjugate_3x3_pairs()), "adj")
+        adjugate = products(scaled, scaled, _minor_terms(_adjugate_3x3_pairs()), "adj")
     else:
-        minors = products(flat, flat, _minor_terms(_minor_4x4_pairs()), "minor")
-        expansion = products(flat, minors, _cofactor_4x4_terms(), "cofactor")
+        minors = products(scaled, scaled, _minor_terms(_minor_4x4_pairs()), "minor")
+        expansion = products(scaled, minors, _cofactor_4x4_terms(), "cofactor")
         signs = [(-1) ** (i + j) for i in range(4) for j in range(4)]
         adjugate = rw.op("Mul", [expansion, rw.const(signs, "adj_sign", dtype)], dtype=dtype)
-    row0 = gather(flat, list(range(n)), "row0")
+    row0 = gather(scaled, list(range(n)), "row0")
     column0 = gather(adjugate, [i * n for i in range(n)], "adj_column0")
     det = rw.op("MatMul", [rw.op("Mul", [row0, column0], dtype=dtype), rw.const(np.ones((n, 1)), "ones", dtype)],
                 dtype=dtype)
-    inverse = rw.op("Div", [adjugate, det], dtype=dtype)
+    # Two divisions, not adj / (det * s): det * s can leave the float range where the inverse does not.
+    inverse = rw.op("Div", [rw.op("Div", [adjugate, det], dtype=dtype), scale], dtype=dtype)
     rw.finish("Reshape", [inverse, rw.const(leading + [n, n], "matrix_shape", np.int64)])
+
+
+def _power_of_two_scale(rw: Rewrite, flat, dtype, opset: int):
+    """2 ** floor(log2(max |a|) - 1/2) per matrix, shape [..., 1]: max |a| / s lies in [1.4, 2.9).
+
+    Log is not exact, so floor(log2(max |a|)) itself could come out one too high at the top of the float
+    range (log2(3.4e38) rounds to 128 in float32) and give s = inf; half a binade of margin keeps s finite.
+    Pow(2, integer) is exact (ONNX Runtime: every float16/32/64 power of two). A zero matrix gives s = 0
+    and an inf entry s = inf, so NaN everywhere: torch raises for the first and returns NaN for the second.
+    """
+    magnitude = rw.op("Abs", [flat], dtype=dtype)
+    axes = [-1]
+    if opset >= AXES_INPUT_OPSET:
+        largest = rw.op("ReduceMax", [magnitude, rw.const(axes, "axes", np.int64)], dtype=dtype)
+    else:
+        largest = rw.op("ReduceMax", [magnitude], {"axes": axes}, dtype=dtype)
+    log2 = rw.op("Div", [rw.op("Log", [largest], dtype=dtype), rw.const(np.log(2.0), "ln2", dtype)], dtype=dtype)
+    exponent = rw.op("Floor", [rw.op("Sub", [log2, rw.const(0.5, "half", dtype)], dtype=dtype)], dtype=dtype)
+    return rw.op("Pow", [rw.const(2.0, "two", dtype), exponent], dtype=dtype)
 
 
 def _entry(row: int, col: int, n: int) -> int:
