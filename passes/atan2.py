@@ -23,15 +23,27 @@ Also replaced (`match_exported: true`): torch 2.13's own export of atan2,
 `Where(x < 0, Where(y > 0, atan(y/x) + pi, atan(y/x) - pi), atan(y/x))`, which is NaN at the origin and
 -pi instead of pi for y = +0, x < 0. Known wrong rewrites this avoids: `atan(y / (x + 1e-6))` (no
 quadrant) and sigmoid tricks.
+
+Types follow torch: operands are Cast to the result type (the output's recorded type, else
+torch.result_type: float16 with float32 is float32). float16/bfloat16 are computed in float32 and
+cast back where the target lacks the ops in them (ONNX Runtime), as torch itself computes them.
+float64 is left alone, with a note, where the target cannot run the ops in float64 (ONNX Runtime has
+no double Atan, TensorRT no double at all): float32 would not be exact, and the result would not load.
 """
 from __future__ import annotations
 
 import numpy as np
+from onnx import helper
 
 from surgeon.pass_api import Param, Pass, PassResult, register_pass
+from surgeon.promotion import TORCH_FLOATS, cast_to, torch_result_type
 from surgeon.rewrite import Rewrite, aten_operator, const_value, dtype_of, find_nodes, is_op, producer
 
-FLOAT_TYPES = (np.float32, np.float64, np.float16)
+
+#: Every op the rewrite writes (computed in one float type; Where, Less, Greater, Equal read it too).
+REWRITE_OPS = ("Abs", "Greater", "Where", "Div", "Equal", "Atan", "Sub", "Add", "Min", "Less", "Mul")
+#: torch computes these in float32 and rounds once; the rewrite may too where a target lacks them.
+HALF_TYPES = ("float16", "bfloat16")
 
 
 def is_atan2(node) -> bool:
@@ -86,16 +98,43 @@ class Atan2(Pass):
         result = PassResult()
         for node in find_nodes(graph, lambda n: is_atan2(n) or self.match_exported and exported_operands(n)):
             y, x = node.inputs[:2] if is_atan2(node) else exported_operands(node)
-            dtype = dtype_of(y) or dtype_of(node.outputs[0]) or np.dtype(np.float32)
-            if dtype not in [np.dtype(t) for t in FLOAT_TYPES]:
-                result.note(f"{node.name}: left alone, atan2 of {dtype} inputs")
+            # torch's result type: the output's recorded type, else torch.result_type of the operands
+            dtype = dtype_of(node.outputs[0])
+            if dtype is None:
+                dtype = torch_result_type([y, x])
+            if dtype is None or dtype.name not in TORCH_FLOATS:
+                why = "its result type is unknown" if dtype is None else f"its result type {dtype} is not a float"
+                inputs = ", ".join(str(dtype_of(t) or "unknown") for t in (y, x))
+                result.note(f"{node.name}: left alone, {why} (inputs: {inputs})")
                 continue
-            self.rewrite(graph, ctx, node, y, x, dtype)
+            computed_in = self.computed_in(dtype, ctx)
+            if computed_in is None:
+                missing = next(op for op in REWRITE_OPS if not ctx.target.supports(op, dtype=dtype))
+                result.note(f"{node.name}: left alone, target '{ctx.target.name}' has no {dtype} {missing}, which "
+                            f"the rewrite needs" + ("" if dtype.name in HALF_TYPES else
+                                                    f" (computed in float32 it would not match torch's {dtype})"))
+                continue
+            self.rewrite(graph, ctx, node, y, x, dtype, computed_in)
             result.rewrote(node)
         return result
 
-    def rewrite(self, graph, ctx, node, y, x, dtype):
+    @staticmethod
+    def computed_in(dtype, ctx) -> np.dtype | None:
+        """`dtype` where the target runs every op of the rewrite in it; float32 for float16/bfloat16 where it
+        does not (torch computes those in float32 too, rounding once at the end); else None (float64 on
+        ONNX Runtime, which has no double Atan kernel, or on TensorRT, which has no double at all)."""
+        candidates = [dtype] + ([np.dtype(np.float32)] if dtype.name in HALF_TYPES else [])
+        for candidate in candidates:
+            # Asked at the target's own opset: only the type is this pass's question (a graph whose opset
+            # the target lacks is the check's to report, and rewriting it stays right).
+            if all(ctx.target.supports(op, dtype=candidate) for op in REWRITE_OPS):
+                return candidate
+        return None
+
+    def rewrite(self, graph, ctx, node, y, x, result_dtype, dtype):
+        """Replace `node` by the rewrite computed in `dtype`, its result cast to `result_dtype`."""
         rw = Rewrite(graph, ctx, node)
+        y, x = cast_to(rw, y, dtype, "cast_y"), cast_to(rw, x, dtype, "cast_x")
 
         def const(value, suffix):
             scalar = rw.const(value, suffix, dtype=dtype)
@@ -132,4 +171,8 @@ class Atan2(Pass):
         # selected from Where's second input (measured), which would lose atan2(-0.0, 1) = -0.0.
         y_sign = rw.op("Where", [sign_set(y, "y"), const(-1, "minus_one"), const(1, "plus_one")], suffix="y_sign",
                        dtype=dtype)
-        rw.finish("Mul", [angle, y_sign], suffix="angle")
+        if dtype == result_dtype:
+            rw.finish("Mul", [angle, y_sign], suffix="angle")
+        else:
+            angle = rw.op("Mul", [angle, y_sign], suffix="angle", dtype=dtype)
+            rw.finish("Cast", [angle], {"to": helper.np_dtype_to_tensor_dtype(result_dtype)}, suffix="cast_back")

@@ -14,14 +14,20 @@ torch's own opset-11 export of an integer maximum rounds through float32, exact 
 fmax/fmin return the other operand where one is NaN (maximum/minimum, like ONNX Max/Min, propagate it):
   fmax(a, b) = Max(Where(IsNaN(a), b, a), Where(IsNaN(b), a, b))
 Boolean maximum/minimum are Or/And. Standard integer Max/Min nodes a target cannot run are rewritten too.
+
+ATen operands of different dtypes are first Cast to torch's result dtype (the ATen output's recorded
+type, else torch.result_type of the operands), which then picks the form: fmax(int64, float32) is a
+float32 fmax, NaN handling included. 16-bit integers, which ONNX Runtime runs in neither Max/Min nor
+Where, are computed there in int32 and cast back.
 """
 from __future__ import annotations
 
 import numpy as np
-from onnx import TensorProto
+from onnx import TensorProto, helper
 
 from surgeon.errors import PassError
 from surgeon.pass_api import Param, Pass, PassResult, register_pass
+from surgeon.promotion import aten_result_dtype, cast_to
 from surgeon.rewrite import Rewrite, aten_operator, attr_text, dtype_of, is_op, producer
 
 #: ATen operator -> (standard op, NaN-ignoring?)
@@ -34,6 +40,8 @@ BOOL_FORM = {"Max": "Or", "Min": "And"}
 FLOAT_TYPES = (TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16)
 #: Max/Min take integer inputs from this opset on.
 INTEGER_MINMAX_OPSET = 12
+#: Integer types ONNX Runtime 1.31 has no Max/Min and no Where kernel for (see _computed_in).
+ORT_UNRUNNABLE_INTEGERS = (np.dtype(np.int16), np.dtype(np.uint16))
 
 
 @register_pass("maximum-minimum")
@@ -59,11 +67,20 @@ class MaximumMinimum(Pass):
             if len(operands) < 2:
                 raise PassError(f"node '{node.name}' ({node.op}) has {len(operands)} input(s); "
                                 f"{op_type} needs two")
+            if dtype is None:
+                known = ", ".join(str(dtype_of(t) or "unknown") for t in operands)
+                result.note(f"{node.name}: left alone, torch's result type of its operands ({known}) is unknown "
+                            f"here (run infer-shapes first?)")
+                continue
             rw = Rewrite(graph, ctx, node)
+            computed_in = _computed_in(dtype, ctx)
+            operands = [cast_to(rw, t, computed_in, f"cast_{i}") for i, t in enumerate(operands)]
             combined = operands[0]
             for i, operand in enumerate(operands[1:], start=1):
-                last = i == len(operands) - 1
-                combined = self._combine(rw, op_type, ignore_nan, combined, operand, dtype, ctx, last)
+                last = i == len(operands) - 1 and computed_in == dtype
+                combined = self._combine(rw, op_type, ignore_nan, combined, operand, computed_in, ctx, last)
+            if computed_in != dtype:
+                rw.finish("Cast", [combined], {"to": helper.np_dtype_to_tensor_dtype(dtype)}, suffix="cast_back")
             result.rewrote(reported)
         return result
 
@@ -72,10 +89,10 @@ class MaximumMinimum(Pass):
         operator = aten_operator(node)
         if operator in ATEN_FORMS:
             op_type, ignore_nan = ATEN_FORMS[operator]
-            return op_type, ignore_nan, list(node.inputs[:2]), dtype_of(node.inputs[0]), node.name
+            return op_type, ignore_nan, list(node.inputs[:2]), aten_result_dtype(node), node.name
         if operator in ATEN_OTHER_FORMS and attr_text(node, "overload_name", "") == "other":
             op_type = ATEN_OTHER_FORMS[operator]
-            return op_type, False, list(node.inputs[:2]), dtype_of(node.inputs[0]), node.name
+            return op_type, False, list(node.inputs[:2]), aten_result_dtype(node), node.name
         if is_op(node, "Cast"):
             # Anchored at the Cast back, whose output already has the integer type.
             minmax = producer(node.inputs[0])
@@ -101,9 +118,9 @@ class MaximumMinimum(Pass):
         def emit(kind, inputs):
             return rw.finish(kind, inputs) if last else rw.op(kind, inputs, dtype=dtype)
 
-        if dtype is not None and dtype == np.bool_:
+        if dtype == np.bool_:
             return emit(BOOL_FORM[op_type], [a, b])
-        if dtype is not None and _is_integer(dtype):
+        if _is_integer(dtype):
             if self._integer_form(op_type, dtype, ctx) == "where":
                 takes_a = rw.op(WHERE_COMPARE[op_type], [a, b], dtype=np.bool_)
                 return emit("Where", [takes_a, a, b])
@@ -112,6 +129,15 @@ class MaximumMinimum(Pass):
             a, b = (rw.op("Where", [rw.op("IsNaN", [a], dtype=np.bool_), b, a], dtype=dtype),
                     rw.op("Where", [rw.op("IsNaN", [b], dtype=np.bool_), a, b], dtype=dtype))
         return emit(op_type, [a, b])
+
+
+def _computed_in(dtype, ctx) -> np.dtype:
+    """The dtype to compute in: `dtype`, or int32 for the 16-bit integers ONNX Runtime 1.31 has neither a
+    Max/Min nor a Where kernel for (measured; the tests pin it). int32 holds every 16-bit value, so
+    Cast(int32) -> Max -> Cast back is exact."""
+    if ctx.target.runtime == "onnxruntime" and dtype in ORT_UNRUNNABLE_INTEGERS:
+        return np.dtype(np.int32)
+    return dtype
 
 
 def _is_integer(dtype) -> bool:

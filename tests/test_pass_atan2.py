@@ -161,3 +161,114 @@ def test_torch_own_atan2_export_is_replaced_because_it_is_wrong_on_the_axes(opse
     assert_matches_torch(out, grid_y, grid_x)
     _, kept = apply_pass(model, "atan2", match_exported=False)
     assert kept.rewritten == []
+
+
+def typed_atan2_model(dtype_y, dtype_x, out_dtype, opset=13):
+    node = helper.make_node("ATen", ["y", "x"], ["angle"], name="atan2_node", domain="org.pytorch.aten",
+                            operator="atan2", overload_name="")
+    return make_model([node], [("y", dtype_y, [None]), ("x", dtype_x, [None])], [("angle", out_dtype, [None])],
+                      opset=opset)
+
+
+def operand(values, dtype):
+    """`values` (EDGES pairs) as `dtype`: floats as they are (1e30 is inf in float16), bools as `!= 0`,
+    integers from a fixed pool of the same length."""
+    if dtype == np.bool_:
+        return values != 0
+    if np.issubdtype(dtype, np.integer):
+        return np.resize(np.array([0, 1, -1, 3, -7, 2**40, -(2**40)], dtype), values.shape)
+    with np.errstate(over="ignore"):
+        return values.astype(dtype)
+
+
+@pytest.mark.parametrize("recorded", [True, False], ids=["output-typed", "output-untyped"])
+@pytest.mark.parametrize("dtype_y, dtype_x", [(np.float16, np.float32), (np.float32, np.float16),
+                                              (np.int64, np.float32), (np.float32, np.bool_)])
+def test_mixed_operand_types_are_promoted_like_torch(dtype_y, dtype_x, recorded):
+    """torch promotes: float16 with float32 is float32, int64 with float32 float32 (1e-6 absolute, as above)."""
+    y, x = (grid.ravel() for grid in np.meshgrid(EDGES, EDGES))
+    y, x = operand(y, dtype_y), operand(x, dtype_x)
+    want = torch.atan2(torch.from_numpy(y), torch.from_numpy(x)).numpy()
+    model = typed_atan2_model(dtype_y, dtype_x, want.dtype)
+    if not recorded:
+        model.graph.output[0].type.tensor_type.elem_type = onnx.TensorProto.UNDEFINED
+    out, step = apply_pass(model, "atan2")
+    assert step.rewritten == ["atan2_node"]
+    onnx.checker.check_model(out, full_check=True)
+    got = run_ort(out, {"y": y, "x": x})[0]
+    assert got.dtype == want.dtype == np.float32
+    np.testing.assert_allclose(got, want, rtol=0, atol=ATOL)
+    both = ~np.isnan(want)
+    np.testing.assert_array_equal(np.signbit(got[both]), np.signbit(want[both]))
+
+
+def test_float16_is_computed_in_float32_where_the_target_lacks_float16_ops():
+    """ONNX Runtime has no float16 Atan (nor Abs, Div, ...): the rewrite runs in float32 and rounds once, as
+    torch computes float16 atan2. 100,000 random float16 bit patterns: within 1 float16 ulp of torch, and the
+    edge grid exact. TensorRT runs float16 Atan, so there the rewrite stays in float16."""
+    model = typed_atan2_model(np.float16, np.float16, np.float16)
+    out, step = apply_pass(model, "atan2")
+    types = op_types(out)
+    assert step.rewritten == ["atan2_node"] and types[:2] == ["Cast", "Cast"] and types[-1] == "Cast"
+    y, x = (operand(grid.ravel(), np.float16) for grid in np.meshgrid(EDGES, EDGES))
+    got = run_ort(out, {"y": y, "x": x})[0]
+    want = torch.atan2(torch.from_numpy(y), torch.from_numpy(x)).numpy()
+    np.testing.assert_array_equal(got, want)
+    both = ~np.isnan(want)
+    np.testing.assert_array_equal(np.signbit(got[both]), np.signbit(want[both]))
+    bits = np.random.default_rng(0).integers(0, 2**16, (2, 100_000)).astype(np.uint16)
+    y, x = bits.view(np.float16)
+    got = run_ort(out, {"y": y, "x": x})[0]
+    want = torch.atan2(torch.from_numpy(y), torch.from_numpy(x)).numpy()
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    finite = ~np.isnan(want)
+    ulps = np.abs(got[finite].view(np.int16).astype(np.int32) - want[finite].view(np.int16).astype(np.int32))
+    assert ulps.max() <= 1
+    on_tensorrt, _ = apply_pass(model, "atan2", target="tensorrt-10")
+    assert "Cast" not in op_types(on_tensorrt)
+
+
+@pytest.mark.parametrize("target, missing", [("onnxruntime", "Atan"), ("tensorrt-10", "Abs")])
+def test_float64_is_left_with_a_note_where_the_target_cannot_run_it(target, missing):
+    """ONNX Runtime has no double Atan kernel (measured below), TensorRT no double at all: a float64 rewrite
+    would not load, and computing it in float32 would not match torch's float64."""
+    model = typed_atan2_model(np.float64, np.float64, np.float64)
+    out, step = apply_pass(model, "atan2", target=target)
+    assert step.rewritten == [] and op_types(out) == ["ATen"]
+    assert "atan2_node" in step.notes[0] and f"no float64 {missing}" in step.notes[0]
+    if target == "onnxruntime":  # pins the profile: drop the note once ONNX Runtime has the kernel
+        atan = make_model([helper.make_node("Atan", ["y"], ["angle"])], [("y", np.float64, [1])],
+                          [("angle", np.float64, [1])])
+        with pytest.raises(Exception, match="implementation for Atan"):
+            run_ort(atan, {"y": np.ones(1)})
+
+
+def test_float64_is_rewritten_for_a_target_that_runs_it():
+    """The opset-11 profile limits no dtypes: the float64 rewrite, run by ONNX's reference evaluator, is within
+    4.5e-16 (2 ulp of pi) of torch on random pairs spanning 1e-5..1e5, and exact on the edge grid's signs."""
+    from onnx.reference import ReferenceEvaluator
+
+    out, step = apply_pass(typed_atan2_model(np.float64, np.float64, np.float64, opset=11), "atan2",
+                           target="opset-11")
+    assert step.rewritten == ["atan2_node"] and "Cast" not in op_types(out)
+    rng = np.random.default_rng(0)
+    y, x = rng.standard_normal((2, 20_000)) * 10.0 ** rng.integers(-5, 6, (2, 20_000))
+    edge_y, edge_x = (grid.ravel().astype(np.float64) for grid in np.meshgrid(EDGES, EDGES))
+    y, x = np.concatenate([y, edge_y]), np.concatenate([x, edge_x])
+    with np.errstate(divide="ignore", invalid="ignore"):  # 0/0 and 1/0 inside the rewrite, as in ORT
+        got = ReferenceEvaluator(out).run(None, {"y": y, "x": x})[0]
+    want = torch.atan2(torch.from_numpy(y), torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(got, want, rtol=0, atol=4.5e-16)
+    both = ~np.isnan(want)
+    np.testing.assert_array_equal(np.signbit(got[both]), np.signbit(want[both]))
+
+
+def test_unknown_result_type_leaves_the_node_with_a_note():
+    mystery = helper.make_node("Mystery", ["a"], ["y"], name="mystery", domain="custom")
+    node = helper.make_node("Atan2", ["y", "x"], ["angle"], name="atan2_node")
+    model = make_model([mystery, node], [("a", np.float32, [3]), ("x", np.float32, [3])],
+                       [("angle", np.float32, [3])])
+    model.graph.output[0].type.tensor_type.elem_type = onnx.TensorProto.UNDEFINED
+    out, step = apply_pass(model, "atan2")
+    assert step.rewritten == [] and "Atan2" in op_types(out)
+    assert "atan2_node" in step.notes[0] and "unknown" in step.notes[0]

@@ -1,15 +1,21 @@
 """maximum-minimum: ATen maximum/minimum/fmax/fmin and integer Max/Min against torch, exactly."""
 from __future__ import annotations
 
+import itertools
 
 import numpy as np
 import onnx
+import onnx_graphsurgeon as gs
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from onnx import helper
 
+from surgeon.registry import discover
 from surgeon.testing import apply_pass, export_torch, make_model, op_types, run_ort
+
+discover()  # the built-in passes import as surgeon.passes.*
+from surgeon.promotion import torch_result_type  # noqa: E402
 
 torch = pytest.importorskip("torch")
 
@@ -139,12 +145,128 @@ def test_graph_without_sites_is_unchanged():
     assert step.rewritten == [] and op_types(out) == ["Relu"]
 
 
-@pytest.mark.parametrize("target, dtype, form", [("onnxruntime", np.int16, "Where"), ("onnxruntime", np.int32, "Max"),
+@pytest.mark.parametrize("target, dtype, form", [("onnxruntime", np.int8, "Max"), ("onnxruntime", np.int32, "Max"),
                                                  ("tensorrt-8.5", np.int8, "Where"), ("tensorrt-8.5", np.int32, "Max")])
 def test_integer_form_follows_the_target_profile(target, dtype, form):
-    # The profiles: ONNX Runtime 1.31 has no int16 Max kernel; TensorRT 8.5's Max takes int32/int64, not int8.
+    # The profiles: TensorRT 8.5's Max takes int32/int64, not int8.
     out, _ = apply_pass(aten_model("maximum", dtype, [3], [3], 13), "maximum-minimum", target=target)
     assert op_types(out)[-1] == form
+
+
+@pytest.mark.parametrize("opset", [11, 13])
+@pytest.mark.parametrize("dtype", [np.int16, np.uint16])
+def test_16_bit_integers_on_onnxruntime_are_computed_in_int32(dtype, opset):
+    """ONNX Runtime 1.31 has no int16/uint16 Max/Min or Where kernel (pinned here), so these run in int32."""
+    for op in ("Max", "Where"):
+        inputs = [("c", np.bool_, [2])] * (op == "Where") + [("a", dtype, [2]), ("b", dtype, [2])]
+        raw = make_model([helper.make_node(op, [name for name, _, _ in inputs], ["y"])], inputs,
+                         [("y", dtype, [2])], opset=13)
+        with pytest.raises(Exception, match="implementation"):
+            run_ort(raw, {name: np.ones(2, kind) for name, kind, _ in inputs})
+    info = np.iinfo(dtype)
+    a = np.array([info.min, info.max, 7, info.max], dtype)
+    b = np.array([info.max, info.min, -1 if info.min else 8, info.max - 1], dtype)
+    for operator in ("maximum", "minimum"):  # NumPy's: torch has no uint16 maximum kernel
+        out, _ = apply_pass(aten_model(operator, dtype, [4], [4], opset), "maximum-minimum")
+        got = run_ort(out, {"a": a, "b": b})[0]
+        assert got.dtype == dtype and op_types(out)[-1] == "Cast"
+        np.testing.assert_array_equal(got, getattr(np, operator)(a, b))
+
+
+# torch's type promotion, for every pair of these dtypes, tensors of rank 0 or 1 (uint16: torch refuses most pairs)
+PROMOTED = ["bool", "uint8", "int8", "int16", "int32", "int64", "uint16", "float16", "bfloat16", "float32", "float64"]
+
+
+def test_result_type_is_torchs_for_every_dtype_pair_and_rank():
+    def np_dtype(name):  # NumPy has no bfloat16; onnx's is ml_dtypes'
+        return helper.tensor_dtype_to_np_dtype(onnx.TensorProto.BFLOAT16) if name == "bfloat16" else np.dtype(name)
+
+    for (a, b), (rank_a, rank_b) in itertools.product(itertools.product(PROMOTED, repeat=2),
+                                                      itertools.product((0, 1), repeat=2)):
+        try:
+            want = str(torch.result_type(torch.zeros([2] * rank_a, dtype=getattr(torch, a)),
+                                         torch.zeros([2] * rank_b, dtype=getattr(torch, b)))).removeprefix("torch.")
+        except RuntimeError:
+            want = None
+        tensors = [gs.Variable("a", dtype=np_dtype(a), shape=[2] * rank_a),
+                   gs.Variable("b", dtype=np_dtype(b), shape=[2] * rank_b)]
+        got = torch_result_type(tensors)
+        assert (None if got is None else got.name) == want, (a, rank_a, b, rank_b)
+    # An unknown rank decides only where both readings agree.
+    undecided = [gs.Variable("a", dtype=np.int64, shape=None), gs.Variable("b", dtype=np.int32, shape=[2])]
+    assert torch_result_type(undecided) is None  # int32 if a is 0-d, else int64
+    agreeing = [gs.Variable("a", dtype=np.int32, shape=None), gs.Variable("b", dtype=np.int64, shape=[2])]
+    assert torch_result_type(agreeing) == np.int64
+
+
+def mixed_model(operator, dtype_a, shape_a, dtype_b, shape_b, out_dtype, opset):
+    node = helper.make_node("ATen", ["a", "b"], ["y"], name=f"aten_{operator}", domain="org.pytorch.aten",
+                            operator=operator, overload_name="")
+    model = make_model([node], [("a", dtype_a, shape_a), ("b", dtype_b, shape_b)], [("y", np.float32, None)],
+                       opset=opset)
+    if out_dtype is None:  # the output's type unknown: the pass works torch's result type out itself
+        model.graph.output[0].type.tensor_type.elem_type = onnx.TensorProto.UNDEFINED
+    else:
+        model.graph.output[0].type.tensor_type.elem_type = helper.np_dtype_to_tensor_dtype(np.dtype(out_dtype))
+    return model
+
+
+MIXED = [(np.int64, [4], np.float32, [4]), (np.int32, [4], np.float32, [4]), (np.int32, [4], np.int64, [4]),
+         (np.float16, [4], np.float32, [4]), (np.uint8, [4], np.int8, [4]), (np.bool_, [4], np.float32, [4]),
+         (np.int64, [4], np.bool_, [4]), (np.float32, [4], np.int64, [4]),
+         # 0-d operands promote only from a lower category: int32 stays int32, float16 stays float16
+         (np.int32, [4], np.int64, []), (np.float16, [4], np.float32, []), (np.int32, [4], np.float64, []),
+         (np.int64, [], np.uint8, [4]), (np.bool_, [4], np.int8, [])]
+
+
+def mixed_values(dtype, shape, seed):
+    """Seeded values of `dtype`, with NaN/inf/overflow-to-inf for floats and the extremes for integers."""
+    rng = np.random.default_rng(seed)
+    if dtype == np.bool_:
+        pool = np.array([True, False])
+    elif np.issubdtype(dtype, np.integer):
+        info = np.iinfo(dtype)
+        extra = [2**40 + 5, 2**24 + 1] if info.bits == 64 else []  # not float32 values; 2**40 + 5 wraps in int32
+        pool = np.array([info.min, info.max, 0, 1, 3, -1 if info.min else 2] + extra, dtype)
+    else:
+        with np.errstate(over="ignore"):  # 1e5 is inf in float16, in torch's casts as in ONNX's
+            pool = np.array([np.nan, np.inf, -np.inf, 0.0, 1.0, 2.5, -3.0, 1e5]).astype(dtype)
+    return np.asarray(rng.choice(pool, size=shape))
+
+
+@pytest.mark.parametrize("recorded", [True, False], ids=["output-typed", "output-untyped"])
+@pytest.mark.parametrize("opset", [11, 13])
+@pytest.mark.parametrize("operator", ["maximum", "fmax"])
+@pytest.mark.parametrize("dtype_a, shape_a, dtype_b, shape_b", MIXED)
+def test_mixed_dtypes_are_promoted_like_torch(dtype_a, shape_a, dtype_b, shape_b, operator, opset, recorded):
+    a, b = mixed_values(dtype_a, shape_a, 1), mixed_values(dtype_b, shape_b, 2)
+    want_dtype = TORCH_FN[operator](torch.from_numpy(a), torch.from_numpy(b)).numpy().dtype
+    model = mixed_model(operator, dtype_a, shape_a, dtype_b, shape_b, want_dtype if recorded else None, opset)
+    out, step = rewritten_matches_torch(model, operator, a, b)
+    assert step.rewritten == [f"aten_{operator}"]
+    onnx.checker.check_model(out, full_check=True)
+
+
+@pytest.mark.parametrize("opset", [11, 13])
+def test_real_export_of_fmax_with_int64_and_float32_operands(opset):
+    a = torch.tensor([3, 0, 1, 7, 2**40 + 1], dtype=torch.int64)
+    b = torch.tensor([2.5, np.nan, 0.0, 9.0, np.nan])
+    for operator in ("fmax", "fmin"):
+        model = export(TORCH_FN[operator], (a, b), opset)
+        assert op_types(model) == ["ATen"]
+        out, _ = rewritten_matches_torch(model, operator, a.numpy(), b.numpy())
+        onnx.checker.check_model(out, full_check=True)
+        assert "IsNaN" in op_types(out)  # the float path: fmax's NaN handling kept
+
+
+def test_unknown_operand_types_leave_the_node_with_a_note():
+    unknown = helper.make_node("Mystery", ["a"], ["t"], name="mystery", domain="custom")
+    node = helper.make_node("ATen", ["t", "b"], ["y"], name="aten_fmax", domain="org.pytorch.aten", operator="fmax")
+    model = make_model([unknown, node], [("a", np.float32, [3]), ("b", np.int64, [3])], [("y", np.float32, None)])
+    model.graph.output[0].type.tensor_type.elem_type = onnx.TensorProto.UNDEFINED
+    out, step = apply_pass(model, "maximum-minimum")
+    assert step.rewritten == [] and "ATen" in op_types(out)
+    assert "aten_fmax" in step.notes[0] and "unknown" in step.notes[0]
 
 
 def test_int64_with_a_scalar_avoids_onnxruntimes_wrong_broadcast():
@@ -160,3 +282,12 @@ def test_int64_with_a_scalar_avoids_onnxruntimes_wrong_broadcast():
         out, step = apply_pass(model, "maximum-minimum")
         assert "Min" not in [n.op_type for n in out.graph.node] and step.rewritten
         np.testing.assert_array_equal(run_ort(out, {"a": a, "b": b})[0], np.minimum(a, b))
+
+
+def test_a_0d_operand_of_a_wider_integer_type_is_cast_down_as_torch_does():
+    """maximum(int32[n], int64[]) is int32 in torch: the 0-d int64 wraps into int32 (2**40 + 5 -> 5)."""
+    a = np.array([1, -1, 6], np.int32)
+    for value in (2**40 + 5, 2**31 + 7, -(2**40) - 3):
+        model = mixed_model("maximum", np.int32, [3], np.int64, [], None, 13)
+        out, _ = rewritten_matches_torch(model, "maximum", a, np.array(value, np.int64))
+        assert op_types(out)[0] == "Cast"
