@@ -11,6 +11,7 @@ After, mode plugin:     surgeon::GridSample2D(x, grid) interpolation_mode=0 padd
 After, mode decompose (opset-11 ops, no loops, no per-channel index):
     x ─Pad(1 before, 2 after)─Transpose(NHWC)─Flatten─► table [N*H'*W', C]
     grid ─► pixel coords (unnormalise, reflect, NaN guard, Clip) ─Floor─► 4 flat indices [N,Hg,Wg], 4 weights
+    (torch's fused multiply-adds in unnormalise and reflect: float64, rounded once to float32; fma_emulation)
     Σ weight_k · Gather(table, index_k, axis 0) ─Transpose─► y [N,C,Hg,Wg]
     (from 128 channels: one Gather from a table of 4-corner rows [N*H'*W', 4C], then MatMul with the weights)
 Out-of-image corners land in the zero border of the padded table, so zero padding needs no masks.
@@ -115,6 +116,10 @@ class GridSamplePass(Pass):
         "plugin_op": Param(str, "GridSample2D", help="op type of the plugin node (mode plugin)"),
         "plugin_version": Param(str, "1", help="plugin_version attribute of the plugin node"),
         "plugin_namespace": Param(str, "surgeon", help="plugin_namespace attribute (and domain) of the plugin node"),
+        "fma_emulation": Param(str, "auto", choices=("auto", "float64", "none"),
+                               help="decompose, float32 grids: torch's fused multiply-adds in the coordinate math; "
+                                    "float64: Cast/Mul/Sub in float64, rounded once as torch; none: float32 Mul, Sub "
+                                    "(two roundings); auto: float64 where the target runs it"),
     }
     needs = ("shapes",)
     handles = ("ATen:grid_sampler", "ATen:grid_sampler_2d", "mmdeploy::grid_sampler", "GridSampler2DTRT",
@@ -128,11 +133,26 @@ class GridSamplePass(Pass):
 
     def run(self, graph, ctx):
         form = self.mode if self.mode != "auto" else choose_form(ctx.target)
-        emit = {"onnx": emit_onnx, "decompose": emit_decomposition,
+        if self.fma_emulation == "float64" and not runs_float64(ctx.target):
+            raise PassError(f"grid-sample fma_emulation 'float64' needs float64 Cast/Mul/Sub, which target "
+                            f"'{ctx.target.name}' lacks; use fma_emulation 'none' (or 'auto')")
+        fma_in_float64 = self.fma_emulation == "float64" or (self.fma_emulation == "auto" and
+                                                              runs_float64(ctx.target))
+        emit = {"onnx": emit_onnx,
+                "decompose": lambda rw, site, grid, opset: emit_decomposition(rw, site, grid, opset, fma_in_float64),
                 "plugin": lambda rw, site, grid, opset: self._emit_plugin(rw, site, grid)}[form]
         result = rewrite_sites(graph, ctx, form, 2, GRID_SAMPLE_SINCE, emit)
         if self.mode == "auto" and result.changed:
             result.note(f"mode auto chose '{form}' for target {ctx.target.name}")
+        if form == "decompose" and result.changed:
+            why = "" if self.fma_emulation != "auto" else (
+                f" (auto: target {ctx.target.name} {'runs' if fma_in_float64 else 'has no'} float64 Cast/Mul/Sub)")
+            effect = ("float32 grids' coordinates are rounded once where torch's kernel fuses a multiply-add, "
+                      "as torch's are" if fma_in_float64 else
+                      "float32 grids' coordinates are rounded twice where torch's kernel fuses a multiply-add: "
+                      "they can be 1 ulp off, bilinear then differ from torch by more than 1e-5 on large maps "
+                      "and nearest pick a neighbour")
+            result.note(f"fma_emulation {'float64' if fma_in_float64 else 'none'}{why}: {effect}")
         return result
 
     def _emit_plugin(self, rw: Rewrite, site: Sampling, grid: gs.Tensor) -> None:
@@ -199,6 +219,11 @@ def choose_form(target) -> str:
     return "decompose"
 
 
+def runs_float64(target) -> bool:
+    """Whether `target` runs the float64 ops of the fused multiply-add emulation (TensorRT has no float64)."""
+    return all(target.supports(op, dtype=np.float64) for op in ("Cast", "Mul", "Sub"))
+
+
 def raise_opset(graph: gs.Graph, opset: int) -> gs.Graph:
     """The graph converted to `opset` by the onnx version converter (which adapts e.g. Unsqueeze's axes).
 
@@ -229,9 +254,12 @@ def standard_grid(rw: Rewrite, site: Sampling) -> gs.Tensor:
     if site.spelling != "trt":
         return site.grid
     perm = [0, *range(2, site.spatial_dims + 2), 1]
-    channels_last = rw.op("Transpose", [site.grid], {"perm": perm}, suffix="grid_channels_last")
+    # shaped, so that a form reading the grid's shape (the plugin's output shape) finds it
+    shape = None if site.grid.shape is None else [site.grid.shape[axis] for axis in perm]
+    channels_last = rw.op("Transpose", [site.grid], {"perm": perm}, suffix="grid_channels_last", shape=shape)
     dtype = dtype_of(site.grid) or np.float32
-    return rw.op("Div", [channels_last, rw.const(TRT_GRID_SCALE, "grid_scale", dtype)], suffix="grid", dtype=dtype)
+    return rw.op("Div", [channels_last, rw.const(TRT_GRID_SCALE, "grid_scale", dtype)], suffix="grid", dtype=dtype,
+                 shape=shape)
 
 
 def emit_onnx(rw: Rewrite, site: Sampling, grid: gs.Tensor, opset: int) -> None:
@@ -240,13 +268,16 @@ def emit_onnx(rw: Rewrite, site: Sampling, grid: gs.Tensor, opset: int) -> None:
                                               "align_corners": int(site.align_corners)})
 
 
-def emit_decomposition(rw: Rewrite, site: Sampling, grid: gs.Tensor, opset: int) -> None:
+def emit_decomposition(rw: Rewrite, site: Sampling, grid: gs.Tensor, opset: int, fma_in_float64: bool) -> None:
     """Gather whole channel rows of a padded channels-last table, one flat index per sample point."""
     _, channels, height, width = site.x.shape
     coord_dtype = np.dtype(dtype_of(grid) or np.float32)
+    # torch's float32 kernel fuses two multiply-adds (one rounding each), which float64 arithmetic rounds
+    # once too (docs: where not). Its float64 kernel fuses them as well, beyond what float64 ops can emulate.
+    fma_dtype = np.dtype(np.float64) if fma_in_float64 and coord_dtype == np.float32 else coord_dtype
     padded = padded_channels_last(rw, site.x, 2)  # [N, H+3, W+3, C]
-    px = _pixel(rw, grid, 0, width, site, coord_dtype, "x")
-    py = _pixel(rw, grid, 1, height, site, coord_dtype, "y")
+    px = _pixel(rw, grid, 0, width, site, coord_dtype, fma_dtype, opset, "x")
+    py = _pixel(rw, grid, 1, height, site, coord_dtype, fma_dtype, opset, "y")
     if site.interpolation == "nearest":
         # Round is half-to-even, as torch's nearbyint.
         rounded = [rw.op("Round", [p], suffix=f"{label}_round") for p, label in ((py, "y"), (px, "x"))]
@@ -289,15 +320,19 @@ def grid_axis(rw: Rewrite, grid: gs.Tensor, axis: int, label: str) -> gs.Tensor:
     return rw.op("Gather", [grid, index], {"axis": -1}, suffix=label)
 
 
-def clip_pixel(rw: Rewrite, pixel: gs.Tensor, size: int, padding: str, nan_to: float, dtype, label: str) -> gs.Tensor:
+def clip_pixel(rw: Rewrite, pixel: gs.Tensor, size: int, padding: str, nan_to: float, dtype, opset: int,
+               label: str) -> gs.Tensor:
     """border and reflection: clip to [0, size-1] as torch does. zeros: [-1, size], which keeps far-out
     coordinates finite (no int64 overflow in Cast) while every corner of such a point still lands in the
     zero border. NaN becomes `nan_to`: its int64 index would be undefined and make Gather fail the run."""
     low, high = (-1, size) if padding == "zeros" else (0, size - 1)
     is_nan = rw.op("IsNaN", [pixel], suffix=f"{label}_nan")
     defined = rw.op("Where", [is_nan, rw.const(nan_to, f"{label}_nan_to", dtype), pixel], suffix=f"{label}_defined")
-    return rw.op("Clip", [defined, rw.const(low, f"{label}_low", dtype), rw.const(high, f"{label}_high", dtype)],
-                 suffix=f"{label}_clip")
+    low, high = rw.const(low, f"{label}_low", dtype), rw.const(high, f"{label}_high", dtype)
+    if np.dtype(dtype) == np.float32 or opset >= 12:
+        return rw.op("Clip", [defined, low, high], suffix=f"{label}_clip")
+    # ONNX Runtime implements Clip-11 for float32 only (Clip-12 adds the others); Max, Min are as exact
+    return rw.op("Min", [rw.op("Max", [defined, low], suffix=f"{label}_above_low"), high], suffix=f"{label}_clip")
 
 
 def value_weight(rw: Rewrite, weight: gs.Tensor, x: gs.Tensor, coord_dtype, label: str) -> gs.Tensor:
@@ -309,37 +344,61 @@ def value_weight(rw: Rewrite, weight: gs.Tensor, x: gs.Tensor, coord_dtype, labe
                  suffix=f"{label}_weight_cast")
 
 
-def _pixel(rw: Rewrite, grid: gs.Tensor, axis: int, size: int, site: Sampling, dtype, label: str) -> gs.Tensor:
-    """Source pixel coordinate along one axis, as torch's vectorised 2-D CPU kernel computes it, clipped.
+def _pixel(rw: Rewrite, grid: gs.Tensor, axis: int, size: int, site: Sampling, dtype, fma_dtype, opset: int,
+           label: str) -> gs.Tensor:
+    """Source pixel coordinate along one axis, as torch's vectorised 2-D CPU kernel computes it, clipped;
+    its fused multiply-adds in `fma_dtype` (float64: rounded once, as torch's).
 
     A NaN coordinate becomes the low bound, as torch's `clip_coordinates` does for border and reflection.
     """
     shifted = rw.op("Add", [grid_axis(rw, grid, axis, label), rw.const(1.0, f"{label}_one", dtype)],
                     suffix=f"{label}_plus1")
-    if site.align_corners:
+    if site.align_corners:  # no addend: the product is rounded once anyway
         pixel = rw.op("Mul", [shifted, rw.const((size - 1) / 2, f"{label}_scale", dtype)], suffix=f"{label}_pixel")
-    else:
-        scaled = rw.op("Mul", [shifted, rw.const(size / 2, f"{label}_scale", dtype)], suffix=f"{label}_scaled")
-        pixel = rw.op("Sub", [scaled, rw.const(0.5, f"{label}_half", dtype)], suffix=f"{label}_pixel")
+    else:  # fused: (g + 1) * (size / 2) - 0.5
+        scaled = rw.op("Mul", [_widen(rw, shifted, dtype, fma_dtype, f"{label}_plus1"),
+                               rw.const(size / 2, f"{label}_scale", fma_dtype)], suffix=f"{label}_scaled")
+        pixel = _narrow(rw, rw.op("Sub", [scaled, rw.const(0.5, f"{label}_half", fma_dtype)],
+                                  suffix=f"{label}_unnormalised"), dtype, fma_dtype, f"{label}_pixel")
     if site.padding == "reflection":
-        pixel = _reflect(rw, pixel, site.align_corners, size, dtype, label)
-    return clip_pixel(rw, pixel, size, site.padding, -1 if site.padding == "zeros" else 0, dtype, label)
+        pixel = _reflect(rw, pixel, site.align_corners, size, dtype, fma_dtype, label)
+    return clip_pixel(rw, pixel, size, site.padding, -1 if site.padding == "zeros" else 0, dtype, opset, label)
 
 
-def _reflect(rw: Rewrite, coord: gs.Tensor, align_corners: bool, size: int, dtype, label: str) -> gs.Tensor:
+def _widen(rw: Rewrite, tensor: gs.Tensor, dtype, fma_dtype, label: str) -> gs.Tensor:
+    """`tensor` (of `dtype`) in `fma_dtype`: exact."""
+    if fma_dtype == dtype:
+        return tensor
+    return rw.op("Cast", [tensor], {"to": onnx.helper.np_dtype_to_tensor_dtype(fma_dtype)}, suffix=f"{label}_wide")
+
+
+def _narrow(rw: Rewrite, tensor: gs.Tensor, dtype, fma_dtype, label: str) -> gs.Tensor:
+    """`tensor` (of `fma_dtype`) rounded to `dtype`: the one rounding of the fused multiply-add."""
+    if fma_dtype == dtype:
+        return tensor
+    return rw.op("Cast", [tensor], {"to": onnx.helper.np_dtype_to_tensor_dtype(dtype)}, suffix=label)
+
+
+def _reflect(rw: Rewrite, coord: gs.Tensor, align_corners: bool, size: int, dtype, fma_dtype,
+             label: str) -> gs.Tensor:
     """torch's vectorised `reflect_coordinates` (GridSamplerKernel.cpp), operation for operation:
-    mirror into [low, low + twice_span/2] with low = 0 (align_corners) or -0.5."""
+    mirror into [low, low + twice_span/2] with low = 0 (align_corners) or -0.5; its fused multiply-add
+    `extra` in `fma_dtype`."""
     if align_corners and size <= 1:  # torch: every coordinate reflects to 0 (here NaN for ±inf, then 0)
         return rw.op("Mul", [coord, rw.const(0.0, f"{label}_zero", dtype)], suffix=f"{label}_reflected")
-    twice_span = rw.const((size - 1) * 2 if align_corners else size * 2, f"{label}_twice_span", dtype)
+    span_value = (size - 1) * 2 if align_corners else size * 2
+    twice_span = rw.const(span_value, f"{label}_twice_span", dtype)
     low = None if align_corners else rw.const(-0.5, f"{label}_mirror_low", dtype)
     if low is not None:
         coord = rw.op("Sub", [coord, low], suffix=f"{label}_from_low")
     distance = rw.op("Abs", [coord], suffix=f"{label}_distance")
     # Floor is torch's trunc here: the distance is not negative.
     flips = rw.op("Floor", [rw.op("Div", [distance, twice_span], suffix=f"{label}_spans")], suffix=f"{label}_flips")
-    extra = rw.op("Sub", [distance, rw.op("Mul", [flips, twice_span], suffix=f"{label}_whole")],
-                  suffix=f"{label}_extra")
+    # fused: distance - flips * twice_span
+    wide_span = twice_span if fma_dtype == dtype else rw.const(span_value, f"{label}_wide_span", fma_dtype)
+    whole = rw.op("Mul", [_widen(rw, flips, dtype, fma_dtype, f"{label}_flips"), wide_span], suffix=f"{label}_whole")
+    extra = _narrow(rw, rw.op("Sub", [_widen(rw, distance, dtype, fma_dtype, f"{label}_distance"), whole],
+                              suffix=f"{label}_remainder"), dtype, fma_dtype, f"{label}_extra")
     reflected = rw.op("Min", [extra, rw.op("Sub", [twice_span, extra], suffix=f"{label}_back")],
                       suffix=f"{label}_reflected")
     return reflected if low is None else rw.op("Add", [reflected, low], suffix=f"{label}_mirrored")

@@ -66,7 +66,7 @@ def emit_decomposition(rw: Rewrite, site: Sampling, grid: gs.Tensor, opset: int)
     sizes = [depth + 3, height + 3, width + 3]  # the padded table's spatial shape
     table = rw.op("Flatten", [padded_channels_last(rw, site.x, 3)], {"axis": 4}, suffix="table")
     # slowest axis first: z (grid[..., 2], depth), y, x
-    voxel = [_voxel(rw, grid, axis, size, site, dtype, label)
+    voxel = [_voxel(rw, grid, axis, size, site, dtype, opset, label)
              for axis, size, label in ((2, depth, "z"), (1, height, "y"), (0, width, "x"))]
     if site.interpolation == "nearest":  # Round is half-to-even, as torch's nearbyint
         rounded = [rw.op("Round", [v], suffix=f"{label}_round") for v, label in zip(voxel, "zyx")]
@@ -92,7 +92,8 @@ def emit_decomposition(rw: Rewrite, site: Sampling, grid: gs.Tensor, opset: int)
     rw.finish("Transpose", [blended], {"perm": [0, 4, 1, 2, 3]}, suffix="ncdhw")
 
 
-def _voxel(rw: Rewrite, grid: gs.Tensor, axis: int, size: int, site: Sampling, dtype, label: str) -> gs.Tensor:
+def _voxel(rw: Rewrite, grid: gs.Tensor, axis: int, size: int, site: Sampling, dtype, opset: int,
+           label: str) -> gs.Tensor:
     """torch's scalar `grid_sampler_compute_source_index`: unnormalise, reflect, clip (NaN -> size-1, as
     its std::min/std::max clip does)."""
     plus_one = rw.op("Add", [grid_axis(rw, grid, axis, label), rw.const(1.0, f"{label}_one", dtype)],
@@ -108,7 +109,8 @@ def _voxel(rw: Rewrite, grid: gs.Tensor, axis: int, size: int, site: Sampling, d
     if site.padding == "reflection":
         twice_low, twice_high = (0, 2 * (size - 1)) if site.align_corners else (-1, 2 * size - 1)
         voxel = _reflect(rw, voxel, twice_low, twice_high, dtype, label)
-    return clip_pixel(rw, voxel, size, site.padding, -1 if site.padding == "zeros" else size - 1, dtype, label)
+    return clip_pixel(rw, voxel, size, site.padding, -1 if site.padding == "zeros" else size - 1, dtype, opset,
+                      label)
 
 
 def _reflect(rw: Rewrite, coord: gs.Tensor, twice_low: int, twice_high: int, dtype, label: str) -> gs.Tensor:

@@ -97,6 +97,21 @@ def test_grid_sample_matches_torch_at_far_out_infinite_and_nan_coordinates(mode,
         np.testing.assert_array_equal(got, expected)
 
 
+@pytest.mark.skipif(not AVX, reason="torch's fused multiply-adds are claimed for its AVX2/AVX512 CPU kernels; this "
+                                    f"CPU runs {torch.backends.cpu.get_cpu_capability()}")
+@pytest.mark.parametrize("align_corners", [False, True])
+@pytest.mark.parametrize("mode", ["bilinear", "nearest"])
+def test_grid_sample_reflects_far_out_coordinates_with_torchs_fused_remainder(mode, align_corners):
+    """Hundreds to millions of images away, torch's |p| - flips * twice_span is one fused multiply-add;
+    rounding the product first moves the reflected point by whole pixels."""
+    far = [326.68997, 1309.7401, -5000.123, 20000.5, 3e6, -3e6, 4.9123095e6, -3.2461672e6, -2.26e7, -22565508.0]
+    grid = np.stack([np.array(far, np.float32), np.zeros(len(far), np.float32)], -1).reshape(1, 1, -1, 2)
+    x = np.random.default_rng(4).standard_normal((1, 1, 4, 100)).astype(np.float32)
+    expected = F.grid_sample(torch.from_numpy(x), torch.from_numpy(grid), mode=mode, padding_mode="reflection",
+                             align_corners=align_corners).numpy()
+    np.testing.assert_array_equal(grid_sample(x, grid, mode, "reflection", align_corners), expected)
+
+
 @pytest.mark.parametrize("padding_mode,x_coord,expected", [("reflection", 1e30, 5.0), ("border", np.nan, 5.0),
                                                             ("reflection", np.nan, 5.0)])
 def test_grid_sample_reflects_and_clips_like_torch_on_the_issue_example(padding_mode, x_coord, expected):

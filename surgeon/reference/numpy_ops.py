@@ -9,8 +9,8 @@ on them.
         == mmcv's multi_scale_deformable_attn_pytorch
 
 Arithmetic follows PyTorch's CPU kernels step by step, in the input's float type and with their fused
-multiply-adds, so bilinear and nearest sampling are bit-identical to PyTorch 2.13 on an x86-64 (AVX2)
-CPU; bicubic agrees to a few ulp.
+multiply-adds, so bilinear and nearest sampling of float32 are bit-identical to PyTorch 2.13 on an
+x86-64 (AVX2) CPU, but for the rare double roundings `_fma` names; bicubic agrees to a few ulp.
 """
 from __future__ import annotations
 
@@ -68,8 +68,15 @@ def _unnormalize(coord: np.ndarray, size: int, align_corners: bool) -> np.ndarra
 
 
 def _fma(a: np.ndarray, b, c) -> np.ndarray:
-    """a * b + c rounded once to a's float type, as an FMA instruction does (exact for float32 operands:
-    their product is exact in float64)."""
+    """a * b + c rounded to a's float type; for float32 `a`, once, as an FMA instruction rounds it.
+
+    The product of two float32 values (or of a float32 and a small integer or half-integer) is exact in
+    float64. The float64 sum is exact in the coordinate math: the unnormalise (g + 1) * (size / 2) - 0.5
+    as long as |(g + 1) * size / 2| < 2**52 (sizes below 2**29), the reflection remainder always (twice
+    the size below 2**29). Where the sum is inexact (beyond that bound, or in the bilinear blend, whose
+    terms are arbitrary) it is rounded twice, to float64 and then to float32, which differs from the
+    FMA's one rounding only when the float64 sum lands exactly halfway between two float32 values.
+    For float64 `a` this is a multiply and an add, two roundings."""
     return (a.astype(np.float64) * b + c).astype(a.dtype)
 
 
@@ -105,9 +112,10 @@ def _clip(coord, size: int, nan_to: int):
 
 def _reflect_vectorised(coord, size: int, align_corners: bool):
     """The vectorised `reflect_coordinates`: with twice_span = 2(size-1) and low = 0 (align_corners) or
-    twice_span = 2 size and low = -0.5, d = |coord - low|, extra = d - trunc(d / twice_span) * twice_span,
-    then min(extra, twice_span - extra) + low. On huge d the rounded product makes extra differ from
-    fmod's exact remainder, and torch returns what this returns. ±inf and NaN give NaN."""
+    twice_span = 2 size and low = -0.5, d = |coord - low|, extra = d - trunc(d / twice_span) * twice_span
+    (a fused multiply-add, rounded once: exact in float64 for float32 d, as twice_span < 2**29), then
+    min(extra, twice_span - extra) + low. On huge d the rounded quotient makes extra differ from fmod's
+    exact remainder, and torch returns what this returns. ±inf and NaN give NaN."""
     dtype = coord.dtype.type
     if align_corners and size <= 1:  # torch's `empty` span: everything reflects to 0
         return np.zeros_like(coord)
@@ -115,7 +123,7 @@ def _reflect_vectorised(coord, size: int, align_corners: bool):
     low = dtype(0 if align_corners else -0.5)
     with np.errstate(invalid="ignore"):  # inf - inf
         distance = np.abs(coord - low)
-        extra = distance - np.trunc(distance / twice_span) * twice_span
+        extra = _fma(-np.trunc(distance / twice_span), float(twice_span), distance)
         return (np.minimum(extra, twice_span - extra) + low).astype(coord.dtype, copy=False)
 
 
