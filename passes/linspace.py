@@ -4,8 +4,9 @@ Before:  start, end, steps ─► ATen(operator="linspace") ─► values
 After (all three constant):  initializer `values`
 After (otherwise):           Range(0, steps) ─► two-sided fill below ─► values
 
-torch's CPU kernel (aten/src/ATen/native/cpu/RangeFactoriesKernel.cpp) fills the first half from
-`start` and the second half from `end`, so both ends are exact:
+torch's CPU kernel (aten/src/ATen/native/cpu/RangeFactoriesKernel.cpp) converts start and end to the
+output type (float bounds truncate for integer outputs), then fills the first half from `start` and
+the second half from `end`, so both ends are exact:
 
     step = (end - start) / (steps - 1)              in the output type (double for integer outputs)
     values[i] = start + step * i                    for i <  steps // 2
@@ -13,15 +14,19 @@ torch's CPU kernel (aten/src/ATen/native/cpu/RangeFactoriesKernel.cpp) fills the
     steps == 1 gives [start], steps == 0 gives []
 
 x86-64 builds of torch run this kernel compiled for AVX2/AVX512, where the compiler fuses each
-`a + b * c` into one fused multiply-add (one rounding instead of two); the constant form does the same
-(`fused_multiply_add: true`, the default; measured bit-exact against torch 2.13 on AVX512). Set it to
-false for torch builds that dispatch to the baseline kernel (torch.backends.cpu.get_cpu_capability()
-== "DEFAULT"). Integer outputs are computed in double and truncated toward zero, as torch does.
+`a + b * c` into one fused multiply-add (one rounding instead of two); both forms do the same
+(`fused_multiply_add: true`, the default; measured bit-exact against torch 2.13 on AVX512 and AVX2).
+Set it to false for torch builds that dispatch to the baseline kernel
+(torch.backends.cpu.get_cpu_capability() == "DEFAULT"). Integer outputs are computed in double and
+truncated toward zero, as torch does; one rounding of difference is a whole unit after truncation.
 
-The Range form computes the same formula with separate Mul and Add, in float32 for float32 outputs
-and float64 otherwise, so it may differ from torch by one rounding: at most 1e-6 * max(1, |start|,
-|end|) for float32. `steps` = 1 there uses max(steps - 1, 1) as the divisor and takes element 0 from
-the `start` side, which gives [start].
+The Range form is bit-exact too, from opset-11 nodes that each round once to nearest-even (as ONNX
+Runtime's CPU kernels do): float64 multiply-add from Dekker's exact product, Knuth's exact sum and a
+round-to-odd step (Boldo & Melquiond); float32 from the exact float64 product rounded to odd, then to
+float32. Limits (docs/passes/linspace.md): float64 bounds from 2^994 up fall back to separate rounding;
+bounds torch refuses for an integer output (out of range, inf, NaN) are not checked at runtime; targets
+without float64 (TensorRT) get a float32 form with separate rounding for float32 outputs and no rewrite,
+with a note, for the others.
 """
 from __future__ import annotations
 
@@ -37,8 +42,13 @@ from surgeon.rewrite import Rewrite, aten_operator, const_value, dtype_of, find_
 #: c10::ScalarType codes an ATen node may carry in its `dtype` input.
 SCALAR_TYPES = {3: np.int32, 4: np.int64, 6: np.float32, 7: np.float64}
 SUPPORTED = tuple(np.dtype(t) for t in SCALAR_TYPES.values())
+#: Ops the Range form runs in float64: all of it for float64 and integer outputs, the exact multiply-add
+#: for float32 outputs. Targets without them (TensorRT has no float64) get float32 or no rewrite.
+FLOAT64_OPS = ("Cast", "Reshape", "Concat", "Gather", "Neg", "Add", "Sub", "Mul", "Div", "Floor", "Abs", "Sign",
+               "Equal", "Where", "IsNaN")
 
 
+@np.errstate(invalid="ignore", over="ignore")  # non-finite bounds give inf and NaN, as in torch
 def torch_linspace(start: float, end: float, steps: int, dtype, fused_multiply_add: bool = True) -> np.ndarray:
     """The values torch.linspace(start, end, steps, dtype=dtype) gives on the CPU, bit for bit."""
     dtype = np.dtype(dtype)
@@ -68,6 +78,8 @@ def torch_linspace(start: float, end: float, steps: int, dtype, fused_multiply_a
 
 def fma_float64(a: float, b: float, c: float) -> float:
     """a * b + c rounded once to float64 (exact rational arithmetic), with IEEE signed zeros."""
+    if not all(np.isfinite((a, b, c))):
+        return float(a) * float(b) + float(c)  # inf or NaN, the same as with one rounding
     exact = Fraction(a) * Fraction(b) + Fraction(c)
     if exact == 0:
         # An exact zero is -0.0 only for (-0.0) + (-0.0); the float product is exact when it is zero.
@@ -103,7 +115,7 @@ def output_dtype(node) -> np.dtype | None:
 
 @register_pass("linspace")
 class Linspace(Pass):
-    """Replace ATen linspace by a bit-exact constant, or a Range-based opset-11 subgraph."""
+    """Replace ATen linspace by a bit-exact constant, or a bit-exact Range-based opset-11 subgraph."""
 
     handles = ("ATen:linspace",)
 
@@ -122,49 +134,167 @@ class Linspace(Pass):
                 result.note(f"{node.name}: left alone, linspace to {dtype} is not supported")
                 continue
             start, end, steps = (const_value(t) for t in node.inputs[:3])
-            rw = Rewrite(graph, ctx, node)
             if self.mode == "auto" and start is not None and end is not None and steps is not None:
                 count = int(steps)
                 if count < 0:
                     raise PassError(f"linspace node '{node.name}' has steps = {count}; torch requires steps >= 0")
                 values = torch_linspace(start.item(), end.item(), count, dtype, self.fused_multiply_add)
+                rw = Rewrite(graph, ctx, node)
                 rw.bypass(rw.const(values, "values"))
-            else:
-                self.range_form(rw, node, dtype)
+                result.rewrote(node)
+                continue
+            fused_multiply_add = self.fused_multiply_add
+            missing = next((op for op in FLOAT64_OPS if not ctx.target.supports(op, dtype=np.float64)), None)
+            if missing is not None and dtype != np.float32:
+                result.note(f"{node.name}: left alone, target '{ctx.target.name}' has no float64 {missing}, which the "
+                            f"runtime form needs for {dtype} outputs (in float32 it would not match torch)")
+                continue
+            if missing is not None and fused_multiply_add:
+                result.note(f"{node.name}: float32 Mul and Add, target '{ctx.target.name}' has no float64 {missing} "
+                            f"for the exact multiply-add; values may differ from torch by one rounding")
+                fused_multiply_add = False
+            self.range_form(Rewrite(graph, ctx, node), node, dtype, fused_multiply_add)
             result.rewrote(node)
         return result
 
     @staticmethod
-    def range_form(rw, node, dtype):
-        compute = np.dtype(np.float32) if dtype == np.float32 else np.dtype(np.float64)
-        to_compute = {"to": onnx.helper.np_dtype_to_tensor_dtype(compute)}
+    def range_form(rw, node, dtype, fused_multiply_add):
+        arithmetic = np.dtype(np.float32) if dtype == np.float32 else np.dtype(np.float64)
+        g = Nodes(rw)
         start, end, steps = node.inputs[:3]
+        scalar_shape = rw.const(np.zeros(0, np.int64), "scalar_shape")
+        count = g.op("Reshape", [g.cast(steps, np.int64, "steps_int64"), scalar_shape], "steps_scalar",
+                     np.int64)  # Range needs 0-d inputs
+        index = g.op("Range", [g.scalar(0, "zero", np.int64), count, g.scalar(1, "one", np.int64)], "index", np.int64)
+        last_index = g.op("Sub", [count, g.scalar(1, "one_end", np.int64)], "last_index", np.int64)
+        # i < steps // 2  <=>  2 i < steps - 1
+        first_half = g.op("Less", [g.op("Add", [index, index], "twice_index", np.int64), last_index], "first_half",
+                          np.bool_)
+        # torch converts the int64 multiple of the step (i, or steps - 1 - i) to the arithmetic type.
+        multiple = g.cast(g.op("Where", [first_half, index, g.op("Sub", [last_index, index], "remaining", np.int64)],
+                               "multiple_int64", np.int64), arithmetic, "multiple")
+        # torch converts the bounds to the output type first: float bounds truncate for integer outputs.
+        start, end = g.cast(start, dtype, "start_typed"), g.cast(end, dtype, "end_typed")
+        start_float, end_float = g.cast(start, arithmetic, "start"), g.cast(end, arithmetic, "end")
+        step = g.op("Div", [g.op("Sub", [end_float, start_float], "span", arithmetic),
+                            g.cast(last_index, arithmetic, "intervals")], "step", arithmetic)
+        # Gather picks the start or the end side: ONNX Runtime's Where turns a selected -0.0 into +0.0.
+        side = g.cast(g.op("Not", [first_half], "end_side", np.bool_), np.int64, "side")
+        base = g.op("Gather", [g.vector([start_float, end_float], "bounds", arithmetic), side], "base", arithmetic)
+        step_vector = g.vector([step], "step_vector", arithmetic)
+        steps_by_side = g.op("Concat", [step_vector, g.op("Neg", [step_vector], "minus_step", arithmetic)],
+                             "steps_by_side", arithmetic, {"axis": 0})
+        signed_step = g.op("Gather", [steps_by_side, side], "signed_step", arithmetic)
+        values = g.op("Add", [g.op("Mul", [signed_step, multiple], "offset", arithmetic), base], "values", arithmetic)
+        if fused_multiply_add:
+            fused = (g.fused_multiply_add if arithmetic == np.float64 else g.fused_multiply_add_float32)(
+                signed_step, multiple, base)
+            # Infinite bounds make the exact arithmetic NaN; with a non-finite operand the separate
+            # Mul and Add give what the fused multiply-add gives.
+            values = g.op("Where", [g.op("IsNaN", [fused], "fma_is_nan", np.bool_), values, fused], "fused_values",
+                          arithmetic)
+        values = g.cast(values, dtype, "values_typed")
+        # torch fills [start] for steps = 1 (the formula would divide by zero): element i is
+        # Concat([start], values)[i + 1], or [0] when steps = 1 -- in the output type, so large int64
+        # bounds keep every digit and -0.0 its sign.
+        shift = g.cast(g.op("Not", [g.op("Equal", [count, g.scalar(1, "one_step", np.int64)], "single_step", np.bool_)],
+                            "several_steps", np.bool_), np.int64, "shift")
+        start_and_values = g.op("Concat", [g.vector([start], "start_vector", dtype), values], "start_and_values",
+                                dtype, {"axis": 0})
+        rw.finish("Gather", [start_and_values, g.op("Add", [index, shift], "pick", np.int64)], suffix="values")
 
-        def const(value, suffix, dtype=compute):
-            scalar = rw.const(value, suffix, dtype=dtype)
-            scalar.values = scalar.values.reshape(())  # Rewrite.const makes 0-d values 1-d; Range needs 0-d
-            return scalar
 
-        def op(op_type, inputs, suffix, attrs=None, dtype=compute):
-            return rw.op(op_type, inputs, attrs, suffix=suffix, dtype=dtype)
+class Nodes:
+    """Elementwise opset-11 nodes for the Range form, with torch's fused multiply-add built from them.
 
-        count = op("Reshape", [op("Cast", [steps], "steps_int64", {"to": onnx.TensorProto.INT64}, np.int64),
-                               rw.const(np.zeros(0, np.int64), "scalar_shape")], "steps_scalar", dtype=np.int64)
-        index = op("Cast", [op("Range", [const(0, "zero", np.int64), count, const(1, "one", np.int64)],
-                               "index_int64", dtype=np.int64)], "index", to_compute)
-        first = op("Cast", [start], "start", to_compute)
-        last = op("Cast", [end], "end", to_compute)
-        count_f = op("Cast", [count], "steps", to_compute)
-        intervals = op("Max", [op("Sub", [count_f, const(1, "one_f")], "steps_minus_one"), const(1, "at_least_one")],
-                       "intervals")
-        step = op("Div", [op("Sub", [last, first], "span"), intervals], "step")
-        from_start = op("Add", [first, op("Mul", [step, index], "start_offset")], "from_start")
-        remaining = op("Sub", [op("Sub", [count_f, const(1, "one_end")], "last_index"), index], "remaining")
-        from_end = op("Sub", [last, op("Mul", [step, remaining], "end_offset")], "from_end")
-        # i < steps // 2  <=>  2 i < steps - 1 for steps >= 2; with `intervals` steps = 1 takes the start side.
-        first_half = op("Less", [op("Add", [index, index], "twice_index"), intervals], "first_half", dtype=np.bool_)
-        if compute == dtype:
-            rw.finish("Where", [first_half, from_start, from_end], suffix="values")
-        else:
-            values = op("Where", [first_half, from_start, from_end], "values_float")
-            rw.finish("Cast", [values], {"to": onnx.helper.np_dtype_to_tensor_dtype(dtype)})
+    The fused multiply-add relies on each node rounding once, to nearest-even (ONNX Runtime's CPU
+    kernels do; a runtime that contracts Mul and Add across nodes would not). ONNX Runtime's Where
+    returns +0.0 for a -0.0 taken from its first value input, and fuses a Not condition into Where by
+    swapping the values: a value that may be -0.0 goes second, under a condition without Not.
+    """
+
+    def __init__(self, rw):
+        self.rw = rw
+
+    def op(self, op_type, inputs, suffix, dtype=np.float64, attrs=None):
+        return self.rw.op(op_type, inputs, attrs, suffix=suffix, dtype=dtype)
+
+    def scalar(self, value, suffix, dtype=np.float64):
+        scalar = self.rw.const(value, suffix, dtype=dtype)
+        scalar.values = scalar.values.reshape(())  # Rewrite.const makes 0-d values 1-d; Range needs 0-d
+        return scalar
+
+    def vector(self, scalars, suffix, dtype):
+        """Concat of 0-d tensors into a 1-d one (Reshape, not Unsqueeze, whose signature changes at opset 13)."""
+        one = self.rw.const(np.ones(1, np.int64), f"{suffix}/shape")
+        parts = [self.op("Reshape", [scalar, one], f"{suffix}/part", dtype) for scalar in scalars]
+        return parts[0] if len(parts) == 1 else self.op("Concat", parts, suffix, dtype, {"axis": 0})
+
+    def cast(self, tensor, dtype, suffix):
+        if tensor.dtype is not None and np.dtype(tensor.dtype) == np.dtype(dtype):
+            return tensor
+        return self.op("Cast", [tensor], suffix, dtype, {"to": onnx.helper.np_dtype_to_tensor_dtype(np.dtype(dtype))})
+
+    def fused_multiply_add(self, a, b, c):
+        """RN(a * b + c) for float64 a, b, c (Boldo & Melquiond, IEEE Trans. Computers 57(4), 2008):
+        the exact product and sum leave c + a * b = high + low + product_error exactly, and rounding
+        the small part to odd keeps the sticky bit the final rounding needs."""
+        product, product_error = self.two_product(a, b)
+        high, low = self.two_sum(c, product, "sum")
+        small = self.round_to_odd(*self.two_sum(low, product_error, "small"))
+        # high - (0 - small) is high + small, except that a zero small leaves a -0.0 high alone (0 - ±0
+        # is +0, and x - +0 is x), where high + 0.0 would give +0.0.
+        return self.op("Sub", [high, self.op("Sub", [self.scalar(0.0, "zero_f"), small], "minus_small")], "fma")
+
+    def fused_multiply_add_float32(self, a, b, c):
+        """RN32(a * b + c) for float32 a, b, c: the product is exact in float64, and rounding the float64
+        sum to odd first makes the final rounding to float32 correct (no double rounding)."""
+        a, b, c = (self.cast(x, np.float64, f"{name}_float64")
+                   for x, name in ((a, "step"), (b, "multiple"), (c, "base")))
+        total = self.round_to_odd(*self.two_sum(c, self.op("Mul", [a, b], "product"), "sum"))
+        return self.cast(total, np.float32, "fma")
+
+    def two_sum(self, a, b, name):
+        """(s, e) with s = RN(a + b) and s + e = a + b exactly (Knuth)."""
+        total = self.op("Add", [a, b], f"{name}")
+        b_part = self.op("Sub", [total, a], f"{name}/b_part")
+        a_part = self.op("Sub", [total, b_part], f"{name}/a_part")
+        error = self.op("Add", [self.op("Sub", [a, a_part], f"{name}/a_error"),
+                                self.op("Sub", [b, b_part], f"{name}/b_error")], f"{name}/error")
+        return total, error
+
+    def split(self, x, name):
+        """(high, low) with x = high + low exactly and 26 significant bits each (Veltkamp)."""
+        scaled = self.op("Mul", [x, self.scalar(2.0 ** 27 + 1, f"{name}/splitter")], f"{name}/scaled")
+        high = self.op("Sub", [scaled, self.op("Sub", [scaled, x], f"{name}/excess")], f"{name}/high")
+        return high, self.op("Sub", [x, high], f"{name}/low")
+
+    def two_product(self, a, b):
+        """(p, e) with p = RN(a * b) and p + e = a * b exactly (Dekker)."""
+        product = self.op("Mul", [a, b], "product")
+        (a_high, a_low), (b_high, b_low) = self.split(a, "step_split"), self.split(b, "multiple_split")
+        error = self.op("Sub", [self.op("Mul", [a_high, b_high], "high_high"), product], "product_error_hh")
+        for x, y, part in ((a_high, b_low, "high_low"), (a_low, b_high, "low_high"), (a_low, b_low, "low_low")):
+            error = self.op("Add", [error, self.op("Mul", [x, y], part)], f"product_error_{part}")
+        return product, error
+
+    def round_to_odd(self, value, error):
+        """value + error rounded to odd, given value = RN(value + error): value when the sum is exact or
+        value's last significand bit is 1, else value's neighbour on the side of error."""
+        # Rump's ufp, 2 ** floor(log2 |value|): q = (2^52 + 1) value, ufp = |q - RN((1 - 2^-53) q)|. The
+        # second product is spelled q - q 2^-53 (the same rounding): ONNX Runtime removes a Mul by a
+        # constant that is 1.0 in float32.
+        lifted = self.op("Mul", [value, self.scalar(2.0 ** 52 + 1, "ufp_lift")], "ufp_lifted")
+        dropped = self.op("Sub", [lifted, self.op("Mul", [lifted, self.scalar(2.0 ** -53, "two_minus_53")], "ufp_low")],
+                          "ufp_dropped")
+        unit = self.op("Abs", [self.op("Sub", [lifted, dropped], "ufp_difference")], "ufp")
+        # value / unit is in [1, 2) with 52 fraction bits; times 2^51 it is an integer exactly when the last is 0.
+        significand = self.op("Mul", [self.op("Div", [value, unit], "normalised"), self.scalar(2.0 ** 51, "two_51")],
+                              "significand_half")
+        even = self.op("Equal", [self.op("Floor", [significand], "significand_floor"), significand], "even", np.bool_)
+        # 5/8 ulp lands nearest the neighbour on either side, also below a power of two where the spacing
+        # halves; Sign(error) = 0 (exact sum) leaves value as it is. value = 0 gives NaN, never `even`.
+        nudge = self.op("Mul", [self.op("Sign", [error], "direction"),
+                                self.op("Mul", [unit, self.scalar(0.625 * 2.0 ** -52, "five_eighths_ulp")],
+                                        "nudge_size")], "nudge")
+        return self.op("Where", [even, self.op("Add", [value, nudge], "neighbour"), value], "round_to_odd")
