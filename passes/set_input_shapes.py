@@ -9,7 +9,7 @@ from __future__ import annotations
 import onnx_graphsurgeon as gs
 
 from surgeon.errors import PassError, suggest
-from surgeon.pass_api import Param, Pass, PassResult, register_pass
+from surgeon.pass_api import Param, ParamError, Pass, PassResult, register_pass
 from surgeon.inference import infer_graph_shapes
 
 
@@ -18,10 +18,22 @@ class SetInputShapes(Pass):
     """Set graph input shapes (make dynamic dims static) and re-infer shapes."""
 
     params = {
-        "shapes": Param(dict, help="{input name: [dims]}; a dim is an int or a symbolic name"),
+        "shapes": Param(dict, help="{input name: [dims]}; a dim is a size >= 0 (0: an empty tensor) or a symbolic "
+                                   "name such as 'batch' for a dynamic dim"),
     }
     needs = ("cleanup", "toposort")  # shape inference runs on a tidy, sorted graph; this pass moves no node
     provides = ("toposort", "cleanup", "shapes")
+
+    @classmethod
+    def check_params(cls, values):
+        """The declared checks, then each shape's dims: recipes and `--set` fail at load time, naming `shapes`."""
+        checked = super().check_params(values)
+        for name, dims in checked["shapes"].items():
+            problem = _shape_problem(dims)
+            if problem:
+                raise ParamError("shapes", f"parameter 'shapes' of pass '{cls.name}': input '{name}': {problem}",
+                                 hint="a dim is a size >= 0 or a name such as 'batch' for a dynamic dim")
+        return checked
 
     def run(self, graph, ctx):
         result = PassResult()
@@ -30,9 +42,6 @@ class SetInputShapes(Pass):
             if name not in inputs:
                 raise PassError(f"no graph input named '{name}'", hint=suggest(name, inputs) or
                                 f"inputs: {', '.join(inputs)}")
-            if not isinstance(dims, list) or not all(isinstance(d, (int, str)) and not isinstance(d, bool)
-                                                     for d in dims):
-                raise PassError(f"shape of '{name}' must be a list of ints or dim names, got {dims!r}")
             old = inputs[name].shape
             if old is not None and len(old) != len(dims):
                 raise PassError(f"input '{name}' has rank {len(old)}, the new shape {dims} has rank {len(dims)}")
@@ -48,3 +57,17 @@ class SetInputShapes(Pass):
                     tensor.shape = None
             result.graph = infer_graph_shapes(graph)
         return result
+
+
+def _shape_problem(dims) -> str | None:
+    """Why `dims` is not a shape (a list of sizes >= 0 and non-empty dim names), or None."""
+    if not isinstance(dims, list):
+        return f"the shape must be a list of dims, got {type(dims).__name__} {dims!r}"
+    for i, dim in enumerate(dims):
+        if isinstance(dim, bool) or not isinstance(dim, (int, str)):
+            return f"dim {i} must be a size or a dim name, got {type(dim).__name__} {dim!r}"
+        if isinstance(dim, int) and dim < 0:
+            return f"dim {i} is {dim}; a size cannot be negative"
+        if isinstance(dim, str) and not dim.strip():
+            return f"dim {i} is an empty name"
+    return None

@@ -17,6 +17,7 @@ Every error names the file, line and column, the step and the key, and suggests 
 """
 from __future__ import annotations
 
+import codecs
 import hashlib
 import json
 import os
@@ -168,10 +169,10 @@ _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _constru
 _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _construct_sequence)
 
 
-def _error(message: str, mark=None, hint: str | None = None, file=None) -> RecipeError:
+def _error(message: str, mark=None, hint: str | None = None, file=None, error=RecipeError) -> RecipeError:
     if mark is None:
-        return RecipeError(message, file=file, hint=hint)
-    return RecipeError(message, file=file or mark.name, line=mark.line + 1, column=mark.column + 1, hint=hint)
+        return error(message, file=file, hint=hint)
+    return error(message, file=file or mark.name, line=mark.line + 1, column=mark.column + 1, hint=hint)
 
 
 def _key_mark(mapping, key):
@@ -182,22 +183,18 @@ def _value_mark(mapping, key):
     return getattr(mapping, "value_marks", {}).get(key) or getattr(mapping, "mark", None)
 
 
+class UnreadableRecipe(RecipeError):
+    """A recipe file that cannot be read as text (missing, unreadable, not UTF-8): `surgeon check` says SG000."""
+
+
 def _read_yaml(path: Path) -> _Mapping:
     try:
-        text = path.read_text()
+        raw = path.read_bytes()
     except FileNotFoundError:
-        raise RecipeError("recipe file not found", file=path) from None
+        raise UnreadableRecipe("recipe file not found", file=path) from None
     except OSError as exc:
-        raise RecipeError(f"cannot read recipe: {exc.strerror}", file=path) from None
-    try:
-        data = yaml.load(_NamedStream(text, str(path)), Loader=_Loader)
-    except RecipeError:
-        raise
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        raise _error(f"not valid YAML: {exc.problem or exc.context}", mark, file=path) from None
-    except yaml.YAMLError as exc:
-        raise RecipeError(f"not valid YAML: {exc}", file=path) from None
+        raise UnreadableRecipe(f"cannot read recipe: {exc.strerror}", file=path) from None
+    data = load_yaml_text(decode_text(raw, path, "recipe", UnreadableRecipe), path, _Loader, RecipeError)
     if data is None:
         raise RecipeError("recipe is empty", file=path)
     if not isinstance(data, dict):
@@ -205,13 +202,43 @@ def _read_yaml(path: Path) -> _Mapping:
     return data
 
 
-class _NamedStream(str):
-    """A YAML source string whose marks carry the file name."""
+def decode_text(raw: bytes, file, what: str, error=RecipeError) -> str:
+    """The text of a YAML file: UTF-8 (a BOM allowed), or UTF-16 with a BOM, as YAML allows; anything else
+    raises `error` naming the file, and for UTF-8 the line and column of the first byte that is not."""
+    encoding = "utf-16" if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)) else "utf-8-sig"
+    try:
+        return raw.decode(encoding)
+    except UnicodeDecodeError as exc:
+        if encoding == "utf-16":
+            raise error(f"{what} is not valid UTF-16 text: the bytes at offset {exc.start} cannot be decoded "
+                        f"({exc.reason})", file=file, hint="save it as UTF-8") from None
+        line_start = raw.rfind(b"\n", 0, exc.start) + 1
+        raise error(f"{what} is not UTF-8 text: byte 0x{raw[exc.start]:02x} at offset {exc.start} cannot be decoded",
+                    file=file, line=raw.count(b"\n", 0, exc.start) + 1, column=exc.start - line_start + 1,
+                    hint="save it as UTF-8") from None
 
-    def __new__(cls, text: str, name: str):
-        obj = super().__new__(cls, text)
-        obj.name = name
-        return obj
+
+def load_yaml_text(text: str, file, loader_class=yaml.SafeLoader, error=RecipeError):
+    """Parse `text` with `loader_class`, its marks naming `file`; bad YAML raises one-line `error` at file:line:col."""
+    loader = None
+    try:
+        loader = loader_class(text)  # the pure-Python reader checks for control characters here
+        loader.name = str(file)  # marks carry the reader's name, "<unicode string>" for text
+        return loader.get_single_data()
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        raise _error(f"not valid YAML: {exc.problem or exc.context}", mark, file=file, error=error) from None
+    except yaml.reader.ReaderError as exc:  # a control character: the reader says where in characters
+        line = text.count("\n", 0, exc.position) + 1
+        column = exc.position - (text.rfind("\n", 0, exc.position) + 1) + 1
+        char = f"#x{exc.character:04x}" if isinstance(exc.character, int) else repr(exc.character)
+        raise error(f"not valid YAML: unacceptable character {char}: {exc.reason}", file=file, line=line,
+                    column=column) from None
+    except yaml.YAMLError as exc:
+        raise error(f"not valid YAML: {' '.join(str(exc).split())}", file=file) from None
+    finally:
+        if loader is not None:
+            loader.dispose()
 
 
 # ---------------------------------------------------------------- loading
@@ -305,8 +332,7 @@ def _build(merged: dict, path: Path | None) -> Recipe:
     target, mapping, file = value("target", "onnxruntime")
     if not isinstance(target, str):
         raise _error("'target' must be a target name such as 'tensorrt-8.6'", _value_mark(mapping, "target"), file=file)
-    _check_target(target, mapping, file)
-    recipe.target = target
+    recipe.target = _resolve_target(target, mapping, file)
     checker, mapping, file = value("checker", True)
     if not isinstance(checker, bool):
         raise _error("'checker' must be true or false", _value_mark(mapping, "checker"), file=file)
@@ -344,13 +370,24 @@ def _build(merged: dict, path: Path | None) -> Recipe:
     return recipe
 
 
-def _check_target(target: str, mapping, file) -> None:
-    from surgeon.targets import available_targets
+def _resolve_target(target: str, mapping, file) -> str:
+    """The recipe's target: a built-in name, or a profile file relative to the recipe file that names it.
+    The profile is loaded here, so an unknown name, a missing file or a malformed profile fails at load time."""
+    from surgeon.errors import SurgeonError
+    from surgeon.targets import load_target, resolve_target
 
-    if target not in available_targets() and not Path(target).suffix in (".yaml", ".yml"):
-        raise _error(f"unknown target '{target}'", _value_mark(mapping, "target"),
-                     hint=suggest(target, available_targets()) or f"known: {', '.join(available_targets())}",
-                     file=file)
+    mark = _value_mark(mapping, "target")
+    try:
+        resolved = resolve_target(target, file.parent if file is not None else None)
+    except SurgeonError as exc:
+        raise _error(exc.message, mark, exc.hint, file=file) from None
+    try:
+        load_target(resolved)
+    except SurgeonError as exc:  # a problem inside the profile: its file:line, and the recipe line naming it
+        named_at = f" (the target of {file}:{mark.line + 1})" if file is not None and mark is not None else ""
+        raise RecipeError(exc.message + named_at, file=exc.file, line=exc.line, column=exc.column,
+                          hint=exc.hint) from None
+    return resolved
 
 
 def _parse_steps(mapping, key: str, file) -> list[Step]:
@@ -388,6 +425,17 @@ def _parse_steps(mapping, key: str, file) -> list[Step]:
     return steps
 
 
+def _coerce_field(section: str, key: str, value) -> Any:
+    """`value` as `section.key`: of its declared type and, in validate, one validation can use (no NaN or
+    negative tolerance, a quantile in [0, 1], ...: surgeon.validation.settings); ValueError says why."""
+    value = SECTIONS[section][key].coerce(value)
+    if section == "validate":
+        from surgeon.validation.settings import check_validate_value
+
+        check_validate_value(key, value)
+    return value
+
+
 def _parse_section(section: str, body, mapping, file, fields: dict[str, Param]) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise _error(f"'{section}' must be a mapping", _value_mark(mapping, section), file=file)
@@ -398,7 +446,7 @@ def _parse_section(section: str, body, mapping, file, fields: dict[str, Param]) 
             checked[key] = param.default
             continue
         try:
-            checked[key] = param.coerce(body[key])
+            checked[key] = _coerce_field(section, key, body[key])
         except ValueError as exc:
             raise _error(f"{section}.{key}: {exc}", _value_mark(body, key), file=file) from None
     base = file.parent if file else Path.cwd()
@@ -444,7 +492,7 @@ def apply_override(recipe: Recipe, override) -> None:
             raise RecipeError(f"unknown key '{param}' in the {step_ref} section", hint=suggest(param, fields))
         section = getattr(recipe, step_ref) or {k: p.default for k, p in fields.items()}
         try:
-            section[param] = fields[param].coerce(value)
+            section[param] = _coerce_field(step_ref, param, value)
         except ValueError as exc:
             raise RecipeError(f"{step_ref}.{param}: {exc}") from None
         setattr(recipe, step_ref, section)
@@ -528,7 +576,8 @@ def json_schema(builtin_only: bool = False) -> dict[str, Any]:
         "properties": {
             "name": {"type": "string"}, "description": {"type": "string"},
             "model": {"type": "string", "description": "model path, relative to the recipe file"},
-            "target": {"type": "string", "examples": available_targets()},
+            "target": {"type": "string", "examples": available_targets(),
+                       "description": "a built-in target, or a profile file (.yaml) relative to the recipe file"},
             "extends": {"type": "string", "description": "path of a recipe to inherit from"},
             "steps": steps, "prepend_steps": steps, "append_steps": steps,
             "set": {"type": "object", "description": "STEP.PARAM: VALUE overrides"},

@@ -2,10 +2,13 @@
 
 Profiles are data (`surgeon/targets/<name>.yaml`), not code. The same profile drives `surgeon check`,
 the pre-commit hook and the default rewrite form a pass picks (`ctx.target`). A profile may `extends`
-another; keys of the child replace the parent's, `ops` entries are merged op by op.
+another (a built-in name, or a file relative to the profile that names it); keys of the child replace the
+parent's, `ops` entries are merged op by op. A recipe's `target` file is relative to the recipe's folder
+(`resolve_target`). A malformed profile is an error naming its file, line and key.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -17,6 +20,7 @@ import yaml
 from surgeon.errors import SurgeonError, suggest
 
 PROFILE_DIR = Path(__file__).resolve().parent / "targets"
+PROFILE_SUFFIXES = (".yaml", ".yml")
 
 
 @dataclass(frozen=True)
@@ -101,51 +105,169 @@ def available_targets() -> list[str]:
     return sorted(p.stem for p in PROFILE_DIR.glob("*.yaml"))
 
 
-@lru_cache(maxsize=None)
+def is_profile_path(name: str) -> bool:
+    """Whether a target is written as a profile file (`.yaml`/`.yml`, or a path) rather than a built-in name."""
+    return (Path(name).suffix.lower() in PROFILE_SUFFIXES or "/" in name
+            or any(sep and sep in name for sep in (os.sep, os.altsep)))
+
+
+def resolve_target(name: str, base=None) -> str:
+    """A built-in target name as it is, or a profile file joined to `base` (the folder of the file that names
+    it; the working directory when None). An unknown name or a missing file raises a SurgeonError."""
+    if not is_profile_path(name):
+        if name not in available_targets():
+            raise SurgeonError(f"unknown target '{name}'; built-in targets: {', '.join(available_targets())}, "
+                               "or a profile file (.yaml)", hint=suggest(name, available_targets()))
+        return name
+    path = Path(os.path.normpath(Path(base) / name)) if base is not None else Path(name)
+    if not path.is_file():
+        hint = None
+        if Path(name).stem in available_targets():
+            hint = f"did you mean the built-in target '{Path(name).stem}'?"
+        elif base is not None and Path(name).is_file():
+            hint = (f"paths are relative to the file that names them, in {base}: did you mean "
+                    f"'{os.path.relpath(Path(name).resolve(), Path(base).resolve())}'?")
+        raise SurgeonError(f"target profile {'is not a file' if path.exists() else 'not found'}: {path}", hint=hint)
+    return str(path)
+
+
 def load_target(name: str) -> Target:
-    """Load a profile by name (or by path to a YAML file)."""
-    data = _load_raw(name, seen=())
-    known = {"name", "runtime", "version", "opset", "max_ir_version", "description", "ops", "domains", "plugins",
-             "static_shapes", "sources", "extends", "notes", "onnx_checker", "cpu_references"}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise SurgeonError(f"target profile '{name}': unknown key '{unknown[0]}'", hint=suggest(unknown[0], known))
+    """Load a profile by name, or from a YAML file (a path relative to the working directory).
+
+    A malformed profile raises a SurgeonError naming the profile file, the line and the key."""
+    resolved = resolve_target(name)
+    return _load_target(name, str(Path(resolved).resolve()) if is_profile_path(name) else resolved)
+
+
+@lru_cache(maxsize=None)
+def _load_target(name: str, key: str) -> Target:
+    data = _load_raw(Path(name) if is_profile_path(name) else _profile_file(key), seen=())
     return Target(
         name=data.get("name", name), runtime=data.get("runtime", "onnxruntime"),
         version=str(data["version"]) if data.get("version") is not None else None,
         opset=int(data.get("opset", 17)), max_ir_version=data.get("max_ir_version"),
-        description=data.get("description", ""), ops=dict(data.get("ops") or {}),
+        description=data.get("description") or "", ops=dict(data.get("ops") or {}),
         domains={k: list(v) for k, v in (data.get("domains") or {}).items()},
         plugins=dict(data.get("plugins") or {}), static_shapes=bool(data.get("static_shapes", False)),
         onnx_checker=bool(data.get("onnx_checker", True)), cpu_references=bool(data.get("cpu_references", True)),
         sources=tuple(data.get("sources") or ()), raw=data)
 
 
-def _profile_path(name: str) -> Path:
-    path = Path(name)
-    if path.suffix in (".yaml", ".yml") and path.exists():
-        return path
-    candidate = PROFILE_DIR / f"{name}.yaml"
-    if not candidate.exists():
-        raise SurgeonError(f"unknown target '{name}'; known targets: {', '.join(available_targets())}",
-                           hint=suggest(name, available_targets()))
-    return candidate
+def _profile_file(resolved: str) -> Path:
+    return Path(resolved) if is_profile_path(resolved) else PROFILE_DIR / f"{resolved}.yaml"
 
 
-def _load_raw(name: str, seen: tuple[str, ...]) -> dict[str, Any]:
-    if name in seen:
-        raise SurgeonError(f"target profile '{name}' extends itself through {' -> '.join(seen + (name,))}")
-    path = _profile_path(name)
+#: What each key of a profile holds: (accepted types, what to call them, whether null is accepted).
+_INT = ((int,), "an integer")
+_KEYS: dict[str, tuple[tuple[type, ...], str, bool]] = {
+    "name": ((str,), "a string", False),
+    "runtime": ((str,), "a string such as 'tensorrt' or 'onnxruntime'", False),
+    "version": ((str, int, float), "a version string such as '8.6'", True),
+    "opset": (*_INT, False),
+    "max_ir_version": (*_INT, True),
+    "description": ((str,), "a string", True),
+    "extends": ((str,), "a target name or profile file", True),
+    "ops": ((dict,), "a mapping of op types to rules ({since: 1, dtypes: [float32]})", True),
+    "domains": ((dict,), "a mapping of domains to lists of op types", True),
+    "plugins": ((dict,), "a mapping of op types to plugin fields", True),
+    "static_shapes": ((bool,), "true or false", False),
+    "onnx_checker": ((bool,), "true or false", False),
+    "cpu_references": ((bool,), "true or false", False),
+    "sources": ((list,), "a list of strings", True),
+    "notes": ((list,), "a list of strings", True),
+}
+_OP_RULE_KEYS = ("since", "until", "dtypes", "notes")
+
+
+def _load_raw(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
+    from surgeon.recipe import decode_text, load_yaml_text
+
+    resolved = path.resolve()
+    if resolved in seen:
+        chain = " -> ".join(str(p) for p in seen + (resolved,))
+        raise SurgeonError(f"target profile extends itself through {chain}", file=path)
     try:
-        # libyaml's loader where PyYAML has it: the generated onnxruntime profile takes 0.16 s in pure Python
-        data = yaml.load(path.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)) or {}
-    except yaml.YAMLError as exc:
-        raise SurgeonError(f"target profile is not valid YAML: {exc}", file=path) from None
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise SurgeonError(f"cannot read target profile: {exc.strerror}", file=path) from None
+    text = decode_text(raw, path, "target profile", SurgeonError)
+    # libyaml's loader where PyYAML has it: the generated onnxruntime profile takes 0.16 s in pure Python
+    data = load_yaml_text(text, path, getattr(yaml, "CSafeLoader", yaml.SafeLoader), SurgeonError)
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise SurgeonError("a target profile must be a mapping of keys (name, runtime, opset, ops, ...)",
+                           file=path, line=1)
+    _check_profile(data, path, text)
     parent_name = data.pop("extends", None)
     if not parent_name:
         return data
-    parent = _load_raw(parent_name, seen + (name,))
+    try:
+        parent_path = _profile_file(resolve_target(parent_name, path.parent))
+    except SurgeonError as exc:
+        line, column = _locate(text, ("extends",))
+        raise SurgeonError(exc.message, file=path, line=line, column=column, hint=exc.hint) from None
+    parent = _load_raw(parent_path, seen + (resolved,))
     merged = {**parent, **data}
     for key in ("ops", "domains", "plugins"):
         merged[key] = {**(parent.get(key) or {}), **(data.get(key) or {})}
     return merged
+
+
+def _check_profile(data: dict, path: Path, text: str) -> None:
+    """Raise a SurgeonError at the profile's file:line:col for an unknown key or a value of the wrong type."""
+    def fail(message: str, keys: tuple, hint: str | None = None, at_key: bool = False):
+        line, column = _locate(text, keys, at_key)
+        raise SurgeonError(message, file=path, line=line, column=column, hint=hint)
+
+    def expect(value, types, what: str, keys: tuple) -> None:
+        if isinstance(value, bool) and bool not in types or not isinstance(value, types):
+            fail(f"target profile key '{'.'.join(map(str, keys))}' must be {what}, got {type(value).__name__} "
+                 f"{value!r}", keys)
+
+    for key, value in data.items():
+        if key not in _KEYS:
+            fail(f"unknown key '{key}' in target profile", (key,),
+                 suggest(str(key), _KEYS) or f"allowed: {', '.join(_KEYS)}", at_key=True)
+        types, what, nullable = _KEYS[key]
+        if value is None and nullable:
+            continue
+        expect(value, types, what, (key,))
+    if isinstance(data.get("opset"), int) and data["opset"] < 1:
+        fail(f"target profile key 'opset' must be an opset number (1 or more), got {data['opset']}", ("opset",))
+    for op, rule in (data.get("ops") or {}).items():
+        expect(rule, (dict,), "a mapping such as {since: 1, dtypes: [float32]}", ("ops", op))
+        for field_name, value in rule.items():
+            keys = ("ops", op, field_name)
+            if field_name not in _OP_RULE_KEYS:
+                fail(f"unknown key '{field_name}' in the rule of op '{op}' in target profile", keys,
+                     suggest(str(field_name), _OP_RULE_KEYS) or f"allowed: {', '.join(_OP_RULE_KEYS)}", at_key=True)
+            if field_name in ("since", "until"):
+                expect(value, (int,), "an op version (an integer)", keys)
+            elif field_name == "dtypes":
+                expect(value, (list,), "a list of dtype names such as [float32, int64]", keys)
+                for dtype in value:
+                    expect(dtype, (str,), "a list of dtype names such as [float32, int64]", keys)
+    for domain, op_types in (data.get("domains") or {}).items():
+        expect(op_types, (list,), "a list of op types", ("domains", domain))
+    for op, plugin in (data.get("plugins") or {}).items():
+        if plugin is not None:
+            expect(plugin, (dict,), "a mapping of plugin fields such as {plugin_version: '1'}", ("plugins", op))
+
+
+def _locate(text: str, keys: tuple, at_key: bool = False) -> tuple[int | None, int | None]:
+    """1-based line and column of the value (or the key) at `keys` in YAML `text`; (None, None) if not found."""
+    try:
+        node = yaml.compose(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    except yaml.YAMLError:
+        return None, None
+    key_node = None
+    for key in keys:
+        if not isinstance(node, yaml.MappingNode):
+            return None, None
+        found = next(((k, v) for k, v in node.value if k.value == str(key)), None)
+        if found is None:
+            return None, None
+        key_node, node = found
+    mark = (key_node if at_key and key_node is not None else node).start_mark
+    return mark.line + 1, mark.column + 1

@@ -1,8 +1,10 @@
 """Recipe lint (`surgeon check RECIPE.yaml`): what `surgeon run` would refuse, found before it runs.
 
-`surgeon.recipe.load_recipe` already checks the schema, pass names, parameter types and `extends`
-chains, stopping at the first problem with its file:line:col; SR001 reports that problem. SR002 then
-checks that every input file the recipe names exists (the loader leaves that to run time).
+`surgeon.recipe.load_recipe` already checks the schema, pass names, parameter types, `extends` chains
+and the target (a built-in name, or a profile file it loads), stopping at the first problem with its
+file:line:col; SR001 reports that problem, SG000 a recipe file that is not text (exit code 2, as for a
+model that is not ONNX). SR002 then checks that every input file the recipe names exists (the loader
+leaves that to run time).
 """
 from __future__ import annotations
 
@@ -10,18 +12,20 @@ from pathlib import Path
 
 import yaml
 
-from surgeon.check.findings import Finding, recipe_rule
-from surgeon.errors import RecipeError
-from surgeon.recipe import load_recipe
+from surgeon.check.findings import UNREADABLE_FILE, Finding, recipe_rule
+from surgeon.errors import SurgeonError
+from surgeon.recipe import UnreadableRecipe, decode_text, load_recipe
 
 
 @recipe_rule("SR001", "recipe-invalid", "error",
-             "recipe does not load: unknown key or pass, ill-typed parameter, bad YAML, broken extends")
+             "recipe does not load: unknown key or pass, ill-typed parameter, bad YAML, broken extends, "
+             "unknown or malformed target profile")
 def recipe_invalid(path: Path):
     try:
         load_recipe(path)
-    except RecipeError as exc:
-        yield Finding("SR001", "error", exc.message + (f" ({exc.hint})" if exc.hint else ""),
+    except SurgeonError as exc:
+        rule = UNREADABLE_FILE.id if isinstance(exc, UnreadableRecipe) else "SR001"
+        yield Finding(rule, "error", exc.message + (f" ({exc.hint})" if exc.hint else ""),
                       file=exc.file or str(path), line=exc.line, column=exc.column)
 
 
@@ -30,7 +34,7 @@ def recipe_invalid(path: Path):
 def recipe_file_missing(path: Path):
     try:
         recipe = load_recipe(path)
-    except RecipeError:
+    except SurgeonError:
         return  # SR001 reports it
     for keys, file in _input_files(recipe):
         if not Path(file).exists():
@@ -59,8 +63,8 @@ def _input_files(recipe):
 def _locate(path: Path, keys: tuple[str, ...]) -> tuple[int | None, int | None]:
     """1-based line and column of the value at `keys` in the recipe file (None where a parent declares it)."""
     try:
-        node = yaml.compose(path.read_text())
-    except yaml.YAMLError:
+        node = yaml.compose(decode_text(path.read_bytes(), path, "recipe"))
+    except (yaml.YAMLError, SurgeonError, OSError):
         return None, None
     for key in keys:
         if not isinstance(node, yaml.MappingNode):

@@ -1,0 +1,276 @@
+"""Bad recipes and target profiles end to end: exit code 2 and one line naming the file, line and key.
+
+Undecodable recipe files, malformed target profiles, target files relative to the recipe that names them,
+duplicate keys, and set-input-shapes dims, all refused at load time: nothing written, the input untouched.
+"""
+from __future__ import annotations
+
+import codecs
+import textwrap
+
+import numpy as np
+import onnx
+import pytest
+from onnx import helper
+
+from surgeon.cli import main
+from surgeon.errors import RecipeError, SurgeonError
+from surgeon.pass_api import ParamError
+from surgeon.recipe import load_recipe
+from surgeon.registry import get_pass
+from surgeon.targets import load_target
+from surgeon.testing import apply_pass, make_model
+
+BUILTIN = "libspconv, onnxruntime, opset-11, tensorrt-10, tensorrt-8.5, tensorrt-8.6"
+
+
+def write(path, text: str):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(textwrap.dedent(text).lstrip())
+    return path
+
+
+@pytest.fixture
+def model(tmp_path):
+    """model.onnx: x[1, 4] -> Relu -> y."""
+    path = tmp_path / "model.onnx"
+    onnx.save(make_model([helper.make_node("Relu", ["x"], ["y"], name="relu")], [("x", np.float32, [1, 4])],
+                         [("y", np.float32, [1, 4])]), path)
+    return path
+
+
+def cli(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def refused(capsys, tmp_path, model, recipe, *extra) -> str:
+    """`surgeon run RECIPE MODEL -o OUT` exits 2 with one line, writes nothing and leaves the model as it was."""
+    before = model.read_bytes()
+    out_path = tmp_path / "out" / "x.onnx"
+    code, _, err = cli(capsys, "run", recipe, model, "-o", out_path, *extra)
+    assert code == 2, err
+    assert len(err.strip().splitlines()) == 1, err
+    assert err.startswith("surgeon: error: ") and "Traceback" not in err and "<unicode string>" not in err
+    assert not out_path.parent.exists() or not any(out_path.parent.iterdir())
+    assert model.read_bytes() == before
+    return err.strip()[len("surgeon: error: "):]
+
+
+# ---------------------------------------------------------------- files that are not UTF-8 text
+
+@pytest.fixture
+def nonutf8(tmp_path):
+    path = tmp_path / "nonutf8.yaml"
+    path.write_bytes(b"name: \xff\xfe bad\nsteps:\n  - pass: toposort\n")
+    return path
+
+
+@pytest.mark.parametrize("command", ["run", "bisect"])
+def test_a_recipe_that_is_not_utf8_names_the_file_line_and_byte(capsys, tmp_path, model, nonutf8, command):
+    if command == "run":
+        message = refused(capsys, tmp_path, model, nonutf8)
+    else:
+        code, _, err = cli(capsys, command, nonutf8, model)
+        assert code == 2 and len(err.strip().splitlines()) == 1
+        message = err.strip()[len("surgeon: error: "):]
+    assert message == (f"{nonutf8}:1:7: recipe is not UTF-8 text: byte 0xff at offset 6 cannot be decoded "
+                       "(save it as UTF-8)")
+
+
+def test_check_reports_an_undecodable_recipe_as_unreadable(capsys, nonutf8):
+    code, out, err = cli(capsys, "check", "--no-config", nonutf8)
+    assert code == 2 and err == ""
+    assert out.splitlines()[0] == (f"{nonutf8}:1:7: SG000 error recipe is not UTF-8 text: byte 0xff at offset 6 "
+                                   "cannot be decoded (save it as UTF-8)")
+
+
+def test_an_undecodable_parent_recipe_is_named(tmp_path, nonutf8):
+    child = write(tmp_path / "child.yaml", "extends: nonutf8.yaml\n")
+    with pytest.raises(RecipeError) as info:
+        load_recipe(child)
+    assert info.value.file == str(nonutf8) and info.value.line == 1
+
+
+def test_utf16_with_a_byte_order_mark_is_read_as_yaml_allows(tmp_path):
+    path = tmp_path / "utf16.yaml"
+    path.write_bytes(codecs.BOM_UTF16_LE + "name: ünïcode\nsteps:\n  - pass: toposort\n".encode("utf-16-le"))
+    assert load_recipe(path).name == "ünïcode"
+    path.write_bytes(codecs.BOM_UTF16_LE + b"n\x00a")  # odd length: not UTF-16 either
+    with pytest.raises(RecipeError, match="recipe is not valid UTF-16 text"):
+        load_recipe(path)
+
+
+def test_a_control_character_is_one_line_at_its_line_and_column(capsys, tmp_path, model):
+    recipe = tmp_path / "ctl.yaml"
+    recipe.write_bytes(b"name: x\nsteps: []\ndescription: a\x07b\n")
+    assert refused(capsys, tmp_path, model, recipe) == (
+        f"{recipe}:3:15: not valid YAML: unacceptable character #x0007: special characters are not allowed")
+
+
+# ---------------------------------------------------------------- duplicate keys
+
+def test_a_duplicate_key_names_the_recipe_file(capsys, tmp_path, model):
+    dup = write(tmp_path / "dupkey.yaml", """
+        name: x
+        steps:
+          - pass: toposort
+        name: y
+        """)
+    assert refused(capsys, tmp_path, model, dup) == f"{dup}:4:1: duplicate key 'name'"
+    child = write(tmp_path / "sub" / "extdup.yaml", "extends: ../dupkey.yaml\n")
+    assert refused(capsys, tmp_path, model, child) == f"{dup}:4:1: duplicate key 'name'"
+    code, out, _ = cli(capsys, "check", "--no-config", dup)
+    assert code == 1 and out.splitlines()[0] == f"{dup}:4:1: SR001 error duplicate key 'name'"
+
+
+# ---------------------------------------------------------------- malformed target profiles
+
+BAD_PROFILES = {
+    "list": ("- 1\n", "1", "a target profile must be a mapping of keys (name, runtime, opset, ops, ...)"),
+    "opset": ("runtime: onnxruntime\nopset: abc\n", "2:8", "target profile key 'opset' must be an integer, got str 'abc'"),
+    "yaml": ("runtime: [\n", "2:1", "not valid YAML: did not find expected node content"),
+    "key": ("runtime: onnxruntime\nopsett: 17\n", "2:1", "unknown key 'opsett' in target profile",
+            "did you mean 'opset'?"),
+    "rule": ("ops:\n  Clip: {since: one}\n", "2:17", "target profile key 'ops.Clip.since' must be an op version "
+             "(an integer), got str 'one'"),
+    "dtypes": ("ops:\n  Clip: {dtypes: float32}\n", "2:18", "target profile key 'ops.Clip.dtypes' must be a list of "
+               "dtype names such as [float32, int64], got str 'float32'"),
+    "bool": ("static_shapes: maybe\n", "1:16", "target profile key 'static_shapes' must be true or false, got str "
+             "'maybe'"),
+    "notutf8": (b"name: \xe9\n", "1:7", "target profile is not UTF-8 text: byte 0xe9 at offset 6 cannot be decoded",
+                "save it as UTF-8"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(BAD_PROFILES))
+def test_a_malformed_profile_named_by_a_recipe_fails_at_load_time(capsys, tmp_path, model, kind):
+    text, where, message, *hint = BAD_PROFILES[kind]
+    prof = tmp_path / "rc" / "prof.yaml"
+    prof.parent.mkdir()
+    prof.write_bytes(text if isinstance(text, bytes) else text.encode())
+    recipe = write(tmp_path / "rc" / "recipe.yaml", "name: x\ntarget: prof.yaml\nsteps:\n  - pass: toposort\n")
+    hint = f" ({hint[0]})" if hint else ""
+    assert refused(capsys, tmp_path, model, recipe) == f"{prof}:{where}: {message} (the target of {recipe}:2){hint}"
+    # `surgeon check` loads the target as `surgeon run` does
+    code, out, _ = cli(capsys, "check", "--no-config", recipe)
+    assert code == 1 and out.splitlines()[0].startswith(f"{prof}:{where}: SR001 error {message}")
+
+
+@pytest.mark.parametrize("kind", sorted(BAD_PROFILES))
+def test_a_malformed_profile_given_to_check_is_a_usage_error(capsys, tmp_path, model, monkeypatch, kind):
+    text, where, message, *hint = BAD_PROFILES[kind]
+    hint = f" ({hint[0]})" if hint else ""
+    (tmp_path / "prof.yaml").write_bytes(text if isinstance(text, bytes) else text.encode())
+    monkeypatch.chdir(tmp_path)
+    code, out, err = cli(capsys, "check", "--no-config", model, "--target", "prof.yaml")
+    assert code == 2 and out == ""
+    assert err.strip() == f"surgeon: error: prof.yaml:{where}: {message}{hint}"
+
+
+def test_a_profile_extends_a_file_relative_to_itself(tmp_path, monkeypatch):
+    write(tmp_path / "profiles" / "base.yaml", "name: base\nruntime: npu\nopset: 13\n")
+    write(tmp_path / "profiles" / "child.yaml", "name: child\nextends: base.yaml\nstatic_shapes: true\n")
+    monkeypatch.chdir(tmp_path)
+    target = load_target("profiles/child.yaml")
+    assert (target.name, target.runtime, target.opset, target.static_shapes) == ("child", "npu", 13, True)
+    write(tmp_path / "profiles" / "loop.yaml", "extends: loop.yaml\n")
+    with pytest.raises(SurgeonError, match="target profile extends itself"):
+        load_target("profiles/loop.yaml")
+    write(tmp_path / "profiles" / "orphan.yaml", "extends: tensorrt-8.7\n")
+    with pytest.raises(SurgeonError) as info:
+        load_target("profiles/orphan.yaml")
+    assert str(info.value).startswith("profiles/orphan.yaml:1:10: unknown target 'tensorrt-8.7'")
+
+
+# ---------------------------------------------------------------- where a target file is looked for
+
+def test_a_target_file_is_relative_to_the_recipe_that_names_it(capsys, tmp_path, model, monkeypatch):
+    write(tmp_path / "rc" / "prof.yaml", "name: myprof\nruntime: onnxruntime\nopset: 17\n")
+    recipe = write(tmp_path / "rc" / "recipe.yaml", "name: x\ntarget: prof.yaml\nsteps:\n  - pass: toposort\n")
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    assert load_target(load_recipe(recipe).target).name == "myprof"
+    code, _, err = cli(capsys, "run", recipe, model, "-o", tmp_path / "out" / "x.onnx")
+    assert code == 0, err
+    metadata = {p.key: p.value for p in onnx.load(tmp_path / "out" / "x.onnx").metadata_props}
+    assert metadata["surgeon.target"] == "myprof"  # the profile's name, not a path that depends on the cwd
+
+
+def test_a_target_file_in_a_parent_recipe_is_relative_to_the_parent(tmp_path, monkeypatch):
+    write(tmp_path / "base" / "prof.yaml", "name: baseprof\nruntime: tensorrt\n")
+    write(tmp_path / "base" / "parent.yaml", "target: prof.yaml\nsteps:\n  - pass: toposort\n")
+    child = write(tmp_path / "work" / "child.yaml", "extends: ../base/parent.yaml\nname: child\n")
+    monkeypatch.chdir(tmp_path / "work")
+    recipe = load_recipe(child)
+    assert load_target(recipe.target).name == "baseprof"
+
+
+def test_a_target_path_written_from_the_working_directory_says_where_to_look(capsys, tmp_path, model,
+                                                                              monkeypatch):
+    write(tmp_path / "rc" / "prof.yaml", "name: p\n")
+    recipe = write(tmp_path / "rc" / "recipe.yaml", "name: x\ntarget: rc/prof.yaml\nsteps: []\n")
+    monkeypatch.chdir(tmp_path)
+    assert refused(capsys, tmp_path, model, "rc/recipe.yaml") == (
+        "rc/recipe.yaml:2:9: target profile not found: rc/rc/prof.yaml (paths are relative to the file that names "
+        "them, in rc: did you mean 'prof.yaml'?)")
+    assert recipe.exists()
+
+
+def test_an_unknown_target_is_a_load_time_error_at_the_recipe_line(capsys, tmp_path, model):
+    recipe = write(tmp_path / "recipe.yaml", "name: x\nsteps:\n  - pass: toposort\ntarget: tensorrt-99\n")
+    assert refused(capsys, tmp_path, model, recipe) == (
+        f"{recipe}:4:9: unknown target 'tensorrt-99'; built-in targets: {BUILTIN}, or a profile file (.yaml) "
+        "(did you mean 'tensorrt-10'?)")
+    recipe = write(tmp_path / "recipe.yaml", "name: x\ntarget: tensorrt-8.6.yaml\nsteps: []\n")
+    assert refused(capsys, tmp_path, model, recipe) == (
+        f"{recipe}:2:9: target profile not found: {tmp_path / 'tensorrt-8.6.yaml'} "
+        "(did you mean the built-in target 'tensorrt-8.6'?)")
+    code, out, _ = cli(capsys, "check", "--no-config", recipe)
+    assert code == 1 and f"{recipe}:2:9: SR001 error target profile not found" in out
+
+
+# ---------------------------------------------------------------- set-input-shapes dims
+
+def shapes_recipe(tmp_path, shapes: str):
+    return write(tmp_path / "shapes.yaml", f"""
+        name: x
+        steps:
+          - pass: set-input-shapes
+            with: {{shapes: {shapes}}}
+        """)
+
+
+@pytest.mark.parametrize("shapes, problem", [
+    ("{x: [-3, 0]}", "input 'x': dim 0 is -3; a size cannot be negative"),
+    ("{x: [1, -1]}", "input 'x': dim 1 is -1; a size cannot be negative"),
+    ("{x: 4}", "input 'x': the shape must be a list of dims, got int 4"),
+    ("{x: [1, true]}", "input 'x': dim 1 must be a size or a dim name, got bool True"),
+    ("{x: [1, '']}", "input 'x': dim 1 is an empty name"),
+])
+def test_set_input_shapes_refuses_bad_dims_at_load_time(capsys, tmp_path, model, shapes, problem):
+    recipe = shapes_recipe(tmp_path, shapes)
+    message = (f"parameter 'shapes' of pass 'set-input-shapes': {problem} (steps item 1) "
+               "(a dim is a size >= 0 or a name such as 'batch' for a dynamic dim)")
+    assert refused(capsys, tmp_path, model, recipe) == f"{recipe}:4:12: {message}"
+    code, out, _ = cli(capsys, "check", "--no-config", recipe)
+    assert code == 1 and out.splitlines()[0] == f"{recipe}:4:12: SR001 error {message}"
+
+
+def test_set_input_shapes_refuses_a_negative_dim_from_set_and_from_python(capsys, tmp_path, model):
+    recipe = shapes_recipe(tmp_path, "{x: [1, 4]}")
+    assert refused(capsys, tmp_path, model, recipe, "--set", "set-input-shapes.shapes={x: [-1, 4]}") == (
+        "--set set-input-shapes.shapes: parameter 'shapes' of pass 'set-input-shapes': input 'x': dim 0 is -1; a "
+        "size cannot be negative (a dim is a size >= 0 or a name such as 'batch' for a dynamic dim)")
+    with pytest.raises(ParamError, match="dim 0 is -2"):
+        get_pass("set-input-shapes")(shapes={"x": [-2, 4]})
+    with pytest.raises(SurgeonError, match="dim 0 is -2"):
+        apply_pass(onnx.load(model), "set-input-shapes", shapes={"x": [-2, 4]})
+
+
+def test_set_input_shapes_accepts_a_zero_size_dim_and_names(tmp_path, model):
+    out, step = apply_pass(onnx.load(model), "set-input-shapes", shapes={"x": [0, 4]})
+    assert [d.dim_value for d in out.graph.input[0].type.tensor_type.shape.dim] == [0, 4]
+    out, step = apply_pass(onnx.load(model), "set-input-shapes", shapes={"x": ["batch", 4]})
+    assert out.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
