@@ -1,41 +1,115 @@
-"""Reading and writing models: clear errors for bad files, atomic writes, external data over 2 GB."""
+"""Reading and writing models: clear errors for bad files, atomic writes, external data over 2 GB, and the
+guard every command runs on its output paths before any work (`guard_outputs`)."""
 from __future__ import annotations
 
 import contextlib
 import hashlib
 import os
+import stat
 import tempfile
 from pathlib import Path
 
 import onnx
 from google.protobuf.message import DecodeError
 
-from surgeon.errors import ModelError
+from surgeon.errors import ModelError, SurgeonError
 
 TWO_GB = 2**31 - 1
 
 
 def load_model(path, load_external_data: bool = True) -> onnx.ModelProto:
     """Load an ONNX model (its external data too); a missing or malformed file raises ModelError."""
+    return read_model(path, load_external_data)[0]
+
+
+def read_model(path, load_external_data: bool = True) -> tuple[onnx.ModelProto, list[Path]]:
+    """`load_model`, and the files the model is made of: its path, then its external-data files.
+
+    Models are read as binary protobuf whatever the extension: onnx would pick its JSON or text formats
+    from `.json`, `.textproto` or `.onnxtxt`, which surgeon neither reads nor writes. External data must be
+    regular files inside the model's folder (as `surgeon check` SG012 and onnx.checker require).
+    """
     path = Path(path)
     if not path.exists():
         raise ModelError("model file not found", file=path)
     if path.is_dir():
         raise ModelError("expected an .onnx file, got a folder", file=path)
     try:
-        model = onnx.load(str(path), load_external_data=False)
+        model = onnx.load(str(path), format="protobuf", load_external_data=False)
     except (DecodeError, RuntimeWarning, ValueError) as exc:
+        _refuse_text_format(path)
         raise ModelError(f"not a valid ONNX model ({type(exc).__name__}: {exc})", file=path) from None
     except OSError as exc:
         raise ModelError(f"cannot read model: {exc.strerror or exc}", file=path) from None
     if not model.HasField("graph") or not model.opset_import:
+        _refuse_text_format(path)
         raise ModelError("not a valid ONNX model (no graph or no opset import)", file=path)
-    if load_external_data and _has_external_data(model):
+    data_files = _external_data_files(model, path, check=load_external_data)
+    if load_external_data and data_files:
         try:
             onnx.external_data_helper.load_external_data_for_model(model, str(path.parent))
-        except (OSError, ValueError) as exc:
-            raise ModelError(f"cannot read the model's external data: {exc}", file=path) from None
-    return model
+        except (OSError, ValueError, onnx.checker.ValidationError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ModelError(f"cannot read the model's external data: {first}", file=path) from None
+    return model, [path, *data_files]
+
+
+#: onnx's text formats, which it picks from these extensions (surgeon reads binary protobuf only).
+_TEXT_FORMATS = {".json": "JSON", ".textproto": "textproto", ".pbtxt": "textproto", ".prototxt": "textproto",
+                 ".txtpb": "textproto", ".onnxtxt": "onnxtxt"}
+
+
+def _refuse_text_format(path: Path) -> None:
+    kind = _TEXT_FORMATS.get(path.suffix.lower())
+    if kind is not None:
+        raise ModelError(f"not a binary ONNX model: surgeon reads binary protobuf models only, not onnx's {kind} "
+                         "text format", file=path,
+                         hint=f"convert it with onnx.save(onnx.load('{path.name}'), '{path.stem}.onnx')")
+
+
+def _external_data_files(model: onnx.ModelProto, path: Path, check: bool = True) -> list[Path]:
+    """The external-data files of `model` (read from `path`); `check`: each must be a regular file inside the
+    model's folder (else ModelError, in the words of `surgeon check` SG012, which reports them without it)."""
+    if not _has_external_data(model):
+        # Attribute tensors (Constant values) are walked only beside external initializers, as onnx's
+        # converter writes them: a walk over every node's attributes costs 0.1 s on 20,000 nodes.
+        return []
+    folder = path.resolve().parent
+    files: dict[Path, None] = {}
+    for tensor in _all_tensors(model.graph):
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        location = next((e.value for e in tensor.external_data if e.key == "location"), "")
+        if not check:
+            files[Path(os.path.normpath(path.parent / location))] = None
+            continue
+        if not location:
+            raise ModelError(f"tensor '{tensor.name}' is marked external but names no data file", file=path)
+        resolved = Path(os.path.normpath(folder / location))
+        if Path(location).is_absolute() or not resolved.is_relative_to(folder):
+            raise ModelError(f"initializer '{tensor.name}' reads external data from '{location}', outside "
+                             f"{folder.name}/; keep data files beside the model", file=path)
+        data_file = path.parent / location
+        if not data_file.is_file():
+            why = "which does not exist" if not data_file.exists() else "which is not a regular file"
+            raise ModelError(f"cannot read the model's external data: initializer '{tensor.name}' is stored in "
+                             f"'{location}', {why}", file=path)
+        files[Path(os.path.normpath(data_file))] = None
+    return list(files)
+
+
+def _all_tensors(graph: onnx.GraphProto):
+    """The initializers and attribute tensors of `graph` and its subgraphs (where onnx keeps external data)."""
+    yield from graph.initializer
+    for node in graph.node:
+        for attribute in node.attribute:
+            if attribute.HasField("t"):
+                yield attribute.t
+            yield from attribute.tensors
+            if attribute.HasField("g"):
+                yield from _all_tensors(attribute.g)
+            for subgraph in attribute.graphs:
+                yield from _all_tensors(subgraph)
 
 
 def _has_external_data(model: onnx.ModelProto) -> bool:
@@ -65,19 +139,20 @@ def save_model_atomic(model: onnx.ModelProto, path, external_data: bool | None =
         # What onnx.save_model writes for such a model, without its walk over every tensor for
         # external data (a third of a save on 20,000 nodes).
         return [write_bytes_atomic(path, serialized)]
-    path.parent.mkdir(parents=True, exist_ok=True)
     if external_data is None:
         external_data = model.ByteSize() > TWO_GB
+    _last_guard(path, *([path.with_name(f"{path.name}.data")] if external_data else []))
+    path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.") as tmp:
         tmp_model = Path(tmp) / path.name
         if external_data:
             data_name = f"{path.name}.data"
-            onnx.save_model(model, str(tmp_model), save_as_external_data=True, all_tensors_to_one_file=True,
-                            location=data_name, size_threshold=1024)
+            onnx.save_model(model, str(tmp_model), format="protobuf", save_as_external_data=True,
+                            all_tensors_to_one_file=True, location=data_name, size_threshold=1024)
             os.replace(Path(tmp) / data_name, path.parent / data_name)
             os.replace(tmp_model, path)
             return [path, path.parent / data_name]
-        onnx.save_model(model, str(tmp_model))
+        onnx.save_model(model, str(tmp_model), format="protobuf")  # whatever the extension, as when serialized
         os.replace(tmp_model, path)
     return [path]
 
@@ -90,6 +165,7 @@ def write_text_atomic(path, text: str) -> Path:
 def write_bytes_atomic(path, data: bytes) -> Path:
     """Write a file through a temporary file beside it, then rename: readers never see half of it."""
     path = Path(path)
+    _last_guard(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
@@ -104,10 +180,123 @@ def write_bytes_atomic(path, data: bytes) -> Path:
     return path
 
 
+def _last_guard(*paths: Path) -> None:
+    """The rename would replace a device or fail on a folder: refuse here too, for writers that ran no guard."""
+    guard_outputs([(path, "this output", None) for path in paths])
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def guard_outputs(outputs, inputs=(), models=(), discard: str | None = None) -> None:
+    """Refuse, before any work starts, an output path that would destroy something or cannot be written.
+
+    Every write goes through a temporary file renamed over the path, which replaces whatever the path
+    names. `outputs`: (path, what, option) for every file a command will write, sidecars and reports
+    included; `what` names the file in messages ("the run report"), `option` is how to choose another
+    path ("-o"). `inputs`: (path, what) for every file the command reads (recipes, data files, a model
+    already read with its data files by `read_model`); `models`: (path, what) of models not read yet,
+    whose external-data files count too (read, without the data, only when some output exists).
+    Raises SurgeonError (exit 2) naming the path when an output
+    - names a folder (an existing one, or written with a trailing slash) or lies below a file;
+    - exists and is not a regular file (a device such as /dev/null, a pipe, a socket): `discard` says
+      how to drop the result instead;
+    - is one of the inputs, under any spelling or link, or another of the outputs.
+    """
+    planned = []
+    written: dict[str, tuple[str, str]] = {}
+    for path, what, option in outputs:
+        raw = os.fspath(path)
+        hint = f"choose another {option}" if option else None
+        if not raw or raw.endswith(("/", os.sep)) or (os.altsep and raw.endswith(os.altsep)):
+            raise SurgeonError(f"names a folder; {what} needs a file name", file=raw or "''", hint=hint)
+        path = Path(raw)
+        _check_folder(path, what, hint)
+        try:
+            status = os.stat(path)
+        except OSError:  # not there (or a dangling link, which the rename replaces): nothing to lose
+            status = None
+        if status is not None and stat.S_ISDIR(status.st_mode):
+            raise SurgeonError(f"is a folder; cannot write {what} there", file=path, hint=hint)
+        if status is not None and not stat.S_ISREG(status.st_mode):
+            raise SurgeonError(f"is {_kind(status.st_mode)}, not a regular file: refusing to replace it with {what}",
+                               file=path, hint=discard or hint)
+        key = os.path.realpath(path)
+        if key in written:
+            other, other_option = written[key]
+            raise SurgeonError(f"{other} and {what} would both be written to {path}",
+                               hint=f"choose another {other_option}" if other_option else hint)
+        written[key] = (what, option)
+        planned.append((path, what, hint, (key, (status.st_dev, status.st_ino) if status is not None else None)))
+    sources = [(p, what) for p, what in inputs if p is not None]
+    existing = any(identity[1] is not None for *_, identity in planned)
+    for model, what in models:  # data files are read from the model: only worth it when an output exists
+        if model is not None:
+            sources += model_inputs(model_files(model) if existing else [Path(model)], what)
+    sources = [(Path(p), what, _identity(p)) for p, what in sources]
+    for path, what, hint, identity in planned:
+        for source, source_what, source_identity in sources:
+            if _same(identity, source_identity):
+                shown = "" if os.path.normpath(path) == os.path.normpath(source) else f" {path}"
+                raise SurgeonError(f"refusing to overwrite {source_what} {source} with {what}{shown}", hint=hint)
+
+
+def _check_folder(path: Path, what: str, hint: str | None) -> None:
+    """The nearest existing folder above `path` must be a folder (not a file) that this user can write to."""
+    for folder in path.parents:
+        try:
+            status = os.stat(folder)
+        except (FileNotFoundError, NotADirectoryError):
+            continue  # created on writing (or a file further up, found on the next round)
+        except OSError:
+            return  # unreadable: let the write report it
+        if not stat.S_ISDIR(status.st_mode):
+            raise SurgeonError(f"cannot write {what} there: {folder} is a file, not a folder", file=path, hint=hint)
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise SurgeonError(f"cannot write {what} there: folder {folder} is not writable", file=path, hint=hint)
+        return
+
+
+def _identity(path):
+    path = Path(path)
+    try:
+        status = os.stat(path)
+    except OSError:
+        return os.path.realpath(path), None
+    return os.path.realpath(path), (status.st_dev, status.st_ino)
+
+
+def _same(a, b) -> bool:
+    return a[0] == b[0] or (a[1] is not None and a[1] == b[1])
+
+
+def _kind(mode: int) -> str:
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    if stat.S_ISFIFO(mode):
+        return "a pipe"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "a special file"
+
+
+def model_files(path) -> list[Path]:
+    """A model's files (itself, then its external data) without loading the data; just `path` if unreadable."""
+    try:
+        return read_model(path, load_external_data=False)[1]
+    except ModelError:
+        return [Path(path)]
+
+
+def model_inputs(files, what: str = "the input model") -> list[tuple[Path, str]]:
+    """`guard_outputs` inputs for a model's files as `read_model` lists them: the model, then its data files."""
+    if not files:
+        return []
+    model, *data = files
+    return [(model, what)] + [(f, f"{what}'s external data") for f in data]
 
 
 def sha256_file(path) -> str:

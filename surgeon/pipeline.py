@@ -22,7 +22,8 @@ from surgeon.errors import CheckFailed, ModelError, SurgeonError
 from surgeon.graphinfo import histogram_delta, op_histogram
 from surgeon.graphio import import_graph_and_order
 from surgeon.inference import annotate_shapes, infer_graph_shapes, infer_where_untyped, infer_without_weights
-from surgeon.modelio import TWO_GB, load_model, save_model_atomic, serialize_model, write_text_atomic
+from surgeon.modelio import (TWO_GB, guard_outputs, model_inputs, read_model, save_model_atomic,
+                             serialize_model, write_text_atomic)
 from surgeon.pass_api import NEEDS, Context, PassResult
 from surgeon.recipe import Recipe, Step, load_recipe
 from surgeon.registry import get_pass
@@ -82,7 +83,7 @@ class RunResult:
         return {
             "surgeon_version": __version__,
             "recipe": {"name": self.recipe.name, "path": str(self.recipe.path) if self.recipe.path else None,
-                       "sha256": self.recipe.sha256, "target": self.recipe.target},
+                       "sha256": self.recipe.sha256, "target": load_target(self.recipe.target).name},
             "model": str(self.model_path),
             "output": str(self.output) if self.output else None,
             "nodes": {"before": len(self.original.graph.node), "after": len(self.model.graph.node),
@@ -107,12 +108,15 @@ AfterStep = Callable[[StepRecord, gs.Graph], None]
 
 
 def run_recipe(recipe, model=None, output=None, *, overrides=(), dry_run: bool = False, validate: bool = True,
-               build: bool = True, progress: Progress | None = None, after_step: AfterStep | None = None) -> RunResult:
+               build: bool = True, progress: Progress | None = None, after_step: AfterStep | None = None,
+               inputs=()) -> RunResult:
     """Run `recipe` (a Recipe, a path or a dict) on `model` (default: the recipe's) and write `output`.
 
     Raises SurgeonError (exit 2) for bad input or a failing step, CheckFailed (exit 1) when the result
     fails onnx.checker; in both cases nothing is written. Validation failures are reported in the
-    result (`result.ok`), after the output is written, so the report can point at it.
+    result (`result.ok`), after the output is written, so the report can point at it. Before any step
+    runs, `modelio.guard_outputs` checks every file the run will write (OUT, sidecars, reports, engine)
+    against every file it reads (`run_files`; `inputs`: more (path, what) pairs, e.g. plugin files).
     """
     started = time.perf_counter()
     progress = progress or Progress()
@@ -124,14 +128,19 @@ def run_recipe(recipe, model=None, output=None, *, overrides=(), dry_run: bool =
         raise SurgeonError(f"recipe '{recipe.name}' names no model: give MODEL on the command line or "
                            "'model:' in the recipe")
     model_path = Path(recipe.model)
-    output = Path(output) if output is not None else None
-    if output is not None and output.resolve() == model_path.resolve():
-        raise SurgeonError(f"refusing to overwrite the input model {model_path}: choose another -o")
-
     if not model_path.exists():
         raise ModelError("model file not found", file=model_path,
                          hint=f"recipe '{recipe.name}' reads it; give MODEL on the command line to use another")
-    original = load_model(model_path)
+    original, files_read = read_model(model_path)
+    if output is not None and not dry_run:  # before any step: no output may replace an input (or a device)
+        guard_outputs(*run_files(recipe, output, files_read, validate, build, inputs),
+                      discard="use --dry-run to run without writing")
+    output = Path(output) if output is not None else None
+    validating = bool(recipe.validate) and validate
+    if validating:  # the validation inputs, read and checked now: bad ones stop the run before any step
+        from surgeon.validation.validate import prepare_run_validation
+
+        prepared = prepare_run_validation(recipe, original, model_path)
     progress.run_started(recipe, model_path, len(recipe.steps))
     with collector_paused():
         graph, records = run_steps(original, recipe, model_dir=model_path.parent, progress=progress,
@@ -143,19 +152,21 @@ def run_recipe(recipe, model=None, output=None, *, overrides=(), dry_run: bool =
         serialized = serialize_model(result_model) if recipe.checker or writing else None
         if recipe.checker:
             check_model(result_model if serialized is None else serialized)
+    if validating:  # and against the rewritten model (its inputs, its outputs) before OUT is written
+        prepared.check_candidate(result_model)
 
     result = RunResult(recipe=recipe, model=result_model, original=original, model_path=model_path, steps=records)
     if writing:
         result.files = save_model_atomic(result_model, output, serialized=serialized)
         result.output = output
-    if recipe.validate and validate:
+    if validating:
         from surgeon.validation import validate_run
 
         against = recipe.validate.get("against") or "original"
         progress.message("validating against " + {"original": "the original model",
                                                   "none": "the expected outputs"}.get(against, against))
         result.validation = validate_run(recipe, original, model_path, result_model,
-                                         None if dry_run else output, progress)
+                                         None if dry_run else output, progress, prepared=prepared)
     if recipe.build and build and not dry_run and output is not None:
         from surgeon.build import build_run
 
@@ -187,6 +198,47 @@ def collector_paused():
 
 def report_path_for(output: Path) -> Path:
     return output.with_name(output.stem + ".surgeon.json")
+
+
+def run_files(recipe: Recipe, output, model_paths, validate: bool = True, build: bool = True, inputs=()):
+    """(outputs, inputs, models) of a run writing `output`, as `modelio.guard_outputs` takes them
+    (`model_paths`: the input model's files, from `read_model`).
+
+    Outputs: OUT, OUT.data (models over 2 GB), the run report, the validation reports, the engine and its
+    build report. Inputs: the model and its external data, every recipe of the extends chain, the target
+    file, the validate section's data/expected/against files (and the against model's external data),
+    the build section's caches, calibration data and plugin libraries."""
+    out = Path(output)
+    outputs = [(output, "the output model", "-o"), (report_path_for(out), "the run report", "-o"),
+               (out.with_name(out.name + ".data"), "the output model's external data", "-o")]
+    sources = [*model_inputs(model_paths), *((f, "the recipe") for f in recipe.files), *inputs]
+    if Path(str(recipe.target)).suffix in (".yaml", ".yml"):
+        sources.append((recipe.target, "the target file"))
+    checks = recipe.validate if validate and recipe.validate else None
+    if checks:
+        from surgeon.validation.report import default_prefix, report_paths
+
+        option = "validate.report" if checks.get("report") else "-o"
+        for path in report_paths(Path(checks["report"]) if checks.get("report") else default_prefix(out)):
+            outputs.append((path, "the validation report", option))
+        for key in ("data", "expected"):
+            if checks.get(key):
+                sources.append((checks[key], f"the recipe's validate.{key}"))
+    if build and recipe.build:
+        from surgeon.build import default_engine_path
+
+        engine = Path(recipe.build["engine"]) if recipe.build.get("engine") else default_engine_path(out)
+        option = "build.engine" if recipe.build.get("engine") else "-o"
+        outputs += [(engine, "the engine", option), (engine.with_name(engine.stem + ".build.json"),
+                                                     "the engine's build report", option)]
+        calibration = recipe.build.get("calibration") or {}
+        sources += [(recipe.build.get("timing_cache"), "the recipe's build.timing_cache"),
+                    (calibration.get("data"), "the recipe's build.calibration.data"),
+                    (calibration.get("cache"), "the recipe's build.calibration.cache"),
+                    *((p, "the recipe's build plugin") for p in recipe.build.get("plugins") or () if p != "builtin")]
+    against = checks.get("against") if checks else None
+    models = [(against, "the recipe's validate.against model")] if against not in (None, "original", "none") else []
+    return outputs, [(path, what) for path, what in sources if path], models
 
 
 def run_steps(model: onnx.ModelProto, recipe: Recipe, model_dir=None, progress: Progress | None = None,
@@ -363,7 +415,9 @@ def _stamp(model: onnx.ModelProto, recipe: Recipe, records: list[StepRecord]) ->
         "surgeon.version": __version__,
         "surgeon.recipe": recipe.name,
         "surgeon.recipe_sha256": recipe.sha256,
-        "surgeon.target": recipe.target,
+        # The profile's name, not the path a file target resolved to: the same recipe run from another
+        # folder must give the same bytes.
+        "surgeon.target": load_target(recipe.target).name,
         "surgeon.steps": json.dumps([{"pass": r.pass_name, "with": r.params} for r in records], sort_keys=True,
                                     default=str),
     })

@@ -42,6 +42,19 @@ def test_build_command_without_tensorrt_exits_2_and_says_how_to_install(relu_mod
     assert not (tmp_path / "relu.engine").exists()
 
 
+@pytest.mark.parametrize("output", ["model", "timing_cache"])
+def test_build_refuses_an_engine_path_that_is_one_of_its_inputs(relu_model, tmp_path, capsys, output):
+    """Checked before TensorRT is even imported, so it holds with and without it."""
+    cache = tmp_path / "timing.cache"
+    cache.write_bytes(b"cache")
+    target = relu_model if output == "model" else cache
+    before = target.read_bytes()
+    assert main(["build", str(relu_model), "-o", str(target), "--timing-cache", str(cache)]) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and str(target) in error and "Traceback" not in error
+    assert target.read_bytes() == before
+
+
 @needs_no_tensorrt
 def test_recipe_with_a_build_section_runs_its_other_stages_and_reports_the_skip(relu_model, tmp_path):
     recipe = load_recipe({"name": "with-build", "model": str(relu_model), "steps": [{"pass": "cleanup"}],

@@ -25,17 +25,18 @@ def run(args) -> int:
     from surgeon.commands.run import TerminalProgress
     from surgeon.modelio import load_model
     from surgeon.recipe import VALIDATE_FIELDS
-    from surgeon.validation import Tolerance, bisect_steps
-    from surgeon.validation.data import feeds_for
+    from surgeon.validation import bisect_steps
+    from surgeon.validation.validate import prepare_validation
 
     recipe = args.loaded_recipe
     if recipe.model is None:
         raise SurgeonError(f"recipe '{recipe.name}' names no model: give MODEL on the command line")
     config = recipe.validate or {key: field.default for key, field in VALIDATE_FIELDS.items()}
     original = load_model(recipe.model)
-    feeds, _ = feeds_for(original, config)
+    # Bisection compares each step's graph with the original model; expected outputs play no part.
+    prepared = prepare_validation({**config, "expected": None, "each_step": False}, original, str(recipe.model))
     progress = None if (args.quiet or args.json) else TerminalProgress(stream=sys.stderr)
-    result = bisect_steps(recipe, original, feeds, Tolerance.from_config(config), config.get("runner") or "auto",
+    result = bisect_steps(recipe, original, prepared.feeds, prepared.tolerance, prepared.runner,
                           model_dir=Path(recipe.model).parent, progress=progress)
     if args.json:
         print_json(result.to_dict())

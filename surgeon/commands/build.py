@@ -6,6 +6,8 @@ and says how to install it. A JSON build report is written beside the engine.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 from surgeon.cli_args import OutputArgs, print_json
 from surgeon.errors import SurgeonError
 
@@ -49,12 +51,28 @@ def run(args) -> int:
                             workspace=args.workspace, optimization_level=args.optimization_level,
                             timing_cache=args.timing_cache, plugins=args.plugins, calibration=calibration)
     engine = options["engine"] or default_engine_path(args.model)
+    _guard(Path(engine), args, options)
     result = build_engine(args.model, engine, options, progress=None)
     if args.json:
         print_json(result.to_dict())
     elif not args.quiet:
         print(result.summary)
     return 0
+
+
+def _guard(engine: Path, args, options) -> None:
+    """The engine and its build report must not replace the model, the recipe or a build input."""
+    from surgeon.modelio import guard_outputs
+
+    option = "-o" if args.output or not options.get("engine") else "build.engine"
+    calibration = options.get("calibration") or {}
+    named = ((args.recipe, "the recipe"), (options.get("timing_cache"), "the timing cache"),
+             (calibration.get("data"), "the calibration data"), (calibration.get("cache"), "the calibration cache"))
+    inputs = [(path, what) for path, what in named if path]
+    inputs += [(p, "a plugin library") for p in options.get("plugins") or () if p != "builtin"]
+    guard_outputs([(engine, "the engine", option),
+                   (engine.with_name(engine.stem + ".build.json"), "the engine's build report", option)],
+                  inputs, models=[(args.model, "the input model")])
 
 
 def parse_profile_args(entries: list[str]) -> dict[str, dict[str, list[int]]]:

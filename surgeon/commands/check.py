@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 from dataclasses import replace
+from pathlib import Path
 
 NAME = "check"
 HELP = "lint models for a target (ops, dtypes, order, names, data) and recipes; CI and pre-commit friendly"
@@ -60,6 +61,11 @@ def run(args) -> int:
     if args.target:
         load_target(args.target)  # an unknown target is a usage error before any file is read
 
+    if args.output is not None:  # before any file is checked: the report must not replace one of them
+        from surgeon.modelio import guard_outputs
+
+        guard_outputs([(args.output, "the report", "-o")], *_checked_files(inputs, args),
+                      discard="leave out -o to print the report")
     config = Config() if args.no_config else load_config()
     findings = []
     for path, as_recipe in inputs:
@@ -67,13 +73,37 @@ def run(args) -> int:
         findings.extend(check_file(path, settings, as_recipe=as_recipe))
 
     report = FORMATS[args.format](findings, rules, len(inputs))
-    if args.output:
+    if args.output is not None:
         from surgeon.modelio import write_text_atomic
 
         write_text_atomic(args.output, report + "\n")
     elif report:
         sys.stdout.write(report + "\n")
     return exit_code(findings)
+
+
+def _checked_files(inputs, args) -> tuple[list, list]:
+    """(files, models) that `check` reads, as `modelio.guard_outputs` takes them: recipes (with the recipes
+    they extend) and the target file, and the models (their external data counts too)."""
+    from surgeon.check.runner import is_recipe
+    from surgeon.errors import SurgeonError
+    from surgeon.recipe import load_recipe
+
+    files, models = [], []
+    for path, as_recipe in inputs:
+        if not (as_recipe or is_recipe(path)):
+            models.append((path, "the checked model"))
+            continue
+        chain = [path]
+        if Path(args.output).exists():  # the recipes it extends: only an existing file can be one of them
+            try:
+                chain = load_recipe(path).files
+            except SurgeonError:  # reported by the recipe rules
+                pass
+        files += [(f, "the checked recipe") for f in chain]
+    if args.target and Path(args.target).suffix in (".yaml", ".yml"):
+        files.append((args.target, "the target file"))
+    return files, models
 
 
 def _command_line_settings(args) -> dict:

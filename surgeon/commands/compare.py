@@ -54,10 +54,12 @@ def add_arguments(parser) -> None:
 def per_output_option(values: list[str] | None, kind, option: str):
     """`--atol 1e-4 --atol boxes:1e-3` as Polygraphy spells it: a value, or {output: value, "": default}.
 
-    Checked like the recipe's validate section (a wrong statistic is an error naming the option)."""
+    Checked like the recipe's validate section (a wrong statistic, a NaN or negative tolerance is an
+    error naming the option)."""
     from surgeon.recipe import VALIDATE_FIELDS
 
-    field = VALIDATE_FIELDS[option[2:].replace("-", "_")]
+    key = option[2:].replace("-", "_")
+    field = VALIDATE_FIELDS[key]
     if not values:
         return field.default
     parsed = {}
@@ -69,17 +71,38 @@ def per_output_option(values: list[str] | None, kind, option: str):
             raise SurgeonError(f"{option} {text}: '{raw}' is not a {kind.__name__}") from None
     value = parsed[""] if list(parsed) == [""] else {"": field.default, **parsed}
     try:
-        return field.coerce(value)
+        value = field.coerce(value)
+        check_option(key, value, option)
+    except ValueError as exc:
+        raise SurgeonError(f"{option}: {exc}") from None
+    return value
+
+
+def check_option(key: str, value, option: str) -> None:
+    """A command-line value for validate.`key` that validation cannot use is an error naming `option`."""
+    from surgeon.validation.settings import check_validate_value
+
+    try:
+        check_validate_value(key, value)
     except ValueError as exc:
         raise SurgeonError(f"{option}: {exc}") from None
 
 
 def run(args) -> int:
     from surgeon.modelio import load_model
-    from surgeon.validation import Tolerance, validate_models
-    from surgeon.validation.data import feeds_for, parse_input_options
+    from surgeon.validation.data import parse_input_options
     from surgeon.validation.report import write_reports
+    from surgeon.validation.validate import prepare_validation, validate_models
 
+    if args.report is not None:  # before any work: no report may replace an input (or a folder, a device)
+        from surgeon.modelio import guard_outputs
+        from surgeon.validation.report import report_paths
+
+        guard_outputs([(path, "the report", "--report") for path in report_paths(args.report)],
+                      [(args.data, "the --data file"), (args.expected, "the --expected file"),
+                       *((p, "the plugin file") for p in args.plugin),
+                       *((p, "the plugin library") for p in args.plugin_lib or () if p != "builtin")],
+                      models=[(args.model_a, "model A"), (args.model_b, "model B")])
     model_a = load_model(args.model_a)
     if args.trt:
         from surgeon.build import trt_runner  # raises SurgeonError (exit 2) saying how to install TensorRT
@@ -87,13 +110,17 @@ def run(args) -> int:
         candidate, candidate_runner = None, trt_runner(args.model_b, plugins=args.plugin_lib or ["builtin"])
     else:
         candidate, candidate_runner = load_model(args.model_b), None
-    config = {key: getattr(args, key) for key in ("data", "expected", "iterations", "seed", "quantile")}
+    config = {key: getattr(args, key) for key in ("data", "expected", "iterations", "seed", "quantile", "runner")}
+    for key in ("iterations", "seed", "quantile"):
+        check_option(key, config[key], f"--{key}")
     for key, kind in (("atol", float), ("rtol", float), ("error_stat", str)):
         config[key] = per_output_option(getattr(args, key), kind, f"--{key.replace('_', '-')}")
     config["inputs"] = parse_input_options(args.input_shape, args.input_range)
-    feeds, data = feeds_for(model_a, config)
-    result = validate_models(model_a, candidate, feeds, Tolerance.from_config(config), args.runner, args.expected,
-                             data, rewritten_runner=candidate_runner)
+    # Everything read and checked (both models, A's inputs and B's, the expected outputs) before either runs.
+    prepared = prepare_validation(config, model_a, args.model_a)
+    prepared.check_candidate(candidate, args.model_b, file=args.model_b)
+    result = validate_models(model_a, candidate, prepared.feeds, prepared.tolerance, args.runner, prepared.expected,
+                             prepared.data, rewritten_runner=candidate_runner)
     if args.report:
         result.reports = write_reports(result, Path(args.report))
     if args.json:

@@ -66,8 +66,23 @@ def load_array(path) -> np.ndarray:
     return read_tensor(path)
 
 
+def _guard_outputs(args) -> None:
+    """Before any work: no file written may replace an input, a folder or a device (modelio.guard_outputs)."""
+    from surgeon.modelio import guard_outputs
+
+    out = Path(args.output)
+    outputs = [(args.output, "the output model", "-o"),
+               (out.with_name(out.name + ".data"), "the output model's external data", "-o")]
+    if args.save_tensors:
+        outputs += [(f"{args.save_tensors}{ext}", "a --save-tensors file", "--save-tensors")
+                    for ext in (".voxels", ".coors", ".output", ".npz")]
+    guard_outputs(outputs, [(args.features, "the --features file"), (args.indices, "the --indices file"),
+                            (args.checkpoint, "the --checkpoint file")])
+
+
 def run(args) -> int:
     OutputArgs.parse(args)
+    _guard_outputs(args)
     try:
         from surgeon.export.spconv_export import (build_zoo_model, check_with_references, export_spconv,
                                                   layers_over_output_bound, save_tensors)
@@ -81,7 +96,8 @@ def run(args) -> int:
     features, indices = load_array(args.features), load_array(args.indices)
     fold = {"fold_batchnorm": not args.no_fold_batchnorm, "fold_relu": not args.no_fold_relu}
     model = build_zoo_model(args.model, args.checkpoint)
-    result = export_spconv(model, features, indices, args.flavour, args.batch_size, **fold)
+    result = export_spconv(model, features, indices, args.flavour, args.batch_size, **fold,
+                           files=(args.features, args.indices))
     report = {
         "model": args.model, "flavour": args.flavour, "voxels": int(len(features)),
         "nodes": len(result.model.graph.node), "ops": op_histogram(result.model.graph.node),

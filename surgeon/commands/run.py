@@ -33,10 +33,12 @@ def run(args) -> int:
         if not recipe.validate:
             raise SurgeonError("--validate-each-step needs a 'validate' section in the recipe")
         recipe.validate["each_step"] = True
-    output = Path(args.output) if args.output else Path("out") / f"{recipe.name}.onnx"
+    # As given (a trailing slash says "a folder", which the output guard refuses by name).
+    output = args.output if args.output is not None else str(Path("out") / f"{recipe.name}.onnx")
     progress = None if (args.quiet or args.json) else TerminalProgress(dry_run=args.dry_run)
     result = run_recipe(recipe, output=output, dry_run=args.dry_run, validate=not args.no_validate,
-                        build=not args.no_build, progress=progress)
+                        build=not args.no_build, progress=progress,
+                        inputs=[(path, "the plugin file") for path in args.plugin])
     if args.json:
         print_json(result.report())
     elif not args.quiet:

@@ -39,6 +39,12 @@ def run(args) -> int:
         for name, description in MODELS.items():
             print(f"{name:<{width}}  {description}")
         return 0
+    from surgeon.modelio import guard_outputs
+    from surgeon.zoo import export_paths
+
+    planned = export_paths(args.output_dir, args.model, args.size, args.opset, args.aten_fallback)
+    guard_outputs([(planned["onnx"], "the exported model", "-o"), (planned["inputs"], "the sample inputs", "-o"),
+                   (planned["outputs"], "the sample outputs", "-o")])  # before any work: no folder, device, ...
     paths = export(args.model, args.size, args.opset, args.aten_fallback, args.output_dir)
     for path in paths.values():
         print(path)

@@ -90,6 +90,44 @@ def spconv_cpu_quirks(model: torch.nn.Module, device: torch.device):
             module.training = False
 
 
+def check_voxels(model: torch.nn.Module, features: np.ndarray, indices: np.ndarray, batch_size: int = 1,
+                 features_file=None, indices_file=None) -> None:
+    """One clear error naming the file when the voxels cannot be what `model` reads: features [N, C] with
+    the channels of its first sparse convolution, indices [N, 1 + ndim] integers (batch, z, y, x) inside
+    the batch and the model's grid (`sparse_shape`). spconv fails on such input with an assertion, or a
+    C++ error and its debug output."""
+    first = next((m for m in model.modules() if isinstance(m, SparseConvolution)), None)
+    grid = next((list(m.sparse_shape) for m in model.modules() if getattr(m, "sparse_shape", None) is not None),
+                None)
+    ndim = len(grid) if grid is not None else first.ndim if first is not None else 3
+    channels = first.in_channels if first is not None else None
+    if features.ndim != 2 or features.dtype.kind not in "fiu" or (channels and features.shape[1] != channels):
+        wanted = f"[N, {channels}]" if channels else "[N, C]"
+        raise SurgeonError(f"voxel features must be a {wanted} float array (the model reads {channels or 'C'} "
+                           f"channels per voxel), got {list(features.shape)} {features.dtype}", file=features_file)
+    if indices.ndim != 2 or indices.shape[1] != 1 + ndim:
+        raise SurgeonError(f"voxel coordinates must be [N, {1 + ndim}] as batch, {', '.join('zyx'[-ndim:])}"
+                           f"{'' if ndim <= 3 else ', ...'}, got {list(indices.shape)}", file=indices_file)
+    if indices.dtype.kind not in "iu":
+        raise SurgeonError(f"voxel coordinates must be integers (int32), got {indices.dtype}", file=indices_file)
+    if len(indices) != len(features):
+        raise SurgeonError(f"{len(indices)} voxel coordinates for {len(features)} voxel features"
+                           + (f" in {features_file}" if features_file else ""), file=indices_file)
+    if len(indices) == 0:
+        raise SurgeonError("no voxels: the arrays are empty", file=indices_file)
+    axes = ["batch index"] + [f"{axis} coordinate" for axis in ("zyx"[-ndim:] if ndim <= 3 else range(1, ndim + 1))]
+    limits = [batch_size] + (grid or [None] * ndim)
+    for column, (axis, limit) in enumerate(zip(axes, limits)):
+        values = indices[:, column].astype(np.int64)
+        bad = np.flatnonzero((values < 0) | (values >= limit if limit is not None else False))
+        if bad.size:
+            row = int(bad[0])
+            where = f"0..{limit - 1}" if limit is not None else ">= 0"
+            what = f"batch size {batch_size}" if column == 0 else f"the model's grid {grid} as z, y, x"
+            raise SurgeonError(f"voxel {row}: {axis} {int(values[row])} is outside {where} ({what}); "
+                               f"{bad.size} voxel(s) out of range", file=indices_file)
+
+
 def trace_spconv(model: torch.nn.Module, features: torch.Tensor, indices: torch.Tensor,
                  batch_size: int = 1) -> Trace:
     """Trace `model(features, indices, batch_size)` with graph inputs `features` and `indices`."""
@@ -101,13 +139,13 @@ def trace_spconv(model: torch.nn.Module, features: torch.Tensor, indices: torch.
 
 
 def export_spconv(model: torch.nn.Module, features, indices, flavour: str = "standard", batch_size: int = 1,
-                  fold_batchnorm: bool = True, fold_relu: bool = True) -> SpconvExport:
-    """Trace `model` on (features [N, C], indices [N, 4] int32 as batch, z, y, x) in float32 on the CPU."""
-    features = np.asarray(features)
-    indices = np.asarray(indices)
-    if features.ndim != 2 or indices.ndim != 2 or len(features) != len(indices):
-        raise SurgeonError(f"features {list(features.shape)} and indices {list(indices.shape)} must be [N, C] "
-                           f"and [N, 1 + ndim] with the same N")
+                  fold_batchnorm: bool = True, fold_relu: bool = True, files=(None, None)) -> SpconvExport:
+    """Trace `model` on (features [N, C], indices [N, 4] int32 as batch, z, y, x) in float32 on the CPU.
+
+    The arrays are checked against the model first (`check_voxels`); `files`: where they came from, for
+    the messages."""
+    features, indices = np.asarray(features), np.asarray(indices)
+    check_voxels(model, features, indices, batch_size, *files)
     features_t = torch.from_numpy(features.astype(np.float32))
     indices_t = torch.from_numpy(indices.astype(np.int32))
     trace = trace_spconv(model.eval(), features_t, indices_t, batch_size)

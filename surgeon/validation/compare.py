@@ -13,10 +13,11 @@ import numpy as np
 import onnx
 from polygraphy.comparator import Comparator, IterationResult, RunResults
 from polygraphy.comparator.compare import SimpleCompareFunc
-from polygraphy.logger import G_LOGGER
 
 from surgeon.errors import SurgeonError, suggest
+from surgeon.validation.polygraphy_log import G_LOGGER
 from surgeon.validation.runners import make_runner, runner_kind
+from surgeon.validation.settings import check_validate_value
 
 #: Worst elements listed per output in the reports.
 WORST_K = 10
@@ -33,6 +34,15 @@ class Tolerance:
     rtol: float | dict = 1e-5
     error_stat: str | dict = "elemwise"
     quantile: float = 0.99
+
+    def __post_init__(self):
+        # The recipe loader and `surgeon compare` refuse these with the file and line or the option;
+        # this is for Python callers: a NaN tolerance would pass anything, a negative one nothing.
+        for key in ("atol", "rtol", "quantile"):
+            try:
+                check_validate_value(key, getattr(self, key))
+            except ValueError as exc:
+                raise SurgeonError(f"{key}: {exc}") from None
 
     @classmethod
     def from_config(cls, config: dict) -> "Tolerance":

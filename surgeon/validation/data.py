@@ -13,112 +13,195 @@ materialised once, so every model of a comparison (and every bisection step) see
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
 import onnx
+from onnx import helper
 from polygraphy.comparator import DataLoader
 from polygraphy.common import TensorMetadata
-from polygraphy.logger import G_LOGGER
 
 from surgeon.errors import SurgeonError, suggest
-from surgeon.validation.runners import input_metadata
+from surgeon.validation.polygraphy_log import G_LOGGER
+from surgeon.validation.runners import graph_inputs, input_metadata
+from surgeon.validation.settings import check_validate_value
 
 Feeds = list[dict[str, np.ndarray]]
-INPUT_KEYS = ("shape", "dtype", "range")
+#: dtype kinds recorded arrays may have: booleans, integers, floats, complex numbers.
+ARRAY_KINDS = "biufc"
 
 
 def load_arrays(path: str | Path, what: str = "inputs") -> Feeds:
-    """Recorded arrays: an .npz (one set) or Polygraphy JSON (a list of dicts, or one dict)."""
+    """Recorded arrays: an .npz (one set) or Polygraphy JSON (a list of dicts, or one dict).
+
+    Anything that cannot be read, or holds arrays that are not numbers or booleans, is a SurgeonError
+    naming the file."""
     path = Path(path)
     if not path.exists():
         raise SurgeonError(f"{what} file not found", file=path)
+    if path.is_dir():
+        raise SurgeonError(f"expected an {what} file, got a folder", file=path)
     if path.suffix == ".npz":
         try:
             with np.load(path, allow_pickle=False) as data:
-                return [{name: data[name] for name in data.files}]
-        except (OSError, ValueError) as exc:
-            raise SurgeonError(f"cannot read {what} .npz: {exc}", file=path) from None
-    if path.suffix == ".json":
+                feeds = [{name: data[name] for name in data.files}]
+        except Exception as exc:  # zipfile, zlib, NumPy's format errors: all mean a damaged or foreign file
+            if "pickle" in str(exc):
+                raise SurgeonError(f"{what} .npz holds Python objects (pickled), which are not loaded: save "
+                                   "numeric arrays", file=path) from None
+            raise SurgeonError(f"cannot read {what} .npz: {type(exc).__name__}: {exc}", file=path) from None
+    elif path.suffix == ".json":
         from polygraphy.json import load_json
 
         try:
-            loaded = load_json(str(path), description=what)
+            with G_LOGGER.verbosity(G_LOGGER.ERROR):  # no "Loading inputs from ..." line
+                loaded = load_json(str(path), description=what)
         except Exception as exc:  # polygraphy raises its own PolygraphyException
             raise SurgeonError(f"cannot read {what} JSON: {exc}", file=path) from None
-        feeds = [loaded] if isinstance(loaded, dict) else list(loaded)
+        feeds = [loaded] if isinstance(loaded, dict) else list(loaded) if isinstance(loaded, list) else [None]
         if not all(isinstance(f, dict) for f in feeds):
             raise SurgeonError(f"{what} JSON must hold a list of {{name: array}} mappings", file=path)
-        return [{k: np.asarray(v) for k, v in f.items()} for f in feeds]
-    raise SurgeonError(f"{what} must be an .npz or a Polygraphy .json file", file=path)
+        try:
+            feeds = [{k: np.asarray(v) for k, v in f.items()} for f in feeds]
+        except (TypeError, ValueError) as exc:
+            raise SurgeonError(f"{what} JSON holds a value that is not an array: {exc}", file=path) from None
+    else:
+        raise SurgeonError(f"{what} must be an .npz or a Polygraphy .json file", file=path)
+    if not feeds or not any(feeds[0]):
+        raise SurgeonError(f"{what} file holds no arrays", file=path)
+    for i, feed in enumerate(feeds, start=1):
+        for name, array in feed.items():
+            if array.dtype.kind not in ARRAY_KINDS:
+                where = f"set {i}: " if len(feeds) > 1 else ""
+                raise SurgeonError(f"{where}{name} holds {array.dtype} data; {what} must be numbers or booleans",
+                                   file=path)
+    return feeds
 
 
 def make_feeds(model: onnx.ModelProto, data: str | None = None, inputs: dict | None = None, iterations: int = 1,
-               seed: int = 0) -> Feeds:
-    """The input sets to run: recorded `data` when given, else seeded random ones shaped by `inputs`."""
-    meta = input_metadata(model)
+               seed: int = 0, model_name: str | None = None) -> Feeds:
+    """The input sets to run: recorded `data` when given, else seeded random ones shaped by `inputs`.
+
+    Recorded data must be what `model` (called `model_name` in errors) takes: every input, by name,
+    with its dtype and a shape its static dimensions allow."""
     if data:
         feeds = load_arrays(data, "inputs")
-        _check_recorded(feeds, meta, data)
+        check_recorded(feeds, model, model_name, data)
         return feeds
+    meta = input_metadata(model)
     specs = inputs or {}
+    for key, value in (("inputs", specs), ("iterations", iterations), ("seed", seed)):
+        try:
+            check_validate_value(key, value)
+        except ValueError as exc:
+            raise SurgeonError(f"validate.{key}: {exc}") from None
     for name in specs:
         if name not in meta:
-            raise SurgeonError(f"validate.inputs names '{name}', which is not an input of the model",
+            raise SurgeonError(f"validate.inputs names '{name}', which is not an input of the model"
+                               + (f" {model_name}" if model_name else ""),
                                hint=suggest(name, meta) or f"inputs: {', '.join(meta)}")
     resolved = TensorMetadata()
     ranges = {}
     for name, (dtype, shape) in meta.items():
         spec = specs.get(name) or {}
-        if not isinstance(spec, dict) or any(k not in INPUT_KEYS for k in spec):
-            bad = next((k for k in spec if k not in INPUT_KEYS), None) if isinstance(spec, dict) else None
-            raise SurgeonError(f"validate.inputs.{name} must be a mapping with keys {', '.join(INPUT_KEYS)}"
-                               + (f"; unknown key '{bad}'" if bad else ""), hint=suggest(bad, INPUT_KEYS) if bad else None)
-        dtype = _dtype(spec.get("dtype"), name) or dtype
+        if spec.get("dtype") is not None:
+            dtype = np.dtype(spec["dtype"])  # a dtype random inputs can have: checked above
         shape = list(spec["shape"]) if spec.get("shape") is not None else shape
         if shape is None or any(d is None or not isinstance(d, int) or d < 0 for d in shape):
             raise SurgeonError(f"input '{name}' has a dynamic or unknown shape {_shape_text(shape)}: give "
                                f"validate.inputs.{name}.shape in the recipe or --input-shape {name}:1x3x224x224")
         resolved.add(name, dtype, shape)
         if spec.get("range") is not None:
-            ranges[name] = _range(spec["range"], name)
+            ranges[name] = (float(spec["range"][0]), float(spec["range"][1]))
     with G_LOGGER.verbosity(G_LOGGER.ERROR):
         loader = DataLoader(seed=seed, iterations=iterations, input_metadata=resolved, val_range=ranges or None)
         return [{name: np.array(value) for name, value in feed.items()} for feed in loader]
 
 
-def feeds_for(model: onnx.ModelProto, config: dict) -> tuple[Feeds, str]:
+def feeds_for(model: onnx.ModelProto, config: dict, model_name: str | None = None) -> tuple[Feeds, str]:
     """The feeds a validate section (or the same keys from the command line) asks for, and their
     description for reports. Expected outputs need the recorded inputs they were computed from."""
     data, seed = config.get("data"), config.get("seed") or 0
     if config.get("expected") and not data:
         raise SurgeonError("expected outputs can only be compared on the inputs they came from: "
                            "give them as validate.data / --data")
-    feeds = make_feeds(model, data, config.get("inputs"), config.get("iterations") or 1, seed)
+    feeds = make_feeds(model, data, config.get("inputs"), config.get("iterations") or 1, seed, model_name)
     return feeds, data or f"a seeded random loader (seed {seed})"
 
 
-def _check_recorded(feeds: Feeds, meta: TensorMetadata, path) -> None:
+def model_inputs(model: onnx.ModelProto) -> list[tuple[str, np.dtype | None, list | None]]:
+    """(name, dtype or None when untyped, dims with None for dynamic ones, or None for an unknown rank)."""
+    found = []
+    for value in graph_inputs(model):
+        tensor_type = value.type.tensor_type
+        try:
+            dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tensor_type.elem_type)) if tensor_type.elem_type else None
+        except (KeyError, TypeError, ValueError):
+            dtype = None
+        dims = None
+        if tensor_type.HasField("shape"):
+            dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in tensor_type.shape.dim]
+        found.append((value.name, dtype, dims))
+    return found
+
+
+def check_recorded(feeds: Feeds, model: onnx.ModelProto, model_name: str | None, path) -> None:
+    """Recorded inputs must be exactly what `model` takes (they were recorded for it): each input by name,
+    of its dtype, of its rank, and equal to it in every static dimension. One error names the file, the
+    input set, the input and what differs."""
+    inputs = model_inputs(model)
+    model_name = model_name or "the model"
     for i, feed in enumerate(feeds, start=1):
-        missing = [name for name in meta if name not in feed]
+        missing = [name for name, _, _ in inputs if name not in feed]
         if missing:
-            raise SurgeonError(f"input set {i} lacks model input(s) {', '.join(missing)}", file=path)
+            raise SurgeonError(f"input set {i} lacks model input(s) {', '.join(missing)} of {model_name}", file=path,
+                               hint=f"it holds {', '.join(feed) or 'nothing'}")
+        for name, dtype, dims in inputs:
+            array = feed[name]
+            if (dtype is not None and array.dtype != dtype) or not shape_fits(array.shape, dims):
+                raise SurgeonError(f"input set {i}: {name} is {_array_text(array)}, but input {name} of "
+                                   f"{model_name} is {_meta_text(dtype, dims)}", file=path)
 
 
-def _dtype(value, name: str):
-    if value is None:
-        return None
-    try:
-        return np.dtype(value)
-    except TypeError:
-        raise SurgeonError(f"validate.inputs.{name}.dtype: unknown dtype {value!r}") from None
+def check_fits(feeds: Feeds, model: onnx.ModelProto, model_name: str, source: str, path=None) -> None:
+    """Feeds made for one model (recorded in `path`, or random for the model `source`) must also fit `model`,
+    the one compared with it, as Polygraphy feeds them: by name, else by position; cast to its dtypes
+    (noted in the result); their shapes as they are."""
+    from polygraphy.util import find_str_in_iterable
+
+    for i, feed in enumerate(feeds, start=1):
+        for index, (name, dtype, dims) in enumerate(model_inputs(model)):
+            matched = find_str_in_iterable(name, list(feed), index)
+            if matched is None:
+                where = f"input set {i} holds" if path else f"{source} takes"
+                raise SurgeonError(f"{model_name} takes input {name}, which {where} no data for "
+                                   f"(inputs: {', '.join(feed)})", file=path)
+            array = feed[matched]
+            castable = dtype is None or (array.dtype.kind in ARRAY_KINDS and dtype.kind in ARRAY_KINDS)
+            if castable and shape_fits(array.shape, dims):
+                continue
+            given = f"{matched} is {_array_text(array)}"
+            if path:
+                raise SurgeonError(f"input set {i}: {given}, but input {name} of {model_name} is "
+                                   f"{_meta_text(dtype, dims)}", file=path)
+            raise SurgeonError(f"{source} and {model_name} take different inputs: {given} in {source}, "
+                               f"{name} is {_meta_text(dtype, dims)} in {model_name}; both run on the same inputs")
 
 
-def _range(value, name: str) -> tuple[float, float]:
-    if not isinstance(value, (list, tuple)) or len(value) != 2 or not all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) for v in value) or value[0] > value[1]:
-        raise SurgeonError(f"validate.inputs.{name}.range must be [low, high] with low <= high, got {value!r}")
-    return float(value[0]), float(value[1])
+def shape_fits(shape, dims) -> bool:
+    """Whether an array of `shape` fits an input of `dims` (None: dynamic dimension; dims None: unknown rank)."""
+    if dims is None:
+        return True
+    return len(shape) == len(dims) and all(d is None or d == s for s, d in zip(shape, dims))
+
+
+def _array_text(array: np.ndarray) -> str:
+    return f"{array.dtype} {list(array.shape)}"
+
+
+def _meta_text(dtype, dims) -> str:
+    return f"{dtype if dtype is not None else 'untyped'} {_shape_text(dims)}"
 
 
 def _shape_text(shape) -> str:
@@ -136,8 +219,8 @@ def parse_input_options(shapes: list[str], ranges: list[str]) -> dict:
             shape = [int(d) for d in dims.lower().split("x")]
         except ValueError:
             shape = None
-        if not name or not shape:
-            raise SurgeonError(f"--input-shape expects NAME:1x3x224x224, got '{text}'")
+        if not name or not shape or any(d < 0 for d in shape):
+            raise SurgeonError(f"--input-shape expects NAME:1x3x224x224 (dimensions >= 0), got '{text}'")
         specs.setdefault(name, {})["shape"] = shape
     for text in ranges:
         name, _, bounds = text.rpartition(":")
@@ -145,7 +228,7 @@ def parse_input_options(shapes: list[str], ranges: list[str]) -> dict:
             low, high = (float(b) for b in bounds.split(","))
         except ValueError:
             name = ""
-        if not name:
-            raise SurgeonError(f"--input-range expects NAME:LOW,HIGH, got '{text}'")
+        if not name or not (math.isfinite(low) and math.isfinite(high) and low <= high):
+            raise SurgeonError(f"--input-range expects NAME:LOW,HIGH (finite, LOW <= HIGH), got '{text}'")
         specs.setdefault(name, {})["range"] = [low, high]
     return specs

@@ -30,6 +30,11 @@ def default_prefix(output: Path) -> Path:
     return Path(output).with_name(Path(output).stem + ".validation")
 
 
+def report_paths(prefix) -> list[Path]:
+    """Every file `write_reports` may write at `prefix`, for `modelio.guard_outputs` before any work."""
+    return [_suffixed(Path(prefix), ext) for ext in (".md", ".html", ".json", ".polygraphy.json", ".inputs.json")]
+
+
 def write_reports(result, prefix: Path) -> list[Path]:
     """Write every report format at `prefix`, list them in `result.reports`, and return them."""
     prefix = Path(prefix)
@@ -52,7 +57,7 @@ def _suffixed(prefix: Path, suffix: str) -> Path:
 
 def _save_polygraphy(path: Path, save) -> Path:
     """Polygraphy writes the file itself; give it a temporary name beside `path`, then rename."""
-    from polygraphy.logger import G_LOGGER
+    from surgeon.validation.polygraphy_log import G_LOGGER
 
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")

@@ -27,9 +27,10 @@ from polygraphy.backend.base import BaseRunner
 from polygraphy.backend.onnxrt import OnnxrtRunner
 from polygraphy.common import TensorMetadata
 
-from surgeon.errors import SurgeonError
+from surgeon.errors import ModelError, SurgeonError
 from surgeon.graphinfo import op_label
 from surgeon.reference import as_outputs, find_reference
+from surgeon.validation import polygraphy_log  # noqa: F401  (Polygraphy's messages to stderr, not stdout)
 
 RUNNER_KINDS = ("auto", "onnxruntime", "reference")
 #: Domains ONNX Runtime implements itself.
@@ -62,6 +63,7 @@ def make_runner(model: onnx.ModelProto, kind: str = "auto", name: str = "model")
     """A Polygraphy runner for `model`: `onnxruntime`, `reference`, or `auto` (ORT when it loads the model)."""
     if kind not in RUNNER_KINDS:
         raise SurgeonError(f"unknown runner '{kind}'; choose one of {', '.join(RUNNER_KINDS)}")
+    check_runnable(model, what=f"the {name} model")
     opset = default_opset(model)
     if kind == "reference" or (kind == "auto" and any(is_special(n, opset) for n in model.graph.node)):
         return ReferenceRunner(model, name=name)
@@ -73,6 +75,39 @@ def make_runner(model: onnx.ModelProto, kind: str = "auto", name: str = "model")
                                "(use --runner reference / 'runner: reference')") from None
         return ReferenceRunner(model, name=name)
     return OnnxrtRunner(session, name=name)
+
+
+def check_runnable(model: onnx.ModelProto, file=None, what: str = "the model", runner: str | None = None) -> None:
+    """Refuse a graph no runner can run because a node it needs reads a tensor nothing provides (no
+    node, graph input or initializer): onnx.checker's "input 'x' of node ... is not output of any
+    previous nodes". ModelError naming `file` (else `what`), the node and the tensor.
+
+    With `runner` ('auto' or 'reference'), also a node ONNX Runtime cannot run that has no CPU
+    reference: found before anything runs (or is written), not when the reference runner starts."""
+    if runner in ("auto", "reference"):
+        opset = default_opset(model)
+        for node in _live_nodes(model):
+            if is_special(node, opset):
+                try:
+                    _reference_for(node, model)
+                except SurgeonError as exc:
+                    exc.file = exc.file or (str(file) if file is not None else None)
+                    raise
+    graph = model.graph
+    provided = {v.name for v in graph.input} | {t.name for t in graph.initializer}
+    provided |= {t.values.name for t in graph.sparse_initializer}
+    provided |= {out for node in graph.node for out in node.output if out}
+    prefix = "" if file is not None else f"{what}: "
+    hint = f"'surgeon check {file}' lists what onnx.checker finds" if file is not None else None
+    for node in _live_nodes(model):
+        for name in _consumed(node):
+            if name not in provided:
+                raise ModelError(f"{prefix}node '{node.name}' ({op_label(node)}) reads '{name}', which no node, "
+                                 "graph input or initializer provides, so the model cannot run", file=file, hint=hint)
+    for output in graph.output:
+        if output.name not in provided:
+            raise ModelError(f"{prefix}graph output '{output.name}' is made by no node, graph input or initializer, "
+                             "so the model cannot run", file=file, hint=hint)
 
 
 def runner_kind(runner: BaseRunner) -> str:

@@ -18,14 +18,14 @@ import onnx
 from onnx import helper
 from polygraphy.comparator import IterationResult, RunResults
 
-from surgeon.errors import SurgeonError
+from surgeon.errors import SurgeonError, suggest
 from surgeon.graphinfo import histogram_delta, op_histogram
 from surgeon.modelio import load_model
 from surgeon.validation.bisect import Bisection, bisect_steps
 from surgeon.validation.compare import OutputReport, Tolerance, combine, compare_outputs, run_model, run_runner
-from surgeon.validation.data import Feeds, feeds_for, load_arrays
+from surgeon.validation.data import Feeds, check_fits, check_recorded, feeds_for, load_arrays
 from surgeon.validation.localise import describe_divergence, first_divergence
-from surgeon.validation.runners import graph_inputs
+from surgeon.validation.runners import RUNNER_KINDS, check_runnable, graph_inputs
 
 ORIGINAL, REWRITTEN, EXPECTED = "original", "rewritten", "expected"
 
@@ -93,14 +93,16 @@ def _g(value) -> str:
 
 
 def validate_models(original: onnx.ModelProto, rewritten: onnx.ModelProto | None, feeds: Feeds,
-                    tolerance: Tolerance, runner: str = "auto", expected: str | None = None,
+                    tolerance: Tolerance, runner: str = "auto", expected: str | RunResults | None = None,
                     data: str = "random inputs", localise: bool = True,
                     rewritten_runner=None) -> ValidationResult:
     """Compare `rewritten` with `original` (and with `expected` outputs, if given) on `feeds`.
 
     `original=None` compares with the `expected` outputs only: for exports no runtime can run at all.
     `rewritten_runner` (a Polygraphy runner, e.g. TensorRT's) runs the candidate instead of `rewritten`,
-    which may then be None (an engine has no graph to diff or localise in).
+    which may then be None (an engine has no graph to diff or localise in). `expected`: the path of
+    the expected outputs, or them as read by `expected_results`. `prepare_validation` checks all of
+    this before anything runs.
     """
     if original is None:
         return _validate_against_expected(rewritten, feeds, tolerance, runner, expected, data)
@@ -119,7 +121,7 @@ def validate_models(original: onnx.ModelProto, rewritten: onnx.ModelProto | None
     result.notes = input_notes(original, rewritten) if rewritten is not None else []
     localise = localise and rewritten is not None
     if expected:
-        result.expected = compare_outputs(expected_results(expected), rewritten_results, tolerance, iterations=1)
+        result.expected = compare_outputs(_expected(expected), rewritten_results, tolerance, iterations=1)
         result.passed = result.passed and all(o.passed for o in result.expected)
     if localise and not all(o.passed for o in outputs):
         result.divergence = first_divergence(original, rewritten, feeds[0], tolerance, runner)
@@ -132,12 +134,16 @@ def _validate_against_expected(rewritten, feeds, tolerance, runner, expected, da
                            "'expected' (an .npz of reference outputs)")
     tolerance.check_outputs([o.name for o in rewritten.graph.output])
     rewritten_results, rewritten_kind = run_model(rewritten, feeds, runner, REWRITTEN)
-    compared = compare_outputs(expected_results(expected), rewritten_results, tolerance, iterations=1)
+    compared = compare_outputs(_expected(expected), rewritten_results, tolerance, iterations=1)
     result = ValidationResult(passed=all(o.passed for o in compared), tolerance=tolerance, outputs=[],
                               expected=compared, runners={REWRITTEN: rewritten_kind}, iterations=len(feeds),
                               data=data, feeds=feeds)
     result.run_results = rewritten_results
     return result
+
+
+def _expected(expected: str | Path | RunResults) -> RunResults:
+    return expected if isinstance(expected, RunResults) else expected_results(expected)
 
 
 def input_notes(original: onnx.ModelProto, rewritten: onnx.ModelProto) -> list[str]:
@@ -176,23 +182,115 @@ def graph_diff(before: onnx.ModelProto, after: onnx.ModelProto) -> dict:
             "added": sorted(names_after - names_before), "removed": sorted(names_before - names_after)}
 
 
+@dataclass
+class ValidationInputs:
+    """What a validation runs on, read and checked before any model runs: the model compared with,
+    the tolerance, the feeds, the expected outputs. `surgeon run` prepares them before the first step
+    and checks them against the rewritten model before writing it, so bad validation input stops the
+    run before anything is written (a validation that runs and fails still writes, for the reports)."""
+
+    config: dict
+    reference: onnx.ModelProto | None  # the model compared with; None: the expected outputs only
+    reference_name: str | None
+    tolerance: Tolerance
+    runner: str
+    feeds: Feeds | None  # None until `check_candidate` when random inputs are made for the candidate
+    data: str
+    expected: RunResults | None = None
+
+    def check_candidate(self, model: onnx.ModelProto | None, name: str = "the rewritten model", file=None) -> None:
+        """Check that `model` (the one judged, called `name` in errors, read from `file` if given; None for
+        a TensorRT engine) can run, that the inputs fit it, that the expected outputs name outputs, and
+        that per-output tolerances name outputs of the model judged."""
+        outputs = [o.name for o in self.reference.graph.output] if self.reference is not None else []
+        if model is not None:
+            check_runnable(model, file=file, what=name, runner=self.runner)
+            if self.feeds is None:
+                self.feeds, self.data = feeds_for(model, self.config, name)
+            else:
+                check_fits(self.feeds, model, name, self.reference_name or "the reference model",
+                           self.config.get("data"))
+            candidate_outputs = [o.name for o in model.graph.output]
+            if self.reference is None:
+                self.tolerance.check_outputs(candidate_outputs)
+            outputs += [o for o in candidate_outputs if o not in outputs]
+        if self.expected is not None:
+            known = set(outputs)
+            for key in self.expected[EXPECTED][0].keys():
+                if key not in known:
+                    close = suggest(key, outputs)
+                    raise SurgeonError(f"expected outputs hold '{key}', which is not an output of the model",
+                                       file=self.config.get("expected"),
+                                       hint=f"outputs: {', '.join(outputs)}" + (f"; {close}" if close else ""))
+
+
+def prepare_validation(config: dict, reference: onnx.ModelProto | None, reference_name: str | None = None, *,
+                       recorded_for: onnx.ModelProto | None = None,
+                       recorded_for_name: str | None = None) -> ValidationInputs:
+    """Read and check a validate section's inputs (or the same keys from `surgeon compare`) for a
+    comparison with `reference` (named `reference_name` in errors, a path where there is one).
+
+    Recorded data must be exactly what `reference` takes; with `reference=None` ('against: none'),
+    what `recorded_for` takes (the model it was recorded for), if given. Random inputs are made here
+    for `reference`, or by `ValidationInputs.check_candidate` for the candidate when there is none.
+    """
+    tolerance = Tolerance.from_config(config)
+    runner = config.get("runner") or "auto"
+    if runner not in RUNNER_KINDS:
+        raise SurgeonError(f"unknown runner '{runner}'; choose one of {', '.join(RUNNER_KINDS)}")
+    data_path, expected_path = config.get("data"), config.get("expected")
+    if expected_path and not data_path:
+        raise SurgeonError("expected outputs can only be compared on the inputs they came from: "
+                           "give them as validate.data / --data")
+    if reference is None and not expected_path:
+        raise SurgeonError("validate: 'against: none' compares with the expected outputs only, so it needs "
+                           "'expected' (an .npz of reference outputs)")
+    if reference is None and config.get("each_step"):
+        raise SurgeonError("validate: each_step bisects against the original model, which 'against: none' "
+                           "leaves out")
+    if reference is not None:
+        check_runnable(reference, file=reference_name, what="the reference model", runner=runner)
+        tolerance.check_outputs([o.name for o in reference.graph.output])
+        feeds, data = feeds_for(reference, config, reference_name)
+    elif data_path:
+        feeds, data = load_arrays(data_path, "inputs"), str(data_path)
+        if recorded_for is not None:
+            check_recorded(feeds, recorded_for, recorded_for_name, data_path)
+    else:
+        feeds, data = None, ""
+    expected = expected_results(expected_path) if expected_path else None
+    return ValidationInputs(config=config, reference=reference, reference_name=reference_name, tolerance=tolerance,
+                            runner=runner, feeds=feeds, data=data, expected=expected)
+
+
+def prepare_run_validation(recipe, original: onnx.ModelProto, original_path) -> ValidationInputs:
+    """`prepare_validation` for a recipe's `validate:` section: the model compared with is the original,
+    another model (`against: PATH`, loaded here) or none."""
+    config = recipe.validate
+    against = config.get("against") or "original"
+    if against == "original":
+        return prepare_validation(config, original, str(original_path))
+    if against == "none":
+        return prepare_validation(config, None, recorded_for=original, recorded_for_name=str(original_path))
+    return prepare_validation(config, load_model(against), str(against))
+
+
 def validate_run(recipe, original: onnx.ModelProto, original_path: Path, rewritten: onnx.ModelProto,
-                 output: Path | None, progress) -> ValidationResult:
-    """The pipeline's validation step: compare, localise, bisect when asked, write the reports."""
+                 output: Path | None, progress, prepared: ValidationInputs | None = None) -> ValidationResult:
+    """The pipeline's validation step: compare, localise, bisect when asked, write the reports.
+
+    `prepared`: the inputs from `prepare_run_validation`, already checked against `rewritten` (the
+    pipeline prepares them before the steps run); prepared and checked here when not given."""
     from surgeon.validation.report import default_prefix, write_reports
 
     config = recipe.validate
-    against = config.get("against") or "original"
-    reference = original if against == "original" else None if against == "none" else load_model(against)
-    tolerance = Tolerance.from_config(config)
-    runner = config.get("runner") or "auto"
-    feeds, data = feeds_for(reference if reference is not None else rewritten, config)
-    result = validate_models(reference, rewritten, feeds, tolerance, runner, config.get("expected"), data)
+    if prepared is None:
+        prepared = prepare_run_validation(recipe, original, original_path)
+        prepared.check_candidate(rewritten)
+    reference, tolerance, runner, feeds = prepared.reference, prepared.tolerance, prepared.runner, prepared.feeds
+    result = validate_models(reference, rewritten, feeds, tolerance, runner, prepared.expected, prepared.data)
     if reference is None:
         result.graph_diff = graph_diff(original, rewritten)
-        if config.get("each_step"):
-            raise SurgeonError("validate: each_step bisects against the original model, which 'against: none' "
-                               "leaves out")
     if config.get("each_step") and recipe.steps:
         progress.message("bisecting the recipe's steps")
         result.bisection = bisect_steps(recipe, original, feeds, tolerance, runner,

@@ -1,0 +1,278 @@
+"""No command writes over its inputs, a folder or a device, and unreadable models are one clear error.
+
+Every output (OUT, its sidecars, validation reports, compare/check reports, export files) is checked by
+`modelio.guard_outputs` before any work: exit 2, one line naming the path, nothing written, inputs
+unchanged. Models are binary protobuf with external data inside their folder, or one clear error.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import yaml
+from onnx import helper
+
+from surgeon.cli import main
+from surgeon.errors import SurgeonError
+from surgeon.modelio import guard_outputs, load_model, write_text_atomic
+from surgeon.testing import make_model
+
+
+@pytest.fixture
+def work(tmp_path, monkeypatch):
+    """A folder with good.onnx (x -> Relu -> Neg -> y), ext.onnx (its weight in w.bin) and basic.yaml."""
+    monkeypatch.chdir(tmp_path)
+    nodes = [helper.make_node("Relu", ["x"], ["t"], name="relu"), helper.make_node("Neg", ["t"], ["y"], name="neg")]
+    onnx.save(make_model(nodes, [("x", np.float32, [1, 4])], [("y", np.float32, [1, 4])]), "good.onnx")
+    add = helper.make_node("Add", ["x", "w"], ["y"], name="add")
+    ext = make_model([add], [("x", np.float32, [1, 4])], [("y", np.float32, [1, 4])],
+                     initializers={"w": np.ones((1, 4), np.float32)})
+    onnx.save(ext, "ext.onnx", save_as_external_data=True, all_tensors_to_one_file=True, location="w.bin",
+              size_threshold=0)
+    write_recipe("basic.yaml", {"name": "basic", "steps": [{"pass": "toposort"}, {"pass": "cleanup"}]})
+    return tmp_path
+
+
+def write_recipe(path, data) -> Path:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(yaml.safe_dump(data))
+    return Path(path)
+
+
+def sha(path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def snapshot(folder: Path) -> dict[str, str]:
+    """Every file under `folder` with its digest (folders and special files by kind)."""
+    found = {}
+    for path in sorted(folder.rglob("*")):
+        if path.is_fifo():
+            found[str(path)] = "fifo"
+        elif path.is_dir():
+            found[str(path)] = "dir"
+        else:
+            found[str(path)] = sha(path)
+    return found
+
+
+def cli(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def refused(capsys, work, *argv, says):
+    """Run the command; assert exit 2, one stderr line saying `says`, and that no file changed or appeared."""
+    before = snapshot(work)
+    code, out, err = cli(capsys, *argv)
+    assert code == 2, (out, err)
+    assert err.startswith("surgeon: error: ") and err.count("\n") == 1, err
+    assert says in err, err
+    assert "Traceback" not in err
+    assert snapshot(work) == before
+    return err
+
+
+# ---------------------------------------------------------------- run
+
+
+def test_run_refuses_a_device_or_pipe_and_dry_run_discards_instead(work, capsys):
+    os.mkfifo("sink")
+    err = refused(capsys, work, "run", "basic.yaml", "good.onnx", "-o", "sink",
+                  says="sink: is a pipe, not a regular file: refusing to replace it with the output model")
+    assert "use --dry-run" in err
+    assert cli(capsys, "run", "basic.yaml", "good.onnx", "-o", "sink", "--dry-run", "-q")[0] == 0
+    assert Path("sink").is_fifo() and not Path("sink.surgeon.json").exists()
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="mknod needs root")
+def test_run_refuses_a_character_device(work, capsys):
+    os.mknod("fakenull", 0o666 | __import__("stat").S_IFCHR, os.makedev(1, 3))
+    refused(capsys, work, "run", "basic.yaml", "good.onnx", "-o", "fakenull", says="fakenull: is a device")
+
+
+def test_run_refuses_to_overwrite_the_recipe_the_model_and_its_external_data(work, capsys):
+    refused(capsys, work, "run", "basic.yaml", "good.onnx", "-o", "basic.yaml",
+            says="refusing to overwrite the recipe basic.yaml with the output model (choose another -o)")
+    refused(capsys, work, "run", "basic.yaml", "good.onnx", "-o", "good.onnx",
+            says="refusing to overwrite the input model good.onnx with the output model")
+    refused(capsys, work, "run", "basic.yaml", "ext.onnx", "-o", "w.bin",
+            says="refusing to overwrite the input model's external data w.bin with the output model")
+    os.symlink("good.onnx", "link.onnx")  # another spelling of the input
+    refused(capsys, work, "run", "basic.yaml", "good.onnx", "-o", "link.onnx",
+            says="refusing to overwrite the input model good.onnx with the output model link.onnx")
+
+
+def test_run_refuses_to_overwrite_any_recipe_of_the_extends_chain(work, capsys):
+    write_recipe("child/child.yaml", {"name": "child", "extends": "../basic.yaml", "steps": [{"pass": "toposort"}]})
+    refused(capsys, work, "run", "child/child.yaml", "good.onnx", "-o", "basic.yaml",
+            says="refusing to overwrite the recipe basic.yaml with the output model")
+
+
+def test_run_refuses_to_overwrite_validate_files_even_through_a_sidecar(work, capsys):
+    np.savez("inputs.npz", x=np.ones((1, 4), np.float32))
+    write_recipe("rv/v.yaml", {"name": "v", "steps": [{"pass": "toposort"}], "validate": {"data": "../inputs.npz"}})
+    refused(capsys, work, "run", "rv/v.yaml", "good.onnx", "-o", "inputs.npz",
+            says="refusing to overwrite the recipe's validate.data inputs.npz with the output model")
+    # the validation report of OUT `x.onnx` goes to x.validation.{md,html,json,...}
+    np.savez("x.validation.json", y=np.ones((1, 4), np.float32))
+    write_recipe("rv/e.yaml", {"name": "e", "steps": [{"pass": "toposort"}],
+                               "validate": {"expected": "../x.validation.json"}})
+    refused(capsys, work, "run", "rv/e.yaml", "good.onnx", "-o", "x.onnx",
+            says="refusing to overwrite the recipe's validate.expected x.validation.json with the validation report")
+
+
+def test_run_output_paths_that_are_folders_or_below_a_file(work, capsys):
+    Path("dir.onnx").mkdir()
+    refused(capsys, work, "run", "basic.yaml", "good.onnx", "-o", "dir.onnx",
+            says="dir.onnx: is a folder; cannot write the output model there")
+    refused(capsys, work, "run", "basic.yaml", "good.onnx", "-o", "out/",
+            says="out/: names a folder; the output model needs a file name")
+    refused(capsys, work, "run", "basic.yaml", "good.onnx", "-o", "good.onnx/x.onnx",
+            says="good.onnx/x.onnx: cannot write the output model there: good.onnx is a file, not a folder")
+    Path("out2/x.surgeon.json").mkdir(parents=True)  # the sidecar's place is taken: OUT is not written either
+    refused(capsys, work, "run", "basic.yaml", "good.onnx", "-o", "out2/x.onnx",
+            says="out2/x.surgeon.json: is a folder; cannot write the run report there")
+
+
+def test_run_writes_binary_protobuf_whatever_the_extension(work, capsys):
+    assert cli(capsys, "run", "basic.yaml", "good.onnx", "-o", "out/m.json", "-q")[0] == 0
+    assert onnx.load("out/m.json", format="protobuf").graph.node[0].name == "relu"
+    assert load_model("out/m.json").graph.node[0].name == "relu"  # and reads it back, as binary
+
+
+def test_the_api_keeps_the_old_message(work):
+    with pytest.raises(SurgeonError, match="refusing to overwrite the input"):
+        __import__("surgeon").run_recipe("basic.yaml", model="good.onnx", output="good.onnx")
+
+
+# ---------------------------------------------------------------- check, compare, export, zoo
+
+
+def test_check_report_never_replaces_a_checked_file(work, capsys):
+    refused(capsys, work, "check", "good.onnx", "-o", "good.onnx", "--no-config",
+            says="refusing to overwrite the checked model good.onnx with the report (choose another -o)")
+    refused(capsys, work, "check", "ext.onnx", "good.onnx", "-o", "w.bin", "--no-config",
+            says="refusing to overwrite the checked model's external data w.bin with the report")
+    refused(capsys, work, "check", "basic.yaml", "-o", "basic.yaml", "--no-config",
+            says="refusing to overwrite the checked recipe basic.yaml")
+    Path("dir.txt").mkdir()
+    refused(capsys, work, "check", "good.onnx", "-o", "dir.txt", "--no-config", says="dir.txt: is a folder")
+    refused(capsys, work, "check", "good.onnx", "-o", "good.onnx/x", "--no-config",
+            says="good.onnx is a file, not a folder")
+    code, _, _ = cli(capsys, "check", "good.onnx", "-o", "report.txt", "--no-config")
+    assert code == 0 and Path("report.txt").read_text() == "no findings in 1 file\n"
+
+
+def test_compare_report_never_replaces_an_input(work, capsys):
+    Path("dd.json").write_text("[]\n")  # the guard runs before the data is read
+    refused(capsys, work, "compare", "good.onnx", "good.onnx", "--data", "dd.json", "--report", "dd",
+            says="refusing to overwrite the --data file dd.json with the report (choose another --report)")
+    refused(capsys, work, "compare", "good.onnx", "good.onnx", "--report", "good.onnx/x",
+            says="good.onnx/x.md: cannot write the report there: good.onnx is a file, not a folder")
+    model = onnx.load("ext.onnx")  # its weight in rep.json, where `--report rep` would write its JSON
+    onnx.save(model, "ext2.onnx", save_as_external_data=True, location="rep.json", size_threshold=0)
+    refused(capsys, work, "compare", "good.onnx", "ext2.onnx", "--report", "rep",
+            says="refusing to overwrite model B's external data rep.json with the report")
+
+
+def test_export_outputs_never_replace_the_voxel_files(work, capsys):
+    pytest.importorskip("spconv.pytorch")
+    np.save("feat.npy", np.zeros((10, 5), np.float16))
+    np.save("idx.npy", np.zeros((10, 4), np.int32))
+    refused(capsys, work, "export", "spconv", "--model", "centerpoint-scn", "--features", "feat.npy",
+            "--indices", "idx.npy", "-o", "feat.npy",
+            says="refusing to overwrite the --features file feat.npy with the output model")
+    refused(capsys, work, "export", "spconv", "--model", "centerpoint-scn", "--features", "feat.npy",
+            "--indices", "idx.npy", "-o", "good.onnx/scn.onnx", says="good.onnx is a file, not a folder")
+
+
+def test_zoo_export_into_a_file_is_refused(work, capsys):
+    refused(capsys, work, "zoo", "export", "bevformer-tiny", "-o", "good.onnx",
+            says="cannot write the exported model there: good.onnx is a file, not a folder")
+
+
+def test_writers_refuse_a_pipe_even_without_a_guard(work):
+    os.mkfifo("sink")
+    with pytest.raises(SurgeonError, match="sink: is a pipe, not a regular file"):
+        write_text_atomic("sink", "text")
+    assert Path("sink").is_fifo()
+
+
+def test_two_outputs_on_one_path_are_refused(work):
+    with pytest.raises(SurgeonError, match="the model and the report would both be written to a.json"):
+        guard_outputs([("a.json", "the model", "-o"), ("./a.json", "the report", "--report")])
+
+
+# ---------------------------------------------------------------- loading
+
+
+def external_data_model(location: str) -> None:
+    model = onnx.load("ext.onnx", load_external_data=False)
+    for entry in model.graph.initializer[0].external_data:
+        if entry.key == "location":
+            entry.value = location
+    onnx.save(model, "bad_ext.onnx")
+
+
+@pytest.mark.parametrize("location, says", [
+    ("missing.bin", "bad_ext.onnx: cannot read the model's external data: initializer 'w' is stored in "
+                    "'missing.bin', which does not exist"),
+    ("../escape.bin", "bad_ext.onnx: initializer 'w' reads external data from '../escape.bin', outside"),
+])
+def test_bad_external_data_is_one_clear_error_everywhere(work, capsys, location, says):
+    external_data_model(location)
+    (work.parent / "escape.bin").write_bytes(np.ones(4, np.float32).tobytes())
+    for argv in (["run", "basic.yaml", "bad_ext.onnx", "-o", "out/x.onnx"], ["compare", "bad_ext.onnx", "good.onnx"],
+                 ["compare", "good.onnx", "bad_ext.onnx"], ["bisect", "basic.yaml", "bad_ext.onnx"]):
+        refused(capsys, work, *argv, says=says)
+    # inspect reads no data; check reports the same as findings (SG014/SG012), exit 1
+    assert cli(capsys, "inspect", "bad_ext.onnx", "-q")[0] == 0
+    code, out, _ = cli(capsys, "check", "bad_ext.onnx", "--no-config")
+    assert code == 1 and "SG014" in out
+
+
+@pytest.mark.parametrize("name", ["m.json", "m.textproto", "m.onnxtxt"])
+def test_text_format_models_are_one_clear_error(work, capsys, name):
+    onnx.save(onnx.load("good.onnx"), name)  # a real model in onnx's text format, chosen by the extension
+    says = f"{name}: not a binary ONNX model: surgeon reads binary protobuf models only"
+    for argv in (["inspect", name], ["run", "basic.yaml", name, "-o", "out/x.onnx"], ["compare", name, "good.onnx"]):
+        refused(capsys, work, *argv, says=says)
+    Path(name).write_text("{garbage")
+    refused(capsys, work, "inspect", name, says=says)
+    code, out, _ = cli(capsys, "check", name, "--no-config")
+    assert code == 2 and f"{name}: SG000 error not a binary ONNX model" in out
+
+
+def test_a_binary_model_with_a_text_extension_loads(work):
+    Path("good.json").write_bytes(Path("good.onnx").read_bytes())
+    assert load_model("good.json").graph.node[1].name == "neg"
+
+
+# ---------------------------------------------------------------- spconv voxel arrays
+
+
+@pytest.mark.parametrize("features, indices, says", [
+    (np.zeros((100, 3), np.float16), np.zeros((100, 2), np.int32),
+     "feat.npy: voxel features must be a [N, 5] float array (the model reads 5 channels per voxel), got [100, 3]"),
+    (np.zeros((10, 5), np.float16), np.zeros((10, 2), np.int32),
+     "idx.npy: voxel coordinates must be [N, 4] as batch, z, y, x, got [10, 2]"),
+    (np.zeros((10, 5), np.float16), np.zeros((10, 4), np.float32),
+     "idx.npy: voxel coordinates must be integers (int32), got float32"),
+    (np.zeros((10, 5), np.float16), np.zeros((9, 4), np.int32), "idx.npy: 9 voxel coordinates for 10 voxel features"),
+    (np.zeros((10, 5), np.float16), np.full((10, 4), -1, np.int32),
+     "idx.npy: voxel 0: batch index -1 is outside 0..0 (batch size 1); 10 voxel(s) out of range"),
+    (np.zeros((10, 5), np.float16), np.array([[0, 0, 0, 0]] * 3 + [[0, 0, 1440, 5]] + [[0, 1, 2, 3]] * 6, np.int32),
+     "idx.npy: voxel 3: y coordinate 1440 is outside 0..1439 (the model's grid [41, 1440, 1440] as z, y, x)"),
+])
+def test_spconv_voxel_arrays_are_checked_before_tracing(work, capsys, features, indices, says):
+    pytest.importorskip("spconv.pytorch")
+    np.save("feat.npy", features)
+    np.save("idx.npy", indices)
+    refused(capsys, work, "export", "spconv", "--model", "centerpoint-scn", "--features", "feat.npy",
+            "--indices", "idx.npy", "-o", "out/scn.onnx", says=says)

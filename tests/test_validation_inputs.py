@@ -1,0 +1,263 @@
+"""Bad validation input (tolerances, counts, data and expected files, models that cannot run) is exit 2
+with one line naming the recipe's file:line, the option or the data file, found before the models
+run and, in `surgeon run`, before anything is written. A numerical failure still writes OUT (exit 1)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import helper
+
+from surgeon.cli import main
+from surgeon.errors import SurgeonError
+from surgeon.testing import make_model
+
+REPO = Path(__file__).resolve().parent.parent
+X = np.array([[0.5, -1.0, 2.0, -3.0]], np.float32)
+
+
+def relu_neg(input_shape=(1, 4)) -> onnx.ModelProto:
+    """x [1, 4] -> Relu -> Neg -> y."""
+    nodes = [helper.make_node("Relu", ["x"], ["t"], name="relu0"), helper.make_node("Neg", ["t"], ["y"], name="neg0")]
+    return make_model(nodes, [("x", np.float32, list(input_shape))], [("y", np.float32, list(input_shape))])
+
+
+@pytest.fixture
+def work(tmp_path):
+    """A model, recorded inputs, good and bad expected outputs, in tmp_path."""
+    onnx.save(relu_neg(), tmp_path / "good.onnx")
+    np.savez(tmp_path / "inputs.npz", x=X)
+    np.savez(tmp_path / "expected.npz", y=-np.maximum(X, 0))
+    np.savez(tmp_path / "expected_off.npz", y=-np.maximum(X, 0) + 5)
+    return tmp_path
+
+
+def write_recipe(folder: Path, validate_yaml: str, name: str = "recipe.yaml") -> Path:
+    path = folder / name
+    path.write_text("name: v\nsteps:\n  - pass: toposort\nvalidate:\n" + validate_yaml)
+    return path
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def one_error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    errors = [line for line in err if line.startswith("surgeon: error:")]
+    assert len(errors) == 1 and not any(line.startswith("[") and "]" in line[:4] for line in err), err
+    assert "Traceback" not in "\n".join(err)
+    return errors[0]
+
+
+def run_fails_cleanly(folder: Path, recipe: Path, capsys, *extra) -> str:
+    """`surgeon run` exits 2 with one error line, writes nothing and changes no input."""
+    before = snapshot(folder)
+    assert main(["run", str(recipe), str(folder / "good.onnx"), "-o", str(folder / "out" / "o.onnx"), *extra]) == 2
+    assert not (folder / "out").exists()
+    assert snapshot(folder) == before
+    return one_error_line(capsys)
+
+
+# ---------------------------------------------------------------- values of the validate section
+
+@pytest.mark.parametrize("body, line, words", [
+    ("  data: inputs.npz\n  expected: expected_off.npz\n  atol: .nan\n  rtol: .nan\n", 7,
+     "validate.atol: a tolerance must be a finite number >= 0, got nan"),
+    ("  atol: -1\n", 5, "validate.atol: a tolerance must be a finite number >= 0, got -1"),
+    ("  rtol: .inf\n", 5, "validate.rtol: a tolerance must be a finite number >= 0, got inf"),
+    ("  atol: {y: .nan, '': 1e-3}\n", 5, "validate.atol: the tolerance of output 'y' must be a finite number >= 0"),
+    ("  rtol: {y: -0.5}\n", 5, "validate.rtol: the tolerance of output 'y' must be a finite number >= 0"),
+    ("  atol: {y: loose}\n", 5, "validate.atol: the tolerance of output 'y' must be a finite number >= 0, got 'loose'"),
+    ("  iterations: -2\n", 5, "validate.iterations: must be at least 1, got -2"),
+    ("  iterations: 0\n", 5, "validate.iterations: must be at least 1, got 0"),
+    ("  seed: -2\n", 5, "validate.seed: must be between 0 and 4294967295"),
+    ("  seed: 4294967296\n", 5, "validate.seed: must be between 0 and 4294967295"),
+    ("  error_stat: quantile\n  quantile: 5\n", 6, "validate.quantile: must be between 0 and 1, got 5"),
+    ("  quantile: .nan\n", 5, "validate.quantile: must be between 0 and 1, got nan"),
+    ("  inputs:\n    x: {shape: [1, 4], dtype: floaty}\n", 6, "validate.inputs: x.dtype: 'floaty' is not a dtype"),
+    ("  inputs:\n    x: {shape: [1, -4]}\n", 6, "validate.inputs: x.shape must be a list of dimensions >= 0"),
+    ("  inputs:\n    x: {range: [1, .nan]}\n", 6, "validate.inputs: x.range must be [low, high], finite numbers"),
+    ("  inputs:\n    x: {shape: [1, 4], size: 3}\n", 6, "validate.inputs: x has unknown key 'size'"),
+])
+def test_a_value_validation_cannot_use_is_refused_at_load_time_naming_file_and_line(work, capsys, body, line, words):
+    recipe = write_recipe(work, body)
+    error = run_fails_cleanly(work, recipe, capsys)
+    assert error.startswith(f"surgeon: error: {recipe}:{line}:") and words in error
+
+
+def test_set_overrides_and_bisect_check_the_same_values(work, capsys):
+    recipe = write_recipe(work, "  data: inputs.npz\n")
+    error = run_fails_cleanly(work, recipe, capsys, "--set", "validate.atol=.nan")
+    assert "validate.atol: a tolerance must be a finite number >= 0, got nan" in error
+    assert main(["bisect", str(recipe), str(work / "good.onnx"), "--set", "validate.rtol=-1"]) == 2
+    assert "validate.rtol: a tolerance must be a finite number >= 0" in one_error_line(capsys)
+    assert main(["bisect", str(recipe), str(work / "good.onnx"), "--set", "validate.seed=-1"]) == 2
+    assert "validate.seed" in one_error_line(capsys)
+
+
+def test_tolerance_objects_refuse_nan_and_negative_values():
+    from surgeon.validation import Tolerance
+
+    with pytest.raises(SurgeonError, match="atol: a tolerance must be a finite number >= 0, got nan"):
+        Tolerance(atol=float("nan"))
+    with pytest.raises(SurgeonError, match="rtol: the tolerance of output 'y'"):
+        Tolerance(rtol={"y": -1.0})
+    with pytest.raises(SurgeonError, match="quantile: must be between 0 and 1"):
+        Tolerance(quantile=1.5)
+
+
+@pytest.mark.parametrize("options, words", [
+    (["--atol", "nan"], "--atol: a tolerance must be a finite number >= 0, got nan"),
+    (["--atol", "y:-1"], "--atol: the tolerance of output 'y' must be a finite number >= 0"),
+    (["--rtol", "inf"], "--rtol: a tolerance must be a finite number >= 0, got inf"),
+    (["--iterations", "-1"], "--iterations: must be at least 1, got -1"),
+    (["--seed=-1"], "--seed: must be between 0 and 4294967295"),
+    (["--error-stat", "quantile", "--quantile", "7"], "--quantile: must be between 0 and 1, got 7"),
+    (["--input-shape", "x:1x-4"], "--input-shape expects NAME:1x3x224x224 (dimensions >= 0), got 'x:1x-4'"),
+    (["--input-range", "x:nan,1"], "--input-range expects NAME:LOW,HIGH (finite, LOW <= HIGH)"),
+])
+def test_compare_options_validation_cannot_use_are_refused_naming_the_option(work, capsys, options, words):
+    good = str(work / "good.onnx")
+    data = [] if options[0].startswith("--input") else ["--data", str(work / "inputs.npz")]
+    assert main(["compare", good, good, *data, *options]) == 2
+    assert words in one_error_line(capsys)
+
+
+# ---------------------------------------------------------------- recorded inputs and expected outputs
+
+def _bad_data(folder: Path, kind: str) -> tuple[Path, str]:
+    """A data file of the given kind of wrongness and the words its error must hold."""
+    if kind == "shape":
+        np.savez(folder / "bad.npz", x=np.zeros((3, 7), np.float32))
+        return folder / "bad.npz", "input set 1: x is float32 [3, 7], but input x of "
+    if kind == "dtype":
+        np.savez(folder / "bad.npz", x=np.zeros((1, 4), np.int64))
+        return folder / "bad.npz", "input set 1: x is int64 [1, 4], but input x of "
+    if kind == "name":
+        np.savez(folder / "bad.npz", q=X)
+        return folder / "bad.npz", "input set 1 lacks model input(s) x of "
+    if kind == "strings":
+        np.savez(folder / "bad.npz", x=np.array([["a", "b", "c", "d"]]))
+        return folder / "bad.npz", "x holds <U1 data; inputs must be numbers or booleans"
+    if kind == "truncated":
+        (folder / "bad.npz").write_bytes((folder / "inputs.npz").read_bytes()[:200])
+        return folder / "bad.npz", "cannot read inputs .npz: BadZipFile"
+    if kind == "json-shape":
+        (folder / "bad.json").write_text('{"x": 1}')
+        return folder / "bad.json", "input set 1: x is int64 [], but input x of "
+    if kind == "json-second-set":
+        from polygraphy.json import save_json
+
+        save_json([{"x": X}, {"x": X[0]}], str(folder / "bad.json"))
+        return folder / "bad.json", "input set 2: x is float32 [4], but input x of "
+    raise AssertionError(kind)
+
+
+KINDS = ["shape", "dtype", "name", "strings", "truncated", "json-shape", "json-second-set"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_run_refuses_bad_recorded_inputs_before_any_step_writing_nothing(work, capsys, kind):
+    data, words = _bad_data(work, kind)
+    recipe = write_recipe(work, f"  data: {data.name}\n")
+    error = run_fails_cleanly(work, recipe, capsys)
+    assert error.startswith(f"surgeon: error: {data}: ") and words in error
+    assert main(["run", str(recipe), str(work / "good.onnx"), "--dry-run"]) == 2
+    capsys.readouterr()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_compare_and_bisect_refuse_bad_recorded_inputs_naming_the_file(work, capsys, kind):
+    data, words = _bad_data(work, kind)
+    good = str(work / "good.onnx")
+    assert main(["compare", good, good, "--data", str(data)]) == 2
+    error = one_error_line(capsys)
+    assert error.startswith(f"surgeon: error: {data}: ") and words in error
+    recipe = write_recipe(work, f"  data: {data.name}\n")
+    assert main(["bisect", str(recipe), good]) == 2
+    assert words in one_error_line(capsys)
+
+
+def test_a_truncated_expected_file_is_named(work, capsys):
+    (work / "trunc.npz").write_bytes((work / "expected.npz").read_bytes()[:200])
+    good = str(work / "good.onnx")
+    assert main(["compare", good, good, "--data", str(work / "inputs.npz"), "--expected", str(work / "trunc.npz")]) == 2
+    assert f"{work / 'trunc.npz'}: cannot read expected outputs .npz: BadZipFile" in one_error_line(capsys)
+
+
+def test_an_expected_output_the_model_lacks_is_bad_input_not_a_failure(work, capsys):
+    np.savez(work / "expected_zz.npz", zz=np.zeros((1, 4), np.float32))
+    recipe = write_recipe(work, "  data: inputs.npz\n  expected: expected_zz.npz\n")
+    error = run_fails_cleanly(work, recipe, capsys)
+    assert error == (f"surgeon: error: {work / 'expected_zz.npz'}: expected outputs hold 'zz', which is not an "
+                     "output of the model (outputs: y)")
+    good = str(work / "good.onnx")
+    assert main(["compare", good, good, "--data", str(work / "inputs.npz"), "--expected",
+                 str(work / "expected_zz.npz")]) == 2
+    assert "expected outputs hold 'zz'" in one_error_line(capsys)
+
+
+def test_a_numerical_failure_still_writes_the_model_and_its_reports(work, capsys):
+    recipe = write_recipe(work, "  data: inputs.npz\n  expected: expected_off.npz\n")
+    assert main(["run", str(recipe), str(work / "good.onnx"), "-o", str(work / "out" / "o.onnx"), "-q"]) == 1
+    assert {"o.onnx", "o.surgeon.json", "o.validation.md"} <= {p.name for p in (work / "out").iterdir()}
+    recipe = write_recipe(work, "  data: inputs.npz\n  expected: expected.npz\n", name="ok.yaml")
+    assert main(["run", str(recipe), str(work / "good.onnx"), "-o", str(work / "out" / "p.onnx"), "-q"]) == 0
+
+
+def test_against_none_checks_its_inputs_before_any_step(work, capsys):
+    """The original is never run, but the recorded inputs are still those of the original model."""
+    recipe = write_recipe(work, "  against: none\n  data: inputs.npz\n")
+    assert "'against: none' compares with the expected outputs only" in run_fails_cleanly(work, recipe, capsys)
+    data, words = _bad_data(work, "name")
+    recipe = write_recipe(work, f"  against: none\n  data: {data.name}\n  expected: expected.npz\n")
+    assert words in run_fails_cleanly(work, recipe, capsys)
+    recipe = write_recipe(work, "  against: none\n  data: inputs.npz\n  expected: expected.npz\n")
+    assert main(["run", str(recipe), str(work / "good.onnx"), "-o", str(work / "out" / "o.onnx"), "-q"]) == 0
+
+
+# ---------------------------------------------------------------- models that cannot share inputs or run
+
+def test_compare_models_with_different_static_inputs_names_both(work, capsys):
+    onnx.save(relu_neg((2, 8)), work / "other.onnx")
+    a, b = str(work / "good.onnx"), str(work / "other.onnx")
+    assert main(["compare", a, b]) == 2
+    assert one_error_line(capsys) == (f"surgeon: error: {a} and {b} take different inputs: x is float32 [1, 4] in "
+                                      f"{a}, x is float32 [2, 8] in {b}; both run on the same inputs")
+    assert main(["compare", a, b, "--data", str(work / "inputs.npz")]) == 2
+    assert (f"{work / 'inputs.npz'}: input set 1: x is float32 [1, 4], but input x of {b} is float32 [2, 8]"
+            in one_error_line(capsys))
+
+
+def test_a_model_reading_a_tensor_nothing_provides_is_named(work, capsys):
+    broken = make_model([helper.make_node("Relu", ["nope"], ["y"], name="relu_bad")],
+                        [("x", np.float32, [1, 4])], [("y", np.float32, [1, 4])])
+    onnx.save(broken, work / "broken.onnx")
+    good, bad = str(work / "good.onnx"), str(work / "broken.onnx")
+    words = "node 'relu_bad' (Relu) reads 'nope', which no node, graph input or initializer provides"
+    recipe = str(write_recipe(work, "  seed: 1\n"))
+    for argv in (["compare", good, bad], ["compare", bad, good], ["bisect", recipe, bad]):
+        assert main(argv) == 2
+        error = one_error_line(capsys)
+        assert error.startswith(f"surgeon: error: {bad}: ") and words in error
+
+
+def test_polygraphy_json_inputs_leave_stdout_to_the_json_document(work):
+    """Polygraphy's own lines ('colored' module notice, "Loading inputs from") go to stderr, if anywhere;
+    a fresh process, since the notice comes once per process."""
+    from polygraphy.json import save_json
+
+    save_json([{"x": X}], str(work / "inputs.json"))
+    good = str(work / "good.onnx")
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    done = subprocess.run([sys.executable, "-m", "surgeon", "compare", good, good, "--data",
+                           str(work / "inputs.json"), "--json"], capture_output=True, text=True, env=env, cwd=work)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["passed"] is True
