@@ -144,6 +144,8 @@ CASES = [
     ("SG014", unknown_attribute, Settings(), "onnx.checker: Unrecognized attribute: alpha", "error"),
     ("SG015", shape_conflict, Settings(), "shape inference (strict)", "error"),
     ("SG016", ir_version_14, Settings(target="onnxruntime"), "IR version 14 is newer than onnxruntime reads", "error"),
+    ("SG017", lambda: plugin_node(), Settings(target="tensorrt-8.5"), "needs a plugin library for tensorrt-8.5 "
+     "registering GridSample2D version 1 in namespace surgeon (surgeon's library is TensorRT 10 only", "warning"),
 ]
 
 
@@ -181,13 +183,18 @@ def test_clean_graph_has_no_findings(target, tmp_path):
     assert _check(clean_model(), Settings(target=target, static_shapes=True), tmp_path) == []
 
 
-def test_plugin_node_is_runnable_on_tensorrt(tmp_path):
+def plugin_node():
     node = helper.make_node("GridSample2D", ["x", "g"], ["y"], name="gs", domain="surgeon",
                             plugin_version="1", plugin_namespace="surgeon")
-    model = make_model([node], [("x", np.float32, [1, 2, 3, 3]), ("g", np.float32, [1, 3, 3, 2])],
-                       [("y", np.float32, [1, 2, 3, 3])])
-    assert [f.rule for f in _check(model, Settings(target="tensorrt-8.6"), tmp_path)] == []
-    assert [f.rule for f in _check(model, Settings(target="onnxruntime"), tmp_path)] == ["SG001"]
+    return make_model([node], [("x", np.float32, [1, 2, 3, 3]), ("g", np.float32, [1, 3, 3, 2])],
+                      [("y", np.float32, [1, 2, 3, 3])])
+
+
+def test_plugin_node_is_runnable_on_tensorrt(tmp_path):
+    """TensorRT 10 loads surgeon's plugin library; 8.x runs the node only with a library the user brings."""
+    assert [f.rule for f in _check(plugin_node(), Settings(target="tensorrt-10"), tmp_path)] == []
+    assert [f.rule for f in _check(plugin_node(), Settings(target="tensorrt-8.6"), tmp_path)] == ["SG017"]
+    assert [f.rule for f in _check(plugin_node(), Settings(target="onnxruntime"), tmp_path)] == ["SG001"]
 
 
 def test_sorted_copy_lets_the_checker_report_the_next_problem(tmp_path):

@@ -128,6 +128,21 @@ def custom_op_unsupported(facts: ModelFacts):
                        fix=fix_for(node, facts.target))
 
 
+@model_rule("SG017", "plugin-library-external", "warning",
+            "plugin node the target runs only with a plugin library surgeon does not ship for it (TensorRT 8.x: "
+            "surgeon's plugins are TensorRT 10 IPluginV3)")
+def plugin_library_external(facts: ModelFacts):
+    for node in facts.nodes:
+        plugin = facts.target.plugins.get(node.op_type)
+        if is_standard_op(node) or not plugin or plugin.get("library") != "external":
+            continue
+        version, namespace = plugin.get("plugin_version", "1"), plugin.get("namespace", "")
+        yield _finding(facts, "SG017", "warning",
+                       f"needs a plugin library for {facts.target.name} registering {node.op_type} version {version}"
+                       f"{f' in namespace {namespace}' if namespace else ''} (surgeon's library is TensorRT 10 only; "
+                       "give yours in build.plugins)", node)
+
+
 @model_rule("SG002", "no-reference", "warning",
             "ATen or custom op with no CPU reference: validation (`surgeon run`, `compare`, `bisect`) cannot run the graph")
 def no_reference(facts: ModelFacts):
