@@ -6,8 +6,10 @@ interval_starts / interval_lengths (one interval per occupied cell) — and it w
 (CUDA-BEVFusion's layout; see docs/plugins.md). Two spellings are recognised:
 
 1. A custom bev_pool node (`BEVPoolV2TRT`, `bev_pool_v2` in any domain) with those seven inputs and
-   `output_height` / `output_width` attributes (`output_z` must be 1). Its output layout is read from
-   the node's output shape: [1, C, H, W] is replaced as is, [1, H, W, C] gets a Transpose after the plugin.
+   `output_height` / `output_width` attributes, or BEVDet's `out_height` / `out_width` (TRTBEVPoolv2's
+   symbolic); `output_z`, where given, must be 1. Its output layout is read from the node's output
+   shape (C checked against feat's): [1, C, H, W] is replaced as is, [1, H, W, C] gets a Transpose
+   after the plugin; a shape that fits both (C == H == W) is left alone with a note — no attribute says.
 2. The PyTorch reference exported by torch.onnx (surgeon.zoo.bevfusion.bev_pool)::
 
        depth ─► Reshape ─► Unsqueeze ─► Gather(ranks_depth) ─┐
@@ -19,19 +21,28 @@ interval_starts / interval_lengths (one interval per occupied cell) — and it w
    opset 16). TorchScript exports `index_add_` as a ScatterElements *without* reduction, so that graph
    overwrites instead of summing points of the same cell; the plugin computes the sum the model meant.
    The ScatterND's [Y*X, C] result is rebuilt from the plugin as Reshape + Transpose, so the rest of
-   the graph is unchanged.
+   the graph is unchanged. interval_lengths is the one integer graph input, besides the other index
+   inputs, cast for repeat_interleave upstream of the segment ids (float casts there, such as a float16
+   feat promoted with .float(), belong to the feature branch).
+
+In both, BEVDet's 5-D depth [B, N, D, H, W] and feat [B, N, H, W, C] are reshaped to the plugin's
+[B*N, ...] (the flat order the ranks index is the same); depth and feat must share a float type, and
+their ranks must be known (the TensorRT plugin reads C from feat's dim 3).
 """
 from __future__ import annotations
 
 import numpy as np
 import onnx_graphsurgeon as gs
+from onnx import helper
 
 from surgeon.pass_api import Pass, PassResult, register_pass
 from surgeon.plugins.matching import DOMAIN_PARAM, NoMatch, as_dtype, expect_producer
 from surgeon.plugins.specs import make_plugin_node
-from surgeon.rewrite import Rewrite, const_value, is_op, producer
+from surgeon.rewrite import Rewrite, const_value, dtype_of, is_op, producer
 
 CUSTOM_OP_TYPES = ("BEVPoolV2TRT", "bev_pool_v2")
+#: The BEV size attributes: CUDA-BEVFusion's spelling, then BEVDet's TRTBEVPoolv2.symbolic (out_height_i).
+SIZE_ATTRS = (("output_height", "output_width"), ("out_height", "out_width"))
 
 
 @register_pass("bev-pool-plugin")
@@ -65,15 +76,23 @@ class BevPoolPlugin(Pass):
     def _replace_custom(self, graph, ctx, node: gs.Node) -> None:
         if int(node.attrs.get("output_z", 1)) != 1:
             raise NoMatch("output_z != 1: the plugin pools into one height slice")
-        if "output_height" not in node.attrs or "output_width" not in node.attrs:
-            raise NoMatch("no output_height / output_width attributes")
-        bev_h, bev_w = int(node.attrs["output_height"]), int(node.attrs["output_width"])
+        size = next(((node.attrs[h], node.attrs[w]) for h, w in SIZE_ATTRS if h in node.attrs and w in node.attrs), None)
+        if size is None:
+            raise NoMatch("no output_height / output_width (or BEVDet's out_height / out_width) attributes")
+        bev_h, bev_w = int(size[0]), int(size[1])
+        channels = _last_dim(node.inputs[1])
         shape = list(node.outputs[0].shape or [])
-        channels_last = len(shape) == 4 and shape[1:3] == [bev_h, bev_w]
-        if not (len(shape) == 4 and (channels_last or shape[2:] == [bev_h, bev_w])):
+        fits = {layout: len(shape) == 4 and shape[0] == 1 and shape[i:i + 2] == [bev_h, bev_w]
+                and channels in (None, shape[c]) for layout, i, c in (("nchw", 2, 1), ("channels_last", 1, 3))}
+        if not any(fits.values()):
             raise NoMatch(f"output shape {shape or 'unknown'} is neither [1, C, H, W] nor [1, H, W, C]")
+        if all(fits.values()):  # C == bev_h == bev_w: the shape cannot tell, and the attributes do not say
+            raise NoMatch(f"output shape {shape} fits both [1, C, H, W] and [1, H, W, C]")
+        channels_last = fits["channels_last"]
+        _check_float_types(node.inputs[0], node.inputs[1])
         rewrite = Rewrite(graph, ctx, node)
-        inputs = node.inputs[:2] + [as_dtype(rewrite, t, np.int32) for t in node.inputs[2:]]
+        inputs = [_cameras_first(rewrite, node.inputs[0], "depth"), _cameras_first(rewrite, node.inputs[1], "feat")] \
+            + [as_dtype(rewrite, t, np.int32) for t in node.inputs[2:]]
         plugin = make_plugin_node(rewrite, "BEVPool", inputs, {"bev_h": bev_h, "bev_w": bev_w}, domain=self.domain,
                                   last=not channels_last)
         if channels_last:
@@ -93,13 +112,46 @@ class BevPoolPlugin(Pass):
         depth, ranks_depth, feat, ranks_feat = _depth_and_feature(mul)
         interval_lengths = _interval_lengths(segment_sum.inputs[1], known=(ranks_depth, ranks_feat, ranks_bev,
                                                                            interval_starts))
+        _check_float_types(depth, feat)
         rewrite = Rewrite(graph, ctx, scatter)
+        depth, feat = _cameras_first(rewrite, depth, "depth"), _cameras_first(rewrite, feat, "feat")
         indices = [as_dtype(rewrite, t, np.int32)
                    for t in (ranks_depth, ranks_feat, ranks_bev, interval_starts, interval_lengths)]
         plugin = make_plugin_node(rewrite, "BEVPool", [depth, feat, *indices], {"bev_h": bev_h, "bev_w": bev_w},
                                   domain=self.domain, last=False)
         rows = rewrite.op("Reshape", [plugin.outputs[0], rewrite.const(np.array([channels, bev_h * bev_w]), "shape")])
         rewrite.finish("Transpose", [rows], {"perm": [1, 0]})
+
+
+def _last_dim(tensor: gs.Tensor):
+    shape = getattr(tensor, "shape", None)
+    return shape[-1] if shape and isinstance(shape[-1], int) else None
+
+
+def _check_float_types(depth: gs.Tensor, feat: gs.Tensor) -> None:
+    """The plugin takes depth and feat of one float type (its output's)."""
+    types = dtype_of(depth), dtype_of(feat)
+    if None not in types and types[0] != types[1]:
+        raise NoMatch(f"depth is {types[0]} and feat {types[1]}; the plugin takes one float type")
+
+
+def _cameras_first(rewrite: Rewrite, tensor: gs.Tensor, name: str) -> gs.Tensor:
+    """`tensor` as the plugin's 4-D layout (depth [N, D, H, W], feat [N, H, W, C]): BEVDet's 5-D
+    [B, N, ...] becomes [B*N, ...], which keeps the flat order the ranks index."""
+    shape = getattr(tensor, "shape", None)
+    if shape is None:
+        raise NoMatch(f"{name}'s rank is not known (the plugin takes 4-D; run infer-shapes first)")
+    if len(shape) == 4:
+        return tensor
+    tail = list(shape[-3:])
+    if len(shape) < 4 or not all(isinstance(d, int) and d > 0 for d in tail):
+        raise NoMatch(f"{name} is {list(shape)}: the plugin takes it 4-D, cameras first")
+    return rewrite.op("Reshape", [tensor, rewrite.const(np.array([-1, *tail], dtype=np.int64), f"{name}_shape")],
+                      suffix=f"{name}_4d", dtype=tensor.dtype, shape=[_product(shape[:-3]), *tail])
+
+
+def _product(dims):
+    return int(np.prod(dims)) if all(isinstance(d, int) for d in dims) else None
 
 
 def _skip(tensor: gs.Tensor, op_type: str) -> gs.Tensor:
@@ -145,6 +197,11 @@ def _depth_and_feature(mul: gs.Node):
     return depth, _skip_casts(ranks_depth), feat, _skip_casts(ranks_feat)
 
 
+def _is_integer(tensor: gs.Tensor) -> bool:
+    dtype = dtype_of(tensor)
+    return dtype is not None and np.issubdtype(dtype, np.integer)
+
+
 def _interval_lengths(segment: gs.Tensor, known) -> gs.Tensor:
     """The one input tensor, besides the `known` index tensors, cast to integers among the ancestors of the
     segment ids (repeat_interleave's result; the index shape also depends on the gathered points)."""
@@ -155,11 +212,14 @@ def _interval_lengths(segment: gs.Tensor, known) -> gs.Tensor:
         if node is None or id(node) in seen:
             continue
         seen.add(id(node))
-        if is_op(node, "Cast") and producer(node.inputs[0]) is None:  # a graph input or an initializer
-            found.append(node.inputs[0])
+        if is_op(node, "Cast") and producer(node.inputs[0]) is None and _is_integer(node.inputs[0]) \
+                and np.issubdtype(helper.tensor_dtype_to_np_dtype(node.attrs["to"]), np.integer):
+            found.append(node.inputs[0])  # an integer graph input or initializer widened for repeat_interleave
         stack.extend(t for t in node.inputs if isinstance(t, gs.Variable))
         for body in (v for v in node.attrs.values() if isinstance(v, gs.Graph)):  # a Loop reads outer tensors
             stack.extend(t for inner in body.nodes for t in inner.inputs if isinstance(t, gs.Variable))
+    # The walk also climbs the feature branch (the index shapes depend on the gathered points), whose
+    # float casts (a float16 feat promoted, a uint8 image) are no candidates.
     names = sorted({t.name for t in found} - {t.name for t in known})
     if len(names) != 1:
         raise NoMatch(f"cannot tell interval_lengths among {names or 'no'} integer inputs of the segment ids")

@@ -132,6 +132,77 @@ def test_a_block_with_a_different_grid_is_reported_not_rewritten():
     assert any("not a deformable-attention block (expected 2 * loc - 1 from a Sub, found Add)" in n for n in step.notes)
 
 
+class _StackedOnLastDim(torch.nn.Module):
+    """mmcv's fallback with torch.stack(..., dim=-1): samples points-major, so each meets another weight."""
+
+    def __init__(self, shapes):
+        super().__init__()
+        self.shapes = shapes
+
+    def forward(self, value, locations, weights):
+        batch, _, heads, dims = value.shape
+        _, queries, _, levels, points, _ = locations.shape
+        values = value.split([h * w for h, w in self.shapes], dim=1)
+        grids = 2 * locations - 1
+        samples = [torch.nn.functional.grid_sample(
+            values[level].flatten(2).transpose(1, 2).reshape(batch * heads, dims, h, w),
+            grids[:, :, :, level].transpose(1, 2).flatten(0, 1), mode="bilinear", padding_mode="zeros",
+            align_corners=False) for level, (h, w) in enumerate(self.shapes)]
+        weights = weights.transpose(1, 2).reshape(batch * heads, 1, queries, levels * points)
+        out = (torch.stack(samples, dim=-1).flatten(-2) * weights).sum(-1)
+        return out.view(batch, heads * dims, queries).transpose(1, 2).contiguous()
+
+
+@pytest.mark.parametrize("opset", [11, 16])
+def test_samples_stacked_on_another_axis_are_reported_not_fused(opset):
+    shapes = [(6, 8), (3, 4)]
+    args = _inputs(shapes)
+    model = _export(_StackedOnLastDim(shapes), args, opset)
+    kept, step = apply_pass(model, "msda-plugin")
+    assert step.rewritten == []
+    assert any("not stacked on dim -2" in n for n in step.notes), step.notes
+    feeds = {"value": args[0].numpy(), "loc": args[1].numpy(), "weights": args[2].numpy()}
+    # The fused plugin would be off by ~1.6 here; the kept graph is the module.
+    np.testing.assert_allclose(_run_reference(kept, feeds), _StackedOnLastDim(shapes)(*args).numpy(),
+                               rtol=0, atol=ATOL)
+
+
+def test_a_concat_on_another_axis_is_reported_even_with_mmcv_unsqueezes():
+    shapes = [(3, 4), (2, 2)]
+    model = _export(_Block(shapes), _inputs(shapes), 16)
+    stack = next(n for n in model.graph.node if n.op_type == "Concat" and
+                 all(i.startswith("/Unsqueeze") for i in n.input))
+    stack.attribute[0].i = 4  # [.., Q, 1, P] pieces concatenated on the points axis
+    _, step = apply_pass(model, "msda-plugin")
+    assert step.rewritten == [] and any("Concat axis 4" in n for n in step.notes), step.notes
+
+
+class _ShapesBuffer(torch.nn.Module):
+    """mmcv's call with value_spatial_shapes a registered buffer: torch neither folds the level sizes nor
+    exports value.split(...) as a Split (one Slice per level)."""
+
+    def __init__(self, shapes):
+        super().__init__()
+        self.register_buffer("shapes", torch.tensor(shapes, dtype=torch.long))
+
+    def forward(self, value, locations, weights):
+        return multi_scale_deformable_attn_pytorch(value, self.shapes, locations, weights)
+
+
+@pytest.mark.parametrize("opset", [11, 16])
+def test_level_sizes_from_a_buffer_are_fused_after_fold_constants(opset):
+    shapes = [(6, 8), (3, 4)]
+    args = _inputs(shapes, seed=4)
+    model = _export(_ShapesBuffer(shapes), args, opset)
+    _, step = apply_pass(model, "msda-plugin")
+    assert step.rewritten == [] and "fold-constants first" in step.notes[0]
+    folded, _ = apply_pass(model, "fold-constants")
+    fused, step = apply_pass(folded, "msda-plugin")
+    assert [n.op_type for n in fused.graph.node] == ["MultiScaleDeformableAttn"], step.notes
+    feeds = {"value": args[0].numpy(), "loc": args[1].numpy(), "weights": args[2].numpy()}
+    np.testing.assert_allclose(_run_reference(fused, feeds), _ShapesBuffer(shapes)(*args).numpy(), rtol=0, atol=ATOL)
+
+
 def test_mmcv_custom_op_becomes_the_plugin_with_int64_indices():
     shapes = [(6, 8), (3, 4)]
     value, locations, weights = (t.numpy() for t in _inputs(shapes, seed=2))

@@ -112,6 +112,33 @@ def test_bev_pool_matches_torch_scatter_add():
     assert np.count_nonzero(got.sum(1)) == len(starts)
 
 
+def _small_bev_pool_inputs(depth_shape=(2, 3, 2, 2), feat_shape=(2, 2, 2, 3)):
+    rng = _rng(5)
+    depth = rng.uniform(0, 1, depth_shape).astype(np.float32)
+    feat = rng.standard_normal(feat_shape).astype(np.float32)
+    indices = [np.array(v, np.int32) for v in ([0, 5], [1, 3], [0, 2], [0, 1], [1, 1])]
+    return depth, feat, indices
+
+
+def test_bev_pool_output_takes_the_one_float_type_and_mixed_types_are_refused():
+    """The TensorRT plugins take depth and feat of one type (kSame), the output's; the reference agrees."""
+    depth, feat, indices = _small_bev_pool_inputs()
+    assert get_spec("BEVPool").inputs[get_spec("BEVPool").dtype_from] == "depth"
+    got = _run("BEVPool", [depth.astype(np.float16), feat.astype(np.float16), *indices], bev_h=2, bev_w=2)
+    assert got.dtype == np.float16
+    with pytest.raises(ValueError, match=r"depth \(float16\) and feat \(float32\) must have one float type"):
+        _run("BEVPool", [depth.astype(np.float16), feat, *indices], bev_h=2, bev_w=2)
+
+
+def test_bev_pool_refuses_inputs_that_are_not_4d():
+    """BEVDet's 5-D [B, N, ...] would be misread by the plugins (C from feat's dim 3): refused, not flattened."""
+    depth, feat, indices = _small_bev_pool_inputs()
+    with pytest.raises(PassError, match=r"depth \[N, D, H, W\] and feat \[N, H, W, C\] \(4-D\)"):
+        _run("BEVPool", [depth[None], feat[None], *indices], bev_h=2, bev_w=2)
+    with pytest.raises(PassError, match="4-D"):
+        get_spec("BEVPool").output_shape([[1, 2, 3, 2, 2], [1, 2, 2, 2, 3]], {"bev_h": 2, "bev_w": 2})
+
+
 def _torchvision_rotate(image, angle, center, mode):
     """torchvision.transforms.functional.rotate (tensor path) written out: inverse affine matrix,
     `_gen_affine_grid`, grid_sample with zero fill. No torchvision wheel is installable here."""

@@ -211,16 +211,21 @@ def grid_sample_2d(input, grid, *, interpolation_mode, padding_mode, align_corne
 @plugin_spec("BEVPool",
              inputs=("depth", "feat", "ranks_depth", "ranks_feat", "ranks_bev", "interval_starts", "interval_lengths"),
              attrs=(Attr("bev_h", 128, "BEV grid rows"), Attr("bev_w", 128, "BEV grid columns")),
-             output_shape=lambda s, a: [[1, s[1][-1], a["bev_h"], a["bev_w"]]],
-             dtype_from=1, cuda_source="bev_pool.cu")
+             output_shape=lambda s, a: _bev_pool_shape(s, a), cuda_source="bev_pool.cu")
 def bev_pool(depth, feat, ranks_depth, ranks_feat, ranks_bev, interval_starts, interval_lengths, *, bev_h, bev_w):
     """BEVDet v2 / CUDA-BEVFusion interval bev_pool: [1, C, bev_h, bev_w] sums of depth * feature.
 
-    depth [N, D, H, W]; feat [N, H, W, C]; per frustum point (sorted by BEV cell) ranks_depth indexes
-    the flat depth, ranks_feat the flat N*H*W pixels of feat and ranks_bev the flat bev_h*bev_w cell;
-    interval i sums points interval_starts[i] .. + interval_lengths[i] into cell ranks_bev[start].
-    Cells no interval writes are zero.
+    depth [N, D, H, W]; feat [N, H, W, C], both of one float type (the output's); per frustum point
+    (sorted by BEV cell) ranks_depth indexes the flat depth, ranks_feat the flat N*H*W pixels of feat
+    and ranks_bev the flat bev_h*bev_w cell; interval i sums points interval_starts[i] .. +
+    interval_lengths[i] into cell ranks_bev[start]. Cells no interval writes are zero.
     """
+    depth, feat = np.asarray(depth), np.asarray(feat)
+    # The TensorRT plugins read C from feat's dim 3 and take one float type for both: refuse here what
+    # they would misread or reject, so validation cannot pass such a graph.
+    _bev_pool_shape([depth.shape, feat.shape], {"bev_h": bev_h, "bev_w": bev_w})
+    if depth.dtype != feat.dtype:
+        raise ValueError(f"BEVPool: depth ({depth.dtype}) and feat ({feat.dtype}) must have one float type")
     channels = feat.shape[-1]
     flat_depth = _f32(depth).reshape(-1)
     flat_feat = _f32(feat).reshape(-1, channels)
@@ -233,7 +238,16 @@ def bev_pool(depth, feat, ranks_depth, ranks_feat, ranks_bev, interval_starts, i
     np.add.at(sums, interval_of_point, contributions)
     bev = np.zeros((bev_h * bev_w, channels), dtype=np.float32)
     bev[np.asarray(ranks_bev, dtype=np.int64)[starts]] = sums
-    return _like(bev.T.reshape(1, channels, bev_h, bev_w), feat)
+    return _like(bev.T.reshape(1, channels, bev_h, bev_w), depth)
+
+
+def _bev_pool_shape(shapes, attrs):
+    """[1, C, bev_h, bev_w]; depth and feat must be 4-D ([N, D, H, W], [N, H, W, C]: B*N cameras)."""
+    depth, feat = (list(shape) for shape in shapes[:2])
+    if len(depth) != 4 or len(feat) != 4:
+        raise PassError(f"plugin BEVPool takes depth [N, D, H, W] and feat [N, H, W, C] (4-D), "
+                        f"got depth {depth} and feat {feat}")
+    return [[1, feat[3], attrs["bev_h"], attrs["bev_w"]]]
 
 
 @plugin_spec("Rotate", inputs=("input", "angle", "center"),
