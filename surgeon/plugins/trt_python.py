@@ -113,13 +113,13 @@ def deformable_aggregation_impl(mc_ms_feat: trtp.Tensor, spatial_shape: trtp.Ten
 def bev_pool_desc(depth: trtp.TensorDesc, feat: trtp.TensorDesc, ranks_depth: trtp.TensorDesc,
                   ranks_feat: trtp.TensorDesc, ranks_bev: trtp.TensorDesc, interval_starts: trtp.TensorDesc,
                   interval_lengths: trtp.TensorDesc, bev_h: int, bev_w: int) -> trtp.TensorDesc:
-    return _desc((1, feat.shape_expr[3], bev_h, bev_w), dtype=feat.dtype)
+    return _desc((1, feat.shape_expr[3], bev_h, bev_w), dtype=depth.dtype)  # as the C++ plugin and the spec
 
 
 @trtp.impl(f"{NAMESPACE}::BEVPool")
 def bev_pool_impl(depth: trtp.Tensor, feat: trtp.Tensor, ranks_depth: trtp.Tensor, ranks_feat: trtp.Tensor,
                   ranks_bev: trtp.Tensor, interval_starts: trtp.Tensor, interval_lengths: trtp.Tensor, bev_h: int,
                   bev_w: int, outputs: Tuple[trtp.Tensor], stream: int) -> None:
-    _launch("surgeon_bev_pool", feat, depth.data_ptr, feat.data_ptr, ranks_depth.data_ptr, ranks_feat.data_ptr,
+    _launch("surgeon_bev_pool", depth, depth.data_ptr, feat.data_ptr, ranks_depth.data_ptr, ranks_feat.data_ptr,
             ranks_bev.data_ptr, interval_starts.data_ptr, interval_lengths.data_ptr, outputs[0].data_ptr,
             interval_starts.shape[0], feat.shape[3], bev_h, bev_w, stream)
