@@ -305,3 +305,34 @@ def sha256_file(path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+@contextlib.contextmanager
+def stdout_to_stderr():
+    """Send what native code prints on file descriptor 1 to 2 while the block runs: onnx.checker's C++
+    prints "Warning: Model contains experimental ops: ..." on stdout, which would corrupt a JSON or
+    SARIF report printed there (`surgeon check --format json`, `surgeon run --json`)."""
+    import sys
+
+    try:
+        sys.stdout.flush()
+        saved = os.dup(1)
+    except (OSError, ValueError):  # no usable fd 1 (closed, or replaced by an object without one)
+        yield
+        return
+    try:
+        os.dup2(2, 1)
+        yield
+    finally:
+        _flush_native_stdout()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+def _flush_native_stdout() -> None:
+    import ctypes
+
+    try:
+        ctypes.CDLL(None).fflush(None)
+    except (OSError, AttributeError):
+        pass

@@ -32,6 +32,8 @@ class Target:
     version: str | None
     opset: int
     max_ir_version: int | None = None
+    #: The newest ai.onnx opset the runtime loads (None: no limit known).
+    max_opset: int | None = None
     description: str = ""
     ops: dict[str, dict[str, Any]] = field(default_factory=dict)
     domains: dict[str, list[str]] = field(default_factory=dict)
@@ -74,9 +76,29 @@ class Target:
                 return False
             if rule.get("until") and version > int(rule["until"]):
                 return False
-        if dtype is not None and rule.get("dtypes"):
-            return _dtype_name(dtype) in rule["dtypes"]
+        if dtype is not None:
+            allowed = rule_dtypes(rule, version)
+            if allowed:
+                return _dtype_name(dtype) in allowed
         return True
+
+    def dtypes_for(self, op_type: str, version: int | None) -> list[str] | None:
+        """The dtypes the profile accepts for a standard op's first input at op version `version`
+        (None: no dtype rule, every type the ONNX schema allows)."""
+        return rule_dtypes(self.ops.get(op_type) or {}, version)
+
+
+def rule_dtypes(rule: dict, version: int | None) -> list[str] | None:
+    """An op rule's `dtypes` at op version `version`: the list itself, or, where `dtypes` maps op versions to
+    lists ({6: [float32], 12: [float32, int64]}), the list of the highest version not above `version`
+    (the newest list when the version is unknown; None before the first)."""
+    dtypes = rule.get("dtypes")
+    if not isinstance(dtypes, dict):
+        return dtypes or None
+    starts = sorted(int(k) for k in dtypes)
+    if version is not None:
+        starts = [start for start in starts if start <= version]
+    return (dtypes.get(starts[-1]) or dtypes.get(str(starts[-1]))) if starts else None
 
 
 def _op_version(op_type: str, opset: int | None) -> int | None:
@@ -139,6 +161,26 @@ def load_target(name: str) -> Target:
     return _load_target(name, str(Path(resolved).resolve()) if is_profile_path(name) else resolved)
 
 
+def profile_files(name: str, base=None) -> list[Path]:
+    """The files loading target `name` reads: the profile file and the profiles it `extends` (built-in ones
+    included); none for a built-in name. Stops quietly where the chain is broken (loading reports that)."""
+    files: list[Path] = []
+    if not is_profile_path(name):
+        return files
+    try:
+        path = Path(resolve_target(name, base))
+        while path not in files:
+            files.append(path)
+            data = yaml.load(path.read_text(encoding="utf-8"), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+            parent = data.get("extends") if isinstance(data, dict) else None
+            if not isinstance(parent, str) or not parent:
+                break
+            path = _profile_file(resolve_target(parent, path.parent))
+    except (SurgeonError, OSError, UnicodeDecodeError, yaml.YAMLError):
+        pass
+    return files
+
+
 @lru_cache(maxsize=None)
 def _load_target(name: str, key: str) -> Target:
     data = _load_raw(Path(name) if is_profile_path(name) else _profile_file(key), seen=())
@@ -146,6 +188,7 @@ def _load_target(name: str, key: str) -> Target:
         name=data.get("name", name), runtime=data.get("runtime", "onnxruntime"),
         version=str(data["version"]) if data.get("version") is not None else None,
         opset=int(data.get("opset", 17)), max_ir_version=data.get("max_ir_version"),
+        max_opset=data.get("max_opset"),
         description=data.get("description") or "", ops=dict(data.get("ops") or {}),
         domains={k: list(v) for k, v in (data.get("domains") or {}).items()},
         plugins=dict(data.get("plugins") or {}), static_shapes=bool(data.get("static_shapes", False)),
@@ -165,6 +208,7 @@ _KEYS: dict[str, tuple[tuple[type, ...], str, bool]] = {
     "version": ((str, int, float), "a version string such as '8.6'", True),
     "opset": (*_INT, False),
     "max_ir_version": (*_INT, True),
+    "max_opset": (*_INT, True),
     "description": ((str,), "a string", True),
     "extends": ((str,), "a target name or profile file", True),
     "ops": ((dict,), "a mapping of op types to rules ({since: 1, dtypes: [float32]})", True),
@@ -245,9 +289,15 @@ def _check_profile(data: dict, path: Path, text: str) -> None:
             if field_name in ("since", "until"):
                 expect(value, (int,), "an op version (an integer)", keys)
             elif field_name == "dtypes":
-                expect(value, (list,), "a list of dtype names such as [float32, int64]", keys)
-                for dtype in value:
-                    expect(dtype, (str,), "a list of dtype names such as [float32, int64]", keys)
+                what = "a list of dtype names such as [float32, int64]"  # or {op version: list} (docs/targets.md)
+                expect(value, (list, dict), what, keys)
+                for version, names in (value.items() if isinstance(value, dict) else [(None, value)]):
+                    if version is not None:
+                        expect(version, (int,), "a mapping of op versions (integers) to lists of dtype names, "
+                               "such as {6: [float32], 12: [float32, int64]}", keys)
+                    expect(names, (list,), what, keys)
+                    for dtype in names:
+                        expect(dtype, (str,), what, keys)
     for domain, op_types in (data.get("domains") or {}).items():
         expect(op_types, (list,), "a list of op types", ("domains", domain))
     for op, plugin in (data.get("plugins") or {}).items():

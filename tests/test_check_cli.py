@@ -218,3 +218,98 @@ def test_raw_bevformer_tiny_export_is_not_ready_for_tensorrt_8_6(capsys):
     assert code == 1
     grid = [f for f in findings if f["rule"] == "SG001" and f["op"] == "ATen:grid_sampler"]
     assert grid and all(f["fix"] == "grid-sample mode=plugin or mode=decompose" for f in grid)
+
+
+def _recipes(folder):
+    """recipes/typo.yaml (an unknown pass: SR001) and recipes/latin1.yaml (not UTF-8: SG000)."""
+    (folder / "recipes").mkdir()
+    (folder / "recipes" / "typo.yaml").write_text("name: x\nsteps:\n  - pass: gridsample\n")
+    (folder / "recipes" / "latin1.yaml").write_bytes(b"name: caf\xe9\nsteps: []\n")
+    return folder / "recipes" / "typo.yaml", folder / "recipes" / "latin1.yaml"
+
+
+def test_select_of_model_rules_leaves_recipe_rules_and_sg000_alone(tmp_path, capsys, monkeypatch):
+    """The documented `select = ["SG0"]` restricts the model rules only; an unreadable file is always SG000."""
+    typo, latin1 = _recipes(tmp_path)
+    (tmp_path / "pyproject.toml").write_text('[tool.surgeon]\nselect = ["SG0"]\n')
+    monkeypatch.chdir(tmp_path)
+    assert main(["check", "--recipe", str(typo), str(latin1)]) == 2
+    out = capsys.readouterr().out
+    assert "SR001 error unknown pass 'gridsample'" in out and "SG000 error recipe is not UTF-8 text" in out
+    code, out, _ = run(capsys, latin1, "--ignore", "SR")
+    assert code == 2 and "SG000 error recipe is not UTF-8 text" in out
+    code, out, _ = run(capsys, latin1, "--select", "SR002", "--ignore", "SG0")
+    assert code == 2 and "SG000" in out
+    code, out, _ = run(capsys, typo, "--select", "SR002")  # an SR entry: only the named recipe rules
+    assert (code, out.strip()) == (0, "no findings in 1 file")
+
+
+@pytest.mark.parametrize("key", ["select", "ignore"])
+def test_pyproject_rule_ids_are_validated(models, capsys, monkeypatch, key):
+    (models / "pyproject.toml").write_text(f'[tool.surgeon]\n{key} = ["SG011", "SG0O8"]\n')
+    monkeypatch.chdir(models)
+    assert main(["check", "bad.onnx"]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.strip().startswith(f"surgeon: error: {models / 'pyproject.toml'}:2: [tool.surgeon]: '{key}': "
+                                  "no rule 'SG0O8' (did you mean")
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_recipe_hook_takes_args(tmp_path, capsys):
+    """pre-commit runs entry + args + file names: the recipe hook's entry must not end in an option
+    that takes a value (it once was `--recipe`, so `args: [--format, github]` was a usage error)."""
+    import yaml
+
+    hooks = {h["id"]: h for h in yaml.safe_load((REPO / ".pre-commit-hooks.yaml").read_text())}
+    entry = hooks["surgeon-recipe-lint"]["entry"].split()
+    assert entry[:2] == ["surgeon", "check"]
+    typo, _ = _recipes(tmp_path)
+    renamed = tmp_path / "recipes" / "typo.recipe"  # `files:` may match other names: still linted as a recipe
+    shutil.copy(typo, renamed)
+    code = main([*entry[1:], "--no-config", "--format", "github", str(typo), str(renamed)])
+    out = capsys.readouterr().out
+    assert code == 1
+    assert out.count("title=SR001 recipe-invalid::unknown pass 'gridsample'") == 2
+    assert f"::error file={typo},line=3," in out
+
+
+def test_output_may_not_replace_a_recipe_target_profile(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "base.yaml").write_text("name: base\nruntime: npu\nopset: 11\n")
+    (tmp_path / "prof.yaml").write_text("name: p\nextends: base.yaml\n")
+    (tmp_path / "r.yaml").write_text("name: r\ntarget: prof.yaml\nsteps:\n  - pass: toposort\n")
+    before = {name: (tmp_path / name).read_bytes() for name in ("base.yaml", "prof.yaml")}
+    for output in ("prof.yaml", "base.yaml"):
+        code, out, err = run(capsys, "r.yaml", "-o", output)
+        assert code == 2 and out == ""
+        assert err.strip() == (f"surgeon: error: refusing to overwrite the target profile {output} with the report "
+                               "(choose another -o)")
+    assert {name: (tmp_path / name).read_bytes() for name in before} == before
+    assert run(capsys, "r.yaml")[0] == 0
+
+
+def test_sarif_uris_are_percent_encoded(models, capsys, monkeypatch):
+    from urllib.parse import unquote, urlsplit
+
+    monkeypatch.chdir(models)
+    names = ["my model.onnx", "v1:fp16.onnx", "a%2Cb.onnx"]
+    for name in names:
+        shutil.copy(models / "bad.onnx", models / name)
+    code, out, _ = run(capsys, "--select", "SG001", "--format", "sarif", *names, models / "bad.onnx")
+    uris = [r["locations"][0]["physicalLocation"]["artifactLocation"]["uri"]
+            for r in json.loads(out)["runs"][0]["results"]]
+    assert uris == ["my%20model.onnx", "v1%3Afp16.onnx", "a%252Cb.onnx", "bad.onnx"]
+    assert [unquote(urlsplit(u).path) for u in uris[:3]] == names and not any(urlsplit(u).scheme for u in uris)
+
+
+def test_json_on_stdout_survives_checker_warnings(tmp_path, capfd):
+    """onnx.checker's C++ prints "Warning: Model contains experimental ops: ATen" on fd 1 for an ATen node
+    in the default domain; it must not land in the JSON report."""
+    aten = helper.make_node("ATen", ["x"], ["y"], name="a", operator="grid_sampler")
+    onnx.save(make_model([aten], [("x", np.float32, [2])], [("y", np.float32, [2])]), tmp_path / "m.onnx")
+    for fmt in ("json", "sarif"):
+        main(["check", "--no-config", "-t", "tensorrt-8.6", "--format", fmt, str(tmp_path / "m.onnx")])
+        out, err = capfd.readouterr()
+        json.loads(out)
+        assert "experimental ops" in err

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -119,6 +120,10 @@ def ir_version_14():
     return model
 
 
+def opset_27():
+    return make_model([_relu()], [("x", np.float32, [2])], [("y", np.float32, [2])], opset=27)
+
+
 # rule id, bad model, settings, expected text in one finding of that rule, its severity
 CASES = [
     ("SG001", aten_grid_sampler, Settings(target="tensorrt-8.6"), "node /ATen_12 (ATen:grid_sampler) not runnable "
@@ -144,6 +149,8 @@ CASES = [
     ("SG014", unknown_attribute, Settings(), "onnx.checker: Unrecognized attribute: alpha", "error"),
     ("SG015", shape_conflict, Settings(), "shape inference (strict)", "error"),
     ("SG016", ir_version_14, Settings(target="onnxruntime"), "IR version 14 is newer than onnxruntime reads", "error"),
+    ("SG018", opset_27, Settings(target="onnxruntime"), "ai.onnx opset 27 is newer than onnxruntime loads (at "
+     "most 26) — fix: pass set-opset opset=26", "error"),
     ("SG017", lambda: plugin_node(), Settings(target="tensorrt-8.5"), "needs a plugin library for tensorrt-8.5 "
      "registering GridSample2D version 1 in namespace surgeon (surgeon's library is TensorRT 10 only", "warning"),
 ]
@@ -281,3 +288,97 @@ def test_a_pool_of_the_wrong_rank_names_pool_rank_as_its_fix(tmp_path):
     onnx.save(model, path)
     findings = [f for f in check_file(path, Settings(target="onnxruntime")) if f.rule == "SG015"]
     assert findings and findings[0].node == "pool" and findings[0].fix == "pool-rank"
+
+
+def if_with_branches(then_nodes, else_nodes, then_out=("t", np.bool_), else_out=("e", np.bool_), opset=13):
+    """`y = If(c)` whose branches hold the given nodes and read `x` ([2, 3]) from the outer graph."""
+    def branch(nodes, name, out):
+        return helper.make_graph(nodes, name, [], [helper.make_tensor_value_info(
+            out[0], helper.np_dtype_to_tensor_dtype(np.dtype(out[1])), [2, 3])])
+
+    node = helper.make_node("If", ["c"], ["y"], name="If_0", then_branch=branch(then_nodes, "then", then_out),
+                            else_branch=branch(else_nodes, "else", else_out))
+    return make_model([node], [("x", np.float32, [2, 3]), ("c", np.bool_, [])], [("y", then_out[1], [2, 3])],
+                      opset=opset, extra_opsets={"org.pytorch.aten": 1})
+
+
+def test_nodes_inside_subgraphs_are_checked_and_named_by_their_path(tmp_path):
+    """If/Loop bodies hold nodes the runtime must run too: SG001/SG003 see them, named so they can be found."""
+    aten = helper.make_node("ATen", ["x"], ["e"], name="/else/ATen", domain="org.pytorch.aten",
+                            operator="grid_sampler")
+    model = if_with_branches([helper.make_node("IsInf", ["x"], ["t"], name="gs")], [aten])
+    findings = _check(model, Settings(target="tensorrt-8.6", select=("SG001", "SG003")), tmp_path)
+    assert sorted((f.rule, f.node, f.op) for f in findings) == [
+        ("SG001", "If_0/else_branch/else/ATen", "ATen:grid_sampler"), ("SG003", "If_0/then_branch/gs", "IsInf")]
+    assert [f.rule for f in _check(model, Settings(target="onnxruntime", select=("SG001",)), tmp_path)] == ["SG001"]
+
+
+def test_dtypes_inside_subgraphs_are_checked(tmp_path):
+    """An Acos on float64 in a branch (no float64 Acos kernel in ONNX Runtime): SG004, and SG007 for the tensor."""
+    cast = helper.make_node("Cast", ["x"], ["d"], to=TensorProto.DOUBLE)
+    acos = helper.make_node("Acos", ["d"], ["t"])
+    model = if_with_branches([cast, acos], [helper.make_node("Cast", ["x"], ["e"], to=TensorProto.DOUBLE)],
+                             then_out=("t", np.float64), else_out=("e", np.float64))
+    findings = _check(model, Settings(target="onnxruntime", select=("SG004", "SG007")), tmp_path)
+    assert ("SG004", "If_0/then_branch/#1") in {(f.rule, f.node) for f in findings}
+    assert "tensor 'd' is float64" in {f.message for f in findings if f.rule == "SG007"}
+
+
+def _constant_with_external_data(location: str):
+    """Relu(Constant) whose Constant tensor is stored in `location` (not an initializer)."""
+    value = helper.make_tensor("cval", TensorProto.FLOAT, [2], [0.0, 0.0])
+    value.ClearField("float_data")
+    value.data_location = TensorProto.EXTERNAL
+    for key, text in (("location", location), ("offset", "0"), ("length", "8")):
+        value.external_data.add(key=key, value=text)
+    return make_model([helper.make_node("Constant", [], ["c"], name="/Const", value=value), _relu("c", "y")],
+                      [], [("y", np.float32, [2])])
+
+
+def test_external_data_of_constant_tensors(tmp_path, monkeypatch):
+    folder = tmp_path / "m"
+    folder.mkdir()
+    (folder / "w.bin").write_bytes(np.zeros(2, np.float32).tobytes())
+    onnx.save(_constant_with_external_data("w.bin"), folder / "ok.onnx")
+    monkeypatch.chdir(tmp_path)  # not the model's folder: the data file is still found beside the model
+    assert check_file(Path("m/ok.onnx"), Settings()) == []
+    onnx.save(_constant_with_external_data("../other/w.bin"), folder / "escape.onnx")
+    findings = check_file(folder / "escape.onnx", Settings(select=("SG012",)))
+    assert [f.message for f in findings] == ["the 'value' tensor of node /Const reads external data from "
+                                             "'../other/w.bin', outside m/; keep data files beside the model"]
+
+
+def test_a_dangling_input_is_reported_in_an_unsorted_graph(tmp_path):
+    """The sorted copy's "must be topologically sorted" names a tensor nothing produces: not SG008's."""
+    model = make_model([helper.make_node("Add", ["r", "ghost"], ["y"], name="/Add"), _relu("x", "r", name="/Relu1")],
+                       [("x", np.float32, [2])], [("y", np.float32, [2])])
+    findings = _check(model, Settings(select=("SG008", "SG014")), tmp_path)
+    assert {f.rule for f in findings} == {"SG008", "SG014"}
+    assert "'ghost'" in next(f.message for f in findings if f.rule == "SG014")
+
+
+def test_unsorted_model_with_external_data_is_checked_sorted(tmp_path):
+    def unsorted_concat(**axis):  # without axis the checker rejects the Concat
+        concat = helper.make_node("Concat", ["r", "w"], ["y"], name="/Concat", **axis)
+        return make_model([concat, _relu("x", "r", name="/Relu")], [("x", np.float32, [2])],
+                          [("y", np.float32, [4])], initializers={"w": np.ones(2, np.float32)})
+
+    onnx.save(unsorted_concat(), tmp_path / "bad.onnx", save_as_external_data=True, location="bad.data",
+              size_threshold=0)
+    rules = [f.rule for f in check_file(tmp_path / "bad.onnx", Settings(select=("SG008", "SG014")))]
+    assert sorted(rules) == ["SG008", "SG014"]
+    onnx.save(unsorted_concat(axis=0), tmp_path / "ok.onnx", save_as_external_data=True, location="ok.data",
+              size_threshold=0)
+    assert [f.rule for f in check_file(tmp_path / "ok.onnx", Settings())] == ["SG008"]
+
+
+def test_checker_warnings_do_not_reach_stdout(tmp_path, capfd):
+    """onnx.checker's C++ prints "Warning: Model contains experimental ops" on fd 1: it goes to stderr."""
+    from surgeon.pipeline import check_model
+
+    model = make_model([helper.make_node("ATen", ["x"], ["y"], name="a", operator="grid_sampler")],
+                       [("x", np.float32, [2])], [("y", np.float32, [2])])
+    _check(model, Settings(target="tensorrt-8.6"), tmp_path)
+    check_model(model)
+    out, err = capfd.readouterr()
+    assert out == "" and "experimental ops" in err

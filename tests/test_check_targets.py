@@ -68,11 +68,11 @@ def test_onnxruntime_profile_matches_onnxruntime():
     """What the profile promises, ONNX Runtime runs; what it leaves out, ONNX Runtime refuses."""
     target = load_target("onnxruntime")
     assert target.max_ir_version == 13
-    assert "int64" in target.ops["Clip"]["dtypes"] and "GridSample" in target.domains["com.microsoft"]
+    assert "int64" in target.dtypes_for("Clip", 13) and "GridSample" in target.domains["com.microsoft"]
     clip = make_model([helper.make_node("Clip", ["x", "lo", "hi"], ["y"])], [("x", np.int64, [3])],
                       [("y", np.int64, [3])], initializers={"lo": np.array(0), "hi": np.array(5)}, opset=13)
     np.testing.assert_array_equal(run_ort(clip, {"x": np.array([-1, 3, 9])})[0], [0, 3, 5])
-    assert "float64" not in target.ops["Acos"]["dtypes"]
+    assert "float64" not in target.dtypes_for("Acos", 7)
     acos = make_model([helper.make_node("Acos", ["x"], ["y"])], [("x", np.float64, [1])], [("y", np.float64, [1])])
     with pytest.raises(Exception, match="NOT_IMPLEMENTED|Could not find an implementation"):
         run_ort(acos, {"x": np.zeros(1)})
@@ -83,3 +83,93 @@ def test_generated_profiles_are_current():
     from surgeon.check.make_profiles import main
 
     assert main(["--check"]) == 0, "run: python -m surgeon.check.make_profiles"
+
+
+def _one_node(op, opset, dtype, inputs=1, shape=(1, 1, 4, 4), out_shape=None, out_dtype=None, **attrs):
+    """`y = op(x0, ...)` on `dtype`, with GridSample's grid as a second input of the same type."""
+    names = [f"x{i}" for i in range(inputs)]
+    values = [(name, dtype, list(shape)) for name in names]
+    if op == "GridSample":
+        names.append("grid")
+        values.append(("grid", dtype, [1, 2, 2, 2]))
+    node = helper.make_node(op, names, ["y"], **attrs)
+    return make_model([node], values, [("y", out_dtype or dtype, out_shape)], opset=opset)
+
+
+# op, opset, dtype, what ONNX Runtime 1.31 registers for that op version (kernels differ by version range)
+ORT_VERSIONED = [
+    ("GridSample", 16, "float64", False), ("GridSample", 20, "float64", True),
+    ("Clip", 11, "float64", False), ("Clip", 13, "float64", True),
+    ("MaxPool", 7, "float64", False), ("MaxPool", 12, "float64", True),
+    ("Min", 7, "float64", False), ("Min", 8, "float64", True),
+    ("DepthToSpace", 7, "int8", False), ("DepthToSpace", 11, "int8", True),
+    ("IsNaN", 13, "bfloat16", False), ("IsNaN", 20, "bfloat16", True),
+    # no float16 kernel (the profile says so, for passes choosing a float32 form), but a session runs a
+    # float16 node in float32 (InsertCastTransformer): SG004 does not report it
+    ("Clip", 11, "float16", "cast"), ("Acos", 13, "float16", "cast"),
+]
+
+
+@pytest.mark.parametrize("op, opset, dtype, runs", ORT_VERSIONED, ids=[f"{c[0]}-{c[1]}-{c[2]}" for c in ORT_VERSIONED])
+def test_onnxruntime_dtypes_are_per_op_version(op, opset, dtype, runs, tmp_path):
+    """The profile's dtypes hold per op version, as ONNX Runtime registers its kernels: GridSample-16 has
+    float32 only, GridSample-20 float64 too. Checked against a real session load, and through SG004."""
+    import onnx
+    import onnxruntime as ort
+
+    from surgeon.check import Settings, check_file
+
+    elem = {"float64": np.float64, "float16": np.float16, "int8": np.int8}.get(dtype)
+    attrs = {"kernel_shape": [2, 2]} if op == "MaxPool" else {"blocksize": 2} if op == "DepthToSpace" else {}
+    out_dtype = np.bool_ if op == "IsNaN" else None
+    model = _one_node(op, opset, elem or np.float32, inputs=2 if op == "Min" else 1, out_dtype=out_dtype, **attrs)
+    if elem is None:  # bfloat16: numpy has no such dtype
+        for value in model.graph.input:
+            value.type.tensor_type.elem_type = onnx.TensorProto.BFLOAT16
+    target = load_target("onnxruntime")
+    assert target.supports(op, dtype=dtype, opset=opset) == (runs is True)
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    if runs:
+        ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    else:
+        with pytest.raises(Exception, match="NOT_IMPLEMENTED"):
+            ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    onnx.save(model, tmp_path / "m.onnx")
+    findings = check_file(tmp_path / "m.onnx", Settings(target="onnxruntime", select=("SG004",)))
+    assert [f.rule for f in findings] == ([] if runs else ["SG004"])
+
+
+def test_onnxruntime_profile_has_the_opset_ceiling_onnxruntime_has():
+    import onnxruntime as ort
+
+    target = load_target("onnxruntime")
+    assert target.max_opset is not None and target.max_opset >= target.opset
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    for opset, loads in ((target.max_opset, True), (target.max_opset + 1, False)):
+        model = make_model([helper.make_node("Relu", ["x"], ["y"])], [("x", np.float32, [2])],
+                           [("y", np.float32, [2])], opset=opset)
+        if loads:
+            ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        else:
+            with pytest.raises(Exception, match="official support for domain ai.onnx is till opset"):
+                ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+def test_dtypes_per_op_version_in_a_profile_file(tmp_path):
+    from surgeon.errors import SurgeonError
+    from surgeon.targets import rule_dtypes
+
+    rule = {"since": 6, "dtypes": {6: ["float32"], 12: ["float32", "int64"]}}
+    assert [rule_dtypes(rule, v) for v in (6, 11, 12, 13, None)] == [
+        ["float32"], ["float32"], ["float32", "int64"], ["float32", "int64"], ["float32", "int64"]]
+    profile = tmp_path / "npu.yaml"
+    profile.write_text("name: npu\nruntime: npu\nopset: 13\nops:\n"
+                       "  Clip: {since: 6, dtypes: {6: [float32], 12: [float32, int64]}}\n")
+    target = load_target(str(profile))
+    assert not target.supports("Clip", dtype=np.int64, opset=11) and target.supports("Clip", dtype=np.int64, opset=13)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: npu\nopset: 13\nops:\n  Clip: {dtypes: {six: [float32]}}\n")
+    with pytest.raises(SurgeonError, match=r"bad.yaml:4:.*'ops.Clip.dtypes' must be .*op versions"):
+        load_target(str(bad))

@@ -3,7 +3,7 @@
     [tool.surgeon]
     target = "tensorrt-8.6"          # default target of `surgeon check`
     ignore = ["SG011"]               # rule ids never reported
-    select = ["SG0"]                 # only these rule ids (prefixes allowed)
+    select = ["SG0"]                 # only these rule ids (prefixes allowed), per family: SR rules still run
     static-shapes = true             # report dynamic input dims (SG006) whatever the target says
     max-initializer-mb = 256         # SG013 threshold
 
@@ -21,6 +21,7 @@ from pathlib import Path
 
 from surgeon.errors import SurgeonError, suggest
 
+UNREADABLE_FILE_ID = "SG000"  # findings.UNREADABLE_FILE: never filtered out
 SETTING_KEYS = ("target", "select", "ignore", "static-shapes", "max-initializer-mb")
 _LIST_KEYS = ("select", "ignore")
 
@@ -36,7 +37,15 @@ class Settings:
     max_initializer_mb: float = 512.0
 
     def wants(self, rule_id: str) -> bool:
-        if self.select and not any(rule_id.startswith(prefix) for prefix in self.select):
+        """Whether findings of `rule_id` are reported. SG000 (an unreadable file) always is. `select`
+        restricts each rule family on its own: its SG… entries choose among the model rules, its SR…
+        entries among the recipe rules, and a family it has no entry for (`select = ["SG0"]`: the
+        recipe rules) is not restricted; `S` selects both."""
+        if rule_id == UNREADABLE_FILE_ID:
+            return True
+        family = rule_id[:2]
+        chosen = [prefix for prefix in self.select if prefix[:2] == family or family.startswith(prefix)]
+        if chosen and not any(rule_id.startswith(prefix) for prefix in chosen):
             return False
         return not any(rule_id.startswith(prefix) for prefix in self.ignore)
 
@@ -105,6 +114,7 @@ def _settings_values(table: dict, path: Path, where: str) -> dict:
         if key in _LIST_KEYS:
             if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
                 raise SurgeonError(f"{where}: '{key}' must be a list of rule ids", file=path)
+            _check_rule_ids(value, path, f"{where}: '{key}'")
             value = tuple(value)
         elif key == "static-shapes" and not isinstance(value, bool):
             raise SurgeonError(f"{where}: 'static-shapes' must be true or false", file=path)
@@ -114,3 +124,17 @@ def _settings_values(table: dict, path: Path, where: str) -> dict:
             raise SurgeonError(f"{where}: 'target' must be a target name such as 'tensorrt-8.6'", file=path)
         values[attr] = value
     return values
+
+
+def _check_rule_ids(ids, path: Path, where: str) -> None:
+    """A SurgeonError naming the pyproject file (and line) for an id or prefix that matches no rule: a typo
+    (`SG0O8`) would otherwise select nothing, or ignore nothing, without a word."""
+    from surgeon.check.findings import all_rules
+
+    known = all_rules()
+    for rule_id in ids:
+        if not any(k.startswith(rule_id) for k in known):
+            line = next((n for n, text in enumerate(path.read_text().splitlines(), start=1)
+                         if f'"{rule_id}"' in text or f"'{rule_id}'" in text), None)
+            raise SurgeonError(f"{where}: no rule '{rule_id}'", file=path, line=line,
+                               hint=suggest(rule_id, known) or "see `surgeon check --list-rules`")

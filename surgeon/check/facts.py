@@ -42,12 +42,73 @@ class ModelFacts:
         return self.model.graph.node
 
     @cached_property
+    def node_paths(self) -> dict[int, str]:
+        """id(node) -> how findings name it, for the nodes of the graph and of every subgraph (If/Loop/Scan
+        bodies, recursively): `/Conv_3`, `#4` when unnamed, `If_0/then_branch/gs` or `/If/else_branch/else/ATen`
+        inside a body."""
+        paths = {}
+
+        def walk(graph, prefix: str) -> None:
+            for index, node in enumerate(graph.node):
+                name = node.name or f"#{index}"
+                path = f"{prefix}{'' if name.startswith('/') else '/'}{name}" if prefix else name
+                paths[id(node)] = path
+                for attr, sub in subgraphs(node):
+                    walk(sub, f"{path}/{attr}")
+
+        walk(self.model.graph, "")
+        return paths
+
+    @cached_property
+    def all_nodes(self) -> list:
+        """The nodes of the graph and, after each node holding subgraphs, the nodes of those (recursively):
+        the rules that judge single nodes (ops, dtypes, plugins, references) look at all of them."""
+        found = []
+
+        def walk(graph) -> None:
+            for node in graph.node:
+                found.append(node)
+                for _, sub in subgraphs(node):
+                    walk(sub)
+
+        walk(self.model.graph)
+        return found
+
+    @cached_property
+    def graphs(self) -> list:
+        """The main graph and every subgraph, recursively."""
+        found = [self.model.graph]
+        found += [sub for node in self.all_nodes for _, sub in subgraphs(node)]
+        return found
+
+    def node_path(self, node) -> str:
+        return self.node_paths.get(id(node)) or node.name or "?"
+
+    @cached_property
     def opsets(self) -> dict[str, int]:
         return {("" if o.domain == "ai.onnx" else o.domain): o.version for o in self.model.opset_import}
 
     @cached_property
+    def tensors(self) -> list[tuple[str, onnx.TensorProto]]:
+        """(what, tensor) for every tensor stored in the model: initializers (of subgraphs too) and the
+        tensors of node attributes (Constant values, ...), `what` naming it for a finding."""
+        found = []
+        for graph in self.graphs:
+            found += [(f"initializer '{t.name}'", t) for t in graph.initializer]
+        for node in self.all_nodes:
+            for attr in node.attribute:
+                where = f"the '{attr.name}' tensor of node {self.node_path(node)}"
+                if attr.type == onnx.AttributeProto.TENSOR:
+                    found.append((where, attr.t))
+                elif attr.type == onnx.AttributeProto.TENSORS:
+                    found += [(where, t) for t in attr.tensors]
+                elif attr.type == onnx.AttributeProto.SPARSE_TENSOR:
+                    found += [(where, attr.sparse_tensor.values), (where, attr.sparse_tensor.indices)]
+        return found
+
+    @cached_property
     def has_external_data(self) -> bool:
-        return any(t.data_location == TensorProto.EXTERNAL for t in self.model.graph.initializer)
+        return any(t.data_location == TensorProto.EXTERNAL for _, t in self.tensors)
 
     @cached_property
     def reads(self) -> list[list[str]]:
@@ -88,9 +149,12 @@ class ModelFacts:
     @cached_property
     def inference(self) -> tuple[onnx.ModelProto | None, str | None]:
         """(shape-inferred model, None) or (None, the strict-mode error message)."""
+        from surgeon.modelio import stdout_to_stderr
+
         try:
-            inferred = onnx.shape_inference.infer_shapes(self.sorted_model, check_type=True, strict_mode=True,
-                                                         data_prop=True)
+            with stdout_to_stderr():
+                inferred = onnx.shape_inference.infer_shapes(self.sorted_model, check_type=True, strict_mode=True,
+                                                             data_prop=True)
         except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError, RuntimeError) as exc:
             return None, str(exc).strip()
         return inferred, None
@@ -98,18 +162,23 @@ class ModelFacts:
     @cached_property
     def dtypes(self) -> dict[str, str]:
         """Tensor name -> dtype name, from shape inference where it worked, else from what the file declares."""
-        graph = (self.inference[0] or self.model).graph
         known = {}
-        for value in list(graph.input) + list(graph.output) + list(graph.value_info):
-            if value.type.HasField("tensor_type") and value.type.tensor_type.elem_type:
-                known[value.name] = dtype_name(value.type.tensor_type.elem_type)
-        for tensor in graph.initializer:
-            known[tensor.name] = dtype_name(tensor.data_type)
-        for node in graph.node:
-            if node.op_type == "Constant" and node.domain in STANDARD_DOMAINS:
-                value = next((a.t for a in node.attribute if a.name == "value"), None)
-                if value is not None:
-                    known[node.output[0]] = dtype_name(value.data_type)
+
+        def collect(graph) -> None:
+            for value in list(graph.input) + list(graph.output) + list(graph.value_info):
+                if value.type.HasField("tensor_type") and value.type.tensor_type.elem_type:
+                    known[value.name] = dtype_name(value.type.tensor_type.elem_type)
+            for tensor in graph.initializer:
+                known[tensor.name] = dtype_name(tensor.data_type)
+            for node in graph.node:
+                if node.op_type == "Constant" and node.domain in STANDARD_DOMAINS:
+                    value = next((a.t for a in node.attribute if a.name == "value"), None)
+                    if value is not None and node.output:
+                        known[node.output[0]] = dtype_name(value.data_type)
+                for _, sub in subgraphs(node):
+                    collect(sub)
+
+        collect((self.inference[0] or self.model).graph)
         return known
 
     def first_input_dtype(self, node) -> str | None:
@@ -127,6 +196,15 @@ class ModelFacts:
         if self.settings.static_shapes is not None:
             return self.settings.static_shapes
         return self.target.static_shapes
+
+
+def subgraphs(node):
+    """(attribute name, graph) for each graph a node holds: `then_branch`, `body`, `graphs[1]` ..."""
+    for attr in node.attribute:
+        if attr.type == onnx.AttributeProto.GRAPH:
+            yield attr.name, attr.g
+        elif attr.type == onnx.AttributeProto.GRAPHS:
+            yield from ((f"{attr.name}[{i}]", g) for i, g in enumerate(attr.graphs))
 
 
 def node_inputs(node):

@@ -81,8 +81,11 @@ def format_sarif(findings: list[Finding], rules: dict[str, Rule], files: int) ->
 
 
 def _uri(path: str) -> str:
-    """A relative URI (code scanning resolves it against the repository root)."""
+    """A relative URI reference, percent-encoded (code scanning resolves it against the repository root):
+    `my model.onnx` -> `my%20model.onnx`, `v1:fp16.onnx` -> `v1%3Afp16.onnx` (not a `v1:` scheme); a
+    `file:` URI for an absolute path outside the working directory."""
     from pathlib import Path, PurePosixPath
+    from urllib.parse import quote
 
     candidate = Path(path)
     if candidate.is_absolute():
@@ -90,7 +93,7 @@ def _uri(path: str) -> str:
             candidate = candidate.relative_to(Path.cwd())
         except ValueError:
             return candidate.as_uri()
-    return str(PurePosixPath(*candidate.parts))
+    return quote(str(PurePosixPath(*candidate.parts)), safe="/")
 
 
 FORMATS = {"text": format_text, "json": format_json, "github": format_github, "sarif": format_sarif}

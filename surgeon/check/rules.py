@@ -7,6 +7,7 @@ changes meaning. The fix names the pass (and mode) that removes the finding, so 
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from collections import Counter
@@ -18,6 +19,7 @@ from surgeon.check.facts import STANDARD_DOMAINS, ModelFacts, is_standard_op
 from surgeon.check.findings import Finding, model_rule
 from surgeon.registry import passes_handling
 from surgeon.graphinfo import op_label
+from surgeon.modelio import stdout_to_stderr
 from surgeon.reference import find_reference
 
 CLIP_INTEGER_OPSET = 12  # Clip-12 added integer types
@@ -26,7 +28,7 @@ INTEGER_DTYPES = ("int8", "int16", "int32", "int64", "uint8", "uint16", "uint32"
 
 def _finding(facts: ModelFacts, rule: str, severity: str, message: str, node=None, fix: str | None = None):
     return Finding(rule=rule, severity=severity, message=message, file=facts.file,
-                   node=(node.name or f"#{list(facts.nodes).index(node)}") if node is not None else None,
+                   node=facts.node_path(node) if node is not None else None,
                    op=op_label(node) if node is not None else None, fix=fix)
 
 
@@ -49,20 +51,33 @@ def _aten_operator(node) -> str | None:
 @model_rule("SG014", "onnx-checker", "error", "onnx.checker rejects the model (structure, attributes, IR rules)")
 def onnx_checker(facts: ModelFacts):
     # Together with SG015 this is onnx.checker's full_check. It runs on the topologically sorted model so an
-    # ordering problem (SG008) does not hide the next one; a model with external data is checked by path,
-    # as only then does the checker resolve data files against the model's folder.
+    # ordering problem (SG008) does not hide the next one. Given a proto, not a path, the checker resolves
+    # external-data locations against the working directory: it runs from the model's folder then.
     if not facts.target.onnx_checker:
         return
-    if facts.has_external_data:
-        model = str(facts.path)
-    else:
-        model = facts.sorted_model
+    folder = facts.path.resolve().parent if facts.has_external_data else None
     try:
-        onnx.checker.check_model(model, full_check=False)
+        with stdout_to_stderr(), _working_directory(folder):
+            onnx.checker.check_model(facts.sorted_model, full_check=False)
     except onnx.checker.ValidationError as exc:
         message = _first_line(exc)
-        if facts.is_sorted or "topologically sorted" not in message:  # SG008 names the nodes
+        # Where the graph could not be sorted (gs cannot import it), ordering errors are SG008's; on the sorted
+        # copy "must be topologically sorted" means a tensor nothing produces (a dangling input): reported.
+        if facts.is_sorted or facts.sorted_model is not facts.model or "topologically sorted" not in message:
             yield _finding(facts, "SG014", "error", f"onnx.checker: {message}")
+
+
+@contextlib.contextmanager
+def _working_directory(folder):
+    if folder is None:
+        yield
+        return
+    previous = os.getcwd()
+    os.chdir(folder)
+    try:
+        yield
+    finally:
+        os.chdir(previous)
 
 
 @model_rule("SG015", "shape-inference", "error", "strict ONNX shape inference fails (type or shape conflict)")
@@ -114,6 +129,15 @@ def ir_version(facts: ModelFacts):
                        f"{facts.target.name} reads (at most {limit}); re-save the model with ir_version={limit}")
 
 
+@model_rule("SG018", "opset-too-new", "error",
+            "ai.onnx opset newer than the target runtime loads (profile `max_opset`)", fix="pass set-opset")
+def opset_too_new(facts: ModelFacts):
+    limit, opset = facts.target.max_opset, facts.opsets.get("")
+    if limit is not None and opset is not None and opset > limit:
+        yield _finding(facts, "SG018", "error", f"ai.onnx opset {opset} is newer than {facts.target.name} loads "
+                       f"(at most {limit})", fix=f"set-opset opset={limit}")
+
+
 # ---------------------------------------------------------------- ops on the target
 
 @model_rule("SG001", "custom-op-unsupported", "error",
@@ -121,7 +145,7 @@ def ir_version(facts: ModelFacts):
             fix="per node: pass grid-sample, atan2, linspace, inplace-and, nan-to-num, any-all, maximum-minimum "
                 "or inverse")
 def custom_op_unsupported(facts: ModelFacts):
-    for node in facts.nodes:
+    for node in facts.all_nodes:
         if is_standard_op(node) or facts.target.supports(node.op_type, node.domain):
             continue
         yield _finding(facts, "SG001", "error", f"not runnable on {facts.target.name}", node,
@@ -132,7 +156,7 @@ def custom_op_unsupported(facts: ModelFacts):
             "plugin node the target runs only with a plugin library surgeon does not ship for it (TensorRT 8.x: "
             "surgeon's plugins are TensorRT 10 IPluginV3)")
 def plugin_library_external(facts: ModelFacts):
-    for node in facts.nodes:
+    for node in facts.all_nodes:
         plugin = facts.target.plugins.get(node.op_type)
         if is_standard_op(node) or not plugin or plugin.get("library") != "external":
             continue
@@ -148,7 +172,7 @@ def plugin_library_external(facts: ModelFacts):
 def no_reference(facts: ModelFacts):
     if not facts.target.cpu_references:
         return
-    for node in facts.nodes:
+    for node in facts.all_nodes:
         if is_standard_op(node):
             continue
         if find_reference(node.op_type, node.domain, _aten_operator(node)) is None:
@@ -163,7 +187,7 @@ def op_unsupported(facts: ModelFacts):
     target = facts.target
     if not target.ops:
         return
-    for node in facts.nodes:
+    for node in facts.all_nodes:
         if not is_standard_op(node) or node.op_type in target.plugins:
             continue
         rule = target.ops.get(node.op_type)
@@ -182,13 +206,15 @@ def op_unsupported(facts: ModelFacts):
 
 @model_rule("SG004", "dtype-unsupported", "error", "op input dtype outside the target profile's types")
 def dtype_unsupported(facts: ModelFacts):
-    for node in facts.nodes:
+    for node in facts.all_nodes:
         if not is_standard_op(node) or _is_integer_clip(facts, node):  # SG005 reports integer Clip
             continue
-        allowed = (facts.target.ops.get(node.op_type) or {}).get("dtypes")
+        allowed = facts.target.dtypes_for(node.op_type, facts.op_version(node))
         dtype = facts.first_input_dtype(node)
         cast_down = dtype == "float64" and facts.target.is_tensorrt  # TensorRT casts DOUBLE to FLOAT: SG007 warns
-        if allowed and dtype and not cast_down and dtype not in allowed:
+        # ONNX Runtime runs a float16 node that has no float16 kernel in float32 (InsertCastTransformer)
+        cast_up = dtype == "float16" and facts.target.runtime == "onnxruntime" and "float32" in (allowed or ())
+        if allowed and dtype and not cast_down and not cast_up and dtype not in allowed:
             yield _finding(facts, "SG004", "error", f"on {dtype} is not supported by {facts.target.name} "
                            f"(supported: {', '.join(allowed)})", node)
 
@@ -202,19 +228,20 @@ def _is_integer_clip(facts: ModelFacts, node) -> bool:
             "or the model's opset rejects it", fix="pass clip-int")
 def clip_on_integers(facts: ModelFacts):
     clip = facts.target.ops.get("Clip") or {}
-    for node in facts.nodes:
+    for node in facts.all_nodes:
         if not _is_integer_clip(facts, node):
             continue
         dtype = facts.first_input_dtype(node)
+        clip_dtypes = facts.target.dtypes_for("Clip", facts.op_version(node))
         if facts.opsets.get("", 1) < CLIP_INTEGER_OPSET:
             problem = f"on {dtype}: Clip takes floats only before opset 12 (the model is at opset {facts.opsets[''] }"
             yield _finding(facts, "SG005", "error", problem + ")", node, fix="clip-int")
         elif clip.get("until") and int(clip["until"]) < CLIP_INTEGER_OPSET:
             yield _finding(facts, "SG005", "error", f"on {dtype}: {facts.target.name} has Clip up to version "
                            f"{clip['until']}, which takes floats only", node, fix="clip-int")
-        elif clip.get("dtypes") and dtype not in clip["dtypes"]:
+        elif clip_dtypes and dtype not in clip_dtypes:
             yield _finding(facts, "SG005", "error", f"on {dtype} is not supported by {facts.target.name} "
-                           f"(Clip types: {', '.join(clip['dtypes'])})", node, fix="clip-int")
+                           f"(Clip types: {', '.join(clip_dtypes)})", node, fix="clip-int")
         else:
             yield _finding(facts, "SG005", "warning", f"on {dtype} runs on {facts.target.name}, but TensorRT "
                            "and opset-11 runtimes reject integer Clip", node, fix="clip-int")
@@ -244,14 +271,14 @@ def dynamic_shape(facts: ModelFacts):
 
 @model_rule("SG007", "float64", "warning", "float64 tensors: TensorRT casts them down, NPUs reject them")
 def float64_tensors(facts: ModelFacts):
-    graph = facts.model.graph
     doubles = sorted({name for name, dtype in facts.dtypes.items() if dtype == "float64"})
     if not doubles:
         return
-    producer = {out: node for node in graph.node for out in node.output}
+    producer = {out: node for node in facts.all_nodes for out in node.output}
+    initializers = {t.name for g in facts.graphs for t in g.initializer}
     for name in doubles:
         node = producer.get(name)
-        what = "initializer" if name in {t.name for t in graph.initializer} else "tensor"
+        what = "initializer" if name in initializers else "tensor"
         yield _finding(facts, "SG007", "warning", f"{what} '{name}' is float64", node)
 
 
@@ -299,13 +326,13 @@ def unused_initializers(facts: ModelFacts):
             "external-data location outside the model's folder (absolute or through ..)")
 def external_data_escapes(facts: ModelFacts):
     folder = facts.path.resolve().parent
-    for tensor in facts.model.graph.initializer:
+    for what, tensor in facts.tensors:  # initializers, of subgraphs too, and Constant (attribute) tensors
         if tensor.data_location != onnx.TensorProto.EXTERNAL:
             continue
         location = next((e.value for e in tensor.external_data if e.key == "location"), "")
         resolved = Path(os.path.normpath(folder / location))
         if Path(location).is_absolute() or not resolved.is_relative_to(folder):
-            yield Finding("SG012", "error", f"initializer '{tensor.name}' reads external data from "
+            yield Finding("SG012", "error", f"{what} reads external data from "
                           f"'{location}', outside {folder.name}/; keep data files beside the model", facts.file)
 
 

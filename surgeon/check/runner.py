@@ -33,7 +33,7 @@ def check_model(path, settings: Settings) -> list[Finding]:
         return [_unreadable(path, exc.message)]
     facts = ModelFacts(Path(path), model, target, settings)
     return [finding for rule_id, rule in MODEL_RULES.items() if settings.wants(rule_id)
-            for finding in rule.check(facts)]
+            for finding in rule.check(facts) if settings.wants(finding.rule)]
 
 
 def check_recipe(path, settings: Settings) -> list[Finding]:
@@ -41,8 +41,9 @@ def check_recipe(path, settings: Settings) -> list[Finding]:
     path = Path(path)
     if not path.is_file():
         return [_unreadable(path, "recipe file not found")]
-    return [finding for rule_id, rule in RECIPE_RULES.items() if settings.wants(rule_id)
-            for finding in rule.check(path)]
+    # SR001 runs even when filtered out: it is also what reports a recipe that is not text (SG000)
+    return [finding for rule_id, rule in RECIPE_RULES.items() if settings.wants(rule_id) or rule_id == "SR001"
+            for finding in rule.check(path) if settings.wants(finding.rule)]
 
 
 def _unreadable(path, message: str) -> Finding:

@@ -25,6 +25,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("paths", nargs="*", metavar="FILE", help="ONNX models; .yaml/.yml files are linted as recipes")
     parser.add_argument("--recipe", action="append", default=[], metavar="RECIPE",
                         help="lint RECIPE as a recipe whatever its extension (repeatable)")
+    parser.add_argument("--as-recipes", action="store_true",
+                        help="lint every FILE as a recipe whatever its extension (the pre-commit recipe hook)")
     parser.add_argument("-t", "--target", help="target profile name or YAML file (default: pyproject, else onnxruntime)")
     parser.add_argument("--select", action="append", default=[], metavar="IDS",
                         help="report only these rule ids or id prefixes, comma-separated (e.g. SG001,SG01)")
@@ -52,7 +54,7 @@ def run(args) -> int:
         print(table([[r.id, r.severity, r.name, r.summary, r.fix or "-"] for r in rules.values()],
                     ["id", "severity", "name", "what", "fix"]))
         return 0
-    inputs = [(path, False) for path in args.paths] + [(path, True) for path in args.recipe]
+    inputs = [(path, args.as_recipes) for path in args.paths] + [(path, True) for path in args.recipe]
     if not inputs:
         raise_usage("surgeon check needs at least one model or recipe (or --list-rules)")
     cli = _command_line_settings(args)
@@ -84,25 +86,29 @@ def run(args) -> int:
 
 def _checked_files(inputs, args) -> tuple[list, list]:
     """(files, models) that `check` reads, as `modelio.guard_outputs` takes them: recipes (with the recipes
-    they extend) and the target file, and the models (their external data counts too)."""
+    they extend and their target profile files) and the target file, and the models (their external data
+    counts too)."""
     from surgeon.check.runner import is_recipe
     from surgeon.errors import SurgeonError
     from surgeon.recipe import load_recipe
+    from surgeon.targets import profile_files
 
     files, models = [], []
     for path, as_recipe in inputs:
         if not (as_recipe or is_recipe(path)):
             models.append((path, "the checked model"))
             continue
-        chain = [path]
-        if Path(args.output).exists():  # the recipes it extends: only an existing file can be one of them
+        chain, targets = [path], []
+        if Path(args.output).exists():  # the files it loads: only an existing file can be one of them
             try:
-                chain = load_recipe(path).files
+                recipe = load_recipe(path)
+                chain, targets = recipe.files, profile_files(recipe.target)
             except SurgeonError:  # reported by the recipe rules
                 pass
         files += [(f, "the checked recipe") for f in chain]
-    if args.target and Path(args.target).suffix in (".yaml", ".yml"):
-        files.append((args.target, "the target file"))
+        files += [(f, "the target profile") for f in targets]
+    if args.target:
+        files += [(f, "the target file") for f in profile_files(args.target)]
     return files, models
 
 
