@@ -6,6 +6,9 @@ Before:  x ─► Relu ─► y (graph output)      After:  x ─► Relu ─►
 
 Initializers that nothing reads never survive the import into onnx-graphsurgeon; this pass reports
 them (from the pipeline's context) so the run report says where they went.
+
+What an If/Loop/Scan body reads from outside counts as read by the node holding it; a body's inputs
+are never removed (see `surgeon.rewrite.prune_graph`).
 """
 from __future__ import annotations
 

@@ -13,6 +13,7 @@ import onnx_graphsurgeon as gs
 
 from surgeon.errors import PassError, suggest
 from surgeon.pass_api import Param, Pass, PassResult, register_pass
+from surgeon.rewrite import prune_graph, subgraph_reads
 
 
 @register_pass("extract")
@@ -30,35 +31,48 @@ class Extract(Pass):
         if not self.inputs and not self.outputs:
             raise PassError("extract needs 'inputs' or 'outputs' (tensor names)")
         tensors = graph.tensors()
-        new_inputs = [self._tensor(tensors, n, "input") for n in self.inputs] if self.inputs else list(graph.inputs)
-        new_outputs = [self._tensor(tensors, n, "output") for n in self.outputs] if self.outputs else list(graph.outputs)
+        new_inputs = self._tensors(tensors, self.inputs, "inputs") if self.inputs else list(graph.inputs)
+        new_outputs = self._tensors(tensors, self.outputs, "outputs") if self.outputs else list(graph.outputs)
         for tensor in new_inputs:
             if isinstance(tensor, gs.Constant):
                 raise PassError(f"'{tensor.name}' is a constant and cannot become a graph input")
             if tensor.dtype is None:
                 raise PassError(f"the dtype of '{tensor.name}' is unknown, so it cannot become a graph input",
                                 hint="run infer-shapes or set-input-shapes first")
-            tensor.inputs.clear()
         for tensor in new_outputs:
             if tensor.dtype is None:
                 raise PassError(f"the dtype of '{tensor.name}' is unknown, so it cannot become a graph output")
-        before = [(id(n), n.name) for n in graph.nodes]
+        for tensor in new_inputs:
+            tensor.inputs.clear()
         graph.inputs, graph.outputs = new_inputs, new_outputs
-        graph.cleanup(remove_unused_graph_inputs=True)
-        dangling = sorted({t.name for n in graph.nodes for t in n.inputs
-                           if isinstance(t, gs.Variable) and not t.is_empty() and not t.inputs
-                           and t not in graph.inputs})
+        # Named inputs are kept as named (one nothing reads is an error below); the graph's own go when unused.
+        removed = prune_graph(graph, remove_unused_inputs=not self.inputs)
+        read = {t.name for node in graph.nodes for t in (*node.inputs, *subgraph_reads(node))}
+        produced = {t.name for node in graph.nodes for t in node.outputs}
+        given = {t.name for t in graph.inputs}
+        dangling = sorted(name for name in read - produced - given
+                          if name and not isinstance(tensors.get(name), gs.Constant))
         if dangling:
             raise PassError(f"the cut is not closed: the kept nodes also read {', '.join(dangling[:8])}",
                             hint="add them to 'inputs'")
-        kept = {id(n) for n in graph.nodes}
-        result.rewritten.extend(name for key, name in before if key not in kept)
+        outputs = {t.name for t in new_outputs}
+        unread = [t.name for t in new_inputs if t.name not in read and t.name not in outputs]
+        if self.inputs and unread:
+            raise PassError(f"extract.inputs: nothing between the inputs and the outputs reads "
+                            f"{', '.join(repr(n) for n in unread)}",
+                            hint="drop it from 'inputs': the nodes that read it are outside the cut")
+        result.rewritten.extend(node.name for node in removed)
         result.note(f"inputs {[t.name for t in new_inputs]}, outputs {[t.name for t in new_outputs]}, "
                     f"{len(graph.nodes)} nodes kept")
         return result
 
     @staticmethod
-    def _tensor(tensors, name, role):
-        if name not in tensors:
-            raise PassError(f"no tensor named '{name}' to use as an {role}", hint=suggest(name, tensors))
-        return tensors[name]
+    def _tensors(tensors, names, key):
+        chosen = []
+        for name in names:
+            if name not in tensors:
+                raise PassError(f"extract.{key}: no tensor named '{name}'", hint=suggest(name, tensors))
+            if names.count(name) > 1:
+                raise PassError(f"extract.{key}: '{name}' is named more than once")
+            chosen.append(tensors[name])
+        return chosen

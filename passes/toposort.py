@@ -2,7 +2,8 @@
 
 Before:  [Tile_16 (reads r), ReduceMax_5 (writes r)]     After:  [ReduceMax_5, Tile_16]
 
-Nodes already in order keep their relative order, so a sorted graph is left unchanged.
+Nodes already in order keep their relative order, so a sorted graph is left unchanged. What an
+If/Loop/Scan body reads from outside counts as read by the node holding it.
 """
 from __future__ import annotations
 

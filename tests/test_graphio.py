@@ -475,3 +475,24 @@ def test_links_are_live():
 def test_graphsurgeon_methods_give_the_same_result(tidy, path):
     ours, theirs = edited_pair(onnx.load(path), tidy)
     assert_same_export(ours, theirs)
+
+
+def test_a_branch_reading_a_later_outer_tensor_gets_a_variable_of_its_own():
+    """What `rewrite.subgraph_reads` works around, in graphsurgeon's import and ours alike: a subgraph
+    links its read of an outer tensor to that tensor only when the producer came first in the file;
+    otherwise the branch holds a producer-less Variable of the same name, so only the name connects them."""
+    branch = helper.make_graph([helper.make_node("Neg", ["t"], ["b"])], "branch", [], [vi("b")])
+    nodes = [helper.make_node("If", ["cond"], ["y"], name="if", then_branch=branch, else_branch=branch),
+             helper.make_node("Relu", ["x"], ["t"], name="relu")]
+    model = graph_model(nodes, [vi("cond", TensorProto.BOOL, []), vi("x")], [vi("y")])
+    for graph in (import_graph(fresh(model)), gs.import_onnx(fresh(model))):
+        if_node, relu = graph.nodes
+        read = if_node.attrs["then_branch"].nodes[0].inputs[0]
+        assert read.name == "t" and read is not relu.outputs[0] and not read.inputs
+        assert not is_sorted(graph.nodes)
+    graph = import_graph(fresh(model))
+    graph.nodes.reverse()
+    model = export_model(graph)
+    graph = import_graph(model)
+    relu, if_node = graph.nodes
+    assert if_node.attrs["then_branch"].nodes[0].inputs[0] is relu.outputs[0] and is_sorted(graph.nodes)

@@ -64,3 +64,58 @@ def test_initializers_read_only_inside_subgraphs_are_not_reported_unused():
     assert unused_initializers(model) == ["w_dead"]
     del model.graph.initializer[2]
     assert unused_initializers(model) == []
+
+
+def loop_model():
+    """v = v0 + 1, three times, in a Loop whose body never reads its iteration count `i` (and computes
+    a `dead` tensor nothing reads)."""
+    from onnx import TensorProto, helper
+
+    from surgeon.testing import make_model
+
+    body = helper.make_graph(
+        [helper.make_node("Add", ["v_in", "one"], ["v_out"], name="add"),
+         helper.make_node("Identity", ["cond_in"], ["cond_out"], name="keep_going"),
+         helper.make_node("Neg", ["v_in"], ["dead"], name="dead_neg")], "body",
+        [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+         helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("v_in", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("v_out", TensorProto.FLOAT, [1])])
+    return make_model([helper.make_node("Loop", ["n", "", "v0"], ["v"], name="loop", body=body)],
+                      [("v0", np.float32, [1])], [("v", np.float32, [1])],
+                      {"n": np.array(3, np.int64), "one": np.ones(1, np.float32)}, opset=13)
+
+
+@pytest.mark.parametrize("pass_name, params", [("cleanup", {}), ("extract", {"outputs": ["v"]})])
+def test_a_loop_body_keeps_its_unused_iteration_count_input(pass_name, params):
+    """A body's inputs are its signature: without `i` ONNX Runtime refuses the Loop (size mismatch)."""
+    model = loop_model()
+    out, _ = apply_pass(model, pass_name, **params)
+    body = out.graph.node[0].attribute[0].g
+    assert [t.name for t in body.input] == ["i", "cond_in", "v_in"]
+    assert [n.name for n in body.node] == ["add", "keep_going"]  # dead nodes in a body still go
+    onnx.checker.check_model(out, full_check=True)
+    v0 = np.array([0.5], np.float32)
+    np.testing.assert_array_equal(run_ort(out, {"v0": v0})[0], run_ort(model, {"v0": v0})[0])
+
+
+def test_cleanup_on_the_bevfusion_camera_fixture_keeps_its_loop_intact():
+    """The opset-16 export has a Loop over the BEV pooling intervals; cleanup has nothing to remove."""
+    model = onnx.load(ZOO / "bevfusion-camera.fixture.opset16.onnx")
+    feeds = dict(np.load(ZOO / "bevfusion-camera.fixture.opset16.inputs.npz"))
+    out, step = apply_pass(model, "cleanup")
+    body_inputs = [[t.name for t in n.attribute[0].g.input] for n in model.graph.node if n.op_type == "Loop"]
+    assert body_inputs and body_inputs == [[t.name for t in n.attribute[0].g.input]
+                                           for n in out.graph.node if n.op_type == "Loop"]
+    assert step.rewritten == []
+    np.testing.assert_array_equal(run_ort(out, feeds)[0], run_ort(model, feeds)[0])
+
+
+def test_cleanup_keeps_the_producer_of_a_tensor_read_only_inside_an_if_branch():
+    from test_pass_toposort import assert_same_on_ort, unsorted_if_model
+
+    model = unsorted_if_model()
+    out, step = apply_pass(model, "cleanup")
+    assert step.rewritten == [] and [t.name for t in out.graph.input] == ["x", "c"]
+    assert_same_on_ort(model, out)

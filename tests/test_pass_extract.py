@@ -40,3 +40,45 @@ def test_extract_errors():
         model.graph.node.append(helper.make_node("Add", ["bev", "img"], ["z"], name="skip"))
         model.graph.output.append(helper.make_tensor_value_info("z", onnx.TensorProto.FLOAT, [2, 3]))
         apply_pass(model, "extract", inputs=["feats"], outputs=["z"])
+
+
+def test_each_input_and_output_is_named_once():
+    with pytest.raises(SurgeonError, match=r"extract\.inputs: 'feats' is named more than once"):
+        apply_pass(three_stage_model(), "extract", inputs=["feats", "feats"], outputs=["bev"])
+    with pytest.raises(SurgeonError, match=r"extract\.outputs: 'bev' is named more than once"):
+        apply_pass(three_stage_model(), "extract", inputs=["feats"], outputs=["bev", "bev"])
+
+
+def test_an_input_outside_the_cut_is_an_error_not_dropped():
+    """img lies upstream of feats: nothing between [img, feats] and bev reads it."""
+    with pytest.raises(SurgeonError, match=r"extract\.inputs: nothing between the inputs and the outputs reads 'img'"):
+        apply_pass(three_stage_model(), "extract", inputs=["img", "feats"], outputs=["bev"])
+
+
+def test_two_inputs_both_read():
+    model = three_stage_model()
+    model.graph.node.append(helper.make_node("Add", ["bev", "img"], ["z"], name="skip"))
+    model.graph.output.append(helper.make_tensor_value_info("z", onnx.TensorProto.FLOAT, [2, 3]))
+    out, step = apply_pass(model, "extract", inputs=["feats", "img"], outputs=["z"])
+    assert [i.name for i in out.graph.input] == ["feats", "img"]
+    assert step.notes == ["inputs ['feats', 'img'], outputs ['z'], 2 nodes kept"]
+    feats, img = np.random.default_rng(0).standard_normal((2, 2, 3)).astype(np.float32)
+    np.testing.assert_array_equal(run_ort(out, {"feats": feats, "img": img})[0], 2 * feats + img)
+
+
+def test_tensors_read_inside_an_if_branch_count():
+    """The If reads `t` only inside its branches, and comes before t's producer (unsorted)."""
+    from test_pass_toposort import assert_same_on_ort, unsorted_if_model
+
+    model = unsorted_if_model()
+    out, _ = apply_pass(model, "extract", outputs=["y"])
+    assert [n.name for n in out.graph.node] == ["relu", "if"]
+    assert_same_on_ort(model, out)
+
+    out, _ = apply_pass(model, "extract", inputs=["t", "c"], outputs=["y"])
+    assert [n.name for n in out.graph.node] == ["if"] and [i.name for i in out.graph.input] == ["t", "c"]
+    t = np.array([-1, 0, 2, -3], np.float32)
+    np.testing.assert_array_equal(run_ort(out, {"t": t, "c": np.array(True)})[0], -t)
+
+    with pytest.raises(SurgeonError, match="not closed: the kept nodes also read x"):
+        apply_pass(model, "extract", inputs=["c"], outputs=["y"])

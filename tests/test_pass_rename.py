@@ -27,3 +27,36 @@ def test_rename_errors():
         apply_pass(model(), "rename", inputs={"input1": "x"})
     with pytest.raises(SurgeonError, match="'12' is already used"):
         apply_pass(model(), "rename", outputs={"47": "12"})
+
+
+def test_a_name_used_inside_an_if_branch_is_taken():
+    """o1 is the then branch's output: a second 'o1' in the outer graph breaks SSA (ONNX Runtime: not acyclic)."""
+    from test_pass_toposort import unsorted_if_model
+
+    with pytest.raises(SurgeonError, match="'o1' is already used"):
+        apply_pass(unsorted_if_model(), "rename", tensors={"t": "o1"})
+
+
+@pytest.mark.parametrize("params, input_names", [
+    ({"tensors": {"t": "relu_out"}}, ("x", "c")),
+    ({"nodes": {"relu": "r"}}, ("x", "c")),
+    ({"inputs": {"x": "points"}}, ("points", "c")),
+])
+def test_rename_in_an_unsorted_graph_whose_if_branches_read_a_later_tensor(params, input_names):
+    """The branches read `t` before its producer in the file; renaming it renames their reads too, and
+    the export's tidy-up keeps its producer."""
+    from test_pass_toposort import assert_same_on_ort, unsorted_if_model
+
+    model = unsorted_if_model()
+    out, _ = apply_pass(model, "rename", **params)
+    assert len(out.graph.node) == 2
+    assert_same_on_ort(model, out, input_names)
+
+
+def test_a_renamed_node_keeps_its_metadata_props():
+    relu = helper.make_node("Relu", ["x"], ["y"], name="relu")
+    relu.metadata_props.add(key="source", value="backbone.layer1")
+    model = make_model([relu], [("x", np.float32, [3])], [("y", np.float32, [3])])
+    out, _ = apply_pass(model, "rename", nodes={"relu": "stem"})
+    assert out.graph.node[0].name == "stem"
+    assert [(p.key, p.value) for p in out.graph.node[0].metadata_props] == [("source", "backbone.layer1")]
