@@ -3,6 +3,12 @@
 Before:  images: float32[batch, 6, 3, H, W]       After:  images: float32[1, 6, 3, 480, 800]
 
 TensorRT engines without optimization profiles, NPUs and `chunk` folding need static shapes.
+
+Where inference cannot follow (past plugin, ATen or custom-domain nodes) a tensor keeps its declared
+shape, carried over to the new inputs: a dim named like a changed input dim takes its new value, other
+names stay, and static dims stay only when no static input dim changed (one derived from it, e.g. a
+batch of 1, cannot be told apart from the others); dims that cannot be carried over become unknown.
+The rank always stays, and graph outputs keep the shape onnx.checker requires.
 """
 from __future__ import annotations
 
@@ -38,6 +44,7 @@ class SetInputShapes(Pass):
     def run(self, graph, ctx):
         result = PassResult()
         inputs = {t.name: t for t in graph.inputs}
+        changes = []  # (old dims, new dims) of each input changed
         for name, dims in self.shapes.items():
             if name not in inputs:
                 raise PassError(f"no graph input named '{name}'", hint=suggest(name, inputs) or
@@ -47,16 +54,56 @@ class SetInputShapes(Pass):
                 raise PassError(f"input '{name}' has rank {len(old)}, the new shape {dims} has rank {len(dims)}")
             if list(old or []) != dims:
                 inputs[name].shape = list(dims)
+                changes.append((old or [], dims))
                 result.rewritten.append(f"input:{name}")
                 result.note(f"{name}: {old} -> {dims}")
         if result.changed:
             # Every other shape may depend on the inputs: forget them and infer again.
-            graph_inputs = set(inputs)
+            declared = []
             for tensor in graph.tensors().values():
-                if isinstance(tensor, gs.Variable) and tensor.name not in graph_inputs:
+                if isinstance(tensor, gs.Variable) and tensor.name not in inputs:
+                    if tensor.shape is not None:
+                        declared.append((tensor, tensor.shape))
                     tensor.shape = None
             result.graph = infer_graph_shapes(graph)
+            carry = _carrier(changes)
+            for tensor, shape in declared:
+                tensor.shape = _merged(tensor.shape, [carry(dim) for dim in shape])
         return result
+
+
+def _carrier(changes):
+    """How a declared dim reads with the new input shapes: a function of the old dim (None: unknown)."""
+    renamed: dict[str, object] = {}  # old dim name -> new dim
+    conflicting = set()
+    static_changed = False
+    for old, new in changes:
+        for before, after in zip(old, new):
+            if isinstance(before, str):
+                if renamed.setdefault(before, after) != after:
+                    conflicting.add(before)  # two new values for one name: neither can be carried
+            elif before is not None and before != after:  # an unknown dim was any size already
+                static_changed = True
+
+    def carry(dim):
+        if isinstance(dim, str):  # a name inference made up may be given to another dim by the next one
+            return None if dim in conflicting or not _known(dim) else renamed.get(dim, dim)
+        return None if static_changed else dim
+    return carry
+
+
+def _merged(inferred, declared):
+    """Inference's shape, its unknown dims filled from the declared one; the declared one where
+    inference found none (or another rank, which only a declared shape that no longer holds can give)."""
+    if inferred is None or len(inferred) != len(declared):
+        return declared if inferred is None else inferred
+    return [dim if _known(dim) or declared_dim is None else declared_dim
+            for dim, declared_dim in zip(inferred, declared)]
+
+
+def _known(dim) -> bool:
+    """A static dim, or a name inference did not make up (`unk__0`: a dim it could not say)."""
+    return isinstance(dim, int) or isinstance(dim, str) and not dim.startswith("unk__")
 
 
 def _shape_problem(dims) -> str | None:

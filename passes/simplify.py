@@ -12,6 +12,9 @@ from surgeon.errors import PassError
 from surgeon.pass_api import Param, Pass, PassResult, register_pass
 from surgeon.rewrite import via_onnx
 
+# Domains whose ops ONNX Runtime runs; others (ATen, plugins, custom) stop onnxsim.
+ONNXRUNTIME_DOMAINS = ("", "ai.onnx", "ai.onnx.ml", "com.microsoft")
+
 
 @register_pass("simplify")
 class Simplify(Pass):
@@ -25,6 +28,7 @@ class Simplify(Pass):
         "overwrite_input_shapes": Param(dict, None, help="{input: [dims]} to fix before simplifying"),
         "check_n": Param(int, 0, help="random-input checks onnxsim runs afterwards (0: none)"),
     }
+    needs = ("toposort",)  # onnxsim refuses unsorted graphs, which ONNX allows on disk
     provides = ("toposort", "cleanup")
 
     def run(self, graph, ctx):
@@ -32,6 +36,10 @@ class Simplify(Pass):
 
         result = PassResult()
         before = {n.name for n in graph.nodes}
+        foreign = sorted({n.op for n in graph.nodes if (n.domain or "") not in ONNXRUNTIME_DOMAINS})
+        # ONNX Runtime cannot run ATen or custom-domain nodes, which onnxsim folds and checks with it.
+        hint = (f"the graph holds {', '.join(foreign[:5])} nodes: run simplify after the passes that remove them"
+                if foreign else None)
 
         def simplify(model):
             try:
@@ -42,8 +50,7 @@ class Simplify(Pass):
                     overwrite_input_shapes=self.overwrite_input_shapes)
             except Exception as exc:
                 first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                raise PassError(f"onnxsim failed: {first}",
-                                hint="run simplify after the passes that remove ATen/custom nodes") from exc
+                raise PassError(f"onnxsim failed: {first}", hint=hint) from exc
             if not ok:
                 raise PassError("onnxsim's check of the simplified model failed")
             return simplified

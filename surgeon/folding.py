@@ -34,10 +34,20 @@ import onnx_graphsurgeon as gs
 Evaluator = Callable[[gs.Node, list], "list[np.ndarray] | None"]
 _EVALUATORS: dict[str, Evaluator] = {}
 
-# Never folded: quantisation ops (graphsurgeon's rule: their scales belong to the quantised model), and
-# ops whose output is a sequence, which a constant tensor cannot hold (graphsurgeon's folder crashes on them).
+# Never folded: quantisation ops (graphsurgeon's rule: their scales belong to the quantised model), ops
+# whose output is a sequence, which a constant tensor cannot hold (graphsurgeon's folder crashes on them),
+# and random ops, which draw new values at every run: folded, they would draw once and repeat that forever.
+RANDOM_OPS = {"RandomUniform", "RandomNormal", "RandomUniformLike", "RandomNormalLike", "Multinomial", "Bernoulli"}
 NOT_FOLDED = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear",
-              "SequenceEmpty", "SequenceConstruct", "SequenceInsert", "SequenceErase", "SplitToSequence"}
+              "SequenceEmpty", "SequenceConstruct", "SequenceInsert", "SequenceErase", "SplitToSequence",
+              *RANDOM_OPS}
+
+
+def never_folded(node: gs.Node) -> bool:
+    """An op of NOT_FOLDED, or a Dropout given `training_mode`, which may drop values at random."""
+    if node.op == "Dropout":
+        return len(node.inputs) > 2 and not node.inputs[2].is_empty()
+    return node.op in NOT_FOLDED
 
 
 @dataclass
@@ -63,7 +73,7 @@ def fold_graph(graph: gs.Graph, fold_shapes: bool = True, size_threshold: int | 
             _lower_constant_node(node, result)
             continue
         if _inputs_known(node, known):
-            if node.op in NOT_FOLDED or _has_attribute_refs(node):
+            if never_folded(node) or _has_attribute_refs(node):
                 continue
             values = [_value(t, known) for t in node.inputs]
             outputs = _evaluate(node, values)
@@ -238,7 +248,11 @@ def _is_int(*arrays) -> bool:
 
 
 def _axes(node: gs.Node, inputs: list, index: int = 1):
-    """Axes from the input (newer opsets) or the attribute (older ones); None when absent."""
+    """Axes from the input (newer opsets) or the attribute (older ones); None when absent.
+
+    An empty list is returned as such, not as None: NumPy reads `axis=()` as "no axes", whereas ONNX
+    Squeeze and Reduce* read empty axes as absent (all axes), and Unsqueeze as nothing to insert.
+    """
     if len(inputs) > index and inputs[index] is not None:
         return [int(a) for a in np.atleast_1d(inputs[index])]
     axes = node.attrs.get("axes")
@@ -274,13 +288,14 @@ def _gather(node, inputs):
 
 @_evaluates("Unsqueeze")
 def _unsqueeze(node, inputs):
-    return [np.expand_dims(inputs[0], tuple(_axes(node, inputs)))]
+    axes = _axes(node, inputs)
+    return None if axes is None else [np.expand_dims(inputs[0], tuple(axes))]
 
 
 @_evaluates("Squeeze")
 def _squeeze(node, inputs):
     axes = _axes(node, inputs)
-    return [np.squeeze(inputs[0], axis=None if axes is None else tuple(axes))]
+    return [np.squeeze(inputs[0], axis=tuple(axes) if axes else None)]  # empty axes: every size-1 dim
 
 
 @_evaluates("Concat")
@@ -317,7 +332,10 @@ def _expand(node, inputs):
 
 @_evaluates("Tile")
 def _tile(node, inputs):
-    return [np.tile(inputs[0], [int(r) for r in inputs[1]])]
+    data, repeats = inputs
+    if repeats.shape != (data.ndim,):  # NumPy would pad the repeats; ONNX refuses the node
+        return None
+    return [np.tile(data, [int(r) for r in repeats])]
 
 
 @_evaluates("Slice")
@@ -339,10 +357,12 @@ def _slice_window(node, inputs):
         if starts is None or ends is None:
             return None
     starts, ends = [int(s) for s in np.atleast_1d(starts)], [int(e) for e in np.atleast_1d(ends)]
-    axes = list(range(len(starts))) if axes is None else [int(a) % data.ndim for a in np.atleast_1d(axes)]
+    axes = list(range(len(starts))) if axes is None else [int(a) for a in np.atleast_1d(axes)]
     steps = [1] * len(starts) if steps is None else [int(s) for s in np.atleast_1d(steps)]
-    if 0 in steps:
-        return None
+    if 0 in steps or not len(starts) == len(ends) == len(axes) == len(steps) or \
+            any(not -data.ndim <= a < data.ndim for a in axes) or len({a % data.ndim for a in axes}) < len(axes):
+        return None  # invalid: ONNX Runtime says what it means (zip would silently drop the extra values)
+    axes = [a % data.ndim for a in axes]
     window = [slice(None)] * data.ndim
     for axis, start, end, step in zip(axes, starts, ends, steps):
         window[axis] = slice(start, end, step)
@@ -512,9 +532,9 @@ def _integer_reduce(node, inputs):
     if not _is_int(data) or data.dtype == np.bool_:
         return None
     axes = _axes(node, inputs)
-    if axes is None and node.attrs.get("noop_with_empty_axes", 0):
+    if not axes and node.attrs.get("noop_with_empty_axes", 0):
         return [data]
-    axis = None if axes is None else tuple(axes)
+    axis = tuple(axes) if axes else None  # absent or empty axes: all of them
     if data.size == 0 and node.op in ("ReduceMax", "ReduceMin"):
         return None
     keepdims = bool(node.attrs.get("keepdims", 1))

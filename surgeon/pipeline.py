@@ -23,7 +23,7 @@ from surgeon.graphinfo import histogram_delta, op_histogram
 from surgeon.graphio import import_graph_and_order
 from surgeon.inference import annotate_shapes, infer_graph_shapes, infer_where_untyped, infer_without_weights
 from surgeon.modelio import (TWO_GB, guard_outputs, model_inputs, read_model, save_model_atomic,
-                             serialize_model, write_text_atomic)
+                             serialize_model, stdout_to_stderr, write_text_atomic)
 from surgeon.pass_api import NEEDS, Context, PassResult
 from surgeon.recipe import Recipe, Step, load_recipe
 from surgeon.registry import get_pass
@@ -382,10 +382,14 @@ def finish_graph(graph: gs.Graph, original: onnx.ModelProto, recipe: Recipe,
 
 
 def _restore_node_metadata(model: onnx.ModelProto, original: onnx.ModelProto, provenance: dict) -> None:
+    """Metadata and doc strings of the original's nodes, by name: graphsurgeon keeps neither."""
     kept = {n.name: list(n.metadata_props) for n in original.graph.node if n.metadata_props and n.name}
-    if not kept and not provenance:
+    docs = {n.name: n.doc_string for n in original.graph.node if n.doc_string and n.name}
+    if not kept and not docs and not provenance:
         return
     for node in model.graph.node:
+        if not node.doc_string and node.name in docs:
+            node.doc_string = docs[node.name]
         props = {p.key: p.value for p in kept.get(node.name, ())}
         props.update(provenance.get(node.name, {}))
         if props:
@@ -401,6 +405,19 @@ def _copy_model_fields(model: onnx.ModelProto, original: onnx.ModelProto) -> Non
     model.domain = original.domain
     model.model_version = original.model_version
     model.doc_string = original.doc_string
+    # graphsurgeon keeps neither the model's metadata (class names, ...; _stamp replaces surgeon.* keys)
+    # nor the doc strings and metadata of graph inputs, outputs and value infos: those of the same name.
+    del model.metadata_props[:]
+    model.metadata_props.extend(original.metadata_props)
+    described = {info.name: info for info in (*original.graph.input, *original.graph.output,
+                                              *original.graph.value_info) if info.doc_string or info.metadata_props}
+    if described:
+        for info in (*model.graph.input, *model.graph.output, *model.graph.value_info):
+            before = described.get(info.name)
+            if before is not None:
+                info.doc_string = info.doc_string or before.doc_string
+                if not info.metadata_props:
+                    info.metadata_props.extend(before.metadata_props)
     # Keep opset imports of domains that still appear in the graph (and the default domain).
     used = {n.domain for n in model.graph.node}
     known = {o.domain for o in model.opset_import}
@@ -430,7 +447,8 @@ def check_model(model: onnx.ModelProto | bytes) -> None:
     """onnx.checker on the result (or its bytes); a failure is CheckFailed (exit 1) and nothing is written."""
     try:
         if isinstance(model, bytes) or model.ByteSize() < TWO_GB:
-            onnx.checker.check_model(model)
+            with stdout_to_stderr():  # the checker's C++ warnings must not land in `--json` output
+                onnx.checker.check_model(model)
     except onnx.checker.ValidationError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else "invalid model"
         raise CheckFailed(f"the rewritten model fails onnx.checker: {first} "

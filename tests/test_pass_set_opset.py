@@ -1,6 +1,9 @@
 import numpy as np
+import onnx
+import pytest
 from onnx import helper
 
+from surgeon.errors import SurgeonError
 from surgeon.testing import apply_pass, make_model, run_ort
 
 
@@ -20,3 +23,37 @@ def test_same_opset_is_no_change():
                        [("y", np.float32, [2])], opset=13)
     _, step = apply_pass(model, "set-opset", opset=13)
     assert step.rewritten == []
+
+
+def model_calling(function, opset=11):
+    node = helper.make_node(function.name, ["x"], ["y"], name="call", domain=function.domain)
+    model = make_model([node], [("x", np.float32, [2, 3])], [("y", np.float32, None)], opset=opset,
+                       extra_opsets={function.domain: 1})
+    model.functions.append(function)
+    return model
+
+
+def test_local_functions_are_kept_and_their_bodies_converted():
+    """The version converter drops local functions; their bodies are converted one by one (Unsqueeze's
+    axes attribute becomes an input at 13)."""
+    body = [helper.make_node("Unsqueeze", ["a"], ["u"], axes=[0]), helper.make_node("Add", ["u", "u"], ["b"])]
+    function = helper.make_function("local.fn", "TwiceUnsqueezed", ["a"], ["b"], body, [helper.make_opsetid("", 11)])
+    model = model_calling(function)
+    out, _ = apply_pass(model, "set-opset", opset=13)
+    onnx.checker.check_model(out)
+    (converted,) = out.functions
+    assert {o.domain: o.version for o in converted.opset_import}[""] == 13
+    assert [len(n.input) for n in converted.node if n.op_type == "Unsqueeze"] == [2]
+    x = np.random.default_rng(0).standard_normal((2, 3)).astype(np.float32)
+    np.testing.assert_array_equal(run_ort(out, {"x": x})[0], run_ort(model, {"x": x})[0])
+
+
+def test_a_function_attribute_the_converter_would_lose_is_an_error():
+    unsqueeze = helper.make_node("Unsqueeze", ["a"], ["b"])
+    unsqueeze.attribute.append(onnx.AttributeProto(name="axes", ref_attr_name="where", type=onnx.AttributeProto.INTS))
+    function = helper.make_function("local.fn", "UnsqueezeAt", ["a"], ["b"], [unsqueeze],
+                                    [helper.make_opsetid("", 11)], attributes=["where"])
+    model = model_calling(function)
+    model.graph.node[0].attribute.append(helper.make_attribute("where", [0]))
+    with pytest.raises(SurgeonError, match="local function local.fn:UnsqueezeAt .* takes an attribute from"):
+        apply_pass(model, "set-opset", opset=13)

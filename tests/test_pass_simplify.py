@@ -24,3 +24,22 @@ def test_simplify_failure_names_the_step():
     model = make_model([node], [("x", np.float32, [3])], [("y", np.float32, None)])
     with pytest.raises(SurgeonError, match=r"step 1 \(simplify\): onnxsim failed"):
         apply_pass(model, "simplify")
+
+
+def test_simplify_sorts_an_unsorted_graph_first():
+    """ONNX files may list nodes in any order; onnxsim refuses them unless the pipeline sorts first."""
+    nodes = [helper.make_node("Mul", ["a", "two"], ["y"], name="mul"),
+             helper.make_node("Relu", ["x"], ["a"], name="relu")]
+    model = make_model(nodes, [("x", np.float32, [3])], [("y", np.float32, [3])],
+                       initializers={"two": np.float32(2)})
+    out, _ = apply_pass(model, "simplify")
+    x = np.array([-1, 0, 2], np.float32)
+    np.testing.assert_array_equal(run_ort(out, {"x": x})[0], 2 * np.maximum(x, 0))
+
+
+def test_simplify_failure_hint_names_the_nodes_onnxruntime_cannot_run():
+    nodes = [helper.make_node("Relu", ["x"], ["r"], name="relu"),
+             helper.make_node("Foo", ["r"], ["y"], name="foo", domain="custom")]
+    model = make_model(nodes, [("x", np.float32, [3])], [("y", np.float32, None)])
+    with pytest.raises(SurgeonError, match=r"\(the graph holds Foo nodes: run simplify after the passes that remove"):
+        apply_pass(model, "simplify")

@@ -589,3 +589,27 @@ def test_the_bisect_report_shows_the_unused_nodes_removed_before_a_step(tmp_path
     assert [s["pruned_before"] for s in bisection.to_dict()["steps"]] == [0, 1]
     diff = {"ops_before": {}, "ops_after": {}, "nodes_before": 9, "nodes_after": 7, "added": [], "removed": []}
     assert "1 unused removed first; 7 → 10" in _html_graph_diff(diff, bisection)
+
+
+@pytest.mark.parametrize("step", [{"pass": "toposort"}, {"pass": "fold-constants"}, {"pass": "cleanup"}])
+def test_the_models_metadata_and_doc_strings_survive_a_run(step):
+    """graphsurgeon drops model metadata (class names, ...) and every doc string; the run puts them back
+    (surgeon.* keys replaced), for the graph inputs, outputs, value infos and nodes that survive."""
+    from onnx import helper
+
+    from surgeon.testing import apply_pass
+
+    relu = helper.make_node("Relu", ["x"], ["r"], name="relu", doc_string="node doc")
+    neg = helper.make_node("Neg", ["r"], ["y"], name="neg")
+    model = make_model([relu, neg], [("x", np.float32, [4])], [("y", np.float32, [4])], opset=13)
+    model.metadata_props.add(key="class_names", value="car,truck")
+    model.metadata_props.add(key="surgeon.recipe", value="an earlier run's")
+    model.graph.input[0].doc_string = "input doc"
+    model.graph.output[0].doc_string = "output doc"
+    model.graph.value_info.append(helper.make_tensor_value_info("r", onnx.TensorProto.FLOAT, [4], doc_string="r doc"))
+    out, _ = apply_pass(model, step["pass"])
+    props = {p.key: p.value for p in out.metadata_props}
+    assert props["class_names"] == "car,truck" and props["surgeon.recipe"] == f"test-{step['pass']}"
+    assert [n.doc_string for n in out.graph.node] == ["node doc", ""]
+    assert out.graph.input[0].doc_string == "input doc" and out.graph.output[0].doc_string == "output doc"
+    assert {v.name: v.doc_string for v in out.graph.value_info} == {"r": "r doc"}
