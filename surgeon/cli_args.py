@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 
 
@@ -63,8 +64,48 @@ def raise_usage(message: str):
 
 
 def print_json(data) -> None:
-    json.dump(data, sys.stdout, indent=2, sort_keys=True, default=str)
-    sys.stdout.write("\n")
+    sys.stdout.write(json_text(data))
+
+
+def json_text(data) -> str:
+    """`data` as standard JSON (indented, keys sorted, ending in a newline): what every JSON document
+    surgeon prints or writes goes through. JSON has no NaN or infinities (Python's `json` would write
+    the non-standard `NaN`/`Infinity`, which strict parsers refuse): they become the strings "nan",
+    "inf" and "-inf" (`float()` reads them back). NumPy scalars become numbers; other objects their
+    `str`."""
+    return json.dumps(json_safe(data), indent=2, sort_keys=True, default=str, allow_nan=False) + "\n"
+
+
+def json_safe(value):
+    """`value` with every non-finite float replaced by "nan", "inf" or "-inf" (see `json_text`)."""
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, bool) or value is None or isinstance(value, (str, int)):
+        return value
+    if isinstance(value, float) or type(value).__module__ == "numpy":
+        return _json_number(value)
+    return value
+
+
+def _json_number(value):
+    import numpy as np
+
+    if isinstance(value, np.ndarray):
+        return json_safe(value.tolist())
+    if isinstance(value, np.bool_):
+        return bool(value)
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        value = float(value)
+        if math.isnan(value):
+            return "nan"
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+        return value
+    return value
 
 
 def table(rows: list[list[str]], header: list[str]) -> str:

@@ -18,6 +18,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from surgeon import __version__
+from surgeon.cli_args import json_text
 from surgeon.errors import CheckFailed, ModelError, SurgeonError
 from surgeon.graphinfo import histogram_delta, op_histogram
 from surgeon.graphio import import_graph_and_order
@@ -175,7 +176,7 @@ def run_recipe(recipe, model=None, output=None, *, overrides=(), dry_run: bool =
     result.seconds = time.perf_counter() - started
     if output is not None and not dry_run:
         result.report_path = report_path_for(output)
-        write_text_atomic(result.report_path, json.dumps(result.report(), indent=2, sort_keys=True, default=str) + "\n")
+        write_text_atomic(result.report_path, json_text(result.report()))  # NaN, inf as "nan", "inf"
     return result
 
 

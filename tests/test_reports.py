@@ -104,3 +104,49 @@ def test_polygraphy_cli_reads_the_saved_inputs_and_results(passed_run):
     # other inputs than the saved ones could not match.
     summaries = re.findall(r"Accuracy Summary \| (.+?) vs\. (\S+) \| Passed: 1/1 iterations", log)
     assert [b for _, b in summaries] == ["original", "rewritten"], log[-3000:]
+
+
+def test_markdown_escapes_names_and_html_escapes_them_too(tmp_path):
+    """Output and node names come from the model: a `|` must not split a table cell, `<script>` must
+    stay text, in the Markdown table, the sentences under it and the HTML page."""
+    import numpy as np
+    from onnx import helper
+
+    from surgeon.testing import make_model
+    from surgeon.validation import Tolerance, validate_models
+    from surgeon.validation.report import html_page, markdown
+
+    def model(bias, name):
+        node = helper.make_node("Add", ["x", "c"], [name], name="<b>add</b>")
+        return make_model([node], [("x", np.float32, [2])], [(name, np.float32, [2])], {"c": np.float32(bias)})
+
+    name = "cls|score<script>alert(1)</script>"
+    result = validate_models(model(0, name), model(1, name), [{"x": np.zeros(2, np.float32)}], Tolerance())
+    text = markdown(result)
+    row = next(line for line in text.splitlines() if line.startswith("| `"))
+    assert row.replace("\\|", "").count("|") == 12  # 11 cells
+    assert row.startswith("| `cls\\|score<script>alert(1)</script>` | **FAIL** |")  # a code span: literal
+    sentence = next(line for line in text.splitlines() if line.startswith("**First diverging tensor:**"))
+    assert "cls\\|score\\<script\\>alert(1)\\</script\\>" in sentence and "\\<b\\>add\\</b\\> (Add)" in sentence
+    page = html_page(result)
+    assert "<script" not in page and "&lt;script&gt;" in page and "<b>add" not in page
+
+
+def test_html_and_markdown_show_nan_and_dtype_remarks(tmp_path):
+    import numpy as np
+    from onnx import helper
+
+    from surgeon.testing import make_model
+    from surgeon.validation import Tolerance, validate_models
+    from surgeon.validation.report import html_page, markdown
+
+    def model(values):
+        node = helper.make_node("Add", ["x", "c"], ["y"], name="add")
+        return make_model([node], [("x", values.dtype, [3])], [("y", values.dtype, [3])], {"c": values})
+
+    a, b = model(np.float32([1, 2, 3])), model(np.float32([1, np.nan, 5]))
+    result = validate_models(a, b, [{"x": np.zeros(3, np.float32)}], Tolerance())
+    assert "| `y` | **FAIL** (1 NaN in one output only) | 2 |" in markdown(result)
+    page = html_page(result)
+    worst = page[page.index("Worst elements"):]
+    assert worst.index(">(1,)<") < worst.index(">(2,)<")  # the NaN element heads the worst elements

@@ -271,6 +271,10 @@ def test_error_arrays_of_scalars_bools_and_zeros():
     assert abs_err.shape == () and abs_err == pytest.approx(1e-3) and rel_err > 1e12
     abs_err, _ = error_arrays(np.array([True, False]), np.array([True, True]))
     np.testing.assert_array_equal(abs_err, [0.0, 1.0])
+    abs_err, rel_err = error_arrays(np.array(np.nan, np.float32), np.array(np.nan, np.float32))
+    assert abs_err.shape == () and abs_err == 0 and rel_err == 0
+    abs_err, _ = error_arrays(np.array(-1, np.int32), np.array(2**31 - 1, np.int32))
+    assert abs_err.shape == () and abs_err == 2.0**31
 
 
 def test_a_changed_output_shape_fails_and_localisation_says_no_common_tensor_differs():
@@ -340,3 +344,164 @@ def test_compare_takes_per_output_tolerances_and_statistics(model_pair, capsys):
     assert "did you mean 'max'" in capsys.readouterr().err
     assert main(["compare", a, b, "--atol", "y:loose"]) == 2
     assert "'loose' is not a float" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- judging outputs: integers, NaN, inf, dtypes
+
+INPLACE_STEP = "test-validation-scale-weights-in-place"
+READ_STEP = "test-validation-read-weights"
+
+
+@register_pass(INPLACE_STEP)
+class ScaleWeightsInPlace(Pass):
+    """Scales every float32 weight array by 1.1 in place (`values *= ...`): the arrays graph copies share."""
+
+    def run(self, graph, ctx):
+        result = PassResult()
+        for node in graph.nodes:
+            for tensor in node.inputs:
+                if isinstance(tensor, gs.Constant) and tensor.values.dtype == np.float32 and tensor.values.ndim:
+                    tensor.values *= np.float32(1.1)
+                    result.rewrote(node)
+        return result
+
+
+@register_pass(READ_STEP)
+class ReadWeights(Pass):
+    """Changes nothing but loads every weight (so the arrays exist before the in-place step)."""
+
+    def run(self, graph, ctx):
+        result = PassResult()
+        result.notes.append(f"{sum(t.values.size for t in graph.tensors().values() if isinstance(t, gs.Constant))}")
+        return result
+
+
+def test_bisection_names_the_step_that_edits_weights_in_place(tmp_path, capsys):
+    """Graph.copy() shares weight arrays: the graph kept after step 1 must not see step 2's in-place edit."""
+    recipe = write_recipe(tmp_path, chain_model(), [READ_STEP, INPLACE_STEP, "cleanup"], atol=1e-4, rtol=1e-4)
+    assert main(["bisect", recipe]) == 1
+    out = capsys.readouterr().out
+    assert f"outputs leave tolerance after step 2 ({INPLACE_STEP})" in out
+    assert main(["run", recipe, "-o", str(tmp_path / "out.onnx"), "--validate-each-step"]) == 1
+    assert f"after step 2 ({INPLACE_STEP})" in capsys.readouterr().out
+
+
+def test_snapshots_keep_their_weights_and_share_unchanged_ones():
+    from surgeon.validation.bisect import Snapshots
+
+    graph = gs.import_onnx(chain_model())
+    weight = next(t for t in graph.tensors().values() if t.name == "w")
+    weight.values  # loaded: an array the graph and its copies would share
+    snapshots = Snapshots()
+    first = snapshots.take(graph)
+    second = snapshots.take(graph)
+    kept = [next(t for t in g.tensors().values() if t.name == "w").values for g in (first, second)]
+    assert kept[0] is kept[1] and kept[0] is not weight.values  # one private copy while unchanged
+    weight.values *= 2
+    third = snapshots.take(graph)
+    np.testing.assert_array_equal(kept[0], np.float32([[[[1.5]], [[-0.5]]]]))
+    np.testing.assert_array_equal(next(t for t in third.tensors().values() if t.name == "w").values,
+                                  np.float32([[[[3.0]], [[-1.0]]]]))
+
+
+def const_model(values: np.ndarray, name: str = "y") -> onnx.ModelProto:
+    """x (zeros, of the values' dtype) + constant -> `name`: a model whose output is the constant."""
+    values = np.asarray(values)
+    nodes = [helper.make_node("Add", ["x", "c"], [name], name="add")]
+    return make_model(nodes, [("x", values.dtype, list(values.shape))], [(name, values.dtype, list(values.shape))],
+                      {"c": values}, opset=17)
+
+
+def compare_constants(a, b, **tolerance):
+    feeds = [{"x": np.zeros_like(np.asarray(a))}]
+    return validate_models(const_model(a), const_model(b), feeds, Tolerance(**tolerance))
+
+
+def test_integer_outputs_are_subtracted_without_overflow():
+    # Polygraphy subtracts in int32: -1 - (2**31 - 1) wraps to 2**31 ... and its |diff| "passes".
+    wrapped = compare_constants(np.int32([-1, 0]), np.int32([2**31 - 1, 0]))
+    assert not wrapped.passed and wrapped.outputs[0].max_abs == 2.0**31
+    big = compare_constants(np.int64([2**53, 0]), np.int64([2**53 + 1, 0]), atol=0.5, rtol=0)
+    assert not big.passed and big.outputs[0].max_abs == 1.0  # float64 would make both 2**53
+    assert big.outputs[0].worst[0]["candidate"] == 2**53 + 1
+
+
+def test_equal_nan_and_infinities_pass_and_differing_ones_fail():
+    nan, inf = np.nan, np.inf
+    assert compare_constants(np.float32([1, nan, inf, -inf]), np.float32([1, nan, inf, -inf])).passed
+    assert compare_constants(np.float32([1, nan]), np.float32([1, nan]), error_stat="max").passed
+    one = compare_constants(np.float32([1, 2, 3]), np.float32([1, nan, 3]))
+    assert not one.passed and one.outputs[0].nan_mismatched == 1 and one.outputs[0].max_abs == 0
+    assert "1 element(s) NaN in one output only" in one.summary
+    assert one.outputs[0].worst[0]["index"] == [1]  # NaN listed first, not hidden behind 0 errors
+    for stat in ("elemwise", "max", "mean", "median"):
+        assert not compare_constants(np.float32([1, 2, 3]), np.float32([1, nan, 3]), error_stat=stat).passed
+    opposite = compare_constants(np.float32([1, inf]), np.float32([1, -inf]))
+    assert not opposite.passed and opposite.outputs[0].max_abs == inf and opposite.outputs[0].max_rel == inf
+    assert opposite.divergence["tensor"] == "y"  # inf vs -inf: relative error inf, not inf/inf = NaN
+
+
+def test_element_mismatches_follow_polygraphys_rule():
+    from surgeon.validation.compare import error_arrays
+
+    tolerance = Tolerance(atol=1e-3, rtol=1e-3)
+    reference = np.float32([np.inf, np.nan, 1, np.inf, 1000])
+    candidate = np.float32([-np.inf, np.nan, np.nan, np.inf, 1000.5])
+    bad = tolerance.element_mismatches("y", *error_arrays(reference, candidate))
+    np.testing.assert_array_equal(bad, [True, False, True, False, False])  # 0.5 abs but 5e-4 rel: within
+
+
+def test_a_changed_output_dtype_fails_and_both_dtypes_are_reported(tmp_path):
+    result = compare_constants(np.float32([1, 2]), np.float64([1, 2]))
+    output = result.outputs[0]
+    assert not result.passed and (output.dtype, output.candidate_dtype) == ("float32", "float64")
+    assert output.note == "dtype float32 vs float64" and output.max_abs == 0
+    assert "y differs from original: dtype float32 vs float64; max abs 0" in result.summary
+    # Expected outputs from an .npz keep whatever dtype the exporter saved: no dtype verdict there.
+    np.savez(tmp_path / "expected.npz", y=np.float64([1, 2]))
+    model = const_model(np.float32([1, 2]))
+    checked = validate_models(model, model, [{"x": np.zeros(2, np.float32)}], Tolerance(),
+                              expected=str(tmp_path / "expected.npz"))
+    assert checked.passed and checked.expected[0].candidate_dtype == "float32"
+
+
+def test_json_output_and_reports_hold_no_nan_literals(tmp_path, capsys):
+    """JSON has no NaN or Infinity: non-finite numbers are written as the strings "nan", "inf", "-inf"."""
+    import json
+
+    from surgeon.cli_args import json_text
+
+    assert json.loads(json_text({"a": float("nan"), "b": [np.float32(np.inf), -np.inf], "c": np.int64(3)})) == {
+        "a": "nan", "b": ["inf", "-inf"], "c": 3}
+    a, b = tmp_path / "a.onnx", tmp_path / "b.onnx"
+    onnx.save(const_model(np.float32([1, np.inf, 3])), a)
+    onnx.save(const_model(np.float32([1, -np.inf, np.nan])), b)
+    assert main(["compare", str(a), str(b), "--json", "--report", str(tmp_path / "rep")]) == 1
+
+    def strict(text):
+        return json.loads(text, parse_constant=lambda literal: pytest.fail(f"non-standard JSON {literal}"))
+
+    printed = strict(capsys.readouterr().out)
+    assert printed["outputs"][0]["max_abs"] == "inf" and printed["outputs"][0]["nan_mismatched"] == 1
+    assert strict((tmp_path / "rep.json").read_text()) == printed
+
+
+def test_against_with_each_step_bisects_against_the_original(tmp_path):
+    """`against: PATH` judges the finished model; bisection still compares every step with the original."""
+    other = chain_model()
+    for init in other.graph.initializer:
+        if init.name == "b":
+            init.CopyFrom(onnx.numpy_helper.from_array(np.float32(0.25 + 1e-3), "b"))
+    onnx.save(other, tmp_path / "other.onnx")
+    recipe = write_recipe(tmp_path, chain_model(), ["toposort", WRONG_STEP, "cleanup"], against="other.onnx",
+                          each_step=True)
+    result = run_recipe(recipe, output=tmp_path / "out.onnx")
+    validation = result.validation
+    assert validation.passed  # the wrong constant is what `other.onnx` holds
+    assert validation.bisection.step_index == 2 and validation.bisection.step_name == WRONG_STEP
+    assert validation.runners == {"against": "onnxruntime", "rewritten": "onnxruntime"}
+    assert "original" not in validation.summary.split("\n")[0]
+    equal = write_recipe(tmp_path, chain_model(), ["toposort", "cleanup"], against="other.onnx", each_step=True)
+    failed = run_recipe(equal, output=tmp_path / "out.onnx").validation
+    assert not failed.passed and not failed.bisection.found
+    assert "y differs from the against model" in failed.summary and "in the against model)" in failed.summary

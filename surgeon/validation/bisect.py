@@ -4,13 +4,15 @@
     outputs:   ok          ok              DIFFER       DIFFER      ─► "step 3 (clip-int)"
 
 Each checked step's graph is tidied and exported as the pipeline would finish it; the original
-model's outputs are computed once. Bisection assumes a step that breaks the outputs is not repaired by a
+model's outputs are computed once. The graph kept after a step is a snapshot (`Snapshots`): a
+later step that edits weights in place (`const.values *= 2`) must not change it. Bisection assumes a step that breaks the outputs is not repaired by a
 later one, and so checks about log2(steps) + 1 graphs; every checked step is listed in the result.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 from polygraphy.comparator import RunResults
@@ -47,14 +49,80 @@ class Bisection:
                            "pruned_before": r.pruned_before} for r in self.records]}
 
 
+class Snapshots:
+    """Copies of a graph that later edits of it cannot reach.
+
+    `Graph.copy()` copies nodes and tensors but shares their NumPy arrays (and attribute values), so
+    an in-place edit by a later step (`const.values *= 1.1`) would change every earlier copy. A
+    snapshot holds private copies of the arrays instead, made once and shared by the following
+    snapshots for as long as the graph's array still holds the same bytes: the memory is about one
+    copy of the weights plus the arrays steps change, the time one comparison of the weights per
+    step. Weights not loaded yet (graphsurgeon's LazyValues, read from the model on first use)
+    cannot have been edited and are not copied.
+    """
+
+    def __init__(self):
+        self._private: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # id(graph's array) -> (it, our copy)
+
+    def take(self, graph: gs.Graph) -> gs.Graph:
+        copy = graph.copy()
+        seen: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._freeze(copy, seen, set())
+        self._private = seen  # arrays the graph dropped are not kept alive
+        return copy
+
+    def _freeze(self, graph: gs.Graph, seen: dict, done: set) -> None:
+        for tensor in graph.tensors().values():
+            if isinstance(tensor, gs.Constant) and id(tensor) not in done:
+                done.add(id(tensor))
+                tensor.values = self._array(tensor._values, seen) if isinstance(tensor._values, np.ndarray) \
+                    else tensor._values
+        for node in graph.nodes:
+            for name, value in node.attrs.items():
+                if isinstance(value, gs.Graph):  # copied by Graph.copy(); its constants are shared still
+                    self._freeze(value, seen, done)
+                else:
+                    node.attrs[name] = self._attribute(value, seen)
+
+    def _attribute(self, value, seen: dict):
+        if isinstance(value, gs.Constant):  # a tensor attribute: the Constant object itself is shared
+            values = value._values
+            return gs.Constant(value.name, self._array(values, seen) if isinstance(values, np.ndarray) else values,
+                               export_dtype=value.export_dtype)
+        if isinstance(value, np.ndarray):
+            return self._array(value, seen)
+        if isinstance(value, list):
+            return [self._attribute(v, seen) for v in value]
+        return value  # numbers, strings, dtypes: immutable
+
+    def _array(self, array: np.ndarray, seen: dict) -> np.ndarray:
+        key = id(array)
+        if key in seen:
+            return seen[key][1]
+        kept = self._private.get(key)
+        if kept is None or kept[0] is not array or not _same_bytes(array, kept[1]):
+            kept = (array, array.copy())
+        seen[key] = kept
+        return kept[1]
+
+
+def _same_bytes(a: np.ndarray, b: np.ndarray) -> bool:
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    if a.dtype.hasobject:
+        return bool(np.array_equal(a, b))
+    return bool(np.array_equal(a.reshape(-1).view(np.uint8), b.reshape(-1).view(np.uint8)))
+
+
 def step_graphs(recipe: Recipe, original: onnx.ModelProto, model_dir=None) -> tuple[list[gs.Graph], list]:
-    """A copy of the graph after each step (index i: after step i + 1) and the step records."""
+    """A snapshot of the graph after each step (index i: after step i + 1) and the step records."""
     graphs: list[gs.Graph] = []
     records: list[StepRecord] = []
+    snapshots = Snapshots()
 
     def keep(record: StepRecord, graph: gs.Graph) -> None:
         records.append(record)
-        graphs.append(graph.copy())
+        graphs.append(snapshots.take(graph))
 
     run_steps(original, recipe, model_dir=model_dir, after_step=keep)
     return graphs, records

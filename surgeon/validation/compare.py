@@ -1,8 +1,17 @@
-"""Running models through Polygraphy and judging their outputs: pass/fail from Polygraphy's
-`SimpleCompareFunc`, error statistics and cosine similarity computed here for the reports.
+"""Running models through Polygraphy and judging their outputs: the verdict, error statistics and
+cosine similarity are computed here, with Polygraphy's rules (`SimpleCompareFunc`) but not its
+arithmetic, which gets these wrong (docs/validation.md, "How outputs are judged"):
+
+- integers are subtracted in their own type (int32 - int32 wraps: -1 vs 2**31 - 1 "differ" by 0);
+  here exactly, so 2**53 vs 2**53 + 1 in int64 differ by 1;
+- NaN in both outputs at the same place, and equal infinities, are errors (NaN); here they are
+  equal (error 0); NaN in one only stays an error (NaN) and always fails the output;
+- inf vs -inf has relative error inf/inf = NaN; here inf;
+- an output whose dtype changed is not flagged; here it fails (comparisons with expected outputs
+  from an .npz excepted).
 
 Relative error is Polygraphy's: |candidate - reference| / |reference|, with zeros of the reference
-nudged by 2.2e-16, so a report's figures and Polygraphy's verdict agree.
+nudged by 2.2e-16. `element_mismatches` is Polygraphy's elementwise rule.
 """
 from __future__ import annotations
 
@@ -11,7 +20,7 @@ from typing import Any
 
 import numpy as np
 import onnx
-from polygraphy.comparator import Comparator, IterationResult, RunResults
+from polygraphy.comparator import Comparator, RunResults
 from polygraphy.comparator.compare import SimpleCompareFunc
 
 from surgeon.errors import SurgeonError, suggest
@@ -72,16 +81,56 @@ class Tolerance:
                     raise SurgeonError(f"{key} names '{name}', which is not an output of the model",
                                        hint=suggest(name, outputs) or f"outputs: {', '.join(outputs)}")
 
+    def stat(self, output: str) -> str:
+        return _pick_text(self.error_stat, output)
+
     def element_mismatches(self, output: str, abs_err: np.ndarray, rel_err: np.ndarray) -> np.ndarray:
-        """Elements outside tolerance under the elementwise rule (for intermediate tensors)."""
+        """Elements outside tolerance under Polygraphy's elementwise rule: both errors above their
+        tolerance, a NaN error counting as above (`error_arrays` makes NaN only for NaN in one side)."""
         atol, rtol = self.of(output)
-        return (abs_err > atol) & (rel_err > rtol) | np.isnan(abs_err)
+        with np.errstate(invalid="ignore"):
+            return ((abs_err > atol) | np.isnan(abs_err)) & ((rel_err > rtol) | np.isnan(rel_err))
+
+    def passes(self, output: str, pairs: list[tuple[np.ndarray, np.ndarray]]) -> bool:
+        """The verdict on one output from its (absolute, relative) errors per input set: Polygraphy's
+        rule for the output's error statistic, every input set held to it (as `compare_accuracy` does)."""
+        stat, atol, rtol = self.stat(output), *self.of(output)
+        for abs_err, rel_err in pairs:
+            if abs_err.size == 0:
+                continue
+            if stat == "elemwise":
+                if self.element_mismatches(output, abs_err, rel_err).any():
+                    return False
+                continue
+            if np.isnan(abs_err).any():  # NaN in one output only: no statistic may hide it
+                return False
+            a, r = (_STATS[stat](e, self.quantile) for e in (abs_err, rel_err))
+            if (np.isnan(a) or a > atol) and (np.isnan(r) or r > rtol):
+                return False
+        return True
 
 
 def _pick(value: float | dict, output: str) -> float:
     if isinstance(value, dict):
         return float(value.get(output, value.get("", 1e-5)))
     return float(value)
+
+
+def _pick_text(value: str | dict, output: str) -> str:
+    if isinstance(value, dict):
+        return str(value.get(output, value.get("", "elemwise")))
+    return str(value)
+
+
+def _quantile(errors: np.ndarray, q: float) -> float:
+    """np.quantile of errors without NaN; infinities interpolate to NaN (inf - inf) there, here to inf."""
+    with np.errstate(invalid="ignore"):
+        value = float(np.quantile(errors, q))
+    return np.inf if np.isnan(value) else value
+
+
+_STATS = {"max": lambda e, q: float(np.max(e)), "mean": lambda e, q: float(np.mean(e)),
+          "median": lambda e, q: _quantile(e, 0.5), "quantile": _quantile}
 
 
 def _as_dict(value: float | dict) -> dict:
@@ -96,12 +145,16 @@ def _text(value: float | dict) -> str:
 
 @dataclass
 class OutputReport:
-    """One output compared: Polygraphy's verdict and our statistics (over all input sets)."""
+    """One output compared: the verdict and the statistics (over all input sets).
+
+    `dtype` is the reference's, `candidate_dtype` the candidate's. Statistics leave out elements
+    that are NaN in one output only (their error is NaN); `nan_mismatched` counts those."""
 
     name: str
     passed: bool
     shape: list[int] | None = None
     dtype: str | None = None
+    candidate_dtype: str | None = None
     max_abs: float | None = None
     mean_abs: float | None = None
     p99_abs: float | None = None
@@ -112,6 +165,7 @@ class OutputReport:
     atol: float | None = None
     rtol: float | None = None
     worst: list[dict] = field(default_factory=list)
+    nan_mismatched: int = 0
     note: str = ""
     abs_errors: np.ndarray | None = field(default=None, repr=False)
 
@@ -120,21 +174,53 @@ class OutputReport:
 
 
 def error_arrays(reference: np.ndarray, candidate: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Absolute and relative errors as float64, defined as Polygraphy defines them."""
-    if reference.dtype == bool and candidate.dtype == bool:
+    """Absolute and relative errors as float64, as Polygraphy defines them, computed without its
+    overflow: integers are subtracted exactly (then rounded once to float64). NaN at the same place
+    in both and equal infinities have error 0; NaN in one only has error NaN; inf vs -inf (or vs a
+    finite value) has absolute and relative error inf."""
+    reference, candidate = np.asarray(reference), np.asarray(candidate)
+    kinds = (reference.dtype.kind, candidate.dtype.kind)
+    if kinds == ("b", "b"):
         abs_err = np.logical_xor(reference, candidate).astype(np.float64)
+    elif all(k in "biu" for k in kinds):
+        abs_err = np.asarray(_integer_abs_diff(reference, candidate))
     else:
-        abs_err = np.abs(candidate.astype(np.float64) - reference.astype(np.float64))
-    denominator = np.abs(reference.astype(np.float64))
-    denominator = np.where(denominator == 0, _EPSILON, denominator)
+        ref, cand = reference.astype(np.float64), candidate.astype(np.float64)
+        with np.errstate(invalid="ignore", over="ignore"):
+            abs_err = np.asarray(np.abs(cand - ref))  # an array also for 0-d outputs
+        undefined = np.isnan(abs_err)  # NaN on either side, or inf - inf
+        if undefined.any():
+            with np.errstate(invalid="ignore"):
+                equal = undefined & ((ref == cand) | (np.isnan(ref) & np.isnan(cand)))
+            abs_err[equal] = 0.0
     with np.errstate(invalid="ignore", over="ignore"):
-        rel_err = abs_err / denominator
+        denominator = np.abs(reference.astype(np.float64))
+        denominator = np.where(denominator == 0, _EPSILON, denominator)
+        rel_err = np.asarray(abs_err / denominator)
+    rel_err[np.isinf(abs_err)] = np.inf  # inf / inf would be NaN
+    rel_err[abs_err == 0] = 0.0  # NaN in both: 0 / NaN would be NaN
     return abs_err, rel_err
 
 
+def _integer_abs_diff(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """|a - b| of two integer (or bool) arrays, exact until the final rounding to float64."""
+    if np.dtype(np.uint64) in (a.dtype, b.dtype) and a.dtype != b.dtype:  # uint64 vs signed: Python ints
+        difference = np.asarray(a, dtype=object) - np.asarray(b, dtype=object)
+        return np.asarray(np.abs(difference), dtype=object).astype(np.float64)
+    wide = np.uint64 if a.dtype == np.uint64 else np.int64
+    high, low = np.maximum(a.astype(wide), b.astype(wide)), np.minimum(a.astype(wide), b.astype(wide))
+    # high - low fits in uint64: the unsigned subtraction wraps modulo 2**64 to exactly it.
+    with np.errstate(over="ignore"):
+        return (high.astype(np.uint64) - low.astype(np.uint64)).astype(np.float64)
+
+
 def cosine_similarity(reference: np.ndarray, candidate: np.ndarray) -> float:
+    """Cosine similarity of the elements finite in both (NaN and infinities have no direction)."""
     a = reference.astype(np.float64).ravel()
     b = candidate.astype(np.float64).ravel()
+    finite = np.isfinite(a) & np.isfinite(b)
+    if not finite.all():
+        a, b = a[finite], b[finite]
     norms = np.linalg.norm(a) * np.linalg.norm(b)
     if norms == 0:
         return 1.0 if not a.any() and not b.any() else 0.0
@@ -162,59 +248,51 @@ def combine(*results: RunResults) -> RunResults:
 
 
 def compare_outputs(reference: RunResults, candidate: RunResults, tolerance: Tolerance,
-                    iterations: int | None = None) -> list[OutputReport]:
-    """Judge the candidate's outputs against the reference's (the first `iterations` input sets)."""
+                    iterations: int | None = None, check_dtypes: bool = True) -> list[OutputReport]:
+    """Judge the candidate's outputs against the reference's (the first `iterations` input sets).
+
+    With `check_dtypes`, an output whose dtype differs fails (a consumer reads the type); off for
+    expected outputs from an .npz, whose dtypes are whatever the exporter saved."""
     ref_name, ref_iters = next(iter(reference.items()))
     cand_name, cand_iters = next(iter(candidate.items()))
     count = min(len(ref_iters), len(cand_iters)) if iterations is None else iterations
     ref_iters, cand_iters = ref_iters[:count], cand_iters[:count]
-    ref_names = list(ref_iters[0].keys())
     cand_names = set(cand_iters[0].keys())
-    common = [n for n in ref_names if n in cand_names]
-    verdicts: dict[str, bool] = {}
-    if common:
-        pair = combine(_restricted(ref_name, ref_iters, common), _restricted(cand_name, cand_iters, common))
-        with G_LOGGER.verbosity(G_LOGGER.CRITICAL), np.errstate(divide="ignore", invalid="ignore"):
-            accuracy = Comparator.compare_accuracy(pair, comparisons=[(1, 0)], compare_func=tolerance.compare_func())
-        for per_pair in accuracy:
-            for per_iteration in per_pair.values():
-                for iteration in per_iteration:
-                    for name, outcome in iteration.items():
-                        verdicts[name] = verdicts.get(name, True) and bool(outcome)
     reports = []
-    for name in ref_names:
+    for name in ref_iters[0].keys():
         if name not in cand_names:
             reports.append(OutputReport(name, False, note=f"output missing from {cand_name}"))
             continue
-        reports.append(_statistics(name, [it[name] for it in ref_iters], [it[name] for it in cand_iters],
-                                   verdicts.get(name, False), tolerance))
+        reports.append(_judge(name, [np.asarray(it[name]) for it in ref_iters],
+                              [np.asarray(it[name]) for it in cand_iters], tolerance, check_dtypes))
     return reports
 
 
-def _restricted(name: str, iterations, outputs: list[str]) -> RunResults:
-    """One runner's results holding only `outputs` (those both sides have)."""
-    single = RunResults()
-    single[name] = [IterationResult({k: it[k] for k in outputs}, runner_name=name) for it in iterations]
-    return single
-
-
-def _statistics(name: str, references: list[np.ndarray], candidates: list[np.ndarray], passed: bool,
-                tolerance: Tolerance) -> OutputReport:
+def _judge(name: str, references: list[np.ndarray], candidates: list[np.ndarray], tolerance: Tolerance,
+           check_dtypes: bool) -> OutputReport:
     atol, rtol = tolerance.of(name)
-    first_ref, first_cand = np.asarray(references[0]), np.asarray(candidates[0])
-    report = OutputReport(name, passed, shape=list(first_ref.shape), dtype=str(first_ref.dtype), atol=atol, rtol=rtol)
-    if any(np.shape(r) != np.shape(c) for r, c in zip(references, candidates)):
-        report.passed = False
+    first_ref, first_cand = references[0], candidates[0]
+    report = OutputReport(name, False, shape=list(first_ref.shape), dtype=str(first_ref.dtype),
+                          candidate_dtype=str(first_cand.dtype), atol=atol, rtol=rtol)
+    if any(r.shape != c.shape for r, c in zip(references, candidates)):
         report.note = f"shape {list(first_ref.shape)} vs {list(first_cand.shape)}"
         return report
-    pairs = [error_arrays(np.asarray(r), np.asarray(c)) for r, c in zip(references, candidates)]
+    pairs = [error_arrays(r, c) for r, c in zip(references, candidates)]
+    report.passed = tolerance.passes(name, pairs)
+    if check_dtypes and first_ref.dtype != first_cand.dtype:
+        report.passed = False
+        report.note = f"dtype {first_ref.dtype} vs {first_cand.dtype}"
     abs_err = np.concatenate([p[0].ravel() for p in pairs])
     rel_err = np.concatenate([p[1].ravel() for p in pairs])
+    undefined = np.isnan(abs_err)
+    report.nan_mismatched = int(undefined.sum())
+    if report.nan_mismatched:
+        abs_err, rel_err = abs_err[~undefined], rel_err[~undefined]
     if abs_err.size:
         report.max_abs, report.mean_abs = float(np.max(abs_err)), float(np.mean(abs_err))
-        report.p99_abs = float(np.quantile(abs_err, 0.99))
+        report.p99_abs = _quantile(abs_err, 0.99)
         report.max_rel, report.mean_rel = float(np.max(rel_err)), float(np.mean(rel_err))
-        report.p99_rel = float(np.quantile(rel_err, 0.99))
+        report.p99_rel = _quantile(rel_err, 0.99)
     report.cosine = cosine_similarity(np.concatenate([np.ravel(r) for r in references]),
                                       np.concatenate([np.ravel(c) for c in candidates]))
     report.worst = _worst(references, candidates, pairs)
@@ -224,17 +302,23 @@ def _statistics(name: str, references: list[np.ndarray], candidates: list[np.nda
 
 
 def _worst(references, candidates, pairs) -> list[dict]:
+    """The WORST_K elements with the largest absolute error, NaN (NaN in one output only) first."""
     rows = []
     for iteration, ((abs_err, _), ref, cand) in enumerate(zip(pairs, references, candidates)):
         flat = abs_err.ravel()
         k = min(WORST_K, flat.size)
         if k == 0:
             continue
-        top = np.argpartition(-flat, k - 1)[:k] if flat.size > k else np.arange(flat.size)
+        score = np.where(np.isnan(flat), np.inf, flat)  # argpartition would put NaN last
+        top = np.argpartition(-score, k - 1)[:k] if flat.size > k else np.arange(flat.size)
         for index in top:
             where = np.unravel_index(int(index), abs_err.shape)
             rows.append({"iteration": iteration, "index": [int(i) for i in where],
-                         "reference": np.asarray(ref)[where].item(), "candidate": np.asarray(cand)[where].item(),
+                         "reference": ref[where].item(), "candidate": cand[where].item(),
                          "abs_error": float(flat[index])})
-    rows.sort(key=lambda r: (-r["abs_error"], r["iteration"], r["index"]))
+    def rank(row):
+        error = row["abs_error"]
+        return (error == error, -error if error == error else 0.0, row["iteration"], row["index"])
+
+    rows.sort(key=rank)
     return rows[:WORST_K]

@@ -61,22 +61,26 @@ def first_divergence(reference: onnx.ModelProto, candidate: onnx.ModelProto, fee
         abs_err, rel_err = error_arrays(a, b)
         bad = tolerance.element_mismatches("", abs_err, rel_err)
         if bad.any():
+            undefined = np.isnan(abs_err)  # NaN in one tensor only; left out of max_abs, counted
+            defined = abs_err[~undefined]
             return {"tensor": name, "checked": checked, "of": len(names),
-                    "max_abs": float(np.nanmax(abs_err)) if abs_err.size else 0.0,
-                    "mismatched": int(bad.sum()), "elements": int(bad.size),
+                    "max_abs": float(defined.max()) if defined.size else None,
+                    "mismatched": int(bad.sum()), "elements": int(bad.size), "nan_mismatched": int(undefined.sum()),
                     "original_node": _describe(ref_nodes[name]), "rewritten_node": _describe(cand_nodes[name])}
     return {"tensor": None, "checked": checked, "of": len(names)}
 
 
-def describe_divergence(found: dict) -> tuple[str, str]:
-    """A (label, sentence) pair for summaries and reports."""
+def describe_divergence(found: dict, reference: str = "the original") -> tuple[str, str]:
+    """A (label, sentence) pair for summaries and reports; `reference` names the graph compared with."""
     if found["tensor"] is None:
         return ("Localisation", f"no common tensor differs when read as an extra output ({found['checked']} "
                                 "compared): the output difference depends on how the runtime optimises the whole graph")
+    max_abs = "-" if found.get("max_abs") is None else f"{found['max_abs']:.3g}"
+    nans = f" ({found['nan_mismatched']} NaN in one tensor only)" if found.get("nan_mismatched") else ""
     return ("First diverging tensor",
             f"{found['tensor']} (made by {found['rewritten_node']} in the rewritten graph, {found['original_node']} "
-            f"in the original), max abs {found['max_abs']:.3g}, {found['mismatched']} of {found['elements']} "
-            "elements out of tolerance")
+            f"in {reference}), max abs {max_abs}, {found['mismatched']} of {found['elements']} "
+            f"elements out of tolerance{nans}")
 
 
 def _describe(node: onnx.NodeProto) -> str:

@@ -13,10 +13,11 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
 import os
+import re
 from pathlib import Path
 
+from surgeon.cli_args import json_text
 from surgeon.modelio import write_text_atomic
 from surgeon.validation.localise import describe_divergence
 
@@ -47,7 +48,7 @@ def write_reports(result, prefix: Path) -> list[Path]:
         _save_polygraphy(inputs, lambda path: _save_inputs(result.feeds, path))
     write_text_atomic(md, markdown(result))
     write_text_atomic(page, html_page(result))
-    write_text_atomic(data, json.dumps(result.to_dict(), indent=2, sort_keys=True, default=str) + "\n")
+    write_text_atomic(data, json_text(result.to_dict()))
     return result.reports
 
 
@@ -82,12 +83,49 @@ def _g(value) -> str:
     return "-" if value is None else f"{value:.3g}"
 
 
+def _remarks(o) -> str:
+    """What the verdict column adds to pass/FAIL: the note (shape, dtype, missing), NaN in one output only."""
+    parts = [o.note] if o.note else []
+    if o.nan_mismatched:
+        parts.append(f"{o.nan_mismatched} NaN in one output only")
+    return "; ".join(parts)
+
+
+def _figures(o) -> list[str]:
+    return [_g(o.max_abs), _g(o.mean_abs), _g(o.p99_abs), _g(o.max_rel), _g(o.mean_rel), _g(o.p99_rel),
+            "-" if o.cosine is None else f"{o.cosine:.6f}", _g(o.atol), _g(o.rtol)]
+
+
 def _row(o) -> list[str]:
     verdict = "pass" if o.passed else "**FAIL**"
-    if o.note:
-        verdict += f" ({o.note})"
-    return [f"`{o.name}`", verdict, _g(o.max_abs), _g(o.mean_abs), _g(o.p99_abs), _g(o.max_rel), _g(o.mean_rel),
-            _g(o.p99_rel), "-" if o.cosine is None else f"{o.cosine:.6f}", _g(o.atol), _g(o.rtol)]
+    if _remarks(o):
+        verdict += f" ({md_text(_remarks(o))})"
+    return [md_code(o.name, in_table=True), verdict, *_figures(o)]
+
+
+def md_text(text) -> str:
+    """`text` (names from models and recipes) as literal Markdown text: the characters Markdown or
+    HTML could read as syntax are backslash-escaped (CommonMark), so a name holding `|`, `*`,
+    `<script>` or `[x](y)` shows as written and cannot break a table."""
+    return _MD_SPECIAL.sub(r"\\\g<0>", " ".join(str(text).split()))
+
+
+def md_code(text, in_table: bool = False) -> str:
+    """`text` as a Markdown code span: a fence longer than any run of backticks inside; in a table,
+    `|` escaped (GitHub's tables split cells at it even inside code spans)."""
+    text = " ".join(str(text).split())
+    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
+    fence = "`" * (longest + 1)
+    if text.startswith("`") or text.endswith("`"):
+        text = f" {text} "
+    if in_table:
+        text = text.replace("|", "\\|")
+    return f"{fence}{text}{fence}"
+
+
+#: What can start Markdown or HTML syntax inside a line (every line escaped starts with surgeon's own words,
+#: so `#`, `-`, `+` at a line start cannot occur; `(` and `!` only act next to an escaped `[`/`]`).
+_MD_SPECIAL = re.compile(r"[\\`*_\[\]<>|~&]")
 
 
 def _md_table(outputs) -> list[str]:
@@ -100,14 +138,17 @@ def markdown(result) -> str:
     verdict = "PASSED" if result.passed else "FAILED"
     runners = ", ".join(f"{name}: {kind}" for name, kind in result.runners.items())
     lines = [f"### surgeon validation {verdict}", "",
-             f"{result.tolerance.describe()} · {result.iterations} input set(s) from {result.data} · {runners}", ""]
-    lines += [f"Note: {note}" for note in result.notes] + ([""] if result.notes else [])
+             md_text(f"{result.tolerance.describe()} · {result.iterations} input set(s) from {result.data} · "
+                     f"{runners}"), ""]
+    lines += [f"Note: {md_text(note)}" for note in result.notes] + ([""] if result.notes else [])
     if result.outputs:
+        if result.reference != "original":
+            lines += [f"Against {md_text(result.reference_label)}:", ""]
         lines += _md_table(result.outputs)
     if result.expected:
         lines += ["", "Against the expected outputs:", ""] + _md_table(result.expected)
     for label, text in _where(result):
-        lines += ["", f"**{label}:** {text}"]
+        lines += ["", f"**{label}:** {md_text(text)}"]
     return "\n".join(lines) + "\n"
 
 
@@ -117,7 +158,7 @@ def _where(result) -> list[tuple[str, str]]:
         label = "First diverging step" if result.bisection.found else "Bisection"
         found.append((label, result.bisection.describe()))
     if result.divergence:
-        found.append(describe_divergence(result.divergence))
+        found.append(describe_divergence(result.divergence, result.reference_phrase))
     return found
 
 
@@ -154,8 +195,9 @@ def _html_outputs(outputs) -> str:
     rows = []
     for o in outputs:
         css = "pass" if o.passed else "fail"
-        verdict = f"<span class='{css}'>{'pass' if o.passed else 'FAIL'}</span>" + (f" ({_esc(o.note)})" if o.note else "")
-        rows.append([f"<code>{_esc(o.name)}</code>", verdict] + [_esc(c) for c in _row(o)[2:]])
+        remarks = _remarks(o)
+        verdict = f"<span class='{css}'>{'pass' if o.passed else 'FAIL'}</span>" + (f" ({_esc(remarks)})" if remarks else "")
+        rows.append([f"<code>{_esc(o.name)}</code>", verdict] + [_esc(c) for c in _figures(o)])
     return _html_table(_COLUMNS, rows, text_columns=2)
 
 
@@ -187,7 +229,7 @@ def _histogram(output, against: str) -> str:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png")
     data = base64.b64encode(buffer.getvalue()).decode()
-    return f"<img alt='error histogram of {_esc(output.name)} vs {against}' src='data:image/png;base64,{data}'>"
+    return f"<img alt='error histogram of {_esc(output.name)} vs {_esc(against)}' src='data:image/png;base64,{data}'>"
 
 
 def _html_worst(outputs) -> str:
@@ -250,12 +292,12 @@ def html_page(result) -> str:
             f"{runners}</p>",
             *[f"<p><b>Note:</b> {_esc(note)}</p>" for note in result.notes]]
     if result.outputs:
-        body += ["<h2>Outputs against the original</h2>", _html_outputs(result.outputs)]
+        body += [f"<h2>Outputs against {_esc(result.reference_phrase)}</h2>", _html_outputs(result.outputs)]
     if result.expected:
         body += ["<h2>Outputs against the expected values</h2>", _html_outputs(result.expected)]
     for label, text in _where(result):
         body.append(f"<p><b>{_esc(label)}:</b> {_esc(text)}</p>")
-    histograms = "".join([_histogram(o, "original") for o in result.outputs]
+    histograms = "".join([_histogram(o, result.reference_label) for o in result.outputs]
                          + [_histogram(o, "expected") for o in result.expected])
     if histograms:
         body += ["<h2>Absolute error histograms</h2>", f"<div class='plots'>{histograms}</div>"]

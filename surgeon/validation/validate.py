@@ -1,7 +1,7 @@
 """One validation: run both models on the same inputs, judge every output, localise a failure, report.
 
     original ──► runner ──┐
-                          ├─► Polygraphy compare_accuracy ─► per-output verdicts + statistics
+                          ├─► compare.py (Polygraphy's rules) ─► per-output verdicts + statistics
     rewritten ─► runner ──┘          │ failed?
                                      ├─► first diverging tensor (localise.py)
                                      └─► first diverging step (bisect.py, with each_step)
@@ -27,7 +27,7 @@ from surgeon.validation.data import Feeds, check_fits, check_recorded, feeds_for
 from surgeon.validation.localise import describe_divergence, first_divergence
 from surgeon.validation.runners import RUNNER_KINDS, check_runnable, graph_inputs
 
-ORIGINAL, REWRITTEN, EXPECTED = "original", "rewritten", "expected"
+ORIGINAL, REWRITTEN, EXPECTED, AGAINST = "original", "rewritten", "expected", "against"
 
 
 @dataclass
@@ -46,6 +46,8 @@ class ValidationResult:
     bisection: Bisection | None = None
     graph_diff: dict = field(default_factory=dict)
     reports: list[Path] = field(default_factory=list)
+    #: What the outputs were compared with: "original", or "against" (a recipe's `validate.against` model).
+    reference: str = ORIGINAL
     run_results: RunResults | None = field(default=None, repr=False)
     feeds: Feeds = field(default_factory=list, repr=False)
 
@@ -57,13 +59,12 @@ class ValidationResult:
         lines = [f"validation {verdict}: {judged}, {self.tolerance.describe()}, "
                  f"{self.iterations} input set(s) from {self.data}; {runners}"]
         lines += [f"  note: {note}" for note in self.notes]
-        for group, label in ((self.outputs, "original"), (self.expected, "expected")):
+        for group, label in ((self.outputs, self.reference_label), (self.expected, "expected")):
             for o in group:
                 if not o.passed:
-                    figures = o.note or f"max abs {_g(o.max_abs)}, max rel {_g(o.max_rel)}, cosine {o.cosine:.6f}"
-                    lines.append(f"  {o.name} differs from {label}: {figures}")
+                    lines.append(f"  {o.name} differs from {label}: {describe_output(o)}")
         if self.divergence:
-            label, text = describe_divergence(self.divergence)
+            label, text = describe_divergence(self.divergence, self.reference_phrase)
             lines.append(f"  {label.lower()}: {text}")
         if self.bisection is not None:
             lines.append(f"  bisect: {self.bisection.describe()}")
@@ -71,9 +72,20 @@ class ValidationResult:
             lines.append("  reports: " + ", ".join(str(p) for p in self.reports))
         return "\n".join(lines)
 
+    @property
+    def reference_label(self) -> str:
+        """How summaries and reports name the model compared with ("y differs from original")."""
+        return "the against model" if self.reference == AGAINST else self.reference
+
+    @property
+    def reference_phrase(self) -> str:
+        """The same in running text ("made by ... in the original")."""
+        return "the original" if self.reference == ORIGINAL else self.reference_label
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "passed": self.passed,
+            "reference": self.reference,
             "tolerance": dict(self.tolerance.__dict__),
             "runners": self.runners,
             "iterations": self.iterations,
@@ -92,36 +104,49 @@ def _g(value) -> str:
     return "-" if value is None else f"{value:.3g}"
 
 
+def describe_output(o: OutputReport) -> str:
+    """Why an output failed, in a few figures (the summary's and the reports' wording)."""
+    parts = [o.note] if o.note else []
+    if o.max_abs is not None or not o.note:
+        cosine = "-" if o.cosine is None else f"{o.cosine:.6f}"
+        parts.append(f"max abs {_g(o.max_abs)}, max rel {_g(o.max_rel)}, cosine {cosine}")
+    if o.nan_mismatched:
+        parts.append(f"{o.nan_mismatched} element(s) NaN in one output only")
+    return "; ".join(parts)
+
+
 def validate_models(original: onnx.ModelProto, rewritten: onnx.ModelProto | None, feeds: Feeds,
                     tolerance: Tolerance, runner: str = "auto", expected: str | RunResults | None = None,
                     data: str = "random inputs", localise: bool = True,
-                    rewritten_runner=None) -> ValidationResult:
+                    rewritten_runner=None, reference: str = ORIGINAL) -> ValidationResult:
     """Compare `rewritten` with `original` (and with `expected` outputs, if given) on `feeds`.
 
     `original=None` compares with the `expected` outputs only: for exports no runtime can run at all.
     `rewritten_runner` (a Polygraphy runner, e.g. TensorRT's) runs the candidate instead of `rewritten`,
     which may then be None (an engine has no graph to diff or localise in). `expected`: the path of
-    the expected outputs, or them as read by `expected_results`. `prepare_validation` checks all of
-    this before anything runs.
+    the expected outputs, or them as read by `expected_results`. `reference`: what `original` is
+    ("original", or "against" for a recipe's `validate.against` model), its runner's name in the
+    results. `prepare_validation` checks all of this before anything runs.
     """
     if original is None:
         return _validate_against_expected(rewritten, feeds, tolerance, runner, expected, data)
     tolerance.check_outputs([o.name for o in original.graph.output])
-    original_results, original_kind = run_model(original, feeds, runner, ORIGINAL)
+    original_results, original_kind = run_model(original, feeds, runner, reference)
     if rewritten_runner is not None:
         rewritten_results, rewritten_kind = run_runner(rewritten_runner, feeds), rewritten_runner.name
     else:
         rewritten_results, rewritten_kind = run_model(rewritten, feeds, runner, REWRITTEN)
     outputs = compare_outputs(original_results, rewritten_results, tolerance)
     result = ValidationResult(passed=all(o.passed for o in outputs), tolerance=tolerance, outputs=outputs,
-                              runners={ORIGINAL: original_kind, REWRITTEN: rewritten_kind},
-                              iterations=len(feeds), data=data, feeds=feeds,
+                              runners={reference: original_kind, REWRITTEN: rewritten_kind},
+                              iterations=len(feeds), data=data, feeds=feeds, reference=reference,
                               graph_diff=graph_diff(original, rewritten) if rewritten is not None else {})
     result.run_results = combine(original_results, rewritten_results)
     result.notes = input_notes(original, rewritten) if rewritten is not None else []
     localise = localise and rewritten is not None
     if expected:
-        result.expected = compare_outputs(_expected(expected), rewritten_results, tolerance, iterations=1)
+        result.expected = compare_outputs(_expected(expected), rewritten_results, tolerance, iterations=1,
+                                          check_dtypes=False)
         result.passed = result.passed and all(o.passed for o in result.expected)
     if localise and not all(o.passed for o in outputs):
         result.divergence = first_divergence(original, rewritten, feeds[0], tolerance, runner)
@@ -134,7 +159,7 @@ def _validate_against_expected(rewritten, feeds, tolerance, runner, expected, da
                            "'expected' (an .npz of reference outputs)")
     tolerance.check_outputs([o.name for o in rewritten.graph.output])
     rewritten_results, rewritten_kind = run_model(rewritten, feeds, runner, REWRITTEN)
-    compared = compare_outputs(_expected(expected), rewritten_results, tolerance, iterations=1)
+    compared = compare_outputs(_expected(expected), rewritten_results, tolerance, iterations=1, check_dtypes=False)
     result = ValidationResult(passed=all(o.passed for o in compared), tolerance=tolerance, outputs=[],
                               expected=compared, runners={REWRITTEN: rewritten_kind}, iterations=len(feeds),
                               data=data, feeds=feeds)
@@ -272,7 +297,11 @@ def prepare_run_validation(recipe, original: onnx.ModelProto, original_path) -> 
         return prepare_validation(config, original, str(original_path))
     if against == "none":
         return prepare_validation(config, None, recorded_for=original, recorded_for_name=str(original_path))
-    return prepare_validation(config, load_model(against), str(against))
+    prepared = prepare_validation(config, load_model(against), str(against))
+    if config.get("each_step"):  # bisection runs the original on the same inputs
+        check_fits(prepared.feeds, original, f"the original model {original_path}", str(against),
+                   config.get("data"))
+    return prepared
 
 
 def validate_run(recipe, original: onnx.ModelProto, original_path: Path, rewritten: onnx.ModelProto,
@@ -288,15 +317,18 @@ def validate_run(recipe, original: onnx.ModelProto, original_path: Path, rewritt
         prepared = prepare_run_validation(recipe, original, original_path)
         prepared.check_candidate(rewritten)
     reference, tolerance, runner, feeds = prepared.reference, prepared.tolerance, prepared.runner, prepared.feeds
-    result = validate_models(reference, rewritten, feeds, tolerance, runner, prepared.expected, prepared.data)
-    if reference is None:
-        result.graph_diff = graph_diff(original, rewritten)
+    against = (config.get("against") or ORIGINAL) not in (ORIGINAL, "none")
+    result = validate_models(reference, rewritten, feeds, tolerance, runner, prepared.expected, prepared.data,
+                             reference=AGAINST if against else ORIGINAL)
+    result.graph_diff = graph_diff(original, rewritten)  # what the recipe changed, whatever it is compared with
     if config.get("each_step") and recipe.steps:
-        progress.message("bisecting the recipe's steps")
+        # Bisection compares every step's graph with the original model, also when the finished one was
+        # compared with an `against` model: then it runs the original itself and judges the last step too.
+        progress.message("bisecting the recipe's steps against the original model")
         result.bisection = bisect_steps(recipe, original, feeds, tolerance, runner,
-                                        reference=_only_runner(result.run_results, ORIGINAL),
+                                        reference=None if against else _only_runner(result.run_results, ORIGINAL),
                                         model_dir=Path(original_path).parent, progress=progress,
-                                        final=result.outputs)
+                                        final=None if against else result.outputs)
     if output is not None:
         prefix = Path(config["report"]) if config.get("report") else default_prefix(output)
         result.reports = write_reports(result, prefix)
