@@ -51,6 +51,7 @@ class Rename(Pass):
             self._claim(taken_nodes, new, old)
             node.name = new
             _carry_metadata(ctx, original, old, new)
+            ctx.renamed_nodes[new] = ctx.renamed_nodes.pop(old, old)
             result.rewritten.append(old)
         return result
 

@@ -228,6 +228,8 @@ class Context:
     model_dir: Any = None
     pass_name: str = ""
     provenance: dict[str, dict[str, str]] = field(default_factory=dict)
+    #: Renamed nodes, new name -> the input model's name: their doc strings are restored by it.
+    renamed_nodes: dict[str, str] = field(default_factory=dict)
     #: The model as loaded, before import (read-only).
     input_model: Any = None
     #: What holds of the graph as the pass starts (the vocabulary of `needs`), so a pass can skip

@@ -271,6 +271,7 @@ def run_steps(model: onnx.ModelProto, recipe: Recipe, model_dir=None, progress: 
             after_step(record, graph)
     # What finish_graph needs besides the graph, kept with it (graphsurgeon graphs take attributes).
     graph.__dict__["_surgeon_provenance"] = ctx.provenance
+    graph.__dict__["_surgeon_renamed_nodes"] = ctx.renamed_nodes
     graph.__dict__["_surgeon_state"] = state
     return graph, records
 
@@ -376,21 +377,25 @@ def finish_graph(graph: gs.Graph, original: onnx.ModelProto, recipe: Recipe,
             model = onnx.shape_inference.infer_shapes(model, strict_mode=False)
         except Exception:
             pass  # best effort, see infer_graph_shapes
-    _restore_node_metadata(model, original, provenance)
+    _restore_node_metadata(model, original, provenance, graph.__dict__.get("_surgeon_renamed_nodes") or {})
     _copy_model_fields(model, original)
     _stamp(model, recipe, records)
     return model
 
 
-def _restore_node_metadata(model: onnx.ModelProto, original: onnx.ModelProto, provenance: dict) -> None:
-    """Metadata and doc strings of the original's nodes, by name: graphsurgeon keeps neither."""
+def _restore_node_metadata(model: onnx.ModelProto, original: onnx.ModelProto, provenance: dict,
+                           renamed: dict | None = None) -> None:
+    """Metadata and doc strings of the original's nodes, by name (`renamed`: new name -> original name):
+    graphsurgeon keeps neither. A renamed node's metadata travels in `provenance` (passes/rename.py)."""
     kept = {n.name: list(n.metadata_props) for n in original.graph.node if n.metadata_props and n.name}
     docs = {n.name: n.doc_string for n in original.graph.node if n.doc_string and n.name}
     if not kept and not docs and not provenance:
         return
+    renamed = renamed or {}
     for node in model.graph.node:
-        if not node.doc_string and node.name in docs:
-            node.doc_string = docs[node.name]
+        doc = docs.get(renamed.get(node.name, node.name))
+        if not node.doc_string and doc:
+            node.doc_string = doc
         props = {p.key: p.value for p in kept.get(node.name, ())}
         props.update(provenance.get(node.name, {}))
         if props:

@@ -53,10 +53,24 @@ def test_rename_in_an_unsorted_graph_whose_if_branches_read_a_later_tensor(param
     assert_same_on_ort(model, out, input_names)
 
 
-def test_a_renamed_node_keeps_its_metadata_props():
-    relu = helper.make_node("Relu", ["x"], ["y"], name="relu")
+def test_a_renamed_node_keeps_its_metadata_props_and_doc_string():
+    relu = helper.make_node("Relu", ["x"], ["y"], name="relu", doc_string="first activation")
     relu.metadata_props.add(key="source", value="backbone.layer1")
     model = make_model([relu], [("x", np.float32, [3])], [("y", np.float32, [3])])
     out, _ = apply_pass(model, "rename", nodes={"relu": "stem"})
     assert out.graph.node[0].name == "stem"
     assert [(p.key, p.value) for p in out.graph.node[0].metadata_props] == [("source", "backbone.layer1")]
+    assert out.graph.node[0].doc_string == "first activation"
+
+
+def test_a_node_renamed_twice_keeps_its_doc_string():
+    relu = helper.make_node("Relu", ["x"], ["y"], name="relu", doc_string="first activation")
+    model = make_model([relu], [("x", np.float32, [3])], [("y", np.float32, [3])])
+    from surgeon.pipeline import finish_graph, run_steps
+    from surgeon.recipe import load_recipe
+
+    recipe = load_recipe({"name": "twice", "steps": [{"pass": "rename", "with": {"nodes": {"relu": "a"}}},
+                                                     {"pass": "rename", "with": {"nodes": {"a": "b"}}}]})
+    graph, records = run_steps(model, recipe)
+    out = finish_graph(graph, model, recipe, records)
+    assert (out.graph.node[0].name, out.graph.node[0].doc_string) == ("b", "first activation")
