@@ -30,6 +30,19 @@ def _attr(node, key):
     return value.decode() if isinstance(value, bytes) else value
 
 
+def subgraph_nodes(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
+    """The nodes of every If/Loop/Scan body under `graph`'s nodes, at any depth (not `graph`'s own)."""
+    found, stack = [], [graph]
+    while stack:
+        for node in stack.pop().node:
+            for attribute in node.attribute:
+                bodies = [attribute.g] if attribute.type == onnx.AttributeProto.GRAPH else list(attribute.graphs)
+                for body in bodies:
+                    found.extend(body.node)
+                    stack.append(body)
+    return found
+
+
 def op_histogram(nodes) -> dict[str, int]:
     """Counts of op labels, sorted by label (deterministic)."""
     nodes = list(nodes)

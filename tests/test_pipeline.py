@@ -175,6 +175,15 @@ def test_cli_exit_codes(tmp_path, model_file, capsys):
     assert info["ops"] == {"ai.onnx": {"Abs": 1, "Neg": 1, "Relu": 1}}
 
 
+def test_inspect_counts_the_ops_inside_loop_bodies(capsys):
+    """bevfusion-camera at opset 16 keeps repeat_interleave as a Loop: 293 nodes, 18 more in its body."""
+    assert main(["inspect", str(DATA / "zoo" / "bevfusion-camera.fixture.opset16.onnx"), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert (info["nodes"], info["nodes_in_subgraphs"]) == (293, 18)
+    assert sum(sum(ops.values()) for ops in info["ops"].values()) == 311
+    assert info["ops"]["ai.onnx"]["SequenceAt"] == 2 and info["ops"]["ai.onnx"]["SequenceInsert"] == 1
+
+
 def test_set_override_on_command_line(tmp_path, model_file):
     recipe = recipe_file(tmp_path, [{"pass": "remove-node", "with": {"op_types": ["Abs"]}}])
     out = tmp_path / "o.onnx"

@@ -1,4 +1,5 @@
-"""Describe a model: opsets, IR version, inputs and outputs, op histogram by domain, initializer bytes."""
+"""Describe a model: opsets, IR version, inputs and outputs, op histogram by domain (If/Loop/Scan bodies
+included), initializer bytes."""
 from __future__ import annotations
 
 from collections import defaultdict
@@ -18,10 +19,11 @@ def add_arguments(parser) -> None:
 
 def describe(model: onnx.ModelProto) -> dict:
     """A JSON-ready description of `model`."""
-    from surgeon.graphinfo import op_histogram, tensor_bytes
+    from surgeon.graphinfo import op_histogram, subgraph_nodes, tensor_bytes
 
+    inner = subgraph_nodes(model.graph)
     by_domain: dict[str, dict[str, int]] = defaultdict(dict)
-    for label, count in op_histogram(model.graph.node).items():
+    for label, count in op_histogram([*model.graph.node, *inner]).items():
         domain, _, op = label.rpartition("::")
         if label.startswith("ATen:"):
             domain, op = "org.pytorch.aten", label
@@ -35,6 +37,7 @@ def describe(model: onnx.ModelProto) -> dict:
         "inputs": [_value_info(v) for v in model.graph.input if v.name not in initializer_names],
         "outputs": [_value_info(v) for v in model.graph.output],
         "nodes": len(model.graph.node),
+        "nodes_in_subgraphs": len(inner),  # If/Loop/Scan bodies; `ops` counts them too
         "ops": dict(sorted(by_domain.items())),
         "custom_domains": sorted(d for d in by_domain if d not in ("ai.onnx",)),
         "initializers": {"count": len(model.graph.initializer), "bytes": init_bytes},
@@ -61,7 +64,9 @@ def run(args) -> int:
         return 0
     if args.quiet:
         return 0
-    print(f"{args.model}: IR version {info['ir_version']}, producer {info['producer'] or '-'}, {info['nodes']} nodes")
+    inner = f" (+{info['nodes_in_subgraphs']} in If/Loop/Scan bodies)" if info["nodes_in_subgraphs"] else ""
+    print(f"{args.model}: IR version {info['ir_version']}, producer {info['producer'] or '-'}, "
+          f"{info['nodes']} nodes{inner}")
     print("opsets: " + ", ".join(f"{d} {v}" for d, v in info["opsets"].items()))
     for kind in ("inputs", "outputs"):
         rows = [[v["name"], v["dtype"], "x".join(map(str, v["shape"])) if v["shape"] is not None else "?"]
