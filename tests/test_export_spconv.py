@@ -308,8 +308,10 @@ def test_a_layer_larger_than_its_output_bound_is_reported(window):
     assert layers_over_output_bound(export_spconv(build_centerpoint_scn(), *window).model) == []
 
 
-def test_a_file_that_is_no_checkpoint_is_named(tmp_path):
+@pytest.mark.parametrize("content", [b"not a checkpoint", b"junk\n"])
+def test_a_file_that_is_no_checkpoint_is_named(tmp_path, content):
+    """b"junk\n" makes torch's weights-only unpickler raise a KeyError, not an UnpicklingError."""
     path = tmp_path / "notes.pth"
-    path.write_text("not a checkpoint")
+    path.write_bytes(content)
     with pytest.raises(SurgeonError, match=f"{path}: cannot read checkpoint"):
         build_zoo_model("centerpoint-scn", path)

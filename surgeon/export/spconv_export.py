@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import pickle
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,8 +51,9 @@ def build_zoo_model(name: str, checkpoint=None) -> torch.nn.Module:
     if checkpoint is not None:
         try:
             state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-        except (OSError, RuntimeError, ValueError, EOFError, pickle.UnpicklingError) as exc:
-            raise SurgeonError(f"cannot read checkpoint: {str(exc).splitlines()[0]}", file=checkpoint) from None
+        except Exception as exc:  # noqa: BLE001  torch's unpickler raises anything (KeyError on junk bytes)
+            first_line = (str(exc).splitlines() or [""])[0]
+            raise SurgeonError(f"cannot read checkpoint: {type(exc).__name__}: {first_line}", file=checkpoint) from None
         if not isinstance(state, dict):
             raise SurgeonError(f"checkpoint holds a {type(state).__name__}, not a state dict", file=checkpoint)
         try:
