@@ -186,6 +186,14 @@ def test_recipe_lint(tmp_path, capsys):
     assert f"{missing}:2:8: SR002 error model: file not found: {tmp_path / 'nowhere.onnx'}" in out
 
 
+def test_recipe_option_takes_a_shipped_recipe_name_as_run_does(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # not found relative to the working directory: the shipped one
+    code, out, _ = run(capsys, "--recipe", "bevformer-tiny")
+    assert (code, out.strip()) == (0, "no findings in 1 file")
+    code, out, _ = run(capsys, "--recipe", "bevformer-tiny-nonesuch")
+    assert code == 2 and "bevformer-tiny-nonesuch: SG000 error recipe file not found" in out
+
+
 def test_every_bundled_recipe_passes_the_lint(capsys):
     """What the sample pre-commit hook runs over recipes/ (two of them compare with `against: none`,
     which once failed SR002 as a missing file named 'none')."""

@@ -54,7 +54,7 @@ def run(args) -> int:
         print(table([[r.id, r.severity, r.name, r.summary, r.fix or "-"] for r in rules.values()],
                     ["id", "severity", "name", "what", "fix"]))
         return 0
-    inputs = [(path, args.as_recipes) for path in args.paths] + [(path, True) for path in args.recipe]
+    inputs = [(path, args.as_recipes) for path in args.paths] + [(_shipped_or_path(p), True) for p in args.recipe]
     if not inputs:
         raise_usage("surgeon check needs at least one model or recipe (or --list-rules)")
     cli = _command_line_settings(args)
@@ -82,6 +82,18 @@ def run(args) -> int:
     elif report:
         sys.stdout.write(report + "\n")
     return exit_code(findings)
+
+
+def _shipped_or_path(name_or_path: str) -> str:
+    """`--recipe bevformer-tiny` names a shipped recipe, as `surgeon run` reads it; a path that does not
+    exist and names none stays as given, for the SG000 finding."""
+    from surgeon.errors import SurgeonError
+    from surgeon.recipe import find_recipe
+
+    try:
+        return str(find_recipe(name_or_path))
+    except SurgeonError:
+        return name_or_path
 
 
 def _checked_files(inputs, args) -> tuple[list, list]:
