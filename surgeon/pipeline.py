@@ -130,8 +130,12 @@ def run_recipe(recipe, model=None, output=None, *, overrides=(), dry_run: bool =
                            "'model:' in the recipe")
     model_path = Path(recipe.model)
     if not model_path.exists():
+        missing_checks = [key for key in ("data", "expected") if validate and (recipe.validate or {}).get(key)
+                          and not Path(recipe.validate[key]).exists()]
+        also = (f"; its validation files ({', '.join(f'validate.{key}' for key in missing_checks)}) are missing "
+                "too: add --no-validate, or --set them") if missing_checks else ""
         raise ModelError("model file not found", file=model_path,
-                         hint=f"recipe '{recipe.name}' reads it; give MODEL on the command line to use another")
+                         hint=f"recipe '{recipe.name}' reads it; give MODEL on the command line to use another{also}")
     original, files_read = read_model(model_path)
     if output is not None and not dry_run:  # before any step: no output may replace an input (or a device)
         guard_outputs(*run_files(recipe, output, files_read, validate, build, inputs),

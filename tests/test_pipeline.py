@@ -622,3 +622,15 @@ def test_the_models_metadata_and_doc_strings_survive_a_run(step):
     assert [n.doc_string for n in out.graph.node] == ["node doc", ""]
     assert out.graph.input[0].doc_string == "input doc" and out.graph.output[0].doc_string == "output doc"
     assert {v.name: v.doc_string for v in out.graph.value_info} == {"r": "r doc"}
+
+
+def test_a_missing_model_says_when_the_validation_files_are_missing_too(tmp_path, capsys):
+    """A shipped recipe run from an installed wheel: neither its sample model nor its recorded data is there."""
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("name: r\nmodel: nowhere/m.onnx\nsteps:\n  - pass: cleanup\n"
+                      "validate:\n  data: nowhere/inputs.npz\n  expected: nowhere/outputs.npz\n")
+    assert main(["run", str(recipe), "-o", str(tmp_path / "o.onnx")]) == 2
+    assert ("its validation files (validate.data, validate.expected) are missing too: add --no-validate, "
+            "or --set them") in capsys.readouterr().err
+    assert main(["run", str(recipe), "-o", str(tmp_path / "o.onnx"), "--no-validate"]) == 2
+    assert "missing too" not in capsys.readouterr().err
