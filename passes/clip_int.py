@@ -39,13 +39,11 @@ import onnx
 from surgeon.errors import PassError
 from surgeon.pass_api import Param, Pass, PassResult, register_pass
 from surgeon.rewrite import Rewrite, const_value, dtype_of, find_nodes, is_op
+from surgeon.targets import load_target
 
 WHERE_SINCE = 9  # Where-9; Less/Greater take integers from opset 9 too
 INTEGER_MAX_MIN_SINCE = 12  # Max-12 / Min-12 added the integer types
 FLOAT64_EXACT = 2**53  # float64 holds every integer of at most this magnitude
-# Integer types ONNX Runtime 1.31's CPU provider has no kernel for (get_all_opkernel_def; its target
-# profile lists no Where types, so target.supports cannot tell).
-ORT_LACKS = {"Where": {"int16", "uint16", "uint64"}, "Max": {"int16", "uint16"}, "Min": {"int16", "uint16"}}
 WIDER_TYPES = (np.dtype(np.int32), np.dtype(np.int64))
 
 
@@ -151,12 +149,15 @@ class ClipInt(Pass):
     @staticmethod
     def compute_type(dtype, lo, hi, opset, target):
         """(type to clip in, whether with Max/Min): the input's own type, else the narrowest wider one the
-        target and ONNX Runtime have the ops for."""
+        target and ONNX Runtime (validation runs the rewrite there, whatever the target) have the ops for,
+        as their profiles say (ONNX Runtime 1.31 lacks int16/uint16 Max, Min and Where and uint64 Where)."""
         runtime_float_bound = any(not isinstance(b, (np.ndarray, type(None))) and is_float(dtype_of(b))
                                   for b in (lo, hi))
 
+        runtimes = (target, load_target("onnxruntime"))
+
         def available(op, candidate):
-            return target.supports(op, dtype=candidate, opset=opset) and candidate.name not in ORT_LACKS.get(op, ())
+            return all(runtime.supports(op, dtype=candidate, opset=opset) for runtime in runtimes)
 
         candidates = [dtype] + [t for t in WIDER_TYPES if t.itemsize > dtype.itemsize and np.can_cast(dtype, t)]
         for candidate in candidates:

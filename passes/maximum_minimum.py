@@ -17,8 +17,8 @@ Boolean maximum/minimum are Or/And. Standard integer Max/Min nodes a target cann
 
 ATen operands of different dtypes are first Cast to torch's result dtype (the ATen output's recorded
 type, else torch.result_type of the operands), which then picks the form: fmax(int64, float32) is a
-float32 fmax, NaN handling included. 16-bit integers, which ONNX Runtime runs in neither Max/Min nor
-Where, are computed there in int32 and cast back.
+float32 fmax, NaN handling included. Integers ONNX Runtime's profile gives neither Max/Min nor Where
+(int16, uint16) are computed in int32 and cast back.
 """
 from __future__ import annotations
 
@@ -29,6 +29,7 @@ from surgeon.errors import PassError
 from surgeon.pass_api import Param, Pass, PassResult, register_pass
 from surgeon.promotion import aten_result_dtype, cast_to
 from surgeon.rewrite import Rewrite, aten_operator, attr_text, dtype_of, is_op, producer
+from surgeon.targets import load_target
 
 #: ATen operator -> (standard op, NaN-ignoring?)
 ATEN_FORMS = {"maximum": ("Max", False), "minimum": ("Min", False), "fmax": ("Max", True),
@@ -40,8 +41,6 @@ BOOL_FORM = {"Max": "Or", "Min": "And"}
 FLOAT_TYPES = (TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16)
 #: Max/Min take integer inputs from this opset on.
 INTEGER_MINMAX_OPSET = 12
-#: Integer types ONNX Runtime 1.31 has no Max/Min and no Where kernel for (see _computed_in).
-ORT_UNRUNNABLE_INTEGERS = (np.dtype(np.int16), np.dtype(np.uint16))
 
 
 @register_pass("maximum-minimum")
@@ -73,7 +72,7 @@ class MaximumMinimum(Pass):
                             f"here (run infer-shapes first?)")
                 continue
             rw = Rewrite(graph, ctx, node)
-            computed_in = _computed_in(dtype, ctx)
+            computed_in = _computed_in(op_type, dtype, ctx)
             operands = [cast_to(rw, t, computed_in, f"cast_{i}") for i, t in enumerate(operands)]
             combined = operands[0]
             for i, operand in enumerate(operands[1:], start=1):
@@ -131,13 +130,18 @@ class MaximumMinimum(Pass):
         return emit(op_type, [a, b])
 
 
-def _computed_in(dtype, ctx) -> np.dtype:
-    """The dtype to compute in: `dtype`, or int32 for the 16-bit integers ONNX Runtime 1.31 has neither a
-    Max/Min nor a Where kernel for (measured; the tests pin it). int32 holds every 16-bit value, so
-    Cast(int32) -> Max -> Cast back is exact."""
-    if ctx.target.runtime == "onnxruntime" and dtype in ORT_UNRUNNABLE_INTEGERS:
-        return np.dtype(np.int32)
-    return dtype
+def _computed_in(op_type, dtype, ctx) -> np.dtype:
+    """The dtype to compute in: `dtype`, or int32 for an integer type int32 holds where ONNX Runtime has
+    neither the Max/Min (from opset 12) nor the Where kernel for it at the opset: its profile says so, the
+    target's own where the target is ONNX Runtime, else the built-in one, since validation runs the rewrite
+    there (1.31 lacks int16/uint16; the tests pin it). Cast(int32) -> Max -> Cast back is exact."""
+    if not _is_integer(dtype) or not np.can_cast(dtype, np.int32):
+        return dtype
+    runtime = ctx.target if ctx.target.runtime == "onnxruntime" else load_target("onnxruntime")
+    runs_max_min = ctx.opset >= INTEGER_MINMAX_OPSET and runtime.supports(op_type, dtype=dtype, opset=ctx.opset)
+    if runs_max_min or runtime.supports("Where", dtype=dtype, opset=ctx.opset):
+        return dtype
+    return np.dtype(np.int32)
 
 
 def _is_integer(dtype) -> bool:

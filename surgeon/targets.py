@@ -25,7 +25,8 @@ PROFILE_SUFFIXES = (".yaml", ".yml")
 
 @dataclass(frozen=True)
 class Target:
-    """A loaded target profile. `ops` maps a standard op type to its rule (since/until opset, dtypes)."""
+    """A loaded target profile. `ops` maps a standard op type to its rule (since/until opset, dtypes of
+    input `dtype_input`)."""
 
     name: str
     runtime: str
@@ -54,9 +55,10 @@ class Target:
         return tuple(int(p) for p in str(self.version or "0").split(".") if p.isdigit())
 
     def supports(self, op_type: str, domain: str = "", dtype=None, opset: int | None = None) -> bool:
-        """Whether the runtime runs `domain::op_type` (with inputs of `dtype`, at `opset`).
+        """Whether the runtime runs `domain::op_type` (with its typed input of `dtype`, at `opset`).
 
-        A profile that lists no ops at all accepts every standard op (and no custom one).
+        `dtype` is the type of the input the op's dtype rule describes (`dtype_input`: Where's data, not its
+        bool condition). A profile that lists no ops at all accepts every standard op (and no custom one).
         """
         domain = domain or ""
         if domain not in ("", "ai.onnx"):
@@ -83,9 +85,13 @@ class Target:
         return True
 
     def dtypes_for(self, op_type: str, version: int | None) -> list[str] | None:
-        """The dtypes the profile accepts for a standard op's first input at op version `version`
-        (None: no dtype rule, every type the ONNX schema allows)."""
+        """The dtypes the profile accepts for a standard op's typed input (`dtype_input`) at op version
+        `version` (None: no dtype rule, every type the ONNX schema allows)."""
         return rule_dtypes(self.ops.get(op_type) or {}, version)
+
+    def dtype_input(self, op_type: str) -> int:
+        """The index of the node input a standard op's `dtypes` describe: the rule's `dtype_input`, else 0."""
+        return int((self.ops.get(op_type) or {}).get("dtype_input", 0))
 
 
 def rule_dtypes(rule: dict, version: int | None) -> list[str] | None:
@@ -220,7 +226,7 @@ _KEYS: dict[str, tuple[tuple[type, ...], str, bool]] = {
     "sources": ((list,), "a list of strings", True),
     "notes": ((list,), "a list of strings", True),
 }
-_OP_RULE_KEYS = ("since", "until", "dtypes", "notes")
+_OP_RULE_KEYS = ("since", "until", "dtype_input", "dtypes", "notes")
 
 
 def _load_raw(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
@@ -288,6 +294,11 @@ def _check_profile(data: dict, path: Path, text: str) -> None:
                      suggest(str(field_name), _OP_RULE_KEYS) or f"allowed: {', '.join(_OP_RULE_KEYS)}", at_key=True)
             if field_name in ("since", "until"):
                 expect(value, (int,), "an op version (an integer)", keys)
+            elif field_name == "dtype_input":
+                what = "the index of the input `dtypes` describe (an integer, 0 or more)"
+                expect(value, (int,), what, keys)
+                if value < 0:
+                    fail(f"target profile key '{'.'.join(map(str, keys))}' must be {what}, got {value}", keys)
             elif field_name == "dtypes":
                 what = "a list of dtype names such as [float32, int64]"  # or {op version: list} (docs/targets.md)
                 expect(value, (list, dict), what, keys)

@@ -68,6 +68,13 @@ def float64_cast():
     return make_model([node], [("x", np.float32, [2])], [("y", np.float64, [2])])
 
 
+def where_int16():
+    """Where on int16 data: its condition is bool, so the dtype rule must read input 1 (`dtype_input`)."""
+    node = helper.make_node("Where", ["c", "a", "b"], ["y"], name="where")
+    return make_model([node], [("c", np.bool_, [2]), ("a", np.int16, [2]), ("b", np.int16, [2])],
+                      [("y", np.int16, [2])], opset=13)
+
+
 def unsorted():
     return make_model([helper.make_node("Neg", ["r"], ["y"], name="Tile_16"), _relu("x", "r", name="ReduceMax_5")],
                       [("x", np.float32, [2])], [("y", np.float32, [2])])
@@ -134,6 +141,10 @@ CASES = [
     ("SG003", split_num_outputs_18, Settings(target="tensorrt-8.6"), "version 18 (opset 18) is newer than "
      "tensorrt-8.6 supports (up to version 17) — fix: pass chunk", "error"),
     ("SG004", reduce_sum_int64, Settings(target="tensorrt-8.5"), "node sum (ReduceSum) on int64 is not supported", "error"),
+    ("SG004", where_int16, Settings(target="onnxruntime"), "node where (Where) on int16 is not supported by "
+     "onnxruntime", "error"),
+    ("SG004", where_int16, Settings(target="tensorrt-10"), "node where (Where) on int16 is not supported by "
+     "tensorrt-10 (supported: float32, float16, bfloat16, int32, int64, bool)", "error"),
     ("SG005", clip_int64, Settings(target="tensorrt-8.6"), "on int64 is not supported by tensorrt-8.6", "error"),
     ("SG005", lambda: clip_int64(opset=11), Settings(), "Clip takes floats only before opset 12", "error"),
     ("SG005", clip_int64, Settings(target="onnxruntime"), "TensorRT and opset-11 runtimes reject integer Clip", "warning"),

@@ -140,6 +140,43 @@ def test_onnxruntime_dtypes_are_per_op_version(op, opset, dtype, runs, tmp_path)
     assert [f.rule for f in findings] == ([] if runs else ["SG004"])
 
 
+@pytest.mark.parametrize("dtype, runs", [("int16", False), ("uint16", False), ("uint64", False), ("bool", False),
+                                         ("int32", True), ("int8", True), ("float32", True)])
+def test_where_dtypes_describe_its_data_not_its_condition(dtype, runs, tmp_path):
+    """Where's first input is the bool condition: its rule reads the data (`dtype_input: 1`), so an int16
+    Where, which ONNX Runtime refuses to load, is reported (SG004) and `supports` says no."""
+    import onnx
+    import onnxruntime as ort
+
+    from surgeon.check import Settings, check_file
+
+    target = load_target("onnxruntime")
+    assert target.dtype_input("Where") == 1 and target.dtype_input("Relu") == 0
+    assert target.supports("Where", dtype=dtype, opset=13) == runs
+    node = helper.make_node("Where", ["c", "a", "b"], ["y"])
+    model = make_model([node], [("c", np.bool_, [2]), ("a", np.dtype(dtype), [2]), ("b", np.dtype(dtype), [2])],
+                       [("y", np.dtype(dtype), [2])], opset=13)
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    if runs:
+        ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    else:
+        with pytest.raises(Exception, match="NOT_IMPLEMENTED"):
+            ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    onnx.save(model, tmp_path / "m.onnx")
+    findings = check_file(tmp_path / "m.onnx", Settings(target="onnxruntime", select=("SG004",)))
+    assert [f.rule for f in findings] == ([] if runs else ["SG004"])
+
+
+@pytest.mark.parametrize("name", ["tensorrt-8.5", "tensorrt-8.6", "tensorrt-10"])
+def test_tensorrt_where_types_are_its_data_types(name):
+    """onnx-tensorrt's table lists FP32/FP16/INT32/INT64/BOOL for Where: the data's types (the condition is
+    always BOOL)."""
+    target = load_target(name)
+    assert target.dtype_input("Where") == 1
+    assert target.supports("Where", dtype="float32", opset=13) and not target.supports("Where", dtype="int8", opset=13)
+
+
 def test_onnxruntime_profile_has_the_opset_ceiling_onnxruntime_has():
     import onnxruntime as ort
 
@@ -172,4 +209,18 @@ def test_dtypes_per_op_version_in_a_profile_file(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: npu\nopset: 13\nops:\n  Clip: {dtypes: {six: [float32]}}\n")
     with pytest.raises(SurgeonError, match=r"bad.yaml:4:.*'ops.Clip.dtypes' must be .*op versions"):
+        load_target(str(bad))
+
+
+@pytest.mark.parametrize("value, error", [("-1", "got -1"), ("data", "got str 'data'"), ("true", "got bool True")])
+def test_dtype_input_must_be_an_input_index(value, error, tmp_path):
+    from surgeon.errors import SurgeonError
+
+    good = tmp_path / "npu.yaml"
+    good.write_text("name: npu\nopset: 13\nops:\n  Where: {since: 9, dtype_input: 1, dtypes: [float32]}\n")
+    target = load_target(str(good))
+    assert target.supports("Where", dtype="float32") and not target.supports("Where", dtype="bool")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(f"name: npu\nopset: 13\nops:\n  Where: {{since: 9, dtype_input: {value}, dtypes: [float32]}}\n")
+    with pytest.raises(SurgeonError, match=rf"bad.yaml:4:.*'ops.Where.dtype_input' must be the index .*{error}"):
         load_target(str(bad))

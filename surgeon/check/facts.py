@@ -181,8 +181,11 @@ class ModelFacts:
         collect((self.inference[0] or self.model).graph)
         return known
 
-    def first_input_dtype(self, node) -> str | None:
-        return self.dtypes.get(node.input[0]) if node.input and node.input[0] else None
+    def typed_input_dtype(self, node) -> str | None:
+        """The dtype of the input the target's dtype rule for the node's op describes (`dtype_input`: the
+        first input, or Where's data rather than its condition); None where that input is absent or unknown."""
+        index = self.target.dtype_input(node.op_type) if node.domain in STANDARD_DOMAINS else 0
+        return self.dtypes.get(node.input[index]) if len(node.input) > index and node.input[index] else None
 
     def op_version(self, node) -> int | None:
         """The ONNX version of a standard node's op at the model's opset (e.g. Split at opset 18 -> 18)."""

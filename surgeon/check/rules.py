@@ -210,7 +210,7 @@ def dtype_unsupported(facts: ModelFacts):
         if not is_standard_op(node) or _is_integer_clip(facts, node):  # SG005 reports integer Clip
             continue
         allowed = facts.target.dtypes_for(node.op_type, facts.op_version(node))
-        dtype = facts.first_input_dtype(node)
+        dtype = facts.typed_input_dtype(node)
         cast_down = dtype == "float64" and facts.target.is_tensorrt  # TensorRT casts DOUBLE to FLOAT: SG007 warns
         # ONNX Runtime runs a float16 node that has no float16 kernel in float32 (InsertCastTransformer)
         cast_up = dtype == "float16" and facts.target.runtime == "onnxruntime" and "float32" in (allowed or ())
@@ -220,7 +220,7 @@ def dtype_unsupported(facts: ModelFacts):
 
 
 def _is_integer_clip(facts: ModelFacts, node) -> bool:
-    return node.op_type == "Clip" and node.domain in STANDARD_DOMAINS and facts.first_input_dtype(node) in INTEGER_DTYPES
+    return node.op_type == "Clip" and node.domain in STANDARD_DOMAINS and facts.typed_input_dtype(node) in INTEGER_DTYPES
 
 
 @model_rule("SG005", "clip-int", "warning",
@@ -231,7 +231,7 @@ def clip_on_integers(facts: ModelFacts):
     for node in facts.all_nodes:
         if not _is_integer_clip(facts, node):
             continue
-        dtype = facts.first_input_dtype(node)
+        dtype = facts.typed_input_dtype(node)
         clip_dtypes = facts.target.dtypes_for("Clip", facts.op_version(node))
         if facts.opsets.get("", 1) < CLIP_INTEGER_OPSET:
             problem = f"on {dtype}: Clip takes floats only before opset 12 (the model is at opset {facts.opsets[''] }"
