@@ -115,9 +115,6 @@ def test_onnxruntime_dtypes_are_per_op_version(op, opset, dtype, runs, tmp_path)
     """The profile's dtypes hold per op version, as ONNX Runtime registers its kernels: GridSample-16 has
     float32 only, GridSample-20 float64 too. Checked against a real session load, and through SG004."""
     import onnx
-    import onnxruntime as ort
-
-    from surgeon.check import Settings, check_file
 
     elem = {"float64": np.float64, "float16": np.float16, "int8": np.int8}.get(dtype)
     attrs = {"kernel_shape": [2, 2]} if op == "MaxPool" else {"blocksize": 2} if op == "DepthToSpace" else {}
@@ -128,16 +125,7 @@ def test_onnxruntime_dtypes_are_per_op_version(op, opset, dtype, runs, tmp_path)
             value.type.tensor_type.elem_type = onnx.TensorProto.BFLOAT16
     target = load_target("onnxruntime")
     assert target.supports(op, dtype=dtype, opset=opset) == (runs is True)
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    if runs:
-        ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    else:
-        with pytest.raises(Exception, match="NOT_IMPLEMENTED"):
-            ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    onnx.save(model, tmp_path / "m.onnx")
-    findings = check_file(tmp_path / "m.onnx", Settings(target="onnxruntime", select=("SG004",)))
-    assert [f.rule for f in findings] == ([] if runs else ["SG004"])
+    _ort_loads_exactly_where_sg004_is_silent(model, runs, tmp_path)
 
 
 @pytest.mark.parametrize("dtype, runs", [("int16", False), ("uint16", False), ("uint64", False), ("bool", False),
@@ -145,27 +133,13 @@ def test_onnxruntime_dtypes_are_per_op_version(op, opset, dtype, runs, tmp_path)
 def test_where_dtypes_describe_its_data_not_its_condition(dtype, runs, tmp_path):
     """Where's first input is the bool condition: its rule reads the data (`dtype_input: 1`), so an int16
     Where, which ONNX Runtime refuses to load, is reported (SG004) and `supports` says no."""
-    import onnx
-    import onnxruntime as ort
-
-    from surgeon.check import Settings, check_file
-
     target = load_target("onnxruntime")
     assert target.dtype_input("Where") == 1 and target.dtype_input("Relu") == 0
     assert target.supports("Where", dtype=dtype, opset=13) == runs
     node = helper.make_node("Where", ["c", "a", "b"], ["y"])
     model = make_model([node], [("c", np.bool_, [2]), ("a", np.dtype(dtype), [2]), ("b", np.dtype(dtype), [2])],
                        [("y", np.dtype(dtype), [2])], opset=13)
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    if runs:
-        ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    else:
-        with pytest.raises(Exception, match="NOT_IMPLEMENTED"):
-            ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    onnx.save(model, tmp_path / "m.onnx")
-    findings = check_file(tmp_path / "m.onnx", Settings(target="onnxruntime", select=("SG004",)))
-    assert [f.rule for f in findings] == ([] if runs else ["SG004"])
+    _ort_loads_exactly_where_sg004_is_silent(model, runs, tmp_path)
 
 
 @pytest.mark.parametrize("name", ["tensorrt-8.5", "tensorrt-8.6", "tensorrt-10"])
@@ -224,3 +198,22 @@ def test_dtype_input_must_be_an_input_index(value, error, tmp_path):
     bad.write_text(f"name: npu\nopset: 13\nops:\n  Where: {{since: 9, dtype_input: {value}, dtypes: [float32]}}\n")
     with pytest.raises(SurgeonError, match=rf"bad.yaml:4:.*'ops.Where.dtype_input' must be the index .*{error}"):
         load_target(str(bad))
+
+
+def _ort_loads_exactly_where_sg004_is_silent(model, runs: bool, tmp_path) -> None:
+    """ONNX Runtime loads `model` iff `runs`, and SG004 (onnxruntime) reports it iff it does not."""
+    import onnx
+    import onnxruntime as ort
+
+    from surgeon.check import Settings, check_file
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    if runs:
+        ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    else:
+        with pytest.raises(Exception, match="NOT_IMPLEMENTED"):
+            ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    onnx.save(model, tmp_path / "m.onnx")
+    findings = check_file(tmp_path / "m.onnx", Settings(target="onnxruntime", select=("SG004",)))
+    assert [f.rule for f in findings] == ([] if runs else ["SG004"])
