@@ -180,6 +180,14 @@ def test_unknown_model_is_named(tmp_path):
         export("bevformer", out_dir=tmp_path)
 
 
+def test_an_opset_given_as_text_is_told_its_type(tmp_path):
+    from surgeon.errors import SurgeonError
+    from surgeon.zoo import check_choice
+
+    with pytest.raises(SurgeonError, match="opset must be of type int, not str: .16.; choose one of: 11, 13, 16$"):
+        check_choice("opset", "16", (11, 13, 16))
+
+
 # ---- with torch --------------------------------------------------------------------------------
 
 

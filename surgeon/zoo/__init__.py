@@ -26,6 +26,10 @@ MISSING_TORCH = "surgeon zoo needs the zoo extra: pip install 'surgeon[zoo]'"
 def check_choice(what: str, value, choices) -> None:
     """Raise a SurgeonError naming the parameter when `value` is not one of `choices`."""
     if value not in choices:
+        same_text = [choice for choice in choices if str(choice) == str(value)]
+        if same_text:  # opset="16" from Python: say the type, not "did you mean '16'?"
+            raise SurgeonError(f"{what} must be of type {type(same_text[0]).__name__}, not {type(value).__name__}: "
+                               f"{value!r}; choose one of: {', '.join(map(str, choices))}")
         raise SurgeonError(f"unknown {what} {value!r}; choose one of: {', '.join(map(str, choices))}",
                            hint=suggest(value, choices))
 
