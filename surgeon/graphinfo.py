@@ -30,17 +30,22 @@ def _attr(node, key):
     return value.decode() if isinstance(value, bytes) else value
 
 
-def subgraph_nodes(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
-    """The nodes of every If/Loop/Scan body under `graph`'s nodes, at any depth (not `graph`'s own)."""
-    found, stack = [], [graph]
-    while stack:
-        for node in stack.pop().node:
-            for attribute in node.attribute:
-                bodies = [attribute.g] if attribute.type == onnx.AttributeProto.GRAPH else list(attribute.graphs)
-                for body in bodies:
-                    found.extend(body.node)
-                    stack.append(body)
-    return found
+def subgraphs(node: onnx.NodeProto):
+    """(attribute name, graph) for each graph a node holds: `then_branch`, `body`, `graphs[1]` ..."""
+    for attr in node.attribute:
+        if attr.type == onnx.AttributeProto.GRAPH:
+            yield attr.name, attr.g
+        elif attr.type == onnx.AttributeProto.GRAPHS:
+            yield from ((f"{attr.name}[{i}]", g) for i, g in enumerate(attr.graphs))
+
+
+def all_nodes(graph: onnx.GraphProto):
+    """The nodes of `graph` and, after each node holding subgraphs (If/Loop/Scan bodies), the nodes of those,
+    recursively."""
+    for node in graph.node:
+        yield node
+        for _, sub in subgraphs(node):
+            yield from all_nodes(sub)
 
 
 def op_histogram(nodes) -> dict[str, int]:
@@ -72,17 +77,10 @@ def unused_initializers(model: onnx.ModelProto) -> list[str]:
     stack = [model.graph]
     while stack:
         for node in stack.pop().node:
-            for attr in node.attribute:
-                if attr.type == onnx.AttributeProto.GRAPH:
-                    subgraphs = [attr.g]
-                elif attr.type == onnx.AttributeProto.GRAPHS:
-                    subgraphs = list(attr.graphs)
-                else:
-                    continue
-                for subgraph in subgraphs:  # If/Loop/Scan bodies read the outer graph's tensors too
-                    for inner in subgraph.node:
-                        read.update(inner.input)
-                    stack.append(subgraph)
+            for _, subgraph in subgraphs(node):  # If/Loop/Scan bodies read the outer graph's tensors too
+                for inner in subgraph.node:
+                    read.update(inner.input)
+                stack.append(subgraph)
     return [name for name in unread if name not in read]
 
 

@@ -11,6 +11,7 @@ import onnx
 from onnx import TensorProto
 
 from surgeon.check.config import Settings
+from surgeon.graphinfo import all_nodes, subgraphs
 from surgeon.targets import Target
 
 STANDARD_DOMAINS = ("", "ai.onnx")
@@ -63,16 +64,7 @@ class ModelFacts:
     def all_nodes(self) -> list:
         """The nodes of the graph and, after each node holding subgraphs, the nodes of those (recursively):
         the rules that judge single nodes (ops, dtypes, plugins, references) look at all of them."""
-        found = []
-
-        def walk(graph) -> None:
-            for node in graph.node:
-                found.append(node)
-                for _, sub in subgraphs(node):
-                    walk(sub)
-
-        walk(self.model.graph)
-        return found
+        return list(all_nodes(self.model.graph))
 
     @cached_property
     def graphs(self) -> list:
@@ -201,25 +193,14 @@ class ModelFacts:
         return self.target.static_shapes
 
 
-def subgraphs(node):
-    """(attribute name, graph) for each graph a node holds: `then_branch`, `body`, `graphs[1]` ..."""
-    for attr in node.attribute:
-        if attr.type == onnx.AttributeProto.GRAPH:
-            yield attr.name, attr.g
-        elif attr.type == onnx.AttributeProto.GRAPHS:
-            yield from ((f"{attr.name}[{i}]", g) for i, g in enumerate(attr.graphs))
-
-
 def node_inputs(node):
     """Inputs of a node, including the outer-scope names its subgraphs (If/Loop bodies) read."""
     names = [i for i in node.input if i]
-    for attr in node.attribute:
-        graphs = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)
-        for graph in graphs:
-            local = {v.name for v in graph.input} | {t.name for t in graph.initializer}
-            for inner in graph.node:
-                names.extend(i for i in node_inputs(inner) if i not in local)
-                local.update(inner.output)
+    for _, graph in subgraphs(node):
+        local = {v.name for v in graph.input} | {t.name for t in graph.initializer}
+        for inner in graph.node:
+            names.extend(i for i in node_inputs(inner) if i not in local)
+            local.update(inner.output)
     return names
 
 

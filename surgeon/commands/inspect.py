@@ -19,11 +19,11 @@ def add_arguments(parser) -> None:
 
 def describe(model: onnx.ModelProto) -> dict:
     """A JSON-ready description of `model`."""
-    from surgeon.graphinfo import op_histogram, subgraph_nodes, tensor_bytes
+    from surgeon.graphinfo import all_nodes, op_histogram, tensor_bytes
 
-    inner = subgraph_nodes(model.graph)
+    nodes = list(all_nodes(model.graph))
     by_domain: dict[str, dict[str, int]] = defaultdict(dict)
-    for label, count in op_histogram([*model.graph.node, *inner]).items():
+    for label, count in op_histogram(nodes).items():
         domain, _, op = label.rpartition("::")
         if label.startswith("ATen:"):
             domain, op = "org.pytorch.aten", label
@@ -37,7 +37,7 @@ def describe(model: onnx.ModelProto) -> dict:
         "inputs": [_value_info(v) for v in model.graph.input if v.name not in initializer_names],
         "outputs": [_value_info(v) for v in model.graph.output],
         "nodes": len(model.graph.node),
-        "nodes_in_subgraphs": len(inner),  # If/Loop/Scan bodies; `ops` counts them too
+        "nodes_in_subgraphs": len(nodes) - len(model.graph.node),  # If/Loop/Scan bodies; `ops` counts them too
         "ops": dict(sorted(by_domain.items())),
         "custom_domains": sorted(d for d in by_domain if d not in ("ai.onnx",)),
         "initializers": {"count": len(model.graph.initializer), "bytes": init_bytes},

@@ -10,6 +10,8 @@ from collections import Counter
 
 import onnx
 
+from surgeon.graphinfo import all_nodes
+
 
 def node_key(node: onnx.NodeProto) -> str:
     """`[domain::]op_type[:aten_operator]` for one node."""
@@ -18,15 +20,6 @@ def node_key(node: onnx.NodeProto) -> str:
         operator = next((a.s.decode() for a in node.attribute if a.name == "operator"), "?")
         key += f":{operator}"
     return key
-
-
-def all_nodes(graph: onnx.GraphProto):
-    """Every node, including those inside If/Loop/Scan bodies."""
-    for node in graph.node:
-        yield node
-        for attr in node.attribute:
-            for sub in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)):
-                yield from all_nodes(sub)
 
 
 def histogram(model: onnx.ModelProto) -> Counter:
