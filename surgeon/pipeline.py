@@ -230,17 +230,12 @@ def run_files(recipe: Recipe, output, model_paths, validate: bool = True, build:
             if checks.get(key):
                 sources.append((checks[key], f"the recipe's validate.{key}"))
     if build and recipe.build:
-        from surgeon.build import default_engine_path
+        from surgeon.build import build_files, default_engine_path
 
         engine = Path(recipe.build["engine"]) if recipe.build.get("engine") else default_engine_path(out)
-        option = "build.engine" if recipe.build.get("engine") else "-o"
-        outputs += [(engine, "the engine", option), (engine.with_name(engine.stem + ".build.json"),
-                                                     "the engine's build report", option)]
-        calibration = recipe.build.get("calibration") or {}
-        sources += [(recipe.build.get("timing_cache"), "the recipe's build.timing_cache"),
-                    (calibration.get("data"), "the recipe's build.calibration.data"),
-                    (calibration.get("cache"), "the recipe's build.calibration.cache"),
-                    *((p, "the recipe's build plugin") for p in recipe.build.get("plugins") or () if p != "builtin")]
+        built, read = build_files(recipe.build, engine, "build.engine" if recipe.build.get("engine") else "-o")
+        outputs += built
+        sources += read
     against = checks.get("against") if checks else None
     models = [(against, "the recipe's validate.against model")] if against not in (None, "original", "none") else []
     return outputs, [(path, what) for path, what in sources if path], models

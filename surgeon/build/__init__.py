@@ -179,7 +179,7 @@ def build_engine(model_path, engine_path, options: dict[str, Any] | None = None,
     result = BuildResult(built=True, engine=engine_path, seconds=seconds, engine_bytes=len(data), precision=precision,
                          tensorrt_version=trt.__version__, plugin_libraries=libraries,
                          plugins_used=sorted({l["plugin"] for l in layers if l.get("plugin")}), layers=layers)
-    result.report = engine_path.with_name(engine_path.stem + ".build.json")
+    result.report = build_report_path(engine_path)
     write_text_atomic(result.report, json.dumps(result.to_dict(), indent=2, sort_keys=True) + "\n")
     return result
 
@@ -222,6 +222,22 @@ def engine_layers(engine) -> list[dict[str, Any]]:
 
 def default_engine_path(model_path) -> Path:
     return Path(model_path).with_suffix(".engine")
+
+
+def build_report_path(engine_path) -> Path:
+    return Path(engine_path).with_name(Path(engine_path).stem + ".build.json")
+
+
+def build_files(section: dict[str, Any], engine, option: str, where: str = "the recipe's build."):
+    """(outputs, inputs) of a build, as `modelio.guard_outputs` takes them: the engine and its build report
+    (chosen with `option`), and the timing cache, calibration files and plugin libraries of `section`
+    (named `where` + key in messages)."""
+    outputs = [(Path(engine), "the engine", option), (build_report_path(engine), "the engine's build report", option)]
+    calibration = section.get("calibration") or {}
+    named = ((section.get("timing_cache"), f"{where}timing_cache"), (calibration.get("data"), f"{where}calibration.data"),
+             (calibration.get("cache"), f"{where}calibration.cache"),
+             *((p, f"{where}plugins library") for p in section.get("plugins") or () if p != "builtin"))
+    return outputs, [(path, what) for path, what in named if path]
 
 
 def build_run(recipe, output_model_path, progress=None) -> BuildResult:

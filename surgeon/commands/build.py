@@ -62,17 +62,13 @@ def run(args) -> int:
 
 def _guard(engine: Path, args, options) -> None:
     """The engine and its build report must not replace the model, the recipe or a build input."""
+    from surgeon.build import build_files
     from surgeon.modelio import guard_outputs
 
     option = "-o" if args.output or not options.get("engine") else "build.engine"
-    calibration = options.get("calibration") or {}
-    named = ((args.recipe, "the recipe"), (options.get("timing_cache"), "the timing cache"),
-             (calibration.get("data"), "the calibration data"), (calibration.get("cache"), "the calibration cache"))
-    inputs = [(path, what) for path, what in named if path]
-    inputs += [(p, "a plugin library") for p in options.get("plugins") or () if p != "builtin"]
-    guard_outputs([(engine, "the engine", option),
-                   (engine.with_name(engine.stem + ".build.json"), "the engine's build report", option)],
-                  inputs, models=[(args.model, "the input model")])
+    outputs, inputs = build_files(options, engine, option, where="the build's ")
+    recipe = [(args.recipe, "the recipe")] if args.recipe else []
+    guard_outputs(outputs, recipe + inputs, models=[(args.model, "the input model")])
 
 
 def parse_profile_args(entries: list[str]) -> dict[str, dict[str, list[int]]]:
