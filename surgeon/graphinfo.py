@@ -48,6 +48,20 @@ def all_nodes(graph: onnx.GraphProto):
             yield from all_nodes(sub)
 
 
+def node_reads(node: onnx.NodeProto) -> list[str]:
+    """The tensor names a node reads, with the outer-scope names its subgraphs (If/Loop/Scan bodies,
+    nested ones too) read, each once, in order of first read. A name any body defines (input,
+    initializer or node output) is that body's own, as in ONNX scoping, wherever in the body it is
+    defined."""
+    names = [name for name in node.input if name]
+    for _, sub in subgraphs(node):
+        local = {v.name for v in sub.input} | {t.name for t in sub.initializer}
+        local.update(name for inner in sub.node for name in inner.output)
+        for inner in sub.node:
+            names.extend(name for name in node_reads(inner) if name not in local)
+    return list(dict.fromkeys(names))
+
+
 def op_histogram(nodes) -> dict[str, int]:
     """Counts of op labels, sorted by label (deterministic)."""
     nodes = list(nodes)

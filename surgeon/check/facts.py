@@ -11,7 +11,7 @@ import onnx
 from onnx import TensorProto
 
 from surgeon.check.config import Settings
-from surgeon.graphinfo import all_nodes, subgraphs
+from surgeon.graphinfo import all_nodes, node_reads, subgraphs
 from surgeon.targets import Target
 
 STANDARD_DOMAINS = ("", "ai.onnx")
@@ -105,7 +105,7 @@ class ModelFacts:
     @cached_property
     def reads(self) -> list[list[str]]:
         """Per node, the tensor names it reads (with those its subgraphs take from outside)."""
-        return [node_inputs(node) for node in self.nodes]
+        return [node_reads(node) for node in self.nodes]
 
     @cached_property
     def late_reads(self) -> list[tuple[int, str, int]]:
@@ -191,17 +191,6 @@ class ModelFacts:
         if self.settings.static_shapes is not None:
             return self.settings.static_shapes
         return self.target.static_shapes
-
-
-def node_inputs(node):
-    """Inputs of a node, including the outer-scope names its subgraphs (If/Loop bodies) read."""
-    names = [i for i in node.input if i]
-    for _, graph in subgraphs(node):
-        local = {v.name for v in graph.input} | {t.name for t in graph.initializer}
-        for inner in graph.node:
-            names.extend(i for i in node_inputs(inner) if i not in local)
-            local.update(inner.output)
-    return names
 
 
 def is_standard_op(node) -> bool:

@@ -28,7 +28,7 @@ from polygraphy.backend.onnxrt import OnnxrtRunner
 from polygraphy.common import TensorMetadata
 
 from surgeon.errors import ModelError, SurgeonError
-from surgeon.graphinfo import op_label
+from surgeon.graphinfo import node_reads, op_label
 from surgeon.reference import as_outputs, find_reference
 from surgeon.validation import polygraphy_log  # noqa: F401  (Polygraphy's messages to stderr, not stdout)
 
@@ -100,7 +100,7 @@ def check_runnable(model: onnx.ModelProto, file=None, what: str = "the model", r
     prefix = "" if file is not None else f"{what}: "
     hint = f"'surgeon check {file}' lists what onnx.checker finds" if file is not None else None
     for node in _live_nodes(model):
-        for name in _consumed(node):
+        for name in node_reads(node):
             if name not in provided:
                 raise ModelError(f"{prefix}node '{node.name}' ({op_label(node)}) reads '{name}', which no node, "
                                  "graph input or initializer provides, so the model cannot run", file=file, hint=hint)
@@ -277,25 +277,11 @@ def _reference_for(node: onnx.NodeProto, model: onnx.ModelProto):
     return fn
 
 
-def _consumed(node: onnx.NodeProto) -> list[str]:
-    """Tensors a node reads, including names its subgraphs (If/Loop bodies) take from the outer scope."""
-    names = [n for n in node.input if n]
-    for attribute in node.attribute:
-        graphs = ([attribute.g] if attribute.HasField("g") else []) + list(attribute.graphs)
-        for graph in graphs:
-            inner = {i.name for i in graph.input} | {t.name for t in graph.initializer}
-            for inner_node in graph.node:
-                inner.update(inner_node.output)
-            for inner_node in graph.node:
-                names.extend(n for n in _consumed(inner_node) if n not in inner)
-    return list(dict.fromkeys(names))
-
-
 def _plan(model: onnx.ModelProto, initializers: set[str]) -> list[_Segment]:
     """Split the graph into segments, scheduling ready standard nodes before any special node."""
     nodes = _live_nodes(model)
     producer = {out: i for i, node in enumerate(nodes) for out in node.output if out}
-    reads = [_consumed(node) for node in nodes]
+    reads = [node_reads(node) for node in nodes]
     waiting_on = [{producer[n] for n in names if n in producer} for names in reads]
     users: dict[int, list[int]] = {i: [] for i in range(len(nodes))}
     for i, deps in enumerate(waiting_on):
@@ -346,7 +332,7 @@ def _live_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
         index = producer.get(pending.pop())
         if index is not None and index not in live:
             live.add(index)
-            pending.extend(_consumed(nodes[index]))
+            pending.extend(node_reads(nodes[index]))
     return [node for i, node in enumerate(nodes) if i in live]
 
 
@@ -355,7 +341,7 @@ def _wire(segments: list[_Segment], model: onnx.ModelProto, initializers: set[st
     needed_later = {o.name for o in model.graph.output}
     for segment in reversed(segments):
         produced = {out for node in segment.nodes for out in node.output if out}
-        read = [name for node in segment.nodes for name in _consumed(node)]
+        read = [name for node in segment.nodes for name in node_reads(node)]
         segment.outputs = [out for node in segment.nodes for out in node.output if out and out in needed_later]
         if segment.special:
             # A reference returns every output; keep them all (unused ones are simply dropped).
@@ -368,7 +354,7 @@ def _wire(segments: list[_Segment], model: onnx.ModelProto, initializers: set[st
 
 
 def _segment_model(model: onnx.ModelProto, segment: _Segment, feeds: dict[str, np.ndarray]) -> onnx.ModelProto:
-    read = {name for node in segment.nodes for name in _consumed(node)}
+    read = {name for node in segment.nodes for name in node_reads(node)}
     inputs = [helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(feeds[name].dtype), None)
               for name in segment.inputs]
     outputs = [helper.make_empty_tensor_value_info(name) for name in segment.outputs]
