@@ -3,7 +3,8 @@
 Before:  [Tile_16 (reads r), ReduceMax_5 (writes r)]     After:  [ReduceMax_5, Tile_16]
 
 Nodes already in order keep their relative order, so a sorted graph is left unchanged. What an
-If/Loop/Scan body reads from outside counts as read by the node holding it.
+If/Loop/Scan body reads from outside counts as read by the node holding it; the bodies' own nodes are
+sorted the same way.
 """
 from __future__ import annotations
 
@@ -23,13 +24,24 @@ class Toposort(Pass):
         result = PassResult()
         if "toposort" in ctx.held:  # the pipeline knows the graph is sorted
             return result
-        before = list(graph.nodes)
+        before = _orders(graph)
         try:
             changed = stable_toposort(graph)
         except ValueError as exc:
             raise PassError(str(exc)) from None
         if changed:
-            moved = [node.name for old, node in zip(before, graph.nodes) if old is not node]
+            after = _orders(graph)
+            moved = [node.name for key, nodes in after.items()
+                     for old, node in zip(before[key], nodes) if old is not node]
             result.rewritten.extend(moved)
             result.note(f"reordered {len(moved)} node(s)")
         return result
+
+
+def _orders(graph) -> dict[int, list]:
+    """The node order of the graph and of each body in it, by graph identity."""
+    orders = {id(graph): list(graph.nodes)}
+    for node in graph.nodes:
+        for body in node.subgraphs():
+            orders.update(_orders(body))
+    return orders

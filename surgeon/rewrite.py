@@ -201,12 +201,26 @@ def stable_toposort(graph: gs.Graph) -> bool:
     onnx-graphsurgeon's own toposort orders by depth and so reshuffles sorted graphs; this one leaves a
     sorted graph exactly as it is (Kahn's algorithm, ready nodes taken in their original order). A node
     holding subgraphs (If/Loop/Scan bodies) comes after the producers of what they read from outside
-    (`subgraph_reads`). Returns whether the order changed. Raises ValueError on a cycle.
+    (`subgraph_reads`), and the bodies are sorted the same way. Returns whether any order changed.
+    Raises ValueError on a cycle.
     """
-    import heapq
-
     if is_sorted(graph.nodes):
         return False
+    return _sort_with_bodies(graph)
+
+
+def _sort_with_bodies(graph: gs.Graph) -> bool:
+    changed = _sort_level(graph)
+    if any_subgraphs(graph.nodes):
+        for node in graph.nodes:
+            for body in node.subgraphs():
+                changed = _sort_with_bodies(body) or changed
+    return changed
+
+
+def _sort_level(graph: gs.Graph) -> bool:
+    import heapq
+
     nodes = list(graph.nodes)
     producer_index = {}
     for i, node in enumerate(nodes):
@@ -238,18 +252,22 @@ def stable_toposort(graph: gs.Graph) -> bool:
     if len(order) != len(nodes):
         stuck = sorted(nodes[i].name for i, w in enumerate(waiting) if w)
         raise ValueError(f"the graph has a cycle through {', '.join(stuck[:5])}")
+    if order == list(range(len(nodes))):
+        return False
     graph.nodes[:] = [nodes[i] for i in order]
     return True
 
 
-def is_sorted(nodes) -> bool:
+def is_sorted(nodes, _seen: set | None = None) -> bool:
     """Every input is produced by an earlier node (or by none): one cheap pass over the graph. What a
-    node's subgraphs read from outside (`subgraph_reads`) counts as read by the node."""
-    seen = set()
+    node's subgraphs read from outside (`subgraph_reads`) counts as read by the node, and the nodes of
+    its subgraphs must be in order too."""
+    seen = set() if _seen is None else _seen  # ids of the nodes before this one, outer scopes' too
     index_by_name = None  # built at the first node that holds a subgraph
     for index, node in enumerate(nodes):
         attrs = node.attrs
-        if attrs and any(isinstance(value, gs.Graph) for value in attrs.values()):
+        bodies = attrs and [value for value in attrs.values() if isinstance(value, gs.Graph)]
+        if bodies:
             if index_by_name is None:
                 index_by_name = _producer_index_by_name(nodes)
             if any(index_by_name.get(t.name, -1) > index for t in subgraph_reads(node)):
@@ -259,6 +277,8 @@ def is_sorted(nodes) -> bool:
             if producers and id(producers[0]) not in seen and producers[0] is not node:
                 return False
         seen.add(id(node))
+        if bodies and not all(is_sorted(body.nodes, seen) for body in node.subgraphs()):
+            return False
     return True
 
 

@@ -137,3 +137,35 @@ def test_a_read_from_an_if_inside_a_loop_body_orders_its_producer_first():
     x, v0 = np.random.default_rng(0).standard_normal((2, 4)).astype(np.float32)
     feeds = {"x": x, "c": np.array(False), "v0": v0}
     np.testing.assert_array_equal(run_ort(out, feeds)[0], run_ort(model, feeds)[0])
+
+
+def test_the_nodes_inside_a_body_are_sorted_too():
+    """A Loop whose body reads `u` before the body node writing it: onnx.checker refuses the body."""
+    import numpy as np
+    from onnx import TensorProto, helper
+
+    from surgeon.graphio import import_graph
+    from surgeon.rewrite import is_sorted
+    from surgeon.testing import make_model, run_ort
+
+    body = helper.make_graph(
+        [helper.make_node("Add", ["v_in", "u"], ["v_out"], name="add"),
+         helper.make_node("Neg", ["x"], ["u"], name="neg"),
+         helper.make_node("Identity", ["cond_in"], ["cond_out"], name="keep_going")],
+        "body", [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+                 helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+                 helper.make_tensor_value_info("v_in", TensorProto.FLOAT, [4])],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("v_out", TensorProto.FLOAT, [4])])
+    nodes = [helper.make_node("Loop", ["n", "", "v0"], ["v"], name="loop", body=body)]
+    model = make_model(nodes, [("x", np.float32, [4]), ("v0", np.float32, [4])], [("v", np.float32, [4])],
+                       {"n": np.array(3, np.int64)}, opset=13)
+    assert not is_sorted(import_graph(model).nodes)
+    out, step = apply_pass(model, "toposort")
+    onnx.checker.check_model(out, full_check=True)
+    assert [n.name for n in out.graph.node[0].attribute[0].g.node] == ["neg", "add", "keep_going"]
+    assert step.rewritten == ["neg", "add"] and step.notes == ["reordered 2 node(s)"]
+    x, v0 = np.random.default_rng(0).standard_normal((2, 4)).astype(np.float32)
+    np.testing.assert_array_equal(run_ort(out, {"x": x, "v0": v0})[0], ((v0 - x) - x) - x)
+    again, second = apply_pass(out, "toposort")
+    assert second.rewritten == [] and again.graph == out.graph
