@@ -111,6 +111,16 @@ def large_initializer():
                       [("y", np.float32, [2 ** 18])], initializers={"w": np.zeros(2 ** 18, np.float32)})  # 1 MiB
 
 
+def large_constant_in_a_body():
+    big = helper.make_tensor("w", TensorProto.FLOAT, [2 ** 18], np.zeros(2 ** 18, np.float32))  # 1 MiB
+    branch = helper.make_graph([helper.make_node("Constant", [], ["w"], name="weights", value=big)], "then", [],
+                               [helper.make_tensor_value_info("w", TensorProto.FLOAT, [2 ** 18])])
+    small = helper.make_graph([helper.make_node("Identity", ["x"], ["x2"], name="pass_x")], "else", [],
+                              [helper.make_tensor_value_info("x2", TensorProto.FLOAT, [2 ** 18])])
+    return make_model([helper.make_node("If", ["c"], ["y"], name="choose", then_branch=branch, else_branch=small)],
+                      [("c", np.bool_, []), ("x", np.float32, [2 ** 18])], [("y", np.float32, [2 ** 18])])
+
+
 def unknown_attribute():
     return make_model([helper.make_node("Relu", ["x"], ["y"], name="relu", alpha=1.0)],
                       [("x", np.float32, [2])], [("y", np.float32, [2])])
@@ -157,6 +167,8 @@ CASES = [
     ("SG011", unused_initializer, Settings(), "initializer 'orphan' is not used — fix: pass cleanup", "warning"),
     ("SG012", external_data_outside, Settings(), "reads external data from '../elsewhere/weights.bin'", "error"),
     ("SG013", large_initializer, Settings(max_initializer_mb=0.5), "holds 1.0 MiB, over the 0.5 MiB limit", "warning"),
+    ("SG013", large_constant_in_a_body, Settings(max_initializer_mb=0.5), "the 'value' tensor of node choose/"
+     "then_branch/weights holds 1.0 MiB", "warning"),
     ("SG014", unknown_attribute, Settings(), "onnx.checker: Unrecognized attribute: alpha", "error"),
     ("SG015", shape_conflict, Settings(), "shape inference (strict)", "error"),
     ("SG016", ir_version_14, Settings(target="onnxruntime"), "IR version 14 is newer than onnxruntime reads", "error"),

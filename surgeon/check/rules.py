@@ -337,13 +337,13 @@ def external_data_escapes(facts: ModelFacts):
 
 
 @model_rule("SG013", "large-initializer", "warning",
-            "initializer larger than `max-initializer-mb` (default 512)")
+            "initializer or Constant (in subgraphs too) larger than `max-initializer-mb` (default 512)")
 def large_initializers(facts: ModelFacts):
     from surgeon.graphinfo import tensor_bytes as _tensor_bytes
 
     limit = facts.settings.max_initializer_mb * 2**20
-    for tensor in facts.model.graph.initializer:
+    for what, tensor in facts.tensors:
         size = _tensor_bytes(tensor)
         if size > limit:
-            yield Finding("SG013", "warning", f"initializer '{tensor.name}' holds {size / 2**20:.1f} MiB, over "
+            yield Finding("SG013", "warning", f"{what} holds {size / 2**20:.1f} MiB, over "
                           f"the {facts.settings.max_initializer_mb:g} MiB limit", facts.file)
