@@ -5,6 +5,7 @@ Before (ATEN_FALLBACK export):            After (floats, and integers from opset
 
 Integers before opset 12, where Max/Min accept floats only:
   a, b ─► Greater(a, b) ─► Where(·, a, b) ─► y          (minimum: Less)
+uint64, for which ONNX Runtime has no Where: b + (a - b) * Cast(Greater(a, b)), exact in wrap-around.
 
 torch's own opset-11 export of an integer maximum rounds through float32, exact only below 2**24:
   a ─► Cast(float) ─┐
@@ -18,7 +19,7 @@ Boolean maximum/minimum are Or/And. Standard integer Max/Min nodes a target cann
 ATen operands of different dtypes are first Cast to torch's result dtype (the ATen output's recorded
 type, else torch.result_type of the operands), which then picks the form: fmax(int64, float32) is a
 float32 fmax, NaN handling included. Integers ONNX Runtime's profile gives neither Max/Min nor Where
-(int16, uint16) are computed in int32 and cast back.
+(int16, uint16) are computed in int32 and cast back; uint64 selects with the wrap-around arithmetic above.
 """
 from __future__ import annotations
 
@@ -120,10 +121,15 @@ class MaximumMinimum(Pass):
         if dtype == np.bool_:
             return emit(BOOL_FORM[op_type], [a, b])
         if _is_integer(dtype):
-            if self._integer_form(op_type, dtype, ctx) == "where":
-                takes_a = rw.op(WHERE_COMPARE[op_type], [a, b], dtype=np.bool_)
+            if self._integer_form(op_type, dtype, ctx) == "minmax":
+                return emit(op_type, [a, b])
+            takes_a = rw.op(WHERE_COMPARE[op_type], [a, b], dtype=np.bool_)
+            if _validation_runtime(ctx).supports("Where", dtype=dtype, opset=ctx.opset):
                 return emit("Where", [takes_a, a, b])
-            return emit(op_type, [a, b])
+            # No Where for it (ONNX Runtime: uint64) and no wider type to compute in: select with
+            # wrap-around arithmetic, exact for unsigned integers: b + (a - b) * [a is taken].
+            taken = cast_to(rw, takes_a, dtype, "select")
+            return emit("Add", [b, rw.op("Mul", [rw.op("Sub", [a, b], dtype=dtype), taken], dtype=dtype)])
         if ignore_nan:
             a, b = (rw.op("Where", [rw.op("IsNaN", [a], dtype=np.bool_), b, a], dtype=dtype),
                     rw.op("Where", [rw.op("IsNaN", [b], dtype=np.bool_), a, b], dtype=dtype))
@@ -137,11 +143,17 @@ def _computed_in(op_type, dtype, ctx) -> np.dtype:
     there (1.31 lacks int16/uint16; the tests pin it). Cast(int32) -> Max -> Cast back is exact."""
     if not _is_integer(dtype) or not np.can_cast(dtype, np.int32):
         return dtype
-    runtime = ctx.target if ctx.target.runtime == "onnxruntime" else load_target("onnxruntime")
+    runtime = _validation_runtime(ctx)
     runs_max_min = ctx.opset >= INTEGER_MINMAX_OPSET and runtime.supports(op_type, dtype=dtype, opset=ctx.opset)
     if runs_max_min or runtime.supports("Where", dtype=dtype, opset=ctx.opset):
         return dtype
     return np.dtype(np.int32)
+
+
+def _validation_runtime(ctx):
+    """The target where it is ONNX Runtime, else the built-in ONNX Runtime profile: validation runs the
+    rewrite there."""
+    return ctx.target if ctx.target.runtime == "onnxruntime" else load_target("onnxruntime")
 
 
 def _is_integer(dtype) -> bool:

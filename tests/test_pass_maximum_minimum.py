@@ -173,6 +173,28 @@ def test_16_bit_integers_on_onnxruntime_are_computed_in_int32(dtype, opset):
         np.testing.assert_array_equal(got, getattr(np, operator)(a, b))
 
 
+@pytest.mark.parametrize("opset", [11, 13, 17])
+def test_uint64_selects_with_wrap_around_arithmetic_where_onnxruntime_has_no_where(opset):
+    """ONNX Runtime 1.31 has no uint64 Where (pinned here) and uint64 has no wider type to compute in;
+    b + (a - b) * [a taken] wraps around exactly. Against NumPy (torch has no uint64 maximum kernel), with
+    both broadcast directions and values past 2**63."""
+    inputs = [("c", np.bool_, [2]), ("a", np.uint64, [2]), ("b", np.uint64, [2])]
+    raw = make_model([helper.make_node("Where", ["c", "a", "b"], ["y"])], inputs, [("y", np.uint64, [2])],
+                     opset=opset)
+    with pytest.raises(Exception, match="implementation"):
+        run_ort(raw, {name: np.ones(2, kind) for name, kind, _ in inputs})
+    top = np.iinfo(np.uint64).max
+    a = np.array([[0, top, 2**63, 2**63 + 5, 7, top - 1]], np.uint64)
+    b = np.array([[top], [0], [2**63 + 4]], np.uint64)
+    for operator, (first, second) in itertools.product(("maximum", "minimum"), ((a, b), (b, a))):
+        model = aten_model(operator, np.uint64, list(first.shape), list(second.shape), opset)
+        out, _ = apply_pass(model, "maximum-minimum")
+        assert "Where" not in op_types(out)
+        got = run_ort(out, {"a": first, "b": second})[0]
+        assert got.dtype == np.uint64
+        np.testing.assert_array_equal(got, getattr(np, operator)(first, second))
+
+
 # torch's type promotion, for every pair of these dtypes, tensors of rank 0 or 1 (uint16: torch refuses most pairs)
 PROMOTED = ["bool", "uint8", "int8", "int16", "int32", "int64", "uint16", "float16", "bfloat16", "float32", "float64"]
 
