@@ -17,7 +17,7 @@ from __future__ import annotations
 import onnx
 import onnx_graphsurgeon as gs
 
-from surgeon.errors import PassError
+from surgeon.errors import PassError, first_line
 from surgeon.folding import evaluate_with_onnxruntime, fold_graph, never_folded
 from surgeon.inference import infer_graph_shapes
 from surgeon.pass_api import Param, Pass, PassResult, register_pass
@@ -105,7 +105,7 @@ class FoldConstants(Pass):
                                  size_threshold=self.size_threshold, error_ok=False,
                                  should_exclude_node=never_folded)
         except Exception as exc:
-            raise PassError(f"constant folding failed: {type(exc).__name__}: {str(exc).splitlines()[0]}",
+            raise PassError(f"constant folding failed: {type(exc).__name__}: {first_line(exc)}",
                             hint="try partitioning: basic") from exc
         finally:
             for g, version in zip(graphs, ir_versions):

@@ -25,7 +25,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from surgeon.errors import PassError
+from surgeon.errors import PassError, first_line
 from surgeon.graphio import export_model, import_graph
 from surgeon.pass_api import Param, Pass, PassResult, register_pass
 from surgeon.rewrite import Rewrite, aten_operator, attr_text, const_value, dtype_of, is_op
@@ -237,7 +237,7 @@ def raise_opset(graph: gs.Graph, opset: int) -> gs.Graph:
         model = onnx.version_converter.convert_version(export_model(graph, do_type_check=False), opset)
     except Exception as exc:
         raise PassError(f"GridSample needs opset {opset} but converting the model from opset {graph.opset} "
-                        f"failed: {str(exc).strip().splitlines()[0]}; use mode decompose") from exc
+                        f"failed: {first_line(exc)}; use mode decompose") from exc
     finally:
         for node in unknown:
             node.domain = ""

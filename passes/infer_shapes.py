@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import onnx
 
-from surgeon.errors import PassError
+from surgeon.errors import PassError, first_line
 from surgeon.pass_api import Param, Pass, PassResult, register_pass
 from surgeon.rewrite import via_onnx
 
@@ -30,7 +30,7 @@ class InferShapes(Pass):
             try:
                 return onnx.shape_inference.infer_shapes(model, strict_mode=self.strict, data_prop=self.data_prop)
             except Exception as exc:
-                raise PassError(f"shape inference failed: {str(exc).strip().splitlines()[0]}") from exc
+                raise PassError(f"shape inference failed: {first_line(exc)}") from exc
 
         result.graph = via_onnx(graph, infer)
         unknown_after = sum(1 for t in result.graph.tensors().values() if t.shape is None)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import onnx
 from onnx import helper
 
-from surgeon.errors import PassError
+from surgeon.errors import PassError, first_line
 from surgeon.pass_api import Param, Pass, PassResult, register_pass
 from surgeon.rewrite import via_onnx
 
@@ -35,7 +35,7 @@ class SetOpset(Pass):
                 converted = onnx.version_converter.convert_version(model, wanted)
             except Exception as exc:
                 raise PassError(f"cannot convert opset {graph.opset} to {wanted}: "
-                                f"{str(exc).strip().splitlines()[0]}") from exc
+                                f"{first_line(exc)}") from exc
             del converted.functions[:]  # dropped by the converter (onnx 1.x): converted one by one instead
             converted.functions.extend(_convert_function(f, wanted, model.ir_version) for f in model.functions)
             return converted
@@ -62,7 +62,7 @@ def _convert_function(function: onnx.FunctionProto, wanted: int, ir_version: int
             helper.make_model(body, opset_imports=function.opset_import, ir_version=ir_version), wanted)
     except Exception as exc:
         raise PassError(f"cannot convert {where} from opset {default.version} to {wanted}: "
-                        f"{str(exc).strip().splitlines()[0]}") from exc
+                        f"{first_line(exc)}") from exc
     kept = {_with_refs(node) for node in model.graph.node}
     for node in function.node:
         if _with_refs(node) is not None and _with_refs(node) not in kept:

@@ -8,7 +8,7 @@ It costs seconds on large graphs (see docs/performance.md); prefer `fold-constan
 """
 from __future__ import annotations
 
-from surgeon.errors import PassError
+from surgeon.errors import PassError, first_line
 from surgeon.pass_api import Param, Pass, PassResult, register_pass
 from surgeon.rewrite import via_onnx
 
@@ -49,7 +49,7 @@ class Simplify(Pass):
                     skip_shape_inference=self.skip_shape_inference, skipped_optimizers=self.skip_optimizers,
                     overwrite_input_shapes=self.overwrite_input_shapes)
             except Exception as exc:
-                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                first = first_line(exc)
                 raise PassError(f"onnxsim failed: {first}", hint=hint) from exc
             if not ok:
                 raise PassError("onnxsim's check of the simplified model failed")

@@ -53,6 +53,13 @@ class CheckFailed(SurgeonError):
     exit_code = 1
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (a library's multi-line dump made one line), or its
+    type name when the message is empty."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def suggest(word: str, candidates) -> str | None:
     """The closest valid spelling of `word`, phrased as a hint, or None."""
     import difflib

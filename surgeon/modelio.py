@@ -12,7 +12,7 @@ from pathlib import Path
 import onnx
 from google.protobuf.message import DecodeError
 
-from surgeon.errors import ModelError, SurgeonError
+from surgeon.errors import ModelError, SurgeonError, first_line
 
 TWO_GB = 2**31 - 1
 
@@ -49,8 +49,7 @@ def read_model(path, load_external_data: bool = True) -> tuple[onnx.ModelProto, 
         try:
             onnx.external_data_helper.load_external_data_for_model(model, str(path.parent))
         except (OSError, ValueError, onnx.checker.ValidationError) as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ModelError(f"cannot read the model's external data: {first}", file=path) from None
+            raise ModelError(f"cannot read the model's external data: {first_line(exc)}", file=path) from None
     return model, [path, *data_files]
 
 

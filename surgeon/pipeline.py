@@ -19,7 +19,7 @@ import onnx_graphsurgeon as gs
 
 from surgeon import __version__
 from surgeon.cli_args import json_text
-from surgeon.errors import CheckFailed, ModelError, SurgeonError
+from surgeon.errors import CheckFailed, ModelError, SurgeonError, first_line
 from surgeon.graphinfo import histogram_delta, op_histogram
 from surgeon.graphio import import_graph_and_order
 from surgeon.inference import annotate_shapes, infer_graph_shapes, infer_where_untyped, infer_without_weights
@@ -455,6 +455,5 @@ def check_model(model: onnx.ModelProto | bytes) -> None:
             with stdout_to_stderr():  # the checker's C++ warnings must not land in `--json` output
                 onnx.checker.check_model(model)
     except onnx.checker.ValidationError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "invalid model"
-        raise CheckFailed(f"the rewritten model fails onnx.checker: {first} "
+        raise CheckFailed(f"the rewritten model fails onnx.checker: {first_line(exc)} "
                           "(nothing was written; set 'checker: false' in the recipe to skip this check)") from None

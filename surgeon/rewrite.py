@@ -181,12 +181,12 @@ class Rewrite:
 
 def export_graph(graph: gs.Graph):
     """`gs.export_onnx` (byte for byte, via surgeon.graphio), export failures turned into one clear error."""
-    from surgeon.errors import SurgeonError
+    from surgeon.errors import SurgeonError, first_line
 
     try:
         return export_model(graph, do_type_check=False)
     except (ValueError, TypeError) as exc:
-        raise SurgeonError(f"onnx-graphsurgeon cannot export the graph: {str(exc).strip().splitlines()[0]}") from exc
+        raise SurgeonError(f"onnx-graphsurgeon cannot export the graph: {first_line(exc)}") from exc
 
 
 def via_onnx(graph: gs.Graph, transform) -> gs.Graph:

@@ -27,7 +27,7 @@ from polygraphy.backend.base import BaseRunner
 from polygraphy.backend.onnxrt import OnnxrtRunner
 from polygraphy.common import TensorMetadata
 
-from surgeon.errors import ModelError, SurgeonError
+from surgeon.errors import ModelError, SurgeonError, first_line
 from surgeon.graphinfo import node_reads, op_label
 from surgeon.reference import as_outputs, find_reference
 from surgeon.validation import polygraphy_log  # noqa: F401  (Polygraphy's messages to stderr, not stdout)
@@ -71,7 +71,7 @@ def make_runner(model: onnx.ModelProto, kind: str = "auto", name: str = "model")
         session = ort_session(model)
     except Exception as exc:  # ORT raises its own exception types for unloadable graphs
         if kind == "onnxruntime":
-            raise SurgeonError(f"ONNX Runtime cannot load the {name} model: {_first_line(exc)} "
+            raise SurgeonError(f"ONNX Runtime cannot load the {name} model: {first_line(exc)} "
                                "(use --runner reference / 'runner: reference')") from None
         return ReferenceRunner(model, name=name)
     return OnnxrtRunner(session, name=name)
@@ -133,11 +133,6 @@ def _with_ir_version(model: onnx.ModelProto, version: int) -> onnx.ModelProto:
     copy.CopyFrom(model)
     copy.ir_version = version
     return copy
-
-
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
@@ -233,7 +228,7 @@ class ReferenceRunner(BaseRunner):
             except Exception as exc:  # e.g. libspconv's Reshape(dims=): ONNX's own evaluator is more lenient
                 from onnx.reference import ReferenceEvaluator
 
-                segment.ort_error = _first_line(exc)
+                segment.ort_error = first_line(exc)
                 segment.evaluator = ReferenceEvaluator(model)
         try:
             if segment.session is not None:
@@ -243,7 +238,7 @@ class ReferenceRunner(BaseRunner):
             first, last = segment.nodes[0], segment.nodes[-1]
             cause = f"ONNX Runtime: {segment.ort_error}; onnx.reference: " if segment.ort_error else ""
             raise SurgeonError(f"cannot run the {len(segment.nodes)} standard node(s) from '{first.name}' to "
-                               f"'{last.name}': {cause}{_first_line(exc)}") from exc
+                               f"'{last.name}': {cause}{first_line(exc)}") from exc
 
 
 def _lookup(values: dict, initializers: dict, name: str) -> np.ndarray:

@@ -15,6 +15,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from surgeon.errors import first_line as first_line_of
+
 from . import MODELS, OPSETS
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "zoo.md"
@@ -25,7 +27,7 @@ MAX_LISTED = 8
 
 def first_line(exc: BaseException) -> str:
     """The message's first line without temporary paths, cut to 160 characters."""
-    text = re.sub(r"Load model from \S+ failed:\s*", "", str(exc).strip().splitlines()[0])
+    text = re.sub(r"Load model from \S+ failed:\s*", "", first_line_of(exc))
     return text[:160]
 
 
