@@ -321,3 +321,50 @@ def test_json_on_stdout_survives_checker_warnings(tmp_path, capfd):
         out, err = capfd.readouterr()
         json.loads(out)
         assert "experimental ops" in err
+
+
+PLUGIN_PASS = '''
+from surgeon.pass_api import Pass, PassResult, register_pass
+
+
+@register_pass("check-plugin-demo")
+class CheckPluginDemo(Pass):
+    """Does nothing: a pass that only a plugin file provides."""
+
+    def run(self, graph, ctx):
+        return PassResult()
+'''
+
+
+def test_a_recipe_using_a_plugin_pass_passes_with_plugin_or_the_pyproject_plugins_key(tmp_path, capsys,
+                                                                                       monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "tools").mkdir()
+    (tmp_path / "tools" / "passes.py").write_text(PLUGIN_PASS)
+    (tmp_path / "r.yaml").write_text("target: onnxruntime\nsteps:\n  - pass: check-plugin-demo\n")
+    assert main(["check", "--no-config", "--recipe", "r.yaml", "--plugin", "tools/passes.py"]) == 0
+    (tmp_path / "pyproject.toml").write_text('[tool.surgeon]\nplugins = ["tools/passes.py"]\n')
+    (tmp_path / "sub").mkdir()
+    monkeypatch.chdir(tmp_path / "sub")  # the path is relative to pyproject.toml, not the working directory
+    assert main(["check", "--recipe", "../r.yaml"]) == 0
+    capsys.readouterr()
+
+
+def test_a_missing_pyproject_plugin_file_names_the_pyproject_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "pyproject.toml").write_text('[tool.surgeon]\ntarget = "onnxruntime"\nplugins = ["nope.py"]\n')
+    (tmp_path / "r.yaml").write_text("steps:\n  - pass: cleanup\n")
+    assert main(["check", "r.yaml"]) == 2
+    assert re.search(r"pyproject.toml:3: \[tool.surgeon\]: plugin file 'nope.py' not found", capsys.readouterr().err)
+    (tmp_path / "pyproject.toml").write_text('[tool.surgeon]\n[[tool.surgeon.overrides]]\nfiles = ["*"]\n'
+                                             'plugins = ["x.py"]\n')
+    assert main(["check", "r.yaml"]) == 2
+    assert "'plugins' belongs in [tool.surgeon] itself" in capsys.readouterr().err
+
+
+def test_the_report_may_not_replace_a_plugin_file(tmp_path, capsys):
+    (tmp_path / "p.py").write_text(PLUGIN_PASS)
+    (tmp_path / "r.yaml").write_text("steps:\n  - pass: check-plugin-demo\n")
+    assert main(["check", "--no-config", "--plugin", str(tmp_path / "p.py"), str(tmp_path / "r.yaml"),
+                 "-o", str(tmp_path / "p.py")]) == 2
+    assert "plugin file" in capsys.readouterr().err and (tmp_path / "p.py").read_text() == PLUGIN_PASS

@@ -6,6 +6,7 @@
     select = ["SG0"]                 # only these rule ids (prefixes allowed), per family: SR rules still run
     static-shapes = true             # report dynamic input dims (SG006) whatever the target says
     max-initializer-mb = 256         # SG013 threshold
+    plugins = ["tools/passes.py"]    # pass files recipes use (as `--plugin`), relative to pyproject.toml
 
     [[tool.surgeon.overrides]]       # later entries win; paths are globs relative to pyproject.toml
     files = ["models/legacy/*.onnx"]
@@ -58,6 +59,7 @@ class Config:
     overrides: tuple[tuple[tuple[str, ...], dict], ...] = ()
     root: Path | None = None
     source: Path | None = None
+    plugins: tuple[Path, ...] = ()
 
     def for_file(self, path) -> Settings:
         settings = self.base
@@ -100,16 +102,32 @@ def load_config(start=None) -> Config:
             raise SurgeonError(f"{where} needs files = [\"glob\", ...]", file=path)
         values = _settings_values({k: v for k, v in entry.items() if k != "files"}, path, where)
         overrides.append((tuple(map(str, entry["files"])), values))
-    base = _settings_values({k: v for k, v in table.items() if k != "overrides"}, path, "[tool.surgeon]")
-    return Config(base=Settings(**base), overrides=tuple(overrides), root=path.parent, source=path)
+    base = _settings_values({k: v for k, v in table.items() if k not in ("overrides", "plugins")}, path,
+                            "[tool.surgeon]")
+    return Config(base=Settings(**base), overrides=tuple(overrides), root=path.parent, source=path,
+                  plugins=_plugin_files(table.get("plugins", []), path))
+
+
+def _plugin_files(value, path: Path) -> tuple[Path, ...]:
+    """`plugins = [...]`: pass files, relative to the pyproject's folder; each must exist."""
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise SurgeonError("[tool.surgeon]: 'plugins' must be a list of Python file paths", file=path)
+    files = tuple(path.parent / v for v in value)
+    for name, file in zip(value, files):
+        if not file.is_file():
+            line = next((n for n, text in enumerate(path.read_text().splitlines(), start=1) if name in text), None)
+            raise SurgeonError(f"[tool.surgeon]: plugin file '{name}' not found (looked at {file})", file=path,
+                               line=line)
+    return files
 
 
 def _settings_values(table: dict, path: Path, where: str) -> dict:
     values = {}
     for key, value in table.items():
         if key not in SETTING_KEYS:
-            raise SurgeonError(f"unknown key '{key}' in {where}", file=path,
-                               hint=suggest(key, SETTING_KEYS + ("overrides",)))
+            hint = ("'plugins' belongs in [tool.surgeon] itself: passes are loaded for every file" if key == "plugins"
+                    else suggest(key, SETTING_KEYS + ("overrides", "plugins")))
+            raise SurgeonError(f"unknown key '{key}' in {where}", file=path, hint=hint)
         attr = key.replace("-", "_")
         if key in _LIST_KEYS:
             if not isinstance(value, list) or not all(isinstance(v, str) for v in value):

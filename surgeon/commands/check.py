@@ -5,6 +5,7 @@
     surgeon check recipes/bevformer-tiny.yaml          # .yaml/.yml files are linted as recipes
 
 Settings come from `[tool.surgeon]` in the nearest pyproject.toml (docs/check.md); options given here win.
+Recipes that use passes from your own files need those files: `--plugin FILE`, or `plugins = [...]` there.
 Exit codes: 0 no errors, 1 errors found, 2 bad usage or a file that cannot be read.
 """
 from __future__ import annotations
@@ -14,8 +15,11 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+from surgeon.cli_args import PluginArgs
+
 NAME = "check"
 HELP = "lint models for a target (ops, dtypes, order, names, data) and recipes; CI and pre-commit friendly"
+ARG_GROUPS = (PluginArgs,)
 
 
 def add_arguments(parser) -> None:
@@ -69,6 +73,7 @@ def run(args) -> int:
         guard_outputs([(args.output, "the report", "-o")], *_checked_files(inputs, args),
                       discard="leave out -o to print the report")
     config = Config() if args.no_config else load_config()
+    _load_config_plugins(config, args.plugin)
     findings = []
     for path, as_recipe in inputs:
         settings = replace(config.for_file(path), **cli)
@@ -121,6 +126,7 @@ def _checked_files(inputs, args) -> tuple[list, list]:
         files += [(f, "the target profile") for f in targets]
     if args.target:
         files += [(f, "the target file") for f in profile_files(args.target)]
+    files += [(f, "the plugin file") for f in args.plugin]
     return files, models
 
 
@@ -138,3 +144,12 @@ def _command_line_settings(args) -> dict:
     if args.max_initializer_mb is not None:
         values["max_initializer_mb"] = args.max_initializer_mb
     return values
+
+
+def _load_config_plugins(config, already_loaded) -> None:
+    from surgeon.registry import load_plugin_file
+
+    loaded = {Path(p).resolve() for p in already_loaded}
+    for path in config.plugins:
+        if path.resolve() not in loaded:
+            load_plugin_file(path)
