@@ -1,4 +1,4 @@
-"""Export models torch.onnx.export cannot trace, by hooking module forwards on a real input.
+r"""Export models torch.onnx.export cannot trace, by hooking module forwards on a real input.
 
     surgeon export spconv --model centerpoint-scn --features in_features.fp16.tensor \
         --indices in_indices_zyx.int32.tensor --flavour libspconv -o scn.onnx --save-tensors scn --check
@@ -13,6 +13,7 @@ Needs torch and spconv (the zoo extra).
 """
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -29,7 +30,7 @@ HELP = "export a spconv lidar backbone to ONNX by hooking its module forwards (n
 def add_arguments(parser) -> None:
     sub = parser.add_subparsers(dest="export_kind", metavar="KIND", required=True)
     spconv = sub.add_parser("spconv", help="a spconv 2.x sparse backbone (CenterPoint, BEVFusion lidar)",
-                            description=__doc__)
+                            description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     spconv.add_argument("--model", required=True, choices=sorted(SPCONV_MODELS),
                         help="; ".join(f"{k}: {v}" for k, v in SPCONV_MODELS.items()))
     spconv.add_argument("--checkpoint", metavar="FILE.pth",

@@ -1,0 +1,32 @@
+"""Every command's help: it formats, and the examples of its docstring keep their lines."""
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from surgeon.cli import build_parser
+
+
+def _parsers(parser, path=("surgeon",)):
+    yield path, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _parsers(sub, (*path, name))
+
+
+PARSERS = dict(_parsers(build_parser()))
+
+
+@pytest.mark.parametrize("path", sorted(PARSERS), ids=" ".join)
+def test_help_keeps_the_docstring_examples_on_their_own_lines(path):
+    parser = PARSERS[path]
+    text = parser.format_help()
+    examples = [line for line in (parser.description or "").splitlines() if line.startswith("    ")]
+    for line in examples:
+        assert line in text.splitlines(), f"{' '.join(path)} --help reflows the example {line.strip()!r}"
+
+
+def test_every_command_is_listed():
+    assert {p[1] for p in PARSERS if len(p) > 1} >= {"run", "check", "compare", "export", "plugins", "zoo"}
