@@ -1,6 +1,6 @@
 """Rewrite 3-D (volumetric) grid sampling into GridSample-20 or standard opset-11 ops.
 
-Recognised (x [N,C,D,H,W], grid [N,Dg,Hg,Wg,3]); the 2-D spellings of the grid-sample pass with 5-D input:
+Recognised (x [N,C,D,H,W], grid [N,Dg,Hg,Wg,3]); the spellings surgeon.sampling reads, with 5-D input:
     org.pytorch.aten::ATen(operator="grid_sampler" | "grid_sampler_3d")(x, grid, mode, padding, align_corners)
     GridSample(x, grid) mode=linear|nearest (opset 20)
     mmdeploy::grid_sampler(x, grid) interpolation_mode=, padding_mode=, align_corners=
@@ -23,9 +23,8 @@ import onnx_graphsurgeon as gs
 
 from surgeon.pass_api import Param, Pass, register_pass
 from surgeon.rewrite import Rewrite, dtype_of
-
-from .grid_sample import (Sampling, blend_rows, clip_pixel, emit_onnx, flat_index, grid_axis, padded_channels_last,
-                          rewrite_sites, value_weight)
+from surgeon.sampling import (Sampling, blend_rows, clip_pixel, emit_onnx, flat_index, grid_axis, padded_channels_last,
+                              rewrite_sites, value_weight)
 
 GRID_SAMPLE_ND_SINCE = 20  # GridSample accepts 5-D input from opset 20
 #: Corners in torch's order (top/bottom = z, north/south = y, west/east = x) as (dz, dy, dx).

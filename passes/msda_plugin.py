@@ -20,9 +20,11 @@ exported as `mmcv::MMCVMultiScaleDeformableAttention` (same five inputs, same se
 plugin too; its im2col_step attribute only tiles mmcv's CUDA work and is dropped.
 
 The match starts at each grid sampler and walks outwards, so node order does not matter; the level
-sizes (h, w) come from the sampler input's Reshape. Only bilinear, zero-padding,
-align_corners=False samplers are taken (mmcv's semantics, and the plugin's). Every axis the plugin's
-math relies on is checked — the stack on dim -2 (level-major, as the weights are laid out), each
+sizes (h, w) come from the sampler input's Reshape. The samplers are read by surgeon.sampling, so
+mmdeploy's `grid_sampler` (and ATen `grid_sampler_2d`) is taken as well; BEVFormer_tensorrt's
+GridSampler2DTRT is not, its grid being [N,2,Hg,Wg] * 10 rather than 2 * loc - 1. Only bilinear,
+zero-padding, align_corners=False samplers are taken (mmcv's semantics, and the plugin's). Every axis
+the plugin's math relies on is checked — the stack on dim -2 (level-major, as the weights are laid out), each
 flatten, transpose and the weights' view — because a block stacked on another axis pairs samples with
 other weights; a site that does not fit the pattern is left alone with a note saying which step of the
 walk failed. Where value_spatial_shapes is a tensor torch does not fold, the level sizes come from it
@@ -36,10 +38,12 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from surgeon.errors import PassError
 from surgeon.pass_api import Pass, PassResult, register_pass
 from surgeon.plugins.matching import DOMAIN_PARAM, NoMatch, as_dtype, expect_producer
 from surgeon.plugins.specs import make_plugin_node
-from surgeon.rewrite import Rewrite, aten_operator, attr_text, const_value, is_op, producer
+from surgeon.rewrite import Rewrite, const_value, is_op, producer
+from surgeon.sampling import read_sampling
 
 
 #: mmcv's CUDA op as mmcv exports it (domain mmcv): the plugin's inputs and semantics already.
@@ -91,14 +95,14 @@ class MsdaPlugin(Pass):
 
 
 def _is_mmcv_grid_sampler(node: gs.Node) -> bool:
-    if is_op(node, "GridSample"):
-        return (attr_text(node, "mode", "bilinear") in ("bilinear", "linear")
-                and attr_text(node, "padding_mode", "zeros") == "zeros" and not node.attrs.get("align_corners", 0))
-    if aten_operator(node) == "grid_sampler" and len(node.inputs) == 5:
-        mode, padding, align = (const_value(t) for t in node.inputs[2:])
-        return mode is not None and padding is not None and align is not None and \
-            int(mode) == 0 and int(padding) == 0 and not bool(align)
-    return False
+    """Whether `node` samples as mmcv's fallback does: 2-D, bilinear, zero padding, align_corners=False, with
+    the grid in torch's layout (BEVFormer_tensorrt's [N,2,Hg,Wg] * 10 grid is not the walk's 2 * loc - 1)."""
+    try:
+        site = read_sampling(node)
+    except PassError:  # a sampler whose mode is unknown or not a constant is not mmcv's
+        return False
+    return site is not None and site.spelling != "trt" and site.spatial_dims == 2 and \
+        (site.interpolation, site.padding, site.align_corners) == ("bilinear", "zeros", False)
 
 
 def _only_consumer(tensor: gs.Tensor, op_type: str) -> gs.Node | None:

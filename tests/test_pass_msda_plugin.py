@@ -132,6 +132,41 @@ def test_a_block_with_a_different_grid_is_reported_not_rewritten():
     assert any("not a deformable-attention block (expected 2 * loc - 1 from a Sub, found Add)" in n for n in step.notes)
 
 
+
+def _with_samplers_spelled(model, op_type, domain):
+    """The opset-11 export with each ATen grid_sampler replaced by `domain::op_type`(x, grid) with the
+    integer attributes of mmdeploy and BEVFormer_tensorrt (0: bilinear, zeros, align_corners=False)."""
+    for node in model.graph.node:
+        if node.op_type == "ATen":
+            del node.input[2:], node.attribute[:]
+            node.op_type, node.domain = op_type, domain
+            node.attribute.extend(onnx.helper.make_attribute(name, 0)
+                                  for name in ("interpolation_mode", "padding_mode", "align_corners"))
+    if domain:
+        model.opset_import.append(onnx.helper.make_opsetid(domain, 1))
+    return model
+
+
+def test_mmdeploy_grid_samplers_are_fused_too():
+    """mmdeploy's spelling of the same bilinear sampler (read by surgeon.sampling, as grid-sample reads it)."""
+    shapes = [(6, 8), (3, 4)]
+    args = _inputs(shapes, seed=5)
+    model = _with_samplers_spelled(_export(_Block(shapes), args, 11), "grid_sampler", "mmdeploy")
+    fused, step = apply_pass(model, "msda-plugin")
+    assert len(step.rewritten) == 1 and [n.op_type for n in fused.graph.node] == ["MultiScaleDeformableAttn"]
+    feeds = {"value": args[0].numpy(), "loc": args[1].numpy(), "weights": args[2].numpy()}
+    expected = _Block(shapes)(*args).numpy()
+    np.testing.assert_allclose(_run_reference(model, feeds), expected, rtol=0, atol=ATOL)
+    np.testing.assert_allclose(_run_reference(fused, feeds), expected, rtol=0, atol=ATOL)
+
+
+def test_bevformer_tensorrt_grid_samplers_are_not_mmcvs():
+    """GridSampler2DTRT reads its grid as [N, 2, Hg, Wg] * 10, which 2 * loc - 1 is not: fusing would be wrong."""
+    shapes = [(6, 8), (3, 4)]
+    model = _with_samplers_spelled(_export(_Block(shapes), _inputs(shapes), 11), "GridSampler2DTRT", "")
+    kept, step = apply_pass(model, "msda-plugin")
+    assert step.rewritten == [] and "MultiScaleDeformableAttn" not in [n.op_type for n in kept.graph.node]
+
 class _StackedOnLastDim(torch.nn.Module):
     """mmcv's fallback with torch.stack(..., dim=-1): samples points-major, so each meets another weight."""
 

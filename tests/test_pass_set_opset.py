@@ -57,3 +57,20 @@ def test_a_function_attribute_the_converter_would_lose_is_an_error():
     model.graph.node[0].attribute.append(helper.make_attribute("where", [0]))
     with pytest.raises(SurgeonError, match="local function local.fn:UnsqueezeAt .* takes an attribute from"):
         apply_pass(model, "set-opset", opset=13)
+
+
+def test_default_domain_ops_without_a_schema_ride_through_the_converter():
+    """BEVFormer_tensorrt's plugins are default-domain op types onnx has no schema for: the converter alone
+    refuses the model; they come back as they were, and the ops around them are converted."""
+    nodes = [helper.make_node("GridSampler2DTRT", ["x", "grid10"], ["y"], name="trt", interpolation_mode=1),
+             helper.make_node("Unsqueeze", ["y"], ["z"], name="unsqueeze", axes=[0])]
+    model = make_model(nodes, [("x", np.float32, [1, 2, 3, 4]), ("grid10", np.float32, [1, 2, 3, 3])],
+                       [("z", np.float32, None)], opset=11)
+    with pytest.raises(Exception, match="GridSampler2DTRT"):
+        onnx.version_converter.convert_version(model, 13)
+    out, step = apply_pass(model, "set-opset", opset=13)
+    assert step.rewritten == ["opset:11->13"]
+    assert [o.domain for o in out.opset_import] == [""] and out.opset_import[0].version == 13
+    (trt,) = [n for n in out.graph.node if n.op_type == "GridSampler2DTRT"]
+    assert (trt.domain, trt.attribute) == ("", model.graph.node[0].attribute)
+    assert [len(n.input) for n in out.graph.node if n.op_type == "Unsqueeze"] == [2]

@@ -1,0 +1,87 @@
+"""Convert a graph to another default-domain opset with the ONNX version converter, around its two gaps.
+
+Used by set-opset, and by grid-sample / grid-sample-3d where GridSample needs a newer opset: one
+conversion, so a model converts the same whichever pass asks.
+
+- The converter (onnx 1.x) drops a model's local functions: each function body is converted on its own
+  and put back. A body whose attribute references (`ref_attr_name`) the converter would have to rewrite
+  is an error naming the function, since the converter reads such an attribute as absent.
+- The converter stops at default-domain ops it has no schema for (BEVFormer_tensorrt's GridSampler2DTRT
+  and the other TensorRT-plugin op types): those ride through it in a private domain and come back
+  unchanged.
+"""
+from __future__ import annotations
+
+import onnx
+import onnx_graphsurgeon as gs
+from onnx import helper
+
+from surgeon.errors import PassError, first_line
+from surgeon.rewrite import via_onnx
+
+HIDDEN_DOMAIN = "surgeon.opset-conversion"
+
+
+def convert_opset(graph: gs.Graph, opset: int) -> gs.Graph:
+    """A new graph: `graph` converted to default-domain `opset`, local functions included. `graph` itself
+    is left as it was. Raises PassError saying why the converter refused."""
+    unknown = [(node, node.domain) for node in graph.nodes
+               if (node.domain or "") in ("", "ai.onnx") and not onnx.defs.has(node.op)]
+    for node, _ in unknown:
+        node.domain = HIDDEN_DOMAIN
+    try:
+        converted = via_onnx(graph, lambda model: _convert_model(model, graph.opset, opset))
+    finally:
+        for node, domain in unknown:
+            node.domain = domain
+    for node in converted.nodes:
+        if node.domain == HIDDEN_DOMAIN:
+            node.domain = ""
+    converted.import_domains = [d for d in converted.import_domains if d.domain != HIDDEN_DOMAIN]
+    return converted
+
+
+def _convert_model(model: onnx.ModelProto, current: int, wanted: int) -> onnx.ModelProto:
+    try:
+        converted = onnx.version_converter.convert_version(model, wanted)
+    except Exception as exc:
+        raise PassError(f"cannot convert opset {current} to {wanted}: {first_line(exc)}") from exc
+    del converted.functions[:]  # dropped by the converter (onnx 1.x): converted one by one instead
+    converted.functions.extend(_convert_function(f, wanted, model.ir_version) for f in model.functions)
+    return converted
+
+
+def _convert_function(function: onnx.FunctionProto, wanted: int, ir_version: int) -> onnx.FunctionProto:
+    """The function with its body converted to default-domain opset `wanted` (the converter takes models only)."""
+    converted = onnx.FunctionProto()
+    converted.CopyFrom(function)
+    imports = {o.domain: o for o in converted.opset_import}
+    default = imports.get("") or imports.get("ai.onnx")
+    if default is None or default.version == wanted:
+        return converted
+    where = f"local function {function.domain}:{function.name}"
+    body = helper.make_graph(list(function.node), function.name,
+                             [onnx.ValueInfoProto(name=name) for name in function.input],
+                             [onnx.ValueInfoProto(name=name) for name in function.output])
+    try:
+        model = onnx.version_converter.convert_version(
+            helper.make_model(body, opset_imports=function.opset_import, ir_version=ir_version), wanted)
+    except Exception as exc:
+        raise PassError(f"cannot convert {where} from opset {default.version} to {wanted}: "
+                        f"{first_line(exc)}") from exc
+    kept = {_with_refs(node) for node in model.graph.node}
+    for node in function.node:
+        if _with_refs(node) is not None and _with_refs(node) not in kept:
+            raise PassError(f"cannot convert {where} to opset {wanted}: node '{node.name or node.op_type}' "
+                            f"takes an attribute from the function's, which the version converter cannot rewrite")
+    del converted.node[:]
+    converted.node.extend(helper.make_node("Constant", [], [t.name], value=t) for t in model.graph.initializer)
+    converted.node.extend(model.graph.node)
+    default.version = wanted
+    return converted
+
+
+def _with_refs(node: onnx.NodeProto):
+    """The node's identity and its attribute references, or None where it has none."""
+    refs = tuple(sorted((a.name, a.ref_attr_name) for a in node.attribute if a.ref_attr_name))
+    return (node.op_type, node.domain, tuple(node.input), tuple(node.output), refs) if refs else None
