@@ -27,6 +27,6 @@ class SetOpset(Pass):
         wanted = self.opset or ctx.target.opset
         if graph.opset == wanted:
             return result
-        result.graph = convert_opset(graph, wanted)
+        result.graph = convert_opset(graph, wanted, ctx)
         result.rewritten.append(f"opset:{graph.opset}->{wanted}")
         return result

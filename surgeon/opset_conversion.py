@@ -9,6 +9,9 @@ conversion, so a model converts the same whichever pass asks.
 - The converter stops at default-domain ops it has no schema for (BEVFormer_tensorrt's GridSampler2DTRT
   and the other TensorRT-plugin op types): those ride through it in a private domain and come back
   unchanged.
+- The converter leaves the nodes it adds unnamed (the Constant that carries Unsqueeze-13's axes): given
+  the pass's context, each gets a name after the node it feeds (`Unsqueeze_12/Constant`) and, with the
+  nodes the converter changed, the running pass's provenance.
 """
 from __future__ import annotations
 
@@ -22,9 +25,10 @@ from surgeon.rewrite import via_onnx
 HIDDEN_DOMAIN = "surgeon.opset-conversion"
 
 
-def convert_opset(graph: gs.Graph, opset: int) -> gs.Graph:
+def convert_opset(graph: gs.Graph, opset: int, ctx=None) -> gs.Graph:
     """A new graph: `graph` converted to default-domain `opset`, local functions included. `graph` itself
-    is left as it was. Raises PassError saying why the converter refused."""
+    is left as it was. With the pass's `ctx`, new nodes are named and tagged. Raises PassError saying why
+    the converter refused."""
     unknown = [(node, node.domain) for node in graph.nodes
                if (node.domain or "") in ("", "ai.onnx") and not onnx.defs.has(node.op)]
     for node, _ in unknown:
@@ -38,7 +42,26 @@ def convert_opset(graph: gs.Graph, opset: int) -> gs.Graph:
         if node.domain == HIDDEN_DOMAIN:
             node.domain = ""
     converted.import_domains = [d for d in converted.import_domains if d.domain != HIDDEN_DOMAIN]
+    if ctx is not None:
+        _name_and_tag(graph, converted, ctx)
     return converted
+
+
+def _name_and_tag(before: gs.Graph, after: gs.Graph, ctx) -> None:
+    old = {node.name: node for node in before.nodes if node.name}
+    for node in after.nodes:
+        if node.name in old:
+            if _signature(node) != _signature(old[node.name]):
+                ctx.tag(node, replaces=node.name)
+            continue
+        reader = next((user for out in node.outputs for user in out.outputs if user.name), None)
+        node.name = ctx.new_name(f"{reader.name if reader else f'opset{after.opset}'}/{node.op}", after)
+        ctx.tag(node, replaces=reader.name if reader else None)
+
+
+def _signature(node: gs.Node) -> tuple:
+    """What the converter changes when it adapts a node: its op, inputs (Unsqueeze's axes) and attributes."""
+    return node.op, node.domain or "", [t.name for t in node.inputs], sorted(node.attrs)
 
 
 def _convert_model(model: onnx.ModelProto, current: int, wanted: int) -> onnx.ModelProto:

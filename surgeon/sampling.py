@@ -107,7 +107,7 @@ def rewrite_sites(graph, ctx, form: str, spatial_dims: int, onnx_opset: int, emi
     sites = find_sites(graph, form, spatial_dims)
     if sites and form == "onnx" and graph.opset < onnx_opset:
         try:
-            graph = convert_opset(graph, onnx_opset)
+            graph = convert_opset(graph, onnx_opset, ctx)
         except PassError as exc:
             raise PassError(f"GridSample needs opset {onnx_opset}: {exc.message}; use mode decompose") from exc
         result.graph = graph

@@ -74,3 +74,22 @@ def test_default_domain_ops_without_a_schema_ride_through_the_converter():
     (trt,) = [n for n in out.graph.node if n.op_type == "GridSampler2DTRT"]
     assert (trt.domain, trt.attribute) == ("", model.graph.node[0].attribute)
     assert [len(n.input) for n in out.graph.node if n.op_type == "Unsqueeze"] == [2]
+
+
+def test_nodes_the_converter_adds_or_changes_are_named_and_carry_provenance():
+    """Unsqueeze-13 takes its axes as an input: the converter adds an unnamed Constant for them."""
+    import numpy as np
+    from onnx import helper
+
+    from surgeon.testing import apply_pass, make_model, run_ort
+
+    model = make_model([helper.make_node("Unsqueeze", ["x"], ["y"], name="lift", axes=[0]),
+                        helper.make_node("Relu", ["y"], ["z"], name="relu")],
+                       [("x", np.float32, [3])], [("z", np.float32, [1, 3])], opset=11)
+    out, _ = apply_pass(model, "set-opset", opset=13)
+    props = {n.name: {p.key: p.value for p in n.metadata_props} for n in out.graph.node}
+    assert all(n.name for n in out.graph.node)
+    assert props["lift/Constant"] == {"surgeon.pass": "set-opset", "surgeon.replaces": "lift"}
+    assert props["lift"]["surgeon.pass"] == "set-opset" and "surgeon.pass" not in props["relu"]
+    x = np.arange(3, dtype=np.float32) - 1
+    np.testing.assert_array_equal(run_ort(out, {"x": x})[0], np.maximum(x, 0)[None])
