@@ -10,7 +10,7 @@ import tempfile
 from pathlib import Path
 
 import onnx
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError, EncodeError
 
 from surgeon.errors import ModelError, SurgeonError, first_line
 
@@ -115,23 +115,33 @@ def _has_external_data(model: onnx.ModelProto) -> bool:
     return any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
 
 
+def over_two_gb(model: onnx.ModelProto) -> bool:
+    """Whether the model is over protobuf's 2 GB limit (so it can only be saved with external data)."""
+    try:
+        return model.ByteSize() > TWO_GB
+    except EncodeError:  # the upb backend refuses even to size a message past the limit
+        return True
+
+
 def serialize_model(model: onnx.ModelProto) -> bytes | None:
     """The model's bytes, or None for a model over protobuf's 2 GB limit (saved with external data)."""
     try:
         data = model.SerializeToString()
-    except ValueError:  # protobuf refuses messages over 2 GB
-        if model.ByteSize() > TWO_GB:
+    except (ValueError, EncodeError):  # protobuf refuses messages over 2 GB (EncodeError: upb backend)
+        if over_two_gb(model):
             return None
         raise
     return None if len(data) > TWO_GB else data
 
 
 def save_model_atomic(model: onnx.ModelProto, path, external_data: bool | None = None,
-                      serialized: bytes | None = None) -> list[Path]:
+                      serialized: bytes | None = None, check=None) -> list[Path]:
     """Write `model` to `path` through a temporary file beside it, then rename; return the files written.
 
-    Models over 2 GB (protobuf's limit) are written with external data in `<name>.data`. `serialized`:
-    the model's bytes from `serialize_model`, when the caller has them already (the checker read them).
+    Models over 2 GB (protobuf's limit) are written with external data in `<name>.data`; `model` is left
+    holding its data as before. `serialized`: the model's bytes from `serialize_model`, when the caller
+    has them already (the checker read them). `check(path)`: called on the written temporary file before
+    the rename (how onnx.checker reads a model over 2 GB); if it raises, nothing is written.
     """
     path = Path(path)
     if serialized is not None and not external_data and not _has_external_data(model):
@@ -139,19 +149,29 @@ def save_model_atomic(model: onnx.ModelProto, path, external_data: bool | None =
         # external data (a third of a save on 20,000 nodes).
         return [write_bytes_atomic(path, serialized)]
     if external_data is None:
-        external_data = model.ByteSize() > TWO_GB
+        external_data = over_two_gb(model)
     _last_guard(path, *([path.with_name(f"{path.name}.data")] if external_data else []))
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.") as tmp:
         tmp_model = Path(tmp) / path.name
         if external_data:
             data_name = f"{path.name}.data"
-            onnx.save_model(model, str(tmp_model), format="protobuf", save_as_external_data=True,
-                            all_tensors_to_one_file=True, location=data_name, size_threshold=1024)
+            try:
+                onnx.save_model(model, str(tmp_model), format="protobuf", save_as_external_data=True,
+                                all_tensors_to_one_file=True, location=data_name, size_threshold=1024)
+            finally:
+                # onnx.save_model moved the tensors' data out of `model` (into the file): read it back,
+                # so the caller (validation) still holds the model it gave, without a second copy of it.
+                if (Path(tmp) / data_name).exists():
+                    onnx.external_data_helper.load_external_data_for_model(model, tmp)
+            if check is not None:
+                check(tmp_model)
             os.replace(Path(tmp) / data_name, path.parent / data_name)
             os.replace(tmp_model, path)
             return [path, path.parent / data_name]
         onnx.save_model(model, str(tmp_model), format="protobuf")  # whatever the extension, as when serialized
+        if check is not None:
+            check(tmp_model)
         os.replace(tmp_model, path)
     return [path]
 
