@@ -66,8 +66,15 @@ def main(argv=None) -> int:
     except BrokenPipeError:  # `surgeon ... | head`: the reader left; say nothing more
         sys.stderr.close()
         return 0
-    except KeyboardInterrupt:
-        print("surgeon: interrupted; nothing was written", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        # Every file is written whole or not at all (through a temporary name); a run that has written
+        # its model lists it, and the reports when they were done, in `written`.
+        written = getattr(exc, "written", None)
+        if written:
+            print(f"surgeon: interrupted after writing {', '.join(map(str, written))}; the other files were not "
+                  "written", file=sys.stderr)
+        else:
+            print("surgeon: interrupted; nothing was written", file=sys.stderr)
         return 130
     except Exception as exc:  # a bug of ours: say so briefly, full traceback on request
         if os.environ.get("SURGEON_DEBUG"):

@@ -161,26 +161,30 @@ def run_recipe(recipe, model=None, output=None, *, overrides=(), dry_run: bool =
         prepared.check_candidate(result_model)
 
     result = RunResult(recipe=recipe, model=result_model, original=original, model_path=model_path, steps=records)
-    if writing:
-        result.files = save_model_atomic(result_model, output, serialized=serialized)
-        result.output = output
-    if validating:
-        from surgeon.validation import validate_run
+    try:
+        if writing:
+            result.files = save_model_atomic(result_model, output, serialized=serialized)
+            result.output = output
+        if validating:
+            from surgeon.validation import validate_run
 
-        against = recipe.validate.get("against") or "original"
-        progress.message("validating against " + {"original": "the original model",
-                                                  "none": "the expected outputs"}.get(against, against))
-        result.validation = validate_run(recipe, original, model_path, result_model,
-                                         None if dry_run else output, progress, prepared=prepared)
-    if recipe.build and build and not dry_run and output is not None:
-        from surgeon.build import build_run
+            against = recipe.validate.get("against") or "original"
+            progress.message("validating against " + {"original": "the original model",
+                                                      "none": "the expected outputs"}.get(against, against))
+            result.validation = validate_run(recipe, original, model_path, result_model,
+                                             None if dry_run else output, progress, prepared=prepared, steps=records)
+        if recipe.build and build and not dry_run and output is not None:
+            from surgeon.build import build_run
 
-        progress.message("building the TensorRT engine")
-        result.build = build_run(recipe, output, progress)
-    result.seconds = time.perf_counter() - started
-    if output is not None and not dry_run:
-        result.report_path = report_path_for(output)
-        write_text_atomic(result.report_path, json_text(result.report()))  # NaN, inf as "nan", "inf"
+            progress.message("building the TensorRT engine")
+            result.build = build_run(recipe, output, progress)
+        result.seconds = time.perf_counter() - started
+        if output is not None and not dry_run:
+            result.report_path = report_path_for(output)
+            write_text_atomic(result.report_path, json_text(result.report()))  # NaN, inf as "nan", "inf"
+    except KeyboardInterrupt as exc:  # the CLI says what was written before it (surgeon.cli)
+        exc.written = [*result.files, *(result.validation.reports if result.validation is not None else ())]
+        raise
     return result
 
 

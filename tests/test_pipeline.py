@@ -634,3 +634,23 @@ def test_a_missing_model_says_when_the_validation_files_are_missing_too(tmp_path
             "or --set them") in capsys.readouterr().err
     assert main(["run", str(recipe), "-o", str(tmp_path / "o.onnx"), "--no-validate"]) == 2
     assert "missing too" not in capsys.readouterr().err
+
+
+def test_an_interrupt_after_the_model_is_written_says_so(tmp_path, model_file, monkeypatch, capsys):
+    """Ctrl-C during validation: the model is written, its reports are not; "nothing was written" was false."""
+    import surgeon.validation.validate as validate
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(validate, "validate_models", interrupted)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("name: r\nsteps:\n  - pass: toposort\nvalidate:\n  seed: 1\n")
+    out = tmp_path / "out" / "o.onnx"
+    assert main(["run", str(recipe), str(model_file), "-o", str(out), "-q"]) == 130
+    message = f"surgeon: interrupted after writing {out}; the other files were not written"
+    assert capsys.readouterr().err.strip() == message
+    assert sorted(p.name for p in out.parent.iterdir()) == ["o.onnx"]
+    assert main(["compare", str(model_file), str(model_file), "--report", str(tmp_path / "rep")]) == 130
+    assert capsys.readouterr().err.strip() == "surgeon: interrupted; nothing was written"
+    assert not list(tmp_path.glob("rep*"))

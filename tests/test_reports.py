@@ -150,3 +150,71 @@ def test_html_and_markdown_show_nan_and_dtype_remarks(tmp_path):
     page = html_page(result)
     worst = page[page.index("Worst elements"):]
     assert worst.index(">(1,)<") < worst.index(">(2,)<")  # the NaN element heads the worst elements
+
+
+def _many_outputs_result(names, offsets):
+    """A comparison of models with one output per name, y_i = x + c_i, B's constants off by `offsets`."""
+    import numpy as np
+    from onnx import helper
+
+    from surgeon.testing import make_model
+    from surgeon.validation import Tolerance, validate_models
+
+    def model(shift):
+        nodes = [helper.make_node("Add", ["x", f"c{i}"], [name], name=f"add{i}") for i, name in enumerate(names)]
+        constants = {f"c{i}": np.float32([1, 2, 3]) + np.float32(s) for i, s in enumerate(shift)}
+        return make_model(nodes, [("x", np.float32, [3])], [(n, np.float32, [3]) for n in names], constants)
+
+    return validate_models(model([0] * len(names)), model(offsets), [{"x": np.zeros(3, np.float32)}], Tolerance(),
+                           localise=False)
+
+
+def test_histograms_are_drawn_for_the_worst_outputs_only_and_warn_nothing():
+    """500 outputs drew 500 histograms (200 s, 8 MB); an output without finite errors warned from matplotlib."""
+    import warnings
+
+    import numpy as np
+
+    from surgeon.validation.report import HISTOGRAMS_SHOWN, html_page
+
+    offsets = [0.0, 0.0, np.inf] + [1e-3 * (i + 1) for i in range(HISTOGRAMS_SHOWN + 2)]
+    result = _many_outputs_result([f"y{i}" for i in range(len(offsets))], offsets)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        page = html_page(result)
+    assert [str(w.message) for w in caught] == []
+    assert page.count("<img ") == HISTOGRAMS_SHOWN
+    assert f"alt='error histogram of y{len(offsets) - 1} vs original'" in page  # the largest error is drawn
+    assert "alt='error histogram of y3 vs original'" not in page  # the smallest of the failing ones is not
+    assert "2 more output(s) with errors are not plotted" in page
+    assert "3 output(s) without a nonzero finite error are not plotted" in page  # two equal, one inf only
+
+
+def test_an_output_name_with_dollar_signs_is_plotted_as_text():
+    """matplotlib reads `$...$` as mathtext: a name like `$x^$` raised after the model was written."""
+    from surgeon.validation.report import html_page
+
+    page = html_page(_many_outputs_result(["cost$^{$", "$x_1$"], [1e-3, 2e-3]))
+    assert page.count("<img ") == 2 and "alt='error histogram of cost$^{$ vs original'" in page
+
+
+def test_reports_are_written_together_or_not_at_all(tmp_path, monkeypatch):
+    """A failure while rendering leaves the reports of before, not a mix of new and stale files."""
+    from surgeon.validation import report
+
+    result = _many_outputs_result(["y"], [1e-3])
+    paths = report.report_paths(tmp_path / "r")
+    for path in paths:
+        path.write_text("stale")
+
+    def broken(_):
+        raise RuntimeError("rendering failed")
+
+    monkeypatch.setattr(report, "html_page", broken)
+    with pytest.raises(RuntimeError):
+        report.write_reports(result, tmp_path / "r")
+    assert {p.name: p.read_text() for p in tmp_path.iterdir()} == {p.name: "stale" for p in paths}
+    monkeypatch.undo()
+    assert report.write_reports(result, tmp_path / "r") == paths
+    assert sorted(tmp_path.iterdir()) == sorted(paths) and "stale" not in {p.read_text() for p in paths}
+    assert json.loads(paths[3].read_text())  # Polygraphy's results, rendered in memory, still JSON

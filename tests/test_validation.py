@@ -214,11 +214,36 @@ def test_renamed_inputs_are_fed_by_position_and_said_so():
     renamed.graph.node[0].input[0] = "image"
     result = validate_models(original, renamed, make_feeds(original), Tolerance())
     assert result.passed and result.notes == [
-        "the rewritten model's inputs differ from the original's; fed by position: x -> image"]
+        "the rewritten model's inputs differ from the original's; fed from inputs of other names: x -> image"]
     assert "note: the rewritten model's inputs differ" in result.summary
     renamed.graph.input[0].type.tensor_type.elem_type = onnx.TensorProto.DOUBLE
-    assert input_notes(original, renamed)[1] == ("input image is float64 in the rewritten model, float32 in the "
-                                                  "original: its data is cast")
+    assert input_notes(original, renamed, result.feeds[0])[1] == (
+        "input image is float64 in the rewritten model, float32 in the original: its data is cast")
+
+
+def _two_inputs(order, w_dtype=np.float32) -> onnx.ModelProto:
+    """y = x - float(w), its inputs listed in `order`."""
+    nodes = [helper.make_node("Cast", ["w"], ["wf"], to=onnx.TensorProto.FLOAT, name="cast"),
+             helper.make_node("Sub", ["x", "wf"], ["y"], name="sub")]
+    inputs = {"x": ("x", np.float32, [2, 3]), "w": ("w", w_dtype, [2, 3])}
+    return make_model(nodes, [inputs[name] for name in order], [("y", np.float32, None)])
+
+
+def test_input_notes_pair_inputs_as_polygraphy_feeds_them():
+    """By name whatever the order (no note); an input of the original the rewritten model lacks is said."""
+    original = _two_inputs(["x", "w"])
+    feed = make_feeds(original)[0]
+    assert input_notes(original, _two_inputs(["w", "x"]), feed) == []
+    assert input_notes(original, _two_inputs(["w", "x"], np.int64), feed) == [
+        "input w is int64 in the rewritten model, float32 in the original: its data is cast"]
+    result = validate_models(original, _x_plus_zero(), [feed], Tolerance(), localise=False)
+    assert result.notes == ["input(s) w of the original are not inputs of the rewritten model"]
+
+
+def _x_plus_zero() -> onnx.ModelProto:
+    """y = x + 0, taking x [2, 3] only."""
+    return make_model([helper.make_node("Add", ["x", "zero"], ["y"], name="add")], [("x", np.float32, [2, 3])],
+                      [("y", np.float32, None)], {"zero": np.float32(0)})
 
 
 def test_dynamic_input_needs_a_shape(tmp_path, capsys):
@@ -277,15 +302,15 @@ def test_error_arrays_of_scalars_bools_and_zeros():
     assert abs_err.shape == () and abs_err == 2.0**31
 
 
-def test_a_changed_output_shape_fails_and_localisation_says_no_common_tensor_differs():
+def test_a_changed_output_shape_fails_without_a_localisation():
     original, reshaped = chain_model(), chain_model()
     reshaped.graph.node[-1].output[0] = "doubled"
     reshaped.graph.node.append(helper.make_node("Reshape", ["doubled", "flat"], ["y"], name="flatten"))
     reshaped.graph.initializer.append(onnx.numpy_helper.from_array(np.array([2, 20], np.int64), "flat"))
     result = validate_models(original, reshaped, make_feeds(original), Tolerance())
     assert not result.passed and result.outputs[0].note == "shape [1, 2, 4, 5] vs [2, 20]"
-    assert result.divergence == {"tensor": None, "checked": 3, "of": 4}
-    assert "localisation: no common tensor differs when read as an extra output (3 compared)" in result.summary
+    # A changed shape is no error beyond tolerance: no tensor to look for, no localisation sentence.
+    assert result.divergence is None and "localisation" not in result.summary
 
 
 def test_standard_op_with_non_standard_attributes_is_run_by_its_reference():
@@ -505,3 +530,87 @@ def test_against_with_each_step_bisects_against_the_original(tmp_path):
     failed = run_recipe(equal, output=tmp_path / "out.onnx").validation
     assert not failed.passed and not failed.bisection.found
     assert "y differs from the against model" in failed.summary and "in the against model)" in failed.summary
+
+
+def test_an_output_the_recipe_renames_is_compared_under_its_new_name(tmp_path):
+    """`rename: {outputs: {y: pred}}` used to fail as "y missing from rewritten" and never compare pred."""
+    write_recipe(tmp_path, chain_model(), [])
+    recipe = {"name": "rename-out", "model": "model.onnx",
+              "steps": [{"pass": "rename", "with": {"outputs": {"y": "pred"}}}, {"pass": WRONG_STEP}],
+              "validate": {"each_step": True}}
+    (tmp_path / "rename.yaml").write_text(yaml.safe_dump(recipe))
+    validation = run_recipe(str(tmp_path / "rename.yaml"), output=tmp_path / "out.onnx").validation
+    output = validation.outputs[0]
+    assert (output.name, output.candidate_name, output.within_tolerance) == ("y", "pred", False)
+    assert output.max_abs == pytest.approx(2e-3, rel=1e-3)  # the wrong constant, doubled: compared, not "missing"
+    assert "note: outputs renamed by the recipe, compared under their new names: y -> pred" in validation.summary
+    assert validation.divergence["tensor"] == "shifted"
+    assert validation.bisection.step_index == 2  # the rename step itself stays within tolerance
+
+
+def test_renamed_tensors_follow_every_rename_step_in_order():
+    from surgeon.pipeline import StepRecord
+    from surgeon.validation.bisect import renamed_tensors
+
+    def step(pass_name, **params):
+        return StepRecord(1, pass_name, None, params, 0, 0, {}, [], [], 0.0)
+
+    steps = [step("rename", outputs={"y": "a"}, tensors={"t": "u"}), step("cleanup"),
+             step("rename", outputs={"a": "b"}, inputs={"x": "image"})]
+    assert renamed_tensors(steps) == {"y": "b", "t": "u", "x": "image"}
+
+
+def test_outputs_named_differently_are_paired_by_position_only_when_unambiguous():
+    from surgeon.validation.compare import output_pairs
+
+    a, b = np.zeros(3, np.float32), np.zeros(2, np.float32)
+    assert output_pairs({"y": a, "z": b}, {"p": a, "z": b}) == {"y": "p", "z": "z"}
+    assert output_pairs({"y": a, "z": b}, {"z": b, "p": a}) == {"y": None, "z": "z"}  # z moved: not by position
+    assert output_pairs({"y": a}, {"p": a.astype(np.float64)}) == {"y": None}  # another dtype
+    assert output_pairs({"y": a}, {"p": b}) == {"y": None}  # another shape
+    assert output_pairs({"y": a}, {"p": a}, by_position=False) == {"y": None}
+    result = validate_models(const_model(np.float32([1, 2])), const_model(np.float32([1, 2]), name="pred"),
+                             [{"x": np.zeros(2, np.float32)}], Tolerance())
+    assert result.passed and result.outputs[0].candidate_name == "pred"
+    assert result.notes == ["the rewritten model's outputs are named differently from the original's; compared by "
+                            "position (same count, dtypes and shapes): y -> pred"]
+
+
+def test_a_failure_that_is_not_numeric_is_not_localised():
+    """A dtype changed (values equal): no "first diverging tensor" or runtime-optimisation explanation."""
+    result = compare_constants(np.float32([1, 2]), np.float64([1, 2]))
+    assert not result.passed and result.outputs[0].within_tolerance is True and result.divergence is None
+    assert "localisation" not in result.summary and "hint:" not in result.summary
+
+
+def test_cosine_is_none_when_no_element_is_finite_in_both():
+    from surgeon.validation.compare import cosine_similarity
+
+    nan, inf = np.nan, np.inf
+    assert cosine_similarity(np.float32([inf, nan]), np.float32([-inf, 1])) is None
+    result = compare_constants(np.float32([inf, inf]), np.float32([-inf, -inf]))
+    assert result.outputs[0].cosine is None and "cosine -" in result.summary
+
+
+def test_a_quantile_statistic_shows_the_quantile_it_used(tmp_path):
+    from surgeon.validation.report import markdown
+
+    values = np.float32(np.arange(100))
+    result = compare_constants(values, values + np.float32(np.arange(100) >= 90), error_stat="quantile",
+                               quantile=0.5, atol=1e-3, rtol=0)
+    assert result.passed and result.outputs[0].quantile_abs == 0  # p50 of the errors, not p99 (1)
+    assert "| output | result | max abs | mean abs | p50 abs | max rel | mean rel | p50 rel |" in markdown(result)
+    assert "(quantile 0.5)" in result.summary
+
+
+def test_compare_refuses_plugin_lib_without_trt(model_pair, capsys):
+    a, _ = model_pair
+    assert main(["compare", a, a, "--plugin-lib", "libmine.so"]) == 2
+    assert "--plugin-lib loads TensorRT plugin libraries, which only --trt uses" in capsys.readouterr().err
+
+
+def test_a_failed_compare_says_which_tolerances_judged_it_and_how_to_set_them(model_pair, capsys):
+    a, b = model_pair
+    assert main(["compare", a, b]) == 1
+    assert ("  hint: judged at atol=1e-05 rtol=1e-05 (elemwise); compare does not read a recipe's validate "
+            "tolerances: give them with --atol / --rtol") in capsys.readouterr().out

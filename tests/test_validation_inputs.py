@@ -16,6 +16,7 @@ from onnx import helper
 
 from surgeon.cli import main
 from surgeon.errors import SurgeonError
+from surgeon.pass_api import Pass, PassResult, register_pass
 from surgeon.testing import make_model
 
 REPO = Path(__file__).resolve().parent.parent
@@ -148,7 +149,7 @@ def _bad_data(folder: Path, kind: str) -> tuple[Path, str]:
         return folder / "bad.npz", "x holds <U1 data; inputs must be numbers or booleans"
     if kind == "truncated":
         (folder / "bad.npz").write_bytes((folder / "inputs.npz").read_bytes()[:200])
-        return folder / "bad.npz", "cannot read inputs .npz: BadZipFile"
+        return folder / "bad.npz", "inputs file is not an .npz (a zip archive of .npy arrays): damaged, cut short"
     if kind == "json-shape":
         (folder / "bad.json").write_text('{"x": 1}')
         return folder / "bad.json", "input set 1: x is int64 [], but input x of "
@@ -189,7 +190,7 @@ def test_a_truncated_expected_file_is_named(work, capsys):
     (work / "trunc.npz").write_bytes((work / "expected.npz").read_bytes()[:200])
     good = str(work / "good.onnx")
     assert main(["compare", good, good, "--data", str(work / "inputs.npz"), "--expected", str(work / "trunc.npz")]) == 2
-    assert f"{work / 'trunc.npz'}: cannot read expected outputs .npz: BadZipFile" in one_error_line(capsys)
+    assert f"{work / 'trunc.npz'}: expected outputs file is not an .npz" in one_error_line(capsys)
 
 
 def test_an_expected_output_the_model_lacks_is_bad_input_not_a_failure(work, capsys):
@@ -261,3 +262,55 @@ def test_polygraphy_json_inputs_leave_stdout_to_the_json_document(work):
                            str(work / "inputs.json"), "--json"], capture_output=True, text=True, env=env, cwd=work)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["passed"] is True
+
+
+@register_pass("test-validation-inputs-neg-to-plugin")
+class NegToPlugin(Pass):
+    """Turns Neg into `NegTRT`, an op ONNX Runtime cannot load (a third-party pass, for the tests)."""
+
+    def run(self, graph, ctx):
+        result = PassResult()
+        for node in graph.nodes:
+            if node.op == "Neg":
+                node.op = "NegTRT"
+                result.rewrote(node)
+        return result
+
+
+def test_runner_onnxruntime_on_a_rewrite_it_cannot_load_is_refused_before_anything_is_written(work, capsys):
+    recipe = work / "ort.yaml"
+    recipe.write_text("name: v\nchecker: false\nsteps:\n  - pass: test-validation-inputs-neg-to-plugin\n"
+                      "validate:\n  runner: onnxruntime\n")
+    error = run_fails_cleanly(work, recipe, capsys)
+    assert error.startswith("surgeon: error: ONNX Runtime cannot load the rewritten model: ") and "NegTRT" in error
+    onnx.save(make_model([helper.make_node("NegTRT", ["x"], ["y"], name="neg")], [("x", np.float32, [1, 4])],
+                         [("y", np.float32, [1, 4])]), work / "plugin.onnx")
+    good, plugin = str(work / "good.onnx"), str(work / "plugin.onnx")
+    assert main(["compare", good, plugin, "--runner", "onnxruntime"]) == 2
+    assert one_error_line(capsys).startswith(f"surgeon: error: {plugin}: ONNX Runtime cannot load the model: ")
+
+
+def test_an_input_shape_for_a_static_input_is_refused_naming_the_option(work, capsys):
+    good = str(work / "good.onnx")
+    assert main(["compare", good, good, "--input-shape", "x:4x3"]) == 2
+    assert one_error_line(capsys) == (f"surgeon: error: validate.inputs.x.shape / --input-shape x: [4, 3] does not "
+                                      f"fit input x of {good}, [1, 4]: only its dynamic dimensions can be chosen")
+
+
+@pytest.mark.parametrize("content, words", [
+    (b"version https://git-lfs.github.com/spec/v1\noid sha256:4d7a\nsize 456632\n",
+     "inputs file is a Git LFS pointer, not the arrays: fetch the file (git lfs pull)"),
+    (None, "inputs file is a single .npy array, not an .npz archive"),
+    (b"PK\x03\x04 cut short", "inputs file is not an .npz (a zip archive of .npy arrays)"),
+])
+def test_a_file_named_npz_that_is_not_one_says_what_it_is(work, capsys, content, words):
+    path = work / "in.npz"
+    if content is None:
+        with open(path, "wb") as handle:
+            np.save(handle, X)
+    else:
+        path.write_bytes(content)
+    good = str(work / "good.onnx")
+    assert main(["compare", good, good, "--data", str(path)]) == 2
+    error = one_error_line(capsys)
+    assert error.startswith(f"surgeon: error: {path}: ") and words in error

@@ -94,6 +94,10 @@ def run(args) -> int:
     from surgeon.validation.report import write_reports
     from surgeon.validation.validate import prepare_validation, validate_models
 
+    if args.plugin_lib and not args.trt:  # only TensorRT loads them: without --trt they would do nothing
+        raise SurgeonError("--plugin-lib loads TensorRT plugin libraries, which only --trt uses",
+                           hint="add --trt to run B through TensorRT; CPU references of custom ops come from "
+                                "--plugin FILE")
     if args.report is not None:  # before any work: no report may replace an input (or a folder, a device)
         from surgeon.modelio import guard_outputs
         from surgeon.validation.report import report_paths
@@ -121,6 +125,8 @@ def run(args) -> int:
     prepared.check_candidate(candidate, args.model_b, file=args.model_b)
     result = validate_models(model_a, candidate, prepared.feeds, prepared.tolerance, args.runner, prepared.expected,
                              prepared.data, rewritten_runner=candidate_runner)
+    result.tolerance_hint = ("compare does not read a recipe's validate tolerances: give them with --atol / --rtol "
+                             "(e.g. --atol 1e-4 --rtol 1e-4)")
     if args.report:
         result.reports = write_reports(result, Path(args.report))
     if args.json:

@@ -150,7 +150,7 @@ def bisect_steps(recipe: Recipe, original: onnx.ModelProto, feeds: list[dict], t
             # Finished (tidied, exported) only when checked: bisection looks at few of the steps.
             model = finish_graph(graphs[step - 1], original, recipe, records[:step])
             results, _ = run_model(model, feeds, runner, f"after-step-{step}")
-            outputs = compare_outputs(reference, results, tolerance)
+            outputs = compare_outputs(reference, results, tolerance, renames=renamed_tensors(records[:step]))
             checked[step] = (all(o.passed for o in outputs), outputs)
         return checked[step][0]
 
@@ -169,6 +169,20 @@ def bisect_steps(recipe: Recipe, original: onnx.ModelProto, feeds: list[dict], t
     result.outputs = checked[bad][1]
     result.checked = _checked_rows(checked, records)
     return result
+
+
+def renamed_tensors(steps) -> dict[str, str]:
+    """{name in the input model: name after `steps`} of every tensor a `rename` step renamed (its
+    `inputs`, `outputs` and `tensors`, applied in that order, as the pass does): validation compares
+    a renamed output with the original's under its new name."""
+    original_of: dict[str, str] = {}  # current name -> name in the input model
+    for step in steps:
+        if step.pass_name != "rename":
+            continue
+        for key in ("inputs", "outputs", "tensors"):
+            for old, new in (step.params.get(key) or {}).items():
+                original_of[new] = original_of.pop(old, old)
+    return {old: new for new, old in original_of.items() if old != new}
 
 
 def _checked_rows(checked: dict, records: list[StepRecord]) -> list[dict]:

@@ -69,9 +69,16 @@ class Tolerance:
     def describe(self) -> str:
         if isinstance(self.error_stat, dict):
             stat = "{" + ", ".join(f"{k or '*'}: {v}" for k, v in self.error_stat.items()) + "}"
+            if "quantile" in self.error_stat.values():
+                stat += f", quantile {self.quantile}"
         else:
             stat = self.error_stat if self.error_stat != "quantile" else f"quantile {self.quantile}"
         return f"atol={_text(self.atol)} rtol={_text(self.rtol)} ({stat})"
+
+    @property
+    def quantile_label(self) -> str:
+        """How tables head the quantile column: the quantile a `quantile` statistic is held to ("p99")."""
+        return f"p{self.quantile * 100:g}"
 
     def check_outputs(self, outputs: list[str]) -> None:
         """Refuse a per-output tolerance naming no output (a typo would silently use the default)."""
@@ -148,19 +155,25 @@ class OutputReport:
     """One output compared: the verdict and the statistics (over all input sets).
 
     `dtype` is the reference's, `candidate_dtype` the candidate's. Statistics leave out elements
-    that are NaN in one output only (their error is NaN); `nan_mismatched` counts those."""
+    that are NaN in one output only (their error is NaN); `nan_mismatched` counts those. `cosine`
+    is None when no element is finite in both."""
 
     name: str
     passed: bool
     shape: list[int] | None = None
     dtype: str | None = None
     candidate_dtype: str | None = None
+    #: The candidate's output compared, when its name differs (a rename): see `output_pairs`.
+    candidate_name: str | None = None
+    #: The errors alone against the tolerance; None when not compared (missing output, shape changed).
+    within_tolerance: bool | None = None
     max_abs: float | None = None
     mean_abs: float | None = None
-    p99_abs: float | None = None
+    #: The tolerance's quantile (`Tolerance.quantile`, 0.99 by default) of the errors.
+    quantile_abs: float | None = None
     max_rel: float | None = None
     mean_rel: float | None = None
-    p99_rel: float | None = None
+    quantile_rel: float | None = None
     cosine: float | None = None
     atol: float | None = None
     rtol: float | None = None
@@ -214,13 +227,16 @@ def _integer_abs_diff(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         return (high.astype(np.uint64) - low.astype(np.uint64)).astype(np.float64)
 
 
-def cosine_similarity(reference: np.ndarray, candidate: np.ndarray) -> float:
-    """Cosine similarity of the elements finite in both (NaN and infinities have no direction)."""
+def cosine_similarity(reference: np.ndarray, candidate: np.ndarray) -> float | None:
+    """Cosine similarity of the elements finite in both (NaN and infinities have no direction);
+    None when there is none."""
     a = reference.astype(np.float64).ravel()
     b = candidate.astype(np.float64).ravel()
     finite = np.isfinite(a) & np.isfinite(b)
     if not finite.all():
         a, b = a[finite], b[finite]
+    if a.size == 0:
+        return None
     norms = np.linalg.norm(a) * np.linalg.norm(b)
     if norms == 0:
         return 1.0 if not a.any() and not b.any() else 0.0
@@ -248,8 +264,10 @@ def combine(*results: RunResults) -> RunResults:
 
 
 def compare_outputs(reference: RunResults, candidate: RunResults, tolerance: Tolerance,
-                    iterations: int | None = None, check_dtypes: bool = True) -> list[OutputReport]:
-    """Judge the candidate's outputs against the reference's (the first `iterations` input sets).
+                    iterations: int | None = None, check_dtypes: bool = True, renames: dict | None = None,
+                    by_position: bool = True) -> list[OutputReport]:
+    """Judge the candidate's outputs against the reference's (the first `iterations` input sets),
+    each paired with a candidate output by `output_pairs` (`renames`, `by_position`).
 
     With `check_dtypes`, an output whose dtype differs fails (a consumer reads the type); off for
     expected outputs from an .npz, whose dtypes are whatever the exporter saved."""
@@ -257,15 +275,45 @@ def compare_outputs(reference: RunResults, candidate: RunResults, tolerance: Tol
     cand_name, cand_iters = next(iter(candidate.items()))
     count = min(len(ref_iters), len(cand_iters)) if iterations is None else iterations
     ref_iters, cand_iters = ref_iters[:count], cand_iters[:count]
-    cand_names = set(cand_iters[0].keys())
+    pairs = output_pairs(ref_iters[0], cand_iters[0], renames, by_position)
     reports = []
-    for name in ref_iters[0].keys():
-        if name not in cand_names:
+    for name, paired in pairs.items():
+        if paired is None:
             reports.append(OutputReport(name, False, note=f"output missing from {cand_name}"))
             continue
-        reports.append(_judge(name, [np.asarray(it[name]) for it in ref_iters],
-                              [np.asarray(it[name]) for it in cand_iters], tolerance, check_dtypes))
+        report = _judge(name, [np.asarray(it[name]) for it in ref_iters],
+                        [np.asarray(it[paired]) for it in cand_iters], tolerance, check_dtypes)
+        report.candidate_name = paired if paired != name else None
+        reports.append(report)
     return reports
+
+
+def output_pairs(reference: dict, candidate: dict, renames: dict | None = None,
+                 by_position: bool = True) -> dict[str, str | None]:
+    """The candidate output each reference output is compared with (None: missing), from their first
+    input set ({name: array}). Same name, else the name `renames` ({reference name: candidate name},
+    the recipe's `rename` steps) gives it. With `by_position`, outputs still unpaired are paired by
+    position when the two lists correspond one to one: as many outputs, and at every position the
+    same name or two names each absent from the other list, with the same dtype and shape (a rename
+    surgeon did not see, e.g. by another tool)."""
+    renames = renames or {}
+    pairs = {name: renames.get(name, name) for name in reference}
+    unpaired = any(paired not in candidate for paired in pairs.values())
+    if unpaired and by_position and _correspond(reference, pairs, candidate):
+        return dict(zip(pairs, candidate))
+    return {name: paired if paired in candidate else None for name, paired in pairs.items()}
+
+
+def _correspond(reference: dict, pairs: dict, candidate: dict) -> bool:
+    ours = list(pairs.values())
+
+    def alike(name, paired, theirs):
+        if paired == theirs:
+            return True
+        a, b = np.asarray(reference[name]), np.asarray(candidate[theirs])
+        return paired not in candidate and theirs not in ours and a.shape == b.shape and a.dtype == b.dtype
+
+    return len(ours) == len(candidate) and all(alike(*names) for names in zip(pairs, ours, candidate))
 
 
 def _judge(name: str, references: list[np.ndarray], candidates: list[np.ndarray], tolerance: Tolerance,
@@ -278,7 +326,7 @@ def _judge(name: str, references: list[np.ndarray], candidates: list[np.ndarray]
         report.note = f"shape {list(first_ref.shape)} vs {list(first_cand.shape)}"
         return report
     pairs = [error_arrays(r, c) for r, c in zip(references, candidates)]
-    report.passed = tolerance.passes(name, pairs)
+    report.passed = report.within_tolerance = tolerance.passes(name, pairs)
     if check_dtypes and first_ref.dtype != first_cand.dtype:
         report.passed = False
         report.note = f"dtype {first_ref.dtype} vs {first_cand.dtype}"
@@ -290,9 +338,9 @@ def _judge(name: str, references: list[np.ndarray], candidates: list[np.ndarray]
         abs_err, rel_err = abs_err[~undefined], rel_err[~undefined]
     if abs_err.size:
         report.max_abs, report.mean_abs = float(np.max(abs_err)), float(np.mean(abs_err))
-        report.p99_abs = _quantile(abs_err, 0.99)
+        report.quantile_abs = _quantile(abs_err, tolerance.quantile)
         report.max_rel, report.mean_rel = float(np.max(rel_err)), float(np.mean(rel_err))
-        report.p99_rel = _quantile(rel_err, 0.99)
+        report.quantile_rel = _quantile(rel_err, tolerance.quantile)
     report.cosine = cosine_similarity(np.concatenate([np.ravel(r) for r in references]),
                                       np.concatenate([np.ravel(c) for c in candidates]))
     report.worst = _worst(references, candidates, pairs)

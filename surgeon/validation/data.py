@@ -43,6 +43,7 @@ def load_arrays(path: str | Path, what: str = "inputs") -> Feeds:
     if path.is_dir():
         raise SurgeonError(f"expected an {what} file, got a folder", file=path)
     if path.suffix == ".npz":
+        _check_npz(path, what)
         try:
             with np.load(path, allow_pickle=False) as data:
                 feeds = [{name: data[name] for name in data.files}]
@@ -79,6 +80,27 @@ def load_arrays(path: str | Path, what: str = "inputs") -> Feeds:
     return feeds
 
 
+def _check_npz(path: Path, what: str) -> None:
+    """Refuse a file named .npz that is not a zip archive, saying what it is: np.load would read a Git
+    LFS pointer as a pickle and return a bare array for an .npy."""
+    import zipfile
+
+    if zipfile.is_zipfile(path):
+        return
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(64)
+    except OSError as exc:
+        raise SurgeonError(f"cannot read {what} file: {exc.strerror or exc}", file=path) from None
+    if head.startswith(b"version https://git-lfs"):
+        why = "is a Git LFS pointer, not the arrays: fetch the file (git lfs pull)"
+    elif head.startswith(b"\x93NUMPY"):
+        why = "is a single .npy array, not an .npz archive: save it with np.savez(path, name=array)"
+    else:
+        why = "is not an .npz (a zip archive of .npy arrays): damaged, cut short, or another format"
+    raise SurgeonError(f"{what} file {why}", file=path)
+
+
 def make_feeds(model: onnx.ModelProto, data: str | None = None, inputs: dict | None = None, iterations: int = 1,
                seed: int = 0, model_name: str | None = None) -> Feeds:
     """The input sets to run: recorded `data` when given, else seeded random ones shaped by `inputs`.
@@ -105,9 +127,15 @@ def make_feeds(model: onnx.ModelProto, data: str | None = None, inputs: dict | N
     ranges = {}
     for name, (dtype, shape) in meta.items():
         spec = specs.get(name) or {}
+        if spec.get("shape") is not None:
+            if not shape_fits(spec["shape"], shape):  # only dynamic dimensions are free to choose
+                raise SurgeonError(f"validate.inputs.{name}.shape / --input-shape {name}: "
+                                   f"{_shape_text(spec['shape'])} does not fit input {name} of "
+                                   f"{model_name or 'the model'}, {_shape_text(shape)}: only its dynamic "
+                                   "dimensions can be chosen")
+            shape = list(spec["shape"])
         if spec.get("dtype") is not None:
             dtype = np.dtype(spec["dtype"])  # a dtype random inputs can have: checked above
-        shape = list(spec["shape"]) if spec.get("shape") is not None else shape
         if shape is None or any(d is None or not isinstance(d, int) or d < 0 for d in shape):
             raise SurgeonError(f"input '{name}' has a dynamic or unknown shape {_shape_text(shape)}: give "
                                f"validate.inputs.{name}.shape in the recipe or --input-shape {name}:1x3x224x224")

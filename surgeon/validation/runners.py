@@ -71,10 +71,14 @@ def make_runner(model: onnx.ModelProto, kind: str = "auto", name: str = "model")
         session = ort_session(model)
     except Exception as exc:  # ORT raises its own exception types for unloadable graphs
         if kind == "onnxruntime":
-            raise SurgeonError(f"ONNX Runtime cannot load the {name} model: {first_line(exc)} "
-                               "(use --runner reference / 'runner: reference')") from None
+            raise _ort_refuses(exc, f"the {name} model") from None
         return ReferenceRunner(model, name=name)
     return OnnxrtRunner(session, name=name)
+
+
+def _ort_refuses(exc: Exception, what: str, file=None) -> SurgeonError:
+    return SurgeonError(f"ONNX Runtime cannot load {'the model' if file is not None else what}: {first_line(exc)} "
+                        "(use --runner reference / 'runner: reference')", file=file)
 
 
 def check_runnable(model: onnx.ModelProto, file=None, what: str = "the model", runner: str | None = None) -> None:
@@ -83,7 +87,8 @@ def check_runnable(model: onnx.ModelProto, file=None, what: str = "the model", r
     previous nodes". ModelError naming `file` (else `what`), the node and the tensor.
 
     With `runner` ('auto' or 'reference'), also a node ONNX Runtime cannot run that has no CPU
-    reference: found before anything runs (or is written), not when the reference runner starts."""
+    reference; with 'onnxruntime', a graph ONNX Runtime cannot load (it builds a session to find
+    out): found before anything runs (or is written), not when the runner starts."""
     if runner in ("auto", "reference"):
         opset = default_opset(model)
         for node in _live_nodes(model):
@@ -108,6 +113,11 @@ def check_runnable(model: onnx.ModelProto, file=None, what: str = "the model", r
         if output.name not in provided:
             raise ModelError(f"{prefix}graph output '{output.name}' is made by no node, graph input or initializer, "
                              "so the model cannot run", file=file, hint=hint)
+    if runner == "onnxruntime":
+        try:
+            ort_session(model, spinning=False)
+        except Exception as exc:  # ORT raises its own exception types for unloadable graphs
+            raise _ort_refuses(exc, what, file) from None
 
 
 def runner_kind(runner: BaseRunner) -> str:

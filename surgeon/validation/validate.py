@@ -21,7 +21,7 @@ from polygraphy.comparator import IterationResult, RunResults
 from surgeon.errors import SurgeonError, suggest
 from surgeon.graphinfo import histogram_delta, op_histogram
 from surgeon.modelio import load_model
-from surgeon.validation.bisect import Bisection, bisect_steps
+from surgeon.validation.bisect import Bisection, bisect_steps, renamed_tensors
 from surgeon.validation.compare import OutputReport, Tolerance, combine, compare_outputs, run_model, run_runner
 from surgeon.validation.data import Feeds, check_fits, check_recorded, feeds_for, load_arrays
 from surgeon.validation.localise import describe_divergence, first_divergence
@@ -48,6 +48,9 @@ class ValidationResult:
     reports: list[Path] = field(default_factory=list)
     #: What the outputs were compared with: "original", or "against" (a recipe's `validate.against` model).
     reference: str = ORIGINAL
+    #: How to set other tolerances (`surgeon compare`'s options, which a recipe's do not reach): shown
+    #: when an output fails by its errors.
+    tolerance_hint: str = ""
     run_results: RunResults | None = field(default=None, repr=False)
     feeds: Feeds = field(default_factory=list, repr=False)
 
@@ -68,9 +71,16 @@ class ValidationResult:
             lines.append(f"  {label.lower()}: {text}")
         if self.bisection is not None:
             lines.append(f"  bisect: {self.bisection.describe()}")
+        if self.tolerance_hint and self.beyond_tolerance:
+            lines.append(f"  hint: judged at {self.tolerance.describe()}; {self.tolerance_hint}")
         if self.reports:
             lines.append("  reports: " + ", ".join(str(p) for p in self.reports))
         return "\n".join(lines)
+
+    @property
+    def beyond_tolerance(self) -> bool:
+        """Whether some output failed by its errors (not only by its dtype, shape or absence)."""
+        return any(o.within_tolerance is False for o in self.outputs + self.expected)
 
     @property
     def reference_label(self) -> str:
@@ -107,6 +117,8 @@ def _g(value) -> str:
 def describe_output(o: OutputReport) -> str:
     """Why an output failed, in a few figures (the summary's and the reports' wording)."""
     parts = [o.note] if o.note else []
+    if o.candidate_name:
+        parts.insert(0, f"compared with {o.candidate_name}")
     if o.max_abs is not None or not o.note:
         cosine = "-" if o.cosine is None else f"{o.cosine:.6f}"
         parts.append(f"max abs {_g(o.max_abs)}, max rel {_g(o.max_rel)}, cosine {cosine}")
@@ -118,7 +130,7 @@ def describe_output(o: OutputReport) -> str:
 def validate_models(original: onnx.ModelProto, rewritten: onnx.ModelProto | None, feeds: Feeds,
                     tolerance: Tolerance, runner: str = "auto", expected: str | RunResults | None = None,
                     data: str = "random inputs", localise: bool = True,
-                    rewritten_runner=None, reference: str = ORIGINAL) -> ValidationResult:
+                    rewritten_runner=None, reference: str = ORIGINAL, renames: dict | None = None) -> ValidationResult:
     """Compare `rewritten` with `original` (and with `expected` outputs, if given) on `feeds`.
 
     `original=None` compares with the `expected` outputs only: for exports no runtime can run at all.
@@ -126,40 +138,44 @@ def validate_models(original: onnx.ModelProto, rewritten: onnx.ModelProto | None
     which may then be None (an engine has no graph to diff or localise in). `expected`: the path of
     the expected outputs, or them as read by `expected_results`. `reference`: what `original` is
     ("original", or "against" for a recipe's `validate.against` model), its runner's name in the
-    results. `prepare_validation` checks all of this before anything runs.
+    results. `renames` ({original name: rewritten name}, `bisect.renamed_tensors`) pairs outputs a
+    recipe renamed; other outputs whose names differ are paired by position where that is unambiguous
+    (`compare.output_pairs`), with a note. `prepare_validation` checks all of this before anything runs.
     """
     if original is None:
-        return _validate_against_expected(rewritten, feeds, tolerance, runner, expected, data)
+        return _validate_against_expected(rewritten, feeds, tolerance, runner, expected, data, renames)
     tolerance.check_outputs([o.name for o in original.graph.output])
     original_results, original_kind = run_model(original, feeds, runner, reference)
     if rewritten_runner is not None:
         rewritten_results, rewritten_kind = run_runner(rewritten_runner, feeds), rewritten_runner.name
     else:
         rewritten_results, rewritten_kind = run_model(rewritten, feeds, runner, REWRITTEN)
-    outputs = compare_outputs(original_results, rewritten_results, tolerance)
+    outputs = compare_outputs(original_results, rewritten_results, tolerance, renames=renames)
     result = ValidationResult(passed=all(o.passed for o in outputs), tolerance=tolerance, outputs=outputs,
                               runners={reference: original_kind, REWRITTEN: rewritten_kind},
                               iterations=len(feeds), data=data, feeds=feeds, reference=reference,
                               graph_diff=graph_diff(original, rewritten) if rewritten is not None else {})
     result.run_results = combine(original_results, rewritten_results)
-    result.notes = input_notes(original, rewritten) if rewritten is not None else []
-    localise = localise and rewritten is not None
+    result.notes = input_notes(original, rewritten, feeds[0]) if rewritten is not None else []
+    result.notes += output_notes(outputs, renames, reference)
     if expected:
         result.expected = compare_outputs(_expected(expected), rewritten_results, tolerance, iterations=1,
-                                          check_dtypes=False)
+                                          check_dtypes=False, renames=renames, by_position=False)
         result.passed = result.passed and all(o.passed for o in result.expected)
-    if localise and not all(o.passed for o in outputs):
+    # Only an error beyond tolerance has a tensor to look for; a changed dtype, shape or name has not.
+    if localise and rewritten is not None and any(o.within_tolerance is False for o in outputs):
         result.divergence = first_divergence(original, rewritten, feeds[0], tolerance, runner)
     return result
 
 
-def _validate_against_expected(rewritten, feeds, tolerance, runner, expected, data) -> ValidationResult:
+def _validate_against_expected(rewritten, feeds, tolerance, runner, expected, data, renames) -> ValidationResult:
     if not expected:
         raise SurgeonError("validate: 'against: none' compares with the expected outputs only, so it needs "
                            "'expected' (an .npz of reference outputs)")
     tolerance.check_outputs([o.name for o in rewritten.graph.output])
     rewritten_results, rewritten_kind = run_model(rewritten, feeds, runner, REWRITTEN)
-    compared = compare_outputs(_expected(expected), rewritten_results, tolerance, iterations=1, check_dtypes=False)
+    compared = compare_outputs(_expected(expected), rewritten_results, tolerance, iterations=1, check_dtypes=False,
+                               renames=renames, by_position=False)
     result = ValidationResult(passed=all(o.passed for o in compared), tolerance=tolerance, outputs=[],
                               expected=compared, runners={REWRITTEN: rewritten_kind}, iterations=len(feeds),
                               data=data, feeds=feeds)
@@ -171,21 +187,48 @@ def _expected(expected: str | Path | RunResults) -> RunResults:
     return expected if isinstance(expected, RunResults) else expected_results(expected)
 
 
-def input_notes(original: onnx.ModelProto, rewritten: onnx.ModelProto) -> list[str]:
-    """Polygraphy feeds inputs the rewritten model renamed by position and casts those it retyped;
-    say so rather than hide it."""
-    def signature(model):
-        return [(v.name, np.dtype(helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type)))
-                for v in graph_inputs(model)]
+def input_notes(original: onnx.ModelProto, rewritten: onnx.ModelProto, feed: dict) -> list[str]:
+    """What Polygraphy does with the inputs `feed` (made for `original`) to feed `rewritten`, said
+    rather than hidden: an input it finds under another name (by name, else a name containing the
+    other's, else by position, as `data.check_fits` matches them), an input whose data it casts, an
+    input of the original left unused."""
+    from polygraphy.util import find_str_in_iterable
 
-    before, after = signature(original), signature(rewritten)
+    names = list(feed)
+    notes, pairs, used = [], [], set()
+    for index, value in enumerate(graph_inputs(rewritten)):
+        source = find_str_in_iterable(value.name, names, index)
+        if source is None:
+            continue  # refused before anything ran (data.check_fits)
+        used.add(source)
+        if source != value.name:
+            pairs.append(f"{source} -> {value.name}")
+        dtype = np.dtype(helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type))
+        if feed[source].dtype != dtype:
+            notes.append(f"input {value.name} is {dtype} in the rewritten model, {feed[source].dtype} in the "
+                         f"original: its data is cast")
+    if pairs:
+        notes.insert(0, "the rewritten model's inputs differ from the original's; fed from inputs of other names: "
+                        + ", ".join(pairs))
+    unused = [v.name for v in graph_inputs(original) if v.name in feed and v.name not in used]
+    if unused:
+        notes.append(f"input(s) {', '.join(unused)} of the original are not inputs of the rewritten model")
+    return notes
+
+
+def output_notes(outputs: list[OutputReport], renames: dict | None, reference: str = ORIGINAL) -> list[str]:
+    """Which outputs were compared under another name, and why (`compare.output_pairs`)."""
+    renamed = [o for o in outputs if o.candidate_name and (renames or {}).get(o.name) == o.candidate_name]
+    by_position = [o for o in outputs if o.candidate_name and o not in renamed]
+    owner = "the original" if reference == ORIGINAL else "the against model"
     notes = []
-    if [name for name, _ in before] != [name for name, _ in after]:
-        pairs = ", ".join(f"{a} -> {b}" for (a, _), (b, _) in zip(before, after) if a != b)
-        notes.append(f"the rewritten model's inputs differ from the original's; fed by position: {pairs}")
-    for (_, dtype), (name, new_dtype) in zip(before, after):
-        if dtype != new_dtype:
-            notes.append(f"input {name} is {new_dtype} in the rewritten model, {dtype} in the original: its data is cast")
+    if renamed:
+        notes.append("outputs renamed by the recipe, compared under their new names: "
+                     + ", ".join(f"{o.name} -> {o.candidate_name}" for o in renamed))
+    if by_position:
+        notes.append(f"the rewritten model's outputs are named differently from {owner}'s; compared by position "
+                     "(same count, dtypes and shapes): " + ", ".join(f"{o.name} -> {o.candidate_name}"
+                                                                    for o in by_position))
     return notes
 
 
@@ -305,11 +348,13 @@ def prepare_run_validation(recipe, original: onnx.ModelProto, original_path) -> 
 
 
 def validate_run(recipe, original: onnx.ModelProto, original_path: Path, rewritten: onnx.ModelProto,
-                 output: Path | None, progress, prepared: ValidationInputs | None = None) -> ValidationResult:
+                 output: Path | None, progress, prepared: ValidationInputs | None = None,
+                 steps=()) -> ValidationResult:
     """The pipeline's validation step: compare, localise, bisect when asked, write the reports.
 
     `prepared`: the inputs from `prepare_run_validation`, already checked against `rewritten` (the
-    pipeline prepares them before the steps run); prepared and checked here when not given."""
+    pipeline prepares them before the steps run); prepared and checked here when not given. `steps`:
+    the run's step records, whose `rename` steps say which outputs to compare under new names."""
     from surgeon.validation.report import default_prefix, write_reports
 
     config = recipe.validate
@@ -319,7 +364,7 @@ def validate_run(recipe, original: onnx.ModelProto, original_path: Path, rewritt
     reference, tolerance, runner, feeds = prepared.reference, prepared.tolerance, prepared.runner, prepared.feeds
     against = (config.get("against") or ORIGINAL) not in (ORIGINAL, "none")
     result = validate_models(reference, rewritten, feeds, tolerance, runner, prepared.expected, prepared.data,
-                             reference=AGAINST if against else ORIGINAL)
+                             reference=AGAINST if against else ORIGINAL, renames=renamed_tensors(steps))
     result.graph_diff = graph_diff(original, rewritten)  # what the recipe changed, whatever it is compared with
     if config.get("each_step") and recipe.steps:
         # Bisection compares every step's graph with the original model, also when the finished one was
