@@ -1,31 +1,43 @@
 """What a pass is: declared parameters, a `run` over an onnx-graphsurgeon Graph, and a result.
 
-A pass module looks like this::
+A pass module (passes/clip_int.py, shortened) looks like this::
+
+    '''Replace Clip on integer tensors, which opset 11 (float-only Clip) and TensorRT reject.
+
+    Before:  x:int64 ─► Clip(x, lo, hi) ─► y
+    After:   x ─► Max(x, lo) ─► Min(·, hi) ─► y
+    '''
 
     @register_pass("clip-int")
     class ClipInt(Pass):
-        '''Replace Clip on integer tensors by Max/Min. ...before/after sketch...'''
+        '''Replace Clip on integer tensors by Max/Min (or Where) of that type, or by Max/Min in float64.'''
 
-        params = {"mode": Param(str, "auto", choices=("auto", "minmax", "cast"), help="...")}
+        params = {"mode": Param(str, "minmax", choices=("minmax", "cast"), help="...")}
         needs = ("shapes",)
 
         def run(self, graph, ctx):
             result = PassResult()
-            for node in ...:
+            for node in find_nodes(graph, lambda n: is_op(n, "Clip")):
+                rw = Rewrite(graph, ctx, node)   # surgeon/rewrite.py: op, const, cast, finish, ...
                 ...
                 result.rewrote(node)
             return result
 
-Parameters are validated before anything runs and become attributes (`self.mode`).
+Parameters are validated before anything runs and become attributes (`self.mode`). The tests sit
+beside it in tests/test_pass_clip_int.py.
 """
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 from surgeon.errors import SurgeonError, suggest
 
 REQUIRED = object()
+#: The package of the passes surgeon ships (the repository's `passes/` folder).
+BUILTIN_PACKAGE = "surgeon.passes"
 #: What a pass may declare in `needs`; the pipeline provides it, once, before the pass runs.
 NEEDS = ("toposort", "cleanup", "shapes")
 
@@ -42,6 +54,9 @@ class Param:
     choices: tuple | None = None
     items: type | None = None  # element type of a list parameter
     nullable: bool = False  # None is an accepted value
+    #: Bounds of a number (inclusive), checked here and published in the JSON schema.
+    minimum: int | float | None = None
+    maximum: int | float | None = None
 
     @property
     def required(self) -> bool:
@@ -62,6 +77,8 @@ class Param:
         value = _coerce_one(self.type, value, self.type_name())
         if self.type is list and self.items is not None:
             value = [_coerce_one(self.items, v, _TYPE_NAMES.get(self.items, "value")) for v in value]
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            self._check_bounds(value)
         if self.choices is not None:
             # A mapping (per-output values, say) takes its choices as values: {"boxes": "max"}.
             for choice in value.values() if isinstance(value, dict) else (value,):
@@ -71,23 +88,37 @@ class Param:
                                      + (f"; {hint}" if hint else ""))
         return value
 
+    def _check_bounds(self, value) -> None:
+        low, high = self.minimum, self.maximum
+        if low is not None and high is not None:
+            if not low <= value <= high:  # NaN fails both comparisons
+                raise ValueError(f"must be between {low} and {high}, got {value!r}")
+        elif low is not None and not value >= low:
+            raise ValueError(f"must be at least {low}, got {value!r}")
+        elif high is not None and not value <= high:
+            raise ValueError(f"must be at most {high}, got {value!r}")
+
 
 def _coerce_one(kind, value: Any, type_name: str) -> Any:
+    expected = f"expected {'an' if type_name[0] in 'aeiou' else 'a'} {type_name}"
     if isinstance(kind, tuple):
         for option in kind:
             try:
                 return _coerce_one(option, value, type_name)
             except ValueError:
                 pass
-        raise ValueError(f"expected a {type_name}, got {type(value).__name__} {value!r}")
+        raise ValueError(f"{expected}, got {type(value).__name__} {value!r}")
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    # JSON Schema counts 1024.0 as an integer, and YAML reads 1e3 as a float: both are whole numbers.
+    if kind is int and isinstance(value, float) and value.is_integer():
+        return int(value)
     if kind is list and isinstance(value, tuple):
         return list(value)
     if kind is not bool and isinstance(value, bool):
-        raise ValueError(f"expected a {type_name}, got a boolean {value!r}")
+        raise ValueError(f"{expected}, got a boolean {value!r}")
     if not isinstance(value, kind):
-        raise ValueError(f"expected a {type_name}, got {type(value).__name__} {value!r}")
+        raise ValueError(f"{expected}, got {type(value).__name__} {value!r}")
     return value
 
 
@@ -188,6 +219,7 @@ class ParamError(SurgeonError):
 
 
 _REGISTRY: dict[str, type[Pass]] = {}
+_DEFINED_IN: dict[str, tuple[str, str | None]] = {}  # name -> (module, file) of the registered class
 
 
 def register_pass(name: str):
@@ -196,19 +228,35 @@ def register_pass(name: str):
     def decorate(cls: type[Pass]) -> type[Pass]:
         if not name or name != name.lower() or " " in name or "_" in name:
             raise ValueError(f"pass name {name!r} must be kebab-case")
-        existing = _REGISTRY.get(name)
-        if existing is not None and existing.__qualname__ != cls.__qualname__:
-            raise SurgeonError(f"two passes are named '{name}': {existing.origin or existing.__module__} and "
-                               f"{cls.__module__}")
+        defined_in = _defined_in(cls)
+        # The same module of the same file may register again (a reload); anything else is a second pass
+        # of that name, which never replaces the first: a plugin cannot take over a built-in pass.
+        if name in _REGISTRY and _DEFINED_IN[name] != defined_in:
+            builtin = _DEFINED_IN[name][0].startswith(f"{BUILTIN_PACKAGE}.")
+            raise SurgeonError(f"two passes are named '{name}': {_where(_DEFINED_IN[name])} and "
+                               f"{_where(defined_in)}", hint="rename yours: a built-in pass cannot be replaced"
+                               if builtin else "rename one of them")
         for need in cls.needs + cls.provides + cls.keeps:
             if need not in NEEDS:
                 raise ValueError(f"pass {name!r} needs unknown {need!r}; known: {NEEDS}")
         cls.name = name
-        cls.origin = cls.origin or cls.__module__
+        cls.origin = cls.__dict__.get("origin") or cls.__module__  # not a base class's
         _REGISTRY[name] = cls
+        _DEFINED_IN[name] = defined_in
         return cls
 
     return decorate
+
+
+def _defined_in(cls: type) -> tuple[str, str | None]:
+    """The module and the file that define `cls`: what makes two registrations the same pass."""
+    file = getattr(sys.modules.get(cls.__module__), "__file__", None)
+    return cls.__module__, str(Path(file).resolve()) if file else None
+
+
+def _where(defined_in: tuple[str, str | None]) -> str:
+    module, file = defined_in
+    return file or module
 
 
 def registered_passes() -> dict[str, type[Pass]]:

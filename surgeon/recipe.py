@@ -11,8 +11,9 @@
     validate: {...}                                  # see VALIDATE_FIELDS
     build: {...}                                     # see BUILD_FIELDS
 
-A child recipe's keys replace its parent's; `steps` replaces the parent's steps, `prepend_steps` and
-`append_steps` add around them, and `set: {STEP.PARAM: VALUE}` overrides parameters like `--set`.
+A child recipe's keys replace its parent's (but not its `name`); `steps` replaces the parent's steps,
+`prepend_steps` and `append_steps` add around them, and `set: {STEP.PARAM: VALUE}` overrides parameters
+like `--set`, each file's over its own steps, with paths relative to that file.
 Every error names the file, line and column, the step and the key, and suggests the nearest name.
 """
 from __future__ import annotations
@@ -29,14 +30,16 @@ from typing import Any
 import yaml
 
 from surgeon.errors import RecipeError, suggest
-from surgeon.pass_api import Param, ParamError
+from surgeon.pass_api import BUILTIN_PACKAGE, Param, ParamError
 from surgeon.registry import get_pass, shipped_dir, discover
+from surgeon.validation.settings import MAX_SEED
 
 TOP_LEVEL_KEYS = ("name", "description", "model", "target", "extends", "steps", "prepend_steps", "append_steps",
                   "set", "validate", "build", "checker")
 STEP_KEYS = ("pass", "with", "name")
-#: Keys whose entries from every level of an `extends` chain apply, outermost parent first.
-ACCUMULATING = ("prepend_steps", "append_steps", "set")
+#: Keys whose entries from every level of an `extends` chain apply, outermost parent first. (Every level's
+#: `set` applies too, each over that level's own steps: see `_build`.)
+ACCUMULATING = ("prepend_steps", "append_steps")
 
 VALIDATE_FIELDS: dict[str, Param] = {
     "against": Param(str, "original", help="'original' (the recipe's input model), 'none' (only the expected "
@@ -44,13 +47,13 @@ VALIDATE_FIELDS: dict[str, Param] = {
     "expected": Param(str, None, help=".npz of reference outputs (e.g. from PyTorch), compared as well"),
     "data": Param(str, None, help="recorded inputs: .npz or Polygraphy JSON (else seeded random inputs)"),
     "inputs": Param(dict, None, help="per input name: {shape: [...], dtype: float32, range: [low, high]}"),
-    "iterations": Param(int, 1, help="how many input sets to run"),
-    "seed": Param(int, 0, help="seed of the random data loader"),
+    "iterations": Param(int, 1, help="how many input sets to run", minimum=1),
+    "seed": Param(int, 0, help="seed of the random data loader", minimum=0, maximum=MAX_SEED),
     "atol": Param((float, dict), 1e-5, help="absolute tolerance, or {output: tol, '': default}"),
     "rtol": Param((float, dict), 1e-5, help="relative tolerance, or {output: tol, '': default}"),
     "error_stat": Param((str, dict), "elemwise", choices=("elemwise", "max", "mean", "median", "quantile"),
                         help="which error statistic is held to the tolerance, or {output: stat, '': default}"),
-    "quantile": Param(float, 0.99, help="the quantile used when error_stat is 'quantile'"),
+    "quantile": Param(float, 0.99, help="the quantile used when error_stat is 'quantile'", minimum=0, maximum=1),
     "each_step": Param(bool, False, help="validate after every step and name the first step that diverges"),
     "report": Param(str, None, help="report path prefix (default: beside the output model)"),
     "runner": Param(str, "auto", choices=("auto", "onnxruntime", "reference"),
@@ -69,8 +72,8 @@ BUILD_FIELDS: dict[str, Param] = {
 }
 SECTIONS = {"validate": VALIDATE_FIELDS, "build": BUILD_FIELDS}
 # Section keys holding paths, resolved relative to the recipe file that declares them (`--set` values
-# stay relative to the working directory).
-_INPUT_PATHS = {"validate": ("expected", "data", "against", "report"), "build": ("timing_cache",)}
+# stay relative to the working directory); build.plugins and build.calibration's files are too.
+_INPUT_PATHS = {"validate": ("expected", "data", "against", "report"), "build": ("engine", "timing_cache")}
 
 
 @dataclass
@@ -137,14 +140,20 @@ class _Loader(yaml.SafeLoader):
 
 
 def _construct_mapping(loader: _Loader, node: yaml.MappingNode) -> _Mapping:
-    loader.flatten_mapping(node)
+    written = sum(1 for key_node, _ in node.value if key_node.tag != "tag:yaml.org,2002:merge")
+    loader.flatten_mapping(node)  # puts the pairs of `<<: *anchor` first, then the keys written here
+    merged = len(node.value) - written
     mapping = _Mapping()
     mapping.mark = node.start_mark
-    for key_node, value_node in node.value:
+    written_keys = set()
+    for index, (key_node, value_node) in enumerate(node.value):
         key = loader.construct_object(key_node, deep=True)
-        if key in mapping:
-            raise RecipeError(f"duplicate key '{key}'", file=key_node.start_mark.name,
-                              line=key_node.start_mark.line + 1, column=key_node.start_mark.column + 1)
+        # A key written here replaces a merged one (YAML merge semantics); written twice, it is a mistake.
+        if index >= merged:
+            if key in written_keys:
+                raise RecipeError(f"duplicate key '{key}'", file=key_node.start_mark.name,
+                                  line=key_node.start_mark.line + 1, column=key_node.start_mark.column + 1)
+            written_keys.add(key)
         mapping[key] = loader.construct_object(value_node, deep=True)
         mapping.key_marks[key] = key_node.start_mark
         mapping.value_marks[key] = value_node.start_mark
@@ -159,7 +168,17 @@ def _construct_sequence(loader: _Loader, node: yaml.SequenceNode) -> _Sequence:
 
 
 # YAML 1.1 (PyYAML) reads `1e-3` as a string; tolerances are written that way, so accept it as a float.
-_Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"""^(?:
+# It reads `1:30` as the base-60 number 90; nobody means that in a recipe, so it stays the string '1:30'.
+_INT_TAG, _FLOAT_TAG = "tag:yaml.org,2002:int", "tag:yaml.org,2002:float"
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, pattern) for tag, pattern in resolvers if tag not in (_INT_TAG, _FLOAT_TAG)]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_Loader.add_implicit_resolver(_INT_TAG, re.compile(r"""^(?:
+    [-+]?0b[0-1_]+
+    |[-+]?0[0-7_]+
+    |[-+]?(?:0|[1-9][0-9_]*)
+    |[-+]?0x[0-9a-fA-F_]+)$""", re.X), list("-+0123456789"))
+_Loader.add_implicit_resolver(_FLOAT_TAG, re.compile(r"""^(?:
     [-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
     |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
     |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
@@ -248,65 +267,89 @@ def find_recipe(name_or_path) -> Path:
     path = Path(name_or_path)
     if path.exists():
         return path
+    return _shipped_recipe(name_or_path)
+
+
+def _shipped_recipe(name) -> Path:
+    """The shipped recipe called `name` (`targets/opset11`, with or without .yaml)."""
     shipped = shipped_dir("recipes")
-    for candidate in (shipped / path, shipped / f"{path}.yaml"):
+    for candidate in (shipped / name, shipped / f"{name}.yaml"):
         if candidate.is_file():
             return candidate
     known = sorted(str(p.relative_to(shipped).with_suffix("")) for p in shipped.rglob("*.yaml"))
-    raise RecipeError(f"recipe not found: {name_or_path}", hint=suggest(str(name_or_path), known))
+    raise RecipeError(f"recipe not found: {name}", hint=suggest(str(name), known))
 
 
 def load_recipe(source, overrides=(), model=None) -> Recipe:
     """Load and check a recipe file (or a dict); apply `--set` style overrides; optionally replace the model."""
-    if isinstance(source, dict):
-        data, path = source, None
-        merged, files = _merge_chain(data, None, ())
-    else:
-        path = find_recipe(source)
-        merged, files = _merge_chain(_read_yaml(path), path, ())
-    recipe = _build(merged, path)
-    recipe.files = [str(f) for f in files]
-    recipe.sha256 = _sha256(path, data if path is None else None)
+    path = None if isinstance(source, dict) else find_recipe(source)
+    chain = _chain(source, None, ()) if path is None else _chain(_read_yaml(path), path, ())
+    recipe = _build(chain, path)
+    recipe.files = [str(file) for _, file in chain if file is not None]
+    recipe.sha256 = _sha256(chain, overrides)
     for override in overrides:
         apply_override(recipe, override)
+    if recipe.build:  # the section as written was checked with its marks; `set:` and --set may have changed it
+        from surgeon.build import check_build_combination
+        from surgeon.errors import SurgeonError
+
+        try:
+            check_build_combination(recipe.build)
+        except SurgeonError as exc:
+            raise RecipeError(exc.message, file=path) from None
     if model is not None:
         recipe.model = Path(model)
     return recipe
 
 
-def _sha256(path: Path | None, data) -> str:
-    raw = path.read_bytes() if path is not None else json.dumps(data, sort_keys=True, default=str).encode()
-    return hashlib.sha256(raw).hexdigest()
+def _sha256(chain: list, overrides) -> str:
+    """What the recipe is made of, hashed: the file's bytes (`sha256sum` of it); with `extends` or overrides,
+    each file's (outermost parent first) and the overrides, so a change in any of them changes the hash."""
+    parts = [file.read_bytes() if file is not None else json.dumps(data, sort_keys=True, default=str).encode()
+             for data, file in chain]
+    if len(parts) == 1 and not overrides:
+        return hashlib.sha256(parts[0]).hexdigest()
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(hashlib.sha256(part).digest())
+    digest.update(json.dumps([o if isinstance(o, str) else list(o) for o in overrides], default=str).encode())
+    return digest.hexdigest()
 
 
-def _merge_chain(data: dict, path: Path | None, seen: tuple) -> tuple[dict, list[Path]]:
-    """Resolve `extends` recursively: map each top-level key to the [(mapping, file)] that set it, outermost
-    parent first. A child replaces its parent's entry, except for the keys that accumulate (ACCUMULATING)."""
+def _chain(data: dict, path: Path | None, seen: tuple) -> list[tuple[dict, Path | None]]:
+    """Resolve `extends` recursively: the (mapping, file) of every level, outermost parent first.
+
+    A parent is a file relative to the folder of the recipe naming it, else a shipped recipe by name; never
+    a file of the working directory, which would make the recipe mean different things in different places."""
     _check_keys(data, TOP_LEVEL_KEYS, "recipe", path)
-    entries = {key: [(data, path)] for key in data}
-    files = [path] if path is not None else []
     parent_name = data.get("extends")
     if parent_name is None:
-        return entries, files
+        return [(data, path)]
     if not isinstance(parent_name, str):
         raise _error("'extends' must be the path of another recipe", _value_mark(data, "extends"), file=path)
     base_dir = path.parent if path is not None else Path.cwd()
     parent_path = _join(base_dir, parent_name)
     if not parent_path.exists():
         try:  # a shipped recipe by name, e.g. `extends: targets/tensorrt-8.6`
-            parent_path = find_recipe(parent_name)
+            parent_path = _shipped_recipe(parent_name)
         except RecipeError as exc:
-            raise _error(f"extended recipe not found: {parent_name}", _value_mark(data, "extends"), exc.hint,
-                         file=path) from None
+            raise _error(f"extended recipe not found: {parent_name} (neither in {base_dir} nor a shipped recipe)",
+                         _value_mark(data, "extends"), exc.hint, file=path) from None
     resolved = parent_path.resolve()
     if resolved in seen or (path is not None and resolved == path.resolve()):
         raise _error(f"recipe extends itself through {parent_name}", _value_mark(data, "extends"), file=path)
-    parent_entries, parent_files = _merge_chain(_read_yaml(parent_path), parent_path,
-                                                seen + ((path.resolve(),) if path else ()) + (resolved,))
-    merged = dict(parent_entries)
-    for key, sources in entries.items():
-        merged[key] = merged.get(key, []) + sources if key in ACCUMULATING else sources
-    return merged, parent_files + files
+    return _chain(_read_yaml(parent_path), parent_path,
+                  seen + ((path.resolve(),) if path else ()) + (resolved,)) + [(data, path)]
+
+
+def _merge(chain: list) -> dict:
+    """Map each top-level key to the [(mapping, file)] that set it, outermost parent first: a child replaces its
+    parent's entry, except for the keys that accumulate (ACCUMULATING)."""
+    merged: dict[str, list] = {}
+    for data, path in chain:
+        for key in data:
+            merged[key] = merged.get(key, []) + [(data, path)] if key in ACCUMULATING else [(data, path)]
+    return merged
 
 
 def _check_keys(mapping, allowed, what: str, path, extra: str = "") -> None:
@@ -316,19 +359,21 @@ def _check_keys(mapping, allowed, what: str, path, extra: str = "") -> None:
                          hint=suggest(key, allowed) or f"allowed: {', '.join(allowed)}", file=path)
 
 
-def _build(merged: dict, path: Path | None) -> Recipe:
+def _build(chain: list, path: Path | None) -> Recipe:
+    merged = _merge(chain)
+
     def value(key, default=None):
         if key not in merged:
             return default, None, None
         mapping, file = merged[key][-1]
         return mapping[key], mapping, file
 
-    name, mapping, file = value("name")
-    recipe = Recipe(name=name if name is not None else (path.stem if path else "recipe"), path=path)
-    if not isinstance(recipe.name, str):
-        raise _error("'name' must be a string", _value_mark(mapping, "name"), file=file)
+    top, _ = chain[-1]  # the name is the recipe's own, not its parent's: default, the file name
+    recipe = Recipe(name=_check_name(top, path), path=path)
     description, mapping, file = value("description", "")
-    recipe.description = str(description or "")
+    if not isinstance(description, (str, type(None))):
+        raise _error("'description' must be text", _value_mark(mapping, "description"), file=file)
+    recipe.description = description or ""
     target, mapping, file = value("target", "onnxruntime")
     if not isinstance(target, str):
         raise _error("'target' must be a target name such as 'tensorrt-8.6'", _value_mark(mapping, "target"), file=file)
@@ -343,31 +388,65 @@ def _build(merged: dict, path: Path | None) -> Recipe:
             raise _error("'model' must be a path", _value_mark(mapping, "model"), file=file)
         recipe.model = _join(file.parent if file else Path.cwd(), model)
 
-    steps: list[Step] = []
-    for mapping, file in merged.get("prepend_steps", []):
-        steps.extend(_parse_steps(mapping, "prepend_steps", file))
-    base_steps, mapping, file = value("steps", [])
-    if base_steps:
-        steps[len(steps):] = _parse_steps(mapping, "steps", file)
-    for mapping, file in merged.get("append_steps", []):
-        steps.extend(_parse_steps(mapping, "append_steps", file))
-    recipe.steps = steps
+    parsed: dict = {}
+    recipe.steps = _chain_steps(merged, parsed)
 
     for section, fields in SECTIONS.items():
         body, mapping, file = value(section)
         if body is not None:
             setattr(recipe, section, _parse_section(section, body, mapping, file, fields))
 
-    for mapping, file in merged.get("set", []):
+    # Each level's `set` means that level's steps (its step 2 is its own step 2, whatever a child prepends).
+    for depth, (mapping, file) in enumerate(chain, start=1):
+        if "set" not in mapping:
+            continue
         sets = mapping["set"]
         if not isinstance(sets, dict):
             raise _error("'set' must map STEP.PARAM to a value", _value_mark(mapping, "set"), file=file)
+        own_steps = _chain_steps(_merge(chain[:depth]), parsed) if depth < len(chain) else recipe.steps
         for key, val in sets.items():
             try:
-                apply_override(recipe, (str(key), val))
+                step = apply_override(recipe, (str(key), val), steps=own_steps,
+                                      base=file.parent if file else None, source="set")
             except RecipeError as exc:
                 raise _error(exc.message, _key_mark(sets, key), exc.hint, file=file) from None
+            if step is not None and not any(step is kept for kept in recipe.steps):
+                _, replaced_by = merged["steps"][-1]
+                raise _error(f"set {key}: its step ({step.label or step.pass_name}, {step.file}:{step.line}) is "
+                             f"not in the recipe: {replaced_by} replaces the steps", _key_mark(sets, key),
+                             f"set the parameter in {replaced_by} instead", file=file)
     return recipe
+
+
+def _check_name(top: dict, path: Path | None) -> str:
+    """The recipe's `name`, which names its default output (out/NAME.onnx): a file name, never a path."""
+    name = top.get("name")
+    if name is None:
+        return path.stem if path else "recipe"
+    if not isinstance(name, str):
+        raise _error("'name' must be a string", _value_mark(top, "name"), file=path)
+    if not name or name in (".", "..") or any(sep in name for sep in ("/", "\\")):
+        raise _error(f"'name' must be a plain name, not a path: {name!r}", _value_mark(top, "name"),
+                     "it names the default output out/NAME.onnx; choose another output with -o", file=path)
+    return name
+
+
+def _chain_steps(merged: dict, parsed: dict) -> list[Step]:
+    """The steps of a (part of a) chain: every level's prepend_steps, the nearest level's steps, every level's
+    append_steps. `parsed` keeps each list parsed once, so every part of the chain shares its Step objects."""
+    def steps_of(key: str, mapping, file) -> list[Step]:
+        if id(mapping) not in parsed.setdefault(key, {}):
+            parsed[key][id(mapping)] = _parse_steps(mapping, key, file)
+        return parsed[key][id(mapping)]
+
+    steps: list[Step] = []
+    for mapping, file in merged.get("prepend_steps", []):
+        steps += steps_of("prepend_steps", mapping, file)
+    if "steps" in merged:
+        steps += steps_of("steps", *merged["steps"][-1])
+    for mapping, file in merged.get("append_steps", []):
+        steps += steps_of("append_steps", mapping, file)
+    return steps
 
 
 def _resolve_target(target: str, mapping, file) -> str:
@@ -419,20 +498,30 @@ def _parse_steps(mapping, key: str, file) -> list[Step]:
             at = _key_mark(params, exc.param) if exc.param in params else _key_mark(item, "with")
             raise _error(f"{exc.message}{where}", at, exc.hint, file=file) from None
         label = item.get("name")
+        if label is not None and (not isinstance(label, str) or label.isdigit()):
+            # `--set 3.mode=...` means step number 3: a label of digits could never be addressed
+            raise _error(f"a step's 'name' must be a label, not a number: got {label!r}{where}",
+                         _value_mark(item, "name"), "STEP in --set and set: is a number, a label or a pass name",
+                         file=file)
         mark = getattr(item, "mark", mark)
-        steps.append(Step(name, checked, label=str(label) if label is not None else None,
+        steps.append(Step(name, checked, label=label,
                           file=str(file) if file else None, line=mark.line + 1 if mark else None))
     return steps
 
 
 def _coerce_field(section: str, key: str, value) -> Any:
-    """`value` as `section.key`: of its declared type and, in validate, one validation can use (no NaN or
-    negative tolerance, a quantile in [0, 1], ...: surgeon.validation.settings); ValueError says why."""
+    """`value` as `section.key`: of its declared type and one the stage can use (validate: no NaN or negative
+    tolerance, a quantile in [0, 1], ...: surgeon.validation.settings; build: sizes, profiles, levels
+    TensorRT takes: surgeon.build); ValueError says why."""
     value = SECTIONS[section][key].coerce(value)
     if section == "validate":
         from surgeon.validation.settings import check_validate_value
 
         check_validate_value(key, value)
+    else:
+        from surgeon.build import check_build_value
+
+        check_build_value(key, value)
     return value
 
 
@@ -451,15 +540,29 @@ def _parse_section(section: str, body, mapping, file, fields: dict[str, Param]) 
             raise _error(f"{section}.{key}: {exc}", _value_mark(body, key), file=file) from None
     base = file.parent if file else Path.cwd()
     for key in _INPUT_PATHS.get(section, ()):
-        val = checked.get(key)
-        if isinstance(val, str) and not (section == "validate" and key == "against" and val in ("original", "none")):
-            checked[key] = str(_join(base, val))
+        checked[key] = _relative_to(base, section, key, checked[key])
     if section == "build":
+        from surgeon.build import check_build_combination
+        from surgeon.errors import SurgeonError
+
+        try:
+            check_build_combination(checked)
+        except SurgeonError as exc:
+            blamed = "strongly_typed" if "strongly_typed" in body else "precision"
+            raise _error(exc.message, _value_mark(body, blamed), file=file) from None
         checked["plugins"] = [p if p == "builtin" else str(_join(base, p)) for p in checked["plugins"]]
-        calibration = checked.get("calibration") or {}
-        if isinstance(calibration.get("data"), str):
-            checked["calibration"] = {**calibration, "data": str(_join(base, calibration["data"]))}
+        if checked["calibration"]:
+            checked["calibration"] = {key: str(_join(base, path)) for key, path in checked["calibration"].items()}
     return checked
+
+
+def _relative_to(base: Path, section: str, key: str, value):
+    """`section.key` = `value` as a recipe file in folder `base` wrote it: a path in it is joined to `base`."""
+    if key not in _INPUT_PATHS.get(section, ()) or not isinstance(value, str):
+        return value
+    if section == "validate" and key == "against" and value in ("original", "none"):
+        return value
+    return str(_join(base, value))
 
 
 def _join(base: Path, relative: str) -> Path:
@@ -481,9 +584,13 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key, value
 
 
-def apply_override(recipe: Recipe, override) -> None:
-    """Set one parameter: `STEP.PARAM` where STEP is a 1-based index, a step name or a pass name,
-    or `validate.KEY` / `build.KEY`."""
+def apply_override(recipe: Recipe, override, steps: list[Step] | None = None, base: Path | None = None,
+                   source: str = "--set") -> Step | None:
+    """Set one parameter: `STEP.PARAM` where STEP is a 1-based index, a step name or a pass name in `steps`
+    (default: the recipe's), or `validate.KEY` / `build.KEY`; return the step changed (None: a section).
+
+    A recipe's own `set` gives the folder of its file as `base`: paths in sections are relative to it.
+    `source` is how messages call the override (`--set`, or a recipe's `set`)."""
     key, value = parse_override(override) if isinstance(override, str) else override
     step_ref, param = key.rsplit(".", 1)
     if step_ref in SECTIONS:
@@ -495,34 +602,35 @@ def apply_override(recipe: Recipe, override) -> None:
             section[param] = _coerce_field(step_ref, param, value)
         except ValueError as exc:
             raise RecipeError(f"{step_ref}.{param}: {exc}") from None
+        if base is not None:
+            section[param] = _relative_to(base, step_ref, param, section[param])
         setattr(recipe, step_ref, section)
-        return
-    step = _find_step(recipe, step_ref)
-    from surgeon.registry import get_pass as _get
-
-    cls = _get(step.pass_name)
+        return None
+    step = _find_step(recipe.steps if steps is None else steps, step_ref)
+    cls = get_pass(step.pass_name)
     try:
         step.params = cls.check_params({**step.params, param: value})
     except ParamError as exc:
-        raise RecipeError(f"--set {key}: {exc.message}", hint=exc.hint) from None
+        raise RecipeError(f"{source} {key}: {exc.message}", hint=exc.hint) from None
+    return step
 
 
-def _find_step(recipe: Recipe, ref: str) -> Step:
+def _find_step(steps: list[Step], ref: str) -> Step:
     if ref.isdigit():
         index = int(ref)
-        if not 1 <= index <= len(recipe.steps):
-            raise RecipeError(f"step {index} does not exist: the recipe has {len(recipe.steps)} step(s), numbered from 1")
-        return recipe.steps[index - 1]
-    by_label = [s for s in recipe.steps if s.label == ref]
+        if not 1 <= index <= len(steps):
+            raise RecipeError(f"step {index} does not exist: the recipe has {len(steps)} step(s), numbered from 1")
+        return steps[index - 1]
+    by_label = [s for s in steps if s.label == ref]
     if by_label:
         return by_label[0]
-    by_pass = [(i, s) for i, s in enumerate(recipe.steps, 1) if s.pass_name == ref]
+    by_pass = [(i, s) for i, s in enumerate(steps, 1) if s.pass_name == ref]
     if len(by_pass) == 1:
         return by_pass[0][1]
     if len(by_pass) > 1:
         raise RecipeError(f"pass '{ref}' is used by steps {', '.join(str(i) for i, _ in by_pass)}; "
                           f"address one by its number, e.g. {by_pass[0][0]}.PARAM")
-    names = [s.label or s.pass_name for s in recipe.steps]
+    names = [s.label or s.pass_name for s in steps]
     raise RecipeError(f"no step named '{ref}' in the recipe", hint=suggest(ref, names + list(SECTIONS)))
 
 
@@ -533,13 +641,13 @@ def json_schema(builtin_only: bool = False) -> dict[str, Any]:
     """
     passes = discover()
     if builtin_only:
-        passes = {n: c for n, c in passes.items() if c.__module__.startswith("surgeon.passes.")}
+        passes = {n: c for n, c in passes.items() if c.__module__.startswith(f"{BUILTIN_PACKAGE}.")}
 
     def param_schema(p: Param) -> dict[str, Any]:
         types = p.type if isinstance(p.type, tuple) else (p.type,)
         names = {str: "string", int: "integer", float: "number", bool: "boolean", list: "array", dict: "object"}
         schema: dict[str, Any] = {"description": p.help}
-        schema["type"] = [names[t] for t in types] + (["null"] if p.default is None else [])
+        schema["type"] = [names[t] for t in types] + (["null"] if p.default is None or p.nullable else [])
         if len(schema["type"]) == 1:
             schema["type"] = schema["type"][0]
         if p.choices and "object" in schema["type"]:
@@ -549,23 +657,26 @@ def json_schema(builtin_only: bool = False) -> dict[str, Any]:
             schema["enum"] = list(p.choices)
         if p.default is not None and not p.required:
             schema["default"] = p.default
+        if p.minimum is not None:
+            schema["minimum"] = p.minimum
+        if p.maximum is not None:
+            schema["maximum"] = p.maximum
         return schema
 
     step_variants = []
     for name, cls in sorted(passes.items()):
-        step_variants.append({
-            "if": {"properties": {"pass": {"const": name}}},
-            "then": {"properties": {"with": {
-                "type": "object", "additionalProperties": False,
-                "properties": {k: param_schema(p) for k, p in cls.params.items()},
-                "required": [k for k, p in cls.params.items() if p.required]}}},
-        })
+        required = [k for k, p in cls.params.items() if p.required]
+        with_schema = {"type": "object" if required else ["object", "null"], "additionalProperties": False,
+                       "properties": {k: param_schema(p) for k, p in cls.params.items()}, "required": required}
+        step_variants.append({"if": {"properties": {"pass": {"const": name}}},
+                              "then": {"properties": {"with": with_schema}, "required": ["with"] if required else []}})
     step = {"type": "object", "additionalProperties": False, "required": ["pass"],
-            "properties": {"pass": {"enum": sorted(passes)}, "with": {"type": "object"},
-                           "name": {"type": "string"}},
+            "properties": {"pass": {"enum": sorted(passes)}, "with": {"type": ["object", "null"]},
+                           "name": {"type": "string", "pattern": "[^0-9]",
+                                    "description": "a label for --set and set: (a number means the step's position)"}},
             "allOf": step_variants}
     steps = {"type": ["array", "null"], "items": {"$ref": "#/$defs/step"}}
-    section = lambda fields: {"type": "object", "additionalProperties": False,  # noqa: E731
+    section = lambda fields: {"type": ["object", "null"], "additionalProperties": False,  # noqa: E731
                               "properties": {k: param_schema(p) for k, p in fields.items()}}
     from surgeon.targets import available_targets
 
@@ -574,8 +685,10 @@ def json_schema(builtin_only: bool = False) -> dict[str, Any]:
         "$id": "https://github.com/surgeon/surgeon/docs/recipe.schema.json",
         "title": "surgeon recipe", "type": "object", "additionalProperties": False,
         "properties": {
-            "name": {"type": "string"}, "description": {"type": "string"},
-            "model": {"type": "string", "description": "model path, relative to the recipe file"},
+            "name": {"type": ["string", "null"], "pattern": r"^(?!\.\.?$)[^/\\]+$",
+                     "description": "the recipe's name (default: the file's), its default output out/NAME.onnx"},
+            "description": {"type": ["string", "null"]},
+            "model": {"type": ["string", "null"], "description": "model path, relative to the recipe file"},
             "target": {"type": "string", "examples": available_targets(),
                        "description": "a built-in target, or a profile file (.yaml) relative to the recipe file"},
             "extends": {"type": "string", "description": "path of a recipe to inherit from"},

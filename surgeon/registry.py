@@ -5,9 +5,13 @@
 - Installed packages contribute passes through the `surgeon.passes` entry-point group; each entry
   point names a module (or a Pass class) to import.
 - `--plugin FILE` loads a Python file the user names explicitly. A recipe never imports code itself.
+
+A pass name belongs to one file: a second pass of that name, from a plugin file or a package, is an error
+naming both files (so a built-in pass is never replaced). Loading the same file again does nothing.
 """
 from __future__ import annotations
 
+import hashlib
 import importlib
 import importlib.util
 import pkgutil
@@ -16,10 +20,9 @@ from importlib import metadata
 from pathlib import Path
 
 from surgeon.errors import SurgeonError, suggest
-from surgeon.pass_api import Pass, registered_passes
+from surgeon.pass_api import BUILTIN_PACKAGE, Pass, registered_passes
 
 ENTRY_POINT_GROUP = "surgeon.passes"
-_SHIPPED_PACKAGE = "surgeon.passes"
 _discovered = False
 
 
@@ -34,16 +37,16 @@ def shipped_dir(name: str) -> Path:
 
 def _builtin_package():
     try:
-        return importlib.import_module(_SHIPPED_PACKAGE)
+        return importlib.import_module(BUILTIN_PACKAGE)
     except ModuleNotFoundError as exc:
-        if exc.name != _SHIPPED_PACKAGE:
+        if exc.name != BUILTIN_PACKAGE:
             raise
     # A source checkout used without installing: `passes/` sits beside `surgeon/`.
     folder = shipped_dir("passes")
-    spec = importlib.util.spec_from_file_location(_SHIPPED_PACKAGE, folder / "__init__.py",
+    spec = importlib.util.spec_from_file_location(BUILTIN_PACKAGE, folder / "__init__.py",
                                                   submodule_search_locations=[str(folder)])
     module = importlib.util.module_from_spec(spec)
-    sys.modules[_SHIPPED_PACKAGE] = module
+    sys.modules[BUILTIN_PACKAGE] = module
     spec.loader.exec_module(module)
     return module
 
@@ -56,7 +59,7 @@ def discover() -> dict[str, type[Pass]]:
         package = _builtin_package()
         for info in sorted(pkgutil.iter_modules(package.__path__), key=lambda i: i.name):
             if not info.name.startswith("_"):
-                importlib.import_module(f"{_SHIPPED_PACKAGE}.{info.name}")
+                importlib.import_module(f"{BUILTIN_PACKAGE}.{info.name}")
         load_entry_points()
     return registered_passes()
 
@@ -74,25 +77,36 @@ def load_entry_points() -> list[str]:
 
 
 def load_plugin_file(path) -> list[str]:
-    """Import a user's Python file of passes (and references); return the names of passes it added."""
+    """Import a user's Python file of passes (and references); return the names of the passes it defines.
+
+    A file already loaded (named by `--plugin` and by `[tool.surgeon] plugins`, say) is not run again."""
     path = Path(path)
     if not path.is_file():
         raise SurgeonError(f"plugin file not found: {path}")
-    before = set(discover())
-    module_name = f"surgeon_plugin_{abs(hash(str(path.resolve())))}"
-    spec = importlib.util.spec_from_file_location(module_name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[module_name] = module
-    try:
-        spec.loader.exec_module(module)
-    except SurgeonError:
-        raise
-    except Exception as exc:
-        raise SurgeonError(f"plugin file failed to import: {type(exc).__name__}: {exc}", file=path) from None
-    added = sorted(set(registered_passes()) - before)
-    for name in added:
+    if path.suffix != ".py":
+        raise SurgeonError("a plugin file is Python source ending in .py (TensorRT plugin libraries go in "
+                           "the recipe's build.plugins)", file=path)
+    discover()
+    # Named after the file, the same in every process: the same file is the same module.
+    module_name = f"surgeon_plugin_{hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:16]}"
+    if module_name not in sys.modules:
+        before = set(registered_passes())
+        spec = importlib.util.spec_from_file_location(module_name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[module_name] = module
+        try:
+            spec.loader.exec_module(module)
+        except BaseException as exc:  # a file that failed leaves nothing behind: neither module nor passes
+            del sys.modules[module_name]
+            for name in set(registered_passes()) - before:
+                del registered_passes()[name]
+            if isinstance(exc, SurgeonError) or not isinstance(exc, Exception):
+                raise
+            raise SurgeonError(f"plugin file failed to import: {type(exc).__name__}: {exc}", file=path) from None
+    defined = sorted(name for name, cls in registered_passes().items() if cls.__module__ == module_name)
+    for name in defined:
         registered_passes()[name].origin = str(path)
-    return added
+    return defined
 
 
 def get_pass(name: str) -> type[Pass]:

@@ -283,6 +283,7 @@ def _check_profile(data: dict, path: Path, text: str) -> None:
         if value is None and nullable:
             continue
         expect(value, types, what, (key,))
+    known_dtypes = _dtype_names()
     if isinstance(data.get("opset"), int) and data["opset"] < 1:
         fail(f"target profile key 'opset' must be an opset number (1 or more), got {data['opset']}", ("opset",))
     for op, rule in (data.get("ops") or {}).items():
@@ -309,11 +310,24 @@ def _check_profile(data: dict, path: Path, text: str) -> None:
                     expect(names, (list,), what, keys)
                     for dtype in names:
                         expect(dtype, (str,), what, keys)
+                        if dtype not in known_dtypes:
+                            fail(f"unknown dtype '{dtype}' in target profile key '{'.'.join(map(str, keys))}'", keys,
+                                 suggest(dtype, known_dtypes) or f"known: {', '.join(sorted(known_dtypes))}")
     for domain, op_types in (data.get("domains") or {}).items():
         expect(op_types, (list,), "a list of op types", ("domains", domain))
     for op, plugin in (data.get("plugins") or {}).items():
         if plugin is not None:
             expect(plugin, (dict,), "a mapping of plugin fields such as {plugin_version: '1'}", ("plugins", op))
+
+
+@lru_cache(maxsize=None)
+def _dtype_names() -> frozenset[str]:
+    """Every ONNX element type as profiles spell it (float32, bfloat16, float8e4m3fn, ...)."""
+    from onnx import TensorProto
+
+    from surgeon.check.facts import dtype_name
+
+    return frozenset(dtype_name(value) for value in TensorProto.DataType.values() if value != TensorProto.UNDEFINED)
 
 
 def _locate(text: str, keys: tuple, at_key: bool = False) -> tuple[int | None, int | None]:

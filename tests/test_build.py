@@ -8,11 +8,13 @@ import numpy as np
 import pytest
 from onnx import helper
 
-from surgeon.build import build_options, build_run, parse_bytes, parse_profiles, tensorrt_missing, trt_runner
+from surgeon.build import (build_options, build_run, parse_bytes, parse_profiles, plugin_libraries, tensorrt_missing,
+                           trt_runner)
 from surgeon.cli import main
 from surgeon.commands.build import parse_profile_args
 from surgeon.errors import SurgeonError
 from surgeon.pipeline import run_recipe
+from surgeon.plugins.build_lib import LIBRARY_NAME, RECORD_NAME
 from surgeon.recipe import load_recipe
 from surgeon.testing import make_model
 
@@ -86,15 +88,109 @@ def test_workspace_sizes(text, expected):
 
 def test_bad_options_name_the_key():
     with pytest.raises(SurgeonError, match="build.workspace: cannot read 'lots'"):
-        parse_bytes("lots")
+        build_options({"workspace": "lots"})
     with pytest.raises(SurgeonError, match="build.precision"):
         build_options({"precision": "fp64"})
     with pytest.raises(SurgeonError, match="unknown build option 'precison'"):
         build_options({"precison": "fp16"})
-    with pytest.raises(SurgeonError, match="item 1, input 'x': needs min <= opt <= max"):
-        parse_profiles([{"x": {"min": [1, 3], "opt": [4, 3], "max": [2, 3]}}])
-    with pytest.raises(SurgeonError, match="item 2, input 'y': give exactly min, opt and max"):
+    with pytest.raises(SurgeonError, match="build.profiles: item 1, input 'x': needs min <= opt <= max"):
+        build_options({"profiles": [{"x": {"min": [1, 3], "opt": [4, 3], "max": [2, 3]}}]})
+    with pytest.raises(ValueError, match="item 2, input 'y': give exactly min, opt and max"):
         parse_profiles([{"x": {"min": [1], "opt": [1], "max": [1]}}, {"y": {"min": [1]}}])
+
+
+@pytest.mark.parametrize("section, message", [
+    ({"optimization_level": 6}, "build.optimization_level: TensorRT's builder optimization levels are 0 to 5, got 6"),
+    ({"optimization_level": -1}, "build.optimization_level: TensorRT's builder optimization levels are 0 to 5, got -1"),
+    ({"workspace": -4096}, "build.workspace: needs at least one byte, got -4096"),
+    ({"workspace": 0}, "build.workspace: needs at least one byte, got 0"),
+    ({"workspace": "0.5"}, "build.workspace: '0.5' is not a whole number of bytes"),
+    ({"calibration": {"dta": "x.npz"}},
+     "build.calibration: unknown key 'dta': calibration takes data and cache; did you mean 'data'?"),
+    ({"calibration": {"data": "x.npz", "cahce": "c"}},
+     "build.calibration: unknown key 'cahce': calibration takes data and cache; did you mean 'cache'?"),
+    ({"calibration": {"cache": "c"}}, "build.calibration: needs 'data': an .npz or Polygraphy JSON"),
+    ({"calibration": {"data": 3}}, "build.calibration: 'data' must be a path, got int 3"),
+    ({"profiles": [{"x": {"min": [True], "opt": [1], "max": [1]}}]},
+     "build.profiles: item 1, input 'x': shapes must be lists of positive integers"),
+])
+def test_options_tensorrt_cannot_take_are_refused(section, message):
+    with pytest.raises(SurgeonError) as info:
+        build_options(section)
+    assert str(info.value).startswith(message)
+
+
+@pytest.mark.parametrize("precision", ["fp16", "int8", "best"])
+def test_strongly_typed_takes_no_precision_flags(precision):
+    """TensorRT 10 refuses builder precision flags on a strongly typed network (NVIDIA/TensorRT#4253)."""
+    with pytest.raises(SurgeonError, match=f"build.strongly_typed: .* TensorRT refuses precision '{precision}'"):
+        build_options({"strongly_typed": True}, precision=precision)
+    assert build_options({"strongly_typed": True})["precision"] == "fp32"
+
+
+def test_build_paths_are_relative_to_the_recipe_folder(tmp_path, monkeypatch):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "recipe.yaml").write_text(
+        "name: paths\nbuild:\n  engine: out.engine\n  timing_cache: trt.cache\n  plugins: [builtin, libmine.so]\n"
+        "  calibration: {data: calib.npz, cache: calib.cache}\n")
+    monkeypatch.chdir(tmp_path)
+    build = load_recipe("sub/recipe.yaml").build
+    assert build["engine"] == "sub/out.engine" and build["timing_cache"] == "sub/trt.cache"
+    assert build["plugins"] == ["builtin", "sub/libmine.so"]
+    assert build["calibration"] == {"data": "sub/calib.npz", "cache": "sub/calib.cache"}
+
+
+PLUGIN_NODE = helper.make_node("GridSample2D", ["x", "grid"], ["y"], name="sampler", domain="surgeon",
+                               plugin_version="1", plugin_namespace="surgeon")
+
+
+@pytest.fixture
+def plugin_model(tmp_path):
+    """x, grid -> surgeon::GridSample2D -> y."""
+    import onnx
+
+    model = make_model([PLUGIN_NODE], inputs=[("x", np.float32, [1, 1, 2, 2]), ("grid", np.float32, [1, 2, 2, 2])],
+                       outputs=[("y", np.float32, [1, 1, 2, 2])])
+    path = tmp_path / "plugin.onnx"
+    onnx.save(model, str(path))
+    return path
+
+
+def built_library(folder, record):
+    """A library folder as `surgeon plugins build` leaves it: the library and, unless None, its build record."""
+    folder.mkdir()
+    (folder / LIBRARY_NAME).write_bytes(b"")
+    if record is not None:
+        (folder / RECORD_NAME).write_text(json.dumps(record))
+    return folder / LIBRARY_NAME
+
+
+@pytest.mark.parametrize("record, problem", [
+    ({"with_tensorrt": False, "tensorrt": "TensorRT headers not found"}, ": TensorRT headers not found"),
+    (None, ": no readable build record"),
+])
+def test_builtin_refuses_a_library_built_without_the_tensorrt_plugins(tmp_path, monkeypatch, plugin_model, record,
+                                                                      problem):
+    library = built_library(tmp_path / "lib", record)
+    monkeypatch.setenv("SURGEON_PLUGINS_DIR", str(library.parent))
+    for model in (plugin_model, None):  # None: an engine, whose plugins cannot be read
+        with pytest.raises(SurgeonError) as info:
+            plugin_libraries(["builtin"], model)
+        assert str(info.value).startswith(f"{library} has the kernels and their C API only, no TensorRT plugins{problem}")
+        assert "surgeon plugins build --tensorrt-root" in str(info.value)
+
+
+def test_builtin_takes_a_library_with_the_tensorrt_plugins(tmp_path, monkeypatch, plugin_model):
+    library = built_library(tmp_path / "lib", {"with_tensorrt": True, "tensorrt": "TensorRT 10 at /opt/trt/include"})
+    monkeypatch.setenv("SURGEON_PLUGINS_DIR", str(library.parent))
+    assert plugin_libraries(["builtin"], plugin_model) == [str(library)]
+
+
+def test_builtin_is_left_out_for_a_model_without_plugin_nodes(tmp_path, monkeypatch, relu_model, plugin_model):
+    monkeypatch.setenv("SURGEON_PLUGINS_DIR", str(tmp_path / "not-built"))
+    assert plugin_libraries(["builtin"], relu_model) == []
+    with pytest.raises(SurgeonError, match="surgeon's plugin library is not built"):
+        plugin_libraries(["builtin"], plugin_model)
 
 
 def test_options_layer_defaults_section_and_command_line():

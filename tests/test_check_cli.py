@@ -363,8 +363,9 @@ def test_a_missing_pyproject_plugin_file_names_the_pyproject_line(tmp_path, caps
 
 
 def test_the_report_may_not_replace_a_plugin_file(tmp_path, capsys):
-    (tmp_path / "p.py").write_text(PLUGIN_PASS)
-    (tmp_path / "r.yaml").write_text("steps:\n  - pass: check-plugin-demo\n")
+    plugin = PLUGIN_PASS.replace("check-plugin-demo", "check-plugin-report-demo")  # a name is one file's
+    (tmp_path / "p.py").write_text(plugin)
+    (tmp_path / "r.yaml").write_text("steps:\n  - pass: check-plugin-report-demo\n")
     assert main(["check", "--no-config", "--plugin", str(tmp_path / "p.py"), str(tmp_path / "r.yaml"),
                  "-o", str(tmp_path / "p.py")]) == 2
-    assert "plugin file" in capsys.readouterr().err and (tmp_path / "p.py").read_text() == PLUGIN_PASS
+    assert "plugin file" in capsys.readouterr().err and (tmp_path / "p.py").read_text() == plugin

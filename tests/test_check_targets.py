@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import pytest
 from onnx import helper
 
@@ -217,3 +218,36 @@ def _ort_loads_exactly_where_sg004_is_silent(model, runs: bool, tmp_path) -> Non
     onnx.save(model, tmp_path / "m.onnx")
     findings = check_file(tmp_path / "m.onnx", Settings(target="onnxruntime", select=("SG004",)))
     assert [f.rule for f in findings] == ([] if runs else ["SG004"])
+
+
+def test_a_dtype_name_a_profile_misspells_is_an_error_with_a_suggestion(tmp_path):
+    from surgeon.errors import SurgeonError
+
+    bad = tmp_path / "npu.yaml"
+    bad.write_text("name: npu\nopset: 13\nops:\n  Relu: {since: 1, dtypes: [flaot32]}\n")
+    with pytest.raises(SurgeonError, match=r"npu.yaml:4:.*unknown dtype 'flaot32'.*did you mean 'float32'"):
+        load_target(str(bad))
+
+
+@pytest.mark.parametrize("name, max_opset", [("tensorrt-8.5", 17), ("tensorrt-8.6", 17), ("tensorrt-10", 24)])
+def test_tensorrt_profiles_know_the_newest_opset_their_parser_documents(name, max_opset, tmp_path):
+    from surgeon.check.config import Settings
+    from surgeon.check.runner import check_model
+
+    assert load_target(name).max_opset == max_opset
+    path = tmp_path / "m.onnx"
+    onnx.save(make_model([helper.make_node("Relu", ["x"], ["y"])], [("x", np.float32, [2])], [("y", np.float32, [2])],
+                         opset=max_opset + 1), path)
+    assert "SG018" in {f.rule for f in check_model(path, Settings(target=name))}
+
+
+def test_no_pass_is_offered_for_split_18_in_an_opset_18_model_on_tensorrt_8(tmp_path):
+    from surgeon.check.config import Settings
+    from surgeon.check.runner import check_model
+
+    path = tmp_path / "m.onnx"
+    onnx.save(make_model([helper.make_node("Split", ["x"], ["a", "b"], name="split", axis=0, num_outputs=2)],
+                         [("x", np.float32, [4])], [("a", np.float32, [2]), ("b", np.float32, [2])], opset=18), path)
+    split = [f for f in check_model(path, Settings(target="tensorrt-8.6")) if f.rule == "SG003"]
+    assert len(split) == 1 and split[0].fix is None  # chunk leaves it Split-18 at opset 18
+    assert "set-opset cannot lower Split-18" in split[0].message and "opset 17 or lower" in split[0].message

@@ -271,3 +271,142 @@ def test_prepend_append_and_set_accumulate_over_three_levels(tmp_path):
     recipe = load_recipe(c)
     assert [s.pass_name for s in recipe.steps] == ["toposort", "infer-shapes", "cleanup", "toposort", "infer-shapes"]
     assert recipe.steps[2].params["remove_unused_inputs"] is True  # the child's set applies last
+
+
+def test_a_name_that_is_a_path_is_refused_where_it_is_written(tmp_path):
+    for name in ("../outside", "/tmp/precious", "a\\\\b", ".."):
+        err = error_of(write(tmp_path, f"name: '{name}'\nsteps: [{{pass: cleanup}}]\n"))
+        assert (err.line, err.column) == (1, 7) and "'name' must be a plain name, not a path" in err.message
+    assert load_recipe(write(tmp_path, "name: bevformer-tiny.v2\n")).name == "bevformer-tiny.v2"
+
+
+def test_a_child_without_a_name_is_named_after_its_file(tmp_path):
+    write(tmp_path, "name: parent\nsteps: [{pass: cleanup}]\n", "parent.yaml")
+    assert load_recipe(write(tmp_path, "extends: parent.yaml\n", "mine.yaml")).name == "mine"
+
+
+def test_extends_never_falls_back_to_the_working_directory(tmp_path, monkeypatch):
+    (tmp_path / "recipes").mkdir()
+    child = write(tmp_path, "extends: parent.yaml\n", "recipes/child.yaml")
+    write(tmp_path, "steps: [{pass: cleanup}]\n", "parent.yaml")  # beside the working directory, not the child
+    monkeypatch.chdir(tmp_path)
+    err = error_of(child)
+    assert "extended recipe not found: parent.yaml" in err.message and err.line == 1
+
+
+def test_a_parents_set_means_the_parents_own_steps(tmp_path):
+    write(tmp_path, """
+        steps:
+          - pass: toposort
+          - pass: cleanup
+            name: base-clean
+        set:
+          2.remove_unused_inputs: false
+        """, "parent.yaml")
+    child = write(tmp_path, "extends: parent.yaml\nprepend_steps: [{pass: cleanup}]\n", "child.yaml")
+    recipe = load_recipe(child)
+    assert [s.pass_name for s in recipe.steps] == ["cleanup", "toposort", "cleanup"]
+    assert recipe.steps[0].params["remove_unused_inputs"] is True  # the child's step 2 is another step
+    assert recipe.steps[2].params["remove_unused_inputs"] is False
+    # a child whose steps replace the parent's: the parent's set has no step left to mean
+    write(tmp_path, "steps: [{pass: cleanup, name: base-clean}]\nset: {base-clean.remove_unused_inputs: false}\n",
+          "labelled.yaml")
+    err = error_of(write(tmp_path, "extends: labelled.yaml\nsteps: [{pass: toposort}]\n", "replacing.yaml"))
+    assert err.file.endswith("labelled.yaml") and err.line == 2
+    assert "its step (base-clean" in err.message and "replacing.yaml replaces the steps" in err.message
+
+
+def test_paths_in_a_recipes_set_are_relative_to_its_file(tmp_path, monkeypatch):
+    (tmp_path / "rec").mkdir()
+    write(tmp_path, "steps: [{pass: cleanup}]\n", "rec/base.yaml")
+    child = write(tmp_path, "extends: base.yaml\nset: {validate.data: inputs.npz, validate.against: none}\n",
+                  "rec/child.yaml")
+    monkeypatch.chdir(tmp_path)
+    recipe = load_recipe(child)
+    assert recipe.validate["data"] == str(tmp_path / "rec" / "inputs.npz") and recipe.validate["against"] == "none"
+    recipe = load_recipe(child, overrides=["validate.data=mine.npz"])  # --set: relative to the working directory
+    assert recipe.validate["data"] == "mine.npz"
+
+
+def test_an_error_in_a_recipes_set_is_not_called_set_from_the_command_line(tmp_path):
+    err = error_of(write(tmp_path, "steps: [{pass: clip-int}]\nset: {clip-int.mode: 3}\n"))
+    assert err.line == 2 and err.message.startswith("set clip-int.mode: parameter 'mode'")
+
+
+def test_the_sha256_covers_every_file_of_the_chain_and_the_overrides(tmp_path):
+    import hashlib
+
+    base = write(tmp_path, "steps: [{pass: clip-int, with: {mode: minmax}}]\n", "base.yaml")
+    child = write(tmp_path, "extends: base.yaml\n", "child.yaml")
+    alone = load_recipe(base).sha256
+    assert alone == hashlib.sha256(base.read_bytes()).hexdigest()  # one file: `sha256sum` of it
+    before = load_recipe(child).sha256
+    assert load_recipe(child, overrides=["clip-int.mode=cast"]).sha256 != before
+    base.write_text(base.read_text().replace("minmax", "cast"))
+    assert load_recipe(child).sha256 != before
+
+
+def test_a_key_written_beside_a_yaml_merge_replaces_the_merged_one(tmp_path):
+    recipe = load_recipe(write(tmp_path, """
+        steps:
+          - pass: clip-int
+            with: &d {mode: minmax}
+          - pass: clip-int
+            with:
+              <<: *d
+              mode: cast
+        """))
+    assert [s.params["mode"] for s in recipe.steps] == ["minmax", "cast"]
+    err = error_of(write(tmp_path, "steps:\n  - pass: clip-int\n    with: {mode: cast, mode: minmax}\n", "dup.yaml"))
+    assert "duplicate key 'mode'" in err.message
+
+
+def test_base_60_numbers_are_not_read_and_whole_floats_are_integers(tmp_path):
+    err = error_of(write(tmp_path, "steps:\n  - pass: fold-constants\n    with: {size_threshold: 1:30}\n"))
+    assert "expected an integer, got str '1:30'" in err.message  # YAML 1.1 would read 90
+    recipe = load_recipe(write(tmp_path, "steps:\n  - pass: fold-constants\n    with: {size_threshold: 1e3}\n",
+                               "float.yaml"))
+    threshold = recipe.steps[0].params["size_threshold"]
+    assert threshold == 1000 and isinstance(threshold, int)
+
+
+def test_a_step_name_is_a_label_not_a_number(tmp_path):
+    err = error_of(write(tmp_path, "steps:\n  - pass: cleanup\n    name: 3\n"))
+    assert (err.line, err.column) == (3, 11) and "must be a label, not a number" in err.message
+
+
+def test_param_bounds_are_checked_and_published():
+    from surgeon.pass_api import Param
+
+    bounded = Param(int, 0, minimum=0)
+    assert bounded.coerce(5) == 5
+    with pytest.raises(ValueError, match="must be at least 0, got -5"):
+        bounded.coerce(-5)
+    with pytest.raises(ValueError, match="must be between 0 and 1, got nan"):
+        Param(float, 0.5, minimum=0, maximum=1).coerce(float("nan"))
+    quantile = json_schema()["properties"]["validate"]["properties"]["quantile"]
+    assert (quantile["minimum"], quantile["maximum"]) == (0, 1)
+
+
+def test_the_schema_agrees_with_the_loader(tmp_path):
+    import jsonschema
+    import yaml
+
+    from surgeon.recipe import _Loader
+
+    schema = json_schema(builtin_only=True)
+    cases = {  # recipe -> whether both accept it
+        "steps: [{pass: set-input-shapes}]\n": False,  # a required parameter without `with`
+        "steps: [{pass: cleanup, name: '3'}]\n": False,
+        "steps: [{pass: cleanup}]\nvalidate:\n": True,  # no validation, as if the key were absent
+        "steps: [{pass: fold-constants, with: {size_threshold: 1024.0}}]\n": True,
+        "name: ../up\n": False,
+    }
+    for text, accepted in cases.items():
+        schema_ok = jsonschema.Draft202012Validator(schema).is_valid(yaml.load(text, Loader=_Loader))
+        try:
+            load_recipe(write(tmp_path, text))
+            loader_ok = True
+        except RecipeError:
+            loader_ok = False
+        assert (schema_ok, loader_ok) == (accepted, accepted), text

@@ -274,3 +274,40 @@ def test_set_input_shapes_accepts_a_zero_size_dim_and_names(tmp_path, model):
     assert [d.dim_value for d in out.graph.input[0].type.tensor_type.shape.dim] == [0, 4]
     out, step = apply_pass(onnx.load(model), "set-input-shapes", shapes={"x": ["batch", 4]})
     assert out.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+
+
+# ---------------------------------------------------------------- build sections TensorRT cannot take
+
+BAD_BUILD = {
+    "profile": ("precision: fp16\n  profiles:\n    - x: {min: [4, 3], opt: [2, 3], max: [1, 3]}\n", "6:5",
+                "build.profiles: item 1, input 'x': needs min <= opt <= max in every dimension, same ranks"),
+    "workspace": ("workspace: 4 gigs\n", "4:14",
+                  "build.workspace: cannot read '4 gigs' as a size (e.g. 4096, '512MiB', '4GiB')"),
+    "calibration": ("precision: int8\n  calibration: {dta: calib.npz}\n", "5:16",
+                    "build.calibration: unknown key 'dta': calibration takes data and cache; did you mean 'data'?"),
+    "level": ("optimization_level: 9\n", "4:23",
+              "build.optimization_level: TensorRT's builder optimization levels are 0 to 5, got 9"),
+    "strongly-typed": ("precision: fp16\n  strongly_typed: true\n", "5:19",
+                       "build.strongly_typed: a strongly typed network takes its precisions from the model's types, "
+                       "and TensorRT refuses precision 'fp16' with it"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(BAD_BUILD))
+def test_a_bad_build_section_fails_at_load_time_at_its_line(capsys, tmp_path, model, kind):
+    """Before any step runs or OUT is written, for `surgeon run` and `surgeon build --recipe` alike."""
+    body, where, message = BAD_BUILD[kind]
+    recipe = write(tmp_path / "recipe.yaml", "name: x\nsteps: [{pass: cleanup}]\nbuild:\n  " + body)
+    assert refused(capsys, tmp_path, model, recipe).startswith(f"{recipe}:{where}: {message}")
+    code, _, err = cli(capsys, "build", model, "-o", tmp_path / "out.engine", "--recipe", recipe)
+    assert code == 2 and err.startswith(f"surgeon: error: {recipe}:{where}: {message}")
+    assert not (tmp_path / "out.engine").exists()
+
+
+def test_set_cannot_make_a_strongly_typed_build_take_a_precision(capsys, tmp_path, model):
+    recipe = write(tmp_path / "recipe.yaml", "name: x\nsteps: []\nbuild: {strongly_typed: true}\n")
+    message = refused(capsys, tmp_path, model, recipe, "--set", "build.precision=fp16")
+    assert message.startswith(f"{recipe}: build.strongly_typed: a strongly typed network")
+    # the order of the overrides does not matter: only the result is checked
+    assert load_recipe(recipe, overrides=["build.precision=fp16", "build.strongly_typed=false"]).build["precision"] \
+        == "fp16"

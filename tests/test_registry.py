@@ -47,3 +47,93 @@ def test_a_broken_entry_point_names_itself(tmp_path, monkeypatch):
     with pytest.raises(SurgeonError, match="entry point 'broken_surgery' .* failed to load: ImportError: needs acme-sdk"):
         load_entry_points()
     sys.modules.pop("broken_surgery", None)
+
+
+def pass_source(pass_name: str, class_name: str = "Mine", body: str = "") -> str:
+    return textwrap.dedent(f'''
+        from surgeon.pass_api import Pass, PassResult, register_pass
+        {body}
+
+        @register_pass("{pass_name}")
+        class {class_name}(Pass):
+            """A plugin's pass."""
+            def run(self, graph, ctx):
+                return PassResult()
+    ''')
+
+
+def plugin_file(folder, pass_name: str, class_name: str = "Mine", name: str = "passes.py", body: str = ""):
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    path.write_text(pass_source(pass_name, class_name, body))
+    return path
+
+
+def test_a_plugin_cannot_replace_a_built_in_pass_even_with_its_class_name(tmp_path):
+    from surgeon.registry import load_plugin_file
+
+    builtin = get_pass("clip-int")
+    path = plugin_file(tmp_path, "clip-int", class_name=builtin.__qualname__)
+    with pytest.raises(SurgeonError) as info:
+        load_plugin_file(path)
+    message = str(info.value)
+    assert "two passes are named 'clip-int'" in message and "a built-in pass cannot be replaced" in message
+    assert str(path.resolve()) in message and "clip_int.py" in message and "surgeon_plugin_" not in message
+    assert get_pass("clip-int") is builtin
+
+
+def test_two_plugin_files_with_one_pass_name_are_an_error_naming_both(tmp_path):
+    from surgeon.registry import load_plugin_file
+
+    first = plugin_file(tmp_path / "a", "registry-test-twice")
+    second = plugin_file(tmp_path / "b", "registry-test-twice")
+    assert load_plugin_file(first) == ["registry-test-twice"]
+    with pytest.raises(SurgeonError, match="two passes are named 'registry-test-twice'") as info:
+        load_plugin_file(second)
+    assert str(first.resolve()) in str(info.value) and str(second.resolve()) in str(info.value)
+    assert get_pass("registry-test-twice").origin == str(first)
+
+
+def test_loading_the_same_plugin_file_again_runs_it_once(tmp_path, monkeypatch):
+    import builtins
+
+    from surgeon.registry import load_plugin_file
+
+    monkeypatch.setattr(builtins, "registry_test_runs", 0, raising=False)
+    path = plugin_file(tmp_path, "registry-test-again", body="import builtins; builtins.registry_test_runs += 1")
+    assert load_plugin_file(path) == ["registry-test-again"]
+    monkeypatch.chdir(tmp_path)
+    assert load_plugin_file("passes.py") == ["registry-test-again"]  # as --plugin, then as [tool.surgeon] plugins
+    assert builtins.registry_test_runs == 1
+
+
+def test_a_plugin_file_that_fails_leaves_no_pass_behind(tmp_path):
+    from surgeon.registry import load_plugin_file
+
+    path = plugin_file(tmp_path, "registry-test-broken")
+    path.write_text(path.read_text() + "\nraise RuntimeError('half way')\n")
+    with pytest.raises(SurgeonError, match="failed to import: RuntimeError: half way"):
+        load_plugin_file(path)
+    assert "registry-test-broken" not in discover()
+    path.write_text(path.read_text().replace("raise RuntimeError('half way')", ""))
+    assert load_plugin_file(path) == ["registry-test-broken"]  # fixed, it loads: nothing stale stood in the way
+
+
+def test_a_plugin_file_must_be_python_source(tmp_path):
+    from surgeon.registry import load_plugin_file
+
+    path = plugin_file(tmp_path, "registry-test-txt", name="passes.txt")
+    with pytest.raises(SurgeonError, match=r"passes.txt: a plugin file is Python source ending in .py"):
+        load_plugin_file(path)
+
+
+def test_an_installed_package_cannot_replace_a_built_in_pass(tmp_path, monkeypatch):
+    install_fake_distribution(tmp_path, "evil_surgery", pass_source("cleanup", get_pass("cleanup").__qualname__),
+                              "evil_surgery")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    builtin = get_pass("cleanup")
+    with pytest.raises(SurgeonError, match=r"entry point 'evil_surgery' .*two passes are named 'cleanup': "
+                                           r".*cleanup.py and .*evil_surgery"):
+        load_entry_points()
+    sys.modules.pop("evil_surgery", None)
+    assert get_pass("cleanup") is builtin

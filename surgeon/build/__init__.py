@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from surgeon.errors import SurgeonError
+from surgeon.errors import SurgeonError, suggest
 from surgeon.modelio import write_bytes_atomic
 
 INSTALL_HINT = ("install TensorRT on a machine with an NVIDIA GPU: pip install 'surgeon[trt]', or NVIDIA's wheels "
@@ -73,7 +73,8 @@ class BuildResult:
 
 
 def build_options(section: dict[str, Any] | None = None, **overrides) -> dict[str, Any]:
-    """A build section with every BUILD_FIELDS key: defaults, then `section`, then non-None `overrides`."""
+    """A build section with every BUILD_FIELDS key: defaults, then `section`, then non-None `overrides`;
+    checked as a recipe's is, with the workspace in bytes and the profiles as plain lists."""
     from surgeon.recipe import BUILD_FIELDS
 
     options = {key: param.default for key, param in BUILD_FIELDS.items()}
@@ -85,56 +86,120 @@ def build_options(section: dict[str, Any] | None = None, **overrides) -> dict[st
     for key, param in BUILD_FIELDS.items():
         try:
             options[key] = param.coerce(options[key])
+            check_build_value(key, options[key])
         except ValueError as exc:
             raise SurgeonError(f"build.{key}: {exc}") from None
+    check_build_combination(options)
     options["workspace"] = parse_bytes(options["workspace"])
     options["profiles"] = parse_profiles(options["profiles"])
     return options
 
 
+def check_build_value(key: str, value) -> None:
+    """Raise ValueError when `value` (already of the declared type) is no use to TensorRT as build.`key`."""
+    check = _CHECKS.get(key)
+    if check is not None and value is not None:
+        check(value)
+
+
+def check_build_combination(options: dict[str, Any]) -> None:
+    """Raise SurgeonError for options TensorRT refuses together."""
+    precision = options.get("precision") or "fp32"
+    if options.get("strongly_typed") and precision != "fp32":
+        # TensorRT 10 fails the build: "Parameter check failed, condition: !config.getFlag(BuilderFlag::kFP16)"
+        # (NVIDIA/TensorRT#4253).
+        raise SurgeonError(f"build.strongly_typed: a strongly typed network takes its precisions from the model's "
+                           f"types, and TensorRT refuses precision {precision!r} with it: leave precision at fp32 "
+                           "(convert the model to fp16, or give it Q/DQ nodes for int8) or drop strongly_typed")
+
+
 def parse_bytes(value: int | str | None) -> int | None:
-    """4096, '4GiB', '512 MiB', '1.5GB' -> bytes."""
-    if value is None or isinstance(value, int):
-        return value
-    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([kmg]i?b|b)?\s*", str(value), re.IGNORECASE)
-    if not match:
-        raise SurgeonError(f"build.workspace: cannot read {value!r} as a size (e.g. 4096, '512MiB', '4GiB')")
-    return int(float(match.group(1)) * _UNITS[(match.group(2) or "").lower()])
+    """4096, '4GiB', '512 MiB', '1.5GB' -> bytes; ValueError for anything else, or less than one whole byte."""
+    if value is None:
+        return None
+    size = value
+    if isinstance(value, str):
+        match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([kmg]i?b|b)?\s*", value, re.IGNORECASE)
+        if not match:
+            raise ValueError(f"cannot read {value!r} as a size (e.g. 4096, '512MiB', '4GiB')")
+        size = float(match.group(1)) * _UNITS[(match.group(2) or "").lower()]
+        if not size.is_integer():
+            raise ValueError(f"{value!r} is not a whole number of bytes")
+    if size < 1:
+        raise ValueError(f"needs at least one byte, got {value!r}")
+    return int(size)
 
 
 def parse_profiles(profiles: list | None) -> list[dict[str, dict[str, list[int]]]]:
-    """Check `[{input: {min: [...], opt: [...], max: [...]}}]`; raise SurgeonError naming the bad entry."""
+    """Check `[{input: {min: [...], opt: [...], max: [...]}}]`; raise ValueError naming the bad entry."""
     checked = []
     for index, profile in enumerate(profiles or [], start=1):
         if not isinstance(profile, dict) or not profile:
-            raise SurgeonError(f"build.profiles item {index} must map input names to {{min, opt, max}}")
+            raise ValueError(f"item {index} must map input names to {{min, opt, max}}")
         shapes = {}
         for name, bounds in profile.items():
-            where = f"build.profiles item {index}, input '{name}'"
+            where = f"item {index}, input '{name}'"
             if not isinstance(bounds, dict) or sorted(bounds) != ["max", "min", "opt"]:
-                raise SurgeonError(f"{where}: give exactly min, opt and max shapes")
+                raise ValueError(f"{where}: give exactly min, opt and max shapes")
             dims = {k: list(v) if isinstance(v, (list, tuple)) else v for k, v in bounds.items()}
-            if not all(isinstance(v, list) and all(isinstance(d, int) and d > 0 for d in v) for v in dims.values()):
-                raise SurgeonError(f"{where}: shapes must be lists of positive integers")
+            if not all(isinstance(v, list) and all(type(d) is int and d > 0 for d in v) for v in dims.values()):
+                raise ValueError(f"{where}: shapes must be lists of positive integers")
             if not len(dims["min"]) == len(dims["opt"]) == len(dims["max"]) or any(
                     not lo <= mid <= hi for lo, mid, hi in zip(dims["min"], dims["opt"], dims["max"])):
-                raise SurgeonError(f"{where}: needs min <= opt <= max in every dimension, same ranks")
+                raise ValueError(f"{where}: needs min <= opt <= max in every dimension, same ranks")
             shapes[str(name)] = dims
         checked.append(shapes)
     return checked
 
 
-def plugin_libraries(plugins: list[str]) -> list[str]:
-    """Library paths for the `plugins` option: 'builtin' is surgeon's libsurgeon_plugins.so."""
-    from surgeon.plugins.build_lib import builtin_library
+def _optimization_level(level: int) -> None:
+    if not 0 <= level <= 5:
+        raise ValueError(f"TensorRT's builder optimization levels are 0 to 5, got {level}")
+
+
+_CALIBRATION_KEYS = ("data", "cache")
+
+
+def _calibration(calibration: dict) -> None:
+    for key, value in calibration.items():
+        if key not in _CALIBRATION_KEYS:
+            hint = suggest(str(key), _CALIBRATION_KEYS)
+            raise ValueError(f"unknown key '{key}': calibration takes data and cache" + (f"; {hint}" if hint else ""))
+        if not isinstance(value, str):
+            raise ValueError(f"'{key}' must be a path, got {type(value).__name__} {value!r}")
+    if "data" not in calibration:
+        raise ValueError("needs 'data': an .npz or Polygraphy JSON of calibration inputs")
+
+
+_CHECKS = {"workspace": parse_bytes, "profiles": parse_profiles, "optimization_level": _optimization_level,
+           "calibration": _calibration}
+
+
+def plugin_libraries(plugins: list[str], model=None) -> list[str]:
+    """Library paths for the `plugins` option: 'builtin' is surgeon's libsurgeon_plugins.so, which must have
+    the TensorRT plugins. 'builtin' is left out when `model` (an ONNX file) has no surgeon plugin node:
+    nothing in it needs the library, which may not be built at all."""
+    from surgeon.plugins.build_lib import tensorrt_library
 
     paths = []
     for entry in plugins:
-        path = builtin_library() if entry == "builtin" else Path(entry)
+        if entry == "builtin" and model is not None and not _has_plugin_nodes(model):
+            continue
+        path = tensorrt_library() if entry == "builtin" else Path(entry)
         if not path.is_file():
             raise SurgeonError(f"plugin library not found: {path}")
         paths.append(str(path))
     return paths
+
+
+def _has_plugin_nodes(model_path) -> bool:
+    from surgeon.graphinfo import all_nodes
+    from surgeon.modelio import load_model
+    from surgeon.plugins.specs import PLUGIN_DOMAINS, plugin_specs
+
+    names = plugin_specs()
+    return any(node.op_type in names and node.domain in PLUGIN_DOMAINS
+               for node in all_nodes(load_model(model_path, load_external_data=False).graph))
 
 
 def build_engine(model_path, engine_path, options: dict[str, Any] | None = None, progress=None) -> BuildResult:
@@ -152,7 +217,7 @@ def build_engine(model_path, engine_path, options: dict[str, Any] | None = None,
     model_path, engine_path = Path(model_path), Path(engine_path)
     if not model_path.is_file():
         raise SurgeonError(f"model not found: {model_path}")
-    libraries = plugin_libraries(options["plugins"])
+    libraries = plugin_libraries(options["plugins"], model_path)
     network = LoadPlugins(plugins=libraries, obj=NetworkFromOnnxPath(str(model_path),
                                                                      strongly_typed=options["strongly_typed"] or None))
     precision = options["precision"]
@@ -193,8 +258,6 @@ def _profile(profile, shapes: dict[str, dict[str, list[int]]]):
 def _calibrator(calibration: dict[str, Any], calibrator_class):
     from surgeon.validation.data import load_arrays
 
-    if not calibration.get("data"):
-        raise SurgeonError("build.calibration needs 'data': an .npz or Polygraphy JSON of calibration inputs")
     return calibrator_class(data_loader=load_arrays(calibration["data"], "calibration data"),
                             cache=calibration.get("cache"))
 
@@ -260,7 +323,7 @@ def trt_runner(engine_or_model_path, plugins=("builtin",)):
                                         NetworkFromOnnxPath, TrtRunner)
 
     path = Path(engine_or_model_path)
-    libraries = plugin_libraries(list(plugins))
+    libraries = plugin_libraries(list(plugins), path if path.suffix == ".onnx" else None)
     if path.suffix == ".onnx":
         engine = EngineFromNetwork(LoadPlugins(plugins=libraries, obj=NetworkFromOnnxPath(str(path))), CreateConfig())
     else:
@@ -269,4 +332,5 @@ def trt_runner(engine_or_model_path, plugins=("builtin",)):
 
 
 __all__ = ["BuildResult", "build_engine", "build_run", "build_options", "trt_runner", "tensorrt_missing",
-           "engine_layers", "parse_bytes", "parse_profiles", "INSTALL_HINT"]
+           "engine_layers", "parse_bytes", "parse_profiles", "check_build_value", "check_build_combination",
+           "INSTALL_HINT"]

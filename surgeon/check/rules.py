@@ -8,6 +8,7 @@ changes meaning. The fix names the pass (and mode) that removes the finding, so 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import re
 from collections import Counter
@@ -182,7 +183,7 @@ def no_reference(facts: ModelFacts):
 
 
 @model_rule("SG003", "op-unsupported", "error", "standard op (or op version) outside the target profile",
-            fix="per node: pass grid-sample (GridSample), chunk (Split-18)")
+            fix="per node: pass grid-sample (GridSample), chunk (Split-18) or set-opset")
 def op_unsupported(facts: ModelFacts):
     target = facts.target
     if not target.ops:
@@ -199,9 +200,44 @@ def op_unsupported(facts: ModelFacts):
         elif version is not None and rule.get("until") and version > int(rule["until"]):
             problem = (f"version {version} (opset {facts.opsets.get('', '?')}) is newer than {target.name} "
                        f"supports (up to version {rule['until']})")
+            if _above_max_opset(facts):
+                problem, fix = _lower_opset_fix(facts, node, version, problem)
+                yield _finding(facts, "SG003", "error", problem, node, fix=fix)
+                continue
         else:
             continue
         yield _finding(facts, "SG003", "error", problem, node, fix=fix_for(node, facts.target))
+
+
+def _above_max_opset(facts: ModelFacts) -> bool:
+    limit, opset = facts.target.max_opset, facts.opsets.get("")
+    return limit is not None and opset is not None and opset > limit
+
+
+def _lower_opset_fix(facts: ModelFacts, node, version: int, problem: str) -> tuple[str, str | None]:
+    """(problem, fix) for an op version the target lacks in a model above the target's `max_opset`: a pass
+    rewriting the node (chunk for Split-18) leaves it at the model's opset, so only a lower opset helps, which
+    set-opset gives where onnx's version converter has an adapter down for the op."""
+    limit, opset = facts.target.max_opset, facts.opsets[""]
+    if not _converter_lacks_adapter(node.op_type, opset, limit):
+        return problem, f"set-opset opset={limit}"
+    return (f"{problem}; at opset {opset} no pass helps: {facts.target.name} parses opset <= {limit}, and "
+            f"set-opset cannot lower {node.op_type}-{version} (onnx's version converter has no adapter for it): "
+            f"export the model at opset {limit} or lower"), None
+
+
+@functools.lru_cache(maxsize=None)
+def _converter_lacks_adapter(op_type: str, opset: int, wanted: int) -> bool:
+    """Whether onnx's version converter (what set-opset runs) has no adapter taking `op_type` from `opset` down
+    to `wanted`, probed on a one-node model (the adapter lookup looks at the op alone)."""
+    tensor = [onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None) for name in ("x", "y")]
+    graph = onnx.helper.make_graph([onnx.helper.make_node(op_type, ["x"], ["y"])], "probe", tensor[:1], tensor[1:])
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", opset)], ir_version=10)
+    try:
+        onnx.version_converter.convert_version(model, wanted)
+    except Exception as exc:  # the converter raises RuntimeError or its own ConvertError
+        return "No Adapter" in str(exc)
+    return False
 
 
 @model_rule("SG004", "dtype-unsupported", "error", "op input dtype outside the target profile's types")

@@ -1,5 +1,5 @@
 """surgeon's TensorRT plugins: `surgeon plugins list` shows their specs, `surgeon plugins build` compiles
-libsurgeon_plugins.so (CUDA kernels, C API and, when TensorRT's headers are found, the IPluginV3 plugins)."""
+libsurgeon_plugins.so (CUDA kernels, C API and, when TensorRT 10+ headers are found, the IPluginV3 plugins)."""
 from __future__ import annotations
 
 from surgeon.cli_args import OutputArgs, print_json, table
@@ -16,7 +16,7 @@ def add_arguments(parser) -> None:
         OutputArgs.add_to(action)
     build.add_argument("--out", metavar="DIR", help="where the library goes (default: $SURGEON_PLUGINS_DIR or "
                                                     "~/.cache/surgeon/plugins, where 'plugins: [builtin]' looks)")
-    build.add_argument("--tensorrt-root", metavar="DIR", help="TensorRT installation, for the IPluginV3 plugins")
+    build.add_argument("--tensorrt-root", metavar="DIR", help="TensorRT 10+ installation, for the IPluginV3 plugins")
     build.add_argument("--cuda-arch", metavar="LIST", help="CUDA architectures, e.g. 80,86,90 (default: 80;86;87;89;90)")
     build.add_argument("-j", "--jobs", type=int, help="parallel compile jobs (default: all cores)")
 
@@ -31,7 +31,7 @@ def run(args) -> int:
                            jobs=args.jobs)
     if args.json:
         print_json({"library": str(result.library), "with_tensorrt": result.with_tensorrt,
-                    "seconds": round(result.seconds, 2), "log": str(result.log)})
+                    "tensorrt": result.tensorrt, "seconds": round(result.seconds, 2), "log": str(result.log)})
     elif not args.quiet:
         print(result.summary())
     return 0
