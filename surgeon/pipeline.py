@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import json
+import tempfile
 import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -23,7 +24,7 @@ from surgeon.errors import CheckFailed, ModelError, SurgeonError, first_line
 from surgeon.graphinfo import histogram_delta, op_histogram
 from surgeon.graphio import import_graph_and_order
 from surgeon.inference import annotate_shapes, infer_graph_shapes, infer_where_untyped, infer_without_weights
-from surgeon.modelio import (TWO_GB, guard_outputs, model_inputs, read_model, save_model_atomic,
+from surgeon.modelio import (guard_outputs, model_inputs, read_model, save_model_atomic,
                              serialize_model, stdout_to_stderr, write_text_atomic)
 from surgeon.pass_api import NEEDS, Context, PassResult
 from surgeon.recipe import Recipe, Step, load_recipe
@@ -70,6 +71,7 @@ class RunResult:
     validation: Any = None
     build: Any = None
     seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -90,6 +92,7 @@ class RunResult:
             "nodes": {"before": len(self.original.graph.node), "after": len(self.model.graph.node),
                       "pruned_at_end": self.pruned_at_end},
             "steps": [s.to_dict() for s in self.steps],
+            "notes": list(self.notes),
             "validation": self.validation.to_dict() if hasattr(self.validation, "to_dict") else None,
             "build": self.build.to_dict() if hasattr(self.build, "to_dict") else None,
             "seconds": round(self.seconds, 3),
@@ -155,15 +158,22 @@ def run_recipe(recipe, model=None, output=None, *, overrides=(), dry_run: bool =
         del graph
         writing = output is not None and not dry_run
         serialized = serialize_model(result_model) if recipe.checker or writing else None
-        if recipe.checker:
-            check_model(result_model if serialized is None else serialized)
+        if recipe.checker and serialized is not None:
+            check_model(serialized)
+        elif recipe.checker and not writing:  # past 2 GB: onnx.checker reads such a model from a file only
+            with tempfile.TemporaryDirectory() as scratch:
+                save_model_atomic(result_model, Path(scratch) / "model.onnx", check=check_model_file)
     if validating:  # and against the rewritten model (its inputs, its outputs) before OUT is written
         prepared.check_candidate(result_model)
 
-    result = RunResult(recipe=recipe, model=result_model, original=original, model_path=model_path, steps=records)
+    result = RunResult(recipe=recipe, model=result_model, original=original, model_path=model_path, steps=records,
+                       notes=_target_notes(result_model, recipe))
+    for note in result.notes:
+        progress.message(note)
     try:
         if writing:
-            result.files = save_model_atomic(result_model, output, serialized=serialized)
+            result.files = save_model_atomic(result_model, output, serialized=serialized,
+                                             check=check_model_file if recipe.checker and serialized is None else None)
             result.output = output
         if validating:
             from surgeon.validation import validate_run
@@ -186,6 +196,16 @@ def run_recipe(recipe, model=None, output=None, *, overrides=(), dry_run: bool =
         exc.written = [*result.files, *(result.validation.reports if result.validation is not None else ())]
         raise
     return result
+
+
+def _target_notes(model: onnx.ModelProto, recipe: Recipe) -> list[str]:
+    """What the recipe's target cannot take whatever the steps did: an opset above the one it parses."""
+    target = load_target(recipe.target)
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+    if target.max_opset is not None and opset is not None and opset > target.max_opset:
+        return [f"the result's ai.onnx opset {opset} is above what {target.name} parses (at most "
+                f"{target.max_opset}); see surgeon check (SG018)"]
+    return []
 
 
 @contextlib.contextmanager
@@ -317,6 +337,8 @@ def _run_step(graph: gs.Graph, step: Step, index: int, ctx: Context, state: _Gra
         exc.message = f"{where}: {exc.message}"
         exc.args = (exc.message,)
         raise
+    except SystemExit as exc:  # a pass must not end the run on its own, and never silently
+        raise SurgeonError(f"{where}: pass '{step.pass_name}' called sys.exit({exc.code!r})") from exc
     except Exception as exc:  # a pass bug must still name its step, and keep the cause for SURGEON_DEBUG
         raise SurgeonError(f"{where} failed: {type(exc).__name__}: {exc}") from exc
     seconds = time.perf_counter() - started
@@ -453,11 +475,20 @@ def _stamp(model: onnx.ModelProto, recipe: Recipe, records: list[StepRecord]) ->
 
 
 def check_model(model: onnx.ModelProto | bytes) -> None:
-    """onnx.checker on the result (or its bytes); a failure is CheckFailed (exit 1) and nothing is written."""
+    """onnx.checker on the result's bytes (or the model under 2 GB); a failure is CheckFailed (exit 1) and
+    nothing is written."""
+    _checked(model)
+
+
+def check_model_file(path) -> None:
+    """`check_model` for a model past 2 GB, written (to a temporary name) with its external data."""
+    _checked(str(path))
+
+
+def _checked(model) -> None:
     try:
-        if isinstance(model, bytes) or model.ByteSize() < TWO_GB:
-            with stdout_to_stderr():  # the checker's C++ warnings must not land in `--json` output
-                onnx.checker.check_model(model)
+        with stdout_to_stderr():  # the checker's C++ warnings must not land in `--json` output
+            onnx.checker.check_model(model)
     except onnx.checker.ValidationError as exc:
         raise CheckFailed(f"the rewritten model fails onnx.checker: {first_line(exc)} "
                           "(nothing was written; set 'checker: false' in the recipe to skip this check)") from None

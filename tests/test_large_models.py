@@ -49,3 +49,47 @@ def test_the_in_memory_model_keeps_its_data_after_an_external_data_save(tmp_path
     np.testing.assert_array_equal(numpy_helper.to_array(model.graph.initializer[0]), w)
     reloaded = onnx.load(tmp_path / "out.onnx")
     np.testing.assert_array_equal(numpy_helper.to_array(reloaded.graph.initializer[0]), w)
+
+
+def _sparse_model_past_two_gb(folder, count=36, side=4096):
+    """`count` float32 [side, side] weights (64 MiB each at 4096) in one sparse external-data file of
+    zeros, except one marker value per weight written for real; MatMul/Identity pairs read them."""
+    folder.mkdir(parents=True, exist_ok=True)
+    size = side * side * 4
+    nodes, weights, current = [], [], "x"
+    for i in range(count):
+        tensor = TensorProto(name=f"w{i}", data_type=TensorProto.FLOAT, dims=[side, side],
+                             data_location=TensorProto.EXTERNAL)
+        for key, value in (("location", "w.data"), ("offset", str(i * size)), ("length", str(size))):
+            tensor.external_data.add(key=key, value=value)
+        weights.append(tensor)
+        nodes += [helper.make_node("MatMul", [current, f"w{i}"], [f"m{i}"], name=f"mm{i}"),
+                  helper.make_node("Identity", [f"m{i}"], [f"id{i}"], name=f"id{i}")]
+        current = f"id{i}"
+    with open(folder / "w.data", "wb") as data:
+        data.truncate(count * size)
+        for i in range(count):
+            data.seek(i * size)
+            data.write(np.float32(i + 1).tobytes())
+    graph = helper.make_graph(nodes, "big", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, side])],
+                              [helper.make_tensor_value_info(current, TensorProto.FLOAT, [1, side])], weights)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=10)
+    (folder / "big.onnx").write_bytes(model.SerializeToString())
+    return folder / "big.onnx"
+
+
+@pytest.mark.slow
+def test_a_real_model_past_two_gb_runs_end_to_end(tmp_path):
+    """2.25 GiB of weights: the run used to end in 'internal error: EncodeError' with nothing written."""
+    model_path = _sparse_model_past_two_gb(tmp_path / "in")
+    out = tmp_path / "out" / "big.onnx"
+    recipe = {"name": "big", "steps": [{"pass": "remove-node", "with": {"op_types": ["Identity"]}}]}
+    result = surgeon.run_recipe(recipe, model=model_path, output=out)
+    assert [f.name for f in result.files] == ["big.onnx", "big.onnx.data"]
+    assert (out.parent / "big.onnx.data").stat().st_size >= 36 * 4096 * 4096 * 4
+    onnx.checker.check_model(str(out))  # by path: the checker reads a model past 2 GB only that way
+    written = onnx.load(out, load_external_data=False)
+    assert [n.op_type for n in written.graph.node] == ["MatMul"] * 36 + ["Identity"]  # keeps the output's name
+    del result
+    last = numpy_helper.to_array(written.graph.initializer[-1], base_dir=str(out.parent))
+    assert last[0, 0] == 36 and not last[1:].any()

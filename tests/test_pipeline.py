@@ -10,6 +10,7 @@ import weakref
 
 import numpy as np
 import onnx
+from onnx import helper
 import pytest
 
 import surgeon
@@ -28,6 +29,16 @@ class Explode(Pass):
     def run(self, graph, ctx):
         graph.nodes.clear()
         raise RuntimeError("boom")
+
+
+@register_pass("test-exit")
+class Exit(Pass):
+    """A pass that calls sys.exit (for the tests)."""
+
+    def run(self, graph, ctx):
+        import sys
+
+        sys.exit(5)
 
 
 @register_pass("test-collector-probe")
@@ -131,6 +142,27 @@ def test_failing_step_writes_nothing_and_names_the_step(tmp_path, model_file):
         surgeon.run_recipe(recipe, output=out)
     assert list(tmp_path.iterdir()) == [model_file, recipe] or sorted(p.name for p in tmp_path.iterdir()) == \
         ["model.onnx", "recipe.yaml"]
+
+
+def test_a_pass_calling_sys_exit_is_an_error_naming_its_step(tmp_path, model_file):
+    recipe = recipe_file(tmp_path, [{"pass": "test-exit"}], model=model_file)
+    with pytest.raises(SurgeonError, match=r"step 1 \(test-exit\): pass 'test-exit' called sys.exit\(5\)"):
+        surgeon.run_recipe(recipe, output=tmp_path / "o.onnx")
+    assert not (tmp_path / "o.onnx").exists()
+
+
+def test_a_result_above_the_targets_opset_is_noted_in_the_run_report(tmp_path):
+    model = make_model([helper.make_node("Relu", ["x"], ["y"])], [("x", np.float32, [2])], [("y", np.float32, [2])],
+                       opset=18)
+    onnx.save(model, tmp_path / "m.onnx")
+    result = surgeon.run_recipe({"name": "t", "target": "tensorrt-8.6", "steps": [{"pass": "cleanup"}]},
+                                model=tmp_path / "m.onnx", output=tmp_path / "o.onnx")
+    expected = "the result's ai.onnx opset 18 is above what tensorrt-8.6 parses (at most 17); see surgeon check (SG018)"
+    assert result.notes == [expected] and result.report()["notes"] == [expected]
+    onnx.save(make_model([helper.make_node("Relu", ["x"], ["y"])], [("x", np.float32, [2])],
+                         [("y", np.float32, [2])], opset=17), tmp_path / "m17.onnx")
+    assert surgeon.run_recipe({"name": "t", "target": "tensorrt-8.6", "steps": [{"pass": "cleanup"}]},
+                              model=tmp_path / "m17.onnx", output=tmp_path / "o17.onnx").notes == []
 
 
 def test_checker_failure_is_exit_1_and_writes_nothing(tmp_path, model_file):
