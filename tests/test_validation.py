@@ -18,6 +18,8 @@ from surgeon.validation import Tolerance, make_feeds, make_runner, validate_mode
 from surgeon.validation.runners import OnnxrtRunner, ReferenceRunner
 from surgeon.validation.validate import input_notes
 
+from conftest import REPO
+
 ATEN = "org.pytorch.aten"
 WRONG_STEP = "test-validation-wrong-constant"
 
@@ -614,3 +616,25 @@ def test_a_failed_compare_says_which_tolerances_judged_it_and_how_to_set_them(mo
     assert main(["compare", a, b]) == 1
     assert ("  hint: judged at atol=1e-05 rtol=1e-05 (elemwise); compare does not read a recipe's validate "
             "tolerances: give them with --atol / --rtol") in capsys.readouterr().out
+
+
+def test_validating_a_run_does_not_import_torch(tmp_path):
+    """Polygraphy's torch probe imported torch (2 s) on every validated run, inside a bare `except:` that
+    swallowed Ctrl-C and then crashed re-importing a half-initialised torch (polygraphy_log)."""
+    import subprocess
+    import sys
+
+    script = f"""
+import sys
+import numpy as np, onnx
+from onnx import helper
+import surgeon
+from surgeon.testing import make_model
+onnx.save(make_model([helper.make_node("Relu", ["x"], ["y"])], [("x", np.float32, [4])], [("y", np.float32, [4])]),
+          {str(tmp_path / 'm.onnx')!r})
+result = surgeon.run_recipe({{"name": "t", "steps": [{{"pass": "cleanup"}}], "validate": {{"atol": 0}}}},
+                            model={str(tmp_path / 'm.onnx')!r}, output={str(tmp_path / 'o.onnx')!r})
+print(result.ok, "torch" in sys.modules)
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, check=True)
+    assert done.stdout.split() == ["True", "False"]
