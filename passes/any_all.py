@@ -35,16 +35,13 @@ from __future__ import annotations
 from functools import partial
 
 import numpy as np
-import onnx_graphsurgeon as gs
-from onnx import TensorProto, helper
+from onnx import TensorProto
 
 from surgeon.errors import PassError
 from surgeon.pass_api import Param, Pass, PassResult, register_pass
 from surgeon.rewrite import Rewrite, aten_operator, const_value, dtype_of, is_op, producer
 
 REDUCTION = {"any": "ReduceMax", "all": "ReduceMin"}
-#: ReduceMax/ReduceMin take their axes as an input from this opset on.
-AXES_INPUT_OPSET = 18
 #: float32 represents every integer count below this exactly.
 FLOAT_EXACT_COUNT = 2 ** 24
 
@@ -108,18 +105,12 @@ def _rewrite(graph, ctx, node, kind, x, axes, keepdims):
         axes = _checked_axes(node, kind, axes, rank)
     rw = Rewrite(graph, ctx, node)
     dtype = dtype_of(x)
-    truth = x if dtype == np.bool_ else rw.op("Cast", [x], {"to": TensorProto.BOOL}, dtype=np.bool_)
-    values = rw.op("Cast", [truth], {"to": TensorProto.FLOAT}, dtype=np.float32)
+    values = rw.cast(rw.cast(x, np.bool_), np.float32)  # through bool: any non-zero value (NaN too) counts as 1
     if axes != []:
-        attrs, inputs = {"keepdims": int(keepdims)}, [values]
-        if axes is not None and ctx.opset >= AXES_INPUT_OPSET:
-            inputs.append(rw.const(np.asarray(axes, np.int64), "axes"))
-        elif axes is not None:
-            attrs["axes"] = list(axes)
-        values = rw.op(REDUCTION[kind], inputs, attrs, dtype=np.float32)
-    zero = gs.Constant(rw.name("zero"), values=np.zeros((), np.float32))  # 0-d: Rewrite.const would make it 1-d
+        values = rw.reduce(REDUCTION[kind], values, axes, keepdims, dtype=np.float32)
+    zero = rw.const(0, "zero", np.float32)
     if dtype == np.uint8:
-        rw.finish("Cast", [rw.op("Greater", [values, zero], dtype=np.bool_)], {"to": TensorProto.UINT8})
+        rw.finish_cast(rw.op("Greater", [values, zero], dtype=np.bool_), np.uint8)
     else:
         rw.finish("Greater", [values, zero])
 
@@ -168,9 +159,9 @@ def _rewrite_count(graph, ctx, reduce_sum):
     """Cast(x: bool, float) ─► ReduceSum (same axes and attributes) ─► Cast back to the count's type."""
     rw = Rewrite(graph, ctx, reduce_sum)
     mask = producer(reduce_sum.inputs[0]).inputs[0]
-    values = rw.op("Cast", [mask], {"to": TensorProto.FLOAT}, dtype=np.float32)
+    values = rw.cast(mask, np.float32)
     total = rw.op("ReduceSum", [values] + list(reduce_sum.inputs[1:]), dict(reduce_sum.attrs), dtype=np.float32)
-    rw.finish("Cast", [total], {"to": helper.np_dtype_to_tensor_dtype(dtype_of(reduce_sum.outputs[0]))})
+    rw.finish_cast(total, dtype_of(reduce_sum.outputs[0]))
 
 
 def _aten_site(node):

@@ -33,10 +33,9 @@ no double Atan, TensorRT no double at all): float32 would not be exact, and the 
 from __future__ import annotations
 
 import numpy as np
-from onnx import helper
 
 from surgeon.pass_api import Param, Pass, PassResult, register_pass
-from surgeon.promotion import TORCH_FLOATS, cast_to, torch_result_type
+from surgeon.promotion import TORCH_FLOATS, torch_result_type
 from surgeon.rewrite import Rewrite, aten_operator, const_value, dtype_of, find_nodes, is_op, producer
 
 
@@ -134,12 +133,10 @@ class Atan2(Pass):
     def rewrite(self, graph, ctx, node, y, x, result_dtype, dtype):
         """Replace `node` by the rewrite computed in `dtype`, its result cast to `result_dtype`."""
         rw = Rewrite(graph, ctx, node)
-        y, x = cast_to(rw, y, dtype, "cast_y"), cast_to(rw, x, dtype, "cast_x")
+        y, x = rw.cast(y, dtype, "cast_y"), rw.cast(x, dtype, "cast_x")
 
         def const(value, suffix):
-            scalar = rw.const(value, suffix, dtype=dtype)
-            scalar.values = scalar.values.reshape(())  # Rewrite.const makes 0-d values 1-d, which would
-            return scalar                              # turn 0-d inputs into 1-d outputs
+            return rw.const(value, suffix, dtype)
 
         def sign_set(v, suffix):
             zero = const(0, f"{suffix}_zero")
@@ -175,4 +172,4 @@ class Atan2(Pass):
             rw.finish("Mul", [angle, y_sign], suffix="angle")
         else:
             angle = rw.op("Mul", [angle, y_sign], suffix="angle", dtype=dtype)
-            rw.finish("Cast", [angle], {"to": helper.np_dtype_to_tensor_dtype(result_dtype)}, suffix="cast_back")
+            rw.finish_cast(angle, result_dtype, suffix="cast_back")

@@ -25,6 +25,14 @@ interval_starts / interval_lengths (one interval per occupied cell) — and it w
    inputs, cast for repeat_interleave upstream of the segment ids (float casts there, such as a float16
    feat promoted with .float(), belong to the feature branch).
 
+After (both spellings):
+    depth, feat ─────────────────────────────────┐
+    ranks_depth, ranks_feat, ranks_bev,          ├─► BEVPool plugin ─► [1, C, bev_h, bev_w]
+    interval_starts, interval_lengths ─► int32 ──┘
+  then, for a custom node with a [1, H, W, C] output:  ─► Transpose(0, 2, 3, 1) ─► [1, bev_h, bev_w, C]
+  and for the exported form, in place of the ScatterND: ─► Reshape [C, bev_h*bev_w] ─► Transpose ─► [Y*X, C]
+(the index tensors are Cast to int32 only where they are not int32 already).
+
 In both, BEVDet's 5-D depth [B, N, D, H, W] and feat [B, N, H, W, C] are reshaped to the plugin's
 [B*N, ...] (the flat order the ranks index is the same); depth and feat must share a float type, and
 their ranks must be known (the TensorRT plugin reads C from feat's dim 3).
@@ -36,7 +44,7 @@ import onnx_graphsurgeon as gs
 from onnx import helper
 
 from surgeon.pass_api import Pass, PassResult, register_pass
-from surgeon.plugins.matching import DOMAIN_PARAM, NoMatch, as_dtype, expect_producer
+from surgeon.plugins.matching import DOMAIN_PARAM, NoMatch, expect_producer
 from surgeon.plugins.specs import make_plugin_node
 from surgeon.rewrite import Rewrite, const_value, dtype_of, is_op, producer
 
@@ -92,7 +100,7 @@ class BevPoolPlugin(Pass):
         _check_float_types(node.inputs[0], node.inputs[1])
         rewrite = Rewrite(graph, ctx, node)
         inputs = [_cameras_first(rewrite, node.inputs[0], "depth"), _cameras_first(rewrite, node.inputs[1], "feat")] \
-            + [as_dtype(rewrite, t, np.int32) for t in node.inputs[2:]]
+            + [rewrite.cast(t, np.int32) for t in node.inputs[2:]]
         plugin = make_plugin_node(rewrite, "BEVPool", inputs, {"bev_h": bev_h, "bev_w": bev_w}, domain=self.domain,
                                   last=not channels_last)
         if channels_last:
@@ -115,7 +123,7 @@ class BevPoolPlugin(Pass):
         _check_float_types(depth, feat)
         rewrite = Rewrite(graph, ctx, scatter)
         depth, feat = _cameras_first(rewrite, depth, "depth"), _cameras_first(rewrite, feat, "feat")
-        indices = [as_dtype(rewrite, t, np.int32)
+        indices = [rewrite.cast(t, np.int32)
                    for t in (ranks_depth, ranks_feat, ranks_bev, interval_starts, interval_lengths)]
         plugin = make_plugin_node(rewrite, "BEVPool", [depth, feat, *indices], {"bev_h": bev_h, "bev_w": bev_w},
                                   domain=self.domain, last=False)

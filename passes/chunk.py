@@ -29,14 +29,13 @@ opset is below 18.
 from __future__ import annotations
 
 import numpy as np
-import onnx
 import onnx_graphsurgeon as gs
 
+from surgeon.folding import evaluate
 from surgeon.pass_api import Param, Pass, PassResult, register_pass
-from surgeon.rewrite import Rewrite, aten_operator, const_value, find_nodes, is_op, producer
+from surgeon.rewrite import SPLIT_INPUT_SINCE, Rewrite, aten_operator, const_value, find_nodes, is_op, producer
 
-SPLIT_AS_INPUT_SINCE = 13  # Split-13 takes the sizes as an input
-NUM_OUTPUTS_SINCE = 18
+NUM_OUTPUTS_SINCE = 18  # Split-18 takes num_outputs
 
 
 def static_dim(tensor, axis: int) -> int | None:
@@ -48,7 +47,8 @@ def static_dim(tensor, axis: int) -> int | None:
 
 
 class IntegerFolder:
-    """Evaluates small integer subgraphs (shape arithmetic) from constants and static dims."""
+    """Evaluates small integer subgraphs (shape arithmetic) from constants and static dims: Shape and the
+    dims Gather/Slice take from it here, every other op with constant folding's exact evaluators."""
 
     def __init__(self):
         self.memo: dict[int, np.ndarray | None] = {}
@@ -57,10 +57,10 @@ class IntegerFolder:
         key = id(tensor)
         if key not in self.memo:
             self.memo[key] = None  # guards against cycles in a malformed graph
-            self.memo[key] = self.evaluate(tensor)
+            self.memo[key] = self.fold(tensor)
         return self.memo[key]
 
-    def evaluate(self, tensor) -> np.ndarray | None:
+    def fold(self, tensor) -> np.ndarray | None:
         value = const_value(tensor)
         if value is not None:
             return np.asarray(value)
@@ -76,7 +76,8 @@ class IntegerFolder:
         args = [self(t) if t.name else None for t in node.inputs]
         if any(a is None for a, t in zip(args, node.inputs) if t.name):
             return None
-        return self.apply(node, args)
+        outputs = evaluate(node, args)
+        return None if outputs is None else outputs[node.outputs.index(tensor)]
 
     def shape(self, node) -> np.ndarray | None:
         dims = [static_dim(node.inputs[0], i) for i in range(len(node.inputs[0].shape or []))]
@@ -107,42 +108,6 @@ class IntegerFolder:
         kept = list(range(len(source.shape)))[start:end:step]  # Python slicing clamps as ONNX Slice does
         dims = [static_dim(source, axis) for axis in kept]
         return None if None in dims else np.array(dims, np.int64)
-
-    @staticmethod
-    def apply(node, args) -> np.ndarray | None:
-        a = args
-        op, attrs = node.op, node.attrs
-        if op in ("Add", "Sub", "Mul", "Max", "Min", "Equal"):
-            fn = {"Add": np.add, "Sub": np.subtract, "Mul": np.multiply, "Max": np.maximum, "Min": np.minimum,
-                  "Equal": np.equal}[op]
-            return fn(a[0], a[1])
-        if op == "Div":
-            if a[0].dtype.kind in "iu":  # ONNX integer division truncates toward zero
-                return (np.sign(a[0]) * np.sign(a[1]) * (np.abs(a[0]) // np.abs(a[1]))).astype(a[0].dtype)
-            return a[0] / a[1]
-        if op in ("Identity", "Neg"):
-            return a[0] if op == "Identity" else -a[0]
-        if op == "Cast":
-            return a[0].astype(onnx.helper.tensor_dtype_to_np_dtype(attrs["to"]))
-        if op == "Concat":
-            return np.concatenate([np.atleast_1d(x) for x in a], axis=attrs.get("axis", 0))
-        if op == "Unsqueeze":
-            axes = attrs["axes"] if "axes" in attrs else a[1].tolist()
-            return np.expand_dims(a[0], tuple(axes))
-        if op == "Squeeze":
-            axes = attrs.get("axes") or (a[1].tolist() if len(a) > 1 and a[1] is not None else None)
-            return np.squeeze(a[0], tuple(axes) if axes is not None else None)
-        if op == "ConstantOfShape":
-            fill = attrs.get("value")
-            fill = fill.values if isinstance(fill, gs.Constant) else np.zeros(1, np.float32)
-            return np.full(a[0].astype(np.int64), fill.ravel()[0], dtype=fill.dtype)
-        if op == "Expand":
-            return np.broadcast_to(a[0], np.broadcast_shapes(a[0].shape, tuple(a[1].astype(np.int64))))
-        if op == "Where":
-            return np.where(a[0], a[1], a[2])
-        if op == "Reshape" and not (a[1] == 0).any():
-            return a[0].reshape(a[1].astype(np.int64))
-        return None
 
 
 def negative_sizes_note(node, sizes) -> str:
@@ -342,7 +307,7 @@ class Chunk(Pass):
         graph.nodes = [n for n in graph.nodes if id(n) not in replaced]
         first.outputs.extend(outputs)
         rw = Rewrite(graph, ctx, first)
-        if ctx.opset >= SPLIT_AS_INPUT_SINCE:
+        if ctx.opset >= SPLIT_INPUT_SINCE:
             rw.finish("Split", [x, rw.const(np.array(sizes, np.int64), "split")], {"axis": axis})
         else:
             rw.finish("Split", [x], {"axis": axis, "split": sizes})

@@ -34,15 +34,13 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import onnx
 
 from surgeon.errors import PassError
 from surgeon.pass_api import Param, Pass, PassResult, register_pass
-from surgeon.rewrite import Rewrite, const_value, dtype_of, find_nodes, is_op
-from surgeon.targets import load_target
+from surgeon.rewrite import (INTEGER_MAX_MIN_SINCE, Rewrite, const_value, dtype_of, find_nodes, is_op,
+                             max_min_is_wrong, validation_runtime)
 
 WHERE_SINCE = 9  # Where-9; Less/Greater take integers from opset 9 too
-INTEGER_MAX_MIN_SINCE = 12  # Max-12 / Min-12 added the integer types
 FLOAT64_EXACT = 2**53  # float64 holds every integer of at most this magnitude
 WIDER_TYPES = (np.dtype(np.int32), np.dtype(np.int64))
 
@@ -154,15 +152,14 @@ class ClipInt(Pass):
         runtime_float_bound = any(not isinstance(b, (np.ndarray, type(None))) and is_float(dtype_of(b))
                                   for b in (lo, hi))
 
-        runtimes = (target, load_target("onnxruntime"))
+        runtimes = (target, validation_runtime(target))
 
         def available(op, candidate):
             return all(runtime.supports(op, dtype=candidate, opset=opset) for runtime in runtimes)
 
         candidates = [dtype] + [t for t in WIDER_TYPES if t.itemsize > dtype.itemsize and np.can_cast(dtype, t)]
         for candidate in candidates:
-            use_max_min = opset >= INTEGER_MAX_MIN_SINCE and not (
-                candidate == np.int64 and target.runtime == "onnxruntime")
+            use_max_min = opset >= INTEGER_MAX_MIN_SINCE and not max_min_is_wrong(target, candidate)
             ops = ["Max", "Min"] if use_max_min else ["Less", "Greater", "Where"]
             if runtime_float_bound:
                 ops.append("Where")  # saturating the bound to the input's range
@@ -179,10 +176,10 @@ class ClipInt(Pass):
         if lo is None and hi is None:
             rw.bypass(x)
             return
-        value = x if compute == dtype else rw.op("Cast", [x], {"to": tensor_type(compute)},
-                                                 suffix=f"to_{compute.name}", dtype=compute)
-        steps = [(name, ClipInt.bound_tensor(rw, bound, name, dtype, compute), op, compare)
-                 for name, bound, op, compare in (("min", lo, "Max", "Less"), ("max", hi, "Min", "Greater"))
+        value = rw.cast(x, compute, f"to_{compute.name}")
+        steps = [(name, ClipInt.bound_tensor(rw, bound, name, lower, dtype, compute), op, compare)
+                 for name, lower, bound, op, compare in (("min", True, lo, "Max", "Less"),
+                                                         ("max", False, hi, "Min", "Greater"))
                  if bound is not None]
         for i, (name, bound, op, compare) in enumerate(steps):
             if use_max_min:
@@ -194,20 +191,18 @@ class ClipInt(Pass):
                 rw.finish(op_type, inputs, suffix=f"{op_type}_{name}")
                 return
             value = rw.op(op_type, inputs, suffix=f"{op_type}_{name}", dtype=compute)
-        rw.finish("Cast", [value], {"to": tensor_type(dtype)}, suffix=f"to_{dtype.name}")
+        rw.finish_cast(value, dtype, suffix=f"to_{dtype.name}")
 
     @staticmethod
-    def bound_tensor(rw, bound, name, dtype, compute):
-        """A bound as a tensor of `compute` holding a value of `dtype`'s range (a float rounded inward)."""
+    def bound_tensor(rw, bound, name, lower, dtype, compute):
+        """A bound (the `lower` one or the upper) as a tensor of `compute` holding a value of `dtype`'s range
+        (a float rounded inward)."""
         if isinstance(bound, np.ndarray):
             return rw.const(bound.astype(compute), name)
         if is_float(dtype_of(bound)):
-            rounded = rounded_inward(rw, bound, name)
-            as_integer = rw.op("Cast", [rounded], {"to": tensor_type(compute)}, suffix=f"{name}_cast", dtype=compute)
-            return saturated(rw, rounded, as_integer, name, dtype, compute)
-        if dtype_of(bound) == compute:
-            return bound
-        return rw.op("Cast", [bound], {"to": tensor_type(compute)}, suffix=f"{name}_cast", dtype=compute)
+            rounded = rounded_inward(rw, bound, name, lower)
+            return saturated(rw, rounded, rw.cast(rounded, compute, f"{name}_cast"), name, lower, dtype, compute)
+        return rw.cast(bound, compute, f"{name}_cast")
 
     @staticmethod
     def through_float64(rw, x, lo, hi, dtype):
@@ -216,42 +211,36 @@ class ClipInt(Pass):
             rw.bypass(x)
             return
         float64 = np.dtype(np.float64)
-        value = rw.op("Cast", [x], {"to": onnx.TensorProto.DOUBLE}, suffix="to_float64", dtype=float64)
-        for name, bound, op in (("min", lo, "Max"), ("max", hi, "Min")):
+        value = rw.cast(x, float64, "to_float64")
+        for name, lower, bound, op in (("min", True, lo, "Max"), ("max", False, hi, "Min")):
             if bound is None:
                 continue
             if isinstance(bound, np.ndarray):
                 bound = rw.const(bound.astype(float64), name)
             else:
                 from_float = is_float(dtype_of(bound))
-                if dtype_of(bound) != float64:
-                    bound = rw.op("Cast", [bound], {"to": onnx.TensorProto.DOUBLE}, suffix=f"{name}_float64",
-                                  dtype=float64)
+                bound = rw.cast(bound, float64, f"{name}_float64")
                 if from_float:
-                    rounded = rounded_inward(rw, bound, name)
-                    bound = saturated(rw, rounded, rounded, name, dtype, float64)
+                    rounded = rounded_inward(rw, bound, name, lower)
+                    bound = saturated(rw, rounded, rounded, name, lower, dtype, float64)
             value = rw.op(op, [value, bound], suffix=f"{op}_{name}", dtype=float64)
-        rw.finish("Cast", [value], {"to": tensor_type(dtype)}, suffix=f"to_{dtype.name}")
+        rw.finish_cast(value, dtype, suffix=f"to_{dtype.name}")
 
 
 def is_float(dtype) -> bool:
     return dtype.kind == "f" or dtype.name == "bfloat16"  # ml_dtypes' bfloat16 has kind 'V'
 
 
-def tensor_type(dtype) -> int:
-    return onnx.helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
-
-
-def rounded_inward(rw, bound, name):
-    """Ceil of a lower bound, Floor of an upper one, in float32 or float64 (what Ceil/Floor run on)."""
+def rounded_inward(rw, bound, name, lower: bool):
+    """Ceil of a `lower` bound, Floor of an upper one, in float32 or float64 (what Ceil/Floor run on)."""
     float_type = dtype_of(bound)
     if float_type not in (np.float32, np.float64):  # float16, bfloat16: float32 holds them exactly
         float_type = np.dtype(np.float32)
-        bound = rw.op("Cast", [bound], {"to": onnx.TensorProto.FLOAT}, suffix=f"{name}_float32", dtype=float_type)
-    return rw.op("Ceil" if name == "min" else "Floor", [bound], suffix=f"{name}_inward", dtype=float_type)
+        bound = rw.cast(bound, float_type, f"{name}_float32")
+    return rw.op("Ceil" if lower else "Floor", [bound], suffix=f"{name}_inward", dtype=float_type)
 
 
-def saturated(rw, rounded, in_range, name, dtype, out_type):
+def saturated(rw, rounded, in_range, name, lower: bool, dtype, out_type):
     """`in_range` where the integer-valued float `rounded` lies in `dtype`'s range, else the limit it passes.
 
     The comparisons are in float against min and max + 1, powers of two (or 0) that every float type holds
@@ -266,7 +255,7 @@ def saturated(rw, rounded, in_range, name, dtype, out_type):
     low = rw.const(np.array(info.min, out_type), f"{name}_type_min")
     high = rw.const(np.array(info.max, out_type), f"{name}_type_max")
     below_top = rw.op("Less", [rounded, past_top], suffix=f"{name}_below_top")
-    if name == "min":
+    if lower:
         capped = rw.op("Where", [below_top, in_range, high], suffix=f"{name}_capped", dtype=out_type)
         above_bottom = rw.op("Greater", [rounded, bottom], suffix=f"{name}_above_bottom")
         return rw.op("Where", [above_bottom, capped, low], suffix=f"{name}_saturated", dtype=out_type)

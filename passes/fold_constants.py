@@ -8,7 +8,7 @@ float arithmetic fold in NumPy, bit-identical to ONNX Runtime; other constant no
 are evaluated one by one on ONNX Runtime. Graphs with subgraphs or functions, and whatever the walk
 could not evaluate, go to onnx-graphsurgeon's folder (ONNX Runtime over the whole graph). Shapes are
 inferred first when a `Shape` node reads a tensor of unknown shape, and again after a fold that may
-have made one known (up to _ROUNDS folds), so that a second run folds nothing. Random ops never fold.
+have made one known (up to 8 folds), so that a second run folds nothing. Random ops never fold.
 `size_threshold` keeps large folded tensors (e.g. expanded index tables) out of the file: a folded
 value bigger than it stays computed at run time.
 """

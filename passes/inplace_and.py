@@ -21,7 +21,6 @@ known to hold only 0 and 1: Cast to bool, And/Or/Xor, Cast back; other values gi
 from __future__ import annotations
 
 import numpy as np
-import onnx
 
 from surgeon.errors import PassError
 from surgeon.pass_api import Param, Pass, PassResult, register_pass
@@ -34,15 +33,15 @@ ATEN_OPERATORS = {name.format(kind): (kind, name.startswith("logical"))
 BITWISE_OPS = {f"Bitwise{op}": kind for kind, op in KINDS.items()}
 BITWISE_SINCE = 18
 INPLACE = tuple(f"__i{kind}_" for kind in KINDS)
-AXES_AS_INPUT_SINCE = 13  # Unsqueeze-13 and ReduceSum-13 take axes as an input
 
 
 def bitwise_available(ctx, dtype) -> bool:
     return ctx.opset >= BITWISE_SINCE and ctx.target.supports("BitwiseAnd", dtype=dtype, opset=ctx.opset)
 
 
-def onnx_type(dtype) -> int:
-    return onnx.helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+def cast_operand(rw, tensor, dtype, name):
+    """`Rewrite.cast`, the Cast named after the operand and the type (`a_to_bool`)."""
+    return rw.cast(tensor, dtype, f"{name}_to_{np.dtype(dtype).name}")
 
 
 @register_pass("inplace-and")
@@ -68,27 +67,27 @@ class InplaceAnd(Pass):
             rw = Rewrite(graph, ctx, node)
             a, b = node.inputs[:2]
             if logical or dtype == np.bool_:
-                value = rw.op(KINDS[kind], [self.cast(rw, a, np.bool_, "a"), self.cast(rw, b, np.bool_, "b")],
+                value = rw.op(KINDS[kind], [cast_operand(rw, a, np.bool_, "a"), cast_operand(rw, b, np.bool_, "b")],
                               suffix=KINDS[kind], dtype=np.bool_)
             elif dtype.kind not in "iu":
                 raise PassError(f"node '{node.name}': {kind} of {dtype} operands has no meaning")
             elif bitwise_available(ctx, dtype):
-                value = rw.op(f"Bitwise{KINDS[kind]}", [self.cast(rw, a, dtype, "a"), self.cast(rw, b, dtype, "b")],
-                              suffix=f"Bitwise{KINDS[kind]}", dtype=dtype)
+                operands = [cast_operand(rw, a, dtype, "a"), cast_operand(rw, b, dtype, "b")]
+                value = rw.op(f"Bitwise{KINDS[kind]}", operands, suffix=f"Bitwise{KINDS[kind]}", dtype=dtype)
             elif self.integers == "masks":
-                flags = rw.op(KINDS[kind], [self.cast(rw, a, np.bool_, "a"), self.cast(rw, b, np.bool_, "b")],
+                flags = rw.op(KINDS[kind], [cast_operand(rw, a, np.bool_, "a"), cast_operand(rw, b, np.bool_, "b")],
                               suffix=KINDS[kind], dtype=np.bool_)
-                value = self.cast(rw, flags, dtype, "mask")
+                value = cast_operand(rw, flags, dtype, "mask")
             elif dtype == np.uint64:
                 raise PassError(f"node '{node.name}': uint64 {kind} needs Bitwise{KINDS[kind]} (opset 18), which "
                                 f"target '{ctx.target.name}' at opset {ctx.opset} lacks")
             else:
-                value = Bits(rw, ctx.opset).combine(kind, a, b, dtype)
+                value = BitPlanes(rw).combine(kind, a, b, dtype)
             out_dtype = dtype_of(node.outputs[0]) or dtype
             if out_dtype == dtype_of(value):
                 rw.bypass(value)
             else:
-                rw.finish("Cast", [value], {"to": onnx_type(out_dtype)})
+                rw.finish_cast(value, out_dtype)
             result.rewrote(node)
         return result
 
@@ -114,45 +113,36 @@ class InplaceAnd(Pass):
             return operands[0]  # an in-place op keeps its first operand's type
         return None if None in operands else np.result_type(*operands)
 
-    @staticmethod
-    def cast(rw, tensor, dtype, suffix):
-        if dtype_of(tensor) == np.dtype(dtype):
-            return tensor
-        return rw.op("Cast", [tensor], {"to": onnx_type(dtype)}, suffix=f"{suffix}_to_{np.dtype(dtype).name}",
-                     dtype=dtype)
 
+class BitPlanes:
+    """The exact opset-11 integer form (see the module docstring), built in int64 into one Rewrite."""
 
-class Bits:
-    """The exact opset-11 integer form (see the module docstring), built into one Rewrite."""
-
-    def __init__(self, rw, opset):
+    def __init__(self, rw):
         self.rw = rw
-        self.opset = opset
 
     def const(self, value, suffix):
-        tensor = self.rw.const(value, suffix, dtype=np.int64)
-        tensor.values = tensor.values.reshape(np.shape(value))  # Rewrite.const makes 0-d values 1-d
-        return tensor
+        return self.rw.const(value, suffix, np.int64)
 
-    def op(self, op_type, inputs, suffix, attrs=None, dtype=np.int64):
+    def op(self, op_type, inputs, attrs=None, *, suffix, dtype=np.int64):
+        """`Rewrite.op`, int64 unless told otherwise."""
         return self.rw.op(op_type, inputs, attrs, suffix=suffix, dtype=dtype)
 
     def combine(self, kind, a, b, dtype):
-        a, b = (InplaceAnd.cast(self.rw, t, np.int64, name) for t, name in ((a, "a"), (b, "b")))
+        a, b = (cast_operand(self.rw, t, np.int64, name) for t, name in ((a, "a"), (b, "b")))
         if np.dtype(dtype).itemsize < 8:
             value = self.combine32(kind, a, b, signed=np.dtype(dtype).kind == "i", suffix="bits")
-            return InplaceAnd.cast(self.rw, value, dtype, "result")
+            return cast_operand(self.rw, value, dtype, "result")
         halves = [self.split(a, "a"), self.split(b, "b")]
         high = self.combine32(kind, halves[0][0], halves[1][0], signed=True, suffix="high")
         low = self.combine32(kind, halves[0][1], halves[1][1], signed=False, suffix="low")
-        return self.op("Add", [self.op("Mul", [high, self.const(2**32, "two_pow_32")], "high_shifted"), low],
-                       "joined")
+        high_shifted = self.op("Mul", [high, self.const(2**32, "two_pow_32")], suffix="high_shifted")
+        return self.op("Add", [high_shifted, low], suffix="joined")
 
     def split(self, value, suffix):
         """(high, low) with value = high * 2**32 + low, low in [0, 2**32), high in [-2**31, 2**31)."""
-        low = self.op("Mod", [value, self.const(2**32, f"{suffix}_modulus")], f"{suffix}_low", {"fmod": 0})
-        high = self.op("Div", [self.op("Sub", [value, low], f"{suffix}_high_part"),
-                               self.const(2**32, f"{suffix}_divisor")], f"{suffix}_high")
+        low = self.op("Mod", [value, self.const(2**32, f"{suffix}_modulus")], {"fmod": 0}, suffix=f"{suffix}_low")
+        high_part = self.op("Sub", [value, low], suffix=f"{suffix}_high_part")
+        high = self.op("Div", [high_part, self.const(2**32, f"{suffix}_divisor")], suffix=f"{suffix}_high")
         return high, low
 
     def combine32(self, kind, a, b, signed, suffix):
@@ -161,24 +151,16 @@ class Bits:
         below_place = self.const(places - 1, f"{suffix}_below_place")
         planes = []
         for operand, name in ((a, "a"), (b, "b")):
-            column = self.unsqueeze_last(operand, f"{suffix}_{name}")
-            remainder = self.op("Mod", [column, modulus], f"{suffix}_{name}_remainder", {"fmod": 0})
-            planes.append(self.op("Greater", [remainder, below_place], f"{suffix}_{name}_planes", dtype=np.bool_))
-        combined = self.op(KINDS[kind], planes, f"{suffix}_{KINDS[kind]}", dtype=np.bool_)
+            column = self.rw.unsqueeze(operand, [-1], suffix=f"{suffix}_{name}_column",
+                                       axes_suffix=f"{suffix}_{name}_axes", dtype=np.int64)
+            remainder = self.op("Mod", [column, modulus], {"fmod": 0}, suffix=f"{suffix}_{name}_remainder")
+            planes.append(self.op("Greater", [remainder, below_place], suffix=f"{suffix}_{name}_planes",
+                                  dtype=np.bool_))
+        combined = self.op(KINDS[kind], planes, suffix=f"{suffix}_{KINDS[kind]}", dtype=np.bool_)
         weights = places.copy()
         if signed:
             weights[31] = -2**31
-        weighted = self.op("Mul", [self.op("Cast", [combined], f"{suffix}_as_int64", {"to": onnx.TensorProto.INT64}),
-                                   self.const(weights, f"{suffix}_weights")], f"{suffix}_weighted")
-        return self.reduce_last(weighted, suffix)
-
-    def unsqueeze_last(self, tensor, suffix):
-        if self.opset >= AXES_AS_INPUT_SINCE:
-            return self.op("Unsqueeze", [tensor, self.const(np.array([-1]), f"{suffix}_axes")], f"{suffix}_column")
-        return self.op("Unsqueeze", [tensor], f"{suffix}_column", {"axes": [-1]})
-
-    def reduce_last(self, tensor, suffix):
-        if self.opset >= AXES_AS_INPUT_SINCE:
-            return self.op("ReduceSum", [tensor, self.const(np.array([-1]), f"{suffix}_sum_axes")], f"{suffix}_sum",
-                           {"keepdims": 0})
-        return self.op("ReduceSum", [tensor], f"{suffix}_sum", {"axes": [-1], "keepdims": 0})
+        weighted = self.op("Mul", [self.rw.cast(combined, np.int64, f"{suffix}_as_int64"),
+                                   self.const(weights, f"{suffix}_weights")], suffix=f"{suffix}_weighted")
+        return self.rw.reduce("ReduceSum", weighted, [-1], keepdims=0, suffix=f"{suffix}_sum",
+                              axes_suffix=f"{suffix}_sum_axes", dtype=np.int64)

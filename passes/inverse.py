@@ -42,8 +42,6 @@ from surgeon.rewrite import Rewrite, aten_operator, dtype_of, is_op
 ATEN_OPERATORS = ("linalg_inv", "inverse")
 CONTRIB_DOMAIN = "com.microsoft"
 SIZES = (2, 3, 4)
-#: ReduceMax takes its axes as an input from this opset on.
-AXES_INPUT_OPSET = 18
 
 
 @register_pass("inverse")
@@ -77,15 +75,15 @@ class Inverse(Pass):
                                 f"{shape}; the closed form covers [..., n, n] with n in {SIZES} and a known rank")
             dtype = dtype_of(matrix)
             _closed_form_inverse(Rewrite(graph, ctx, node), matrix, len(shape), shape[-1],
-                                 np.dtype(np.float32) if dtype is None else dtype, ctx.opset)
+                                 np.dtype(np.float32) if dtype is None else dtype)
             result.rewrote(node)
         return result
 
 
-def _closed_form_inverse(rw: Rewrite, matrix, rank: int, n: int, dtype, opset: int) -> None:
+def _closed_form_inverse(rw: Rewrite, matrix, rank: int, n: int, dtype) -> None:
     leading = [0] * (rank - 2)  # Reshape's 0 keeps a dimension, so leading dims may be dynamic
     flat = rw.op("Reshape", [matrix, rw.const(leading + [n * n], "flat_shape", np.int64)], dtype=dtype)
-    scale = _power_of_two_scale(rw, flat, dtype, opset)
+    scale = _power_of_two_scale(rw, flat, dtype)
     scaled = rw.op("Div", [flat, scale], dtype=dtype)
 
     def gather(data, indices, suffix):
@@ -119,7 +117,7 @@ def _closed_form_inverse(rw: Rewrite, matrix, rank: int, n: int, dtype, opset: i
     rw.finish("Reshape", [inverse, rw.const(leading + [n, n], "matrix_shape", np.int64)])
 
 
-def _power_of_two_scale(rw: Rewrite, flat, dtype, opset: int):
+def _power_of_two_scale(rw: Rewrite, flat, dtype):
     """2 ** floor(log2(max |a|) - 1/2) per matrix, shape [..., 1]: max |a| / s lies in [1.4, 2.9).
 
     Log is not exact, so floor(log2(max |a|)) itself could come out one too high at the top of the float
@@ -128,11 +126,7 @@ def _power_of_two_scale(rw: Rewrite, flat, dtype, opset: int):
     and an inf entry s = inf, so NaN everywhere: torch raises for the first and returns NaN for the second.
     """
     magnitude = rw.op("Abs", [flat], dtype=dtype)
-    axes = [-1]
-    if opset >= AXES_INPUT_OPSET:
-        largest = rw.op("ReduceMax", [magnitude, rw.const(axes, "axes", np.int64)], dtype=dtype)
-    else:
-        largest = rw.op("ReduceMax", [magnitude], {"axes": axes}, dtype=dtype)
+    largest = rw.reduce("ReduceMax", magnitude, [-1], dtype=dtype)
     log2 = rw.op("Div", [rw.op("Log", [largest], dtype=dtype), rw.const(np.log(2.0), "ln2", dtype)], dtype=dtype)
     exponent = rw.op("Floor", [rw.op("Sub", [log2, rw.const(0.5, "half", dtype)], dtype=dtype)], dtype=dtype)
     return rw.op("Pow", [rw.const(2.0, "two", dtype), exponent], dtype=dtype)

@@ -33,7 +33,6 @@ from __future__ import annotations
 from fractions import Fraction
 
 import numpy as np
-import onnx
 
 from surgeon.errors import PassError
 from surgeon.pass_api import Param, Pass, PassResult, register_pass
@@ -160,52 +159,59 @@ class Linspace(Pass):
     @staticmethod
     def range_form(rw, node, dtype, fused_multiply_add):
         arithmetic = np.dtype(np.float32) if dtype == np.float32 else np.dtype(np.float64)
-        g = Nodes(rw)
+        nodes = RangeFormNodes(rw)
         start, end, steps = node.inputs[:3]
         scalar_shape = rw.const(np.zeros(0, np.int64), "scalar_shape")
-        count = g.op("Reshape", [g.cast(steps, np.int64, "steps_int64"), scalar_shape], "steps_scalar",
-                     np.int64)  # Range needs 0-d inputs
-        index = g.op("Range", [g.scalar(0, "zero", np.int64), count, g.scalar(1, "one", np.int64)], "index", np.int64)
-        last_index = g.op("Sub", [count, g.scalar(1, "one_end", np.int64)], "last_index", np.int64)
+        count = rw.op("Reshape", [rw.cast(steps, np.int64, "steps_int64"), scalar_shape], suffix="steps_scalar",
+                      dtype=np.int64)  # Range needs 0-d inputs
+        index = rw.op("Range", [rw.const(0, "zero", np.int64), count, rw.const(1, "one", np.int64)],
+                      suffix="index", dtype=np.int64)
+        last_index = rw.op("Sub", [count, rw.const(1, "one_end", np.int64)], suffix="last_index", dtype=np.int64)
         # i < steps // 2  <=>  2 i < steps - 1
-        first_half = g.op("Less", [g.op("Add", [index, index], "twice_index", np.int64), last_index], "first_half",
-                          np.bool_)
+        twice_index = rw.op("Add", [index, index], suffix="twice_index", dtype=np.int64)
+        first_half = rw.op("Less", [twice_index, last_index], suffix="first_half", dtype=np.bool_)
         # torch converts the int64 multiple of the step (i, or steps - 1 - i) to the arithmetic type.
-        multiple = g.cast(g.op("Where", [first_half, index, g.op("Sub", [last_index, index], "remaining", np.int64)],
-                               "multiple_int64", np.int64), arithmetic, "multiple")
+        remaining = rw.op("Sub", [last_index, index], suffix="remaining", dtype=np.int64)
+        multiple = rw.op("Where", [first_half, index, remaining], suffix="multiple_int64", dtype=np.int64)
+        multiple = rw.cast(multiple, arithmetic, "multiple")
         # torch converts the bounds to the output type first: float bounds truncate for integer outputs.
-        start, end = g.cast(start, dtype, "start_typed"), g.cast(end, dtype, "end_typed")
-        start_float, end_float = g.cast(start, arithmetic, "start"), g.cast(end, arithmetic, "end")
-        step = g.op("Div", [g.op("Sub", [end_float, start_float], "span", arithmetic),
-                            g.cast(last_index, arithmetic, "intervals")], "step", arithmetic)
+        start, end = rw.cast(start, dtype, "start_typed"), rw.cast(end, dtype, "end_typed")
+        start_float, end_float = rw.cast(start, arithmetic, "start"), rw.cast(end, arithmetic, "end")
+        span = rw.op("Sub", [end_float, start_float], suffix="span", dtype=arithmetic)
+        step = rw.op("Div", [span, rw.cast(last_index, arithmetic, "intervals")], suffix="step", dtype=arithmetic)
         # Gather picks the start or the end side: ONNX Runtime's Where turns a selected -0.0 into +0.0.
-        side = g.cast(g.op("Not", [first_half], "end_side", np.bool_), np.int64, "side")
-        base = g.op("Gather", [g.vector([start_float, end_float], "bounds", arithmetic), side], "base", arithmetic)
-        step_vector = g.vector([step], "step_vector", arithmetic)
-        steps_by_side = g.op("Concat", [step_vector, g.op("Neg", [step_vector], "minus_step", arithmetic)],
-                             "steps_by_side", arithmetic, {"axis": 0})
-        signed_step = g.op("Gather", [steps_by_side, side], "signed_step", arithmetic)
-        values = g.op("Add", [g.op("Mul", [signed_step, multiple], "offset", arithmetic), base], "values", arithmetic)
+        side = rw.cast(rw.op("Not", [first_half], suffix="end_side", dtype=np.bool_), np.int64, "side")
+        bounds = nodes.vector([start_float, end_float], "bounds", arithmetic)
+        base = rw.op("Gather", [bounds, side], suffix="base", dtype=arithmetic)
+        step_vector = nodes.vector([step], "step_vector", arithmetic)
+        minus_step = rw.op("Neg", [step_vector], suffix="minus_step", dtype=arithmetic)
+        steps_by_side = rw.op("Concat", [step_vector, minus_step], {"axis": 0}, suffix="steps_by_side",
+                              dtype=arithmetic)
+        signed_step = rw.op("Gather", [steps_by_side, side], suffix="signed_step", dtype=arithmetic)
+        offset = rw.op("Mul", [signed_step, multiple], suffix="offset", dtype=arithmetic)
+        values = rw.op("Add", [offset, base], suffix="values", dtype=arithmetic)
         if fused_multiply_add:
-            fused = (g.fused_multiply_add if arithmetic == np.float64 else g.fused_multiply_add_float32)(
+            fused = (nodes.fused_multiply_add if arithmetic == np.float64 else nodes.fused_multiply_add_float32)(
                 signed_step, multiple, base)
             # Infinite bounds make the exact arithmetic NaN; with a non-finite operand the separate
             # Mul and Add give what the fused multiply-add gives.
-            values = g.op("Where", [g.op("IsNaN", [fused], "fma_is_nan", np.bool_), values, fused], "fused_values",
-                          arithmetic)
-        values = g.cast(values, dtype, "values_typed")
+            fused_is_nan = rw.op("IsNaN", [fused], suffix="fma_is_nan", dtype=np.bool_)
+            values = rw.op("Where", [fused_is_nan, values, fused], suffix="fused_values", dtype=arithmetic)
+        values = rw.cast(values, dtype, "values_typed")
         # torch fills [start] for steps = 1 (the formula would divide by zero): element i is
         # Concat([start], values)[i + 1], or [0] when steps = 1 -- in the output type, so large int64
         # bounds keep every digit and -0.0 its sign.
-        shift = g.cast(g.op("Not", [g.op("Equal", [count, g.scalar(1, "one_step", np.int64)], "single_step", np.bool_)],
-                            "several_steps", np.bool_), np.int64, "shift")
-        start_and_values = g.op("Concat", [g.vector([start], "start_vector", dtype), values], "start_and_values",
-                                dtype, {"axis": 0})
-        rw.finish("Gather", [start_and_values, g.op("Add", [index, shift], "pick", np.int64)], suffix="values")
+        single_step = rw.op("Equal", [count, rw.const(1, "one_step", np.int64)], suffix="single_step", dtype=np.bool_)
+        shift = rw.cast(rw.op("Not", [single_step], suffix="several_steps", dtype=np.bool_), np.int64, "shift")
+        start_and_values = rw.op("Concat", [nodes.vector([start], "start_vector", dtype), values], {"axis": 0},
+                                 suffix="start_and_values", dtype=dtype)
+        pick = rw.op("Add", [index, shift], suffix="pick", dtype=np.int64)
+        rw.finish("Gather", [start_and_values, pick], suffix="values")
 
 
-class Nodes:
-    """Elementwise opset-11 nodes for the Range form, with torch's fused multiply-add built from them.
+class RangeFormNodes:
+    """Builds the Range form's nodes into one Rewrite, torch's fused multiply-add among them, from
+    elementwise opset-11 ops (float64 unless a dtype is given).
 
     The fused multiply-add relies on each node rounding once, to nearest-even (ONNX Runtime's CPU
     kernels do; a runtime that contracts Mul and Add across nodes would not). ONNX Runtime's Where
@@ -216,24 +222,18 @@ class Nodes:
     def __init__(self, rw):
         self.rw = rw
 
-    def op(self, op_type, inputs, suffix, dtype=np.float64, attrs=None):
+    def op(self, op_type, inputs, attrs=None, *, suffix, dtype=np.float64):
+        """`Rewrite.op`, float64 unless told otherwise."""
         return self.rw.op(op_type, inputs, attrs, suffix=suffix, dtype=dtype)
 
-    def scalar(self, value, suffix, dtype=np.float64):
-        scalar = self.rw.const(value, suffix, dtype=dtype)
-        scalar.values = scalar.values.reshape(())  # Rewrite.const makes 0-d values 1-d; Range needs 0-d
-        return scalar
+    def float64(self, value, suffix):
+        return self.rw.const(value, suffix, np.float64)
 
     def vector(self, scalars, suffix, dtype):
         """Concat of 0-d tensors into a 1-d one (Reshape, not Unsqueeze, whose signature changes at opset 13)."""
         one = self.rw.const(np.ones(1, np.int64), f"{suffix}/shape")
-        parts = [self.op("Reshape", [scalar, one], f"{suffix}/part", dtype) for scalar in scalars]
-        return parts[0] if len(parts) == 1 else self.op("Concat", parts, suffix, dtype, {"axis": 0})
-
-    def cast(self, tensor, dtype, suffix):
-        if tensor.dtype is not None and np.dtype(tensor.dtype) == np.dtype(dtype):
-            return tensor
-        return self.op("Cast", [tensor], suffix, dtype, {"to": onnx.helper.np_dtype_to_tensor_dtype(np.dtype(dtype))})
+        parts = [self.op("Reshape", [scalar, one], suffix=f"{suffix}/part", dtype=dtype) for scalar in scalars]
+        return parts[0] if len(parts) == 1 else self.op("Concat", parts, {"axis": 0}, suffix=suffix, dtype=dtype)
 
     def fused_multiply_add(self, a, b, c):
         """RN(a * b + c) for float64 a, b, c (Boldo & Melquiond, IEEE Trans. Computers 57(4), 2008):
@@ -244,38 +244,40 @@ class Nodes:
         small = self.round_to_odd(*self.two_sum(low, product_error, "small"))
         # high - (0 - small) is high + small, except that a zero small leaves a -0.0 high alone (0 - ±0
         # is +0, and x - +0 is x), where high + 0.0 would give +0.0.
-        return self.op("Sub", [high, self.op("Sub", [self.scalar(0.0, "zero_f"), small], "minus_small")], "fma")
+        return self.op("Sub", [high, self.op("Sub", [self.float64(0.0, "zero_f"), small], suffix="minus_small")],
+                       suffix="fma")
 
     def fused_multiply_add_float32(self, a, b, c):
         """RN32(a * b + c) for float32 a, b, c: the product is exact in float64, and rounding the float64
         sum to odd first makes the final rounding to float32 correct (no double rounding)."""
-        a, b, c = (self.cast(x, np.float64, f"{name}_float64")
+        a, b, c = (self.rw.cast(x, np.float64, f"{name}_float64")
                    for x, name in ((a, "step"), (b, "multiple"), (c, "base")))
-        total = self.round_to_odd(*self.two_sum(c, self.op("Mul", [a, b], "product"), "sum"))
-        return self.cast(total, np.float32, "fma")
+        total = self.round_to_odd(*self.two_sum(c, self.op("Mul", [a, b], suffix="product"), "sum"))
+        return self.rw.cast(total, np.float32, "fma")
 
     def two_sum(self, a, b, name):
         """(s, e) with s = RN(a + b) and s + e = a + b exactly (Knuth)."""
-        total = self.op("Add", [a, b], f"{name}")
-        b_part = self.op("Sub", [total, a], f"{name}/b_part")
-        a_part = self.op("Sub", [total, b_part], f"{name}/a_part")
-        error = self.op("Add", [self.op("Sub", [a, a_part], f"{name}/a_error"),
-                                self.op("Sub", [b, b_part], f"{name}/b_error")], f"{name}/error")
+        total = self.op("Add", [a, b], suffix=name)
+        b_part = self.op("Sub", [total, a], suffix=f"{name}/b_part")
+        a_part = self.op("Sub", [total, b_part], suffix=f"{name}/a_part")
+        error = self.op("Add", [self.op("Sub", [a, a_part], suffix=f"{name}/a_error"),
+                                self.op("Sub", [b, b_part], suffix=f"{name}/b_error")], suffix=f"{name}/error")
         return total, error
 
     def split(self, x, name):
         """(high, low) with x = high + low exactly and 26 significant bits each (Veltkamp)."""
-        scaled = self.op("Mul", [x, self.scalar(2.0 ** 27 + 1, f"{name}/splitter")], f"{name}/scaled")
-        high = self.op("Sub", [scaled, self.op("Sub", [scaled, x], f"{name}/excess")], f"{name}/high")
-        return high, self.op("Sub", [x, high], f"{name}/low")
+        scaled = self.op("Mul", [x, self.float64(2.0 ** 27 + 1, f"{name}/splitter")], suffix=f"{name}/scaled")
+        high = self.op("Sub", [scaled, self.op("Sub", [scaled, x], suffix=f"{name}/excess")], suffix=f"{name}/high")
+        return high, self.op("Sub", [x, high], suffix=f"{name}/low")
 
     def two_product(self, a, b):
         """(p, e) with p = RN(a * b) and p + e = a * b exactly (Dekker)."""
-        product = self.op("Mul", [a, b], "product")
+        product = self.op("Mul", [a, b], suffix="product")
         (a_high, a_low), (b_high, b_low) = self.split(a, "step_split"), self.split(b, "multiple_split")
-        error = self.op("Sub", [self.op("Mul", [a_high, b_high], "high_high"), product], "product_error_hh")
+        error = self.op("Sub", [self.op("Mul", [a_high, b_high], suffix="high_high"), product],
+                        suffix="product_error_hh")
         for x, y, part in ((a_high, b_low, "high_low"), (a_low, b_high, "low_high"), (a_low, b_low, "low_low")):
-            error = self.op("Add", [error, self.op("Mul", [x, y], part)], f"product_error_{part}")
+            error = self.op("Add", [error, self.op("Mul", [x, y], suffix=part)], suffix=f"product_error_{part}")
         return product, error
 
     def round_to_odd(self, value, error):
@@ -284,17 +286,19 @@ class Nodes:
         # Rump's ufp, 2 ** floor(log2 |value|): q = (2^52 + 1) value, ufp = |q - RN((1 - 2^-53) q)|. The
         # second product is spelled q - q 2^-53 (the same rounding): ONNX Runtime removes a Mul by a
         # constant that is 1.0 in float32.
-        lifted = self.op("Mul", [value, self.scalar(2.0 ** 52 + 1, "ufp_lift")], "ufp_lifted")
-        dropped = self.op("Sub", [lifted, self.op("Mul", [lifted, self.scalar(2.0 ** -53, "two_minus_53")], "ufp_low")],
-                          "ufp_dropped")
-        unit = self.op("Abs", [self.op("Sub", [lifted, dropped], "ufp_difference")], "ufp")
+        lifted = self.op("Mul", [value, self.float64(2.0 ** 52 + 1, "ufp_lift")], suffix="ufp_lifted")
+        low_part = self.op("Mul", [lifted, self.float64(2.0 ** -53, "two_minus_53")], suffix="ufp_low")
+        dropped = self.op("Sub", [lifted, low_part], suffix="ufp_dropped")
+        unit = self.op("Abs", [self.op("Sub", [lifted, dropped], suffix="ufp_difference")], suffix="ufp")
         # value / unit is in [1, 2) with 52 fraction bits; times 2^51 it is an integer exactly when the last is 0.
-        significand = self.op("Mul", [self.op("Div", [value, unit], "normalised"), self.scalar(2.0 ** 51, "two_51")],
-                              "significand_half")
-        even = self.op("Equal", [self.op("Floor", [significand], "significand_floor"), significand], "even", np.bool_)
+        normalised = self.op("Div", [value, unit], suffix="normalised")
+        significand = self.op("Mul", [normalised, self.float64(2.0 ** 51, "two_51")], suffix="significand_half")
+        floor = self.op("Floor", [significand], suffix="significand_floor")
+        even = self.op("Equal", [floor, significand], suffix="even", dtype=np.bool_)
         # 5/8 ulp lands nearest the neighbour on either side, also below a power of two where the spacing
         # halves; Sign(error) = 0 (exact sum) leaves value as it is. value = 0 gives NaN, never `even`.
-        nudge = self.op("Mul", [self.op("Sign", [error], "direction"),
-                                self.op("Mul", [unit, self.scalar(0.625 * 2.0 ** -52, "five_eighths_ulp")],
-                                        "nudge_size")], "nudge")
-        return self.op("Where", [even, self.op("Add", [value, nudge], "neighbour"), value], "round_to_odd")
+        direction = self.op("Sign", [error], suffix="direction")
+        size = self.op("Mul", [unit, self.float64(0.625 * 2.0 ** -52, "five_eighths_ulp")], suffix="nudge_size")
+        nudge = self.op("Mul", [direction, size], suffix="nudge")
+        return self.op("Where", [even, self.op("Add", [value, nudge], suffix="neighbour"), value],
+                       suffix="round_to_odd")

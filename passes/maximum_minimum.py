@@ -24,13 +24,13 @@ float32 fmax, NaN handling included. Integers ONNX Runtime's profile gives neith
 from __future__ import annotations
 
 import numpy as np
-from onnx import TensorProto, helper
+from onnx import TensorProto
 
 from surgeon.errors import PassError
 from surgeon.pass_api import Param, Pass, PassResult, register_pass
-from surgeon.promotion import aten_result_dtype, cast_to
-from surgeon.rewrite import Rewrite, aten_operator, attr_text, dtype_of, is_op, producer
-from surgeon.targets import load_target
+from surgeon.promotion import aten_result_dtype
+from surgeon.rewrite import (INTEGER_MAX_MIN_SINCE, Rewrite, aten_operator, attr_text, dtype_of, is_op,
+                             max_min_is_wrong, producer, validation_runtime)
 
 #: ATen operator -> (standard op, NaN-ignoring?)
 ATEN_FORMS = {"maximum": ("Max", False), "minimum": ("Min", False), "fmax": ("Max", True),
@@ -40,8 +40,6 @@ ATEN_OTHER_FORMS = {"max": "Max", "min": "Min"}
 WHERE_COMPARE = {"Max": "Greater", "Min": "Less"}
 BOOL_FORM = {"Max": "Or", "Min": "And"}
 FLOAT_TYPES = (TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16)
-#: Max/Min take integer inputs from this opset on.
-INTEGER_MINMAX_OPSET = 12
 
 
 @register_pass("maximum-minimum")
@@ -74,13 +72,13 @@ class MaximumMinimum(Pass):
                 continue
             rw = Rewrite(graph, ctx, node)
             computed_in = _computed_in(op_type, dtype, ctx)
-            operands = [cast_to(rw, t, computed_in, f"cast_{i}") for i, t in enumerate(operands)]
+            operands = [rw.cast(t, computed_in, f"cast_{i}") for i, t in enumerate(operands)]
             combined = operands[0]
             for i, operand in enumerate(operands[1:], start=1):
                 last = i == len(operands) - 1 and computed_in == dtype
                 combined = self._combine(rw, op_type, ignore_nan, combined, operand, computed_in, ctx, last)
             if computed_in != dtype:
-                rw.finish("Cast", [combined], {"to": helper.np_dtype_to_tensor_dtype(dtype)}, suffix="cast_back")
+                rw.finish_cast(combined, dtype, suffix="cast_back")
             result.rewrote(reported)
         return result
 
@@ -106,11 +104,7 @@ class MaximumMinimum(Pass):
         return None
 
     def _integer_form(self, op_type, dtype, ctx) -> str:
-        if self.mode == "where" or ctx.opset < INTEGER_MINMAX_OPSET:
-            return "where"
-        if np.dtype(dtype).itemsize == 8 and ctx.target.runtime == "onnxruntime":
-            # ONNX Runtime 1.31's 64-bit Max/Min broadcast wrongly past the int32 range:
-            # Min([-2147483649], -1) gives -1 (tests/test_pass_maximum_minimum.py pins it).
+        if self.mode == "where" or ctx.opset < INTEGER_MAX_MIN_SINCE or max_min_is_wrong(ctx.target, dtype):
             return "where"
         return "minmax" if ctx.target.supports(op_type, dtype=dtype, opset=ctx.opset) else "where"
 
@@ -124,11 +118,11 @@ class MaximumMinimum(Pass):
             if self._integer_form(op_type, dtype, ctx) == "minmax":
                 return emit(op_type, [a, b])
             takes_a = rw.op(WHERE_COMPARE[op_type], [a, b], dtype=np.bool_)
-            if _validation_runtime(ctx).supports("Where", dtype=dtype, opset=ctx.opset):
+            if validation_runtime(ctx.target).supports("Where", dtype=dtype, opset=ctx.opset):
                 return emit("Where", [takes_a, a, b])
             # No Where for it (ONNX Runtime: uint64) and no wider type to compute in: select with
             # wrap-around arithmetic, exact for unsigned integers: b + (a - b) * [a is taken].
-            taken = cast_to(rw, takes_a, dtype, "select")
+            taken = rw.cast(takes_a, dtype, "select")
             return emit("Add", [b, rw.op("Mul", [rw.op("Sub", [a, b], dtype=dtype), taken], dtype=dtype)])
         if ignore_nan:
             a, b = (rw.op("Where", [rw.op("IsNaN", [a], dtype=np.bool_), b, a], dtype=dtype),
@@ -143,17 +137,11 @@ def _computed_in(op_type, dtype, ctx) -> np.dtype:
     there (1.31 lacks int16/uint16; the tests pin it). Cast(int32) -> Max -> Cast back is exact."""
     if not _is_integer(dtype) or not np.can_cast(dtype, np.int32):
         return dtype
-    runtime = _validation_runtime(ctx)
-    runs_max_min = ctx.opset >= INTEGER_MINMAX_OPSET and runtime.supports(op_type, dtype=dtype, opset=ctx.opset)
+    runtime = validation_runtime(ctx.target)
+    runs_max_min = ctx.opset >= INTEGER_MAX_MIN_SINCE and runtime.supports(op_type, dtype=dtype, opset=ctx.opset)
     if runs_max_min or runtime.supports("Where", dtype=dtype, opset=ctx.opset):
         return dtype
     return np.dtype(np.int32)
-
-
-def _validation_runtime(ctx):
-    """The target where it is ONNX Runtime, else the built-in ONNX Runtime profile: validation runs the
-    rewrite there."""
-    return ctx.target if ctx.target.runtime == "onnxruntime" else load_target("onnxruntime")
 
 
 def _is_integer(dtype) -> bool:

@@ -23,7 +23,6 @@ opset 20. A lone Where(IsNaN(x), 0, x) is not a nan_to_num and is left alone.
 from __future__ import annotations
 
 import numpy as np
-import onnx_graphsurgeon as gs
 from onnx import TensorProto
 
 from surgeon.errors import PassError
@@ -74,17 +73,11 @@ class NanToNum(Pass):
     @staticmethod
     def _exact(rw: Rewrite, x, values: dict):
         dtype = values["nan"].dtype
-        kept = rw.op("Where", [rw.op("Equal", [x, _scalar(rw, -np.inf, dtype, "minus_inf")], dtype=np.bool_),
-                               _scalar(rw, values["neginf"], dtype, "neginf"), x], dtype=dtype)
-        kept = rw.op("Where", [rw.op("Equal", [x, _scalar(rw, np.inf, dtype, "inf")], dtype=np.bool_),
-                               _scalar(rw, values["posinf"], dtype, "posinf"), kept], dtype=dtype)
-        rw.finish("Where", [rw.op("IsNaN", [x], dtype=np.bool_), _scalar(rw, values["nan"], dtype, "nan"), kept])
-
-
-def _scalar(rw: Rewrite, value, dtype, suffix: str) -> gs.Constant:
-    """A constant that keeps `value`'s shape; Rewrite.const makes 0-d values 1-d (np.ascontiguousarray),
-    which would turn the output of a 0-d input into shape [1]."""
-    return gs.Constant(rw.name(suffix), values=np.asarray(value, dtype=dtype))
+        kept = rw.op("Where", [rw.op("Equal", [x, rw.const(-np.inf, "minus_inf", dtype)], dtype=np.bool_),
+                               rw.const(values["neginf"], "neginf", dtype), x], dtype=dtype)
+        kept = rw.op("Where", [rw.op("Equal", [x, rw.const(np.inf, "inf", dtype)], dtype=np.bool_),
+                               rw.const(values["posinf"], "posinf", dtype), kept], dtype=dtype)
+        rw.finish("Where", [rw.op("IsNaN", [x], dtype=np.bool_), rw.const(values["nan"], "nan", dtype), kept])
 
 
 def _resolve(replacements: dict, dtype, node) -> dict:

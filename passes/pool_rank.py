@@ -19,8 +19,6 @@ from surgeon.pass_api import Pass, PassResult, register_pass
 from surgeon.rewrite import Rewrite, is_op
 
 POOLS = ("MaxPool", "AveragePool", "LpPool")
-#: Unsqueeze and Squeeze take their axes as an input from opset 13, as an attribute before.
-AXES_AS_INPUT_OPSET = 13
 
 
 @register_pass("pool-rank")
@@ -48,15 +46,8 @@ class PoolRank(Pass):
     def _add_batch_axis(graph, ctx, node) -> None:
         rewrite = Rewrite(graph, ctx, node)
         x = node.inputs[0]
-        batched = rewrite.op("Unsqueeze", *_axes_zero(rewrite, ctx, x), dtype=x.dtype, shape=[1, *x.shape])
+        batched = rewrite.unsqueeze(x, [0], dtype=x.dtype, shape=[1, *x.shape])
         pooled = rewrite.op(node.op, [batched], node.attrs, num_outputs=len(node.outputs))
         pooled = pooled if isinstance(pooled, list) else [pooled]
-        rewrite.bypass(*(rewrite.op("Squeeze", *_axes_zero(rewrite, ctx, t), dtype=out.dtype, shape=out.shape)
+        rewrite.bypass(*(rewrite.squeeze(t, [0], dtype=out.dtype, shape=out.shape)
                          for t, out in zip(pooled, node.outputs)))
-
-
-def _axes_zero(rewrite: Rewrite, ctx, tensor):
-    """(inputs, attrs) of an Unsqueeze/Squeeze of axis 0 at the graph's opset."""
-    if ctx.opset >= AXES_AS_INPUT_OPSET:
-        return [tensor, rewrite.const([0], "axes")], None
-    return [tensor], {"axes": [0]}

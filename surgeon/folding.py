@@ -76,7 +76,7 @@ def fold_graph(graph: gs.Graph, fold_shapes: bool = True, size_threshold: int | 
             if never_folded(node) or _has_attribute_refs(node):
                 continue
             values = [_value(t, known) for t in node.inputs]
-            outputs = _evaluate(node, values)
+            outputs = evaluate(node, values)
             if outputs is None and fallback is not None:
                 outputs = fallback(node, values)
             if outputs is None:
@@ -181,7 +181,9 @@ def evaluate_with_onnxruntime(node: gs.Node, inputs: list, opset: int, ir_versio
     return outputs if all(isinstance(v, np.ndarray) for v in outputs) else None
 
 
-def _evaluate(node: gs.Node, inputs: list) -> list[np.ndarray] | None:
+def evaluate(node: gs.Node, inputs: list) -> list[np.ndarray] | None:
+    """`node`'s outputs from its input values (None for an absent optional input) where the NumPy table
+    evaluates it bit-identical to ONNX Runtime; else None (also for an invalid computation)."""
     evaluator = _EVALUATORS.get(node.op) if node.domain in ("", "ai.onnx", None) else None
     if evaluator is None:
         return None

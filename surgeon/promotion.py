@@ -1,11 +1,10 @@
 """torch's type promotion for the elementwise ATen ops the passes rewrite (maximum, atan2, ...): the
-dtype torch computes a node in, and the Casts that bring its operands there."""
+dtype torch computes a node in (`Rewrite.cast` then brings the operands there)."""
 from __future__ import annotations
 
 import itertools
 
 import numpy as np
-from onnx import helper
 
 from surgeon.rewrite import dtype_of
 
@@ -84,11 +83,3 @@ def _promote(a, b):
         raise TypeError(f"torch does not promote {a} with {b}")
     return np.promote_types(a, b)  # NumPy and torch agree here: uint8 with int8 is int16, bool with int8 int8
 
-
-def cast_to(rw, tensor, dtype, suffix):
-    """`tensor`, through a Cast to `dtype` unless it is known to have that type already."""
-    known = dtype_of(tensor)
-    if known is not None and known == dtype:
-        return tensor
-    return rw.op("Cast", [tensor], {"to": helper.np_dtype_to_tensor_dtype(np.dtype(dtype))}, suffix=suffix,
-                 dtype=dtype)

@@ -7,8 +7,13 @@ their names) survive. Nothing touches the graph until `finish`/`bypass`: a pass 
 leaves the graph as it was.
 
     rw = Rewrite(graph, ctx, node)
-    ratio = rw.op("Div", [y, x], dtype=np.float32)
+    ratio = rw.op("Div", [rw.cast(y, np.float32), rw.cast(x, np.float32)], dtype=np.float32)
     rw.finish("Atan", [ratio])
+
+`op` takes the op type, its inputs and attributes positionally and everything else by keyword. `cast`
+adds a Cast only where the type differs. Ops whose signature changed across opsets have their own
+builders (`unsqueeze`, `squeeze`, `reduce`), which write the form the graph's opset defines; the opset
+facts below say when each change came.
 """
 from __future__ import annotations
 
@@ -22,6 +27,26 @@ import onnx_graphsurgeon as gs
 from surgeon.graphio import export_model, import_graph
 
 ATEN_DOMAINS = ("org.pytorch.aten", "")
+
+# When an op's signature changed (the ONNX operator changelog): the opset of the version that changed it.
+#: Unsqueeze-13, Squeeze-13 and ReduceSum-13 take their axes as an input (an attribute before).
+AXES_INPUT_SINCE = 13
+#: The other Reduce* ops (ReduceMax, ReduceMin, ReduceMean, ...) take their axes as an input from opset 18.
+REDUCE_AXES_INPUT_SINCE = 18
+#: Split-13 takes the split sizes as an input (an attribute before).
+SPLIT_INPUT_SINCE = 13
+#: Max-12 and Min-12 accept integer types (float types only before).
+INTEGER_MAX_MIN_SINCE = 12
+
+
+def axes_input_since(op_type: str) -> int:
+    """The opset from which `op_type` (Unsqueeze, Squeeze or a Reduce*) takes its axes as an input."""
+    return AXES_INPUT_SINCE if op_type in ("Unsqueeze", "Squeeze", "ReduceSum") else REDUCE_AXES_INPUT_SINCE
+
+
+def onnx_dtype(dtype) -> int:
+    """The TensorProto element type of a NumPy dtype (the `to` of a Cast)."""
+    return onnx.helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
 
 
 def aten_operator(node: gs.Node) -> str | None:
@@ -76,6 +101,23 @@ def const_value(tensor: gs.Tensor) -> np.ndarray | None:
 
 def producer(tensor: gs.Tensor) -> gs.Node | None:
     return tensor.inputs[0] if tensor.inputs else None
+
+
+def validation_runtime(target):
+    """The ONNX Runtime profile a rewrite is validated on: `target` where it is ONNX Runtime, else the
+    built-in profile, since validation runs every rewrite on ONNX Runtime whatever the target."""
+    if target.runtime == "onnxruntime":
+        return target
+    from surgeon.targets import load_target
+
+    return load_target("onnxruntime")
+
+
+def max_min_is_wrong(target, dtype) -> bool:
+    """Whether `target`'s Max/Min give wrong results for `dtype`: ONNX Runtime 1.31's int64 Max/Min
+    broadcast wrongly past the int32 range (measured: Min([-2147483649], -1) = -1, Min(2147483648, 0) = 0;
+    tests/test_pass_maximum_minimum.py pins it). Its uint64 Max/Min and int64 Less/Greater/Where are right."""
+    return target.runtime == "onnxruntime" and np.dtype(dtype) == np.int64
 
 
 def find_nodes(graph: gs.Graph, predicate) -> list[gs.Node]:
@@ -134,6 +176,38 @@ class Rewrite:
                           domain=domain))
         return outputs[0] if num_outputs == 1 else outputs
 
+    def cast(self, tensor: gs.Tensor, dtype, suffix: str = "Cast") -> gs.Tensor:
+        """`tensor` itself where it is known to have `dtype`, else a Cast of it to `dtype`."""
+        dtype = np.dtype(dtype)
+        if dtype_of(tensor) == dtype:
+            return tensor
+        return self.op("Cast", [tensor], {"to": onnx_dtype(dtype)}, suffix=suffix, dtype=dtype, shape=tensor.shape)
+
+    def unsqueeze(self, tensor: gs.Tensor, axes: Sequence[int], *, suffix: str = "Unsqueeze",
+                  axes_suffix: str = "axes", dtype=None, shape=None) -> gs.Variable:
+        """Unsqueeze(tensor, axes) at the graph's opset: axes an input from Unsqueeze-13, else an attribute."""
+        return self._with_axes("Unsqueeze", tensor, axes, {}, suffix, axes_suffix, dtype, shape)
+
+    def squeeze(self, tensor: gs.Tensor, axes: Sequence[int], *, suffix: str = "Squeeze",
+                axes_suffix: str = "axes", dtype=None, shape=None) -> gs.Variable:
+        """Squeeze(tensor, axes) at the graph's opset: axes an input from Squeeze-13, else an attribute."""
+        return self._with_axes("Squeeze", tensor, axes, {}, suffix, axes_suffix, dtype, shape)
+
+    def reduce(self, op_type: str, tensor: gs.Tensor, axes: Sequence[int] | None, keepdims: int | None = None, *,
+               suffix: str | None = None, axes_suffix: str = "axes", dtype=None, shape=None) -> gs.Variable:
+        """A Reduce* node over `axes` (None: all of them) at the graph's opset: axes an input from
+        ReduceSum-13 and the other Reduce*-18, else an attribute. keepdims None leaves ONNX's default (1)."""
+        attrs = {} if keepdims is None else {"keepdims": int(keepdims)}
+        return self._with_axes(op_type, tensor, axes, attrs, suffix or op_type, axes_suffix, dtype, shape)
+
+    def _with_axes(self, op_type, tensor, axes, attrs, suffix, axes_suffix, dtype, shape):
+        inputs = [tensor]
+        if axes is not None and self.ctx.opset >= axes_input_since(op_type):
+            inputs.append(self.const(np.asarray(axes, np.int64), axes_suffix))
+        elif axes is not None:
+            attrs = {**attrs, "axes": [int(axis) for axis in axes]}
+        return self.op(op_type, inputs, attrs, suffix=suffix, dtype=dtype, shape=shape)
+
     def finish(self, op_type: str, inputs: Sequence[gs.Tensor], attrs: dict | None = None, *,
                domain: str | None = None, suffix: str | None = None) -> gs.Node:
         """Add the last node, which takes over the replaced node's outputs, and splice everything in."""
@@ -144,6 +218,10 @@ class Rewrite:
         self._add(last)
         self._splice()
         return last
+
+    def finish_cast(self, tensor: gs.Tensor, dtype, suffix: str = "Cast") -> gs.Node:
+        """`finish` with a Cast of `tensor` to `dtype`."""
+        return self.finish("Cast", [tensor], {"to": onnx_dtype(dtype)}, suffix=suffix)
 
     def bypass(self, *values: gs.Tensor) -> None:
         """Replace the node's outputs by existing tensors (an Identity keeps graph-output names)."""

@@ -4,6 +4,7 @@ and must equal PyTorch's bev_pool within 1e-5 (float32 sums of up to a few dozen
 from __future__ import annotations
 
 import io
+import sys
 import warnings
 
 import numpy as np
@@ -183,3 +184,11 @@ def test_depth_and_feat_of_different_float_types_are_left_with_a_note():
     _, step = apply_pass(_custom_model([1, 6, 8, 10], feat_type=np.float16, output_height=8, output_width=10),
                          "bev-pool-plugin")
     assert step.rewritten == [] and "depth is float32 and feat float16" in step.notes[0]
+
+
+def test_docstring_sketches_the_graph_before_and_after():
+    """`surgeon explain bev-pool-plugin` shows the module docstring: both spellings and the plugin after."""
+    from surgeon.registry import get_pass
+
+    doc = sys.modules[get_pass("bev-pool-plugin").__module__].__doc__
+    assert "2. The PyTorch reference" in doc and "After (both spellings)" in doc and "BEVPool plugin" in doc

@@ -127,6 +127,24 @@ def test_split_with_computed_sizes_is_folded_and_second_run_changes_nothing():
     assert again.rewritten == [] and op_types(twice) == op_types(once)
 
 
+def test_sizes_through_a_reshape_that_copies_a_dim_are_folded_like_onnx_runtime():
+    """The chain is evaluated by constant folding's evaluators (surgeon/folding.py), Reshape's 0 (copy that
+    dim) included: the pass's own folder used to refuse any 0 in a Reshape's shape and leave the Split."""
+    nodes = [helper.make_node("Shape", ["x"], ["shape"], name="shape"),
+             helper.make_node("Gather", ["shape", "one"], ["size"], name="gather", axis=0),
+             helper.make_node("Sub", ["size", "two"], ["rest"], name="rest"),
+             helper.make_node("Concat", ["two", "rest"], ["pair"], name="pair", axis=0),
+             helper.make_node("Reshape", ["pair", "copy"], ["sizes"], name="same_shape"),
+             helper.make_node("Split", ["x", "sizes"], ["a", "b"], name="split", axis=1)]
+    model = make_model(nodes, [("x", np.float32, ["batch", 9])], [("a", np.float32, None), ("b", np.float32, None)],
+                       initializers={"one": np.array(1), "two": np.array([2]), "copy": np.array([0])}, opset=13)
+    out, step = apply_pass(model, "chunk")
+    assert step.rewritten == ["split"] and not step.notes and "Reshape" not in op_types(out)
+    x = np.arange(18, dtype=np.float32).reshape(2, 9)
+    for got, expected in zip(run_ort(out, {"x": x}), run_ort(model, {"x": x})):
+        np.testing.assert_array_equal(got, expected)
+
+
 class SelfAttention(torch.nn.Module):
     """nn.MultiheadAttention with q = k = v: torch unpacks the in-projection with unflatten, not chunk."""
 

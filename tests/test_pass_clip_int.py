@@ -312,3 +312,49 @@ def test_integer_constant_bounds_of_a_wider_type_saturate_instead_of_wrapping():
         out, _ = apply_pass(model, "clip-int")
         x = edge_values(np.uint8)
         np.testing.assert_array_equal(run_ort(out, {"x": x})[0], reference_clamp(x, max(lo, 0), min(hi, 255)))
+
+
+def test_rounding_and_saturation_direction_is_an_explicit_flag_not_the_suffix():
+    """rounded_inward/saturated take `lower`: the suffix only names the nodes (it once chose Ceil or Floor)."""
+    import onnx_graphsurgeon as gs
+
+    from surgeon.pass_api import Context
+    from surgeon.registry import discover
+    from surgeon.rewrite import Rewrite
+
+    discover()  # the built-in passes import as surgeon.passes.*
+    from surgeon.passes.clip_int import rounded_inward, saturated
+
+    bound = gs.Variable("bound", np.float32, [])
+    graph = gs.Graph(nodes=[gs.Node("Identity", name="clip", inputs=[bound],
+                                    outputs=[gs.Variable("y", np.float32, [])])], opset=13)
+    rw = Rewrite(graph, Context(target=None), graph.nodes[0])
+    for lower, rounding, limit in ((True, "Ceil", "Greater"), (False, "Floor", "Less")):
+        rounded = rounded_inward(rw, bound, "any_name", lower=lower)
+        saturated(rw, rounded, rounded, "any_name", lower, np.dtype(np.int32), np.dtype(np.float32))
+        written = [node.op for node in rw.nodes]
+        assert written[0] == rounding and limit in written
+        rw.nodes.clear()
+
+
+@pytest.mark.parametrize("dtype, forms", [(np.int64, {"Where"}), (np.uint64, {"Max", "Min"})])
+def test_clip_int_and_maximum_minimum_share_the_onnxruntime_int64_max_min_rule(dtype, forms):
+    """One rule (surgeon.rewrite.max_min_is_wrong) for both passes: int64 Max/Min are wrong on ONNX Runtime,
+    uint64 Max/Min are right (maximum-minimum used to send uint64 to the wrap-around select as well)."""
+    clipped, _ = apply_pass(clip_model(dtype, 13, lo=1, hi=2**40), "clip-int")
+    aten = helper.make_node("ATen", ["a", "b"], ["y"], name="mx", domain="org.pytorch.aten", operator="maximum")
+    maxed, _ = apply_pass(make_model([aten], [("a", dtype, [3]), ("b", dtype, [3])], [("y", dtype, [3])], opset=13),
+                          "maximum-minimum")
+    assert forms <= set(op_types(clipped)) and op_types(maxed)[-1] in forms
+    x = np.array([0, 2**31, 2**41], dtype)
+    np.testing.assert_array_equal(run_ort(clipped, {"x": x})[0], np.clip(x, 1, 2**40))
+    np.testing.assert_array_equal(run_ort(maxed, {"a": x, "b": x[::-1].copy()})[0], np.maximum(x, x[::-1]))
+
+
+def test_the_pass_template_in_pass_api_shows_clip_ints_real_parameter():
+    import surgeon.pass_api
+    from surgeon.registry import get_pass
+
+    mode = get_pass("clip-int").params["mode"]
+    choices = ", ".join(f'"{choice}"' for choice in mode.choices)
+    assert f'Param(str, "{mode.default}", choices=({choices}),' in surgeon.pass_api.__doc__

@@ -36,3 +36,17 @@ def test_graph_with_nothing_to_fold_is_left_alone():
     model = make_model(nodes, [("x", np.float32, [4])], [("y", np.float32, [4])])
     out, step = apply_pass(model, "fold-constants")
     assert step.rewritten == [] and [n.name for n in out.graph.node] == ["relu", "neg"]
+
+
+def test_explain_names_no_private_constant(capsys):
+    """`surgeon explain fold-constants` showed "up to _ROUNDS folds", a name users cannot look up."""
+    import re
+    import sys
+
+    from surgeon.cli import main
+    from surgeon.registry import get_pass
+
+    assert main(["explain", "fold-constants"]) == 0
+    text = capsys.readouterr().out
+    rounds = sys.modules[get_pass("fold-constants").__module__]._ROUNDS
+    assert not re.search(r"\b_[A-Z_]+\b", text) and f"up to {rounds} folds" in text

@@ -124,3 +124,18 @@ def test_second_run_and_unrelated_graph_change_nothing():
     once, _ = apply_pass(aten_model("__ixor_", np.int32, 11), "inplace-and")
     twice, step = apply_pass(once, "inplace-and")
     assert step.rewritten == [] and op_types(twice) == op_types(once)
+
+
+@pytest.mark.parametrize("opset", [11, 13])
+@pytest.mark.parametrize("dtype", [np.int32, np.int64])
+def test_0d_operands_give_a_0d_result(dtype, opset):
+    """The bit-plane form's constants are 0-d where their values are (`Rewrite.const` keeps the shape), so
+    0-d operands come out 0-d, through the Unsqueeze/ReduceSum pair of either opset."""
+    node = helper.make_node("ATen", ["a", "b"], ["c"], name="op_node", domain="org.pytorch.aten",
+                            operator="__and_", overload_name="Tensor")
+    model = make_model([node], [("a", dtype, []), ("b", dtype, [])], [("c", dtype, [])], opset=opset)
+    out, _ = apply_pass(model, "inplace-and", target=TARGETS[opset])
+    info = np.iinfo(dtype)
+    for a, b in ((info.min, -1), (info.max, 12345), (-6, 5)):
+        got = run_ort(out, {"a": np.array(a, dtype), "b": np.array(b, dtype)})[0]
+        assert got.shape == () and got == np.bitwise_and(dtype(a), dtype(b))

@@ -173,19 +173,23 @@ def test_16_bit_integers_on_onnxruntime_are_computed_in_int32(dtype, opset):
         np.testing.assert_array_equal(got, getattr(np, operator)(a, b))
 
 
-@pytest.mark.parametrize("opset", [11, 13, 17])
-def test_uint64_selects_with_wrap_around_arithmetic_where_onnxruntime_has_no_where(opset):
-    """ONNX Runtime 1.31 has no uint64 Where (pinned here) and uint64 has no wider type to compute in;
-    b + (a - b) * [a taken] wraps around exactly. Against NumPy (torch has no uint64 maximum kernel), with
-    both broadcast directions and values past 2**63."""
+UINT64_TOP = np.iinfo(np.uint64).max
+#: Values past 2**31 and 2**63 in both broadcast directions: where ONNX Runtime's int64 Max/Min go wrong.
+UINT64_OPERANDS = (np.array([[0, UINT64_TOP, 2**63, 2**63 + 5, 7, UINT64_TOP - 1, 2**31, 2**32 + 1]], np.uint64),
+                   np.array([[UINT64_TOP], [0], [2**63 + 4], [2**31 - 1]], np.uint64))
+
+
+def test_uint64_selects_with_wrap_around_arithmetic_below_opset_12_where_onnxruntime_has_no_where():
+    """Below opset 12 (no integer Max/Min) ONNX Runtime 1.31 has no uint64 Where either (pinned here), and
+    uint64 has no wider type to compute in; b + (a - b) * [a taken] wraps around exactly. Against NumPy
+    (torch has no uint64 maximum kernel), with both broadcast directions and values past 2**63."""
+    opset = 11
     inputs = [("c", np.bool_, [2]), ("a", np.uint64, [2]), ("b", np.uint64, [2])]
     raw = make_model([helper.make_node("Where", ["c", "a", "b"], ["y"])], inputs, [("y", np.uint64, [2])],
                      opset=opset)
     with pytest.raises(Exception, match="implementation"):
         run_ort(raw, {name: np.ones(2, kind) for name, kind, _ in inputs})
-    top = np.iinfo(np.uint64).max
-    a = np.array([[0, top, 2**63, 2**63 + 5, 7, top - 1]], np.uint64)
-    b = np.array([[top], [0], [2**63 + 4]], np.uint64)
+    a, b = UINT64_OPERANDS
     for operator, (first, second) in itertools.product(("maximum", "minimum"), ((a, b), (b, a))):
         model = aten_model(operator, np.uint64, list(first.shape), list(second.shape), opset)
         out, _ = apply_pass(model, "maximum-minimum")
@@ -193,6 +197,23 @@ def test_uint64_selects_with_wrap_around_arithmetic_where_onnxruntime_has_no_whe
         got = run_ort(out, {"a": first, "b": second})[0]
         assert got.dtype == np.uint64
         np.testing.assert_array_equal(got, getattr(np, operator)(first, second))
+
+
+@pytest.mark.parametrize("opset", [13, 17])
+def test_uint64_keeps_max_min_from_opset_12_where_onnxruntime_gets_them_right(opset):
+    """ONNX Runtime 1.31's wrong broadcast is int64's only: its uint64 Max/Min are right past 2**31 and 2**63
+    (pinned here), so uint64 gets one Max/Min, not the four-node wrap-around select."""
+    a, b = UINT64_OPERANDS
+    for operator, (first, second) in itertools.product(("maximum", "minimum"), ((a, b), (b, a))):
+        op_type = "Max" if operator == "maximum" else "Min"
+        raw = make_model([helper.make_node(op_type, ["a", "b"], ["y"])],
+                         [("a", np.uint64, list(first.shape)), ("b", np.uint64, list(second.shape))],
+                         [("y", np.uint64, None)], opset=opset)
+        np.testing.assert_array_equal(run_ort(raw, {"a": first, "b": second})[0], getattr(np, operator)(first, second))
+        out, _ = apply_pass(aten_model(operator, np.uint64, list(first.shape), list(second.shape), opset),
+                            "maximum-minimum")
+        assert op_types(out) == [op_type]
+        np.testing.assert_array_equal(run_ort(out, {"a": first, "b": second})[0], getattr(np, operator)(first, second))
 
 
 # torch's type promotion, for every pair of these dtypes, tensors of rank 0 or 1 (uint16: torch refuses most pairs)

@@ -1,17 +1,14 @@
 """What the plugin passes share to match exported subgraphs and emit plugin nodes.
 
     node = expect_producer(tensor, "Reshape", "the sampled value")   # NoMatch names what was found instead
-    ranks = as_dtype(rewrite, ranks, np.int32)                       # plugins take fixed index types
 """
 from __future__ import annotations
 
-import numpy as np
 import onnx_graphsurgeon as gs
-from onnx import helper
 
 from surgeon.pass_api import Param
 from surgeon.plugins.specs import PLUGIN_DOMAIN
-from surgeon.rewrite import Rewrite, dtype_of, is_op, producer
+from surgeon.rewrite import Rewrite, is_op, producer
 
 #: The `domain` parameter of a pass that emits plugin nodes.
 DOMAIN_PARAM = Param(str, PLUGIN_DOMAIN, choices=(PLUGIN_DOMAIN, ""),
@@ -31,9 +28,5 @@ def expect_producer(tensor: gs.Tensor, op_type: str, what: str) -> gs.Node:
 
 
 def as_dtype(rewrite: Rewrite, tensor: gs.Tensor, dtype) -> gs.Tensor:
-    """`tensor` itself when it has `dtype`, else a Cast of it added to `rewrite`."""
-    dtype = np.dtype(dtype)
-    if dtype_of(tensor) == dtype:
-        return tensor
-    return rewrite.op("Cast", [tensor], {"to": helper.np_dtype_to_tensor_dtype(dtype)}, dtype=dtype,
-                      shape=tensor.shape)
+    """`rewrite.cast(tensor, dtype)`: the name passes/msda_plugin.py still imports."""
+    return rewrite.cast(tensor, dtype)
