@@ -39,7 +39,7 @@ class FoldConstants(Pass):
     """Fold constant subgraphs into initializers (with a size threshold)."""
 
     params = {
-        "size_threshold": Param(int, None, help="bytes; larger folded tensors are not materialised"),
+        "size_threshold": Param(int, None, minimum=0, help="bytes; larger folded tensors are not materialised"),
         "fold_shapes": Param(bool, True, help="also fold Shape nodes of statically known shapes"),
         "partitioning": Param(str, None, choices=(None, "basic", "recursive"),
                               help="retry folding partitions when a node cannot be evaluated"),

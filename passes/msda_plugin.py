@@ -40,7 +40,7 @@ import onnx_graphsurgeon as gs
 
 from surgeon.errors import PassError
 from surgeon.pass_api import Pass, PassResult, register_pass
-from surgeon.plugins.matching import DOMAIN_PARAM, NoMatch, as_dtype, expect_producer
+from surgeon.plugins.matching import DOMAIN_PARAM, NoMatch, expect_producer
 from surgeon.plugins.specs import make_plugin_node
 from surgeon.rewrite import Rewrite, const_value, is_op, producer
 from surgeon.sampling import read_sampling
@@ -87,8 +87,8 @@ class MsdaPlugin(Pass):
             result.note(f"{node.name}: {len(site.level_shapes)} level(s) {site.level_shapes}")
         for node in [n for n in graph.nodes if n.op == MMCV_OP_TYPE and len(n.inputs) == 5]:
             rewrite = Rewrite(graph, ctx, node)
-            inputs = [node.inputs[0], as_dtype(rewrite, node.inputs[1], np.int64),
-                      as_dtype(rewrite, node.inputs[2], np.int64), *node.inputs[3:]]
+            inputs = [node.inputs[0], rewrite.cast(node.inputs[1], np.int64),
+                      rewrite.cast(node.inputs[2], np.int64), *node.inputs[3:]]
             make_plugin_node(rewrite, "MultiScaleDeformableAttn", inputs, domain=self.domain)
             result.rewrote(node)
         return result

@@ -19,7 +19,7 @@ from surgeon.pass_api import Param, Pass, PassResult, register_pass
 class SetOpset(Pass):
     """Convert the default-domain opset (onnx version converter)."""
 
-    params = {"opset": Param(int, None, help="the opset to convert to (default: the target's)")}
+    params = {"opset": Param(int, None, minimum=1, help="the opset to convert to (default: the target's)")}
     needs = ("toposort", "cleanup")
 
     def run(self, graph, ctx):

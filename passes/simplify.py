@@ -26,7 +26,7 @@ class Simplify(Pass):
         "skip_shape_inference": Param(bool, False, help="do not run shape inference"),
         "skip_optimizers": Param(list, None, items=str, help="onnx-optimizer passes to skip"),
         "overwrite_input_shapes": Param(dict, None, help="{input: [dims]} to fix before simplifying"),
-        "check_n": Param(int, 0, help="random-input checks onnxsim runs afterwards (0: none)"),
+        "check_n": Param(int, 0, minimum=0, help="random-input checks onnxsim runs afterwards (0: none)"),
     }
     needs = ("toposort",)  # onnxsim refuses unsorted graphs, which ONNX allows on disk
     provides = ("toposort", "cleanup")

@@ -311,3 +311,14 @@ def test_set_cannot_make_a_strongly_typed_build_take_a_precision(capsys, tmp_pat
     # the order of the overrides does not matter: only the result is checked
     assert load_recipe(recipe, overrides=["build.precision=fp16", "build.strongly_typed=false"]).build["precision"] \
         == "fp16"
+
+
+@pytest.mark.parametrize("pass_name, param, value, bound", [("fold-constants", "size_threshold", -5, 0),
+                                                          ("simplify", "check_n", -1, 0),
+                                                          ("set-opset", "opset", 0, 1)])
+def test_a_parameter_below_its_minimum_is_refused_at_its_line(tmp_path, pass_name, param, value, bound):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"steps:\n  - pass: {pass_name}\n    with: {{{param}: {value}}}\n")
+    with pytest.raises(RecipeError, match=rf"r.yaml:3:.*'{param}' of pass '{pass_name}': must be at least {bound}, "
+                                          rf"got {value}"):
+        load_recipe(recipe)

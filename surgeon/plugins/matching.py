@@ -8,7 +8,7 @@ import onnx_graphsurgeon as gs
 
 from surgeon.pass_api import Param
 from surgeon.plugins.specs import PLUGIN_DOMAIN
-from surgeon.rewrite import Rewrite, is_op, producer
+from surgeon.rewrite import is_op, producer
 
 #: The `domain` parameter of a pass that emits plugin nodes.
 DOMAIN_PARAM = Param(str, PLUGIN_DOMAIN, choices=(PLUGIN_DOMAIN, ""),
@@ -26,7 +26,3 @@ def expect_producer(tensor: gs.Tensor, op_type: str, what: str) -> gs.Node:
         raise NoMatch(f"expected {what} from a {op_type}, found {node.op if node is not None else 'a graph input'}")
     return node
 
-
-def as_dtype(rewrite: Rewrite, tensor: gs.Tensor, dtype) -> gs.Tensor:
-    """`rewrite.cast(tensor, dtype)`: the name passes/msda_plugin.py still imports."""
-    return rewrite.cast(tensor, dtype)
