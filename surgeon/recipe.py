@@ -71,9 +71,11 @@ BUILD_FIELDS: dict[str, Param] = {
     "calibration": Param(dict, None, help="int8 calibration: {data: inputs.npz, cache: file}"),
 }
 SECTIONS = {"validate": VALIDATE_FIELDS, "build": BUILD_FIELDS}
-# Section keys holding paths, resolved relative to the recipe file that declares them (`--set` values
-# stay relative to the working directory); build.plugins and build.calibration's files are too.
-_INPUT_PATHS = {"validate": ("expected", "data", "against", "report"), "build": ("engine", "timing_cache")}
+# Section keys holding paths (build.plugins: a list of them, build.calibration: a mapping of them), resolved
+# relative to the recipe file that declares them, in its section or its `set` (`--set` values stay
+# relative to the working directory).
+_INPUT_PATHS = {"validate": ("expected", "data", "against", "report"),
+                "build": ("engine", "timing_cache", "plugins", "calibration")}
 
 
 @dataclass
@@ -550,15 +552,18 @@ def _parse_section(section: str, body, mapping, file, fields: dict[str, Param]) 
         except SurgeonError as exc:
             blamed = "strongly_typed" if "strongly_typed" in body else "precision"
             raise _error(exc.message, _value_mark(body, blamed), file=file) from None
-        checked["plugins"] = [p if p == "builtin" else str(_join(base, p)) for p in checked["plugins"]]
-        if checked["calibration"]:
-            checked["calibration"] = {key: str(_join(base, path)) for key, path in checked["calibration"].items()}
     return checked
 
 
 def _relative_to(base: Path, section: str, key: str, value):
     """`section.key` = `value` as a recipe file in folder `base` wrote it: a path in it is joined to `base`."""
-    if key not in _INPUT_PATHS.get(section, ()) or not isinstance(value, str):
+    if key not in _INPUT_PATHS.get(section, ()):
+        return value
+    if section == "build" and key == "plugins" and isinstance(value, list):
+        return [path if path == "builtin" else str(_join(base, path)) for path in value]
+    if section == "build" and key == "calibration" and isinstance(value, dict):
+        return {name: str(_join(base, path)) for name, path in value.items()}
+    if not isinstance(value, str):
         return value
     if section == "validate" and key == "against" and value in ("original", "none"):
         return value

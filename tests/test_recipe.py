@@ -326,6 +326,12 @@ def test_paths_in_a_recipes_set_are_relative_to_its_file(tmp_path, monkeypatch):
     assert recipe.validate["data"] == str(tmp_path / "rec" / "inputs.npz") and recipe.validate["against"] == "none"
     recipe = load_recipe(child, overrides=["validate.data=mine.npz"])  # --set: relative to the working directory
     assert recipe.validate["data"] == "mine.npz"
+    build = write(tmp_path, "extends: base.yaml\nset: {build.plugins: [libmine.so, builtin], "
+                            "build.calibration: {data: calib.npz, cache: calib.cache}}\n", "rec/build.yaml")
+    recipe = load_recipe(build)
+    assert recipe.build["plugins"] == [str(tmp_path / "rec" / "libmine.so"), "builtin"]
+    assert recipe.build["calibration"] == {"data": str(tmp_path / "rec" / "calib.npz"),
+                                           "cache": str(tmp_path / "rec" / "calib.cache")}
 
 
 def test_an_error_in_a_recipes_set_is_not_called_set_from_the_command_line(tmp_path):
