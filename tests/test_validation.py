@@ -638,3 +638,33 @@ print(result.ok, "torch" in sys.modules)
 """
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, check=True)
     assert done.stdout.split() == ["True", "False"]
+
+
+def test_local_functions_are_run_through_their_bodies_aten_nodes_inside_included():
+    """The reference runner treated a call of a model-local function as an unknown custom op ('has no CPU
+    reference'); it now runs the inlined body, whose ATen node runs on its reference."""
+    from onnx import TensorProto
+
+    constants = [helper.make_node("Constant", [], [name], value=helper.make_tensor(name, kind, [], [value]))
+                 for name, kind, value in (("m", TensorProto.INT64, 0), ("p", TensorProto.INT64, 0),
+                                           ("ac", TensorProto.BOOL, False))]
+    body = [*constants,
+            helper.make_node("ATen", ["a", "g", "m", "p", "ac"], ["b"], domain=ATEN, operator="grid_sampler")]
+    function = helper.make_function("custom", "Sample", ["a", "g"], ["b"], body,
+                                    [helper.make_opsetid("", 11), helper.make_opsetid(ATEN, 1)])
+    graph = helper.make_graph([helper.make_node("Sample", ["x", "g"], ["y"], name="sample", domain="custom")], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 4, 4]),
+                               helper.make_tensor_value_info("g", TensorProto.FLOAT, [1, 3, 3, 2])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 3, 3])])
+    model = helper.make_model(graph, functions=[function], ir_version=8,
+                              opset_imports=[helper.make_opsetid("", 11), helper.make_opsetid("custom", 1),
+                                             helper.make_opsetid(ATEN, 1)])
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((1, 2, 4, 4)).astype(np.float32)
+    grid = rng.uniform(-1, 1, (1, 3, 3, 2)).astype(np.float32)
+    runner = make_runner(model, "auto")
+    with runner:
+        got = runner.infer({"x": x, "g": grid})["y"]
+    torch = pytest.importorskip("torch")
+    expected = torch.nn.functional.grid_sample(torch.from_numpy(x), torch.from_numpy(grid), align_corners=False)
+    np.testing.assert_allclose(got, expected.numpy(), atol=1e-6)

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
+import onnx.inliner
 from onnx import helper, numpy_helper
 from polygraphy.backend.base import BaseRunner
 from polygraphy.backend.onnxrt import OnnxrtRunner
@@ -63,6 +64,7 @@ def make_runner(model: onnx.ModelProto, kind: str = "auto", name: str = "model")
     """A Polygraphy runner for `model`: `onnxruntime`, `reference`, or `auto` (ORT when it loads the model)."""
     if kind not in RUNNER_KINDS:
         raise SurgeonError(f"unknown runner '{kind}'; choose one of {', '.join(RUNNER_KINDS)}")
+    model = with_functions_inlined(model)
     check_runnable(model, what=f"the {name} model")
     opset = default_opset(model)
     if kind == "reference" or (kind == "auto" and any(is_special(n, opset) for n in model.graph.node)):
@@ -74,6 +76,14 @@ def make_runner(model: onnx.ModelProto, kind: str = "auto", name: str = "model")
             raise _ort_refuses(exc, f"the {name} model") from None
         return ReferenceRunner(model, name=name)
     return OnnxrtRunner(session, name=name)
+
+
+def with_functions_inlined(model: onnx.ModelProto) -> onnx.ModelProto:
+    """`model` with its local functions' calls replaced by their bodies, so that the nodes inside them are
+    run like any other (ATen and custom nodes in a body by their CPU references); `model` if it has none."""
+    if not model.functions:
+        return model
+    return onnx.inliner.inline_local_functions(model)
 
 
 def _ort_refuses(exc: Exception, what: str, file=None) -> SurgeonError:
@@ -89,6 +99,7 @@ def check_runnable(model: onnx.ModelProto, file=None, what: str = "the model", r
     With `runner` ('auto' or 'reference'), also a node ONNX Runtime cannot run that has no CPU
     reference; with 'onnxruntime', a graph ONNX Runtime cannot load (it builds a session to find
     out): found before anything runs (or is written), not when the runner starts."""
+    model = with_functions_inlined(model)
     if runner in ("auto", "reference"):
         opset = default_opset(model)
         for node in _live_nodes(model):
