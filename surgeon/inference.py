@@ -20,7 +20,7 @@ from surgeon.rewrite import any_subgraphs
 SHAPE_RELEVANT_ELEMENTS = 1024
 
 
-def infer_without_weights(model: onnx.ModelProto) -> onnx.ModelProto | None:
+def infer_without_weights(model: onnx.ModelProto, data_prop: bool = True) -> onnx.ModelProto | None:
     """ONNX shape inference over the model without its weights' data; None where inference fails.
 
     Inferring on the loaded proto costs a fraction of exporting the graph later for the first pass
@@ -42,7 +42,7 @@ def infer_without_weights(model: onnx.ModelProto) -> onnx.ModelProto | None:
         else:
             graph.initializer.add(name=tensor.name, data_type=tensor.data_type, dims=tensor.dims)
     try:
-        return onnx.shape_inference.infer_shapes(skeleton, strict_mode=False, data_prop=True)
+        return onnx.shape_inference.infer_shapes(skeleton, strict_mode=False, data_prop=data_prop)
     except Exception:  # custom ops without schemas, unusual graphs: passes infer later if they need to
         return None
 

@@ -116,7 +116,15 @@ def _has_external_data(model: onnx.ModelProto) -> bool:
 
 
 def over_two_gb(model: onnx.ModelProto) -> bool:
-    """Whether the model is over protobuf's 2 GB limit (so it can only be saved with external data)."""
+    """Whether the model is over protobuf's 2 GB limit (so it can only be saved with external data).
+
+    The weights it holds decide without protobuf where they alone are past the limit: the upb backend
+    sizes a message by serializing it (17 s and 4 GB more for a 2.25 GB model), then refuses."""
+    from surgeon.graphinfo import tensor_bytes
+
+    held = sum(tensor_bytes(t) for t in _all_tensors(model.graph) if t.data_location != onnx.TensorProto.EXTERNAL)
+    if held > TWO_GB:
+        return True
     try:
         return model.ByteSize() > TWO_GB
     except EncodeError:  # the upb backend refuses even to size a message past the limit
@@ -125,6 +133,8 @@ def over_two_gb(model: onnx.ModelProto) -> bool:
 
 def serialize_model(model: onnx.ModelProto) -> bytes | None:
     """The model's bytes, or None for a model over protobuf's 2 GB limit (saved with external data)."""
+    if over_two_gb(model):  # sized first: a serialization past the limit allocates it all, then fails
+        return None
     try:
         data = model.SerializeToString()
     except (ValueError, EncodeError):  # protobuf refuses messages over 2 GB (EncodeError: upb backend)

@@ -397,11 +397,12 @@ def finish_graph(graph: gs.Graph, original: onnx.ModelProto, recipe: Recipe,
         _toposort(graph)
     typed = infer_where_untyped(graph)
     model = export_graph(graph)
-    if not typed:
-        try:
-            model = onnx.shape_inference.infer_shapes(model, strict_mode=False)
-        except Exception:
-            pass  # best effort, see infer_graph_shapes
+    if not typed:  # best effort, see infer_graph_shapes; without the weights, which it does not need
+        inferred = infer_without_weights(model, data_prop=False)
+        if inferred is not None:
+            for field in ("node", "value_info", "output"):  # bodies of If/Loop nodes get value_info too
+                del getattr(model.graph, field)[:]
+                getattr(model.graph, field).extend(getattr(inferred.graph, field))
     _restore_node_metadata(model, original, provenance, graph.__dict__.get("_surgeon_renamed_nodes") or {})
     _copy_model_fields(model, original)
     _stamp(model, recipe, records)
