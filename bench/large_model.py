@@ -40,7 +40,7 @@ print(json.dumps({{"seconds": seconds, "peak_kb": resource.getrusage(resource.RU
 
 
 def run_case(case: str, weights: int, side: int) -> dict:
-    with tempfile.TemporaryDirectory(dir=REPO / "bench") as folder:
+    with tempfile.TemporaryDirectory() as folder:
         script = CASE.format(repo=str(REPO), tests=str(REPO / "tests"), folder=folder, weights=weights,
                              side=side, case=case)
         done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
