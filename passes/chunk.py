@@ -13,12 +13,14 @@ Before (nn.MultiheadAttention with q = k = v unpacks its in-projection with unfl
 After:  Reshape(proj, [0, 0, 3, E])    (leading dims copied, later dims static)
 
 The integer chain is evaluated at rewrite time from the static dims that shape inference knows (a dynamic
-batch dim does not matter when the split axis is static). Slices on one tensor and axis, with step 1,
-that tile the axis exactly become one Split; other folded Slices keep their place with constant
-starts/ends (`mode: slice` always does that). SplitToSequence read only through SequenceAt at constant
-positions becomes a Split (sequences run neither on TensorRT nor on opset-11 NPUs); readers of the same
-position all read its one output, and trailing empty chunks nobody reads are dropped. A chain whose split
-axis size is unknown, or a position past the chunks, stays as it is, with a note.
+batch dim does not matter when the split axis is static), or that the pass works out through Slices,
+Concats and elementwise ops where inference left them unknown (chained `chunk; cat` blocks); through
+other ops it infers shapes again and folds again until nothing new folds. Slices on one tensor and axis,
+with step 1, that tile the axis exactly become one Split; other folded Slices keep their place with
+constant starts/ends (`mode: slice` always does that). SplitToSequence read only through SequenceAt at
+constant positions becomes a Split (sequences run neither on TensorRT nor on opset-11 NPUs); readers of
+the same position all read its one output, and trailing empty chunks nobody reads are dropped. A chain
+whose split axis size is unknown, or a position past the chunks, stays as it is, with a note.
 
 torch.chunk(n) gives ceil(d / n) per chunk, the last one smaller, and fewer than n chunks when
 ceil(d / n) * (n - 1) >= d. Split-18's `num_outputs` uses the same ceil(d / n) sizes but always n
@@ -32,10 +34,18 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from surgeon.folding import evaluate
+from surgeon.inference import infer_graph_shapes
 from surgeon.pass_api import Param, Pass, PassResult, register_pass
-from surgeon.rewrite import SPLIT_INPUT_SINCE, Rewrite, aten_operator, const_value, find_nodes, is_op, producer
+from surgeon.rewrite import (SPLIT_INPUT_SINCE, Rewrite, aten_operator, const_value, find_nodes, is_op, producer,
+                             remove_nodes, unlink_outputs)
 
 NUM_OUTPUTS_SINCE = 18  # Split-18 takes num_outputs
+#: Ops whose output broadcasts their inputs (one input: the same shape), through which `IntegerFolder.dim`
+#: works out sizes: unary and binary arithmetic, comparisons, logic, Where, Cast, activations.
+ELEMENTWISE = frozenset({
+    "Abs", "Add", "And", "Cast", "Clip", "Div", "Equal", "Erf", "Exp", "Greater", "GreaterOrEqual", "Identity",
+    "LeakyRelu", "Less", "LessOrEqual", "Log", "Max", "Mean", "Min", "Mod", "Mul", "Neg", "Not", "Or", "Pow",
+    "Relu", "Sigmoid", "Softmax", "Sqrt", "Sub", "Sum", "Tanh", "Where", "Xor"})
 
 
 def static_dim(tensor, axis: int) -> int | None:
@@ -52,6 +62,8 @@ class IntegerFolder:
 
     def __init__(self):
         self.memo: dict[int, np.ndarray | None] = {}
+        self.dims: dict[tuple[int, int], int | None] = {}  # (id(tensor), axis) -> size, see dim()
+        self.expanded: set[tuple[int, int]] = set()
 
     def __call__(self, tensor) -> np.ndarray | None:
         key = id(tensor)
@@ -79,8 +91,81 @@ class IntegerFolder:
         outputs = evaluate(node, args)
         return None if outputs is None else outputs[node.outputs.index(tensor)]
 
+    def dim(self, tensor, axis: int) -> int | None:
+        """The static size of `tensor`'s `axis`: shape inference's, else worked out through the Slices,
+        Concats and elementwise ops that write it. Inference leaves the size after a dynamic Slice unknown,
+        so chained `chunk; cat` blocks would otherwise fold one per shape inference."""
+        unknown = self.unknown_axis(tensor, axis)
+        if unknown is None:
+            return static_dim(tensor, axis)
+        todo = [(tensor, unknown)]
+        while todo:  # producers first, without recursion: a chain may pass thousands of ops
+            current, at = todo[-1]
+            key = (id(current), at)
+            if key in self.dims:
+                todo.pop()
+                continue
+            unread = [(t, u) for t, a in self.operands(current, at)[1]
+                      if (u := self.unknown_axis(t, a)) is not None and (id(t), u) not in self.dims]
+            if unread and key not in self.expanded:  # expanded once: a cycle in a malformed graph ends
+                self.expanded.add(key)
+                todo.extend(unread)
+                continue
+            self.dims[key] = self.derived_dim(current, at)
+            todo.pop()
+        return self.dims[(id(tensor), unknown)]
+
+    @staticmethod
+    def unknown_axis(tensor, axis: int) -> int | None:
+        """`axis` made non-negative where `tensor` has it and shape inference gave it no number (a name,
+        made up as `unk__3` or not, or nothing), else None."""
+        shape = tensor.shape
+        if shape is None or not -len(shape) <= axis < len(shape) or static_dim(tensor, axis) is not None:
+            return None
+        return axis % len(shape)
+
+    @staticmethod
+    def operands(tensor, axis: int) -> tuple:
+        """The producer of `tensor` where `dim` sees through it (else None), and the (tensor, axis) dims
+        the size of `axis` comes from."""
+        node = producer(tensor)
+        if node is None or (node.domain or "") not in ("", "ai.onnx") or len(node.outputs) != 1:
+            return None, []
+        if node.op == "Concat":
+            return node, [(t, axis) for t in node.inputs]
+        if node.op == "Slice" and len(node.inputs) >= 3:
+            return node, [(node.inputs[0], axis)]
+        inputs = [t for t in node.inputs if t.name]
+        if node.op not in ELEMENTWISE or any(t.shape is None for t in inputs):
+            return None, []
+        from_end = len(tensor.shape) - axis  # broadcasting aligns the last dims
+        return node, [(t, len(t.shape) - from_end) for t in inputs if len(t.shape) >= from_end]
+
+    def derived_dim(self, tensor, axis: int) -> int | None:
+        node, operands = self.operands(tensor, axis)
+        if node is None:
+            return None
+        dims = [static_dim(t, a) if (u := self.unknown_axis(t, a)) is None else self.dims.get((id(t), u))
+                for t, a in operands]
+        if node.op == "Concat":
+            if node.attrs.get("axis", 0) % len(tensor.shape) == axis:
+                return None if None in dims else sum(dims)
+            return next((d for d in dims if d is not None), None)
+        if node.op == "Slice":
+            bounds = folded_bounds(node, self)
+            if bounds is None or dims[0] is None:
+                return None
+            for start, end, sliced, step in zip(*bounds):
+                if int(sliced) % len(tensor.shape) == axis:  # ONNX Slice clamps its bounds as Python slicing does
+                    return len(range(*slice(int(start), int(end), int(step)).indices(dims[0]))) if step else None
+            return dims[0]
+        sizes = {d for d in dims if d is not None and d != 1}  # elementwise: the one size broadcast to
+        if sizes:
+            return sizes.pop() if len(sizes) == 1 else None
+        return 1 if dims and None not in dims else None
+
     def shape(self, node) -> np.ndarray | None:
-        dims = [static_dim(node.inputs[0], i) for i in range(len(node.inputs[0].shape or []))]
+        dims = [self.dim(node.inputs[0], i) for i in range(len(node.inputs[0].shape or []))]
         if node.inputs[0].shape is None or None in dims:
             return None
         return np.array(dims, np.int64)[node.attrs.get("start", 0):node.attrs.get("end", len(dims))]
@@ -91,7 +176,7 @@ class IntegerFolder:
         source = shape_node.inputs[0]
         if indices is None or source.shape is None or shape_node.attrs.get("start", 0) or "end" in shape_node.attrs:
             return None
-        dims = [static_dim(source, int(i)) for i in indices.ravel()]
+        dims = [self.dim(source, int(i)) for i in indices.ravel()]
         return None if None in dims else np.array(dims, np.int64).reshape(indices.shape)
 
     def sliced_dims(self, node) -> np.ndarray | None:
@@ -106,8 +191,21 @@ class IntegerFolder:
         start, end = (int(b.ravel()[0]) for b in bounds[:2])
         step = int(bounds[3].ravel()[0]) if len(bounds) > 3 and bounds[3] is not None else 1
         kept = list(range(len(source.shape)))[start:end:step]  # Python slicing clamps as ONNX Slice does
-        dims = [static_dim(source, axis) for axis in kept]
+        dims = [self.dim(source, axis) for axis in kept]
         return None if None in dims else np.array(dims, np.int64)
+
+
+def folded_bounds(node, fold):
+    """(starts, ends, axes, steps) of a Slice as arrays (defaults filled in), or None if one is unknown."""
+    params = list(node.inputs[1:]) + [None] * (5 - len(node.inputs))
+    values = [fold(t) if t is not None and t.name else None for t in params]
+    if values[0] is None or values[1] is None or any(
+            v is None for v, t in zip(values, params) if t is not None and t.name):
+        return None
+    starts, ends, axes, steps = (np.asarray(v, np.int64).reshape(-1) if v is not None else None for v in values)
+    axes = axes if axes is not None else np.arange(len(starts), dtype=np.int64)
+    steps = steps if steps is not None else np.ones(len(starts), np.int64)
+    return starts, ends, axes, steps
 
 
 def negative_sizes_note(node, sizes) -> str:
@@ -136,7 +234,21 @@ class Chunk(Pass):
 
     def run(self, graph, ctx):
         result = PassResult()
-        fold = IntegerFolder()
+        # A folded chain makes the sizes after it static, and the next chain's Shape reads them (torch's
+        # chunk; cat; chunk ...): while a round folds something and leaves something alone, infer shapes
+        # again and fold again, so that a second run finds nothing left.
+        while True:
+            round_ = PassResult()
+            self.fold_once(graph, ctx, round_)
+            result.rewritten.extend(round_.rewritten)
+            if not (round_.rewritten and round_.notes):
+                break
+            infer_graph_shapes(graph)
+        result.notes = round_.notes  # the last round's: what earlier rounds left alone may have folded since
+        return result
+
+    def fold_once(self, graph, ctx, result):
+        fold = IntegerFolder()  # per round: the shapes it reads change between rounds
         self.slices(graph, ctx, fold, result)
         for node in find_nodes(graph, lambda n: is_op(n, "SplitToSequence")):
             self.split_to_sequence(graph, ctx, node, fold, result)
@@ -144,7 +256,6 @@ class Chunk(Pass):
             self.split(graph, ctx, node, fold, result)
         for node in find_nodes(graph, lambda n: aten_operator(n) == "unflatten"):
             self.unflatten(graph, ctx, node, fold, result)
-        return result
 
     # ------------------------------------------------------------------ Slice chains
 
@@ -153,13 +264,13 @@ class Chunk(Pass):
         for node in find_nodes(graph, lambda n: is_op(n, "Slice") and len(n.inputs) >= 3):
             if all(const_value(t) is not None for t in node.inputs[1:] if t.name):
                 continue  # already static: not a chain
-            bounds = self.folded_bounds(node, fold)
+            bounds = folded_bounds(node, fold)
             if bounds is None:
                 result.note(f"{node.name}: left alone, its bounds depend on sizes unknown at rewrite time")
                 continue
             starts, ends, axes, steps = bounds
             data = node.inputs[0]
-            dim = static_dim(data, int(axes[0])) if len(axes) == 1 else None
+            dim = fold.dim(data, int(axes[0])) if len(axes) == 1 else None
             if self.mode == "split" and dim is not None and steps[0] == 1:
                 axis = int(axes[0]) % len(data.shape)
                 interval = (clamp(int(starts[0]), dim), clamp(int(ends[0]), dim))
@@ -169,7 +280,7 @@ class Chunk(Pass):
         for (_, axis), members in groups.items():
             members.sort(key=lambda m: m[0])
             intervals = [interval for interval, _ in members]
-            dim = static_dim(members[0][1].inputs[0], axis)
+            dim = fold.dim(members[0][1].inputs[0], axis)
             tiles = (intervals[0][0] == 0 and intervals[-1][1] == dim and all(a < b for a, b in intervals)
                      and all(prev[1] == nxt[0] for prev, nxt in zip(intervals, intervals[1:])))
             if tiles:
@@ -178,20 +289,7 @@ class Chunk(Pass):
                 self.emit_split(graph, ctx, nodes, [n.outputs[0] for n in nodes], axis, sizes, result)
                 continue
             for _, node in members:
-                self.constant_slice(graph, ctx, node, self.folded_bounds(node, fold), result)
-
-    @staticmethod
-    def folded_bounds(node, fold):
-        """(starts, ends, axes, steps) of a Slice as arrays (defaults filled in), or None if one is unknown."""
-        params = list(node.inputs[1:]) + [None] * (5 - len(node.inputs))
-        values = [fold(t) if t is not None and t.name else None for t in params]
-        if values[0] is None or values[1] is None or any(
-                v is None for v, t in zip(values, params) if t is not None and t.name):
-            return None
-        starts, ends, axes, steps = (np.asarray(v, np.int64).reshape(-1) if v is not None else None for v in values)
-        axes = axes if axes is not None else np.arange(len(starts), dtype=np.int64)
-        steps = steps if steps is not None else np.ones(len(starts), np.int64)
-        return starts, ends, axes, steps
+                self.constant_slice(graph, ctx, node, folded_bounds(node, fold), result)
 
     def constant_slice(self, graph, ctx, node, values, result):
         rw = Rewrite(graph, ctx, node)
@@ -234,19 +332,16 @@ class Chunk(Pass):
         rw_names = Rewrite(graph, ctx, node)
         outputs = [read.get(i) or gs.Variable(rw_names.name(f"chunk_{i}"), dtype=x.dtype) for i in range(len(sizes))]
         for reader in first_readers:
-            reader.outputs.clear()
-            reader.inputs.clear()
-        sequence.inputs.clear()
+            unlink_outputs(reader)  # their outputs become the Split's
         self.emit_split(graph, ctx, [node], outputs, axis, sizes, result)
-        reader_ids = {id(r) for r in first_readers}
-        graph.nodes = [n for n in graph.nodes if id(n) not in reader_ids]
+        remove_nodes(graph, ctx, first_readers)
 
     # ------------------------------------------------------------------ Split
 
     def split(self, graph, ctx, node, fold, result):
         x = node.inputs[0]
         axis = node.attrs.get("axis", 0)
-        dim = static_dim(x, axis)
+        dim = fold.dim(x, axis)
         has_sizes = len(node.inputs) > 1 and node.inputs[1].name
         if has_sizes and const_value(node.inputs[1]) is None:
             sizes = fold(node.inputs[1])
@@ -283,7 +378,7 @@ class Chunk(Pass):
             result.note(f"{node.name}: left alone, unflatten's dim, sizes or input rank is unknown at rewrite time")
             return
         dim = int(dim) % rank
-        later = [static_dim(x, axis) for axis in range(dim + 1, rank)]
+        later = [fold.dim(x, axis) for axis in range(dim + 1, rank)]
         if None in later:
             result.note(f"{node.name}: left alone, the dims after unflatten's axis {dim} are not static")
             return
@@ -299,12 +394,8 @@ class Chunk(Pass):
         """Replace `nodes` by one Split of their data input into `outputs`, at the first node's place."""
         first = nodes[0]
         x = first.inputs[0]
-        for node in nodes:
-            node.outputs.clear()
-        for node in nodes[1:]:
-            node.inputs.clear()
-        replaced = {id(node) for node in nodes[1:]}
-        graph.nodes = [n for n in graph.nodes if id(n) not in replaced]
+        unlink_outputs(first)
+        remove_nodes(graph, ctx, nodes[1:])
         first.outputs.extend(outputs)
         rw = Rewrite(graph, ctx, first)
         if ctx.opset >= SPLIT_INPUT_SINCE:
