@@ -120,10 +120,7 @@ def over_two_gb(model: onnx.ModelProto) -> bool:
 
     The weights it holds decide without protobuf where they alone are past the limit: the upb backend
     sizes a message by serializing it (17 s and 4 GB more for a 2.25 GB model), then refuses."""
-    from surgeon.graphinfo import tensor_bytes
-
-    held = sum(tensor_bytes(t) for t in _all_tensors(model.graph) if t.data_location != onnx.TensorProto.EXTERNAL)
-    if held > TWO_GB:
+    if _held_tensor_bytes(model) > TWO_GB:
         return True
     try:
         return model.ByteSize() > TWO_GB
@@ -131,9 +128,17 @@ def over_two_gb(model: onnx.ModelProto) -> bool:
         return True
 
 
+def _held_tensor_bytes(model: onnx.ModelProto) -> int:
+    from surgeon.graphinfo import tensor_bytes
+
+    return sum(tensor_bytes(t) for t in _all_tensors(model.graph) if t.data_location != onnx.TensorProto.EXTERNAL)
+
+
 def serialize_model(model: onnx.ModelProto) -> bytes | None:
-    """The model's bytes, or None for a model over protobuf's 2 GB limit (saved with external data)."""
-    if over_two_gb(model):  # sized first: a serialization past the limit allocates it all, then fails
+    """The model's bytes, or None for a model over protobuf's 2 GB limit (saved with external data).
+
+    Serialized once: asking protobuf for the size first would serialize it twice under upb."""
+    if _held_tensor_bytes(model) > TWO_GB:  # a serialization past the limit allocates it all, then fails
         return None
     try:
         data = model.SerializeToString()
