@@ -48,15 +48,22 @@ def convert_opset(graph: gs.Graph, opset: int, ctx=None) -> gs.Graph:
 
 
 def _name_and_tag(before: gs.Graph, after: gs.Graph, ctx) -> None:
-    old = {node.name: node for node in before.nodes if node.name}
+    """Name and tag the nodes of `after` the converter added, and tag those it adapted. A node is the
+    same node as before when it writes the same first output (unnamed nodes keep their empty name);
+    the bodies of If/Loop/Scan nodes are paired by attribute and walked the same way."""
+    old = {node.outputs[0].name: node for node in before.nodes if node.outputs}
     for node in after.nodes:
-        if node.name in old:
-            if _signature(node) != _signature(old[node.name]):
-                ctx.tag(node, replaces=node.name)
+        was = old.get(node.outputs[0].name) if node.outputs else None
+        if was is None:
+            reader = next((user for out in node.outputs for user in out.outputs if user.name), None)
+            node.name = ctx.new_name(f"{reader.name if reader else f'opset{after.opset}'}/{node.op}", after)
+            ctx.tag(node, replaces=reader.name if reader else None)
             continue
-        reader = next((user for out in node.outputs for user in out.outputs if user.name), None)
-        node.name = ctx.new_name(f"{reader.name if reader else f'opset{after.opset}'}/{node.op}", after)
-        ctx.tag(node, replaces=reader.name if reader else None)
+        if _signature(node) != _signature(was) and node.name:  # provenance goes by name
+            ctx.tag(node, replaces=node.name)
+        for key, body in node.attrs.items():
+            if isinstance(body, gs.Graph) and isinstance(was.attrs.get(key), gs.Graph):
+                _name_and_tag(was.attrs[key], body, ctx)
 
 
 def _signature(node: gs.Node) -> tuple:

@@ -21,7 +21,7 @@ import onnx_graphsurgeon as gs
 from surgeon import __version__
 from surgeon.cli_args import json_text
 from surgeon.errors import CheckFailed, ModelError, SurgeonError, first_line
-from surgeon.graphinfo import histogram_delta, op_histogram
+from surgeon.graphinfo import all_nodes, histogram_delta, op_histogram
 from surgeon.graphio import import_graph_and_order
 from surgeon.inference import annotate_shapes, infer_graph_shapes, infer_where_untyped, infer_without_weights
 from surgeon.modelio import (guard_outputs, model_inputs, read_model, save_model_atomic,
@@ -413,12 +413,12 @@ def _restore_node_metadata(model: onnx.ModelProto, original: onnx.ModelProto, pr
                            renamed: dict | None = None) -> None:
     """Metadata and doc strings of the original's nodes, by name (`renamed`: new name -> original name):
     graphsurgeon keeps neither. A renamed node's metadata travels in `provenance` (passes/rename.py)."""
-    kept = {n.name: list(n.metadata_props) for n in original.graph.node if n.metadata_props and n.name}
-    docs = {n.name: n.doc_string for n in original.graph.node if n.doc_string and n.name}
+    kept = {n.name: list(n.metadata_props) for n in all_nodes(original.graph) if n.metadata_props and n.name}
+    docs = {n.name: n.doc_string for n in all_nodes(original.graph) if n.doc_string and n.name}
     if not kept and not docs and not provenance:
         return
     renamed = renamed or {}
-    for node in model.graph.node:
+    for node in all_nodes(model.graph):  # the nodes of If/Loop bodies too
         doc = docs.get(renamed.get(node.name, node.name))
         if not node.doc_string and doc:
             node.doc_string = doc

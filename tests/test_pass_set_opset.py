@@ -93,3 +93,38 @@ def test_nodes_the_converter_adds_or_changes_are_named_and_carry_provenance():
     assert props["lift"]["surgeon.pass"] == "set-opset" and "surgeon.pass" not in props["relu"]
     x = np.arange(3, dtype=np.float32) - 1
     np.testing.assert_array_equal(run_ort(out, {"x": x})[0], np.maximum(x, 0)[None])
+
+
+def test_unnamed_nodes_the_converter_keeps_stay_unnamed_and_untagged():
+    import numpy as np
+    from onnx import helper
+
+    from surgeon.testing import apply_pass, make_model
+
+    model = make_model([helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Neg", ["r"], ["y"], name="neg")],
+                       [("x", np.float32, [4])], [("y", np.float32, [4])], opset=11)
+    out, _ = apply_pass(model, "set-opset", opset=13)
+    assert [(n.name, list(n.metadata_props)) for n in out.graph.node] == [("", []), ("neg", [])]
+
+
+def test_nodes_the_converter_adds_inside_if_branches_are_named_and_tagged():
+    import numpy as np
+    from onnx import TensorProto, helper
+
+    from surgeon.testing import apply_pass, make_model, run_ort
+
+    def branch(name):
+        return helper.make_graph([helper.make_node("Unsqueeze", ["x"], [f"{name}_o"], name=f"{name}_unsq", axes=[0])],
+                                 name, [], [helper.make_tensor_value_info(f"{name}_o", TensorProto.FLOAT, [1, 4])])
+
+    model = make_model([helper.make_node("If", ["c"], ["y"], name="if", then_branch=branch("then"),
+                                         else_branch=branch("else"))],
+                       [("c", np.bool_, []), ("x", np.float32, [4])], [("y", np.float32, [1, 4])], opset=11)
+    out, _ = apply_pass(model, "set-opset", opset=13)
+    bodies = {a.name: a.g for a in out.graph.node[0].attribute}
+    for name, body in (("then", bodies["then_branch"]), ("else", bodies["else_branch"])):
+        props = {n.name: {p.key: p.value for p in n.metadata_props} for n in body.node}
+        assert props[f"{name}_unsq/Constant"] == {"surgeon.pass": "set-opset", "surgeon.replaces": f"{name}_unsq"}
+        assert props[f"{name}_unsq"] == {"surgeon.pass": "set-opset", "surgeon.replaces": f"{name}_unsq"}
+    x = np.arange(4, dtype=np.float32)
+    np.testing.assert_array_equal(run_ort(out, {"c": np.array(True), "x": x})[0], x[None])
