@@ -11,7 +11,7 @@ wider one:                          x ─► Cast(int32) ─► (as above, in in
 `minmax` is exact for every integer type. Max and Min accept integers only from opset 12, so below
 that (the graph's opset or the target's, whichever is lower) the same min/max is spelled with
 Less/Greater and Where, which opset 9 already defines for integers. The Where spelling is also used for
-int64 on ONNX Runtime: its int64 Max/Min are wrong near +-2**31 (1.31, measured: Min(-2147483649, -1) = -1,
+int64 on ONNX Runtime: its int64 Max/Min are wrong near +-2**31 (1.31, measured from two elements on: Min([-2147483649] * 2, -1) = [-1, -1],
 Min(2147483648, 0) = 0; Less/Greater are right). As in Clip, the lower bound is applied first, so lo > hi
 gives hi everywhere (torch.clamp does the same). Every rewrite must load on ONNX Runtime (the project
 validates on it), whose CPU kernels lack int16/uint16 Max, Min and Where and uint64 Where: those types go

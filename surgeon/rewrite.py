@@ -116,7 +116,7 @@ def validation_runtime(target):
 
 def max_min_is_wrong(target, dtype) -> bool:
     """Whether `target`'s Max/Min give wrong results for `dtype`: ONNX Runtime 1.31's int64 Max/Min
-    broadcast wrongly past the int32 range (measured: Min([-2147483649], -1) = -1, Min(2147483648, 0) = 0;
+    broadcast wrongly past the int32 range (measured from two elements on: Min([-2147483649] * 2, -1) = [-1, -1], Min(2147483648, 0) = 0;
     tests/test_pass_maximum_minimum.py pins it). Its uint64 Max/Min and int64 Less/Greater/Where are right."""
     return target.runtime == "onnxruntime" and np.dtype(dtype) == np.int64
 

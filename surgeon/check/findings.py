@@ -89,7 +89,7 @@ def recipe_rule(rule_id: str, name: str, severity: str, summary: str, fix: str |
 
 # Reported by the runner itself, before any rule can look at the file; never filtered out.
 UNREADABLE_FILE = Rule("SG000", "unreadable-file", "error",
-                       "the model or recipe file is missing or not valid ONNX / YAML (exit code 2)", None, None)
+                       "the model or recipe file is missing, not valid ONNX or not UTF-8 text (exit code 2)", None, None)
 
 
 def all_rules() -> dict[str, Rule]:
