@@ -686,3 +686,22 @@ def test_an_interrupt_after_the_model_is_written_says_so(tmp_path, model_file, m
     assert main(["compare", str(model_file), str(model_file), "--report", str(tmp_path / "rep")]) == 130
     assert capsys.readouterr().err.strip() == "surgeon: interrupted; nothing was written"
     assert not list(tmp_path.glob("rep*"))
+
+
+def test_quiet_runs_and_compares_still_say_why_they_failed(tmp_path, capsys):
+    """-q prints errors only; a failed validation is one (it printed nothing, exit 1 with no reason)."""
+    from surgeon.cli import main
+
+    relu = make_model([helper.make_node("Relu", ["x"], ["y"], name="relu")], [("x", np.float32, [4])],
+                      [("y", np.float32, [4])])
+    onnx.save(relu, tmp_path / "relu.onnx")
+    onnx.save(make_model([helper.make_node("Neg", ["x"], ["y"], name="neg")], [("x", np.float32, [4])],
+                         [("y", np.float32, [4])]), tmp_path / "neg.onnx")
+    assert main(["compare", str(tmp_path / "relu.onnx"), str(tmp_path / "neg.onnx"), "-q"]) == 1
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith("validation FAILED") and len(err.splitlines()) == 1
+    (tmp_path / "r.yaml").write_text("steps:\n  - pass: remove-node\n    with: {op_types: [Neg]}\nvalidate: {}\n")
+    assert main(["run", str(tmp_path / "r.yaml"), str(tmp_path / "neg.onnx"), "-o", str(tmp_path / "o.onnx"),
+                 "-q"]) == 1
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith("validation FAILED") and len(err.splitlines()) == 1

@@ -8,6 +8,7 @@ Polygraphy's TensorRT runner. Exit code 0 when every output of B is within toler
 """
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from surgeon.cli_args import OutputArgs, PluginArgs, print_json
@@ -133,4 +134,6 @@ def run(args) -> int:
         print_json(result.to_dict())
     elif not args.quiet:
         print(result.summary)
+    elif not result.passed:  # -q prints errors only: a failed comparison is one
+        print(result.summary.splitlines()[0], file=sys.stderr)
     return 0 if result.passed else CheckFailed.exit_code

@@ -43,6 +43,8 @@ def run(args) -> int:
         print_json(result.report())
     elif not args.quiet:
         print(summary(result, args.dry_run))
+    elif not result.ok:  # -q prints errors only: a failed validation is one
+        print(result.validation.summary.splitlines()[0], file=sys.stderr)
     if not result.ok:
         return CheckFailed.exit_code
     return 0
