@@ -13,7 +13,7 @@
 
 A child recipe's keys replace its parent's (but not its `name`); `steps` replaces the parent's steps,
 `prepend_steps` and `append_steps` add around them, and `set: {STEP.PARAM: VALUE}` overrides parameters
-like `--set`, each file's over its own steps, with paths relative to that file.
+like `--set`, each file's as if written in that file: over its own steps and sections, with paths relative to it.
 Every error names the file, line and column, the step and the key, and suggests the nearest name.
 """
 from __future__ import annotations
@@ -393,13 +393,16 @@ def _build(chain: list, path: Path | None) -> Recipe:
     parsed: dict = {}
     recipe.steps = _chain_steps(merged, parsed)
 
-    for section, fields in SECTIONS.items():
-        body, mapping, file = value(section)
-        if body is not None:
-            setattr(recipe, section, _parse_section(section, body, mapping, file, fields))
-
-    # Each level's `set` means that level's steps (its step 2 is its own step 2, whatever a child prepends).
+    # Each level's `set` edits that level's own view of the recipe, as if written in its file, before the
+    # levels below it replace what they write: its step 2 is its own step 2 (whatever a child prepends), and
+    # it changes a section as that level sees it, so a child's section (or its empty one) replaces the
+    # result, the way it replaces a section its parent wrote.
     for depth, (mapping, file) in enumerate(chain, start=1):
+        for section, fields in SECTIONS.items():
+            if section in mapping:
+                body = mapping[section]
+                checked = None if body is None else _parse_section(section, body, mapping, file, fields)
+                setattr(recipe, section, checked)
         if "set" not in mapping:
             continue
         sets = mapping["set"]
@@ -416,7 +419,9 @@ def _build(chain: list, path: Path | None) -> Recipe:
                 _, replaced_by = merged["steps"][-1]
                 raise _error(f"set {key}: its step ({step.label or step.pass_name}, {step.file}:{step.line}) is "
                              f"not in the recipe: {replaced_by} replaces the steps", _key_mark(sets, key),
-                             f"set the parameter in {replaced_by} instead", file=file)
+                             "add your steps with prepend_steps or append_steps instead of replacing them, "
+                             "extend a recipe without this set, or copy the steps you need instead of extending",
+                             file=file)
     return recipe
 
 
@@ -597,6 +602,8 @@ def apply_override(recipe: Recipe, override, steps: list[Step] | None = None, ba
     A recipe's own `set` gives the folder of its file as `base`: paths in sections are relative to it.
     `source` is how messages call the override (`--set`, or a recipe's `set`)."""
     key, value = parse_override(override) if isinstance(override, str) else override
+    if "." not in key:
+        raise RecipeError(f"{source} {key}: expected STEP.PARAM, such as 2.mode or validate.atol")
     step_ref, param = key.rsplit(".", 1)
     if step_ref in SECTIONS:
         fields = SECTIONS[step_ref]

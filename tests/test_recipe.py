@@ -314,6 +314,41 @@ def test_a_parents_set_means_the_parents_own_steps(tmp_path):
     err = error_of(write(tmp_path, "extends: labelled.yaml\nsteps: [{pass: toposort}]\n", "replacing.yaml"))
     assert err.file.endswith("labelled.yaml") and err.line == 2
     assert "its step (base-clean" in err.message and "replacing.yaml replaces the steps" in err.message
+    # the hint says what can be done: writing the set in the child would not help, the parent's still fails
+    assert "prepend_steps or append_steps" in err.hint and "without this set" in err.hint
+
+
+def test_a_childs_section_replaces_what_a_parents_set_made_of_it(tmp_path):
+    write(tmp_path, "steps: [{pass: toposort}]\nvalidate: {atol: 1.0e-3}\nset: {validate.rtol: 0.5}\n",
+          "base.yaml")
+    # a level's set edits the section as that level sees it: a child inheriting it keeps the edit ...
+    assert load_recipe(write(tmp_path, "extends: base.yaml\n", "same.yaml")).validate["rtol"] == 0.5
+    mine = load_recipe(write(tmp_path, "extends: base.yaml\nset: {validate.atol: 0.1}\n", "mine.yaml")).validate
+    assert (mine["atol"], mine["rtol"]) == (0.1, 0.5)
+    # ... a child writing the section replaces it, the parent's set with it (not 500,000x looser than written)
+    own = load_recipe(write(tmp_path, "extends: base.yaml\nvalidate: {rtol: 1.0e-6}\n", "own.yaml")).validate
+    assert (own["atol"], own["rtol"]) == (1e-5, 1e-6)
+    assert load_recipe(write(tmp_path, "extends: base.yaml\nvalidate:\n", "none.yaml")).validate is None
+    # three levels: the middle's section replaces the top's set; the middle's own set edits it
+    write(tmp_path, "extends: base.yaml\nvalidate: {atol: 0.2}\nset: {validate.seed: 3}\n", "mid.yaml")
+    low = load_recipe(write(tmp_path, "extends: mid.yaml\n", "low.yaml")).validate
+    assert (low["atol"], low["rtol"], low["seed"]) == (0.2, 1e-5, 3)
+
+    (tmp_path / "sub").mkdir()
+    write(tmp_path, "steps: [{pass: toposort}]\nbuild: {precision: fp16}\n"
+                    "set: {build.plugins: [libfoo.so], build.calibration: {data: cal.npz}}\n", "sub/b.yaml")
+    int8 = write(tmp_path, "extends: sub/b.yaml\nbuild: {precision: int8, calibration: {data: mine.npz}}\n",
+                 "int8.yaml")
+    build = load_recipe(int8).build
+    assert (build["precision"], build["plugins"]) == ("int8", ["builtin"])
+    assert build["calibration"] == {"data": str(tmp_path / "mine.npz")}
+    assert load_recipe(write(tmp_path, "extends: sub/b.yaml\nbuild:\n", "nobuild.yaml")).build is None
+
+
+def test_a_set_key_without_a_dot_is_refused_where_it_is_written(tmp_path):
+    err = error_of(write(tmp_path, "steps: [{pass: toposort}]\nset: {toposort: 1}\n"))
+    assert (err.line, err.column) == (2, 7)
+    assert err.message == "set toposort: expected STEP.PARAM, such as 2.mode or validate.atol"
 
 
 def test_paths_in_a_recipes_set_are_relative_to_its_file(tmp_path, monkeypatch):
