@@ -347,6 +347,18 @@ def test_dtypes_inside_subgraphs_are_checked(tmp_path):
     assert "tensor 'd' is float64" in {f.message for f in findings if f.rule == "SG007"}
 
 
+def test_an_unsorted_body_is_sg008_and_the_rest_is_checked_sorted(tmp_path):
+    """A body out of order used to give an SG014 naming no fix and SG015 echoes of it: now SG008 points to
+    toposort (which sorts bodies), and the checker and shape inference judge the sorted copy, finding nothing."""
+    neg = helper.make_node("Neg", ["x"], ["n"], name="neg")
+    model = if_with_branches([helper.make_node("Abs", ["n"], ["t"], name="abs"), neg],
+                             [helper.make_node("Abs", ["x"], ["e"], name="abs_e")],
+                             then_out=("t", np.float32), else_out=("e", np.float32))
+    findings = _check(model, Settings(), tmp_path)
+    assert [(f.rule, f.node, f.message, f.fix) for f in findings] == [
+        ("SG008", "If_0/then_branch/abs", "reads 'n' before node If_0/then_branch/neg (Neg) produces it", "toposort")]
+
+
 def _constant_with_external_data(location: str):
     """Relu(Constant) whose Constant tensor is stored in `location` (not an initializer)."""
     value = helper.make_tensor("cval", TensorProto.FLOAT, [2], [0.0, 0.0])
@@ -405,3 +417,16 @@ def test_checker_warnings_do_not_reach_stdout(tmp_path, capfd):
     check_model(model)
     out, err = capfd.readouterr()
     assert out == "" and "experimental ops" in err
+
+
+def test_a_model_above_the_targets_opset_is_one_sg018_not_one_sg003_per_node(tmp_path):
+    """opset-11 on an opset-13 export: every node whose version changed after 11 used to be its own SG003
+    (63 for one grid_sample module); set-opset lowers them all, so SG018 says it once."""
+    nodes = [helper.make_node("Unsqueeze", ["x", "axes"], ["u"], name="unsqueeze"),
+             helper.make_node("Squeeze", ["u", "axes"], ["y"], name="squeeze")]
+    model = make_model(nodes, [("x", np.float32, [4])], [("y", np.float32, [4])],
+                       initializers={"axes": np.array([0], np.int64)}, opset=13)
+    findings = _check(model, Settings(target="opset-11"), tmp_path)
+    assert [f.rule for f in findings if f.rule in ("SG003", "SG018")] == ["SG018"]
+    sg018 = next(f for f in findings if f.rule == "SG018")
+    assert sg018.fix.startswith("set-opset opset=11, as the first step (prepend_steps")

@@ -199,6 +199,7 @@ description: Standard opset-11 ops only, for NPUs and older runtimes that accept
 runtime: npu
 version: "11"
 opset: 11
+max_opset: 11
 static_shapes: true
 sources:
   - "onnx.defs.get_all_schemas_with_history() of onnx {onnx.__version__} (ai.onnx ops at opset 11, minus deprecated ones)"

@@ -136,7 +136,8 @@ def opset_too_new(facts: ModelFacts):
     limit, opset = facts.target.max_opset, facts.opsets.get("")
     if limit is not None and opset is not None and opset > limit:
         yield _finding(facts, "SG018", "error", f"ai.onnx opset {opset} is newer than {facts.target.name} loads "
-                       f"(at most {limit})", fix=f"set-opset opset={limit}")
+                       f"(at most {limit})", fix=f"set-opset opset={limit}, as the first step (prepend_steps when "
+                       "extending a target recipe: later passes may emit ops the converter cannot lower)")
 
 
 # ---------------------------------------------------------------- ops on the target
@@ -201,6 +202,8 @@ def op_unsupported(facts: ModelFacts):
             problem = (f"version {version} (opset {facts.opsets.get('', '?')}) is newer than {target.name} "
                        f"supports (up to version {rule['until']})")
             if _above_max_opset(facts):
+                if not _converter_lacks_adapter(node.op_type, facts.opsets[""], facts.target.max_opset):
+                    continue  # SG018's set-opset lowers it: one finding for the model, not one per node
                 problem, fix = _lower_opset_fix(facts, node, version, problem)
                 yield _finding(facts, "SG003", "error", problem, node, fix=fix)
                 continue
@@ -214,13 +217,11 @@ def _above_max_opset(facts: ModelFacts) -> bool:
     return limit is not None and opset is not None and opset > limit
 
 
-def _lower_opset_fix(facts: ModelFacts, node, version: int, problem: str) -> tuple[str, str | None]:
-    """(problem, fix) for an op version the target lacks in a model above the target's `max_opset`: a pass
-    rewriting the node (chunk for Split-18) leaves it at the model's opset, so only a lower opset helps, which
-    set-opset gives where onnx's version converter has an adapter down for the op."""
+def _lower_opset_fix(facts: ModelFacts, node, version: int, problem: str) -> tuple[str, None]:
+    """(problem, no fix) for an op version the target lacks in a model above the target's `max_opset` that
+    set-opset cannot lower either: a pass rewriting the node (chunk for Split-18) leaves it at the model's
+    opset, and onnx's version converter has no adapter taking it down."""
     limit, opset = facts.target.max_opset, facts.opsets[""]
-    if not _converter_lacks_adapter(node.op_type, opset, limit):
-        return problem, f"set-opset opset={limit}"
     return (f"{problem}; at opset {opset} no pass helps: {facts.target.name} parses opset <= {limit}, and "
             f"set-opset cannot lower {node.op_type}-{version} (onnx's version converter has no adapter for it): "
             f"export the model at opset {limit} or lower"), None
@@ -321,9 +322,8 @@ def float64_tensors(facts: ModelFacts):
 @model_rule("SG008", "not-toposorted", "error", "nodes not in topological order (onnx.checker requires it)",
             fix="pass toposort")
 def not_toposorted(facts: ModelFacts):
-    for reader, name, producer in facts.late_reads:
-        node, late = facts.nodes[reader], facts.nodes[producer]
-        yield _finding(facts, "SG008", "error", f"reads '{name}' before node {late.name or f'#{producer}'} "
+    for node, name, late in facts.late_reads:
+        yield _finding(facts, "SG008", "error", f"reads '{name}' before node {facts.node_path(late)} "
                        f"({op_label(late)}) produces it", node, fix="toposort")
 
 
