@@ -140,8 +140,23 @@ def _settings_values(table: dict, path: Path, where: str) -> dict:
             raise SurgeonError(f"{where}: 'max-initializer-mb' must be a number", file=path)
         elif key == "target" and not isinstance(value, str):
             raise SurgeonError(f"{where}: 'target' must be a target name such as 'tensorrt-8.6'", file=path)
+        elif key == "target":
+            _check_target(value, path, where)
         values[attr] = value
     return values
+
+
+def _check_target(name: str, path: Path, where: str) -> None:
+    """An unknown target is an error naming the pyproject file and line, not only the name."""
+    from surgeon.targets import load_target
+
+    if name.endswith((".yaml", ".yml")):  # a profile file: read (and reported) where it is used
+        return
+    try:
+        load_target(name)
+    except SurgeonError as exc:
+        line = next((n for n, text in enumerate(path.read_text().splitlines(), start=1) if name in text), None)
+        raise SurgeonError(f"{where}: 'target': {exc.message}", file=path, line=line, hint=exc.hint) from None
 
 
 def _check_rule_ids(ids, path: Path, where: str) -> None:
