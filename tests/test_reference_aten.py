@@ -9,9 +9,12 @@ import onnx
 import pytest
 from onnx import helper
 
+from surgeon.check import Settings, check_file
 from surgeon.reference import find_reference
+from surgeon.registry import get_pass
+from surgeon.sampling import TRT_OPS
 from surgeon.testing import make_model
-from surgeon.validation.runners import ReferenceRunner
+from surgeon.validation.runners import ReferenceRunner, is_special
 
 torch = pytest.importorskip("torch")
 ATEN = "org.pytorch.aten"
@@ -82,6 +85,116 @@ def test_maximum_minimum_propagate_nan(operator, torch_fn):
     np.testing.assert_array_equal(aten(operator)(a, b), torch_fn(torch.from_numpy(a), torch.from_numpy(b)).numpy())
 
 
+#: (ATen operator, overload_name) -> the torch function it is.
+MAX_MIN = {("maximum", ""): torch.maximum, ("minimum", ""): torch.minimum, ("fmax", ""): torch.fmax,
+           ("fmin", ""): torch.fmin, ("max", "other"): torch.max, ("min", "other"): torch.min}
+#: Operand pairs torch promotes differently from NumPy (int64 with float32 is float32, a 0-d int64 is cast
+#: to the int32 of the other operand, wrapping), with NaN on each side and on both.
+OPERAND_PAIRS = [
+    (np.array([1.0, np.nan, 3.0, np.nan, -np.inf], np.float32), np.array([2.0, 0.0, np.nan, np.nan, 1.0], np.float32)),
+    (np.array([2**40 + 1, -3, 7], np.int64), np.array([np.nan, -2.5, 1e10], np.float32)),
+    (np.array([5, -7, 2**31 - 1], np.int32), np.array(2**33 + 4, np.int64)),
+    (np.array([True, False, True]), np.array([0.5, np.nan, -1.0], np.float32)),
+    (np.array([200, 3, 0], np.uint8), np.array([-100, 4, -1], np.int8)),
+    (np.array([1.5, np.nan, 65504], np.float16), np.array([1.25, 2.0, np.nan], np.float32)),
+    (np.array([True, False, False]), np.array([False, False, True])),
+]
+
+
+def _binary(operator, overload, a, b):
+    return find_reference("ATen", ATEN, operator)([a, b], {"overload_name": overload})[0]
+
+
+@pytest.mark.parametrize("a,b", OPERAND_PAIRS, ids=lambda v: f"{v.dtype}{list(v.shape)}")
+@pytest.mark.parametrize("operator,overload", list(MAX_MIN))
+def test_max_min_family_matches_torch_in_nan_handling_and_result_type(operator, overload, a, b):
+    """fmax/fmin return the non-NaN operand, maximum/minimum and max/min.other propagate NaN; each computes
+    in torch.result_type (surgeon/promotion.py), not in NumPy's promoted type."""
+    expected = MAX_MIN[operator, overload](torch.from_numpy(a), torch.from_numpy(b)).numpy()
+    got = _binary(operator, overload, a, b)
+    assert got.dtype == expected.dtype
+    np.testing.assert_array_equal(got, expected)  # exact, NaN positions included
+
+
+@pytest.mark.parametrize("operator", ["fmax", "max"])
+def test_max_min_refuse_a_pair_torch_does_not_promote(operator):
+    a, b = np.array([1], np.uint16), np.array([1], np.int8)
+    with pytest.raises(RuntimeError, match="not supported"):
+        torch.fmax(torch.from_numpy(a), torch.from_numpy(b))
+    with pytest.raises(ValueError, match="torch does not promote uint16 with int8"):
+        _binary(operator, "other", a, b)
+
+
+@pytest.mark.parametrize("operator,torch_fn", [("max", torch.max), ("min", torch.min)])
+@pytest.mark.parametrize("x", [np.array([[1.0, np.nan, 3.0, np.nan], [2.0, 2.0, -1.0, 0.0]], np.float32),
+                               np.array([[1, 3, 3], [-4, -4, 0]], np.int64)], ids=["float32", "int64"])
+def test_max_min_reductions_match_torch_with_nan_and_ties(operator, torch_fn, x):
+    """The other overloads of the ATen max/min operators: a NaN wins and ties take the first index."""
+    fn = find_reference("ATen", ATEN, operator)
+    t = torch.from_numpy(x)
+    np.testing.assert_array_equal(fn([x], {"overload_name": ""})[0], torch_fn(t).numpy())
+    for dim in (0, 1, -1):
+        for keepdim in (False, True):
+            values, indices = fn([x, np.array(dim), np.array(keepdim)], {"overload_name": "dim"})
+            expected = torch_fn(t, dim, keepdim)
+            np.testing.assert_array_equal(values, expected.values.numpy())
+            np.testing.assert_array_equal(indices, expected.indices.numpy())
+            assert values.dtype == x.dtype and indices.dtype == np.int64
+
+
+def test_max_overload_without_a_reference_is_named():
+    with pytest.raises(ValueError, match="ATen max overload 'names_dim' has no CPU reference"):
+        find_reference("ATen", ATEN, "max")([np.zeros(2, np.float32)], {"overload_name": "names_dim"})
+
+
+LOGICAL_OPERANDS = [np.array([np.nan, 0.0, -0.0, 2.5, 0.0], np.float32), np.array([1, 0, 3, 0, -2], np.int32),
+                    np.array([True, True, False, False, True])]
+
+
+@pytest.mark.parametrize("b", LOGICAL_OPERANDS, ids=lambda v: str(v.dtype))
+@pytest.mark.parametrize("a", LOGICAL_OPERANDS, ids=lambda v: str(v.dtype))
+@pytest.mark.parametrize("kind", ["and", "or", "xor"])
+def test_logical_ops_read_operands_as_bool_and_return_bool(kind, a, b):
+    """Non-zero (NaN included) is true, -0.0 false, whatever the two dtypes; the result is bool."""
+    expected = getattr(torch, f"logical_{kind}")(torch.from_numpy(a), torch.from_numpy(b)).numpy()
+    got = aten(f"logical_{kind}")(a, b)
+    assert got.dtype == expected.dtype == np.bool_
+    np.testing.assert_array_equal(got, expected)
+
+
+#: The passes whose every non-standard form (their `handles`) has a CPU reference. Not yet atan2 (a custom
+#: `Atan2` in any domain) and bev-pool-plugin (BEVPoolV2TRT's output layout is read from its output shape).
+PASSES_WITH_REFERENCES = ("any-all", "grid-sample", "grid-sample-3d", "inplace-and", "inverse", "linspace",
+                          "maximum-minimum", "msda-plugin", "nan-to-num")
+
+
+def _recognised_node(label: str, index: int) -> onnx.NodeProto:
+    """A node of a `handles` label: `ATen:operator`, `domain::op_type` or a default-domain op type."""
+    inputs, outputs = ["a", "b"], [f"y{index}"]
+    if label.startswith("ATen:"):
+        return helper.make_node("ATen", inputs, outputs, name=label, domain=ATEN, operator=label[len("ATen:"):])
+    domain, _, op_type = label.rpartition("::")
+    return helper.make_node(op_type, inputs, outputs, name=label, domain=domain)
+
+
+def test_check_finds_a_reference_for_every_form_the_passes_recognise(tmp_path):
+    """No SG002 (no CPU reference) on a node the passes rewrite, so validation can run the original."""
+    labels = sorted({label for name in PASSES_WITH_REFERENCES for label in get_pass(name).handles})
+    # the nodes validation hands to a reference (ONNX Runtime runs GridSample, com.microsoft::Inverse)
+    nodes = [node for node in map(_recognised_node, labels, range(len(labels))) if is_special(node, 13)]
+    # torch.max(a, b) / torch.min(a, b), which maximum-minimum rewrites too
+    nodes += [helper.make_node("ATen", ["a", "b"], [f"{op}_other"], name=f"{op}.other", domain=ATEN, operator=op,
+                               overload_name="other") for op in ("max", "min")]
+    assert {"GridSampler2DTRT2", "GridSampler3DTRT", "GridSampler3DTRT2", "ATen:grid_sampler_2d",
+            "ATen:grid_sampler_3d", "ATen:fmax", "ATen:fmin", "ATen:logical_and", "ATen:logical_or",
+            "ATen:logical_xor"} <= {node.name for node in nodes}
+    outputs = [(o, np.float32, None) for n in nodes for o in n.output]
+    model = make_model(nodes, [("a", np.float32, [2]), ("b", np.float32, [2])], outputs, opset=13)
+    onnx.save(model, tmp_path / "forms.onnx")
+    no_reference = [f.node for f in check_file(tmp_path / "forms.onnx", Settings()) if f.rule == "SG002"]
+    assert no_reference == []
+
+
 @pytest.mark.parametrize("operator", ["any", "all"])
 def test_any_all_whole_and_along_a_dim(operator):
     x = np.array([[True, False, True], [True, True, True]])
@@ -99,15 +212,76 @@ def _sampler_inputs(seed=2):
     return x, grid
 
 
-def test_grid_sampler_2d_trt_reads_the_scaled_channels_first_grid():
-    """BEVFormer_tensorrt's GridSampler2DTRT takes grid [N, 2, Ho, Wo] holding 10x the coordinates."""
-    x, grid = _sampler_inputs()
-    plugin_grid = np.ascontiguousarray(grid.transpose(0, 3, 1, 2)) * np.float32(10)
-    fn = find_reference("GridSampler2DTRT", "")
-    out = fn([x, plugin_grid], {"interpolation_mode": 0, "padding_mode": 1, "align_corners": 1})[0]
-    expected = torch.nn.functional.grid_sample(torch.from_numpy(x), torch.from_numpy(grid), mode="bilinear",
-                                               padding_mode="border", align_corners=True).numpy()
-    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
+SAMPLING_TOL = dict(rtol=1e-5, atol=1e-5)  # bit-exactness is tests/test_reference_numpy_ops.py's to pin
+
+
+def _sampling_inputs(spatial: int, seed: int):
+    """x [2, 3, (4,) 5, 6] and a torch-layout grid [2, (2,) 3, 4, spatial] reaching past [-1, 1]."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((2, 3) + (4, 5, 6)[3 - spatial:]).astype(np.float32)
+    grid = rng.uniform(-1.2, 1.2, (2,) + (2, 3, 4)[3 - spatial:] + (spatial,)).astype(np.float32)
+    return x, grid
+
+
+@pytest.mark.parametrize("mode,padding,align", [(0, 0, 0), (1, 1, 1), (0, 2, 1), (1, 2, 0)])
+@pytest.mark.parametrize("op_type", sorted(TRT_OPS))
+def test_bevformer_trt_grid_samplers_run_as_their_pytorch_forward(op_type, mode, padding, align):
+    """GridSampler2DTRT(2) / GridSampler3DTRT(2) take the grid channels first holding 10x the coordinates;
+    BEVFormer_tensorrt's forward is grid.permute(0, 2, 3, 1) (3-D: (0, 2, 3, 4, 1)) / 10, then grid_sampler."""
+    spatial = TRT_OPS[op_type]
+    x, grid = _sampling_inputs(spatial, seed=7)
+    channels_first = (0, spatial + 1, *range(1, spatial + 1))
+    plugin_grid = np.ascontiguousarray(grid.transpose(channels_first)) * np.float32(10)
+    node = helper.make_node(op_type, ["x", "g"], ["y"], name="s", interpolation_mode=mode, padding_mode=padding,
+                            align_corners=align)
+    model = make_model([node], [("x", np.float32, x.shape), ("g", np.float32, plugin_grid.shape)],
+                       [("y", np.float32, None)], opset=13)
+    outputs, _ = run_reference(model, {"x": x, "g": plugin_grid})
+    channels_last = (0, *range(2, spatial + 2), 1)
+    expected = torch.grid_sampler(torch.from_numpy(x), torch.from_numpy(plugin_grid).permute(channels_last) / 10,
+                                  mode, padding, bool(align)).numpy()
+    np.testing.assert_allclose(outputs["y"], expected, **SAMPLING_TOL)
+
+
+@pytest.mark.parametrize("op_type,grid_rank", [("GridSampler3DTRT", 4), ("GridSampler2DTRT2", 5)])
+def test_bevformer_trt_grid_sampler_refuses_a_grid_its_forward_cannot_permute(op_type, grid_rank):
+    spatial = grid_rank - 2
+    x, grid = _sampling_inputs(spatial, seed=10)
+    plugin_grid = np.ascontiguousarray(grid.transpose(0, spatial + 1, *range(1, spatial + 1)))
+    with pytest.raises(RuntimeError):  # the wrapper's permute has the other number of dims
+        torch.from_numpy(plugin_grid).permute((0, 2, 3, 4, 1) if op_type.startswith("GridSampler3D") else (0, 2, 3, 1))
+    with pytest.raises(ValueError, match=f"{op_type} needs a {7 - spatial}-D grid"):
+        find_reference(op_type, "")([x, plugin_grid], {})
+
+
+def _aten_sampler_model(operator, x, grid, mode, padding, align):
+    node = helper.make_node("ATen", ["x", "grid", "mode", "padding", "align"], ["y"], name="gs", domain=ATEN,
+                            operator=operator, overload_name="")
+    return make_model([node], [("x", np.float32, x.shape), ("grid", np.float32, grid.shape)],
+                      [("y", np.float32, None)],
+                      initializers={"mode": np.array(mode, np.int64), "padding": np.array(padding, np.int64),
+                                    "align": np.array(bool(align))}, extra_opsets={ATEN: 1})
+
+
+@pytest.mark.parametrize("mode,padding,align", [(0, 0, 0), (1, 1, 1), (0, 2, 1)])
+@pytest.mark.parametrize("operator,spatial", [("grid_sampler", 2), ("grid_sampler", 3), ("grid_sampler_2d", 2),
+                                              ("grid_sampler_3d", 3)])
+def test_aten_grid_samplers_match_torch(operator, spatial, mode, padding, align):
+    """ATen grid_sampler_2d / grid_sampler_3d take grid_sampler's inputs (x, grid, mode, padding, align)."""
+    x, grid = _sampling_inputs(spatial, seed=8)
+    outputs, _ = run_reference(_aten_sampler_model(operator, x, grid, mode, padding, align), {"x": x, "grid": grid})
+    expected = getattr(torch.ops.aten, operator)(torch.from_numpy(x), torch.from_numpy(grid), mode, padding,
+                                                 bool(align)).numpy()
+    np.testing.assert_allclose(outputs["y"], expected, **SAMPLING_TOL)
+
+
+@pytest.mark.parametrize("operator,spatial", [("grid_sampler_2d", 3), ("grid_sampler_3d", 2)])
+def test_aten_grid_sampler_of_the_other_rank_is_refused_as_torch_refuses_it(operator, spatial):
+    x, grid = _sampling_inputs(spatial, seed=9)
+    with pytest.raises(RuntimeError):
+        getattr(torch.ops.aten, operator)(torch.from_numpy(x), torch.from_numpy(grid), 0, 0, False)
+    with pytest.raises(ValueError, match=f"{operator} needs a {7 - spatial}-D input"):
+        aten(operator)(x, grid, np.array(0), np.array(0), np.array(False))
 
 
 def test_mmdeploy_grid_sampler():

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from surgeon.promotion import torch_result_type
 from surgeon.reference import reference_op
 from surgeon.reference.numpy_ops import grid_sample, multi_scale_deformable_attention
+from surgeon.sampling import ATEN_OPERATORS, TRT_GRID_SCALE, TRT_OPS
 
 ATEN = "org.pytorch.aten"
 
@@ -21,26 +23,54 @@ def _scalar(value, default=None):
     return np.asarray(value).reshape(-1)[0].item()
 
 
-@reference_op("ATen", domain=ATEN, operator="grid_sampler")
-def aten_grid_sampler(inputs, attrs):
-    x, grid, mode, padding, align = inputs[:5]
-    return [grid_sample(x, grid, int(_scalar(mode, 0)), int(_scalar(padding, 0)), bool(_scalar(align, False)))]
+#: torch's grid_sampler_2d / grid_sampler_3d take the inputs of grid_sampler but refuse any other input rank.
+_ATEN_SAMPLER_RANK = {"grid_sampler": None, "grid_sampler_2d": 4, "grid_sampler_3d": 5}
+
+
+def _aten_grid_sampler(operator: str):
+    def reference(inputs, attrs):
+        x, grid, mode, padding, align = inputs[:5]
+        rank = _ATEN_SAMPLER_RANK[operator]
+        if rank is not None and np.ndim(x) != rank:
+            raise ValueError(f"{operator} needs a {rank}-D input, got shape {np.shape(x)}")
+        return [grid_sample(x, grid, int(_scalar(mode, 0)), int(_scalar(padding, 0)), bool(_scalar(align, False)))]
+
+    return reference
+
+
+for _operator in ATEN_OPERATORS:
+    reference_op("ATen", domain=ATEN, operator=_operator)(_aten_grid_sampler(_operator))
 
 
 @reference_op("grid_sampler", domain="mmdeploy")
 def mmdeploy_grid_sampler(inputs, attrs):
-    x, grid = inputs[:2]
-    return [grid_sample(x, grid, int(attrs.get("interpolation_mode", 0)), int(attrs.get("padding_mode", 0)),
-                        bool(attrs.get("align_corners", 0)))]
+    return [_sample_by_attributes(inputs[0], inputs[1], attrs)]
 
 
-@reference_op("GridSampler2DTRT")
-def grid_sampler_2d_trt(inputs, attrs):
-    """BEVFormer_tensorrt's plugin: the grid arrives as [N, 2, Ho, Wo] holding 10x the normalised coordinates."""
-    x, grid = inputs[:2]
-    grid = np.transpose(grid, (0, 2, 3, 1)) / grid.dtype.type(10)
-    return [grid_sample(x, grid, int(attrs.get("interpolation_mode", 0)), int(attrs.get("padding_mode", 0)),
-                        bool(attrs.get("align_corners", 0)))]
+def _sample_by_attributes(x, grid, attrs):
+    """grid_sample with torch's codes for mode, padding and alignment read from attributes (mmdeploy,
+    BEVFormer_tensorrt)."""
+    return grid_sample(x, grid, int(attrs.get("interpolation_mode", 0)), int(attrs.get("padding_mode", 0)),
+                       bool(attrs.get("align_corners", 0)))
+
+
+def _trt_grid_sampler(op_type: str):
+    """BEVFormer_tensorrt's plugins: the grid arrives as [N, 2, Ho, Wo] ([N, 3, Do, Ho, Wo]) holding 10x the
+    normalised coordinates; their PyTorch forward does `grid.permute(0, 2, 3, 1) / 10` (3-D: (0, 2, 3, 4, 1))."""
+    rank = TRT_OPS[op_type] + 2
+
+    def reference(inputs, attrs):
+        x, grid = inputs[:2]
+        if np.ndim(grid) != rank:  # the forward's permute refuses it
+            raise ValueError(f"{op_type} needs a {rank}-D grid, got shape {np.shape(grid)}")
+        grid = np.transpose(grid, (0, *range(2, rank), 1)) / grid.dtype.type(TRT_GRID_SCALE)
+        return [_sample_by_attributes(x, grid, attrs)]
+
+    return reference
+
+
+for _op_type in TRT_OPS:
+    reference_op(_op_type)(_trt_grid_sampler(_op_type))
 
 
 @reference_op("MMCVMultiScaleDeformableAttention", domain="mmcv")
@@ -58,9 +88,60 @@ def _register_binary(operators, fn):
 _register_binary(("__iand_", "__and_", "bitwise_and"), np.bitwise_and)
 _register_binary(("__ior_", "__or_", "bitwise_or"), np.bitwise_or)
 _register_binary(("__ixor_", "__xor_", "bitwise_xor"), np.bitwise_xor)
-# torch.maximum/minimum propagate NaN, as np.maximum/np.minimum do.
-_register_binary(("maximum",), np.maximum)
-_register_binary(("minimum",), np.minimum)
+# torch.logical_*: operands read as bool (non-zero, NaN included, is true), result bool.
+_register_binary(("logical_and",), np.logical_and)
+_register_binary(("logical_or",), np.logical_or)
+_register_binary(("logical_xor",), np.logical_xor)
+
+
+def _in_torch_result_type(a, b) -> tuple[np.ndarray, np.ndarray]:
+    """Both operands cast to the dtype torch computes a binary elementwise op in (torch.result_type, with
+    its 0-d rule: maximum(int32[n], int64[]) is int32), which NumPy's promotion does not follow."""
+    a, b = np.asarray(a), np.asarray(b)
+    dtype = torch_result_type([a, b])  # reads .dtype and .shape, which NumPy arrays have
+    if dtype is None:
+        raise ValueError(f"torch does not promote {a.dtype} with {b.dtype}")
+    return a.astype(dtype, copy=False), b.astype(dtype, copy=False)
+
+
+def _promoting(fn):
+    return lambda inputs, attrs: [fn(*_in_torch_result_type(inputs[0], inputs[1]))]
+
+
+# torch.maximum/minimum propagate NaN, as np.maximum/np.minimum do; torch.fmax/fmin return the non-NaN
+# operand (NaN only where both are), as np.fmax/np.fmin do.
+_ELEMENTWISE_MAX_MIN = {"maximum": np.maximum, "minimum": np.minimum, "fmax": np.fmax, "fmin": np.fmin}
+for _operator, _fn in _ELEMENTWISE_MAX_MIN.items():
+    reference_op("ATen", domain=ATEN, operator=_operator)(_promoting(_fn))
+
+
+def _max_min(name: str, elementwise, arg_reduce):
+    """torch.max / torch.min by overload: `other` is maximum/minimum; `` reduces the whole tensor; `dim`
+    returns (values, int64 indices) along a dim. A NaN wins, and ties go to the first index, as in torch."""
+    other = _promoting(elementwise)
+
+    def reference(inputs, attrs):
+        overload = attrs.get("overload_name", "")
+        if overload == "other":
+            return other(inputs, attrs)
+        x = np.asarray(inputs[0])
+        if overload == "":
+            return [np.asarray(x.reshape(-1)[arg_reduce(x)])]
+        if overload == "dim":
+            dim = int(_scalar(inputs[1]))
+            keepdim = bool(_scalar(inputs[2], False)) if len(inputs) > 2 else False
+            indices = np.expand_dims(arg_reduce(x, axis=dim), dim)
+            values = np.take_along_axis(x, indices, axis=dim)
+            if not keepdim:
+                values, indices = values.squeeze(dim), indices.squeeze(dim)
+            return [values, indices.astype(np.int64)]
+        raise ValueError(f"ATen {name} overload {overload!r} has no CPU reference (known: '', 'dim', 'other')")
+
+    return reference
+
+
+reference_op("ATen", domain=ATEN, operator="max")(_max_min("max", np.maximum, np.argmax))
+reference_op("ATen", domain=ATEN, operator="min")(_max_min("min", np.minimum, np.argmin))
 
 
 @reference_op("ATen", domain=ATEN, operator="atan2")
