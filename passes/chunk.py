@@ -249,13 +249,23 @@ class Chunk(Pass):
 
     def fold_once(self, graph, ctx, result):
         fold = IntegerFolder()  # per round: the shapes it reads change between rounds
-        self.slices(graph, ctx, fold, result)
-        for node in find_nodes(graph, lambda n: is_op(n, "SplitToSequence")):
-            self.split_to_sequence(graph, ctx, node, fold, result)
+        limit = ctx.target.max_opset
+        # A Split made above the target's max_opset is a Split at the graph's opset, which onnx's version
+        # converter cannot lower (no Split 18 -> 17 adapter), while the Slice chains, sequences and ATen nodes
+        # it would replace can be: leave them for after set-opset. Split-18's num_outputs is still made explicit.
+        if limit is not None and graph.opset > limit:
+            if any(is_op(n, ("Slice", "SplitToSequence")) or aten_operator(n) == "unflatten" for n in graph.nodes):
+                result.note(f"left Slice chains, SplitToSequence and unflatten alone: the graph's opset "
+                            f"{graph.opset} is above what {ctx.target.name} parses (at most {limit}); run "
+                            f"set-opset opset={limit} before this step (prepend_steps)")
+        else:
+            self.slices(graph, ctx, fold, result)
+            for node in find_nodes(graph, lambda n: is_op(n, "SplitToSequence")):
+                self.split_to_sequence(graph, ctx, node, fold, result)
+            for node in find_nodes(graph, lambda n: aten_operator(n) == "unflatten"):
+                self.unflatten(graph, ctx, node, fold, result)
         for node in find_nodes(graph, lambda n: is_op(n, "Split")):
             self.split(graph, ctx, node, fold, result)
-        for node in find_nodes(graph, lambda n: aten_operator(n) == "unflatten"):
-            self.unflatten(graph, ctx, node, fold, result)
 
     # ------------------------------------------------------------------ Slice chains
 

@@ -15,6 +15,8 @@ conversion, so a model converts the same whichever pass asks.
 """
 from __future__ import annotations
 
+import re
+
 import onnx
 import onnx_graphsurgeon as gs
 from onnx import helper
@@ -75,10 +77,19 @@ def _convert_model(model: onnx.ModelProto, current: int, wanted: int) -> onnx.Mo
     try:
         converted = onnx.version_converter.convert_version(model, wanted)
     except Exception as exc:
-        raise PassError(f"cannot convert opset {current} to {wanted}: {first_line(exc)}") from exc
+        raise PassError(f"cannot convert opset {current} to {wanted}: {_converter_reason(exc)}") from exc
     del converted.functions[:]  # dropped by the converter (onnx 1.x): converted one by one instead
     converted.functions.extend(_convert_function(f, wanted, model.ir_version) for f in model.functions)
     return converted
+
+
+def _converter_reason(exc: Exception) -> str:
+    """The converter's message, its C++ assertion for a missing adapter said in words."""
+    missing = re.search(r"No Adapter (?:From|To) Version \$?(\d+) for (\w+)", str(exc))
+    if missing:
+        version, op = missing.groups()
+        return f"onnx's version converter has no adapter for {op} across version {version}"
+    return first_line(exc)
 
 
 def _convert_function(function: onnx.FunctionProto, wanted: int, ir_version: int) -> onnx.FunctionProto:

@@ -14,6 +14,7 @@ from onnx import helper
 
 from surgeon.inference import infer_graph_shapes
 from surgeon.registry import discover
+from surgeon.errors import SurgeonError
 from surgeon.testing import apply_pass, export_torch, make_model, op_types, run_ort
 
 torch = pytest.importorskip("torch")
@@ -254,3 +255,25 @@ def test_sequence_position_out_of_range_is_left_with_a_note():
     assert op_types(out) == op_types(model)
     with pytest.raises(Exception, match="index"):
         run_ort(model, {"x": np.zeros((2, 7), np.float32)})
+
+
+def test_above_the_targets_opset_slice_chains_are_left_for_set_opset_first():
+    """An opset-18 export for tensorrt-8.6 (at most 17): a Split made from its Slice chain would be Split-18,
+    which set-opset cannot lower (no adapter), while the chain can be lowered. Lowered first, it folds."""
+    model = export_chunks(2, 1, (2, 8, 3), 18, dynamic=[0])
+    out, step = apply_pass(model, "chunk", target="tensorrt-8.6")
+    assert step.rewritten == [] and "Split" not in op_types(out)
+    assert step.notes == ["left Slice chains, SplitToSequence and unflatten alone: the graph's opset 18 is above "
+                          "what tensorrt-8.6 parses (at most 17); run set-opset opset=17 before this step "
+                          "(prepend_steps)"]
+    lowered, _ = apply_pass(model, "set-opset", target="tensorrt-8.6")
+    folded, step = apply_pass(lowered, "chunk", target="tensorrt-8.6")
+    assert step.rewritten and op_types(folded).count("Split") == 1
+    assert_chunks_match_torch(folded, np.random.default_rng(0).standard_normal((4, 8, 3)).astype(np.float32), 2, 1)
+
+
+def test_a_split_the_converter_cannot_lower_is_said_in_words():
+    model = split18(6, 2)
+    with pytest.raises(SurgeonError, match="cannot convert opset 18 to 17: onnx's version converter has no adapter "
+                                        "for Split across version 18"):
+        apply_pass(model, "set-opset", opset=17)
