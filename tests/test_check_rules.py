@@ -430,3 +430,20 @@ def test_a_model_above_the_targets_opset_is_one_sg018_not_one_sg003_per_node(tmp
     assert [f.rule for f in findings if f.rule in ("SG003", "SG018")] == ["SG018"]
     sg018 = next(f for f in findings if f.rule == "SG018")
     assert sg018.fix.startswith("set-opset opset=11, as the first step (prepend_steps")
+
+
+def test_no_sg002_for_what_onnx_runtime_or_a_local_function_body_runs(tmp_path):
+    """com.microsoft::Inverse runs in ONNX Runtime and a model-local function's body is inlined for
+    validation: neither needs a CPU reference (both were SG002 warnings)."""
+    from onnx import TensorProto
+
+    inverse = helper.make_node("Inverse", ["m"], ["inv"], name="inverse", domain="com.microsoft")
+    twice = helper.make_function("custom", "Twice", ["a"], ["b"], [helper.make_node("Add", ["a", "a"], ["b"])],
+                                 [helper.make_opsetid("", 13)])
+    call = helper.make_node("Twice", ["inv"], ["y"], name="twice", domain="custom")
+    graph = helper.make_graph([inverse, call], "g", [helper.make_tensor_value_info("m", TensorProto.FLOAT, [4, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 4])])
+    model = helper.make_model(graph, functions=[twice], ir_version=10,
+                              opset_imports=[helper.make_opsetid("", 13), helper.make_opsetid("com.microsoft", 1),
+                                             helper.make_opsetid("custom", 1)])
+    assert [f for f in _check(model, Settings(target="onnxruntime"), tmp_path) if f.rule == "SG002"] == []

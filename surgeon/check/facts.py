@@ -108,14 +108,20 @@ class ModelFacts:
         return [node_reads(node) for node in self.nodes]
 
     @cached_property
-    def late_reads(self) -> list[tuple[int, str, int]]:
-        """(reader index, tensor name, producer index) for each tensor read before the node producing it."""
-        producer = {}
-        for index, node in enumerate(self.nodes):
-            for name in node.output:
-                producer.setdefault(name, index)
-        return [(index, name, producer[name]) for index, reads in enumerate(self.reads)
-                for name in dict.fromkeys(reads) if producer.get(name, -1) > index]
+    def late_reads(self) -> list[tuple[onnx.NodeProto, str, onnx.NodeProto]]:
+        """(reader, tensor name, producer) for each tensor read before the node producing it, in the graph
+        and inside If/Loop/Scan bodies (onnx.checker requires each body in order too; what a body reads
+        from outside counts as read by the node holding it)."""
+        late = []
+        for graph in self.graphs:
+            reads = self.reads if graph is self.model.graph else [node_reads(node) for node in graph.node]
+            producer = {}
+            for index, node in enumerate(graph.node):
+                for name in node.output:
+                    producer.setdefault(name, index)
+            late += [(graph.node[index], name, graph.node[producer[name]]) for index, names in enumerate(reads)
+                     for name in dict.fromkeys(names) if producer.get(name, -1) > index]
+        return late
 
     @property
     def is_sorted(self) -> bool:

@@ -174,9 +174,13 @@ def plugin_library_external(facts: ModelFacts):
 def no_reference(facts: ModelFacts):
     if not facts.target.cpu_references:
         return
+    from surgeon.validation.runners import is_special
+
+    opset = facts.opsets.get("")
+    functions = {(f.domain, f.name) for f in facts.model.functions}  # validation runs their bodies
     for node in facts.all_nodes:
-        if is_standard_op(node):
-            continue
+        if not is_special(node, opset) or (node.domain, node.op_type) in functions:
+            continue  # ONNX Runtime runs it (com.microsoft ops included)
         if find_reference(node.op_type, node.domain, _aten_operator(node)) is None:
             yield _finding(facts, "SG002", "warning", "has no CPU reference (register one with "
                            "@surgeon.reference.reference_op to validate this graph)", node,
