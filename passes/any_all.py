@@ -50,7 +50,7 @@ FLOAT_EXACT_COUNT = 2 ** 24
 class AnyAll(Pass):
     """Rewrite ATen any/all (and torch's Cast/ReduceSum/Greater export) into a float ReduceMax/ReduceMin."""
 
-    handles = ("ATen:any", "ATen:all")
+    handles = ("ATen:any", "ATen:all", "ReduceSum")  # and the integer ReduceSum torch exports for them
 
     params = {
         "match_exported": Param(bool, True, help="also rewrite the int64 Cast/ReduceSum/Greater(0) cluster "

@@ -38,7 +38,7 @@ WIDENING_CASTS = (TensorProto.DOUBLE,)
 class NanToNum(Pass):
     """Rewrite torch.nan_to_num (ATen or the exported IsNaN/IsInf/Where cluster) exactly, or remove it."""
 
-    handles = ("ATen:nan_to_num",)
+    handles = ("ATen:nan_to_num", "IsNaN", "IsInf")  # and the IsNaN/IsInf cluster torch exports
 
     params = {
         "mode": Param(str, "exact", choices=("exact", "remove"),

@@ -150,7 +150,8 @@ CASES = [
      "fix: pass grid-sample mode=decompose", "error"),
     ("SG003", split_num_outputs_18, Settings(target="tensorrt-8.6"), "version 18 (opset 18) is newer than "
      "tensorrt-8.6 supports (up to version 17); at opset 18 no pass helps", "error"),
-    ("SG004", reduce_sum_int64, Settings(target="tensorrt-8.5"), "node sum (ReduceSum) on int64 is not supported", "error"),
+    ("SG004", reduce_sum_int64, Settings(target="tensorrt-8.5"), "node sum (ReduceSum) on int64 is not supported "
+     "by tensorrt-8.5 (supported: float32, float16) — fix: pass any-all", "error"),
     ("SG004", where_int16, Settings(target="onnxruntime"), "node where (Where) on int16 is not supported by "
      "onnxruntime", "error"),
     ("SG004", where_int16, Settings(target="tensorrt-10"), "node where (Where) on int16 is not supported by "

@@ -179,8 +179,8 @@ def no_reference(facts: ModelFacts):
     opset = facts.opsets.get("")
     functions = {(f.domain, f.name) for f in facts.model.functions}  # validation runs their bodies
     for node in facts.all_nodes:
-        if not is_special(node, opset) or (node.domain, node.op_type) in functions:
-            continue  # ONNX Runtime runs it (com.microsoft ops included)
+        if is_standard_op(node) or not is_special(node, opset) or (node.domain, node.op_type) in functions:
+            continue  # SG003 judges standard ops; ONNX Runtime runs the others here (com.microsoft ops)
         if find_reference(node.op_type, node.domain, _aten_operator(node)) is None:
             yield _finding(facts, "SG002", "warning", "has no CPU reference (register one with "
                            "@surgeon.reference.reference_op to validate this graph)", node,
@@ -257,7 +257,7 @@ def dtype_unsupported(facts: ModelFacts):
         cast_up = dtype == "float16" and facts.target.runtime == "onnxruntime" and "float32" in (allowed or ())
         if allowed and dtype and not cast_down and not cast_up and dtype not in allowed:
             yield _finding(facts, "SG004", "error", f"on {dtype} is not supported by {facts.target.name} "
-                           f"(supported: {', '.join(allowed)})", node)
+                           f"(supported: {', '.join(allowed)})", node, fix=fix_for(node, facts.target))
 
 
 def _is_integer_clip(facts: ModelFacts, node) -> bool:
