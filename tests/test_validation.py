@@ -668,3 +668,16 @@ def test_local_functions_are_run_through_their_bodies_aten_nodes_inside_included
     torch = pytest.importorskip("torch")
     expected = torch.nn.functional.grid_sample(torch.from_numpy(x), torch.from_numpy(grid), align_corners=False)
     np.testing.assert_allclose(got, expected.numpy(), atol=1e-6)
+
+
+def test_runner_onnxruntime_builds_each_models_session_once(tmp_path, monkeypatch):
+    """The check that ONNX Runtime loads a model (before anything is written) builds its session: the
+    validation runs that one instead of building it again (each used to be built twice)."""
+    import surgeon.validation.runners as runners
+
+    built, build = [], runners.ort_session
+    monkeypatch.setattr(runners, "ort_session", lambda model, **kw: built.append(model) or build(model, **kw))
+    recipe = write_recipe(tmp_path, chain_model(), ["cleanup"], runner="onnxruntime")
+    result = run_recipe(recipe, output=tmp_path / "out.onnx")
+    assert result.validation.passed and set(result.validation.runners.values()) == {"onnxruntime"}
+    assert len(built) == 2  # the original's and the rewritten model's

@@ -15,10 +15,13 @@ lacks for some dtype, for instance) falls back to `onnx.reference.ReferenceEvalu
 """
 from __future__ import annotations
 
+import contextlib
 import heapq
+import tempfile
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -30,6 +33,7 @@ from polygraphy.common import TensorMetadata
 
 from surgeon.errors import ModelError, SurgeonError, first_line
 from surgeon.graphinfo import node_reads, op_label
+from surgeon.modelio import serialize_model
 from surgeon.reference import as_outputs, find_reference
 from surgeon.validation import polygraphy_log  # noqa: F401  (Polygraphy's messages to stderr, not stdout)
 
@@ -60,10 +64,15 @@ def default_opset(model: onnx.ModelProto) -> int | None:
     return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
 
 
-def make_runner(model: onnx.ModelProto, kind: str = "auto", name: str = "model") -> BaseRunner:
-    """A Polygraphy runner for `model`: `onnxruntime`, `reference`, or `auto` (ORT when it loads the model)."""
+def make_runner(model: onnx.ModelProto, kind: str = "auto", name: str = "model", session=None) -> BaseRunner:
+    """A Polygraphy runner for `model`: `onnxruntime`, `reference`, or `auto` (ORT when it loads the model).
+
+    `session`: the ONNX Runtime session `check_runnable` built for `model` (runner 'onnxruntime'), run
+    instead of building a second one."""
     if kind not in RUNNER_KINDS:
         raise SurgeonError(f"unknown runner '{kind}'; choose one of {', '.join(RUNNER_KINDS)}")
+    if session is not None:
+        return OnnxrtRunner(session, name=name)
     model = with_functions_inlined(model)
     check_runnable(model, what=f"the {name} model")
     opset = default_opset(model)
@@ -91,14 +100,15 @@ def _ort_refuses(exc: Exception, what: str, file=None) -> SurgeonError:
                         "(use --runner reference / 'runner: reference')", file=file)
 
 
-def check_runnable(model: onnx.ModelProto, file=None, what: str = "the model", runner: str | None = None) -> None:
+def check_runnable(model: onnx.ModelProto, file=None, what: str = "the model", runner: str | None = None):
     """Refuse a graph no runner can run because a node it needs reads a tensor nothing provides (no
     node, graph input or initializer): onnx.checker's "input 'x' of node ... is not output of any
     previous nodes". ModelError naming `file` (else `what`), the node and the tensor.
 
     With `runner` ('auto' or 'reference'), also a node ONNX Runtime cannot run that has no CPU
-    reference; with 'onnxruntime', a graph ONNX Runtime cannot load (it builds a session to find
-    out): found before anything runs (or is written), not when the runner starts."""
+    reference; with 'onnxruntime', a graph ONNX Runtime cannot load: found before anything runs (or
+    is written), not when the runner starts. To find that out it builds the model's session, which it
+    returns for `make_runner` (None for the other runners)."""
     model = with_functions_inlined(model)
     if runner in ("auto", "reference"):
         opset = default_opset(model)
@@ -124,11 +134,12 @@ def check_runnable(model: onnx.ModelProto, file=None, what: str = "the model", r
         if output.name not in provided:
             raise ModelError(f"{prefix}graph output '{output.name}' is made by no node, graph input or initializer, "
                              "so the model cannot run", file=file, hint=hint)
-    if runner == "onnxruntime":
-        try:
-            ort_session(model, spinning=False)
-        except Exception as exc:  # ORT raises its own exception types for unloadable graphs
-            raise _ort_refuses(exc, what, file) from None
+    if runner != "onnxruntime":
+        return None
+    try:
+        return ort_session(model)
+    except Exception as exc:  # ORT raises its own exception types for unloadable graphs
+        raise _ort_refuses(exc, what, file) from None
 
 
 def runner_kind(runner: BaseRunner) -> str:
@@ -144,16 +155,58 @@ def ort_session(model: onnx.ModelProto, spinning: bool = True):
     options.log_severity_level = 4  # failures reach the user as SurgeonErrors naming the nodes instead
     if not spinning:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    if model.ir_version > ORT_MAX_IR_VERSION:
-        model = _with_ir_version(model, ORT_MAX_IR_VERSION)
-    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    providers = ["CPUExecutionProvider"]
+    with _ir_version_at_most(model, ORT_MAX_IR_VERSION):
+        serialized = serialize_model(model)
+    if serialized is not None:
+        return ort.InferenceSession(serialized, options, providers=providers)
+    # Past protobuf's 2 GB limit the model has no bytes: ONNX Runtime reads it from a file with external
+    # data instead, copying the weights while it builds the session, so the folder can go right after.
+    with tempfile.TemporaryDirectory(prefix="surgeon-ort-") as folder:
+        path = _save_for_ort(model, Path(folder))
+        return ort.InferenceSession(str(path), options, providers=providers)
 
 
-def _with_ir_version(model: onnx.ModelProto, version: int) -> onnx.ModelProto:
-    copy = onnx.ModelProto()
-    copy.CopyFrom(model)
-    copy.ir_version = version
-    return copy
+@contextlib.contextmanager
+def _ir_version_at_most(model: onnx.ModelProto, version: int):
+    """`model` declaring at most IR `version` while the block runs (set in place: a copy would double
+    the memory a model of gigabytes takes)."""
+    declared = model.ir_version
+    model.ir_version = min(declared, version)
+    try:
+        yield
+    finally:
+        model.ir_version = declared
+
+
+def _save_for_ort(model: onnx.ModelProto, folder: Path) -> Path:
+    """Write `model` into `folder` as a model file whose initializers' data lies in `weights.bin`, copied
+    from `model` tensor by tensor; return the model file's path. Not `modelio.save_model_atomic`: it
+    moves the data out of the model and reads it back, which leaves the model's memory (a upb arena)
+    holding both, 2.25 GB more for each session of a 2.25 GB model."""
+    initializers = []
+    with open(folder / "weights.bin", "wb") as weights:
+        for tensor in model.graph.initializer:
+            if not tensor.HasField("raw_data"):  # external already, or typed fields (small, as exporters write)
+                initializers.append(tensor)
+                continue
+            data = tensor.raw_data
+            moved = onnx.TensorProto(name=tensor.name, data_type=tensor.data_type, dims=tensor.dims,
+                                     data_location=onnx.TensorProto.EXTERNAL)
+            for key, value in (("location", "weights.bin"), ("offset", str(weights.tell())),
+                               ("length", str(len(data)))):
+                moved.external_data.add(key=key, value=value)
+            weights.write(data)
+            initializers.append(moved)
+    graph = model.graph
+    header = helper.make_model(
+        helper.make_graph(graph.node, graph.name, graph.input, graph.output, initializers,
+                          value_info=graph.value_info, sparse_initializer=graph.sparse_initializer),
+        opset_imports=list(model.opset_import), functions=list(model.functions),
+        ir_version=min(model.ir_version or ORT_MAX_IR_VERSION, ORT_MAX_IR_VERSION))
+    path = folder / "model.onnx"
+    path.write_bytes(header.SerializeToString())
+    return path
 
 
 def graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:

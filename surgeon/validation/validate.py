@@ -18,14 +18,15 @@ import onnx
 from onnx import helper
 from polygraphy.comparator import IterationResult, RunResults
 
+from surgeon import modelio
 from surgeon.errors import SurgeonError, suggest
-from surgeon.graphinfo import histogram_delta, op_histogram
+from surgeon.graphinfo import histogram_delta, op_histogram, tensor_bytes
 from surgeon.modelio import load_model
 from surgeon.validation.bisect import Bisection, bisect_steps, renamed_tensors
-from surgeon.validation.compare import OutputReport, Tolerance, combine, compare_outputs, run_model, run_runner
+from surgeon.validation.compare import OutputReport, Tolerance, combine, compare_outputs, run_runner
 from surgeon.validation.data import Feeds, check_fits, check_recorded, feeds_for, load_arrays
 from surgeon.validation.localise import describe_divergence, first_divergence
-from surgeon.validation.runners import RUNNER_KINDS, check_runnable, graph_inputs
+from surgeon.validation.runners import RUNNER_KINDS, check_runnable, graph_inputs, make_runner, runner_kind
 
 ORIGINAL, REWRITTEN, EXPECTED, AGAINST = "original", "rewritten", "expected", "against"
 
@@ -130,7 +131,8 @@ def describe_output(o: OutputReport) -> str:
 def validate_models(original: onnx.ModelProto, rewritten: onnx.ModelProto | None, feeds: Feeds,
                     tolerance: Tolerance, runner: str = "auto", expected: str | RunResults | None = None,
                     data: str = "random inputs", localise: bool = True,
-                    rewritten_runner=None, reference: str = ORIGINAL, renames: dict | None = None) -> ValidationResult:
+                    rewritten_runner=None, reference: str = ORIGINAL, renames: dict | None = None,
+                    sessions: dict | None = None) -> ValidationResult:
     """Compare `rewritten` with `original` (and with `expected` outputs, if given) on `feeds`.
 
     `original=None` compares with the `expected` outputs only: for exports no runtime can run at all.
@@ -141,15 +143,17 @@ def validate_models(original: onnx.ModelProto, rewritten: onnx.ModelProto | None
     results. `renames` ({original name: rewritten name}, `bisect.renamed_tensors`) pairs outputs a
     recipe renamed; other outputs whose names differ are paired by position where that is unambiguous
     (`compare.output_pairs`), with a note. `prepare_validation` checks all of this before anything runs.
+    `sessions`: the ONNX Runtime sessions its checks built (`ValidationInputs.sessions`), run instead
+    of building them again.
     """
     if original is None:
-        return _validate_against_expected(rewritten, feeds, tolerance, runner, expected, data, renames)
+        return _validate_against_expected(rewritten, feeds, tolerance, runner, expected, data, renames, sessions)
     tolerance.check_outputs([o.name for o in original.graph.output])
-    original_results, original_kind = run_model(original, feeds, runner, reference)
+    original_results, original_kind = _run_model(original, feeds, runner, reference, sessions)
     if rewritten_runner is not None:
         rewritten_results, rewritten_kind = run_runner(rewritten_runner, feeds), rewritten_runner.name
     else:
-        rewritten_results, rewritten_kind = run_model(rewritten, feeds, runner, REWRITTEN)
+        rewritten_results, rewritten_kind = _run_model(rewritten, feeds, runner, REWRITTEN, sessions)
     outputs = compare_outputs(original_results, rewritten_results, tolerance, renames=renames)
     result = ValidationResult(passed=all(o.passed for o in outputs), tolerance=tolerance, outputs=outputs,
                               runners={reference: original_kind, REWRITTEN: rewritten_kind},
@@ -168,12 +172,13 @@ def validate_models(original: onnx.ModelProto, rewritten: onnx.ModelProto | None
     return result
 
 
-def _validate_against_expected(rewritten, feeds, tolerance, runner, expected, data, renames) -> ValidationResult:
+def _validate_against_expected(rewritten, feeds, tolerance, runner, expected, data, renames,
+                               sessions) -> ValidationResult:
     if not expected:
         raise SurgeonError("validate: 'against: none' compares with the expected outputs only, so it needs "
                            "'expected' (an .npz of reference outputs)")
     tolerance.check_outputs([o.name for o in rewritten.graph.output])
-    rewritten_results, rewritten_kind = run_model(rewritten, feeds, runner, REWRITTEN)
+    rewritten_results, rewritten_kind = _run_model(rewritten, feeds, runner, REWRITTEN, sessions)
     compared = compare_outputs(_expected(expected), rewritten_results, tolerance, iterations=1, check_dtypes=False,
                                renames=renames, by_position=False)
     result = ValidationResult(passed=all(o.passed for o in compared), tolerance=tolerance, outputs=[],
@@ -181,6 +186,14 @@ def _validate_against_expected(rewritten, feeds, tolerance, runner, expected, da
                               data=data, feeds=feeds)
     result.run_results = rewritten_results
     return result
+
+
+def _run_model(model: onnx.ModelProto, feeds: Feeds, kind: str, name: str, sessions: dict | None):
+    """`compare.run_model`, through the session kept for `model` if there is one: handed over (taken out
+    of `sessions`), so that it is freed when its run is done."""
+    kept = (sessions or {}).pop(id(model), None)
+    runner = make_runner(model, kind, name, session=kept[1] if kept is not None and kept[0] is model else None)
+    return run_runner(runner, feeds), runner_kind(runner)
 
 
 def _expected(expected: str | Path | RunResults) -> RunResults:
@@ -265,6 +278,18 @@ class ValidationInputs:
     feeds: Feeds | None  # None until `check_candidate` when random inputs are made for the candidate
     data: str
     expected: RunResults | None = None
+    #: id(model) -> (model, session): the ONNX Runtime session `check_runnable` built for each model
+    #: checked (runner 'onnxruntime'), for `validate_models` to run rather than build another; None
+    #: where the caller does not hand them over (`prepare_validation`'s `keep_sessions`).
+    sessions: dict | None = field(default=None, repr=False)
+
+    def keep_session(self, model: onnx.ModelProto, session) -> None:
+        # Kept up to 2 GB of weights only: a session holds a copy of them, and held through the recipe's
+        # steps and the save, those of a bigger model raise the run's peak (9.2 -> 11.4 GiB for one of
+        # 2.25 GiB) to save a rebuild (10 s of 73).
+        if (self.sessions is not None and session is not None
+                and sum(map(tensor_bytes, model.graph.initializer)) <= modelio.TWO_GB):
+            self.sessions[id(model)] = (model, session)
 
     def check_candidate(self, model: onnx.ModelProto | None, name: str = "the rewritten model", file=None) -> None:
         """Check that `model` (the one judged, called `name` in errors, read from `file` if given; None for
@@ -272,7 +297,7 @@ class ValidationInputs:
         that per-output tolerances name outputs of the model judged."""
         outputs = [o.name for o in self.reference.graph.output] if self.reference is not None else []
         if model is not None:
-            check_runnable(model, file=file, what=name, runner=self.runner)
+            self.keep_session(model, check_runnable(model, file=file, what=name, runner=self.runner))
             if self.feeds is None:
                 self.feeds, self.data = feeds_for(model, self.config, name)
             else:
@@ -293,14 +318,16 @@ class ValidationInputs:
 
 
 def prepare_validation(config: dict, reference: onnx.ModelProto | None, reference_name: str | None = None, *,
-                       recorded_for: onnx.ModelProto | None = None,
-                       recorded_for_name: str | None = None) -> ValidationInputs:
+                       recorded_for: onnx.ModelProto | None = None, recorded_for_name: str | None = None,
+                       keep_sessions: bool = False) -> ValidationInputs:
     """Read and check a validate section's inputs (or the same keys from `surgeon compare`) for a
     comparison with `reference` (named `reference_name` in errors, a path where there is one).
 
     Recorded data must be exactly what `reference` takes; with `reference=None` ('against: none'),
     what `recorded_for` takes (the model it was recorded for), if given. Random inputs are made here
     for `reference`, or by `ValidationInputs.check_candidate` for the candidate when there is none.
+    `keep_sessions`: keep the ONNX Runtime sessions the checks build (runner 'onnxruntime') in
+    `ValidationInputs.sessions`, for a caller that hands them to `validate_models`.
     """
     tolerance = Tolerance.from_config(config)
     runner = config.get("runner") or "auto"
@@ -316,8 +343,9 @@ def prepare_validation(config: dict, reference: onnx.ModelProto | None, referenc
     if reference is None and config.get("each_step"):
         raise SurgeonError("validate: each_step bisects against the original model, which 'against: none' "
                            "leaves out")
+    session = None
     if reference is not None:
-        check_runnable(reference, file=reference_name, what="the reference model", runner=runner)
+        session = check_runnable(reference, file=reference_name, what="the reference model", runner=runner)
         tolerance.check_outputs([o.name for o in reference.graph.output])
         feeds, data = feeds_for(reference, config, reference_name)
     elif data_path:
@@ -327,20 +355,25 @@ def prepare_validation(config: dict, reference: onnx.ModelProto | None, referenc
     else:
         feeds, data = None, ""
     expected = expected_results(expected_path) if expected_path else None
-    return ValidationInputs(config=config, reference=reference, reference_name=reference_name, tolerance=tolerance,
-                            runner=runner, feeds=feeds, data=data, expected=expected)
+    prepared = ValidationInputs(config=config, reference=reference, reference_name=reference_name,
+                                tolerance=tolerance, runner=runner, feeds=feeds, data=data, expected=expected,
+                                sessions={} if keep_sessions else None)
+    prepared.keep_session(reference, session)
+    return prepared
 
 
 def prepare_run_validation(recipe, original: onnx.ModelProto, original_path) -> ValidationInputs:
     """`prepare_validation` for a recipe's `validate:` section: the model compared with is the original,
-    another model (`against: PATH`, loaded here) or none."""
+    another model (`against: PATH`, loaded here) or none; the sessions its checks build are kept for
+    `validate_run`."""
     config = recipe.validate
     against = config.get("against") or "original"
     if against == "original":
-        return prepare_validation(config, original, str(original_path))
+        return prepare_validation(config, original, str(original_path), keep_sessions=True)
     if against == "none":
-        return prepare_validation(config, None, recorded_for=original, recorded_for_name=str(original_path))
-    prepared = prepare_validation(config, load_model(against), str(against))
+        return prepare_validation(config, None, recorded_for=original, recorded_for_name=str(original_path),
+                                  keep_sessions=True)
+    prepared = prepare_validation(config, load_model(against), str(against), keep_sessions=True)
     if config.get("each_step"):  # bisection runs the original on the same inputs
         check_fits(prepared.feeds, original, f"the original model {original_path}", str(against),
                    config.get("data"))
@@ -364,7 +397,8 @@ def validate_run(recipe, original: onnx.ModelProto, original_path: Path, rewritt
     reference, tolerance, runner, feeds = prepared.reference, prepared.tolerance, prepared.runner, prepared.feeds
     against = (config.get("against") or ORIGINAL) not in (ORIGINAL, "none")
     result = validate_models(reference, rewritten, feeds, tolerance, runner, prepared.expected, prepared.data,
-                             reference=AGAINST if against else ORIGINAL, renames=renamed_tensors(steps))
+                             reference=AGAINST if against else ORIGINAL, renames=renamed_tensors(steps),
+                             sessions=prepared.sessions)
     result.graph_diff = graph_diff(original, rewritten)  # what the recipe changed, whatever it is compared with
     if config.get("each_step") and recipe.steps:
         # Bisection compares every step's graph with the original model, also when the finished one was
