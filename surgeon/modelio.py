@@ -13,6 +13,7 @@ import onnx
 from google.protobuf.message import DecodeError, EncodeError
 
 from surgeon.errors import ModelError, SurgeonError, first_line
+from surgeon.graphinfo import tensor_bytes
 
 TWO_GB = 2**31 - 1
 
@@ -129,8 +130,6 @@ def over_two_gb(model: onnx.ModelProto) -> bool:
 
 
 def _held_tensor_bytes(model: onnx.ModelProto) -> int:
-    from surgeon.graphinfo import tensor_bytes
-
     return sum(tensor_bytes(t) for t in _all_tensors(model.graph) if t.data_location != onnx.TensorProto.EXTERNAL)
 
 
@@ -154,9 +153,9 @@ def save_model_atomic(model: onnx.ModelProto, path, external_data: bool | None =
     """Write `model` to `path` through a temporary file beside it, then rename; return the files written.
 
     Models over 2 GB (protobuf's limit) are written with external data in `<name>.data`; `model` is left
-    holding its data as before. `serialized`: the model's bytes from `serialize_model`, when the caller
-    has them already (the checker read them). `check(path)`: called on the written temporary file before
-    the rename (how onnx.checker reads a model over 2 GB); if it raises, nothing is written.
+    as it was. `serialized`: the model's bytes from `serialize_model`, when the caller has them already
+    (the checker read them). `check(path)`: called on the written temporary file before the rename (how
+    onnx.checker reads a model over 2 GB); if it raises, nothing is written.
     """
     path = Path(path)
     if serialized is not None and not external_data and not _has_external_data(model):
@@ -171,14 +170,7 @@ def save_model_atomic(model: onnx.ModelProto, path, external_data: bool | None =
         tmp_model = Path(tmp) / path.name
         if external_data:
             data_name = f"{path.name}.data"
-            try:
-                onnx.save_model(model, str(tmp_model), format="protobuf", save_as_external_data=True,
-                                all_tensors_to_one_file=True, location=data_name, size_threshold=1024)
-            finally:
-                # onnx.save_model moved the tensors' data out of `model` (into the file): read it back,
-                # so the caller (validation) still holds the model it gave, without a second copy of it.
-                if (Path(tmp) / data_name).exists():
-                    onnx.external_data_helper.load_external_data_for_model(model, tmp)
+            write_with_external_data(model, tmp_model, data_name)
             if check is not None:
                 check(tmp_model)
             os.replace(Path(tmp) / data_name, path.parent / data_name)
@@ -189,6 +181,51 @@ def save_model_atomic(model: onnx.ModelProto, path, external_data: bool | None =
             check(tmp_model)
         os.replace(tmp_model, path)
     return [path]
+
+
+def write_with_external_data(model: onnx.ModelProto, path: Path, data_name: str, size_threshold: int = 1024,
+                             ir_version: int | None = None) -> None:
+    """Write `model` to `path`, the raw data of its initializers of `size_threshold` bytes or more in the
+    file `data_name` beside it, without changing `model`.
+
+    Not `onnx.save_model(save_as_external_data=True)`: that moves the data out of the model, and reading it
+    back for the caller (validation reads the in-memory result) leaves the model's memory (a upb arena)
+    holding both copies. Here each tensor's bytes are written as they are and the model file gets a header
+    copy without them. `ir_version`: the one the file declares, if not the model's.
+    """
+    header = onnx.ModelProto()
+    _copy_fields(model, header, skip="graph")
+    _copy_fields(model.graph, header.graph, skip="initializer")
+    if ir_version is not None:
+        header.ir_version = ir_version
+    with open(path.parent / data_name, "wb") as data:
+        for tensor in model.graph.initializer:
+            if not tensor.HasField("raw_data") or tensor_bytes(tensor) < size_threshold:
+                header.graph.initializer.append(tensor)  # external already, typed fields, or small
+                continue
+            moved = header.graph.initializer.add(name=tensor.name, data_type=tensor.data_type, dims=tensor.dims,
+                                                 data_location=onnx.TensorProto.EXTERNAL)
+            if tensor.doc_string:
+                moved.doc_string = tensor.doc_string
+            raw = tensor.raw_data
+            for key, value in (("location", data_name), ("offset", str(data.tell())), ("length", str(len(raw)))):
+                moved.external_data.add(key=key, value=value)
+            data.write(raw)
+    path.write_bytes(header.SerializeToString())
+
+
+def _copy_fields(source, target, skip: str) -> None:
+    """Every set field of protobuf message `source` but `skip` into `target` (same type)."""
+    for field, value in source.ListFields():
+        if field.name == skip:
+            continue
+        current = getattr(target, field.name)
+        if hasattr(current, "extend"):  # a repeated field
+            current.extend(value)
+        elif hasattr(current, "CopyFrom"):  # a message
+            current.CopyFrom(value)
+        else:
+            setattr(target, field.name, value)
 
 
 def write_text_atomic(path, text: str) -> Path:

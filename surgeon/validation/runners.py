@@ -33,7 +33,7 @@ from polygraphy.common import TensorMetadata
 
 from surgeon.errors import ModelError, SurgeonError, first_line
 from surgeon.graphinfo import node_reads, op_label
-from surgeon.modelio import serialize_model
+from surgeon.modelio import serialize_model, write_with_external_data
 from surgeon.reference import as_outputs, find_reference
 from surgeon.validation import polygraphy_log  # noqa: F401  (Polygraphy's messages to stderr, not stdout)
 
@@ -163,7 +163,9 @@ def ort_session(model: onnx.ModelProto, spinning: bool = True):
     # Past protobuf's 2 GB limit the model has no bytes: ONNX Runtime reads it from a file with external
     # data instead, copying the weights while it builds the session, so the folder can go right after.
     with tempfile.TemporaryDirectory(prefix="surgeon-ort-") as folder:
-        path = _save_for_ort(model, Path(folder))
+        path = Path(folder) / "model.onnx"
+        write_with_external_data(model, path, "weights.bin", size_threshold=0,
+                                 ir_version=min(model.ir_version or ORT_MAX_IR_VERSION, ORT_MAX_IR_VERSION))
         return ort.InferenceSession(str(path), options, providers=providers)
 
 
@@ -177,36 +179,6 @@ def _ir_version_at_most(model: onnx.ModelProto, version: int):
         yield
     finally:
         model.ir_version = declared
-
-
-def _save_for_ort(model: onnx.ModelProto, folder: Path) -> Path:
-    """Write `model` into `folder` as a model file whose initializers' data lies in `weights.bin`, copied
-    from `model` tensor by tensor; return the model file's path. Not `modelio.save_model_atomic`: it
-    moves the data out of the model and reads it back, which leaves the model's memory (a upb arena)
-    holding both, 2.25 GB more for each session of a 2.25 GB model."""
-    initializers = []
-    with open(folder / "weights.bin", "wb") as weights:
-        for tensor in model.graph.initializer:
-            if not tensor.HasField("raw_data"):  # external already, or typed fields (small, as exporters write)
-                initializers.append(tensor)
-                continue
-            data = tensor.raw_data
-            moved = onnx.TensorProto(name=tensor.name, data_type=tensor.data_type, dims=tensor.dims,
-                                     data_location=onnx.TensorProto.EXTERNAL)
-            for key, value in (("location", "weights.bin"), ("offset", str(weights.tell())),
-                               ("length", str(len(data)))):
-                moved.external_data.add(key=key, value=value)
-            weights.write(data)
-            initializers.append(moved)
-    graph = model.graph
-    header = helper.make_model(
-        helper.make_graph(graph.node, graph.name, graph.input, graph.output, initializers,
-                          value_info=graph.value_info, sparse_initializer=graph.sparse_initializer),
-        opset_imports=list(model.opset_import), functions=list(model.functions),
-        ir_version=min(model.ir_version or ORT_MAX_IR_VERSION, ORT_MAX_IR_VERSION))
-    path = folder / "model.onnx"
-    path.write_bytes(header.SerializeToString())
-    return path
 
 
 def graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
