@@ -611,11 +611,41 @@ def test_compare_refuses_plugin_lib_without_trt(model_pair, capsys):
     assert "--plugin-lib loads TensorRT plugin libraries, which only --trt uses" in capsys.readouterr().err
 
 
-def test_a_failed_compare_says_which_tolerances_judged_it_and_how_to_set_them(model_pair, capsys):
-    a, b = model_pair
-    assert main(["compare", a, b]) == 1
+def test_a_compare_failed_near_its_tolerance_says_which_tolerances_judged_it_and_how_to_set_them(
+        tmp_path, capsys):
+    values = np.float32([1, 2, 3])
+    onnx.save(const_model(values), tmp_path / "a.onnx")
+    onnx.save(const_model(values + np.float32(5e-5)), tmp_path / "b.onnx")  # README's main job: 1.5e-5 at 1e-5
+    assert main(["compare", str(tmp_path / "a.onnx"), str(tmp_path / "b.onnx")]) == 1
     assert ("  hint: judged at atol=1e-05 rtol=1e-05 (elemwise); compare does not read a recipe's validate "
             "tolerances: give them with --atol / --rtol") in capsys.readouterr().out
+
+
+def test_no_tolerance_hint_for_a_different_result(model_pair, capsys):
+    """A weight changed from -0.5 to -0.6 is not a tolerance question: loosening it would hide the change."""
+    a, b = model_pair
+    assert main(["compare", a, b]) == 1
+    assert "hint:" not in capsys.readouterr().out
+
+
+def test_a_rewrite_that_repairs_the_original_is_said_so(tmp_path):
+    """torch's atan2 export is wrong on the axes: the rewrite matches PyTorch's outputs and differs from the
+    original, which fails the comparison with the original; the summary says what happened and what to set."""
+    model = chain_model()
+    feeds = make_feeds(model, seed=1)
+    x = feeds[0]["x"]
+    right = np.maximum(x * np.float32([[[[1.5]], [[-0.5]]]]) + np.float32(0.25), 0) * 2
+    np.savez(tmp_path / "torch.npz", y=right)
+    wrong = chain_model()
+    for init in wrong.graph.initializer:
+        if init.name == "w":
+            init.CopyFrom(onnx.numpy_helper.from_array(np.float32([[[[1.5]], [[-0.6]]]]), "w"))
+    result = validate_models(wrong, model, feeds, Tolerance(), expected=str(tmp_path / "torch.npz"))
+    assert not result.passed and result.repairs_the_original
+    assert ("the rewritten model matches the expected outputs where it differs from the original: the rewrite "
+            "repairs it") in result.summary and "set validate.against: none" in result.summary
+    passing = validate_models(model, model, feeds, Tolerance(), expected=str(tmp_path / "torch.npz"))
+    assert passing.passed and not passing.repairs_the_original
 
 
 def test_validating_a_run_does_not_import_torch(tmp_path):
