@@ -450,12 +450,19 @@ def _copy_model_fields(model: onnx.ModelProto, original: onnx.ModelProto) -> Non
                 info.doc_string = info.doc_string or before.doc_string
                 if not info.metadata_props:
                     info.metadata_props.extend(before.metadata_props)
-    # Keep opset imports of domains that still appear in the graph (and the default domain).
-    used = {n.domain for n in model.graph.node}
+    # Opset imports: those of the domains the graph (bodies and local functions included) still uses, and
+    # the default domain; `org.pytorch.aten` goes with the last ATen node.
+    used = {n.domain for n in all_nodes(model.graph)}
+    used.update(n.domain for f in model.functions for n in f.node)
     known = {o.domain for o in model.opset_import}
     for imp in original.opset_import:
         if imp.domain not in known and imp.domain in used:
             model.opset_import.add(domain=imp.domain, version=imp.version)
+    kept = [o for o in model.opset_import if o.domain in ("", "ai.onnx") or o.domain in used]
+    if len(kept) != len(model.opset_import):
+        kept = [onnx.OperatorSetIdProto(domain=o.domain, version=o.version) for o in kept]
+        del model.opset_import[:]
+        model.opset_import.extend(kept)
 
 
 def _stamp(model: onnx.ModelProto, recipe: Recipe, records: list[StepRecord]) -> None:

@@ -705,3 +705,20 @@ def test_quiet_runs_and_compares_still_say_why_they_failed(tmp_path, capsys):
                  "-q"]) == 1
     out, err = capsys.readouterr()
     assert out == "" and err.startswith("validation FAILED") and len(err.splitlines()) == 1
+
+
+def test_the_aten_opset_import_goes_with_the_last_aten_node(tmp_path):
+    aten = "org.pytorch.aten"
+    nodes = [helper.make_node("ATen", ["y", "x"], ["a"], name="atan2", domain=aten, operator="atan2", overload_name=""),
+             helper.make_node("ATen", ["a"], ["z"], name="frob", domain=aten, operator="frobnicate", overload_name="")]
+    model = make_model(nodes, [("y", np.float32, [3]), ("x", np.float32, [3])], [("z", np.float32, [3])],
+                       extra_opsets={"acme": 1})  # an import no node uses goes too
+    onnx.save(model, tmp_path / "m.onnx")
+    recipe = {"name": "t", "checker": False, "steps": [{"pass": "atan2"}]}
+    kept = surgeon.run_recipe(recipe, model=tmp_path / "m.onnx", output=tmp_path / "o.onnx")
+    assert {o.domain for o in kept.model.opset_import} == {"", aten}  # frobnicate still needs it
+    model.graph.node.pop()
+    model.graph.output[0].name = "a"
+    onnx.save(model, tmp_path / "m2.onnx")
+    gone = surgeon.run_recipe(recipe, model=tmp_path / "m2.onnx", output=tmp_path / "o2.onnx")
+    assert [o.domain for o in gone.model.opset_import] == [""]
