@@ -711,3 +711,13 @@ def test_runner_onnxruntime_builds_each_models_session_once(tmp_path, monkeypatc
     result = run_recipe(recipe, output=tmp_path / "out.onnx")
     assert result.validation.passed and set(result.validation.runners.values()) == {"onnxruntime"}
     assert len(built) == 2  # the original's and the rewritten model's
+
+
+def test_compare_with_runner_onnxruntime_builds_each_models_session_once(model_pair, monkeypatch, capsys):
+    import surgeon.validation.runners as runners
+
+    built, build = [], runners.ort_session
+    monkeypatch.setattr(runners, "ort_session", lambda model, **kw: built.append(model) or build(model, **kw))
+    a, _ = model_pair
+    assert main(["compare", a, a, "--runner", "onnxruntime"]) == 0  # passing: no localisation sessions
+    assert len(built) == 2 and "validation PASSED" in capsys.readouterr().out  # A's and B's

@@ -122,10 +122,10 @@ def run(args) -> int:
         config[key] = per_output_option(getattr(args, key), kind, f"--{key.replace('_', '-')}")
     config["inputs"] = parse_input_options(args.input_shape, args.input_range)
     # Everything read and checked (both models, A's inputs and B's, the expected outputs) before either runs.
-    prepared = prepare_validation(config, model_a, args.model_a)
+    prepared = prepare_validation(config, model_a, args.model_a, keep_sessions=True)
     prepared.check_candidate(candidate, args.model_b, file=args.model_b)
     result = validate_models(model_a, candidate, prepared.feeds, prepared.tolerance, args.runner, prepared.expected,
-                             prepared.data, rewritten_runner=candidate_runner)
+                             prepared.data, rewritten_runner=candidate_runner, sessions=prepared.sessions)
     result.tolerance_hint = ("compare does not read a recipe's validate tolerances: give them with --atol / --rtol "
                              "(e.g. --atol 1e-4 --rtol 1e-4)")
     if args.report:
