@@ -721,3 +721,13 @@ def test_compare_with_runner_onnxruntime_builds_each_models_session_once(model_p
     a, _ = model_pair
     assert main(["compare", a, a, "--runner", "onnxruntime"]) == 0  # passing: no localisation sessions
     assert len(built) == 2 and "validation PASSED" in capsys.readouterr().out  # A's and B's
+
+
+def test_a_float16_output_judged_below_its_precision_is_said_so():
+    values = np.float16([1.0, 2.0, 3.0])
+    rounded = np.nextafter(values, np.float16(np.inf))  # one float16 step: 2**-10 relative at most
+    failed = compare_constants(values, rounded)
+    assert not failed.passed
+    assert "y: float16, whose precision is about 0.001 relative; judged below that" in failed.summary
+    assert "float16" not in compare_constants(np.float32([1.0]), np.float32([1.1])).summary.split("\n", 1)[1]
+    assert compare_constants(values, rounded, rtol=1e-3).passed

@@ -33,6 +33,10 @@ from surgeon.validation.runners import RUNNER_KINDS, check_runnable, graph_input
 ORIGINAL, REWRITTEN, EXPECTED, AGAINST = "original", "rewritten", "expected", "against"
 
 
+#: float16's precision, relative (2**-10, its spacing at 1): a tolerance below it judges rounding.
+FLOAT16_RTOL = 1e-3
+
+
 @dataclass
 class ValidationResult:
     """What `validate_run` returns to the pipeline: verdict, statistics, where it broke, report files."""
@@ -80,6 +84,12 @@ class ValidationResult:
                          "is wrong on the axes); to judge by the expected outputs alone, set validate.against: none")
         elif self.tolerance_hint and self.near_tolerance:
             lines.append(f"  hint: judged at {self.tolerance.describe()}; {self.tolerance_hint}")
+        half = sorted({o.name for o in self.outputs + self.expected
+                       if o.within_tolerance is False and "float16" in (o.dtype, o.candidate_dtype)
+                       and (o.rtol is None or o.rtol < FLOAT16_RTOL)})
+        if half:
+            lines.append(f"  {', '.join(half)}: float16, whose precision is about {FLOAT16_RTOL:g} relative; judged "
+                         "below that, rounding alone fails them (a float16 model wants rtol 1e-3 or looser)")
         if self.reports:
             lines.append("  reports: " + ", ".join(str(p) for p in self.reports))
         return "\n".join(lines)
