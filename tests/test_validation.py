@@ -731,3 +731,20 @@ def test_a_float16_output_judged_below_its_precision_is_said_so():
     assert "y: float16, whose precision is about 0.001 relative; judged below that" in failed.summary
     assert "float16" not in compare_constants(np.float32([1.0]), np.float32([1.1])).summary.split("\n", 1)[1]
     assert compare_constants(values, rounded, rtol=1e-3).passed
+
+
+def test_no_repair_claim_when_the_original_meets_the_expected_outputs_too():
+    """B drifted from A while both stay near PyTorch's outputs, or B only changed a dtype: a plain failure,
+    not 'the rewrite repairs it' (following that advice would let a regression pass)."""
+    values = np.float32([1.0, 2.0, 3.0])
+    feeds = [{"x": np.zeros(3, np.float32)}]
+    original, drifted = const_model(values), const_model(values + np.float32(1.6e-5))
+    import tempfile
+    with tempfile.TemporaryDirectory() as folder:
+        np.savez(f"{folder}/expected.npz", y=values + np.float32(8e-6))
+        result = validate_models(original, drifted, feeds, Tolerance(rtol=0), expected=f"{folder}/expected.npz")
+        assert not result.passed and not result.repairs_the_original and "repairs" not in result.summary
+        assert "hint:" not in result.summary  # no tolerance_hint outside compare; the line is compare's
+        widened = validate_models(original, const_model(values.astype(np.float64)), feeds, Tolerance(),
+                                  expected=f"{folder}/expected.npz")
+        assert not widened.passed and not widened.repairs_the_original

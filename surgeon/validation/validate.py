@@ -58,6 +58,8 @@ class ValidationResult:
     #: How to set other tolerances (`surgeon compare`'s options, which a recipe's do not reach): shown
     #: when an output fails by its errors.
     tolerance_hint: str = ""
+    #: Whether the reference model's own outputs miss the expected ones (None: not compared).
+    original_misses_expected: bool | None = None
     run_results: RunResults | None = field(default=None, repr=False)
     feeds: Feeds = field(default_factory=list, repr=False)
 
@@ -96,16 +98,20 @@ class ValidationResult:
 
     @property
     def repairs_the_original(self) -> bool:
-        """Whether the rewrite fails against the reference model but passes against the expected outputs."""
-        return bool(self.expected) and all(o.passed for o in self.expected) and not all(o.passed for o in self.outputs)
+        """Whether the rewrite differs from the reference model in value only where that model is wrong: it
+        passes against the expected outputs, the reference model does not, and every output failed on its
+        values (not on a dtype, a shape or its absence)."""
+        failed = [o for o in self.outputs if not o.passed]
+        return (bool(self.expected) and bool(failed) and all(o.passed for o in self.expected)
+                and all(o.within_tolerance is False for o in failed) and self.original_misses_expected is True)
 
     @property
     def near_tolerance(self) -> bool:
         """Whether some output failed by errors a looser tolerance could pass: finite, no NaN mismatch, and
-        within 100 times the absolute tolerance (an error of 6.28 is a different result, not a tolerance)."""
-        failed = [o for o in self.outputs + self.expected if o.within_tolerance is False]
-        return any(o.max_abs is not None and math.isfinite(o.max_abs) and not o.nan_mismatched
-                   and o.max_abs <= 100 * (o.atol or 0) for o in failed)
+        within 100 times the absolute or the relative tolerance (an error of 6.28 at 1e-5 is a different
+        result, not a tolerance question)."""
+        failed = [o for o in self.outputs + self.expected if o.within_tolerance is False and not o.nan_mismatched]
+        return any(_within(o.max_abs, o.atol) or _within(o.max_rel, o.rtol) for o in failed)
 
     @property
     def beyond_tolerance(self) -> bool:
@@ -138,6 +144,10 @@ class ValidationResult:
             "graph_diff": self.graph_diff,
             "reports": [str(p) for p in self.reports],
         }
+
+
+def _within(error: float | None, tolerance: float | None, factor: float = 100) -> bool:
+    return error is not None and math.isfinite(error) and bool(tolerance) and error <= factor * tolerance
 
 
 def _g(value) -> str:
@@ -195,6 +205,10 @@ def validate_models(original: onnx.ModelProto, rewritten: onnx.ModelProto | None
         result.expected = compare_outputs(_expected(expected), rewritten_results, tolerance, iterations=1,
                                           check_dtypes=False, renames=renames, by_position=False)
         result.passed = result.passed and all(o.passed for o in result.expected)
+        if not result.passed:  # would the original pass against them? (the rewrite may repair it)
+            misses = compare_outputs(_expected(expected), original_results, tolerance, iterations=1,
+                                     check_dtypes=False, by_position=False)
+            result.original_misses_expected = not all(o.passed for o in misses)
     # Only an error beyond tolerance has a tensor to look for; a changed dtype, shape or name has not.
     if localise and rewritten is not None and any(o.within_tolerance is False for o in outputs):
         result.divergence = first_divergence(original, rewritten, feeds[0], tolerance, runner)
