@@ -51,11 +51,13 @@ def convert_opset(graph: gs.Graph, opset: int, ctx=None) -> gs.Graph:
 
 def _name_and_tag(before: gs.Graph, after: gs.Graph, ctx) -> None:
     """Name and tag the nodes of `after` the converter added, and tag those it adapted. A node is the
-    same node as before when it writes the same first output (unnamed nodes keep their empty name);
-    the bodies of If/Loop/Scan nodes are paired by attribute and walked the same way."""
-    old = {node.outputs[0].name: node for node in before.nodes if node.outputs}
+    same node as before when it has the same name, or, unnamed, writes the same outputs (an unnamed node
+    the converter kept stays unnamed); the bodies of If/Loop/Scan nodes are paired by attribute and
+    walked the same way."""
+    named = {node.name: node for node in before.nodes if node.name}
+    unnamed = {_outputs(node): node for node in before.nodes if not node.name}
     for node in after.nodes:
-        was = old.get(node.outputs[0].name) if node.outputs else None
+        was = named.get(node.name) if node.name else unnamed.get(_outputs(node))
         if was is None:
             reader = next((user for out in node.outputs for user in out.outputs if user.name), None)
             node.name = ctx.new_name(f"{reader.name if reader else f'opset{after.opset}'}/{node.op}", after)
@@ -66,6 +68,10 @@ def _name_and_tag(before: gs.Graph, after: gs.Graph, ctx) -> None:
         for key, body in node.attrs.items():
             if isinstance(body, gs.Graph) and isinstance(was.attrs.get(key), gs.Graph):
                 _name_and_tag(was.attrs[key], body, ctx)
+
+
+def _outputs(node: gs.Node) -> tuple[str, ...]:
+    return tuple(out.name for out in node.outputs)
 
 
 def _signature(node: gs.Node) -> tuple:

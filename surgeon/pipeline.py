@@ -21,7 +21,7 @@ import onnx_graphsurgeon as gs
 from surgeon import __version__
 from surgeon.cli_args import json_text
 from surgeon.errors import CheckFailed, ModelError, SurgeonError, first_line
-from surgeon.graphinfo import all_nodes, histogram_delta, op_histogram
+from surgeon.graphinfo import all_nodes, histogram_delta, op_histogram, subgraphs
 from surgeon.graphio import import_graph_and_order
 from surgeon.inference import annotate_shapes, infer_graph_shapes, infer_where_untyped, infer_without_weights
 from surgeon.modelio import (guard_outputs, model_inputs, read_model, save_model_atomic,
@@ -411,23 +411,39 @@ def finish_graph(graph: gs.Graph, original: onnx.ModelProto, recipe: Recipe,
 
 def _restore_node_metadata(model: onnx.ModelProto, original: onnx.ModelProto, provenance: dict,
                            renamed: dict | None = None) -> None:
-    """Metadata and doc strings of the original's nodes, by name (`renamed`: new name -> original name):
-    graphsurgeon keeps neither. A renamed node's metadata travels in `provenance` (passes/rename.py)."""
-    kept = {n.name: list(n.metadata_props) for n in all_nodes(original.graph) if n.metadata_props and n.name}
-    docs = {n.name: n.doc_string for n in all_nodes(original.graph) if n.doc_string and n.name}
+    """Metadata and doc strings of the original's nodes, by name (`renamed`: new name -> original name)
+    within the same graph (a body's node by its path, `if/then_branch/act`, as ONNX allows the names of
+    different graphs to repeat): graphsurgeon keeps neither. A renamed node's metadata travels in
+    `provenance` (passes/rename.py)."""
+    kept, docs = {}, {}
+    for path, node in _nodes_by_path(original.graph):
+        if node.name and node.metadata_props:
+            kept[path] = list(node.metadata_props)
+        if node.name and node.doc_string:
+            docs[path] = node.doc_string
     if not kept and not docs and not provenance:
         return
     renamed = renamed or {}
-    for node in all_nodes(model.graph):  # the nodes of If/Loop bodies too
-        doc = docs.get(renamed.get(node.name, node.name))
+    for path, node in _nodes_by_path(model.graph):
+        scope = path[:len(path) - len(node.name)]
+        doc = docs.get(scope + renamed.get(node.name, node.name))
         if not node.doc_string and doc:
             node.doc_string = doc
-        props = {p.key: p.value for p in kept.get(node.name, ())}
+        props = {p.key: p.value for p in kept.get(path, ())}
         props.update(provenance.get(node.name, {}))
         if props:
             del node.metadata_props[:]
             for key in sorted(props):
                 node.metadata_props.add(key=key, value=props[key])
+
+
+def _nodes_by_path(graph: onnx.GraphProto, scope: str = ""):
+    """(path, node) for the graph's nodes and, after each node holding bodies, theirs: a body's nodes are
+    named `holder/attribute/` + their name."""
+    for node in graph.node:
+        yield scope + node.name, node
+        for attribute, body in subgraphs(node):
+            yield from _nodes_by_path(body, f"{scope}{node.name}/{attribute}/")
 
 
 def _copy_model_fields(model: onnx.ModelProto, original: onnx.ModelProto) -> None:

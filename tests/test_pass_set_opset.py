@@ -128,3 +128,40 @@ def test_nodes_the_converter_adds_inside_if_branches_are_named_and_tagged():
         assert props[f"{name}_unsq"] == {"surgeon.pass": "set-opset", "surgeon.replaces": f"{name}_unsq"}
     x = np.arange(4, dtype=np.float32)
     np.testing.assert_array_equal(run_ort(out, {"c": np.array(True), "x": x})[0], x[None])
+
+
+def test_a_node_the_converter_wraps_keeps_its_name_metadata_and_doc():
+    """Softmax-12 -> 13 with axis=1 becomes Flatten, Softmax, Reshape, the Reshape writing the old output:
+    the user's node is still the Softmax (matched by name, not by its output)."""
+    import numpy as np
+    from onnx import helper
+
+    from surgeon.testing import apply_pass, make_model, run_ort
+
+    softmax = helper.make_node("Softmax", ["x"], ["y"], name="my_softmax", axis=1, doc_string="from torch")
+    softmax.metadata_props.add(key="pkg.torch.onnx.stack_trace", value="head.py:42")
+    model = make_model([softmax], [("x", np.float32, [2, 3, 4])], [("y", np.float32, [2, 3, 4])], opset=12)
+    out, _ = apply_pass(model, "set-opset", opset=13)
+    kept = next(n for n in out.graph.node if n.name == "my_softmax")
+    assert kept.op_type == "Softmax" and kept.doc_string == "from torch"
+    assert {p.key: p.value for p in kept.metadata_props}["pkg.torch.onnx.stack_trace"] == "head.py:42"
+    assert all(n.name for n in out.graph.node)
+    x = np.random.default_rng(0).standard_normal((2, 3, 4)).astype(np.float32)
+    np.testing.assert_allclose(run_ort(out, {"x": x})[0], run_ort(model, {"x": x})[0], rtol=1e-6)
+
+
+def test_nodes_with_an_omitted_first_output_are_not_confused():
+    """Two LSTMs writing ['', h]: matched by a first output of '' they were taken for each other, and one
+    was tagged as adapted though LSTM does not change from opset 14 to 15."""
+    import numpy as np
+    from onnx import helper
+
+    from surgeon.testing import apply_pass, make_model
+
+    lstm = [helper.make_node("LSTM", ["x", f"w{i}", f"r{i}"], ["", f"h{i}"], name=f"lstm{i}", hidden_size=2)
+            for i in range(2)]
+    inits = {f"{kind}{i}": np.ones((1, 8, 3 if kind == "w" else 2), np.float32) for i in range(2) for kind in "wr"}
+    model = make_model([*lstm, helper.make_node("Add", ["h0", "h1"], ["y"], name="add")],
+                       [("x", np.float32, [1, 1, 3])], [("y", np.float32, [1, 1, 2])], inits, opset=14)
+    out, _ = apply_pass(model, "set-opset", opset=15)
+    assert [(n.name, list(n.metadata_props)) for n in out.graph.node] == [("lstm0", []), ("lstm1", []), ("add", [])]

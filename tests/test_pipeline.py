@@ -722,3 +722,30 @@ def test_the_aten_opset_import_goes_with_the_last_aten_node(tmp_path):
     onnx.save(model, tmp_path / "m2.onnx")
     gone = surgeon.run_recipe(recipe, model=tmp_path / "m2.onnx", output=tmp_path / "o2.onnx")
     assert [o.domain for o in gone.model.opset_import] == [""]
+
+
+def test_node_metadata_is_restored_per_graph_where_body_nodes_share_a_name(tmp_path):
+    """ONNX scopes node names per graph: a body's `act` and the main graph's `act` keep their own metadata
+    and doc strings (the main node was given a body node's)."""
+    from onnx import TensorProto
+
+    def relu(source, x, y):
+        node = helper.make_node("Relu", [x], [y], name="act", doc_string=f"doc of {source}")
+        node.metadata_props.add(key="src", value=source)
+        return node
+
+    def branch(source, out):
+        return helper.make_graph([relu(source, "x", out)], source, [],
+                                 [helper.make_tensor_value_info(out, TensorProto.FLOAT, [2])])
+
+    nodes = [relu("main", "a", "x"), helper.make_node("If", ["c"], ["y"], name="if", then_branch=branch("then", "t"),
+                                                      else_branch=branch("else", "e"))]
+    model = make_model(nodes, [("a", np.float32, [2]), ("c", np.bool_, [])], [("y", np.float32, [2])], opset=17)
+    onnx.save(model, tmp_path / "m.onnx")
+    result = surgeon.run_recipe({"name": "t", "steps": [{"pass": "toposort"}]}, model=tmp_path / "m.onnx",
+                                output=tmp_path / "o.onnx")
+    main_act, holder = result.model.graph.node
+    seen = [({p.key: p.value for p in n.metadata_props}, n.doc_string)
+            for n in (main_act, *(a.g.node[0] for a in holder.attribute))]
+    assert seen == [({"src": "main"}, "doc of main"), ({"src": "else"}, "doc of else"),
+                    ({"src": "then"}, "doc of then")]
