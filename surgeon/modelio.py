@@ -185,28 +185,39 @@ def save_model_atomic(model: onnx.ModelProto, path, external_data: bool | None =
 
 def write_with_external_data(model: onnx.ModelProto, path: Path, data_name: str, size_threshold: int = 1024,
                              ir_version: int | None = None) -> None:
-    """Write `model` to `path`, the raw data of its initializers of `size_threshold` bytes or more in the
-    file `data_name` beside it, without changing `model`.
+    """Write `model` to `path`, the raw data of its tensors of `size_threshold` bytes or more in the file
+    `data_name` beside it, without changing `model`.
 
-    Not `onnx.save_model(save_as_external_data=True)`: that moves the data out of the model, and reading it
-    back for the caller (validation reads the in-memory result) leaves the model's memory (a upb arena)
-    holding both copies. Here each tensor's bytes are written as they are and the model file gets a header
-    copy without them. `ir_version`: the one the file declares, if not the model's.
+    Not `onnx.save_model(save_as_external_data=True)` where it can be helped: that moves the data out of
+    the model, and reading it back for the caller (validation reads the in-memory result) leaves the
+    model's memory (a upb arena) holding both copies. Here each top-level initializer's bytes are
+    written as they are and the model file gets a header copy without them. Large tensors inside If/Loop
+    bodies or node attributes, rare, go through onnx's saver after all. `ir_version`: the one the file
+    declares, if not the model's.
     """
+    if any(_large(t, size_threshold) for t in _tensors_below_the_top(model.graph)):
+        declared = model.ir_version
+        model.ir_version = ir_version or declared
+        try:
+            onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                            location=data_name, size_threshold=size_threshold)
+        finally:
+            model.ir_version = declared
+            onnx.external_data_helper.load_external_data_for_model(model, str(path.parent))
+        return
     header = onnx.ModelProto()
-    _copy_fields(model, header, skip="graph")
-    _copy_fields(model.graph, header.graph, skip="initializer")
+    _copy_fields(model, header, skip=("graph",))
+    _copy_fields(model.graph, header.graph, skip=("initializer",))
     if ir_version is not None:
         header.ir_version = ir_version
     with open(path.parent / data_name, "wb") as data:
         for tensor in model.graph.initializer:
-            if not tensor.HasField("raw_data") or tensor_bytes(tensor) < size_threshold:
+            if not _large(tensor, size_threshold):
                 header.graph.initializer.append(tensor)  # external already, typed fields, or small
                 continue
-            moved = header.graph.initializer.add(name=tensor.name, data_type=tensor.data_type, dims=tensor.dims,
-                                                 data_location=onnx.TensorProto.EXTERNAL)
-            if tensor.doc_string:
-                moved.doc_string = tensor.doc_string
+            moved = header.graph.initializer.add()
+            _copy_fields(tensor, moved, skip=("raw_data", "data_location", "external_data"))
+            moved.data_location = onnx.TensorProto.EXTERNAL
             raw = tensor.raw_data
             for key, value in (("location", data_name), ("offset", str(data.tell())), ("length", str(len(raw)))):
                 moved.external_data.add(key=key, value=value)
@@ -214,10 +225,25 @@ def write_with_external_data(model: onnx.ModelProto, path: Path, data_name: str,
     path.write_bytes(header.SerializeToString())
 
 
-def _copy_fields(source, target, skip: str) -> None:
-    """Every set field of protobuf message `source` but `skip` into `target` (same type)."""
+def _large(tensor: onnx.TensorProto, size_threshold: int) -> bool:
+    return tensor.HasField("raw_data") and tensor_bytes(tensor) >= size_threshold
+
+
+def _tensors_below_the_top(graph: onnx.GraphProto):
+    """The tensors of node attributes and of If/Loop bodies (not the graph's own initializers)."""
+    for node in graph.node:
+        for attribute in node.attribute:
+            if attribute.HasField("t"):
+                yield attribute.t
+            yield from attribute.tensors
+            for body in ([attribute.g] if attribute.HasField("g") else []) + list(attribute.graphs):
+                yield from _all_tensors(body)
+
+
+def _copy_fields(source, target, skip: tuple[str, ...]) -> None:
+    """Every set field of protobuf message `source` but those in `skip` into `target` (same type)."""
     for field, value in source.ListFields():
-        if field.name == skip:
+        if field.name in skip:
             continue
         current = getattr(target, field.name)
         if hasattr(current, "extend"):  # a repeated field

@@ -155,3 +155,37 @@ def test_writing_external_data_keeps_every_field_and_leaves_the_model_alone(tmp_
     for tensor in loaded.graph.initializer:  # onnx's loader sets data_location DEFAULT explicitly
         tensor.ClearField("data_location")
     assert loaded == model
+
+
+def test_large_tensors_inside_bodies_go_to_the_data_file_too(tmp_path):
+    """An If body's initializer of 4 MiB stayed inline (at 2 GB: 'Failed to serialize proto')."""
+    from surgeon.modelio import write_with_external_data
+
+    big = np.arange(1 << 20, dtype=np.float32)
+    then_branch = helper.make_graph([helper.make_node("Identity", ["w"], ["t"])], "then", [],
+                                    [helper.make_tensor_value_info("t", TensorProto.FLOAT, [1 << 20])],
+                                    [numpy_helper.from_array(big, "w")])
+    else_branch = helper.make_graph([helper.make_node("Identity", ["x"], ["e"])], "else", [],
+                                    [helper.make_tensor_value_info("e", TensorProto.FLOAT, [1 << 20])])
+    graph = helper.make_graph([helper.make_node("If", ["c"], ["y"], then_branch=then_branch, else_branch=else_branch)],
+                              "g", [helper.make_tensor_value_info("c", TensorProto.BOOL, []),
+                                    helper.make_tensor_value_info("x", TensorProto.FLOAT, [1 << 20])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1 << 20])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
+    write_with_external_data(model, tmp_path / "m.onnx", "m.onnx.data")
+    assert (tmp_path / "m.onnx.data").stat().st_size == big.nbytes
+    assert (tmp_path / "m.onnx").stat().st_size < 10_000
+    np.testing.assert_array_equal(numpy_helper.to_array(model.graph.node[0].attribute[1].g.initializer[0]), big)
+
+
+def test_an_initializers_metadata_survives_the_external_data_file(tmp_path):
+    from surgeon.modelio import write_with_external_data
+
+    _matmul_model(tmp_path / "m.onnx")
+    model = onnx.load(tmp_path / "m.onnx")
+    model.graph.initializer[0].metadata_props.add(key="quant.scale_source", value="calib-v3")
+    write_with_external_data(model, tmp_path / "out.onnx", "out.onnx.data")
+    header = onnx.load(tmp_path / "out.onnx", load_external_data=False)
+    assert header.graph.initializer[0].data_location == TensorProto.EXTERNAL
+    assert [(p.key, p.value) for p in header.graph.initializer[0].metadata_props] == [("quant.scale_source",
+                                                                                        "calib-v3")]
