@@ -91,10 +91,15 @@ def _convert_model(model: onnx.ModelProto, current: int, wanted: int) -> onnx.Mo
 
 def _converter_reason(exc: Exception) -> str:
     """The converter's message, its C++ assertion for a missing adapter said in words."""
-    missing = re.search(r"No Adapter (?:From|To) Version \$?(\d+) for (\w+)", str(exc))
+    text = str(exc)
+    missing = re.search(r"No Adapter (?:From|To) Version \$?(\d+) for (\w+)", text)
     if missing:
         version, op = missing.groups()
         return f"onnx's version converter has no adapter for {op} across version {version}"
+    assertion = re.search(r"(\w+)\.h:\d+: \w+: Assertion `.*?` failed: (.+)", text)
+    if assertion:  # an adapter's C++ assertion: its header names the adapter, the rest says why
+        adapter, why = assertion.groups()
+        return f"onnx's version converter ({adapter}) refused: {why.strip().splitlines()[0]}"
     return first_line(exc)
 
 

@@ -165,3 +165,19 @@ def test_nodes_with_an_omitted_first_output_are_not_confused():
                        [("x", np.float32, [1, 1, 3])], [("y", np.float32, [1, 1, 2])], inits, opset=14)
     out, _ = apply_pass(model, "set-opset", opset=15)
     assert [(n.name, list(n.metadata_props)) for n in out.graph.node] == [("lstm0", []), ("lstm1", []), ("add", [])]
+
+
+def test_an_adapter_assertion_is_said_in_words():
+    """ReduceSum-13 whose axes come from a graph input: the converter's adapter asserts in C++."""
+    import numpy as np
+    import pytest
+    from onnx import helper
+
+    from surgeon.errors import SurgeonError
+    from surgeon.testing import apply_pass, make_model
+
+    model = make_model([helper.make_node("ReduceSum", ["x", "axes"], ["y"], name="sum")],
+                       [("x", np.float32, [2, 3]), ("axes", np.int64, [1])], [("y", np.float32, None)], opset=13)
+    with pytest.raises(SurgeonError, match=r"cannot convert opset 13 to 11: onnx's version converter "
+                                           r"\(axes_input_to_attribute\) refused: No initializer or constant input"):
+        apply_pass(model, "set-opset", opset=11)
