@@ -169,11 +169,11 @@ def test_bad_pyproject_names_the_file(models, capsys, monkeypatch):
     assert main(["check", str(models / "good.onnx")]) == 2
     err = capsys.readouterr().err
     assert f"{models / 'pyproject.toml'}: unknown key 'targte' in [tool.surgeon] (did you mean 'target'?)" in err
-    (models / "pyproject.toml").write_text('[tool.surgeon]\n[[tool.surgeon.overrides]]\nfiles = ["*"]\n'
-                                           'target = "tensorrt-8.7"\n')
+    (models / "pyproject.toml").write_text('[tool.surgeon]\n# tensorrt-8.7 is next year\n[[tool.surgeon.overrides]]\n'
+                                           'files = ["*"]\ntarget = "tensorrt-8.7"\n')
     assert main(["check", str(models / "good.onnx")]) == 2
     err = capsys.readouterr().err
-    assert f"{models / 'pyproject.toml'}:4: [[tool.surgeon.overrides]] entry 1: 'target': unknown target " \
+    assert f"{models / 'pyproject.toml'}:5: [[tool.surgeon.overrides]] entry 1: 'target': unknown target " \
            "'tensorrt-8.7'" in err and "(did you mean 'tensorrt-8.6'?)" in err
 
 

@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import fnmatch
+import re
 import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -155,7 +156,8 @@ def _check_target(name: str, path: Path, where: str) -> None:
     try:
         load_target(name)
     except SurgeonError as exc:
-        line = next((n for n, text in enumerate(path.read_text().splitlines(), start=1) if name in text), None)
+        line = next((n for n, text in enumerate(path.read_text().splitlines(), start=1)
+                     if re.match(r"\s*target\s*=", text) and name in text), None)
         raise SurgeonError(f"{where}: 'target': {exc.message}", file=path, line=line, hint=exc.hint) from None
 
 
