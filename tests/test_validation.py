@@ -270,7 +270,7 @@ def test_reference_runner_skips_dead_nodes_and_names_unrunnable_live_ones():
     feed = make_feeds(chain_model(sampler=True), seed=5)[0]
     with ReferenceRunner(_with_broken_add(live=False)) as runner:
         assert set(runner.infer(feed)) == {"y"}
-    with pytest.raises(SurgeonError, match=r"cannot run the 4 standard node\(s\) from 'scale' to "
+    with pytest.raises(SurgeonError, match=r"cannot run the 4 node\(s\) from 'scale' to "
                                           r"'broken_add'.*Error Node \(broken_add\)"):
         with ReferenceRunner(_with_broken_add(live=True)) as runner:
             runner.infer(feed)
@@ -748,3 +748,16 @@ def test_no_repair_claim_when_the_original_meets_the_expected_outputs_too():
         widened = validate_models(original, const_model(values.astype(np.float64)), feeds, Tolerance(),
                                   expected=f"{folder}/expected.npz")
         assert not widened.passed and not widened.repairs_the_original
+
+
+def test_a_contrib_op_no_runtime_implements_is_a_clear_error(tmp_path, capsys):
+    """com.microsoft::GroupNorm has no CPU kernel in ONNX Runtime and onnx.reference does not know it:
+    the fallback's NotImplementedError escaped as an internal error."""
+    node = helper.make_node("GroupNorm", ["x", "g", "b"], ["y"], name="gn", domain="com.microsoft", groups=1,
+                            activation=0, epsilon=1e-5, channels_last=1)
+    model = make_model([node], [("x", np.float32, [1, 2, 2, 4]), ("g", np.float32, [4]), ("b", np.float32, [4])],
+                       [("y", np.float32, [1, 2, 2, 4])], opset=17)
+    onnx.save(model, tmp_path / "gn.onnx")
+    assert main(["compare", str(tmp_path / "gn.onnx"), str(tmp_path / "gn.onnx")]) == 2
+    err = capsys.readouterr().err
+    assert "cannot run the 1 node(s) from 'gn' to 'gn': ONNX Runtime:" in err and "onnx.reference:" in err

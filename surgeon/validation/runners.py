@@ -275,16 +275,23 @@ class ReferenceRunner(BaseRunner):
                 from onnx.reference import ReferenceEvaluator
 
                 segment.ort_error = first_line(exc)
-                segment.evaluator = ReferenceEvaluator(model)
+                try:
+                    segment.evaluator = ReferenceEvaluator(model)
+                except Exception as refused:  # e.g. a com.microsoft op ONNX Runtime has no CPU kernel for
+                    raise _cannot_run(segment, refused) from refused
         try:
             if segment.session is not None:
                 return segment.session.run(segment.outputs, feeds)
             return segment.evaluator.run(segment.outputs, feeds)
         except Exception as exc:  # either runtime's own exception types
-            first, last = segment.nodes[0], segment.nodes[-1]
-            cause = f"ONNX Runtime: {segment.ort_error}; onnx.reference: " if segment.ort_error else ""
-            raise SurgeonError(f"cannot run the {len(segment.nodes)} standard node(s) from '{first.name}' to "
-                               f"'{last.name}': {cause}{first_line(exc)}") from exc
+            raise _cannot_run(segment, exc) from exc
+
+
+def _cannot_run(segment: _Segment, exc: Exception) -> SurgeonError:
+    first, last = segment.nodes[0], segment.nodes[-1]
+    cause = f"ONNX Runtime: {segment.ort_error}; onnx.reference: " if segment.ort_error else ""
+    return SurgeonError(f"cannot run the {len(segment.nodes)} node(s) from '{first.name}' to "
+                        f"'{last.name}': {cause}{first_line(exc)}")
 
 
 def _lookup(values: dict, initializers: dict, name: str) -> np.ndarray:
