@@ -2,7 +2,7 @@
 
 Before:  x:int64 ─► Clip(x, lo, hi) ─► y
 After (mode minmax, opset >= 12):   x ─► Max(x, lo) ─► Min(·, hi) ─► y
-After (mode minmax, opset <= 11, or int64 on ONNX Runtime):
+After (mode minmax, opset <= 11, or int64):
                                     x ─► Where(x < lo, lo, x) ─► Where(· > hi, hi, ·) ─► y
 After (mode cast):       x ─► Cast(float64) ─► Max(·, lo) ─► Min(·, hi) ─► Cast(int64) ─► y
 A type the runtime has no such kernels for (int16 on ONNX Runtime, uint8 on TensorRT 10) is clipped in a
@@ -11,7 +11,7 @@ wider one:                          x ─► Cast(int32) ─► (as above, in in
 `minmax` is exact for every integer type. Max and Min accept integers only from opset 12, so below
 that (the graph's opset or the target's, whichever is lower) the same min/max is spelled with
 Less/Greater and Where, which opset 9 already defines for integers. The Where spelling is also used for
-int64 on ONNX Runtime: its int64 Max/Min are wrong near +-2**31 (1.31, measured from two elements on: Min([-2147483649] * 2, -1) = [-1, -1],
+int64 on every target, since validation runs on ONNX Runtime: its int64 Max/Min are wrong near +-2**31 (1.31, measured from two elements on: Min([-2147483649] * 2, -1) = [-1, -1],
 Min(2147483648, 0) = 0; Less/Greater are right). As in Clip, the lower bound is applied first, so lo > hi
 gives hi everywhere (torch.clamp does the same). Every rewrite must load on ONNX Runtime (the project
 validates on it), whose CPU kernels lack int16/uint16 Max, Min and Where and uint64 Where: those types go
@@ -27,7 +27,9 @@ Missing bounds (an empty input name, or no such input) are simply not applied. F
 < 11 attributes, float constants or float tensors at run time) become ceil(min) and floor(max) in the
 input's type, saturated to its range, which clips an integer exactly as the float bound would; a
 constant bound at the type's limit clips nothing and is dropped. A NaN constant bound is an error; a NaN
-at run time clips nothing. Float Clips are left alone.
+at run time clips nothing. Float Clips are left alone, except torch's opset-11 export of an integer clamp,
+Cast(float) -> Clip -> Cast(int), rounded through float (16777217 -> 16777216): it is clipped in the integer
+type from the Cast back, exactly, when its bounds are float constants holding integers of that type.
 """
 from __future__ import annotations
 
@@ -38,7 +40,7 @@ import numpy as np
 from surgeon.errors import PassError
 from surgeon.pass_api import Param, Pass, PassResult, register_pass
 from surgeon.rewrite import (INTEGER_MAX_MIN_SINCE, Rewrite, const_value, dtype_of, find_nodes, is_op,
-                             max_min_is_wrong, validation_runtime)
+                             max_min_is_wrong, onnx_dtype, producer, validation_runtime)
 
 WHERE_SINCE = 9  # Where-9; Less/Greater take integers from opset 9 too
 FLOAT64_EXACT = 2**53  # float64 holds every integer of at most this magnitude
@@ -78,7 +80,9 @@ class ClipInt(Pass):
                             "use mode 'minmax'")
         opset = min(ctx.opset, ctx.target.opset)
         for node in find_nodes(graph, lambda n: is_op(n, "Clip")):
-            dtype = dtype_of(node.inputs[0])
+            # torch's own integer clamp at opset 11 rounds through float: rewritten from the Cast back.
+            x, replaced = float_rounded_clamp(node) or (node.inputs[0], node)
+            dtype = dtype_of(x)
             if dtype is None or dtype.kind not in "iu":
                 if dtype is None:
                     result.note(f"{node.name}: left alone, the input's type is unknown")
@@ -86,15 +90,17 @@ class ClipInt(Pass):
             try:
                 if opset < WHERE_SINCE:
                     raise LeftAlone(f"opset {opset} has no Where and no integer Less/Greater")
+                if replaced is not node:
+                    self.check_float_rounded_bounds(node, dtype, result)
                 lo, hi = self.bounds(node, dtype)
                 if self.mode == "cast" and self.float64_is_exact(dtype, lo, hi):
-                    self.through_float64(Rewrite(graph, ctx, node), node.inputs[0], lo, hi, dtype)
+                    self.through_float64(Rewrite(graph, ctx, replaced), x, lo, hi, dtype)
                 else:
                     if self.mode == "cast":
                         result.note(f"{node.name}: minmax form instead of cast, float64 rounds {dtype} beyond "
                                     "+-2**53 (cast is exact there only with both bounds constant within it)")
                     compute, use_max_min = self.compute_type(dtype, lo, hi, opset, ctx.target)
-                    self.minmax(Rewrite(graph, ctx, node), node.inputs[0], lo, hi, dtype, compute, use_max_min)
+                    self.minmax(Rewrite(graph, ctx, replaced), x, lo, hi, dtype, compute, use_max_min)
             except LeftAlone as why:
                 result.note(f"{node.name}: left alone, {why}")
                 continue
@@ -108,13 +114,9 @@ class ClipInt(Pass):
         Constant bounds become ceil(lower) and floor(upper), saturated to the integer type, which clip
         integers exactly as the float would. Runtime bounds are checked here and converted in `bound_tensor`.
         """
-        if "min" in node.attrs or "max" in node.attrs:
-            found = [node.attrs.get("min"), node.attrs.get("max")]
-        else:
-            found = [t if t.name else None for t in node.inputs[1:3]] + [None] * (3 - len(node.inputs))
         bounds = []
         info = np.iinfo(dtype)
-        for value, rounding, no_op in zip(found, (math.ceil, math.floor), (info.min, info.max)):
+        for value, rounding, no_op in zip(given_bounds(node), (math.ceil, math.floor), (info.min, info.max)):
             if value is not None and not isinstance(value, (int, float)):
                 constant = const_value(value)
                 if constant is None:
@@ -135,6 +137,31 @@ class ClipInt(Pass):
                               dtype=dtype).reshape(values.shape)
             bounds.append(None if values.size == 1 and values.item() == no_op else values)
         return bounds
+
+    @staticmethod
+    def check_float_rounded_bounds(node, dtype, result):
+        """torch writes the integer bounds of its Cast(float) -> Clip -> Cast(int) export as float constants:
+        they must be integers of `dtype` to be clipped with exactly. One beyond the float type's integer
+        precision may have been rounded by the exporter already, which no rewrite can undo: a note says so."""
+        float_type = dtype_of(node.inputs[0])
+        precise = 2 ** (np.finfo(float_type).nmant + 1)  # every integer up to this is a float of the type
+        info = np.iinfo(dtype)
+        for bound in given_bounds(node):
+            if bound is None:
+                continue
+            value = bound if isinstance(bound, float) else const_value(bound)
+            if value is None:
+                raise LeftAlone(f"its bound '{bound.name}' is computed at run time in {float_type}, so torch's "
+                                "integer bound is not known")
+            values = np.asarray(value, np.float64).ravel().tolist()
+            if not all(v.is_integer() and info.min <= v <= info.max for v in values):
+                raise LeftAlone(f"torch's export rounds it through {float_type} and its bound {values} is not "
+                                f"a {dtype} integer, so the integer clamp it stands for is not known")
+            if any(abs(v) > precise for v in values):
+                shown = ", ".join(str(int(v)) for v in values)
+                result.note(f"{node.name}: bound {shown} is beyond 2**{int(math.log2(precise))}, where "
+                            f"{float_type} skips integers: if torch's bound was another integer, the exporter "
+                            "rounded it and torch's result cannot be recovered (the rewrite uses the stored one)")
 
     @staticmethod
     def float64_is_exact(dtype, lo, hi) -> bool:
@@ -225,6 +252,27 @@ class ClipInt(Pass):
                     bound = saturated(rw, rounded, rounded, name, lower, dtype, float64)
             value = rw.op(op, [value, bound], suffix=f"{op}_{name}", dtype=float64)
         rw.finish_cast(value, dtype, suffix=f"to_{dtype.name}")
+
+
+def given_bounds(node) -> list:
+    """[lower, upper] of a Clip: float attributes (before opset 11), input tensors, or None where absent."""
+    if "min" in node.attrs or "max" in node.attrs:
+        return [node.attrs.get("min"), node.attrs.get("max")]
+    return [t if t.name else None for t in node.inputs[1:3]] + [None] * (3 - len(node.inputs))
+
+
+def float_rounded_clamp(clip):
+    """(integer input, Cast back) where `clip` is the middle of torch's opset-11 export of an integer clamp,
+    Cast(int -> float) -> Clip -> Cast(back to that int type), else None."""
+    cast = producer(clip.inputs[0])
+    readers = clip.outputs[0].outputs
+    if cast is None or not is_op(cast, "Cast") or len(readers) != 1 or not is_op(readers[0], "Cast"):
+        return None
+    x, cast_back = cast.inputs[0], readers[0]
+    dtype, float_type = dtype_of(x), dtype_of(clip.inputs[0])
+    if dtype is None or dtype.kind not in "iu" or float_type is None or float_type.kind != "f":
+        return None
+    return (x, cast_back) if cast_back.attrs.get("to") == onnx_dtype(dtype) else None
 
 
 def is_float(dtype) -> bool:

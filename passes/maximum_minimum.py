@@ -11,10 +11,14 @@ torch's own opset-11 export of an integer maximum rounds through float32, exact 
   a ─► Cast(float) ─┐
                     Max ─► Cast(int64) ─► y    becomes    a, b ─► Where(Greater(a, b), a, b) ─► y
   b ─► Cast(float) ─┘                                   (or Max(a, b) from opset 12)
+b may also be a float constant holding integers (torch.maximum(a, torch.tensor(3))): it becomes an integer
+constant, with a note where it is beyond the float's integer precision (the exporter may have rounded it).
 
 fmax/fmin return the other operand where one is NaN (maximum/minimum, like ONNX Max/Min, propagate it):
   fmax(a, b) = Max(Where(IsNaN(a), b, a), Where(IsNaN(b), a, b))
-Boolean maximum/minimum are Or/And. Standard integer Max/Min nodes a target cannot run are rewritten too.
+Boolean maximum/minimum (ATen, or the bool Max/Min torch writes from opset 13, which no runtime loads)
+are Or/And. Standard integer Max/Min nodes a target cannot run are rewritten too; int64 ones on every
+target, since validation runs on ONNX Runtime, whose int64 Max/Min are wrong past the int32 range.
 
 ATen operands of different dtypes are first Cast to torch's result dtype (the ATen output's recorded
 type, else torch.result_type of the operands), which then picks the form: fmax(int64, float32) is a
@@ -29,8 +33,8 @@ from onnx import TensorProto
 from surgeon.errors import PassError
 from surgeon.pass_api import Param, Pass, PassResult, register_pass
 from surgeon.promotion import aten_result_dtype
-from surgeon.rewrite import (INTEGER_MAX_MIN_SINCE, Rewrite, aten_operator, attr_text, dtype_of, is_op,
-                             max_min_is_wrong, producer, validation_runtime)
+from surgeon.rewrite import (INTEGER_MAX_MIN_SINCE, Rewrite, aten_operator, attr_text, const_value, dtype_of,
+                             is_op, max_min_is_wrong, producer, validation_runtime)
 
 #: ATen operator -> (standard op, NaN-ignoring?)
 ATEN_FORMS = {"maximum": ("Max", False), "minimum": ("Min", False), "fmax": ("Max", True),
@@ -58,7 +62,7 @@ class MaximumMinimum(Pass):
     def run(self, graph, ctx):
         result = PassResult()
         for node in list(graph.nodes):
-            site = self._match(node, ctx)
+            site = self._match(node, ctx, result)
             if site is None:
                 continue
             op_type, ignore_nan, operands, dtype, reported = site
@@ -72,7 +76,8 @@ class MaximumMinimum(Pass):
                 continue
             rw = Rewrite(graph, ctx, node)
             computed_in = _computed_in(op_type, dtype, ctx)
-            operands = [rw.cast(t, computed_in, f"cast_{i}") for i, t in enumerate(operands)]
+            operands = [rw.const(t, f"operand_{i}", dtype=computed_in) if isinstance(t, np.ndarray)
+                        else rw.cast(t, computed_in, f"cast_{i}") for i, t in enumerate(operands)]
             combined = operands[0]
             for i, operand in enumerate(operands[1:], start=1):
                 last = i == len(operands) - 1 and computed_in == dtype
@@ -82,7 +87,7 @@ class MaximumMinimum(Pass):
             result.rewrote(reported)
         return result
 
-    def _match(self, node, ctx):
+    def _match(self, node, ctx, result):
         """(op_type, ignores NaN, operands, dtype, name to report) of a site to rewrite, or None."""
         operator = aten_operator(node)
         if operator in ATEN_FORMS:
@@ -94,11 +99,14 @@ class MaximumMinimum(Pass):
         if is_op(node, "Cast"):
             # Anchored at the Cast back, whose output already has the integer type.
             minmax = producer(node.inputs[0])
-            rounded = _float_rounded_integer_operands(minmax, node) if minmax is not None else None
+            rounded = _float_rounded_integer_operands(minmax, node, result) if minmax is not None else None
             if rounded is not None:
-                return minmax.op, False, rounded, dtype_of(rounded[0]), minmax.name
+                dtype = next(dtype_of(t) for t in rounded if not isinstance(t, np.ndarray))
+                return minmax.op, False, rounded, dtype, minmax.name
         elif is_op(node, ("Max", "Min")):
             dtype = dtype_of(node.inputs[0])
+            if dtype == np.bool_:  # torch.maximum(bool, bool) at opset >= 13; no Max/Min takes bool
+                return node.op, False, list(node.inputs), dtype, node.name
             if dtype is not None and _is_integer(dtype) and self._integer_form(node.op, dtype, ctx) == "where":
                 return node.op, False, list(node.inputs), dtype, node.name
         return None
@@ -148,17 +156,40 @@ def _is_integer(dtype) -> bool:
     return np.issubdtype(np.dtype(dtype), np.integer)
 
 
-def _float_rounded_integer_operands(minmax, cast_back):
-    """The integer operands of torch's Cast(float) -> Max/Min -> Cast(int) export, or None."""
+def _float_rounded_integer_operands(minmax, cast_back, result):
+    """The integer operands of torch's Cast(float) -> Max/Min -> Cast(int) export, or None. One operand may
+    be a float constant (torch.maximum(x, torch.tensor(3))), returned as an array of the integer type when
+    its values are integers of that type; one beyond the float's integer precision gets a note."""
     if not is_op(minmax, ("Max", "Min")) or len(minmax.inputs) != 2 or len(minmax.outputs[0].outputs) != 1:
         return None
     operands = []
     for tensor in minmax.inputs:
         cast = producer(tensor)
-        if cast is None or not is_op(cast, "Cast") or cast.attrs.get("to") not in FLOAT_TYPES:
+        if cast is not None and is_op(cast, "Cast") and cast.attrs.get("to") in FLOAT_TYPES:
+            operands.append(cast.inputs[0])
+        elif (constant := const_value(tensor)) is not None and np.asarray(constant).dtype.kind == "f":
+            operands.append(np.asarray(constant))
+        else:
             return None
-        operands.append(cast.inputs[0])
-    dtypes = {dtype_of(t) for t in operands}
+    dtypes = {dtype_of(t) for t in operands if not isinstance(t, np.ndarray)}
     if len(dtypes) != 1 or None in dtypes or not _is_integer(next(iter(dtypes))):
         return None
-    return operands if dtype_of(cast_back.outputs[0]) == next(iter(dtypes)) else None
+    dtype = next(iter(dtypes))
+    if dtype_of(cast_back.outputs[0]) != dtype:
+        return None
+    info = np.iinfo(dtype)
+    for i, constant in enumerate(operands):
+        if not isinstance(constant, np.ndarray):
+            continue
+        values = constant.astype(np.float64).ravel().tolist()  # float64 holds every float16/32 exactly
+        if not all(v.is_integer() and info.min <= v <= info.max for v in values):
+            return None
+        precise = 2 ** (np.finfo(constant.dtype).nmant + 1)  # every integer up to this is a float of the type
+        if any(abs(v) > precise for v in values):
+            shown = ", ".join(str(int(v)) for v in values)
+            result.note(f"{minmax.name}: constant {shown} is beyond 2**{int(np.log2(precise))}, where "
+                        f"{constant.dtype} skips integers: if torch's operand was another integer, the exporter "
+                        "rounded it and torch's result, computed from the unrounded value, cannot be recovered "
+                        "(the rewrite uses the stored one)")
+        operands[i] = np.array([int(v) for v in values], dtype).reshape(constant.shape)
+    return operands

@@ -37,7 +37,7 @@ def torch_clamp(x, lo, hi):
 
 @pytest.mark.parametrize("opset, target, expected_ops", [(11, "opset-11", {"Less", "Greater", "Where"}),
                                                          (13, "onnxruntime", {"Less", "Greater", "Where"}),
-                                                         (13, "tensorrt-8.6", {"Max", "Min"})])
+                                                         (13, "tensorrt-8.6", {"Less", "Greater", "Where"})])
 def test_exported_int_clamp_is_exact(opset, target, expected_ops):
     class Clamp(torch.nn.Module):
         def forward(self, x):
@@ -56,8 +56,6 @@ def test_exported_int_clamp_is_exact(opset, target, expected_ops):
     assert "Clip" not in op_types(out) and expected_ops <= set(op_types(out))
     onnx.checker.check_model(out, full_check=True)
     x = np.array([-2**40, -2**31 - 1, -9, -4, -3, -2, 0, 5, 6, 2**31, 2**40], np.int64)
-    if target.startswith("tensorrt"):  # checked on ONNX Runtime, whose int64 Max/Min fail near 2**31 (below)
-        x = x[np.abs(np.abs(x) - 2**31) > 1]
     np.testing.assert_array_equal(run_ort(out, {"x": x})[0], torch_clamp(x, -3, 5))
 
 
@@ -358,3 +356,60 @@ def test_the_pass_template_in_pass_api_shows_clip_ints_real_parameter():
     mode = get_pass("clip-int").params["mode"]
     choices = ", ".join(f'"{choice}"' for choice in mode.choices)
     assert f'Param(str, "{mode.default}", choices=({choices}),' in surgeon.pass_api.__doc__
+
+
+# (clamp, its name, whether a bound passes 2**24, past which float32 skips integers)
+TORCH_ROUNDED_CLAMPS = [(lambda t: t.clamp(-3, 2**41), "-3, 2**41", True),
+                        (lambda t: t.clamp_min(-2**40), "min -2**40", True),
+                        (lambda t: t.clamp_max(2**40), "max 2**40", True), (lambda t: t.clamp(-3, 5), "-3, 5", False)]
+
+
+@pytest.mark.parametrize("target", ["opset-11", "onnxruntime", "tensorrt-8.6"])
+@pytest.mark.parametrize("clamp, name, beyond_float32_precision", TORCH_ROUNDED_CLAMPS,
+                         ids=[name for _, name, _ in TORCH_ROUNDED_CLAMPS])
+def test_torchs_float_rounded_int64_clamp_is_rewritten_exactly(clamp, name, beyond_float32_precision, target):
+    """Exported without dynamic axes at opset 11, torch writes an int64 clamp as Cast(float32) -> Clip ->
+    Cast(int64), which gave 16777216 for 16777217; the integer bounds it stores as float32 are exact here."""
+    from surgeon.testing import export_torch
+
+    x = torch.tensor([2**24 + 1, 2**40 + 1, -2**40 - 1, -7, 3, 2**62 + 1, -2**63], dtype=torch.int64)
+    model = export_torch(clamp, x, opset=11, input_names=["x"])
+    assert [op for op in op_types(model) if op != "Constant"] == ["Cast", "Clip", "Cast"]
+    out, step = apply_pass(model, "clip-int", target=target)
+    assert len(step.rewritten) == 1 and "Clip" not in op_types(out)
+    onnx.checker.check_model(out, full_check=True)
+    np.testing.assert_array_equal(run_ort(out, {"x": x.numpy()})[0], clamp(x).numpy())
+    assert any("beyond 2**24" in note for note in step.notes) == beyond_float32_precision
+
+
+def float_rounded_clip_model(lo, hi, float_type=np.float32):
+    nodes = [helper.make_node("Cast", ["x"], ["xf"], to=helper.np_dtype_to_tensor_dtype(np.dtype(float_type))),
+             helper.make_node("Clip", ["xf", "lo", "hi"], ["yf"], name="clip"),
+             helper.make_node("Cast", ["yf"], ["y"], to=onnx.TensorProto.INT64)]
+    return make_model(nodes, [("x", np.int64, [None])], [("y", np.int64, [None])],
+                      initializers={"lo": np.array(lo, float_type), "hi": np.array(hi, float_type)}, opset=11)
+
+
+@pytest.mark.parametrize("lo, hi", [(-2.5, 4.0), (0.0, 2.0**63), (-np.inf, 4.0), (0.0, np.nan)])
+def test_a_float_rounded_clamp_whose_bound_is_no_integer_of_the_type_is_left_alone_with_a_note(lo, hi):
+    out, step = apply_pass(float_rounded_clip_model(lo, hi), "clip-int", target="opset-11")
+    assert step.rewritten == [] and "Clip" in op_types(out)
+    assert "clip: left alone" in step.notes[0] and "int64 integer" in step.notes[0]
+
+
+def test_a_float_rounded_clamp_with_a_runtime_bound_is_left_alone_with_a_note():
+    nodes = [helper.make_node("Cast", ["x"], ["xf"], to=onnx.TensorProto.FLOAT),
+             helper.make_node("Clip", ["xf", "lo"], ["yf"], name="clip"),
+             helper.make_node("Cast", ["yf"], ["y"], to=onnx.TensorProto.INT64)]
+    model = make_model(nodes, [("x", np.int64, [None]), ("lo", np.float32, [])], [("y", np.int64, [None])],
+                       opset=11)
+    _, step = apply_pass(model, "clip-int", target="opset-11")
+    assert step.rewritten == [] and "'lo' is computed at run time" in step.notes[0]
+
+
+def test_a_float_rounded_clamp_in_float64_is_exact_in_cast_mode_too():
+    out, step = apply_pass(float_rounded_clip_model(-2.0**53, 2.0**40 + 1, np.float64), "clip-int",
+                           target="onnxruntime", mode="cast")
+    assert step.rewritten == ["clip"] and step.notes == []
+    x = np.array([-2**62, -2**53 - 1, 0, 2**40, 2**40 + 2, 2**62 + 1], np.int64)
+    np.testing.assert_array_equal(run_ort(out, {"x": x})[0], np.clip(x, -2**53, 2**40 + 1))

@@ -334,3 +334,61 @@ def test_a_0d_operand_of_a_wider_integer_type_is_cast_down_as_torch_does():
         model = mixed_model("maximum", np.int32, [3], np.int64, [], None, 13)
         out, _ = rewritten_matches_torch(model, "maximum", a, np.array(value, np.int64))
         assert op_types(out)[0] == "Cast"
+
+
+@pytest.mark.parametrize("target", ["opset-11", "onnxruntime", "tensorrt-8.6"])
+@pytest.mark.parametrize("operator, constant", [("maximum", -3), ("minimum", 2**41), ("maximum", -2**40)])
+def test_real_integer_export_with_a_constant_operand_is_exact_beyond_float32(operator, constant, target):
+    """torch.maximum(int64, torch.tensor(c)) exports at opset 11 as Cast(float32) -> Max(., float32 c) ->
+    Cast(int64), which gave 16777216 for 16777217; c is an integer float32 holds, so the rewrite is exact."""
+    x = torch.tensor([2**24 + 1, 2**40 + 1, -2**40 - 1, -7, 3, 2**62 + 1, -2**63])
+    fn = lambda t: TORCH_FN[operator](t, torch.tensor(constant))  # noqa: E731
+    model = export(fn, (x,), 11)
+    assert [op for op in op_types(model) if op != "Constant"] == ["Cast", "Max" if operator == "maximum" else "Min",
+                                                                  "Cast"]
+    out, step = apply_pass(model, "maximum-minimum", target=target)
+    assert len(step.rewritten) == 1 and "Cast" not in op_types(out)
+    onnx.checker.check_model(out, full_check=True)
+    np.testing.assert_array_equal(run_ort(out, {i.name: x.numpy() for i in out.graph.input})[0], fn(x).numpy())
+    assert any("cannot be recovered" in note for note in step.notes) == (abs(constant) > 2**24)
+
+
+def test_a_constant_the_exporter_rounded_gets_a_note_and_a_fractional_one_is_left_alone():
+    x = torch.tensor([2**40 + 1, 5])
+    _, step = apply_pass(export(lambda t: torch.minimum(t, torch.tensor(2**40 + 1)), (x,), 11), "maximum-minimum")
+    assert "constant 1099511627776 is beyond 2**24, where float32 skips integers" in step.notes[0]
+    nodes = [helper.make_node("Cast", ["x"], ["xf"], to=onnx.TensorProto.FLOAT),
+             helper.make_node("Max", ["xf", "c"], ["yf"], name="max"),
+             helper.make_node("Cast", ["yf"], ["y"], to=onnx.TensorProto.INT64)]
+    model = make_model(nodes, [("x", np.int64, [2])], [("y", np.int64, [2])],
+                       initializers={"c": np.array(2.5, np.float32)}, opset=11)
+    assert apply_pass(model, "maximum-minimum")[1].rewritten == []
+
+
+@pytest.mark.parametrize("target", ["tensorrt-8.5", "tensorrt-8.6", "tensorrt-10"])
+def test_int64_gets_where_on_tensorrt_targets_too_since_validation_runs_on_onnxruntime(target):
+    """TensorRT targets kept int64 Max, which ONNX Runtime (where `surgeon run` validates every target)
+    computes wrongly past the int32 range: validation failed on a correct rewrite."""
+    model = export(torch.fmax, (torch.tensor([0, -2**31 - 1, 5, 7]), torch.tensor([2**31, -1, 1, 2])), 13)
+    a, b = np.array([0, -2**31 - 1, 5, 7]), np.array([2**31, -1, 1, 2])
+    out, _ = rewritten_matches_torch(model, "fmax", a, b, target=target)
+    assert op_types(out) == ["Greater", "Where"]
+
+
+@pytest.mark.parametrize("opset", [11, 13, 17])
+@pytest.mark.parametrize("operator", ["maximum", "minimum"])
+def test_real_bool_export_becomes_or_and(operator, opset):
+    """From opset 13 torch writes a bare Max/Min on bool, which ONNX Runtime refuses (INVALID_GRAPH)."""
+    a, b = torch.tensor([True, True, False, False]), torch.tensor([True, False, True, False])
+    out, _ = rewritten_matches_torch(export(TORCH_FN[operator], (a, b), opset), operator, a.numpy(), b.numpy())
+    if opset >= 13:
+        assert op_types(out) == ["Or" if operator == "maximum" else "And"]
+
+
+def test_variadic_bool_max_folds_into_ors():
+    model = make_model([helper.make_node("Max", ["a", "b", "c"], ["y"], name="max3")],
+                       [(name, np.bool_, [2]) for name in "abc"], [("y", np.bool_, [2])], opset=13)
+    out, step = apply_pass(model, "maximum-minimum", target="tensorrt-8.6")
+    a, b, c = np.array([True, False]), np.array([False, False]), np.array([False, False])
+    np.testing.assert_array_equal(run_ort(out, {"a": a, "b": b, "c": c})[0], a | b | c)
+    assert step.rewritten == ["max3"] and op_types(out) == ["Or", "Or"]
