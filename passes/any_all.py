@@ -4,7 +4,7 @@ Also the count of true values (`mask.sum(dim)`, same Cast/ReduceSum cluster with
 the target lacks ReduceSum on the integer type (TensorRT 8.6 reduces float only):
   x: bool ─► Cast(int64) ─► ReduceSum(axes) ─► n    becomes    x ─► Cast(float) ─► ReduceSum ─► Cast(int64) ─► n
 exact while the reduced extent is below 2**24 (float32 counts exactly up to there): a count over an
-unknown or larger extent is left alone with a note.
+unknown or larger extent is left alone with a note; its axes are named, non-negative (see below).
 
 Before (ATEN_FALLBACK export of older exporters, dim and keepdim as constant inputs or attributes):
   x ─► ATen(operator="any", dim, keepdim) ─► y
@@ -19,8 +19,9 @@ A non-bool x is first Cast to bool (non-zero, NaN included, is true); axes are a
 opset 18 and an input from 18. The final test is Greater(·, 0), not a Cast back to bool: ONNX Runtime
 reduces an empty set to -inf (ReduceMax) and +inf (ReduceMin), so an empty any is False and an empty
 all is True, as in torch, where a Cast of -inf would give True. `dim=()` reduces nothing (as in torch);
-a uint8 input gives a uint8 result (torch's legacy rule). Negative axes are made positive where the rank
-is known: ONNX Runtime 1.31 returns an empty tensor unreduced when it is reduced over a negative axis.
+the result has the output's recorded type, else uint8 for a uint8 input (torch's legacy rule) and bool
+otherwise. Negative axes are made positive where the rank is known: ONNX Runtime 1.31 returns an empty
+tensor unreduced when it is reduced over a negative axis.
 torch reads dim 0 and -1 of a 0-d tensor as the element itself, so there they reduce nothing (torch's own
 export, ReduceSum over axis 0 of a rank-0 input, fails in ONNX Runtime; the rewrite repairs it); a dim
 outside torch's range for a known rank is an error naming the node.
@@ -109,10 +110,12 @@ def _rewrite(graph, ctx, node, kind, x, axes, keepdims):
     if axes != []:
         values = rw.reduce(REDUCTION[kind], values, axes, keepdims, dtype=np.float32)
     zero = rw.const(0, "zero", np.float32)
-    if dtype == np.uint8:
-        rw.finish_cast(rw.op("Greater", [values, zero], dtype=np.bool_), np.uint8)
-    else:
+    # The recorded output type wins: torch's export of all(uint8) declares a bool result.
+    result_type = dtype_of(node.outputs[0]) or (np.dtype(np.uint8) if dtype == np.uint8 else np.dtype(np.bool_))
+    if result_type == np.bool_:
         rw.finish("Greater", [values, zero])
+    else:
+        rw.finish_cast(rw.op("Greater", [values, zero], dtype=np.bool_), result_type)
 
 
 def _checked_axes(node, kind, axes, rank) -> list[int]:
@@ -140,6 +143,17 @@ def _is_bool_count(node) -> bool:
 
 def _reduced_extent(reduce_sum) -> int | None:
     """How many values each output of the ReduceSum adds up, if the shapes say."""
+    axes = _reduced_axes(reduce_sum)
+    if axes is None:
+        return None
+    dims = [reduce_sum.inputs[0].shape[axis] for axis in axes]
+    if not all(isinstance(d, (int, np.integer)) and d >= 0 for d in dims):
+        return None
+    return int(np.prod(dims, dtype=np.int64))
+
+
+def _reduced_axes(reduce_sum) -> list[int] | None:
+    """The axes the ReduceSum adds up, non-negative and explicit ([] for none), if the shapes say."""
     shape = reduce_sum.inputs[0].shape
     axes = reduce_sum.attrs.get("axes")
     axes_input = len(reduce_sum.inputs) > 1 and reduce_sum.inputs[1].name
@@ -147,20 +161,25 @@ def _reduced_extent(reduce_sum) -> int | None:
         axes = const_value(reduce_sum.inputs[1])
     if shape is None or (axes_input and axes is None):
         return None
+    rank = len(shape)
     if axes is None or len(axes) == 0:
-        axes = [] if reduce_sum.attrs.get("noop_with_empty_axes", 0) else range(len(shape))
-    dims = [shape[int(a)] for a in axes]
-    if not all(isinstance(d, (int, np.integer)) and d >= 0 for d in dims):
+        return [] if reduce_sum.attrs.get("noop_with_empty_axes", 0) else list(range(rank))
+    if rank == 0 or not all(-rank <= int(axis) < rank for axis in axes):
         return None
-    return int(np.prod(dims, dtype=np.int64))
+    return [int(axis) % rank for axis in axes]
 
 
 def _rewrite_count(graph, ctx, reduce_sum):
-    """Cast(x: bool, float) ─► ReduceSum (same axes and attributes) ─► Cast back to the count's type."""
+    """Cast(x: bool, float) ─► ReduceSum (same axes, named and non-negative) ─► Cast back.
+
+    ONNX Runtime 1.31 returns an empty input unreduced over a negative axis.
+    """
     rw = Rewrite(graph, ctx, reduce_sum)
     mask = producer(reduce_sum.inputs[0]).inputs[0]
-    values = rw.cast(mask, np.float32)
-    total = rw.op("ReduceSum", [values] + list(reduce_sum.inputs[1:]), dict(reduce_sum.attrs), dtype=np.float32)
+    total = rw.cast(mask, np.float32)
+    axes = _reduced_axes(reduce_sum)  # known: the count is rewritten only over a known extent
+    if axes:
+        total = rw.reduce("ReduceSum", total, axes, reduce_sum.attrs.get("keepdims", 1), dtype=np.float32)
     rw.finish_cast(total, dtype_of(reduce_sum.outputs[0]))
 
 

@@ -99,10 +99,17 @@ class Atan2(Pass):
             y, x = node.inputs[:2] if is_atan2(node) else exported_operands(node)
             # torch's result type: the output's recorded type, else torch.result_type of the operands
             dtype = dtype_of(node.outputs[0])
-            if dtype is None:
+            recorded = dtype is not None
+            if not recorded:
                 dtype = torch_result_type([y, x])
             if dtype is None or dtype.name not in TORCH_FLOATS:
-                why = "its result type is unknown" if dtype is None else f"its result type {dtype} is not a float"
+                if recorded:
+                    why = f"its recorded result type {dtype} is not a float"
+                elif dtype is None:
+                    why = "its result type is unknown"
+                else:  # torch.result_type of integer/bool operands is not atan2's: torch returns its default float
+                    why = ("with no float operand, torch returns its default float type, which the graph must "
+                           "record as the output's type")
                 inputs = ", ".join(str(dtype_of(t) or "unknown") for t in (y, x))
                 result.note(f"{node.name}: left alone, {why} (inputs: {inputs})")
                 continue

@@ -141,7 +141,8 @@ def emit_decomposition(rw: Rewrite, site: Sampling, grid: gs.Tensor, opset: int,
         weights.append(value_weight(rw, rw.op("Mul", [weight_x, weight_y], suffix=f"{label}_weight"), site.x,
                                     coord_dtype, label))
     if isinstance(channels, int) and channels >= MATMUL_MIN_CHANNELS:
-        blended = _blend_by_matmul(rw, padded, x0, y0, weights, site.x, height, width, opset, coord_dtype)
+        blended = _blend_by_matmul(rw, padded, x0, y0, weights, site.x, channels, height, width, opset,
+                                   coord_dtype)
     else:
         table = rw.op("Flatten", [padded], {"axis": 3}, suffix="table")
         north_west = flat_index(rw, [y0, x0], site.x, [height + 3, width + 3], coord_dtype)
@@ -210,9 +211,12 @@ def _reflect(rw: Rewrite, coord: gs.Tensor, align_corners: bool, size: int, dtyp
     return reflected if low is None else rw.op("Add", [reflected, low], suffix=f"{label}_mirrored")
 
 
-def _blend_by_matmul(rw, padded, x0, y0, weights, x, height, width, opset, dtype) -> gs.Tensor:
+def _blend_by_matmul(rw, padded, x0, y0, weights, x, channels, height, width, opset, dtype) -> gs.Tensor:
     """One gather from a table whose row holds a pixel's four corners [nw|ne|sw|se] (4C wide), then
-    MatMul [.., 1, 4] x [.., 4, C]. Faster than four gathers from 128 channels on (docs: Speed)."""
+    MatMul [.., 1, 4] x [.., 4, C]. Faster than four gathers from 128 channels on (docs: Speed).
+
+    The Reshapes name C (static here), not -1: ONNX Runtime cannot infer -1 in an empty tensor (empty grid).
+    """
     corners = []
     for label, (dy, dx) in zip(("nw", "ne", "sw", "se"), ((0, 0), (0, 1), (1, 0), (1, 1))):
         corners.append(rw.op("Slice", [padded, rw.const([dy, dx], f"{label}_starts", np.int64),
@@ -222,10 +226,10 @@ def _blend_by_matmul(rw, padded, x0, y0, weights, x, height, width, opset, dtype
     table = rw.op("Flatten", [quads], {"axis": 3}, suffix="table")
     index = flat_index(rw, [y0, x0], x, [height + 2, width + 2], dtype)
     gathered = rw.op("Gather", [table, index], {"axis": 0}, suffix="gather")
-    by_corner = rw.op("Reshape", [gathered, rw.const([0, 0, 0, 4, -1], "corner_shape", np.int64)],
+    by_corner = rw.op("Reshape", [gathered, rw.const([0, 0, 0, 4, channels], "corner_shape", np.int64)],
                       suffix="by_corner")
     columns = [unsqueeze(rw, w, [-1], opset, f"{label}_weight") for label, w in zip(("nw", "ne", "sw", "se"),
                                                                                         weights)]
     weight_row = unsqueeze(rw, rw.op("Concat", columns, {"axis": -1}, suffix="weights"), [-2], opset, "weights")
     blended = rw.op("MatMul", [weight_row, by_corner], suffix="blend")
-    return rw.op("Reshape", [blended, rw.const([0, 0, 0, -1], "blend_shape", np.int64)], suffix="blended")
+    return rw.op("Reshape", [blended, rw.const([0, 0, 0, channels], "blend_shape", np.int64)], suffix="blended")

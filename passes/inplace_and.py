@@ -11,7 +11,9 @@ Recognised: ATen `__iand_`, `__ior_`, `__ixor_`, `__and_`, `__or_`, `__xor_`, `b
 
 Exact integer form without Bitwise* (opset 11 ops only, `integers: bits`, the default): for a value v
 held in int64 and known to fit 32 bits, bit i of its two's complement is `(v mod 2**(i+1)) >= 2**i`
-(Mod with a positive divisor is never negative), computed for i = 0..31 at once along a new last axis.
+(Mod with a positive divisor is never negative), computed for i = 0..31 at once along a new last axis
+(named by its positive index where the rank is known: ONNX Runtime leaves an empty tensor unreduced over a
+negative axis).
 The planes are combined with And/Or/Xor and summed with weights 2**i, bit 31 weighing -2**31 for signed
 types. int8/16/32 and uint8/16/32 go through int64 this way; int64 is split exactly into
 hi = (v - lo) / 2**32 and lo = v mod 2**32, each handled as above, and rejoined as hi * 2**32 + lo.
@@ -128,13 +130,17 @@ class BitPlanes:
         return self.rw.op(op_type, inputs, attrs, suffix=suffix, dtype=dtype)
 
     def combine(self, kind, a, b, dtype):
+        # The planes' axis is the last one of the broadcast result; named positively where the rank is
+        # known: ONNX Runtime returns an empty tensor unreduced when it is reduced over a negative axis.
+        ranks = [len(t.shape) if t.shape is not None else None for t in (a, b)]
+        plane_axis = -1 if None in ranks else max(ranks)
         a, b = (cast_operand(self.rw, t, np.int64, name) for t, name in ((a, "a"), (b, "b")))
         if np.dtype(dtype).itemsize < 8:
-            value = self.combine32(kind, a, b, signed=np.dtype(dtype).kind == "i", suffix="bits")
+            value = self.combine32(kind, a, b, plane_axis, signed=np.dtype(dtype).kind == "i", suffix="bits")
             return cast_operand(self.rw, value, dtype, "result")
         halves = [self.split(a, "a"), self.split(b, "b")]
-        high = self.combine32(kind, halves[0][0], halves[1][0], signed=True, suffix="high")
-        low = self.combine32(kind, halves[0][1], halves[1][1], signed=False, suffix="low")
+        high = self.combine32(kind, halves[0][0], halves[1][0], plane_axis, signed=True, suffix="high")
+        low = self.combine32(kind, halves[0][1], halves[1][1], plane_axis, signed=False, suffix="low")
         high_shifted = self.op("Mul", [high, self.const(2**32, "two_pow_32")], suffix="high_shifted")
         return self.op("Add", [high_shifted, low], suffix="joined")
 
@@ -145,7 +151,7 @@ class BitPlanes:
         high = self.op("Div", [high_part, self.const(2**32, f"{suffix}_divisor")], suffix=f"{suffix}_high")
         return high, low
 
-    def combine32(self, kind, a, b, signed, suffix):
+    def combine32(self, kind, a, b, plane_axis, signed, suffix):
         places = 2 ** np.arange(32, dtype=np.int64)
         modulus = self.const(places * 2, f"{suffix}_modulus")
         below_place = self.const(places - 1, f"{suffix}_below_place")
@@ -162,5 +168,5 @@ class BitPlanes:
             weights[31] = -2**31
         weighted = self.op("Mul", [self.rw.cast(combined, np.int64, f"{suffix}_as_int64"),
                                    self.const(weights, f"{suffix}_weights")], suffix=f"{suffix}_weighted")
-        return self.rw.reduce("ReduceSum", weighted, [-1], keepdims=0, suffix=f"{suffix}_sum",
+        return self.rw.reduce("ReduceSum", weighted, [plane_axis], keepdims=0, suffix=f"{suffix}_sum",
                               axes_suffix=f"{suffix}_sum_axes", dtype=np.int64)

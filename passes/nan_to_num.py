@@ -12,6 +12,7 @@ Before (torch export, opset 11 and 13):
 
 After, mode "exact" (every test reads the original x, as torch does):
   y = Where(IsNaN(x), nan, Where(Equal(x, +inf), posinf, Where(Equal(x, -inf), neginf, x)))
+  (a -0.0 replacement as Where(test, 0, kept) * Where(test, -1, 1): see `_replace`)
 
 After, mode "remove" (the user asserts no NaN/inf reaches it):  y = x
 
@@ -21,6 +22,8 @@ input's dtype. Equal(x, ±inf) rather than IsInf because ONNX Runtime's IsInf ta
 opset 20. A lone Where(IsNaN(x), 0, x) is not a nan_to_num and is left alone.
 """
 from __future__ import annotations
+
+from functools import partial
 
 import numpy as np
 from onnx import TensorProto
@@ -42,7 +45,7 @@ class NanToNum(Pass):
 
     params = {
         "mode": Param(str, "exact", choices=("exact", "remove"),
-                      help="'exact': six opset-11 ops matching torch bit for bit; 'remove': wire the input "
+                      help="'exact': opset-11 ops matching torch bit for bit; 'remove': wire the input "
                            "to the output (only when no NaN/inf can reach it)"),
     }
     needs = ("shapes",)
@@ -73,11 +76,28 @@ class NanToNum(Pass):
     @staticmethod
     def _exact(rw: Rewrite, x, values: dict):
         dtype = values["nan"].dtype
-        kept = rw.op("Where", [rw.op("Equal", [x, rw.const(-np.inf, "minus_inf", dtype)], dtype=np.bool_),
-                               rw.const(values["neginf"], "neginf", dtype), x], dtype=dtype)
-        kept = rw.op("Where", [rw.op("Equal", [x, rw.const(np.inf, "inf", dtype)], dtype=np.bool_),
-                               rw.const(values["posinf"], "posinf", dtype), kept], dtype=dtype)
-        rw.finish("Where", [rw.op("IsNaN", [x], dtype=np.bool_), rw.const(values["nan"], "nan", dtype), kept])
+        kept = _replace(rw, rw.op("Equal", [x, rw.const(-np.inf, "minus_inf", dtype)], dtype=np.bool_),
+                        values["neginf"], x, "neginf")
+        kept = _replace(rw, rw.op("Equal", [x, rw.const(np.inf, "inf", dtype)], dtype=np.bool_),
+                        values["posinf"], kept, "posinf")
+        _replace(rw, rw.op("IsNaN", [x], dtype=np.bool_), values["nan"], kept, "nan", last=True)
+
+
+def _replace(rw: Rewrite, condition, value: np.ndarray, kept, label: str, last: bool = False):
+    """Where(condition, value, kept), keeping the sign of a -0.0 value; `last` takes over the node's output.
+
+    ONNX Runtime 1.31's Where returns +0.0 where it selects a -0.0 from its second input (measured), so a
+    -0.0 is written Where(condition, 0, kept) * Where(condition, -1, 1): exact, as `kept * 1` is `kept`.
+    """
+    dtype = value.dtype
+    emit = rw.finish if last else partial(rw.op, dtype=dtype)
+    if value != 0 or not np.signbit(value):
+        return emit("Where", [condition, rw.const(value, label, dtype), kept])
+    zeroed = rw.op("Where", [condition, rw.const(0, f"{label}_zero", dtype), kept], suffix=f"{label}_zeroed",
+                   dtype=dtype)
+    sign = rw.op("Where", [condition, rw.const(-1, f"{label}_minus_one", dtype), rw.const(1, f"{label}_one", dtype)],
+                 suffix=f"{label}_sign", dtype=dtype)
+    return emit("Mul", [zeroed, sign], suffix=f"{label}_negative_zero")
 
 
 def _resolve(replacements: dict, dtype, node) -> dict:

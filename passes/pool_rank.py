@@ -9,9 +9,12 @@ Before:  x [C, H, W] ─► MaxPool(kernel_shape=[kh, kw]) ─► y
 After:   x [C, H, W] ─► Unsqueeze(0) ─► MaxPool(kernel_shape=[kh, kw]) ─► Squeeze(0) ─► y
 
 With the batch axis of size 1 the pool computes exactly what torch computed on the unbatched tensor;
-MaxPool's optional Indices output is flat over N*C*H*W, so with N = 1 it is unchanged as well. The
-pass is shape-driven (a pool is wrong only for its input's rank), so it needs shape inference, and
-leaves a pool whose input rank is unknown alone with a note.
+MaxPool's optional Indices output is flat over N*C*H*W, so with N = 1 it is unchanged as well. A
+MaxPool whose Indices another node reads is left alone with a note: torch's export of
+`return_indices=True` wraps them in arithmetic written for a 4-D result (a Slice over axes [2, 3] of a
+second MaxPool's indices, rank 3 after a Squeeze, which ONNX Runtime refuses), so batching the pools
+alone does not make that graph run. The pass is shape-driven (a pool is wrong only for its input's
+rank), so it needs shape inference, and leaves a pool whose input rank is unknown alone with a note.
 """
 from __future__ import annotations
 
@@ -34,6 +37,9 @@ class PoolRank(Pass):
             spatial = len(node.attrs["kernel_shape"])
             if shape is None:
                 result.note(f"{node.name}: input rank unknown, left alone (set-input-shapes may tell it)")
+            elif len(shape) == spatial + 1 and _indices_read(node):
+                result.note(f"{node.name}: left alone, a node reads its Indices (torch's index arithmetic "
+                            "for unbatched pooling is not rewritten); pool a batched tensor in the model")
             elif len(shape) == spatial + 1:
                 self._add_batch_axis(graph, ctx, node)
                 result.rewrote(node)
@@ -51,3 +57,8 @@ class PoolRank(Pass):
         pooled = pooled if isinstance(pooled, list) else [pooled]
         rewrite.bypass(*(rewrite.squeeze(t, [0], dtype=out.dtype, shape=out.shape)
                          for t, out in zip(pooled, node.outputs)))
+
+
+def _indices_read(node) -> bool:
+    """Whether a node reads the pool's second output (MaxPool's Indices); a graph output alone is exact."""
+    return len(node.outputs) > 1 and bool(node.outputs[1].outputs)

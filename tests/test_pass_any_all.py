@@ -179,6 +179,48 @@ def test_mask_count_is_kept_where_the_target_sums_integers_or_the_extent_is_unkn
     assert unknown.rewritten == [] and "below 2**24" in unknown.notes[0]
 
 
+@pytest.mark.parametrize("opset", [11, 13])
+@pytest.mark.parametrize("dim, keepdim", [([-1], False), ([-3, -1], True), (None, False), (None, True)])
+@pytest.mark.parametrize("shape", [[2, 0, 3], [2, 4, 3]])
+def test_mask_count_of_an_empty_mask_has_torchs_shape(shape, dim, keepdim, opset):
+    """The float ReduceSum names its axes, non-negative: ONNX Runtime returns an empty input unreduced over
+    a negative axis."""
+    axes = {} if dim is None else {"axes": dim}
+    cast = helper.make_node("Cast", ["m"], ["counted"], to=onnx.TensorProto.INT64)
+    if opset >= 13 and axes:
+        reduce_sum = helper.make_node("ReduceSum", ["counted", "axes"], ["n"], keepdims=int(keepdim))
+    else:
+        reduce_sum = helper.make_node("ReduceSum", ["counted"], ["n"], keepdims=int(keepdim), **axes)
+    initializers = {"axes": np.array(dim, np.int64)} if opset >= 13 and axes else {}
+    model = make_model([cast, reduce_sum], [("m", np.bool_, shape)], [("n", np.int64, None)],
+                       initializers=initializers, opset=opset)
+    out, step = apply_pass(model, "any-all", target="tensorrt-8.6")
+    assert len(step.rewritten) == 1
+    mask = np.random.default_rng(0).random(shape) > 0.5
+    got = run_ort(out, {"m": mask})[0]
+    tensor = torch.from_numpy(mask)
+    want = (tensor.sum() if dim is None and not keepdim else tensor.sum(dim=dim or [0, 1, 2], keepdim=keepdim))
+    assert got.dtype == np.int64 and got.shape == tuple(want.shape)
+    np.testing.assert_array_equal(got, want.numpy())
+
+
+@pytest.mark.parametrize("opset", [11, 13, 18])
+@pytest.mark.parametrize("dim", [None, 1])
+def test_exported_all_of_uint8_keeps_its_declared_bool_output(dim, opset):
+    """torch exports all(uint8) with a bool output; the rewrite ends in that type, not torch's uint8."""
+    x = torch.tensor([[1, 2, 0], [3, 255, 7]], dtype=torch.uint8)
+    fn = (lambda t: torch.all(t)) if dim is None else (lambda t: torch.all(t, dim=dim))
+    model = export_torch(fn, x, opset=opset, input_names=["x"])
+    assert model.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.BOOL
+    out, step = apply_pass(model, "any-all", target="onnxruntime")
+    assert len(step.rewritten) == 1
+    onnx.checker.check_model(out, full_check=True)
+    got = run_ort(out, {"x": x.numpy()})[0]
+    want = fn(x).numpy()
+    assert got.dtype == np.bool_ and got.shape == want.shape
+    np.testing.assert_array_equal(got, want.astype(np.bool_))
+
+
 ZERO_D_ELEMENTS = {np.bool_: [False, True], np.float32: [0.0, -0.0, np.nan, 0.5], np.uint8: [0, 255]}
 
 

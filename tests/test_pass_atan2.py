@@ -127,6 +127,16 @@ def test_integer_atan2_is_left_with_a_note():
     assert step.rewritten == [] and "int_atan2" in step.notes[0]
 
 
+def test_integer_atan2_with_no_recorded_type_notes_torchs_float_result():
+    """torch.atan2(int8, uint8) is float32 (torch's default float), not torch.result_type's int16."""
+    node = helper.make_node("ATen", ["y", "x"], ["angle"], name="int_atan2", domain="org.pytorch.aten",
+                            operator="atan2")
+    model = make_model([node], [("y", np.int8, [3]), ("x", np.uint8, [3])], [("angle", np.float32, None)])
+    model.graph.output[0].type.tensor_type.elem_type = onnx.TensorProto.UNDEFINED
+    _, step = apply_pass(model, "atan2")
+    assert step.rewritten == [] and "default float type" in step.notes[0] and "int16" not in step.notes[0]
+
+
 def test_scalar_inputs_give_a_scalar_output():
     node = helper.make_node("Atan2", ["y", "x"], ["angle"], name="atan2_node")
     model = make_model([node], [("y", np.float32, []), ("x", np.float32, [])], [("angle", np.float32, [])])

@@ -507,6 +507,19 @@ def test_decompose_with_dynamic_batch(mode, channels):
         assert_matches_torch(decomposed, x, grid, mode, "zeros", False)
 
 
+@pytest.mark.parametrize("channels", [3, MATMUL_MIN_CHANNELS + 2])
+@pytest.mark.parametrize("grid_size", [(1, 0), (0, 3)])
+def test_decompose_of_an_empty_grid_gives_torchs_empty_output(grid_size, channels):
+    """The MatMul blend's Reshapes name C: ONNX Runtime cannot infer -1 in an empty tensor."""
+    shape = (1, channels, 3, 2) + grid_size
+    model, step = apply_pass(grid_sample_16(shape, "bilinear", "zeros", False, opset=11), "grid-sample",
+                             mode="decompose")
+    assert step.rewritten == ["sampler"]
+    x, grid = feeds(shape)
+    out = run_ort(model, {"x": x, "grid": grid})[0]
+    assert out.shape == torch_grid_sample(x, grid).shape == (1, channels) + grid_size
+
+
 ZOO = Path(__file__).resolve().parent / "data" / "zoo"
 
 

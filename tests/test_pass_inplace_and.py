@@ -139,3 +139,20 @@ def test_0d_operands_give_a_0d_result(dtype, opset):
     for a, b in ((info.min, -1), (info.max, 12345), (-6, 5)):
         got = run_ort(out, {"a": np.array(a, dtype), "b": np.array(b, dtype)})[0]
         assert got.shape == () and got == np.bitwise_and(dtype(a), dtype(b))
+
+
+@pytest.mark.parametrize("opset", [11, 13])
+@pytest.mark.parametrize("dtype", [np.int32, np.int64])
+def test_empty_operands_give_an_empty_result_of_torchs_shape(dtype, opset):
+    """The planes are summed over a positive axis: ONNX Runtime leaves an empty tensor unreduced over -1."""
+    node = helper.make_node("ATen", ["a", "b"], ["c"], name="op_node", domain="org.pytorch.aten",
+                            operator="__and_", overload_name="Tensor")
+    model = make_model([node], [("a", dtype, [None, 4]), ("b", dtype, [1, 4])], [("c", dtype, [None, 4])],
+                       opset=opset)
+    out, _ = apply_pass(model, "inplace-and", target=TARGETS[opset])
+    b = np.arange(1, 5, dtype=dtype)[None]
+    for a in (np.zeros((0, 4), dtype), np.full((3, 4), -7, dtype)):
+        got = run_ort(out, {"a": a, "b": b})[0]
+        expected = (torch.from_numpy(a) & torch.from_numpy(b)).numpy()
+        assert got.shape == expected.shape and got.dtype == expected.dtype
+        np.testing.assert_array_equal(got, expected)

@@ -110,6 +110,23 @@ def test_running_twice_changes_nothing():
     assert len(step.rewritten) == 1 and op_types(removed) == ["Identity"]
 
 
+@pytest.mark.parametrize("opset", [11, 13])
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+@pytest.mark.parametrize("values", [(-0.0, -0.0, -0.0), (-0.0, 1.0, None), (None, -0.0, 2.0), (1.0, None, -0.0)])
+def test_negative_zero_replacements_keep_their_sign(values, dtype, opset):
+    """ONNX Runtime's Where drops the sign of a -0.0 it selects from its second input; a sign Mul keeps it."""
+    nan, posinf, neginf = values
+    out, step = apply_pass(aten_model(dtype, [12], opset, nan, posinf, neginf), "nan-to-num")
+    onnx.checker.check_model(out)
+    assert step.rewritten == ["nan_to_num"] and op_types(out).count("Mul") == values.count(-0.0)
+    x = edge_values(dtype, [12], seed=opset)
+    x[:3] = [np.nan, np.inf, -np.inf]
+    want = torch.nan_to_num(torch.from_numpy(x), nan=nan, posinf=posinf, neginf=neginf).numpy()
+    assert_bitwise_equal(run_single(out, x), want)
+    twice, again = apply_pass(out, "nan-to-num")
+    assert again.rewritten == [] and op_types(twice) == op_types(out)
+
+
 def test_two_chained_clusters_are_two_sites():
     x = torch.tensor([np.nan, np.inf, -np.inf, 2.0])
     model = export(lambda v: torch.nan_to_num(torch.nan_to_num(v, nan=np.inf) * 2, posinf=5.0), x, 11)

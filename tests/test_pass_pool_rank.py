@@ -67,6 +67,16 @@ def test_indices_output_is_the_batch_of_one_indices(opset):
     np.testing.assert_array_equal(indices, batched_indices[0])
 
 
+@pytest.mark.parametrize("opset", [11, 13])
+def test_return_indices_export_is_left_alone_with_a_note(opset):
+    """torch's index arithmetic (Slice over axes [2, 3]) assumes the 4-D result, so the pools are kept."""
+    x = torch.randn(3, 6, 6, generator=torch.Generator().manual_seed(0))
+    model = export_torch(lambda t: F.max_pool2d(t, 2, return_indices=True), x, opset=opset, input_names=["x"])
+    out, step = apply_pass(model, "pool-rank")
+    assert step.rewritten == [] and op_types(out) == op_types(model)
+    assert len(step.notes) == 2 and all("a node reads its Indices" in note for note in step.notes)
+
+
 def test_lp_pool_equals_the_batched_pool():
     """torch exports lp_pool2d through AveragePool; an LpPool node (other exporters) is repaired the same way."""
     x = np.random.default_rng(1).standard_normal((3, 6, 8)).astype(np.float32)
