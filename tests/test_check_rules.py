@@ -448,3 +448,22 @@ def test_no_sg002_for_what_onnx_runtime_or_a_local_function_body_runs(tmp_path):
                               opset_imports=[helper.make_opsetid("", 13), helper.make_opsetid("com.microsoft", 1),
                                              helper.make_opsetid("custom", 1)])
     assert [f for f in _check(model, Settings(target="onnxruntime"), tmp_path) if f.rule == "SG002"] == []
+
+
+@pytest.mark.parametrize("op, fix", [("Clip", "clip-int"), ("Max", "maximum-minimum")])
+def test_an_integer_op_rounded_through_float32_is_sg005_until_its_pass_runs(op, fix, tmp_path):
+    """torch's opset-11 export of clamp/maximum on int64 (static shapes): it runs everywhere and is wrong
+    past 2**24 without a word, so check names it; after the pass it is exact and the finding is gone."""
+    from surgeon.testing import apply_pass
+
+    operands = ["xf", "lo", "hi"] if op == "Clip" else ["xf", "hi"]
+    nodes = [helper.make_node("Cast", ["x"], ["xf"], name="to_float", to=TensorProto.FLOAT),
+             helper.make_node(op, operands, ["rf"], name="op"),
+             helper.make_node("Cast", ["rf"], ["y"], name="back", to=TensorProto.INT64)]
+    model = make_model(nodes, [("x", np.int64, [4])], [("y", np.int64, [4])],
+                       initializers={"lo": np.float32(-3), "hi": np.float32(5)}, opset=11)
+    findings = [f for f in _check(model, Settings(target="onnxruntime"), tmp_path) if f.rule == "SG005"]
+    assert [(f.node, f.fix) for f in findings] == [("op", fix)]
+    assert "computes int64 through float32" in findings[0].message and "2**24" in findings[0].message
+    fixed, _ = apply_pass(model, fix)
+    assert not [f for f in _check(fixed, Settings(target="onnxruntime"), tmp_path) if f.rule == "SG005"]

@@ -14,6 +14,7 @@ import re
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import onnx
 
 from surgeon.check.facts import STANDARD_DOMAINS, ModelFacts, is_standard_op
@@ -266,7 +267,8 @@ def _is_integer_clip(facts: ModelFacts, node) -> bool:
 
 @model_rule("SG005", "clip-int", "warning",
             "Clip on an integer tensor: not portable (TensorRT, opset-11 runtimes); an error where the target "
-            "or the model's opset rejects it", fix="pass clip-int")
+            "or the model's opset rejects it; integer Clip/Max/Min computed through float32 (exact to 2**24)",
+            fix="pass clip-int or maximum-minimum")
 def clip_on_integers(facts: ModelFacts):
     clip = facts.target.ops.get("Clip") or {}
     for node in facts.all_nodes:
@@ -286,6 +288,35 @@ def clip_on_integers(facts: ModelFacts):
         else:
             yield _finding(facts, "SG005", "warning", f"on {dtype} runs on {facts.target.name}, but TensorRT "
                            "and opset-11 runtimes reject integer Clip", node, fix="clip-int")
+    yield from _float_rounded_integer_ops(facts)
+
+
+FLOAT_ROUNDED_FIX = {"Clip": "clip-int", "Max": "maximum-minimum", "Min": "maximum-minimum"}
+
+
+def _float_rounded_integer_ops(facts: ModelFacts):
+    """torch's opset-11 export of an integer clamp, maximum or minimum: Cast(int -> float) -> Clip/Max/Min
+    -> Cast(back), read only by the Cast back. It runs everywhere and is wrong past the float's integer
+    precision (2**24 for float32), silently."""
+    producer = {out: node for node in facts.nodes for out in node.output if out}
+    readers: dict[str, list] = {}
+    for node in facts.nodes:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    for node in facts.nodes:
+        if node.op_type not in FLOAT_ROUNDED_FIX or node.domain not in STANDARD_DOMAINS or not node.input:
+            continue
+        cast_in = producer.get(node.input[0])
+        after = readers.get(node.output[0], [])
+        if cast_in is None or cast_in.op_type != "Cast" or len(after) != 1 or after[0].op_type != "Cast":
+            continue
+        integer = facts.dtypes.get(cast_in.input[0])
+        floated = facts.dtypes.get(node.input[0])
+        if integer in INTEGER_DTYPES and floated in ("float32", "float16") and \
+                facts.dtypes.get(after[0].output[0]) == integer:
+            yield _finding(facts, "SG005", "warning", f"computes {integer} through {floated} (torch's opset-11 export "
+                           f"of an integer {'clamp' if node.op_type == 'Clip' else node.op_type.lower()}): exact "
+                           f"only up to 2**{np.finfo(floated).nmant + 1}", node, fix=FLOAT_ROUNDED_FIX[node.op_type])
 
 
 # ---------------------------------------------------------------- tensors and shapes
