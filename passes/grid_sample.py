@@ -57,8 +57,9 @@ class GridSamplePass(Pass):
 
     @classmethod
     def fix_hint(cls, target) -> str:
-        if target.is_tensorrt:
-            return "grid-sample mode=plugin or mode=decompose"
+        if target.is_tensorrt:  # from 8.5 the parser has GridSample, which auto picks; older: plugin or ops
+            native = "grid-sample (native GridSample), or " if choose_form(target) == "onnx" else "grid-sample "
+            return native + "mode=plugin or mode=decompose"
         return "grid-sample" if choose_form(target) == "onnx" else "grid-sample mode=decompose"
 
     def run(self, graph, ctx):

@@ -45,7 +45,7 @@ def test_exit_codes(models, capsys):
     code, out, _ = run(capsys, models / "bad.onnx", "--target", "tensorrt-8.6")
     assert code == 1
     assert (f"{models / 'bad.onnx'}: SG001 error node /ATen_12 (ATen:grid_sampler) not runnable on tensorrt-8.6 "
-            "— fix: pass grid-sample mode=plugin or mode=decompose") in out
+            "— fix: pass grid-sample (native GridSample), or mode=plugin or mode=decompose") in out
     assert out.splitlines()[-1] == "1 error, 1 warning in 1 file"
     assert run(capsys, models / "bad.onnx", "--ignore", "SG001")[0] == 0  # warnings alone pass
 
@@ -231,7 +231,7 @@ def test_raw_bevformer_tiny_export_is_not_ready_for_tensorrt_8_6(capsys):
     findings = json.loads(out)["findings"]
     assert code == 1
     grid = [f for f in findings if f["rule"] == "SG001" and f["op"] == "ATen:grid_sampler"]
-    assert grid and all(f["fix"] == "grid-sample mode=plugin or mode=decompose" for f in grid)
+    assert grid and all(f["fix"] == "grid-sample (native GridSample), or mode=plugin or mode=decompose" for f in grid)
 
 
 def _recipes(folder):

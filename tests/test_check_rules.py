@@ -144,7 +144,7 @@ def opset_27():
 # rule id, bad model, settings, expected text in one finding of that rule, its severity
 CASES = [
     ("SG001", aten_grid_sampler, Settings(target="tensorrt-8.6"), "node /ATen_12 (ATen:grid_sampler) not runnable "
-     "on tensorrt-8.6 — fix: pass grid-sample mode=plugin or mode=decompose", "error"),
+     "on tensorrt-8.6 — fix: pass grid-sample (native GridSample), or mode=plugin or mode=decompose", "error"),
     ("SG002", custom_op_without_reference, Settings(), "node frob (acme::Frobnicate) has no CPU reference", "warning"),
     ("SG003", grid_sample_16, Settings(target="opset-11"), "node gs (GridSample) is not supported by opset-11 — "
      "fix: pass grid-sample mode=decompose", "error"),
@@ -298,7 +298,7 @@ def test_fixes_come_from_what_passes_declare_they_handle():
     assert [c.name for c in passes_handling("ATen:atan2")] == ["atan2"]
     assert [c.name for c in passes_handling("ATen:fmax")] == ["maximum-minimum"]
     node = h.make_node("ATen", ["x", "g"], ["y"], domain="org.pytorch.aten", operator="grid_sampler")
-    assert fix_for(node, load_target("tensorrt-8.6")) == "grid-sample mode=plugin or mode=decompose"
+    assert fix_for(node, load_target("tensorrt-8.6")) == "grid-sample (native GridSample), or mode=plugin or mode=decompose"
     assert fix_for(node, load_target("opset-11")) == "grid-sample mode=decompose"
     assert fix_for(h.make_node("Relu", ["x"], ["y"]), load_target("opset-11")) is None
 
@@ -467,3 +467,14 @@ def test_an_integer_op_rounded_through_float32_is_sg005_until_its_pass_runs(op, 
     assert "computes int64 through float32" in findings[0].message and "2**24" in findings[0].message
     fixed, _ = apply_pass(model, fix)
     assert not [f for f in _check(fixed, Settings(target="onnxruntime"), tmp_path) if f.rule == "SG005"]
+
+
+def test_the_grid_sampler_fix_on_tensorrt_offers_what_auto_picks_first():
+    """From TensorRT 8.5 the parser has GridSample, which the pass's auto mode emits: the fix says so
+    (it offered only the plugin, which 8.x needs a library of your own for, and the slower decomposition)."""
+    from surgeon.registry import get_pass
+    from surgeon.targets import load_target
+
+    hint = get_pass("grid-sample").fix_hint
+    assert hint(load_target("tensorrt-8.6")).startswith("grid-sample (native GridSample), or mode=plugin")
+    assert hint(load_target("tensorrt-10")).startswith("grid-sample (native GridSample)")

@@ -88,7 +88,7 @@ def test_pinned_model_hook_passes_good_and_fails_bad(pinned):
     code, output = _pre_commit(pinned, "run", "surgeon-check", "--files", "bad.onnx")
     assert code == 1, output
     assert ("bad.onnx: SG001 error node /ATen_12 (ATen:grid_sampler) not runnable on tensorrt-8.6 "
-            "— fix: pass grid-sample mode=plugin or mode=decompose") in output
+            "— fix: pass grid-sample (native GridSample), or mode=plugin or mode=decompose") in output
 
 
 def test_pinned_recipe_hook_reports_the_recipe_line(pinned):

@@ -3,7 +3,7 @@
 A rule is a function registered with `@model_rule(id, name, severity, summary, fix)`; its id never
 changes meaning. The fix names the pass (and mode) that removes the finding, so a finding reads
 
-    SG001 error node /ATen_12 (ATen:grid_sampler) not runnable on tensorrt-8.6 — fix: pass grid-sample mode=plugin or mode=decompose
+    SG001 error node /ATen_12 (ATen:grid_sampler) not runnable on tensorrt-8.6 — fix: pass grid-sample (native GridSample), or mode=plugin or mode=decompose
 """
 from __future__ import annotations
 
