@@ -101,15 +101,7 @@ def _external_data_files(model: onnx.ModelProto, path: Path, check: bool = True)
 def _all_tensors(graph: onnx.GraphProto):
     """The initializers and attribute tensors of `graph` and its subgraphs (where onnx keeps external data)."""
     yield from graph.initializer
-    for node in graph.node:
-        for attribute in node.attribute:
-            if attribute.HasField("t"):
-                yield attribute.t
-            yield from attribute.tensors
-            if attribute.HasField("g"):
-                yield from _all_tensors(attribute.g)
-            for subgraph in attribute.graphs:
-                yield from _all_tensors(subgraph)
+    yield from _tensors_below_the_top(graph)
 
 
 def _has_external_data(model: onnx.ModelProto) -> bool:
