@@ -138,7 +138,14 @@ class _Sequence(list):
 
 
 class _Loader(yaml.SafeLoader):
-    pass
+    def compose_scalar_node(self, anchor):
+        node = super().compose_scalar_node(anchor)
+        if node.style is None:  # plain: a quoted scalar is text in every YAML version
+            ambiguity = _version_dependent_number(node.value)
+            if ambiguity:
+                message, hint = ambiguity
+                raise _error(message, node.start_mark, hint)
+        return node
 
 
 def _construct_mapping(loader: _Loader, node: yaml.MappingNode) -> _Mapping:
@@ -170,24 +177,57 @@ def _construct_sequence(loader: _Loader, node: yaml.SequenceNode) -> _Sequence:
 
 
 # YAML 1.1 (PyYAML) reads `1e-3` as a string; tolerances are written that way, so accept it as a float.
-# It reads `1:30` as the base-60 number 90; nobody means that in a recipe, so it stays the string '1:30'.
+# Base-60 numbers (`1:30`) are not read: see _version_dependent_number.
 _INT_TAG, _FLOAT_TAG = "tag:yaml.org,2002:int", "tag:yaml.org,2002:float"
-_Loader.yaml_implicit_resolvers = {
-    first: [(tag, pattern) for tag, pattern in resolvers if tag not in (_INT_TAG, _FLOAT_TAG)]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
-_Loader.add_implicit_resolver(_INT_TAG, re.compile(r"""^(?:
+_YAML_INT = re.compile(r"""^(?:
     [-+]?0b[0-1_]+
     |[-+]?0[0-7_]+
     |[-+]?(?:0|[1-9][0-9_]*)
-    |[-+]?0x[0-9a-fA-F_]+)$""", re.X), list("-+0123456789"))
-_Loader.add_implicit_resolver(_FLOAT_TAG, re.compile(r"""^(?:
+    |[-+]?0x[0-9a-fA-F_]+)$""", re.X)
+_YAML_FLOAT = re.compile(r"""^(?:
     [-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
-    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+    |[-+]?[0-9]+[eE][-+]?[0-9]+
     |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
     |[-+]?\.(?:inf|Inf|INF)
-    |\.(?:nan|NaN|NAN))$""", re.X), list("-+0123456789."))
+    |\.(?:nan|NaN|NAN))$""", re.X)
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, pattern) for tag, pattern in resolvers if tag not in (_INT_TAG, _FLOAT_TAG)]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_Loader.add_implicit_resolver(_INT_TAG, _YAML_INT, list("-+0123456789"))
+_Loader.add_implicit_resolver(_FLOAT_TAG, _YAML_FLOAT, list("-+0123456789."))
 _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _construct_sequence)
+
+
+# Plain numbers that YAML 1.1 (PyYAML, which reads recipes) and YAML 1.2 (editors checking a recipe against
+# the JSON schema, most other tools) read as different values: `010` is 8 or 10, `0b101`, `1_000` and `1:30`
+# are numbers or text. A reader of the recipe misreads one of them either way, so the loader refuses them
+# where they stand. (yes/no/on/off stay booleans: docs/recipes.md says why.)
+_LEADING_ZERO = re.compile(r"[-+]?0[0-9_]+")
+_BINARY = re.compile(r"[-+]?0b[01_]+")
+_BASE_60 = re.compile(r"[-+]?[0-9][0-9_]*(?::[0-5]?[0-9])+(?:\.[0-9_]*)?")
+
+
+def _version_dependent_number(text: str) -> tuple[str, str] | None:
+    """(message, hint) for a plain scalar whose value depends on the YAML version, else None."""
+    if _LEADING_ZERO.fullmatch(text):
+        kind, yaml11, yaml12 = "octal ", yaml.safe_load(text), text if "_" in text else int(text, 10)
+    elif _BINARY.fullmatch(text):
+        kind, yaml11, yaml12 = "binary ", yaml.safe_load(text), text
+    elif _BASE_60.fullmatch(text):
+        kind, yaml11, yaml12 = "base-60 ", yaml.safe_load(text), text
+    elif "_" in text and (_YAML_INT.match(text) or _YAML_FLOAT.match(text)):
+        digits = text.replace("_", "")
+        kind, yaml11, yaml12 = "", int(digits, 0) if _YAML_INT.match(text) else float(digits), text
+    else:
+        return None
+    if yaml11 == yaml12:  # `007` is 7 and `0:30` text in both
+        return None
+    numbers = [repr(value) for value in dict.fromkeys((yaml11, yaml12)) if not isinstance(value, str)]
+    as_1_1 = "text" if isinstance(yaml11, str) else f"{kind}{yaml11!r}"
+    as_1_2 = "text" if isinstance(yaml12, str) else repr(yaml12)
+    return (f"ambiguous number `{text}`: {as_1_1} in YAML 1.1 but {as_1_2} in YAML 1.2",
+            f"write {' or '.join(numbers)}, or quote it for text")
 
 
 def _error(message: str, mark=None, hint: str | None = None, file=None, error=RecipeError) -> RecipeError:
@@ -503,7 +543,8 @@ def _parse_steps(mapping, key: str, file) -> list[Step]:
             checked = passes[name].check_params(dict(params))
         except ParamError as exc:
             at = _key_mark(params, exc.param) if exc.param in params else _key_mark(item, "with")
-            raise _error(f"{exc.message}{where}", at, exc.hint, file=file) from None
+            hint = _boolean_hint(passes[name].params.get(exc.param), params.get(exc.param), exc.hint)
+            raise _error(f"{exc.message}{where}", at, hint, file=file) from None
         label = item.get("name")
         if label is not None and (not isinstance(label, str) or label.isdigit()):
             # `--set 3.mode=...` means step number 3: a label of digits could never be addressed
@@ -544,7 +585,8 @@ def _parse_section(section: str, body, mapping, file, fields: dict[str, Param]) 
         try:
             checked[key] = _coerce_field(section, key, body[key])
         except ValueError as exc:
-            raise _error(f"{section}.{key}: {exc}", _value_mark(body, key), file=file) from None
+            raise _error(f"{section}.{key}: {exc}", _value_mark(body, key), _boolean_hint(param, body[key]),
+                         file=file) from None
     base = file.parent if file else Path.cwd()
     for key in _INPUT_PATHS.get(section, ()):
         checked[key] = _relative_to(base, section, key, checked[key])
@@ -558,6 +600,14 @@ def _parse_section(section: str, body, mapping, file, fields: dict[str, Param]) 
             blamed = "strongly_typed" if "strongly_typed" in body else "precision"
             raise _error(exc.message, _value_mark(body, blamed), file=file) from None
     return checked
+
+
+def _boolean_hint(param: Param | None, value, hint: str | None = None) -> str | None:
+    """`hint`, or, where a boolean came for text, why: YAML 1.1 reads an unquoted yes/no/on/off as one."""
+    types = () if param is None else param.type if isinstance(param.type, tuple) else (param.type,)
+    if isinstance(value, bool) and str in types and bool not in types:
+        return "unquoted yes/no, on/off and true/false are booleans in YAML: quote the word for text"
+    return hint
 
 
 def _relative_to(base: Path, section: str, key: str, value):
@@ -591,6 +641,8 @@ def parse_override(text: str) -> tuple[str, Any]:
         value = yaml.load(raw, Loader=_Loader) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
+    except RecipeError as exc:  # an ambiguous number or a duplicate key: its position in VALUE says little
+        raise RecipeError(f"--set {text}: {exc.message}", hint=exc.hint) from None
     return key, value
 
 
@@ -613,7 +665,7 @@ def apply_override(recipe: Recipe, override, steps: list[Step] | None = None, ba
         try:
             section[param] = _coerce_field(step_ref, param, value)
         except ValueError as exc:
-            raise RecipeError(f"{step_ref}.{param}: {exc}") from None
+            raise RecipeError(f"{step_ref}.{param}: {exc}", hint=_boolean_hint(fields[param], value)) from None
         if base is not None:
             section[param] = _relative_to(base, step_ref, param, section[param])
         setattr(recipe, step_ref, section)
@@ -623,7 +675,8 @@ def apply_override(recipe: Recipe, override, steps: list[Step] | None = None, ba
     try:
         step.params = cls.check_params({**step.params, param: value})
     except ParamError as exc:
-        raise RecipeError(f"{source} {key}: {exc.message}", hint=exc.hint) from None
+        raise RecipeError(f"{source} {key}: {exc.message}",
+                          hint=_boolean_hint(cls.params.get(param), value, exc.hint)) from None
     return step
 
 

@@ -402,9 +402,54 @@ def test_a_key_written_beside_a_yaml_merge_replaces_the_merged_one(tmp_path):
     assert "duplicate key 'mode'" in err.message
 
 
-def test_base_60_numbers_are_not_read_and_whole_floats_are_integers(tmp_path):
-    err = error_of(write(tmp_path, "steps:\n  - pass: fold-constants\n    with: {size_threshold: 1:30}\n"))
-    assert "expected an integer, got str '1:30'" in err.message  # YAML 1.1 would read 90
+@pytest.mark.parametrize("written, message, hint", [
+    ("010", "`010`: octal 8 in YAML 1.1 but 10 in YAML 1.2", "write 8 or 10, or quote it for text"),
+    ("-010", "`-010`: octal -8 in YAML 1.1 but -10 in YAML 1.2", "write -8 or -10"),
+    ("08", "`08`: text in YAML 1.1 but 8 in YAML 1.2", "write 8, or quote it"),
+    ("0b101", "`0b101`: binary 5 in YAML 1.1 but text in YAML 1.2", "write 5, or quote it"),
+    ("1_000", "`1_000`: 1000 in YAML 1.1 but text in YAML 1.2", "write 1000, or quote it"),
+    ("1_0.5", "`1_0.5`: 10.5 in YAML 1.1 but text in YAML 1.2", "write 10.5"),
+    ("1:30", "`1:30`: base-60 90 in YAML 1.1 but text in YAML 1.2", "write 90, or quote it"),
+])
+def test_a_plain_number_yaml_versions_read_differently_is_refused_at_its_position(tmp_path, written, message, hint):
+    err = error_of(write(tmp_path, f"steps:\n  - pass: fold-constants\n    with: {{size_threshold: {written}}}\n"))
+    assert (err.line, err.column) == (3, 28)
+    assert err.message == f"ambiguous number {message}" and hint in err.hint
+    with pytest.raises(RecipeError) as info:
+        apply_override(load_recipe(write(tmp_path, "steps: [{pass: fold-constants}]\n", "ok.yaml")),
+                       f"1.size_threshold={written}")
+    assert str(info.value).startswith(f"--set 1.size_threshold={written}: ambiguous number {message}")
+
+
+def test_quoted_numbers_stay_text_and_numbers_both_versions_agree_on_load(tmp_path):
+    recipe = load_recipe(write(tmp_path, """
+        steps:
+          - pass: rename
+            with: {tensors: {'010': a, "1:30": b, '1_000': c}}
+          - pass: fold-constants
+            with: {size_threshold: 007}
+        validate: {atol: 1e-3, rtol: .5}
+        """))
+    assert recipe.steps[0].params["tensors"] == {"010": "a", "1:30": "b", "1_000": "c"}
+    assert recipe.steps[1].params["size_threshold"] == 7  # octal 7 is 7: nothing to misread
+    assert (recipe.validate["atol"], recipe.validate["rtol"]) == (1e-3, 0.5)
+
+
+@pytest.mark.parametrize("recipe, line, column, message", [
+    ("steps:\n  - pass: clip-int\n    with: {mode: off}\n", 3, 12,
+     "parameter 'mode' of pass 'clip-int': expected a string, got a boolean False (steps item 1)"),
+    ("validate:\n  runner: yes\n", 2, 11, "validate.runner: expected a string, got a boolean True"),
+    ("steps: [{pass: clip-int}]\nset: {clip-int.mode: on}\n", 2, 7,
+     "set clip-int.mode: parameter 'mode' of pass 'clip-int': expected a string, got a boolean True"),
+])
+def test_an_unquoted_yes_no_on_off_where_text_belongs_says_to_quote_it(tmp_path, recipe, line, column, message):
+    err = error_of(write(tmp_path, recipe))
+    assert (err.line, err.column, err.message) == (line, column, message)
+    assert "quote the word for text" in err.hint
+    assert load_recipe(write(tmp_path, "checker: no\n", "bool.yaml")).checker is False  # booleans stay booleans
+
+
+def test_whole_floats_are_integers(tmp_path):
     recipe = load_recipe(write(tmp_path, "steps:\n  - pass: fold-constants\n    with: {size_threshold: 1e3}\n",
                                "float.yaml"))
     threshold = recipe.steps[0].params["size_threshold"]
