@@ -236,3 +236,38 @@ def test_compare_trt_runs_the_engine_against_onnxruntime(relu_model, tmp_path, c
                  "--report", str(tmp_path / "trt")])
     assert code == 0, capsys.readouterr().out
     assert (tmp_path / "trt.md").read_text().startswith("### surgeon validation PASSED")
+
+
+def _run_files(folder) -> dict:
+    return {path: path.read_bytes() for path in sorted(folder.rglob("*")) if path.is_file()}
+
+
+@needs_no_tensorrt
+def test_run_require_build_without_tensorrt_exits_2_before_writing_anything(relu_model, tmp_path, capsys):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"model: {relu_model.name}\nsteps: [{{pass: cleanup}}]\nbuild: {{precision: fp16}}\n")
+    before = _run_files(tmp_path)
+    assert main(["run", str(recipe), "-o", str(tmp_path / "out.onnx"), "--require-build"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and "Traceback" not in error
+    assert error.startswith("surgeon: error: --require-build: the TensorRT build cannot run, so nothing was written: "
+                            "TensorRT is not installed") and "pip install 'surgeon[trt]'" in error
+    assert _run_files(tmp_path) == before
+    assert main(["run", str(recipe), "-o", str(tmp_path / "out.onnx")]) == 0  # without the flag: skipped, exit 0
+    assert "TensorRT build skipped: TensorRT is not installed" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("recipe_text, extra, message", [
+    ("steps: [{pass: cleanup}]\n", [], "--require-build needs a 'build' section in the recipe"),
+    ("build: {}\n", ["--no-build"], "--require-build cannot be combined with --no-build, which builds no engine"),
+    ("build: {}\n", ["--dry-run"], "--require-build cannot be combined with --dry-run, which builds no engine"),
+])
+def test_run_require_build_refuses_a_run_that_builds_no_engine(relu_model, tmp_path, capsys, recipe_text, extra,
+                                                                message):
+    """Whether or not TensorRT is installed."""
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"model: {relu_model.name}\n{recipe_text}")
+    before = _run_files(tmp_path)
+    assert main(["run", str(recipe), "-o", str(tmp_path / "out.onnx"), "--require-build", *extra]) == 2
+    assert capsys.readouterr().err.strip() == f"surgeon: error: {message}"
+    assert _run_files(tmp_path) == before

@@ -1,7 +1,13 @@
 """Run a recipe over a model: `surgeon run RECIPE [MODEL] -o OUT`.
 
+    surgeon run bevformer-tiny model.onnx -o out/bevformer-tiny.onnx
+    surgeon run my-recipe.yaml --set grid-sample.mode=decompose --dry-run
+    surgeon run my-recipe.yaml -o out/model.onnx --require-build     # CI: no engine is a failure
+
 The input model is never modified; OUT is written atomically and only when every step and the
-checker passed. A JSON run report is written beside OUT (`<OUT stem>.surgeon.json`).
+checker passed. A JSON run report is written beside OUT (`<OUT stem>.surgeon.json`). Without
+TensorRT a `build:` section is skipped (exit code 0); with --require-build the run stops with exit
+code 2 instead, before it reads the model or writes anything.
 """
 from __future__ import annotations
 
@@ -21,6 +27,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--dry-run", action="store_true", help="run everything, write nothing, show what changes")
     parser.add_argument("--no-validate", action="store_true", help="skip the recipe's validate section")
     parser.add_argument("--no-build", action="store_true", help="skip the recipe's build section")
+    parser.add_argument("--require-build", action="store_true",
+                        help="fail (exit 2, nothing written) where the build section would be skipped for want "
+                             "of TensorRT, instead of running the other stages")
     parser.add_argument("--validate-each-step", action="store_true",
                         help="validate after every step and name the first step whose outputs diverge")
 
@@ -29,6 +38,8 @@ def run(args) -> int:
     from surgeon.pipeline import run_recipe
 
     recipe = args.loaded_recipe
+    if args.require_build:
+        _check_build_will_run(recipe, args)
     if args.validate_each_step:
         if not recipe.validate:
             raise SurgeonError("--validate-each-step needs a 'validate' section in the recipe")
@@ -48,6 +59,20 @@ def run(args) -> int:
     if not result.ok:
         return CheckFailed.exit_code
     return 0
+
+
+def _check_build_will_run(recipe, args) -> None:
+    """--require-build: refuse, before the run reads or writes anything, a run that would build no engine."""
+    from surgeon.build import tensorrt_missing
+
+    if args.no_build or args.dry_run:
+        raise SurgeonError(f"--require-build cannot be combined with {'--no-build' if args.no_build else '--dry-run'}, "
+                           "which builds no engine")
+    if not recipe.build:
+        raise SurgeonError("--require-build needs a 'build' section in the recipe")
+    reason = tensorrt_missing()
+    if reason:
+        raise SurgeonError(f"--require-build: the TensorRT build cannot run, so nothing was written: {reason}")
 
 
 def summary(result, dry_run: bool) -> str:
