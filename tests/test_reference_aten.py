@@ -44,11 +44,79 @@ def test_bitwise_ops(operator, torch_fn, dtype):
     np.testing.assert_array_equal(out, expected)
 
 
-def test_atan2_every_quadrant_and_axis():
-    values = np.array([-2.0, -1.0, -0.0, 0.0, 1.0, 3.0], np.float32)
-    y, x = np.meshgrid(values, values)
+#: Operand pairs whose atan2 IEEE fixes exactly (signed zeros, infinities, NaN), among others that torch's CPU
+#: kernel and NumPy's libm round differently.
+ATAN2_EDGES = np.array([0.0, -0.0, 1.0, -1.0, 3.0, -2.5, 1e-30, -1e-30, 1e-45, -1e-45, 1e30, -1e30, np.inf, -np.inf,
+                        np.nan], np.float32)
+#: How far torch.atan2 is from the correctly rounded result, measured on 2,000,000 random pairs (torch 2.13).
+ATAN2_ULPS = {np.float16: 1, np.float32: 3, np.float64: 1}
+ATAN2_FORMS = [("ATen", ATEN, "atan2"), ("Atan2", "", None), ("Atan2", "mmdeploy", None), ("Atan2", "com.example", None)]
+
+
+def _assert_atan2_matches_torch(got, y, x, dtype):
+    """Equal, signed zeros included, where an operand is zero, infinite or NaN; within ATAN2_ULPS elsewhere."""
     expected = torch.atan2(torch.from_numpy(y), torch.from_numpy(x)).numpy()
-    np.testing.assert_allclose(aten("atan2")(y, x), expected, rtol=1e-6, atol=0)
+    assert got.dtype == expected.dtype == dtype and got.shape == expected.shape
+    exact = (y == 0) | (x == 0) | ~np.isfinite(y) | ~np.isfinite(x)
+    np.testing.assert_array_equal(got[exact], expected[exact])  # NaN where torch has NaN (its sign means nothing)
+    signed = exact & ~np.isnan(expected)
+    np.testing.assert_array_equal(np.signbit(got[signed]), np.signbit(expected[signed]))
+    ulps = np.abs(got[~exact].astype(np.float64) - expected[~exact]) / np.spacing(np.abs(expected[~exact]))
+    assert ulps.max(initial=0) <= ATAN2_ULPS[dtype]
+
+
+@pytest.mark.parametrize("op_type,domain,operator", ATAN2_FORMS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16])
+def test_atan2_in_every_form_matches_torch_in_every_quadrant_on_the_axes_and_at_signed_zeros(op_type, domain,
+                                                                                             operator, dtype):
+    """ATen atan2 and a custom Atan2 in any domain (what the atan2 pass rewrites) have one reference."""
+    fn = find_reference(op_type, domain, operator)
+    with np.errstate(over="ignore"):  # 1e30 is inf in float16, as in torch
+        y, x = (grid.astype(dtype) for grid in np.meshgrid(ATAN2_EDGES, ATAN2_EDGES))
+    _assert_atan2_matches_torch(fn([y, x], {})[0], y, x, dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_atan2_on_random_pairs_over_twenty_decades(dtype):
+    rng = np.random.default_rng(3)
+    y, x = ((rng.standard_normal(100_000) * 10.0 ** rng.integers(-10, 10, 100_000)).astype(dtype) for _ in range(2))
+    _assert_atan2_matches_torch(find_reference("Atan2", "mmdeploy")([y, x], {})[0], y, x, dtype)
+
+
+@pytest.mark.parametrize("y_type,x_type", [(np.int64, np.float32), (np.float16, np.float32), (np.float32, np.float16),
+                                           (np.int32, np.int64), (np.bool_, np.float16), (np.float64, np.float32)])
+def test_atan2_returns_torchs_result_type(y_type, x_type):
+    """int64 with float32 is float32 in torch (NumPy would say float64); integers alone give float32."""
+    y = (np.arange(12).reshape(3, 4) - 5).astype(y_type)
+    x = (np.arange(12).reshape(3, 4)[::-1] - 6).astype(x_type)
+    expected = torch.atan2(torch.from_numpy(y), torch.from_numpy(x)).numpy()
+    got = find_reference("Atan2", "")([y, x], {})[0]
+    assert got.dtype == expected.dtype
+    np.testing.assert_allclose(got, expected, rtol=2 * np.finfo(got.dtype).eps, atol=0)
+    zero_d = find_reference("Atan2", "")([np.array(1.0), np.ones(3, np.float32)], {})[0]  # a 0-d float64 counts less
+    assert zero_d.dtype == np.float32
+
+
+def test_a_graph_with_a_custom_atan2_validates_against_its_atan2_rewrite(tmp_path, capsys):
+    """`surgeon compare` runs the mmdeploy::Atan2 graph on the reference runner and the atan2 pass's rewrite on
+    ONNX Runtime: equal within 1e-6 on the edge grid (the rewrite is within 2.4e-7 of torch, 2 ulp of pi)."""
+    from surgeon.cli import main
+    from surgeon.testing import apply_pass
+
+    node = helper.make_node("Atan2", ["y", "x"], ["angle"], name="atan2", domain="mmdeploy")
+    shape = [len(ATAN2_EDGES), len(ATAN2_EDGES)]
+    model = make_model([node], [("y", np.float32, shape), ("x", np.float32, shape)], [("angle", np.float32, shape)],
+                       extra_opsets={"mmdeploy": 1})
+    rewritten, step = apply_pass(model, "atan2")
+    assert step.rewritten == ["atan2"]
+    onnx.save(model, tmp_path / "custom.onnx")
+    onnx.save(rewritten, tmp_path / "rewritten.onnx")
+    y, x = np.meshgrid(ATAN2_EDGES, ATAN2_EDGES)
+    np.savez(tmp_path / "edges.npz", y=y, x=x)
+    argv = ["compare", str(tmp_path / "custom.onnx"), str(tmp_path / "rewritten.onnx"), "--data",
+            str(tmp_path / "edges.npz"), "--atol", "1e-6", "--rtol", "0"]
+    assert main(argv) == 0, capsys.readouterr()
+    assert "original (reference) vs rewritten (onnxruntime)" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("start,end,steps", [(0.0, 1.0, 5), (-3.0, 7.5, 11), (2.0, -2.0, 4), (1.0, 1.0, 1),
@@ -162,10 +230,9 @@ def test_logical_ops_read_operands_as_bool_and_return_bool(kind, a, b):
     np.testing.assert_array_equal(got, expected)
 
 
-#: The passes whose every non-standard form (their `handles`) has a CPU reference. Not yet atan2 (a custom
-#: `Atan2` in any domain) and bev-pool-plugin (BEVPoolV2TRT's output layout is read from its output shape).
-PASSES_WITH_REFERENCES = ("any-all", "grid-sample", "grid-sample-3d", "inplace-and", "inverse", "linspace",
-                          "maximum-minimum", "msda-plugin", "nan-to-num")
+#: The passes whose every non-standard form (their `handles`) has a CPU reference.
+PASSES_WITH_REFERENCES = ("any-all", "atan2", "bev-pool-plugin", "grid-sample", "grid-sample-3d", "inplace-and",
+                          "inverse", "linspace", "maximum-minimum", "msda-plugin", "nan-to-num")
 
 
 def _recognised_node(label: str, index: int) -> onnx.NodeProto:
@@ -185,9 +252,12 @@ def test_check_finds_a_reference_for_every_form_the_passes_recognise(tmp_path):
     # torch.max(a, b) / torch.min(a, b), which maximum-minimum rewrites too
     nodes += [helper.make_node("ATen", ["a", "b"], [f"{op}_other"], name=f"{op}.other", domain=ATEN, operator=op,
                                overload_name="other") for op in ("max", "min")]
+    # the custom forms in another domain too (they are matched in any domain)
+    nodes += [helper.make_node(op_type, ["a", "b"], [f"{op_type}_custom"], name=f"custom::{op_type}", domain="custom")
+              for op_type in ("Atan2", "BEVPoolV2TRT", "bev_pool_v2")]
     assert {"GridSampler2DTRT2", "GridSampler3DTRT", "GridSampler3DTRT2", "ATen:grid_sampler_2d",
             "ATen:grid_sampler_3d", "ATen:fmax", "ATen:fmin", "ATen:logical_and", "ATen:logical_or",
-            "ATen:logical_xor"} <= {node.name for node in nodes}
+            "ATen:logical_xor", "ATen:atan2", "Atan2", "BEVPoolV2TRT", "bev_pool_v2"} <= {node.name for node in nodes}
     outputs = [(o, np.float32, None) for n in nodes for o in n.output]
     model = make_model(nodes, [("a", np.float32, [2]), ("b", np.float32, [2])], outputs, opset=13)
     onnx.save(model, tmp_path / "forms.onnx")

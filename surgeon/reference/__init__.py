@@ -10,7 +10,10 @@ Registering one is a few lines, anywhere in surgeon or in a user's plugin file::
 `inputs` are NumPy arrays (None for an omitted optional input), `attrs` the node's attributes as
 Python values (bytes decoded to str); the function returns a list of arrays, one per node output.
 The modules of this package register themselves when `load_references()` imports them, so there is
-no hand-kept list.
+no hand-kept list. `domain=ANY_DOMAIN` answers for an op type in every domain without a reference of
+its own (a custom `Atan2` is `mmdeploy::Atan2` in one export and `Atan2` in another). An op whose result
+layout only its declared output shape tells registers with `output_shapes=True` and is called as
+`fn(inputs, attrs, output_shapes)`; `call_reference` passes them.
 """
 from __future__ import annotations
 
@@ -24,6 +27,10 @@ import numpy as np
 ReferenceFn = Callable[[list, dict], list]
 _REFERENCES: dict[tuple[str, str, str | None], ReferenceFn] = {}
 _ALIASES = {"ai.onnx": "", "org.pytorch.aten": "org.pytorch.aten"}
+#: The domain of a reference that answers for its op type in every domain.
+ANY_DOMAIN = "*"
+#: The attribute `reference_op(..., output_shapes=True)` sets on a reference that reads them.
+_READS_OUTPUT_SHAPES = "reads_output_shapes"
 
 
 def _key(op_type: str, domain: str | None, operator: str | None) -> tuple[str, str, str | None]:
@@ -31,14 +38,17 @@ def _key(op_type: str, domain: str | None, operator: str | None) -> tuple[str, s
     return (domain, op_type, operator)
 
 
-def reference_op(op_type: str, domain: str = "", operator: str | None = None):
-    """Register the decorated function as the CPU reference of `domain::op_type` (ATen: with `operator`)."""
+def reference_op(op_type: str, domain: str = "", operator: str | None = None, *, output_shapes: bool = False):
+    """Register the decorated function as the CPU reference of `domain::op_type` (ATen: with `operator`;
+    every domain: ANY_DOMAIN). With `output_shapes` it also receives the node's declared output shapes."""
 
     def decorate(fn: ReferenceFn) -> ReferenceFn:
         key = _key(op_type, domain, operator)
         existing = _REFERENCES.get(key)
         if existing is not None and _origin(existing) != _origin(fn):
             raise ValueError(f"two references for {key}: {_origin(existing)} and {_origin(fn)}")
+        if output_shapes:
+            setattr(fn, _READS_OUTPUT_SHAPES, True)
         _REFERENCES[key] = fn
         return fn
 
@@ -72,7 +82,29 @@ def find_reference(op_type: str, domain: str | None = "", operator: str | None =
     if fn is None and operator is not None:
         # An ATen node exported in the default domain by older exporters.
         fn = _REFERENCES.get(_key(op_type, "org.pytorch.aten", operator))
+    if fn is None:
+        fn = _REFERENCES.get(_key(op_type, ANY_DOMAIN, operator))
     return fn
+
+
+def call_reference(fn: ReferenceFn, inputs: list, attrs: dict, node, model) -> list[np.ndarray]:
+    """Run reference `fn` on a node's inputs and attributes (`node`, an onnx.NodeProto of `model`); one
+    registered with `output_shapes=True` also gets the shapes `model` declares for the node's outputs."""
+    if getattr(fn, _READS_OUTPUT_SHAPES, False):
+        return as_outputs(fn(inputs, attrs, declared_shapes(model, node.output)))
+    return as_outputs(fn(inputs, attrs))
+
+
+def declared_shapes(model, names) -> list[list | None]:
+    """The shapes `model` declares (graph outputs, value_info) for tensors `names`: a list of dims (int, or
+    None for a dynamic one) per tensor, None where the graph gives no shape."""
+    graph = model.graph
+    declared = {}
+    for value in (*graph.value_info, *graph.output):
+        tensor_type = value.type.tensor_type
+        if tensor_type.HasField("shape"):
+            declared[value.name] = [d.dim_value if d.HasField("dim_value") else None for d in tensor_type.shape.dim]
+    return [declared.get(name) for name in names]
 
 
 def registered_references() -> list[tuple[str, str, str | None]]:

@@ -1,4 +1,4 @@
-"""CPU references of the ATen fallback ops and the custom grid-sampler ops found in exported BEV models.
+"""CPU references of the ATen fallback ops and the custom grid-sampler and Atan2 ops found in exported BEV models.
 
 Each function receives the node's inputs as NumPy arrays (ATen passes its scalar arguments as
 constant inputs) and its attributes as Python values; it returns one array per node output. Every
@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from surgeon.promotion import torch_result_type
-from surgeon.reference import reference_op
+from surgeon.reference import ANY_DOMAIN, reference_op
 from surgeon.reference.numpy_ops import grid_sample, multi_scale_deformable_attention
 from surgeon.sampling import ATEN_OPERATORS, TRT_GRID_SCALE, TRT_OPS
 
@@ -145,10 +145,20 @@ reference_op("ATen", domain=ATEN, operator="min")(_max_min("min", np.minimum, np
 
 
 @reference_op("ATen", domain=ATEN, operator="atan2")
-def aten_atan2(inputs, attrs):
+@reference_op("Atan2", domain=ANY_DOMAIN)
+def atan2(inputs, attrs):
+    """torch.atan2(y, x) in torch's result type (float16 with float32 is float32, int64 with float32 is
+    float32, integers alone torch's default float32). float16 is computed in float32 and rounded once, as
+    torch does. Where an operand is ±0, ±inf or NaN the result is torch's exactly (IEEE atan2); elsewhere
+    torch's CPU kernel and NumPy's libm round differently, by up to 3 float32 ulp."""
     y, x = np.asarray(inputs[0]), np.asarray(inputs[1])
-    dtype = np.result_type(y, x)
-    return [np.arctan2(y, x).astype(dtype if dtype.kind == "f" else np.float32)]
+    dtype = torch_result_type([y, x])
+    if dtype is None:
+        raise ValueError(f"torch does not promote {y.dtype} with {x.dtype}")
+    if dtype.kind != "f":
+        dtype = np.dtype(np.float32)
+    computed_in = np.float64 if dtype == np.float64 else np.float32
+    return [np.asarray(np.arctan2(y.astype(computed_in), x.astype(computed_in))).astype(dtype)]
 
 
 @reference_op("ATen", domain=ATEN, operator="linspace")

@@ -34,7 +34,7 @@ from polygraphy.common import TensorMetadata
 from surgeon.errors import ModelError, SurgeonError, first_line
 from surgeon.graphinfo import node_reads, op_label
 from surgeon.modelio import serialize_model, write_with_external_data
-from surgeon.reference import as_outputs, find_reference
+from surgeon.reference import call_reference, find_reference
 from surgeon.validation import polygraphy_log  # noqa: F401  (Polygraphy's messages to stderr, not stdout)
 
 RUNNER_KINDS = ("auto", "onnxruntime", "reference")
@@ -255,7 +255,7 @@ class ReferenceRunner(BaseRunner):
         args = [None if not name else _lookup(values, self.initializers, name) for name in node.input]
         attrs = {a.name: _attribute_value(a) for a in node.attribute}
         try:
-            produced = as_outputs(segment.reference(args, attrs))
+            produced = call_reference(segment.reference, args, attrs, node, self.model)
         except Exception as exc:
             raise SurgeonError(f"the CPU reference of node '{node.name}' ({op_label(node)}) failed: "
                                f"{type(exc).__name__}: {exc}") from exc
