@@ -314,3 +314,112 @@ def test_a_file_named_npz_that_is_not_one_says_what_it_is(work, capsys, content,
     assert main(["compare", good, good, "--data", str(path)]) == 2
     error = one_error_line(capsys)
     assert error.startswith(f"surgeon: error: {path}: ") and words in error
+
+
+# ---------------------------------------------------------------- libspconv tensor files (surgeon export spconv)
+
+WINDOW = REPO / "tests" / "data" / "spconv"
+SHARED = REPO.parent / "shared" / "data"
+
+
+def voxel_model(path: Path) -> Path:
+    """features f32 [n, 5], indices i32 [n, 4] (the inputs of a `standard` spconv export) -> voxel_sum f32 [n],
+    coords f32 [n, 4]."""
+    nodes = [helper.make_node("ReduceSum", ["features"], ["voxel_sum"], name="sum", axes=[1], keepdims=0),
+             helper.make_node("Cast", ["indices"], ["coords"], name="cast_indices", to=onnx.TensorProto.FLOAT)]
+    onnx.save(make_model(nodes, [("features", np.float32, ["n", 5]), ("indices", np.int32, ["n", 4])],
+                         [("voxel_sum", np.float32, ["n"]), ("coords", np.float32, ["n", 4])]), path)
+    return path
+
+
+def test_compare_reads_named_tensor_files_as_inputs_and_expected_outputs(tmp_path, capsys):
+    """The committed real window of voxels: the float16 features (libspconv's format) feed the float32 input
+    exactly; the expected sums, computed here from the same file, pass, sums off by 1e-3 fail."""
+    from surgeon.export.tensor_file import read_tensor, write_tensor
+
+    model = str(voxel_model(tmp_path / "voxels.onnx"))
+    features = WINDOW / "window_features.fp16.tensor"
+    data = ["--data", f"features={features}", "--data", f"indices={WINDOW / 'window_indices_zyx.int32.tensor'}"]
+    sums = read_tensor(features).astype(np.float32).sum(axis=1)
+    write_tensor(tmp_path / "sums.tensor", sums)
+    write_tensor(tmp_path / "sums_off.tensor", sums + 1e-3)
+    assert main(["compare", model, model, *data, "--expected", f"voxel_sum={tmp_path / 'sums.tensor'}", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["data"] == f"features={features}, indices={WINDOW / 'window_indices_zyx.int32.tensor'}"
+    assert [o["name"] for o in result["expected"]] == ["voxel_sum"]
+    assert main(["compare", model, model, *data, "--expected", f"voxel_sum={tmp_path / 'sums_off.tensor'}", "-q"]) == 1
+    capsys.readouterr()
+
+
+@pytest.mark.skipif(not (SHARED / "centerpoint_voxels_features.fp16.tensor").exists(),
+                    reason="../shared/data/centerpoint_voxels_*.tensor (NVIDIA's files) are absent")
+def test_compare_reads_nvidias_tensor_files(tmp_path, capsys):
+    model = str(voxel_model(tmp_path / "voxels.onnx"))
+    assert main(["compare", model, model, "--data", f"features={SHARED / 'centerpoint_voxels_features.fp16.tensor'}",
+                 "--data", f"indices={SHARED / 'centerpoint_voxels_indices_zyx.int32.tensor'}",
+                 "--expected", f"coords={SHARED / 'centerpoint_voxels_indices_zyx.int32.tensor'}"]) == 0
+    assert "1 input set(s) from features=" in capsys.readouterr().out
+
+
+def _tensor_file_error(tmp_path, kind) -> tuple[list[str], Path | None, str]:
+    """compare arguments with a bad tensor file (or a bad use of one), the file the error names, its words."""
+    from surgeon.export.tensor_file import MAGIC, write_tensor
+
+    indices = f"indices={WINDOW / 'window_indices_zyx.int32.tensor'}"
+    if kind == "unnamed":
+        path = WINDOW / "window_features.fp16.tensor"
+        return [str(path)], path, "inputs file is a libspconv tensor file, one array without a name"
+    if kind == "unnamed-save-tensors":  # `surgeon export spconv --save-tensors scn` writes scn.voxels
+        path = write_tensor(tmp_path / "scn.voxels", np.zeros((3, 5), np.float16))
+        return [str(path)], path, "inputs file is a libspconv tensor file, one array without a name"
+    if kind == "magic":
+        path = tmp_path / "bad.tensor"
+        path.write_bytes(np.array([0x12345678, 1, 2, 4], "<i4").tobytes())
+        return [f"features={path}", indices], path, "not a libspconv tensor file: magic 0x12345678"
+    if kind == "truncated":
+        path = tmp_path / "cut.tensor"
+        path.write_bytes((WINDOW / "window_features.fp16.tensor").read_bytes()[:100])
+        return [f"features={path}", indices], path, "tensor file holds 80 data bytes, header (3011, 5) float16 needs"
+    if kind == "header-only":
+        path = tmp_path / "short.tensor"
+        path.write_bytes(np.array([MAGIC], "<i4").tobytes())
+        return [f"features={path}", indices], path, "shorter than the header"
+    if kind == "missing":
+        path = tmp_path / "nope.tensor"
+        return [f"features={path}", indices], path, "inputs file not found"
+    if kind == "dtype":  # only float16 -> float32 is taken: exact
+        path = write_tensor(tmp_path / "i32.tensor", np.zeros((3, 5), np.int32))
+        return [f"features={path}", indices], path, "input set 1: features is int32 [3, 5], but input features of "
+    if kind == "mixed":
+        np.savez(tmp_path / "in.npz", features=np.zeros((3, 5), np.float16))
+        return [str(tmp_path / "in.npz"), indices], None, "--data takes one .npz or Polygraphy JSON file, or NAME=FILE"
+    if kind == "twice":
+        return [indices, indices], None, "--data names 'indices' twice"
+    if kind == "named-npz":
+        return [f"features={tmp_path / 'in.npz'}"], None, "--data features=" f"{tmp_path / 'in.npz'}: an .npz or JSON"
+    raise AssertionError(kind)
+
+
+@pytest.mark.parametrize("kind", ["unnamed", "unnamed-save-tensors", "magic", "truncated", "header-only", "missing",
+                                  "dtype", "mixed", "twice", "named-npz"])
+def test_compare_refuses_a_bad_tensor_file_naming_it(tmp_path, capsys, kind):
+    model = str(voxel_model(tmp_path / "voxels.onnx"))
+    values, path, words = _tensor_file_error(tmp_path, kind)
+    before = snapshot(tmp_path)
+    assert main(["compare", model, model, *[item for value in values for item in ("--data", value)],
+                 "--report", str(tmp_path / "r")]) == 2
+    error = one_error_line(capsys)
+    assert words in error
+    if path is not None:
+        assert error.startswith(f"surgeon: error: {path}: ")
+    assert snapshot(tmp_path) == before  # no report written
+
+
+def test_a_report_may_not_replace_a_tensor_file_read(tmp_path, capsys):
+    from surgeon.export.tensor_file import write_tensor
+
+    model = str(voxel_model(tmp_path / "voxels.onnx"))
+    write_tensor(tmp_path / "r.md", np.zeros((3, 5), np.float16))
+    assert main(["compare", model, model, "--data", f"features={tmp_path / 'r.md'}", "--data",
+                 f"indices={WINDOW / 'window_indices_zyx.int32.tensor'}", "--report", str(tmp_path / "r")]) == 2
+    assert "the --data file" in one_error_line(capsys)

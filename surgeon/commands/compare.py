@@ -39,14 +39,18 @@ def add_arguments(parser) -> None:
                              f"{', '.join(VALIDATE_FIELDS['error_stat'].choices)} (default: elemwise)")
     parser.add_argument("--quantile", type=float, default=VALIDATE_FIELDS["quantile"].default,
                         help="quantile checked with --error-stat quantile")
-    parser.add_argument("--data", metavar="INPUTS", help="recorded inputs: .npz or Polygraphy JSON")
+    parser.add_argument("--data", action="append", metavar="INPUTS",
+                        help="recorded inputs: .npz or Polygraphy JSON, or NAME=FILE per input from libspconv tensor "
+                             "files (repeated: --data features=voxels.tensor --data indices=coors.tensor)")
     parser.add_argument("--input-shape", action="append", default=[], metavar="NAME:1x3x224x224",
                         help="shape of a dynamic input for random data (repeatable)")
     parser.add_argument("--input-range", action="append", default=[], metavar="NAME:LO,HI",
                         help="value range of an input for random data (repeatable)")
     parser.add_argument("--iterations", type=int, default=1, help="random input sets to run")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
-    parser.add_argument("--expected", metavar="OUTPUTS.npz", help="reference outputs (e.g. PyTorch) B must match")
+    parser.add_argument("--expected", action="append", metavar="OUTPUTS",
+                        help="reference outputs (e.g. PyTorch) B must match: .npz or Polygraphy JSON, or NAME=FILE "
+                             "per output from libspconv tensor files (repeated)")
     parser.add_argument("--report", metavar="PREFIX", help="write PREFIX.{md,html,json,polygraphy.json,inputs.json}")
     parser.add_argument("--runner", default="auto", choices=RUNNER_KINDS,
                         help="ONNX Runtime, the reference runner, or whichever can run each model")
@@ -91,7 +95,7 @@ def check_option(key: str, value, option: str) -> None:
 
 def run(args) -> int:
     from surgeon.modelio import load_model
-    from surgeon.validation.data import parse_input_options
+    from surgeon.validation.data import array_files, parse_array_files, parse_input_options
     from surgeon.validation.report import write_reports
     from surgeon.validation.validate import prepare_validation, validate_models
 
@@ -99,12 +103,14 @@ def run(args) -> int:
         raise SurgeonError("--plugin-lib loads TensorRT plugin libraries, which only --trt uses",
                            hint="add --trt to run B through TensorRT; CPU references of custom ops come from "
                                 "--plugin FILE")
+    data, expected = parse_array_files(args.data, "--data"), parse_array_files(args.expected, "--expected")
     if args.report is not None:  # before any work: no report may replace an input (or a folder, a device)
         from surgeon.modelio import guard_outputs
         from surgeon.validation.report import report_paths
 
         guard_outputs([(path, "the report", "--report") for path in report_paths(args.report)],
-                      [(args.data, "the --data file"), (args.expected, "the --expected file"),
+                      [*((path, "the --data file") for path in array_files(data)),
+                       *((path, "the --expected file") for path in array_files(expected)),
                        *((p, "the plugin file") for p in args.plugin),
                        *((p, "the plugin library") for p in args.plugin_lib or () if p != "builtin")],
                       models=[(args.model_a, "model A"), (args.model_b, "model B")])
@@ -115,7 +121,8 @@ def run(args) -> int:
         candidate, candidate_runner = None, trt_runner(args.model_b, plugins=args.plugin_lib or ["builtin"])
     else:
         candidate, candidate_runner = load_model(args.model_b), None
-    config = {key: getattr(args, key) for key in ("data", "expected", "iterations", "seed", "quantile", "runner")}
+    config = {key: getattr(args, key) for key in ("iterations", "seed", "quantile", "runner")}
+    config.update(data=data, expected=expected)
     for key in ("iterations", "seed", "quantile"):
         check_option(key, config[key], f"--{key}")
     for key, kind in (("atol", float), ("rtol", float), ("error_stat", str)):

@@ -1,4 +1,5 @@
-"""Validation inputs: recorded feeds (.npz or Polygraphy JSON) or a seeded Polygraphy DataLoader.
+"""Validation inputs: recorded feeds (.npz, Polygraphy JSON, or named libspconv tensor files) or a seeded
+Polygraphy DataLoader.
 
 Random inputs honour per-input shapes, dtypes and value ranges, given in a recipe as
 
@@ -14,6 +15,7 @@ materialised once, so every model of a comparison (and every bisection step) see
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +25,7 @@ from polygraphy.comparator import DataLoader
 from polygraphy.common import TensorMetadata
 
 from surgeon.errors import SurgeonError, suggest
+from surgeon.export.tensor_file import MAGIC, read_tensor
 from surgeon.validation.polygraphy_log import G_LOGGER
 from surgeon.validation.runners import graph_inputs, input_metadata
 from surgeon.validation.settings import check_validate_value
@@ -32,16 +35,67 @@ Feeds = list[dict[str, np.ndarray]]
 ARRAY_KINDS = "biufc"
 
 
-def load_arrays(path: str | Path, what: str = "inputs") -> Feeds:
-    """Recorded arrays: an .npz (one set) or Polygraphy JSON (a list of dicts, or one dict).
+@dataclass(frozen=True)
+class NamedTensorFiles:
+    """Recorded arrays one per libspconv tensor file (what `surgeon export spconv --save-tensors` and
+    libspconv's demo write: one array, no name), named on the command line as NAME=FILE."""
+
+    files: tuple[tuple[str, Path], ...]
+
+    def __str__(self) -> str:
+        return ", ".join(f"{name}={path}" for name, path in self.files)
+
+    def file_of(self, name: str) -> Path | None:
+        return next((path for given, path in self.files if given == name), None)
+
+
+def parse_array_files(values: list[str] | None, option: str) -> str | NamedTensorFiles | None:
+    """An option's values as `load_arrays` reads them: one .npz or Polygraphy JSON file, or NAME=FILE for
+    each array, FILE a libspconv tensor file. A path that exists is a path, even with '=' in it."""
+    if not values:
+        return None
+    named, plain = [], []
+    for text in values:
+        name, _, file = text.partition("=")
+        if name and file and not Path(text).exists():
+            named.append((name, Path(file)))
+        else:
+            plain.append(text)
+    if plain and (named or len(plain) > 1):
+        raise SurgeonError(f"{option} takes one .npz or Polygraphy JSON file, or NAME=FILE for each array of a "
+                           f"libspconv tensor file; got {' and '.join(values)}")
+    if plain:
+        return plain[0]
+    names = [name for name, _ in named]
+    repeated = next((name for name in names if names.count(name) > 1), None)
+    if repeated is not None:
+        raise SurgeonError(f"{option} names '{repeated}' twice")
+    for name, file in named:
+        if file.suffix in (".npz", ".json"):
+            raise SurgeonError(f"{option} {name}={file}: an .npz or JSON file names its own arrays: give it alone, "
+                               f"{option} {file}")
+    return NamedTensorFiles(tuple(named))
+
+
+def array_files(source: str | Path | NamedTensorFiles | None) -> list:
+    """The files recorded arrays are read from."""
+    if isinstance(source, NamedTensorFiles):
+        return [path for _, path in source.files]
+    return [] if source is None else [source]
+
+
+def load_arrays(path: str | Path | NamedTensorFiles, what: str = "inputs") -> Feeds:
+    """Recorded arrays: an .npz (one set), Polygraphy JSON (a list of dicts, or one dict), or named libspconv
+    tensor files (one set).
 
     Anything that cannot be read, or holds arrays that are not numbers or booleans, is a SurgeonError
     naming the file."""
+    if isinstance(path, NamedTensorFiles):
+        for _, file in path.files:
+            _check_is_file(file, what)
+        return [{name: read_tensor(file) for name, file in path.files}]
     path = Path(path)
-    if not path.exists():
-        raise SurgeonError(f"{what} file not found", file=path)
-    if path.is_dir():
-        raise SurgeonError(f"expected an {what} file, got a folder", file=path)
+    _check_is_file(path, what)
     if path.suffix == ".npz":
         _check_npz(path, what)
         try:
@@ -67,6 +121,10 @@ def load_arrays(path: str | Path, what: str = "inputs") -> Feeds:
             feeds = [{k: np.asarray(v) for k, v in f.items()} for f in feeds]
         except (TypeError, ValueError) as exc:
             raise SurgeonError(f"{what} JSON holds a value that is not an array: {exc}", file=path) from None
+    elif path.suffix == ".tensor" or _starts_with_tensor_magic(path):
+        raise SurgeonError(f"{what} file is a libspconv tensor file, one array without a name: surgeon compare "
+                           "reads it named, --data NAME=FILE or --expected NAME=FILE (once per array); elsewhere "
+                           "save the arrays in an .npz", file=path)
     else:
         raise SurgeonError(f"{what} must be an .npz or a Polygraphy .json file", file=path)
     if not feeds or not any(feeds[0]):
@@ -78,6 +136,22 @@ def load_arrays(path: str | Path, what: str = "inputs") -> Feeds:
                 raise SurgeonError(f"{where}{name} holds {array.dtype} data; {what} must be numbers or booleans",
                                    file=path)
     return feeds
+
+
+def _check_is_file(path: Path, what: str) -> None:
+    if not path.exists():
+        raise SurgeonError(f"{what} file not found", file=path)
+    if path.is_dir():
+        raise SurgeonError(f"expected an {what} file, got a folder", file=path)
+
+
+def _starts_with_tensor_magic(path: Path) -> bool:
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(4)
+    except OSError:
+        return False
+    return len(head) == 4 and int.from_bytes(head, "little") == MAGIC
 
 
 def _check_npz(path: Path, what: str) -> None:
@@ -101,14 +175,17 @@ def _check_npz(path: Path, what: str) -> None:
     raise SurgeonError(f"{what} file {why}", file=path)
 
 
-def make_feeds(model: onnx.ModelProto, data: str | None = None, inputs: dict | None = None, iterations: int = 1,
-               seed: int = 0, model_name: str | None = None) -> Feeds:
+def make_feeds(model: onnx.ModelProto, data: str | NamedTensorFiles | None = None, inputs: dict | None = None,
+               iterations: int = 1, seed: int = 0, model_name: str | None = None) -> Feeds:
     """The input sets to run: recorded `data` when given, else seeded random ones shaped by `inputs`.
 
     Recorded data must be what `model` (called `model_name` in errors) takes: every input, by name,
-    with its dtype and a shape its static dimensions allow."""
+    with its dtype (a float16 tensor file may feed a wider float input) and a shape its static
+    dimensions allow."""
     if data:
         feeds = load_arrays(data, "inputs")
+        if isinstance(data, NamedTensorFiles):
+            feeds = [_widened(feed, model) for feed in feeds]
         check_recorded(feeds, model, model_name, data)
         return feeds
     meta = input_metadata(model)
@@ -147,6 +224,18 @@ def make_feeds(model: onnx.ModelProto, data: str | None = None, inputs: dict | N
         return [{name: np.array(value) for name, value in feed.items()} for feed in loader]
 
 
+def _widened(feed: dict[str, np.ndarray], model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    """`feed` with float arrays cast to the wider float type of the model's input of their name: libspconv's
+    tensor files hold voxel features as float16 (its demo's format), which a float32 input takes exactly."""
+    dtypes = {name: dtype for name, dtype, _ in model_inputs(model)}
+    return {name: array.astype(dtypes[name]) if _exact_float_widening(array.dtype, dtypes.get(name)) else array
+            for name, array in feed.items()}
+
+
+def _exact_float_widening(given: np.dtype, wanted: np.dtype | None) -> bool:
+    return wanted is not None and given.kind == wanted.kind == "f" and wanted.itemsize > given.itemsize
+
+
 def feeds_for(model: onnx.ModelProto, config: dict, model_name: str | None = None) -> tuple[Feeds, str]:
     """The feeds a validate section (or the same keys from the command line) asks for, and their
     description for reports. Expected outputs need the recorded inputs they were computed from."""
@@ -155,7 +244,7 @@ def feeds_for(model: onnx.ModelProto, config: dict, model_name: str | None = Non
         raise SurgeonError("expected outputs can only be compared on the inputs they came from: "
                            "give them as validate.data / --data")
     feeds = make_feeds(model, data, config.get("inputs"), config.get("iterations") or 1, seed, model_name)
-    return feeds, data or f"a seeded random loader (seed {seed})"
+    return feeds, str(data) if data else f"a seeded random loader (seed {seed})"
 
 
 def model_inputs(model: onnx.ModelProto) -> list[tuple[str, np.dtype | None, list | None]]:
@@ -189,7 +278,7 @@ def check_recorded(feeds: Feeds, model: onnx.ModelProto, model_name: str | None,
             array = feed[name]
             if (dtype is not None and array.dtype != dtype) or not shape_fits(array.shape, dims):
                 raise SurgeonError(f"input set {i}: {name} is {_array_text(array)}, but input {name} of "
-                                   f"{model_name} is {_meta_text(dtype, dims)}", file=path)
+                                   f"{model_name} is {_meta_text(dtype, dims)}", file=_file_of(path, name))
 
 
 def check_fits(feeds: Feeds, model: onnx.ModelProto, model_name: str, source: str, path=None) -> None:
@@ -212,9 +301,14 @@ def check_fits(feeds: Feeds, model: onnx.ModelProto, model_name: str, source: st
             given = f"{matched} is {_array_text(array)}"
             if path:
                 raise SurgeonError(f"input set {i}: {given}, but input {name} of {model_name} is "
-                                   f"{_meta_text(dtype, dims)}", file=path)
+                                   f"{_meta_text(dtype, dims)}", file=_file_of(path, matched))
             raise SurgeonError(f"{source} and {model_name} take different inputs: {given} in {source}, "
                                f"{name} is {_meta_text(dtype, dims)} in {model_name}; both run on the same inputs")
+
+
+def _file_of(path, name: str):
+    """The file array `name` was read from: its own with named tensor files, else the one file."""
+    return path.file_of(name) if isinstance(path, NamedTensorFiles) else path
 
 
 def shape_fits(shape, dims) -> bool:
