@@ -6,6 +6,7 @@ CPU references, running the exported graph, with spconv's own output: max abs er
 the output's scale (the brief's bar; measured 3e-7 on the window, 4e-7 on the full scan).
 """
 import json
+import logging
 import sys
 from collections import Counter
 from pathlib import Path
@@ -315,3 +316,13 @@ def test_a_file_that_is_no_checkpoint_is_named(tmp_path, content):
     path.write_bytes(content)
     with pytest.raises(SurgeonError, match=f"{path}: cannot read checkpoint"):
         build_zoo_model("centerpoint-scn", path)
+
+
+def test_torch_fx_deprecation_line_is_not_printed(window, caplog):
+    """spconv's SparseConvTensor asks torch's deprecated `is_fx_tracing`; torch logs that once per process."""
+    from torch.fx._symbolic_trace import is_fx_tracing_warning
+
+    is_fx_tracing_warning.cache_clear()
+    with caplog.at_level(logging.WARNING, logger="torch.fx._symbolic_trace"):
+        export_spconv(build_centerpoint_scn(), *window)
+    assert not [r for r in caplog.records if "is_fx_tracing" in r.getMessage()]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -128,10 +129,23 @@ def check_voxels(model: torch.nn.Module, features: np.ndarray, indices: np.ndarr
                                f"{bad.size} voxel(s) out of range", file=indices_file)
 
 
+@contextlib.contextmanager
+def _quiet_fx_deprecation():
+    """Silence torch 2.13's one-time log line that `is_fx_tracing` is deprecated: spconv 2.3.8's
+    SparseConvTensor class asks it on construction, and the line says nothing about the user's export."""
+    logger = logging.getLogger("torch.fx._symbolic_trace")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def trace_spconv(model: torch.nn.Module, features: torch.Tensor, indices: torch.Tensor,
                  batch_size: int = 1) -> Trace:
     """Trace `model(features, indices, batch_size)` with graph inputs `features` and `indices`."""
-    with spconv_cpu_quirks(model, features.device), warnings.catch_warnings():
+    with spconv_cpu_quirks(model, features.device), warnings.catch_warnings(), _quiet_fx_deprecation():
         # spconv 2.3.8's dense() indexes with a list, which torch 2.13 deprecates on every call
         warnings.filterwarnings("ignore", "Using a non-tuple sequence for multidimensional indexing")
         return trace_model(model, (features, indices, batch_size), inputs={"features": features},
