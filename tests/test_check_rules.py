@@ -53,6 +53,25 @@ def reduce_sum_int64():
     return make_model([node], [("x", np.int64, [4])], [("y", np.int64, [])])
 
 
+def mask_count(shape=(4,), axes_input=False, opset=11):
+    """torch's `mask.sum()`: ReduceSum(Cast(bool -> int64)), over every axis."""
+    reduce_inputs = ["n", "axes"] if axes_input else ["n"]
+    nodes = [helper.make_node("Cast", ["m"], ["n"], name="cast", to=TensorProto.INT64),
+             helper.make_node("ReduceSum", reduce_inputs, ["y"], name="sum", keepdims=0)]
+    initializers = {"axes": np.arange(len(shape), dtype=np.int64)} if axes_input else None
+    return make_model(nodes, [("m", np.bool_, list(shape))], [("y", np.int64, [])], initializers=initializers,
+                      opset=opset)
+
+
+def bool_max(op="Max", opset=13):
+    """torch.maximum on two bool tensors, as torch writes it from opset 13: ONNX's Max has no bool type."""
+    nodes = [helper.make_node("Greater", ["a", "zero"], ["a_pos"], name="a_pos"),
+             helper.make_node("Greater", ["b", "zero"], ["b_pos"], name="b_pos"),
+             helper.make_node(op, ["a_pos", "b_pos"], ["y"], name=op.lower())]
+    return make_model(nodes, [("a", np.float32, [3]), ("b", np.float32, [3])], [("y", np.bool_, [3])],
+                      initializers={"zero": np.float32(0)}, opset=opset)
+
+
 def clip_int64(opset=13):
     node = helper.make_node("Clip", ["x", "lo", "hi"], ["y"], name="clip")
     return make_model([node], [("x", np.int64, [4])], [("y", np.int64, [4])],
@@ -151,7 +170,12 @@ CASES = [
     ("SG003", split_num_outputs_18, Settings(target="tensorrt-8.6"), "version 18 (opset 18) is newer than "
      "tensorrt-8.6 supports (up to version 17); at opset 18 no pass helps", "error"),
     ("SG004", reduce_sum_int64, Settings(target="tensorrt-8.5"), "node sum (ReduceSum) on int64 is not supported "
+     "by tensorrt-8.5 (supported: float32, float16); no pass rewrites it", "error"),
+    ("SG004", lambda: mask_count(), Settings(target="tensorrt-8.5"), "node sum (ReduceSum) on int64 is not supported "
      "by tensorrt-8.5 (supported: float32, float16) — fix: pass any-all", "error"),
+    ("SG004", lambda: bool_max(), Settings(target="onnxruntime"), "node max (Max) on bool is not supported by "
+     "onnxruntime (supported: float16, float32, float64, int32, int64, int8, uint32, uint64, uint8) — fix: pass "
+     "maximum-minimum", "error"),
     ("SG004", where_int16, Settings(target="onnxruntime"), "node where (Where) on int16 is not supported by "
      "onnxruntime", "error"),
     ("SG004", where_int16, Settings(target="tensorrt-10"), "node where (Where) on int16 is not supported by "
@@ -478,3 +502,148 @@ def test_the_grid_sampler_fix_on_tensorrt_offers_what_auto_picks_first():
     hint = get_pass("grid-sample").fix_hint
     assert hint(load_target("tensorrt-8.6")).startswith("grid-sample (native GridSample), or mode=plugin")
     assert hint(load_target("tensorrt-10")).startswith("grid-sample (native GridSample)")
+
+
+def _any_form(shape=(2, 3)):
+    """torch.any(x, dim=1) on bool x, as torch exports it: Greater(ReduceSum(Cast(x, int64)), 0)."""
+    nodes = [helper.make_node("Cast", ["m"], ["n"], name="cast", to=TensorProto.INT64),
+             helper.make_node("ReduceSum", ["n"], ["count"], name="sum", axes=[1], keepdims=0),
+             helper.make_node("Greater", ["count", "zero"], ["y"], name="any")]
+    return make_model(nodes, [("m", np.bool_, list(shape))], [("y", np.bool_, [shape[0]])],
+                      initializers={"zero": np.array(0, np.int64)})
+
+
+def _all_form():
+    """torch.all(x, dim=1): Not(Greater(ReduceSum(Cast(Not(x), int64)), 0))."""
+    nodes = [helper.make_node("Not", ["m"], ["not_m"], name="not_in"),
+             helper.make_node("Cast", ["not_m"], ["n"], name="cast", to=TensorProto.INT64),
+             helper.make_node("ReduceSum", ["n"], ["count"], name="sum", axes=[1], keepdims=0),
+             helper.make_node("Greater", ["count", "zero"], ["some"], name="some"),
+             helper.make_node("Not", ["some"], ["y"], name="all")]
+    return make_model(nodes, [("m", np.bool_, [2, 3])], [("y", np.bool_, [2])],
+                      initializers={"zero": np.array(0, np.int64)})
+
+
+def _count_read_by_more_than_greater():
+    """An any whose count is also an output: the pass rewrites the Greater, the int64 ReduceSum stays (its
+    extent is unknown, so the mask count form leaves it too)."""
+    model = _any_form(shape=("batch", "n"))
+    model.graph.output.append(helper.make_tensor_value_info("count", TensorProto.INT64, ["batch"]))
+    return model
+
+
+# (model, the SG004 fix on TensorRT 8.6, text in the message where there is none)
+ANY_ALL_CASES = {
+    "any": (_any_form, "any-all", None),
+    "all": (_all_form, "any-all", None),
+    "mask count": (mask_count, "any-all", None),
+    "mask count, axes input": (lambda: mask_count(axes_input=True, opset=13), "any-all", None),
+    "mask count over an unknown extent": (lambda: mask_count(shape=("n",)), None, "(here: unknown)"),
+    "mask count over 2**24 values": (lambda: mask_count(shape=(2 ** 12, 2 ** 12)), None, "(here: 16777216)"),
+    "count also read as a number": (_count_read_by_more_than_greater, None, "(here: unknown)"),
+    "int64 sum": (reduce_sum_int64, None, "no pass rewrites it"),
+}
+
+
+@pytest.mark.parametrize("form", ANY_ALL_CASES)
+def test_any_all_is_the_fix_only_for_the_reductions_it_rewrites(form, tmp_path):
+    """SG004 named any-all for every int64 ReduceSum on TensorRT; the pass rewrites only torch's any/all
+    clusters and bool mask counts over an extent known below 2**24. Where check names it, running it clears
+    the finding; where check does not, the pass leaves the ReduceSum and the message says why."""
+    from surgeon.testing import apply_pass
+
+    build, fix, why = ANY_ALL_CASES[form]
+    settings = Settings(target="tensorrt-8.6", select=("SG004",))
+    [finding] = _check(build(), settings, tmp_path)
+    assert (finding.node, finding.fix) == ("sum", fix)
+    assert why is None or why in finding.message
+    rewritten, _ = apply_pass(build(), "any-all", target="tensorrt-8.6")
+    assert [f.node for f in _check(rewritten, settings, tmp_path)] == ([] if fix else ["sum"])
+
+
+def test_no_any_all_fix_for_a_mask_count_inside_a_body(tmp_path):
+    """any-all rewrites the main graph: a count in an If branch gets no fix, and the message says so."""
+    cast = helper.make_node("Cast", ["x_pos"], ["n"], name="cast", to=TensorProto.INT32)
+    count = helper.make_node("ReduceSum", ["n"], ["t"], name="sum", axes=[1], keepdims=1)
+    positive = helper.make_node("Greater", ["x", "zero"], ["x_pos"], name="pos")
+    other = helper.make_node("Cast", ["x"], ["e"], name="other", to=TensorProto.INT32)
+    model = if_with_branches([positive, cast, count], [other], then_out=("t", np.int32), else_out=("e", np.int32))
+    model.graph.initializer.append(onnx.numpy_helper.from_array(np.array(0, np.float32), "zero"))
+    [finding] = _check(model, Settings(target="tensorrt-8.6", select=("SG004",)), tmp_path)
+    assert finding.node == "If_0/then_branch/sum" and finding.fix is None
+    assert "any-all rewrites the main graph only" in finding.message
+
+
+@pytest.mark.parametrize("op", ["Max", "Min"])
+@pytest.mark.parametrize("target", ["onnxruntime", "tensorrt-8.6", "tensorrt-10", "opset-11"])
+def test_a_bool_max_or_min_is_sg004_with_maximum_minimum_as_fix(op, target, tmp_path):
+    """torch.maximum/minimum on bool tensors at opset 13 is a bool Max/Min, which ONNX does not define and
+    ONNX Runtime refuses to load; check said nothing (shape inference fails on it, so its operands were
+    untyped). maximum-minimum makes it Or/And, which loads."""
+    import onnxruntime as ort
+
+    from surgeon.testing import apply_pass, run_ort
+
+    opset = 11 if target == "opset-11" else 13  # opset-11's profile has no dtypes: ONNX's Max-8 has no bool
+    with pytest.raises(Exception, match=r"tensor\(bool\)"):
+        ort.InferenceSession(bool_max(op, opset).SerializeToString(), providers=["CPUExecutionProvider"])
+    settings = Settings(target=target, select=("SG004",))
+    findings = _check(bool_max(op, opset), settings, tmp_path)
+    assert [(f.node, f.fix) for f in findings] == [(op.lower(), "maximum-minimum")]
+    assert "on bool" in findings[0].message
+    fixed, _ = apply_pass(bool_max(op, opset), "maximum-minimum", target=target)
+    assert _check(fixed, settings, tmp_path) == []
+    a, b = np.array([1, -1, 1], np.float32), np.array([1, 1, -1], np.float32)
+    expected = (a > 0) | (b > 0) if op == "Max" else (a > 0) & (b > 0)
+    np.testing.assert_array_equal(run_ort(fixed, {"a": a, "b": b})[0], expected)
+
+
+def test_an_integer_max_the_target_lacks_names_maximum_minimum(tmp_path):
+    """ONNX Runtime has no int16 Max: maximum-minimum computes it in int32 (it handles no standard op label,
+    so the generic fix lookup found nothing)."""
+    from surgeon.testing import apply_pass
+
+    model = make_model([helper.make_node("Max", ["a", "b"], ["y"], name="max")],
+                       [("a", np.int16, [3]), ("b", np.int16, [3])], [("y", np.int16, [3])], opset=13)
+    settings = Settings(target="onnxruntime", select=("SG004",))
+    assert [(f.node, f.fix) for f in _check(model, settings, tmp_path)] == [("max", "maximum-minimum")]
+    fixed, _ = apply_pass(model, "maximum-minimum")
+    assert _check(fixed, settings, tmp_path) == []
+
+
+def _contrib(op_type, inputs):
+    node = helper.make_node(op_type, [name for name, _ in inputs], ["y"], name="contrib", domain="com.microsoft")
+    return make_model([node], [(name, np.float32, shape) for name, shape in inputs], [("y", np.float32, None)])
+
+
+CONTRIB_OPS = {  # op: (inputs, whether ONNX Runtime's CPU build has a kernel for it)
+    "Gelu": ([("x", [2, 3])], True),
+    "FusedMatMul": ([("a", [2, 3]), ("b", [3, 2])], True),
+    "BiasAdd": ([("x", [2, 3, 4]), ("bias", [4]), ("skip", [2, 3, 4])], False),  # a CUDA kernel only
+    "Frobnicate": ([("x", [2])], False),  # no such op
+}
+
+
+@pytest.mark.parametrize("op_type", CONTRIB_OPS)
+def test_a_contrib_op_without_an_onnx_runtime_cpu_kernel_is_sg002(op_type, tmp_path):
+    """Validation runs com.microsoft ops in ONNX Runtime, which fails on one its CPU build has no kernel for:
+    check said nothing. The kernels come from onnxruntime itself (get_all_opkernel_def), so what it runs is
+    clean; on the onnxruntime target such a node is SG001 as well."""
+    import onnxruntime as ort
+
+    inputs, runs = CONTRIB_OPS[op_type]
+    model = _contrib(op_type, inputs)
+    try:
+        ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        loads = True
+    except Exception:  # noqa: BLE001  ONNX Runtime raises its own exception types
+        loads = False
+    assert loads == runs
+    for target in ("tensorrt-8.6", "onnxruntime"):
+        findings = _check(model, Settings(target=target, select=("SG001", "SG002")), tmp_path)
+        sg002 = [f for f in findings if f.rule == "SG002"]
+        assert [(f.node, f.op, f.severity) for f in sg002] == ([] if runs else [
+            ("contrib", f"com.microsoft::{op_type}", "warning")])
+        assert all("has no kernel in the CPU build of ONNX Runtime" in f.message for f in sg002)
+        if target == "onnxruntime":
+            assert [f.rule for f in findings if f.rule == "SG001"] == ([] if runs else ["SG001"])

@@ -1,20 +1,23 @@
 """What the rules look at, computed once per model and only when a rule asks: the loaded proto, the
 target, what each node reads (and what it reads too early), a topologically sorted copy, strict shape
-inference and the dtypes it found, and the opset in force for each domain."""
+inference and the dtypes and shapes inference found, the opset in force for each domain, and which ops
+the installed ONNX Runtime's CPU build has kernels for."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import cached_property, lru_cache
 from pathlib import Path
 
+import numpy as np
 import onnx
-from onnx import TensorProto
+from onnx import TensorProto, numpy_helper
 
 from surgeon.check.config import Settings
 from surgeon.graphinfo import all_nodes, node_reads, subgraphs
 from surgeon.targets import Target
 
 STANDARD_DOMAINS = ("", "ai.onnx")
+INFERENCE_ERRORS = (onnx.shape_inference.InferenceError, onnx.checker.ValidationError, RuntimeError)
 _ONNX_DTYPE_NAMES = {"float": "float32", "double": "float64"}
 
 
@@ -23,6 +26,30 @@ def dtype_name(elem_type: int) -> str:
     """ONNX element type as the profiles spell it: float32, float16, bfloat16, int64, bool, float8e4m3fn."""
     name = TensorProto.DataType.Name(elem_type).lower()
     return _ONNX_DTYPE_NAMES.get(name, name)
+
+
+def type_str_dtype(type_str: str) -> str | None:
+    """A schema's or kernel's type string as the profiles spell it (`tensor(float)` -> float32); None for
+    what is not a tensor (`seq(tensor(float))`)."""
+    if not type_str.startswith("tensor("):
+        return None
+    name = type_str[len("tensor("):-1]
+    return _ONNX_DTYPE_NAMES.get(name, name)
+
+
+@lru_cache(maxsize=None)
+def ort_cpu_kernels() -> tuple:
+    """The installed ONNX Runtime's CPU kernel registrations (`get_all_opkernel_def()`: domain, op_name,
+    version_range, type_constraints), read once per process, when first asked."""
+    from onnxruntime.capi.onnxruntime_pybind11_state import get_all_opkernel_def
+
+    return tuple(k for k in get_all_opkernel_def() if k.provider == "CPUExecutionProvider")
+
+
+@lru_cache(maxsize=None)
+def ort_cpu_runs(domain: str, op_type: str) -> bool:
+    """Whether the installed ONNX Runtime's CPU build has a kernel for `domain::op_type`."""
+    return any(k.domain == domain and k.op_name == op_type for k in ort_cpu_kernels())
 
 
 @dataclass
@@ -103,6 +130,38 @@ class ModelFacts:
         return any(t.data_location == TensorProto.EXTERNAL for _, t in self.tensors)
 
     @cached_property
+    def producers(self) -> dict[str, onnx.NodeProto]:
+        """Tensor name -> the node of the main graph making it."""
+        return {out: node for node in self.nodes for out in node.output if out}
+
+    @cached_property
+    def readers(self) -> dict[str, list[onnx.NodeProto]]:
+        """Tensor name -> the nodes of the main graph reading it (an If/Loop reading it in a body included)."""
+        found: dict[str, list] = {}
+        for node, names in zip(self.nodes, self.reads):
+            for name in dict.fromkeys(names):
+                found.setdefault(name, []).append(node)
+        return found
+
+    def in_main_graph(self, node) -> bool:
+        """Whether `node` is in the main graph, not an If/Loop/Scan body (passes rewrite the main graph)."""
+        return id(node) in self._main_node_ids
+
+    @cached_property
+    def _main_node_ids(self) -> set[int]:
+        return {id(node) for node in self.nodes}
+
+    def constant(self, name: str) -> np.ndarray | None:
+        """The value of a main-graph initializer or Constant output stored in the file, else None."""
+        tensor = next((t for t in self.model.graph.initializer if t.name == name), None)
+        made_by = self.producers.get(name)
+        if tensor is None and made_by is not None and made_by.op_type == "Constant":
+            tensor = next((a.t for a in made_by.attribute if a.name == "value" and a.HasField("t")), None)
+        if tensor is None or tensor.data_location == TensorProto.EXTERNAL:
+            return None  # models are read without their external data
+        return numpy_helper.to_array(tensor)
+
+    @cached_property
     def reads(self) -> list[list[str]]:
         """Per node, the tensor names it reads (with those its subgraphs take from outside)."""
         return [node_reads(node) for node in self.nodes]
@@ -147,37 +206,61 @@ class ModelFacts:
     @cached_property
     def inference(self) -> tuple[onnx.ModelProto | None, str | None]:
         """(shape-inferred model, None) or (None, the strict-mode error message)."""
-        from surgeon.modelio import stdout_to_stderr
-
         try:
-            with stdout_to_stderr():
-                inferred = onnx.shape_inference.infer_shapes(self.sorted_model, check_type=True, strict_mode=True,
-                                                             data_prop=True)
-        except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError, RuntimeError) as exc:
+            return _infer_shapes(self.sorted_model, strict=True), None
+        except INFERENCE_ERRORS as exc:
             return None, str(exc).strip()
-        return inferred, None
 
     @cached_property
-    def dtypes(self) -> dict[str, str]:
-        """Tensor name -> dtype name, from shape inference where it worked, else from what the file declares."""
+    def typed_model(self) -> onnx.ModelProto:
+        """The model with the types and shapes inference found: strict inference's result, else lenient
+        inference's, which types every tensor but those a failing node (a bool Max, say) makes and what
+        depends on them, else the model as the file declares it."""
+        inferred, _ = self.inference
+        if inferred is not None:
+            return inferred
+        try:
+            return _infer_shapes(self.sorted_model, strict=False)
+        except INFERENCE_ERRORS:
+            return self.model
+
+    @cached_property
+    def tensor_types(self) -> dict[str, onnx.TypeProto.Tensor | TensorProto]:
+        """Tensor name -> what says its dtype and shape, in the graph and its subgraphs: its inferred type
+        where inference typed it (`typed_model`), the tensor itself for initializers and Constant values."""
         known = {}
 
         def collect(graph) -> None:
             for value in list(graph.input) + list(graph.output) + list(graph.value_info):
                 if value.type.HasField("tensor_type") and value.type.tensor_type.elem_type:
-                    known[value.name] = dtype_name(value.type.tensor_type.elem_type)
+                    known[value.name] = value.type.tensor_type
             for tensor in graph.initializer:
-                known[tensor.name] = dtype_name(tensor.data_type)
+                known[tensor.name] = tensor
             for node in graph.node:
                 if node.op_type == "Constant" and node.domain in STANDARD_DOMAINS:
                     value = next((a.t for a in node.attribute if a.name == "value"), None)
                     if value is not None and node.output:
-                        known[node.output[0]] = dtype_name(value.data_type)
+                        known[node.output[0]] = value
                 for _, sub in subgraphs(node):
                     collect(sub)
 
-        collect((self.inference[0] or self.model).graph)
+        collect(self.typed_model.graph)
         return known
+
+    @cached_property
+    def dtypes(self) -> dict[str, str]:
+        """Tensor name -> dtype name (float32, int64, bool, ...) where known."""
+        return {name: dtype_name(t.data_type if isinstance(t, TensorProto) else t.elem_type)
+                for name, t in self.tensor_types.items()}
+
+    def shape(self, name: str) -> list[int | None] | None:
+        """The dims of a tensor (None for a dim not known as a number), None where its rank is unknown."""
+        found = self.tensor_types.get(name)
+        if isinstance(found, TensorProto):
+            return list(found.dims)
+        if found is None or not found.HasField("shape"):
+            return None
+        return [d.dim_value if d.HasField("dim_value") else None for d in found.shape.dim]
 
     def typed_input_dtype(self, node) -> str | None:
         """The dtype of the input the target's dtype rule for the node's op describes (`dtype_input`: the
@@ -197,6 +280,13 @@ class ModelFacts:
         if self.settings.static_shapes is not None:
             return self.settings.static_shapes
         return self.target.static_shapes
+
+
+def _infer_shapes(model: onnx.ModelProto, strict: bool) -> onnx.ModelProto:
+    from surgeon.modelio import stdout_to_stderr
+
+    with stdout_to_stderr():
+        return onnx.shape_inference.infer_shapes(model, check_type=strict, strict_mode=strict, data_prop=True)
 
 
 def is_standard_op(node) -> bool:

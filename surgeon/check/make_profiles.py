@@ -19,10 +19,10 @@ from collections import defaultdict
 import onnx
 from onnx import defs
 
+from surgeon.check.facts import ort_cpu_kernels, type_str_dtype
 from surgeon.targets import PROFILE_DIR
 
 _OPEN_RANGE = 2**31 - 1
-_ORT_TYPE_NAMES = {"float": "float32", "double": "float64"}
 
 
 def _standard_schemas() -> dict[str, list]:
@@ -53,13 +53,10 @@ def _ops_block(ops: dict[str, dict]) -> str:
 
 def onnxruntime_profile() -> str:
     import onnxruntime
-    from onnxruntime.capi.onnxruntime_pybind11_state import get_all_opkernel_def
 
     schemas = _standard_schemas()
     kernels, contrib = defaultdict(list), defaultdict(set)
-    for kernel in get_all_opkernel_def():
-        if kernel.provider != "CPUExecutionProvider":
-            continue
+    for kernel in ort_cpu_kernels():
         if kernel.domain in ("", "ai.onnx"):
             kernels[kernel.op_name].append(kernel)
         else:
@@ -141,7 +138,7 @@ def _dtypes_by_version(op: str, registered, dtype_input: int) -> list[str] | dic
         if len(schema.inputs) <= dtype_input:
             continue
         constraint = schema.inputs[dtype_input].type_str
-        by_start[start] |= {t for t in map(_ort_dtype, kernel.type_constraints.get(constraint, [])) if t}
+        by_start[start] |= {t for t in map(type_str_dtype, kernel.type_constraints.get(constraint, [])) if t}
     if not by_start or not all(by_start.values()):
         return None  # a range without types for that input (or none at all): no dtype rule
     ranges: dict[int, list[str]] = {}
@@ -172,13 +169,6 @@ def _max_opset() -> int:
             break
         newest = opset
     return newest
-
-
-def _ort_dtype(type_str: str) -> str | None:
-    if not type_str.startswith("tensor("):
-        return None
-    name = type_str[len("tensor("):-1]
-    return _ORT_TYPE_NAMES.get(name, name)
 
 
 def opset_11_profile() -> str:

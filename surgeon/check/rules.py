@@ -11,15 +11,16 @@ import contextlib
 import functools
 import os
 import re
+import sys
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import onnx
 
-from surgeon.check.facts import STANDARD_DOMAINS, ModelFacts, is_standard_op
+from surgeon.check.facts import STANDARD_DOMAINS, ModelFacts, is_standard_op, ort_cpu_runs, type_str_dtype
 from surgeon.check.findings import Finding, model_rule
-from surgeon.registry import passes_handling
+from surgeon.registry import get_pass, passes_handling
 from surgeon.graphinfo import op_label
 from surgeon.modelio import stdout_to_stderr
 from surgeon.reference import find_reference
@@ -171,7 +172,8 @@ def plugin_library_external(facts: ModelFacts):
 
 
 @model_rule("SG002", "no-reference", "warning",
-            "ATen or custom op with no CPU reference: validation (`surgeon run`, `compare`, `bisect`) cannot run the graph")
+            "ATen or custom op with no CPU reference, or contrib op (com.microsoft, ...) the installed ONNX Runtime's "
+            "CPU build has no kernel for: validation (`surgeon run`, `compare`, `bisect`) cannot run the graph")
 def no_reference(facts: ModelFacts):
     if not facts.target.cpu_references:
         return
@@ -180,12 +182,24 @@ def no_reference(facts: ModelFacts):
     opset = facts.opsets.get("")
     functions = {(f.domain, f.name) for f in facts.model.functions}  # validation runs their bodies
     for node in facts.all_nodes:
-        if is_standard_op(node) or not is_special(node, opset) or (node.domain, node.op_type) in functions:
-            continue  # SG003 judges standard ops; ONNX Runtime runs the others here (com.microsoft ops)
+        if is_standard_op(node) or (node.domain, node.op_type) in functions:
+            continue  # SG003 judges standard ops
+        if not is_special(node, opset):  # a contrib op (com.microsoft, ai.onnx.ml): validation runs it in ONNX Runtime
+            if not ort_cpu_runs(node.domain, node.op_type):
+                yield _finding(facts, "SG002", "warning", f"has no kernel in the CPU build of ONNX Runtime "
+                               f"{_ort_version()}, which runs {node.domain} ops for validation: validation cannot "
+                               "run the graph", node, fix=fix_for(node, facts.target))
+            continue
         if find_reference(node.op_type, node.domain, _aten_operator(node)) is None:
             yield _finding(facts, "SG002", "warning", "has no CPU reference (register one with "
                            "@surgeon.reference.reference_op to validate this graph)", node,
                            fix=fix_for(node, facts.target))
+
+
+def _ort_version() -> str:
+    import onnxruntime
+
+    return onnxruntime.__version__
 
 
 @model_rule("SG003", "op-unsupported", "error", "standard op (or op version) outside the target profile",
@@ -246,19 +260,119 @@ def _converter_lacks_adapter(op_type: str, opset: int, wanted: int) -> bool:
     return False
 
 
-@model_rule("SG004", "dtype-unsupported", "error", "op input dtype outside the target profile's types")
+@model_rule("SG004", "dtype-unsupported", "error", "op input dtype outside the target profile's types (or, where "
+            "the profile lists none, the ONNX schema's)")
 def dtype_unsupported(facts: ModelFacts):
     for node in facts.all_nodes:
         if not is_standard_op(node) or _is_integer_clip(facts, node):  # SG005 reports integer Clip
             continue
-        allowed = facts.target.dtypes_for(node.op_type, facts.op_version(node))
         dtype = facts.typed_input_dtype(node)
+        if dtype is None:
+            continue
+        version = facts.op_version(node)
+        allowed = facts.target.dtypes_for(node.op_type, version)
+        if allowed is None:  # the profile takes every type the ONNX schema allows
+            schema_dtypes = _schema_dtypes(node.op_type, facts.opsets.get("", 1), facts.target.dtype_input(node.op_type))
+            if schema_dtypes and dtype not in schema_dtypes:
+                fix, why_no_pass = _dtype_fix(facts, node, dtype)
+                yield _finding(facts, "SG004", "error", f"on {dtype}: ONNX's {node.op_type}-{version} has no {dtype} "
+                               f"type, so no runtime runs it{why_no_pass}", node, fix=fix)
+            continue
         cast_down = dtype == "float64" and facts.target.is_tensorrt  # TensorRT casts DOUBLE to FLOAT: SG007 warns
         # ONNX Runtime runs a float16 node that has no float16 kernel in float32 (InsertCastTransformer)
-        cast_up = dtype == "float16" and facts.target.runtime == "onnxruntime" and "float32" in (allowed or ())
-        if allowed and dtype and not cast_down and not cast_up and dtype not in allowed:
+        cast_up = dtype == "float16" and facts.target.runtime == "onnxruntime" and "float32" in allowed
+        if not cast_down and not cast_up and dtype not in allowed:
+            fix, why_no_pass = _dtype_fix(facts, node, dtype)
             yield _finding(facts, "SG004", "error", f"on {dtype} is not supported by {facts.target.name} "
-                           f"(supported: {', '.join(allowed)})", node, fix=fix_for(node, facts.target))
+                           f"(supported: {', '.join(allowed)}){why_no_pass}", node, fix=fix)
+
+
+@functools.lru_cache(maxsize=None)
+def _schema_dtypes(op_type: str, opset: int, index: int) -> frozenset[str] | None:
+    """The types ONNX's schema of `op_type` at `opset` allows for its input `index`; None where it has none."""
+    try:
+        schema = onnx.defs.get_schema(op_type, opset, "")
+    except onnx.defs.SchemaError:  # not defined yet at that opset: SG003's
+        return None
+    if index >= len(schema.inputs):
+        return None
+    type_str = schema.inputs[index].type_str
+    allowed = next((c.allowed_type_strs for c in schema.type_constraints if c.type_param_str == type_str), [type_str])
+    return frozenset(filter(None, map(type_str_dtype, allowed)))
+
+
+def _dtype_fix(facts: ModelFacts, node, dtype: str) -> tuple[str | None, str]:
+    """(the pass that rewrites `node` into a dtype the target runs, or None; where none does, why, for the
+    message). Two passes' `handles` do not say it: any-all declares ReduceSum but rewrites only torch's any/all
+    and bool mask counts, and maximum-minimum declares no standard op but rewrites bool and integer Max/Min."""
+    if node.op_type == "ReduceSum":
+        why_not = _why_any_all_leaves(facts, node, dtype)
+        return ("any-all", "") if why_not is None else (None, f"; {why_not}")
+    if node.op_type in ("Max", "Min") and (dtype == "bool" or dtype in INTEGER_DTYPES):
+        if facts.in_main_graph(node):
+            return "maximum-minimum", ""
+        return None, f"; {IN_A_BODY.format('maximum-minimum')}"
+    return fix_for(node, facts.target), ""
+
+
+IN_A_BODY = "{} rewrites the main graph only, not If/Loop bodies"
+
+
+def _why_any_all_leaves(facts: ModelFacts, reduce_sum, dtype: str) -> str | None:
+    """None where the any-all pass rewrites this ReduceSum, else why it does not. It rewrites two forms
+    (passes/any_all.py): torch's any/all, Greater(ReduceSum(Cast(x)), 0) with x bool (or made by Not), and a
+    count of true values, ReduceSum(Cast(x: bool)) to an integer, over a reduced extent known below 2**24."""
+    if not facts.in_main_graph(reduce_sum):
+        return IN_A_BODY.format("any-all")
+    cast = facts.producers.get(reduce_sum.input[0])
+    source = cast.input[0] if cast is not None and cast.op_type == "Cast" and cast.input else None
+    negation = facts.producers.get(source) if source else None
+    counts_bools = source is not None and (facts.dtypes.get(source) == "bool" or getattr(negation, "op_type", "") == "Not")
+    if dtype not in INTEGER_DTYPES or not counts_bools:
+        return ("no pass rewrites it (any-all rewrites only torch's any/all and counts of a bool mask): cast its "
+                "input to a supported type in the model")
+    axes_known = len(reduce_sum.input) < 2 or not reduce_sum.input[1] or facts.constant(reduce_sum.input[1]) is not None
+    if axes_known and _read_as_truth_only(facts, reduce_sum.output[0]):
+        return None
+    extent = _reduced_extent(facts, reduce_sum) if facts.dtypes.get(source) == "bool" else None
+    exact_below = sys.modules[get_pass("any-all").__module__].FLOAT_EXACT_COUNT  # the pass's own bound
+    if extent is not None and extent < exact_below:
+        return None
+    return (f"any-all sums a bool mask in float32 only where the reduced extent is known below 2**24 "
+            f"(here: {'unknown' if extent is None else extent})")
+
+
+def _read_as_truth_only(facts: ModelFacts, count: str) -> bool:
+    """Whether every reader of `count` is Greater(count, 0): torch's any/all, whose count then goes away."""
+    readers = facts.readers.get(count, [])
+    if not readers or count in {v.name for v in facts.model.graph.output}:
+        return False
+    for reader in readers:
+        zero = facts.constant(reader.input[1]) if reader.op_type == "Greater" and len(reader.input) == 2 else None
+        if reader.input[0] != count or zero is None or zero.size != 1 or zero.item() != 0:
+            return False
+    return True
+
+
+def _reduced_extent(facts: ModelFacts, reduce_sum) -> int | None:
+    """How many values each output of the ReduceSum adds up, where the shapes and axes say."""
+    shape = facts.shape(reduce_sum.input[0])
+    if len(reduce_sum.input) > 1 and reduce_sum.input[1]:
+        axes = facts.constant(reduce_sum.input[1])
+        if axes is None:
+            return None
+        axes = np.atleast_1d(axes).tolist()
+    else:
+        axes = next((list(a.ints) for a in reduce_sum.attribute if a.name == "axes"), [])
+    if shape is None:
+        return None
+    if not axes:
+        noop = next((a.i for a in reduce_sum.attribute if a.name == "noop_with_empty_axes"), 0)
+        axes = [] if noop else list(range(len(shape)))
+    if not all(-len(shape) <= int(axis) < len(shape) for axis in axes):
+        return None
+    dims = [shape[int(axis)] for axis in axes]
+    return None if None in dims else int(np.prod(dims, dtype=np.int64))
 
 
 def _is_integer_clip(facts: ModelFacts, node) -> bool:
@@ -298,16 +412,11 @@ def _float_rounded_integer_ops(facts: ModelFacts):
     """torch's opset-11 export of an integer clamp, maximum or minimum: Cast(int -> float) -> Clip/Max/Min
     -> Cast(back), read only by the Cast back. It runs everywhere and is wrong past the float's integer
     precision (2**24 for float32), silently."""
-    producer = {out: node for node in facts.nodes for out in node.output if out}
-    readers: dict[str, list] = {}
-    for node in facts.nodes:
-        for name in node.input:
-            readers.setdefault(name, []).append(node)
     for node in facts.nodes:
         if node.op_type not in FLOAT_ROUNDED_FIX or node.domain not in STANDARD_DOMAINS or not node.input:
             continue
-        cast_in = producer.get(node.input[0])
-        after = readers.get(node.output[0], [])
+        cast_in = facts.producers.get(node.input[0])
+        after = facts.readers.get(node.output[0], [])
         if cast_in is None or cast_in.op_type != "Cast" or len(after) != 1 or after[0].op_type != "Cast":
             continue
         integer = facts.dtypes.get(cast_in.input[0])
