@@ -63,7 +63,7 @@ def _name_and_tag(before: gs.Graph, after: gs.Graph, ctx) -> None:
             node.name = ctx.new_name(f"{reader.name if reader else f'opset{after.opset}'}/{node.op}", after)
             ctx.tag(node, replaces=reader.name if reader else None)
             continue
-        if _signature(node) != _signature(was) and node.name:  # provenance goes by name
+        if _signature(node) != _signature(was) and node.name:  # provenance goes by path, which needs a name
             ctx.tag(node, replaces=node.name)
         for key, body in node.attrs.items():
             if isinstance(body, gs.Graph) and isinstance(was.attrs.get(key), gs.Graph):

@@ -275,7 +275,12 @@ class Context:
     opset: int = 17
     model_dir: Any = None
     pass_name: str = ""
+    #: What the passes made, by node path: the name, or `if/then_branch/name` inside an If/Loop body, as
+    #: ONNX lets the names of different graphs repeat (see `node_paths`).
     provenance: dict[str, dict[str, str]] = field(default_factory=dict)
+    #: The running pass's tags, by node (id -> (node, props)): a new node has no path until the pass has
+    #: put it in place, so the pipeline files them under their paths after the pass (`settle_tags`).
+    tagged: dict[int, tuple[Any, dict[str, str]]] = field(default_factory=dict)
     #: Renamed nodes, new name -> the input model's name: their doc strings are restored by it.
     renamed_nodes: dict[str, str] = field(default_factory=dict)
     #: The model as loaded, before import (read-only).
@@ -329,7 +334,31 @@ class Context:
         props = {"surgeon.pass": self.pass_name}
         if replaces:
             props["surgeon.replaces"] = replaces
-        self.provenance[node.name] = props
+        self.tagged[id(node)] = (node, props)
+
+    def settle_tags(self, *graphs) -> None:
+        """File the running pass's tags in `provenance` under the paths their nodes have in `graphs` (the
+        graph the pass returned, then the one it ran on); a tagged node neither holds is forgotten."""
+        for graph in graphs:
+            if not self.tagged:
+                return
+            for path, node in node_paths(graph):
+                tag = self.tagged.pop(id(node), None)
+                if tag is not None:
+                    self.provenance[path] = tag[1]
+        self.tagged.clear()
+
+
+def node_paths(graph, scope: str = ""):
+    """(path, node) for the nodes of an onnx-graphsurgeon graph and of the bodies their attributes hold,
+    a body's nodes named `holder/attribute/` + their name (as surgeon.pipeline names the exported ones)."""
+    import onnx_graphsurgeon as gs
+
+    for node in graph.nodes:
+        yield scope + node.name, node
+        for attribute, value in node.attrs.items():
+            if isinstance(value, gs.Graph):
+                yield from node_paths(value, f"{scope}{node.name}/{attribute}/")
 
 
 def _default_opset(graph, fallback: int) -> int:

@@ -344,6 +344,7 @@ def _run_step(graph: gs.Graph, step: Step, index: int, ctx: Context, state: _Gra
     seconds = time.perf_counter() - started
     if not isinstance(result, PassResult):
         raise SurgeonError(f"{where}: pass '{step.pass_name}' returned {type(result).__name__}, not a PassResult")
+    ctx.settle_tags(*(g for g in (result.graph, graph) if g is not None))
     if result.graph is not None:
         dismantle_replaced(graph, result.graph)
         graph = result.graph
@@ -413,8 +414,8 @@ def _restore_node_metadata(model: onnx.ModelProto, original: onnx.ModelProto, pr
                            renamed: dict | None = None) -> None:
     """Metadata and doc strings of the original's nodes, by name (`renamed`: new name -> original name)
     within the same graph (a body's node by its path, `if/then_branch/act`, as ONNX allows the names of
-    different graphs to repeat): graphsurgeon keeps neither. A renamed node's metadata travels in
-    `provenance` (passes/rename.py)."""
+    different graphs to repeat): graphsurgeon keeps neither. Then the passes' `provenance`, by the same
+    paths (Context.settle_tags); a renamed node's metadata travels in it too (passes/rename.py)."""
     kept, docs = {}, {}
     for path, node in _nodes_by_path(original.graph):
         if node.name and node.metadata_props:
@@ -430,7 +431,7 @@ def _restore_node_metadata(model: onnx.ModelProto, original: onnx.ModelProto, pr
         if not node.doc_string and doc:
             node.doc_string = doc
         props = {p.key: p.value for p in kept.get(path, ())}
-        props.update(provenance.get(node.name, {}))
+        props.update(provenance.get(path, {}))
         if props:
             del node.metadata_props[:]
             for key in sorted(props):

@@ -116,6 +116,61 @@ def test_new_nodes_carry_provenance(tmp_path):
     assert props == {"surgeon.pass": "remove-node", "surgeon.replaces": "r"}
 
 
+@register_pass("test-clip-int-in-bodies")
+class ClipIntInBodies(Pass):
+    """clip-int on the bodies of If nodes only (for the tests: no built-in pass rewrites inside bodies)."""
+
+    needs = ("shapes",)
+
+    def run(self, graph, ctx):
+        from surgeon.registry import get_pass
+
+        clip_int, result = get_pass("clip-int")(), PassResult()
+        for node in graph.nodes:
+            for body in node.subgraphs():
+                result.rewritten += clip_int.run(body, ctx).rewritten
+        return result
+
+
+def _clip_beside_an_if(clip_in_body: bool) -> onnx.ModelProto:
+    """An int64 Clip named 'clip' in the main graph or in an If's then-branch, and in the other place a Neg
+    named 'clip/Where_max', with metadata of its own: the name clip-int gives the Clip's last replacement."""
+    clip = helper.make_node("Clip", ["x", "lo", "hi"], ["clipped"], name="clip")
+    neg = helper.make_node("Neg", ["x"], ["clipped"], name="clip/Where_max")
+    helper.set_metadata_props(neg, {"origin": "input"})
+    inner, outer = (clip, neg) if clip_in_body else (neg, clip)
+    int_info = helper.make_tensor_value_info("clipped", onnx.TensorProto.INT64, [3])
+    then_branch = helper.make_graph([inner], "then", [], [int_info])
+    else_branch = helper.make_graph([helper.make_node("Identity", ["x"], ["kept"], name="keep")], "else", [],
+                                    [helper.make_tensor_value_info("kept", onnx.TensorProto.INT64, [3])])
+    outer.output[0] = "y"
+    branch = helper.make_node("If", ["cond"], ["z"], name="branch", then_branch=then_branch,
+                              else_branch=else_branch)
+    return make_model([outer, branch], [("x", np.int64, [3]), ("cond", np.bool_, [])],
+                      [("y", np.int64, [3]), ("z", np.int64, [3])],
+                      initializers={"lo": np.array(0, np.int64), "hi": np.array(5, np.int64)}, opset=13)
+
+
+@pytest.mark.parametrize("clip_in_body", [False, True], ids=["main-graph-rewritten", "body-rewritten"])
+def test_provenance_goes_by_graph_path_not_name(clip_in_body):
+    """A node a pass made and an untouched node of the same name in another graph (an If body) each keep
+    only their own metadata: provenance once went by name, so one took the other's."""
+    model = _clip_beside_an_if(clip_in_body)
+    out, record = surgeon.testing.apply_pass(model, "test-clip-int-in-bodies" if clip_in_body else "clip-int")
+    assert record.rewritten == ["clip"]
+    branch = next(n for n in out.graph.node if n.op_type == "If")
+    body = next(a.g for a in branch.attribute if a.name == "then_branch")
+    made, untouched = (body.node, out.graph.node) if clip_in_body else (out.graph.node, body.node)
+    made = next(n for n in made if n.name == "clip/Where_max")
+    untouched = next(n for n in untouched if n.name == "clip/Where_max")
+    assert made.op_type == "Where" and untouched.op_type == "Neg"
+    pass_name = "test-clip-int-in-bodies" if clip_in_body else "clip-int"
+    assert {p.key: p.value for p in made.metadata_props} == {"surgeon.pass": pass_name, "surgeon.replaces": "clip"}
+    assert {p.key: p.value for p in untouched.metadata_props} == {"origin": "input"}
+    feeds = {"x": np.array([-3, 2, 9], np.int64), "cond": np.array(True)}
+    assert [r.tolist() for r in run_ort(out, feeds)] == [r.tolist() for r in run_ort(model, feeds)]
+
+
 def test_output_is_deterministic(tmp_path, model_file):
     recipe = recipe_file(tmp_path, [{"pass": "cleanup"}, {"pass": "remove-node", "with": {"op_types": ["Neg"]}}],
                          model=model_file)
