@@ -197,9 +197,7 @@ def write_with_external_data(model: onnx.ModelProto, path: Path, data_name: str,
             model.ir_version = declared
             onnx.external_data_helper.load_external_data_for_model(model, str(path.parent))
         return
-    header = onnx.ModelProto()
-    _copy_fields(model, header, skip=("graph",))
-    _copy_fields(model.graph, header.graph, skip=("initializer",))
+    header = model_header(model)
     if ir_version is not None:
         header.ir_version = ir_version
     with open(path.parent / data_name, "wb") as data:
@@ -215,6 +213,27 @@ def write_with_external_data(model: onnx.ModelProto, path: Path, data_name: str,
                 moved.external_data.add(key=key, value=value)
             data.write(raw)
     path.write_bytes(header.SerializeToString())
+
+
+def model_header(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of `model` without the graph's initializers: all but its weights, in a few kilobytes."""
+    header = onnx.ModelProto()
+    _copy_fields(model, header, skip=("graph",))
+    _copy_fields(model.graph, header.graph, skip=("initializer",))
+    return header
+
+
+def take_header(model: onnx.ModelProto, header: onnx.ModelProto) -> None:
+    """Make `model`, in place, `header` (from `model_header`) with `model`'s own initializers: how a tool
+    that works on the header reaches a model past 2 GB without a second copy of its weights."""
+    for field, _ in model.ListFields():
+        if field.name != "graph":
+            model.ClearField(field.name)
+    for field, _ in model.graph.ListFields():
+        if field.name != "initializer":
+            model.graph.ClearField(field.name)
+    _copy_fields(header, model, skip=("graph",))
+    _copy_fields(header.graph, model.graph, skip=("initializer",))
 
 
 def _large(tensor: onnx.TensorProto, size_threshold: int) -> bool:

@@ -33,7 +33,7 @@ from polygraphy.common import TensorMetadata
 
 from surgeon.errors import ModelError, SurgeonError, first_line
 from surgeon.graphinfo import node_reads, op_label
-from surgeon.modelio import serialize_model, write_with_external_data
+from surgeon.modelio import model_header, serialize_model, take_header, write_with_external_data
 from surgeon.reference import call_reference, find_reference
 from surgeon.validation import polygraphy_log  # noqa: F401  (Polygraphy's messages to stderr, not stdout)
 
@@ -73,26 +73,57 @@ def make_runner(model: onnx.ModelProto, kind: str = "auto", name: str = "model",
         raise SurgeonError(f"unknown runner '{kind}'; choose one of {', '.join(RUNNER_KINDS)}")
     if session is not None:
         return OnnxrtRunner(session, name=name)
-    model = with_functions_inlined(model)
-    check_runnable(model, what=f"the {name} model")
-    opset = default_opset(model)
-    if kind == "reference" or (kind == "auto" and any(is_special(n, opset) for n in model.graph.node)):
-        return ReferenceRunner(model, name=name)
+    with functions_inlined(model):
+        check_runnable(model, what=f"the {name} model")
+        opset = default_opset(model)
+        if kind != "reference" and not (kind == "auto" and any(is_special(n, opset) for n in model.graph.node)):
+            try:
+                return OnnxrtRunner(ort_session(model), name=name)
+            except Exception as exc:  # ORT raises its own exception types for unloadable graphs
+                if kind == "onnxruntime":
+                    raise _ort_refuses(exc, f"the {name} model") from None
+    return ReferenceRunner(with_functions_inlined(model), name=name)
+
+
+@contextlib.contextmanager
+def functions_inlined(model: onnx.ModelProto):
+    """`model` itself with its local functions' calls replaced by their bodies while the block runs (so
+    that the nodes inside them are checked and run like any other), as it was again after.
+
+    In place, to hold no second copy of the weights: ONNX Runtime copies them into its session anyway."""
+    if not model.functions:
+        yield model
+        return
+    inlined, before = _inlined_header(model), model_header(model)
+    take_header(model, inlined)
     try:
-        session = ort_session(model)
-    except Exception as exc:  # ORT raises its own exception types for unloadable graphs
-        if kind == "onnxruntime":
-            raise _ort_refuses(exc, f"the {name} model") from None
-        return ReferenceRunner(model, name=name)
-    return OnnxrtRunner(session, name=name)
+        yield model
+    finally:
+        take_header(model, before)
 
 
 def with_functions_inlined(model: onnx.ModelProto) -> onnx.ModelProto:
-    """`model` with its local functions' calls replaced by their bodies, so that the nodes inside them are
-    run like any other (ATen and custom nodes in a body by their CPU references); `model` if it has none."""
+    """A copy of `model` with its local functions' calls replaced by their bodies, so that the nodes inside
+    them are run like any other (ATen and custom nodes in a body by their CPU references); `model` if it
+    has none."""
     if not model.functions:
         return model
-    return onnx.inliner.inline_local_functions(model)
+    inlined = _inlined_header(model)
+    inlined.graph.initializer.extend(model.graph.initializer)
+    return inlined
+
+
+def _inlined_header(model: onnx.ModelProto) -> onnx.ModelProto:
+    """`model_header(model)` with the local functions inlined. onnx's inliner serializes the model it is
+    given, which fails past protobuf's 2 GB limit ('Failed to serialize proto'): it gets the weights'
+    names, types and shapes (it renames what the bodies define away from every name in the graph), not
+    their data."""
+    header = model_header(model)
+    for tensor in model.graph.initializer:
+        header.graph.initializer.add(name=tensor.name, data_type=tensor.data_type, dims=tensor.dims)
+    inlined = onnx.inliner.inline_local_functions(header)
+    del inlined.graph.initializer[:]  # inlining adds no initializers: the model's own are all there are
+    return inlined
 
 
 def _ort_refuses(exc: Exception, what: str, file=None) -> SurgeonError:
@@ -109,7 +140,11 @@ def check_runnable(model: onnx.ModelProto, file=None, what: str = "the model", r
     reference; with 'onnxruntime', a graph ONNX Runtime cannot load: found before anything runs (or
     is written), not when the runner starts. To find that out it builds the model's session, which it
     returns for `make_runner` (None for the other runners)."""
-    model = with_functions_inlined(model)
+    with functions_inlined(model):
+        return _check_runnable(model, file, what, runner)
+
+
+def _check_runnable(model: onnx.ModelProto, file, what: str, runner: str | None):
     if runner in ("auto", "reference"):
         opset = default_opset(model)
         for node in _live_nodes(model):
