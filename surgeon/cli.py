@@ -58,6 +58,10 @@ def main(argv=None) -> int:
         return int(args._module.run(args) or 0)
     except SurgeonError as exc:
         print(f"surgeon: error: {exc}", file=sys.stderr)
+        written = getattr(exc, "written", None)  # a run that failed after writing its model (surgeon.pipeline)
+        if written:
+            print(f"surgeon: {', '.join(map(str, written))} written before the error, kept for debugging; the "
+                  "run report was not written", file=sys.stderr)
         if os.environ.get("SURGEON_DEBUG") and exc.__cause__ is not None:
             import traceback
 

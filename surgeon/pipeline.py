@@ -118,7 +118,9 @@ def run_recipe(recipe, model=None, output=None, *, overrides=(), dry_run: bool =
 
     Raises SurgeonError (exit 2) for bad input or a failing step, CheckFailed (exit 1) when the result
     fails onnx.checker; in both cases nothing is written. Validation failures are reported in the
-    result (`result.ok`), after the output is written, so the report can point at it. Before any step
+    result (`result.ok`), after the output is written, so the report can point at it. A SurgeonError
+    from the stages after the write (validation that cannot run, a failed engine build) leaves the
+    written model, for debugging, and lists it in the exception's `written`. Before any step
     runs, `modelio.guard_outputs` checks every file the run will write (OUT, sidecars, reports, engine)
     against every file it reads (`run_files`; `inputs`: more (path, what) pairs, e.g. plugin files).
     """
@@ -192,7 +194,7 @@ def run_recipe(recipe, model=None, output=None, *, overrides=(), dry_run: bool =
         if output is not None and not dry_run:
             result.report_path = report_path_for(output)
             write_text_atomic(result.report_path, json_text(result.report()))  # NaN, inf as "nan", "inf"
-    except KeyboardInterrupt as exc:  # the CLI says what was written before it (surgeon.cli)
+    except (KeyboardInterrupt, SurgeonError) as exc:  # the CLI says what was written before it (surgeon.cli)
         exc.written = [*result.files, *(result.validation.reports if result.validation is not None else ())]
         raise
     return result

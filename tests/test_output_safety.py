@@ -276,3 +276,27 @@ def test_spconv_voxel_arrays_are_checked_before_tracing(work, capsys, features, 
     np.save("idx.npy", indices)
     refused(capsys, work, "export", "spconv", "--model", "centerpoint-scn", "--features", "feat.npy",
             "--indices", "idx.npy", "-o", "out/scn.onnx", says=says)
+
+
+def test_a_run_failing_after_the_write_names_the_model_it_kept(tmp_path, capsys):
+    """Validation that cannot run (here a CPU reference that raises) fails after OUT is written: the
+    model stays for debugging, and the error says so instead of implying that nothing was written."""
+    from surgeon.reference import temporary_reference
+
+    def refuses(inputs, attrs):
+        raise ValueError("refuses its input")
+
+    node = helper.make_node("Boom", ["x"], ["y"], name="boom", domain="acme")
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2])],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("acme", 1)],
+                              ir_version=10)
+    onnx.save(model, tmp_path / "boom.onnx")
+    (tmp_path / "r.yaml").write_text("name: boom\nchecker: false\nsteps: [{pass: cleanup}]\nvalidate: {}\n")
+    out = tmp_path / "out" / "boom.onnx"
+    with temporary_reference(refuses, "Boom", "acme"):
+        assert main(["run", str(tmp_path / "r.yaml"), str(tmp_path / "boom.onnx"), "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "CPU reference of node 'boom' (acme::Boom) failed" in err
+    assert f"{out} written before the error, kept for debugging; the run report was not written" in err
+    assert out.exists() and not (out.parent / "boom.surgeon.json").exists()
