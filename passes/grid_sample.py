@@ -25,15 +25,25 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from surgeon.errors import PassError
-from surgeon.pass_api import Param, Pass, register_pass
+from surgeon.pass_api import Param, ParamError, Pass, register_pass
+from surgeon.plugins.specs import make_plugin_node
 from surgeon.rewrite import Rewrite, dtype_of
 from surgeon.sampling import (INTERPOLATION_CODES, PADDING_CODES, Sampling, blend_rows, clip_pixel, emit_onnx,
-                              flat_index, grid_axis, padded_channels_last, rewrite_sites, unsqueeze, value_weight)
+                              flat_index, grid_axis, padded_channels_last, read_sampling, rewrite_sites, unsqueeze,
+                              value_weight)
 
 GRID_SAMPLE_SINCE = 16
 #: From this many channels decompose blends with one gather + MatMul instead of four gathers: the measured
 #: crossover lies between 64 (four gathers faster) and 128 (MatMul faster); docs/passes/grid-sample.md, Speed.
 MATMUL_MIN_CHANNELS = 128
+#: The plugin spec whose contract (inputs, attributes, output) every plugin node of this pass has.
+PLUGIN_SPEC = "GridSample2D"
+#: Why a plugin node must not carry an op type the pass reads as input, by the spelling it reads.
+INPUT_SPELLING_CONTRACTS = {
+    "trt": "BEVFormer_tensorrt's sampler: grid channels-first and scaled by 10, where the plugin node's is [N,Hg,Wg,2]",
+    "onnx": "the standard GridSample: string mode and padding_mode, no plugin attributes",
+    "mmdeploy": "mmdeploy's sampler: every later run would rewrite the plugin nodes again",
+}
 
 
 @register_pass("grid-sample")
@@ -54,6 +64,24 @@ class GridSamplePass(Pass):
     needs = ("shapes",)
     handles = ("ATen:grid_sampler", "ATen:grid_sampler_2d", "mmdeploy::grid_sampler", "GridSampler2DTRT",
                "GridSampler2DTRT2", "GridSample")
+
+    @classmethod
+    def check_params(cls, values):
+        """The declared checks, then `plugin_op`: not an op type the pass reads as input (in the default domain,
+        where the BEV exporters put their samplers, or in `plugin_namespace`), so recipes fail at load time."""
+        checked = super().check_params(values)
+        op_type = checked["plugin_op"]
+        for domain in dict.fromkeys(("", checked["plugin_namespace"])):
+            # The pass's own reader decides, so the refused op types are exactly the spellings it takes.
+            site = read_sampling(gs.Node(op_type, domain=domain, inputs=[gs.Variable("x"), gs.Variable("grid")]))
+            if site is None:
+                continue
+            label = f"'{domain}::{op_type}'" if domain else f"'{op_type}'"
+            contract = INPUT_SPELLING_CONTRACTS.get(site.spelling, site.spelling)
+            raise ParamError("plugin_op", f"parameter 'plugin_op' of pass '{cls.name}': {label} is an input "
+                             f"spelling of grid-sample ({contract})",
+                             hint=f"name your plugin's own op type (the default, {PLUGIN_SPEC}, is surgeon's plugin)")
+        return checked
 
     @classmethod
     def fix_hint(cls, target) -> str:
@@ -87,16 +115,14 @@ class GridSamplePass(Pass):
         return result
 
     def _emit_plugin(self, rw: Rewrite, site: Sampling, grid: gs.Tensor) -> None:
-        out = site.node.outputs[0]
-        if out.shape is None and site.x.shape is not None and grid.shape is not None:
-            out.shape = [site.x.shape[0], site.x.shape[1], grid.shape[1], grid.shape[2]]
-        if out.dtype is None:
-            out.dtype = dtype_of(site.x)
-        rw.finish(self.plugin_op, [site.x, grid], {
-            "plugin_version": self.plugin_version, "plugin_namespace": self.plugin_namespace,
+        node = make_plugin_node(rw, PLUGIN_SPEC, [site.x, grid], {
             "interpolation_mode": INTERPOLATION_CODES.index(site.interpolation),
             "padding_mode": PADDING_CODES.index(site.padding), "align_corners": int(site.align_corners),
         }, domain=self.plugin_namespace)
+        # The spec checked the attributes and gave the output its shape; the op type, version and namespace
+        # are the parameters' (the user's own plugin may implement the spec's contract under another name).
+        node.op = self.plugin_op
+        node.attrs.update(plugin_version=self.plugin_version, plugin_namespace=self.plugin_namespace)
 
 
 def choose_form(target) -> str:

@@ -4,6 +4,7 @@ Tolerance: float32, atol 1e-5 (rtol 0) against PyTorch's CPU grid_sample; neares
 """
 from __future__ import annotations
 
+import dataclasses
 import io
 import warnings
 from pathlib import Path
@@ -17,6 +18,7 @@ from onnx import helper
 from surgeon.errors import SurgeonError
 from surgeon.pass_api import Context
 from surgeon.pipeline import finish_graph, run_steps
+from surgeon.plugins import specs
 from surgeon.recipe import load_recipe
 from surgeon.reference import find_reference
 from surgeon.registry import discover
@@ -442,6 +444,47 @@ def test_plugin_from_trt_spelling_gives_an_intermediate_output_its_shape(op_type
     shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
               for v in [*out.graph.value_info, *out.graph.output] if v.type.tensor_type.HasField("shape")}
     assert shapes["y"] == shapes["z"] == [n, c, hg, wg]
+
+
+@pytest.mark.parametrize("plugin_op, namespace, label", [
+    ("GridSampler2DTRT", "", "'GridSampler2DTRT'"),  # a BEVFormer_tensorrt user's settings
+    ("GridSampler2DTRT", "surgeon", "'GridSampler2DTRT'"),  # the op type names that contract in any namespace
+    ("GridSampler3DTRT2", "surgeon", "'GridSampler3DTRT2'"),
+    ("GridSample", "", "'GridSample'"),
+    ("grid_sampler", "mmdeploy", "'mmdeploy::grid_sampler'"),
+])
+def test_plugin_op_the_pass_reads_as_input_is_refused_at_its_recipe_line(tmp_path, plugin_op, namespace, label):
+    """Such a node would be misread (BEVFormer_tensorrt's grid is [N,2,Hg,Wg] x 10) or rewritten by every run."""
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("name: r\ntarget: tensorrt-8.6\nsteps:\n  - pass: grid-sample\n    with:\n      mode: plugin\n"
+                      f"      plugin_op: {plugin_op}\n      plugin_namespace: '{namespace}'\n")
+    with pytest.raises(SurgeonError, match=rf"recipe.yaml:7:.*parameter 'plugin_op' of pass 'grid-sample': "
+                                           rf"{label} is an input spelling of grid-sample"):
+        load_recipe(recipe)
+
+
+@pytest.mark.parametrize("plugin_op, namespace", [("GridSample2D", ""), ("grid_sampler", "surgeon"),
+                                                   ("MyGridSample", "acme")])
+def test_plugin_op_of_the_plugin_contract_is_accepted(plugin_op, namespace):
+    """The spec's op in either domain, and op types the pass does not read (mmdeploy's TensorRT plugin is
+    grid_sampler, with the spec's contract; the pass reads it in the mmdeploy domain only)."""
+    out, _ = apply_pass(aten_export(11), "grid-sample", mode="plugin", plugin_op=plugin_op,
+                        plugin_namespace=namespace)
+    assert [(n.op_type, n.domain) for n in out.graph.node] == [(plugin_op, namespace)]
+    assert apply_pass(out, "grid-sample", mode="plugin", plugin_op=plugin_op,
+                      plugin_namespace=namespace)[1].rewritten == []
+
+
+@pytest.mark.parametrize("plugin_op", ("GridSample2D", "MyGridSample"))
+def test_plugin_node_is_checked_against_the_spec(monkeypatch, plugin_op):
+    """The node is built by make_plugin_node, so the GridSample2D spec's attribute check applies, to a user's
+    own op type too: a spec whose padding_mode takes zeros and border only refuses a reflection site."""
+    spec = specs.get_spec("GridSample2D")
+    narrowed = tuple(dataclasses.replace(a, choices=(0, 1)) if a.name == "padding_mode" else a for a in spec.attrs)
+    monkeypatch.setitem(specs._SPECS, "GridSample2D", dataclasses.replace(spec, attrs=narrowed))
+    with pytest.raises(SurgeonError, match=r"plugin GridSample2D: attribute 'padding_mode' must be one of \(0, 1\), "
+                                           r"got 2"):
+        apply_pass(aten_export(11, padding="reflection"), "grid-sample", mode="plugin", plugin_op=plugin_op)
 
 
 @pytest.mark.parametrize("mode", ("decompose", "onnx", "plugin"))
