@@ -262,6 +262,55 @@ def test_a_checkpoint_of_another_network_is_named(tmp_path):
         build_zoo_model("centerpoint-scn", path)
 
 
+def _openpcdet_checkpoint(path, **extra):
+    """An OpenPCDet-style checkpoint: the backbone's weights under model_state, and `extra` beside them."""
+    state = {f"backbone_3d.{k}": v for k, v in build_centerpoint_scn(seed=7).backbone.state_dict().items()}
+    torch.save({"model_state": state, **extra}, path)
+    return path
+
+
+def _with_numpy1_names(path):
+    """The checkpoint at `path` as NumPy 1 pickles it: its rebuild functions under numpy.core, not numpy._core."""
+    import zipfile
+
+    with zipfile.ZipFile(path) as archive:
+        entries = [(info, archive.read(info)) for info in archive.infolist()]
+    with zipfile.ZipFile(path, "w") as archive:
+        for info, data in entries:
+            if info.filename.endswith("/data.pkl"):
+                assert b"numpy._core.multiarray" in data
+                data = data.replace(b"numpy._core.multiarray", b"numpy.core.multiarray")
+            archive.writestr(info, data)
+    return path
+
+
+@pytest.mark.parametrize("numpy_names", ["numpy 2", "numpy 1"])
+def test_numpy_values_beside_the_weights_load_safely(tmp_path, numpy_names):
+    """OpenPCDet keeps `it` as a NumPy scalar; weights_only refuses NumPy globals unless they are allowed."""
+    path = _openpcdet_checkpoint(tmp_path / "checkpoint_epoch_20.pth", epoch=20, it=np.int64(1000),
+                                 lr=np.float32(0.003), anchors=np.arange(6.0).reshape(2, 3), optimizer_state=None)
+    if numpy_names == "numpy 1":
+        _with_numpy1_names(path)
+    loaded = build_zoo_model("centerpoint-scn", path)
+    for key, value in build_centerpoint_scn(seed=7).state_dict().items():
+        torch.testing.assert_close(loaded.state_dict()[key], value, rtol=0, atol=0)
+
+
+def test_a_checkpoint_holding_other_objects_is_refused_in_one_line_unless_trusted(tmp_path, capsys):
+    import argparse
+
+    path = _openpcdet_checkpoint(tmp_path / "with_args.pth", args=argparse.Namespace(lr=0.01))
+    argv = ["export", "spconv", "--model", "centerpoint-scn", "--checkpoint", str(path), "--features", str(FEATURES),
+            "--indices", str(INDICES), "-o", str(tmp_path / "x.onnx"), "-q"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"surgeon: error: {path}: checkpoint refused by safe loading: Unsupported global: "
+                          "GLOBAL argparse.Namespace was not an allowed global by default.")
+    assert "--trust-checkpoint" in err and len(err.splitlines()) == 1 and "\x1b" not in err
+    assert not (tmp_path / "x.onnx").exists()
+    assert main([*argv, "--trust-checkpoint"]) == 0 and (tmp_path / "x.onnx").exists()
+
+
 def test_a_sparse_result_is_exported_with_its_coordinates(window):
     from surgeon.export.spconv_export import spconv_cpu_quirks, trace_spconv
     from surgeon.validation.runners import ReferenceRunner
@@ -316,6 +365,16 @@ def test_a_file_that_is_no_checkpoint_is_named(tmp_path, content):
     path.write_bytes(content)
     with pytest.raises(SurgeonError, match=f"{path}: cannot read checkpoint"):
         build_zoo_model("centerpoint-scn", path)
+
+
+def test_a_file_that_is_no_pickle_is_not_offered_trust(tmp_path):
+    """torch's weights-only error opens with advice to load unsafely, in terminal escape codes; a file that is
+    no pickle gets the line saying what is wrong with it, and no --trust-checkpoint hint."""
+    path = tmp_path / "notes.pth"
+    path.write_bytes(b"not a checkpoint")
+    with pytest.raises(SurgeonError) as info:
+        build_zoo_model("centerpoint-scn", path)
+    assert str(info.value) == f"{path}: cannot read checkpoint: Unsupported operand 110"
 
 
 def test_torch_fx_deprecation_line_is_not_printed(window, caplog):

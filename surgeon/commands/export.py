@@ -36,6 +36,10 @@ def add_arguments(parser) -> None:
     spconv.add_argument("--checkpoint", metavar="FILE.pth",
                         help="OpenPCDet checkpoint whose backbone_3d.* weights to export (default: seeded random "
                              "weights); spconv 1.x weight layouts are converted")
+    spconv.add_argument("--trust-checkpoint", action="store_true",
+                        help="unpickle a --checkpoint that safe loading refuses (it holds more than tensors, "
+                             "Python values and NumPy arrays): this runs any code the file names, so only for "
+                             "files you trust")
     spconv.add_argument("--features", required=True, metavar="FILE", help="voxel features [N, C] (.tensor or .npy)")
     spconv.add_argument("--indices", required=True, metavar="FILE",
                         help="voxel coordinates [N, 4] int32 as batch, z, y, x (.tensor or .npy)")
@@ -96,7 +100,7 @@ def run(args) -> int:
 
     features, indices = load_array(args.features), load_array(args.indices)
     fold = {"fold_batchnorm": not args.no_fold_batchnorm, "fold_relu": not args.no_fold_relu}
-    model = build_zoo_model(args.model, args.checkpoint)
+    model = build_zoo_model(args.model, args.checkpoint, args.trust_checkpoint)
     result = export_spconv(model, features, indices, args.flavour, args.batch_size, **fold,
                            files=(args.features, args.indices))
     report = {

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +23,7 @@ from onnx import numpy_helper
 from spconv.pytorch.conv import SparseConvolution
 
 import surgeon.export.spconv_handlers  # noqa: F401  (registers the spconv handlers)
-from surgeon.errors import SurgeonError, suggest
+from surgeon.errors import SurgeonError, first_line, suggest
 from surgeon.export import SPCONV_MODELS
 from surgeon.export.graph import build_model
 from surgeon.export.tensor_file import write_tensor
@@ -41,8 +42,9 @@ class SpconvExport:
     output: np.ndarray
 
 
-def build_zoo_model(name: str, checkpoint=None) -> torch.nn.Module:
-    """The named model with seeded random weights, or the weights of an OpenPCDet `checkpoint` file."""
+def build_zoo_model(name: str, checkpoint=None, trust_checkpoint: bool = False) -> torch.nn.Module:
+    """The named model with seeded random weights, or the weights of an OpenPCDet `checkpoint` file
+    (`trust_checkpoint`: see `load_checkpoint`)."""
     if name != "centerpoint-scn":
         raise SurgeonError(f"unknown spconv model '{name}'; known: {', '.join(SPCONV_MODELS)}",
                            hint=suggest(name, SPCONV_MODELS))
@@ -50,11 +52,7 @@ def build_zoo_model(name: str, checkpoint=None) -> torch.nn.Module:
 
     model = build_centerpoint_scn()
     if checkpoint is not None:
-        try:
-            state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-        except Exception as exc:  # noqa: BLE001  torch's unpickler raises anything (KeyError on junk bytes)
-            first_line = (str(exc).splitlines() or [""])[0]
-            raise SurgeonError(f"cannot read checkpoint: {type(exc).__name__}: {first_line}", file=checkpoint) from None
+        state = load_checkpoint(checkpoint, trust_checkpoint)
         if not isinstance(state, dict):
             raise SurgeonError(f"checkpoint holds a {type(state).__name__}, not a state dict", file=checkpoint)
         try:
@@ -62,6 +60,56 @@ def build_zoo_model(name: str, checkpoint=None) -> torch.nn.Module:
         except SurgeonError as exc:
             raise SurgeonError(exc.message, file=checkpoint) from None
     return model.eval()
+
+
+def load_checkpoint(path, trust: bool = False):
+    """What `torch.save` wrote to `path`, unpickled safely: tensors, Python values and NumPy scalars and
+    arrays (OpenPCDet checkpoints keep `it`/`epoch` as NumPy scalars beside the weights), nothing that
+    could run code. `trust` unpickles anything, which runs whatever code the file names: only for files
+    whose source you trust."""
+    try:
+        if trust:
+            return torch.load(path, map_location="cpu", weights_only=False)
+        with torch.serialization.safe_globals(_numpy_safe_globals()):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001  torch's unpickler raises anything (KeyError on junk bytes)
+        text = _ANSI_ESCAPE.sub("", str(exc))
+        if _WEIGHTS_ONLY_ERROR not in text:
+            message = _ANSI_ESCAPE.sub("", first_line(exc))
+            raise SurgeonError(f"cannot read checkpoint: {type(exc).__name__}: {message}", file=path) from None
+        reason = _weights_only_reason(text)
+        if "global" not in reason.lower():  # not a pickle at all ("Unsupported operand"): trusting it won't help
+            raise SurgeonError(f"cannot read checkpoint: {reason}", file=path) from None
+        raise SurgeonError(f"checkpoint refused by safe loading: {reason}", file=path,
+                           hint="--trust-checkpoint loads it anyway, running any code the file names: only for "
+                                "files you trust") from None
+
+
+_WEIGHTS_ONLY_ERROR = "WeightsUnpickler error:"
+_ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _numpy_safe_globals() -> list:
+    """The NumPy globals that rebuild scalars, arrays and dtypes, under NumPy 2's and NumPy 1's module
+    names (most checkpoints were saved with NumPy 1). Object arrays stay out: their items are arbitrary
+    Python objects."""
+    try:
+        from numpy._core import multiarray
+    except ImportError:  # NumPy 1
+        from numpy.core import multiarray
+
+    names = [(f, f"{module}.{f.__name__}") for f in (multiarray.scalar, multiarray._reconstruct)
+             for module in ("numpy._core.multiarray", "numpy.core.multiarray")]
+    dtype_classes = {type(np.dtype(code)) for code in np.typecodes["All"] if code != "O"}
+    return [np.dtype, np.ndarray, *names, *sorted(dtype_classes, key=str)]
+
+
+def _weights_only_reason(text: str) -> str:
+    """The line of torch's weights-only error that says what it refused (e.g. `Unsupported global: GLOBAL
+    argparse.Namespace was not an allowed global by default.`), without its advice on torch.load's
+    Python arguments."""
+    reason = text.split(_WEIGHTS_ONLY_ERROR, 1)[1].strip()
+    return reason.splitlines()[0].split(" Please use ", 1)[0].rstrip()
 
 
 @contextlib.contextmanager
