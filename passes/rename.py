@@ -33,10 +33,11 @@ class Rename(Pass):
                   ("tensors", tensors))
         inner = _subgraph_tensors(graph) if any_subgraphs(graph.nodes) else {}
         taken = (set(tensors) if tensors else tensor_names(graph)) | set(inner)
+        given: dict[str, str] = {}
         for key, pool in groups:
             for old, new in (getattr(self, key) or {}).items():
                 tensor = self._lookup(pool, old, key)
-                self._claim(taken, new, old)
+                self._claim(taken, given, new, old)
                 tensor.name = new
                 # Subgraphs read outer tensors by name; in an unsorted graph graphsurgeon gives such a
                 # read a Variable of its own (see rewrite.subgraph_reads), which must follow.
@@ -44,11 +45,11 @@ class Rename(Pass):
                     read.name = new
                 result.rewritten.append(f"tensor:{old}")
         nodes = {n.name: n for n in graph.nodes}
-        taken_nodes = set(nodes)
+        taken_nodes, given_nodes = set(nodes), {}
         original = _metadata_by_node(ctx.input_model) if self.nodes else {}
         for old, new in (self.nodes or {}).items():
             node = self._lookup(nodes, old, "nodes")
-            self._claim(taken_nodes, new, old)
+            self._claim(taken_nodes, given_nodes, new, old)
             node.name = new
             _carry_metadata(ctx, original, old, new)
             ctx.renamed_nodes[new] = ctx.renamed_nodes.pop(old, old)
@@ -62,9 +63,13 @@ class Rename(Pass):
         return pool[name]
 
     @staticmethod
-    def _claim(taken, new, old):
+    def _claim(taken, given, new, old):
+        """Take `new` for `old` in `taken`; `given` ({new: old}) holds what this rename has handed out."""
         if not isinstance(new, str) or not new:
             raise PassError(f"rename: the new name for '{old}' must be a non-empty string")
+        if new in given and given[new] != old:
+            raise PassError(f"rename: the mapping gives '{given[new]}' and '{old}' the same new name '{new}'")
+        given[new] = old
         if new in taken and new != old:
             raise PassError(f"rename: '{new}' is already used in the graph")
         taken.discard(old)

@@ -546,6 +546,27 @@ def prune_graph(graph: gs.Graph, remove_unused_inputs: bool = False) -> list[gs.
     return removed
 
 
+def upstream(start, outer: dict | None = None, stop=(), own: set[int] | None = None) -> tuple[set[int], set[int]]:
+    """(ids of the nodes, ids of the tensors) that the tensors `start` depend on, not looking past the
+    tensors `stop` nor at nodes outside `own` (ids), where given. With `outer` ({name: tensor}), what a
+    node's bodies read from outside leads on to the tensor of that name (`subgraph_reads`)."""
+    nodes: set[int] = set()
+    seen = {id(t) for t in stop}
+    pending = list(start)
+    while pending:
+        tensor = pending.pop()
+        if id(tensor) in seen:
+            continue
+        seen.add(id(tensor))
+        for node in tensor.inputs:
+            if id(node) not in nodes and (own is None or id(node) in own):
+                nodes.add(id(node))
+                pending.extend(node.inputs)
+                if outer is not None and node.attrs:
+                    pending.extend(outer[t.name] for t in subgraph_reads(node) if t.name in outer)
+    return nodes, seen
+
+
 def _prune(graph: gs.Graph, remove_unused_inputs: bool, nested: bool = False) -> list[gs.Node]:
     nodes = graph.nodes
     for tensor in graph.inputs:
@@ -555,21 +576,7 @@ def _prune(graph: gs.Graph, remove_unused_inputs: bool, nested: bool = False) ->
         outer = {t.name: t for t in graph.inputs}
         outer.update((t.name, t) for node in nodes for t in node.outputs if not t.is_empty())
     # In a subgraph, a read of an outer tensor leads to the outer graph's nodes: not this walk's business.
-    own = {id(n) for n in nodes} if nested else None
-    used: set[int] = set()
-    read: set[int] = set()
-    pending = [t for t in graph.outputs]
-    while pending:
-        tensor = pending.pop()
-        if id(tensor) in read:
-            continue
-        read.add(id(tensor))
-        for node in tensor.inputs:
-            if id(node) not in used and (own is None or id(node) in own):
-                used.add(id(node))
-                pending.extend(node.inputs)
-                if outer is not None and node.attrs:
-                    pending.extend(outer[t.name] for t in subgraph_reads(node) if t.name in outer)
+    used, read = upstream(graph.outputs, outer, own={id(n) for n in nodes} if nested else None)
     removed = [n for n in nodes if id(n) not in used]
     if removed:
         nodes[:] = [n for n in nodes if id(n) in used]

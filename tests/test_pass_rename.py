@@ -29,6 +29,17 @@ def test_rename_errors():
         apply_pass(model(), "rename", outputs={"47": "12"})
 
 
+@pytest.mark.parametrize("params, first, second, new", [
+    ({"tensors": {"12": "x", "47": "x"}}, "12", "47", "x"),
+    ({"outputs": {"47": "x"}, "tensors": {"12": "x"}}, "47", "12", "x"),
+    ({"nodes": {"Relu_0": "n", "Neg_1": "n"}}, "Relu_0", "Neg_1", "n"),
+])
+def test_two_names_mapped_to_one_new_name_are_both_named(params, first, second, new):
+    """The error used to say the new name 'is already used in the graph', which it was not."""
+    with pytest.raises(SurgeonError, match=f"rename: the mapping gives '{first}' and '{second}' the same new name '{new}'"):
+        apply_pass(model(), "rename", **params)
+
+
 def test_a_name_used_inside_an_if_branch_is_taken():
     """o1 is the then branch's output: a second 'o1' in the outer graph breaks SSA (ONNX Runtime: not acyclic)."""
     from test_pass_toposort import unsorted_if_model
