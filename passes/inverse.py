@@ -4,9 +4,11 @@ torch 2.13 exports both as `ATen(operator="linalg_inv")` (older exporters: `"inv
 runs; BEV models invert [..., 4, 4] lidar2img and ego-pose matrices with it. ONNX Runtime's contrib
 `com.microsoft::Inverse` (what onnxruntime-extensions style exporters emit) runs on ORT only: it is
 rewritten where the target lacks it, kept where the target runs it (mode auto; mode closed-form always
-rewrites it).
+rewrites it). BEVFormer_tensorrt's `InverseTRT` (default domain, no attributes; forward torch.linalg.inv)
+runs only where its TensorRT plugin library is loaded: the same rule, kept only where the target profile
+lists it under `plugins` (no built-in profile does).
 
-Before:  M [..., n, n] ─► ATen(operator="linalg_inv") or com.microsoft::Inverse ─► Y
+Before:  M [..., n, n] ─► ATen(operator="linalg_inv"), com.microsoft::Inverse or InverseTRT ─► Y
 
 After (adjugate over determinant of M / s, on the n*n entries gathered from the last axis):
   a   = Reshape(M, [..., n*n])
@@ -41,29 +43,31 @@ from surgeon.rewrite import Rewrite, aten_operator, dtype_of, is_op
 
 ATEN_OPERATORS = ("linalg_inv", "inverse")
 CONTRIB_DOMAIN = "com.microsoft"
+TRT_OP = "InverseTRT"  # BEVFormer_tensorrt's plugin (det2trt/models/functions/inverse.py)
 SIZES = (2, 3, 4)
 
 
 @register_pass("inverse")
 class Inverse(Pass):
-    """Rewrite ATen inverse/linalg_inv and com.microsoft::Inverse of 2x2-4x4 matrices into adjugate / det."""
+    """Rewrite ATen inverse/linalg_inv, com.microsoft::Inverse and InverseTRT of 2x2-4x4 matrices: adjugate / det."""
 
-    handles = ("ATen:inverse", "ATen:linalg_inv", "com.microsoft::Inverse")
+    handles = ("ATen:inverse", "ATen:linalg_inv", "com.microsoft::Inverse", TRT_OP)
 
     params = {
         "mode": Param(str, "auto", choices=("auto", "closed-form"),
-                      help="com.microsoft::Inverse: 'auto' keeps it where the target runs it (ONNX Runtime) "
-                           "and rewrites it elsewhere; 'closed-form' always rewrites it. ATen inverse is "
-                           "always rewritten"),
+                      help="com.microsoft::Inverse and InverseTRT: 'auto' keeps them where the target runs them "
+                           "(ONNX Runtime; a profile listing the InverseTRT plugin) and rewrites them elsewhere; "
+                           "'closed-form' always rewrites them. ATen inverse is always rewritten"),
     }
     needs = ("shapes",)
 
     def run(self, graph, ctx):
         result = PassResult()
         for node in list(graph.nodes):
-            if is_op(node, "Inverse", (CONTRIB_DOMAIN,)):
-                if self.mode == "auto" and ctx.target.supports("Inverse", CONTRIB_DOMAIN):
-                    result.note(f"{node.name}: {CONTRIB_DOMAIN}::Inverse kept, target '{ctx.target.name}' runs it "
+            if is_op(node, "Inverse", (CONTRIB_DOMAIN,)) or is_op(node, TRT_OP):
+                if self.mode == "auto" and ctx.target.supports(node.op, node.domain):
+                    spelling = f"{node.domain}::{node.op}" if node.domain else node.op
+                    result.note(f"{node.name}: {spelling} kept, target '{ctx.target.name}' runs it "
                                 f"(mode closed-form rewrites it)")
                     continue
             elif aten_operator(node) not in ATEN_OPERATORS:

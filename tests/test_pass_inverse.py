@@ -202,3 +202,66 @@ def test_reduce_max_takes_its_axes_as_an_input_from_opset_18():
     onnx.checker.check_model(out)
     matrices = well_conditioned(np.random.default_rng(18), [5], 4, np.float32) * np.float32(1e20)
     assert (relative_error(run_ort(out, {"m": matrices})[0], matrices) <= RTOL[np.float32]).all()
+
+
+class _InverseTRT(torch.autograd.Function):
+    """BEVFormer_tensorrt's det2trt/models/functions/inverse.py: the plugin op on export, linalg.inv in PyTorch."""
+
+    @staticmethod
+    def symbolic(g, inputs):
+        return g.op("InverseTRT", inputs)
+
+    @staticmethod
+    def forward(ctx, inputs):
+        return torch.linalg.inv(inputs)
+
+
+def trt_model(shape):
+    node = helper.make_node("InverseTRT", ["m"], ["y"], name="inv_trt")
+    return make_model([node], [("m", np.float32, shape)], [("y", np.float32, shape)])
+
+
+@pytest.mark.parametrize("opset", [11, 13])
+@pytest.mark.parametrize("target", ["opset-11", "tensorrt-8.6", "tensorrt-10", "onnxruntime"])
+def test_bevformer_tensorrt_inverse_trt_is_rewritten_on_every_builtin_target(opset, target):
+    """No built-in profile has BEVFormer_tensorrt's plugin library, so InverseTRT is rewritten everywhere."""
+    rng = np.random.default_rng(opset)
+    matrices = np.stack([lidar2img(rng, 6), lidar2img(rng, 6)])
+    model = export(_InverseTRT.apply, torch.from_numpy(matrices), opset)
+    assert [(n.domain, n.op_type) for n in model.graph.node] == [("", "InverseTRT")]
+    out, step = apply_pass(model, "inverse", target=target)
+    onnx.checker.check_model(out)
+    assert len(step.rewritten) == 1 and set(op_types(out)) <= OPSET_11_OPS
+    got = run_ort(out, {out.graph.input[0].name: matrices})[0]
+    assert (relative_error(got, matrices) <= RTOL[np.float32]).all()
+    want = _InverseTRT.apply(torch.from_numpy(matrices)).numpy()  # torch.linalg.inv: LU, up to 1.5e-5 here
+    assert np.abs(got - want).max() <= 2e-5 * np.abs(want).max()
+    again, second = apply_pass(out, "inverse", target=target)
+    assert second.rewritten == [] and op_types(again) == op_types(out)
+
+
+def test_inverse_trt_is_kept_where_the_target_profile_lists_the_plugin(tmp_path):
+    """A profile with BEVFormer_tensorrt's plugin library runs InverseTRT: mode auto keeps it, closed-form does not."""
+    profile = tmp_path / "bevformer-trt.yaml"
+    profile.write_text("extends: tensorrt-8.6\nname: bevformer-trt\nplugins:\n  InverseTRT: {plugin_version: '1'}\n")
+    model = trt_model([6, 4, 4])
+    kept, step = apply_pass(model, "inverse", target=str(profile))
+    assert step.rewritten == [] and op_types(kept) == ["InverseTRT"]
+    assert any("inv_trt" in note and "bevformer-trt" in note for note in step.notes)
+    forced, step = apply_pass(model, "inverse", target=str(profile), mode="closed-form")
+    assert step.rewritten == ["inv_trt"] and set(op_types(forced)) <= OPSET_11_OPS
+
+
+def test_inverse_trt_cpu_reference_matches_torch():
+    """Validation runs InverseTRT with NumPy's inverse (computed in float64, rounded to the input's float32):
+    within RTOL of the exact inverse, and off torch.linalg.inv (float32 LU) by at most torch's own error + RTOL."""
+    from surgeon.validation.runners import ReferenceRunner
+
+    rng = np.random.default_rng(5)
+    matrices = np.concatenate([well_conditioned(rng, [64], 4, np.float32), lidar2img(rng, 64)])
+    with ReferenceRunner(trt_model(list(matrices.shape))) as runner:
+        got = runner.infer({"m": matrices})["y"]
+    want = torch.linalg.inv(torch.from_numpy(matrices)).numpy()
+    assert got.dtype == np.float32 and (relative_error(got, matrices) <= RTOL[np.float32]).all()
+    versus_torch = np.abs(got - want).max(axis=(-2, -1)) / np.abs(want).max(axis=(-2, -1))
+    assert (versus_torch <= relative_error(want, matrices) + RTOL[np.float32]).all()

@@ -1,4 +1,5 @@
-"""CPU references of the ATen fallback ops and the custom grid-sampler and Atan2 ops found in exported BEV models.
+"""CPU references of the ATen fallback ops and the custom grid-sampler, Atan2 and inverse ops found in exported BEV
+models.
 
 Each function receives the node's inputs as NumPy arrays (ATen passes its scalar arguments as
 constant inputs) and its attributes as Python values; it returns one array per node output. Every
@@ -184,6 +185,8 @@ def _inverse(inputs, attrs):
 
 for _operator in ("inverse", "linalg_inv"):
     reference_op("ATen", domain=ATEN, operator=_operator)(_inverse)
+# BEVFormer_tensorrt's plugin (default domain, no attributes): its PyTorch forward is torch.linalg.inv.
+reference_op("InverseTRT")(_inverse)
 
 
 @reference_op("ATen", domain=ATEN, operator="nan_to_num")
