@@ -57,8 +57,9 @@ def static_dim(tensor, axis: int) -> int | None:
 
 
 class IntegerFolder:
-    """Evaluates small integer subgraphs (shape arithmetic) from constants and static dims: Shape and the
-    dims Gather/Slice take from it here, every other op with constant folding's exact evaluators."""
+    """Evaluates constant subgraphs from constants and static dims: Shape and the dims Gather/Slice take
+    from it here, every other op with constant folding's exact evaluators (float ops included: linspace
+    reads its bounds through it too)."""
 
     def __init__(self):
         self.memo: dict[int, np.ndarray | None] = {}

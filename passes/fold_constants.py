@@ -42,7 +42,9 @@ class FoldConstants(Pass):
         "size_threshold": Param(int, None, minimum=0, help="bytes; larger folded tensors are not materialised"),
         "fold_shapes": Param(bool, True, help="also fold Shape nodes of statically known shapes"),
         "partitioning": Param(str, None, choices=(None, "basic", "recursive"),
-                              help="retry folding partitions when a node cannot be evaluated"),
+                              help="graphsurgeon's folder: 'recursive' folds around nodes ONNX Runtime cannot "
+                                   "evaluate (ATen, plugins) and leaves them; 'basic' evaluates each folded output "
+                                   "on its own and, like the default, fails on such a node"),
     }
     needs = ("toposort",)
     provides = ("cleanup",)  # folded nodes are pruned
@@ -105,8 +107,12 @@ class FoldConstants(Pass):
                                  size_threshold=self.size_threshold, error_ok=False,
                                  should_exclude_node=never_folded)
         except Exception as exc:
-            raise PassError(f"constant folding failed: {type(exc).__name__}: {first_line(exc)}",
-                            hint="try partitioning: basic") from exc
+            # Only recursive partitioning sets aside a node ONNX Runtime cannot run: without it (and with
+            # basic, given error_ok=False) graphsurgeon's folder raises on the first such node.
+            hint = None if self.partitioning == "recursive" else (
+                "try partitioning: recursive, which leaves nodes ONNX Runtime cannot evaluate, such as ATen "
+                "or plugin nodes, unfolded")
+            raise PassError(f"constant folding failed: {type(exc).__name__}: {first_line(exc)}", hint=hint) from exc
         finally:
             for g, version in zip(graphs, ir_versions):
                 g.ir_version = version

@@ -4,6 +4,10 @@ Before:  start, end, steps ─► ATen(operator="linspace") ─► values
 After (all three constant):  initializer `values`
 After (otherwise):           Range(0, steps) ─► two-sided fill below ─► values
 
+"Constant" includes bounds computed from constants (Add of a Constant node and an initializer, a Cast of
+the steps, static Shape dims), evaluated here with constant folding's exact evaluators (the values ONNX
+Runtime would compute), so no fold-constants step is needed first.
+
 torch's CPU kernel (aten/src/ATen/native/cpu/RangeFactoriesKernel.cpp) converts start and end to the
 output type (float bounds truncate for integer outputs), then fills the first half from `start` and
 the second half from `end`, so both ends are exact:
@@ -36,6 +40,7 @@ import numpy as np
 
 from surgeon.errors import PassError
 from surgeon.pass_api import Param, Pass, PassResult, register_pass
+from surgeon.passes.chunk import IntegerFolder
 from surgeon.rewrite import Rewrite, aten_operator, const_value, dtype_of, find_nodes
 
 #: c10::ScalarType codes an ATen node may carry in its `dtype` input.
@@ -132,7 +137,8 @@ class Linspace(Pass):
             if dtype not in SUPPORTED:
                 result.note(f"{node.name}: left alone, linspace to {dtype} is not supported")
                 continue
-            start, end, steps = (const_value(t) for t in node.inputs[:3])
+            fold = IntegerFolder()  # per node: it memoises by id(tensor), and rewrites free tensors
+            start, end, steps = (fold(t) for t in node.inputs[:3])
             if self.mode == "auto" and start is not None and end is not None and steps is not None:
                 count = int(steps)
                 if count < 0:

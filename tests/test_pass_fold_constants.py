@@ -1,6 +1,8 @@
 import numpy as np
-from onnx import helper
+import pytest
+from onnx import helper, numpy_helper
 
+from surgeon.errors import PassError
 from surgeon.testing import apply_pass, make_model, run_ort
 
 
@@ -50,3 +52,29 @@ def test_explain_names_no_private_constant(capsys):
     text = capsys.readouterr().out
     rounds = sys.modules[get_pass("fold-constants").__module__]._ROUNDS
     assert not re.search(r"\b_[A-Z_]+\b", text) and f"up to {rounds} folds" in text
+
+
+def model_with_constant_aten_node():
+    """An ATen linspace whose bounds fold (Add of a Constant node and an initializer): ONNX Runtime cannot
+    evaluate the ATen node itself, so graphsurgeon's folder meets it."""
+    nodes = [helper.make_node("Constant", [], ["c0"], value=numpy_helper.from_array(np.array(-1.0, np.float32))),
+             helper.make_node("Add", ["c0", "c1"], ["start"], name="add"),
+             helper.make_node("ATen", ["start", "end", "steps"], ["lin"], name="lin", domain="org.pytorch.aten",
+                              operator="linspace", overload_name=""),
+             helper.make_node("Add", ["lin", "x"], ["y"], name="use")]
+    return make_model(nodes, [("x", np.float32, [5])], [("y", np.float32, [5])],
+                      initializers={"c1": np.array(0.5, np.float32), "end": np.array(3.0, np.float32),
+                                    "steps": np.array(5, np.int64)})
+
+
+@pytest.mark.parametrize("partitioning", [None, "basic"])
+def test_a_node_onnx_runtime_cannot_evaluate_gets_a_hint_naming_recursive(partitioning):
+    """The hint said `partitioning: basic`, which fails the same way (also when basic was already set)."""
+    params = {} if partitioning is None else {"partitioning": partitioning}
+    with pytest.raises(PassError, match=r"ATen.*\(try partitioning: recursive, which leaves nodes ONNX Runtime"):
+        apply_pass(model_with_constant_aten_node(), "fold-constants", **params)
+
+
+def test_recursive_partitioning_folds_around_the_aten_node():
+    out, step = apply_pass(model_with_constant_aten_node(), "fold-constants", partitioning="recursive")
+    assert [n.op_type for n in out.graph.node] == ["ATen", "Add"] and "add" in step.rewritten

@@ -11,7 +11,7 @@ import onnxruntime as ort
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from onnx import helper
+from onnx import helper, numpy_helper
 
 from surgeon.errors import SurgeonError
 from surgeon.registry import discover
@@ -82,6 +82,41 @@ def test_constant_aten_linspace_becomes_a_bit_exact_initializer():
     onnx.checker.check_model(out, full_check=True)
     got = run_ort(out, {})[0]
     np.testing.assert_array_equal(got.view(np.int32), torch_linspace_np(-51.2, 51.2, 9).view(np.int32))
+
+
+def constant(name, value):
+    return helper.make_node("Constant", [], [name], value=numpy_helper.from_array(value))
+
+
+def folded_bounds_linspace(steps_from):
+    """start = Constant(-51) + initializer(-0.2), end = Constant(2) * initializer(25.6), steps from a Cast of a
+    Constant or a static dim (Shape -> Gather): constant only once folded, as exporters leave them."""
+    nodes = [constant("start_a", np.array(-51.0, np.float32)),
+             helper.make_node("Add", ["start_a", "start_b"], ["start"]),
+             constant("end_a", np.array(2.0, np.float32)), helper.make_node("Mul", ["end_a", "end_b"], ["end"])]
+    if steps_from == "cast":
+        nodes += [constant("steps_float", np.array(9.0, np.float32)),
+                  helper.make_node("Cast", ["steps_float"], ["steps"], to=onnx.TensorProto.INT64)]
+    else:
+        nodes += [helper.make_node("Shape", ["x"], ["x_shape"]), constant("zero", np.array(0, np.int64)),
+                  helper.make_node("Gather", ["x_shape", "zero"], ["steps"])]
+    nodes += [helper.make_node("ATen", ["start", "end", "steps"], ["values"], name="linspace_node",
+                               domain="org.pytorch.aten", operator="linspace", overload_name=""),
+              helper.make_node("Add", ["values", "x"], ["y"], name="use")]
+    return make_model(nodes, [("x", np.float32, [9])], [("y", np.float32, [9])],
+                      initializers={"start_b": np.array(-0.2, np.float32), "end_b": np.array(25.6, np.float32)})
+
+
+@pytest.mark.parametrize("steps_from", ["cast", "static_dim"])
+@pytest.mark.parametrize("target", ["opset-11", "tensorrt-8.6"])
+def test_bounds_constant_after_folding_give_the_bit_exact_constant(steps_from, target):
+    """They became ~60 Range-form nodes (TensorRT: float32 Mul/Add, one rounding off torch), since only
+    initializers and Constant nodes counted as constant; fold-constants first failed on the ATen node."""
+    out, step = apply_pass(folded_bounds_linspace(steps_from), "linspace", target=target, fused_multiply_add=FMA)
+    assert step.rewritten == ["linspace_node"] and step.notes == [] and op_types(out) == ["Add"]
+    start, end = np.float32(-51.0) + np.float32(-0.2), np.float32(2.0) * np.float32(25.6)
+    got = run_ort(out, {"x": np.zeros(9, np.float32)})[0]
+    assert_same_bits(got, torch_linspace_np(start, end, 9))
 
 
 @pytest.mark.parametrize("opset", [11, 13])
