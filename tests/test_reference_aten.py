@@ -136,6 +136,14 @@ def test_inverse(operator):
     np.testing.assert_allclose(aten(operator)(m), torch.linalg.inv(torch.from_numpy(m)).numpy(), rtol=1e-5, atol=1e-6)
 
 
+def test_inverse_trt_is_the_same_reference():
+    """BEVFormer_tensorrt's InverseTRT plugin computes torch.linalg.inv in its forward."""
+    m = (np.random.default_rng(2).standard_normal((3, 4, 4)) + 4 * np.eye(4)).astype(np.float32)
+    reference = find_reference("InverseTRT", "")
+    [inverse] = reference([m], {})
+    np.testing.assert_allclose(inverse, torch.linalg.inv(torch.from_numpy(m)).numpy(), rtol=1e-5, atol=1e-6)
+
+
 def test_nan_to_num_defaults_and_given_values():
     x = np.array([np.nan, np.inf, -np.inf, 1.5], np.float32)
     t = torch.from_numpy(x)
