@@ -47,13 +47,16 @@ def assert_chunks_match_torch(model, x, count, dim):
         np.testing.assert_array_equal(g, w)
 
 
+@pytest.mark.parametrize("mode", ["split", "slice"])
 @settings(max_examples=20, deadline=None)
 @given(count=st.integers(1, 6), size=st.integers(1, 13), dim=st.sampled_from([1, -1, 2]),
        opset=st.sampled_from([11, 13]))
-def test_exported_chunk_chains_become_one_static_split(count, size, dim, opset):
+def test_exported_chunk_chains_become_static(mode, count, size, dim, opset):
+    """split: one Split. slice: a Slice chain keeps one Slice per chunk, with constant bounds; a
+    SplitToSequence chain becomes one Split in either mode. Nothing dynamic is left."""
     shape = (2, 3, size) if dim != 1 else (2, size, 3)
     model = export_chunks(count, dim, shape, opset, dynamic=[0])  # dynamic batch, static split axis
-    out, step = apply_pass(model, "chunk", target="opset-11" if opset == 11 else "tensorrt-8.6")
+    out, step = apply_pass(model, "chunk", target="opset-11" if opset == 11 else "tensorrt-8.6", mode=mode)
     x = np.random.default_rng(size).standard_normal((4,) + shape[1:]).astype(np.float32)
     if step.notes:  # torch's SplitToSequence chain for an axis shorter than count - 1: broken as exported
         assert "rejects in the original graph too" in step.notes[0]
@@ -61,9 +64,16 @@ def test_exported_chunk_chains_become_one_static_split(count, size, dim, opset):
             run_ort(model, {"x": x})
         return
     ops = op_types(out)
-    if len(torch.zeros(shape).chunk(count, dim=dim)) > 1:
-        assert step.rewritten and ops.count("Split") == 1
-    assert not {"Slice", "Shape", "SplitToSequence", "SequenceAt"} & set(ops)
+    chunks = len(torch.zeros(shape).chunk(count, dim=dim))
+    if mode == "slice" and "Slice" in op_types(model):
+        assert len(step.rewritten) == chunks and ops == ["Slice"] * chunks
+        constants = {t.name for t in out.graph.initializer}
+        assert all(set(node.input[1:]) <= constants for node in out.graph.node)
+    else:
+        if chunks > 1:
+            assert step.rewritten and ops.count("Split") == 1
+        assert "Slice" not in ops
+    assert not {"Shape", "SplitToSequence", "SequenceAt"} & set(ops)
     onnx.checker.check_model(out, full_check=True)
     assert_chunks_match_torch(out, x, count, dim)
 

@@ -24,22 +24,24 @@ from surgeon.reference import find_reference
 from surgeon.registry import discover
 from surgeon.targets import load_target
 from surgeon.testing import apply_pass, make_model, op_types, run_ort
+from surgeon.validation.runners import ReferenceRunner
 
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
 
 discover()  # the built-in passes import as surgeon.passes.*
 from surgeon.passes.grid_sample import MATMUL_MIN_CHANNELS, GridSamplePass, choose_form  # noqa: E402
+from surgeon.sampling import INTERPOLATION_CODES, PADDING_CODES  # noqa: E402
 
 ATOL = 1e-5
 OPSET11_OPS = {"Pad", "Transpose", "Flatten", "Gather", "Add", "Sub", "Mul", "Div", "Clip", "Floor", "Round",
                "Cast", "Unsqueeze", "Slice", "Concat", "Reshape", "MatMul", "IsNaN", "Where", "Abs", "Min"}
 MODES = ("bilinear", "nearest")
 PADDINGS = ("zeros", "border", "reflection")
-#: (N, C, H, W, Hg, Wg), size-1 dims included; W=4/H=8 (align False) and W=5/H=9 (align True) give exact ties;
-#: C=130 takes the MatMul blend (MATMUL_MIN_CHANNELS).
+#: (N, C, H, W, Hg, Wg), size-1 dims and an empty grid included; W=4/H=8 (align False) and W=5/H=9 (align
+#: True) give exact ties; C=130 takes the MatMul blend (MATMUL_MIN_CHANNELS).
 SHAPES = [(1, 1, 1, 1, 1, 1), (2, 3, 4, 5, 6, 7), (1, 2, 1, 6, 3, 1), (3, 1, 5, 1, 2, 4), (2, 4, 8, 4, 5, 6),
-          (1, 3, 9, 5, 4, 4), (2, 130, 3, 4, 2, 5)]
+          (1, 3, 9, 5, 4, 4), (2, 2, 1, 3, 0, 4), (2, 130, 3, 4, 2, 5)]
 
 
 def torch_grid_sample(x, grid, mode="bilinear", padding="zeros", align_corners=False) -> np.ndarray:
@@ -62,12 +64,14 @@ def tie_coords(size: int, align_corners: bool) -> np.ndarray:
 FAR_OUT = [1e30, -1e30, 1e10, -1e7]
 
 
-def make_grid(rng, grid_shape, sizes, align_corners, far_out=True) -> np.ndarray:
+def make_grid(rng, grid_shape, sizes, align_corners, far_out=True, ties_outside=True) -> np.ndarray:
     """Uniform in [-1.5, 1.5], then overwritten in places by borders, ties, pixel centres and far-out values
-    (ties and centres of every spatial size in `sizes`)."""
+    (ties and centres of every spatial size in `sizes`; without `ties_outside`, those within [-1, 1] only)."""
     grid = rng.uniform(-1.5, 1.5, grid_shape).astype(np.float32)
-    specials = np.concatenate([np.array([-1, 1, 0, -3.0] + (FAR_OUT if far_out else []), np.float32),
-                               *(tie_coords(size, align_corners) for size in sizes)])
+    ties = np.concatenate([tie_coords(size, align_corners) for size in sizes])
+    if not ties_outside:
+        ties = ties[np.abs(ties) <= 1]
+    specials = np.concatenate([np.array([-1, 1, 0, -3.0] + (FAR_OUT if far_out else []), np.float32), ties])
     flat = grid.reshape(-1)
     picks = rng.choice(specials, size=flat.size // 2)
     flat[rng.choice(flat.size, size=picks.size, replace=False)] = picks
@@ -99,15 +103,44 @@ def aten_export(opset: int, mode="bilinear", padding="zeros", align_corners=Fals
     return onnx.load_from_string(buffer.getvalue())
 
 
-def feeds(shape, seed=0, align_corners=False, far_out=True):
+def sampler_model(spelling, shape, mode, padding, align_corners) -> onnx.ModelProto:
+    """One sampler named 'sampler', x [N,C,H,W] and grid [N,Hg,Wg,2] -> y, spelt as `GridSample` (opset 16),
+    `aten` (grid_sampler, constants as initializers) or `mmdeploy` (opset 11)."""
+    if spelling == "GridSample":
+        return grid_sample_16(shape, mode, padding, align_corners)
+    n, c, h, w, hg, wg = shape
+    codes = {"interpolation_mode": INTERPOLATION_CODES.index(mode), "padding_mode": PADDING_CODES.index(padding),
+             "align_corners": int(align_corners)}
+    if spelling == "mmdeploy":
+        node, constants = helper.make_node("grid_sampler", ["x", "grid"], ["y"], name="sampler", domain="mmdeploy",
+                                           **codes), {}
+    else:
+        node = helper.make_node("ATen", ["x", "grid", "mode", "padding", "align"], ["y"], name="sampler",
+                                domain="org.pytorch.aten", operator="grid_sampler")
+        constants = {"mode": np.array(codes["interpolation_mode"]), "padding": np.array(codes["padding_mode"]),
+                     "align": np.array(align_corners)}
+    return make_model([node], [("x", np.float32, [n, c, h, w]), ("grid", np.float32, [n, hg, wg, 2])],
+                      [("y", np.float32, [n, c, hg, wg])], initializers=constants, opset=11)
+
+
+def feeds(shape, seed=0, align_corners=False, far_out=True, ties_outside=True):
     n, c, h, w, hg, wg = shape
     rng = np.random.default_rng(seed)
     return (rng.standard_normal((n, c, h, w), dtype=np.float32),
-            make_grid(rng, (n, hg, wg, 2), (h, w), align_corners, far_out))
+            make_grid(rng, (n, hg, wg, 2), (h, w), align_corners, far_out, ties_outside))
 
 
-def assert_matches_torch(model, x, grid, mode, padding, align_corners, grid_feed=None):
-    out = run_ort(model, {"x": x, "grid": grid if grid_feed is None else grid_feed})[0]
+def run_form(model, form, inputs: dict) -> np.ndarray:
+    """The output on ONNX Runtime; a plugin node's through the reference runner (its CPU reference), as
+    validation runs it."""
+    if form != "plugin":
+        return run_ort(model, inputs)[0]
+    with ReferenceRunner(model) as runner:
+        return runner.infer(inputs)["y"]
+
+
+def assert_matches_torch(model, x, grid, mode, padding, align_corners, grid_feed=None, form="decompose"):
+    out = run_form(model, form, {"x": x, "grid": grid if grid_feed is None else grid_feed})
     expected = torch_grid_sample(x, grid, mode, padding, align_corners)
     if mode == "nearest":
         np.testing.assert_array_equal(out, expected)
@@ -115,16 +148,44 @@ def assert_matches_torch(model, x, grid, mode, padding, align_corners, grid_feed
         np.testing.assert_allclose(out, expected, atol=ATOL, rtol=0)
 
 
+#: The spellings each form's sweep takes in turn, shape by shape: onnx leaves a GridSample-16 as it is.
+SWEPT_SPELLINGS = {"decompose": ("GridSample", "aten", "mmdeploy"), "plugin": ("GridSample", "aten", "mmdeploy"),
+                   "onnx": ("aten", "mmdeploy")}
+
+
 @pytest.mark.parametrize("align_corners", (False, True))
 @pytest.mark.parametrize("padding", PADDINGS)
 @pytest.mark.parametrize("mode", MODES)
-def test_decompose_matches_torch_over_shapes(mode, padding, align_corners):
+@pytest.mark.parametrize("form", ("decompose", "onnx", "plugin"))
+def test_form_matches_torch_over_shapes(form, mode, padding, align_corners):
+    """Every shape, with borders, ties and pixel centres; far-out coordinates too except for onnx (FAR_OUT),
+    and for onnx nearest reflection no ties outside the image (see the test after this one). plugin: the
+    node runs through its CPU reference, as validation runs it."""
+    spellings = SWEPT_SPELLINGS[form]
+    ties_outside = (form, mode, padding) != ("onnx", "nearest", "reflection")
     for index, shape in enumerate(SHAPES):
-        model, step = apply_pass(grid_sample_16(shape, mode, padding, align_corners), "grid-sample",
-                                 mode="decompose")
+        model = sampler_model(spellings[index % len(spellings)], shape, mode, padding, align_corners)
+        model, step = apply_pass(model, "grid-sample", mode=form)
         assert step.rewritten == ["sampler"]
-        x, grid = feeds(shape, seed=index, align_corners=align_corners)
-        assert_matches_torch(model, x, grid, mode, padding, align_corners)
+        assert ("GridSample" in op_types(model)) == (form == "onnx")
+        x, grid = feeds(shape, seed=index, align_corners=align_corners, far_out=form != "onnx",
+                        ties_outside=ties_outside)
+        assert_matches_torch(model, x, grid, mode, padding, align_corners, form=form)
+
+
+def test_onnx_form_rounds_nearest_before_reflecting_unlike_torch():
+    """ONNX's GridSample (ONNX Runtime and onnx.reference alike) rounds a nearest coordinate, then reflects it;
+    torch reflects, then rounds. Reflected about a pixel edge (align_corners false), a tie outside the image
+    gets another pixel: x = 1.4 of W = 5 is at 5.5, which ONNX rounds to 6 and reflects to 3, while torch
+    reflects it to 3.5 and rounds to 4. decompose follows torch."""
+    shape = (1, 1, 1, 5, 1, 1)
+    x = np.arange(5, dtype=np.float32).reshape(shape[:4])
+    grid = np.array([1.4, 0.0], np.float32).reshape(1, 1, 1, 2)
+    assert torch_grid_sample(x, grid, "nearest", "reflection").item() == 4
+    model = sampler_model("aten", shape, "nearest", "reflection", False)
+    for form, pixel in (("onnx", 3), ("decompose", 4)):
+        rewritten, _ = apply_pass(model, "grid-sample", mode=form)
+        assert run_ort(rewritten, {"x": x, "grid": grid})[0].item() == pixel
 
 
 @pytest.mark.parametrize("mode, padding, shape", [("bilinear", "zeros", SHAPES[1]), ("nearest", "border", SHAPES[1]),

@@ -60,15 +60,46 @@ def values(dtype, shape, seed):
 shapes = st.sampled_from([([3, 4], [3, 4]), ([2, 1, 4], [3, 1]), ([1], [5]), ([0, 3], [1, 3]), ([], [2, 2])])
 
 
+SWEPT_DTYPES = st.sampled_from([np.float32, np.float16, np.int64, np.int32])
+
+
+def assert_integers_select_with_where(out, dtype, mode):
+    """`mode: where` leaves no integer Max/Min (floats keep theirs)."""
+    if mode == "where" and np.issubdtype(dtype, np.integer):
+        assert "Where" in op_types(out) and not {"Max", "Min"} & set(op_types(out))
+
+
+@pytest.mark.parametrize("mode", ["auto", "where"])
 @settings(max_examples=40, deadline=None)
-@given(operator=st.sampled_from(sorted(TORCH_FN)), dtype=st.sampled_from([np.float32, np.float16, np.int64, np.int32]),
-       opset=st.sampled_from([11, 13]), shape_pair=shapes, seed=st.integers(0, 2**16))
-def test_aten_forms_match_torch_exactly(operator, dtype, opset, shape_pair, seed):
+@given(operator=st.sampled_from(sorted(TORCH_FN)), dtype=SWEPT_DTYPES, opset=st.sampled_from([11, 13]),
+       shape_pair=shapes, seed=st.integers(0, 2**16))
+def test_aten_forms_match_torch_exactly(mode, operator, dtype, opset, shape_pair, seed):
     shape_a, shape_b = shape_pair
     model = aten_model(operator, dtype, shape_a, shape_b, opset)
-    out, step = rewritten_matches_torch(model, operator, values(dtype, shape_a, seed), values(dtype, shape_b, seed + 1))
+    out, step = rewritten_matches_torch(model, operator, values(dtype, shape_a, seed), values(dtype, shape_b, seed + 1),
+                                        mode=mode)
     assert step.rewritten == [f"aten_{operator}"]
     assert "ATen" not in op_types(out)
+    assert_integers_select_with_where(out, dtype, mode)
+
+
+@pytest.mark.parametrize("mode", ["auto", "where"])
+@settings(max_examples=40, deadline=None)
+@given(operator=st.sampled_from(["maximum", "minimum"]), dtype=SWEPT_DTYPES, opset=st.sampled_from([11, 13]),
+       shape_pair=shapes, seed=st.integers(0, 2**16))
+def test_standard_max_min_match_torch_exactly(mode, operator, dtype, opset, shape_pair, seed):
+    """Integer Max/Min are replaced where invalid (opset 11), wrong on ONNX Runtime (int64) or with `mode:
+    where`; float ones are kept."""
+    shape_a, shape_b = shape_pair
+    op_type = "Max" if operator == "maximum" else "Min"
+    out_shape = list(np.broadcast_shapes(tuple(shape_a), tuple(shape_b)))
+    model = make_model([helper.make_node(op_type, ["a", "b"], ["y"], name="site")],
+                       [("a", dtype, shape_a), ("b", dtype, shape_b)], [("y", dtype, out_shape)], opset=opset)
+    out, step = rewritten_matches_torch(model, operator, values(dtype, shape_a, seed), values(dtype, shape_b, seed + 1),
+                                        mode=mode)
+    replaced = np.issubdtype(dtype, np.integer) and (mode == "where" or opset < 12 or dtype == np.int64)
+    assert step.rewritten == (["site"] if replaced else [])
+    assert_integers_select_with_where(out, dtype, mode)
 
 
 def test_integers_at_opset_11_use_where_and_at_13_use_max():
