@@ -761,3 +761,15 @@ def test_a_contrib_op_no_runtime_implements_is_a_clear_error(tmp_path, capsys):
     assert main(["compare", str(tmp_path / "gn.onnx"), str(tmp_path / "gn.onnx")]) == 2
     err = capsys.readouterr().err
     assert "cannot run the 1 node(s) from 'gn' to 'gn': ONNX Runtime:" in err and "onnx.reference:" in err
+
+
+@pytest.mark.parametrize("kind", ["reference", "onnxruntime"])
+def test_polygraphys_refusal_of_a_feed_is_one_line_naming_the_model(kind, capsys):
+    from surgeon.validation.compare import run_runner
+
+    model = make_model([helper.make_node("Relu", ["x"], ["y"], name="relu0")], [("x", np.float32, [1, 4])],
+                       [("y", np.float32, [1, 4])])
+    with pytest.raises(SurgeonError) as caught:
+        run_runner(make_runner(model, kind), [{"x": np.zeros((2, 3), np.float32)}], "m.onnx")
+    assert str(caught.value) == "m.onnx: Polygraphy cannot run it: Input tensor: x | Received incompatible shape: (2, 3)."
+    assert "[!]" not in capsys.readouterr().err  # said once, in the error

@@ -423,3 +423,146 @@ def test_a_report_may_not_replace_a_tensor_file_read(tmp_path, capsys):
     assert main(["compare", model, model, "--data", f"features={tmp_path / 'r.md'}", "--data",
                  f"indices={WINDOW / 'window_indices_zyx.int32.tensor'}", "--report", str(tmp_path / "r")]) == 2
     assert "the --data file" in one_error_line(capsys)
+
+
+# ---------------------------------------------------------------- random inputs: memory, odd declared inputs
+
+def test_random_inputs_are_polygraphys_data_loaders_drawn_a_chunk_at_a_time(monkeypatch):
+    """The same values as Polygraphy's DataLoader for the same seed (reports made before stay the same),
+    floats drawn in chunks straight into their dtype instead of a whole float64 array first."""
+    from polygraphy.comparator import DataLoader
+    from polygraphy.common import TensorMetadata
+
+    from surgeon.validation import data
+
+    monkeypatch.setattr(data, "DRAW_CHUNK", 7)
+    inputs = [("a", np.dtype(np.float32), [3, 5]), ("shape", np.dtype(np.int64), [1]),
+              ("c", np.dtype(np.int32), [2, 3]), ("mask", np.dtype(bool), [4]), ("e", np.dtype(np.float16), [2, 9]),
+              ("f", np.dtype(np.uint8), [6]), ("g", np.dtype(np.float64), []), ("empty", np.dtype(np.float32), [0, 3])]
+    ranges = {"a": (-2.5, 3.0), "c": (-7.0, 9.0), "mask": (-1.5, 1.5), "e": (-1e3, 1e3), "f": (0.0, 255.0)}
+    meta = TensorMetadata()
+    for name, dtype, shape in inputs:
+        meta.add(name, dtype, shape)
+    for index in range(3):
+        theirs = DataLoader(seed=5, iterations=3, input_metadata=meta, val_range=ranges)[index]
+        ours = data._random_feed(inputs, ranges, 5 + index)
+        assert list(ours) == list(theirs)
+        for name, array in theirs.items():
+            assert ours[name].dtype == array.dtype and np.array_equal(ours[name], array), name
+
+
+def test_iterations_beyond_the_machines_memory_are_refused_naming_the_setting(work, capsys, monkeypatch):
+    from surgeon.validation import data
+
+    monkeypatch.setattr(data, "physical_memory", lambda: 100 * 2**10)  # 100 KiB: 20 sets of this model fit
+    good = str(work / "good.onnx")
+    assert main(["compare", good, good, "--iterations", "20", "-q"]) == 0
+    assert main(["compare", good, good, "--iterations", "100"]) == 2
+    assert one_error_line(capsys) == (
+        "surgeon: error: validate.iterations / --iterations 100: every input set is held with both models' outputs "
+        "and their errors, about 4.3 KiB each here, 429.7 KiB in all, more than this machine's 100.0 KiB of "
+        "memory; at most 23 fit")
+    recipe = write_recipe(work, "  iterations: 1e30\n")
+    error = run_fails_cleanly(work, recipe, capsys, "--dry-run")
+    assert "validate.iterations / --iterations 1000000000000000019884624838656: " in error
+    assert main(["bisect", str(recipe), good]) == 2
+    assert "validate.iterations / --iterations 1000000000000000019884624838656: " in one_error_line(capsys)
+
+
+def test_running_out_of_memory_while_validating_names_the_setting(work, capsys, monkeypatch):
+    """A real MemoryError (NumPy refuses 6.4 TiB at once) past an estimate that let it through."""
+    from surgeon.validation import data
+
+    monkeypatch.setattr(data, "physical_memory", lambda: 2**60)
+    onnx.save(relu_neg((2**33, 20, 10)), work / "huge.onnx")
+    huge = str(work / "huge.onnx")
+    assert main(["compare", huge, huge]) == 2
+    assert one_error_line(capsys) == ("surgeon: error: out of memory validating on 1 input set(s): lower "
+                                      "validate.iterations / --iterations, or validate on smaller inputs")
+
+
+def test_random_inputs_larger_than_memory_name_the_model_and_input(work, capsys):
+    onnx.save(relu_neg((2**33, 20, 10)), work / "huge.onnx")
+    onnx.save(relu_neg(("n", 20, 10)), work / "dynamic.onnx")
+    huge, dynamic = str(work / "huge.onnx"), str(work / "dynamic.onnx")
+    assert main(["compare", huge, str(work / "good.onnx")]) == 2
+    error = one_error_line(capsys)
+    assert error.startswith(f"surgeon: error: random data for input 'x' of {huge}, float32 [8589934592, 20, 10], "
+                            "would take 6,400.0 GiB, more than this machine's ")
+    assert error.endswith("of memory: give recorded inputs (validate.data / --data)")
+    assert main(["compare", dynamic, dynamic, "--input-shape", "x:100000000000x20x10"]) == 2
+    assert one_error_line(capsys).endswith("give recorded inputs (validate.data / --data) or a smaller "
+                                           "validate.inputs.x.shape / --input-shape")
+
+
+def test_a_declared_zero_dimension_is_a_static_empty_one(work, capsys):
+    onnx.save(relu_neg((0, 4)), work / "empty.onnx")
+    good, empty = str(work / "good.onnx"), str(work / "empty.onnx")
+    assert main(["compare", empty, empty, "-q"]) == 0  # empty tensors run and compare
+    assert main(["compare", good, empty]) == 2
+    assert one_error_line(capsys) == (f"surgeon: error: {good} and {empty} take different inputs: x is float32 [1, 4] "
+                                      f"in {good}, x is float32 [0, 4] in {empty}; both run on the same inputs")
+
+
+@pytest.mark.parametrize("elem_type, words", [
+    (onnx.TensorProto.STRING, "'string' is not a dtype random inputs can have"),
+    (onnx.TensorProto.FLOAT8E4M3FN, "'float8_e4m3fn' is not a dtype random inputs can have"),
+])
+def test_an_input_random_data_cannot_have_is_named(work, capsys, elem_type, words):
+    model = relu_neg()
+    model.graph.input[0].type.tensor_type.elem_type = elem_type
+    onnx.save(model, work / "odd.onnx")
+    odd = str(work / "odd.onnx")
+    assert main(["compare", odd, odd]) == 2
+    assert one_error_line(capsys) == (f"surgeon: error: input 'x' of {odd}: {words} (e.g. float32, float16, int64, "
+                                      "int32, uint8, bool); surgeon validates on numbers and booleans only")
+
+
+@pytest.mark.parametrize("edit, words", [
+    (lambda m: setattr(m.graph.input[0].type.tensor_type, "elem_type", 0),
+     "graph input 'x' has element type 0, which no runner can be fed, so the model cannot be validated"),
+    (lambda m: setattr(m.graph.input[0].type.tensor_type, "elem_type", 999),
+     "graph input 'x' has element type 999, which no runner can be fed, so the model cannot be validated"),
+    (lambda m: m.graph.input[0].type.tensor_type.ClearField("shape"),
+     "graph input 'x' declares no shape (unknown rank), which Polygraphy's runners cannot feed, so the model cannot "
+     "be validated (declare its rank; its dimensions may be dynamic)"),
+    (lambda m: m.graph.input[0].type.ClearField("tensor_type"),
+     "graph input 'x' is a value without a type, not a tensor, so the model cannot be validated"),
+    (lambda m: m.graph.ClearField("output"), "the graph has no outputs, so there is nothing to compare"),
+])
+def test_a_candidate_no_runner_can_feed_is_refused_before_anything_runs(edit, words):
+    from surgeon.validation.validate import prepare_validation
+
+    candidate = relu_neg()
+    edit(candidate)
+    prepared = prepare_validation({}, relu_neg(), "a.onnx")
+    with pytest.raises(SurgeonError) as caught:
+        prepared.check_candidate(candidate, file="b.onnx")
+    assert str(caught.value) == f"b.onnx: {words}"
+
+
+def test_compare_names_the_model_a_run_error_is_about(work, capsys):
+    wrong = relu_neg()
+    wrong.graph.node.insert(0, helper.make_node("Transpose", ["x"], ["xt"], name="transpose0", perm=1.5))
+    wrong.graph.node[1].input[0] = "xt"  # perm a float: ONNX Runtime and onnx.reference refuse the node
+    onnx.save(wrong, work / "wrong.onnx")
+    cycle = make_model([helper.make_node("Add", ["x", "u"], ["t"], name="add0"),
+                        helper.make_node("Relu", ["t"], ["u"], name="relu0"),
+                        helper.make_node("Neg", ["t"], ["y"], name="neg0")],
+                       [("x", np.float32, [1, 4])], [("y", np.float32, [1, 4])])
+    onnx.save(cycle, work / "cycle.onnx")
+    good = str(work / "good.onnx")
+    for bad, words in ((str(work / "wrong.onnx"), "cannot run the 3 node(s) from 'transpose0' to 'neg0': "),
+                       (str(work / "cycle.onnx"), "the graph has a cycle or reads a tensor nothing produces")):
+        for argv in (["compare", good, bad], ["compare", bad, good]):
+            assert main(argv) == 2
+            assert one_error_line(capsys).startswith(f"surgeon: error: {bad}: {words}")
+
+
+def test_bisect_names_the_step_whose_graph_cannot_run(work, capsys):
+    recipe = work / "plugin.yaml"
+    recipe.write_text("name: v\nchecker: false\nsteps:\n  - pass: test-validation-inputs-neg-to-plugin\n")
+    assert main(["bisect", str(recipe), str(work / "good.onnx"), "-q"]) == 2
+    assert one_error_line(capsys) == (
+        "surgeon: error: the graph after step 1 (test-validation-inputs-neg-to-plugin): node 'neg0' (NegTRT) has no "
+        "CPU reference, so the graph cannot be validated: register one with @reference_op (see docs/validation.md)")

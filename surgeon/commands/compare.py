@@ -97,7 +97,7 @@ def run(args) -> int:
     from surgeon.modelio import load_model
     from surgeon.validation.data import array_files, parse_array_files, parse_input_options
     from surgeon.validation.report import write_reports
-    from surgeon.validation.validate import prepare_validation, validate_models
+    from surgeon.validation.validate import ORIGINAL, REWRITTEN, prepare_validation, validate_models
 
     if args.plugin_lib and not args.trt:  # only TensorRT loads them: without --trt they would do nothing
         raise SurgeonError("--plugin-lib loads TensorRT plugin libraries, which only --trt uses",
@@ -132,7 +132,8 @@ def run(args) -> int:
     prepared = prepare_validation(config, model_a, args.model_a, keep_sessions=True)
     prepared.check_candidate(candidate, args.model_b, file=args.model_b)
     result = validate_models(model_a, candidate, prepared.feeds, prepared.tolerance, args.runner, prepared.expected,
-                             prepared.data, rewritten_runner=candidate_runner, sessions=prepared.sessions)
+                             prepared.data, rewritten_runner=candidate_runner, sessions=prepared.sessions,
+                             files={ORIGINAL: args.model_a, REWRITTEN: args.model_b})
     result.tolerance_hint = ("compare does not read a recipe's validate tolerances: give them with --atol / --rtol "
                              "(e.g. --atol 1e-4 --rtol 1e-4)")
     if args.report:

@@ -20,6 +20,7 @@ from polygraphy.comparator import RunResults
 from surgeon.pipeline import StepRecord, finish_graph, run_steps
 from surgeon.recipe import Recipe
 from surgeon.validation.compare import OutputReport, Tolerance, compare_outputs, run_model
+from surgeon.validation.data import out_of_memory_named
 
 
 @dataclass
@@ -134,10 +135,15 @@ def bisect_steps(recipe: Recipe, original: onnx.ModelProto, feeds: list[dict], t
     """Find the first step whose graph's outputs differ from `reference` (default: the original model's).
 
     `final` is the verdict on the finished model when the caller has it (`validate_run` does), so the
-    last step is not run again.
+    last step is not run again. Running out of memory is an error naming the number of input sets.
     """
+    with out_of_memory_named(len(feeds)):
+        return _bisect_steps(recipe, original, feeds, tolerance, runner, reference, model_dir, progress, final)
+
+
+def _bisect_steps(recipe, original, feeds, tolerance, runner, reference, model_dir, progress, final) -> Bisection:
     if reference is None:
-        reference, _ = run_model(original, feeds, runner, "original")
+        reference, _ = run_model(original, feeds, runner, "original", source="the original model")
     graphs, records = step_graphs(recipe, original, model_dir)
     checked: dict[int, tuple[bool, list[OutputReport]]] = {}
     if final is not None and records:
@@ -149,7 +155,8 @@ def bisect_steps(recipe: Recipe, original: onnx.ModelProto, feeds: list[dict], t
                 progress.message(f"bisect: checking the graph after step {step} ({records[step - 1].title})")
             # Finished (tidied, exported) only when checked: bisection looks at few of the steps.
             model = finish_graph(graphs[step - 1], original, recipe, records[:step])
-            results, _ = run_model(model, feeds, runner, f"after-step-{step}")
+            results, _ = run_model(model, feeds, runner, f"after-step-{step}",
+                                   source=f"the graph after step {step} ({records[step - 1].title})")
             outputs = compare_outputs(reference, results, tolerance, renames=renamed_tensors(records[:step]))
             checked[step] = (all(o.passed for o in outputs), outputs)
         return checked[step][0]

@@ -15,6 +15,7 @@ nudged by 2.2e-16. `element_mismatches` is Polygraphy's elementwise rule.
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,8 +23,9 @@ import numpy as np
 import onnx
 from polygraphy.comparator import Comparator, RunResults
 from polygraphy.comparator.compare import SimpleCompareFunc
+from polygraphy.exception import PolygraphyException
 
-from surgeon.errors import SurgeonError, suggest
+from surgeon.errors import SurgeonError, first_line, suggest
 from surgeon.validation.polygraphy_log import G_LOGGER
 from surgeon.validation.runners import make_runner, runner_kind
 from surgeon.validation.settings import check_validate_value
@@ -243,16 +245,36 @@ def cosine_similarity(reference: np.ndarray, candidate: np.ndarray) -> float | N
     return float(np.dot(a, b) / norms)
 
 
-def run_model(model: onnx.ModelProto, feeds: list[dict], kind: str, name: str) -> tuple[RunResults, str]:
-    """Run `model` on every feed through a Polygraphy runner named `name`; return the results and runner kind."""
-    runner = make_runner(model, kind, name)
-    return run_runner(runner, feeds), runner_kind(runner)
+def run_model(model: onnx.ModelProto, feeds: list[dict], kind: str, name: str, source=None,
+              session=None) -> tuple[RunResults, str]:
+    """Run `model` on every feed through a Polygraphy runner named `name` (`session`: the ONNX Runtime
+    session to run, `runners.make_runner`'s); return the results and runner kind. `source` (the model's
+    path, or words for a model without one) names it in any error."""
+    runner = make_runner(model, kind, name, session=session, what=source and str(source))
+    return run_runner(runner, feeds, source), runner_kind(runner)
 
 
-def run_runner(runner, feeds: list[dict]) -> RunResults:
-    """Run any Polygraphy runner (ours, ONNX Runtime's, TensorRT's) on every feed."""
-    with G_LOGGER.verbosity(G_LOGGER.CRITICAL):
-        return Comparator.run([runner], data_loader=feeds)
+def run_runner(runner, feeds: list[dict], source=None) -> RunResults:
+    """Run any Polygraphy runner (ours, ONNX Runtime's, TensorRT's) on every feed; `source` names the
+    model in any error."""
+    # Polygraphy prints a refusal (G_LOGGER.critical) before raising it: silenced, it reaches the user once.
+    with errors_naming(source), G_LOGGER.verbosity(G_LOGGER.CRITICAL + 1):
+        try:
+            return Comparator.run([runner], data_loader=feeds)
+        except PolygraphyException as exc:  # its runners' checks of the feeds, multi-line
+            raise SurgeonError(f"Polygraphy cannot run it: {first_line(exc)}") from None
+
+
+@contextlib.contextmanager
+def errors_naming(source):
+    """SurgeonErrors raised in the block name `source` (a model's path, or words such as "the graph after
+    step 3"): with two models compared, an error about one says which."""
+    try:
+        yield
+    except SurgeonError as exc:
+        if source is not None and exc.file != str(source):
+            exc.message = f"{source}: {exc.message}"
+        raise
 
 
 def combine(*results: RunResults) -> RunResults:

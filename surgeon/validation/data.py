@@ -1,5 +1,5 @@
-"""Validation inputs: recorded feeds (.npz, Polygraphy JSON, or named libspconv tensor files) or a seeded
-Polygraphy DataLoader.
+"""Validation inputs: recorded feeds (.npz, Polygraphy JSON, or named libspconv tensor files) or seeded
+random ones, the values Polygraphy's DataLoader draws.
 
 Random inputs honour per-input shapes, dtypes and value ranges, given in a recipe as
 
@@ -14,21 +14,20 @@ materialised once, so every model of a comparison (and every bisection step) see
 """
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import helper
-from polygraphy.comparator import DataLoader
-from polygraphy.common import TensorMetadata
 
 from surgeon.errors import SurgeonError, suggest
 from surgeon.export.tensor_file import MAGIC, read_tensor
 from surgeon.validation.polygraphy_log import G_LOGGER
-from surgeon.validation.runners import graph_inputs, input_metadata
-from surgeon.validation.settings import check_validate_value
+from surgeon.validation.runners import declared_dims, declared_dtype, graph_inputs
+from surgeon.validation.settings import MAX_SEED, check_dtype_name, check_validate_value
 
 Feeds = list[dict[str, np.ndarray]]
 #: dtype kinds recorded arrays may have: booleans, integers, floats, complex numbers.
@@ -188,7 +187,7 @@ def make_feeds(model: onnx.ModelProto, data: str | NamedTensorFiles | None = Non
             feeds = [_widened(feed, model) for feed in feeds]
         check_recorded(feeds, model, model_name, data)
         return feeds
-    meta = input_metadata(model)
+    meta = {name: (dtype, dims) for name, dtype, dims in model_inputs(model)}
     specs = inputs or {}
     for key, value in (("inputs", specs), ("iterations", iterations), ("seed", seed)):
         try:
@@ -200,7 +199,8 @@ def make_feeds(model: onnx.ModelProto, data: str | NamedTensorFiles | None = Non
             raise SurgeonError(f"validate.inputs names '{name}', which is not an input of the model"
                                + (f" {model_name}" if model_name else ""),
                                hint=suggest(name, meta) or f"inputs: {', '.join(meta)}")
-    resolved = TensorMetadata()
+    model_name = model_name or "the model"
+    resolved = []
     ranges = {}
     for name, (dtype, shape) in meta.items():
         spec = specs.get(name) or {}
@@ -208,20 +208,116 @@ def make_feeds(model: onnx.ModelProto, data: str | NamedTensorFiles | None = Non
             if not shape_fits(spec["shape"], shape):  # only dynamic dimensions are free to choose
                 raise SurgeonError(f"validate.inputs.{name}.shape / --input-shape {name}: "
                                    f"{_shape_text(spec['shape'])} does not fit input {name} of "
-                                   f"{model_name or 'the model'}, {_shape_text(shape)}: only its dynamic "
+                                   f"{model_name}, {_shape_text(shape)}: only its dynamic "
                                    "dimensions can be chosen")
             shape = list(spec["shape"])
         if spec.get("dtype") is not None:
             dtype = np.dtype(spec["dtype"])  # a dtype random inputs can have: checked above
-        if shape is None or any(d is None or not isinstance(d, int) or d < 0 for d in shape):
-            raise SurgeonError(f"input '{name}' has a dynamic or unknown shape {_shape_text(shape)}: give "
-                               f"validate.inputs.{name}.shape in the recipe or --input-shape {name}:1x3x224x224")
-        resolved.add(name, dtype, shape)
+        if shape is None or any(d is None for d in shape):
+            raise SurgeonError(f"input '{name}' of {model_name} has a dynamic or unknown shape {_shape_text(shape)}: "
+                               f"give validate.inputs.{name}.shape in the recipe or --input-shape {name}:1x3x224x224")
+        try:
+            check_dtype_name(None if dtype is None else "string" if dtype.kind == "O" else dtype.name,
+                             f"input '{name}' of {model_name}")
+        except ValueError as exc:
+            raise SurgeonError(f"{exc}; surgeon validates on numbers and booleans only") from None
+        resolved.append((name, dtype, shape))
         if spec.get("range") is not None:
             ranges[name] = (float(spec["range"][0]), float(spec["range"][1]))
-    with G_LOGGER.verbosity(G_LOGGER.ERROR):
-        loader = DataLoader(seed=seed, iterations=iterations, input_metadata=resolved, val_range=ranges or None)
-        return [{name: np.array(value) for name, value in feed.items()} for feed in loader]
+    _check_memory(model, resolved, iterations, model_name, specs)
+    if seed + iterations - 1 > MAX_SEED:  # NumPy's limit, and input set i is drawn with seed + i
+        raise SurgeonError(f"validate.seed / --seed {seed} with validate.iterations / --iterations {iterations}: input "
+                           f"set i is drawn with seed + i, which may be at most {MAX_SEED} (2**32 - 1)")
+    with out_of_memory_named(iterations):
+        return [_random_feed(resolved, ranges, seed + index) for index in range(iterations)]
+
+
+#: Bytes a validation holds per output element for each input set, beyond the inputs: both models'
+#: outputs, and the float64 errors judging them makes (absolute and relative, per set and joined, and
+#: the float64 copies cosine similarity takes). Measured: 27 MB per set for 4.2 MB of inputs and
+#: 337,152 float32 output elements (CenterPoint's PFE), the estimate 28.5 MB.
+HELD_BYTES_PER_OUTPUT_ELEMENT = 64
+#: Python objects per input set (feeds, both runners' results, error arrays), whatever their size.
+HELD_BYTES_PER_SET = 4096
+#: Random floats are drawn this many at a time (as float64, 8 MiB) and cast into their input's dtype.
+DRAW_CHUNK = 1 << 20
+
+
+def _random_feed(inputs: list[tuple[str, np.dtype, list[int]]], ranges: dict, seed: int) -> dict[str, np.ndarray]:
+    """One input set, equal to the one Polygraphy's DataLoader makes with `seed` (reports made before stay
+    the same): one RandomState for the set, drawn from input by input. Floats go straight into their
+    dtype a chunk at a time: the DataLoader draws a whole input as float64 first, 8 bytes per element
+    (12.5 TiB for a float32 input of 1.7e12 elements)."""
+    rng = np.random.RandomState(seed)
+    feed = {}
+    for name, dtype, shape in inputs:
+        low, high = ranges.get(name, (0.0, 1.0))
+        if dtype.kind in "iu" and shape == [1]:
+            feed[name] = np.array(shape, dtype)  # the DataLoader takes this for a shape tensor: its value is [1]
+        elif dtype.kind in "iu":
+            feed[name] = rng.randint(int(low), int(high) + 1, size=shape, dtype=dtype)
+        elif dtype.kind == "b":
+            feed[name] = rng.randint(bool(low), bool(high) + 1, size=shape, dtype=dtype)
+        else:
+            feed[name] = array = np.empty(shape, dtype)
+            flat = array.reshape(-1)
+            for start in range(0, flat.size, DRAW_CHUNK):
+                stop = min(start + DRAW_CHUNK, flat.size)
+                flat[start:stop] = rng.random_sample(stop - start) * (high - low) + low
+    return feed
+
+
+def _check_memory(model: onnx.ModelProto, inputs: list, iterations: int, model_name: str, specs: dict) -> None:
+    """Refuse random inputs the validation could not hold: every input set, with both models' outputs and
+    their errors, stays in memory (the reports save them all). Estimated from the inputs and the model's
+    declared outputs (a dynamic dimension counted as 1), against the machine's memory."""
+    memory = physical_memory()
+    sizes = {name: math.prod(shape) * dtype.itemsize for name, dtype, shape in inputs}
+    largest = max(sizes, key=sizes.get, default=None)
+    if largest is not None and sizes[largest] > memory:
+        dtype, shape = next((d, s) for n, d, s in inputs if n == largest)
+        chosen = (specs.get(largest) or {}).get("shape") is not None
+        raise SurgeonError(f"random data for input '{largest}' of {model_name}, {dtype} {_shape_text(shape)}, would "
+                           f"take {_size_text(sizes[largest])}, more than this machine's {_size_text(memory)} of "
+                           "memory: give recorded inputs (validate.data / --data)"
+                           + (f" or a smaller validate.inputs.{largest}.shape / --input-shape" if chosen else ""))
+    held = sum(sizes.values()) + HELD_BYTES_PER_SET
+    for value in model.graph.output:
+        dtype, dims = declared_dtype(value), declared_dims(value)
+        if dtype is not None and dims is not None:
+            held += math.prod(d or 1 for d in dims) * (2 * dtype.itemsize + HELD_BYTES_PER_OUTPUT_ELEMENT)
+    if held > memory:
+        raise SurgeonError(f"random inputs for {model_name}: one input set, held with both models' outputs and their "
+                           f"errors, would take about {_size_text(held)}, more than this machine's "
+                           f"{_size_text(memory)} of memory: give smaller dynamic dimensions (validate.inputs / "
+                           "--input-shape) where the model has them")
+    if held * iterations > memory:
+        raise SurgeonError(f"validate.iterations / --iterations {iterations}: every input set is held with both "
+                           f"models' outputs and their errors, about {_size_text(held)} each here, "
+                           f"{_size_text(held * iterations)} in all, more than this machine's {_size_text(memory)} of "
+                           f"memory; at most {memory // held} fit")
+
+
+def physical_memory() -> int:
+    """The machine's memory in bytes (os.sysconf: Linux and macOS)."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def _size_text(size: int) -> str:
+    for unit, power in (("GiB", 30), ("MiB", 20)):
+        if size >= 2**power:
+            return f"{size / 2**power:,.1f} {unit}"
+    return f"{size / 2**10:.1f} KiB"
+
+
+@contextlib.contextmanager
+def out_of_memory_named(iterations: int):
+    """A MemoryError while validating as a SurgeonError naming what sets its size."""
+    try:
+        yield
+    except MemoryError:
+        raise SurgeonError(f"out of memory validating on {iterations} input set(s): lower validate.iterations / "
+                           "--iterations, or validate on smaller inputs") from None
 
 
 def _widened(feed: dict[str, np.ndarray], model: onnx.ModelProto) -> dict[str, np.ndarray]:
@@ -249,18 +345,7 @@ def feeds_for(model: onnx.ModelProto, config: dict, model_name: str | None = Non
 
 def model_inputs(model: onnx.ModelProto) -> list[tuple[str, np.dtype | None, list | None]]:
     """(name, dtype or None when untyped, dims with None for dynamic ones, or None for an unknown rank)."""
-    found = []
-    for value in graph_inputs(model):
-        tensor_type = value.type.tensor_type
-        try:
-            dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tensor_type.elem_type)) if tensor_type.elem_type else None
-        except (KeyError, TypeError, ValueError):
-            dtype = None
-        dims = None
-        if tensor_type.HasField("shape"):
-            dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in tensor_type.shape.dim]
-        found.append((value.name, dtype, dims))
-    return found
+    return [(value.name, declared_dtype(value), declared_dims(value)) for value in graph_inputs(model)]
 
 
 def check_recorded(feeds: Feeds, model: onnx.ModelProto, model_name: str | None, path) -> None:

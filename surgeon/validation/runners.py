@@ -64,24 +64,26 @@ def default_opset(model: onnx.ModelProto) -> int | None:
     return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
 
 
-def make_runner(model: onnx.ModelProto, kind: str = "auto", name: str = "model", session=None) -> BaseRunner:
+def make_runner(model: onnx.ModelProto, kind: str = "auto", name: str = "model", session=None,
+                what: str | None = None) -> BaseRunner:
     """A Polygraphy runner for `model`: `onnxruntime`, `reference`, or `auto` (ORT when it loads the model).
 
     `session`: the ONNX Runtime session `check_runnable` built for `model` (runner 'onnxruntime'), run
-    instead of building a second one."""
+    instead of building a second one. `what` names the model in errors (default "the NAME model")."""
     if kind not in RUNNER_KINDS:
         raise SurgeonError(f"unknown runner '{kind}'; choose one of {', '.join(RUNNER_KINDS)}")
     if session is not None:
         return OnnxrtRunner(session, name=name)
+    what = what or f"the {name} model"
     with functions_inlined(model):
-        check_runnable(model, what=f"the {name} model")
+        check_runnable(model, what=what)
         opset = default_opset(model)
         if kind != "reference" and not (kind == "auto" and any(is_special(n, opset) for n in model.graph.node)):
             try:
                 return OnnxrtRunner(ort_session(model), name=name)
             except Exception as exc:  # ORT raises its own exception types for unloadable graphs
                 if kind == "onnxruntime":
-                    raise _ort_refuses(exc, f"the {name} model") from None
+                    raise _ort_refuses(exc, what) from None
     return ReferenceRunner(with_functions_inlined(model), name=name)
 
 
@@ -155,10 +157,11 @@ def _check_runnable(model: onnx.ModelProto, file, what: str, runner: str | None)
                     exc.file = exc.file or (str(file) if file is not None else None)
                     raise
     graph = model.graph
+    prefix = "" if file is not None else f"{what}: "
+    _check_interface(model, prefix, file)
     provided = {v.name for v in graph.input} | {t.name for t in graph.initializer}
     provided |= {t.values.name for t in graph.sparse_initializer}
     provided |= {out for node in graph.node for out in node.output if out}
-    prefix = "" if file is not None else f"{what}: "
     hint = f"'surgeon check {file}' lists what onnx.checker finds" if file is not None else None
     for node in _live_nodes(model):
         for name in node_reads(node):
@@ -175,6 +178,27 @@ def _check_runnable(model: onnx.ModelProto, file, what: str, runner: str | None)
         return ort_session(model)
     except Exception as exc:  # ORT raises its own exception types for unloadable graphs
         raise _ort_refuses(exc, what, file) from None
+
+
+def _check_interface(model: onnx.ModelProto, prefix: str, file) -> None:
+    """Refuse what no runner can be fed or asked for: a graph input that is not a tensor of a known
+    element type and rank (Polygraphy checks every feed against the declared shape, and ONNX Runtime
+    reports an unknown rank as a scalar), or a graph without outputs."""
+    for value in graph_inputs(model):
+        kind, hint = value.type.WhichOneof("value"), None
+        if kind != "tensor_type":
+            why = f"is a {kind.removesuffix('_type') if kind else 'value without a type'}, not a tensor"
+        elif declared_dtype(value) is None:
+            why = f"has element type {value.type.tensor_type.elem_type}, which no runner can be fed"
+        elif declared_dims(value) is None:
+            why = "declares no shape (unknown rank), which Polygraphy's runners cannot feed"
+            hint = "declare its rank; its dimensions may be dynamic"
+        else:
+            continue
+        raise ModelError(f"{prefix}graph input '{value.name}' {why}, so the model cannot be validated", file=file,
+                         hint=hint)
+    if not model.graph.output:
+        raise ModelError(f"{prefix}the graph has no outputs, so there is nothing to compare", file=file)
 
 
 def runner_kind(runner: BaseRunner) -> str:
@@ -226,14 +250,28 @@ def input_metadata(model: onnx.ModelProto) -> TensorMetadata:
     """Names, dtypes and shapes (None for dynamic dimensions) of the model's inputs."""
     meta = TensorMetadata()
     for value in graph_inputs(model):
-        tensor_type = value.type.tensor_type
-        dtype = helper.tensor_dtype_to_np_dtype(tensor_type.elem_type)
-        shape = None
-        if tensor_type.HasField("shape"):
-            shape = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
-                     for d in tensor_type.shape.dim]
-        meta.add(value.name, dtype, shape)
+        meta.add(value.name, declared_dtype(value), declared_dims(value))
     return meta
+
+
+def declared_dtype(value: onnx.ValueInfoProto) -> np.dtype | None:
+    """The NumPy dtype of a tensor's declared element type; None when it has none (0, UNDEFINED), or one
+    onnx does not know (a newer version's, or a damaged file's)."""
+    elem_type = value.type.tensor_type.elem_type
+    try:
+        return np.dtype(helper.tensor_dtype_to_np_dtype(elem_type)) if elem_type else None
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def declared_dims(value: onnx.ValueInfoProto) -> list[int | None] | None:
+    """A tensor's declared dimensions, None for a dynamic one (a name, or none); None for an unknown rank.
+
+    A declared 0 is a static empty dimension, as ONNX Runtime reads it: feeding anything else fails."""
+    tensor_type = value.type.tensor_type
+    if not tensor_type.HasField("shape"):
+        return None
+    return [d.dim_value if d.HasField("dim_value") and d.dim_value >= 0 else None for d in tensor_type.shape.dim]
 
 
 @dataclass

@@ -17,7 +17,6 @@ from typing import Any
 
 import numpy as np
 import onnx
-from onnx import helper
 from polygraphy.comparator import IterationResult, RunResults
 
 from surgeon import modelio
@@ -25,10 +24,10 @@ from surgeon.errors import SurgeonError, suggest
 from surgeon.graphinfo import histogram_delta, op_histogram, tensor_bytes
 from surgeon.modelio import load_model
 from surgeon.validation.bisect import Bisection, bisect_steps, renamed_tensors
-from surgeon.validation.compare import OutputReport, Tolerance, combine, compare_outputs, run_runner
-from surgeon.validation.data import Feeds, check_fits, check_recorded, feeds_for, load_arrays
+from surgeon.validation.compare import OutputReport, Tolerance, combine, compare_outputs, run_model, run_runner
+from surgeon.validation.data import Feeds, check_fits, check_recorded, feeds_for, load_arrays, out_of_memory_named
 from surgeon.validation.localise import describe_divergence, first_divergence
-from surgeon.validation.runners import RUNNER_KINDS, check_runnable, graph_inputs, make_runner, runner_kind
+from surgeon.validation.runners import RUNNER_KINDS, check_runnable, declared_dtype, graph_inputs
 
 ORIGINAL, REWRITTEN, EXPECTED, AGAINST = "original", "rewritten", "expected", "against"
 
@@ -171,7 +170,7 @@ def validate_models(original: onnx.ModelProto, rewritten: onnx.ModelProto | None
                     tolerance: Tolerance, runner: str = "auto", expected: str | RunResults | None = None,
                     data: str = "random inputs", localise: bool = True,
                     rewritten_runner=None, reference: str = ORIGINAL, renames: dict | None = None,
-                    sessions: dict | None = None) -> ValidationResult:
+                    sessions: dict | None = None, files: dict | None = None) -> ValidationResult:
     """Compare `rewritten` with `original` (and with `expected` outputs, if given) on `feeds`.
 
     `original=None` compares with the `expected` outputs only: for exports no runtime can run at all.
@@ -183,16 +182,26 @@ def validate_models(original: onnx.ModelProto, rewritten: onnx.ModelProto | None
     recipe renamed; other outputs whose names differ are paired by position where that is unambiguous
     (`compare.output_pairs`), with a note. `prepare_validation` checks all of this before anything runs.
     `sessions`: the ONNX Runtime sessions its checks built (`ValidationInputs.sessions`), run instead
-    of building them again.
+    of building them again. `files` ({`reference` or "rewritten": path}) name the models in errors.
+    Running out of memory is an error naming the number of input sets.
     """
-    if original is None:
-        return _validate_against_expected(rewritten, feeds, tolerance, runner, expected, data, renames, sessions)
+    with out_of_memory_named(len(feeds)):
+        if original is None:
+            return _validate_against_expected(rewritten, feeds, tolerance, runner, expected, data, renames, sessions,
+                                              files)
+        return _validate_models(original, rewritten, feeds, tolerance, runner, expected, data, localise,
+                                rewritten_runner, reference, renames, sessions, files)
+
+
+def _validate_models(original, rewritten, feeds, tolerance, runner, expected, data, localise, rewritten_runner,
+                     reference, renames, sessions, files) -> ValidationResult:
     tolerance.check_outputs([o.name for o in original.graph.output])
-    original_results, original_kind = _run_model(original, feeds, runner, reference, sessions)
+    original_results, original_kind = _run_model(original, feeds, runner, reference, sessions, files)
     if rewritten_runner is not None:
-        rewritten_results, rewritten_kind = run_runner(rewritten_runner, feeds), rewritten_runner.name
+        rewritten_results = run_runner(rewritten_runner, feeds, _source(files, REWRITTEN))
+        rewritten_kind = rewritten_runner.name
     else:
-        rewritten_results, rewritten_kind = _run_model(rewritten, feeds, runner, REWRITTEN, sessions)
+        rewritten_results, rewritten_kind = _run_model(rewritten, feeds, runner, REWRITTEN, sessions, files)
     outputs = compare_outputs(original_results, rewritten_results, tolerance, renames=renames)
     result = ValidationResult(passed=all(o.passed for o in outputs), tolerance=tolerance, outputs=outputs,
                               runners={reference: original_kind, REWRITTEN: rewritten_kind},
@@ -215,13 +224,13 @@ def validate_models(original: onnx.ModelProto, rewritten: onnx.ModelProto | None
     return result
 
 
-def _validate_against_expected(rewritten, feeds, tolerance, runner, expected, data, renames,
-                               sessions) -> ValidationResult:
+def _validate_against_expected(rewritten, feeds, tolerance, runner, expected, data, renames, sessions,
+                               files) -> ValidationResult:
     if not expected:
         raise SurgeonError("validate: 'against: none' compares with the expected outputs only, so it needs "
                            "'expected' (an .npz of reference outputs)")
     tolerance.check_outputs([o.name for o in rewritten.graph.output])
-    rewritten_results, rewritten_kind = _run_model(rewritten, feeds, runner, REWRITTEN, sessions)
+    rewritten_results, rewritten_kind = _run_model(rewritten, feeds, runner, REWRITTEN, sessions, files)
     compared = compare_outputs(_expected(expected), rewritten_results, tolerance, iterations=1, check_dtypes=False,
                                renames=renames, by_position=False)
     result = ValidationResult(passed=all(o.passed for o in compared), tolerance=tolerance, outputs=[],
@@ -231,12 +240,18 @@ def _validate_against_expected(rewritten, feeds, tolerance, runner, expected, da
     return result
 
 
-def _run_model(model: onnx.ModelProto, feeds: Feeds, kind: str, name: str, sessions: dict | None):
+def _run_model(model: onnx.ModelProto, feeds: Feeds, kind: str, name: str, sessions: dict | None,
+               files: dict | None):
     """`compare.run_model`, through the session kept for `model` if there is one: handed over (taken out
-    of `sessions`), so that it is freed when its run is done."""
+    of `sessions`), so that it is freed when its run is done. Errors name the model by its path in
+    `files`, else as "the NAME model"."""
     kept = (sessions or {}).pop(id(model), None)
-    runner = make_runner(model, kind, name, session=kept[1] if kept is not None and kept[0] is model else None)
-    return run_runner(runner, feeds), runner_kind(runner)
+    return run_model(model, feeds, kind, name, _source(files, name),
+                     session=kept[1] if kept is not None and kept[0] is model else None)
+
+
+def _source(files: dict | None, name: str) -> str:
+    return str((files or {}).get(name) or f"the {name} model")
 
 
 def _expected(expected: str | Path | RunResults) -> RunResults:
@@ -259,7 +274,7 @@ def input_notes(original: onnx.ModelProto, rewritten: onnx.ModelProto, feed: dic
         used.add(source)
         if source != value.name:
             pairs.append(f"{source} -> {value.name}")
-        dtype = np.dtype(helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type))
+        dtype = declared_dtype(value)
         if feed[source].dtype != dtype:
             notes.append(f"input {value.name} is {dtype} in the rewritten model, {feed[source].dtype} in the "
                          f"original: its data is cast")
@@ -439,9 +454,10 @@ def validate_run(recipe, original: onnx.ModelProto, original_path: Path, rewritt
         prepared.check_candidate(rewritten)
     reference, tolerance, runner, feeds = prepared.reference, prepared.tolerance, prepared.runner, prepared.feeds
     against = (config.get("against") or ORIGINAL) not in (ORIGINAL, "none")
+    reference_label = AGAINST if against else ORIGINAL
     result = validate_models(reference, rewritten, feeds, tolerance, runner, prepared.expected, prepared.data,
-                             reference=AGAINST if against else ORIGINAL, renames=renamed_tensors(steps),
-                             sessions=prepared.sessions)
+                             reference=reference_label, renames=renamed_tensors(steps), sessions=prepared.sessions,
+                             files={reference_label: prepared.reference_name, REWRITTEN: output})
     result.graph_diff = graph_diff(original, rewritten)  # what the recipe changed, whatever it is compared with
     if config.get("each_step") and recipe.steps:
         # Bisection compares every step's graph with the original model, also when the finished one was
