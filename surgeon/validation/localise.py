@@ -46,8 +46,10 @@ def first_divergence(reference: onnx.ModelProto, candidate: onnx.ModelProto, fee
     names = common_tensors(reference, candidate)
     if not names:
         return {"tensor": None, "checked": 0, "of": 0}
-    ref_results, _ = run_model(with_outputs(reference, names), [feed], runner, "original")
-    cand_results, _ = run_model(with_outputs(candidate, names), [feed], runner, "rewritten")
+    every = "model with every tensor an output"
+    ref_results, _ = run_model(with_outputs(reference, names), [feed], runner, "original", source=f"the original {every}")
+    cand_results, _ = run_model(with_outputs(candidate, names), [feed], runner, "rewritten",
+                                source=f"the rewritten {every}")
     ref_values = next(iter(ref_results.items()))[1][0]
     cand_values = next(iter(cand_results.items()))[1][0]
     ref_nodes = {out: node for node in reference.graph.node for out in node.output}
