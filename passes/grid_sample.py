@@ -52,7 +52,9 @@ class GridSamplePass(Pass):
 
     params = {
         "mode": Param(str, "auto", choices=("auto", "onnx", "decompose", "plugin"),
-                      help="target form; auto: GridSample where the target runs it, else decompose"),
+                      help="target form; auto: GridSample where the target runs it, else decompose (nearest "
+                           "reflection sites with align_corners 0 decompose but on TensorRT: GridSample's ties "
+                           "differ from torch's)"),
         "plugin_op": Param(str, "GridSample2D", help="op type of the plugin node (mode plugin)"),
         "plugin_version": Param(str, "1", help="plugin_version attribute of the plugin node"),
         "plugin_namespace": Param(str, "surgeon", help="plugin_namespace attribute (and domain) of the plugin node"),
@@ -100,10 +102,34 @@ class GridSamplePass(Pass):
         emit = {"onnx": emit_onnx,
                 "decompose": lambda rw, site, grid, opset: emit_decomposition(rw, site, grid, opset, fma_in_float64),
                 "plugin": lambda rw, site, grid, opset: self._emit_plugin(rw, site, grid)}[form]
-        result = rewrite_sites(graph, ctx, form, 2, GRID_SAMPLE_SINCE, emit)
-        if self.mode == "auto" and result.changed:
+        # auto, but on TensorRT: the sites where GridSample's ties differ from torch's are decomposed instead
+        torch_ties = self.mode == "auto" and form == "onnx" and not ctx.target.is_tensorrt
+        exact = []
+
+        def emit_site(rw: Rewrite, site: Sampling, grid: gs.Tensor, opset: int) -> None:
+            if torch_ties and decomposes_for_ties(site):
+                exact.append(site.node.name or rw.prefix)
+                emit_decomposition(rw, site, grid, opset, fma_in_float64)
+            else:
+                emit(rw, site, grid, opset)
+
+        since = GRID_SAMPLE_SINCE
+        if torch_ties and not any(site is not None and site.spatial_dims == 2 and site.spelling != "onnx"
+                                  and not decomposes_for_ties(site) for site in map(read_sampling, graph.nodes)):
+            since = graph.opset  # no site becomes GridSample: no conversion to its opset
+        result = rewrite_sites(graph, ctx, form, 2, since, emit_site)
+        if self.mode == "auto" and len(result.rewritten) > len(exact):
             result.note(f"mode auto chose '{form}' for target {ctx.target.name}")
-        if form == "decompose" and result.changed:
+        if torch_ties:  # a standard GridSample is the onnx form already, which rewrite_sites leaves alone
+            standard = decompose_standard_ties(result.graph or graph, ctx, fma_in_float64)
+            result.rewritten += standard
+            exact += standard
+        if exact:
+            result.note(f"mode auto chose 'decompose' for {', '.join(exact)}: nearest with reflection padding and "
+                        f"align_corners 0, where {TIE_ORDER}; decompose follows torch (mode onnx keeps GridSample)")
+        if form == "onnx":
+            note_ties(result.graph or graph, result, ctx.target)
+        if (form == "decompose" and result.changed) or exact:
             why = "" if self.fma_emulation != "auto" else (
                 f" (auto: target {ctx.target.name} {'runs' if fma_in_float64 else 'has no'} float64 Cast/Mul/Sub)")
             effect = ("float32 grids' coordinates are rounded once where torch's kernel fuses a multiply-add, "
@@ -132,6 +158,47 @@ def choose_form(target) -> str:
     if target.opset >= GRID_SAMPLE_SINCE and target.supports("GridSample", opset=target.opset):
         return "onnx"
     return "decompose"
+
+
+#: How standard GridSample's nearest reflection about pixel edges differs from torch's (docs: "Ties outside the image").
+TIE_ORDER = ("ONNX's GridSample rounds a coordinate before reflecting it and torch after: a coordinate outside the "
+             "image exactly halfway between two pixels reads another pixel than torch")
+
+
+def ties_differ_from_torch(site: Sampling) -> bool:
+    """Whether standard GridSample can read another pixel than torch at `site` (nearest, reflection about pixel
+    edges): 5.5 of a 5-wide row rounds to 6 and reflects to 3, where torch reflects to 3.5 and rounds to 4.
+    About pixel centres (align_corners) both orders give one pixel: that reflection keeps pixels' parity."""
+    return site.interpolation == "nearest" and site.padding == "reflection" and not site.align_corners
+
+
+def decomposes_for_ties(site: Sampling) -> bool:
+    """Whether auto decomposes `site` (but on TensorRT): its ties differ from torch's in GridSample and
+    decompose can take it (a static spatial size; else it stays GridSample, noted)."""
+    shape = site.x.shape
+    return (site.spatial_dims == 2 and ties_differ_from_torch(site) and shape is not None
+            and all(isinstance(d, int) for d in shape[2:]))
+
+
+def decompose_standard_ties(graph, ctx, fma_in_float64: bool) -> list[str]:
+    """Decompose the standard GridSample nodes that `decomposes_for_ties`; the names of those rewritten."""
+    names = []
+    for site in map(read_sampling, list(graph.nodes)):
+        if site is not None and site.spelling == "onnx" and decomposes_for_ties(site):
+            rw = Rewrite(graph, ctx, site.node)
+            emit_decomposition(rw, site, site.grid, graph.opset, fma_in_float64)
+            names.append(site.node.name or rw.prefix)
+    return names
+
+
+def note_ties(graph, result, target) -> None:
+    """Name the GridSample nodes in `graph` whose ties outside the image differ from torch's."""
+    names = [site.node.name for site in map(read_sampling, graph.nodes) if site is not None
+             and site.spelling == "onnx" and site.spatial_dims == 2 and ties_differ_from_torch(site)]
+    if names:
+        runtimes = "TensorRT's kernel not checked" if target.is_tensorrt else "ONNX Runtime and onnx.reference"
+        result.note(f"{', '.join(names)}: GridSample nearest with reflection padding and align_corners 0, where "
+                    f"{TIE_ORDER} ({runtimes}); mode decompose follows torch exactly")
 
 
 def runs_float64(target) -> bool:

@@ -681,3 +681,102 @@ def test_auto_mode_follows_the_target(target, form):
     assert ("GridSample" in op_types(model)) == (form == "onnx")
     assert f"mode auto chose '{form}'" in " ".join(step.notes)
 
+
+#: The tie of test_onnx_form_rounds_nearest_before_reflecting_unlike_torch: x = 1.4 of W = 5 is pixel 5.5.
+TIE_SHAPE = (1, 1, 1, 5, 1, 1)
+TIE_FEEDS = {"x": np.arange(5, dtype=np.float32).reshape(1, 1, 1, 5),
+             "grid": np.array([1.4, 0.0], np.float32).reshape(1, 1, 1, 2)}
+
+
+@pytest.mark.parametrize("spelling", ("aten", "mmdeploy", "GridSample"))
+def test_auto_on_onnx_runtime_decomposes_the_sites_whose_ties_differ_from_torch(spelling):
+    """nearest, reflection, align_corners 0: auto gives torch's pixel (4, not GridSample's 3), a GridSample-16
+    node too, and says why."""
+    model = sampler_model(spelling, TIE_SHAPE, "nearest", "reflection", False)
+    rewritten, step = apply_pass(model, "grid-sample", target="onnxruntime")
+    assert step.rewritten == ["sampler"] and "GridSample" not in op_types(rewritten)
+    assert run_ort(rewritten, TIE_FEEDS)[0].item() == torch_grid_sample(**TIE_FEEDS, mode="nearest",
+                                                                        padding="reflection").item() == 4
+    notes = " ".join(step.notes)
+    assert "mode auto chose 'decompose' for sampler: nearest with reflection padding and align_corners 0" in notes
+    assert "mode auto chose 'onnx'" not in notes and "fma_emulation float64" in notes
+    # no GridSample is written, so an opset-11 graph is not raised to 16
+    opsets = [{o.domain: o.version for o in m.opset_import}[""] for m in (model, rewritten)]
+    assert opsets[0] == opsets[1] and "raised" not in notes
+
+
+@pytest.mark.parametrize("mode, padding, align_corners", [("nearest", "reflection", True),
+                                                          ("nearest", "zeros", False),
+                                                          ("bilinear", "reflection", False)])
+def test_auto_on_onnx_runtime_keeps_gridsample_where_its_ties_are_torchs(mode, padding, align_corners):
+    model, step = apply_pass(sampler_model("aten", SHAPES[1], mode, padding, align_corners), "grid-sample",
+                             target="onnxruntime")
+    assert op_types(model) == ["GridSample"]
+    assert step.notes[-1] == "mode auto chose 'onnx' for target onnxruntime"
+
+
+def test_auto_on_onnx_runtime_decomposes_only_the_sites_whose_ties_differ():
+    """A bilinear and a nearest reflection sampler in one opset-11 graph: GridSample (opset raised to 16)
+    and the decomposition side by side, each equal to torch."""
+    n, c, h, w, hg, wg = SHAPES[1]
+    codes = {"bilinear": (0, 0), "nearest": (1, 2)}
+    nodes = [helper.make_node("ATen", ["x", "grid", f"{name}_mode", f"{name}_padding", "align"], [f"y_{name}"],
+                              name=name, domain="org.pytorch.aten", operator="grid_sampler") for name in codes]
+    constants = {f"{name}_{what}": np.array(code) for name, pair in codes.items()
+                 for what, code in zip(("mode", "padding"), pair)}
+    model = make_model(nodes, [("x", np.float32, [n, c, h, w]), ("grid", np.float32, [n, hg, wg, 2])],
+                       [(f"y_{name}", np.float32, [n, c, hg, wg]) for name in codes], opset=11,
+                       initializers={**constants, "align": np.array(False)})
+    rewritten, step = apply_pass(model, "grid-sample", target="onnxruntime")
+    onnx.checker.check_model(rewritten)
+    assert sorted(step.rewritten) == ["bilinear", "nearest"] and op_types(rewritten).count("GridSample") == 1
+    x, grid = feeds(SHAPES[1], seed=3, far_out=False)
+    bilinear, nearest = run_ort(rewritten, {"x": x, "grid": grid})
+    np.testing.assert_allclose(bilinear, torch_grid_sample(x, grid), atol=ATOL, rtol=0)
+    np.testing.assert_array_equal(nearest, torch_grid_sample(x, grid, "nearest", "reflection"))
+
+
+@pytest.mark.parametrize("target, mode, runtimes", [("onnxruntime", "onnx", "ONNX Runtime and onnx.reference"),
+                                                    ("tensorrt-10", "auto", "TensorRT's kernel not checked")])
+def test_gridsample_whose_ties_differ_from_torch_is_noted(target, mode, runtimes):
+    """mode onnx anywhere, and auto on TensorRT (whose kernel is unchecked), keep GridSample: a note names each
+    such node, rewritten or already standard, and the mode that follows torch."""
+    n, c, h, w, hg, wg = SHAPES[1]
+    nodes = [helper.make_node("GridSample", ["x", "grid"], ["y1"], name="kept", mode="nearest",
+                              padding_mode="reflection"),
+             helper.make_node("GridSample", ["x", "grid"], ["y2"], name="torch_like", mode="nearest",
+                              padding_mode="reflection", align_corners=1),
+             helper.make_node("grid_sampler", ["x", "grid"], ["y3"], name="mmdeploy", domain="mmdeploy",
+                              interpolation_mode=1, padding_mode=2, align_corners=0)]
+    model = make_model(nodes, [("x", np.float32, [n, c, h, w]), ("grid", np.float32, [n, hg, wg, 2])],
+                       [(name, np.float32, [n, c, hg, wg]) for name in ("y1", "y2", "y3")], opset=16)
+    rewritten, step = apply_pass(model, "grid-sample", target=target, mode=mode)
+    assert step.rewritten == ["mmdeploy"] and op_types(rewritten) == ["GridSample"] * 3
+    (note,) = [text for text in step.notes if "rounds a coordinate before reflecting it" in text]
+    assert note.startswith("kept, mmdeploy/GridSample: GridSample nearest with reflection padding and "
+                           "align_corners 0, where ONNX's GridSample rounds a coordinate before reflecting it and "
+                           "torch after")
+    assert note.endswith(f"({runtimes}); mode decompose follows torch exactly")
+
+
+def test_auto_on_onnx_runtime_keeps_gridsample_whose_ties_differ_where_decompose_cannot():
+    """A dynamic spatial size: decompose cannot, so the site becomes GridSample, with the note."""
+    node = helper.make_node("grid_sampler", ["x", "grid"], ["y"], name="sampler", domain="mmdeploy",
+                            interpolation_mode=1, padding_mode=2, align_corners=0)
+    model = make_model([node], [("x", np.float32, [1, 3, "h", "w"]), ("grid", np.float32, [1, 6, 7, 2])],
+                       [("y", np.float32, None)], opset=16)
+    rewritten, step = apply_pass(model, "grid-sample", target="onnxruntime")
+    assert op_types(rewritten) == ["GridSample"] and step.rewritten == ["sampler"]
+    assert any(text.endswith("mode decompose follows torch exactly") for text in step.notes)
+
+
+@pytest.mark.parametrize("shape", [(0, 2, 3, 4, 2, 2), (1, 0, 3, 4, 2, 2), (0, MATMUL_MIN_CHANNELS, 3, 4, 2, 2)],
+                         ids=["no-batch", "no-channels", "no-batch-matmul"])
+@pytest.mark.parametrize("form", ("decompose", "onnx", "plugin"))
+def test_empty_batch_or_channels_give_torchs_empty_output(form, shape):
+    """plugin through its CPU reference, which failed to reshape an empty input before."""
+    for mode in MODES:
+        model, _ = apply_pass(sampler_model("aten", shape, mode, "zeros", False), "grid-sample", mode=form)
+        x, grid = feeds(shape)
+        out = run_form(model, form, {"x": x, "grid": grid})
+        assert out.shape == torch_grid_sample(x, grid, mode).shape == shape[:2] + shape[4:]

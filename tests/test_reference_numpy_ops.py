@@ -124,6 +124,31 @@ def test_grid_sample_reflects_and_clips_like_torch_on_the_issue_example(padding_
     assert grid_sample(x, grid, "bilinear", padding_mode, False).item() == expected
 
 
+@pytest.mark.parametrize("x_shape, grid_shape", [((0, 2, 3, 4), (0, 2, 2, 2)), ((1, 0, 3, 4), (1, 2, 2, 2)),
+                                                  ((0, 0, 3, 4), (0, 2, 2, 2)), ((0, 2, 3, 4), (0, 0, 2, 2)),
+                                                  ((0, 2, 2, 3, 4), (0, 2, 2, 2, 3)),
+                                                  ((1, 0, 2, 3, 4), (1, 2, 2, 2, 3))])
+def test_grid_sample_of_an_empty_batch_or_channel_axis_gives_torchs_empty_output(x_shape, grid_shape):
+    """A batch or channel count of 0 (an empty detection batch) samples nothing, as in torch: no error."""
+    x, grid = np.zeros(x_shape, np.float32), np.zeros(grid_shape, np.float32)
+    for mode in ("bilinear", "nearest") + (("bicubic",) if x.ndim == 4 else ()):  # bicubic is 4-D only
+        expected = F.grid_sample(torch.from_numpy(x), torch.from_numpy(grid), mode=mode, align_corners=False).numpy()
+        got = grid_sample(x, grid, mode)
+        assert got.shape == expected.shape and got.dtype == expected.dtype, mode
+
+
+@pytest.mark.parametrize("batch, queries, heads, dim", [(0, 3, 2, 4), (1, 0, 2, 4), (1, 3, 0, 4), (1, 3, 2, 0)])
+def test_multi_scale_deformable_attention_of_an_empty_axis_matches_mmcv_pytorch(batch, queries, heads, dim):
+    shapes = [(3, 4), (2, 2)]
+    value = np.zeros((batch, sum(h * w for h, w in shapes), heads, dim), np.float32)
+    locations = np.zeros((batch, queries, heads, len(shapes), 2, 2), np.float32)
+    weights = np.zeros((batch, queries, heads, len(shapes), 2), np.float32)
+    expected = multi_scale_deformable_attn_pytorch(torch.from_numpy(value), shapes, torch.from_numpy(locations),
+                                                   torch.from_numpy(weights))
+    assert multi_scale_deformable_attention(value, np.array(shapes, np.int64), locations, weights).shape == \
+        tuple(expected.shape)
+
+
 def test_grid_sample_accepts_torch_integer_codes():
     rng = np.random.default_rng(2)
     x = rng.standard_normal((1, 1, 3, 3)).astype(np.float32)

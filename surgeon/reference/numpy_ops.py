@@ -159,7 +159,8 @@ class _Sampler:
         self.padding_mode = padding_mode
         self.align_corners = align_corners
         n, c = x.shape[:2]
-        self.flat = x.reshape(n, c, -1)
+        # Sizes named, not -1: NumPy cannot infer -1 in an empty array (a batch or channel count of 0).
+        self.flat = x.reshape(n, c, int(np.prod(self.sizes)))
 
     def gather(self, indices: list[np.ndarray]) -> np.ndarray:
         """x at integer `indices` (one array per spatial axis, each shaped like the output grid)."""
@@ -170,9 +171,10 @@ class _Sampler:
         for index, size in zip(indices, self.sizes):
             inside &= (index >= 0) & (index < size)
             flat_index = flat_index * size + np.clip(index, 0, size - 1)
-        flat_index = flat_index.reshape(n, 1, -1)
-        values = np.take_along_axis(self.flat, np.broadcast_to(flat_index, (n, c, flat_index.shape[-1])), axis=2)
-        values = values * inside.reshape(n, 1, -1).astype(self.x.dtype)
+        points = int(np.prod(out_shape))
+        flat_index = flat_index.reshape(n, 1, points)
+        values = np.take_along_axis(self.flat, np.broadcast_to(flat_index, (n, c, points)), axis=2)
+        values = values * inside.reshape(n, 1, points).astype(self.x.dtype)
         return values.reshape((n, c) + out_shape)
 
     def linear(self, coords: list[np.ndarray], vectorised: bool) -> np.ndarray:
