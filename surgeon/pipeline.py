@@ -7,6 +7,7 @@ earlier pass changed the graph. Nothing is written until every step and the chec
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
 import json
 import tempfile
@@ -161,10 +162,11 @@ def run_recipe(recipe, model=None, output=None, *, overrides=(), dry_run: bool =
         writing = output is not None and not dry_run
         serialized = serialize_model(result_model) if recipe.checker or writing else None
         if recipe.checker and serialized is not None:
-            check_model(serialized)
+            check_model(serialized, source=model_path)
         elif recipe.checker and not writing:  # past 2 GB: onnx.checker reads such a model from a file only
             with tempfile.TemporaryDirectory() as scratch:
-                save_model_atomic(result_model, Path(scratch) / "model.onnx", check=check_model_file)
+                save_model_atomic(result_model, Path(scratch) / "model.onnx",
+                                  check=functools.partial(check_model_file, source=model_path))
     if validating:  # and against the rewritten model (its inputs, its outputs) before OUT is written
         prepared.check_candidate(result_model)
 
@@ -175,7 +177,8 @@ def run_recipe(recipe, model=None, output=None, *, overrides=(), dry_run: bool =
     try:
         if writing:
             result.files = save_model_atomic(result_model, output, serialized=serialized,
-                                             check=check_model_file if recipe.checker and serialized is None else None)
+                                             check=functools.partial(check_model_file, source=model_path)
+                                             if recipe.checker and serialized is None else None)
             result.output = output
         if validating:
             from surgeon.validation import validate_run
@@ -501,21 +504,43 @@ def _stamp(model: onnx.ModelProto, recipe: Recipe, records: list[StepRecord]) ->
         model.metadata_props.add(key=key, value=props[key])
 
 
-def check_model(model: onnx.ModelProto | bytes) -> None:
+def check_model(model: onnx.ModelProto | bytes, source=None) -> None:
     """onnx.checker on the result's bytes (or the model under 2 GB); a failure is CheckFailed (exit 1) and
-    nothing is written."""
-    _checked(model)
+    nothing is written. `source`: the input model's path; where it fails the same check, the failure is
+    the input's (ModelError, exit 2)."""
+    _checked(model, source)
 
 
-def check_model_file(path) -> None:
+def check_model_file(path, source=None) -> None:
     """`check_model` for a model past 2 GB, written (to a temporary name) with its external data."""
-    _checked(str(path))
+    _checked(str(path), source)
 
 
-def _checked(model) -> None:
+def _checked(model, source=None) -> None:
     try:
         with stdout_to_stderr():  # the checker's C++ warnings must not land in `--json` output
             onnx.checker.check_model(model)
     except onnx.checker.ValidationError as exc:
-        raise CheckFailed(f"the rewritten model fails onnx.checker: {first_line(exc)} "
+        input_failure = _same_input_failure(source, exc) if source is not None else None
+        if input_failure is not None:
+            raise ModelError(f"the input model fails onnx.checker: {_checker_message(input_failure)}", file=source,
+                             hint="the rewritten model fails the same way; repair the input, or set 'checker: "
+                                  "false' in the recipe to skip this check") from None
+        raise CheckFailed(f"the rewritten model fails onnx.checker: {_checker_message(exc)} "
                           "(nothing was written; set 'checker: false' in the recipe to skip this check)") from None
+
+
+def _same_input_failure(source, failure: onnx.checker.ValidationError) -> onnx.checker.ValidationError | None:
+    """The input model's onnx.checker failure where its first line is the result's (the rule and the name it
+    broke; the node printed after it may have been rewritten). Asked only once the result failed."""
+    try:
+        with stdout_to_stderr():
+            onnx.checker.check_model(str(source))
+    except onnx.checker.ValidationError as exc:
+        return exc if first_line(exc) == first_line(failure) else None
+    return None
+
+
+def _checker_message(exc: onnx.checker.ValidationError) -> str:
+    """onnx.checker's whole message on one line: the lines after the first name the node."""
+    return " ".join(line.strip() for line in str(exc).splitlines() if line.strip()) or type(exc).__name__

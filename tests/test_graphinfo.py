@@ -1,8 +1,10 @@
 """graphinfo: what a node reads through its subgraphs, the walk over bodies, op labels."""
+import numpy as np
 import onnx
-from onnx import TensorProto, helper
+import pytest
+from onnx import TensorProto, helper, numpy_helper
 
-from surgeon.graphinfo import all_nodes, node_reads, op_label
+from surgeon.graphinfo import all_nodes, node_reads, op_label, raw_bytes, tensor_bytes, typed_entries
 
 
 def _if_node(then_nodes, else_nodes, outputs=("y",)):
@@ -51,3 +53,19 @@ def test_op_label_names_aten_operators_and_domains():
     assert op_label(aten) == "ATen:grid_sampler"
     assert op_label(custom) == "mmcv::MMCVMultiScaleDeformableAttention"
     assert op_label(onnx.helper.make_node("Conv", ["x", "w"], ["y"])) == "Conv"
+
+
+@pytest.mark.parametrize("data_type", [t for t in TensorProto.DataType.values()
+                                       if t not in (TensorProto.UNDEFINED, TensorProto.STRING)])
+def test_stored_sizes_are_what_onnx_stores_for_every_data_type(data_type):
+    """`modelio.read_model` refuses a tensor whose data is not exactly these sizes: packed 4-, 2- and 6-bit
+    types, two entries per complex number, all as onnx itself writes them."""
+    values = np.zeros(5, helper.tensor_dtype_to_np_dtype(data_type))
+    raw = numpy_helper.from_array(values, "t")
+    assert len(raw.raw_data) == raw_bytes(data_type, 5) == tensor_bytes(raw)
+    typed = helper.make_tensor("t", data_type, [5], values.tolist())
+    assert len(getattr(typed, helper.tensor_dtype_to_field(data_type))) == typed_entries(data_type, 5)
+
+
+def test_no_stored_size_for_strings_or_numbers_that_are_no_data_type():
+    assert raw_bytes(TensorProto.STRING, 3) is None and raw_bytes(999, 3) is None

@@ -126,3 +126,12 @@ def test_loop_body_tensors_are_counted_not_listed_and_what_bodies_read_is_read_b
 def test_the_summary_is_unchanged_without_tensors(capsys):
     info = inspect_json(capsys, CAMERA)
     assert "tensors" not in info and info["nodes"] == 278
+
+
+def test_element_types_that_are_no_data_type_show_as_their_number():
+    """`read_model` refuses them in a model; shape inference's results reach `_value_info` unread."""
+    from surgeon.commands.inspect import _value_info
+
+    dtypes = [_value_info(helper.make_tensor_value_info("x", elem_type, [1]))["dtype"]
+              for elem_type in (TensorProto.FLOAT, TensorProto.FLOAT4E2M1, 0, 999)]
+    assert dtypes == ["float32", "float4_e2m1fn", "?", "type 999"]

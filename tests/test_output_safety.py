@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 import pytest
 import yaml
-from onnx import helper
+from onnx import helper, numpy_helper
 
 from surgeon.cli import main
 from surgeon.errors import SurgeonError
@@ -252,6 +252,136 @@ def test_text_format_models_are_one_clear_error(work, capsys, name):
 def test_a_binary_model_with_a_text_extension_loads(work):
     Path("good.json").write_bytes(Path("good.onnx").read_bytes())
     assert load_model("good.json").graph.node[1].name == "neg"
+
+
+def weighted_model() -> onnx.ModelProto:
+    """x + w -> y, its weight held in the model."""
+    add = helper.make_node("Add", ["x", "w"], ["y"], name="add")
+    return make_model([add], [("x", np.float32, [1, 4])], [("y", np.float32, [1, 4])],
+                      initializers={"w": np.ones((1, 4), np.float32)})
+
+
+def _set(field, value, of=lambda m: m.graph.initializer[0]):
+    return lambda model: setattr(of(model), field, value)
+
+
+def _typed_weight(model):
+    weight = model.graph.initializer[0]
+    weight.ClearField("raw_data")
+    weight.float_data.extend([1.0] * 3)
+
+
+def _bytes_in_name(model):
+    return model.SerializeToString().replace(b"NODEX", b"\xff\xfeDEX")
+
+
+def _aten_operator(model):
+    model.graph.node.append(helper.make_node("ATen", ["y"], ["z"], name="aten", domain="org.pytorch.aten",
+                                             operator=b"\xffbogus"))
+    model.graph.output[0].name = "z"
+
+
+def _no_outputs(model):
+    model.graph.ClearField("output")
+
+
+def _external_length(value):
+    def change(model):
+        for entry in model.graph.initializer[0].external_data:
+            if entry.key == "length":
+                entry.value = value
+    return change
+
+
+_INPUT = lambda m: m.graph.input[0].type.tensor_type  # noqa: E731
+
+
+@pytest.mark.parametrize("broken, says", [
+    (_set("data_type", 999), "initializer 'w' has data type 999, which is no ONNX data type"),
+    (_set("data_type", 0), "initializer 'w' has data type 0 (UNDEFINED)"),
+    (_set("elem_type", 999, _INPUT), "graph input 'x' has element type 999, which is no ONNX data type"),
+    (_set("elem_type", 0, _INPUT), "graph input 'x' has no element type (0, UNDEFINED)"),
+    (_set("raw_data", np.ones(8, np.float32).tobytes()),
+     "initializer 'w': dims [1, 4] of FLOAT take 16 bytes, but its raw_data holds 32"),
+    (_set("raw_data", b"\0" * 7), "initializer 'w': dims [1, 4] of FLOAT take 16 bytes, but its raw_data holds 7"),
+    (lambda m: m.graph.initializer[0].dims.__setitem__(0, 2**40),  # would pass for a model over 2 GB
+     "initializer 'w': dims [1099511627776, 4] of FLOAT take 17592186044416 bytes, but its raw_data holds 16"),
+    (_typed_weight, "initializer 'w': dims [1, 4] of FLOAT take 4 entries in float_data, but it holds 3"),
+    (_bytes_in_name, "node '\\xff\\xfeDEX' (Add): its name '\\xff\\xfeDEX' is not UTF-8 text"),
+    (_aten_operator, "attribute 'operator' of node 'aten' (ATen) is not UTF-8 text: b'\\xffbogus'"),
+    (_no_outputs, "the graph has no outputs"),
+    ("ext:3", "initializer 'w': dims [1, 4] of FLOAT take 16 bytes, but its external data holds 3"),
+    ("ext:x", "initializer 'w': its external data length 'x' is not a number"),
+])
+def test_unusable_models_are_one_clear_error_everywhere(work, capsys, broken, says):
+    """Element types that are no ONNX data type, data that disagrees with its dims, text that is not UTF-8
+    and a graph without outputs: each command that reads the model names the file and what is wrong,
+    where each used to end in an internal error, or a run in a model onnx.checker refuses."""
+    if isinstance(broken, str):  # the external-data model with another recorded length
+        model = onnx.load("ext.onnx", load_external_data=False)
+        _external_length(broken.split(":")[1])(model)
+    else:
+        model = weighted_model()
+        model.graph.node[0].name = "NODEX"
+        written = broken(model)
+        if isinstance(written, bytes):
+            Path("bad.onnx").write_bytes(written)
+    if not Path("bad.onnx").exists():
+        onnx.save(model, "bad.onnx")
+    says = f"bad.onnx: not a usable ONNX model: {says}"
+    for argv in (["run", "basic.yaml", "bad.onnx", "-o", "out/x.onnx"], ["compare", "good.onnx", "bad.onnx"],
+                 ["bisect", "basic.yaml", "bad.onnx"], ["inspect", "bad.onnx"]):
+        refused(capsys, work, *argv, says=says)
+    code, out, _ = cli(capsys, "check", "bad.onnx", "--no-config")
+    assert code == 2 and f"bad.onnx: SG000 error {says.split(': ', 1)[1]}" in out
+
+
+def test_large_models_read_their_raw_data_lengths_off_the_file_alike(work, monkeypatch):
+    """Past 64 MiB the lengths come from the model's bytes (protobuf copies raw_data when asked for it)."""
+    import surgeon.modelio as modelio
+
+    model = weighted_model()
+    model.graph.initializer.add().CopyFrom(numpy_helper.from_array(np.zeros(3, np.int64), "unused"))
+    model.graph.initializer[1].ClearField("raw_data")
+    model.graph.initializer[1].int64_data.extend([0, 0, 0])
+    serialized = model.SerializeToString()
+    monkeypatch.setattr(modelio, "_SCAN_RAW_DATA_FROM", 0)
+    assert modelio._raw_data_lengths(model, serialized) == [16, None]
+    onnx.save(model, "typed.onnx")
+    assert len(load_model("typed.onnx").graph.initializer) == 2
+    model.graph.initializer[0].raw_data = b"\0" * 20
+    onnx.save(model, "long.onnx")
+    with pytest.raises(SurgeonError, match="but its raw_data holds 20"):
+        load_model("long.onnx")
+
+
+def test_a_checker_failure_keeps_the_node_and_blames_an_input_that_fails_alike(work, capsys):
+    """onnx.checker names the node on its second line; a failure the input model has too is the input's."""
+    from surgeon.errors import CheckFailed
+    from surgeon.pipeline import check_model
+
+    model = onnx.load("good.onnx")
+    model.graph.node[1].input[0] = "does_not_exist"
+    onnx.save(model, "dangling.onnx")
+    says = ("dangling.onnx: the input model fails onnx.checker: Nodes in a graph must be topologically sorted, "
+            "however input 'does_not_exist' of node: name: neg OpType: Neg is not output of any previous nodes.")
+    refused(capsys, work, "run", "basic.yaml", "dangling.onnx", "-o", "out/x.onnx", "-q", says=says)
+    with pytest.raises(CheckFailed, match="the rewritten model fails onnx.checker: .* of node: name: neg OpType: Neg "
+                                          "is not output of any previous nodes. \\(nothing was written"):
+        check_model(model.SerializeToString(), source="good.onnx")
+
+
+def test_output_names_past_the_file_system_limit_are_refused_before_any_folder_is_made(work, capsys):
+    """Temporary files have short names of their own, so any name the file system takes can be written."""
+    longest = "c" * 251 + ".txt"
+    assert cli(capsys, "check", "good.onnx", "--no-config", "-o", longest)[0] == 0
+    assert Path(longest).exists() and sorted(p.name for p in work.iterdir() if p.name.startswith(".")) == []
+    write_text_atomic("d" * 255, "x")
+    refused(capsys, work, "run", "basic.yaml", "good.onnx", "-o", "b" * 250 + ".onnx",
+            says="cannot write the run report there: the name 'bbbbbbbbbbbbbbbbbbbb...surgeon.json' is 263 bytes long")
+    write_recipe("long.yaml", {"name": "a" * 252, "steps": [{"pass": "toposort"}]})
+    refused(capsys, work, "run", "long.yaml", "good.onnx", says="over the file system's limit of 255")
+    assert not Path("out").exists()
 
 
 # ---------------------------------------------------------------- spconv voxel arrays

@@ -65,9 +65,15 @@ def _value_info(value: onnx.ValueInfoProto) -> dict:
     dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in t.shape.dim]
     try:
         dtype = onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name if t.elem_type else "?"
-    except (KeyError, TypeError):
-        dtype = onnx.TensorProto.DataType.Name(t.elem_type).lower()
+    except (KeyError, TypeError, ValueError):
+        # no NumPy type; an element type that is no ONNX data type either (`read_model` refuses those in
+        # the model, but shape inference's results are not read through it) shows as its number
+        dtype = (onnx.TensorProto.DataType.Name(t.elem_type).lower() if t.elem_type in _DATA_TYPE_NUMBERS
+                 else f"type {t.elem_type}")
     return {"name": value.name, "dtype": dtype, "shape": dims if t.HasField("shape") else None}
+
+
+_DATA_TYPE_NUMBERS = frozenset(onnx.TensorProto.DataType.values())
 
 
 def list_tensors(model: onnx.ModelProto, pattern: str = "") -> dict:
