@@ -62,7 +62,7 @@ def test_unreadable_model_is_one_clear_error(models, capsys):
 
 @pytest.mark.parametrize("argv, message", [
     (["--target", "tensorrt-9"], "unknown target 'tensorrt-9'"),
-    (["--select", "SG9"], "--select: no rule 'SG9' (did you mean 'SG009'?)"),
+    (["--select", "SG008x"], "--select: no rule 'SG008x' (did you mean 'SG008'?)"),
     ([], "needs at least one model or recipe"),
 ])
 def test_bad_usage_exits_2(models, capsys, argv, message):
@@ -375,3 +375,67 @@ def test_the_report_may_not_replace_a_plugin_file(tmp_path, capsys):
     assert main(["check", "--no-config", "--plugin", str(tmp_path / "p.py"), str(tmp_path / "r.yaml"),
                  "-o", str(tmp_path / "p.py")]) == 2
     assert "plugin file" in capsys.readouterr().err and (tmp_path / "p.py").read_text() == plugin
+
+
+@pytest.mark.parametrize("value", ["nan", "-1", "inf", "1e400", "lots"])
+def test_max_initializer_mb_must_be_a_finite_size(models, capsys, value):
+    """NaN turned SG013 off without a word, and -1 flagged every initializer."""
+    with pytest.raises(SystemExit) as info:
+        main(["check", "--no-config", str(models / "good.onnx"), "--max-initializer-mb", value])
+    assert info.value.code == 2
+    assert (f"argument --max-initializer-mb: expected a finite number of MiB, 0 or more, got '{value}'"
+            in capsys.readouterr().err)
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-1", "true"])
+def test_pyproject_max_initializer_mb_must_be_a_finite_size(models, capsys, monkeypatch, value):
+    (models / "pyproject.toml").write_text(f"[tool.surgeon]\nmax-initializer-mb = {value}\n")
+    monkeypatch.chdir(models)
+    assert main(["check", str(models / "good.onnx")]) == 2
+    assert (f"{models / 'pyproject.toml'}: [tool.surgeon]: 'max-initializer-mb' must be a finite number of MiB, "
+            "0 or more" in capsys.readouterr().err)
+
+
+def test_a_recipe_model_that_is_no_onnx_file_is_reported(tmp_path, capsys):
+    """`model: /etc/passwd` or `model: .` linted clean, and `surgeon run` then refused the recipe."""
+    text = tmp_path / "notes.txt"
+    text.write_text("root:x:0:0:root:/root:/bin/bash\n")
+    onnx.save(make_model([helper.make_node("Relu", ["x"], ["y"], name="relu")], [("x", np.float32, [2])],
+                         [("y", np.float32, [2])]), tmp_path / "good.onnx")
+    recipe = tmp_path / "r.yaml"
+    not_onnx = f"not a binary ONNX model (the file ends inside field 14): {text}"  # 'r' starts field 14
+    for model, against, expected in [
+        (text, "original", [f"{recipe}:2:8: SR003 error model: {not_onnx}"]),
+        (tmp_path, text, [f"{recipe}:2:8: SR002 error model: a folder, not a file: {tmp_path}",
+                          f"{recipe}:6:12: SR003 error validate.against: {not_onnx}"]),
+        (tmp_path / "good.onnx", "/dev/null", [f"{recipe}:6:12: SR002 error validate.against: not a regular file: "
+                                               "/dev/null"]),
+    ]:
+        recipe.write_text(f"name: r\nmodel: {model}\nsteps:\n  - pass: toposort\nvalidate:\n  against: {against}\n")
+        code, out, _ = run(capsys, recipe)
+        assert (code, out.splitlines()[:-1]) == (1, expected)
+    recipe.write_text(f"name: r\nmodel: {tmp_path / 'good.onnx'}\nsteps:\n  - pass: toposort\n")
+    assert run(capsys, recipe)[:2] == (0, "no findings in 1 file\n")
+
+
+def _non_utf8_node_name(model):
+    return model.SerializeToString().replace(b"add_node", b"\xff\xfed_node")
+
+
+@pytest.mark.parametrize("spoil, cause", [
+    (lambda m: setattr(m.graph.initializer[0], "data_type", 999), "999"),
+    (lambda m: setattr(m.graph.input[0].type.tensor_type, "elem_type", 999), "999"),
+    (_non_utf8_node_name, "UTF-8"),
+    (lambda m: setattr(m.graph.initializer[0], "raw_data", m.graph.initializer[0].raw_data * 2), "raw_data"),
+    (lambda m: m.graph.ClearField("output"), "no outputs"),
+])
+def test_a_model_that_cannot_run_is_sg000_not_an_internal_error(tmp_path, capsys, spoil, cause):
+    """Each ended `check` in an internal error (invalid dtypes, a name that is not UTF-8) or passed it (raw data
+    longer than its dims, no graph outputs): the loader refuses them, which check reports as SG000."""
+    model = make_model([helper.make_node("Add", ["x", "w"], ["y"], name="add_node")], [("x", np.float32, [2])],
+                       [("y", np.float32, [2])], initializers={"w": np.ones(2, np.float32)})
+    spoilt = spoil(model)
+    (tmp_path / "m.onnx").write_bytes(spoilt if isinstance(spoilt, bytes) else model.SerializeToString())
+    code, out, err = run(capsys, tmp_path / "m.onnx")
+    assert code == 2 and "internal error" not in err
+    assert out.startswith(f"{tmp_path / 'm.onnx'}: SG000 error ") and cause in out.splitlines()[0]

@@ -114,15 +114,26 @@ def unused_initializer():
                       initializers={"orphan": np.ones(2, np.float32)})
 
 
-def external_data_outside():
-    model = make_model([helper.make_node("Add", ["x", "w"], ["y"], name="add")], [("x", np.float32, [2])],
-                       [("y", np.float32, [2])], initializers={"w": np.ones(2, np.float32)})
+def external_data(location, offset, length, size=2):
+    """Add(x, w) with w, `size` float32 values, stored in `location` (not written here) at `offset`, `length`."""
+    model = make_model([helper.make_node("Add", ["x", "w"], ["y"], name="add")], [("x", np.float32, [size])],
+                       [("y", np.float32, [size])], initializers={"w": np.ones(size, np.float32)})
     weight = model.graph.initializer[0]
     weight.ClearField("raw_data")
     weight.data_location = TensorProto.EXTERNAL
-    for key, value in (("location", "../elsewhere/weights.bin"), ("offset", "0"), ("length", "8")):
-        weight.external_data.add(key=key, value=value)
+    for key, value in (("location", location), ("offset", offset), ("length", length)):
+        if value is not None:
+            weight.external_data.add(key=key, value=value)
     return model
+
+
+def external_data_outside():
+    return external_data("../elsewhere/weights.bin", "0", "8")
+
+
+def external_data_past_the_end():
+    """w's 4 KiB read from the model file itself (a file beside the model, of a few hundred bytes)."""
+    return external_data("model.onnx", "0", "4096", size=1024)
 
 
 def large_initializer():
@@ -191,6 +202,8 @@ CASES = [
     ("SG010", duplicate_tensor_names, Settings(), "tensor 'y' is defined 2 times", "error"),
     ("SG011", unused_initializer, Settings(), "initializer 'orphan' is not used — fix: pass cleanup", "warning"),
     ("SG012", external_data_outside, Settings(), "reads external data from '../elsewhere/weights.bin'", "error"),
+    ("SG019", external_data_past_the_end, Settings(), "initializer 'w' reads bytes 0 to 4096 of 'model.onnx', which "
+     "holds", "error"),
     ("SG013", large_initializer, Settings(max_initializer_mb=0.5), "holds 1.0 MiB, over the 0.5 MiB limit", "warning"),
     ("SG013", large_constant_in_a_body, Settings(max_initializer_mb=0.5), "the 'value' tensor of node choose/"
      "then_branch/weights holds 1.0 MiB", "warning"),
@@ -310,6 +323,37 @@ def test_external_data_beside_the_model_is_clean_and_a_missing_file_is_reported(
     findings = check_file(tmp_path / "model.onnx", Settings())
     assert [f.rule for f in findings] == ["SG014"]
     assert "model.data" in findings[0].message
+
+
+@pytest.mark.parametrize("offset, length, rule, message", [
+    ("0", "8", None, None),
+    (None, "8", None, None),
+    ("8", None, None, None),  # to the end of the file
+    ("12", "8", "SG019", "initializer 'w' reads bytes 12 to 20 of 'w.bin', which holds 16"),
+    ("17", "8", "SG019", "initializer 'w' reads bytes 17 to 25 of 'w.bin', which holds 16"),
+    # the loader refuses a length (or the rest of the file) that disagrees with the dims, and what is no byte count
+    (None, None, "SG000", "initializer 'w'"),
+    ("17", None, "SG000", "initializer 'w'"),
+    ("0", "4", "SG000", "initializer 'w'"),
+    ("abc", "8", "SG000", "initializer 'w'"),
+    ("0", "-8", "SG000", "initializer 'w'"),
+])
+def test_external_data_is_checked_against_the_data_file(offset, length, rule, message, tmp_path):
+    """onnx.checker accepts all of these and `check` reported none; ONNX Runtime cannot read the wrong ones."""
+    (tmp_path / "w.bin").write_bytes(np.zeros(4, np.float32).tobytes())
+    onnx.save(external_data("w.bin", offset, length), tmp_path / "model.onnx")
+    findings = check_file(tmp_path / "model.onnx", Settings())
+    assert [f.rule for f in findings] == ([rule] if rule else [])
+    assert all(message in f.message for f in findings)
+
+
+def test_a_cast_to_no_type_is_a_finding_not_a_crash(tmp_path):
+    """Strict shape inference raises ValueError for Cast(to=0), which onnx.checker passes."""
+    model = make_model([helper.make_node("Cast", ["x"], ["y"], name="cast", to=0)], [("x", np.float32, [2])],
+                       [("y", np.float32, [2])])
+    findings = _check(model, Settings(), tmp_path)
+    expected = [("SG015", "shape inference (strict): Invalid tensor data type 0.")]
+    assert [(f.rule, f.message) for f in findings] == expected
 
 
 def test_fixes_come_from_what_passes_declare_they_handle():

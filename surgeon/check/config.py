@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import fnmatch
+import math
 import re
 import tomllib
 from dataclasses import dataclass, field, replace
@@ -26,6 +27,13 @@ from surgeon.errors import SurgeonError, suggest
 UNREADABLE_FILE_ID = "SG000"  # findings.UNREADABLE_FILE: never filtered out
 SETTING_KEYS = ("target", "select", "ignore", "static-shapes", "max-initializer-mb")
 _LIST_KEYS = ("select", "ignore")
+SIZE_LIMIT = "a finite number of MiB, 0 or more"  # what `max-initializer-mb` takes
+
+
+def is_size_limit(value) -> bool:
+    """Whether `value` is a `max-initializer-mb`: NaN would turn SG013 off without a word, and a negative
+    limit flags every initializer."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
 
 
 @dataclass(frozen=True)
@@ -137,8 +145,8 @@ def _settings_values(table: dict, path: Path, where: str) -> dict:
             value = tuple(value)
         elif key == "static-shapes" and not isinstance(value, bool):
             raise SurgeonError(f"{where}: 'static-shapes' must be true or false", file=path)
-        elif key == "max-initializer-mb" and (isinstance(value, bool) or not isinstance(value, (int, float))):
-            raise SurgeonError(f"{where}: 'max-initializer-mb' must be a number", file=path)
+        elif key == "max-initializer-mb" and not is_size_limit(value):
+            raise SurgeonError(f"{where}: 'max-initializer-mb' must be {SIZE_LIMIT} (got {value!r})", file=path)
         elif key == "target" and not isinstance(value, str):
             raise SurgeonError(f"{where}: 'target' must be a target name such as 'tensorrt-8.6'", file=path)
         elif key == "target":

@@ -4,6 +4,7 @@ inference and the dtypes and shapes inference found, the opset in force for each
 the installed ONNX Runtime's CPU build has kernels for."""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from functools import cached_property, lru_cache
 from pathlib import Path
@@ -17,7 +18,8 @@ from surgeon.graphinfo import all_nodes, node_reads, subgraphs
 from surgeon.targets import Target
 
 STANDARD_DOMAINS = ("", "ai.onnx")
-INFERENCE_ERRORS = (onnx.shape_inference.InferenceError, onnx.checker.ValidationError, RuntimeError)
+# ValueError: strict inference's "Invalid tensor data type 0." for a Cast to UNDEFINED, which the checker passes
+INFERENCE_ERRORS = (onnx.shape_inference.InferenceError, onnx.checker.ValidationError, RuntimeError, ValueError)
 _ONNX_DTYPE_NAMES = {"float": "float32", "double": "float64"}
 
 
@@ -50,6 +52,28 @@ def ort_cpu_kernels() -> tuple:
 def ort_cpu_runs(domain: str, op_type: str) -> bool:
     """Whether the installed ONNX Runtime's CPU build has a kernel for `domain::op_type`."""
     return any(k.domain == domain and k.op_name == op_type for k in ort_cpu_kernels())
+
+
+@dataclass(frozen=True)
+class ExternalData:
+    """Where an external tensor's data lies, as its `external_data` entries say: `file` is the data file beside
+    the model (None where `location` is absolute or leaves the model's folder); `offset` and `length` are None
+    where not given (`modelio.read_model` refuses those that are not byte counts)."""
+
+    location: str
+    file: Path | None
+    offset: int | None
+    length: int | None
+
+    @classmethod
+    def of(cls, tensor: TensorProto, model_path: Path) -> ExternalData:
+        entries = {e.key: e.value for e in tensor.external_data}
+        location = entries.get("location", "")
+        folder = model_path.resolve().parent
+        resolved = Path(os.path.normpath(folder / location))
+        inside = not Path(location).is_absolute() and resolved.is_relative_to(folder)
+        offset, length = (int(entries[key]) if key in entries else None for key in ("offset", "length"))
+        return cls(location, resolved if inside else None, offset, length)
 
 
 @dataclass
@@ -126,8 +150,14 @@ class ModelFacts:
         return found
 
     @cached_property
+    def external_tensors(self) -> list[tuple[str, ExternalData]]:
+        """(what, where its data lies) for every tensor of `tensors` stored in external data."""
+        return [(what, ExternalData.of(tensor, self.path)) for what, tensor in self.tensors
+                if tensor.data_location == TensorProto.EXTERNAL]
+
+    @property
     def has_external_data(self) -> bool:
-        return any(t.data_location == TensorProto.EXTERNAL for _, t in self.tensors)
+        return bool(self.external_tensors)
 
     @cached_property
     def producers(self) -> dict[str, onnx.NodeProto]:

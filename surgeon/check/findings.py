@@ -89,7 +89,9 @@ def recipe_rule(rule_id: str, name: str, severity: str, summary: str, fix: str |
 
 # Reported by the runner itself, before any rule can look at the file; never filtered out.
 UNREADABLE_FILE = Rule("SG000", "unreadable-file", "error",
-                       "the model or recipe file is missing, not valid ONNX or not UTF-8 text (exit code 2)", None, None)
+                       "the model or recipe file is missing, not valid ONNX or not UTF-8 text, or a model the loader "
+                       "refuses (no graph outputs, an element type that is no ONNX type, tensor data its dims "
+                       "disagree with, a name that is not UTF-8) (exit code 2)", None, None)
 
 
 def all_rules() -> dict[str, Rule]:

@@ -13,7 +13,6 @@ import os
 import re
 import sys
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 import onnx
@@ -506,14 +505,24 @@ def unused_initializers(facts: ModelFacts):
             "external-data location outside the model's folder (absolute or through ..)")
 def external_data_escapes(facts: ModelFacts):
     folder = facts.path.resolve().parent
-    for what, tensor in facts.tensors:  # initializers, of subgraphs too, and Constant (attribute) tensors
-        if tensor.data_location != onnx.TensorProto.EXTERNAL:
-            continue
-        location = next((e.value for e in tensor.external_data if e.key == "location"), "")
-        resolved = Path(os.path.normpath(folder / location))
-        if Path(location).is_absolute() or not resolved.is_relative_to(folder):
+    for what, data in facts.external_tensors:  # initializers, of subgraphs too, and Constant (attribute) tensors
+        if data.file is None:
             yield Finding("SG012", "error", f"{what} reads external data from "
-                          f"'{location}', outside {folder.name}/; keep data files beside the model", facts.file)
+                          f"'{data.location}', outside {folder.name}/; keep data files beside the model", facts.file)
+
+
+@model_rule("SG019", "external-data-range", "error",
+            "external data past the end of its data file (offset + length beyond the file's size)")
+def external_data_range(facts: ModelFacts):
+    # Loading the model compared each length with the tensor's dims and type, and a tensor without a length
+    # (read to the end of the file) with the file's size; what is left is a given range the file cannot give.
+    for what, data in facts.external_tensors:
+        if data.length is None or data.file is None or not data.file.is_file():
+            continue  # SG012 reports a file outside the folder, SG014 (onnx.checker) a missing one
+        size, offset = data.file.stat().st_size, data.offset or 0
+        if offset + data.length > size:
+            yield Finding("SG019", "error", f"{what} reads bytes {offset} to {offset + data.length} of "
+                          f"'{data.location}', which holds {size}", facts.file)
 
 
 @model_rule("SG013", "large-initializer", "warning",

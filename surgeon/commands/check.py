@@ -40,9 +40,21 @@ def add_arguments(parser) -> None:
     parser.add_argument("-o", "--output", metavar="FILE", help="write the report to FILE instead of stdout")
     parser.add_argument("--static-shapes", action=argparse.BooleanOptionalAction, default=None,
                         help="report dynamic input dims (SG006) even if the target allows them, or never")
-    parser.add_argument("--max-initializer-mb", type=float, metavar="MB", help="SG013 threshold (default 512)")
+    parser.add_argument("--max-initializer-mb", type=_size_limit, metavar="MB", help="SG013 threshold (default 512)")
     parser.add_argument("--no-config", action="store_true", help="ignore [tool.surgeon] in pyproject.toml")
     parser.add_argument("--list-rules", action="store_true", help="print the rules and exit")
+
+
+def _size_limit(text: str) -> float:
+    from surgeon.check.config import SIZE_LIMIT, is_size_limit
+
+    try:
+        value = float(text)
+    except ValueError:
+        value = None
+    if value is None or not is_size_limit(value):
+        raise argparse.ArgumentTypeError(f"expected {SIZE_LIMIT}, got '{text}'")
+    return value
 
 
 def run(args) -> int:
