@@ -122,3 +122,16 @@ def test_the_reference_matches_the_rewrite_the_pass_makes():
     assert step.rewritten == ["bev_pool"]
     feeds = _inputs(seed=8, cameras=(1, 2))
     np.testing.assert_allclose(_run(model, feeds), _run(rewritten, feeds), rtol=1e-6, atol=1e-6)
+
+
+def test_empty_channels_and_cameras_give_torchs_empty_shapes():
+    """No -1 in the reshapes: it is undefined once a dimension is 0."""
+    no_points = {name: np.zeros(0, np.int32) for name in NAMES[2:]}
+    no_channels = {"depth": np.ones((1, 2, 3, 4, 5), np.float32), "feat": np.ones((1, 2, 4, 5, 0), np.float32)}
+    model = _custom_model([1, 0, BEV_H, BEV_W], "bev_pool_v2", "mmdeploy", (1, 2), channels=0,
+                          out_height=BEV_H, out_width=BEV_W)
+    assert _run(model, {**no_channels, **no_points}).shape == (1, 0, BEV_H, BEV_W)
+    no_cameras = {"depth": np.ones((1, 0, 3, 4, 5), np.float32), "feat": np.ones((1, 0, 4, 5, CHANNELS), np.float32)}
+    model = _custom_model([1, CHANNELS, BEV_H, BEV_W], "bev_pool_v2", "mmdeploy", (1, 0),
+                          out_height=BEV_H, out_width=BEV_W)
+    np.testing.assert_array_equal(_run(model, {**no_cameras, **no_points}), np.zeros((1, CHANNELS, BEV_H, BEV_W)))

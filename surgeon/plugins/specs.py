@@ -228,7 +228,7 @@ def bev_pool(depth, feat, ranks_depth, ranks_feat, ranks_bev, interval_starts, i
         raise ValueError(f"BEVPool: depth ({depth.dtype}) and feat ({feat.dtype}) must have one float type")
     channels = feat.shape[-1]
     flat_depth = _f32(depth).reshape(-1)
-    flat_feat = _f32(feat).reshape(-1, channels)
+    flat_feat = _f32(feat).reshape(int(np.prod(feat.shape[:-1])), channels)  # not -1: C may be 0
     starts = np.asarray(interval_starts, dtype=np.int64)
     lengths = np.asarray(interval_lengths, dtype=np.int64)
     interval_of_point = np.repeat(np.arange(len(starts)), lengths)

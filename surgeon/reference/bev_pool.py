@@ -35,7 +35,10 @@ def custom_bev_pool(inputs, attrs, output_shapes):
     channels = feat.shape[-1]
     channels_last = _channels_last(output_shapes[0], channels, bev_h, bev_w)
     # BEVDet's 5-D [B, N, ...] is [B*N, ...] to the kernel: the flat order the ranks index is the same.
-    pooled = bev_pool(depth.reshape(-1, *depth.shape[-3:]), feat.reshape(-1, *feat.shape[-3:]),
+    def leading_flattened(array):  # not -1: an empty trailing dim leaves -1 undefined
+        return array.reshape(int(np.prod(array.shape[:-3])), *array.shape[-3:])
+
+    pooled = bev_pool(leading_flattened(depth), leading_flattened(feat),
                       *(np.asarray(index) for index in inputs[2:]), bev_h=bev_h, bev_w=bev_w)
     return [np.ascontiguousarray(pooled.transpose(0, 2, 3, 1)) if channels_last else pooled]
 
