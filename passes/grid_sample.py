@@ -20,12 +20,14 @@ surgeon.sampling reads the spellings and holds what the 2-D and 3-D rewrites sha
 """
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
 from surgeon.errors import PassError
-from surgeon.pass_api import Param, ParamError, Pass, register_pass
+from surgeon.pass_api import Param, ParamError, Pass, PassResult, register_pass
 from surgeon.plugins.specs import make_plugin_node
 from surgeon.rewrite import Rewrite, dtype_of
 from surgeon.sampling import (INTERPOLATION_CODES, PADDING_CODES, Sampling, blend_rows, clip_pixel, emit_onnx,
@@ -99,36 +101,11 @@ class GridSamplePass(Pass):
                             f"'{ctx.target.name}' lacks; use fma_emulation 'none' (or 'auto')")
         fma_in_float64 = self.fma_emulation == "float64" or (self.fma_emulation == "auto" and
                                                               runs_float64(ctx.target))
-        emit = {"onnx": emit_onnx,
-                "decompose": lambda rw, site, grid, opset: emit_decomposition(rw, site, grid, opset, fma_in_float64),
+        decompose = partial(emit_decomposition, fma_in_float64=fma_in_float64)
+        emit = {"onnx": emit_onnx, "decompose": decompose,
                 "plugin": lambda rw, site, grid, opset: self._emit_plugin(rw, site, grid)}[form]
-        # auto, but on TensorRT: the sites where GridSample's ties differ from torch's are decomposed instead
-        torch_ties = self.mode == "auto" and form == "onnx" and not ctx.target.is_tensorrt
-        exact = []
-
-        def emit_site(rw: Rewrite, site: Sampling, grid: gs.Tensor, opset: int) -> None:
-            if torch_ties and decomposes_for_ties(site):
-                exact.append(site.node.name or rw.prefix)
-                emit_decomposition(rw, site, grid, opset, fma_in_float64)
-            else:
-                emit(rw, site, grid, opset)
-
-        since = GRID_SAMPLE_SINCE
-        if torch_ties and not any(site is not None and site.spatial_dims == 2 and site.spelling != "onnx"
-                                  and not decomposes_for_ties(site) for site in map(read_sampling, graph.nodes)):
-            since = graph.opset  # no site becomes GridSample: no conversion to its opset
-        result = rewrite_sites(graph, ctx, form, 2, since, emit_site)
-        if self.mode == "auto" and len(result.rewritten) > len(exact):
-            result.note(f"mode auto chose '{form}' for target {ctx.target.name}")
-        if torch_ties:  # a standard GridSample is the onnx form already, which rewrite_sites leaves alone
-            standard = decompose_standard_ties(result.graph or graph, ctx, fma_in_float64)
-            result.rewritten += standard
-            exact += standard
-        if exact:
-            result.note(f"mode auto chose 'decompose' for {', '.join(exact)}: nearest with reflection padding and "
-                        f"align_corners 0, where {TIE_ORDER}; decompose follows torch (mode onnx keeps GridSample)")
-        if form == "onnx":
-            note_ties(result.graph or graph, result, ctx.target)
+        result, exact = rewrite_following_torch_ties(graph, ctx, form, 2, GRID_SAMPLE_SINCE, emit, decompose,
+                                                     self.mode == "auto")
         if (form == "decompose" and result.changed) or exact:
             why = "" if self.fma_emulation != "auto" else (
                 f" (auto: target {ctx.target.name} {'runs' if fma_in_float64 else 'has no'} float64 Cast/Mul/Sub)")
@@ -172,29 +149,63 @@ def ties_differ_from_torch(site: Sampling) -> bool:
     return site.interpolation == "nearest" and site.padding == "reflection" and not site.align_corners
 
 
+def rewrite_following_torch_ties(graph, ctx, form: str, spatial_dims: int, onnx_opset: int, emit, decompose,
+                                 auto: bool) -> tuple[PassResult, list[str]]:
+    """`rewrite_sites`, and when `auto` chose the onnx form for a target but TensorRT, `decompose` (an `emit`)
+    instead for the sites whose ties differ from torch's, standard GridSample nodes included; notes the chosen
+    forms and the GridSample nodes left whose ties differ. Returns the result and the names decomposed for ties."""
+    torch_ties = auto and form == "onnx" and not ctx.target.is_tensorrt
+    exact = []
+
+    def emit_site(rw: Rewrite, site: Sampling, grid: gs.Tensor, opset: int) -> None:
+        if torch_ties and decomposes_for_ties(site):
+            exact.append(site.node.name or rw.prefix)
+            decompose(rw, site, grid, opset)
+        else:
+            emit(rw, site, grid, opset)
+
+    if torch_ties and not any(site is not None and site.spatial_dims == spatial_dims and site.spelling != "onnx"
+                              and not decomposes_for_ties(site) for site in map(read_sampling, graph.nodes)):
+        onnx_opset = graph.opset  # no site becomes GridSample: no conversion to its opset
+    result = rewrite_sites(graph, ctx, form, spatial_dims, onnx_opset, emit_site)
+    if auto and len(result.rewritten) > len(exact):
+        result.note(f"mode auto chose '{form}' for target {ctx.target.name}")
+    if torch_ties:  # a standard GridSample is the onnx form already, which rewrite_sites leaves alone
+        standard = decompose_standard_ties(result.graph or graph, ctx, spatial_dims, decompose)
+        result.rewritten += standard
+        exact += standard
+    if exact:
+        result.note(f"mode auto chose 'decompose' for {', '.join(exact)}: nearest with reflection padding and "
+                    f"align_corners 0, where {TIE_ORDER}; decompose follows torch (mode onnx keeps GridSample)")
+    if form == "onnx":
+        note_ties(result.graph or graph, result, ctx.target, spatial_dims)
+    return result, exact
+
+
 def decomposes_for_ties(site: Sampling) -> bool:
     """Whether auto decomposes `site` (but on TensorRT): its ties differ from torch's in GridSample and
     decompose can take it (a static spatial size; else it stays GridSample, noted)."""
     shape = site.x.shape
-    return (site.spatial_dims == 2 and ties_differ_from_torch(site) and shape is not None
-            and all(isinstance(d, int) for d in shape[2:]))
+    return ties_differ_from_torch(site) and shape is not None and all(isinstance(d, int) for d in shape[2:])
 
 
-def decompose_standard_ties(graph, ctx, fma_in_float64: bool) -> list[str]:
-    """Decompose the standard GridSample nodes that `decomposes_for_ties`; the names of those rewritten."""
+def decompose_standard_ties(graph, ctx, spatial_dims: int, decompose) -> list[str]:
+    """`decompose` the standard GridSample nodes with `spatial_dims` that `decomposes_for_ties`; the names of
+    those rewritten."""
     names = []
     for site in map(read_sampling, list(graph.nodes)):
-        if site is not None and site.spelling == "onnx" and decomposes_for_ties(site):
+        if (site is not None and site.spelling == "onnx" and site.spatial_dims == spatial_dims
+                and decomposes_for_ties(site)):
             rw = Rewrite(graph, ctx, site.node)
-            emit_decomposition(rw, site, site.grid, graph.opset, fma_in_float64)
+            decompose(rw, site, site.grid, graph.opset)
             names.append(site.node.name or rw.prefix)
     return names
 
 
-def note_ties(graph, result, target) -> None:
-    """Name the GridSample nodes in `graph` whose ties outside the image differ from torch's."""
+def note_ties(graph, result, target, spatial_dims: int) -> None:
+    """Name the GridSample nodes with `spatial_dims` in `graph` whose ties outside the image differ from torch's."""
     names = [site.node.name for site in map(read_sampling, graph.nodes) if site is not None
-             and site.spelling == "onnx" and site.spatial_dims == 2 and ties_differ_from_torch(site)]
+             and site.spelling == "onnx" and site.spatial_dims == spatial_dims and ties_differ_from_torch(site)]
     if names:
         runtimes = "TensorRT's kernel not checked" if target.is_tensorrt else "ONNX Runtime and onnx.reference"
         result.note(f"{', '.join(names)}: GridSample nearest with reflection padding and align_corners 0, where "

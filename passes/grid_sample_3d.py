@@ -12,6 +12,10 @@ After, mode decompose (opset-11 ops, no loops, no per-channel index):
     grid ─► voxel coords ─Floor─► one flat index [N,Dg,Hg,Wg] + 8 corner offsets and weights
     Σ weight_k · Gather(table, index + offset_k, axis 0) ─Transpose─► y [N,C,Dg,Hg,Wg]
 
+mode auto: GridSample-20 where the target's opset is 20 or more, except on TensorRT (its GridSample is 2-D only)
+and, where the spatial size is static, at nearest sites with reflection padding and align_corners 0, whose ties
+outside the volume GridSample resolves unlike torch (grid_sample.TIE_ORDER); else decompose.
+
 torch samples 3-D grids with its scalar CPU kernel (GridSampler.cpp), whose arithmetic differs from the
 vectorised 2-D one, so the coordinates and weights here follow that kernel operation for operation
 (docs/passes/grid-sample.md, "3-D").
@@ -22,9 +26,10 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from surgeon.pass_api import Param, Pass, register_pass
+from surgeon.passes.grid_sample import rewrite_following_torch_ties
 from surgeon.rewrite import Rewrite, dtype_of
 from surgeon.sampling import (Sampling, blend_rows, clip_pixel, emit_onnx, flat_index, grid_axis, padded_channels_last,
-                              rewrite_sites, value_weight)
+                              value_weight)
 
 GRID_SAMPLE_ND_SINCE = 20  # GridSample accepts 5-D input from opset 20
 #: Corners in torch's order (top/bottom = z, north/south = y, west/east = x) as (dz, dy, dx).
@@ -38,7 +43,9 @@ class GridSample3DPass(Pass):
 
     params = {
         "mode": Param(str, "auto", choices=("auto", "onnx", "decompose"),
-                      help="target form; auto: GridSample where the target's opset is 20 or more, else decompose"),
+                      help="target form; auto: GridSample where the target's opset is 20 or more (not TensorRT), "
+                           "else decompose (nearest reflection sites with align_corners 0 decompose: GridSample's "
+                           "ties differ from torch's)"),
     }
     needs = ("shapes",)
     handles = ("ATen:grid_sampler_3d", "GridSampler3DTRT", "GridSampler3DTRT2")
@@ -46,9 +53,8 @@ class GridSample3DPass(Pass):
     def run(self, graph, ctx):
         form = self.mode if self.mode != "auto" else choose_form(ctx.target)
         emit = emit_onnx if form == "onnx" else emit_decomposition
-        result = rewrite_sites(graph, ctx, form, 3, GRID_SAMPLE_ND_SINCE, emit)
-        if self.mode == "auto" and result.changed:
-            result.note(f"mode auto chose '{form}' for target {ctx.target.name}")
+        result, _ = rewrite_following_torch_ties(graph, ctx, form, 3, GRID_SAMPLE_ND_SINCE, emit, emit_decomposition,
+                                                 self.mode == "auto")
         return result
 
 

@@ -14,8 +14,10 @@ import pytest
 from onnx import helper
 
 from surgeon.registry import discover
+from surgeon.sampling import INTERPOLATION_CODES, PADDING_CODES
 from surgeon.targets import load_target
 from surgeon.testing import apply_pass, make_model, op_types, run_ort
+from surgeon.validation.runners import default_opset
 
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
@@ -46,6 +48,14 @@ def feeds_3d(shape, seed, align_corners, far_out=True):
     if far_out:
         grid.reshape(-1)[rng.choice(grid.size, size=min(3, grid.size), replace=False)] = NON_FINITE[:grid.size]
     return rng.standard_normal((n, c, d, h, w), dtype=np.float32), grid
+
+
+@pytest.fixture
+def opset20_target(tmp_path) -> str:
+    """A profile of ONNX Runtime at opset 20, where grid-sample-3d's auto picks GridSample."""
+    profile = tmp_path / "onnxruntime-20.yaml"
+    profile.write_text("name: onnxruntime-20\nruntime: onnxruntime\nopset: 20\n")
+    return str(profile)
 
 
 @pytest.mark.parametrize("align_corners", (False, True))
@@ -103,7 +113,7 @@ def test_3d_aten_export_is_left_by_grid_sample_and_taken_by_grid_sample_3d():
         assert ops is None or op_types(model) == ops
         np.testing.assert_allclose(run_ort(model, {"x": x, "grid": grid})[0],
                                    torch_grid_sample(x, grid, "bilinear", "border", True), atol=ATOL, rtol=0)
-    assert {o.domain: o.version for o in model.opset_import}[""] == 20
+    assert default_opset(model) == 20
 
 
 def test_3d_bevformer_tensorrt_spelling():
@@ -124,13 +134,11 @@ def test_3d_bevformer_tensorrt_spelling():
     assert apply_pass(model, "grid-sample", mode="decompose")[1].rewritten == []
 
 
-def test_3d_auto_mode(tmp_path):
+def test_3d_auto_mode(opset20_target):
     """GridSample-20 only where the target's opset has it; TensorRT's GridSample is 2-D only."""
     for target in ("onnxruntime", "tensorrt-10", "opset-11"):
         assert choose_form_3d(load_target(target)) == "decompose"
-    profile = tmp_path / "onnxruntime-20.yaml"
-    profile.write_text("name: onnxruntime-20\nruntime: onnxruntime\nopset: 20\n")
-    assert choose_form_3d(load_target(str(profile))) == "onnx"
+    assert choose_form_3d(load_target(opset20_target)) == "onnx"
 
 
 def test_3d_onnx_mode_keeps_local_functions_when_it_raises_the_opset():
@@ -147,3 +155,115 @@ def test_3d_onnx_mode_keeps_local_functions_when_it_raises_the_opset():
     x, grid = feeds_3d(shape, seed=5, align_corners=False, far_out=False)
     np.testing.assert_allclose(run_ort(out, {"x": x, "grid": grid})[0], torch_grid_sample(x + x, grid),
                                atol=ATOL, rtol=0)
+
+
+#: ONNX Runtime 1.31's GridSample-20 rounds, then reflects; torch reflects, then rounds (docs: "Ties outside
+#: the image"): x = 1.4 of W = 5 is voxel 5.5 -> GridSample 3, torch 4.
+TIE_SHAPE_3D = (1, 1, 1, 1, 5, 1, 1, 1)
+TIE_FEEDS_3D = {"x": np.arange(5, dtype=np.float32).reshape(1, 1, 1, 1, 5),
+                "grid": np.array([1.4, 0.0, 0.0], np.float32).reshape(1, 1, 1, 1, 3)}
+
+
+def sampler_3d(spelling, shape, mode, padding, align_corners, name="sampler3d") -> onnx.ModelProto:
+    """One 3-D sampler `name` (x -> y), spelt `GridSample` (opset 20), `aten` or `mmdeploy` (opset 11)."""
+    if spelling == "GridSample":
+        model = grid_sample_20(shape, "linear" if mode == "bilinear" else mode, padding, align_corners)
+        model.graph.node[0].name = name
+        return model
+    n, c, d, h, w, dg, hg, wg = shape
+    codes = {"interpolation_mode": INTERPOLATION_CODES.index(mode), "padding_mode": PADDING_CODES.index(padding),
+             "align_corners": int(align_corners)}
+    constants = {}
+    if spelling == "mmdeploy":
+        node = helper.make_node("grid_sampler", ["x", "grid"], ["y"], name=name, domain="mmdeploy", **codes)
+    else:
+        node = helper.make_node("ATen", ["x", "grid", "mode", "padding", "align"], ["y"], name=name,
+                                domain="org.pytorch.aten", operator="grid_sampler")
+        constants = {"mode": np.array(codes["interpolation_mode"]), "padding": np.array(codes["padding_mode"]),
+                     "align": np.array(align_corners)}
+    return make_model([node], [("x", np.float32, [n, c, d, h, w]), ("grid", np.float32, [n, dg, hg, wg, 3])],
+                      [("y", np.float32, [n, c, dg, hg, wg])], initializers=constants, opset=11)
+
+
+def test_3d_onnx_form_rounds_nearest_before_reflecting_unlike_torch():
+    """As in 2-D: GridSample-20 on ONNX Runtime reads voxel 3 where torch reads 4; mode onnx says so, naming
+    the node; decompose follows torch."""
+    assert torch_grid_sample(**TIE_FEEDS_3D, mode="nearest", padding="reflection").item() == 4
+    model = sampler_3d("GridSample", TIE_SHAPE_3D, "nearest", "reflection", False)
+    for form, voxel in (("onnx", 3), ("decompose", 4)):
+        rewritten, step = apply_pass(model, "grid-sample-3d", mode=form)
+        assert run_ort(rewritten, TIE_FEEDS_3D)[0].item() == voxel
+        tie_notes = [text for text in step.notes if "rounds a coordinate before reflecting it" in text]
+        assert tie_notes == ([] if form == "decompose" else [
+            "sampler3d: GridSample nearest with reflection padding and align_corners 0, where ONNX's GridSample "
+            "rounds a coordinate before reflecting it and torch after: a coordinate outside the image exactly "
+            "halfway between two pixels reads another pixel than torch (ONNX Runtime and onnx.reference); mode "
+            "decompose follows torch exactly"])
+
+
+@pytest.mark.parametrize("spelling", ("aten", "mmdeploy", "GridSample"))
+def test_3d_auto_decomposes_the_sites_whose_ties_differ_where_it_would_pick_gridsample(spelling, opset20_target):
+    """On a target whose opset has GridSample-20 (auto's onnx form), nearest reflection sites with
+    align_corners 0 are decomposed: torch's voxel, a GridSample-20 node too, the opset kept, the reason noted."""
+    model = sampler_3d(spelling, TIE_SHAPE_3D, "nearest", "reflection", False)
+    rewritten, step = apply_pass(model, "grid-sample-3d", target=opset20_target)
+    assert step.rewritten == ["sampler3d"] and "GridSample" not in op_types(rewritten)
+    assert run_ort(rewritten, TIE_FEEDS_3D)[0].item() == 4
+    notes = " ".join(step.notes)
+    assert "mode auto chose 'decompose' for sampler3d: nearest with reflection padding and align_corners 0" in notes
+    assert "mode auto chose 'onnx'" not in notes and "raised" not in notes
+    assert default_opset(rewritten) == default_opset(model)
+
+
+@pytest.mark.parametrize("target", ("onnxruntime", "tensorrt-10", "opset-11"))
+def test_3d_auto_decomposes_every_site_below_opset_20_and_on_tensorrt(target):
+    """TensorRT's GridSample is 2-D only: auto decomposes there whatever the opset, so the ties are torch's."""
+    rewritten, step = apply_pass(sampler_3d("mmdeploy", TIE_SHAPE_3D, "nearest", "reflection", False),
+                                 "grid-sample-3d", target=target)
+    assert "GridSample" not in op_types(rewritten) and run_ort(rewritten, TIE_FEEDS_3D)[0].item() == 4
+    assert step.notes == [f"mode auto chose 'decompose' for target {target}"]
+
+
+def test_3d_auto_decomposes_only_the_sites_whose_ties_differ(opset20_target):
+    """A bilinear and a nearest reflection sampler in one opset-11 graph: GridSample-20 (opset raised) and the
+    decomposition side by side, each equal to torch."""
+    shape = SHAPES_3D[1]
+    n, c, d, h, w, dg, hg, wg = shape
+    codes = {"bilinear": (0, 0), "nearest": (1, 2)}
+    nodes = [helper.make_node("ATen", ["x", "grid", f"{name}_mode", f"{name}_padding", "align"], [f"y_{name}"],
+                              name=name, domain="org.pytorch.aten", operator="grid_sampler") for name in codes]
+    constants = {f"{name}_{what}": np.array(code) for name, pair in codes.items()
+                 for what, code in zip(("mode", "padding"), pair)}
+    model = make_model(nodes, [("x", np.float32, [n, c, d, h, w]), ("grid", np.float32, [n, dg, hg, wg, 3])],
+                       [(f"y_{name}", np.float32, [n, c, dg, hg, wg]) for name in codes], opset=11,
+                       initializers={**constants, "align": np.array(False)})
+    rewritten, step = apply_pass(model, "grid-sample-3d", target=opset20_target)
+    onnx.checker.check_model(rewritten)
+    assert sorted(step.rewritten) == ["bilinear", "nearest"] and op_types(rewritten).count("GridSample") == 1
+    assert default_opset(rewritten) == 20 and "mode auto chose 'onnx' for target onnxruntime-20" in step.notes
+    x, grid = feeds_3d(shape, seed=6, align_corners=False, far_out=False)
+    bilinear, nearest = run_ort(rewritten, {"x": x, "grid": grid})
+    np.testing.assert_allclose(bilinear, torch_grid_sample(x, grid), atol=ATOL, rtol=0)
+    np.testing.assert_array_equal(nearest, torch_grid_sample(x, grid, "nearest", "reflection"))
+
+
+@pytest.mark.parametrize("mode, padding, align_corners", [("nearest", "reflection", True),
+                                                          ("nearest", "zeros", False),
+                                                          ("bilinear", "reflection", False)])
+def test_3d_auto_keeps_gridsample_where_its_ties_are_torchs(mode, padding, align_corners, opset20_target):
+    model, step = apply_pass(sampler_3d("aten", SHAPES_3D[1], mode, padding, align_corners), "grid-sample-3d",
+                             target=opset20_target)
+    assert op_types(model) == ["GridSample"]
+    assert step.notes[-1] == "mode auto chose 'onnx' for target onnxruntime-20"
+
+
+def test_3d_auto_keeps_gridsample_whose_ties_differ_where_decompose_cannot(opset20_target):
+    """A dynamic spatial size: decompose cannot, so the site becomes GridSample-20, named in the note."""
+    node = helper.make_node("grid_sampler", ["x", "grid"], ["y"], name="dynamic", domain="mmdeploy",
+                            interpolation_mode=1, padding_mode=2, align_corners=0)
+    model = make_model([node], [("x", np.float32, [1, 3, "d", "h", "w"]), ("grid", np.float32, [1, 2, 6, 7, 3])],
+                       [("y", np.float32, None)], opset=11)
+    rewritten, step = apply_pass(model, "grid-sample-3d", target=opset20_target)
+    assert op_types(rewritten) == ["GridSample"] and step.rewritten == ["dynamic"]
+    assert any(text.startswith("dynamic/GridSample: GridSample nearest with reflection padding")
+               and text.endswith("mode decompose follows torch exactly") for text in step.notes)
