@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import onnx
 import onnx_graphsurgeon as gs
+from onnx_graphsurgeon.logger import G_LOGGER
 
 from surgeon.errors import PassError, first_line
 from surgeon.folding import evaluate_with_onnxruntime, fold_graph, never_folded
@@ -103,9 +104,14 @@ class FoldConstants(Pass):
             if g.ir_version is None or g.ir_version > _FOLDING_IR_VERSION:
                 g.ir_version = _FOLDING_IR_VERSION
         try:
-            graph.fold_constants(fold_shapes=self.fold_shapes, partitioning=self.partitioning,
-                                 size_threshold=self.size_threshold, error_ok=False,
-                                 should_exclude_node=never_folded)
+            # graphsurgeon's folder prints to stdout, which breaks `run --json`: a warning for each part that
+            # recursive partitioning sets aside, advice on size_threshold, and a warning or critical before
+            # each failure, which with error_ok=False it raises and this step reports. Its logger prints
+            # nothing above CRITICAL (its "colored module is not installed" warning included).
+            with G_LOGGER.suppress(G_LOGGER.CRITICAL + 1):
+                graph.fold_constants(fold_shapes=self.fold_shapes, partitioning=self.partitioning,
+                                     size_threshold=self.size_threshold, error_ok=False,
+                                     should_exclude_node=never_folded)
         except Exception as exc:
             # Only recursive partitioning sets aside a node ONNX Runtime cannot run: without it (and with
             # basic, given error_ok=False) graphsurgeon's folder raises on the first such node.
@@ -116,7 +122,6 @@ class FoldConstants(Pass):
         finally:
             for g, version in zip(graphs, ir_versions):
                 g.ir_version = version
-
 
     def _anything_to_fold(self, graph) -> bool:
         """Whether some node could fold: all its inputs constant, or a Shape node (with fold_shapes).

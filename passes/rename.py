@@ -4,7 +4,7 @@ Before:  input.1 ─► ... ─► 47          After:  voxels ─► ... ─► 
 
 Deploy code binds engine tensors by name; exported names like `input.1` or `47` change with every
 export. Renaming is exact: an unknown name or a clash with an existing name (one inside an If/Loop body
-too) is an error.
+too) is an error. The names change at once: `{a: b, b: q}` and swaps work in any order.
 """
 from __future__ import annotations
 
@@ -32,27 +32,28 @@ class Rename(Pass):
         groups = (("inputs", {t.name: t for t in graph.inputs}), ("outputs", {t.name: t for t in graph.outputs}),
                   ("tensors", tensors))
         inner = _subgraph_tensors(graph) if any_subgraphs(graph.nodes) else {}
+        renames = [(old, self._lookup(pool, old, key), new)
+                   for key, pool in groups for old, new in (getattr(self, key) or {}).items()]
         taken = (set(tensors) if tensors else tensor_names(graph)) | set(inner)
-        given: dict[str, str] = {}
-        for key, pool in groups:
-            for old, new in (getattr(self, key) or {}).items():
-                tensor = self._lookup(pool, old, key)
-                self._claim(taken, given, new, old)
-                tensor.name = new
-                # Subgraphs read outer tensors by name; in an unsorted graph graphsurgeon gives such a
-                # read a Variable of its own (see rewrite.subgraph_reads), which must follow.
-                for read in inner.pop(old, ()):
-                    read.name = new
-                result.rewritten.append(f"tensor:{old}")
+        _check_new_names(taken, [(old, new) for old, _, new in renames])
+        for old, tensor, new in renames:
+            tensor.name = new
+            # Subgraphs read outer tensors by name; in an unsorted graph graphsurgeon gives such a
+            # read a Variable of its own (see rewrite.subgraph_reads), which must follow.
+            for read in inner.pop(old, ()):
+                read.name = new
+            result.rewritten.append(f"tensor:{old}")
         nodes = {n.name: n for n in graph.nodes}
-        taken_nodes, given_nodes = set(nodes), {}
+        node_renames = [(old, self._lookup(nodes, old, "nodes"), new) for old, new in (self.nodes or {}).items()]
+        _check_new_names(set(nodes), [(old, new) for old, _, new in node_renames])
         original = _metadata_by_node(ctx.input_model) if self.nodes else {}
-        for old, new in (self.nodes or {}).items():
-            node = self._lookup(nodes, old, "nodes")
-            self._claim(taken_nodes, given_nodes, new, old)
+        # All taken before any is put back: in a swap, one node's new name is the other's old one.
+        carried = [(_take_metadata(ctx, original, old), ctx.renamed_nodes.pop(old, old)) for old, _, _ in node_renames]
+        for (old, node, new), (props, input_name) in zip(node_renames, carried):
             node.name = new
-            _carry_metadata(ctx, original, old, new)
-            ctx.renamed_nodes[new] = ctx.renamed_nodes.pop(old, old)
+            if props:
+                ctx.provenance[new] = props
+            ctx.renamed_nodes[new] = input_name
             result.rewritten.append(old)
         return result
 
@@ -62,18 +63,24 @@ class Rename(Pass):
             raise PassError(f"rename.{key}: no {key[:-1]} named '{name}'", hint=suggest(name, pool))
         return pool[name]
 
-    @staticmethod
-    def _claim(taken, given, new, old):
-        """Take `new` for `old` in `taken`; `given` ({new: old}) holds what this rename has handed out."""
+
+def _check_new_names(taken: set[str], renames: list[tuple[str, object]]) -> None:
+    """Refuse a rename ((old, new) pairs) that gives a name two new names, two names one, or a name one
+    that stays in `taken`. Every old name is free to take, whatever the order: a chain (a->b, b->q)
+    and a swap (a->b, b->a) rename at once."""
+    new_by_old: dict[str, str] = {}
+    old_by_new: dict[str, str] = {}
+    for old, new in renames:
         if not isinstance(new, str) or not new:
             raise PassError(f"rename: the new name for '{old}' must be a non-empty string")
-        if new in given and given[new] != old:
-            raise PassError(f"rename: the mapping gives '{given[new]}' and '{old}' the same new name '{new}'")
-        given[new] = old
-        if new in taken and new != old:
+        if new_by_old.setdefault(old, new) != new:
+            raise PassError(f"rename: the mapping gives '{old}' two new names, '{new_by_old[old]}' and '{new}'")
+        if old_by_new.setdefault(new, old) != old:
+            raise PassError(f"rename: the mapping gives '{old_by_new[new]}' and '{old}' the same new name '{new}'")
+    kept = taken - new_by_old.keys()
+    for _, new in renames:
+        if new in kept:
             raise PassError(f"rename: '{new}' is already used in the graph")
-        taken.discard(old)
-        taken.add(new)
 
 
 def _subgraph_tensors(graph) -> dict[str, list]:
@@ -102,10 +109,8 @@ def _metadata_by_node(model) -> dict[str, dict[str, str]]:
     return {n.name: {p.key: p.value for p in n.metadata_props} for n in model.graph.node if n.metadata_props}
 
 
-def _carry_metadata(ctx, original: dict[str, dict[str, str]], old: str, new: str) -> None:
+def _take_metadata(ctx, original: dict[str, dict[str, str]], old: str) -> dict[str, str]:
     """graphsurgeon drops nodes' `metadata_props`; the pipeline puts them back by node name, from the
-    input model and from `ctx.provenance` (surgeon.pipeline._restore_node_metadata): carry them to the
-    new name."""
-    props = {**original.get(old, {}), **ctx.provenance.pop(old, {})}
-    if props:
-        ctx.provenance[new] = props
+    input model and from `ctx.provenance` (surgeon.pipeline._restore_node_metadata): what node `old`
+    carries, taken out of `ctx.provenance` for its new name."""
+    return {**original.get(old, {}), **ctx.provenance.pop(old, {})}

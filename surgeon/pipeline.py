@@ -432,10 +432,12 @@ def _restore_node_metadata(model: onnx.ModelProto, original: onnx.ModelProto, pr
     renamed = renamed or {}
     for path, node in _nodes_by_path(model.graph):
         scope = path[:len(path) - len(node.name)]
-        doc = docs.get(scope + renamed.get(node.name, node.name))
+        # rename renames main-graph nodes only: a body node named like a renamed one keeps its own path
+        original_path = path if scope else renamed.get(node.name, node.name)
+        doc = docs.get(original_path)
         if not node.doc_string and doc:
             node.doc_string = doc
-        props = {p.key: p.value for p in kept.get(path, ())}
+        props = {p.key: p.value for p in kept.get(original_path, ())}
         props.update(provenance.get(path, {}))
         if props:
             del node.metadata_props[:]

@@ -78,3 +78,28 @@ def test_a_node_onnx_runtime_cannot_evaluate_gets_a_hint_naming_recursive(partit
 def test_recursive_partitioning_folds_around_the_aten_node():
     out, step = apply_pass(model_with_constant_aten_node(), "fold-constants", partitioning="recursive")
     assert [n.op_type for n in out.graph.node] == ["ATen", "Add"] and "add" in step.rewritten
+
+
+def test_folding_around_an_aten_node_prints_nothing(capfd):
+    """graphsurgeon's folder printed "[W] Inference failed for subgraph ... ATen" (and, on the first
+    message, "colored module is not installed") to stdout, where `run --json` writes its report."""
+    from onnx_graphsurgeon.logger import G_LOGGER
+
+    severity = G_LOGGER.severity
+    apply_pass(model_with_constant_aten_node(), "fold-constants", partitioning="recursive")
+    assert capfd.readouterr() == ("", "") and G_LOGGER.severity == severity
+
+
+def test_a_failed_fold_prints_only_surgeons_error(capfd, tmp_path):
+    """graphsurgeon's "[W] Inference failed ... try enabling partitioning" came before surgeon's error."""
+    import onnx
+
+    from surgeon.cli import main
+
+    onnx.save(model_with_constant_aten_node(), tmp_path / "m.onnx")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("model: m.onnx\nchecker: false\nsteps:\n  - pass: fold-constants\n")
+    assert main(["run", str(recipe), "-o", str(tmp_path / "out.onnx")]) == 2
+    out, err = capfd.readouterr()
+    assert out == "" and "[W]" not in err
+    assert err.splitlines()[-1].startswith("surgeon: error: step 1 (fold-constants): constant folding failed")

@@ -52,6 +52,7 @@ def test_a_name_used_inside_an_if_branch_is_taken():
     ({"tensors": {"t": "relu_out"}}, ("x", "c")),
     ({"nodes": {"relu": "r"}}, ("x", "c")),
     ({"inputs": {"x": "points"}}, ("points", "c")),
+    ({"tensors": {"t": "x", "x": "t"}}, ("t", "c")),  # a swap: the branches read the new 'x'
 ])
 def test_rename_in_an_unsorted_graph_whose_if_branches_read_a_later_tensor(params, input_names):
     """The branches read `t` before its producer in the file; renaming it renames their reads too, and
@@ -85,3 +86,65 @@ def test_a_node_renamed_twice_keeps_its_doc_string():
     graph, records = run_steps(model, recipe)
     out = finish_graph(graph, model, recipe, records)
     assert (out.graph.node[0].name, out.graph.node[0].doc_string) == ("b", "first activation")
+
+
+def model_with_three_outputs():
+    nodes = [helper.make_node("Relu", ["x"], ["a"], name="relu"), helper.make_node("Neg", ["x"], ["b"], name="neg"),
+             helper.make_node("Abs", ["x"], ["c"], name="abs")]
+    return make_model(nodes, [("x", np.float32, [3])], [(name, np.float32, [3]) for name in "abc"])
+
+
+def values_by_name(model):
+    x = np.array([-1, 0, 2], np.float32)
+    return dict(zip((o.name for o in model.graph.output), run_ort(model, {"x": x})))
+
+
+@pytest.mark.parametrize("key", ["tensors", "outputs"])
+@pytest.mark.parametrize("mapping", [
+    {"a": "b", "b": "q"},  # a chain: 'b' is free once b is renamed, whichever comes first
+    {"b": "q", "a": "b"},
+    {"a": "b", "b": "a"},  # a swap
+    {"a": "b", "b": "c", "c": "a"},  # a cycle
+])
+def test_a_name_the_mapping_frees_can_be_taken_in_any_order(key, mapping):
+    """{a: b, b: q} was refused ("'b' is already used in the graph") while {b: q, a: b} was accepted."""
+    model = model_with_three_outputs()
+    out, _ = apply_pass(model, "rename", **{key: mapping})
+    before, after = values_by_name(model), values_by_name(out)
+    assert after.keys() == {mapping.get(name, name) for name in before}
+    for name, value in before.items():
+        np.testing.assert_array_equal(after[mapping.get(name, name)], value)
+
+
+def test_a_name_given_two_new_names_is_refused():
+    """inputs {x: a} then tensors {x: b} renamed x to b and left 'a' counted as taken."""
+    with pytest.raises(SurgeonError, match="rename: the mapping gives 'input.1' two new names, 'v' and 'w'"):
+        apply_pass(model(), "rename", inputs={"input.1": "v"}, tensors={"input.1": "w"})
+
+
+def test_renaming_into_a_name_the_graph_keeps_is_still_refused():
+    with pytest.raises(SurgeonError, match="rename: 'c' is already used in the graph"):
+        apply_pass(model_with_three_outputs(), "rename", tensors={"a": "b", "b": "c"})
+
+
+def test_swapped_node_names_keep_their_own_metadata_and_doc_strings():
+    nodes = [helper.make_node("Relu", ["x"], ["r"], name="first", doc_string="relu"),
+             helper.make_node("Neg", ["r"], ["y"], name="second", doc_string="neg")]
+    nodes[0].metadata_props.add(key="source", value="layer1")
+    nodes[1].metadata_props.add(key="source", value="layer2")
+    model = make_model(nodes, [("x", np.float32, [3])], [("y", np.float32, [3])])
+    out, _ = apply_pass(model, "rename", nodes={"first": "second", "second": "first"})
+    assert [(n.op_type, n.name, n.doc_string, [(p.key, p.value) for p in n.metadata_props]) for n in out.graph.node] \
+        == [("Relu", "second", "relu", [("source", "layer1")]), ("Neg", "first", "neg", [("source", "layer2")])]
+
+
+def test_renamed_nodes_get_only_their_own_original_metadata():
+    """The original's metadata is looked up by each node's name in the input model: after
+    {second: z, first: second}, the node now named 'second' must not also get the old 'second''s keys."""
+    nodes = [helper.make_node("Relu", ["x"], ["r"], name="first"), helper.make_node("Neg", ["r"], ["y"], name="second")]
+    nodes[0].metadata_props.add(key="source", value="layer1")
+    nodes[1].metadata_props.add(key="owner", value="team2")
+    model = make_model(nodes, [("x", np.float32, [3])], [("y", np.float32, [3])])
+    out, _ = apply_pass(model, "rename", nodes={"second": "z", "first": "second"})
+    assert [(n.name, [(p.key, p.value) for p in n.metadata_props]) for n in out.graph.node] \
+        == [("second", [("source", "layer1")]), ("z", [("owner", "team2")])]

@@ -560,6 +560,9 @@ def test_renamed_tensors_follow_every_rename_step_in_order():
     steps = [step("rename", outputs={"y": "a"}, tensors={"t": "u"}), step("cleanup"),
              step("rename", outputs={"a": "b"}, inputs={"x": "image"})]
     assert renamed_tensors(steps) == {"y": "b", "t": "u", "x": "image"}
+    # one step renames at once, as the pass does: a chain and a swap in any key order
+    assert renamed_tensors([step("rename", outputs={"a": "b", "b": "q"})]) == {"a": "b", "b": "q"}
+    assert renamed_tensors([step("rename", outputs={"a": "b", "b": "a"})]) == {"a": "b", "b": "a"}
 
 
 def test_outputs_named_differently_are_paired_by_position_only_when_unambiguous():

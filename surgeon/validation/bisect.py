@@ -180,15 +180,17 @@ def _bisect_steps(recipe, original, feeds, tolerance, runner, reference, model_d
 
 def renamed_tensors(steps) -> dict[str, str]:
     """{name in the input model: name after `steps`} of every tensor a `rename` step renamed (its
-    `inputs`, `outputs` and `tensors`, applied in that order, as the pass does): validation compares
+    `inputs`, `outputs` and `tensors`, at once, as the pass does): validation compares
     a renamed output with the original's under its new name."""
     original_of: dict[str, str] = {}  # current name -> name in the input model
     for step in steps:
         if step.pass_name != "rename":
             continue
-        for key in ("inputs", "outputs", "tensors"):
-            for old, new in (step.params.get(key) or {}).items():
-                original_of[new] = original_of.pop(old, old)
+        renames = [(old, new) for key in ("inputs", "outputs", "tensors")
+                   for old, new in (step.params.get(key) or {}).items()]
+        # A rename step renames at once (passes/rename.py): every origin is taken before any is filed.
+        origins = [(new, original_of.pop(old, old)) for old, new in renames]
+        original_of.update(origins)
     return {old: new for new, old in original_of.items() if old != new}
 
 
