@@ -47,6 +47,7 @@ def test_reads_nvidias_file():
     (np.array([0x12345678, 1, 2, 4], "<i4").tobytes(), "magic 0x12345678"),
     (np.array([MAGIC, 1, 42, 4], "<i4").tobytes(), "unknown dtype code 42"),
     (np.array([MAGIC, 1, 2, 4], "<i4").tobytes() + b"\x00" * 6, "holds 6 data bytes"),
+    (np.array([MAGIC, 2, 2, -2, -2], "<i4").tobytes() + b"\x00" * 16, "negative dimension in \\(-2, -2\\)"),
 ])
 def test_bad_files_name_the_problem_and_the_file(tmp_path, content, message):
     path = tmp_path / "bad.tensor"

@@ -50,6 +50,8 @@ def read_tensor(path) -> np.ndarray:
     if not 0 <= ndim <= 16 or len(data) < 12 + 4 * ndim:
         raise SurgeonError(f"corrupt tensor header: ndim {int(ndim)}", file=path)
     dims = tuple(int(d) for d in np.frombuffer(data, dtype="<i4", count=ndim, offset=12))
+    if any(d < 0 for d in dims):
+        raise SurgeonError(f"corrupt tensor header: negative dimension in {dims}", file=path)
     dtype = DTYPES_BY_CODE[int(code)].newbyteorder("<")
     expected = int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
     body = data[12 + 4 * ndim:]
