@@ -123,13 +123,23 @@ def _tensor_types(model: onnx.ModelProto, names: list[str]) -> tuple[dict[str, o
     types = {v.name: v for v in (*graph.value_info, *graph.input, *graph.output) if v.type.HasField("tensor_type")}
     if all(name in types and _complete(types[name]) for name in names):
         return types, "the model"
-    inferred = infer_without_weights(model)
-    if inferred is None:
+    # Data propagation (shapes computed by Shape/Gather/Concat chains) first only where inference without
+    # it leaves shapes out: on long chains of 1-D tensors it grows faster than linearly (39 s against
+    # 0.17 s on 20,000 Adds).
+    inferred_any = False
+    for data_prop in (False, True):
+        inferred = infer_without_weights(model, data_prop=data_prop)
+        if inferred is None:
+            continue
+        inferred_any = True
+        g = inferred.graph
+        for value in (*g.value_info, *g.input, *g.output):
+            if value.type.HasField("tensor_type") and not (value.name in types and _complete(types[value.name])):
+                types[value.name] = value
+        if all(name in types and _complete(types[name]) for name in names):
+            break
+    if not inferred_any:
         return types, "the model (ONNX shape inference failed on it)"
-    g = inferred.graph
-    for value in (*g.value_info, *g.input, *g.output):
-        if value.type.HasField("tensor_type") and not (value.name in types and _complete(types[value.name])):
-            types[value.name] = value
     return types, "the model and ONNX shape inference"
 
 
