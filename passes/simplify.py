@@ -8,12 +8,18 @@ It costs seconds on large graphs (see docs/performance.md); prefer `fold-constan
 """
 from __future__ import annotations
 
+import contextlib
+import sys
+
 from surgeon.errors import PassError, first_line
+from surgeon.modelio import stdout_to_stderr
 from surgeon.pass_api import Param, Pass, PassResult, register_pass
 from surgeon.rewrite import via_onnx
 
 # Domains whose ops ONNX Runtime runs; others (ATen, plugins, custom) stop onnxsim.
 ONNXRUNTIME_DOMAINS = ("", "ai.onnx", "ai.onnx.ml", "com.microsoft")
+# Each check runs both models once; a recipe's `validate` section is the thorough comparison.
+MAX_CHECKS = 100
 
 
 @register_pass("simplify")
@@ -26,7 +32,8 @@ class Simplify(Pass):
         "skip_shape_inference": Param(bool, False, help="do not run shape inference"),
         "skip_optimizers": Param(list, None, items=str, help="onnx-optimizer passes to skip"),
         "overwrite_input_shapes": Param(dict, None, help="{input: [dims]} to fix before simplifying"),
-        "check_n": Param(int, 0, minimum=0, help="random-input checks onnxsim runs afterwards (0: none)"),
+        "check_n": Param(int, 0, minimum=0, maximum=MAX_CHECKS,
+                         help="random-input checks onnxsim runs afterwards (0: none)"),
     }
     needs = ("toposort",)  # onnxsim refuses unsorted graphs, which ONNX allows on disk
     provides = ("toposort", "cleanup")
@@ -42,12 +49,15 @@ class Simplify(Pass):
                 if foreign else None)
 
         def simplify(model):
+            # onnxsim prints "Checking 0/2..." on stdout, where `run --json` writes its report: Python's prints
+            # go to sys.stderr (the fd-level move alone would leave them buffered for stdout), native ones to fd 2.
             try:
-                simplified, ok = onnxsim.simplify(
-                    model, check_n=self.check_n, skip_fuse_bn=self.skip_fuse_bn,
-                    skip_constant_folding=self.skip_constant_folding,
-                    skip_shape_inference=self.skip_shape_inference, skipped_optimizers=self.skip_optimizers,
-                    overwrite_input_shapes=self.overwrite_input_shapes)
+                with stdout_to_stderr(), contextlib.redirect_stdout(sys.stderr):
+                    simplified, ok = onnxsim.simplify(
+                        model, check_n=self.check_n, skip_fuse_bn=self.skip_fuse_bn,
+                        skip_constant_folding=self.skip_constant_folding,
+                        skip_shape_inference=self.skip_shape_inference, skipped_optimizers=self.skip_optimizers,
+                        overwrite_input_shapes=self.overwrite_input_shapes)
             except Exception as exc:
                 first = first_line(exc)
                 raise PassError(f"onnxsim failed: {first}", hint=hint) from exc

@@ -99,15 +99,29 @@ class Param:
             raise ValueError(f"must be at most {high}, got {value!r}")
 
 
+def _a(name: str) -> str:
+    return f"{'an' if name[0] in 'aeiou' else 'a'} {name}"
+
+
+def _described(value: Any) -> str:
+    """`value` in a message, named in the words of the recipe (`a list [1]`), not by its class (the loader's
+    list and dict subclasses, or bool, which is an int)."""
+    if value is None:
+        return "nothing (null)"
+    kind = "boolean" if isinstance(value, bool) else next(
+        (name for t, name in _TYPE_NAMES.items() if isinstance(value, t)), type(value).__name__)
+    return f"{_a(kind)} {value!r}"
+
+
 def _coerce_one(kind, value: Any, type_name: str) -> Any:
-    expected = f"expected {'an' if type_name[0] in 'aeiou' else 'a'} {type_name}"
+    expected = f"expected {_a(type_name)}"
     if isinstance(kind, tuple):
         for option in kind:
             try:
                 return _coerce_one(option, value, type_name)
             except ValueError:
                 pass
-        raise ValueError(f"{expected}, got {type(value).__name__} {value!r}")
+        raise ValueError(f"{expected}, got {_described(value)}")
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     # JSON Schema counts 1024.0 as an integer, and YAML reads 1e3 as a float: both are whole numbers.
@@ -115,10 +129,8 @@ def _coerce_one(kind, value: Any, type_name: str) -> Any:
         return int(value)
     if kind is list and isinstance(value, tuple):
         return list(value)
-    if kind is not bool and isinstance(value, bool):
-        raise ValueError(f"{expected}, got a boolean {value!r}")
-    if not isinstance(value, kind):
-        raise ValueError(f"{expected}, got {type(value).__name__} {value!r}")
+    if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
+        raise ValueError(f"{expected}, got {_described(value)}")
     return value
 
 

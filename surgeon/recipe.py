@@ -137,7 +137,24 @@ class _Sequence(list):
         self.item_marks: list[Any] = []
 
 
+# No recipe nests deeper; PyYAML composes nodes recursively, so a deeper value would overflow Python's stack.
+MAX_NESTING = 100
+
+
 class _Loader(yaml.SafeLoader):
+    def __init__(self, stream):
+        super().__init__(stream)
+        self.depth = 0
+
+    def compose_node(self, parent, index):
+        self.depth += 1
+        try:
+            if self.depth > MAX_NESTING:
+                raise _error(f"nested more than {MAX_NESTING} levels deep", self.peek_event().start_mark)
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+
     def compose_scalar_node(self, anchor):
         node = super().compose_scalar_node(anchor)
         if node.style is None:  # plain: a quoted scalar is text in every YAML version
@@ -313,11 +330,14 @@ def find_recipe(name_or_path) -> Path:
 
 
 def _shipped_recipe(name) -> Path:
-    """The shipped recipe called `name` (`targets/opset11`, with or without .yaml)."""
+    """The shipped recipe called `name` (`targets/opset11`, with or without .yaml): a name below the shipped
+    folder, never a path out of it (`../`, `/etc/...`)."""
     shipped = shipped_dir("recipes")
-    for candidate in (shipped / name, shipped / f"{name}.yaml"):
-        if candidate.is_file():
-            return candidate
+    parts = str(name).split("/")
+    if all(part not in ("", ".", "..") and "\\" not in part for part in parts):
+        for candidate in (shipped / name, shipped / f"{name}.yaml"):
+            if candidate.is_file():
+                return candidate
     known = sorted(str(p.relative_to(shipped).with_suffix("")) for p in shipped.rglob("*.yaml"))
     raise RecipeError(f"recipe not found: {name}", hint=suggest(str(name), known))
 
@@ -371,6 +391,9 @@ def _chain(data: dict, path: Path | None, seen: tuple) -> list[tuple[dict, Path 
         raise _error("'extends' must be the path of another recipe", _value_mark(data, "extends"), file=path)
     base_dir = path.parent if path is not None else Path.cwd()
     parent_path = _join(base_dir, parent_name)
+    if parent_path.is_dir():
+        raise _error(f"'extends' names a folder, not a recipe file: {parent_path}", _value_mark(data, "extends"),
+                     file=path)
     if not parent_path.exists():
         try:  # a shipped recipe by name, e.g. `extends: targets/tensorrt-8.6`
             parent_path = _shipped_recipe(parent_name)
@@ -465,6 +488,12 @@ def _build(chain: list, path: Path | None) -> Recipe:
     return recipe
 
 
+# A recipe name, as the loader and the JSON schema check it: a file name (out/NAME.onnx), never a path.
+_CONTROL_CHARACTERS = r"\x00-\x1f\x7f-\x9f"
+_CONTROL_CHARACTER = re.compile(f"[{_CONTROL_CHARACTERS}]")
+_PLAIN_NAME = re.compile(rf"(?!\.\.?$)[^/\\{_CONTROL_CHARACTERS}]+")
+
+
 def _check_name(top: dict, path: Path | None) -> str:
     """The recipe's `name`, which names its default output (out/NAME.onnx): a file name, never a path."""
     name = top.get("name")
@@ -472,7 +501,9 @@ def _check_name(top: dict, path: Path | None) -> str:
         return path.stem if path else "recipe"
     if not isinstance(name, str):
         raise _error("'name' must be a string", _value_mark(top, "name"), file=path)
-    if not name or name in (".", "..") or any(sep in name for sep in ("/", "\\")):
+    if _CONTROL_CHARACTER.search(name):  # a file name cannot hold a NUL, and the others hide in listings
+        raise _error(f"'name' must not contain control characters: {name!r}", _value_mark(top, "name"), file=path)
+    if not _PLAIN_NAME.fullmatch(name):
         raise _error(f"'name' must be a plain name, not a path: {name!r}", _value_mark(top, "name"),
                      "it names the default output out/NAME.onnx; choose another output with -o", file=path)
     return name
@@ -641,8 +672,9 @@ def parse_override(text: str) -> tuple[str, Any]:
         value = yaml.load(raw, Loader=_Loader) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
-    except RecipeError as exc:  # an ambiguous number or a duplicate key: its position in VALUE says little
-        raise RecipeError(f"--set {text}: {exc.message}", hint=exc.hint) from None
+    except RecipeError as exc:  # an ambiguous number, a duplicate key, deep nesting: its position in VALUE says little
+        shown = text if len(text) <= 80 else text[:60] + "..."  # a value nested too deep runs to thousands
+        raise RecipeError(f"--set {shown}: {exc.message}", hint=exc.hint) from None
     return key, value
 
 
@@ -750,7 +782,7 @@ def json_schema(builtin_only: bool = False) -> dict[str, Any]:
         "$id": "https://github.com/surgeon/surgeon/docs/recipe.schema.json",
         "title": "surgeon recipe", "type": "object", "additionalProperties": False,
         "properties": {
-            "name": {"type": ["string", "null"], "pattern": r"^(?!\.\.?$)[^/\\]+$",
+            "name": {"type": ["string", "null"], "pattern": f"^{_PLAIN_NAME.pattern}$",
                      "description": "the recipe's name (default: the file's), its default output out/NAME.onnx"},
             "description": {"type": ["string", "null"]},
             "model": {"type": ["string", "null"], "description": "model path, relative to the recipe file"},

@@ -70,7 +70,7 @@ def load_entry_points() -> list[str]:
     for entry in sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
         try:
             entry.load()
-        except Exception as exc:  # a broken third-party package must say which one
+        except (Exception, SystemExit) as exc:  # a broken third-party package must say which one
             raise SurgeonError(f"entry point '{entry.name}' ({entry.value}) of group {ENTRY_POINT_GROUP} "
                                f"failed to load: {type(exc).__name__}: {exc}") from None
     return sorted(set(registered_passes()) - before)
@@ -100,6 +100,8 @@ def load_plugin_file(path) -> list[str]:
             del sys.modules[module_name]
             for name in set(registered_passes()) - before:
                 del registered_passes()[name]
+            if isinstance(exc, SystemExit):  # else the command would end here, silently, as if it succeeded
+                raise SurgeonError(f"plugin file exited during import (sys.exit({exc.code!r}))", file=path) from None
             if isinstance(exc, SurgeonError) or not isinstance(exc, Exception):
                 raise
             raise SurgeonError(f"plugin file failed to import: {type(exc).__name__}: {exc}", file=path) from None

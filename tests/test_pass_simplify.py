@@ -43,3 +43,34 @@ def test_simplify_failure_hint_names_the_nodes_onnxruntime_cannot_run():
     model = make_model(nodes, [("x", np.float32, [3])], [("y", np.float32, None)])
     with pytest.raises(SurgeonError, match=r"\(the graph holds Foo nodes: run simplify after the passes that remove"):
         apply_pass(model, "simplify")
+
+
+def test_onnxsims_checks_print_nothing_on_stdout_where_run_json_writes_its_report(capfd, tmp_path):
+    """onnxsim prints "Checking 0/2..." (and its C++ side could print too): both go to stderr, at the fd level."""
+    import json
+
+    import onnx
+
+    from surgeon.cli import main
+
+    model = make_model([helper.make_node("Relu", ["x"], ["y"], name="relu")], [("x", np.float32, [3])],
+                       [("y", np.float32, [3])])
+    onnx.save(model, tmp_path / "m.onnx")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("model: m.onnx\nsteps:\n  - pass: simplify\n    with: {check_n: 2}\n")
+    assert main(["run", str(recipe), "-o", str(tmp_path / "out.onnx"), "--json"]) == 0
+    out, err = capfd.readouterr()
+    assert json.loads(out)["steps"][0]["params"]["check_n"] == 2
+    assert "Checking 1/2..." in err
+
+
+@pytest.mark.parametrize("check_n", [-1, 101, 10**29])
+def test_check_n_is_bounded_so_a_typo_cannot_run_forever(check_n):
+    from surgeon.errors import RecipeError
+    from surgeon.recipe import json_schema
+
+    with pytest.raises(RecipeError, match=rf"'check_n' of pass 'simplify': must be between 0 and 100, got {check_n}"):
+        apply_pass(make_model([], [("x", np.float32, [3])], [("x", np.float32, [3])]), "simplify", check_n=check_n)
+    published = json_schema()["$defs"]["step"]["allOf"]
+    simplify = next(v["then"] for v in published if v["if"]["properties"]["pass"]["const"] == "simplify")
+    assert simplify["properties"]["with"]["properties"]["check_n"]["maximum"] == 100

@@ -273,11 +273,15 @@ def test_prepend_append_and_set_accumulate_over_three_levels(tmp_path):
     assert recipe.steps[2].params["remove_unused_inputs"] is True  # the child's set applies last
 
 
-def test_a_name_that_is_a_path_is_refused_where_it_is_written(tmp_path):
-    for name in ("../outside", "/tmp/precious", "a\\\\b", ".."):
-        err = error_of(write(tmp_path, f"name: '{name}'\nsteps: [{{pass: cleanup}}]\n"))
-        assert (err.line, err.column) == (1, 7) and "'name' must be a plain name, not a path" in err.message
-    assert load_recipe(write(tmp_path, "name: bevformer-tiny.v2\n")).name == "bevformer-tiny.v2"
+@pytest.mark.parametrize("names, problem", [
+    (("../outside", "/tmp/precious", "a\\\\b", ".."), "'name' must be a plain name, not a path"),
+    (("a\\0b", "tab\\there", "bell\\a", "nel\\N"), "'name' must not contain control characters"),  # YAML escapes
+])
+def test_a_name_that_is_a_path_or_holds_a_control_character_is_refused_where_it_is_written(tmp_path, names, problem):
+    for name in names:
+        err = error_of(write(tmp_path, f'name: "{name}"\nsteps: [{{pass: cleanup}}]\n'))
+        assert (err.line, err.column) == (1, 7) and problem in err.message
+    assert load_recipe(write(tmp_path, "name: bevformer-tiny.v2 ü\n")).name == "bevformer-tiny.v2 ü"
 
 
 def test_a_child_without_a_name_is_named_after_its_file(tmp_path):
@@ -487,6 +491,8 @@ def test_the_schema_agrees_with_the_loader(tmp_path):
         "steps: [{pass: cleanup}]\nvalidate:\n": True,  # no validation, as if the key were absent
         "steps: [{pass: fold-constants, with: {size_threshold: 1024.0}}]\n": True,
         "name: ../up\n": False,
+        'name: "a\\0b"\n': False,
+        "name: bevformer tiny ü\n": True,
     }
     for text, accepted in cases.items():
         schema_ok = jsonschema.Draft202012Validator(schema).is_valid(yaml.load(text, Loader=_Loader))
@@ -496,3 +502,50 @@ def test_the_schema_agrees_with_the_loader(tmp_path):
         except RecipeError:
             loader_ok = False
         assert (schema_ok, loader_ok) == (accepted, accepted), text
+
+
+def test_a_value_nested_too_deep_is_refused_at_its_bracket_not_a_recursion_error(tmp_path):
+    import yaml
+
+    from surgeon.recipe import MAX_NESTING, _Loader, parse_override
+
+    deep = "[" * 3000 + "]" * 3000
+    err = error_of(write(tmp_path, f"name: t\nsteps: [{{pass: toposort}}]\ndescription: {deep}\n"))
+    # the top-level mapping is level 1: the bracket that opens level 101 is the 100th
+    assert (err.line, err.column) == (3, 13 + MAX_NESTING) and err.message == "nested more than 100 levels deep"
+    with pytest.raises(RecipeError) as info:
+        parse_override(f"validate.atol={deep}")
+    assert str(info.value) == f"--set validate.atol={deep[:46]}...: nested more than 100 levels deep"
+    assert yaml.load("[" * (MAX_NESTING - 1) + "]" * (MAX_NESTING - 1), Loader=_Loader)  # as deep as allowed
+
+
+def test_extends_naming_a_folder_is_refused_at_the_extends_line(tmp_path):
+    for parent in (".", "..", "''"):
+        err = error_of(write(tmp_path, f"name: t\nextends: {parent}\n"))
+        assert (err.file, err.line) == (str(tmp_path / "r.yaml"), 2)
+        assert err.message.startswith("'extends' names a folder, not a recipe file: ")
+
+
+def test_the_shipped_recipe_fallback_never_leaves_the_shipped_folder(tmp_path):
+    from surgeon.recipe import find_recipe
+    from surgeon.registry import shipped_dir
+
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    outside = write(tmp_path, "steps: [{pass: cleanup}]\n", "outside.yaml")
+    shipped = shipped_dir("recipes")
+    # a path from the shipped folder to `outside`: followed there, it would load
+    escape = "/".join([".."] * len(shipped.resolve().parts)) + str(outside.resolve().with_suffix(""))
+    assert (shipped / f"{escape}.yaml").resolve() == outside.resolve()
+    err = error_of(write(tmp_path / "a" / "b", f"extends: {escape}\n"))
+    assert err.message.startswith(f"extended recipe not found: {escape} (neither in ") and err.line == 1
+    for name in (escape, str(outside.with_suffix("")), "targets/../targets/opset11", "./targets/opset11"):
+        with pytest.raises(RecipeError, match="recipe not found"):
+            find_recipe(name)
+    assert find_recipe("targets/opset11") == shipped / "targets" / "opset11.yaml"
+
+
+def test_an_ill_typed_value_is_named_in_the_recipes_words_not_a_class_name(tmp_path):
+    err = error_of(write(tmp_path, "steps:\n  - pass: clip-int\n    with: {mode: [1]}\n"))
+    assert err.message == "parameter 'mode' of pass 'clip-int': expected a string, got a list [1] (steps item 1)"
+    err = error_of(write(tmp_path, "validate: {runner: {a: 1}}\n"))
+    assert err.message == "validate.runner: expected a string, got a mapping {'a': 1}"

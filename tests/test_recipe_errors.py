@@ -313,12 +313,55 @@ def test_set_cannot_make_a_strongly_typed_build_take_a_precision(capsys, tmp_pat
         == "fp16"
 
 
-@pytest.mark.parametrize("pass_name, param, value, bound", [("fold-constants", "size_threshold", -5, 0),
-                                                          ("simplify", "check_n", -1, 0),
-                                                          ("set-opset", "opset", 0, 1)])
-def test_a_parameter_below_its_minimum_is_refused_at_its_line(tmp_path, pass_name, param, value, bound):
+@pytest.mark.parametrize("pass_name, param, value, bounds", [
+    ("fold-constants", "size_threshold", -5, "must be at least 0"),
+    ("simplify", "check_n", -1, "must be between 0 and 100"),
+    ("simplify", "check_n", 99999999999999999999999999999, "must be between 0 and 100"),  # would run for ever
+    ("set-opset", "opset", 0, "must be at least 1")])
+def test_a_parameter_outside_its_bounds_is_refused_at_its_line(tmp_path, pass_name, param, value, bounds):
     recipe = tmp_path / "r.yaml"
     recipe.write_text(f"steps:\n  - pass: {pass_name}\n    with: {{{param}: {value}}}\n")
-    with pytest.raises(RecipeError, match=rf"r.yaml:3:.*'{param}' of pass '{pass_name}': must be at least {bound}, "
-                                          rf"got {value}"):
+    with pytest.raises(RecipeError, match=rf"r.yaml:3:.*'{param}' of pass '{pass_name}': {bounds}, got {value}"):
         load_recipe(recipe)
+
+
+# ---------------------------------------------------------------- input that used to end in "internal error"
+
+DEEP = "[" * 3000 + "]" * 3000
+
+
+@pytest.mark.parametrize("command", ["run", "check", "bisect", "build"])
+def test_a_recipe_nested_too_deep_is_one_error_at_its_line_in_every_command(capsys, tmp_path, model, command):
+    """PyYAML composes recursively: 3000 brackets were a RecursionError, reported as an internal error."""
+    recipe = write(tmp_path / "deep.yaml", f"name: t\nsteps: [{{pass: toposort}}]\ndescription: {DEEP}\n")
+    where = f"{recipe}:3:113: "
+    if command == "run":
+        assert refused(capsys, tmp_path, model, recipe) == where + "nested more than 100 levels deep"
+        return
+    argv = {"check": ["check", "--no-config", recipe], "bisect": ["bisect", recipe, model],
+            "build": ["build", model, "-o", tmp_path / "out.engine", "--recipe", recipe]}[command]
+    code, out, err = cli(capsys, *argv)
+    assert "internal error" not in err and "RecursionError" not in out + err
+    if command == "check":
+        assert code == 1 and out.startswith(where + "SR001 error nested more than 100 levels deep")
+    else:
+        assert code == 2 and err == f"surgeon: error: {where}nested more than 100 levels deep\n"
+
+
+def test_a_set_value_nested_too_deep_is_one_error(capsys, tmp_path, model):
+    recipe = write(tmp_path / "r.yaml", "name: t\nsteps: [{pass: toposort}]\n")
+    message = refused(capsys, tmp_path, model, recipe, "--set", f"validate.atol={DEEP}")
+    assert message == f"--set validate.atol={DEEP[:46]}...: nested more than 100 levels deep"
+
+
+def test_a_recipe_name_with_a_nul_is_refused_at_its_line(capsys, tmp_path, model):
+    recipe = write(tmp_path / "nul.yaml", 'name: "a\\0b"\nsteps: [{pass: toposort}]\n')
+    assert refused(capsys, tmp_path, model, recipe) == (
+        f"{recipe}:1:7: 'name' must not contain control characters: 'a\\x00b'")
+
+
+def test_an_empty_output_path_is_refused_in_one_line(capsys, tmp_path, model):
+    recipe = write(tmp_path / "r.yaml", "name: t\nsteps: [{pass: toposort}]\n")
+    code, out, err = cli(capsys, "run", recipe, model, "-o", "")
+    assert (code, out) == (2, "") and err == "surgeon: error: -o/--output is empty: give the path of the output model\n"
+

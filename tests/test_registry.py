@@ -41,10 +41,12 @@ def test_installed_package_contributes_passes_through_entry_points(tmp_path, mon
     assert get_pass("acme-fuse").summary() == "Acme's own fusion."
 
 
-def test_a_broken_entry_point_names_itself(tmp_path, monkeypatch):
-    install_fake_distribution(tmp_path, "broken_surgery", "raise ImportError('needs acme-sdk')\n", "broken_surgery")
+@pytest.mark.parametrize("body, failure", [("raise ImportError('needs acme-sdk')", "ImportError: needs acme-sdk"),
+                                           ("import sys; sys.exit(0)", "SystemExit: 0")])  # else: a silent exit 0
+def test_a_broken_entry_point_names_itself(tmp_path, monkeypatch, body, failure):
+    install_fake_distribution(tmp_path, "broken_surgery", body + "\n", "broken_surgery")
     monkeypatch.syspath_prepend(str(tmp_path))
-    with pytest.raises(SurgeonError, match="entry point 'broken_surgery' .* failed to load: ImportError: needs acme-sdk"):
+    with pytest.raises(SurgeonError, match=f"entry point 'broken_surgery' .* failed to load: {failure}"):
         load_entry_points()
     sys.modules.pop("broken_surgery", None)
 
@@ -137,3 +139,41 @@ def test_an_installed_package_cannot_replace_a_built_in_pass(tmp_path, monkeypat
         load_entry_points()
     sys.modules.pop("evil_surgery", None)
     assert get_pass("cleanup") is builtin
+
+
+@pytest.mark.parametrize("exit_call, shown", [("sys.exit(0)", "sys.exit(0)"), ("sys.exit('bye')", "sys.exit('bye')"),
+                                              ("raise SystemExit", "sys.exit(None)")])
+def test_a_plugin_file_that_exits_during_import_is_an_error_not_a_silent_success(tmp_path, exit_call, shown):
+    from surgeon.registry import load_plugin_file
+
+    path = plugin_file(tmp_path, "registry-test-exits", body=f"import sys; {exit_call}")
+    with pytest.raises(SurgeonError) as info:
+        load_plugin_file(path)
+    assert str(info.value) == f"{path}: plugin file exited during import ({shown})"
+    assert "registry-test-exits" not in discover()
+
+
+def test_run_with_a_plugin_file_that_exits_fails_instead_of_ending_with_exit_code_0(capsys, tmp_path):
+    import numpy as np
+    import onnx
+    from onnx import helper
+
+    from surgeon.cli import main
+    from surgeon.testing import make_model
+
+    onnx.save(make_model([helper.make_node("Relu", ["x"], ["y"], name="relu")], [("x", np.float32, [2])],
+                         [("y", np.float32, [2])]), tmp_path / "m.onnx")
+    (tmp_path / "r.yaml").write_text("model: m.onnx\nsteps: [{pass: toposort}]\n")
+    plugin = plugin_file(tmp_path, "registry-test-exits-run", body="import sys; sys.exit(0)")
+    assert main(["run", str(tmp_path / "r.yaml"), "--plugin", str(plugin), "-o", str(tmp_path / "o.onnx")]) == 2
+    assert capsys.readouterr().err == f"surgeon: error: {plugin}: plugin file exited during import (sys.exit(0))\n"
+    assert not (tmp_path / "o.onnx").exists()
+
+
+def test_a_plugin_file_interrupted_during_import_still_interrupts(tmp_path):
+    from surgeon.registry import load_plugin_file
+
+    path = plugin_file(tmp_path, "registry-test-interrupted", body="raise KeyboardInterrupt")
+    with pytest.raises(KeyboardInterrupt):
+        load_plugin_file(path)
+    assert "registry-test-interrupted" not in discover()

@@ -38,6 +38,8 @@ def run(args) -> int:
     from surgeon.pipeline import run_recipe
 
     recipe = args.loaded_recipe
+    if args.output == "":
+        raise SurgeonError("-o/--output is empty: give the path of the output model")
     if args.require_build:
         _check_build_will_run(recipe, args)
     if args.validate_each_step:
