@@ -204,7 +204,7 @@ _YAML_INT = re.compile(r"""^(?:
 _YAML_FLOAT = re.compile(r"""^(?:
     [-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
     |[-+]?[0-9]+[eE][-+]?[0-9]+
-    |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+    |[-+]?\.[0-9_]+(?:[eE][-+]?[0-9]+)?
     |[-+]?\.(?:inf|Inf|INF)
     |\.(?:nan|NaN|NAN))$""", re.X)
 _Loader.yaml_implicit_resolvers = {
@@ -223,6 +223,8 @@ _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _constr
 _LEADING_ZERO = re.compile(r"[-+]?0[0-9_]+")
 _BINARY = re.compile(r"[-+]?0b[01_]+")
 _BASE_60 = re.compile(r"[-+]?[0-9][0-9_]*(?::[0-5]?[0-9])+(?:\.[0-9_]*)?")
+_OCTAL_1_2 = re.compile(r"0o[0-7]+")  # YAML 1.2's octal; text in YAML 1.1
+_SIGNED_HEX = re.compile(r"[-+]0x[0-9a-fA-F_]+")  # a number in YAML 1.1; text in 1.2, whose hex has no sign
 
 
 def _version_dependent_number(text: str) -> tuple[str, str] | None:
@@ -233,6 +235,10 @@ def _version_dependent_number(text: str) -> tuple[str, str] | None:
         kind, yaml11, yaml12 = "binary ", yaml.safe_load(text), text
     elif _BASE_60.fullmatch(text):
         kind, yaml11, yaml12 = "base-60 ", yaml.safe_load(text), text
+    elif _OCTAL_1_2.fullmatch(text):
+        kind, yaml11, yaml12 = "", text, int(text, 0)
+    elif _SIGNED_HEX.fullmatch(text):
+        kind, yaml11, yaml12 = "hexadecimal ", int(text.replace("_", ""), 0), text
     elif "_" in text and (_YAML_INT.match(text) or _YAML_FLOAT.match(text)):
         digits = text.replace("_", "")
         kind, yaml11, yaml12 = "", int(digits, 0) if _YAML_INT.match(text) else float(digits), text

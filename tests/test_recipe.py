@@ -6,7 +6,7 @@ import textwrap
 import pytest
 
 from surgeon.errors import RecipeError
-from surgeon.recipe import apply_override, json_schema, load_recipe
+from surgeon.recipe import apply_override, json_schema, load_recipe, parse_override
 
 
 def write(tmp_path, text, name="r.yaml"):
@@ -414,6 +414,8 @@ def test_a_key_written_beside_a_yaml_merge_replaces_the_merged_one(tmp_path):
     ("1_000", "`1_000`: 1000 in YAML 1.1 but text in YAML 1.2", "write 1000, or quote it"),
     ("1_0.5", "`1_0.5`: 10.5 in YAML 1.1 but text in YAML 1.2", "write 10.5"),
     ("1:30", "`1:30`: base-60 90 in YAML 1.1 but text in YAML 1.2", "write 90, or quote it"),
+    ("0o17", "`0o17`: text in YAML 1.1 but 15 in YAML 1.2", "write 15, or quote it"),
+    ("-0x1F", "`-0x1F`: hexadecimal -31 in YAML 1.1 but text in YAML 1.2", "write -31, or quote it"),
 ])
 def test_a_plain_number_yaml_versions_read_differently_is_refused_at_its_position(tmp_path, written, message, hint):
     err = error_of(write(tmp_path, f"steps:\n  - pass: fold-constants\n    with: {{size_threshold: {written}}}\n"))
@@ -432,11 +434,12 @@ def test_quoted_numbers_stay_text_and_numbers_both_versions_agree_on_load(tmp_pa
             with: {tensors: {'010': a, "1:30": b, '1_000': c}}
           - pass: fold-constants
             with: {size_threshold: 007}
-        validate: {atol: 1e-3, rtol: .5}
+        validate: {atol: 1e-3, rtol: +.5}
         """))
     assert recipe.steps[0].params["tensors"] == {"010": "a", "1:30": "b", "1_000": "c"}
     assert recipe.steps[1].params["size_threshold"] == 7  # octal 7 is 7: nothing to misread
     assert (recipe.validate["atol"], recipe.validate["rtol"]) == (1e-3, 0.5)
+    assert parse_override("1.x=-.5") == ("1.x", -0.5)  # a signed `.5` is a number in both, as `.5` is
 
 
 @pytest.mark.parametrize("recipe, line, column, message", [
