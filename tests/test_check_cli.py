@@ -439,3 +439,22 @@ def test_a_model_that_cannot_run_is_sg000_not_an_internal_error(tmp_path, capsys
     code, out, err = run(capsys, tmp_path / "m.onnx")
     assert code == 2 and "internal error" not in err
     assert out.startswith(f"{tmp_path / 'm.onnx'}: SG000 error ") and cause in out.splitlines()[0]
+
+
+def test_an_export_with_local_functions_passes_where_the_runtime_runs_them(tmp_path, capsys):
+    """torch's dynamo export: weights as external data, the graph calling a local function per module. Every
+    call was SG001, so such exports failed CI on every target; TensorRT before 9.0 still cannot parse them."""
+    body = [helper.make_node("MatMul", ["x", "w"], ["t"]), helper.make_node("Relu", ["t"], ["y"])]
+    block = helper.make_function("pkg.local", "LinearRelu", ["x", "w"], ["y"], body, [helper.make_opsetid("", 17)])
+    calls = [helper.make_node("LinearRelu", ["inp", "w1"], ["h"], domain="pkg.local", name="l1"),
+             helper.make_node("LinearRelu", ["h", "w2"], ["out"], domain="pkg.local", name="l2")]
+    weights = {name: np.eye(64, dtype=np.float32) for name in ("w1", "w2")}
+    model = make_model(calls, [("inp", np.float32, [3, 64])], [("out", np.float32, [3, 64])], initializers=weights,
+                       opset=17)
+    model.functions.append(block)
+    onnx.save(model, tmp_path / "func.onnx", save_as_external_data=True, location="func.onnx.data",
+              size_threshold=0)
+    for target in ("onnxruntime", "tensorrt-10"):
+        assert run(capsys, tmp_path / "func.onnx", "--target", target) == (0, "no findings in 1 file\n", "")
+    code, out, _ = run(capsys, tmp_path / "func.onnx", "--target", "tensorrt-8.6")
+    assert code == 1 and out.count("calls a model-local function, which tensorrt-8.6 does not run") == 2

@@ -642,17 +642,29 @@ def test_a_bool_max_or_min_is_sg004_with_maximum_minimum_as_fix(op, target, tmp_
     np.testing.assert_array_equal(run_ort(fixed, {"a": a, "b": b})[0], expected)
 
 
-def test_an_integer_max_the_target_lacks_names_maximum_minimum(tmp_path):
+@pytest.mark.parametrize("dtype", ["int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64"])
+@pytest.mark.parametrize("target", sorted(set(available_targets()) - {"libspconv"}))
+def test_an_integer_max_names_maximum_minimum_only_where_its_rewrite_runs(dtype, target, tmp_path):
     """ONNX Runtime has no int16 Max: maximum-minimum computes it in int32 (it handles no standard op label,
-    so the generic fix lookup found nothing)."""
+    so the generic fix lookup found nothing). On TensorRT a uint8 Max became Greater/Where on uint8, which
+    TensorRT lacks too: the hint led to a model that still failed. The pass is run on every integer dtype
+    and target: where check names it, the result is clean; where it does not, the rewrite is not."""
     from surgeon.testing import apply_pass
 
+    opset = 11 if target == "opset-11" else 13
     model = make_model([helper.make_node("Max", ["a", "b"], ["y"], name="max")],
-                       [("a", np.int16, [3]), ("b", np.int16, [3])], [("y", np.int16, [3])], opset=13)
-    settings = Settings(target="onnxruntime", select=("SG004",))
-    assert [(f.node, f.fix) for f in _check(model, settings, tmp_path)] == [("max", "maximum-minimum")]
-    fixed, _ = apply_pass(model, "maximum-minimum")
-    assert _check(fixed, settings, tmp_path) == []
+                       [("a", dtype, [3]), ("b", dtype, [3])], [("y", dtype, [3])], opset=opset)
+    settings = Settings(target=target, select=("SG003", "SG004"))
+    findings = _check(model, settings, tmp_path)
+    if not findings:
+        return
+    [finding] = findings
+    fixed, _ = apply_pass(model, "maximum-minimum", target=target)
+    if finding.fix == "maximum-minimum":
+        assert _check(fixed, settings, tmp_path) == []
+    else:
+        assert finding.fix is None and "cast its inputs to a supported type in the model" in finding.message
+        assert _check(fixed, settings, tmp_path) != []
 
 
 def _contrib(op_type, inputs):
@@ -691,3 +703,71 @@ def test_a_contrib_op_without_an_onnx_runtime_cpu_kernel_is_sg002(op_type, tmp_p
         assert all("has no kernel in the CPU build of ONNX Runtime" in f.message for f in sg002)
         if target == "onnxruntime":
             assert [f.rule for f in findings if f.rule == "SG001"] == ([] if runs else ["SG001"])
+
+
+def _calls_local_function(body, inputs, outputs, opset=17):
+    """A model whose graph calls a local function `pkg.local::Block` made of `body` twice, as torch's dynamo
+    export writes modules: (inputs, outputs) are the call's (name, numpy dtype) pairs, fed from the graph."""
+    names = [name for name, _ in inputs]
+    block = helper.make_function("pkg.local", "Block", names, [name for name, _ in outputs], body,
+                                 [helper.make_opsetid("", opset), helper.make_opsetid("org.pytorch.aten", 1)])
+    calls = [helper.make_node("Block", names, [f"{name}_{i}" for name, _ in outputs], name=f"block_{i}",
+                              domain="pkg.local") for i in (1, 2)]
+    graph_outputs = [(f"{name}_{i}", dtype, [3]) for i in (1, 2) for name, dtype in outputs]
+    model = make_model(calls, [(name, dtype, [3]) for name, dtype in inputs], graph_outputs, opset=opset)
+    model.functions.append(block)
+    return model
+
+
+def _linear_relu():
+    return _calls_local_function([helper.make_node("Mul", ["x", "x"], ["t"], name="mul"),
+                                  helper.make_node("Relu", ["t"], ["y"], name="relu")],
+                                 [("x", np.float32)], [("y", np.float32)])
+
+
+@pytest.mark.parametrize("target", ["onnxruntime", "tensorrt-10"])
+def test_a_call_of_a_local_function_is_no_custom_op(target, tmp_path):
+    """torch's dynamo export calls model-local functions; ONNX Runtime and TensorRT 9+ run their bodies, but
+    every call was SG001 'not runnable', so every such export failed check."""
+    from surgeon.testing import run_ort
+
+    model = _linear_relu()
+    x = np.array([-1, 0, 2], np.float32)
+    np.testing.assert_array_equal(run_ort(model, {"x": x})[0], np.maximum(x * x, 0))
+    assert _check(model, Settings(target=target), tmp_path) == []
+
+
+@pytest.mark.parametrize("target", ["tensorrt-8.5", "tensorrt-8.6", "opset-11"])
+def test_a_call_of_a_local_function_is_sg001_where_the_runtime_does_not_read_them(target, tmp_path):
+    """onnx-tensorrt parses local functions from TensorRT 9.0 (its changelog); before, the call is an
+    unknown op: the finding says to inline the functions, as no pass does."""
+    findings = _check(_linear_relu(), Settings(target=target, select=("SG001",)), tmp_path)
+    assert [(f.node, f.op, f.fix) for f in findings] == [(f"block_{i}", "pkg.local::Block", None) for i in (1, 2)]
+    assert all("calls a model-local function" in f.message and "inline_local_functions" in f.message
+               for f in findings)
+
+
+@pytest.mark.parametrize("target", ["onnxruntime", "tensorrt-10"])
+def test_the_nodes_of_a_local_function_body_are_checked(target, tmp_path):
+    """The body is what runs: an ATen node in it is SG001, named by the function's path."""
+    aten = helper.make_node("ATen", ["x", "g"], ["y"], name="gs", domain="org.pytorch.aten", operator="grid_sampler")
+    model = _calls_local_function([aten], [("x", np.float32), ("g", np.float32)], [("y", np.float32)])
+    findings = _check(model, Settings(target=target, select=("SG001",)), tmp_path)
+    assert [(f.node, f.op) for f in findings] == [("pkg.local::Block/gs", "ATen:grid_sampler")]
+
+
+def test_dtypes_inside_a_local_function_come_from_its_calls(tmp_path):
+    """A uint8 Max in a function body is SG004 on TensorRT 10 (its dtype inferred from what the calls pass
+    in, not from the graph's tensors of the same name); maximum-minimum rewrites the main graph only."""
+    body = [helper.make_node("Max", ["a", "b"], ["y"], name="max")]
+    model = _calls_local_function(body, [("a", np.uint8), ("b", np.uint8)], [("y", np.uint8)])
+    [finding] = _check(model, Settings(target="tensorrt-10", select=("SG004",)), tmp_path)
+    assert finding.node == "pkg.local::Block/max" and finding.fix is None
+    assert "on uint8" in finding.message and "not If/Loop bodies or local functions" in finding.message
+    shadowed = _calls_local_function(body, [("a", np.float32), ("b", np.float32)], [("y", np.float32)])
+    for value in shadowed.graph.input:
+        value.name = {"a": "p", "b": "q"}[value.name]
+    for call in shadowed.graph.node:
+        call.input[:] = ["p", "q"]
+    shadowed.graph.input.append(helper.make_tensor_value_info("a", TensorProto.UINT8, [3]))  # the graph's own 'a'
+    assert _check(shadowed, Settings(target="tensorrt-10", select=("SG004",)), tmp_path) == []

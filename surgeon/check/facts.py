@@ -1,7 +1,7 @@
 """What the rules look at, computed once per model and only when a rule asks: the loaded proto, the
 target, what each node reads (and what it reads too early), a topologically sorted copy, strict shape
-inference and the dtypes and shapes inference found, the opset in force for each domain, and which ops
-the installed ONNX Runtime's CPU build has kernels for."""
+inference and the dtypes and shapes inference found (in local function bodies too, from their calls),
+the opset in force for each domain, and which ops the installed ONNX Runtime's CPU build has kernels for."""
 from __future__ import annotations
 
 import os
@@ -109,17 +109,33 @@ class ModelFacts:
                     walk(sub, f"{path}/{attr}")
 
         walk(self.model.graph, "")
+        for key, function in self.local_functions.items():
+            walk(function, _function_label(key))
         return paths
 
     @cached_property
-    def all_nodes(self) -> list:
-        """The nodes of the graph and, after each node holding subgraphs, the nodes of those (recursively):
-        the rules that judge single nodes (ops, dtypes, plugins, references) look at all of them."""
+    def graph_nodes(self) -> list:
+        """The nodes of the graph and, after each node holding subgraphs, the nodes of those (recursively)."""
         return list(all_nodes(self.model.graph))
 
     @cached_property
+    def all_nodes(self) -> list:
+        """`graph_nodes`, then the nodes of each local function's body (its subgraphs' too): the rules that
+        judge single nodes (ops, dtypes, plugins, references) look at all of them, as every runtime that
+        takes a call runs its body's nodes."""
+        return self.graph_nodes + [node for function in self.local_functions.values() for node in all_nodes(function)]
+
+    @cached_property
+    def local_functions(self) -> dict[tuple[str, str, str], onnx.FunctionProto]:
+        """(domain, name, overload) -> the model-local function a node of that domain, op type and overload calls."""
+        return {(f.domain, f.name, f.overload): f for f in self.model.functions}
+
+    def calls_local_function(self, node) -> bool:
+        return _call_key(node) in self.local_functions
+
+    @cached_property
     def graphs(self) -> list:
-        """The main graph and every subgraph, recursively."""
+        """The main graph and every subgraph (of local function bodies too), recursively."""
         found = [self.model.graph]
         found += [sub for node in self.all_nodes for _, sub in subgraphs(node)]
         return found
@@ -259,29 +275,13 @@ class ModelFacts:
         """Tensor name -> what says its dtype and shape, in the graph and its subgraphs: its inferred type
         where inference typed it (`typed_model`), the tensor itself for initializers and Constant values."""
         known = {}
-
-        def collect(graph) -> None:
-            for value in list(graph.input) + list(graph.output) + list(graph.value_info):
-                if value.type.HasField("tensor_type") and value.type.tensor_type.elem_type:
-                    known[value.name] = value.type.tensor_type
-            for tensor in graph.initializer:
-                known[tensor.name] = tensor
-            for node in graph.node:
-                if node.op_type == "Constant" and node.domain in STANDARD_DOMAINS:
-                    value = next((a.t for a in node.attribute if a.name == "value"), None)
-                    if value is not None and node.output:
-                        known[node.output[0]] = value
-                for _, sub in subgraphs(node):
-                    collect(sub)
-
-        collect(self.typed_model.graph)
+        _collect_tensor_types(self.typed_model.graph, known)
         return known
 
     @cached_property
     def dtypes(self) -> dict[str, str]:
         """Tensor name -> dtype name (float32, int64, bool, ...) where known."""
-        return {name: dtype_name(t.data_type if isinstance(t, TensorProto) else t.elem_type)
-                for name, t in self.tensor_types.items()}
+        return _dtype_names_of(self.tensor_types)
 
     def shape(self, name: str) -> list[int | None] | None:
         """The dims of a tensor (None for a dim not known as a number), None where its rank is unknown."""
@@ -296,7 +296,39 @@ class ModelFacts:
         """The dtype of the input the target's dtype rule for the node's op describes (`dtype_input`: the
         first input, or Where's data rather than its condition); None where that input is absent or unknown."""
         index = self.target.dtype_input(node.op_type) if node.domain in STANDARD_DOMAINS else 0
-        return self.dtypes.get(node.input[index]) if len(node.input) > index and node.input[index] else None
+        function = self._function_holding.get(id(node))
+        dtypes = self.dtypes if function is None else self.function_dtypes.get(function, {})
+        return dtypes.get(node.input[index]) if len(node.input) > index and node.input[index] else None
+
+    @cached_property
+    def _function_holding(self) -> dict[int, tuple[str, str, str]]:
+        """id(node) -> the key of the local function whose body (or a subgraph of it) holds the node."""
+        return {id(node): key for key, function in self.local_functions.items() for node in all_nodes(function)}
+
+    @cached_property
+    def function_dtypes(self) -> dict[tuple[str, str, str], dict[str, str]]:
+        """Per local function, the dtypes of its body's tensors (names are the body's own), inferred from the
+        dtypes its calls pass in (calls inside other functions' bodies included); a tensor whose dtype differs
+        between calls (a function called on float32 and on int64) is left out, and so is every tensor of a
+        function nothing calls."""
+        bodies: dict[tuple, list[dict[str, str]]] = {}
+        seen: set[tuple] = set()
+
+        def visit(nodes, dtypes: dict[str, str], callers: frozenset) -> None:
+            for node in nodes:
+                key = _call_key(node)
+                function = self.local_functions.get(key)
+                signature = (key, tuple(dtypes.get(name) for name in node.input))
+                if function is None or key in callers or signature in seen:
+                    continue  # a function calling itself is invalid ONNX: not followed
+                seen.add(signature)
+                body = _function_body_dtypes(self.model, function, signature[1])
+                bodies.setdefault(key, []).append(body)
+                visit(all_nodes(function), body, callers | {key})
+
+        visit(self.graph_nodes, self.dtypes, frozenset())
+        return {key: {name: dtype for name, dtype in found[0].items() if all(b.get(name) == dtype for b in found)}
+                for key, found in bodies.items()}
 
     def op_version(self, node) -> int | None:
         """The ONNX version of a standard node's op at the model's opset (e.g. Split at opset 18 -> 18)."""
@@ -310,6 +342,58 @@ class ModelFacts:
         if self.settings.static_shapes is not None:
             return self.settings.static_shapes
         return self.target.static_shapes
+
+
+def _collect_tensor_types(graph: onnx.GraphProto, known: dict) -> None:
+    """Tensor name -> what says its dtype and shape (its ValueInfo's tensor type, an initializer, a Constant's
+    value) for `graph` and its subgraphs, into `known`."""
+    for value in list(graph.input) + list(graph.output) + list(graph.value_info):
+        if value.type.HasField("tensor_type") and value.type.tensor_type.elem_type:
+            known[value.name] = value.type.tensor_type
+    for tensor in graph.initializer:
+        known[tensor.name] = tensor
+    for node in graph.node:
+        if node.op_type == "Constant" and node.domain in STANDARD_DOMAINS:
+            value = next((a.t for a in node.attribute if a.name == "value"), None)
+            if value is not None and node.output:
+                known[node.output[0]] = value
+        for _, sub in subgraphs(node):
+            _collect_tensor_types(sub, known)
+
+
+def _dtype_names_of(tensor_types: dict) -> dict[str, str]:
+    return {name: dtype_name(t.data_type if isinstance(t, TensorProto) else t.elem_type)
+            for name, t in tensor_types.items()}
+
+
+def _call_key(node) -> tuple[str, str, str]:
+    return node.domain, node.op_type, node.overload
+
+
+def _function_label(key: tuple[str, str, str]) -> str:
+    domain, name, overload = key
+    return f"{domain}::{name}" + (f":{overload}" if overload else "")
+
+
+def _function_body_dtypes(model: onnx.ModelProto, function: onnx.FunctionProto, inputs: tuple) -> dict[str, str]:
+    """The dtypes of a function body's tensors for one call, given the dtypes the call passes in (None: unknown),
+    by lenient inference on the body as a graph of its own; {} where inference fails."""
+    def value(name, dtype):
+        return (onnx.helper.make_tensor_value_info(name, onnx.helper.np_dtype_to_tensor_dtype(np.dtype(dtype)), None)
+                if dtype else onnx.helper.make_empty_tensor_value_info(name))
+
+    typed = [value(name, dtype) for name, dtype in zip(function.input, inputs)]
+    graph = onnx.helper.make_graph(list(function.node), function.name, typed,
+                                   [onnx.helper.make_empty_tensor_value_info(name) for name in function.output])
+    body = onnx.helper.make_model(graph, opset_imports=list(function.opset_import), functions=list(model.functions),
+                                  ir_version=model.ir_version)
+    try:
+        inferred = _infer_shapes(body, strict=False)
+    except INFERENCE_ERRORS:
+        return {}
+    known: dict = {}
+    _collect_tensor_types(inferred.graph, known)
+    return _dtype_names_of(known)
 
 
 def _infer_shapes(model: onnx.ModelProto, strict: bool) -> onnx.ModelProto:

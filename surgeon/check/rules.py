@@ -151,8 +151,31 @@ def custom_op_unsupported(facts: ModelFacts):
     for node in facts.all_nodes:
         if is_standard_op(node) or facts.target.supports(node.op_type, node.domain):
             continue
+        if facts.calls_local_function(node):  # its body's nodes are judged on their own
+            why_not = _why_local_functions_fail(facts.target)
+            if why_not:
+                yield _finding(facts, "SG001", "error", f"calls a model-local function, which {facts.target.name} "
+                               f"does not run ({why_not}): inline the model's local functions "
+                               "(onnx.inliner.inline_local_functions) before deploying", node)
+            continue
         yield _finding(facts, "SG001", "error", f"not runnable on {facts.target.name}", node,
                        fix=fix_for(node, facts.target))
+
+
+TENSORRT_PARSES_LOCAL_FUNCTIONS = (9, 0)  # onnx-tensorrt docs/Changelog.md, "TensorRT 9.0 EA Release"
+
+
+def _why_local_functions_fail(target) -> str | None:
+    """None where the target's runtime runs a call of a model-local function (by running its body), else why
+    not. ONNX Runtime does (from 1.9; surgeon's validation relies on it), TensorRT's ONNX parser from 9.0.
+    Other targets (opset-11's NPU converters, libspconv) are not known to, so the call stays a finding there."""
+    if target.is_tensorrt:
+        if target.version_tuple() >= TENSORRT_PARSES_LOCAL_FUNCTIONS:
+            return None
+        return "TensorRT's ONNX parser reads local functions from 9.0 on"
+    if target.runtime == "onnxruntime":
+        return None
+    return f"no {target.runtime} converter is known to read local functions"
 
 
 @model_rule("SG017", "plugin-library-external", "warning",
@@ -179,10 +202,9 @@ def no_reference(facts: ModelFacts):
     from surgeon.validation.runners import is_special
 
     opset = facts.opsets.get("")
-    functions = {(f.domain, f.name) for f in facts.model.functions}  # validation runs their bodies
     for node in facts.all_nodes:
-        if is_standard_op(node) or (node.domain, node.op_type) in functions:
-            continue  # SG003 judges standard ops
+        if is_standard_op(node) or facts.calls_local_function(node):
+            continue  # SG003 judges standard ops; validation inlines local functions, whose nodes are judged
         if not is_special(node, opset):  # a contrib op (com.microsoft, ai.onnx.ml): validation runs it in ONNX Runtime
             if not ort_cpu_runs(node.domain, node.op_type):
                 yield _finding(facts, "SG002", "warning", f"has no kernel in the CPU build of ONNX Runtime "
@@ -262,6 +284,13 @@ def _converter_lacks_adapter(op_type: str, opset: int, wanted: int) -> bool:
 @model_rule("SG004", "dtype-unsupported", "error", "op input dtype outside the target profile's types (or, where "
             "the profile lists none, the ONNX schema's)")
 def dtype_unsupported(facts: ModelFacts):
+    for node, dtype, problem in _dtype_problems(facts):
+        fix, why_no_pass = _dtype_fix(facts, node, dtype)
+        yield _finding(facts, "SG004", "error", f"{problem}{why_no_pass}", node, fix=fix)
+
+
+def _dtype_problems(facts: ModelFacts):
+    """(node, dtype, problem) for each standard node whose typed input's dtype the target does not take."""
     for node in facts.all_nodes:
         if not is_standard_op(node) or _is_integer_clip(facts, node):  # SG005 reports integer Clip
             continue
@@ -273,17 +302,14 @@ def dtype_unsupported(facts: ModelFacts):
         if allowed is None:  # the profile takes every type the ONNX schema allows
             schema_dtypes = _schema_dtypes(node.op_type, facts.opsets.get("", 1), facts.target.dtype_input(node.op_type))
             if schema_dtypes and dtype not in schema_dtypes:
-                fix, why_no_pass = _dtype_fix(facts, node, dtype)
-                yield _finding(facts, "SG004", "error", f"on {dtype}: ONNX's {node.op_type}-{version} has no {dtype} "
-                               f"type, so no runtime runs it{why_no_pass}", node, fix=fix)
+                yield node, dtype, (f"on {dtype}: ONNX's {node.op_type}-{version} has no {dtype} type, so no runtime "
+                                    "runs it")
             continue
         cast_down = dtype == "float64" and facts.target.is_tensorrt  # TensorRT casts DOUBLE to FLOAT: SG007 warns
         # ONNX Runtime runs a float16 node that has no float16 kernel in float32 (InsertCastTransformer)
         cast_up = dtype == "float16" and facts.target.runtime == "onnxruntime" and "float32" in allowed
         if not cast_down and not cast_up and dtype not in allowed:
-            fix, why_no_pass = _dtype_fix(facts, node, dtype)
-            yield _finding(facts, "SG004", "error", f"on {dtype} is not supported by {facts.target.name} "
-                           f"(supported: {', '.join(allowed)}){why_no_pass}", node, fix=fix)
+            yield node, dtype, f"on {dtype} is not supported by {facts.target.name} (supported: {', '.join(allowed)})"
 
 
 @functools.lru_cache(maxsize=None)
@@ -308,13 +334,50 @@ def _dtype_fix(facts: ModelFacts, node, dtype: str) -> tuple[str | None, str]:
         why_not = _why_any_all_leaves(facts, node, dtype)
         return ("any-all", "") if why_not is None else (None, f"; {why_not}")
     if node.op_type in ("Max", "Min") and (dtype == "bool" or dtype in INTEGER_DTYPES):
-        if facts.in_main_graph(node):
+        if not facts.in_main_graph(node):
+            return None, f"; {IN_A_BODY.format('maximum-minimum')}"
+        refused = _maximum_minimum_leaves(facts, node.op_type, dtype)
+        if not refused:
             return "maximum-minimum", ""
-        return None, f"; {IN_A_BODY.format('maximum-minimum')}"
+        return None, (f"; maximum-minimum's rewrite ({', '.join(refused)}) does not run on {facts.target.name} "
+                      "either: cast its inputs to a supported type in the model")
     return fix_for(node, facts.target), ""
 
 
-IN_A_BODY = "{} rewrites the main graph only, not If/Loop bodies"
+IN_A_BODY = "{} rewrites the main graph only, not If/Loop bodies or local functions"
+_REWRITES_REFUSED: dict[tuple, tuple[str, ...]] = {}
+
+
+def _maximum_minimum_leaves(facts: ModelFacts, op_type: str, dtype: str) -> tuple[str, ...]:
+    """What of maximum-minimum's rewrite of `op_type` on `dtype` the target still refuses (`Greater on uint8`),
+    found by running the pass on a one-node model and judging its result as SG003/SG004 do: its forms (Where,
+    compute in int32, wrap-around arithmetic for uint64) depend on the target and opset, and a hint read off
+    them by hand drifts from the pass."""
+    opset = facts.opsets.get("", 1)
+    key = (op_type, dtype, opset, repr(facts.target))  # the repr holds the whole profile but `raw`
+    if key not in _REWRITES_REFUSED:
+        probe = ModelFacts(facts.path, _rewritten_probe(op_type, dtype, opset, facts.target), facts.target)
+        refused = [f"{node.op_type} on {problem_dtype}" for node, problem_dtype, _ in _dtype_problems(probe)]
+        refused += [f"{finding.op} ({finding.message})" for finding in op_unsupported(probe)]
+        _REWRITES_REFUSED[key] = tuple(dict.fromkeys(refused))
+    return _REWRITES_REFUSED[key]
+
+
+def _rewritten_probe(op_type: str, dtype: str, opset: int, target) -> onnx.ModelProto:
+    from surgeon.graphio import export_model, import_graph
+    from surgeon.inference import infer_graph_shapes
+    from surgeon.pass_api import Context
+    from surgeon.testing import make_model
+
+    operands = [("a", dtype, [2]), ("b", dtype, [2])]
+    model = make_model([onnx.helper.make_node(op_type, ["a", "b"], ["y"], name="probe")], operands,
+                       [("y", dtype, [2])], opset=opset)
+    graph = infer_graph_shapes(import_graph(model))
+    context = Context(target=target, opset=opset)
+    context.begin(graph, "maximum-minimum")
+    get_pass("maximum-minimum")().run(graph, context)
+    graph.cleanup().toposort()
+    return export_model(graph)
 
 
 def _why_any_all_leaves(facts: ModelFacts, reduce_sum, dtype: str) -> str | None:
@@ -454,7 +517,7 @@ def float64_tensors(facts: ModelFacts):
     doubles = sorted({name for name, dtype in facts.dtypes.items() if dtype == "float64"})
     if not doubles:
         return
-    producer = {out: node for node in facts.all_nodes for out in node.output}
+    producer = {out: node for node in facts.graph_nodes for out in node.output}  # function bodies name their own
     initializers = {t.name for g in facts.graphs for t in g.initializer}
     for name in doubles:
         node = producer.get(name)
