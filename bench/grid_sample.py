@@ -1,5 +1,6 @@
 """ONNX Runtime CPU latency of grid sampling: native GridSample vs the grid-sample passes' decompose forms
-vs the widely copied mmcv-style `bilinear_grid_sample` (the second baseline, 2-D only), in one process.
+vs the widely copied mmcv-style `bilinear_grid_sample` (the second baseline, 2-D only), in one process;
+then nearest sampling (native vs decompose, 2-D), which `mode: auto` decomposes on ONNX Runtime.
 
     python bench/grid_sample.py [--runs 9] [--threads 0] [--quick]
 
@@ -38,11 +39,12 @@ WHOLE_MODEL = (Path(__file__).resolve().parent.parent / "tests" / "data" / "zoo"
                / "bevformer-tiny.fixture.opset11-aten.onnx")
 
 
-def native_model(x_shape, grid_shape) -> onnx.ModelProto:
-    """GridSample-16 (4-D) or GridSample-20 (5-D), bilinear, zero padding."""
+def native_model(x_shape, grid_shape, nearest: bool = False) -> onnx.ModelProto:
+    """GridSample-16 (4-D) or GridSample-20 (5-D), bilinear (or nearest), zero padding."""
     volumetric = len(x_shape) == 5
-    node = helper.make_node("GridSample", ["x", "grid"], ["y"], name="grid_sample",
-                            mode="linear" if volumetric else "bilinear", padding_mode="zeros", align_corners=0)
+    mode = "nearest" if nearest else "linear" if volumetric else "bilinear"
+    node = helper.make_node("GridSample", ["x", "grid"], ["y"], name="grid_sample", mode=mode,
+                            padding_mode="zeros", align_corners=0)
     return make_model([node], [("x", np.float32, list(x_shape)), ("grid", np.float32, list(grid_shape))],
                       [("y", np.float32, [*x_shape[:2], *grid_shape[1:-1]])], opset=20 if volumetric else 16)
 
@@ -85,6 +87,12 @@ def mmcv_style_model(x_shape, grid_shape) -> onnx.ModelProto:
     return onnx.load_from_string(buffer.getvalue())
 
 
+def random_feeds(rng, x_shape, grid_shape) -> dict[str, np.ndarray]:
+    """Unit-normal input; a grid uniform in [-1.1, 1.1], so some points fall outside the image."""
+    return {"x": rng.standard_normal(x_shape, dtype=np.float32),
+            "grid": rng.uniform(-1.1, 1.1, grid_shape).astype(np.float32)}
+
+
 def session(model: onnx.ModelProto, threads: int) -> ort.InferenceSession:
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
@@ -119,7 +127,7 @@ def report(label: str, grid_label: str, forms: dict[str, onnx.ModelProto], feeds
              for name, sess in sessions.items()}
     medians = median_ms(sessions, feeds, runs, clock)
     for name, ms in medians.items():
-        print(f"{label:>20} {grid_label:>22} | {name:<22} {ms:9.1f} {ms / medians[baseline_name]:8.2f}x "
+        print(f"{label:>20} {grid_label:>22} | {name:<28} {ms:9.1f} {ms / medians[baseline_name]:8.2f}x "
               f"{diffs[name]:11.2e}")
 
 
@@ -133,8 +141,9 @@ def main(argv=None) -> int:
     clock = time.process_time if args.threads == 1 else time.perf_counter
     print(f"onnxruntime {ort.__version__}, CPU, intra-op threads {args.threads or 'default'}, "
           f"median of {args.runs} runs, {'CPU' if args.threads == 1 else 'wall'} time")
-    print(f"{'input':>20} {'grid':>22} | {'form':<22} {'ms':>9} {'x native':>9} {'max |diff|':>11}")
-    for x_shape, grid_shape in QUICK_SHAPES if args.quick else SHAPES:
+    print(f"{'input':>20} {'grid':>22} | {'form':<28} {'ms':>9} {'x native':>9} {'max |diff|':>11}")
+    shapes = QUICK_SHAPES if args.quick else SHAPES
+    for x_shape, grid_shape in shapes:
         native = native_model(x_shape, grid_shape)
         if len(x_shape) == 5:
             forms = {"native GridSample-20": native,
@@ -143,9 +152,15 @@ def main(argv=None) -> int:
             forms = {"native GridSample-16": native,
                      "surgeon decompose": apply_pass(native, "grid-sample", mode="decompose")[0],
                      "mmcv-style (opset 11)": mmcv_style_model(x_shape, grid_shape)}
-        feeds = {"x": rng.standard_normal(x_shape, dtype=np.float32),
-                 "grid": rng.uniform(-1.1, 1.1, grid_shape).astype(np.float32)}
-        report(str(list(x_shape)), str(list(grid_shape)), forms, feeds, args.runs, args.threads, clock)
+        report(str(list(x_shape)), str(list(grid_shape)), forms, random_feeds(rng, x_shape, grid_shape),
+               args.runs, args.threads, clock)
+    for x_shape, grid_shape in shapes:
+        if len(x_shape) == 4:
+            native = native_model(x_shape, grid_shape, nearest=True)
+            forms = {"native GridSample-16 nearest": native,
+                     "surgeon decompose nearest": apply_pass(native, "grid-sample", mode="decompose")[0]}
+            report(str(list(x_shape)), str(list(grid_shape)), forms, random_feeds(rng, x_shape, grid_shape),
+                   args.runs, args.threads, clock)
     if not args.quick and WHOLE_MODEL.exists():  # the whole BEVFormer-tiny fixture, its recorded inputs
         exported = onnx.load(WHOLE_MODEL)
         forms = {"native GridSample-16": apply_pass(exported, "grid-sample", mode="onnx")[0],

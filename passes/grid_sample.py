@@ -55,8 +55,9 @@ class GridSamplePass(Pass):
     params = {
         "mode": Param(str, "auto", choices=("auto", "onnx", "decompose", "plugin"),
                       help="target form; auto: GridSample where the target runs it, else decompose (nearest "
-                           "reflection sites with align_corners 0 decompose but on TensorRT: GridSample's ties "
-                           "differ from torch's)"),
+                           "sites decompose on ONNX Runtime, whose nearest kernel is slower; nearest reflection "
+                           "sites with align_corners 0 everywhere but on TensorRT: GridSample's ties differ "
+                           "from torch's)"),
         "plugin_op": Param(str, "GridSample2D", help="op type of the plugin node (mode plugin)"),
         "plugin_version": Param(str, "1", help="plugin_version attribute of the plugin node"),
         "plugin_namespace": Param(str, "surgeon", help="plugin_namespace attribute (and domain) of the plugin node"),
@@ -104,9 +105,9 @@ class GridSamplePass(Pass):
         decompose = partial(emit_decomposition, fma_in_float64=fma_in_float64)
         emit = {"onnx": emit_onnx, "decompose": decompose,
                 "plugin": lambda rw, site, grid, opset: self._emit_plugin(rw, site, grid)}[form]
-        result, exact = rewrite_following_torch_ties(graph, ctx, form, 2, GRID_SAMPLE_SINCE, emit, decompose,
-                                                     self.mode == "auto")
-        if (form == "decompose" and result.changed) or exact:
+        result, decomposed = rewrite_following_torch_ties(graph, ctx, form, 2, GRID_SAMPLE_SINCE, emit, decompose,
+                                                          self.mode == "auto")
+        if (form == "decompose" and result.changed) or decomposed:
             why = "" if self.fma_emulation != "auto" else (
                 f" (auto: target {ctx.target.name} {'runs' if fma_in_float64 else 'has no'} float64 Cast/Mul/Sub)")
             effect = ("float32 grids' coordinates are rounded once where torch's kernel fuses a multiply-add, "
@@ -149,57 +150,81 @@ def ties_differ_from_torch(site: Sampling) -> bool:
     return site.interpolation == "nearest" and site.padding == "reflection" and not site.align_corners
 
 
+#: How much slower ONNX Runtime 1.31's nearest GridSample kernel ran than the decomposition on the bench's
+#: 2-D shapes (docs/passes/grid-sample.md, Speed); why auto decomposes nearest sites there.
+ORT_NEAREST_SLOWDOWN = "5–11×"
+
+
 def rewrite_following_torch_ties(graph, ctx, form: str, spatial_dims: int, onnx_opset: int, emit, decompose,
                                  auto: bool) -> tuple[PassResult, list[str]]:
-    """`rewrite_sites`, and when `auto` chose the onnx form for a target but TensorRT, `decompose` (an `emit`)
-    instead for the sites whose ties differ from torch's, standard GridSample nodes included; notes the chosen
-    forms and the GridSample nodes left whose ties differ. Returns the result and the names decomposed for ties."""
-    torch_ties = auto and form == "onnx" and not ctx.target.is_tensorrt
-    exact = []
+    """`rewrite_sites`, and when `auto` chose the onnx form, `decompose` (an `emit`) instead for the sites
+    `auto_decomposes` names, standard GridSample nodes included; notes the chosen forms and why, and the
+    GridSample nodes left whose ties differ. Returns the result and the names decomposed instead."""
+    auto_onnx = auto and form == "onnx"
+    reasons: dict[str, str] = {}  # node name -> why auto decomposed it
+
+    def reason_for(site: Sampling) -> str | None:
+        return auto_decomposes(site, ctx.target) if auto_onnx else None
 
     def emit_site(rw: Rewrite, site: Sampling, grid: gs.Tensor, opset: int) -> None:
-        if torch_ties and decomposes_for_ties(site):
-            exact.append(site.node.name or rw.prefix)
+        reason = reason_for(site)
+        if reason:
+            reasons[site.node.name or rw.prefix] = reason
             decompose(rw, site, grid, opset)
         else:
             emit(rw, site, grid, opset)
 
-    if torch_ties and not any(site is not None and site.spatial_dims == spatial_dims and site.spelling != "onnx"
-                              and not decomposes_for_ties(site) for site in map(read_sampling, graph.nodes)):
+    if auto_onnx and not any(site is not None and site.spatial_dims == spatial_dims and site.spelling != "onnx"
+                             and reason_for(site) is None for site in map(read_sampling, graph.nodes)):
         onnx_opset = graph.opset  # no site becomes GridSample: no conversion to its opset
     result = rewrite_sites(graph, ctx, form, spatial_dims, onnx_opset, emit_site)
-    if auto and len(result.rewritten) > len(exact):
+    if auto and len(result.rewritten) > len(reasons):
         result.note(f"mode auto chose '{form}' for target {ctx.target.name}")
-    if torch_ties:  # a standard GridSample is the onnx form already, which rewrite_sites leaves alone
-        standard = decompose_standard_ties(result.graph or graph, ctx, spatial_dims, decompose)
-        result.rewritten += standard
-        exact += standard
-    if exact:
-        result.note(f"mode auto chose 'decompose' for {', '.join(exact)}: nearest with reflection padding and "
-                    f"align_corners 0, where {TIE_ORDER}; decompose follows torch (mode onnx keeps GridSample)")
+    if auto_onnx:  # a standard GridSample is the onnx form already, which rewrite_sites leaves alone
+        standard = decompose_standard(result.graph or graph, ctx, spatial_dims, decompose)
+        result.rewritten += list(standard)
+        reasons.update(standard)
+    names = {why: [name for name, reason in reasons.items() if reason == why] for why in ("ties", "speed")}
+    if names["ties"]:
+        result.note(f"mode auto chose 'decompose' for {', '.join(names['ties'])}: nearest with reflection padding "
+                    f"and align_corners 0, where {TIE_ORDER}; decompose follows torch (mode onnx keeps GridSample)")
+    if names["speed"]:
+        result.note(f"mode auto chose 'decompose' for {', '.join(names['speed'])}: ONNX Runtime's nearest "
+                    f"GridSample kernel is {ORT_NEAREST_SLOWDOWN} slower than the decomposition here; "
+                    f"mode onnx keeps it")
     if form == "onnx":
         note_ties(result.graph or graph, result, ctx.target, spatial_dims)
-    return result, exact
+    return result, list(reasons)
 
 
-def decomposes_for_ties(site: Sampling) -> bool:
-    """Whether auto decomposes `site` (but on TensorRT): its ties differ from torch's in GridSample and
-    decompose can take it (a static spatial size; else it stays GridSample, noted)."""
+def auto_decomposes(site: Sampling, target) -> str | None:
+    """Why auto, having chosen GridSample for `target`, decomposes `site` instead: "ties" where GridSample's
+    ties differ from torch's (but on TensorRT, whose kernel is unchecked), "speed" for 2-D nearest on ONNX
+    Runtime, whose nearest kernel is the slow one (TensorRT's and 3-D are unmeasured); None otherwise, and
+    where decompose cannot take the site (a dynamic spatial size: it stays GridSample, noted if its ties differ)."""
     shape = site.x.shape
-    return ties_differ_from_torch(site) and shape is not None and all(isinstance(d, int) for d in shape[2:])
+    if shape is None or not all(isinstance(d, int) for d in shape[2:]):
+        return None
+    if ties_differ_from_torch(site) and not target.is_tensorrt:
+        return "ties"
+    if site.interpolation == "nearest" and site.spatial_dims == 2 and target.runtime == "onnxruntime":
+        return "speed"
+    return None
 
 
-def decompose_standard_ties(graph, ctx, spatial_dims: int, decompose) -> list[str]:
-    """`decompose` the standard GridSample nodes with `spatial_dims` that `decomposes_for_ties`; the names of
-    those rewritten."""
-    names = []
+def decompose_standard(graph, ctx, spatial_dims: int, decompose) -> dict[str, str]:
+    """`decompose` the standard GridSample nodes with `spatial_dims` that `auto_decomposes`; the names of
+    those rewritten, with why."""
+    reasons = {}
     for site in map(read_sampling, list(graph.nodes)):
-        if (site is not None and site.spelling == "onnx" and site.spatial_dims == spatial_dims
-                and decomposes_for_ties(site)):
+        if site is None or site.spelling != "onnx" or site.spatial_dims != spatial_dims:
+            continue
+        reason = auto_decomposes(site, ctx.target)
+        if reason:
             rw = Rewrite(graph, ctx, site.node)
             decompose(rw, site, site.grid, graph.opset)
-            names.append(site.node.name or rw.prefix)
-    return names
+            reasons[site.node.name or rw.prefix] = reason
+    return reasons
 
 
 def note_ties(graph, result, target, spatial_dims: int) -> None:

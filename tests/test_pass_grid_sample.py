@@ -30,7 +30,8 @@ torch = pytest.importorskip("torch")
 F = torch.nn.functional
 
 discover()  # the built-in passes import as surgeon.passes.*
-from surgeon.passes.grid_sample import MATMUL_MIN_CHANNELS, GridSamplePass, choose_form  # noqa: E402
+from surgeon.passes.grid_sample import (MATMUL_MIN_CHANNELS, ORT_NEAREST_SLOWDOWN, GridSamplePass,  # noqa: E402
+                                         choose_form)
 from surgeon.sampling import INTERPOLATION_CODES, PADDING_CODES  # noqa: E402
 
 ATOL = 1e-5
@@ -705,14 +706,35 @@ def test_auto_on_onnx_runtime_decomposes_the_sites_whose_ties_differ_from_torch(
     assert opsets[0] == opsets[1] and "raised" not in notes
 
 
-@pytest.mark.parametrize("mode, padding, align_corners", [("nearest", "reflection", True),
-                                                          ("nearest", "zeros", False),
-                                                          ("bilinear", "reflection", False)])
-def test_auto_on_onnx_runtime_keeps_gridsample_where_its_ties_are_torchs(mode, padding, align_corners):
-    model, step = apply_pass(sampler_model("aten", SHAPES[1], mode, padding, align_corners), "grid-sample",
+@pytest.mark.parametrize("padding, align_corners", [("reflection", False), ("reflection", True), ("zeros", False),
+                                                    ("border", True)])
+def test_auto_on_onnx_runtime_keeps_bilinear_gridsample(padding, align_corners):
+    model, step = apply_pass(sampler_model("aten", SHAPES[1], "bilinear", padding, align_corners), "grid-sample",
                              target="onnxruntime")
     assert op_types(model) == ["GridSample"]
     assert step.notes[-1] == "mode auto chose 'onnx' for target onnxruntime"
+
+
+@pytest.mark.parametrize("spelling", ("aten", "mmdeploy", "GridSample"))
+@pytest.mark.parametrize("padding, align_corners", [("zeros", False), ("border", True), ("reflection", True)])
+def test_auto_on_onnx_runtime_decomposes_nearest_sites_for_speed(spelling, padding, align_corners):
+    """ONNX Runtime's nearest GridSample kernel is about ten times slower than the decomposition (docs: Speed):
+    auto decomposes nearest sites whose ties GridSample gets right too, equal to torch, and says why; the
+    opset stays. TensorRT's kernel is unmeasured: auto keeps GridSample there."""
+    model = sampler_model(spelling, SHAPES[4], "nearest", padding, align_corners)
+    rewritten, step = apply_pass(model, "grid-sample", target="onnxruntime")
+    assert step.rewritten == ["sampler"] and "GridSample" not in op_types(rewritten)
+    x, grid = feeds(SHAPES[4], seed=7, align_corners=align_corners)
+    np.testing.assert_array_equal(run_ort(rewritten, {"x": x, "grid": grid})[0],
+                                  torch_grid_sample(x, grid, "nearest", padding, align_corners))
+    notes = " ".join(step.notes)
+    assert (f"mode auto chose 'decompose' for sampler: ONNX Runtime's nearest GridSample kernel is "
+            f"{ORT_NEAREST_SLOWDOWN} slower than the decomposition here; mode onnx keeps it") in notes
+    assert "mode auto chose 'onnx'" not in notes and "fma_emulation float64" in notes
+    opsets = [{o.domain: o.version for o in m.opset_import}[""] for m in (model, rewritten)]
+    assert opsets[0] == opsets[1]
+    on_tensorrt, _ = apply_pass(model, "grid-sample", target="tensorrt-10")
+    assert op_types(on_tensorrt) == ["GridSample"]
 
 
 def test_auto_on_onnx_runtime_decomposes_only_the_sites_whose_ties_differ():
@@ -759,15 +781,19 @@ def test_gridsample_whose_ties_differ_from_torch_is_noted(target, mode, runtimes
     assert note.endswith(f"({runtimes}); mode decompose follows torch exactly")
 
 
-def test_auto_on_onnx_runtime_keeps_gridsample_whose_ties_differ_where_decompose_cannot():
-    """A dynamic spatial size: decompose cannot, so the site becomes GridSample, with the note."""
+@pytest.mark.parametrize("padding", ("reflection", "zeros"))
+def test_auto_on_onnx_runtime_keeps_nearest_gridsample_where_decompose_cannot(padding):
+    """A dynamic spatial size: decompose cannot, so the site becomes GridSample, with the note where its
+    ties differ from torch's."""
     node = helper.make_node("grid_sampler", ["x", "grid"], ["y"], name="sampler", domain="mmdeploy",
-                            interpolation_mode=1, padding_mode=2, align_corners=0)
+                            interpolation_mode=1, padding_mode=PADDING_CODES.index(padding), align_corners=0)
     model = make_model([node], [("x", np.float32, [1, 3, "h", "w"]), ("grid", np.float32, [1, 6, 7, 2])],
                        [("y", np.float32, None)], opset=16)
     rewritten, step = apply_pass(model, "grid-sample", target="onnxruntime")
     assert op_types(rewritten) == ["GridSample"] and step.rewritten == ["sampler"]
-    assert any(text.endswith("mode decompose follows torch exactly") for text in step.notes)
+    assert "mode auto chose 'onnx' for target onnxruntime" in step.notes
+    tie_noted = any(text.endswith("mode decompose follows torch exactly") for text in step.notes)
+    assert tie_noted == (padding == "reflection")
 
 
 @pytest.mark.parametrize("shape", [(0, 2, 3, 4, 2, 2), (1, 0, 3, 4, 2, 2), (0, MATMUL_MIN_CHANNELS, 3, 4, 2, 2)],
