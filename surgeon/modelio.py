@@ -72,18 +72,17 @@ def model_problems(model: onnx.ModelProto, serialized: bytes | None, folder: Pat
     """What makes `model` unusable though it parsed, each a phrase naming the tensor, node or attribute:
     no graph outputs, element types that are no ONNX data type, tensors whose data (raw, typed or external)
     disagrees with their dims and type, names and string attributes that are not UTF-8 (onnx-graphsurgeon
-    decodes them). Every later stage trusts these, so each command reads models through `read_model`.
+    decodes them). Free text (doc strings, metadata, the producer) may be any bytes: runtimes never read
+    it, and `surgeon run` carries it through unchanged (`set_text_field`). Every later stage trusts these,
+    so each command reads models through `read_model`.
 
     Cheap on a 2 GB model: only lengths are compared, no data is read or decoded. `serialized`: the
     model's bytes, where large raw data lengths are read; `folder`: where its external data lies (a file
     that is missing or outside it is `_external_data_files`'s or `surgeon check`'s to report)."""
     if not model.graph.output:
         yield "the graph has no outputs"
-    texts = [("producer_name", model.producer_name), ("producer_version", model.producer_version),
-             ("domain", model.domain), ("doc_string", model.doc_string), ("graph name", model.graph.name),
-             ("graph doc_string", model.graph.doc_string)]
+    texts = [("domain", model.domain), ("graph name", model.graph.name)]
     texts += [(f"opset import {i}", o.domain) for i, o in enumerate(model.opset_import)]
-    texts += [(f"metadata_props {i}", text) for i, p in enumerate(model.metadata_props) for text in (p.key, p.value)]
     yield from (f"the model's {field} {_shown(text)} is not UTF-8 text" for field, text in _non_utf8(texts))
     yield from _graph_problems(model.graph, "", folder, _raw_data_lengths(model, serialized), main=True)
     for function in model.functions:
@@ -150,7 +149,7 @@ def _attribute_problems(node: onnx.NodeProto, label: str, folder: Path):
         if type(attribute.name) is not str:
             yield f"{where}: its name is not UTF-8 text"
         kind = attribute.type
-        if kind in _PLAIN_ATTRIBUTES:
+        if kind in _PLAIN_ATTRIBUTES or attribute.ref_attr_name:  # a function body's reference holds no value
             continue
         if kind in (onnx.AttributeProto.STRING, onnx.AttributeProto.STRINGS):
             values = [attribute.s] if kind == onnx.AttributeProto.STRING else attribute.strings
@@ -302,6 +301,28 @@ def _varint(data: bytes, pos: int) -> tuple[int, int]:
         if byte < 0x80:
             return value, pos
         shift += 7
+
+
+def set_text_field(message, field: str, value: str | bytes) -> None:
+    """Set string `field` of protobuf `message` to `value`, bytes that are not UTF-8 included: protobuf
+    hands such a field over as bytes (free text such as a doc_string may hold Latin-1, and runtimes run
+    the model) but refuses them back through setattr; merging them in as parsed wire bytes keeps them."""
+    if isinstance(value, str):
+        setattr(message, field, value)
+        return
+    number = message.DESCRIPTOR.fields_by_name[field].number
+    carrier = type(message)()
+    carrier.MergeFromString(_varint_bytes(number << 3 | 2) + _varint_bytes(len(value)) + value)
+    message.MergeFrom(carrier)
+
+
+def _varint_bytes(value: int) -> bytes:
+    out = bytearray()
+    while value >= 0x80:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
 
 
 def _non_utf8(texts):
@@ -521,6 +542,8 @@ def _copy_fields(source, target, skip: tuple[str, ...]) -> None:
             current.extend(value)
         elif hasattr(current, "CopyFrom"):  # a message
             current.CopyFrom(value)
+        elif field.type == field.TYPE_STRING:
+            set_text_field(target, field.name, value)
         else:
             setattr(target, field.name, value)
 

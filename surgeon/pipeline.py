@@ -25,8 +25,8 @@ from surgeon.errors import CheckFailed, ModelError, SurgeonError, first_line
 from surgeon.graphinfo import all_nodes, histogram_delta, op_histogram, subgraphs
 from surgeon.graphio import import_graph_and_order
 from surgeon.inference import annotate_shapes, infer_graph_shapes, infer_where_untyped, infer_without_weights
-from surgeon.modelio import (guard_outputs, model_inputs, read_model, save_model_atomic,
-                             serialize_model, stdout_to_stderr, write_text_atomic)
+from surgeon.modelio import (guard_outputs, model_inputs, read_model, save_model_atomic, serialize_model,
+                             set_text_field, stdout_to_stderr, write_text_atomic)
 from surgeon.pass_api import NEEDS, Context, PassResult
 from surgeon.recipe import Recipe, Step, load_recipe
 from surgeon.registry import get_pass
@@ -275,6 +275,7 @@ def run_steps(model: onnx.ModelProto, recipe: Recipe, model_dir=None, progress: 
     """Import `model`, run the recipe's steps over it; return the (untidied) graph and the records."""
     progress = progress or Progress()
     graph, sorted_on_import = import_graph_and_order(model)
+    _decode_free_text(graph)
     ctx = Context(target=load_target(recipe.target), opset=graph.opset or 17, model_dir=model_dir)
     ctx.input_model = model
     state = _GraphState()
@@ -415,19 +416,37 @@ def finish_graph(graph: gs.Graph, original: onnx.ModelProto, recipe: Recipe,
     return model
 
 
+def _decode_free_text(graph: gs.Graph) -> None:
+    """Free text that is not UTF-8 (protobuf hands it over as bytes), decoded with its invalid bytes escaped,
+    so that graphsurgeon can export the graph: the graph's, its bodies' and its functions' doc strings and
+    the producer. finish_graph writes the original bytes back."""
+    for holder in (graph, *graph.functions):
+        for field in ("doc_string", "producer_name", "producer_version"):
+            text = vars(holder).get(field)  # not getattr: a gs.Graph looks unknown names up as functions, noisily
+            if isinstance(text, bytes):
+                setattr(holder, field, text.decode("utf-8", "backslashreplace"))
+        for node in holder.nodes:
+            for value in node.attrs.values():
+                if isinstance(value, gs.Graph):
+                    _decode_free_text(value)
+
+
 def _restore_node_metadata(model: onnx.ModelProto, original: onnx.ModelProto, provenance: dict,
                            renamed: dict | None = None) -> None:
     """Metadata and doc strings of the original's nodes, by name (`renamed`: new name -> original name)
     within the same graph (a body's node by its path, `if/then_branch/act`, as ONNX allows the names of
     different graphs to repeat): graphsurgeon keeps neither. Then the passes' `provenance`, by the same
     paths (Context.settle_tags); a renamed node's metadata travels in it too (passes/rename.py)."""
-    kept, docs = {}, {}
+    kept, docs, body_docs = {}, {}, {}
     for path, node in _nodes_by_path(original.graph):
         if node.name and node.metadata_props:
             kept[path] = list(node.metadata_props)
         if node.name and node.doc_string:
             docs[path] = node.doc_string
-    if not kept and not docs and not provenance:
+        for attribute, body in subgraphs(node) if node.attribute else ():
+            if type(body.doc_string) is bytes:  # _decode_free_text escaped it
+                body_docs[f"{path}/{attribute}"] = body.doc_string
+    if not kept and not docs and not provenance and not body_docs:
         return
     renamed = renamed or {}
     for path, node in _nodes_by_path(model.graph):
@@ -436,13 +455,34 @@ def _restore_node_metadata(model: onnx.ModelProto, original: onnx.ModelProto, pr
         original_path = path if scope else renamed.get(node.name, node.name)
         doc = docs.get(original_path)
         if not node.doc_string and doc:
-            node.doc_string = doc
-        props = {p.key: p.value for p in kept.get(original_path, ())}
-        props.update(provenance.get(path, {}))
-        if props:
-            del node.metadata_props[:]
-            for key in sorted(props):
-                node.metadata_props.add(key=key, value=props[key])
+            set_text_field(node, "doc_string", doc)
+        for attribute, body in subgraphs(node) if body_docs else ():
+            if f"{original_path}/{attribute}" in body_docs:
+                set_text_field(body, "doc_string", body_docs[f"{original_path}/{attribute}"])
+        if original_path in kept or path in provenance:
+            _write_metadata(node.metadata_props, kept.get(original_path, ()), provenance.get(path, {}))
+
+
+def _write_metadata(field, entries, updates: dict) -> None:
+    """Replace metadata `field` with `entries` updated by `updates` (key -> value), sorted by key, the last
+    of a repeated key winning; keys and values that are not UTF-8 (bytes from protobuf) kept as they are
+    (passes/rename.py moves a node's in `updates`). `entries` may be `field`'s own."""
+    merged = {_text_key(entry.key): (entry.key, entry.value) for entry in entries}
+    merged.update({_text_key(key): (key, value) for key, value in updates.items()})
+    del field[:]
+    for text_key in sorted(merged):
+        key, value = merged[text_key]
+        if type(key) is str and type(value) is str:
+            field.add(key=key, value=value)
+        else:
+            entry = field.add()
+            set_text_field(entry, "key", key)
+            set_text_field(entry, "value", value)
+
+
+def _text_key(key: str | bytes) -> str:
+    """A metadata key as text to sort and compare by, distinct for distinct bytes."""
+    return key if isinstance(key, str) else key.decode("utf-8", "surrogateescape")
 
 
 def _nodes_by_path(graph: onnx.GraphProto, scope: str = ""):
@@ -456,11 +496,15 @@ def _nodes_by_path(graph: onnx.GraphProto, scope: str = ""):
 
 def _copy_model_fields(model: onnx.ModelProto, original: onnx.ModelProto) -> None:
     model.ir_version = original.ir_version or model.ir_version
-    model.producer_name = original.producer_name
-    model.producer_version = original.producer_version
-    model.domain = original.domain
+    for field in ("producer_name", "producer_version", "domain", "doc_string"):
+        set_text_field(model, field, getattr(original, field))
     model.model_version = original.model_version
-    model.doc_string = original.doc_string
+    set_text_field(model.graph, "doc_string", original.graph.doc_string)
+    functions = {(f.domain, f.name, f.overload): f for f in original.functions if isinstance(f.doc_string, bytes)}
+    for function in model.functions if functions else ():  # _decode_free_text escaped these
+        before = functions.get((function.domain, function.name, function.overload))
+        if before is not None:
+            set_text_field(function, "doc_string", before.doc_string)
     # graphsurgeon keeps neither the model's metadata (class names, ...; _stamp replaces surgeon.* keys)
     # nor the doc strings and metadata of graph inputs, outputs and value infos: those of the same name.
     del model.metadata_props[:]
@@ -471,7 +515,8 @@ def _copy_model_fields(model: onnx.ModelProto, original: onnx.ModelProto) -> Non
         for info in (*model.graph.input, *model.graph.output, *model.graph.value_info):
             before = described.get(info.name)
             if before is not None:
-                info.doc_string = info.doc_string or before.doc_string
+                if not info.doc_string:
+                    set_text_field(info, "doc_string", before.doc_string)
                 if not info.metadata_props:
                     info.metadata_props.extend(before.metadata_props)
     # Opset imports: those of the domains the graph (bodies and local functions included) still uses, and
@@ -490,8 +535,8 @@ def _copy_model_fields(model: onnx.ModelProto, original: onnx.ModelProto) -> Non
 
 
 def _stamp(model: onnx.ModelProto, recipe: Recipe, records: list[StepRecord]) -> None:
-    props = {p.key: p.value for p in model.metadata_props if not p.key.startswith("surgeon.")}
-    props.update({
+    kept = [p for p in model.metadata_props if not _text_key(p.key).startswith("surgeon.")]
+    _write_metadata(model.metadata_props, kept, {
         "surgeon.version": __version__,
         "surgeon.recipe": recipe.name,
         "surgeon.recipe_sha256": recipe.sha256,
@@ -501,9 +546,6 @@ def _stamp(model: onnx.ModelProto, recipe: Recipe, records: list[StepRecord]) ->
         "surgeon.steps": json.dumps([{"pass": r.pass_name, "with": r.params} for r in records], sort_keys=True,
                                     default=str),
     })
-    del model.metadata_props[:]
-    for key in sorted(props):
-        model.metadata_props.add(key=key, value=props[key])
 
 
 def check_model(model: onnx.ModelProto | bytes, source=None) -> None:

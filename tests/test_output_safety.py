@@ -336,6 +336,70 @@ def test_unusable_models_are_one_clear_error_everywhere(work, capsys, broken, sa
     assert code == 2 and f"bad.onnx: SG000 error {says.split(': ', 1)[1]}" in out
 
 
+_TEXT = "Jürgen"  # written as Latin-1 below (0xfc is not UTF-8), a space after it to keep the length
+
+
+def _described_model() -> onnx.ModelProto:
+    """x -> LeakyRelu -> If (both branches Identity) -> a local function (Relu) -> y, for the free-text tests."""
+    def branch(tag):
+        return helper.make_graph([helper.make_node("Identity", ["r"], [f"o{tag}"], name=f"id{tag}")], f"b{tag}", [],
+                                 [helper.make_tensor_value_info(f"o{tag}", onnx.TensorProto.FLOAT, [2])])
+
+    nodes = [helper.make_node("LeakyRelu", ["x"], ["r"], name="leaky", alpha=0.1),
+             helper.make_node("If", ["c"], ["u"], name="if", then_branch=branch("t"), else_branch=branch("e")),
+             helper.make_node("Fn", ["u"], ["y"], name="call", domain="local")]
+    function = helper.make_function("local", "Fn", ["a"], ["b"], [helper.make_node("Relu", ["a"], ["b"], name="r")],
+                                    [helper.make_opsetid("", 17)])
+    model = make_model(nodes, [("x", np.float32, [2]), ("c", np.bool_, [])], [("y", np.float32, [2])], opset=17)
+    model.functions.append(function)
+    model.graph.value_info.append(helper.make_tensor_value_info("r", onnx.TensorProto.FLOAT, [2]))
+    return model
+
+
+_IF_BODY = lambda m: m.graph.node[1].attribute[0].g  # noqa: E731
+
+
+@pytest.mark.parametrize("describe", [
+    _set("doc_string", _TEXT, lambda m: m),
+    lambda m: m.metadata_props.add(key="author", value=_TEXT),
+    lambda m: m.metadata_props.add(key=_TEXT, value="author"),
+    _set("producer_name", _TEXT, lambda m: m),
+    _set("producer_version", _TEXT, lambda m: m),
+    _set("doc_string", _TEXT, lambda m: m.graph),
+    _set("doc_string", _TEXT, lambda m: m.graph.node[0]),
+    lambda m: m.graph.node[0].metadata_props.add(key="source", value=_TEXT),
+    lambda m: m.graph.node[0].metadata_props.add(key=_TEXT, value="source"),
+    _set("doc_string", _TEXT, lambda m: m.graph.input[0]),
+    _set("doc_string", _TEXT, lambda m: m.graph.output[0]),
+    _set("doc_string", _TEXT, lambda m: m.graph.value_info[0]),
+    lambda m: m.graph.input[0].metadata_props.add(key="unit", value=_TEXT),
+    _set("doc_string", _TEXT, _IF_BODY),
+    _set("doc_string", _TEXT, lambda m: _IF_BODY(m).node[0]),
+    lambda m: _IF_BODY(m).node[0].metadata_props.add(key="source", value=_TEXT),
+    _set("doc_string", _TEXT, lambda m: m.functions[0]),
+], ids=["model doc", "metadata value", "metadata key", "producer", "producer version", "graph doc", "node doc",
+        "node metadata value", "node metadata key", "input doc", "output doc", "value_info doc", "input metadata",
+        "body doc", "body node doc", "body node metadata", "function doc"])
+def test_free_text_that_is_not_utf8_is_kept_and_never_refused(work, capsys, describe):
+    """Doc strings, metadata and the producer are free text that no runtime reads: protobuf hands such text
+    that is not UTF-8 over as bytes, which used to end a run in an internal error or be refused at load.
+    Every command takes the model, and a run writes the same bytes back."""
+    model = _described_model()
+    describe(model)
+    latin = _TEXT.encode("latin-1") + b" "
+    Path("latin.onnx").write_bytes(model.SerializeToString().replace(_TEXT.encode(), latin))
+    before = sha("latin.onnx")
+    write_recipe("fold.yaml", {"name": "fold", "target": "onnxruntime",
+                               "steps": [{"pass": "fold-constants"}, {"pass": "cleanup"}]})
+    code, out, err = cli(capsys, "run", "fold.yaml", "latin.onnx", "-o", "out.onnx", "-q")
+    assert code == 0, err
+    written = Path("out.onnx").read_bytes()
+    assert latin in written and _TEXT.encode() not in written and sha("latin.onnx") == before
+    for argv in (["inspect", "latin.onnx"], ["check", "latin.onnx", "--no-config"],
+                 ["compare", "latin.onnx", "out.onnx"], ["bisect", "fold.yaml", "latin.onnx"]):
+        assert cli(capsys, *argv)[0] == 0, argv
+
+
 def test_large_models_read_their_raw_data_lengths_off_the_file_alike(work, monkeypatch):
     """Past 64 MiB the lengths come from the model's bytes (protobuf copies raw_data when asked for it)."""
     import surgeon.modelio as modelio

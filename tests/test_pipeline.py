@@ -804,3 +804,23 @@ def test_node_metadata_is_restored_per_graph_where_body_nodes_share_a_name(tmp_p
             for n in (main_act, *(a.g.node[0] for a in holder.attribute))]
     assert seen == [({"src": "main"}, "doc of main"), ({"src": "else"}, "doc of else"),
                     ({"src": "then"}, "doc of then")]
+
+
+def test_a_function_attribute_taken_by_reference_is_read(tmp_path, capsys):
+    """A local function's body node may take its attribute from the calling node (`ref_attr_name`): such an
+    attribute holds no value, and reading its empty tensor as one refused a model ONNX Runtime runs."""
+    fill = helper.make_node("ConstantOfShape", ["shape"], ["out"])
+    fill.attribute.add(name="value", ref_attr_name="fill", type=onnx.AttributeProto.TENSOR)
+    function = helper.make_function("local", "Fill", ["shape"], ["out"], [fill], [helper.make_opsetid("", 17)],
+                                    attributes=["fill"])
+    call = helper.make_node("Fill", ["s"], ["y"], name="call", domain="local",
+                            fill=helper.make_tensor("v", onnx.TensorProto.FLOAT, [1], [3.5]))
+    model = make_model([call], [("s", np.int64, [2])], [("y", np.float32, [2, 3])], opset=17)
+    model.functions.append(function)
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, tmp_path / "m.onnx")
+    result = surgeon.run_recipe({"name": "t", "target": "onnxruntime", "steps": [{"pass": "fold-constants"}],
+                                 "validate": {"atol": 0}}, model=tmp_path / "m.onnx", output=tmp_path / "o.onnx")
+    assert result.ok and result.validation is not None
+    assert run_ort(result.model, {"s": np.array([2, 3], np.int64)})[0].tolist() == [[3.5] * 3] * 2
+    assert main(["check", str(tmp_path / "m.onnx"), "--no-config"]) == 0, capsys.readouterr()
