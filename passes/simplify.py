@@ -8,9 +8,6 @@ It costs seconds on large graphs (see docs/performance.md); prefer `fold-constan
 """
 from __future__ import annotations
 
-import contextlib
-import sys
-
 from surgeon.errors import PassError, first_line
 from surgeon.modelio import stdout_to_stderr
 from surgeon.pass_api import Param, Pass, PassResult, register_pass
@@ -49,10 +46,9 @@ class Simplify(Pass):
                 if foreign else None)
 
         def simplify(model):
-            # onnxsim prints "Checking 0/2..." on stdout, where `run --json` writes its report: Python's prints
-            # go to sys.stderr (the fd-level move alone would leave them buffered for stdout), native ones to fd 2.
+            # onnxsim prints "Checking 0/2..." on stdout, where `run --json` writes its report
             try:
-                with stdout_to_stderr(), contextlib.redirect_stdout(sys.stderr):
+                with stdout_to_stderr():
                     simplified, ok = onnxsim.simplify(
                         model, check_n=self.check_n, skip_fuse_bn=self.skip_fuse_bn,
                         skip_constant_folding=self.skip_constant_folding,

@@ -721,24 +721,27 @@ def sha256_file(path) -> str:
 
 @contextlib.contextmanager
 def stdout_to_stderr():
-    """Send what native code prints on file descriptor 1 to 2 while the block runs: onnx.checker's C++
-    prints "Warning: Model contains experimental ops: ..." on stdout, which would corrupt a JSON or
-    SARIF report printed there (`surgeon check --format json`, `surgeon run --json`)."""
+    """Send what is printed on stdout to stderr while the block runs, by native code on file descriptor 1
+    and by Python on `sys.stdout` (which need not be fd 1: a capture, a notebook): onnx.checker's C++
+    prints "Warning: Model contains experimental ops: ..." and onnxsim "Checking 0/2...", which would
+    corrupt a JSON or SARIF report printed there (`surgeon check --format json`, `surgeon run --json`)."""
     import sys
 
-    try:
-        sys.stdout.flush()
-        saved = os.dup(1)
-    except (OSError, ValueError):  # no usable fd 1 (closed, or replaced by an object without one)
-        yield
-        return
-    try:
-        os.dup2(2, 1)
-        yield
-    finally:
-        _flush_native_stdout()
-        os.dup2(saved, 1)
-        os.close(saved)
+    with contextlib.suppress(AttributeError, OSError, ValueError):
+        sys.stdout.flush()  # what was printed before the block stays on stdout
+    with contextlib.redirect_stdout(sys.stderr):
+        try:
+            saved = os.dup(1)
+        except OSError:  # no usable fd 1
+            yield
+            return
+        try:
+            os.dup2(2, 1)
+            yield
+        finally:
+            _flush_native_stdout()
+            os.dup2(saved, 1)
+            os.close(saved)
 
 
 def _flush_native_stdout() -> None:
