@@ -135,3 +135,19 @@ def test_element_types_that_are_no_data_type_show_as_their_number():
     dtypes = [_value_info(helper.make_tensor_value_info("x", elem_type, [1]))["dtype"]
               for elem_type in (TensorProto.FLOAT, TensorProto.FLOAT4E2M1, 0, 999)]
     assert dtypes == ["float32", "float4_e2m1fn", "?", "type 999"]
+
+
+def test_free_text_that_is_not_utf8_is_shown_escaped(tmp_path, capsys):
+    """ONNX allows any bytes in metadata and producer fields; JSON keys must be text."""
+    from surgeon.modelio import set_text_field
+
+    model = make_model([helper.make_node("Relu", ["x"], ["y"], name="relu")], [("x", np.float32, [2])],
+                       [("y", np.float32, [2])])
+    entry = model.metadata_props.add()
+    set_text_field(entry, "key", b"J\xfcrgen")
+    set_text_field(entry, "value", b"caf\xe9")
+    set_text_field(model, "producer_name", b"J\xfcrgen")
+    onnx.save(model, tmp_path / "m.onnx")
+    assert main(["inspect", str(tmp_path / "m.onnx"), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["metadata"] == {"J\\xfcrgen": "caf\\xe9"} and summary["producer"].startswith("J\\xfcrgen")

@@ -47,7 +47,7 @@ def describe(model: onnx.ModelProto) -> dict:
     initializer_names = {t.name for t in model.graph.initializer}
     return {
         "ir_version": model.ir_version,
-        "producer": f"{model.producer_name} {model.producer_version}".strip(),
+        "producer": f"{_text(model.producer_name)} {_text(model.producer_version)}".strip(),
         "opsets": {o.domain or "ai.onnx": o.version for o in model.opset_import},
         "inputs": [_value_info(v) for v in model.graph.input if v.name not in initializer_names],
         "outputs": [_value_info(v) for v in model.graph.output],
@@ -56,8 +56,13 @@ def describe(model: onnx.ModelProto) -> dict:
         "ops": dict(sorted(by_domain.items())),
         "custom_domains": sorted(d for d in by_domain if d not in ("ai.onnx",)),
         "initializers": {"count": len(model.graph.initializer), "bytes": init_bytes},
-        "metadata": {p.key: p.value for p in model.metadata_props},
+        "metadata": {_text(p.key): _text(p.value) for p in model.metadata_props},
     }
+
+
+def _text(value) -> str:
+    """Free text as a string: protobuf hands back text that is not UTF-8 as bytes, which ONNX allows there."""
+    return value.decode("utf-8", "backslashreplace") if isinstance(value, bytes) else value
 
 
 def _value_info(value: onnx.ValueInfoProto) -> dict:
