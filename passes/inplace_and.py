@@ -15,18 +15,19 @@ output's type (in-place ops: the first operand's).
 
 The exact integer form (`bits`) takes 32 0/1 planes of each operand on a new last axis (named by its
 positive index where the ranks are known), combines them per plane and sums them with weights 2**i, bit 31
-weighing -2**31 for signed values. Where the target holds int64 (ONNX Runtime, opset-11, TensorRT 10) it
-computes in int64: bit i of a v of 32 bits is (v mod 2**(i+1)) >= 2**i, the bool planes combine with
-And/Or/Xor; narrower types are cast to int64, and int64 is split exactly into hi = (v - lo) / 2**32 and
-lo = v mod 2**32, each summed so, and rejoined as hi * 2**32 + lo. A target that holds int64 in int32
-(TensorRT before 10; its ReduceSum is float-only too) gets an int32-only form on the operands cast to int32,
-with a note for int64 and uint32 (exact within the int32 range, which is all such a target holds): for an
-int32 v, s = v < 0 and m = v - s * -2**31 (in [0, 2**31), no intermediate overflows) holds bits 0..30:
-bit i = Mod(Div(m, 2**i), 2); and = a·b, or = a + b - a·b, xor = |a - b|; every partial sum of the weighted
-planes lies in the int32 range, so the sum is exact in any order. The sum is a ReduceSum where the target and
-ONNX Runtime (validation) sum the form's type, else halving Split/Add steps; ONNX Runtime leaves an empty
-tensor unreduced over a negative axis, so where a rank is unknown (axis -1) the ReduceSum is reshaped to the
-planes' shape less the plane axis. uint64 needs BitwiseX (it does not fit int64 arithmetic).
+weighing -2**31 for signed values. Where the target holds int64 (its profile's `int64: native`: ONNX
+Runtime, opset-11, TensorRT 10) it computes in int64: bit i of a v of 32 bits is (v mod 2**(i+1)) >= 2**i,
+the bool planes combine with And/Or/Xor; narrower types are cast to int64, and int64 is split exactly into
+hi = (v - lo) / 2**32 and lo = v mod 2**32, each summed so, and rejoined as hi * 2**32 + lo. A target that
+holds int64 in int32 (`int64: int32`: TensorRT before 10, whose ReduceSum is float-only too) gets an
+int32-only form on the operands cast to int32, with a note for int64 and uint32 (exact within the int32
+range, which is all such a target holds): for an int32 v, s = v < 0 and m = v - s * -2**31 (in [0, 2**31),
+no intermediate overflows) holds bits 0..30: bit i = Mod(Div(m, 2**i), 2); and = a·b, or = a + b - a·b, xor
+= |a - b|; every partial sum of the weighted planes lies in the int32 range, so the sum is exact in any
+order. The sum is a ReduceSum where the target and ONNX Runtime (validation) sum the form's type, else
+halving Split/Add steps; ONNX Runtime leaves an empty tensor unreduced over a negative axis, so where a
+rank is unknown (axis -1) the ReduceSum is reshaped to the planes' shape less the plane axis. uint64 needs
+BitwiseX (it does not fit int64 arithmetic).
 """
 from __future__ import annotations
 
@@ -54,9 +55,9 @@ def bitwise_available(ctx, dtype) -> bool:
 
 
 def holds_int64(target) -> bool:
-    """Whether `target` computes int64 as int64: TensorRT before 10 casts INT64 down to INT32, clamping to
-    +-INT_MAX (the tensorrt-8.x profiles' type note); TensorRT 10 has INT64."""
-    return not (target.is_tensorrt and target.version_tuple() < (10,))
+    """Whether `target` computes int64 as int64: its profile's `int64` (`int32` on TensorRT before 10, which
+    casts INT64 down to INT32, clamping to +-INT_MAX)."""
+    return target.int64 == "native"
 
 
 def cast_operand(rw, tensor, dtype, name):

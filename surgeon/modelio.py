@@ -504,6 +504,19 @@ def model_header(model: onnx.ModelProto) -> onnx.ModelProto:
     return header
 
 
+def inlined_header(model: onnx.ModelProto) -> onnx.ModelProto:
+    """`model_header(model)` with the local functions inlined. onnx's inliner serializes the model it is
+    given, which fails past protobuf's 2 GB limit ('Failed to serialize proto'): it gets the weights'
+    names, types and shapes (it renames what the bodies define away from every name in the graph), not
+    their data."""
+    header = model_header(model)
+    for tensor in model.graph.initializer:
+        header.graph.initializer.add(name=tensor.name, data_type=tensor.data_type, dims=tensor.dims)
+    inlined = onnx.inliner.inline_local_functions(header)
+    del inlined.graph.initializer[:]  # inlining adds no initializers: the model's own are all there are
+    return inlined
+
+
 def take_header(model: onnx.ModelProto, header: onnx.ModelProto) -> None:
     """Make `model`, in place, `header` (from `model_header`) with `model`'s own initializers: how a tool
     that works on the header reaches a model past 2 GB without a second copy of its weights."""

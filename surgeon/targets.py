@@ -44,6 +44,11 @@ class Target:
     onnx_checker: bool = True
     #: False where graphs cannot run node by node on the CPU (libspconv passes coordinates implicitly).
     cpu_references: bool = True
+    #: False where the runtime does not run a call of a model-local function (TensorRT's parser before 9.0;
+    #: converters that read IR versions before 8, which has no functions).
+    local_functions: bool = True
+    #: How the runtime holds int64: `native`, or `int32` (TensorRT before 10 casts INT64 down, clamping).
+    int64: str = "native"
     sources: tuple[str, ...] = ()
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
@@ -199,6 +204,7 @@ def _load_target(name: str, key: str) -> Target:
         domains={k: list(v) for k, v in (data.get("domains") or {}).items()},
         plugins=dict(data.get("plugins") or {}), static_shapes=bool(data.get("static_shapes", False)),
         onnx_checker=bool(data.get("onnx_checker", True)), cpu_references=bool(data.get("cpu_references", True)),
+        local_functions=bool(data.get("local_functions", True)), int64=data.get("int64", "native"),
         sources=tuple(data.get("sources") or ()), raw=data)
 
 
@@ -223,9 +229,12 @@ _KEYS: dict[str, tuple[tuple[type, ...], str, bool]] = {
     "static_shapes": ((bool,), "true or false", False),
     "onnx_checker": ((bool,), "true or false", False),
     "cpu_references": ((bool,), "true or false", False),
+    "local_functions": ((bool,), "true or false", False),
+    "int64": ((str,), "'native' or 'int32'", False),
     "sources": ((list,), "a list of strings", True),
     "notes": ((list,), "a list of strings", True),
 }
+INT64_FORMS = ("native", "int32")
 _OP_RULE_KEYS = ("since", "until", "dtype_input", "dtypes", "notes")
 
 
@@ -286,6 +295,9 @@ def _check_profile(data: dict, path: Path, text: str) -> None:
     known_dtypes = _dtype_names()
     if isinstance(data.get("opset"), int) and data["opset"] < 1:
         fail(f"target profile key 'opset' must be an opset number (1 or more), got {data['opset']}", ("opset",))
+    if isinstance(data.get("int64"), str) and data["int64"] not in INT64_FORMS:
+        fail(f"target profile key 'int64' must be 'native' or 'int32', got {data['int64']!r}", ("int64",),
+             suggest(data["int64"], INT64_FORMS))
     for op, rule in (data.get("ops") or {}).items():
         expect(rule, (dict,), "a mapping such as {since: 1, dtypes: [float32]}", ("ops", op))
         for field_name, value in rule.items():

@@ -737,14 +737,33 @@ def test_a_call_of_a_local_function_is_no_custom_op(target, tmp_path):
     assert _check(model, Settings(target=target), tmp_path) == []
 
 
-@pytest.mark.parametrize("target", ["tensorrt-8.5", "tensorrt-8.6", "opset-11"])
+@pytest.mark.parametrize("target", ["tensorrt-8.5", "tensorrt-8.6", "opset-11", "libspconv"])
 def test_a_call_of_a_local_function_is_sg001_where_the_runtime_does_not_read_them(target, tmp_path):
     """onnx-tensorrt parses local functions from TensorRT 9.0 (its changelog); before, the call is an
-    unknown op: the finding says to inline the functions, as no pass does."""
+    unknown op (profile `local_functions: false`): the finding names the pass that inlines them."""
     findings = _check(_linear_relu(), Settings(target=target, select=("SG001",)), tmp_path)
-    assert [(f.node, f.op, f.fix) for f in findings] == [(f"block_{i}", "pkg.local::Block", None) for i in (1, 2)]
-    assert all("calls a model-local function" in f.message and "inline_local_functions" in f.message
+    assert [(f.node, f.op, f.fix) for f in findings] == [
+        (f"block_{i}", "pkg.local::Block", "inline-functions") for i in (1, 2)]
+    assert all("calls a model-local function" in f.message and "local_functions: false" in f.message
                for f in findings)
+
+
+@pytest.mark.parametrize("base, local_functions, expected", [
+    ("tensorrt-8.6", "true", []), ("onnxruntime", "false", ["SG001", "SG001"])])
+def test_whether_a_local_call_is_sg001_is_the_profiles_to_say(base, local_functions, expected, tmp_path):
+    """The profile's `local_functions`, not the runtime's name and version, decides (a TensorRT 8.6 with
+    a parser backport, an ONNX Runtime build for a converter that cannot read functions)."""
+    profile = tmp_path / "mine.yaml"
+    profile.write_text(f"extends: {base}\nname: mine\nlocal_functions: {local_functions}\n")
+    findings = _check(_linear_relu(), Settings(target=str(profile), select=("SG001",)), tmp_path)
+    assert [f.rule for f in findings] == expected
+
+
+def test_after_inline_functions_no_local_call_is_left_to_report(tmp_path):
+    from surgeon.testing import apply_pass
+
+    inlined, _ = apply_pass(_linear_relu(), "inline-functions", target="tensorrt-8.6")
+    assert _check(inlined, Settings(target="tensorrt-8.6", select=("SG001",)), tmp_path) == []
 
 
 @pytest.mark.parametrize("target", ["onnxruntime", "tensorrt-10"])

@@ -251,3 +251,46 @@ def test_no_pass_is_offered_for_split_18_in_an_opset_18_model_on_tensorrt_8(tmp_
     split = [f for f in check_model(path, Settings(target="tensorrt-8.6")) if f.rule == "SG003"]
     assert len(split) == 1 and split[0].fix is None  # chunk leaves it Split-18 at opset 18
     assert "set-opset cannot lower Split-18" in split[0].message and "opset 17 or lower" in split[0].message
+
+
+@pytest.mark.parametrize("name, local_functions, int64", [
+    ("tensorrt-8.5", False, "int32"), ("tensorrt-8.6", False, "int32"), ("tensorrt-10", True, "native"),
+    ("onnxruntime", True, "native"), ("opset-11", False, "native"), ("libspconv", False, "native")])
+def test_profiles_say_whether_the_runtime_reads_local_functions_and_holds_int64(name, local_functions, int64):
+    """What `check` (SG001 on a local call) and passes (inplace-and's int32 form) read instead of comparing
+    runtime versions in code: TensorRT reads local functions from 9.0 and holds INT64 from 10."""
+    target = load_target(name)
+    assert (target.local_functions, target.int64) == (local_functions, int64)
+
+
+@pytest.mark.parametrize("text, error", [
+    ("local_functions: no-thanks", r"'local_functions' must be true or false, got str"),
+    ("int64: int16", r"'int64' must be 'native' or 'int32', got 'int16'.*did you mean 'int32'"),
+    ("int64: 32", r"'int64' must be 'native' or 'int32', got int 32")])
+def test_local_functions_and_int64_keys_are_checked(text, error, tmp_path):
+    from surgeon.errors import SurgeonError
+
+    bad = tmp_path / "npu.yaml"
+    bad.write_text(f"name: npu\nopset: 13\n{text}\n")
+    with pytest.raises(SurgeonError, match=rf"npu.yaml:3:.*{error}"):
+        load_target(str(bad))
+
+
+@pytest.mark.parametrize("int64, note", [("int32", True), ("native", False)])
+def test_inplace_and_takes_its_int32_form_where_the_profile_says_int64_is_held_in_int32(int64, note, tmp_path):
+    """inplace-and reads the profile's `int64`, not TensorRT's version: a TensorRT 10 profile saying `int32`
+    gets the int32 bit planes (and the int64 note), a TensorRT 8.6 one saying `native` the int64 ones."""
+    from surgeon.testing import apply_pass
+
+    base = "tensorrt-10" if int64 == "int32" else "tensorrt-8.6"
+    profile = tmp_path / "mine.yaml"
+    profile.write_text(f"extends: {base}\nname: mine\nint64: {int64}\n")
+    node = helper.make_node("ATen", ["a", "b"], ["c"], name="op_node", domain="org.pytorch.aten",
+                            operator="__iand_", overload_name="Tensor")
+    model = make_model([node], [("a", np.int64, [4]), ("b", np.int64, [4])], [("c", np.int64, [4])], opset=17)
+    out, step = apply_pass(model, "inplace-and", target=str(profile))
+    ops = {n.op_type for n in out.graph.node}
+    assert ("Greater" not in ops) == note  # the int64 form reads bits as Greater(Mod(v, 2**(i+1)), 2**i - 1)
+    assert any("computed in int32" in text for text in step.notes) == note
+    a, b = np.array([-7, 0, 5, 2**20 + 3], np.int64), np.array([3, -1, 6, 2**20 + 1], np.int64)
+    np.testing.assert_array_equal(run_ort(out, {"a": a, "b": b})[0], a & b)

@@ -1,7 +1,7 @@
 """The shipped target recipes load (every pass they name exists, every parameter is valid), rewrite a
-graph holding ATen atan2 / linspace / __iand_ (bool, int32, int64) and an int64 Clip into one that passes
-onnx.checker and `surgeon check` for the recipe's target and runs in ONNX Runtime with torch's results,
-and serve as parents through `extends`."""
+graph holding ATen atan2 / linspace / __iand_ (bool, int32, int64) and an int64 Clip, in the graph itself or
+inside a model-local function, into one that passes onnx.checker and `surgeon check` for the recipe's target
+and runs in ONNX Runtime with torch's results, and serve as parents through `extends`."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -84,16 +84,54 @@ def torch_results():
 @pytest.mark.parametrize("name, target", sorted(RECIPES.items()))
 @pytest.mark.parametrize("opset", [11, 13])
 def test_target_recipe_makes_the_mixed_graph_run_with_torch_results(name, target, opset, tmp_path):
+    result = _run_target_recipe(name, mixed_model(opset), tmp_path)
+    _assert_runs_on_target_with_torch_results(result.model, target, opset, tmp_path)
+
+
+def in_a_function(model):
+    """`model` with its nodes moved into a model-local function `pkg.local::Head` that the graph calls (its
+    initializers passed in as inputs), as torch's dynamo export wraps each module."""
+    inputs = [i.name for i in model.graph.input] + [t.name for t in model.graph.initializer]
+    outputs = [o.name for o in model.graph.output]
+    head = helper.make_function("pkg.local", "Head", inputs, outputs, list(model.graph.node), model.opset_import)
+    del model.graph.node[:]
+    model.graph.node.append(helper.make_node("Head", inputs, outputs, name="head", domain="pkg.local"))
+    model.opset_import.append(helper.make_opsetid("pkg.local", 1))
+    model.functions.append(head)
+    return model
+
+
+@pytest.mark.parametrize("name, target", sorted(RECIPES.items()))
+@pytest.mark.parametrize("opset", [11, 13])
+def test_target_recipe_rewrites_the_ops_inside_local_functions(name, target, opset, tmp_path):
+    """The passes rewrite the main graph only: with inline-functions first, the ATen atan2/linspace/__iand_ and
+    the int64 Clip inside a local function are rewritten as they are in the graph itself, no call is left
+    (SG001 on TensorRT 8 and opset-11), and the result equals the function-free graph's exactly."""
+    model = in_a_function(mixed_model(opset))
+    assert op_types(model) == ["Head"]
+    result = _run_target_recipe(name, model, tmp_path)
+    assert not result.model.functions and "Head" not in op_types(result.model)
+    _assert_runs_on_target_with_torch_results(result.model, target, opset, tmp_path)
+    flat = _run_target_recipe(name, mixed_model(opset), tmp_path / "flat")
+    for got, want in zip(run_ort(result.model, FEEDS), run_ort(flat.model, FEEDS)):
+        np.testing.assert_array_equal(got, want)
+
+
+def _run_target_recipe(name, model, folder):
     recipe = load_recipe(recipe_path(name))
-    assert recipe.target == target and recipe.steps[-1].pass_name == "cleanup"
-    model_path = tmp_path / "mixed.onnx"
-    onnx.save(mixed_model(opset), model_path)
-    result = run_recipe(recipe, model=model_path, output=tmp_path / "out.onnx")  # runs onnx.checker
-    errors = [f"{f.rule} {f.message}" for f in check_file(tmp_path / "out.onnx", Settings(target=target))
+    assert recipe.steps[0].pass_name == "inline-functions" and recipe.steps[-1].pass_name == "cleanup"
+    folder.mkdir(exist_ok=True)
+    onnx.save(model, folder / "model.onnx")
+    return run_recipe(recipe, model=folder / "model.onnx", output=folder / "out.onnx")  # runs onnx.checker
+
+
+def _assert_runs_on_target_with_torch_results(model, target, opset, tmp_path):
+    onnx.save(model, tmp_path / "checked.onnx")
+    errors = [f"{f.rule} {f.message}" for f in check_file(tmp_path / "checked.onnx", Settings(target=target))
               if f.severity == "error"]
-    ops = set(op_types(result.model))
+    ops = set(op_types(model))
     assert not ops & {"ATen", "Clip"}
-    assert result.model.opset_import[0].version == opset
+    assert model.opset_import[0].version == opset
     profile = load_target(target)
     unsupported = [op for op in sorted(ops) if not profile.supports(op, opset=opset)]
     if target == "opset-11" and opset > 11:
@@ -102,7 +140,7 @@ def test_target_recipe_makes_the_mixed_graph_run_with_torch_results(name, target
         assert unsupported and errors
     else:
         assert unsupported == [] and errors == []
-    got = run_ort(result.model, FEEDS)
+    got = run_ort(model, FEEDS)
     for value, want in zip(got, torch_results()):
         np.testing.assert_allclose(value, want, rtol=0, atol=1e-6)
         assert value.dtype == want.dtype

@@ -191,6 +191,8 @@ version: "11"
 opset: 11
 max_opset: 11
 static_shapes: true
+# Model-local functions came with IR version 8 (onnx 1.10): an opset-11 toolchain cannot be assumed to read them.
+local_functions: false
 sources:
   - "onnx.defs.get_all_schemas_with_history() of onnx {onnx.__version__} (ai.onnx ops at opset 11, minus deprecated ones)"
 notes:

@@ -145,37 +145,20 @@ def opset_too_new(facts: ModelFacts):
 
 @model_rule("SG001", "custom-op-unsupported", "error",
             "ATen, custom-domain or unknown op the target has no kernel or plugin for",
-            fix="per node: pass grid-sample, atan2, linspace, inplace-and, nan-to-num, any-all, maximum-minimum "
-                "or inverse")
+            fix="per node: pass grid-sample, atan2, linspace, inplace-and, nan-to-num, any-all, maximum-minimum, "
+                "inverse or inline-functions")
 def custom_op_unsupported(facts: ModelFacts):
     for node in facts.all_nodes:
         if is_standard_op(node) or facts.target.supports(node.op_type, node.domain):
             continue
         if facts.calls_local_function(node):  # its body's nodes are judged on their own
-            why_not = _why_local_functions_fail(facts.target)
-            if why_not:
+            if not facts.target.local_functions:
                 yield _finding(facts, "SG001", "error", f"calls a model-local function, which {facts.target.name} "
-                               f"does not run ({why_not}): inline the model's local functions "
-                               "(onnx.inliner.inline_local_functions) before deploying", node)
+                               "does not run (profile `local_functions: false`)", node,
+                               fix="inline-functions")
             continue
         yield _finding(facts, "SG001", "error", f"not runnable on {facts.target.name}", node,
                        fix=fix_for(node, facts.target))
-
-
-TENSORRT_PARSES_LOCAL_FUNCTIONS = (9, 0)  # onnx-tensorrt docs/Changelog.md, "TensorRT 9.0 EA Release"
-
-
-def _why_local_functions_fail(target) -> str | None:
-    """None where the target's runtime runs a call of a model-local function (by running its body), else why
-    not. ONNX Runtime does (from 1.9; surgeon's validation relies on it), TensorRT's ONNX parser from 9.0.
-    Other targets (opset-11's NPU converters, libspconv) are not known to, so the call stays a finding there."""
-    if target.is_tensorrt:
-        if target.version_tuple() >= TENSORRT_PARSES_LOCAL_FUNCTIONS:
-            return None
-        return "TensorRT's ONNX parser reads local functions from 9.0 on"
-    if target.runtime == "onnxruntime":
-        return None
-    return f"no {target.runtime} converter is known to read local functions"
 
 
 @model_rule("SG017", "plugin-library-external", "warning",

@@ -33,7 +33,7 @@ from polygraphy.common import TensorMetadata
 
 from surgeon.errors import ModelError, SurgeonError, first_line
 from surgeon.graphinfo import node_reads, op_label
-from surgeon.modelio import model_header, serialize_model, take_header, write_with_external_data
+from surgeon.modelio import inlined_header, model_header, serialize_model, take_header, write_with_external_data
 from surgeon.reference import call_reference, find_reference
 from surgeon.validation import polygraphy_log  # noqa: F401  (Polygraphy's messages to stderr, not stdout)
 
@@ -96,7 +96,7 @@ def functions_inlined(model: onnx.ModelProto):
     if not model.functions:
         yield model
         return
-    inlined, before = _inlined_header(model), model_header(model)
+    inlined, before = inlined_header(model), model_header(model)
     take_header(model, inlined)
     try:
         yield model
@@ -110,21 +110,8 @@ def with_functions_inlined(model: onnx.ModelProto) -> onnx.ModelProto:
     has none."""
     if not model.functions:
         return model
-    inlined = _inlined_header(model)
+    inlined = inlined_header(model)
     inlined.graph.initializer.extend(model.graph.initializer)
-    return inlined
-
-
-def _inlined_header(model: onnx.ModelProto) -> onnx.ModelProto:
-    """`model_header(model)` with the local functions inlined. onnx's inliner serializes the model it is
-    given, which fails past protobuf's 2 GB limit ('Failed to serialize proto'): it gets the weights'
-    names, types and shapes (it renames what the bodies define away from every name in the graph), not
-    their data."""
-    header = model_header(model)
-    for tensor in model.graph.initializer:
-        header.graph.initializer.add(name=tensor.name, data_type=tensor.data_type, dims=tensor.dims)
-    inlined = onnx.inliner.inline_local_functions(header)
-    del inlined.graph.initializer[:]  # inlining adds no initializers: the model's own are all there are
     return inlined
 
 
