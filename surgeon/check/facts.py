@@ -94,6 +94,12 @@ class ModelFacts:
         return self.model.graph.node
 
     @cached_property
+    def target_key(self) -> str:
+        """The whole profile as text (but `raw`), for caches that outlive one model: a TensorRT profile's repr
+        is some 13,000 characters, made once per model rather than per node."""
+        return repr(self.target)
+
+    @cached_property
     def node_paths(self) -> dict[int, str]:
         """id(node) -> how findings name it, for the nodes of the graph and of every subgraph (If/Loop/Scan
         bodies, recursively): `/Conv_3`, `#4` when unnamed, `If_0/then_branch/gs` or `/If/else_branch/else/ATen`

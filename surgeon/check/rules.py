@@ -337,7 +337,7 @@ def _maximum_minimum_leaves(facts: ModelFacts, op_type: str, dtype: str) -> tupl
     compute in int32, wrap-around arithmetic for uint64) depend on the target and opset, and a hint read off
     them by hand drifts from the pass."""
     opset = facts.opsets.get("", 1)
-    key = (op_type, dtype, opset, repr(facts.target))  # the repr holds the whole profile but `raw`
+    key = (op_type, dtype, opset, facts.target_key)
     if key not in _REWRITES_REFUSED:
         probe = ModelFacts(facts.path, _rewritten_probe(op_type, dtype, opset, facts.target), facts.target)
         refused = [f"{node.op_type} on {problem_dtype}" for node, problem_dtype, _ in _dtype_problems(probe)]
