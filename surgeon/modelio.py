@@ -11,6 +11,7 @@ import tempfile
 from pathlib import Path
 
 import onnx
+import onnx.inliner
 from google.protobuf.message import DecodeError, EncodeError
 
 from surgeon.errors import ModelError, SurgeonError, first_line

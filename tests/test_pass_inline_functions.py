@@ -132,3 +132,21 @@ def test_the_inliner_gets_the_model_without_its_weights(monkeypatch):
     feeds = {"a": np.array([-2.0, -0.5, 0.0, 3.0], np.float32), "c": np.array(False)}
     for got, want in zip(run_ort(out, feeds), run_ort(model, feeds)):
         np.testing.assert_array_equal(got, want)
+
+
+def test_the_pass_runs_through_the_api_without_validation_loaded(tmp_path):
+    """`import onnx` does not load `onnx.inliner`: the module that calls it must import it, not validation."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    onnx.save(_functions_model(), tmp_path / "fn.onnx")
+    code = ("import sys; from surgeon.pipeline import run_recipe; "
+            "run_recipe({'model': 'fn.onnx', 'steps': [{'pass': 'inline-functions'}]}, output='out.onnx', "
+            "validate=False); assert 'surgeon.validation.runners' not in sys.modules")
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(root)})
+    assert done.returncode == 0, done.stderr
+    assert not _calls(onnx.load(tmp_path / "out.onnx"))
