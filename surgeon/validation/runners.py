@@ -74,10 +74,14 @@ def make_runner(model: onnx.ModelProto, kind: str = "auto", name: str = "model",
     if session is not None:
         return OnnxrtRunner(session, name=name)
     what = what or f"the {name} model"
+    if kind == "reference":  # one inlined copy, checked and kept by the runner
+        inlined = with_functions_inlined(model)
+        check_runnable(inlined, what=what)
+        return ReferenceRunner(inlined, name=name)
     with functions_inlined(model):
         check_runnable(model, what=what)
         opset = default_opset(model)
-        if kind != "reference" and not (kind == "auto" and any(is_special(n, opset) for n in model.graph.node)):
+        if not (kind == "auto" and any(is_special(n, opset) for n in model.graph.node)):
             try:
                 return OnnxrtRunner(ort_session(model), name=name)
             except Exception as exc:  # ORT raises its own exception types for unloadable graphs
