@@ -203,9 +203,13 @@ class ModelFacts:
     def _main_node_ids(self) -> set[int]:
         return {id(node) for node in self.nodes}
 
+    @cached_property
+    def _initializers(self) -> dict[str, TensorProto]:
+        return {t.name: t for t in self.model.graph.initializer}
+
     def constant(self, name: str) -> np.ndarray | None:
         """The value of a main-graph initializer or Constant output stored in the file, else None."""
-        tensor = next((t for t in self.model.graph.initializer if t.name == name), None)
+        tensor = self._initializers.get(name)
         made_by = self.producers.get(name)
         if tensor is None and made_by is not None and made_by.op_type == "Constant":
             tensor = next((a.t for a in made_by.attribute if a.name == "value" and a.HasField("t")), None)
