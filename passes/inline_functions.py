@@ -23,6 +23,7 @@ import re
 import onnx
 
 from surgeon.errors import PassError, suggest
+from surgeon.graphinfo import subgraphs
 from surgeon.graphio import import_graph
 from surgeon.modelio import inlined_header, take_header
 from surgeon.pass_api import Param, Pass, PassResult, node_paths, register_pass
@@ -123,10 +124,8 @@ def _graphs(graph: onnx.GraphProto, scope: str = ""):
     surgeon.pass_api.node_paths names its nodes)."""
     yield scope, graph
     for node in graph.node:
-        for attribute in node.attribute:
-            bodies = ([attribute.g] if attribute.HasField("g") else []) + list(attribute.graphs)
-            for body in bodies:
-                yield from _graphs(body, f"{scope}{node.name}/{attribute.name}/")
+        for attribute, body in subgraphs(node):
+            yield from _graphs(body, f"{scope}{node.name}/{attribute}/")
 
 
 def _mark_calls(graph: onnx.GraphProto, scope: str, chosen, marked: dict) -> None:
