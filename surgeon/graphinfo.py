@@ -161,3 +161,13 @@ def tensor_bytes(tensor: onnx.TensorProto) -> int:
         info = {e.key: e.value for e in tensor.external_data}
         return int(info.get("length", 0))
     return raw_bytes(tensor.data_type, math.prod(tensor.dims)) or 0
+
+
+def declared_dims(value: onnx.ValueInfoProto) -> list[int | None] | None:
+    """A tensor's declared dimensions, None for a dynamic one (a name, or none); None for an unknown rank.
+
+    A declared 0 is a static empty dimension, as ONNX Runtime reads it: feeding anything else fails."""
+    tensor_type = value.type.tensor_type
+    if not tensor_type.HasField("shape"):
+        return None
+    return [d.dim_value if d.HasField("dim_value") and d.dim_value >= 0 else None for d in tensor_type.shape.dim]

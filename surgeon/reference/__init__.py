@@ -24,6 +24,8 @@ from typing import Callable
 
 import numpy as np
 
+from surgeon.graphinfo import declared_dims
+
 ReferenceFn = Callable[[list, dict], list]
 _REFERENCES: dict[tuple[str, str, str | None], ReferenceFn] = {}
 _ALIASES = {"ai.onnx": "", "org.pytorch.aten": "org.pytorch.aten"}
@@ -98,12 +100,9 @@ def call_reference(fn: ReferenceFn, inputs: list, attrs: dict, node, model) -> l
 def declared_shapes(model, names) -> list[list | None]:
     """The shapes `model` declares (graph outputs, value_info) for tensors `names`: a list of dims (int, or
     None for a dynamic one) per tensor, None where the graph gives no shape."""
-    graph = model.graph
-    declared = {}
-    for value in (*graph.value_info, *graph.output):
-        tensor_type = value.type.tensor_type
-        if tensor_type.HasField("shape"):
-            declared[value.name] = [d.dim_value if d.HasField("dim_value") else None for d in tensor_type.shape.dim]
+    wanted = set(names)
+    declared = {value.name: declared_dims(value) for value in (*model.graph.value_info, *model.graph.output)
+                if value.name in wanted}
     return [declared.get(name) for name in names]
 
 

@@ -26,7 +26,8 @@ import onnx
 from surgeon.errors import SurgeonError, suggest
 from surgeon.export.tensor_file import MAGIC, read_tensor
 from surgeon.validation.polygraphy_log import G_LOGGER
-from surgeon.validation.runners import declared_dims, declared_dtype, graph_inputs
+from surgeon.graphinfo import declared_dims
+from surgeon.validation.runners import declared_dtype, graph_inputs
 from surgeon.validation.settings import MAX_SEED, check_dtype_name, check_validate_value
 
 Feeds = list[dict[str, np.ndarray]]

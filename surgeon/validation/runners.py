@@ -31,7 +31,7 @@ from polygraphy.backend.onnxrt import OnnxrtRunner
 from polygraphy.common import TensorMetadata
 
 from surgeon.errors import ModelError, SurgeonError, first_line
-from surgeon.graphinfo import node_reads, op_label
+from surgeon.graphinfo import declared_dims, node_reads, op_label
 from surgeon.modelio import inlined_header, model_header, serialize_model, take_header, write_with_external_data
 from surgeon.reference import call_reference, find_reference
 from surgeon.validation import polygraphy_log  # noqa: F401  (Polygraphy's messages to stderr, not stdout)
@@ -252,16 +252,6 @@ def declared_dtype(value: onnx.ValueInfoProto) -> np.dtype | None:
         return np.dtype(helper.tensor_dtype_to_np_dtype(elem_type)) if elem_type else None
     except (KeyError, TypeError, ValueError):
         return None
-
-
-def declared_dims(value: onnx.ValueInfoProto) -> list[int | None] | None:
-    """A tensor's declared dimensions, None for a dynamic one (a name, or none); None for an unknown rank.
-
-    A declared 0 is a static empty dimension, as ONNX Runtime reads it: feeding anything else fails."""
-    tensor_type = value.type.tensor_type
-    if not tensor_type.HasField("shape"):
-        return None
-    return [d.dim_value if d.HasField("dim_value") and d.dim_value >= 0 else None for d in tensor_type.shape.dim]
 
 
 @dataclass
