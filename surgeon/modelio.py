@@ -3,15 +3,20 @@ guard every command runs on its output paths before any work (`guard_outputs`)."
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import math
+import operator
 import os
 import stat
 import tempfile
+from bisect import bisect_right
+from itertools import accumulate, chain, compress, repeat
 from pathlib import Path
 
 import onnx
 import onnx.inliner
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.message import DecodeError, EncodeError
 
 from surgeon.errors import ModelError, SurgeonError, first_line
@@ -80,52 +85,121 @@ def model_problems(model: onnx.ModelProto, serialized: bytes | None, folder: Pat
     Cheap on a 2 GB model: only lengths are compared, no data is read or decoded. `serialized`: the
     model's bytes, where large raw data lengths are read; `folder`: where its external data lies (a file
     that is missing or outside it is `_external_data_files`'s or `surgeon check`'s to report)."""
+    texts_checked = _names_are_utf8(serialized)
     if not model.graph.output:
         yield "the graph has no outputs"
     texts = [("domain", model.domain), ("graph name", model.graph.name)]
     texts += [(f"opset import {i}", o.domain) for i, o in enumerate(model.opset_import)]
     yield from (f"the model's {field} {_shown(text)} is not UTF-8 text" for field, text in _non_utf8(texts))
-    yield from _graph_problems(model.graph, "", folder, _raw_data_lengths(model, serialized), main=True)
+    yield from _graph_problems(model.graph, "", folder, texts_checked, _raw_data_lengths(model, serialized), main=True)
     for function in model.functions:
         scope = f" in function {_shown(function.name)}"
-        yield from _graph_problems(onnx.GraphProto(node=function.node), scope, folder)
+        yield from _graph_problems(onnx.GraphProto(node=function.node), scope, folder, texts_checked)
 
 
-def _graph_problems(graph: onnx.GraphProto, scope: str, folder: Path, raw_lengths=None, main: bool = False):
-    for index, tensor in enumerate(graph.initializer):
+def _graph_problems(graph: onnx.GraphProto, scope: str, folder: Path, texts_checked: bool, raw_lengths=None,
+                    main: bool = False):
+    """`model_problems` for one graph (`scope` follows each name; `texts_checked`: `_names_are_utf8` found
+    every name and string attribute UTF-8). Written for the usual sound model: each kind of field is
+    checked whole at C speed (a join refuses the bytes protobuf hands over for text that is not UTF-8),
+    and only what fails such a check is looked at one by one, to name it."""
+    initializers = graph.initializer
+    for index in _suspect_tensors(initializers, texts_checked, raw_lengths):
+        tensor = initializers[index]
         problem = _tensor_problem(tensor, folder, raw_lengths[index] if raw_lengths is not None else None)
         if problem is not None:
             yield f"initializer {_shown(tensor.name)}{scope}{problem}"
     for sparse in graph.sparse_initializer:
-        what = f"sparse initializer {_shown(sparse.values.name)}{scope}"
-        yield from _tensor_problems(sparse.values, f"values of {what}", folder)
-        yield from _tensor_problems(sparse.indices, f"indices of {what}", folder)
+        for part, tensor in (("values", sparse.values), ("indices", sparse.indices)):
+            problem = _tensor_problem(tensor, folder)
+            if problem is not None:
+                yield f"{part} of sparse initializer {_shown(sparse.values.name)}{scope}{problem}"
     for kind, infos in (("graph input", graph.input), ("graph output", graph.output), ("value_info", graph.value_info)):
-        for info in infos:
+        for info in _suspect_infos(infos, texts_checked):
             what = f"{kind} {_shown(info.name)}{scope}"
             if type(info.name) is not str:
                 yield f"{what}: its name is not UTF-8 text"
             # An element type of 0 is "unknown" to shape inference, but ONNX Runtime refuses it on the
             # graph's inputs and outputs (and no input data can be made for it).
             yield from _type_problems(info.type, what, typed=main and kind != "value_info")
-    nodes = list(graph.node)
-    try:  # the usual case at C speed (protobuf hands over the bytes of a string that is not UTF-8)
-        "".join([text for node in nodes for text in (node.name, node.op_type, node.domain, *node.input, *node.output)])
-    except TypeError:
+    nodes = graph.node
+    node_texts = chain.from_iterable(chain(map(_NODE_TEXTS, nodes), map(_INPUTS, nodes), map(_OUTPUTS, nodes)))
+    if not texts_checked and not _all_text(node_texts):
         for index, node in enumerate(nodes):
             texts = [("name", node.name), ("op_type", node.op_type), ("domain", node.domain)]
             texts += [(f"input {i}", name) for i, name in enumerate(node.input)]
             texts += [(f"output {i}", name) for i, name in enumerate(node.output)]
             yield from (f"{_node_label(node, index)}{scope}: its {field} {_shown(text)} is not UTF-8 text"
                         for field, text in _non_utf8(texts))
-    for index, node in enumerate(nodes):
-        if node.attribute:
-            yield from _attribute_problems(node, f"{_node_label(node, index)}{scope}", folder)
+    attributes = list(chain.from_iterable(map(_ATTRIBUTES, nodes)))
+    if not attributes:
+        return
+    if texts_checked or _all_text(map(_NAME, attributes)):
+        # Numbers need no look, text only where not checked yet, tensors (Constant values, most of the
+        # rest) only where their data disagrees with their dims (`_suspect_tensors`, all at once).
+        kinds = list(map(_TYPE, attributes))
+        sound = _PLAIN_ATTRIBUTES | {onnx.AttributeProto.TENSOR} | (_TEXT_ATTRIBUTES if texts_checked else set())
+        suspects = compress(range(len(attributes)), map(operator.not_, map(sound.__contains__, kinds)))
+        held_tensors = list(compress(range(len(attributes)), map(onnx.AttributeProto.TENSOR.__eq__, kinds)))
+        tensors = list(map(_TENSOR, map(attributes.__getitem__, held_tensors)))
+        suspects = sorted([*suspects, *map(held_tensors.__getitem__, _suspect_tensors(tensors, texts_checked))])
+    else:
+        suspects = range(len(attributes))
+    ends = None
+    for position in suspects:
+        ends = ends or list(accumulate(map(len, map(_ATTRIBUTES, nodes))))  # where each node's attributes end
+        index = bisect_right(ends, position)
+        label = functools.partial(_scoped_label, nodes[index], index, scope)
+        yield from _attribute_problems(attributes[position], label, folder, texts_checked)
+
+
+def _all_text(strings) -> bool:
+    """Whether every one of `strings`, as protobuf hands them over, is text (not the bytes of text that is
+    not UTF-8)."""
+    try:
+        "".join(strings)
+    except TypeError:
+        return False
+    return True
+
+
+def _suspect_tensors(tensors, texts_checked: bool, raw_lengths=None):
+    """Indices of the `tensors` that `_tensor_problem` must look at: all but those named in text, stored
+    in place, whose raw data holds exactly the bytes their dims and known element type take (the usual
+    case, told at C speed; raw data is copied to be measured, at memory speed)."""
+    tensors = list(tensors)  # a list: protobuf's repeated fields are slow to iterate
+    shapes = list(map(tuple, map(_DIMS, tensors)))
+    if (not (texts_checked or _all_text(map(_NAME, tensors))) or any(map(_DATA_LOCATION, tensors))
+            or min(map(min, filter(None, shapes)), default=0) < 0):
+        return range(len(tensors))
+    bits = map(ELEMENT_BITS.get, map(_DATA_TYPE, tensors), repeat(0))
+    held = raw_lengths if raw_lengths is not None else map(len, map(_RAW_DATA, tensors))
+    return [index for index, (count, size, length) in enumerate(zip(map(math.prod, shapes), bits, held))
+            if not length or length != -(-count * size // 8)]
+
+
+def _suspect_infos(infos, texts_checked: bool):
+    """The value infos `_type_problems` must look at: all but tensors of an ONNX data type named in text."""
+    if not (texts_checked or _all_text(map(_NAME, infos))):
+        return infos
+    return compress(infos, map(operator.not_, map(_DATA_TYPES.__contains__, map(_ELEM_TYPE, infos))))
+
+
+_NAME, _TYPE, _DIMS, _DATA_TYPE = (operator.attrgetter(field) for field in ("name", "type", "dims", "data_type"))
+_RAW_DATA, _DATA_LOCATION = operator.attrgetter("raw_data"), operator.attrgetter("data_location")
+_ELEM_TYPE = operator.attrgetter("type.tensor_type.elem_type")
+_NODE_TEXTS = operator.attrgetter("name", "op_type", "domain")
+_INPUTS, _OUTPUTS = operator.attrgetter("input"), operator.attrgetter("output")
+_ATTRIBUTES, _TENSOR = operator.attrgetter("attribute"), operator.attrgetter("t")
 
 
 def _node_label(node: onnx.NodeProto, index: int) -> str:
     op_type = _shown(node.op_type)[1:-1]
     return f"node {_shown(node.name)} ({op_type})" if node.name else f"node #{index} ({op_type})"
+
+
+def _scoped_label(node: onnx.NodeProto, index: int, scope: str) -> str:
+    return f"{_node_label(node, index)}{scope}"
 
 
 def _type_problems(type_proto: onnx.TypeProto, what: str, typed: bool):
@@ -144,38 +218,87 @@ def _type_problems(type_proto: onnx.TypeProto, what: str, typed: bool):
         yield from _type_problems(type_proto.map_type.value_type, what, typed)
 
 
-def _attribute_problems(node: onnx.NodeProto, label: str, folder: Path):
-    for attribute in node.attribute:
-        where = f"attribute {_shown(attribute.name)} of {label}"
-        if type(attribute.name) is not str:
-            yield f"{where}: its name is not UTF-8 text"
-        kind = attribute.type
-        if kind in _PLAIN_ATTRIBUTES or attribute.ref_attr_name:  # a function body's reference holds no value
-            continue
-        if kind in (onnx.AttributeProto.STRING, onnx.AttributeProto.STRINGS):
-            values = [attribute.s] if kind == onnx.AttributeProto.STRING else attribute.strings
-            for value in values:
-                try:
-                    value.decode()
-                except UnicodeDecodeError:
-                    yield f"{where} is not UTF-8 text: {value[:40]!r}"
-        tensors = [attribute.t] if kind == onnx.AttributeProto.TENSOR else attribute.tensors
-        for tensor in tensors:
-            yield from _tensor_problems(tensor, f"the tensor of {where}", folder)
-        sparse = [attribute.sparse_tensor] if kind == onnx.AttributeProto.SPARSE_TENSOR else attribute.sparse_tensors
-        for tensor in sparse:
-            yield from _tensor_problems(tensor.values, f"the sparse tensor values of {where}", folder)
-            yield from _tensor_problems(tensor.indices, f"the sparse tensor indices of {where}", folder)
-        bodies = [attribute.g] if kind == onnx.AttributeProto.GRAPH else attribute.graphs
-        for body in bodies:
-            yield from _graph_problems(body, f" in the body {_shown(attribute.name)} of {label}", folder)
-        types = [attribute.tp] if kind == onnx.AttributeProto.TYPE_PROTO else attribute.type_protos
-        for type_proto in types:
-            yield from _type_problems(type_proto, where, typed=False)
+def _attribute_problems(attribute: onnx.AttributeProto, label, folder: Path, texts_checked: bool):
+    """What is wrong with one attribute of a node; `label()` names the node (made only for a problem)."""
+    def where() -> str:
+        return f"attribute {_shown(attribute.name)} of {label()}"
+
+    if type(attribute.name) is not str:
+        yield f"{where()}: its name is not UTF-8 text"
+    kind = attribute.type
+    if kind in _PLAIN_ATTRIBUTES or attribute.ref_attr_name:  # a function body's reference holds no value
+        return
+    if kind in (onnx.AttributeProto.STRING, onnx.AttributeProto.STRINGS):
+        values = [attribute.s] if kind == onnx.AttributeProto.STRING else attribute.strings
+        for value in values:
+            try:
+                value.decode()
+            except UnicodeDecodeError:
+                yield f"{where()} is not UTF-8 text: {value[:40]!r}"
+    tensors = [attribute.t] if kind == onnx.AttributeProto.TENSOR else attribute.tensors
+    for tensor in tensors:
+        problem = _tensor_problem(tensor, folder)
+        if problem is not None:
+            yield f"the tensor of {where()}{problem}"
+    sparse = [attribute.sparse_tensor] if kind == onnx.AttributeProto.SPARSE_TENSOR else attribute.sparse_tensors
+    for tensor in sparse:
+        yield from _tensor_problems(tensor.values, f"the sparse tensor values of {where()}", folder)
+        yield from _tensor_problems(tensor.indices, f"the sparse tensor indices of {where()}", folder)
+    bodies = [attribute.g] if kind == onnx.AttributeProto.GRAPH else attribute.graphs
+    for body in bodies:
+        yield from _graph_problems(body, f" in the body {_shown(attribute.name)} of {label()}", folder, texts_checked)
+    types = [attribute.tp] if kind == onnx.AttributeProto.TYPE_PROTO else attribute.type_protos
+    for type_proto in types:
+        yield from _type_problems(type_proto, where(), typed=False)
 
 
 _PLAIN_ATTRIBUTES = frozenset({onnx.AttributeProto.INT, onnx.AttributeProto.INTS, onnx.AttributeProto.FLOAT,
                                onnx.AttributeProto.FLOATS})
+_TEXT_ATTRIBUTES = frozenset({onnx.AttributeProto.STRING, onnx.AttributeProto.STRINGS})
+
+
+def _names_are_utf8(serialized: bytes | None) -> bool:
+    """Whether every name and string attribute in a model's bytes is known to be UTF-8, told at the speed
+    of parsing: protobuf checks UTF-8 as it parses the string fields of a proto3 message but not of
+    onnx's proto2 ones, so the bytes are parsed as `_UTF8_NAMES`, a proto3 copy of the fields that
+    `model_problems` reads as text (a few more, such as a body's graph name: those only cost the slow way).
+    False, leaving it to the joins, without the bytes or past 64 MiB (that parse copies the weights)."""
+    if serialized is None or len(serialized) >= _SCAN_RAW_DATA_FROM:
+        return False
+    try:
+        _UTF8_NAMES.FromString(serialized)
+    except DecodeError:
+        return False
+    return True
+
+
+def _utf8_names_message():
+    """The proto3 message class behind `_names_are_utf8`: onnx's messages cut down to their names, string
+    attributes and the messages that hold them, under the same field numbers."""
+    text = {"ModelProto": ["domain"], "OperatorSetIdProto": ["domain"], "GraphProto": ["name"],
+            "NodeProto": ["input", "output", "name", "op_type", "domain"], "AttributeProto": ["name", "s", "strings"],
+            "TensorProto": ["name"], "ValueInfoProto": ["name"]}
+    held = {"ModelProto": ["graph", "opset_import", "functions"], "FunctionProto": ["node"],
+            "GraphProto": ["node", "initializer", "sparse_initializer", "input", "output", "value_info"],
+            "NodeProto": ["attribute"], "SparseTensorProto": ["values", "indices"],
+            "AttributeProto": ["t", "tensors", "g", "graphs", "sparse_tensor", "sparse_tensors"]}
+    field_type = descriptor_pb2.FieldDescriptorProto
+    file = descriptor_pb2.FileDescriptorProto(name="surgeon_utf8_names.proto", package="surgeon", syntax="proto3")
+    for name in sorted({*text, *held}):
+        message = file.message_type.add(name=name)
+        for field in getattr(onnx, name).DESCRIPTOR.fields:
+            if field.name in text.get(name, ()) or field.name in held.get(name, ()):
+                declared = message.field.add(name=field.name, number=field.number, type=field_type.TYPE_STRING,
+                                             label=field_type.LABEL_REPEATED if field.is_repeated else
+                                             field_type.LABEL_OPTIONAL)
+                if field.message_type is not None:
+                    declared.type, declared.type_name = field_type.TYPE_MESSAGE, f".surgeon.{field.message_type.name}"
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(file)
+    return message_factory.GetMessageClass(pool.FindMessageTypeByName("surgeon.ModelProto"))
+
+
+_UTF8_NAMES = _utf8_names_message()
 
 
 def _tensor_problems(tensor: onnx.TensorProto, what: str, folder: Path, raw_length: int | None = None):
@@ -188,7 +311,7 @@ def _tensor_problems(tensor: onnx.TensorProto, what: str, folder: Path, raw_leng
 def _tensor_problem(tensor: onnx.TensorProto, folder: Path, raw_length: int | None = None) -> str | None:
     """What is wrong with a tensor, to follow its name: its element type must be an ONNX data type and the
     data it stores (raw, typed or external) exactly what its dims and type take. `raw_length`: the length
-    of its raw data where known (`_raw_data_lengths`). Written for speed: 14,000 initializers take 40 ms."""
+    of its raw data where known (`_raw_data_lengths`)."""
     data_type = tensor.data_type
     bits = ELEMENT_BITS.get(data_type)
     if bits is None and data_type != onnx.TensorProto.STRING:
