@@ -367,8 +367,8 @@ def _external_length(tensor: onnx.TensorProto, folder: Path) -> int | None:
     if "length" in numbers:
         return numbers["length"]
     location = info.get("location", "")
-    data_file = Path(os.path.normpath(folder.resolve() / location))
-    if not location or Path(location).is_absolute() or not data_file.is_relative_to(folder.resolve()):
+    data_file = data_file_inside(folder.resolve(), location)
+    if not location or data_file is None:
         return None
     try:
         return max(os.stat(data_file).st_size - numbers.get("offset", 0), 0)
@@ -472,6 +472,13 @@ def _refuse_text_format(path: Path) -> None:
                          hint=f"convert it with onnx.save(onnx.load('{path.name}'), '{path.stem}.onnx')")
 
 
+def data_file_inside(folder: Path, location: str) -> Path | None:
+    """The file an external-data `location` names in the model's (resolved) `folder`; None where it is
+    absolute or leads out of the folder, which surgeon refuses to read."""
+    resolved = Path(os.path.normpath(folder / location))
+    return resolved if not Path(location).is_absolute() and resolved.is_relative_to(folder) else None
+
+
 def _external_data_files(model: onnx.ModelProto, path: Path, check: bool = True) -> list[Path]:
     """The external-data files of `model` (read from `path`); `check`: each must be a regular file inside the
     model's folder (else ModelError, in the words of `surgeon check` SG012, which reports them without it)."""
@@ -490,8 +497,7 @@ def _external_data_files(model: onnx.ModelProto, path: Path, check: bool = True)
             continue
         if not location:
             raise ModelError(f"tensor '{tensor.name}' is marked external but names no data file", file=path)
-        resolved = Path(os.path.normpath(folder / location))
-        if Path(location).is_absolute() or not resolved.is_relative_to(folder):
+        if data_file_inside(folder, location) is None:
             raise ModelError(f"initializer '{tensor.name}' reads external data from '{location}', outside "
                              f"{folder.name}/; keep data files beside the model", file=path)
         data_file = path.parent / location

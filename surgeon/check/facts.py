@@ -4,7 +4,6 @@ inference and the dtypes and shapes inference found (in local function bodies to
 the opset in force for each domain, and which ops the installed ONNX Runtime's CPU build has kernels for."""
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from functools import cached_property, lru_cache
 from pathlib import Path
@@ -15,6 +14,7 @@ from onnx import TensorProto, numpy_helper
 
 from surgeon.check.config import Settings
 from surgeon.graphinfo import all_nodes, node_reads, subgraphs
+from surgeon.modelio import data_file_inside
 from surgeon.targets import Target
 
 STANDARD_DOMAINS = ("", "ai.onnx")
@@ -69,11 +69,8 @@ class ExternalData:
     def of(cls, tensor: TensorProto, model_path: Path) -> ExternalData:
         entries = {e.key: e.value for e in tensor.external_data}
         location = entries.get("location", "")
-        folder = model_path.resolve().parent
-        resolved = Path(os.path.normpath(folder / location))
-        inside = not Path(location).is_absolute() and resolved.is_relative_to(folder)
         offset, length = (int(entries[key]) if key in entries else None for key in ("offset", "length"))
-        return cls(location, resolved if inside else None, offset, length)
+        return cls(location, data_file_inside(model_path.resolve().parent, location), offset, length)
 
 
 @dataclass
