@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
 import math
 import operator
 import os
@@ -852,14 +851,6 @@ def model_inputs(files, what: str = "the input model") -> list[tuple[Path, str]]
         return []
     model, *data = files
     return [(model, what)] + [(f, f"{what}'s external data") for f in data]
-
-
-def sha256_file(path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @contextlib.contextmanager
