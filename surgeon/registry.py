@@ -7,7 +7,10 @@
 - `--plugin FILE` loads a Python file the user names explicitly. A recipe never imports code itself.
 
 A pass name belongs to one file: a second pass of that name, from a plugin file or a package, is an error
-naming both files (so a built-in pass is never replaced). Loading the same file again does nothing.
+naming both files (so a built-in pass is never replaced). Loading the same file again does nothing, also
+where it was imported as a module (an installed entry point's) before. surgeon's references are loaded
+before a plugin file runs, so a reference of the file's that clashes with one of them is reported as that
+file's error.
 """
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ from pathlib import Path
 
 from surgeon.errors import SurgeonError, suggest
 from surgeon.pass_api import BUILTIN_PACKAGE, Pass, registered_passes
+from surgeon.reference import load_references
 
 ENTRY_POINT_GROUP = "surgeon.passes"
 _discovered = False
@@ -87,9 +91,11 @@ def load_plugin_file(path) -> list[str]:
         raise SurgeonError("a plugin file is Python source ending in .py (TensorRT plugin libraries go in "
                            "the recipe's build.plugins)", file=path)
     discover()
-    # Named after the file, the same in every process: the same file is the same module.
-    module_name = f"surgeon_plugin_{hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:16]}"
-    if module_name not in sys.modules:
+    load_references()
+    module_name = _module_imported_from(path.resolve())
+    if module_name is None:
+        # Named after the file, the same in every process: the same file is the same module.
+        module_name = f"surgeon_plugin_{hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:16]}"
         before = set(registered_passes())
         spec = importlib.util.spec_from_file_location(module_name, path)
         module = importlib.util.module_from_spec(spec)
@@ -109,6 +115,15 @@ def load_plugin_file(path) -> list[str]:
     for name in defined:
         registered_passes()[name].origin = str(path)
     return defined
+
+
+def _module_imported_from(file: Path) -> str | None:
+    """The name of the module already imported from `file` (resolved), or None."""
+    for name, module in list(sys.modules.items()):
+        loaded = getattr(module, "__file__", None)
+        if loaded and Path(loaded).name == file.name and Path(loaded).resolve() == file:
+            return name
+    return None
 
 
 def get_pass(name: str) -> type[Pass]:

@@ -5,6 +5,7 @@ way but may fuse differently); nearest-neighbour results must be identical.
 """
 from __future__ import annotations
 
+import inspect
 import math
 
 import numpy as np
@@ -219,7 +220,9 @@ def test_every_spec_names_its_cuda_source_and_registers_both_domains():
                                    "DeformableAggregation"}
     for spec in plugin_specs().values():
         assert (folder / spec.cuda_source).is_file(), spec.cuda_source
-        assert find_reference(spec.name, "") == find_reference(spec.name, PLUGIN_DOMAIN) == spec.run_reference
+        reference = find_reference(spec.name, PLUGIN_DOMAIN)
+        assert find_reference(spec.name, "") is reference and inspect.unwrap(reference) is spec.reference
+        assert spec.shipped and spec.domains == (PLUGIN_DOMAIN, "")
 
 
 def _one_node_graph():

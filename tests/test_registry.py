@@ -177,3 +177,20 @@ def test_a_plugin_file_interrupted_during_import_still_interrupts(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         load_plugin_file(path)
     assert "registry-test-interrupted" not in discover()
+
+
+def test_a_file_imported_as_an_installed_module_is_not_run_again_as_a_plugin_file(tmp_path, monkeypatch):
+    """Installed as an entry point and named by --plugin: one file, one module, no clash with itself."""
+    import builtins
+    import importlib
+
+    from surgeon.registry import load_plugin_file
+
+    monkeypatch.setattr(builtins, "registry_test_module_runs", 0, raising=False)
+    path = plugin_file(tmp_path, "registry-test-installed", name="registry_test_installed.py",
+                       body="import builtins; builtins.registry_test_module_runs += 1")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    importlib.import_module("registry_test_installed")
+    assert load_plugin_file(path) == ["registry-test-installed"]
+    assert builtins.registry_test_module_runs == 1
+    sys.modules.pop("registry_test_installed", None)

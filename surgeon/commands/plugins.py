@@ -1,8 +1,9 @@
-"""surgeon's TensorRT plugins: `surgeon plugins list` shows their specs, `surgeon plugins build` compiles
-libsurgeon_plugins.so (CUDA kernels, C API and, when TensorRT 10+ headers are found, the IPluginV3 plugins)."""
+"""surgeon's TensorRT plugins: `surgeon plugins list` shows their specs (with `--plugin FILE`, the specs that
+file declares too), `surgeon plugins build` compiles libsurgeon_plugins.so (CUDA kernels, C API and, when
+TensorRT 10+ headers are found, the IPluginV3 plugins)."""
 from __future__ import annotations
 
-from surgeon.cli_args import OutputArgs, print_json, table
+from surgeon.cli_args import OutputArgs, PluginArgs, print_json, table
 
 NAME = "plugins"
 HELP = "list surgeon's TensorRT plugins or build their library"
@@ -14,6 +15,7 @@ def add_arguments(parser) -> None:
     build = sub.add_parser("build", help="compile libsurgeon_plugins.so with CMake and nvcc")
     for action in (listing, build):  # after the action, where users type them
         OutputArgs.add_to(action)
+    PluginArgs.add_to(listing)
     build.add_argument("--out", metavar="DIR", help="where the library goes (default: $SURGEON_PLUGINS_DIR or "
                                                     "~/.cache/surgeon/plugins, where 'plugins: [builtin]' looks)")
     build.add_argument("--tensorrt-root", metavar="DIR", help="TensorRT 10+ installation, for the IPluginV3 plugins")
@@ -40,6 +42,7 @@ def run(args) -> int:
 def _list(args) -> int:
     from surgeon.plugins.specs import plugin_specs
 
+    PluginArgs.parse(args)
     specs = sorted(plugin_specs().values(), key=lambda s: s.name)
     if args.json:
         print_json([s.to_dict() for s in specs])

@@ -8,6 +8,8 @@ The input model is never modified; OUT is written atomically and only when every
 checker passed. A JSON run report is written beside OUT (`<OUT stem>.surgeon.json`). Without
 TensorRT a `build:` section is skipped (exit code 0); with --require-build the run stops with exit
 code 2 instead, before it reads the model or writes anything.
+Passes of your own come from `--plugin FILE` and from `plugins = [...]` in `[tool.surgeon]` of the
+nearest pyproject.toml (as `surgeon check` loads them; --no-config skips those).
 """
 from __future__ import annotations
 
@@ -19,7 +21,29 @@ from surgeon.errors import CheckFailed, SurgeonError
 
 NAME = "run"
 HELP = "run a recipe over a model and write the rewritten model"
-ARG_GROUPS = (PluginArgs, RecipeArgs, OutputArgs)
+
+
+class ProjectPluginArgs:
+    """`--no-config`; without it, the plugin files `[tool.surgeon] plugins` lists, loaded as `surgeon check`
+    loads them, so a recipe that lints clean there runs here. Listed before RecipeArgs: the recipe's passes
+    must be known when it is read."""
+
+    @staticmethod
+    def add_to(parser) -> None:
+        parser.add_argument("--no-config", action="store_true",
+                            help="do not load the plugin files [tool.surgeon] in pyproject.toml lists")
+
+    @staticmethod
+    def parse(args) -> None:
+        from surgeon.check.config import load_config
+        from surgeon.registry import load_plugin_file
+
+        args.project_plugins = [] if args.no_config else list(load_config().plugins)
+        for path in args.project_plugins:
+            load_plugin_file(path)
+
+
+ARG_GROUPS = (PluginArgs, ProjectPluginArgs, RecipeArgs, OutputArgs)
 
 
 def add_arguments(parser) -> None:
@@ -51,7 +75,7 @@ def run(args) -> int:
     progress = None if (args.quiet or args.json) else TerminalProgress(dry_run=args.dry_run)
     result = run_recipe(recipe, output=output, dry_run=args.dry_run, validate=not args.no_validate,
                         build=not args.no_build, progress=progress,
-                        inputs=[(path, "the plugin file") for path in args.plugin])
+                        inputs=[(path, "the plugin file") for path in [*args.plugin, *args.project_plugins]])
     if args.json:
         print_json(result.report())
     elif not args.quiet:

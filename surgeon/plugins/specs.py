@@ -13,18 +13,22 @@ is known), validation (the NumPy reference runs the node on the CPU, registered 
 Plugin nodes are emitted in the `surgeon` domain by default: onnx.checker accepts them there, and
 TensorRT's ONNX parser looks plugins up by op type, `plugin_version` and `plugin_namespace` (the way
 it loads mmdeploy's custom-domain ops). Graphs in the BEVFormer_tensorrt style put them in the default
-domain; the references are registered for both.
+domain; the references are registered for both, or for the spec's `domains`.
+
+A plugin name belongs to one file: a second spec of that name (a user's, say) is an error naming both
+files, so surgeon's specs and references are never replaced.
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from surgeon.errors import PassError
-from surgeon.reference import reference_op
+from surgeon.errors import PassError, SurgeonError
+from surgeon.reference import defined_where, reference_op, refuse_second_reference
 from surgeon.reference.numpy_ops import grid_sample, multi_scale_deformable_attention
 
 PLUGIN_DOMAIN = "surgeon"
@@ -75,6 +79,13 @@ class PluginSpec:
     namespace: str = "surgeon"
     doc: str = ""
     outputs: tuple[str, ...] = field(default=("output",))
+    #: The node domains the CPU reference answers for (validation finds no reference in any other).
+    domains: tuple[str, ...] = PLUGIN_DOMAINS
+
+    @property
+    def shipped(self) -> bool:
+        """Declared by surgeon (its kernel is in libsurgeon_plugins.so), not by a plugin file."""
+        return self.reference.__module__ == __name__
 
     def resolve_attrs(self, given: dict[str, Any]) -> dict[str, Any]:
         """`given` checked against the declared attributes, defaults filled in; plugin_* keys dropped."""
@@ -99,7 +110,8 @@ class PluginSpec:
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "version": self.version, "namespace": self.namespace, "inputs": list(self.inputs),
                 "outputs": list(self.outputs), "dtypes": list(self.dtypes), "formats": list(self.formats),
-                "cuda_source": self.cuda_source, "doc": self.doc,
+                "cuda_source": self.cuda_source, "doc": self.doc, "domains": list(self.domains),
+                "shipped": self.shipped,
                 "attrs": [{"name": a.name, "type": type(a.default).__name__, "default": a.default, "help": a.help,
                            "choices": list(a.choices) if a.choices else None} for a in self.attrs]}
 
@@ -109,15 +121,28 @@ _SPECS: dict[str, PluginSpec] = {}
 
 def plugin_spec(name: str, *, inputs: Sequence[str], output_shape, cuda_source: str, attrs: Sequence[Attr] = (),
                 **options):
-    """Decorator: declare plugin `name` with the decorated NumPy function as its CPU reference."""
+    """Decorator: declare plugin `name` with the decorated NumPy function as its CPU reference, registered
+    for the node domains `domains` (default PLUGIN_DOMAINS: `surgeon` and the default domain)."""
+    domains = options.pop("domains", PLUGIN_DOMAINS)
+    if isinstance(domains, str) or not domains or not all(isinstance(d, str) for d in domains):
+        raise ValueError(f"plugin {name}: domains must be a non-empty tuple of domain names, got {domains!r}")
 
     def decorate(fn):
+        existing = _SPECS.get(name)
+        if existing is not None and defined_where(existing.reference) != defined_where(fn):
+            raise SurgeonError(f"two plugin specs are named '{name}': {defined_where(existing.reference)} and "
+                               f"{defined_where(fn)}", hint="rename yours: a built-in plugin spec cannot be replaced"
+                               if existing.shipped else "rename one of them")
+        summary = next(iter((fn.__doc__ or "").strip().splitlines()), "")
         spec = PluginSpec(name=name, inputs=tuple(inputs), attrs=tuple(attrs), output_shape=output_shape,
-                          cuda_source=cuda_source, reference=fn, doc=(fn.__doc__ or "").strip().splitlines()[0],
-                          **options)
+                          cuda_source=cuda_source, reference=fn, doc=summary, domains=tuple(domains), **options)
+        # Wrapped, so a clash names the file that declared the spec, not this module.
+        reference = functools.wraps(fn)(lambda inputs, attrs: spec.run_reference(inputs, attrs))
+        for domain in spec.domains:  # all of them checked before any is registered: nothing half-declared
+            refuse_second_reference(reference, name, domain)
         _SPECS[name] = spec
-        for domain in PLUGIN_DOMAINS:
-            reference_op(name, domain=domain)(spec.run_reference)
+        for domain in spec.domains:
+            reference_op(name, domain=domain)(reference)
         return fn
 
     return decorate

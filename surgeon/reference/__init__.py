@@ -14,12 +14,17 @@ no hand-kept list. `domain=ANY_DOMAIN` answers for an op type in every domain wi
 its own (a custom `Atan2` is `mmdeploy::Atan2` in one export and `Atan2` in another). An op whose result
 layout only its declared output shape tells registers with `output_shapes=True` and is called as
 `fn(inputs, attrs, output_shapes)`; `call_reference` passes them.
+
+An op has one reference: registering a second function for it is an error naming both files, so a
+plugin file cannot replace surgeon's reference (`temporary_reference` swaps one in for a `with` block).
 """
 from __future__ import annotations
 
 import contextlib
 import importlib
+import inspect
 import pkgutil
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -45,20 +50,38 @@ def reference_op(op_type: str, domain: str = "", operator: str | None = None, *,
     every domain: ANY_DOMAIN). With `output_shapes` it also receives the node's declared output shapes."""
 
     def decorate(fn: ReferenceFn) -> ReferenceFn:
-        key = _key(op_type, domain, operator)
-        existing = _REFERENCES.get(key)
-        if existing is not None and _origin(existing) != _origin(fn):
-            raise ValueError(f"two references for {key}: {_origin(existing)} and {_origin(fn)}")
+        refuse_second_reference(fn, op_type, domain, operator)
         if output_shapes:
             setattr(fn, _READS_OUTPUT_SHAPES, True)
-        _REFERENCES[key] = fn
+        _REFERENCES[_key(op_type, domain, operator)] = fn
         return fn
 
     return decorate
 
 
-def _origin(fn) -> str:
-    return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', '?')}"
+def refuse_second_reference(fn: ReferenceFn, op_type: str, domain: str = "", operator: str | None = None) -> None:
+    """Raise a ValueError naming both files if a function defined elsewhere already is the reference of that
+    op (the same function registering again, a reload, is not a second one)."""
+    key = _key(op_type, domain, operator)
+    existing = _REFERENCES.get(key)
+    if existing is not None and defined_where(existing) != defined_where(fn):
+        raise ValueError(f"two references for {_label(key)}: {defined_where(existing)} and {defined_where(fn)}")
+
+
+def defined_where(fn) -> str:
+    """`file (qualified name)` of the function behind `fn` (through `functools.wraps`): what makes two
+    registrations the same function, and how an error names it."""
+    fn = inspect.unwrap(fn)
+    name = getattr(fn, "__qualname__", repr(fn))
+    code = getattr(fn, "__code__", None)
+    if code is None:  # a builtin or a callable object: no file to tell
+        return f"{getattr(fn, '__module__', '?')}.{name}"
+    return f"{Path(code.co_filename).resolve()} ({name})"
+
+
+def _label(key: tuple[str, str, str | None]) -> str:
+    domain, op_type, operator = key
+    return (f"{domain}::" if domain else "") + op_type + (f" (operator {operator})" if operator else "")
 
 
 @contextlib.contextmanager

@@ -1,0 +1,176 @@
+"""A user's own plugin specs and references, from plugin files: they add to surgeon's, never replace them,
+and every command that reads recipes finds them where `surgeon check` does."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import helper
+
+import surgeon.plugins.specs as specs
+import surgeon.reference as reference
+from surgeon.cli import main
+from surgeon.errors import SurgeonError
+from surgeon.plugins.specs import get_spec, plugin_spec
+from surgeon.reference import find_reference
+from surgeon.registry import load_plugin_file
+from surgeon.testing import make_model
+
+
+@pytest.fixture
+def own_registries(monkeypatch):
+    """Specs and references a test declares are gone after it (other tests list surgeon's exactly)."""
+    reference.load_references()
+    monkeypatch.setattr(specs, "_SPECS", dict(specs._SPECS))
+    monkeypatch.setattr(reference, "_REFERENCES", dict(reference._REFERENCES))
+
+
+def write(path, source: str):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(textwrap.dedent(source))
+    return path
+
+
+def spec_file(path, name: str, extra: str = ""):
+    return write(path, f'''
+        import numpy as np
+        from surgeon.plugins.specs import plugin_spec
+
+        @plugin_spec("{name}", inputs=("x",), output_shape=lambda shapes, attrs: [shapes[0]],
+                     cuda_source="mine.cu"{extra})
+        def mine(x):
+            """Not surgeon's plugin."""
+            return np.zeros_like(x)
+    ''')
+
+
+def test_a_plugin_file_cannot_replace_a_built_in_spec_or_its_reference(tmp_path, own_registries):
+    builtin = get_spec("MultiScaleDeformableAttn")
+    builtin_reference = find_reference("MultiScaleDeformableAttn", "surgeon")
+    path = spec_file(tmp_path / "specs.py", "MultiScaleDeformableAttn")
+    with pytest.raises(SurgeonError) as info:
+        load_plugin_file(path)
+    message = str(info.value)
+    assert "two plugin specs are named 'MultiScaleDeformableAttn'" in message
+    assert "surgeon/plugins/specs.py" in message and str(path.resolve()) in message
+    assert "a built-in plugin spec cannot be replaced" in message
+    assert get_spec("MultiScaleDeformableAttn") is builtin
+    assert find_reference("MultiScaleDeformableAttn", "surgeon") is builtin_reference
+
+
+def test_two_plugin_files_declaring_one_plugin_name_are_an_error_naming_both(tmp_path, own_registries):
+    first = spec_file(tmp_path / "a" / "specs.py", "ExtendingTwice")
+    second = spec_file(tmp_path / "b" / "specs.py", "ExtendingTwice")
+    load_plugin_file(first)
+    with pytest.raises(SurgeonError, match="two plugin specs are named 'ExtendingTwice'") as info:
+        load_plugin_file(second)
+    assert str(first.resolve()) in str(info.value) and str(second.resolve()) in str(info.value)
+    assert "rename one of them" in str(info.value)
+
+
+def test_a_spec_whose_reference_would_replace_one_of_surgeons_is_refused_whole(tmp_path, own_registries):
+    """GridSampler2DTRT has surgeon's reference in the default domain: the spec takes neither domain."""
+    path = spec_file(tmp_path / "specs.py", "GridSampler2DTRT")
+    with pytest.raises(SurgeonError, match=r"two references for GridSampler2DTRT: .*aten.py .* and "
+                                           rf"{path.resolve()} \(mine\)"):
+        load_plugin_file(path)
+    assert "GridSampler2DTRT" not in specs.plugin_specs() and find_reference("GridSampler2DTRT", "surgeon") is None
+
+
+def test_a_reference_clashing_with_surgeons_names_the_plugin_file(tmp_path, own_registries):
+    path = write(tmp_path / "refs.py", '''
+        from surgeon.reference import reference_op
+
+        @reference_op("GridSampler2DTRT")
+        def mine(inputs, attrs):
+            return [inputs[0]]
+    ''')
+    with pytest.raises(SurgeonError) as info:
+        load_plugin_file(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: plugin file failed to import: ValueError: two references for GridSampler2DTRT")
+    assert str(path.resolve()) in message and "surgeon/reference/aten.py" in message
+    assert "surgeon_plugin_" not in message
+
+
+def test_run_reports_a_reference_clash_whatever_the_import_order(tmp_path):
+    """A fresh process, as users run it: the plugin file used to register before surgeon's references, and
+    the clash surfaced later as an internal error, or never in a run that validates nothing."""
+    onnx.save(make_model([helper.make_node("Relu", ["x"], ["y"], name="relu")], [("x", np.float32, [2])],
+                         [("y", np.float32, [2])]), tmp_path / "m.onnx")
+    (tmp_path / "r.yaml").write_text("model: m.onnx\nsteps: [{pass: toposort}]\n")
+    plugin = write(tmp_path / "refs.py", '''
+        from surgeon.reference import reference_op
+
+        @reference_op("GridSampler2DTRT")
+        def mine(inputs, attrs):
+            return [inputs[0]]
+    ''')
+    done = subprocess.run([sys.executable, "-m", "surgeon", "run", "r.yaml", "--dry-run", "--no-validate", "-q",
+                           "--plugin", "refs.py"], cwd=tmp_path, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith("surgeon: error: refs.py: plugin file failed to import: ValueError: two references "
+                                  f"for GridSampler2DTRT: ") and str(plugin.resolve()) in done.stderr
+
+
+def test_domains_choose_where_a_spec_reference_answers(tmp_path, own_registries):
+    load_plugin_file(spec_file(tmp_path / "specs.py", "ExtendingDomains", extra=', domains=("myco",)'))
+    spec = get_spec("ExtendingDomains")
+    assert spec.domains == ("myco",) and not spec.shipped and spec.doc == "Not surgeon's plugin."
+    assert find_reference("ExtendingDomains", "surgeon") is None and find_reference("ExtendingDomains", "") is None
+    (out,) = find_reference("ExtendingDomains", "myco")([np.ones(3, np.float32)], {})
+    np.testing.assert_array_equal(out, np.zeros(3, np.float32))
+
+
+@pytest.mark.parametrize("domains", ["myco", (), ("myco", 1)])
+def test_domains_must_be_a_tuple_of_names(domains):
+    with pytest.raises(ValueError, match="domains must be a non-empty tuple of domain names"):
+        plugin_spec("ExtendingBadDomains", inputs=("x",), output_shape=None, cuda_source="x.cu", domains=domains)
+
+
+def test_a_reference_without_a_docstring_is_declared(own_registries):
+    @plugin_spec("ExtendingNoDoc", inputs=("x",), output_shape=lambda shapes, attrs: [shapes[0]], cuda_source="x.cu")
+    def no_doc(x):
+        return x
+
+    assert get_spec("ExtendingNoDoc").doc == ""
+
+
+def test_plugins_list_shows_the_specs_of_a_plugin_file(tmp_path, own_registries, capsys):
+    path = spec_file(tmp_path / "specs.py", "ExtendingListed")
+    assert main(["plugins", "list", "--plugin", str(path), "--json"]) == 0
+    listed = {spec["name"]: spec for spec in json.loads(capsys.readouterr().out)}
+    assert listed["ExtendingListed"]["shipped"] is False and listed["GridSample2D"]["shipped"] is True
+    assert listed["ExtendingListed"]["domains"] == ["surgeon", ""]
+
+
+def test_run_loads_the_plugin_files_pyproject_lists_as_check_does(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    onnx.save(make_model([helper.make_node("Relu", ["x"], ["y"], name="relu")], [("x", np.float32, [2])],
+                         [("y", np.float32, [2])]), tmp_path / "m.onnx")
+    write(tmp_path / "tools" / "passes.py", '''
+        from surgeon.pass_api import Pass, PassResult, register_pass
+
+        @register_pass("extending-project-pass")
+        class ProjectPass(Pass):
+            """A project's own pass."""
+            def run(self, graph, ctx):
+                return PassResult()
+    ''')
+    (tmp_path / "pyproject.toml").write_text('[tool.surgeon]\nplugins = ["tools/passes.py"]\n')
+    (tmp_path / "r.yaml").write_text("model: m.onnx\nsteps: [{pass: extending-project-pass}]\n")
+    assert main(["run", "r.yaml", "-o", "o.onnx", "-q", "--no-config"]) == 2  # first: the pass is not loaded yet
+    assert "unknown pass 'extending-project-pass'" in capsys.readouterr().err
+    assert main(["check", "r.yaml"]) == 0
+    assert main(["run", "r.yaml", "-o", "o.onnx", "-q"]) == 0 and (tmp_path / "o.onnx").is_file()
+    source = (tmp_path / "tools" / "passes.py").read_bytes()
+    assert main(["run", "r.yaml", "-o", "tools/passes.py", "-q"]) == 2  # an input of the run, as --plugin's are
+    assert "the plugin file" in capsys.readouterr().err and (tmp_path / "tools" / "passes.py").read_bytes() == source
