@@ -174,3 +174,15 @@ def test_run_loads_the_plugin_files_pyproject_lists_as_check_does(tmp_path, monk
     source = (tmp_path / "tools" / "passes.py").read_bytes()
     assert main(["run", "r.yaml", "-o", "tools/passes.py", "-q"]) == 2  # an input of the run, as --plugin's are
     assert "the plugin file" in capsys.readouterr().err and (tmp_path / "tools" / "passes.py").read_bytes() == source
+
+
+def test_builtin_library_is_left_out_for_a_model_with_only_a_users_plugin(tmp_path, own_registries, monkeypatch):
+    from surgeon.build import plugin_libraries
+
+    load_plugin_file(spec_file(tmp_path / "specs.py", "ExtendingOwnLibrary"))
+    node = helper.make_node("ExtendingOwnLibrary", ["x"], ["y"], name="mine", domain="surgeon")
+    model = make_model([node], inputs=[("x", np.float32, [2])], outputs=[("y", np.float32, [2])])
+    onnx.save(model, str(tmp_path / "mine.onnx"))
+    monkeypatch.setenv("SURGEON_PLUGINS_DIR", str(tmp_path / "not-built"))
+    # surgeon's library holds surgeon's plugins only: the user's comes from the library they list.
+    assert plugin_libraries(["builtin"], tmp_path / "mine.onnx") == []

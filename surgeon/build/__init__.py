@@ -195,10 +195,11 @@ def plugin_libraries(plugins: list[str], model=None) -> list[str]:
 def _has_plugin_nodes(model_path) -> bool:
     from surgeon.graphinfo import all_nodes
     from surgeon.modelio import load_model
-    from surgeon.plugins.specs import PLUGIN_DOMAINS, plugin_specs
+    from surgeon.plugins.specs import plugin_specs
 
-    names = plugin_specs()
-    return any(node.op_type in names and node.domain in PLUGIN_DOMAINS
+    # Only surgeon's own plugins live in libsurgeon_plugins.so; a user's spec names a library of its own.
+    specs = plugin_specs()
+    return any((spec := specs.get(node.op_type)) is not None and spec.shipped and node.domain in spec.domains
                for node in all_nodes(load_model(model_path, load_external_data=False).graph))
 
 
