@@ -22,6 +22,26 @@ class PluginArgs:
         args.plugin_passes = [name for path in args.plugin for name in load_plugin_file(path)]
 
 
+class ProjectPluginArgs:
+    """`--no-config`; without it, the plugin files `[tool.surgeon] plugins` lists, loaded as `surgeon check`
+    loads them, so a recipe that lints clean there runs here. Listed before RecipeArgs: the recipe's passes
+    must be known when it is read."""
+
+    @staticmethod
+    def add_to(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--no-config", action="store_true",
+                            help="do not load the plugin files [tool.surgeon] in pyproject.toml lists")
+
+    @staticmethod
+    def parse(args) -> None:
+        from surgeon.check.config import load_config
+        from surgeon.registry import load_plugin_file
+
+        args.project_plugins = [] if args.no_config else list(load_config().plugins)
+        for path in args.project_plugins:
+            load_plugin_file(path)
+
+
 class RecipeArgs:
     """`RECIPE [MODEL] --set STEP.PARAM=VALUE`: loads the recipe into `args.loaded_recipe`.
 

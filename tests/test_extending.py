@@ -186,3 +186,23 @@ def test_builtin_library_is_left_out_for_a_model_with_only_a_users_plugin(tmp_pa
     monkeypatch.setenv("SURGEON_PLUGINS_DIR", str(tmp_path / "not-built"))
     # surgeon's library holds surgeon's plugins only: the user's comes from the library they list.
     assert plugin_libraries(["builtin"], tmp_path / "mine.onnx") == []
+
+
+def test_bisect_finds_the_passes_pyproject_lists_as_run_does(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    onnx.save(make_model([helper.make_node("Relu", ["x"], ["y"], name="relu")], [("x", np.float32, [2])],
+                         [("y", np.float32, [2])]), tmp_path / "m.onnx")
+    write(tmp_path / "tools" / "passes.py", '''
+        from surgeon.pass_api import Pass, PassResult, register_pass
+
+        @register_pass("extending-bisect-pass")
+        class BisectPass(Pass):
+            """A project's own pass that changes nothing."""
+            def run(self, graph, ctx):
+                return PassResult()
+    ''')
+    (tmp_path / "pyproject.toml").write_text('[tool.surgeon]\nplugins = ["tools/passes.py"]\n')
+    (tmp_path / "r.yaml").write_text("model: m.onnx\nsteps: [{pass: extending-bisect-pass}]\n")
+    assert main(["bisect", "r.yaml", "--no-config"]) == 2
+    assert "unknown pass 'extending-bisect-pass'" in capsys.readouterr().err
+    assert main(["bisect", "r.yaml"]) == 0  # no step breaks the outputs

@@ -9,12 +9,12 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from surgeon.cli_args import OutputArgs, PluginArgs, RecipeArgs, print_json, table
+from surgeon.cli_args import OutputArgs, PluginArgs, ProjectPluginArgs, RecipeArgs, print_json, table
 from surgeon.errors import CheckFailed, SurgeonError
 
 NAME = "bisect"
 HELP = "find the first recipe step after which the outputs leave tolerance"
-ARG_GROUPS = (PluginArgs, RecipeArgs, OutputArgs)
+ARG_GROUPS = (PluginArgs, ProjectPluginArgs, RecipeArgs, OutputArgs)
 
 
 def add_arguments(parser) -> None:

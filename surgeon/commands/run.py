@@ -16,31 +16,11 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from surgeon.cli_args import OutputArgs, PluginArgs, RecipeArgs, print_json, table
+from surgeon.cli_args import OutputArgs, PluginArgs, ProjectPluginArgs, RecipeArgs, print_json, table
 from surgeon.errors import CheckFailed, SurgeonError
 
 NAME = "run"
 HELP = "run a recipe over a model and write the rewritten model"
-
-
-class ProjectPluginArgs:
-    """`--no-config`; without it, the plugin files `[tool.surgeon] plugins` lists, loaded as `surgeon check`
-    loads them, so a recipe that lints clean there runs here. Listed before RecipeArgs: the recipe's passes
-    must be known when it is read."""
-
-    @staticmethod
-    def add_to(parser) -> None:
-        parser.add_argument("--no-config", action="store_true",
-                            help="do not load the plugin files [tool.surgeon] in pyproject.toml lists")
-
-    @staticmethod
-    def parse(args) -> None:
-        from surgeon.check.config import load_config
-        from surgeon.registry import load_plugin_file
-
-        args.project_plugins = [] if args.no_config else list(load_config().plugins)
-        for path in args.project_plugins:
-            load_plugin_file(path)
 
 
 ARG_GROUPS = (PluginArgs, ProjectPluginArgs, RecipeArgs, OutputArgs)
