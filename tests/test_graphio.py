@@ -21,7 +21,7 @@ from onnx import AttributeProto, TensorProto, helper, numpy_helper
 from onnx_graphsurgeon.ir.tensor import LazyValues
 from onnx_graphsurgeon.util.misc import SynchronizedList
 
-from surgeon.graphio import export_model, import_graph, import_graph_and_order
+from surgeon.graphio import export_model, import_graph, import_graph_noting
 from surgeon.rewrite import is_sorted
 from surgeon.testing import IR_VERSION, make_model
 
@@ -152,13 +152,28 @@ def test_import_tells_whether_the_nodes_are_sorted():
     """The order noticed during import is `is_sorted`'s verdict on the imported graph, sorted or not."""
     verdicts = set()
     for name, model in order_cases():
-        graph, in_order = import_graph_and_order(model)
-        assert in_order is not None, name
-        assert in_order == is_sorted(graph.nodes), name
-        verdicts.add(in_order)
+        graph, notes = import_graph_noting(model)
+        assert notes is not None, name
+        assert notes.in_order == is_sorted(graph.nodes), name
+        verdicts.add(notes.in_order)
     assert verdicts == {True, False}
-    assert import_graph_and_order(if_model())[1] is None  # subgraphs: is_sorted decides
-    assert import_graph_and_order(function_model())[1] is None  # graphsurgeon's own import
+    assert import_graph_noting(if_model())[1] is None  # subgraphs: is_sorted decides
+    assert import_graph_noting(function_model())[1] is None  # graphsurgeon's own import
+
+
+@pytest.mark.parametrize("describe, carries", [
+    (lambda node: None, False),
+    (lambda node: setattr(node, "doc_string", "from model.py:12"), True),
+    (lambda node: node.metadata_props.add(key="source", value="model.py"), True),
+    (lambda node: setattr(node.attribute[0], "doc_string", "the slope"), True),
+], ids=["none", "node doc", "node metadata", "attribute doc"])
+def test_import_tells_whether_a_node_carries_text_graphsurgeon_drops(describe, carries):
+    """The pipeline puts such text back after export; where the import saw none, it walks no nodes for it."""
+    node = helper.make_node("LeakyRelu", ["x"], ["y"], name="leaky", alpha=0.1)
+    describe(node)
+    model = graph_model([helper.make_node("Relu", ["x"], ["r"], name="relu"), node], [vi("x")], [vi("y")])
+    model.graph.doc_string = "graph text is the graph's, kept by graphsurgeon"
+    assert import_graph_noting(model)[1].node_text is carries
 
 
 def test_bundled_models_found():

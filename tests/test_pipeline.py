@@ -824,3 +824,199 @@ def test_a_function_attribute_taken_by_reference_is_read(tmp_path, capsys):
     assert result.ok and result.validation is not None
     assert run_ort(result.model, {"s": np.array([2, 3], np.int64)})[0].tolist() == [[3.5] * 3] * 2
     assert main(["check", str(tmp_path / "m.onnx"), "--no-config"]) == 0, capsys.readouterr()
+
+
+_TEXT = "Jürgen"  # the free text below; written as Latin-1 too (0xfc is not UTF-8), a space after it keeps the length
+
+
+def _with_text(proto, name):
+    proto.doc_string = f"{_TEXT} {name} doc"
+    proto.metadata_props.add(key=f"{_TEXT} {name}", value=f"{_TEXT} value")
+    return proto
+
+
+def _attribute_with_doc(node, name):
+    node.attribute[0].doc_string = f"{_TEXT} {name} attribute doc"
+    return node
+
+
+def _model_with_every_free_text() -> onnx.ModelProto:
+    """Free text in every place a model holds some, each graph's value infos complete (so a no-op run has
+    nothing to add): the model, the graph, its nodes, their attributes, its inputs, outputs and value infos;
+    an If body and its nodes, attributes, outputs and value infos; a local function, its attributes
+    (defaults and references), its nodes, their attributes and its value infos."""
+    from onnx import TensorProto
+
+    def info(name, shape=(2,)):
+        return helper.make_tensor_value_info(name, TensorProto.FLOAT, list(shape))
+
+    body = _with_text(helper.make_graph(
+        [_with_text(_attribute_with_doc(helper.make_node("LeakyRelu", ["k"], ["t"], name="body_lr", alpha=0.3),
+                                        "body_lr"), "body_lr"),
+         helper.make_node("Constant", [], ["k"], name="body_k", value_floats=[1.0, 2.0])],
+        "then", [], [_with_text(info("t"), "body output")], value_info=[_with_text(info("k"), "body value_info")]),
+        "body")
+    body.node.sort(key=lambda n: n.name != "body_k")  # the Constant first
+    other = helper.make_graph([helper.make_node("Constant", [], ["e"], name="else_k", value_floats=[3.0, 4.0])],
+                              "else", [], [info("e")])
+    if_node = _with_text(helper.make_node("If", ["cond"], ["u"], name="if", then_branch=body, else_branch=other), "if")
+    next(a for a in if_node.attribute if a.name == "then_branch").doc_string = f"{_TEXT} then_branch attribute doc"
+    fn_relu = _with_text(helper.make_node("Relu", ["x"], ["r"], name="fn_relu"), "fn_relu")
+    fn_lr = _with_text(helper.make_node("LeakyRelu", ["r"], ["y"], name="fn_lr"), "fn_lr")
+    fn_lr.attribute.add(name="alpha", ref_attr_name="slope", type=onnx.AttributeProto.FLOAT,
+                        doc_string=f"{_TEXT} reference attribute doc")
+    function = _with_text(helper.make_function("local", "Act", ["x"], ["y"], [fn_relu, fn_lr],
+                                               [helper.make_opsetid("", 17)]), "function")
+    function.attribute_proto.add(name="slope", f=0.5, type=onnx.AttributeProto.FLOAT,
+                                 doc_string=f"{_TEXT} default attribute doc")
+    function.value_info.append(_with_text(info("r"), "function value_info"))
+    nodes = [_with_text(_attribute_with_doc(helper.make_node("LeakyRelu", ["a"], ["b"], name="lr", alpha=0.1), "lr"),
+                        "lr"),
+             helper.make_node("Act", ["b"], ["c"], name="call", domain="local"),
+             if_node, helper.make_node("Add", ["c", "u"], ["y"], name="add")]
+    model = make_model(nodes, [("a", np.float32, [2]), ("cond", np.bool_, [])], [("y", np.float32, [2])],
+                       opset=17, extra_opsets={"local": 1})
+    model.functions.append(function)
+    _with_text(model.graph, "graph")
+    model.graph.value_info.extend([_with_text(info("b"), "value_info"), info("c"), info("u")])
+    _with_text(model.graph.input[0], "input")
+    _with_text(model.graph.output[0], "output")
+    _with_text(model, "model")
+    model.producer_name, model.producer_version, model.domain = f"{_TEXT} producer", f"{_TEXT} 1", "org.example"
+    model.model_version = 3
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def _free_text(message, path: str = "") -> dict:
+    """Every doc string and metadata list `message` holds, by a path of field names and element names
+    (positions where unnamed); the model's own surgeon.* keys left out."""
+    found = {}
+    for field, value in message.ListFields():
+        where = f"{path}/{field.name}"
+        if field.name == "doc_string":
+            found[where] = value
+        elif field.name == "metadata_props":
+            found[where] = [(entry.key, entry.value) for entry in value
+                            if path or not (type(entry.key) is str and entry.key.startswith("surgeon."))]
+        elif field.message_type is not None:
+            for index, item in enumerate(value if field.is_repeated else [value]):
+                found.update(_free_text(item, f"{where}[{getattr(item, 'name', '') or index}]"))
+    return found
+
+
+def _without_stamp(model: onnx.ModelProto) -> onnx.ModelProto:
+    kept = [p for p in model.metadata_props if not (type(p.key) is str and p.key.startswith("surgeon."))]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    return model
+
+
+@pytest.mark.parametrize("encoding", ["utf-8", "latin-1"])
+def test_a_noop_run_keeps_every_byte_of_the_free_text(tmp_path, encoding):
+    """graphsurgeon drops the graph's metadata, attribute doc strings, the text of local functions' nodes,
+    their metadata and value infos, and the text of bodies' inputs, outputs and value infos: a run puts it all
+    back, so a no-op run writes the model it read (with its surgeon.* stamp), text that is not UTF-8 included."""
+    serialized = _model_with_every_free_text().SerializeToString()
+    if encoding == "latin-1":
+        serialized = serialized.replace(_TEXT.encode(), _TEXT.encode("latin-1") + b" ")
+    (tmp_path / "m.onnx").write_bytes(serialized)
+    result = surgeon.run_recipe({"name": "noop", "steps": []}, model=tmp_path / "m.onnx", output=tmp_path / "o.onnx")
+    written = onnx.load(tmp_path / "o.onnx")
+    assert _without_stamp(written).SerializeToString() == serialized
+    assert len(_free_text(result.original)) == 35
+    assert _free_text(result.model) == _free_text(result.original)
+
+
+@register_pass("test-retype")
+class Retype(Pass):
+    """Turn node `lr` into an Elu of the same name and attributes, and drop the Relu of function Act's body
+    (for the tests)."""
+
+    def run(self, graph, ctx):
+        lr = next(node for node in graph.nodes if node.name == "lr")
+        lr.op = "Elu"
+        body = graph.functions[0]
+        relu = next(node for node in body.nodes if node.op == "Relu")
+        body.nodes[1].inputs[0] = relu.inputs[0]
+        body.nodes.remove(relu)
+        result = PassResult()
+        result.rewrote(lr)
+        return result
+
+
+@pytest.mark.parametrize("steps, renamed", [
+    ([{"pass": "rename", "with": {"nodes": {"lr": "leaky", "if": "choice"}}}], {"lr": "leaky", "if": "choice"}),
+    ([{"pass": "infer-shapes"}], {}),  # through an ONNX model and back: the text goes by names, not objects
+])
+def test_free_text_follows_the_elements_that_survive_a_rewrite(steps, renamed):
+    """Renamed nodes keep their text, their attributes' and their bodies' (a body follows its holder's name)."""
+    from surgeon.pipeline import finish_graph, run_steps
+
+    original = _model_with_every_free_text()
+    recipe = surgeon.load_recipe({"name": "t", "checker": False, "steps": steps})
+    graph, records = run_steps(original, recipe)
+    model = finish_graph(graph, original, recipe, records)
+    moved = {f"/graph[test]/node[{old}]": f"/graph[test]/node[{new}]" for old, new in renamed.items()}
+    expected = {}
+    for path, text in _free_text(original).items():
+        for old, new in moved.items():
+            if path.startswith(old + "/"):
+                path = new + path[len(old):]
+        expected[path] = text
+    assert _free_text(model) == expected
+
+
+def test_free_text_is_not_put_back_on_elements_a_pass_rewrote():
+    """Node `lr` became an Elu: its own doc string and metadata stay (they describe where it came from), its
+    attribute's doc string does not (it was a LeakyRelu's). Function Act's body lost a node: none of its
+    nodes' text or value infos come back, while the function's own do."""
+    from surgeon.testing import apply_pass
+
+    original = _model_with_every_free_text()
+    model, _ = apply_pass(original, "test-retype")
+    text = _free_text(model)
+    gone = {path for path in _free_text(original) if path not in text}
+    assert gone == {"/graph[test]/node[lr]/attribute[alpha]/doc_string",
+                    "/functions[Act]/node[fn_lr]/doc_string", "/functions[Act]/node[fn_lr]/metadata_props",
+                    "/functions[Act]/node[fn_lr]/attribute[alpha]/doc_string",
+                    "/functions[Act]/node[fn_relu]/doc_string", "/functions[Act]/node[fn_relu]/metadata_props",
+                    "/functions[Act]/value_info[r]/doc_string", "/functions[Act]/value_info[r]/metadata_props"}
+    assert not model.functions[0].value_info
+
+
+def test_free_text_of_a_graph_without_bodies_is_kept_byte_for_byte(tmp_path):
+    """A graph without bodies or functions is not walked looking for them (graphio's import says so); its own
+    free text that is not UTF-8 is still decoded for graphsurgeon and written back as it was."""
+    model = make_model([helper.make_node("Relu", ["x"], ["y"], name="relu")], [("x", np.float32, [2])],
+                       [("y", np.float32, [2])])
+    model.graph.doc_string, model.producer_name = f"{_TEXT} graph", f"{_TEXT} producer"
+    serialized = model.SerializeToString().replace(_TEXT.encode(), _TEXT.encode("latin-1") + b" ")
+    (tmp_path / "m.onnx").write_bytes(serialized)
+    surgeon.run_recipe({"name": "noop", "steps": [{"pass": "cleanup"}]}, model=tmp_path / "m.onnx",
+                       output=tmp_path / "o.onnx")
+    assert _without_stamp(onnx.load(tmp_path / "o.onnx")).SerializeToString() == serialized
+
+
+def test_a_function_holding_a_body_keeps_its_text(tmp_path):
+    """A local function whose body holds an If: decoding its text for graphsurgeon recursed without end (a
+    body's `functions` are the model's, the function among them), and the text of the If's branches, their
+    nodes' included, was lost or written escaped."""
+    from onnx import TensorProto
+
+    def branch(tag):
+        node = _with_text(helper.make_node("Neg", ["x"], [f"o{tag}"], name=f"neg{tag}"), f"branch {tag} node")
+        return _with_text(helper.make_graph([node], f"b{tag}", [],
+                                            [helper.make_tensor_value_info(f"o{tag}", TensorProto.FLOAT, [2])]),
+                          f"branch {tag}")
+
+    choose = helper.make_node("If", ["c"], ["y"], name="choose", then_branch=branch("t"), else_branch=branch("e"))
+    function = helper.make_function("local", "Gate", ["x", "c"], ["y"], [choose], [helper.make_opsetid("", 17)])
+    call = helper.make_node("Gate", ["x", "c"], ["y"], name="call", domain="local")
+    model = make_model([call], [("x", np.float32, [2]), ("c", np.bool_, [])], [("y", np.float32, [2])], opset=17,
+                       extra_opsets={"local": 1})
+    model.functions.append(function)
+    serialized = model.SerializeToString().replace(_TEXT.encode(), _TEXT.encode("latin-1") + b" ")
+    (tmp_path / "m.onnx").write_bytes(serialized)
+    surgeon.run_recipe({"name": "noop", "steps": []}, model=tmp_path / "m.onnx", output=tmp_path / "o.onnx")
+    assert _without_stamp(onnx.load(tmp_path / "o.onnx")).SerializeToString() == serialized
