@@ -232,6 +232,32 @@ def test_raw_bevformer_tiny_export_is_not_ready_for_tensorrt_8_6(capsys):
     assert code == 1
     grid = [f for f in findings if f["rule"] == "SG001" and f["op"] == "ATen:grid_sampler"]
     assert grid and all(f["fix"] == "grid-sample (native GridSample), or mode=plugin or mode=decompose" for f in grid)
+    # 68 Slice ends of INT64_MAX (torch's `x[i:]`): TensorRT 8 clamps them, and they still mean "to the end"
+    assert not [f for f in findings if f["rule"] == "SG024"]
+
+
+def test_new_structural_rules_in_every_format(tmp_path, capsys):
+    """SG021 (an output that is an input) and SG024 (an int64 offset TensorRT 8 clamps) through text, JSON and
+    SARIF, and --ignore hides them."""
+    nodes = [helper.make_node("Add", ["x", "index"], ["y"], name="add")]
+    model = make_model(nodes, [("x", np.int64, [2])], [("y", np.int64, [2]), ("x", np.int64, [2])],
+                       initializers={"index": np.array([1, 2 ** 40], np.int64)})
+    onnx.save(model, tmp_path / "m.onnx")
+    code, out, _ = run(capsys, tmp_path / "m.onnx", "--target", "tensorrt-8.6")
+    assert code == 1
+    assert f"{tmp_path / 'm.onnx'}: SG021 error graph output 'x' is also a graph input" in out
+    assert f"{tmp_path / 'm.onnx'}: SG024 warning initializer 'index' holds 1 int64 value(s)" in out
+    code, out, _ = run(capsys, tmp_path / "m.onnx", "--target", "tensorrt-8.6", "--format", "json")
+    assert [(f["rule"], f["severity"]) for f in json.loads(out)["findings"]] == [("SG021", "error"),
+                                                                                ("SG024", "warning")]
+    report = tmp_path / "m.sarif"
+    run(capsys, tmp_path / "m.onnx", "--target", "tensorrt-8.6", "--format", "sarif", "--output", report)
+    document = json.loads(report.read_text())
+    jsonschema.validate(document, SARIF_REQUIRED)
+    rules = document["runs"][0]["tool"]["driver"]["rules"]
+    assert [(rules[r["ruleIndex"]]["id"], r["level"]) for r in document["runs"][0]["results"]] == [
+        ("SG021", "error"), ("SG024", "warning")]
+    assert run(capsys, tmp_path / "m.onnx", "--target", "tensorrt-8.6", "--ignore", "SG021,SG024")[0] == 0
 
 
 def _recipes(folder):

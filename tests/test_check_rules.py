@@ -171,6 +171,43 @@ def opset_27():
     return make_model([_relu()], [("x", np.float32, [2])], [("y", np.float32, [2])], opset=27)
 
 
+def opset_imported_twice(second=13):
+    model = clean_model()
+    model.opset_import.append(helper.make_opsetid("", second))
+    return model
+
+
+def output_also_input():
+    model = clean_model()
+    model.graph.output.append(helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3]))
+    return model
+
+
+def output_is_initializer():
+    model = clean_model()
+    model.graph.output.append(helper.make_tensor_value_info("w", TensorProto.FLOAT, [2, 3]))
+    return model
+
+
+def output_listed_twice():
+    model = clean_model()
+    model.graph.output.append(model.graph.output[0])
+    return model
+
+
+def value_info_undefined():
+    model = clean_model()
+    model.graph.value_info.append(helper.make_tensor_value_info("r", TensorProto.UNDEFINED, [2, 3]))
+    return model
+
+
+def int64_index_beyond_int32(value=2 ** 40):
+    """A Gather index torch might write for a flat offset into a huge table: TensorRT 8 clamps it."""
+    nodes = [helper.make_node("Gather", ["x", "index"], ["y"], name="gather", axis=0)]
+    return make_model(nodes, [("x", np.float32, [4])], [("y", np.float32, [2])],
+                      initializers={"index": np.array([1, value], np.int64)})
+
+
 # rule id, bad model, settings, expected text in one finding of that rule, its severity
 CASES = [
     ("SG001", aten_grid_sampler, Settings(target="tensorrt-8.6"), "node /ATen_12 (ATen:grid_sampler) not runnable "
@@ -214,6 +251,21 @@ CASES = [
      "most 26) — fix: pass set-opset opset=26", "error"),
     ("SG017", lambda: plugin_node(), Settings(target="tensorrt-8.5"), "needs a plugin library for tensorrt-8.5 "
      "registering GridSample2D version 1 in namespace surgeon (surgeon's library is TensorRT 10 only", "warning"),
+    ("SG020", opset_imported_twice, Settings(), "the model imports domain 'ai.onnx' 2 times (versions 11, 13)",
+     "error"),
+    ("SG020", lambda: opset_imported_twice(11), Settings(), "imports domain 'ai.onnx' 2 times (versions 11, 11)",
+     "warning"),
+    ("SG021", output_also_input, Settings(target="tensorrt-8.6"), "graph output 'x' is also a graph input: TensorRT "
+     "refuses it ('Tensor x cannot be both input and output')", "error"),
+    ("SG021", output_also_input, Settings(target="onnxruntime"), "graph output 'x' is also a graph input", "warning"),
+    ("SG021", output_is_initializer, Settings(), "graph output 'w' is an initializer, which no node computes",
+     "warning"),
+    ("SG022", output_listed_twice, Settings(), "graph output 'y' is listed 2 times", "warning"),
+    ("SG023", value_info_undefined, Settings(), "value_info 'r' has element type 0 (UNDEFINED): it declares no type "
+     "— fix: pass infer-shapes", "warning"),
+    ("SG024", int64_index_beyond_int32, Settings(target="tensorrt-8.6"), "initializer 'index' holds 1 int64 value(s) "
+     "outside the int32 range (1099511627776 at flat index 1); tensorrt-8.6 holds int64 in int32 and clamps it to "
+     "2147483647", "warning"),
 ]
 
 
@@ -777,12 +829,13 @@ def test_the_nodes_of_a_local_function_body_are_checked(target, tmp_path):
 
 def test_dtypes_inside_a_local_function_come_from_its_calls(tmp_path):
     """A uint8 Max in a function body is SG004 on TensorRT 10 (its dtype inferred from what the calls pass
-    in, not from the graph's tensors of the same name); maximum-minimum rewrites the main graph only."""
+    in, not from the graph's tensors of the same name); maximum-minimum's rewrite needs uint8 Greater/Where,
+    which TensorRT lacks too."""
     body = [helper.make_node("Max", ["a", "b"], ["y"], name="max")]
     model = _calls_local_function(body, [("a", np.uint8), ("b", np.uint8)], [("y", np.uint8)])
     [finding] = _check(model, Settings(target="tensorrt-10", select=("SG004",)), tmp_path)
     assert finding.node == "pkg.local::Block/max" and finding.fix is None
-    assert "on uint8" in finding.message and "not If/Loop bodies or local functions" in finding.message
+    assert "on uint8" in finding.message and "Greater on uint8" in finding.message  # the rewrite's own refusal
     shadowed = _calls_local_function(body, [("a", np.float32), ("b", np.float32)], [("y", np.float32)])
     for value in shadowed.graph.input:
         value.name = {"a": "p", "b": "q"}[value.name]
@@ -790,3 +843,217 @@ def test_dtypes_inside_a_local_function_come_from_its_calls(tmp_path):
         call.input[:] = ["p", "q"]
     shadowed.graph.input.append(helper.make_tensor_value_info("a", TensorProto.UINT8, [3]))  # the graph's own 'a'
     assert _check(shadowed, Settings(target="tensorrt-10", select=("SG004",)), tmp_path) == []
+
+
+# ---------------------------------------------------------------- fixes for nodes in If/Loop/Scan bodies
+
+def _in_main_graph_or_if(node, inputs, output, in_body, opset=11, initializers=None):
+    """`node` making `y` in the main graph, or (`in_body` "input" or "constant", how the condition comes) in the
+    then-branch of `If_0` (the else-branch a constant of the same type and shape) reading the same graph inputs
+    from outside."""
+    dtype, shape = output
+    extra = {"org.pytorch.aten": 1} if node.domain else None
+    if not in_body:
+        return make_model([node], inputs, [("y", dtype, shape)], initializers, opset=opset, extra_opsets=extra)
+    elem = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+    then = helper.make_graph([node], "then", [], [helper.make_tensor_value_info("y", elem, shape)])
+    zeros = helper.make_node("Constant", [], ["e"], name="zeros", value=onnx.numpy_helper.from_array(np.zeros(shape, dtype)))
+    other = helper.make_graph([zeros], "else", [], [helper.make_tensor_value_info("e", elem, shape)])
+    choose = helper.make_node("If", ["c"], ["out"], name="If_0", then_branch=then, else_branch=other)
+    if in_body == "constant":
+        initializers = {**(initializers or {}), "c": np.array(True)}
+    else:
+        inputs = inputs + [("c", np.bool_, [])]
+    return make_model([choose], inputs, [("out", dtype, shape)], initializers, opset=opset, extra_opsets=extra)
+
+
+def _aten(operator, inputs):
+    return helper.make_node("ATen", inputs, ["y"], name="n", domain="org.pytorch.aten", operator=operator)
+
+
+_GRID = [("x", np.float32, [1, 2, 3, 3]), ("g", np.float32, [1, 3, 3, 2])]
+# rule, target, node, graph inputs, output, opset, initializers, the fix in the main graph, the pass and its params
+BODY_FIX_CASES = [
+    ("SG001", "tensorrt-8.6", lambda: _aten("grid_sampler", ["x", "g", "mode", "pad", "align"]), _GRID,
+     (np.float32, [1, 2, 3, 3]), 11, {"mode": np.array(0), "pad": np.array(0), "align": np.array(False)},
+     "grid-sample (native GridSample), or mode=plugin or mode=decompose", ("grid-sample", {})),
+    ("SG001", "tensorrt-8.6", lambda: _aten("atan2", ["a", "b"]), [("a", np.float32, [3]), ("b", np.float32, [3])],
+     (np.float32, [3]), 11, None, "atan2", ("atan2", {})),
+    ("SG003", "opset-11", lambda: helper.make_node("GridSample", ["x", "g"], ["y"], name="n"), _GRID,
+     (np.float32, [1, 2, 3, 3]), 16, None, "grid-sample mode=decompose", ("grid-sample", {"mode": "decompose"})),
+    ("SG004", "onnxruntime", lambda: helper.make_node("Max", ["a", "b"], ["y"], name="n"),
+     [("a", np.bool_, [3]), ("b", np.bool_, [3])], (np.bool_, [3]), 13, None, "maximum-minimum",
+     ("maximum-minimum", {})),
+    ("SG005", "tensorrt-8.6", lambda: helper.make_node("Clip", ["a", "lo", "hi"], ["y"], name="n"),
+     [("a", np.int64, [3])], (np.int64, [3]), 13, {"lo": np.array(0), "hi": np.array(5)}, "clip-int",
+     ("clip-int", {})),
+]
+
+
+@pytest.mark.parametrize("rule, target, build, inputs, output, opset, initializers, fix, applied", BODY_FIX_CASES,
+                         ids=[f"{c[0]}-{c[8][0]}" for c in BODY_FIX_CASES])
+def test_a_fix_is_named_only_where_its_pass_reaches_the_node(rule, target, build, inputs, output, opset,
+                                                             initializers, fix, applied, tmp_path):
+    """Every pass a SG001-SG005 fix names rewrites the main graph only: in the main graph the finding names
+    the pass and the pass removes it; in an If branch the pass leaves the node, so the finding named a fix
+    that does nothing. Now it names none and says where the node is and what to do, unless the If's condition
+    is a constant: simplify folds the If, and the pass then reaches the node."""
+    from surgeon.testing import apply_pass
+
+    settings = Settings(target=target, select=(rule,))
+    pass_name, params = applied
+    for in_body in (None, "input", "constant"):
+        model = _in_main_graph_or_if(build(), inputs, output, in_body, opset, initializers)
+        [finding] = [f for f in _check(model, settings, tmp_path) if f.node in ("n", "If_0/then_branch/n")]
+        if in_body == "constant":
+            assert (finding.node, finding.fix) == ("If_0/then_branch/n", f"simplify, then {fix}")
+            model, _ = apply_pass(model, "simplify", target=target)
+        rewritten, _ = apply_pass(model, pass_name, target=target, **params)
+        if in_body != "input":
+            assert in_body or (finding.node, finding.fix) == ("n", fix)
+            assert not {"n", "If_0/then_branch/n"} & {f.node for f in _check(rewritten, settings, tmp_path)}
+            continue
+        assert (finding.node, finding.fix) == ("If_0/then_branch/n", None)
+        assert (f"it runs inside the If/Loop/Scan body If_0/then_branch, which no pass rewrites (in the main graph "
+                f"the fix would be: {fix})") in finding.message
+        assert ("If_0/then_branch/n", None) in [(f.node, f.fix) for f in _check(rewritten, settings, tmp_path)]
+
+
+def test_a_node_of_a_local_function_is_fixed_after_inline_functions(tmp_path):
+    """maximum-minimum does not reach a function's body either, but inline-functions puts it in the main graph."""
+    from surgeon.testing import apply_pass
+
+    body = [helper.make_node("Max", ["a", "b"], ["y"], name="max")]
+    model = _calls_local_function(body, [("a", np.bool_), ("b", np.bool_)], [("y", np.bool_)])
+    settings = Settings(target="onnxruntime", select=("SG004",))
+    assert {f.fix for f in _check(model, settings, tmp_path)} == {"inline-functions, then maximum-minimum"}
+    untouched, _ = apply_pass(model, "maximum-minimum")
+    assert _check(untouched, settings, tmp_path) != []
+    inlined, _ = apply_pass(model, "inline-functions")
+    fixed, _ = apply_pass(inlined, "maximum-minimum")
+    assert _check(fixed, settings, tmp_path) == []
+
+
+def test_a_function_called_only_inside_a_body_gets_no_fix(tmp_path):
+    """Inlined there, its nodes land in the body: no pass reaches them."""
+    body = [helper.make_node("Max", ["a", "b"], ["y"], name="max")]
+    model = _calls_local_function(body, [("a", np.bool_), ("b", np.bool_)], [("y", np.bool_)])
+    then = helper.make_graph(list(model.graph.node), "then", [], [helper.make_tensor_value_info(
+        f"y_{i}", TensorProto.BOOL, [3]) for i in (1, 2)])
+    other = helper.make_graph([helper.make_node("Identity", ["a"], [f"e_{i}"]) for i in (1, 2)], "else", [],
+                              [helper.make_tensor_value_info(f"e_{i}", TensorProto.BOOL, [3]) for i in (1, 2)])
+    del model.graph.node[:]
+    model.graph.node.append(helper.make_node("If", ["c"], ["y_1", "y_2"], name="If_0", then_branch=then,
+                                             else_branch=other))
+    model.graph.input.append(helper.make_tensor_value_info("c", TensorProto.BOOL, []))
+    [finding] = _check(model, Settings(target="onnxruntime", select=("SG004",)), tmp_path)
+    assert (finding.node, finding.fix) == ("pkg.local::Block/max", None)
+    assert "inside the If/Loop/Scan body If_0/then_branch" in finding.message
+
+
+# ---------------------------------------------------------------- structure the checker lets pass (SG020-SG023)
+
+def test_structural_findings_are_the_only_ones(tmp_path):
+    """onnx.checker (SG014), inference (SG015) and ONNX Runtime accept each of these models: the new rule is
+    the only finding, so none duplicates another."""
+    for rule, build in (("SG020", opset_imported_twice), ("SG021", output_also_input),
+                        ("SG021", output_is_initializer), ("SG022", output_listed_twice),
+                        ("SG023", value_info_undefined)):
+        assert [f.rule for f in _check(build(), Settings(target="tensorrt-8.6"), tmp_path)] == [rule], rule
+
+
+def test_a_local_function_importing_a_domain_twice_is_sg020(tmp_path):
+    model = _linear_relu()
+    model.functions[0].opset_import.append(helper.make_opsetid("", 18))
+    [finding] = _check(model, Settings(select=("SG020",)), tmp_path)
+    assert (finding.severity, finding.message) == ("error", "local function pkg.local::Block imports domain "
+                                                   "'ai.onnx' 2 times (versions 17, 18); keep one opset_import "
+                                                   "entry per domain")
+
+
+def test_an_initializer_listed_as_input_and_output_is_an_initializer_output(tmp_path):
+    """IR < 4 lists initializers among the inputs: such an output is a constant, not a graph input."""
+    model = output_is_initializer()
+    model.graph.input.append(helper.make_tensor_value_info("w", TensorProto.FLOAT, [2, 3]))
+    [finding] = _check(model, Settings(target="tensorrt-8.6", select=("SG021",)), tmp_path)
+    assert finding.severity == "warning" and "is an initializer" in finding.message
+
+
+@pytest.mark.parametrize("where", ["input", "output"])
+def test_an_undefined_element_type_on_the_graph_is_one_sg000(where, tmp_path):
+    """The loader refuses it (as ONNX Runtime does): one clear finding, not SG023 too, and no traceback."""
+    model = clean_model()
+    getattr(model.graph, where)[0].type.tensor_type.elem_type = TensorProto.UNDEFINED
+    findings = _check(model, Settings(target="tensorrt-8.6"), tmp_path)
+    assert [(f.rule, f.message) for f in findings] == [
+        ("SG000", f"not a usable ONNX model: graph {where} '{getattr(model.graph, where)[0].name}' has no element "
+                  "type (0, UNDEFINED)")]
+
+
+def test_an_undefined_element_type_on_a_body_output_is_an_error_infer_shapes_fixes(tmp_path):
+    """ONNX Runtime refuses it ('Invalid tensor data type 0'); strict inference types it."""
+    import onnxruntime
+    from surgeon.testing import apply_pass
+
+    model = if_with_branches([_relu("x", "t", "relu")], [helper.make_node("Neg", ["x"], ["e"], name="neg")],
+                             then_out=("t", np.float32), else_out=("e", np.float32))
+    then = next(a.g for a in model.graph.node[0].attribute if a.name == "then_branch")
+    then.output[0].type.tensor_type.elem_type = TensorProto.UNDEFINED
+    with pytest.raises(Exception, match="Invalid tensor data type 0"):
+        onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    [finding] = _check(model, Settings(), tmp_path)
+    assert (finding.rule, finding.severity, finding.fix) == ("SG023", "error", "infer-shapes")
+    assert finding.message.startswith("output 't' of If_0/then_branch has element type 0 (UNDEFINED)")
+    inferred, _ = apply_pass(model, "infer-shapes")
+    assert _check(inferred, Settings(), tmp_path) == []
+
+
+# ---------------------------------------------------------------- int64 constants on TensorRT 8 (SG024)
+
+INT64_MAX, INT64_MIN = np.iinfo(np.int64).max, np.iinfo(np.int64).min
+
+
+def _slice(ends, also_read=False):
+    """x[1:] as torch writes it (ends INT64_MAX), optionally with the ends also added to an int64 input."""
+    nodes = [helper.make_node("Slice", ["x", "starts", "ends"], ["y"], name="slice")]
+    outputs = [("y", np.float32, [3])]
+    if also_read:
+        nodes.append(helper.make_node("Add", ["i", "ends"], ["j"], name="add"))
+        outputs.append(("j", np.int64, [1]))
+    return make_model(nodes, [("x", np.float32, [4]), ("i", np.int64, [1])], outputs, opset=13,
+                      initializers={"starts": np.array([1]), "ends": np.array([ends])})
+
+
+@pytest.mark.parametrize("target, fires", [("tensorrt-8.5", True), ("tensorrt-8.6", True), ("tensorrt-10", False),
+                                           ("onnxruntime", False), ("opset-11", False)])
+def test_sg024_is_for_tensorrt_before_10_only(target, fires, tmp_path):
+    findings = _check(int64_index_beyond_int32(), Settings(target=target, select=("SG024",)), tmp_path)
+    assert len(findings) == fires
+
+
+def test_sg024_follows_the_profiles_int64_key(tmp_path):
+    """A profile that holds int64 natively (a TensorRT 8.6 build that does not) gets no SG024."""
+    profile = tmp_path / "mine.yaml"
+    profile.write_text("extends: tensorrt-8.6\nname: mine\nint64: native\n")
+    assert _check(int64_index_beyond_int32(), Settings(target=str(profile), select=("SG024",)), tmp_path) == []
+
+
+@pytest.mark.parametrize("ends", [INT64_MAX, INT64_MIN])
+def test_slice_ends_at_the_int64_limits_are_no_sg024(ends, tmp_path):
+    """TensorRT clamps them to the int32 limits, which still mean 'to the end'; read by anything else, the
+    clamped value is wrong there."""
+    settings = Settings(target="tensorrt-8.6", select=("SG024",))
+    assert _check(_slice(ends), settings, tmp_path) == []
+    [finding] = _check(_slice(ends, also_read=True), settings, tmp_path)
+    assert finding.message.startswith(f"initializer 'ends' holds 1 int64 value(s) outside the int32 range ({ends} ")
+    assert _check(_slice(2 ** 40), settings, tmp_path) != []  # only the exact limits mean "to the end"
+
+
+def test_sg024_names_a_constant_node_and_reads_value_ints(tmp_path):
+    nodes = [helper.make_node("Constant", [], ["k"], name="offsets", value_ints=[1, -2 ** 33]),
+             helper.make_node("Add", ["i", "k"], ["y"], name="add")]
+    model = make_model(nodes, [("i", np.int64, [2])], [("y", np.int64, [2])], opset=13)
+    [finding] = _check(model, Settings(target="tensorrt-8.6", select=("SG024",)), tmp_path)
+    assert (finding.node, finding.op) == ("offsets", "Constant")
+    assert finding.message.startswith("holds 1 int64 value(s) outside the int32 range (-8589934592 at flat index 1)")
+    assert "clamps it to -2147483648" in finding.message

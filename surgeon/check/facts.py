@@ -96,25 +96,59 @@ class ModelFacts:
         is some 13,000 characters, made once per model rather than per node."""
         return repr(self.target)
 
-    @cached_property
+    @property
     def node_paths(self) -> dict[int, str]:
         """id(node) -> how findings name it, for the nodes of the graph and of every subgraph (If/Loop/Scan
         bodies, recursively): `/Conv_3`, `#4` when unnamed, `If_0/then_branch/gs` or `/If/else_branch/else/ATen`
         inside a body."""
-        paths = {}
+        return self._paths[0]
 
-        def walk(graph, prefix: str) -> None:
+    @cached_property
+    def _paths(self) -> tuple[dict[int, str], dict[int, tuple[str, onnx.NodeProto]]]:
+        """(`node_paths`, id(node) -> (the path of the innermost If/Loop/Scan body holding it, `If_0/then_branch`,
+        and the node holding that body), for the nodes in a body only)."""
+        paths, bodies = {}, {}
+
+        def walk(graph, prefix: str, holder) -> None:
             for index, node in enumerate(graph.node):
                 name = node.name or f"#{index}"
                 path = f"{prefix}{'' if name.startswith('/') else '/'}{name}" if prefix else name
                 paths[id(node)] = path
+                if holder is not None:
+                    bodies[id(node)] = prefix, holder
                 for attr, sub in subgraphs(node):
-                    walk(sub, f"{path}/{attr}")
+                    walk(sub, f"{path}/{attr}", node)
 
-        walk(self.model.graph, "")
+        walk(self.model.graph, "", None)
         for key, function in self.local_functions.items():
-            walk(function, _function_label(key))
-        return paths
+            walk(function, _function_label(key), None)
+        return paths, bodies
+
+    def body_holder(self, node) -> onnx.NodeProto | None:
+        """The If/Loop/Scan node whose body holds `node` directly; None outside bodies."""
+        found = self._paths[1].get(id(node))
+        return found[1] if found else None
+
+    def body_after_inlining(self, node, _callers: frozenset = frozenset()) -> str | None:
+        """The path of the If/Loop/Scan body `node` runs in once the inline-functions pass has put each local
+        function's body where its calls are; None where it then lies in the main graph, the only graph the
+        passes that rewrite single nodes walk. A node of a function called only inside bodies lies in the
+        body of its first call."""
+        body = self._paths[1].get(id(node), (None,))[0]
+        key = self._function_holding.get(id(node))
+        if body is not None or key is None or key in _callers:  # a function calling itself is invalid ONNX
+            return body
+        bodies = [self.body_after_inlining(call, _callers | {key}) for call in self._calls.get(key, [])]
+        return None if None in bodies or not bodies else bodies[0]
+
+    @cached_property
+    def _calls(self) -> dict[tuple[str, str, str], list[onnx.NodeProto]]:
+        """The key of each local function -> the nodes calling it, in the graph, bodies and functions."""
+        found: dict[tuple, list] = {}
+        for node in self.all_nodes:
+            if self.calls_local_function(node):
+                found.setdefault(_call_key(node), []).append(node)
+        return found
 
     @cached_property
     def graph_nodes(self) -> list:

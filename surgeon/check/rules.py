@@ -20,7 +20,7 @@ import onnx
 from surgeon.check.facts import STANDARD_DOMAINS, ModelFacts, is_standard_op, ort_cpu_runs, type_str_dtype
 from surgeon.check.findings import Finding, model_rule
 from surgeon.registry import get_pass, passes_handling
-from surgeon.graphinfo import op_label
+from surgeon.graphinfo import op_label, subgraphs
 from surgeon.modelio import stdout_to_stderr
 from surgeon.reference import find_reference
 
@@ -41,6 +41,27 @@ def fix_for(node, target) -> str | None:
     """
     fixes = [cls.fix_hint(target) for cls in passes_handling(op_label(node))]
     return " or ".join(fixes) if fixes else None
+
+
+def fix_reaching(facts: ModelFacts, node, fix: str | None) -> tuple[str | None, str]:
+    """(the fix for `node` as it can be applied, why there is none, for the message). The passes that rewrite
+    single nodes walk the main graph only, not If/Loop/Scan bodies (tests/test_check_rules.py runs them on a
+    node in an If branch): a node of a local function's body gets `inline-functions` first, which puts it in
+    the main graph, and a node in a branch of a main-graph If whose condition is a constant gets `simplify`
+    first, which folds the If into the branch taken (or drops the node with the other); any other node in a
+    body gets no fix."""
+    if fix is None or facts.in_main_graph(node):
+        return fix, ""
+    holder = facts.body_holder(node)
+    if holder is not None and holder.op_type == "If" and facts.in_main_graph(holder) and holder.input and \
+            facts.constant(holder.input[0]) is not None:
+        return f"simplify, then {fix}", ""
+    body = facts.body_after_inlining(node)
+    if body is None:
+        return f"inline-functions, then {fix}", ""
+    return None, (f"; it runs inside the If/Loop/Scan body {body}, which no pass rewrites (in the main graph the "
+                  f"fix would be: {fix}): rewrite the body by hand, or export with the op outside control flow "
+                  "(simplify folds an If into its branch only where the condition is a constant)")
 
 
 def _aten_operator(node) -> str | None:
@@ -157,8 +178,8 @@ def custom_op_unsupported(facts: ModelFacts):
                                "does not run (profile `local_functions: false`)", node,
                                fix="inline-functions")
             continue
-        yield _finding(facts, "SG001", "error", f"not runnable on {facts.target.name}", node,
-                       fix=fix_for(node, facts.target))
+        fix, why_no_pass = fix_reaching(facts, node, fix_for(node, facts.target))
+        yield _finding(facts, "SG001", "error", f"not runnable on {facts.target.name}{why_no_pass}", node, fix=fix)
 
 
 @model_rule("SG017", "plugin-library-external", "warning",
@@ -190,14 +211,15 @@ def no_reference(facts: ModelFacts):
             continue  # SG003 judges standard ops; validation inlines local functions, whose nodes are judged
         if not is_special(node, opset):  # a contrib op (com.microsoft, ai.onnx.ml): validation runs it in ONNX Runtime
             if not ort_cpu_runs(node.domain, node.op_type):
+                fix, why_no_pass = fix_reaching(facts, node, fix_for(node, facts.target))
                 yield _finding(facts, "SG002", "warning", f"has no kernel in the CPU build of ONNX Runtime "
                                f"{_ort_version()}, which runs {node.domain} ops for validation: validation cannot "
-                               "run the graph", node, fix=fix_for(node, facts.target))
+                               f"run the graph{why_no_pass}", node, fix=fix)
             continue
         if find_reference(node.op_type, node.domain, _aten_operator(node)) is None:
+            fix, why_no_pass = fix_reaching(facts, node, fix_for(node, facts.target))
             yield _finding(facts, "SG002", "warning", "has no CPU reference (register one with "
-                           "@surgeon.reference.reference_op to validate this graph)", node,
-                           fix=fix_for(node, facts.target))
+                           f"@surgeon.reference.reference_op to validate this graph){why_no_pass}", node, fix=fix)
 
 
 def _ort_version() -> str:
@@ -232,7 +254,8 @@ def op_unsupported(facts: ModelFacts):
                 continue
         else:
             continue
-        yield _finding(facts, "SG003", "error", problem, node, fix=fix_for(node, facts.target))
+        fix, why_no_pass = fix_reaching(facts, node, fix_for(node, facts.target))
+        yield _finding(facts, "SG003", "error", problem + why_no_pass, node, fix=fix)
 
 
 def _above_max_opset(facts: ModelFacts) -> bool:
@@ -317,17 +340,13 @@ def _dtype_fix(facts: ModelFacts, node, dtype: str) -> tuple[str | None, str]:
         why_not = _why_any_all_leaves(facts, node, dtype)
         return ("any-all", "") if why_not is None else (None, f"; {why_not}")
     if node.op_type in ("Max", "Min") and (dtype == "bool" or dtype in INTEGER_DTYPES):
-        if not facts.in_main_graph(node):
-            return None, f"; {IN_A_BODY.format('maximum-minimum')}"
         refused = _maximum_minimum_leaves(facts, node.op_type, dtype)
         if not refused:
-            return "maximum-minimum", ""
+            return fix_reaching(facts, node, "maximum-minimum")
         return None, (f"; maximum-minimum's rewrite ({', '.join(refused)}) does not run on {facts.target.name} "
                       "either: cast its inputs to a supported type in the model")
-    return fix_for(node, facts.target), ""
+    return fix_reaching(facts, node, fix_for(node, facts.target))
 
-
-IN_A_BODY = "{} rewrites the main graph only, not If/Loop bodies or local functions"
 _REWRITES_REFUSED: dict[tuple, tuple[str, ...]] = {}
 
 
@@ -367,8 +386,8 @@ def _why_any_all_leaves(facts: ModelFacts, reduce_sum, dtype: str) -> str | None
     """None where the any-all pass rewrites this ReduceSum, else why it does not. It rewrites two forms
     (passes/any_all.py): torch's any/all, Greater(ReduceSum(Cast(x)), 0) with x bool (or made by Not), and a
     count of true values, ReduceSum(Cast(x: bool)) to an integer, over a reduced extent known below 2**24."""
-    if not facts.in_main_graph(reduce_sum):
-        return IN_A_BODY.format("any-all")
+    if not facts.in_main_graph(reduce_sum):  # the patterns below are read off the main graph
+        return "any-all rewrites the main graph only, not If/Loop bodies or local functions"
     cast = facts.producers.get(reduce_sum.input[0])
     source = cast.input[0] if cast is not None and cast.op_type == "Cast" and cast.input else None
     negation = facts.producers.get(source) if source else None
@@ -435,18 +454,20 @@ def clip_on_integers(facts: ModelFacts):
             continue
         dtype = facts.typed_input_dtype(node)
         clip_dtypes = facts.target.dtypes_for("Clip", facts.op_version(node))
+        fix, why_no_pass = fix_reaching(facts, node, "clip-int")
         if facts.opsets.get("", 1) < CLIP_INTEGER_OPSET:
-            problem = f"on {dtype}: Clip takes floats only before opset 12 (the model is at opset {facts.opsets[''] }"
-            yield _finding(facts, "SG005", "error", problem + ")", node, fix="clip-int")
+            severity, problem = "error", (f"on {dtype}: Clip takes floats only before opset 12 (the model is at "
+                                          f"opset {facts.opsets['']})")
         elif clip.get("until") and int(clip["until"]) < CLIP_INTEGER_OPSET:
-            yield _finding(facts, "SG005", "error", f"on {dtype}: {facts.target.name} has Clip up to version "
-                           f"{clip['until']}, which takes floats only", node, fix="clip-int")
+            severity, problem = "error", (f"on {dtype}: {facts.target.name} has Clip up to version {clip['until']}, "
+                                          "which takes floats only")
         elif clip_dtypes and dtype not in clip_dtypes:
-            yield _finding(facts, "SG005", "error", f"on {dtype} is not supported by {facts.target.name} "
-                           f"(Clip types: {', '.join(clip_dtypes)})", node, fix="clip-int")
+            severity, problem = "error", (f"on {dtype} is not supported by {facts.target.name} (Clip types: "
+                                          f"{', '.join(clip_dtypes)})")
         else:
-            yield _finding(facts, "SG005", "warning", f"on {dtype} runs on {facts.target.name}, but TensorRT "
-                           "and opset-11 runtimes reject integer Clip", node, fix="clip-int")
+            severity, problem = "warning", (f"on {dtype} runs on {facts.target.name}, but TensorRT and opset-11 "
+                                            "runtimes reject integer Clip")
+        yield _finding(facts, "SG005", severity, problem + why_no_pass, node, fix=fix)
     yield from _float_rounded_integer_ops(facts)
 
 
@@ -582,3 +603,144 @@ def large_initializers(facts: ModelFacts):
         if size > limit:
             yield Finding("SG013", "warning", f"{what} holds {size / 2**20:.1f} MiB, over "
                           f"the {facts.settings.max_initializer_mb:g} MiB limit", facts.file)
+
+
+# ---------------------------------------------------------------- graph structure the checker lets pass
+
+@model_rule("SG020", "duplicate-opset-import", "error",
+            "a domain imported twice (by the model or a local function) with different versions, so which applies "
+            "is each tool's choice; a warning where the versions agree")
+def duplicate_opset_imports(facts: ModelFacts):
+    scopes = [("the model", facts.model.opset_import)]
+    scopes += [(f"local function {f.domain}::{f.name}", f.opset_import) for f in facts.model.functions]
+    for scope, imports in scopes:
+        versions: dict[str, list[int]] = {}
+        for entry in imports:
+            versions.setdefault(entry.domain if entry.domain not in STANDARD_DOMAINS else "ai.onnx", []).append(
+                entry.version)
+        for domain, found in versions.items():
+            if len(found) < 2:
+                continue
+            severity = "error" if len(set(found)) > 1 else "warning"
+            yield Finding("SG020", severity, f"{scope} imports domain '{domain}' {len(found)} times (versions "
+                          f"{', '.join(map(str, found))}); keep one opset_import entry per domain", facts.file)
+
+
+@model_rule("SG021", "output-not-computed", "warning",
+            "graph output that is an initializer, or a graph input (an error on TensorRT, which refuses a tensor "
+            "that is both)")
+def outputs_not_computed(facts: ModelFacts):
+    graph = facts.model.graph
+    initializers = {t.name for t in graph.initializer}
+    inputs = {v.name for v in graph.input}
+    for name in dict.fromkeys(v.name for v in graph.output):
+        if name in initializers:  # also where IR < 4 lists it among the inputs: it is a constant
+            yield Finding("SG021", "warning", f"graph output '{name}' is an initializer, which no node computes "
+                          "(TensorRT's parser holds initializers as weights, not tensors): make the output an "
+                          "Identity of it", facts.file)
+        elif name in inputs:
+            severity = "error" if facts.target.is_tensorrt else "warning"
+            yield Finding("SG021", severity, f"graph output '{name}' is also a graph input: TensorRT refuses it "
+                          f"('Tensor {name} cannot be both input and output'); make the output an Identity of it",
+                          facts.file)
+
+
+@model_rule("SG022", "duplicate-graph-output", "warning",
+            "a tensor listed twice among the graph outputs (TensorRT addresses outputs by name)")
+def duplicate_graph_outputs(facts: ModelFacts):
+    for name, count in Counter(v.name for v in facts.model.graph.output).items():
+        if count > 1:
+            yield Finding("SG022", "warning", f"graph output '{name}' is listed {count} times: TensorRT addresses "
+                          "an engine's outputs by tensor name, so it cannot return two outputs of one name; list it "
+                          "once, or add an Identity per copy", facts.file)
+
+
+@model_rule("SG023", "undefined-element-type", "warning",
+            "value_info whose element type is 0 (UNDEFINED); an error for an input or output of an If/Loop/Scan "
+            "body, which ONNX Runtime refuses (the loader refuses one on the graph's own inputs and outputs: SG000)",
+            fix="pass infer-shapes")
+def undefined_element_types(facts: ModelFacts):
+    declared = [("value_info", v, None) for v in facts.model.graph.value_info]
+    for node in facts.all_nodes:
+        for attribute, body in subgraphs(node):
+            where = f"{facts.node_path(node)}/{attribute}"
+            declared += [(kind, v, where) for kind, values in (("input", body.input), ("output", body.output),
+                                                               ("value_info", body.value_info)) for v in values]
+    for function in facts.model.functions:
+        declared += [("value_info", v, f"local function {function.domain}::{function.name}")
+                     for v in function.value_info]
+    for kind, value, where in declared:
+        if not value.type.HasField("tensor_type") or value.type.tensor_type.elem_type != onnx.TensorProto.UNDEFINED:
+            continue
+        what = f"{kind} '{value.name}'{f' of {where}' if where else ''} has element type 0 (UNDEFINED)"
+        if kind == "value_info":  # says "unknown": ONNX Runtime runs the model, inference fills it in
+            yield Finding("SG023", "warning", f"{what}: it declares no type", facts.file, fix="infer-shapes")
+        else:
+            yield Finding("SG023", "error", f"{what}: ONNX Runtime refuses the model ('Invalid tensor data type 0')",
+                          facts.file, fix="infer-shapes")
+
+
+# ---------------------------------------------------------------- values
+
+INT32_RANGE = np.iinfo(np.int32)
+INT64_LIMITS = (np.iinfo(np.int64).min, np.iinfo(np.int64).max)
+SLICE_BOUND_INPUTS = (1, 2, 4)  # Slice-10's starts, ends and steps
+
+
+@model_rule("SG024", "int64-beyond-int32", "warning",
+            "int64 initializer or Constant value outside the int32 range on a target holding int64 in int32 "
+            "(profile `int64: int32`: TensorRT before 10, whose parser clamps such values); Slice starts/ends/steps "
+            "of exactly the int64 limits are left out: clamped, they still mean 'to the end'")
+def int64_beyond_int32(facts: ModelFacts):
+    target = facts.target
+    if target.int64 != "int32":
+        return
+    slice_bounds = _read_only_as_slice_bounds(facts)
+    for what, name, values, node in _int64_constants(facts):
+        outside = (values > INT32_RANGE.max) | (values < INT32_RANGE.min)
+        if name in slice_bounds:
+            outside &= ~np.isin(values, INT64_LIMITS)
+        if not outside.any():
+            continue
+        first = int(np.flatnonzero(outside)[0])
+        value = int(values[first])
+        clamped = INT32_RANGE.max if value > 0 else INT32_RANGE.min
+        yield _finding(facts, "SG024", "warning", f"{what}holds {int(outside.sum())} int64 value(s) outside the int32 "
+                       f"range ({value} at flat index {first}); {target.name} holds int64 in int32 and clamps it to "
+                       f"{clamped} (TensorRT 8's parser: 'One or more weights outside the range of INT32 was "
+                       "clamped'), so results differ where the value matters: keep int64 constants within the int32 "
+                       "range", node)
+
+
+def _int64_constants(facts: ModelFacts):
+    """(what, the name nodes read it by, values flattened, the Constant node or None) for each int64
+    initializer (of bodies too) and Constant value stored in the file; external data is not read."""
+    def stored(tensor):
+        return tensor.data_type == onnx.TensorProto.INT64 and tensor.data_location != onnx.TensorProto.EXTERNAL
+
+    for graph in facts.graphs:
+        for tensor in graph.initializer:
+            if stored(tensor):
+                yield f"initializer '{tensor.name}' ", tensor.name, onnx.numpy_helper.to_array(tensor).ravel(), None
+    for node in facts.all_nodes:
+        if node.op_type != "Constant" or node.domain not in STANDARD_DOMAINS or not node.output:
+            continue
+        for attr in node.attribute:
+            if attr.name == "value" and attr.type == onnx.AttributeProto.TENSOR and stored(attr.t):
+                values = onnx.numpy_helper.to_array(attr.t).ravel()
+            elif attr.name in ("value_int", "value_ints"):
+                values = np.array([attr.i] if attr.name == "value_int" else list(attr.ints), np.int64)
+            else:
+                continue
+            yield "", node.output[0], values, node
+
+
+def _read_only_as_slice_bounds(facts: ModelFacts) -> set[str]:
+    """Names every node reading them (in any graph) reads as a Slice's starts, ends or steps."""
+    bound, other = set(), set()
+    for node in facts.all_nodes:
+        is_slice = node.op_type == "Slice" and node.domain in STANDARD_DOMAINS
+        for index, name in enumerate(node.input):
+            (bound if is_slice and index in SLICE_BOUND_INPUTS else other).add(name)
+    other.update(value.name for value in facts.model.graph.output)
+    return bound - other
