@@ -28,7 +28,7 @@ import onnx_graphsurgeon as gs
 
 from surgeon.errors import PassError
 from surgeon.pass_api import Param, ParamError, Pass, PassResult, register_pass
-from surgeon.plugins.specs import make_plugin_node
+from surgeon.plugins.specs import make_plugin_node, plugin_specs
 from surgeon.rewrite import Rewrite, dtype_of
 from surgeon.sampling import (INTERPOLATION_CODES, PADDING_CODES, Sampling, blend_rows, clip_pixel, emit_onnx,
                               flat_index, grid_axis, padded_channels_last, read_sampling, rewrite_sites, unsqueeze,
@@ -40,6 +40,10 @@ GRID_SAMPLE_SINCE = 16
 MATMUL_MIN_CHANNELS = 128
 #: The plugin spec whose contract (inputs, attributes, output) every plugin node of this pass has.
 PLUGIN_SPEC = "GridSample2D"
+#: The attributes of that contract, which the pass gives every plugin node (besides plugin_version/_namespace).
+PLUGIN_ATTRIBUTES = ("interpolation_mode", "padding_mode", "align_corners")
+#: The hint where `plugin_op` names another contract than the plugin node's.
+OWN_PLUGIN_OP = f"name your plugin's own op type (the default, {PLUGIN_SPEC}, is surgeon's plugin)"
 #: Why a plugin node must not carry an op type the pass reads as input, by the spelling it reads.
 INPUT_SPELLING_CONTRACTS = {
     "trt": "BEVFormer_tensorrt's sampler: grid channels-first and scaled by 10, where the plugin node's is [N,Hg,Wg,2]",
@@ -73,7 +77,8 @@ class GridSamplePass(Pass):
     @classmethod
     def check_params(cls, values):
         """The declared checks, then `plugin_op`: not an op type the pass reads as input (in the default domain,
-        where the BEV exporters put their samplers, or in `plugin_namespace`), so recipes fail at load time."""
+        where the BEV exporters put their samplers, or in `plugin_namespace`), nor a plugin spec of another
+        contract (the node is checked against the spec of its op type), so recipes fail at load time."""
         checked = super().check_params(values)
         op_type = checked["plugin_op"]
         for domain in dict.fromkeys(("", checked["plugin_namespace"])):
@@ -84,8 +89,14 @@ class GridSamplePass(Pass):
             label = f"'{domain}::{op_type}'" if domain else f"'{op_type}'"
             contract = INPUT_SPELLING_CONTRACTS.get(site.spelling, site.spelling)
             raise ParamError("plugin_op", f"parameter 'plugin_op' of pass '{cls.name}': {label} is an input "
-                             f"spelling of grid-sample ({contract})",
-                             hint=f"name your plugin's own op type (the default, {PLUGIN_SPEC}, is surgeon's plugin)")
+                             f"spelling of grid-sample ({contract})", hint=OWN_PLUGIN_OP)
+        spec = plugin_specs().get(op_type)
+        if spec is not None and (len(spec.inputs) != 2 or {a.name for a in spec.attrs} != set(PLUGIN_ATTRIBUTES)):
+            # The node would be checked against that spec and run through its reference: another contract.
+            raise ParamError("plugin_op", f"parameter 'plugin_op' of pass '{cls.name}': '{op_type}' is the plugin "
+                             f"spec {spec.name} (inputs {', '.join(spec.inputs)}; attributes "
+                             f"{', '.join(a.name for a in spec.attrs) or 'none'}), not grid-sample's contract",
+                             hint=OWN_PLUGIN_OP)
         return checked
 
     @classmethod
@@ -119,13 +130,17 @@ class GridSamplePass(Pass):
         return result
 
     def _emit_plugin(self, rw: Rewrite, site: Sampling, grid: gs.Tensor) -> None:
-        node = make_plugin_node(rw, PLUGIN_SPEC, [site.x, grid], {
-            "interpolation_mode": INTERPOLATION_CODES.index(site.interpolation),
-            "padding_mode": PADDING_CODES.index(site.padding), "align_corners": int(site.align_corners),
-        }, domain=self.plugin_namespace)
-        # The spec checked the attributes and gave the output its shape; the op type, version and namespace
-        # are the parameters' (the user's own plugin may implement the spec's contract under another name).
-        node.op = self.plugin_op
+        attrs = dict(zip(PLUGIN_ATTRIBUTES, (INTERPOLATION_CODES.index(site.interpolation),
+                                             PADDING_CODES.index(site.padding), int(site.align_corners))))
+        if self.plugin_op in plugin_specs():  # surgeon's plugin: the spec checks the attributes, sizes the output
+            node = make_plugin_node(rw, self.plugin_op, [site.x, grid], attrs, domain=self.plugin_namespace)
+        else:  # the user's own plugin, which no spec describes: the output is grid-sample's [N, C, Hg, Wg]
+            node = rw.finish(self.plugin_op, [site.x, grid], attrs, domain=self.plugin_namespace)
+            output = node.outputs[0]
+            if output.shape is None and site.x.shape is not None and grid.shape is not None:
+                output.shape = [*site.x.shape[:2], *grid.shape[1:3]]
+            if output.dtype is None:
+                output.dtype = site.x.dtype
         node.attrs.update(plugin_version=self.plugin_version, plugin_namespace=self.plugin_namespace)
 
 

@@ -494,15 +494,17 @@ def test_plugin_from_trt_spelling_standardises_the_grid():
 
 
 @pytest.mark.parametrize("op_type", ("GridSampler2DTRT", "GridSampler2DTRT2"))
-def test_plugin_from_trt_spelling_gives_an_intermediate_output_its_shape(op_type):
+@pytest.mark.parametrize("plugin_op", ("GridSample2D", "MyGridSample"))
+def test_plugin_from_trt_spelling_gives_an_intermediate_output_its_shape(op_type, plugin_op):
     """The sampler's output is read by another node and declared nowhere: the plugin output still gets
-    [N, C, Hg, Wg] (from the standardised grid), and so does what follows it."""
+    [N, C, Hg, Wg] (from the standardised grid), and so does what follows it; from the spec's rule, or for
+    a plugin no spec describes, from grid-sample's."""
     n, c, h, w, hg, wg = SHAPES[1]
     nodes = [helper.make_node(op_type, ["x", "grid10"], ["y"], name="trt"),
              helper.make_node("Relu", ["y"], ["z"], name="relu")]
     model = make_model(nodes, [("x", np.float32, [n, c, h, w]), ("grid10", np.float32, [n, 2, hg, wg])],
                        [("z", np.float32, None)], opset=11)
-    out, _ = apply_pass(model, "grid-sample", mode="plugin")
+    out, _ = apply_pass(model, "grid-sample", mode="plugin", plugin_op=plugin_op)
     shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
               for v in [*out.graph.value_info, *out.graph.output] if v.type.tensor_type.HasField("shape")}
     assert shapes["y"] == shapes["z"] == [n, c, hg, wg]
@@ -537,16 +539,42 @@ def test_plugin_op_of_the_plugin_contract_is_accepted(plugin_op, namespace):
                       plugin_namespace=namespace)[1].rewritten == []
 
 
-@pytest.mark.parametrize("plugin_op", ("GridSample2D", "MyGridSample"))
-def test_plugin_node_is_checked_against_the_spec(monkeypatch, plugin_op):
-    """The node is built by make_plugin_node, so the GridSample2D spec's attribute check applies, to a user's
-    own op type too: a spec whose padding_mode takes zeros and border only refuses a reflection site."""
+def narrow_padding_modes(monkeypatch, op_type: str) -> None:
+    """Register `op_type` as GridSample2D's spec with padding_mode zeros and border only."""
     spec = specs.get_spec("GridSample2D")
     narrowed = tuple(dataclasses.replace(a, choices=(0, 1)) if a.name == "padding_mode" else a for a in spec.attrs)
-    monkeypatch.setitem(specs._SPECS, "GridSample2D", dataclasses.replace(spec, attrs=narrowed))
-    with pytest.raises(SurgeonError, match=r"plugin GridSample2D: attribute 'padding_mode' must be one of \(0, 1\), "
+    monkeypatch.setitem(specs._SPECS, op_type, dataclasses.replace(spec, name=op_type, attrs=narrowed))
+
+
+@pytest.mark.parametrize("plugin_op", ("GridSample2D", "AcmeGridSample"))
+def test_plugin_node_is_checked_against_the_spec_of_its_op_type(monkeypatch, plugin_op):
+    """Where a spec has the op type, make_plugin_node builds the node, so that spec's attribute check applies:
+    one whose padding_mode takes zeros and border only refuses a reflection site."""
+    narrow_padding_modes(monkeypatch, plugin_op)
+    with pytest.raises(SurgeonError, match=rf"plugin {plugin_op}: attribute 'padding_mode' must be one of \(0, 1\), "
                                            r"got 2"):
         apply_pass(aten_export(11, padding="reflection"), "grid-sample", mode="plugin", plugin_op=plugin_op)
+
+
+def test_a_plugin_op_no_spec_describes_is_named_after_itself_and_not_checked_against_gridsample2d(monkeypatch):
+    """The user's own plugin: GridSample2D's spec (narrowed here) does not judge it, and the node's name says
+    its op type; the output is still grid-sample's [N, C, Hg, Wg]."""
+    narrow_padding_modes(monkeypatch, "GridSample2D")
+    exported = aten_export(11, padding="reflection")
+    out, step = apply_pass(exported, "grid-sample", mode="plugin", plugin_op="MyGridSample")
+    (node,) = out.graph.node
+    assert (node.op_type, node.name) == ("MyGridSample", f"{step.rewritten[0]}/MyGridSample")
+    assert {a.name: helper.get_attribute_value(a) for a in node.attribute}["padding_mode"] == 2
+
+
+def test_plugin_op_of_another_spec_is_refused_at_its_recipe_line(tmp_path):
+    """Rotate's spec would check the node (and validation run it) as a rotation."""
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("name: r\nsteps:\n  - pass: grid-sample\n    with: {mode: plugin, plugin_op: Rotate}\n")
+    with pytest.raises(SurgeonError, match=r"recipe.yaml:4:.*'plugin_op' of pass 'grid-sample': 'Rotate' is the "
+                                           r"plugin spec Rotate \(inputs input, angle, center; attributes "
+                                           r"interpolation_mode\), not grid-sample's contract"):
+        load_recipe(recipe)
 
 
 @pytest.mark.parametrize("mode", ("decompose", "onnx", "plugin"))
