@@ -19,10 +19,10 @@ class Rename(Pass):
     """Rename inputs, outputs, tensors and nodes."""
 
     params = {
-        "inputs": Param(dict, None, help="{old: new} for graph inputs"),
-        "outputs": Param(dict, None, help="{old: new} for graph outputs"),
-        "tensors": Param(dict, None, help="{old: new} for any tensor"),
-        "nodes": Param(dict, None, help="{old: new} for node names"),
+        "inputs": Param(dict, None, items=str, help="{old: new} for graph inputs"),
+        "outputs": Param(dict, None, items=str, help="{old: new} for graph outputs"),
+        "tensors": Param(dict, None, items=str, help="{old: new} for any tensor"),
+        "nodes": Param(dict, None, items=str, help="{old: new} for node names"),
     }
     keeps = ("toposort", "cleanup", "shapes")
 
@@ -71,7 +71,7 @@ def _check_new_names(taken: set[str], renames: list[tuple[str, object]]) -> None
     new_by_old: dict[str, str] = {}
     old_by_new: dict[str, str] = {}
     for old, new in renames:
-        if not isinstance(new, str) or not new:
+        if not new:
             raise PassError(f"rename: the new name for '{old}' must be a non-empty string")
         if new_by_old.setdefault(old, new) != new:
             raise PassError(f"rename: the mapping gives '{old}' two new names, '{new_by_old[old]}' and '{new}'")

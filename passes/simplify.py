@@ -9,7 +9,6 @@ It costs seconds on large graphs (see docs/performance.md); prefer `fold-constan
 from __future__ import annotations
 
 from surgeon.errors import PassError, first_line
-from surgeon.modelio import stdout_to_stderr
 from surgeon.pass_api import Param, Pass, PassResult, register_pass
 from surgeon.rewrite import via_onnx
 
@@ -46,9 +45,8 @@ class Simplify(Pass):
                 if foreign else None)
 
         def simplify(model):
-            # onnxsim prints "Checking 0/2..." on stdout, where `run --json` writes its report
             try:
-                with stdout_to_stderr():
+                with ctx.tool_output():  # onnxsim prints "Checking 0/2..."
                     simplified, ok = onnxsim.simplify(
                         model, check_n=self.check_n, skip_fuse_bn=self.skip_fuse_bn,
                         skip_constant_folding=self.skip_constant_folding,

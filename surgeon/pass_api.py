@@ -28,6 +28,8 @@ beside it in tests/test_pass_clip_int.py.
 """
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +44,18 @@ BUILTIN_PACKAGE = "surgeon.passes"
 NEEDS = ("toposort", "cleanup", "shapes")
 
 _TYPE_NAMES = {str: "string", int: "integer", float: "number", bool: "boolean", list: "list", dict: "mapping"}
+#: Why a boolean came where text belongs: YAML 1.1, which reads recipes and `--set` values, reads these unquoted.
+BOOLEAN_FOR_TEXT = "unquoted yes/no, on/off and true/false are booleans in YAML: quote the word for text"
+
+
+class Mismatch(ValueError):
+    """A value that does not fit its declaration; `hint` says how to write it where that is known."""
+
+    def __init__(self, message: str, value: Any = None, text_expected: bool = False):
+        super().__init__(message)
+        # Detected here, once, for every path that coerces (a step, `set:`, `--set`, a section, list items,
+        # mapping entries)
+        self.hint = BOOLEAN_FOR_TEXT if isinstance(value, bool) and text_expected else None
 
 
 @dataclass(frozen=True)
@@ -52,7 +66,8 @@ class Param:
     default: Any = REQUIRED
     help: str = ""
     choices: tuple | None = None
-    items: type | None = None  # element type of a list parameter
+    #: The type of a list's elements, or of a mapping's values (its keys are then text: names, in every use).
+    items: type | None = None
     nullable: bool = False  # None is an accepted value
     #: Bounds of a number (inclusive), checked here and published in the JSON schema.
     minimum: int | float | None = None
@@ -66,17 +81,21 @@ class Param:
         if isinstance(self.type, tuple):
             return " or ".join(_TYPE_NAMES.get(t, t.__name__) for t in self.type)
         name = _TYPE_NAMES.get(self.type, self.type.__name__)
-        if self.type is list and self.items is not None:
-            name += f" of {_TYPE_NAMES.get(self.items, self.items.__name__)}"
+        if self.type in (list, dict) and self.items is not None:
+            name += f" {'of' if self.type is list else 'to'} {_TYPE_NAMES.get(self.items, self.items.__name__)}"
         return name
 
     def coerce(self, value: Any) -> Any:
-        """Return `value` checked against the declaration, or raise ValueError saying why."""
+        """Return `value` checked against the declaration, or raise ValueError saying why (a `Mismatch`, whose
+        `hint` may say how to write it, where its type or choice does not fit)."""
         if value is None and (self.nullable or self.default is None):
             return None
         value = _coerce_one(self.type, value, self.type_name())
         if self.type is list and self.items is not None:
             value = [_coerce_one(self.items, v, _TYPE_NAMES.get(self.items, "value")) for v in value]
+        if self.type is dict and self.items is not None:
+            value = {_coerce_entry(str, key, "a key"): _coerce_entry(self.items, v, f"the value of {key!r}")
+                     for key, v in value.items()}
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             self._check_bounds(value)
         if self.choices is not None:
@@ -84,8 +103,9 @@ class Param:
             for choice in value.values() if isinstance(value, dict) else (value,):
                 if choice not in self.choices:
                     hint = suggest(choice, self.choices)
-                    raise ValueError(f"{choice!r} is not one of {', '.join(map(repr, self.choices))}"
-                                     + (f"; {hint}" if hint else ""))
+                    raise Mismatch(f"{choice!r} is not one of {', '.join(map(repr, self.choices))}"
+                                   + (f"; {hint}" if hint else ""), choice,
+                                   all(isinstance(c, str) for c in self.choices))
         return value
 
     def _check_bounds(self, value) -> None:
@@ -121,17 +141,28 @@ def _coerce_one(kind, value: Any, type_name: str) -> Any:
                 return _coerce_one(option, value, type_name)
             except ValueError:
                 pass
-        raise ValueError(f"{expected}, got {_described(value)}")
+        raise Mismatch(f"{expected}, got {_described(value)}", value, str in kind)
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:
+            raise Mismatch(f"{expected}, got an integer too large for a float") from None
     # JSON Schema counts 1024.0 as an integer, and YAML reads 1e3 as a float: both are whole numbers.
     if kind is int and isinstance(value, float) and value.is_integer():
         return int(value)
     if kind is list and isinstance(value, tuple):
         return list(value)
     if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
-        raise ValueError(f"{expected}, got {_described(value)}")
+        raise Mismatch(f"{expected}, got {_described(value)}", value, kind is str)
     return value
+
+
+def _coerce_entry(kind, value: Any, where: str) -> Any:
+    """`_coerce_one` for a key or value of a mapping, the message saying which (`where`)."""
+    try:
+        return _coerce_one(kind, value, _TYPE_NAMES.get(kind, "value"))
+    except Mismatch as exc:
+        raise Mismatch(f"{where}: {exc}", value, kind is str) from None
 
 
 @dataclass
@@ -197,7 +228,8 @@ class Pass:
                 try:
                     checked[key] = param.coerce(values[key])
                 except ValueError as exc:
-                    raise ParamError(key, f"parameter '{key}' of pass '{cls.name}': {exc}") from None
+                    raise ParamError(key, f"parameter '{key}' of pass '{cls.name}': {exc}",
+                                     getattr(exc, "hint", None)) from None
             elif param.required:
                 raise ParamError(key, f"pass '{cls.name}' needs parameter '{key}' ({param.help or param.type_name()})")
             else:
@@ -235,12 +267,18 @@ _DEFINED_IN: dict[str, tuple[str, str | None]] = {}  # name -> (module, file) of
 
 
 def register_pass(name: str):
-    """Class decorator: make a pass available under the kebab-case `name`."""
+    """Class decorator: make a pass available under the kebab-case `name`. A class that is no `Pass`, and a
+    declared default its own Param refuses, are errors naming the pass and its file, when it registers."""
 
     def decorate(cls: type[Pass]) -> type[Pass]:
         if not name or name != name.lower() or " " in name or "_" in name:
             raise ValueError(f"pass name {name!r} must be kebab-case")
         defined_in = _defined_in(cls)
+        if not (isinstance(cls, type) and issubclass(cls, Pass)):
+            raise SurgeonError(f"pass '{name}': {getattr(cls, '__qualname__', cls)} must be a class that "
+                               "subclasses surgeon.pass_api.Pass", file=_where(defined_in),
+                               hint="class MyPass(Pass): ... gives it `params`, `needs` and the rest")
+        _check_defaults(name, cls, defined_in)
         # The same module of the same file may register again (a reload); anything else is a second pass
         # of that name, which never replaces the first: a plugin cannot take over a built-in pass.
         if name in _REGISTRY and _DEFINED_IN[name] != defined_in:
@@ -258,6 +296,20 @@ def register_pass(name: str):
         return cls
 
     return decorate
+
+
+def _check_defaults(name: str, cls: type[Pass], defined_in: tuple[str, str | None]) -> None:
+    """Refuse a declared default its own Param refuses: else every recipe that leaves the parameter out fails
+    when it runs, blaming the recipe, and `surgeon explain` shows the default as if it were allowed."""
+    for key, param in cls.params.items():
+        if param.required:
+            continue
+        try:
+            param.coerce(param.default)
+        except ValueError as exc:
+            raise SurgeonError(f"pass '{name}': the default of parameter '{key}' breaks its own declaration: {exc}",
+                               file=_where(defined_in),
+                               hint="change the default, or the type, bounds or choices it must fit") from None
 
 
 def _defined_in(cls: type) -> tuple[str, str | None]:
@@ -280,7 +332,8 @@ class Context:
     """What a pass may know besides the graph: the target, the opset, where the model lives.
 
     `ctx.new_name(base)` gives deterministic names that do not clash with the graph's; `ctx.tag(node)`
-    records that the running pass created `node` (written to the node's `metadata_props` on export).
+    records that the running pass created `node` (written to the node's `metadata_props` on export, with
+    what else the pass tells: `ctx.tag(node, replaces="mul", function="pkg::Block")`).
     """
 
     target: Any  # surgeon.targets.Target
@@ -300,6 +353,8 @@ class Context:
     #: What holds of the graph as the pass starts (the vocabulary of `needs`), so a pass can skip
     #: work already done: `toposort` on a sorted graph, `cleanup` after a pass that pruned.
     held: frozenset = frozenset()
+    #: The user asked for errors only (`surgeon run -q`): what the tools a pass calls print is dropped.
+    quiet: bool = False
     _unused_initializers: list[str] | None = None
     _taken: set[str] | None = None
     #: Where the last Rewrite spliced its nodes in (see surgeon.rewrite), reset for every pass.
@@ -314,6 +369,15 @@ class Context:
 
             self._unused_initializers = unused_initializers(self.input_model) if self.input_model is not None else []
         return self._unused_initializers
+
+    @contextlib.contextmanager
+    def tool_output(self):
+        """Where a tool that prints (onnxsim's "Checking 0/2...") prints while the block runs, from Python
+        and from native code: stderr, as stdout may hold a JSON report (`run --json`); nowhere when `quiet`."""
+        from surgeon.modelio import stdout_to_stderr
+
+        with _stderr_discarded() if self.quiet else contextlib.nullcontext(), stdout_to_stderr():
+            yield
 
     def begin(self, graph, pass_name: str) -> None:
         """Called by the pipeline before each pass."""
@@ -341,12 +405,14 @@ class Context:
         taken.add(name)
         return name
 
-    def tag(self, node, replaces: str | None = None) -> None:
-        """Record that the running pass made `node` (and which node it replaces)."""
-        props = {"surgeon.pass": self.pass_name}
+    def tag(self, node, replaces: str | None = None, **props: str) -> None:
+        """Record that the running pass made `node` (and which node it replaces); each further keyword is
+        a text property of its own, written as `surgeon.<keyword>` (inline-functions' `function=`)."""
+        tags = {"surgeon.pass": self.pass_name}
         if replaces:
-            props["surgeon.replaces"] = replaces
-        self.tagged[id(node)] = (node, props)
+            tags["surgeon.replaces"] = replaces
+        tags.update((f"surgeon.{key}", value) for key, value in props.items())
+        self.tagged[id(node)] = (node, tags)
 
     def settle_tags(self, *graphs) -> None:
         """File the running pass's tags in `provenance` under the paths their nodes have in `graphs` (the
@@ -359,6 +425,25 @@ class Context:
                 if tag is not None:
                     self.provenance[path] = tag[1]
         self.tagged.clear()
+
+
+@contextlib.contextmanager
+def _stderr_discarded():
+    """Drop what is printed on stderr while the block runs, by Python (`sys.stderr`) and by native code (fd 2)."""
+    with contextlib.suppress(AttributeError, OSError, ValueError):
+        sys.stderr.flush()  # what was printed before the block still shows
+    with open(os.devnull, "w") as devnull, contextlib.redirect_stderr(devnull):
+        try:
+            saved = os.dup(2)
+        except OSError:  # no usable fd 2
+            yield
+            return
+        try:
+            os.dup2(devnull.fileno(), 2)
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
 
 
 def node_paths(graph, scope: str = ""):

@@ -114,7 +114,7 @@ AfterStep = Callable[[StepRecord, gs.Graph], None]
 
 def run_recipe(recipe, model=None, output=None, *, overrides=(), dry_run: bool = False, validate: bool = True,
                build: bool = True, progress: Progress | None = None, after_step: AfterStep | None = None,
-               inputs=()) -> RunResult:
+               inputs=(), quiet: bool = False) -> RunResult:
     """Run `recipe` (a Recipe, a path or a dict) on `model` (default: the recipe's) and write `output`.
 
     Raises SurgeonError (exit 2) for bad input or a failing step, CheckFailed (exit 1) when the result
@@ -155,7 +155,7 @@ def run_recipe(recipe, model=None, output=None, *, overrides=(), dry_run: bool =
     progress.run_started(recipe, model_path, len(recipe.steps))
     with collector_paused():
         graph, records = run_steps(original, recipe, model_dir=model_path.parent, progress=progress,
-                                   after_step=after_step)
+                                   after_step=after_step, quiet=quiet)
         result_model = finish_graph(graph, original, recipe, records)
         dismantle_graph(graph)
         del graph
@@ -271,12 +271,13 @@ def run_files(recipe: Recipe, output, model_paths, validate: bool = True, build:
 
 
 def run_steps(model: onnx.ModelProto, recipe: Recipe, model_dir=None, progress: Progress | None = None,
-              after_step: AfterStep | None = None) -> tuple[gs.Graph, list[StepRecord]]:
-    """Import `model`, run the recipe's steps over it; return the (untidied) graph and the records."""
+              after_step: AfterStep | None = None, quiet: bool = False) -> tuple[gs.Graph, list[StepRecord]]:
+    """Import `model`, run the recipe's steps over it; return the (untidied) graph and the records. `quiet`
+    (`run -q`): the tools the passes call print nothing (`Context.tool_output`)."""
     progress = progress or Progress()
     graph, notes = import_graph_noting(model)
     _decode_free_text(graph, walk_nodes=notes is None)  # notes come only for graphs without bodies or functions
-    ctx = Context(target=load_target(recipe.target), opset=graph.opset or 17, model_dir=model_dir)
+    ctx = Context(target=load_target(recipe.target), opset=graph.opset or 17, model_dir=model_dir, quiet=quiet)
     ctx.input_model = model
     state = _GraphState()
     sorted_on_import = notes.in_order if notes is not None else is_sorted(graph.nodes)

@@ -580,8 +580,7 @@ def _parse_steps(mapping, key: str, file) -> list[Step]:
             checked = passes[name].check_params(dict(params))
         except ParamError as exc:
             at = _key_mark(params, exc.param) if exc.param in params else _key_mark(item, "with")
-            hint = _boolean_hint(passes[name].params.get(exc.param), params.get(exc.param), exc.hint)
-            raise _error(f"{exc.message}{where}", at, hint, file=file) from None
+            raise _error(f"{exc.message}{where}", at, exc.hint, file=file) from None
         label = item.get("name")
         if label is not None and (not isinstance(label, str) or label.isdigit()):
             # `--set 3.mode=...` means step number 3: a label of digits could never be addressed
@@ -622,7 +621,7 @@ def _parse_section(section: str, body, mapping, file, fields: dict[str, Param]) 
         try:
             checked[key] = _coerce_field(section, key, body[key])
         except ValueError as exc:
-            raise _error(f"{section}.{key}: {exc}", _value_mark(body, key), _boolean_hint(param, body[key]),
+            raise _error(f"{section}.{key}: {exc}", _value_mark(body, key), getattr(exc, "hint", None),
                          file=file) from None
     base = file.parent if file else Path.cwd()
     for key in _INPUT_PATHS.get(section, ()):
@@ -637,14 +636,6 @@ def _parse_section(section: str, body, mapping, file, fields: dict[str, Param]) 
             blamed = "strongly_typed" if "strongly_typed" in body else "precision"
             raise _error(exc.message, _value_mark(body, blamed), file=file) from None
     return checked
-
-
-def _boolean_hint(param: Param | None, value, hint: str | None = None) -> str | None:
-    """`hint`, or, where a boolean came for text, why: YAML 1.1 reads an unquoted yes/no/on/off as one."""
-    types = () if param is None else param.type if isinstance(param.type, tuple) else (param.type,)
-    if isinstance(value, bool) and str in types and bool not in types:
-        return "unquoted yes/no, on/off and true/false are booleans in YAML: quote the word for text"
-    return hint
 
 
 def _relative_to(base: Path, section: str, key: str, value):
@@ -703,7 +694,7 @@ def apply_override(recipe: Recipe, override, steps: list[Step] | None = None, ba
         try:
             section[param] = _coerce_field(step_ref, param, value)
         except ValueError as exc:
-            raise RecipeError(f"{step_ref}.{param}: {exc}", hint=_boolean_hint(fields[param], value)) from None
+            raise RecipeError(f"{step_ref}.{param}: {exc}", hint=getattr(exc, "hint", None)) from None
         if base is not None:
             section[param] = _relative_to(base, step_ref, param, section[param])
         setattr(recipe, step_ref, section)
@@ -713,8 +704,7 @@ def apply_override(recipe: Recipe, override, steps: list[Step] | None = None, ba
     try:
         step.params = cls.check_params({**step.params, param: value})
     except ParamError as exc:
-        raise RecipeError(f"{source} {key}: {exc.message}",
-                          hint=_boolean_hint(cls.params.get(param), value, exc.hint)) from None
+        raise RecipeError(f"{source} {key}: {exc.message}", hint=exc.hint) from None
     return step
 
 
@@ -758,6 +748,10 @@ def json_schema(builtin_only: bool = False) -> dict[str, Any]:
                                {"type": "object", "additionalProperties": {"enum": list(p.choices)}}]
         elif p.choices:
             schema["enum"] = list(p.choices)
+        if p.items is not None and p.type is list:
+            schema["items"] = {"type": names[p.items]}
+        elif p.items is not None and p.type is dict and not p.choices:
+            schema["additionalProperties"] = {"type": names[p.items]}
         if p.default is not None and not p.required:
             schema["default"] = p.default
         if p.minimum is not None:

@@ -29,6 +29,31 @@ def test_rename_errors():
         apply_pass(model(), "rename", outputs={"47": "12"})
 
 
+@pytest.mark.parametrize("entry, why", [
+    ("'12': yes", "the value of '12': expected a string, got a boolean True"),
+    ("'12': 47", "the value of '12': expected a string, got an integer 47"),
+    ("on: relu_out", "a key: expected a string, got a boolean True"),
+    ("'12': ''", None)])  # the right type: the pass itself refuses an empty name
+def test_a_new_name_that_is_not_text_is_refused_when_the_recipe_loads_at_its_line(tmp_path, entry, why):
+    """Before, a boolean (`yes`, which YAML 1.1 reads unquoted as true) got as far as the run."""
+    from surgeon.errors import RecipeError
+    from surgeon.recipe import load_recipe
+
+    path = tmp_path / "r.yaml"
+    path.write_text(f"name: r\nsteps:\n  - pass: toposort\n  - pass: rename\n    with:\n      tensors:\n"
+                    f"        {entry}\n")
+    if why is None:
+        with pytest.raises(SurgeonError, match="the new name for '12' must be a non-empty string"):
+            apply_pass(model(), "rename", tensors=load_recipe(path).steps[1].params["tensors"])
+        return
+    with pytest.raises(RecipeError) as raised:
+        load_recipe(path)
+    error = raised.value
+    assert (error.file, error.line) == (str(path), 6)
+    assert error.message.startswith(f"parameter 'tensors' of pass 'rename': {why}")
+    assert (error.hint is not None) == ("boolean" in why)
+
+
 @pytest.mark.parametrize("params, first, second, new", [
     ({"tensors": {"12": "x", "47": "x"}}, "12", "47", "x"),
     ({"outputs": {"47": "x"}, "tensors": {"12": "x"}}, "47", "12", "x"),

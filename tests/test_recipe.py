@@ -456,6 +456,35 @@ def test_an_unquoted_yes_no_on_off_where_text_belongs_says_to_quote_it(tmp_path,
     assert load_recipe(write(tmp_path, "checker: no\n", "bool.yaml")).checker is False  # booleans stay booleans
 
 
+@pytest.mark.parametrize("recipe, overrides, message", [
+    ("steps:\n  - pass: simplify\n    with: {skip_optimizers: [yes]}\n", (),
+     "parameter 'skip_optimizers' of pass 'simplify': expected a string, got a boolean True (steps item 1)"),
+    ("steps: [{pass: simplify}]\n", ("simplify.skip_optimizers=[off]",), "--set simplify.skip_optimizers: "
+     "parameter 'skip_optimizers' of pass 'simplify': expected a string, got a boolean False"),
+    ("build:\n  plugins: [builtin, no]\n", (), "build.plugins: expected a string, got a boolean False"),
+    ("validate:\n  error_stat: {boxes: on}\n", (),
+     "validate.error_stat: True is not one of 'elemwise', 'max', 'mean', 'median', 'quantile'"),
+    ("build:\n  workspace: yes\n", (), "build.workspace: expected an integer or string, got a boolean True"),
+])
+def test_a_boolean_for_text_inside_a_list_or_mapping_or_among_types_says_to_quote_it(tmp_path, recipe, overrides,
+                                                                                       message):
+    err = error_of(write(tmp_path, recipe), overrides=overrides)
+    assert err.message == message
+    assert "quote the word for text" in err.hint
+
+
+def test_a_boolean_where_no_text_belongs_gets_no_quoting_hint(tmp_path):
+    err = error_of(write(tmp_path, "steps:\n  - pass: simplify\n    with: {check_n: yes}\n"))
+    assert err.message == ("parameter 'check_n' of pass 'simplify': expected an integer, got a boolean True "
+                           "(steps item 1)")
+    assert err.hint is None
+
+
+def test_an_integer_too_large_for_a_float_is_refused_at_its_line(tmp_path):
+    err = error_of(write(tmp_path, f"validate:\n  quantile: {10**400}\n"))
+    assert (err.line, err.message) == (2, "validate.quantile: expected a number, got an integer too large for a float")
+
+
 def test_whole_floats_are_integers(tmp_path):
     recipe = load_recipe(write(tmp_path, "steps:\n  - pass: fold-constants\n    with: {size_threshold: 1e3}\n",
                                "float.yaml"))

@@ -55,7 +55,8 @@ def run(args) -> int:
     progress = None if (args.quiet or args.json) else TerminalProgress(dry_run=args.dry_run)
     result = run_recipe(recipe, output=output, dry_run=args.dry_run, validate=not args.no_validate,
                         build=not args.no_build, progress=progress,
-                        inputs=[(path, "the plugin file") for path in [*args.plugin, *args.project_plugins]])
+                        inputs=[(path, "the plugin file") for path in [*args.plugin, *args.project_plugins]],
+                        quiet=args.quiet)
     if args.json:
         print_json(result.report())
     elif not args.quiet:
