@@ -7,14 +7,21 @@ torch's dynamo export writes a function per module. TensorRT's parser reads them
 toolchain not at all (profile `local_functions: false`; check: SG001), and the other passes rewrite the main
 graph only, so a target recipe inlines first. `onnx.inliner` does the work: attribute references take the
 call's values, calls inside function bodies and inside If/Loop/Scan bodies are inlined too, and the names
-a body defines are made unique in the graph. Each inlined node is named after the call it replaces
-(`block_1/mul`, the body's own name, less the inliner's `__N` suffix) and tagged with it. Functions nothing
-calls any more are dropped. The inliner works on the model without its weights (as validation's does),
-which keeps models past protobuf's 2 GB limit working.
+a body defines are made unique in the graph. Each node a call brings in, down to those inside an If/Loop
+body of the function, is named after the call (`block_1/mul`, the body's own name less the inliner's `__N`
+suffix) and tagged with it and with the functions it came through (`surgeon.function: pkg::Outer/pkg::Inner`).
+Functions nothing calls any more are dropped. The inliner works on the model without its weights (as
+validation's does), which keeps models past protobuf's 2 GB limit working.
+
+The inliner leaves a call in place, silently, where the function imports an opset other than the model's:
+a function's default-domain body is converted to the model's opset first (as set-opset converts one), a
+domain the model lacks is imported, and a custom domain at another version is an error.
 
 `functions` names the functions to inline (a name, or `domain::name`; default all). Calls of the others
 stay calls, also where a named function's body holds them; a named function a kept one's body calls stays
-for that call.
+for that call. A named function the graph no longer has that an earlier step or run inlined (its nodes'
+`surgeon.function` say so: a recipe extending a target recipe, which inlines everything first) is a note;
+a name never inlined is an error.
 """
 from __future__ import annotations
 
@@ -23,16 +30,20 @@ import re
 import onnx
 
 from surgeon.errors import PassError, suggest
-from surgeon.graphinfo import subgraphs
+from surgeon.graphinfo import all_nodes, subgraphs
 from surgeon.graphio import import_graph
-from surgeon.modelio import inlined_header, take_header
+from surgeon.modelio import called_functions, inlined_header, take_header
+from surgeon.opset_conversion import aligned_function
 from surgeon.pass_api import Param, Pass, PassResult, node_paths, register_pass
 from surgeon.rewrite import export_graph
 
-#: Marks the end of a call in the model handed to the inliner, which puts a call's body where the call was:
-#: what lies between the call's predecessor and its marker is its body.
+#: Marks where a call begins and ends in the model handed to the inliner, which puts a call's body (its
+#: markers around the calls it holds included) where the call was: what lies between is the body.
 MARKER_DOMAIN = "surgeon.inline-functions"
 INLINER_SUFFIX = re.compile(r"__\d+$")
+#: The provenance of an inlined node naming the functions it came through, outermost first (`ctx.tag`'s
+#: `function=`).
+FUNCTION_KEY = "surgeon.function"
 
 
 @register_pass("inline-functions")
@@ -44,25 +55,28 @@ class InlineFunctions(Pass):
 
     def run(self, graph, ctx):
         result = PassResult()
+        chosen, inlined_earlier = self._chosen(graph.functions, ctx)
+        if inlined_earlier:
+            result.note(f"already inlined by an earlier step or run: {', '.join(inlined_earlier)}")
         if not graph.functions:
             return result
         model = export_graph(graph)
-        chosen = self._chosen(model.functions)
-        marked = {}  # marker name -> (call, scope, nodes since the call before)
+        sites = {}  # marker site -> (call, its scope; None for a call in a function body)
         for scope, body in _graphs(model.graph):
-            _mark_calls(body, scope, chosen, marked)
-        called_before = _called(model)
-        if not marked and called_before == {_key(f) for f in model.functions}:
+            _mark_calls(body, scope, chosen, sites)
+        called_before = called_functions(model)
+        if not sites and called_before == {_key(f) for f in model.functions}:
             return result
         functions = _detached(model.functions)
+        # Only the called ones: a function nothing calls goes anyway, whatever opsets it imports.
+        given = [_prepared(f, model, chosen, sites) for f in functions if _key(f) in chosen & called_before]
         del model.functions[:]  # the inliner inlines every function it is given
-        model.functions.extend(f for f in functions if _key(f) in chosen)
+        model.functions.extend(given)
         inlined = inlined_header(model)
         inlined.functions.extend(functions)  # those still called stay: a kept body may call an inlined one
         replaced = {}
-        for scope, body in _graphs(inlined.graph):
-            replaced.update(_unmark(body, scope, marked, ctx, graph))
-        called = _called(inlined)
+        _name_inlined(inlined.graph, "", [], sites, ctx, graph, replaced)
+        called = called_functions(inlined)
         gone = [f for f in inlined.functions if _key(f) not in called]  # inlined everywhere, or never called
         for function in gone:
             inlined.functions.remove(function)
@@ -71,29 +85,57 @@ class InlineFunctions(Pass):
         result.graph = import_graph(model)
         for path, node in node_paths(result.graph):
             if path in replaced:
-                ctx.tag(node, replaces=replaced[path])
-        result.rewritten.extend(f"{scope}{call.name}" for call, scope, _ in marked.values())
+                call, functions = replaced[path]
+                ctx.tag(node, replaces=call, function=functions)
+        calls = [(call, scope) for call, scope in sites.values() if scope is not None]
+        result.rewritten.extend(f"{scope}{call.name}" for call, scope in calls)
         result.rewritten.extend(f"function:{label}" for label in unused)
-        inlined_names = sorted({_label_of_call(call) for call, _, _ in marked.values()})
-        if marked:
-            result.note(f"inlined {len(marked)} call(s) of {', '.join(inlined_names)}")
+        if calls:
+            names = sorted({_label_of_call(call) for call, _ in calls})
+            result.note(f"inlined {len(calls)} call(s) of {', '.join(names)}")
         if unused:
             result.note(f"dropped {len(unused)} unused function(s): {', '.join(unused)}")
         return result
 
-    def _chosen(self, functions) -> set[tuple[str, str]]:
-        """The (domain, name) of the functions to inline; PassError for a name the model has none of."""
+    def _chosen(self, functions, ctx) -> tuple[set[tuple[str, str]], list[str]]:
+        """The (domain, name) of the functions to inline, and the named ones an earlier step or run inlined;
+        PassError for a name neither the model nor that provenance knows."""
         if self.functions is None:
-            return {_key(f) for f in functions}
-        chosen = set()
+            return {_key(f) for f in functions}, []
+        chosen, earlier, inlined_before = set(), set(), None
         for wanted in self.functions:
             matching = {_key(f) for f in functions if wanted in (f.name, _label(f))}
-            if not matching:
-                known = sorted({f.name for f in functions} | {_label(f) for f in functions})
-                raise PassError(f"no local function named '{wanted}' (the model's: "
-                                f"{', '.join(_label(f) for f in functions)})", hint=suggest(wanted, known))
-            chosen |= matching
-        return chosen
+            if matching:
+                chosen |= matching
+                continue
+            if inlined_before is None:  # a walk over the input model's nodes: only for a name the model lacks
+                inlined_before = _inlined_before(ctx, self.name)
+            matching_before = {label for label in inlined_before if wanted in (label, _bare(label))}
+            if matching_before:
+                earlier |= matching_before
+                continue
+            labels = sorted(_label(f) for f in functions)
+            known = f"the model's: {', '.join(labels)}" if labels else "the model has none"
+            if inlined_before:
+                known += f"; inlined earlier: {', '.join(inlined_before)}"
+            names = {f.name for f in functions} | {_bare(label) for label in inlined_before}
+            raise PassError(f"no local function named '{wanted}' ({known})",
+                            hint=suggest(wanted, names | set(labels) | set(inlined_before)))
+        return chosen, sorted(earlier)
+
+
+def _inlined_before(ctx, pass_name: str) -> list[str]:
+    """The functions this pass inlined in an earlier step of the run or in the run that wrote the input
+    model, as the provenance of the nodes it made names them."""
+    tags = list(ctx.provenance.values())
+    if ctx.input_model is not None:
+        tags.extend({entry.key: entry.value for entry in node.metadata_props}
+                    for node in all_nodes(ctx.input_model.graph) if node.metadata_props)
+    labels = set()
+    for tag in tags:
+        if tag.get("surgeon.pass") == pass_name and isinstance(tag.get(FUNCTION_KEY), str):
+            labels.update(tag[FUNCTION_KEY].split("/"))
+    return sorted(labels)
 
 
 def _detached(functions) -> list[onnx.FunctionProto]:
@@ -119,68 +161,70 @@ def _label_of_call(node) -> str:
     return f"{node.domain}::{node.op_type}"
 
 
-def _graphs(graph: onnx.GraphProto, scope: str = ""):
-    """(scope, graph) for `graph` and each If/Loop/Scan body in it, a body's scope `holder/attribute/` (as
-    surgeon.pass_api.node_paths names its nodes)."""
+def _bare(label: str) -> str:
+    """The function's name in its label (`domain::name`)."""
+    return label.split("::", 1)[1]
+
+
+def _graphs(graph, scope: str = ""):
+    """(scope, graph) for `graph` (or a function) and each If/Loop/Scan body in it, a body's scope
+    `holder/attribute/` (as surgeon.pass_api.node_paths names its nodes)."""
     yield scope, graph
     for node in graph.node:
         for attribute, body in subgraphs(node):
             yield from _graphs(body, f"{scope}{node.name}/{attribute}/")
 
 
-def _mark_calls(graph: onnx.GraphProto, scope: str, chosen, marked: dict) -> None:
-    """Put a marker node after each call of a chosen function in `graph` (its own nodes only), recorded in
-    `marked` by the marker's name."""
+def _mark_calls(graph, scope: str | None, chosen, sites: dict) -> None:
+    """Put a marker before and after each call of a chosen function in `graph` (its own nodes only), the
+    call recorded in `sites` by the markers' `site`."""
     nodes = list(graph.node)
     if not any((n.domain, n.op_type) in chosen for n in nodes):
         return
     del graph.node[:]
-    preceding = 0  # the nodes since the last call, which the inliner leaves as they are
     for node in nodes:
-        graph.node.append(node)
         if (node.domain, node.op_type) not in chosen:
-            preceding += 1
+            graph.node.append(node)
             continue
-        marker = graph.node.add(op_type="CallEnd", domain=MARKER_DOMAIN, name=f"{len(marked)}")
+        site = len(sites)
         call = onnx.NodeProto()
         call.CopyFrom(node)
-        marked[marker.name] = (call, scope, preceding)
-        preceding = 0
+        sites[site] = (call, scope)
+        graph.node.append(onnx.helper.make_node("CallBegin", [], [], domain=MARKER_DOMAIN, site=site))
+        graph.node.append(node)
+        graph.node.append(onnx.helper.make_node("CallEnd", [], [], domain=MARKER_DOMAIN, site=site))
 
 
-def _unmark(graph: onnx.GraphProto, scope: str, marked: dict, ctx, gs_graph) -> dict[str, str]:
-    """Remove the markers from an inlined `graph`, naming each body node after its call; returns the call
-    each body node replaces, by node path."""
-    nodes = list(graph.node)
-    if not any(n.domain == MARKER_DOMAIN for n in nodes):
-        return {}
-    replaced, since_marker, kept = {}, 0, []
-    for node in nodes:
-        if node.domain != MARKER_DOMAIN:
-            kept.append(node)
-            since_marker += 1
+def _prepared(function: onnx.FunctionProto, model: onnx.ModelProto, chosen, sites: dict) -> onnx.FunctionProto:
+    """A copy of `function` the inliner inlines (`aligned_function`: at the model's opsets), its calls of chosen
+    functions marked."""
+    prepared = aligned_function(function, model)
+    for _, body in _graphs(prepared):
+        _mark_calls(body, None, chosen, sites)
+    return prepared
+
+
+def _name_inlined(graph: onnx.GraphProto, scope: str, open_calls: list, sites: dict, ctx, gs_graph,
+                  replaced: dict) -> None:
+    """Remove the markers from an inlined `graph` and its bodies, naming each node a call brought in after
+    the call (the outermost, `open_calls[0]`, where calls nest); record, by node path, the call each replaces
+    and the functions it came through."""
+    kept = []
+    for node in graph.node:
+        if node.domain == MARKER_DOMAIN:
+            if node.op_type == "CallBegin":
+                open_calls.append(sites[node.attribute[0].i][0])
+            else:
+                open_calls.pop()
             continue
-        call, _, preceding = marked[node.name]
-        caller = call.name or call.op_type
-        for inlined in kept[len(kept) - since_marker + preceding:]:
-            base = INLINER_SUFFIX.sub("", inlined.name) or inlined.op_type
-            inlined.name = ctx.new_name(f"{caller}/{base}", gs_graph)
-            replaced[f"{scope}{inlined.name}"] = call.name
-        since_marker = 0
-    del graph.node[:]
-    graph.node.extend(kept)
-    return replaced
-
-
-def _called(model: onnx.ModelProto) -> set[tuple[str, str]]:
-    """The (domain, name) of the local functions the graph calls, directly or through other functions."""
-    functions = {_key(f): f for f in model.functions}
-    called, reading = set(), [model.graph]
-    while reading:
-        for _, graph in _graphs(reading.pop()):
-            for node in graph.node:
-                key = (node.domain, node.op_type)
-                if key in functions and key not in called:
-                    called.add(key)
-                    reading.append(onnx.GraphProto(node=functions[key].node))
-    return called
+        kept.append(node)
+        if open_calls:
+            outermost = open_calls[0]
+            base = INLINER_SUFFIX.sub("", node.name) or node.op_type
+            node.name = ctx.new_name(f"{outermost.name or outermost.op_type}/{base}", gs_graph)
+            replaced[f"{scope}{node.name}"] = (outermost.name, "/".join(_label_of_call(c) for c in open_calls))
+        for attribute, body in subgraphs(node):
+            _name_inlined(body, f"{scope}{node.name}/{attribute}/", list(open_calls), sites, ctx, gs_graph, replaced)
+    if len(kept) != len(graph.node):
+        del graph.node[:]
+        graph.node.extend(kept)

@@ -19,7 +19,7 @@ from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.message import DecodeError, EncodeError
 
 from surgeon.errors import ModelError, SurgeonError, first_line
-from surgeon.graphinfo import ELEMENT_BITS, tensor_bytes, typed_entries
+from surgeon.graphinfo import ELEMENT_BITS, all_nodes, tensor_bytes, typed_entries
 
 TWO_GB = 2**31 - 1
 
@@ -637,13 +637,37 @@ def inlined_header(model: onnx.ModelProto) -> onnx.ModelProto:
     """`model_header(model)` with the local functions inlined. onnx's inliner serializes the model it is
     given, which fails past protobuf's 2 GB limit ('Failed to serialize proto'): it gets the weights'
     names, types and shapes (it renames what the bodies define away from every name in the graph), not
-    their data."""
+    their data. It leaves the calls of a function at other opsets than the model's in place, silently: each
+    called function is brought to the model's first (surgeon.opset_conversion.aligned_function; PassError
+    where it cannot be). ModelError where the inliner refuses the model (a function that calls itself)."""
+    from surgeon.opset_conversion import aligned_function  # imports onnx-graphsurgeon: only where needed
+
     header = model_header(model)
     for tensor in model.graph.initializer:
         header.graph.initializer.add(name=tensor.name, data_type=tensor.data_type, dims=tensor.dims)
-    inlined = onnx.inliner.inline_local_functions(header)
+    called = called_functions(header)
+    functions = [aligned_function(f, header) if (f.domain, f.name) in called else f for f in header.functions]
+    del header.functions[:]
+    header.functions.extend(functions)
+    try:
+        inlined = onnx.inliner.inline_local_functions(header)
+    except (onnx.checker.ValidationError, RuntimeError) as exc:
+        raise ModelError(f"onnx's inliner refused the model: {first_line(exc)}") from exc
     del inlined.graph.initializer[:]  # inlining adds no initializers: the model's own are all there are
     return inlined
+
+
+def called_functions(model: onnx.ModelProto) -> set[tuple[str, str]]:
+    """The (domain, name) of the local functions the graph calls, directly or through other functions."""
+    functions = {(f.domain, f.name): f for f in model.functions}
+    called, reading = set(), [model.graph]
+    while reading:
+        for node in all_nodes(reading.pop()):
+            key = (node.domain, node.op_type)
+            if key in functions and key not in called:
+                called.add(key)
+                reading.append(functions[key])
+    return called
 
 
 def take_header(model: onnx.ModelProto, header: onnx.ModelProto) -> None:

@@ -1,7 +1,8 @@
 """Convert a graph to another default-domain opset with the ONNX version converter, around its two gaps.
 
-Used by set-opset, and by grid-sample / grid-sample-3d where GridSample needs a newer opset: one
-conversion, so a model converts the same whichever pass asks.
+Used by set-opset, by grid-sample / grid-sample-3d where GridSample needs a newer opset, and, for a local
+function at another opset than its model's, by inline-functions and validation's inlining
+(surgeon.modelio.inlined_header): one conversion, so a model converts the same whichever asks.
 
 - The converter (onnx 1.x) drops a model's local functions: each function body is converted on its own
   and put back. A body whose attribute references (`ref_attr_name`) the converter would have to rewrite
@@ -85,7 +86,7 @@ def _convert_model(model: onnx.ModelProto, current: int, wanted: int) -> onnx.Mo
     except Exception as exc:
         raise PassError(f"cannot convert opset {current} to {wanted}: {_converter_reason(exc)}") from exc
     del converted.functions[:]  # dropped by the converter (onnx 1.x): converted one by one instead
-    converted.functions.extend(_convert_function(f, wanted, model.ir_version) for f in model.functions)
+    converted.functions.extend(convert_function(f, wanted, model.ir_version) for f in model.functions)
     return converted
 
 
@@ -103,10 +104,39 @@ def _converter_reason(exc: Exception) -> str:
     return first_line(exc)
 
 
-def _convert_function(function: onnx.FunctionProto, wanted: int, ir_version: int) -> onnx.FunctionProto:
-    """The function with its body converted to default-domain opset `wanted` (the converter takes models only)."""
-    converted = onnx.FunctionProto()
-    converted.CopyFrom(function)
+def aligned_function(function: onnx.FunctionProto, model: onnx.ModelProto) -> onnx.FunctionProto:
+    """A copy of `function` onnx's inliner inlines into `model`: it leaves the calls of a function whose imports
+    differ from the model's in place, silently. Its default-domain body is converted to the model's opset, and
+    a domain only the function imports is added to `model`'s imports; PassError where the two import another
+    domain at different versions."""
+    imports = {_domain(o.domain): o.version for o in model.opset_import}
+    aligned = convert_function(function, imports[""], model.ir_version) if "" in imports else _copy(function)
+    for opset in aligned.opset_import:
+        domain = _domain(opset.domain)
+        if domain not in imports:
+            model.opset_import.add(domain=opset.domain, version=opset.version)
+        elif imports[domain] != opset.version:
+            raise PassError(f"local function {function.domain}::{function.name} imports domain '{domain}' version "
+                            f"{opset.version}, the model version {imports[domain]}: onnx's inliner leaves such a "
+                            "function's calls in place", hint=f"make the function's and the model's imports of "
+                                                              f"'{domain}' agree")
+    return aligned
+
+
+def _domain(name: str) -> str:
+    return "" if name == "ai.onnx" else name
+
+
+def _copy(function: onnx.FunctionProto) -> onnx.FunctionProto:
+    copy = onnx.FunctionProto()
+    copy.CopyFrom(function)
+    return copy
+
+
+def convert_function(function: onnx.FunctionProto, wanted: int, ir_version: int) -> onnx.FunctionProto:
+    """A copy of the function with its body converted to default-domain opset `wanted` (the converter takes
+    models only); PassError saying why the converter refused."""
+    converted = _copy(function)
     imports = {o.domain: o for o in converted.opset_import}
     default = imports.get("") or imports.get("ai.onnx")
     if default is None or default.version == wanted:
@@ -120,7 +150,7 @@ def _convert_function(function: onnx.FunctionProto, wanted: int, ir_version: int
             helper.make_model(body, opset_imports=function.opset_import, ir_version=ir_version), wanted)
     except Exception as exc:
         raise PassError(f"cannot convert {where} from opset {default.version} to {wanted}: "
-                        f"{first_line(exc)}") from exc
+                        f"{_converter_reason(exc)}") from exc
     kept = {_with_refs(node) for node in model.graph.node}
     for node in function.node:
         if _with_refs(node) is not None and _with_refs(node) not in kept:

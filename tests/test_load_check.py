@@ -1,6 +1,7 @@
 """The load-time check (`modelio.model_problems`) is cheap on a sound model and still names every problem:
 whole fields are checked at once, names and string attributes by `_names_are_utf8`'s parse, and only what
-fails is looked at one by one. The messages themselves: tests/test_output_safety.py."""
+fails is looked at one by one. The messages themselves: tests/test_output_safety.py. Also what validation
+runs a model with local functions as (`modelio.inlined_header`)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -11,7 +12,9 @@ import pytest
 from onnx import helper, numpy_helper
 
 import surgeon.modelio as modelio
-from surgeon.testing import make_model
+from surgeon.errors import SurgeonError
+from surgeon.pipeline import run_recipe
+from surgeon.testing import make_model, run_ort
 
 #: Five-character marks, one in each place the check reads as text; each is made not UTF-8 in turn.
 _MARKS = {"MDOM1": "the model's domain", "GNAME": "the graph name", "ODOM1": "an opset import's domain",
@@ -97,3 +100,58 @@ def test_a_constant_with_the_wrong_bytes_is_named_among_many_sound_ones():
     problems = _problems(model.SerializeToString())
     assert problems == ["the tensor of attribute 'value' of node #4 (Constant): dims [3] of FLOAT take 12 bytes, "
                         "but its raw_data holds 8"]
+
+
+def _calling(body, imports: dict, extra_opsets=None) -> onnx.ModelProto:
+    """A model (opset 17) whose `pkg::F` call feeds a Neg; F's body imports `imports` ({domain: version})."""
+    function = helper.make_function("pkg", "F", ["x"], ["y"], body,
+                                    [helper.make_opsetid(domain, version) for domain, version in imports.items()])
+    model = make_model([helper.make_node("F", ["a"], ["r"], domain="pkg", name="call"),
+                        helper.make_node("Neg", ["r"], ["b"], name="neg")],
+                       [("a", np.float32, [1, 4])], [("b", np.float32, [1, 4])], opset=17,
+                       extra_opsets={"pkg": 1, **(extra_opsets or {})})
+    model.functions.append(function)
+    return model
+
+
+def _relu_at_15() -> onnx.ModelProto:
+    return _calling([helper.make_node("Relu", ["x"], ["y"], name="relu")], {"": 15})
+
+
+def test_a_function_at_another_opset_is_inlined_for_validation():
+    """onnx's inliner leaves, silently, the call of a function whose opset is not the model's: validation then
+    had a `pkg::F` node to run and stopped, saying it has no CPU reference. Its body is converted first."""
+    model = _relu_at_15()
+    inlined = modelio.inlined_header(model)
+    assert [(n.op_type, n.domain) for n in inlined.graph.node] == [("Relu", ""), ("Neg", "")]
+    assert not inlined.functions and len(model.functions) == 1  # the model itself is left as it was
+    a = np.array([[-2.0, -0.5, 0.0, 3.0]], np.float32)
+    np.testing.assert_array_equal(run_ort(inlined, {"a": a})[0], -np.maximum(a, 0))
+
+
+@pytest.mark.parametrize("runner", ["reference", "auto"])
+def test_a_run_validates_a_model_calling_a_function_at_another_opset(tmp_path, runner):
+    onnx.save(_relu_at_15(), tmp_path / "m.onnx")
+    result = run_recipe({"name": "t", "steps": [{"pass": "toposort"}], "validate": {"runner": runner}},
+                        model=tmp_path / "m.onnx", output=tmp_path / "o.onnx")
+    assert result.ok and result.validation is not None
+
+
+@pytest.mark.parametrize("model, why", [
+    (lambda: _calling([helper.make_node("Split", ["x"], ["y", "z"], name="halves", axis=1, num_outputs=2)], {"": 18}),
+     "cannot convert local function pkg:F from opset 18 to 17: onnx's version converter has no adapter for Split "
+     "across version 18"),
+    (lambda: _calling([helper.make_node("G", ["x"], ["y"], domain="q")], {"": 17, "q": 2}, {"q": 1}),
+     "local function pkg::F imports domain 'q' version 2, the model version 1: onnx's inliner leaves such a "
+     "function's calls in place"),
+    (lambda: _calling([helper.make_node("F", ["x"], ["y"], domain="pkg", name="again")], {"": 17, "pkg": 1}),
+     "onnx's inliner refused the model: Cycle detected in model-local function references: pkg::F -> pkg::F")])
+def test_a_function_validation_cannot_inline_is_one_clear_error(tmp_path, model, why):
+    """The converter's C++ assertion, a domain at two versions (a call left in place before) and the inliner's
+    ValidationError (an internal error before), in words."""
+    onnx.save(model(), tmp_path / "m.onnx")
+    with pytest.raises(SurgeonError) as raised:
+        run_recipe({"name": "t", "steps": [{"pass": "toposort"}], "validate": {}}, model=tmp_path / "m.onnx",
+                   output=tmp_path / "o.onnx")
+    assert why in str(raised.value)
+    assert not (tmp_path / "o.onnx").exists()
