@@ -177,6 +177,29 @@ def test_bad_pyproject_names_the_file(models, capsys, monkeypatch):
            "'tensorrt-8.7'" in err and "(did you mean 'tensorrt-8.6'?)" in err
 
 
+def test_a_pyproject_target_profile_is_relative_to_pyproject(models, capsys, monkeypatch):
+    """As `plugins` and the override globs: from a subfolder the working directory would miss it."""
+    (models / "profiles").mkdir()
+    (models / "profiles" / "my-trt.yaml").write_text("name: my-trt\nextends: tensorrt-8.6\n")
+    (models / "my-ort.yaml").write_text("name: my-ort\nextends: onnxruntime\n")
+    (models / "pyproject.toml").write_text('[tool.surgeon]\ntarget = "profiles/my-trt.yaml"\nselect = ["SG001"]\n\n'
+                                           '[[tool.surgeon.overrides]]\nfiles = ["other/*.onnx"]\n'
+                                           'target = "my-ort.yaml"\n')
+    (models / "other").mkdir()
+    shutil.copy(models / "bad.onnx", models / "other" / "bad.onnx")
+    (models / "sub").mkdir()
+    monkeypatch.chdir(models / "sub")
+    assert main(["check", "../bad.onnx", "../other/bad.onnx"]) == 1
+    out = capsys.readouterr().out
+    assert "not runnable on my-trt" in out and "not runnable on my-ort" in out
+    (models / "pyproject.toml").write_text('[tool.surgeon]\nselect = ["SG001"]\ntarget = "my-trt.yaml"\n')
+    assert main(["check", "../good.onnx"]) == 2
+    assert capsys.readouterr().err.startswith(f"surgeon: error: {models / 'pyproject.toml'}:3: [tool.surgeon]: "
+                                              f"'target': target profile not found: {models / 'my-trt.yaml'}")
+    (models / "pyproject.toml").write_text('[tool.surgeon]\ntarget = "tensorrt-8.6"\n')  # a name stays a name
+    assert main(["check", "../bad.onnx"]) == 1 and "not runnable on tensorrt-8.6" in capsys.readouterr().out
+
+
 def test_recipe_lint(tmp_path, capsys):
     good = REPO / "recipes" / "centerpoint-pfe-repair.yaml"
     assert run(capsys, good)[0] == 0
@@ -401,6 +424,16 @@ def test_the_report_may_not_replace_a_plugin_file(tmp_path, capsys):
     assert main(["check", "--no-config", "--plugin", str(tmp_path / "p.py"), str(tmp_path / "r.yaml"),
                  "-o", str(tmp_path / "p.py")]) == 2
     assert "plugin file" in capsys.readouterr().err and (tmp_path / "p.py").read_text() == plugin
+
+
+def test_the_report_may_not_replace_a_plugin_file_pyproject_lists(tmp_path, capsys, monkeypatch):
+    plugin = PLUGIN_PASS.replace("check-plugin-demo", "check-plugin-project-report-demo")
+    (tmp_path / "p.py").write_text(plugin)
+    (tmp_path / "pyproject.toml").write_text('[tool.surgeon]\nplugins = ["p.py"]\n')
+    (tmp_path / "r.yaml").write_text("steps:\n  - pass: check-plugin-project-report-demo\n")
+    monkeypatch.chdir(tmp_path)
+    assert main(["check", "r.yaml", "-o", "p.py"]) == 2
+    assert "the plugin file" in capsys.readouterr().err and (tmp_path / "p.py").read_text() == plugin
 
 
 @pytest.mark.parametrize("value", ["nan", "-1", "inf", "1e400", "lots"])

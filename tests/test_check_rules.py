@@ -1057,3 +1057,19 @@ def test_sg024_names_a_constant_node_and_reads_value_ints(tmp_path):
     assert (finding.node, finding.op) == ("offsets", "Constant")
     assert finding.message.startswith("holds 1 int64 value(s) outside the int32 range (-8589934592 at flat index 1)")
     assert "clamps it to -2147483648" in finding.message
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"ignore": "SG007"}, "Settings: 'ignore' must be a list or tuple of rule ids, got 'SG007'"),
+    ({"select": ["SG001", 1]}, "Settings: 'select' must be a list or tuple of rule ids"),
+    ({"ignore": ("SG0O1",)}, "Settings: 'ignore': no rule 'SG0O1'"),
+    ({"select": ("",)}, "Settings: 'select': no rule ''"),
+])
+def test_settings_refuse_what_the_command_line_refuses(options, message):
+    """A string would be one prefix per character (`S` ignoring every rule: a CI gate going green), a typo
+    would ignore nothing: both are errors, as on the command line and in pyproject.toml."""
+    from surgeon.errors import SurgeonError
+
+    with pytest.raises(SurgeonError, match=re.escape(message)):
+        Settings(target="tensorrt-8.6", **options)
+    assert Settings(select=["SG001"]).select == ("SG001",)

@@ -30,3 +30,12 @@ def test_help_keeps_the_docstring_examples_on_their_own_lines(path):
 
 def test_every_command_is_listed():
     assert {p[1] for p in PARSERS if len(p) > 1} >= {"run", "check", "compare", "export", "plugins", "zoo"}
+
+
+def test_every_command_that_loads_plugin_files_loads_the_projects():
+    """A command taking `--plugin` loads `[tool.surgeon] plugins` too (`--no-config` skips them), so every
+    command knows the passes, references and plugin specs `run` knows."""
+    for path, parser in PARSERS.items():
+        options = {option for action in parser._actions for option in action.option_strings}
+        if "--plugin" in options:
+            assert "--no-config" in options, " ".join(path)

@@ -206,3 +206,69 @@ def test_bisect_finds_the_passes_pyproject_lists_as_run_does(tmp_path, monkeypat
     assert main(["bisect", "r.yaml", "--no-config"]) == 2
     assert "unknown pass 'extending-bisect-pass'" in capsys.readouterr().err
     assert main(["bisect", "r.yaml"]) == 0  # no step breaks the outputs
+
+
+
+EVERY_COMMAND_PLUGIN = '''
+    import numpy as np
+    from surgeon.pass_api import Pass, PassResult, register_pass
+    from surgeon.plugins.specs import plugin_spec
+
+    @plugin_spec("Extending{name}Copy", inputs=("x",), output_shape=lambda shapes, attrs: [shapes[0]],
+                 cuda_source="copy.cu")
+    def copy(x):
+        """The input, unchanged."""
+        return np.array(x)
+
+    @register_pass("extending-{name}-pass")
+    class EveryCommandPass(Pass):
+        """A project's own pass that `{name}` knows."""
+        def run(self, graph, ctx):
+            return PassResult()
+'''
+
+
+@pytest.mark.parametrize("argv, name, known", [
+    (["passes"], "passes", lambda code, text: code == 0 and "extending-passes-pass" in text),
+    (["explain", "extending-explain-pass"], "explain", lambda code, text: code == 0 and "`explain` knows" in text),
+    (["schema"], "schema", lambda code, text: code == 0 and "extending-schema-pass" in text),
+    (["plugins", "list"], "plugins", lambda code, text: code == 0 and "ExtendingpluginsCopy" in text),
+    (["compare", "../a.onnx", "../b.onnx"], "compare", lambda code, text: code == 0 and "PASSED" in text),
+])
+def test_every_command_loads_the_plugin_files_pyproject_lists(argv, name, known, tmp_path, own_registries,
+                                                              monkeypatch, capsys):
+    """What `run` knows, `passes`, `explain`, `schema`, `plugins list` and `compare` know too (each with a
+    file of its own: once loaded, a file stays loaded in the process); `--no-config` leaves the file out."""
+    write(tmp_path / "tools" / "plugin.py", EVERY_COMMAND_PLUGIN.format(name=name))
+    (tmp_path / "pyproject.toml").write_text('[tool.surgeon]\nplugins = ["tools/plugin.py"]\n')
+    inputs, outputs = [("x", np.float32, [2])], [("y", np.float32, [2])]
+    onnx.save(make_model([helper.make_node("Identity", ["x"], ["y"], name="same")], inputs, outputs),
+              tmp_path / "a.onnx")
+    copy = helper.make_node(f"Extending{name}Copy", ["x"], ["y"], name="copy", domain="surgeon")
+    onnx.save(make_model([copy], inputs, outputs), tmp_path / "b.onnx")
+    (tmp_path / "sub").mkdir()
+    monkeypatch.chdir(tmp_path / "sub")  # the file is relative to pyproject.toml
+
+    def result(*options):
+        code = main([*argv, *options])
+        out, err = capsys.readouterr()
+        return code, out + err
+
+    assert not known(*result("--no-config"))
+    assert known(*result())
+
+
+def test_check_says_how_to_make_a_users_plugin_known(tmp_path, own_registries, monkeypatch, capsys):
+    """No pass removes a node of the user's own plugin spec: SG001 says to list it in a target profile."""
+    monkeypatch.chdir(tmp_path)
+    spec_file(tmp_path / "specs.py", "ExtendingUnlisted")
+    node = helper.make_node("ExtendingUnlisted", ["x"], ["y"], name="mine", domain="surgeon")
+    onnx.save(make_model([node], [("x", np.float32, [2])], [("y", np.float32, [2])]), tmp_path / "m.onnx")
+    assert main(["check", "--no-config", "--plugin", "specs.py", "-t", "tensorrt-10", "--format", "json",
+                 "m.onnx"]) == 1
+    sg001 = [f for f in json.loads(capsys.readouterr().out)["findings"] if f["rule"] == "SG001"]
+    assert len(sg001) == 1 and "fix" not in sg001[0]
+    assert sg001[0]["message"].endswith("your plugin ExtendingUnlisted is not in its profile; list it under "
+                                        "`plugins:` in a target profile (docs/plugins.md#your-own-plugins)")
+    (tmp_path / "my-trt.yaml").write_text("name: my-trt\nextends: tensorrt-10\nplugins:\n  ExtendingUnlisted: {}\n")
+    assert main(["check", "--no-config", "--plugin", "specs.py", "-t", "my-trt.yaml", "m.onnx"]) == 0

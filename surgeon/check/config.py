@@ -1,7 +1,7 @@
 """`[tool.surgeon]` in the nearest pyproject.toml (searched upward from the working directory).
 
     [tool.surgeon]
-    target = "tensorrt-8.6"          # default target of `surgeon check`
+    target = "tensorrt-8.6"          # default target of `surgeon check` (a profile file: relative to pyproject.toml)
     ignore = ["SG011"]               # rule ids never reported
     select = ["SG0"]                 # only these rule ids (prefixes allowed), per family: SR rules still run
     static-shapes = true             # report dynamic input dims (SG006) whatever the target says
@@ -45,6 +45,18 @@ class Settings:
     ignore: tuple[str, ...] = ()
     static_shapes: bool | None = None
     max_initializer_mb: float = 512.0
+
+    def __post_init__(self):
+        """`select`/`ignore` checked as the command line and pyproject.toml check them: a string would be
+        taken as one prefix per character (`ignore="SG007"` would ignore every rule), a typo would select
+        or ignore nothing."""
+        for key in _LIST_KEYS:
+            ids = getattr(self, key)
+            if not isinstance(ids, (list, tuple)) or not all(isinstance(i, str) for i in ids):
+                raise SurgeonError(f"Settings: '{key}' must be a list or tuple of rule ids, got {ids!r}",
+                                   hint=f"e.g. {key}=(\"SG007\",)")
+            _check_rule_ids(ids, None, f"Settings: '{key}'")
+            object.__setattr__(self, key, tuple(ids))
 
     def wants(self, rule_id: str) -> bool:
         """Whether findings of `rule_id` are reported. SG000 (an unreadable file) always is. `select`
@@ -150,34 +162,38 @@ def _settings_values(table: dict, path: Path, where: str) -> dict:
         elif key == "target" and not isinstance(value, str):
             raise SurgeonError(f"{where}: 'target' must be a target name such as 'tensorrt-8.6'", file=path)
         elif key == "target":
-            _check_target(value, path, where)
+            value = _target(value, path, where)
         values[attr] = value
     return values
 
 
-def _check_target(name: str, path: Path, where: str) -> None:
-    """An unknown target is an error naming the pyproject file and line, not only the name."""
-    from surgeon.targets import load_target
+def _target(name: str, path: Path, where: str) -> str:
+    """A built-in target name as it is, or a profile file joined to the pyproject's folder, as `plugins` and
+    the override globs are (from a subfolder the working directory would miss it). An unknown name or a
+    missing file is an error naming the pyproject file and line, not only the name."""
+    from surgeon.targets import is_profile_path, load_target, resolve_target
 
-    if name.endswith((".yaml", ".yml")):  # a profile file: read (and reported) where it is used
-        return
     try:
+        if is_profile_path(name):  # its contents are read (and reported) where it is used
+            return resolve_target(name, path.parent)
         load_target(name)
+        return name
     except SurgeonError as exc:
         line = next((n for n, text in enumerate(path.read_text().splitlines(), start=1)
                      if re.match(r"\s*target\s*=", text) and name in text), None)
         raise SurgeonError(f"{where}: 'target': {exc.message}", file=path, line=line, hint=exc.hint) from None
 
 
-def _check_rule_ids(ids, path: Path, where: str) -> None:
-    """A SurgeonError naming the pyproject file (and line) for an id or prefix that matches no rule: a typo
-    (`SG0O8`) would otherwise select nothing, or ignore nothing, without a word."""
+def _check_rule_ids(ids, path: Path | None, where: str) -> None:
+    """A SurgeonError naming the pyproject file `path` (and line; none for Settings made in Python) for an id
+    or prefix that matches no rule: a typo (`SG0O8`) would otherwise select nothing, or ignore nothing,
+    without a word, and an empty one would match every rule."""
     from surgeon.check.findings import all_rules
 
     known = all_rules()
     for rule_id in ids:
-        if not any(k.startswith(rule_id) for k in known):
-            line = next((n for n, text in enumerate(path.read_text().splitlines(), start=1)
-                         if f'"{rule_id}"' in text or f"'{rule_id}'" in text), None)
+        if not rule_id or not any(k.startswith(rule_id) for k in known):
+            line = path and next((n for n, text in enumerate(path.read_text().splitlines(), start=1)
+                                  if f'"{rule_id}"' in text or f"'{rule_id}'" in text), None)
             raise SurgeonError(f"{where}: no rule '{rule_id}'", file=path, line=line,
                                hint=suggest(rule_id, known) or "see `surgeon check --list-rules`")

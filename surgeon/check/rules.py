@@ -178,8 +178,22 @@ def custom_op_unsupported(facts: ModelFacts):
                                "does not run (profile `local_functions: false`)", node,
                                fix="inline-functions")
             continue
+        if _own_plugin(node.op_type):
+            yield _finding(facts, "SG001", "error", f"not runnable on {facts.target.name}: your plugin {node.op_type} "
+                           "is not in its profile; list it under `plugins:` in a target profile "
+                           "(docs/plugins.md#your-own-plugins)", node)
+            continue
         fix, why_no_pass = fix_reaching(facts, node, fix_for(node, facts.target))
         yield _finding(facts, "SG001", "error", f"not runnable on {facts.target.name}{why_no_pass}", node, fix=fix)
+
+
+def _own_plugin(op_type: str) -> bool:
+    """Whether a plugin file declares a plugin spec for `op_type`: no pass removes such a node, and the spec
+    cannot tell which runtimes the user's library serves, so only a profile that lists it runs it."""
+    from surgeon.plugins.specs import plugin_specs
+
+    spec = plugin_specs().get(op_type)
+    return spec is not None and not spec.shipped
 
 
 @model_rule("SG017", "plugin-library-external", "warning",

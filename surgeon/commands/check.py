@@ -41,7 +41,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--static-shapes", action=argparse.BooleanOptionalAction, default=None,
                         help="report dynamic input dims (SG006) even if the target allows them, or never")
     parser.add_argument("--max-initializer-mb", type=_size_limit, metavar="MB", help="SG013 threshold (default 512)")
-    parser.add_argument("--no-config", action="store_true", help="ignore [tool.surgeon] in pyproject.toml")
+    parser.add_argument("--no-config", action="store_true",
+                        help="ignore [tool.surgeon] in pyproject.toml (settings and plugin files)")
     parser.add_argument("--list-rules", action="store_true", help="print the rules and exit")
 
 
@@ -63,6 +64,7 @@ def run(args) -> int:
     from surgeon.check.formatters import FORMATS
     from surgeon.check.runner import check_file, exit_code, validate_rule_ids
     from surgeon.cli_args import raise_usage, table
+    from surgeon.registry import load_plugin_file
     from surgeon.targets import load_target
 
     rules = all_rules()
@@ -79,13 +81,14 @@ def run(args) -> int:
     if args.target:
         load_target(args.target)  # an unknown target is a usage error before any file is read
 
+    config = Config() if args.no_config else load_config()
     if args.output is not None:  # before any file is checked: the report must not replace one of them
         from surgeon.modelio import guard_outputs
 
-        guard_outputs([(args.output, "the report", "-o")], *_checked_files(inputs, args),
+        guard_outputs([(args.output, "the report", "-o")], *_checked_files(inputs, args, config.plugins),
                       discard="leave out -o to print the report")
-    config = Config() if args.no_config else load_config()
-    _load_config_plugins(config, args.plugin)
+    for path in config.plugins:  # after --plugin's files, as every command loads them; one named by both runs once
+        load_plugin_file(path)
     findings = []
     for path, as_recipe in inputs:
         settings = replace(config.for_file(path), **cli)
@@ -113,10 +116,10 @@ def _shipped_or_path(name_or_path: str) -> str:
         return name_or_path
 
 
-def _checked_files(inputs, args) -> tuple[list, list]:
+def _checked_files(inputs, args, project_plugins) -> tuple[list, list]:
     """(files, models) that `check` reads, as `modelio.guard_outputs` takes them: recipes (with the recipes
-    they extend and their target profile files) and the target file, and the models (their external data
-    counts too)."""
+    they extend and their target profile files), the target file and the plugin files, and the models (their
+    external data counts too)."""
     from surgeon.check.runner import is_recipe
     from surgeon.errors import SurgeonError
     from surgeon.recipe import load_recipe
@@ -138,7 +141,7 @@ def _checked_files(inputs, args) -> tuple[list, list]:
         files += [(f, "the target profile") for f in targets]
     if args.target:
         files += [(f, "the target file") for f in profile_files(args.target)]
-    files += [(f, "the plugin file") for f in args.plugin]
+    files += [(f, "the plugin file") for f in (*args.plugin, *project_plugins)]
     return files, models
 
 
@@ -156,12 +159,3 @@ def _command_line_settings(args) -> dict:
     if args.max_initializer_mb is not None:
         values["max_initializer_mb"] = args.max_initializer_mb
     return values
-
-
-def _load_config_plugins(config, already_loaded) -> None:
-    from surgeon.registry import load_plugin_file
-
-    loaded = {Path(p).resolve() for p in already_loaded}
-    for path in config.plugins:
-        if path.resolve() not in loaded:
-            load_plugin_file(path)

@@ -11,12 +11,12 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from surgeon.cli_args import OutputArgs, PluginArgs, print_json
+from surgeon.cli_args import OutputArgs, PluginArgs, ProjectPluginArgs, print_json
 from surgeon.errors import CheckFailed, SurgeonError
 
 NAME = "compare"
 HELP = "compare two models' outputs on the same inputs (Polygraphy), with reports"
-ARG_GROUPS = (PluginArgs, OutputArgs)
+ARG_GROUPS = (PluginArgs, ProjectPluginArgs, OutputArgs)
 
 
 def add_arguments(parser) -> None:

@@ -4,11 +4,11 @@ from __future__ import annotations
 import inspect
 import sys
 
-from surgeon.cli_args import OutputArgs, PluginArgs, print_json, table
+from surgeon.cli_args import OutputArgs, PluginArgs, ProjectPluginArgs, print_json, table
 
 NAME = "explain"
 HELP = "show a pass's documentation and parameters"
-ARG_GROUPS = (PluginArgs, OutputArgs)
+ARG_GROUPS = (PluginArgs, ProjectPluginArgs, OutputArgs)
 
 
 def add_arguments(parser) -> None:

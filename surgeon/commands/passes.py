@@ -1,11 +1,11 @@
 """List the available passes with their one-line docs."""
 from __future__ import annotations
 
-from surgeon.cli_args import OutputArgs, PluginArgs, print_json, table
+from surgeon.cli_args import OutputArgs, PluginArgs, ProjectPluginArgs, print_json, table
 
 NAME = "passes"
 HELP = "list the available passes"
-ARG_GROUPS = (PluginArgs, OutputArgs)
+ARG_GROUPS = (PluginArgs, ProjectPluginArgs, OutputArgs)
 
 
 def add_arguments(parser) -> None:

@@ -1,9 +1,9 @@
-"""surgeon's TensorRT plugins: `surgeon plugins list` shows their specs (with `--plugin FILE`, the specs that
-file declares too), `surgeon plugins build` compiles libsurgeon_plugins.so (CUDA kernels, C API and, when
-TensorRT 10+ headers are found, the IPluginV3 plugins)."""
+"""surgeon's TensorRT plugins: `surgeon plugins list` shows their specs (and those declared by `--plugin FILE`
+and by the plugin files `[tool.surgeon]` in pyproject.toml lists), `surgeon plugins build` compiles
+libsurgeon_plugins.so (CUDA kernels, C API and, when TensorRT 10+ headers are found, the IPluginV3 plugins)."""
 from __future__ import annotations
 
-from surgeon.cli_args import OutputArgs, PluginArgs, print_json, table
+from surgeon.cli_args import OutputArgs, PluginArgs, ProjectPluginArgs, print_json, table
 
 NAME = "plugins"
 HELP = "list surgeon's TensorRT plugins or build their library"
@@ -16,6 +16,7 @@ def add_arguments(parser) -> None:
     for action in (listing, build):  # after the action, where users type them
         OutputArgs.add_to(action)
     PluginArgs.add_to(listing)
+    ProjectPluginArgs.add_to(listing)
     build.add_argument("--out", metavar="DIR", help="where the library goes (default: $SURGEON_PLUGINS_DIR or "
                                                     "~/.cache/surgeon/plugins, where 'plugins: [builtin]' looks)")
     build.add_argument("--tensorrt-root", metavar="DIR", help="TensorRT 10+ installation, for the IPluginV3 plugins")
@@ -43,6 +44,7 @@ def _list(args) -> int:
     from surgeon.plugins.specs import plugin_specs
 
     PluginArgs.parse(args)
+    ProjectPluginArgs.parse(args)
     specs = sorted(plugin_specs().values(), key=lambda s: s.name)
     if args.json:
         print_json([s.to_dict() for s in specs])

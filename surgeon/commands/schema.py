@@ -1,11 +1,11 @@
 """Print the JSON Schema of recipes (published as docs/recipe.schema.json for editors)."""
 from __future__ import annotations
 
-from surgeon.cli_args import PluginArgs, print_json
+from surgeon.cli_args import PluginArgs, ProjectPluginArgs, print_json
 
 NAME = "schema"
 HELP = "print the JSON Schema of recipe files"
-ARG_GROUPS = (PluginArgs,)
+ARG_GROUPS = (PluginArgs, ProjectPluginArgs)
 
 
 def add_arguments(parser) -> None:
