@@ -55,7 +55,7 @@ class Settings:
             if not isinstance(ids, (list, tuple)) or not all(isinstance(i, str) for i in ids):
                 raise SurgeonError(f"Settings: '{key}' must be a list or tuple of rule ids, got {ids!r}",
                                    hint=f"e.g. {key}=(\"SG007\",)")
-            _check_rule_ids(ids, None, f"Settings: '{key}'")
+            check_rule_ids(ids, f"Settings: '{key}'")
             object.__setattr__(self, key, tuple(ids))
 
     def wants(self, rule_id: str) -> bool:
@@ -153,7 +153,7 @@ def _settings_values(table: dict, path: Path, where: str) -> dict:
         if key in _LIST_KEYS:
             if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
                 raise SurgeonError(f"{where}: '{key}' must be a list of rule ids", file=path)
-            _check_rule_ids(value, path, f"{where}: '{key}'")
+            check_rule_ids(value, f"{where}: '{key}'", path)
             value = tuple(value)
         elif key == "static-shapes" and not isinstance(value, bool):
             raise SurgeonError(f"{where}: 'static-shapes' must be true or false", file=path)
@@ -184,8 +184,8 @@ def _target(name: str, path: Path, where: str) -> str:
         raise SurgeonError(f"{where}: 'target': {exc.message}", file=path, line=line, hint=exc.hint) from None
 
 
-def _check_rule_ids(ids, path: Path | None, where: str) -> None:
-    """A SurgeonError naming the pyproject file `path` (and line; none for Settings made in Python) for an id
+def check_rule_ids(ids, where: str, path: Path | None = None) -> None:
+    """A SurgeonError saying `where` (the option, or the pyproject file `path` and its line) for an id
     or prefix that matches no rule: a typo (`SG0O8`) would otherwise select nothing, or ignore nothing,
     without a word, and an empty one would match every rule."""
     from surgeon.check.findings import all_rules

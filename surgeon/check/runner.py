@@ -50,15 +50,6 @@ def _unreadable(path, message: str) -> Finding:
     return Finding(UNREADABLE_FILE.id, "error", message, file=str(path))
 
 
-def validate_rule_ids(ids, option: str) -> None:
-    """Raise a SurgeonError for an id (or prefix) in --select/--ignore that matches no rule."""
-    known = all_rules()
-    for rule_id in ids:
-        if not any(k.startswith(rule_id) for k in known):
-            raise SurgeonError(f"{option}: no rule '{rule_id}'", hint=suggest(rule_id, known) or
-                               "see `surgeon check --list-rules`")
-
-
 def exit_code(findings: list[Finding]) -> int:
     """2 when a file could not be read, 1 when any error was found, else 0."""
     if any(f.rule == UNREADABLE_FILE.id for f in findings):

@@ -59,10 +59,10 @@ def _size_limit(text: str) -> float:
 
 
 def run(args) -> int:
-    from surgeon.check.config import Config, load_config
+    from surgeon.check.config import Config, check_rule_ids, load_config
     from surgeon.check.findings import all_rules
     from surgeon.check.formatters import FORMATS
-    from surgeon.check.runner import check_file, exit_code, validate_rule_ids
+    from surgeon.check.runner import check_file, exit_code
     from surgeon.cli_args import raise_usage, table
     from surgeon.registry import load_plugin_file
     from surgeon.targets import load_target
@@ -77,7 +77,7 @@ def run(args) -> int:
         raise_usage("surgeon check needs at least one model or recipe (or --list-rules)")
     cli = _command_line_settings(args)
     for option in ("select", "ignore"):
-        validate_rule_ids(cli.get(option, ()), f"--{option}")
+        check_rule_ids(cli.get(option, ()), f"--{option}")
     if args.target:
         load_target(args.target)  # an unknown target is a usage error before any file is read
 
