@@ -3,7 +3,8 @@
 A run infers at most twice (docs/architecture.md): once on the loaded proto, without the weights'
 data, for the passes that need shapes; once at the end for the tensors the passes left untyped, on
 only the nodes that write them where that is safe. Serializing 20,000 nodes into inference and
-reading its answer back costs more than the inference itself (docs/performance.md).
+reading its answer back costs more than the inference itself (docs/performance.md). Data propagation
+runs only where the graph computes shapes (`computes_shapes`).
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import math
 import onnx
 import onnx_graphsurgeon as gs
 
+from surgeon.graphinfo import subgraphs
 from surgeon.graphio import TensorTypes, export_model
 from surgeon.rewrite import any_subgraphs
 
@@ -21,12 +23,24 @@ SHAPE_RELEVANT_ELEMENTS = 1024
 
 
 def infer_without_weights(model: onnx.ModelProto, data_prop: bool = True) -> onnx.ModelProto | None:
-    """ONNX shape inference over the model without its weights' data; None where inference fails.
+    """ONNX shape inference over the model without its weights' data; None where inference fails. With
+    data propagation where `data_prop` asks for it and the model `computes_shapes`.
 
     Inferring on the loaded proto costs a fraction of exporting the graph later for the first pass
     that needs shapes (docs/performance.md); leaving the weights out keeps a second copy of them out
     of memory and out of the serialization inference does.
     """
+    skeleton = without_weights(model)
+    try:
+        return onnx.shape_inference.infer_shapes(skeleton, strict_mode=False,
+                                                 data_prop=data_prop and computes_shapes(skeleton))
+    except Exception:  # custom ops without schemas, unusual graphs: passes infer later if they need to
+        return None
+
+
+def without_weights(model: onnx.ModelProto) -> onnx.ModelProto:
+    """What shape inference needs of the model: its weights as dtype and dims only, but for the
+    initializers of up to SHAPE_RELEVANT_ELEMENTS elements, which keep their values."""
     skeleton = onnx.ModelProto(ir_version=model.ir_version, opset_import=model.opset_import,
                                functions=model.functions)
     graph = skeleton.graph
@@ -41,14 +55,12 @@ def infer_without_weights(model: onnx.ModelProto, data_prop: bool = True) -> onn
             graph.initializer.append(tensor)
         else:
             graph.initializer.add(name=tensor.name, data_type=tensor.data_type, dims=tensor.dims)
-    try:
-        return onnx.shape_inference.infer_shapes(skeleton, strict_mode=False, data_prop=data_prop)
-    except Exception:  # custom ops without schemas, unusual graphs: passes infer later if they need to
-        return None
+    return skeleton
 
 
 def infer_graph_shapes(graph: gs.Graph) -> gs.Graph:
-    """Annotate the graph's tensors, in place, with the dtypes and shapes ONNX shape inference finds.
+    """Annotate the graph's tensors, in place, with the dtypes and shapes ONNX shape inference finds,
+    with data propagation where the graph `computes_shapes`.
 
     Best effort: a graph that cannot be exported or inferred (custom ops without schemas, attributes
     graphsurgeon cannot export) is returned as it was. Tensors inference says nothing about keep
@@ -56,10 +68,36 @@ def infer_graph_shapes(graph: gs.Graph) -> gs.Graph:
     """
     try:
         model = export_model(graph, do_type_check=False)
-        model = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
+        model = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=computes_shapes(model))
     except Exception:
         return graph
     return annotate_shapes(graph, model)
+
+
+def computes_shapes(model: onnx.ModelProto) -> bool:
+    """Whether the model has a Shape or Size node, in its graph, bodies or functions: the sources of the
+    values data propagation carries that inference cannot read without it. Without them it carries only
+    integer arithmetic on constants, which fold-constants folds, and 1-D tensors' lengths, which
+    inference reads from their types anyway (Reshape's rank from its shape input's length), and it only
+    costs: since onnx 1.18 it holds L unknown dims for every 1-D tensor of length L that an op it goes
+    through (Add, Cast, Concat, Gather, ...) reads or writes, until inference ends. 20,000 chained Adds on
+    a [1000] tensor took 2.1 s and 1.4 GB (docs/performance.md)."""
+    return any(node.op_type in ("Shape", "Size") and node.domain in ("", "ai.onnx")
+               for top in (model.graph, *model.functions) for graph in _graphs(top) for node in graph.node)
+
+
+# Only these standard ops hold graphs (If/Loop/Scan bodies); any custom op may.
+_BODY_OPS = frozenset({"If", "Loop", "Scan", "SequenceMap"})
+
+
+def _graphs(graph):
+    """`graph` (or function) and the graphs its nodes hold, nested ones too. Unlike graphinfo.all_nodes
+    it reads the attributes of only the nodes that may hold a graph: this runs before every inference."""
+    yield graph
+    for node in graph.node:
+        if node.op_type in _BODY_OPS or node.domain not in ("", "ai.onnx"):
+            for _, sub in subgraphs(node):
+                yield from _graphs(sub)
 
 
 def annotate_shapes(graph: gs.Graph, model: onnx.ModelProto) -> gs.Graph:

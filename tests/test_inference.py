@@ -1,7 +1,8 @@
-"""surgeon.inference: the end-of-run shape inference over only the nodes that left tensors untyped.
+"""surgeon.inference: the end-of-run shape inference over only the nodes that left tensors untyped, and
+data propagation only where it can find something.
 
-What it must promise: the same types as inferring the whole model (where it says it is done), and
-"not done" wherever it cannot promise that, so the pipeline infers the whole model instead.
+What the first must promise: the same types as inferring the whole model (where it says it is done),
+and "not done" wherever it cannot promise that, so the pipeline infers the whole model instead.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from onnx import TensorProto, helper, numpy_helper
 import surgeon
 from surgeon import pipeline
 from surgeon.graphio import export_model, import_graph
-from surgeon.inference import infer_where_untyped
+from surgeon.inference import infer_graph_shapes, infer_where_untyped, infer_without_weights, without_weights
 from surgeon.testing import IR_VERSION
 
 REPO = Path(__file__).resolve().parents[1]
@@ -149,3 +150,69 @@ def test_recipe_outputs_carry_the_types_whole_inference_gives(recipe, tmp_path, 
     again = onnx.shape_inference.infer_shapes(model, strict_mode=False)
     assert types_of(again) == types_of(model)
     assert decisions == [decisions[0]] and isinstance(decisions[0], bool)
+
+
+# Data propagation: kept where it finds shapes, left out where it finds nothing.
+
+def add_chain(n_adds, length):
+    """x [length] -> Add(one) * n_adds (opset 17, where Add propagates data)."""
+    nodes = [helper.make_node("Add", ["x" if i == 0 else f"a{i - 1}", "one"], [f"a{i}"]) for i in range(n_adds)]
+    outputs = [typed(f"a{n_adds - 1}", [length])]
+    return model_of(nodes, [typed("x", [length])], outputs, [numpy_helper.from_array(np.ones(1, np.float32), "one")],
+                    opset=17)
+
+
+def flatten_by_shape():
+    """Reshape to [x.shape[0], -1] through Shape -> Gather -> Unsqueeze -> Concat: only data propagation
+    knows the Reshape's output is [2, 12]."""
+    nodes = [helper.make_node("Shape", ["x"], ["s"]),
+             helper.make_node("Gather", ["s", "zero"], ["batch"], axis=0),
+             helper.make_node("Unsqueeze", ["batch", "zero_axis"], ["batch1"]),
+             helper.make_node("Concat", ["batch1", "minus_one"], ["target"], axis=0),
+             helper.make_node("Reshape", ["x", "target"], ["y"])]
+    inits = [numpy_helper.from_array(np.array(0, np.int64), "zero"),
+             numpy_helper.from_array(np.array([0], np.int64), "zero_axis"),
+             numpy_helper.from_array(np.array([-1], np.int64), "minus_one")]
+    return model_of(nodes, [typed("x", [2, 3, 4])], [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                    inits, opset=17)
+
+
+@pytest.fixture
+def inferences(monkeypatch):
+    """The data_prop of each ONNX shape inference call, in order."""
+    calls = []
+    infer = onnx.shape_inference.infer_shapes
+
+    def recording(model, *args, **kwargs):
+        calls.append(kwargs.get("data_prop", False))
+        return infer(model, *args, **kwargs)
+
+    monkeypatch.setattr(onnx.shape_inference, "infer_shapes", recording)
+    return calls
+
+
+def test_shapes_computed_by_shape_chains_are_still_inferred(inferences):
+    model = flatten_by_shape()
+    inferred = infer_without_weights(model)
+    assert types_of(inferred)["y"] == typed("y", [2, 12]).type.SerializeToString()
+    graph = infer_graph_shapes(import_graph(model))
+    assert graph.outputs[0].shape == [2, 12]
+    assert inferences == [True, True]
+
+
+def test_graphs_without_shape_nodes_are_inferred_without_data_propagation(inferences):
+    """Nothing for propagation to find; on a chain of Adds over a 1-D tensor it would cost time and memory
+    in proportion to the chain's length times the tensor's (docs/performance.md)."""
+    model = add_chain(50, 8)
+    inferred = infer_without_weights(model)
+    graph = infer_graph_shapes(import_graph(model))
+    assert inferences == [False, False] and graph.outputs[0].shape == [8]
+    assert types_of(inferred) == types_of(onnx.shape_inference.infer_shapes(without_weights(model), data_prop=True))
+
+
+@pytest.mark.parametrize("fixture", sorted(p.name for p in (REPO / "tests" / "data" / "zoo").glob("*.onnx")))
+def test_zoo_models_keep_every_type_data_propagation_gives(fixture):
+    """What the passes got from a run's first inference when it always propagated, they get now."""
+    model = onnx.load(REPO / "tests" / "data" / "zoo" / fixture)
+    always = onnx.shape_inference.infer_shapes(without_weights(model), strict_mode=False, data_prop=True)
+    assert types_of(infer_without_weights(model)) == types_of(always)

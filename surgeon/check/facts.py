@@ -438,10 +438,12 @@ def _function_body_dtypes(model: onnx.ModelProto, function: onnx.FunctionProto, 
 
 
 def _infer_shapes(model: onnx.ModelProto, strict: bool) -> onnx.ModelProto:
+    from surgeon.inference import computes_shapes
     from surgeon.modelio import stdout_to_stderr
 
-    with stdout_to_stderr():
-        return onnx.shape_inference.infer_shapes(model, check_type=strict, strict_mode=strict, data_prop=True)
+    with stdout_to_stderr():  # data propagation only where it can find something, as in a run
+        return onnx.shape_inference.infer_shapes(model, check_type=strict, strict_mode=strict,
+                                                 data_prop=computes_shapes(model))
 
 
 def is_standard_op(node) -> bool:
