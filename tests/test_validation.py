@@ -776,3 +776,157 @@ def test_polygraphys_refusal_of_a_feed_is_one_line_naming_the_model(kind, capsys
         run_runner(make_runner(model, kind), [{"x": np.zeros((2, 3), np.float32)}], "m.onnx")
     assert str(caught.value) == "m.onnx: Polygraphy cannot run it: Input tensor: x | Received incompatible shape: (2, 3)."
     assert "[!]" not in capsys.readouterr().err  # said once, in the error
+
+
+# ---------------------------------------------------------------- many input sets, one at a time
+
+def _differing_pair(shape=(3, 40)):
+    """Two models of x whose outputs differ: y by a scale, z NaN in B only where x < 0.5, w an integer
+    cast off by one here and there, b a comparison."""
+    def model(scale, shift, threshold):
+        nodes = [helper.make_node("Mul", ["x", "k"], ["m"], name="mul"),
+                 helper.make_node("Add", ["m", "one"], ["y"], name="add"),
+                 helper.make_node("Sub", ["x", "h"], ["d"], name="sub"),
+                 helper.make_node("Sqrt", ["d"], ["z"], name="sqrt"),
+                 helper.make_node("Mul", ["x", "hundred"], ["big"], name="mulbig"),
+                 helper.make_node("Cast", ["big"], ["w"], name="cast", to=onnx.TensorProto.INT32),
+                 helper.make_node("Greater", ["x", "h"], ["b"], name="gt")]
+        constants = {"k": np.float32(scale), "one": np.float32(1), "h": np.float32(threshold),
+                     "hundred": np.float32(100 + shift)}
+        return make_model(nodes, [("x", np.float32, list(shape))],
+                          [("y", np.float32, list(shape)), ("z", np.float32, list(shape)), ("w", np.int32, list(shape)),
+                           ("b", np.bool_, list(shape))], constants)
+
+    return model(3.0, 0.0, -1.0), model(3.0001, 0.5, 0.5)
+
+
+def test_many_input_sets_give_the_statistics_and_files_of_all_sets_at_once(tmp_path):
+    """Sets are run, judged and saved one at a time (their outputs and errors kept on disk): the verdicts,
+    the statistics over all sets, the worst elements and the saved files must be what holding every set
+    gave, byte for byte: Polygraphy's encoding of the results and of the inputs, the statistics of the
+    errors of all sets as one array."""
+    from polygraphy.common import TensorMetadata
+    from polygraphy.comparator import DataLoader, IterationResult, RunResults
+    from polygraphy.json import to_json
+
+    from surgeon.validation.compare import HISTOGRAM_SAMPLES, cosine_similarity, error_arrays
+    from surgeon.validation.data import model_inputs
+    from surgeon.validation.report import write_reports
+
+    a, b = _differing_pair()
+    sets, tolerance = 4, Tolerance(error_stat="quantile", quantile=0.9)
+    result = validate_models(a, b, make_feeds(a, iterations=sets, seed=3), tolerance)
+    write_reports(result, tmp_path / "r")
+    meta = TensorMetadata()  # the sets Polygraphy's DataLoader draws, as surgeon's random inputs are
+    for name, dtype, dims in model_inputs(a):
+        meta.add(name, dtype, dims)
+    feeds = [dict(DataLoader(seed=3, iterations=sets, input_metadata=meta)[i]) for i in range(sets)]
+    assert (tmp_path / "r.inputs.json").read_text() == to_json(feeds)
+    outputs = {name: [dict(zip([o.name for o in m.graph.output], run_ort(m, feed))) for feed in feeds]
+               for name, m in (("original", a), ("rewritten", b))}
+    held = RunResults()
+    for run in result.runs:
+        held.append((run.name, [IterationResult(outputs[run.name][i], run.runtimes[i], run.name) for i in range(sets)]))
+    assert (tmp_path / "r.polygraphy.json").read_text() == to_json(held)
+    assert [o.name for o in result.outputs] == ["y", "z", "w", "b"]
+    for report in result.outputs:
+        ref = np.concatenate([o[report.name].ravel() for o in outputs["original"]])
+        cand = np.concatenate([o[report.name].ravel() for o in outputs["rewritten"]])
+        abs_err, rel_err = error_arrays(ref, cand)
+        defined = ~np.isnan(abs_err)
+        abs_err, rel_err = abs_err[defined], rel_err[defined]
+        assert report.nan_mismatched == int((~defined).sum())
+        assert (report.max_abs, report.mean_abs, report.quantile_abs) == (
+            np.max(abs_err), np.mean(abs_err), np.quantile(abs_err, 0.9))
+        assert (report.max_rel, report.mean_rel, report.quantile_rel) == (
+            np.max(rel_err), np.mean(rel_err), np.quantile(rel_err, 0.9))
+        assert report.cosine == cosine_similarity(ref, cand)
+        assert np.array_equal(report.abs_errors, abs_err[::max(1, abs_err.size // HISTOGRAM_SAMPLES)])
+        per_set = [error_arrays(r[report.name], c[report.name]) for r, c in zip(outputs["original"],
+                                                                               outputs["rewritten"])]
+        assert report.passed == all(tolerance.passes(report.name, [pair]) for pair in per_set)
+        # The largest errors, NaN first (which of equal ones is listed is argpartition's choice).
+        errors = np.concatenate([e.ravel() for e, _ in per_set])
+        largest = np.sort(np.where(np.isnan(errors), np.inf, errors))[::-1][:len(report.worst)]
+        assert np.array_equal([np.inf if np.isnan(row["abs_error"]) else row["abs_error"] for row in report.worst],
+                              largest)
+        np.testing.assert_equal([(row["reference"], row["candidate"]) for row in report.worst],
+                                [tuple(outputs[run][row["iteration"]][report.name][tuple(row["index"])].item()
+                                       for run in ("original", "rewritten")) for row in report.worst])
+    assert result.outputs[1].nan_mismatched and result.outputs[2].max_abs == 1
+
+
+def test_memory_does_not_grow_with_the_number_of_input_sets(tmp_path):
+    """Every input set, both models' outputs and the errors of all sets used to stay in memory until the
+    reports were written (here 6 sets peaked at 125 MB, 1 set at 17 MB): BEV-sized inputs ran out of
+    memory, not of disk. One set at a time, 6 sets peak as 1 does. (The models agree: error histograms,
+    whose samples are bounded anyway, would only slow the test.)"""
+    import tracemalloc
+
+    from surgeon.validation.report import write_reports
+
+    def model():
+        nodes = [helper.make_node("Mul", ["x", "k"], ["y"], name="mul"),
+                 helper.make_node("Add", ["y", "x"], ["z"], name="add")]
+        return make_model(nodes, [("x", np.float32, [256, 1024])],
+                          [("y", np.float32, [256, 1024]), ("z", np.float32, [256, 1024])], {"k": np.float32(2)})
+
+    a, b = model(), model()
+
+    def peak(sets: int) -> int:
+        feeds = make_feeds(a, iterations=sets, seed=1)
+        tracemalloc.start()
+        try:
+            write_reports(validate_models(a, b, feeds, Tolerance(), localise=False), tmp_path / f"r{sets}")
+            return tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+
+    peak(1)  # the first run imports and caches what later ones reuse
+    one, many = peak(1), peak(6)
+    one_set = 5 * 256 * 1024 * 4  # its input, and two outputs of each model
+    assert many < one + one_set, (one, many)
+
+
+def test_what_many_input_sets_keep_on_disk_is_deleted_when_done(tmp_path, monkeypatch, capsys):
+    """Outputs and errors of many sets wait in the temp directory; nothing is left there after compare,
+    a run that bisects its steps, or a comparison that fails part way."""
+    import tempfile
+
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    a, b = _differing_pair()
+    onnx.save(a, tmp_path / "a.onnx")
+    onnx.save(b, tmp_path / "b.onnx")
+    assert main(["compare", str(tmp_path / "a.onnx"), str(tmp_path / "b.onnx"), "--iterations", "3",
+                 "--report", str(tmp_path / "r"), "-q"]) == 1
+    recipe = write_recipe(tmp_path, chain_model(), ["toposort", WRONG_STEP], iterations=3, each_step=True)
+    result = run_recipe(recipe, output=tmp_path / "out.onnx")
+    assert result.validation.bisection.step_index == 2 and len(result.validation.runs[0]) == 3
+    del result
+    assert main(["bisect", recipe]) == 1
+    capsys.readouterr()
+    with pytest.raises(SurgeonError) as failed:  # B cannot run on A's inputs: fails after A ran on every set
+        validate_models(a, _differing_pair((3, 41))[1], make_feeds(a, iterations=3), Tolerance())
+    assert list(temp.iterdir()) == [] and "Polygraphy cannot run it" in str(failed.value)  # its frames still held
+
+
+def test_a_full_temp_disk_is_one_error_naming_the_folder(model_pair, tmp_path, monkeypatch, capsys):
+    """Outputs of many sets are written to the temp directory as the models run: a full disk there is an
+    error saying so and where, not an internal error."""
+    import errno
+    import tempfile
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setattr(np, "save", full)  # how each set's outputs are written
+    a, b = model_pair
+    assert main(["compare", a, b, "--iterations", "2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"surgeon: error: {a}: cannot keep validation data in the temporary folder {tmp_path}/")
+    assert err.endswith(": No space left on device; set TMPDIR to a folder with more room, or validate on fewer "
+                        "input sets") and "\n" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.onnx", "b.onnx"]

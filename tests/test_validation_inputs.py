@@ -451,17 +451,24 @@ def test_random_inputs_are_polygraphys_data_loaders_drawn_a_chunk_at_a_time(monk
             assert ours[name].dtype == array.dtype and np.array_equal(ours[name], array), name
 
 
-def test_iterations_beyond_the_machines_memory_are_refused_naming_the_setting(work, capsys, monkeypatch):
+def test_iterations_are_limited_by_disk_not_memory(work, capsys, monkeypatch):
+    """Every input set used to stay in memory with both models' outputs and their errors, so 100 sets of a
+    model whose 23 sets filled the machine's memory were refused; held one at a time, they run. What is
+    kept of every set goes to the temp directory, whose free space bounds their number instead."""
     from surgeon.validation import data
 
-    monkeypatch.setattr(data, "physical_memory", lambda: 100 * 2**10)  # 100 KiB: 20 sets of this model fit
+    monkeypatch.setattr(data, "physical_memory", lambda: 100 * 2**10)  # 100 KiB: one set of this model fits
     good = str(work / "good.onnx")
-    assert main(["compare", good, good, "--iterations", "20", "-q"]) == 0
+    assert main(["compare", good, good, "--iterations", "100", "-q"]) == 0
+    monkeypatch.setattr(data, "free_disk", lambda folder: 10 * 2**10)
     assert main(["compare", good, good, "--iterations", "100"]) == 2
-    assert one_error_line(capsys) == (
-        "surgeon: error: validate.iterations / --iterations 100: every input set is held with both models' outputs "
-        "and their errors, about 4.3 KiB each here, 429.7 KiB in all, more than this machine's 100.0 KiB of "
-        "memory; at most 23 fit")
+    error = one_error_line(capsys)
+    assert error.startswith("surgeon: error: validate.iterations / --iterations 100: every input set's outputs and "
+                            "errors are kept on disk, about 0.2 KiB each here, 17.2 KiB in all, more than the 10.0 KiB "
+                            "free in the temp directory ")
+    assert error.endswith("; at most 58 fit (or set TMPDIR to a folder with more room)")
+    assert main(["compare", good, good, "--iterations", "58", "-q"]) == 0
+    assert main(["compare", good, good, "-q"]) == 0  # one set keeps nothing on disk
     recipe = write_recipe(work, "  iterations: 1e30\n")
     error = run_fails_cleanly(work, recipe, capsys, "--dry-run")
     assert "validate.iterations / --iterations 1000000000000000019884624838656: " in error
@@ -477,8 +484,8 @@ def test_running_out_of_memory_while_validating_names_the_setting(work, capsys, 
     onnx.save(relu_neg((2**33, 20, 10)), work / "huge.onnx")
     huge = str(work / "huge.onnx")
     assert main(["compare", huge, huge]) == 2
-    assert one_error_line(capsys) == ("surgeon: error: out of memory validating on 1 input set(s): lower "
-                                      "validate.iterations / --iterations, or validate on smaller inputs")
+    assert one_error_line(capsys) == ("surgeon: error: out of memory validating on 1 input set(s), one at a time: "
+                                      "validate on smaller inputs")
 
 
 def test_random_inputs_larger_than_memory_name_the_model_and_input(work, capsys):

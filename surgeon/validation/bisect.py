@@ -15,12 +15,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
-from polygraphy.comparator import RunResults
 
 from surgeon.pipeline import StepRecord, finish_graph, run_steps
 from surgeon.recipe import Recipe
 from surgeon.validation.compare import OutputReport, Tolerance, compare_outputs, run_model
-from surgeon.validation.data import out_of_memory_named
+from surgeon.validation.data import Feeds, out_of_memory_named
+from surgeon.validation.spill import RunOutputs
 
 
 @dataclass
@@ -129,21 +129,28 @@ def step_graphs(recipe: Recipe, original: onnx.ModelProto, model_dir=None) -> tu
     return graphs, records
 
 
-def bisect_steps(recipe: Recipe, original: onnx.ModelProto, feeds: list[dict], tolerance: Tolerance,
-                 runner: str = "auto", reference: RunResults | None = None, model_dir=None,
+def bisect_steps(recipe: Recipe, original: onnx.ModelProto, feeds: Feeds, tolerance: Tolerance,
+                 runner: str = "auto", reference: RunOutputs | None = None, model_dir=None,
                  progress=None, final: list[OutputReport] | None = None) -> Bisection:
     """Find the first step whose graph's outputs differ from `reference` (default: the original model's).
 
     `final` is the verdict on the finished model when the caller has it (`validate_run` does), so the
-    last step is not run again. Running out of memory is an error naming the number of input sets.
+    last step is not run again. Each step's outputs are deleted once judged; the original's, run here
+    when `reference` is None, once bisection is done. Running out of memory is an error naming the
+    number of input sets.
     """
     with out_of_memory_named(len(feeds)):
-        return _bisect_steps(recipe, original, feeds, tolerance, runner, reference, model_dir, progress, final)
+        ours = reference is None
+        if ours:
+            reference, _ = run_model(original, feeds, runner, "original", source="the original model")
+        try:
+            return _bisect_steps(recipe, original, feeds, tolerance, runner, reference, model_dir, progress, final)
+        finally:
+            if ours:
+                reference.close()
 
 
 def _bisect_steps(recipe, original, feeds, tolerance, runner, reference, model_dir, progress, final) -> Bisection:
-    if reference is None:
-        reference, _ = run_model(original, feeds, runner, "original", source="the original model")
     graphs, records = step_graphs(recipe, original, model_dir)
     checked: dict[int, tuple[bool, list[OutputReport]]] = {}
     if final is not None and records:
@@ -157,7 +164,10 @@ def _bisect_steps(recipe, original, feeds, tolerance, runner, reference, model_d
             model = finish_graph(graphs[step - 1], original, recipe, records[:step])
             results, _ = run_model(model, feeds, runner, f"after-step-{step}",
                                    source=f"the graph after step {step} ({records[step - 1].title})")
-            outputs = compare_outputs(reference, results, tolerance, renames=renamed_tensors(records[:step]))
+            try:
+                outputs = compare_outputs(reference, results, tolerance, renames=renamed_tensors(records[:step]))
+            finally:
+                results.close()
             checked[step] = (all(o.passed for o in outputs), outputs)
         return checked[step][0]
 

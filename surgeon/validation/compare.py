@@ -12,23 +12,28 @@ arithmetic, which gets these wrong (docs/validation.md, "How outputs are judged"
 
 Relative error is Polygraphy's: |candidate - reference| / |reference|, with zeros of the reference
 nudged by 2.2e-16. `element_mismatches` is Polygraphy's elementwise rule.
+
+Models run on one input set at a time, and outputs are judged one output of one set at a time: what
+is kept of many sets goes to disk (`spill.py`), so memory does not grow with their number.
 """
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import onnx
-from polygraphy.comparator import Comparator, RunResults
 from polygraphy.comparator.compare import SimpleCompareFunc
+from polygraphy.comparator.data_loader import coerce_feed_dict
 from polygraphy.exception import PolygraphyException
 
 from surgeon.errors import SurgeonError, first_line, suggest
 from surgeon.validation.polygraphy_log import G_LOGGER
 from surgeon.validation.runners import make_runner, runner_kind
 from surgeon.validation.settings import check_validate_value
+from surgeon.validation.spill import Column, RunOutputs, column_folder
 
 #: Worst elements listed per output in the reports.
 WORST_K = 10
@@ -131,10 +136,11 @@ def _pick_text(value: str | dict, output: str) -> str:
     return str(value)
 
 
-def _quantile(errors: np.ndarray, q: float) -> float:
-    """np.quantile of errors without NaN; infinities interpolate to NaN (inf - inf) there, here to inf."""
+def _quantile(errors: np.ndarray, q: float, reorder: bool = False) -> float:
+    """np.quantile of errors without NaN; infinities interpolate to NaN (inf - inf) there, here to inf.
+    `reorder`: partition `errors` in place rather than a copy (the same value, without the copy)."""
     with np.errstate(invalid="ignore"):
-        value = float(np.quantile(errors, q))
+        value = float(np.quantile(errors, q, overwrite_input=reorder))
     return np.inf if np.isnan(value) else value
 
 
@@ -232,11 +238,20 @@ def _integer_abs_diff(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def cosine_similarity(reference: np.ndarray, candidate: np.ndarray) -> float | None:
     """Cosine similarity of the elements finite in both (NaN and infinities have no direction);
     None when there is none."""
+    return _cosine(*_finite_pairs(reference, candidate))
+
+
+def _finite_pairs(reference: np.ndarray, candidate: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The elements finite in both, as float64, flat: what cosine similarity is computed on."""
     a = reference.astype(np.float64).ravel()
     b = candidate.astype(np.float64).ravel()
     finite = np.isfinite(a) & np.isfinite(b)
     if not finite.all():
         a, b = a[finite], b[finite]
+    return a, b
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> float | None:
     if a.size == 0:
         return None
     norms = np.linalg.norm(a) * np.linalg.norm(b)
@@ -245,24 +260,37 @@ def cosine_similarity(reference: np.ndarray, candidate: np.ndarray) -> float | N
     return float(np.dot(a, b) / norms)
 
 
-def run_model(model: onnx.ModelProto, feeds: list[dict], kind: str, name: str, source=None,
-              session=None) -> tuple[RunResults, str]:
+def run_model(model: onnx.ModelProto, feeds: Sequence[dict], kind: str, name: str, source=None,
+              session=None) -> tuple[RunOutputs, str]:
     """Run `model` on every feed through a Polygraphy runner named `name` (`session`: the ONNX Runtime
-    session to run, `runners.make_runner`'s); return the results and runner kind. `source` (the model's
+    session to run, `runners.make_runner`'s); return the outputs and runner kind. `source` (the model's
     path, or words for a model without one) names it in any error."""
     runner = make_runner(model, kind, name, session=session, what=source and str(source))
     return run_runner(runner, feeds, source), runner_kind(runner)
 
 
-def run_runner(runner, feeds: list[dict], source=None) -> RunResults:
-    """Run any Polygraphy runner (ours, ONNX Runtime's, TensorRT's) on every feed; `source` names the
-    model in any error."""
+def run_runner(runner, feeds: Sequence[dict], source=None) -> RunOutputs:
+    """Run any Polygraphy runner (ours, ONNX Runtime's, TensorRT's) on every feed, one at a time, its
+    outputs kept as `RunOutputs` (on disk for more than one feed); `source` names the model in any error."""
+    outputs = RunOutputs(runner.name, on_disk=len(feeds) > 1)
     # Polygraphy prints a refusal (G_LOGGER.critical) before raising it: silenced, it reaches the user once.
     with errors_naming(source), G_LOGGER.verbosity(G_LOGGER.CRITICAL + 1):
         try:
-            return Comparator.run([runner], data_loader=feeds)
-        except PolygraphyException as exc:  # its runners' checks of the feeds, multi-line
-            raise SurgeonError(f"Polygraphy cannot run it: {first_line(exc)}") from None
+            with runner as active:
+                metadata = active.get_input_metadata(use_numpy_dtypes=False)
+                for index in range(len(feeds)):
+                    feed = fitted = None  # the set before let go before the next is drawn
+                    feed = feeds[index]
+                    # Fed as `Comparator.run` feeds its runners (DataLoaderCache): names matched, buffers
+                    # cast; one that cannot be made to fit goes as it is, for the runner to say why not.
+                    fitted = coerce_feed_dict(feed, metadata, fallback=feed.__getitem__)
+                    outputs.append(active.infer(feed_dict=fitted), active.last_inference_time())
+        except BaseException as exc:
+            outputs.close()
+            if isinstance(exc, PolygraphyException):  # its runners' checks of the feeds, multi-line
+                raise SurgeonError(f"Polygraphy cannot run it: {first_line(exc)}") from None
+            raise
+    return outputs
 
 
 @contextlib.contextmanager
@@ -277,37 +305,35 @@ def errors_naming(source):
         raise
 
 
-def combine(*results: RunResults) -> RunResults:
-    combined = RunResults()
-    for result in results:
-        for name, iterations in result.items():
-            combined[name] = iterations
-    return combined
-
-
-def compare_outputs(reference: RunResults, candidate: RunResults, tolerance: Tolerance,
+def compare_outputs(reference: RunOutputs, candidate: RunOutputs, tolerance: Tolerance,
                     iterations: int | None = None, check_dtypes: bool = True, renames: dict | None = None,
                     by_position: bool = True) -> list[OutputReport]:
-    """Judge the candidate's outputs against the reference's (the first `iterations` input sets),
-    each paired with a candidate output by `output_pairs` (`renames`, `by_position`).
+    """Judge the candidate's outputs against the reference's (the first `iterations` input sets, one
+    set at a time), each paired with a candidate output by `output_pairs` (`renames`, `by_position`).
 
     With `check_dtypes`, an output whose dtype differs fails (a consumer reads the type); off for
     expected outputs from an .npz, whose dtypes are whatever the exporter saved."""
-    ref_name, ref_iters = next(iter(reference.items()))
-    cand_name, cand_iters = next(iter(candidate.items()))
-    count = min(len(ref_iters), len(cand_iters)) if iterations is None else iterations
-    ref_iters, cand_iters = ref_iters[:count], cand_iters[:count]
-    pairs = output_pairs(ref_iters[0], cand_iters[0], renames, by_position)
-    reports = []
-    for name, paired in pairs.items():
-        if paired is None:
-            reports.append(OutputReport(name, False, note=f"output missing from {cand_name}"))
-            continue
-        report = _judge(name, [np.asarray(it[name]) for it in ref_iters],
-                        [np.asarray(it[paired]) for it in cand_iters], tolerance, check_dtypes)
-        report.candidate_name = paired if paired != name else None
-        reports.append(report)
-    return reports
+    count = min(len(reference), len(candidate)) if iterations is None else iterations
+    pairs = output_pairs(reference[0], candidate[0], renames, by_position)
+    folder = column_folder(count)
+    try:
+        reports = []
+        for name, paired in pairs.items():
+            if paired is None:
+                reports.append(OutputReport(name, False, note=f"output missing from {candidate.name}"))
+                continue
+            # One output of one set at a time: what is held does not grow with the outputs or the sets.
+            judgement = _Judgement(name, tolerance, check_dtypes, folder and folder.name)
+            for index in range(count):
+                judgement.add(index, np.asarray(reference.array(index, name)),
+                              np.asarray(candidate.array(index, paired)))
+            report = judgement.report()
+            report.candidate_name = paired if paired != name else None
+            reports.append(report)
+        return reports
+    finally:
+        if folder is not None:
+            folder.cleanup()
 
 
 def output_pairs(reference: dict, candidate: dict, renames: dict | None = None,
@@ -338,54 +364,93 @@ def _correspond(reference: dict, pairs: dict, candidate: dict) -> bool:
     return len(ours) == len(candidate) and all(alike(*names) for names in zip(pairs, ours, candidate))
 
 
-def _judge(name: str, references: list[np.ndarray], candidates: list[np.ndarray], tolerance: Tolerance,
-           check_dtypes: bool) -> OutputReport:
-    atol, rtol = tolerance.of(name)
-    first_ref, first_cand = references[0], candidates[0]
-    report = OutputReport(name, False, shape=list(first_ref.shape), dtype=str(first_ref.dtype),
-                          candidate_dtype=str(first_cand.dtype), atol=atol, rtol=rtol)
-    if any(r.shape != c.shape for r, c in zip(references, candidates)):
-        report.note = f"shape {list(first_ref.shape)} vs {list(first_cand.shape)}"
+class _Judgement:
+    """One output judged over the input sets, given one at a time: the verdict (every set held to the
+    tolerance) and statistics over the elements of all sets, as if their errors were one array."""
+
+    def __init__(self, name: str, tolerance: Tolerance, check_dtypes: bool, folder: str | None):
+        self.name, self.tolerance, self.check_dtypes = name, tolerance, check_dtypes
+        self.first: tuple | None = None  # the first set's (shape, dtype) of each side: what is reported
+        self.shapes_differ = False
+        self.within = True
+        self.nan_mismatched = 0
+        self.worst: list[dict] = []
+        # Errors without NaN, and the elements finite in both outputs (cosine similarity's).
+        self.columns = [Column(folder, f"{part}-{id(self)}") for part in ("abs", "rel", "ref", "cand")]
+        self.abs_err, self.rel_err, self.finite_ref, self.finite_cand = self.columns
+
+    def add(self, index: int, reference: np.ndarray, candidate: np.ndarray) -> None:
+        if self.first is None:
+            self.first = ((reference.shape, reference.dtype), (candidate.shape, candidate.dtype))
+        if self.shapes_differ or reference.shape != candidate.shape:
+            self.shapes_differ = True  # then no statistics, from any set
+            return
+        abs_err, rel_err = error_arrays(reference, candidate)
+        self.within = self.tolerance.passes(self.name, [(abs_err, rel_err)]) and self.within
+        self.worst = _worst(self.worst, index, reference, candidate, abs_err)
+        abs_err, rel_err = abs_err.ravel(), rel_err.ravel()
+        undefined = np.isnan(abs_err)
+        if undefined.any():
+            self.nan_mismatched += int(undefined.sum())
+            abs_err, rel_err = abs_err[~undefined], rel_err[~undefined]
+        self.abs_err.append(abs_err)
+        self.rel_err.append(rel_err)
+        for column, values in zip((self.finite_ref, self.finite_cand), _finite_pairs(reference, candidate)):
+            column.append(values)
+
+    def report(self) -> OutputReport:
+        """The verdict and statistics; the values kept for them are let go (their files deleted)."""
+        (ref_shape, ref_dtype), (cand_shape, cand_dtype) = self.first
+        atol, rtol = self.tolerance.of(self.name)
+        report = OutputReport(self.name, False, shape=list(ref_shape), dtype=str(ref_dtype),
+                              candidate_dtype=str(cand_dtype), atol=atol, rtol=rtol)
+        try:
+            if self.shapes_differ:
+                report.note = f"shape {list(ref_shape)} vs {list(cand_shape)}"
+            else:
+                self._judge(report, ref_dtype, cand_dtype)
+        finally:
+            for column in self.columns:
+                column.discard()
         return report
-    pairs = [error_arrays(r, c) for r, c in zip(references, candidates)]
-    report.passed = report.within_tolerance = tolerance.passes(name, pairs)
-    if check_dtypes and first_ref.dtype != first_cand.dtype:
-        report.passed = False
-        report.note = f"dtype {first_ref.dtype} vs {first_cand.dtype}"
-    abs_err = np.concatenate([p[0].ravel() for p in pairs])
-    rel_err = np.concatenate([p[1].ravel() for p in pairs])
-    undefined = np.isnan(abs_err)
-    report.nan_mismatched = int(undefined.sum())
-    if report.nan_mismatched:
-        abs_err, rel_err = abs_err[~undefined], rel_err[~undefined]
-    if abs_err.size:
-        report.max_abs, report.mean_abs = float(np.max(abs_err)), float(np.mean(abs_err))
-        report.quantile_abs = _quantile(abs_err, tolerance.quantile)
-        report.max_rel, report.mean_rel = float(np.max(rel_err)), float(np.mean(rel_err))
-        report.quantile_rel = _quantile(rel_err, tolerance.quantile)
-    report.cosine = cosine_similarity(np.concatenate([np.ravel(r) for r in references]),
-                                      np.concatenate([np.ravel(c) for c in candidates]))
-    report.worst = _worst(references, candidates, pairs)
-    step = max(1, abs_err.size // HISTOGRAM_SAMPLES)
-    report.abs_errors = abs_err[::step]
-    return report
+
+    def _judge(self, report: OutputReport, ref_dtype, cand_dtype) -> None:
+        report.passed = report.within_tolerance = self.within
+        if self.check_dtypes and ref_dtype != cand_dtype:
+            report.passed = False
+            report.note = f"dtype {ref_dtype} vs {cand_dtype}"
+        report.nan_mismatched = self.nan_mismatched
+        abs_err = self.abs_err.values()
+        # Sampled before the quantile reorders the errors: every step-th error, in order.
+        report.abs_errors = np.array(abs_err[::max(1, abs_err.size // HISTOGRAM_SAMPLES)])
+        if abs_err.size:
+            report.max_abs, report.mean_abs, report.quantile_abs = self._statistics(abs_err)
+            abs_err = None  # a column at a time: each may be a memory map as large as the errors of all sets
+            report.max_rel, report.mean_rel, report.quantile_rel = self._statistics(self.rel_err.values())
+        report.cosine = _cosine(self.finite_ref.values(), self.finite_cand.values())
+        report.worst = self.worst
+
+    def _statistics(self, errors: np.ndarray) -> tuple[float, float, float]:
+        """Max, mean and quantile of `errors` (reordered)."""
+        return float(np.max(errors)), float(np.mean(errors)), _quantile(errors, self.tolerance.quantile, reorder=True)
 
 
-def _worst(references, candidates, pairs) -> list[dict]:
-    """The WORST_K elements with the largest absolute error, NaN (NaN in one output only) first."""
-    rows = []
-    for iteration, ((abs_err, _), ref, cand) in enumerate(zip(pairs, references, candidates)):
-        flat = abs_err.ravel()
-        k = min(WORST_K, flat.size)
-        if k == 0:
-            continue
-        score = np.where(np.isnan(flat), np.inf, flat)  # argpartition would put NaN last
-        top = np.argpartition(-score, k - 1)[:k] if flat.size > k else np.arange(flat.size)
-        for index in top:
-            where = np.unravel_index(int(index), abs_err.shape)
-            rows.append({"iteration": iteration, "index": [int(i) for i in where],
-                         "reference": ref[where].item(), "candidate": cand[where].item(),
-                         "abs_error": float(flat[index])})
+def _worst(rows: list[dict], iteration: int, ref: np.ndarray, cand: np.ndarray, abs_err: np.ndarray) -> list[dict]:
+    """`rows` (the WORST_K elements with the largest absolute error so far, NaN (NaN in one output
+    only) first) updated with input set `iteration`'s."""
+    flat = abs_err.ravel()
+    k = min(WORST_K, flat.size)
+    if k == 0:
+        return rows
+    score = np.where(np.isnan(flat), np.inf, flat)  # argpartition would put NaN last
+    top = np.argpartition(-score, k - 1)[:k] if flat.size > k else np.arange(flat.size)
+    rows = list(rows)
+    for index in top:
+        where = np.unravel_index(int(index), abs_err.shape)
+        rows.append({"iteration": iteration, "index": [int(i) for i in where],
+                     "reference": ref[where].item(), "candidate": cand[where].item(),
+                     "abs_error": float(flat[index])})
+
     def rank(row):
         error = row["abs_error"]
         return (error == error, -error if error == error else 0.0, row["iteration"], row["index"])

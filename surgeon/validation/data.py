@@ -9,14 +9,19 @@ Random inputs honour per-input shapes, dtypes and value ranges, given in a recip
         grid: {range: [-1.2, 1.2]}          # beyond [-1, 1] exercises the padding mode
         mask: {dtype: bool}
 
-or on the command line as `--input-shape img:1x6x3x224x224 --input-range grid:-1.2,1.2`. The feeds are
-materialised once, so every model of a comparison (and every bisection step) sees the same data.
+or on the command line as `--input-shape img:1x6x3x224x224 --input-range grid:-1.2,1.2`. Random sets
+are drawn when a model runs on them (`RandomFeeds`), the same set from the same seed every time, so
+every model of a comparison (and every bisection step) sees the same data while one set at a time
+is held.
 """
 from __future__ import annotations
 
 import contextlib
 import math
 import os
+import shutil
+import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +35,7 @@ from surgeon.graphinfo import declared_dims
 from surgeon.validation.runners import declared_dtype, graph_inputs
 from surgeon.validation.settings import MAX_SEED, check_dtype_name, check_validate_value
 
-Feeds = list[dict[str, np.ndarray]]
+Feeds = Sequence[dict[str, np.ndarray]]  # a list of recorded sets, or `RandomFeeds`
 #: dtype kinds recorded arrays may have: booleans, integers, floats, complex numbers.
 ARRAY_KINDS = "biufc"
 
@@ -225,21 +230,55 @@ def make_feeds(model: onnx.ModelProto, data: str | NamedTensorFiles | None = Non
         resolved.append((name, dtype, shape))
         if spec.get("range") is not None:
             ranges[name] = (float(spec["range"][0]), float(spec["range"][1]))
-    _check_memory(model, resolved, iterations, model_name, specs)
+    _check_room(model, resolved, iterations, model_name, specs)
     if seed + iterations - 1 > MAX_SEED:  # NumPy's limit, and input set i is drawn with seed + i
         raise SurgeonError(f"validate.seed / --seed {seed} with validate.iterations / --iterations {iterations}: input "
                            f"set i is drawn with seed + i, which may be at most {MAX_SEED} (2**32 - 1)")
-    with out_of_memory_named(iterations):
-        return [_random_feed(resolved, ranges, seed + index) for index in range(iterations)]
+    return RandomFeeds(resolved, ranges, seed, iterations)
 
 
-#: Bytes a validation holds per output element for each input set, beyond the inputs: both models'
-#: outputs, and the float64 errors judging them makes (absolute and relative, per set and joined, and
-#: the float64 copies cosine similarity takes). Measured: 27 MB per set for 4.2 MB of inputs and
-#: 337,152 float32 output elements (CenterPoint's PFE), the estimate 28.5 MB.
+class RandomFeeds(Sequence):
+    """Seeded random input sets drawn when asked for (set i from seed + i, by `_random_feed`), not held:
+    a validation over many sets holds one at a time. The set drawn last is kept, so that one set
+    (the usual case) is drawn once for both models and the report."""
+
+    def __init__(self, inputs: list[tuple[str, np.dtype, list[int]]], ranges: dict, seed: int, count: int):
+        self._inputs, self._ranges, self._seed, self._count = inputs, ranges, seed, count
+        self._last: tuple[int, dict] | None = None
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+        index = range(self._count)[index]
+        if self._last is None or self._last[0] != index:
+            self._last = None  # let the set drawn before go first: one set at a time
+            self._last = (index, _random_feed(self._inputs, self._ranges, self._seed + index))
+        return self._last[1]
+
+    def layout(self) -> dict[str, np.ndarray]:
+        """Every set's names, dtypes and shapes (they are alike), as arrays taking no memory."""
+        return {name: np.broadcast_to(np.zeros((), dtype), shape) for name, dtype, shape in self._inputs}
+
+
+def feed_layouts(feeds: Feeds) -> Sequence[dict[str, np.ndarray]]:
+    """The input sets to check names, dtypes and shapes on, drawing nothing: every recorded set, or one
+    standing for all random sets."""
+    return [feeds.layout()] if isinstance(feeds, RandomFeeds) else feeds
+
+
+#: Bytes a validation holds per output element, beyond one input set: both models' outputs, and the
+#: float64 errors judging them makes (absolute and relative, and the float64 copies cosine similarity
+#: takes). Measured when every set was held: 27 MB per set for 4.2 MB of inputs and 337,152 float32
+#: output elements (CenterPoint's PFE), the estimate 28.5 MB; judged an output at a time, one set
+#: holds less.
 HELD_BYTES_PER_OUTPUT_ELEMENT = 64
-#: Python objects per input set (feeds, both runners' results, error arrays), whatever their size.
+#: Python objects for an input set (the feeds, both runners' results, error arrays), whatever their size.
 HELD_BYTES_PER_SET = 4096
+#: Bytes kept on disk per output element and input set when there is more than one set: the float64
+#: absolute and relative errors and the two float64 copies cosine similarity takes (`spill.Column`),
+#: besides the outputs themselves of up to three models (original, rewritten, a bisected step).
+SPILLED_BYTES_PER_OUTPUT_ELEMENT = 32
 #: Random floats are drawn this many at a time (as float64, 8 MiB) and cast into their input's dtype.
 DRAW_CHUNK = 1 << 20
 
@@ -268,10 +307,11 @@ def _random_feed(inputs: list[tuple[str, np.dtype, list[int]]], ranges: dict, se
     return feed
 
 
-def _check_memory(model: onnx.ModelProto, inputs: list, iterations: int, model_name: str, specs: dict) -> None:
-    """Refuse random inputs the validation could not hold: every input set, with both models' outputs and
-    their errors, stays in memory (the reports save them all). Estimated from the inputs and the model's
-    declared outputs (a dynamic dimension counted as 1), against the machine's memory."""
+def _check_room(model: onnx.ModelProto, inputs: list, iterations: int, model_name: str, specs: dict) -> None:
+    """Refuse random inputs the validation could not hold: one input set at a time, with both models'
+    outputs and their errors, in memory; with more than one set, what is kept of every set (`spill.py`)
+    on the disk of the temp directory. Estimated from the inputs and the model's declared outputs (a
+    dynamic dimension counted as 1), against the machine's memory and that disk's free space."""
     memory = physical_memory()
     sizes = {name: math.prod(shape) * dtype.itemsize for name, dtype, shape in inputs}
     largest = max(sizes, key=sizes.get, default=None)
@@ -282,26 +322,36 @@ def _check_memory(model: onnx.ModelProto, inputs: list, iterations: int, model_n
                            f"take {_size_text(sizes[largest])}, more than this machine's {_size_text(memory)} of "
                            "memory: give recorded inputs (validate.data / --data)"
                            + (f" or a smaller validate.inputs.{largest}.shape / --input-shape" if chosen else ""))
-    held = sum(sizes.values()) + HELD_BYTES_PER_SET
+    held, spilled = sum(sizes.values()) + HELD_BYTES_PER_SET, 0
     for value in model.graph.output:
         dtype, dims = declared_dtype(value), declared_dims(value)
         if dtype is not None and dims is not None:
-            held += math.prod(d or 1 for d in dims) * (2 * dtype.itemsize + HELD_BYTES_PER_OUTPUT_ELEMENT)
+            elements = math.prod(d or 1 for d in dims)
+            held += elements * (2 * dtype.itemsize + HELD_BYTES_PER_OUTPUT_ELEMENT)
+            spilled += elements * (3 * dtype.itemsize + SPILLED_BYTES_PER_OUTPUT_ELEMENT)
     if held > memory:
         raise SurgeonError(f"random inputs for {model_name}: one input set, held with both models' outputs and their "
                            f"errors, would take about {_size_text(held)}, more than this machine's "
                            f"{_size_text(memory)} of memory: give smaller dynamic dimensions (validate.inputs / "
                            "--input-shape) where the model has them")
-    if held * iterations > memory:
-        raise SurgeonError(f"validate.iterations / --iterations {iterations}: every input set is held with both "
-                           f"models' outputs and their errors, about {_size_text(held)} each here, "
-                           f"{_size_text(held * iterations)} in all, more than this machine's {_size_text(memory)} of "
-                           f"memory; at most {memory // held} fit")
+    folder = tempfile.gettempdir()
+    free = free_disk(folder)
+    total = spilled * iterations
+    if iterations > 1 and total > free:
+        raise SurgeonError(f"validate.iterations / --iterations {iterations}: every input set's outputs and errors "
+                           f"are kept on disk, about {_size_text(spilled)} each here, {_size_text(total)} "
+                           f"in all, more than the {_size_text(free)} free in the temp directory {folder}; at most "
+                           f"{max(1, free // max(spilled, 1))} fit (or set TMPDIR to a folder with more room)")
 
 
 def physical_memory() -> int:
     """The machine's memory in bytes (os.sysconf: Linux and macOS)."""
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def free_disk(folder: str) -> int:
+    """Bytes free to this user on the disk of `folder`."""
+    return shutil.disk_usage(folder).free
 
 
 def _size_text(size: int) -> str:
@@ -313,12 +363,13 @@ def _size_text(size: int) -> str:
 
 @contextlib.contextmanager
 def out_of_memory_named(iterations: int):
-    """A MemoryError while validating as a SurgeonError naming what sets its size."""
+    """A MemoryError while validating as a SurgeonError saying what sets its size: one input set, not
+    their number (they are held one at a time)."""
     try:
         yield
     except MemoryError:
-        raise SurgeonError(f"out of memory validating on {iterations} input set(s): lower validate.iterations / "
-                           "--iterations, or validate on smaller inputs") from None
+        raise SurgeonError(f"out of memory validating on {iterations} input set(s), one at a time: validate on "
+                           "smaller inputs") from None
 
 
 def _widened(feed: dict[str, np.ndarray], model: onnx.ModelProto) -> dict[str, np.ndarray]:
@@ -373,7 +424,7 @@ def check_fits(feeds: Feeds, model: onnx.ModelProto, model_name: str, source: st
     (noted in the result); their shapes as they are."""
     from polygraphy.util import find_str_in_iterable
 
-    for i, feed in enumerate(feeds, start=1):
+    for i, feed in enumerate(feed_layouts(feeds), start=1):
         for index, (name, dtype, dims) in enumerate(model_inputs(model)):
             matched = find_str_in_iterable(name, list(feed), index)
             if matched is None:

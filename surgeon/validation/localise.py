@@ -50,8 +50,7 @@ def first_divergence(reference: onnx.ModelProto, candidate: onnx.ModelProto, fee
     ref_results, _ = run_model(with_outputs(reference, names), [feed], runner, "original", source=f"the original {every}")
     cand_results, _ = run_model(with_outputs(candidate, names), [feed], runner, "rewritten",
                                 source=f"the rewritten {every}")
-    ref_values = next(iter(ref_results.items()))[1][0]
-    cand_values = next(iter(cand_results.items()))[1][0]
+    ref_values, cand_values = ref_results[0], cand_results[0]
     ref_nodes = {out: node for node in reference.graph.node for out in node.output}
     cand_nodes = {out: node for node in candidate.graph.node for out in node.output}
     checked = 0

@@ -7,6 +7,9 @@
     PREFIX.json             the result as JSON (also embedded in the run report)
     PREFIX.polygraphy.json  Polygraphy's RunResults: `polygraphy run B.onnx --onnxrt
     PREFIX.inputs.json        --load-inputs PREFIX.inputs.json --load-outputs PREFIX.polygraphy.json`
+
+The last two are Polygraphy's own JSON (`to_json`), written an array at a time (`_ArrayStubs`):
+with many input sets, their text is more than the validation ever holds.
 """
 from __future__ import annotations
 
@@ -15,12 +18,14 @@ import html
 import io
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 from surgeon.cli_args import json_text
-from surgeon.modelio import guard_outputs, write_text_atomic
+from surgeon.modelio import guard_outputs
+from surgeon.validation.data import RandomFeeds
 from surgeon.validation.localise import describe_divergence
 
 #: Node names listed per side in the HTML graph diff before "… and N more".
@@ -48,21 +53,21 @@ def report_paths(prefix) -> list[Path]:
 def write_reports(result, prefix: Path) -> list[Path]:
     """Write every report format at `prefix`, list them in `result.reports`, and return them.
 
-    Every file is rendered first, then written under a temporary name, and the five are renamed
-    into place together: a failure or an interrupt before then leaves the reports of before, never
-    a mix of new and stale ones."""
-    from polygraphy.json import to_json
-
+    The Markdown, HTML and JSON reports are rendered first; then every file is written under a
+    temporary name (the outputs and inputs an array at a time), and the five are renamed into place
+    together: a failure or an interrupt before then leaves the reports of before, never a mix of new
+    and stale ones."""
     prefix = Path(prefix)
     md, page, data = (_suffixed(prefix, ext) for ext in (".md", ".html", ".json"))
     result.reports = [md, page, data]
-    texts = {}
-    if result.run_results is not None:
+    contents: dict[Path, str | Callable] = {}
+    if result.runs:
         outputs, inputs = _suffixed(prefix, ".polygraphy.json"), _suffixed(prefix, ".inputs.json")
         result.reports += [outputs, inputs]
-        texts[outputs], texts[inputs] = to_json(result.run_results), to_json(list(result.feeds))
-    texts.update({md: markdown(result), page: html_page(result), data: json_text(result.to_dict())})
-    _write_together(texts)
+        contents[outputs] = lambda handle: _write_run_results(handle, result.runs)
+        contents[inputs] = lambda handle: _write_inputs(handle, result.feeds)
+    contents.update({md: markdown(result), page: html_page(result), data: json_text(result.to_dict())})
+    _write_together(contents)
     return result.reports
 
 
@@ -70,18 +75,119 @@ def _suffixed(prefix: Path, suffix: str) -> Path:
     return prefix.with_name(prefix.name + suffix)
 
 
-def _write_together(texts: dict[Path, str]) -> None:
-    """Write each text through a temporary file beside its path, then rename them all in one go."""
-    guard_outputs([(path, "the validation report", None) for path in texts])  # what the renames replace
+def _write_together(contents: dict[Path, str | Callable]) -> None:
+    """Write each file (a text, or a function writing to a binary file) through a temporary file beside
+    its path, then rename them all in one go."""
+    guard_outputs([(path, "the validation report", None) for path in contents])  # what the renames replace
     staged = {}
     try:
-        for path, text in texts.items():
-            staged[path] = write_text_atomic(path.with_name(f".{path.name}.{os.getpid()}.new"), text)
+        for path, content in contents.items():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            staged[path] = path.with_name(f".{path.name}.{os.getpid()}.new")
+            with open(staged[path], "wb") as handle:
+                if callable(content):
+                    content(handle)
+                else:
+                    handle.write(content.encode())
         for path, temporary in staged.items():
             os.replace(temporary, path)
     finally:
         for temporary in staged.values():
             temporary.unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------- Polygraphy's JSON, an array at a time
+
+def _write_run_results(handle, runs) -> None:
+    """`RunResults.save` of the runs (`spill.RunOutputs`), one runner after the other."""
+    from polygraphy.comparator import IterationResult, RunResults
+
+    stubs = _ArrayStubs()
+    results = RunResults()
+    for run in runs:
+        results.append((run.name, [IterationResult({name: stubs.stand_in(source) for name, source in
+                                                    run.sources(index).items()}, runtime, run.name)
+                                   for index, runtime in enumerate(run.runtimes)]))
+    stubs.write(handle, results)
+
+
+def _write_inputs(handle, feeds) -> None:
+    """Polygraphy's JSON of the input sets (a list of {name: array}); random sets drawn again, one at a time."""
+    stubs = _ArrayStubs()
+    layout = feeds.layout() if isinstance(feeds, RandomFeeds) else None  # names without drawing the set
+    sets = [{name: stubs.stand_in(lambda index=index, name=name: feeds[index][name])
+             for name in (feeds[index] if layout is None else layout)} for index in range(len(feeds))]
+    stubs.write(handle, sets)
+
+
+class _ArrayStubs:
+    """Small arrays standing in for large ones in what Polygraphy's `to_json` encodes. Its text, small,
+    is written with each stand-in's encoding (the base64 of its .npy bytes) replaced by the array's,
+    streamed: Polygraphy's file, byte for byte, without its text ever being one string."""
+
+    def __init__(self):
+        self._nonce = int.from_bytes(os.urandom(7), "little")  # no name or number in the text can hold a stub
+        self._sources: list = []
+
+    def stand_in(self, source) -> np.ndarray:
+        """A stub for `source`: an array, a function returning one, or the .npy file holding one."""
+        self._sources.append(source)
+        return self._stub(len(self._sources))
+
+    def _stub(self, number: int) -> np.ndarray:
+        return np.array([self._nonce, number], np.int64)
+
+    def write(self, handle, structure) -> None:
+        from polygraphy.json import to_json
+
+        text, start = to_json(structure), 0
+        for number, source in enumerate(self._sources, start=1):
+            stub = _base64_npy(self._stub(number))
+            found = text.index(stub, start)
+            handle.write(text[start:found].encode())
+            _write_base64_npy(handle, source)
+            start = found + len(stub)
+        handle.write(text[start:].encode())
+
+
+def _base64_npy(array: np.ndarray) -> str:
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def _write_base64_npy(handle, source) -> None:
+    """The base64 of `source`'s .npy bytes (Polygraphy's encoding of an array), a chunk at a time (np.save
+    writes 16 MiB at a time to a file object that is no file)."""
+    sink = _Base64Writer(handle)
+    if isinstance(source, Path):
+        with open(source, "rb") as npy:
+            while chunk := npy.read(_CHUNK):
+                sink.write(chunk)
+    else:
+        np.save(sink, source() if callable(source) else source, allow_pickle=False)
+    sink.close()
+
+
+_CHUNK = 1 << 20
+
+
+class _Base64Writer:
+    """A file object for np.save that writes the base64 of what it is given to `handle`."""
+
+    def __init__(self, handle):
+        self._handle, self._rest = handle, b""
+
+    def write(self, data) -> int:
+        size = len(data)
+        data = self._rest + bytes(data)
+        cut = len(data) - len(data) % 3
+        self._handle.write(base64.b64encode(data[:cut]))
+        self._rest = data[cut:]
+        return size
+
+    def close(self) -> None:
+        self._handle.write(base64.b64encode(self._rest))
 
 
 # ---------------------------------------------------------------- markdown

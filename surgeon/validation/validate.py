@@ -6,6 +6,9 @@
                                      ├─► first diverging tensor (localise.py)
                                      └─► first diverging step (bisect.py, with each_step)
     expected.npz (PyTorch) ─► compared with the rewritten model's outputs too
+
+Each model runs on one input set at a time, and what is kept of many sets waits on disk (`spill.py`):
+memory does not grow with the number of sets.
 """
 from __future__ import annotations
 
@@ -17,17 +20,18 @@ from typing import Any
 
 import numpy as np
 import onnx
-from polygraphy.comparator import IterationResult, RunResults
 
 from surgeon import modelio
 from surgeon.errors import SurgeonError, suggest
 from surgeon.graphinfo import histogram_delta, op_histogram, tensor_bytes
 from surgeon.modelio import load_model
 from surgeon.validation.bisect import Bisection, bisect_steps, renamed_tensors
-from surgeon.validation.compare import OutputReport, Tolerance, combine, compare_outputs, run_model, run_runner
-from surgeon.validation.data import Feeds, check_fits, check_recorded, feeds_for, load_arrays, out_of_memory_named
+from surgeon.validation.compare import OutputReport, Tolerance, compare_outputs, run_model, run_runner
+from surgeon.validation.data import (Feeds, check_fits, check_recorded, feed_layouts, feeds_for, load_arrays,
+                                     out_of_memory_named)
 from surgeon.validation.localise import describe_divergence, first_divergence
 from surgeon.validation.runners import RUNNER_KINDS, check_runnable, declared_dtype, graph_inputs
+from surgeon.validation.spill import RunOutputs
 
 ORIGINAL, REWRITTEN, EXPECTED, AGAINST = "original", "rewritten", "expected", "against"
 
@@ -59,7 +63,8 @@ class ValidationResult:
     tolerance_hint: str = ""
     #: Whether the reference model's own outputs miss the expected ones (None: not compared).
     original_misses_expected: bool | None = None
-    run_results: RunResults | None = field(default=None, repr=False)
+    #: Each model's outputs, in the order the reports save them (`PREFIX.polygraphy.json`).
+    runs: list[RunOutputs] = field(default_factory=list, repr=False)
     feeds: Feeds = field(default_factory=list, repr=False)
 
     @property
@@ -167,7 +172,7 @@ def describe_output(o: OutputReport) -> str:
 
 
 def validate_models(original: onnx.ModelProto, rewritten: onnx.ModelProto | None, feeds: Feeds,
-                    tolerance: Tolerance, runner: str = "auto", expected: str | RunResults | None = None,
+                    tolerance: Tolerance, runner: str = "auto", expected: str | RunOutputs | None = None,
                     data: str = "random inputs", localise: bool = True,
                     rewritten_runner=None, reference: str = ORIGINAL, renames: dict | None = None,
                     sessions: dict | None = None, files: dict | None = None) -> ValidationResult:
@@ -183,39 +188,49 @@ def validate_models(original: onnx.ModelProto, rewritten: onnx.ModelProto | None
     (`compare.output_pairs`), with a note. `prepare_validation` checks all of this before anything runs.
     `sessions`: the ONNX Runtime sessions its checks built (`ValidationInputs.sessions`), run instead
     of building them again. `files` ({`reference` or "rewritten": path}) name the models in errors.
-    Running out of memory is an error naming the number of input sets.
+    The models run on one input set at a time (`feeds` may draw them as asked, `data.RandomFeeds`);
+    with more than one, their outputs wait on disk (`ValidationResult.runs`) until the result is
+    collected, or are deleted at once when the validation fails to finish. Running out of memory is
+    an error naming the number of input sets.
     """
+    runs: list[RunOutputs] = []
     with out_of_memory_named(len(feeds)):
-        if original is None:
-            return _validate_against_expected(rewritten, feeds, tolerance, runner, expected, data, renames, sessions,
-                                              files)
-        return _validate_models(original, rewritten, feeds, tolerance, runner, expected, data, localise,
-                                rewritten_runner, reference, renames, sessions, files)
+        try:
+            if original is None:
+                return _validate_against_expected(rewritten, feeds, tolerance, runner, expected, data, renames,
+                                                  sessions, files, runs)
+            return _validate_models(original, rewritten, feeds, tolerance, runner, expected, data, localise,
+                                    rewritten_runner, reference, renames, sessions, files, runs)
+        except BaseException:
+            for run in runs:
+                run.close()
+            raise
 
 
 def _validate_models(original, rewritten, feeds, tolerance, runner, expected, data, localise, rewritten_runner,
-                     reference, renames, sessions, files) -> ValidationResult:
+                     reference, renames, sessions, files, runs) -> ValidationResult:
     tolerance.check_outputs([o.name for o in original.graph.output])
-    original_results, original_kind = _run_model(original, feeds, runner, reference, sessions, files)
+    original_outputs, original_kind = _run_model(original, feeds, runner, reference, sessions, files, runs)
     if rewritten_runner is not None:
-        rewritten_results = run_runner(rewritten_runner, feeds, _source(files, REWRITTEN))
+        rewritten_outputs = run_runner(rewritten_runner, feeds, _source(files, REWRITTEN))
+        runs.append(rewritten_outputs)
         rewritten_kind = rewritten_runner.name
     else:
-        rewritten_results, rewritten_kind = _run_model(rewritten, feeds, runner, REWRITTEN, sessions, files)
-    outputs = compare_outputs(original_results, rewritten_results, tolerance, renames=renames)
+        rewritten_outputs, rewritten_kind = _run_model(rewritten, feeds, runner, REWRITTEN, sessions, files, runs)
+    outputs = compare_outputs(original_outputs, rewritten_outputs, tolerance, renames=renames)
     result = ValidationResult(passed=all(o.passed for o in outputs), tolerance=tolerance, outputs=outputs,
                               runners={reference: original_kind, REWRITTEN: rewritten_kind},
                               iterations=len(feeds), data=data, feeds=feeds, reference=reference,
-                              graph_diff=graph_diff(original, rewritten) if rewritten is not None else {})
-    result.run_results = combine(original_results, rewritten_results)
-    result.notes = input_notes(original, rewritten, feeds[0]) if rewritten is not None else []
+                              graph_diff=graph_diff(original, rewritten) if rewritten is not None else {},
+                              runs=runs)
+    result.notes = input_notes(original, rewritten, feed_layouts(feeds)[0]) if rewritten is not None else []
     result.notes += output_notes(outputs, renames, reference)
     if expected:
-        result.expected = compare_outputs(_expected(expected), rewritten_results, tolerance, iterations=1,
+        result.expected = compare_outputs(_expected(expected), rewritten_outputs, tolerance, iterations=1,
                                           check_dtypes=False, renames=renames, by_position=False)
         result.passed = result.passed and all(o.passed for o in result.expected)
         if not result.passed:  # would the original pass against them? (the rewrite may repair it)
-            misses = compare_outputs(_expected(expected), original_results, tolerance, iterations=1,
+            misses = compare_outputs(_expected(expected), original_outputs, tolerance, iterations=1,
                                      check_dtypes=False, by_position=False)
             result.original_misses_expected = not all(o.passed for o in misses)
     # Only an error beyond tolerance has a tensor to look for; a changed dtype, shape or name has not.
@@ -224,38 +239,38 @@ def _validate_models(original, rewritten, feeds, tolerance, runner, expected, da
     return result
 
 
-def _validate_against_expected(rewritten, feeds, tolerance, runner, expected, data, renames, sessions,
-                               files) -> ValidationResult:
+def _validate_against_expected(rewritten, feeds, tolerance, runner, expected, data, renames, sessions, files,
+                               runs) -> ValidationResult:
     if not expected:
         raise SurgeonError("validate: 'against: none' compares with the expected outputs only, so it needs "
                            "'expected' (an .npz of reference outputs)")
     tolerance.check_outputs([o.name for o in rewritten.graph.output])
-    rewritten_results, rewritten_kind = _run_model(rewritten, feeds, runner, REWRITTEN, sessions, files)
-    compared = compare_outputs(_expected(expected), rewritten_results, tolerance, iterations=1, check_dtypes=False,
+    rewritten_outputs, rewritten_kind = _run_model(rewritten, feeds, runner, REWRITTEN, sessions, files, runs)
+    compared = compare_outputs(_expected(expected), rewritten_outputs, tolerance, iterations=1, check_dtypes=False,
                                renames=renames, by_position=False)
-    result = ValidationResult(passed=all(o.passed for o in compared), tolerance=tolerance, outputs=[],
-                              expected=compared, runners={REWRITTEN: rewritten_kind}, iterations=len(feeds),
-                              data=data, feeds=feeds)
-    result.run_results = rewritten_results
-    return result
+    return ValidationResult(passed=all(o.passed for o in compared), tolerance=tolerance, outputs=[],
+                            expected=compared, runners={REWRITTEN: rewritten_kind}, iterations=len(feeds),
+                            data=data, feeds=feeds, runs=runs)
 
 
 def _run_model(model: onnx.ModelProto, feeds: Feeds, kind: str, name: str, sessions: dict | None,
-               files: dict | None):
-    """`compare.run_model`, through the session kept for `model` if there is one: handed over (taken out
-    of `sessions`), so that it is freed when its run is done. Errors name the model by its path in
-    `files`, else as "the NAME model"."""
+               files: dict | None, runs: list[RunOutputs]):
+    """`compare.run_model`, its outputs added to `runs`, through the session kept for `model` if there is
+    one: handed over (taken out of `sessions`), so that it is freed when its run is done. Errors name the
+    model by its path in `files`, else as "the NAME model"."""
     kept = (sessions or {}).pop(id(model), None)
-    return run_model(model, feeds, kind, name, _source(files, name),
-                     session=kept[1] if kept is not None and kept[0] is model else None)
+    outputs, ran_as = run_model(model, feeds, kind, name, _source(files, name),
+                                session=kept[1] if kept is not None and kept[0] is model else None)
+    runs.append(outputs)
+    return outputs, ran_as
 
 
 def _source(files: dict | None, name: str) -> str:
     return str((files or {}).get(name) or f"the {name} model")
 
 
-def _expected(expected: str | Path | RunResults) -> RunResults:
-    return expected if isinstance(expected, RunResults) else expected_results(expected)
+def _expected(expected: str | Path | RunOutputs) -> RunOutputs:
+    return expected if isinstance(expected, RunOutputs) else expected_results(expected)
 
 
 def input_notes(original: onnx.ModelProto, rewritten: onnx.ModelProto, feed: dict) -> list[str]:
@@ -303,11 +318,11 @@ def output_notes(outputs: list[OutputReport], renames: dict | None, reference: s
     return notes
 
 
-def expected_results(path: str | Path) -> RunResults:
-    """Reference outputs (e.g. from PyTorch) as a one-iteration Polygraphy result named 'expected'."""
+def expected_results(path: str | Path) -> RunOutputs:
+    """Reference outputs (e.g. from PyTorch) as the outputs of one input set of a run named 'expected'."""
     arrays = load_arrays(path, "expected outputs")[0]
-    results = RunResults()
-    results[EXPECTED] = [IterationResult({k: np.asarray(v) for k, v in arrays.items()}, runner_name=EXPECTED)]
+    results = RunOutputs(EXPECTED)
+    results.append({k: np.asarray(v) for k, v in arrays.items()})
     return results
 
 
@@ -335,7 +350,7 @@ class ValidationInputs:
     runner: str
     feeds: Feeds | None  # None until `check_candidate` when random inputs are made for the candidate
     data: str
-    expected: RunResults | None = None
+    expected: RunOutputs | None = None
     #: id(model) -> (model, session): the ONNX Runtime session `check_runnable` built for each model
     #: checked (runner 'onnxruntime'), for `validate_models` to run rather than build another; None
     #: where the caller does not hand them over (`prepare_validation`'s `keep_sessions`).
@@ -367,7 +382,7 @@ class ValidationInputs:
             outputs += [o for o in candidate_outputs if o not in outputs]
         if self.expected is not None:
             known = set(outputs)
-            for key in self.expected[EXPECTED][0].keys():
+            for key in self.expected[0]:
                 if key not in known:
                     close = suggest(key, outputs)
                     raise SurgeonError(f"expected outputs hold '{key}', which is not an output of the model",
@@ -464,16 +479,10 @@ def validate_run(recipe, original: onnx.ModelProto, original_path: Path, rewritt
         # compared with an `against` model: then it runs the original itself and judges the last step too.
         progress.message("bisecting the recipe's steps against the original model")
         result.bisection = bisect_steps(recipe, original, feeds, tolerance, runner,
-                                        reference=None if against else _only_runner(result.run_results, ORIGINAL),
+                                        reference=None if against else result.runs[0],
                                         model_dir=Path(original_path).parent, progress=progress,
                                         final=None if against else result.outputs)
     if output is not None:
         prefix = Path(config["report"]) if config.get("report") else default_prefix(output)
         result.reports = write_reports(result, prefix)
     return result
-
-
-def _only_runner(results: RunResults, name: str) -> RunResults:
-    single = RunResults()
-    single[name] = results[name]
-    return single
