@@ -1,13 +1,14 @@
 """Each shipped model recipe on each zoo export it is tested on: nodes before and after, the largest error
 against PyTorch and against the original export, and the seconds of the run and of `surgeon compare`.
 
-    OMP_NUM_THREADS=1 python bench/model_recipes.py
+    OMP_NUM_THREADS=1 python bench/model_recipes.py [--recipe NAME ...]
 
 Prints the table of docs/model-recipes.md ("Figures"). The cases are the ones tests/test_model_recipes.py
 proves (imported from there, so the two cannot drift apart).
 """
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import tempfile
@@ -28,11 +29,18 @@ def compare_report(original: Path, result: Path, case, report: Path) -> dict:
     return json.loads(report.with_suffix(".json").read_text())
 
 
-def main() -> None:
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    recipes = sorted({case.recipe for case in CASES})
+    parser.add_argument("--recipe", action="append", choices=recipes, metavar="NAME",
+                        help=f"measure only this recipe's cases (repeatable; default: all of {', '.join(recipes)})")
+    args = parser.parse_args(argv)
     print("| recipe on export | nodes | vs PyTorch | vs original | run | compare |")
     print("|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
         for case in CASES:
+            if args.recipe and case.recipe not in args.recipe:
+                continue
             output = Path(tmp) / f"{case.recipe}.onnx"
             started = time.perf_counter()
             run_recipe(REPO / "recipes" / f"{case.recipe}.yaml", model=ZOO / f"{case.export}.onnx", output=output,

@@ -38,7 +38,7 @@ import math
 import numpy as np
 
 from surgeon.errors import PassError
-from surgeon.pass_api import Param, Pass, PassResult, register_pass
+from surgeon.pass_api import Param, ParamError, Pass, PassResult, register_pass
 from surgeon.rewrite import (INTEGER_MAX_MIN_SINCE, Rewrite, const_value, dtype_of, find_nodes, is_op,
                              max_min_is_wrong, onnx_dtype, producer, validation_runtime)
 
@@ -73,11 +73,15 @@ class ClipInt(Pass):
     }
     needs = ("shapes",)
 
+    @classmethod
+    def check_params_for(cls, values, target):
+        if values["mode"] == "cast" and target.is_tensorrt:
+            raise ParamError("mode", f"parameter 'mode' of pass '{cls.name}': 'cast' needs float64, which target "
+                             f"'{target.name}' lacks", hint="use mode 'minmax'")
+
     def run(self, graph, ctx):
         result = PassResult()
-        if self.mode == "cast" and ctx.target.is_tensorrt:
-            raise PassError(f"clip-int mode 'cast' needs float64, which target '{ctx.target.name}' lacks; "
-                            "use mode 'minmax'")
+        self.check_params_for(self.values, ctx.target)  # a Recipe built in code skips load_recipe's check
         opset = min(ctx.opset, ctx.target.opset)
         for node in find_nodes(graph, lambda n: is_op(n, "Clip")):
             # torch's own integer clamp at opset 11 rounds through float: rewritten from the Cast back.

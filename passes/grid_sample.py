@@ -26,7 +26,6 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from surgeon.errors import PassError
 from surgeon.pass_api import Param, ParamError, Pass, PassResult, register_pass
 from surgeon.plugins.specs import make_plugin_node, plugin_specs
 from surgeon.rewrite import Rewrite, dtype_of
@@ -100,6 +99,13 @@ class GridSamplePass(Pass):
         return checked
 
     @classmethod
+    def check_params_for(cls, values, target):
+        if values["fma_emulation"] == "float64" and not runs_float64(target):
+            raise ParamError("fma_emulation", f"parameter 'fma_emulation' of pass '{cls.name}': 'float64' needs "
+                             f"float64 Cast/Mul/Sub, which target '{target.name}' lacks",
+                             hint="use fma_emulation 'none' or 'auto'")
+
+    @classmethod
     def fix_hint(cls, target) -> str:
         if target.is_tensorrt:  # from 8.5 the parser has GridSample, which auto picks; older: plugin or ops
             native = "grid-sample (native GridSample), or " if choose_form(target) == "onnx" else "grid-sample "
@@ -107,10 +113,8 @@ class GridSamplePass(Pass):
         return "grid-sample" if choose_form(target) == "onnx" else "grid-sample mode=decompose"
 
     def run(self, graph, ctx):
+        self.check_params_for(self.values, ctx.target)  # a Recipe built in code skips load_recipe's check
         form = self.mode if self.mode != "auto" else choose_form(ctx.target)
-        if self.fma_emulation == "float64" and not runs_float64(ctx.target):
-            raise PassError(f"grid-sample fma_emulation 'float64' needs float64 Cast/Mul/Sub, which target "
-                            f"'{ctx.target.name}' lacks; use fma_emulation 'none' (or 'auto')")
         fma_in_float64 = self.fma_emulation == "float64" or (self.fma_emulation == "auto" and
                                                               runs_float64(ctx.target))
         decompose = partial(emit_decomposition, fma_in_float64=fma_in_float64)

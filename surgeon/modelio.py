@@ -46,12 +46,12 @@ def read_model(path, load_external_data: bool = True) -> tuple[onnx.ModelProto, 
         serialized = path.read_bytes()
         model = onnx.load_model_from_string(serialized, format="protobuf")
     except (DecodeError, RuntimeWarning, ValueError) as exc:
-        _refuse_text_format(path)
+        _refuse_other_formats(path, serialized)
         raise ModelError(f"not a valid ONNX model ({type(exc).__name__}: {exc})", file=path) from None
     except OSError as exc:
         raise ModelError(f"cannot read model: {exc.strerror or exc}", file=path) from None
     if not model.HasField("graph") or not model.opset_import:
-        _refuse_text_format(path)
+        _refuse_other_formats(path, serialized)
         raise ModelError("not a valid ONNX model (no graph or no opset import)", file=path)
     data_files = _external_data_files(model, path, check=load_external_data)
     problem = next(model_problems(model, serialized, path.parent), None)
@@ -463,7 +463,17 @@ _TEXT_FORMATS = {".json": "JSON", ".textproto": "textproto", ".pbtxt": "textprot
                  ".txtpb": "textproto", ".onnxtxt": "onnxtxt"}
 
 
-def _refuse_text_format(path: Path) -> None:
+def is_git_lfs_pointer(head: bytes) -> bool:
+    """Whether a file that starts with `head` is a Git LFS pointer: what a clone without `git lfs pull` holds
+    in place of a large file (a model, an .npz of inputs)."""
+    return head.startswith(b"version https://git-lfs")
+
+
+def _refuse_other_formats(path: Path, serialized: bytes) -> None:
+    """Name what a file that is no binary ONNX model is, where that is known: a Git LFS pointer, or one of
+    onnx's text formats."""
+    if is_git_lfs_pointer(serialized):
+        raise ModelError("a Git LFS pointer, not the model: fetch the file (git lfs pull)", file=path)
     kind = _TEXT_FORMATS.get(path.suffix.lower())
     if kind is not None:
         raise ModelError(f"not a binary ONNX model: surgeon reads binary protobuf models only, not onnx's {kind} "

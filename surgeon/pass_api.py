@@ -237,6 +237,12 @@ class Pass:
         return checked
 
     @classmethod
+    def check_params_for(cls, values: dict[str, Any], target) -> None:
+        """Refuse checked `values` that `target` (a surgeon.targets.Target) cannot run, raising ParamError that
+        names the parameter. Recipes call it once their target is known, so the error points at the line
+        that set the value before any model is read; a pass whose parameters all run everywhere keeps this."""
+
+    @classmethod
     def fix_hint(cls, target) -> str:
         """How `surgeon check` phrases this pass as a fix on `target` (a pass may name its mode)."""
         return cls.name

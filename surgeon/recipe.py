@@ -87,6 +87,9 @@ class Step:
     label: str | None = None
     file: str | None = None
     line: int | None = None
+    #: Where each parameter was last given: (file, mark) of its key in `with` or `set:`, or the `--set KEY`
+    #: text, so a value the target refuses (see `_check_for_target`) is blamed where it was written.
+    given_at: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def describe(self, index: int) -> str:
         return f"step {index} ({self.label or self.pass_name})"
@@ -357,6 +360,7 @@ def load_recipe(source, overrides=(), model=None) -> Recipe:
     recipe.sha256 = _sha256(chain, overrides)
     for override in overrides:
         apply_override(recipe, override)
+    _check_for_target(recipe)
     if recipe.build:  # the section as written was checked with its marks; `set:` and --set may have changed it
         from surgeon.build import check_build_combination
         from surgeon.errors import SurgeonError
@@ -368,6 +372,26 @@ def load_recipe(source, overrides=(), model=None) -> Recipe:
     if model is not None:
         recipe.model = Path(model)
     return recipe
+
+
+def _check_for_target(recipe: Recipe) -> None:
+    """Refuse a parameter the recipe's target cannot run (clip-int mode cast on TensorRT) at the place that gave
+    its final value, now that every level, `set:` and `--set` has spoken, before any model is read."""
+    from surgeon.targets import load_target
+
+    target = load_target(recipe.target)
+    for index, step in enumerate(recipe.steps, start=1):
+        try:
+            get_pass(step.pass_name).check_params_for(step.params, target)
+        except ParamError as exc:
+            message = f"{step.describe(index)}: {exc.message}"
+            given = step.given_at.get(exc.param)
+            if isinstance(given, str):  # --set
+                raise RecipeError(f"{given}: {message}", hint=exc.hint) from None
+            if given is None:  # the default: the step itself is where to change it
+                raise RecipeError(message, file=step.file, line=step.line, hint=exc.hint) from None
+            file, mark = given
+            raise _error(message, mark, exc.hint, file=file) from None
 
 
 def _sha256(chain: list, overrides) -> str:
@@ -481,7 +505,8 @@ def _build(chain: list, path: Path | None) -> Recipe:
         for key, val in sets.items():
             try:
                 step = apply_override(recipe, (str(key), val), steps=own_steps,
-                                      base=file.parent if file else None, source="set")
+                                      base=file.parent if file else None, source="set",
+                                      given_at=(file, _key_mark(sets, key)))
             except RecipeError as exc:
                 raise _error(exc.message, _key_mark(sets, key), exc.hint, file=file) from None
             if step is not None and not any(step is kept for kept in recipe.steps):
@@ -588,8 +613,9 @@ def _parse_steps(mapping, key: str, file) -> list[Step]:
                          _value_mark(item, "name"), "STEP in --set and set: is a number, a label or a pass name",
                          file=file)
         mark = getattr(item, "mark", mark)
-        steps.append(Step(name, checked, label=label,
-                          file=str(file) if file else None, line=mark.line + 1 if mark else None))
+        steps.append(Step(name, checked, label=label, file=str(file) if file else None,
+                          line=mark.line + 1 if mark else None,
+                          given_at={key: (file, _key_mark(params, key)) for key in params}))
     return steps
 
 
@@ -676,12 +702,13 @@ def parse_override(text: str) -> tuple[str, Any]:
 
 
 def apply_override(recipe: Recipe, override, steps: list[Step] | None = None, base: Path | None = None,
-                   source: str = "--set") -> Step | None:
+                   source: str = "--set", given_at=None) -> Step | None:
     """Set one parameter: `STEP.PARAM` where STEP is a 1-based index, a step name or a pass name in `steps`
     (default: the recipe's), or `validate.KEY` / `build.KEY`; return the step changed (None: a section).
 
     A recipe's own `set` gives the folder of its file as `base`: paths in sections are relative to it.
-    `source` is how messages call the override (`--set`, or a recipe's `set`)."""
+    `source` is how messages call the override (`--set`, or a recipe's `set`); `given_at` is where a recipe's
+    `set` wrote it, (file, mark), recorded in the step's `given_at` (default: the `--set KEY` text)."""
     key, value = parse_override(override) if isinstance(override, str) else override
     if "." not in key:
         raise RecipeError(f"{source} {key}: expected STEP.PARAM, such as 2.mode or validate.atol")
@@ -705,6 +732,7 @@ def apply_override(recipe: Recipe, override, steps: list[Step] | None = None, ba
         step.params = cls.check_params({**step.params, param: value})
     except ParamError as exc:
         raise RecipeError(f"{source} {key}: {exc.message}", hint=exc.hint) from None
+    step.given_at[param] = given_at or f"{source} {key}"
     return step
 
 

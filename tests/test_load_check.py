@@ -155,3 +155,17 @@ def test_a_function_validation_cannot_inline_is_one_clear_error(tmp_path, model,
                    output=tmp_path / "o.onnx")
     assert why in str(raised.value)
     assert not (tmp_path / "o.onnx").exists()
+
+
+@pytest.mark.parametrize("name", ["model.onnx", "model.json"])
+def test_a_git_lfs_pointer_is_named_as_one_by_every_command(tmp_path, capsys, name):
+    """A clone without `git lfs pull` holds pointers in place of models: protobuf's "Wire format was corrupt"
+    said nothing of that (an .npz pointer was already named)."""
+    from surgeon.cli import main
+
+    pointer = tmp_path / name
+    pointer.write_text("version https://git-lfs.github.com/spec/v1\noid sha256:" + "0" * 64 + "\nsize 1234\n")
+    with pytest.raises(SurgeonError, match=r"a Git LFS pointer, not the model: fetch the file \(git lfs pull\)$"):
+        modelio.load_model(pointer)
+    assert main(["check", "--no-config", str(pointer)]) == 2
+    assert capsys.readouterr().out.startswith(f"{pointer}: SG000 error a Git LFS pointer, not the model")

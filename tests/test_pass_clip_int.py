@@ -13,7 +13,9 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from onnx import helper
 
-from surgeon.errors import SurgeonError
+from surgeon.errors import RecipeError, SurgeonError
+from surgeon.pipeline import run_steps
+from surgeon.recipe import load_recipe
 from surgeon.testing import apply_pass, make_model, op_types, run_ort
 
 torch = pytest.importorskip("torch")
@@ -118,8 +120,15 @@ def test_cast_mode_is_exact_over_the_whole_int32_range():
 
 
 def test_cast_mode_is_refused_for_tensorrt():
-    with pytest.raises(SurgeonError, match="float64.*tensorrt-8.6.*minmax"):
-        apply_pass(clip_model(np.int32, 13, lo=0, hi=3), "clip-int", target="tensorrt-8.6", mode="cast")
+    """When the recipe loads (tests/test_recipe_errors.py: at its line), and by the step of a Recipe whose
+    target was changed in code after that."""
+    model = clip_model(np.int32, 13, lo=0, hi=3)
+    with pytest.raises(RecipeError, match="'cast' needs float64, which target 'tensorrt-8.6' lacks"):
+        apply_pass(model, "clip-int", target="tensorrt-8.6", mode="cast")
+    recipe = load_recipe({"name": "x", "steps": [{"pass": "clip-int", "with": {"mode": "cast"}}]})
+    recipe.target = "tensorrt-8.6"
+    with pytest.raises(SurgeonError, match=r"step 1 \(clip-int\): parameter 'mode' .* 'tensorrt-8.6' lacks"):
+        run_steps(model, recipe)
 
 
 def test_float_clip_is_left_alone_and_second_run_changes_nothing():

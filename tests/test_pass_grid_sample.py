@@ -15,7 +15,7 @@ import onnx_graphsurgeon as gs
 import pytest
 from onnx import helper
 
-from surgeon.errors import SurgeonError
+from surgeon.errors import RecipeError, SurgeonError
 from surgeon.pass_api import Context
 from surgeon.pipeline import finish_graph, run_steps
 from surgeon.plugins import specs
@@ -304,7 +304,8 @@ def test_fma_emulation_follows_the_target(target, params, float64):
 
 
 def test_fma_emulation_float64_is_refused_where_the_target_has_no_float64():
-    with pytest.raises(SurgeonError, match="fma_emulation 'float64' needs float64 .* 'tensorrt-8.5' lacks"):
+    with pytest.raises(RecipeError, match="'fma_emulation' of pass 'grid-sample': 'float64' needs float64 .* "
+                                          "'tensorrt-8.5' lacks"):
         apply_pass(grid_sample_16(SHAPES[1], "bilinear", "zeros", False, opset=11), "grid-sample",
                    target="tensorrt-8.5", mode="decompose", fma_emulation="float64")
 

@@ -365,3 +365,59 @@ def test_an_empty_output_path_is_refused_in_one_line(capsys, tmp_path, model):
     code, out, err = cli(capsys, "run", recipe, model, "-o", "")
     assert (code, out) == (2, "") and err == "surgeon: error: -o/--output is empty: give the path of the output model\n"
 
+
+
+# ---------------------------------------------------------------- parameters the recipe's own target cannot run
+
+TARGET_REFUSALS = [("clip-int", "mode: cast", "mode", "'cast' needs float64, which target 'tensorrt-8.6' lacks",
+                    "use mode 'minmax'"),
+                   ("grid-sample", "fma_emulation: float64", "fma_emulation",
+                    "'float64' needs float64 Cast/Mul/Sub, which target 'tensorrt-8.6' lacks",
+                    "use fma_emulation 'none' or 'auto'")]
+
+
+@pytest.mark.parametrize("pass_name, given, param, why, hint", TARGET_REFUSALS)
+def test_a_parameter_the_target_cannot_run_is_refused_at_its_line_by_run_and_check(
+        capsys, tmp_path, model, pass_name, given, param, why, hint):
+    """It failed when the step ran, after the model was read, naming no line; `check` found nothing."""
+    recipe = write(tmp_path / "recipe.yaml", f"""
+        name: x
+        target: tensorrt-8.6
+        steps:
+          - pass: {pass_name}
+            with: {{{given}}}
+        """)
+    message = f"{recipe}:5:12: step 1 ({pass_name}): parameter '{param}' of pass '{pass_name}': {why} ({hint})"
+    assert refused(capsys, tmp_path, model, recipe) == message
+    code, out, _ = cli(capsys, "check", "--no-config", recipe)
+    assert code == 1 and out.startswith(message.replace(": step 1", ": SR001 error step 1", 1))
+
+
+def test_the_target_check_blames_where_the_final_value_was_given(capsys, tmp_path, model):
+    """Every level, `set:` and `--set` has spoken first: the value that stays is checked, at its own place."""
+    parent = write(tmp_path / "base" / "parent.yaml", """
+        name: parent
+        steps:
+          - pass: clip-int
+            with: {mode: cast}
+        """)
+    child = write(tmp_path / "child.yaml", "extends: base/parent.yaml\ntarget: tensorrt-8.6\n")
+    with pytest.raises(RecipeError) as refusal:  # the parent's value, refused by the child's target
+        load_recipe(child)
+    assert (refusal.value.file, refusal.value.line, refusal.value.column) == (str(parent), 4, 12)
+
+    fixed = write(tmp_path / "fixed.yaml", "extends: child.yaml\nset: {clip-int.mode: minmax}\n")
+    assert load_recipe(fixed).steps[0].params == {"mode": "minmax"}
+    with pytest.raises(RecipeError, match=r"^--set clip-int.mode: step 1 \(clip-int\): parameter 'mode'"):
+        load_recipe(fixed, overrides=["clip-int.mode=cast"])
+    assert load_recipe(child, overrides=["clip-int.mode=minmax"]).steps[0].params == {"mode": "minmax"}
+
+    repeated = write(tmp_path / "repeated.yaml", """
+        extends: base/parent.yaml
+        target: tensorrt-8.6
+        set:
+          clip-int.mode: cast
+        """)
+    with pytest.raises(RecipeError) as refusal:  # the `set:` line gave the value last
+        load_recipe(repeated)
+    assert (refusal.value.file, refusal.value.line, refusal.value.column) == (str(repeated), 4, 3)
