@@ -475,6 +475,12 @@ def test_a_recipe_model_that_is_no_onnx_file_is_reported(tmp_path, capsys):
         assert (code, out.splitlines()[:-1]) == (1, expected)
     recipe.write_text(f"name: r\nmodel: {tmp_path / 'good.onnx'}\nsteps:\n  - pass: toposort\n")
     assert run(capsys, recipe)[:2] == (0, "no findings in 1 file\n")
+    pointer = tmp_path / "lfs.onnx"  # what a clone without `git lfs pull` holds
+    pointer.write_text("version https://git-lfs.github.com/spec/v1\noid sha256:" + "0" * 64 + "\nsize 123\n")
+    recipe.write_text(f"name: r\nmodel: {pointer}\nsteps:\n  - pass: toposort\n")
+    code, out, _ = run(capsys, recipe)
+    assert (code, out.splitlines()[0]) == (1, f"{recipe}:2:8: SR003 error model: not a binary ONNX model (a Git LFS "
+                                              f"pointer: fetch the file (git lfs pull)): {pointer}")
 
 
 def _non_utf8_node_name(model):

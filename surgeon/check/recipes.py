@@ -15,6 +15,7 @@ import yaml
 
 from surgeon.check.findings import UNREADABLE_FILE, Finding, recipe_rule
 from surgeon.errors import SurgeonError
+from surgeon.modelio import is_git_lfs_pointer
 from surgeon.recipe import UnreadableRecipe, decode_text, load_recipe
 
 
@@ -98,6 +99,9 @@ def _not_onnx(path: Path) -> str | None:
         size = path.stat().st_size
         seen = set()
         with open(path, "rb") as handle:
+            if is_git_lfs_pointer(handle.read(64)):
+                return "a Git LFS pointer: fetch the file (git lfs pull)"
+            handle.seek(0)
             while handle.tell() < size:
                 start = handle.tell()
                 key = _varint(handle)
