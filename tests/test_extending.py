@@ -152,21 +152,27 @@ def test_plugins_list_shows_the_specs_of_a_plugin_file(tmp_path, own_registries,
     assert listed["ExtendingListed"]["domains"] == ["surgeon", ""]
 
 
-def test_run_loads_the_plugin_files_pyproject_lists_as_check_does(tmp_path, monkeypatch, capsys):
-    monkeypatch.chdir(tmp_path)
+def project_with_a_pass(folder, pass_name: str) -> None:
+    """`folder` as a project: a model, a plugin file defining `pass_name` (a pass that changes nothing),
+    pyproject.toml listing it, and r.yaml running it."""
     onnx.save(make_model([helper.make_node("Relu", ["x"], ["y"], name="relu")], [("x", np.float32, [2])],
-                         [("y", np.float32, [2])]), tmp_path / "m.onnx")
-    write(tmp_path / "tools" / "passes.py", '''
+                         [("y", np.float32, [2])]), folder / "m.onnx")
+    write(folder / "tools" / "passes.py", f'''
         from surgeon.pass_api import Pass, PassResult, register_pass
 
-        @register_pass("extending-project-pass")
+        @register_pass("{pass_name}")
         class ProjectPass(Pass):
             """A project's own pass."""
             def run(self, graph, ctx):
                 return PassResult()
     ''')
-    (tmp_path / "pyproject.toml").write_text('[tool.surgeon]\nplugins = ["tools/passes.py"]\n')
-    (tmp_path / "r.yaml").write_text("model: m.onnx\nsteps: [{pass: extending-project-pass}]\n")
+    (folder / "pyproject.toml").write_text('[tool.surgeon]\nplugins = ["tools/passes.py"]\n')
+    (folder / "r.yaml").write_text(f"model: m.onnx\nsteps: [{{pass: {pass_name}}}]\n")
+
+
+def test_run_loads_the_plugin_files_pyproject_lists_as_check_does(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    project_with_a_pass(tmp_path, "extending-project-pass")
     assert main(["run", "r.yaml", "-o", "o.onnx", "-q", "--no-config"]) == 2  # first: the pass is not loaded yet
     assert "unknown pass 'extending-project-pass'" in capsys.readouterr().err
     assert main(["check", "r.yaml"]) == 0
@@ -190,19 +196,7 @@ def test_builtin_library_is_left_out_for_a_model_with_only_a_users_plugin(tmp_pa
 
 def test_bisect_finds_the_passes_pyproject_lists_as_run_does(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    onnx.save(make_model([helper.make_node("Relu", ["x"], ["y"], name="relu")], [("x", np.float32, [2])],
-                         [("y", np.float32, [2])]), tmp_path / "m.onnx")
-    write(tmp_path / "tools" / "passes.py", '''
-        from surgeon.pass_api import Pass, PassResult, register_pass
-
-        @register_pass("extending-bisect-pass")
-        class BisectPass(Pass):
-            """A project's own pass that changes nothing."""
-            def run(self, graph, ctx):
-                return PassResult()
-    ''')
-    (tmp_path / "pyproject.toml").write_text('[tool.surgeon]\nplugins = ["tools/passes.py"]\n')
-    (tmp_path / "r.yaml").write_text("model: m.onnx\nsteps: [{pass: extending-bisect-pass}]\n")
+    project_with_a_pass(tmp_path, "extending-bisect-pass")
     assert main(["bisect", "r.yaml", "--no-config"]) == 2
     assert "unknown pass 'extending-bisect-pass'" in capsys.readouterr().err
     assert main(["bisect", "r.yaml"]) == 0  # no step breaks the outputs
