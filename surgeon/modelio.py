@@ -643,6 +643,15 @@ def model_header(model: onnx.ModelProto) -> onnx.ModelProto:
     return header
 
 
+def weightless_copy(model: onnx.ModelProto) -> onnx.ModelProto:
+    """`model_header(model)` with the initializers back as names, types and dims, without their data: what
+    inference and the inliner need of the weights, in a few kilobytes."""
+    header = model_header(model)
+    for tensor in model.graph.initializer:
+        header.graph.initializer.add(name=tensor.name, data_type=tensor.data_type, dims=tensor.dims)
+    return header
+
+
 def inlined_header(model: onnx.ModelProto) -> onnx.ModelProto:
     """`model_header(model)` with the local functions inlined. onnx's inliner serializes the model it is
     given, which fails past protobuf's 2 GB limit ('Failed to serialize proto'): it gets the weights'
@@ -652,9 +661,7 @@ def inlined_header(model: onnx.ModelProto) -> onnx.ModelProto:
     where it cannot be). ModelError where the inliner refuses the model (a function that calls itself)."""
     from surgeon.opset_conversion import aligned_function  # imports onnx-graphsurgeon: only where needed
 
-    header = model_header(model)
-    for tensor in model.graph.initializer:
-        header.graph.initializer.add(name=tensor.name, data_type=tensor.data_type, dims=tensor.dims)
+    header = weightless_copy(model)
     called = called_functions(header)
     functions = [aligned_function(f, header) if (f.domain, f.name) in called else f for f in header.functions]
     del header.functions[:]

@@ -354,17 +354,30 @@ class Context:
     tagged: dict[int, tuple[Any, dict[str, str]]] = field(default_factory=dict)
     #: Renamed nodes, new name -> the input model's name: their doc strings are restored by it.
     renamed_nodes: dict[str, str] = field(default_factory=dict)
-    #: The model as loaded, before import (read-only).
-    input_model: Any = None
+    #: The model as loaded, before import: the run exports from it and validates against it, so passes see
+    #: it only as `input_model`, a copy.
+    loaded_model: Any = None
     #: What holds of the graph as the pass starts (the vocabulary of `needs`), so a pass can skip
     #: work already done: `toposort` on a sorted graph, `cleanup` after a pass that pruned.
     held: frozenset = frozenset()
     #: The user asked for errors only (`surgeon run -q`): what the tools a pass calls print is dropped.
     quiet: bool = False
     _unused_initializers: list[str] | None = None
+    _input_model: Any = None
     _taken: set[str] | None = None
     #: Where the last Rewrite spliced its nodes in (see surgeon.rewrite), reset for every pass.
     splice_hint: int = 0
+
+    @property
+    def input_model(self):
+        """The model as loaded, before import, without its weights' data (initializers keep name, type and
+        dims; read values from the graph's constants): a copy, made on first use, so that what a pass changes
+        in it reaches neither the output nor the model validation compares against."""
+        if self._input_model is None and self.loaded_model is not None:
+            from surgeon.modelio import weightless_copy
+
+            self._input_model = weightless_copy(self.loaded_model)
+        return self._input_model
 
     @property
     def unused_initializers(self) -> list[str]:
@@ -373,7 +386,8 @@ class Context:
         if self._unused_initializers is None:
             from surgeon.graphinfo import unused_initializers
 
-            self._unused_initializers = unused_initializers(self.input_model) if self.input_model is not None else []
+            model = self.loaded_model  # read only here: no copy needed
+            self._unused_initializers = unused_initializers(model) if model is not None else []
         return self._unused_initializers
 
     @contextlib.contextmanager

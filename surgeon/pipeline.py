@@ -9,10 +9,14 @@ from __future__ import annotations
 import contextlib
 import functools
 import gc
+import hashlib
 import json
+import operator
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field, fields
+from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable
 
@@ -27,9 +31,9 @@ from surgeon.graphio import import_graph_noting
 from surgeon.inference import annotate_shapes, infer_graph_shapes, infer_where_untyped, infer_without_weights
 from surgeon.modelio import (guard_outputs, model_inputs, read_model, save_model_atomic, serialize_model,
                              set_text_field, stdout_to_stderr, write_text_atomic)
-from surgeon.pass_api import NEEDS, Context, PassResult
+from surgeon.pass_api import BUILTIN_PACKAGE, NEEDS, Context, PassResult
 from surgeon.recipe import Recipe, Step, load_recipe
-from surgeon.registry import get_pass
+from surgeon.registry import ENTRY_POINT_GROUP, get_pass
 from surgeon.rewrite import dismantle_graph, dismantle_replaced, export_graph, is_sorted, prune_graph, stable_toposort
 from surgeon.targets import load_target
 
@@ -49,6 +53,8 @@ class StepRecord:
     notes: list[str]
     seconds: float
     pruned_before: int = 0  # unused nodes removed just before the step, which needed a tidy graph
+    #: Where a pass not built into surgeon comes from (`_pass_origin`); None for a built-in one.
+    origin: dict[str, str] | None = None
 
     @property
     def title(self) -> str:
@@ -56,7 +62,8 @@ class StepRecord:
 
     def to_dict(self) -> dict[str, Any]:
         # Not dataclasses.asdict: it deep-copies every rewritten name (10,000 on a big fold, 50 ms).
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        # A built-in step's record has no origin key, as before third-party passes were recorded.
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "origin" or self.origin}
 
 
 @dataclass
@@ -278,7 +285,7 @@ def run_steps(model: onnx.ModelProto, recipe: Recipe, model_dir=None, progress: 
     graph, notes = import_graph_noting(model)
     _decode_free_text(graph, walk_nodes=notes is None)  # notes come only for graphs without bodies or functions
     ctx = Context(target=load_target(recipe.target), opset=graph.opset or 17, model_dir=model_dir, quiet=quiet)
-    ctx.input_model = model
+    ctx.loaded_model = model
     state = _GraphState()
     sorted_on_import = notes.in_order if notes is not None else is_sorted(graph.nodes)
     if sorted_on_import:
@@ -336,6 +343,7 @@ def _run_step(graph: gs.Graph, step: Step, index: int, ctx: Context, state: _Gra
     ctx.begin(graph, step.pass_name)
     ctx.held = frozenset(state.held)
     before_nodes = len(graph.nodes)
+    nodes_before_run = list(graph.nodes)  # the nodes themselves, so that no new node can take a freed one's id
     before_hist = state.histogram if state.histogram is not None else op_histogram(graph.nodes)
     started = time.perf_counter()
     try:
@@ -358,19 +366,48 @@ def _run_step(graph: gs.Graph, step: Step, index: int, ctx: Context, state: _Gra
     unknown = set(result.keeps) - set(NEEDS)
     if unknown:
         raise SurgeonError(f"{where}: pass '{step.pass_name}' says it keeps {sorted(unknown)}; known: {list(NEEDS)}")
-    if result.graph is not None:
+    unreported = result.graph is None and not result.changed and not _same_nodes(nodes_before_run, graph.nodes)
+    if unreported:
+        result.note("the pass changed the graph's nodes without reporting a rewrite (PassResult.rewrote); "
+                    "surgeon tidies the graph as after any change")
+    if result.graph is not None or unreported:  # what a pass keeps is trusted only of the changes it reports
         state.changed()
     elif result.changed:
         state.changed(keeps=(*cls.keeps, *result.keeps))
     state.held.update(cls.provides)
-    if result.changed or result.graph is not None or state.histogram is None:
+    if result.changed or result.graph is not None or unreported or state.histogram is None:
         state.histogram = op_histogram(graph.nodes)
     record = StepRecord(index=index, pass_name=step.pass_name, label=step.label, params=dict(step.params),
                         nodes_before=before_nodes, nodes_after=len(graph.nodes),
                         op_delta=histogram_delta(before_hist, state.histogram),
                         rewritten=list(result.rewritten), notes=list(result.notes), seconds=round(seconds, 4),
-                        pruned_before=untidy_nodes - before_nodes)
+                        pruned_before=untidy_nodes - before_nodes, origin=_pass_origin(cls))
     return record, graph
+
+
+def _pass_origin(cls: type) -> dict[str, str] | None:
+    """Where a pass that is not built in comes from, for the run's records: its module, its file and the
+    file's sha256 (the code that made the output, whatever the pass's name), and the installed package whose
+    `surgeon.passes` entry point brought the module in, with its version. None for a built-in pass."""
+    if cls.__module__.startswith(f"{BUILTIN_PACKAGE}."):
+        return None
+    origin = {"module": cls.__module__}
+    file = getattr(sys.modules.get(cls.__module__), "__file__", None)
+    if file:
+        origin["file"] = str(file)
+        with contextlib.suppress(OSError):  # gone since it was imported: the record says where it was
+            origin["sha256"] = hashlib.sha256(Path(file).read_bytes()).hexdigest()
+    package = cls.__module__.partition(".")[0]
+    for entry in metadata.entry_points(group=ENTRY_POINT_GROUP):
+        if entry.module.partition(".")[0] == package and entry.dist is not None:
+            origin["package"] = f"{entry.dist.name} {entry.dist.version}"
+            break
+    return origin
+
+
+def _same_nodes(before: list[gs.Node], after: list[gs.Node]) -> bool:
+    """Whether `after` holds the very nodes of `before`, in the same order (O(n): no node is compared by value)."""
+    return len(before) == len(after) and all(map(operator.is_, before, after))
 
 
 def _provide(graph: gs.Graph, needs, state: _GraphState) -> gs.Graph:
@@ -630,9 +667,19 @@ def _stamp(model: onnx.ModelProto, recipe: Recipe, records: list[StepRecord]) ->
         # The profile's name, not the path a file target resolved to: the same recipe run from another
         # folder must give the same bytes.
         "surgeon.target": load_target(recipe.target).name,
-        "surgeon.steps": json.dumps([{"pass": r.pass_name, "with": r.params} for r in records], sort_keys=True,
-                                    default=str),
+        "surgeon.steps": json.dumps([_step_stamp(r) for r in records], sort_keys=True, default=str),
     })
+
+
+def _step_stamp(record: StepRecord) -> dict[str, Any]:
+    """A step as the model's metadata records it. A third-party pass's origin by its file's name, not its path
+    (nor the module named after that path, for a plugin file): the same run from another folder gives the
+    same bytes."""
+    stamp = {"pass": record.pass_name, "with": record.params}
+    if record.origin:
+        stamp["origin"] = {key: Path(value).name if key == "file" else value
+                           for key, value in record.origin.items() if key != "module"}
+    return stamp
 
 
 def check_model(model: onnx.ModelProto | bytes, source=None) -> None:

@@ -288,17 +288,22 @@ def test_json_output_and_version(tmp_path, model_file, capsys):
     assert info.value.code == 0 and surgeon.__version__ in capsys.readouterr().out
 
 
-def test_plugin_file_adds_a_pass(tmp_path, model_file, capsys):
-    plugin = tmp_path / "my_passes.py"
-    plugin.write_text(textwrap.dedent('''
+def write_noop_plugin(path, pass_name: str):
+    """Write a plugin file (or module) at `path` registering `pass_name`, a pass that changes nothing."""
+    path.write_text(textwrap.dedent(f'''
         from surgeon.pass_api import Pass, PassResult, register_pass
 
-        @register_pass("drop-neg-demo")
-        class DropNeg(Pass):
+        @register_pass("{pass_name}")
+        class Noop(Pass):
             """Demo plugin pass."""
             def run(self, graph, ctx):
                 return PassResult()
     '''))
+    return path
+
+
+def test_plugin_file_adds_a_pass(tmp_path, model_file, capsys):
+    plugin = write_noop_plugin(tmp_path / "my_passes.py", "drop-neg-demo")
     assert main(["passes", "--plugin", str(plugin)]) == 0
     assert "drop-neg-demo" in capsys.readouterr().out
     assert main(["passes", "--plugin", str(tmp_path / "nope.py")]) == 2
