@@ -242,6 +242,23 @@ def test_input_notes_pair_inputs_as_polygraphy_feeds_them():
     assert result.notes == ["input(s) w of the original are not inputs of the rewritten model"]
 
 
+def test_an_input_drawn_in_another_dtype_is_cast_for_both_models_and_said_so():
+    """validate.inputs.NAME.dtype draws the data in that dtype; Polygraphy casts it for every model. The
+    note said the original declares the drawn dtype (it declares float32, as the rewritten model does)."""
+    original = _two_inputs(["x", "w"])
+    feeds = make_feeds(original, inputs={"w": {"dtype": "bool"}})
+    assert feeds[0]["w"].dtype == bool
+    result = validate_models(original, _two_inputs(["x", "w"]), feeds, Tolerance(), localise=False)
+    drawn = "input w: drawn as bool (validate.inputs), cast to float32"
+    assert result.passed and result.notes == [f"{drawn} for both models"]
+    assert input_notes(original, _two_inputs(["x", "w"], bool), feeds[0]) == [
+        f"{drawn} for the original, fed as drawn to the rewritten model"]
+    assert input_notes(original, _two_inputs(["x", "w"], np.int64), feeds[0]) == [
+        f"{drawn} for the original, cast to int64 for the rewritten model"]
+    assert input_notes(original, _x_plus_zero(), feeds[0]) == [
+        f"{drawn} for the original", "input(s) w of the original are not inputs of the rewritten model"]
+
+
 def _x_plus_zero() -> onnx.ModelProto:
     """y = x + 0, taking x [2, 3] only."""
     return make_model([helper.make_node("Add", ["x", "zero"], ["y"], name="add")], [("x", np.float32, [2, 3])],

@@ -566,6 +566,33 @@ def test_compare_names_the_model_a_run_error_is_about(work, capsys):
             assert one_error_line(capsys).startswith(f"surgeon: error: {bad}: {words}")
 
 
+def test_compare_names_the_model_whose_functions_cannot_be_inlined(work, capsys):
+    """The inliner's refusal (raised while inlining, before any node is checked) named no model."""
+    calls_f = [helper.make_node("F", ["x"], ["y"], domain="pkg", name="call")]
+    looping = make_model(calls_f, [("x", np.float32, [1, 4])], [("y", np.float32, [1, 4])], opset=17,
+                         extra_opsets={"pkg": 1})
+    looping.functions.append(helper.make_function("pkg", "F", ["x"], ["y"], calls_f,  # F calls itself
+                                                  [helper.make_opsetid("", 17), helper.make_opsetid("pkg", 1)]))
+    onnx.save(looping, work / "looping.onnx")
+    bad, good = str(work / "looping.onnx"), str(work / "good.onnx")
+    for argv in (["compare", good, bad], ["compare", bad, good]):
+        assert main(argv) == 2
+        assert one_error_line(capsys).startswith(f"surgeon: error: {bad}: onnx's inliner refused the model: Cycle "
+                                                 "detected in model-local function references: pkg::F -> pkg::F")
+
+
+def test_a_plugin_node_outside_its_specs_domains_says_so(work, capsys):
+    rotate = make_model([helper.make_node("Rotate", ["x", "angle", "center"], ["y"], domain="myco", name="rot")],
+                        [("x", np.float32, [1, 1, 2, 2]), ("angle", np.float32, [1]), ("center", np.float32, [2])],
+                        [("y", np.float32, [1, 1, 2, 2])], extra_opsets={"myco": 1})
+    onnx.save(rotate, work / "rotate.onnx")
+    assert main(["compare", str(work / "rotate.onnx"), str(work / "rotate.onnx")]) == 2
+    assert one_error_line(capsys) == (
+        f"surgeon: error: {work / 'rotate.onnx'}: node 'rot' (myco::Rotate) has no CPU reference in domain 'myco' "
+        "(plugin spec Rotate answers in ('surgeon', ''): add it to plugin_spec(domains=...)), so the graph cannot be "
+        "validated")
+
+
 def test_bisect_names_the_step_whose_graph_cannot_run(work, capsys):
     recipe = work / "plugin.yaml"
     recipe.write_text("name: v\nchecker: false\nsteps:\n  - pass: test-validation-inputs-neg-to-plugin\n")

@@ -32,6 +32,7 @@ from surgeon.errors import SurgeonError, suggest
 from surgeon.export.tensor_file import MAGIC, read_tensor
 from surgeon.validation.polygraphy_log import G_LOGGER
 from surgeon.graphinfo import declared_dims
+from surgeon.modelio import is_git_lfs_pointer
 from surgeon.validation.runners import declared_dtype, graph_inputs
 from surgeon.validation.settings import MAX_SEED, check_dtype_name, check_validate_value
 
@@ -171,7 +172,7 @@ def _check_npz(path: Path, what: str) -> None:
             head = handle.read(64)
     except OSError as exc:
         raise SurgeonError(f"cannot read {what} file: {exc.strerror or exc}", file=path) from None
-    if head.startswith(b"version https://git-lfs"):
+    if is_git_lfs_pointer(head):
         why = "is a Git LFS pointer, not the arrays: fetch the file (git lfs pull)"
     elif head.startswith(b"\x93NUMPY"):
         why = "is a single .npy array, not an .npz archive: save it with np.savez(path, name=array)"

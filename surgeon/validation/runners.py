@@ -33,6 +33,7 @@ from polygraphy.common import TensorMetadata
 from surgeon.errors import ModelError, SurgeonError, first_line
 from surgeon.graphinfo import declared_dims, node_reads, op_label
 from surgeon.modelio import inlined_header, model_header, serialize_model, take_header, write_with_external_data
+from surgeon.plugins.specs import plugin_specs
 from surgeon.reference import call_reference, find_reference
 from surgeon.validation import polygraphy_log  # noqa: F401  (Polygraphy's messages to stderr, not stdout)
 
@@ -131,9 +132,14 @@ def check_runnable(model: onnx.ModelProto, file=None, what: str = "the model", r
     With `runner` ('auto' or 'reference'), also a node ONNX Runtime cannot run that has no CPU
     reference; with 'onnxruntime', a graph ONNX Runtime cannot load: found before anything runs (or
     is written), not when the runner starts. To find that out it builds the model's session, which it
-    returns for `make_runner` (None for the other runners)."""
-    with functions_inlined(model):
-        return _check_runnable(model, file, what, runner)
+    returns for `make_runner` (None for the other runners). An error without a file of its own (from
+    inlining the local functions, or a node without a CPU reference) names `file`."""
+    try:
+        with functions_inlined(model):
+            return _check_runnable(model, file, what, runner)
+    except SurgeonError as exc:
+        exc.file = exc.file or (str(file) if file is not None else None)
+        raise
 
 
 def _check_runnable(model: onnx.ModelProto, file, what: str, runner: str | None):
@@ -141,11 +147,7 @@ def _check_runnable(model: onnx.ModelProto, file, what: str, runner: str | None)
         opset = default_opset(model)
         for node in _live_nodes(model):
             if is_special(node, opset):
-                try:
-                    _reference_for(node, model)
-                except SurgeonError as exc:
-                    exc.file = exc.file or (str(file) if file is not None else None)
-                    raise
+                _reference_for(node, model)
     graph = model.graph
     prefix = "" if file is not None else f"{what}: "
     _check_interface(model, prefix, file)
@@ -368,14 +370,20 @@ def _reference_for(node: onnx.NodeProto, model: onnx.ModelProto):
         operator = next((helper.get_attribute_value(a) for a in node.attribute if a.name == "operator"), b"")
         operator = operator.decode() if isinstance(operator, bytes) else operator
     fn = find_reference(node.op_type, node.domain, operator)
-    if fn is None:
-        why = "has no CPU reference"
-        if (node.domain or "") in ("", "ai.onnx") and onnx.defs.has(node.op_type):
-            why = (f"is not a standard {node.op_type} at opset {default_opset(model)} (attributes: "
-                   f"{', '.join(a.name for a in node.attribute) or 'none'}) and has no CPU reference")
-        raise SurgeonError(f"node '{node.name}' ({op_label(node)}) {why}, so the graph cannot be validated: "
-                           "register one with @reference_op (see docs/validation.md)")
-    return fn
+    if fn is not None:
+        return fn
+    spec = plugin_specs().get(node.op_type)
+    if spec is not None:  # a plugin's reference answers in the domains its spec names only
+        domain = f"domain '{node.domain}'" if node.domain else "the default domain"
+        raise SurgeonError(f"node '{node.name}' ({op_label(node)}) has no CPU reference in {domain} "
+                           f"(plugin spec {spec.name} answers in {spec.domains}: add it to plugin_spec(domains=...)), "
+                           "so the graph cannot be validated")
+    why = "has no CPU reference"
+    if (node.domain or "") in ("", "ai.onnx") and onnx.defs.has(node.op_type):
+        why = (f"is not a standard {node.op_type} at opset {default_opset(model)} (attributes: "
+               f"{', '.join(a.name for a in node.attribute) or 'none'}) and has no CPU reference")
+    raise SurgeonError(f"node '{node.name}' ({op_label(node)}) {why}, so the graph cannot be validated: "
+                       "register one with @reference_op (see docs/validation.md)")
 
 
 def _plan(model: onnx.ModelProto, initializers: set[str]) -> list[_Segment]:

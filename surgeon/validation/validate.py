@@ -276,11 +276,15 @@ def _expected(expected: str | Path | RunOutputs) -> RunOutputs:
 def input_notes(original: onnx.ModelProto, rewritten: onnx.ModelProto, feed: dict) -> list[str]:
     """What Polygraphy does with the inputs `feed` (made for `original`) to feed `rewritten`, said
     rather than hidden: an input it finds under another name (by name, else a name containing the
-    other's, else by position, as `data.check_fits` matches them), an input whose data it casts, an
+    other's, else by position, as `data.check_fits` matches them), an input whose data it casts (for
+    both models where it was drawn in another dtype than the original declares, `validate.inputs`), an
     input of the original left unused."""
     from polygraphy.util import find_str_in_iterable
 
     names = list(feed)
+    original_dtypes = {v.name: declared_dtype(v) for v in graph_inputs(original) if v.name in feed}
+    # Inputs drawn in another dtype than the original declares (validate.inputs): the dtypes they feed.
+    drawn = {name: [] for name, dtype in original_dtypes.items() if feed[name].dtype != dtype}
     notes, pairs, used = [], [], set()
     for index, value in enumerate(graph_inputs(rewritten)):
         source = find_str_in_iterable(value.name, names, index)
@@ -290,16 +294,30 @@ def input_notes(original: onnx.ModelProto, rewritten: onnx.ModelProto, feed: dic
         if source != value.name:
             pairs.append(f"{source} -> {value.name}")
         dtype = declared_dtype(value)
-        if feed[source].dtype != dtype:
+        if source in drawn:
+            drawn[source].append(dtype)
+        elif feed[source].dtype != dtype:
             notes.append(f"input {value.name} is {dtype} in the rewritten model, {feed[source].dtype} in the "
                          f"original: its data is cast")
+    notes += [_drawn_note(name, feed[name].dtype, original_dtypes[name], fed) for name, fed in drawn.items()]
     if pairs:
         notes.insert(0, "the rewritten model's inputs differ from the original's; fed from inputs of other names: "
                         + ", ".join(pairs))
-    unused = [v.name for v in graph_inputs(original) if v.name in feed and v.name not in used]
+    unused = [name for name in original_dtypes if name not in used]
     if unused:
         notes.append(f"input(s) {', '.join(unused)} of the original are not inputs of the rewritten model")
     return notes
+
+
+def _drawn_note(name: str, drawn: np.dtype, declared: np.dtype, rewritten: list[np.dtype]) -> str:
+    """The note on input `name`, drawn as `drawn` where the original declares `declared`: cast for the
+    original, and for each input of the rewritten model it feeds (declared `rewritten`) that is not `drawn`."""
+    if set(rewritten) == {declared}:
+        return f"input {name}: drawn as {drawn} (validate.inputs), cast to {declared} for both models"
+    casts = [f"cast to {declared} for the original"]
+    casts += ["fed as drawn to the rewritten model" if dtype == drawn else f"cast to {dtype} for the rewritten model"
+              for dtype in dict.fromkeys(rewritten)]
+    return f"input {name}: drawn as {drawn} (validate.inputs), " + ", ".join(casts)
 
 
 def output_notes(outputs: list[OutputReport], renames: dict | None, reference: str = ORIGINAL) -> list[str]:
