@@ -448,9 +448,10 @@ def finish_graph(graph: gs.Graph, original: onnx.ModelProto, recipe: Recipe,
             for field in ("node", "value_info", "output"):  # bodies of If/Loop nodes get value_info too
                 del getattr(model.graph, field)[:]
                 getattr(model.graph, field).extend(getattr(inferred.graph, field))
+    origins = _tensor_origins(records)
     _restore_node_metadata(model, original, provenance, graph.__dict__.get("_surgeon_renamed_nodes") or {},
-                           node_text=graph.__dict__.get("_surgeon_node_text"))
-    _restore_graph_text(model.graph, original.graph)
+                           node_text=graph.__dict__.get("_surgeon_node_text"), origins=origins)
+    _restore_graph_text(model.graph, original.graph, origins)
     _restore_function_text(model, original)
     _copy_model_fields(model, original)
     _stamp(model, recipe, records)
@@ -480,41 +481,45 @@ def _decode_own_text(holder: gs.Graph, walk_nodes: bool) -> None:
 
 
 def _restore_node_metadata(model: onnx.ModelProto, original: onnx.ModelProto, provenance: dict,
-                           renamed: dict | None = None, node_text: bool | None = None) -> None:
-    """Metadata, doc strings and attribute doc strings of the original's nodes, by name (`renamed`: new
-    name -> original name) within the same graph (a body's node by its path, `if/then_branch/act`, as ONNX
-    allows the names of different graphs to repeat): graphsurgeon keeps none of them. An attribute's doc
-    string only where the node kept its op type and the attribute its name and kind. The bodies' own text
-    (`_restore_graph_text`) by the path of the node holding them. Then the passes' `provenance`, by the same
-    paths (Context.settle_tags); a renamed node's metadata travels in it too (passes/rename.py).
-    `node_text=False`: the import found none of the original's nodes carrying text (`ImportNotes`), so they
-    are not walked (30-90 ms on 20,000 nodes)."""
+                           renamed: dict | None = None, node_text: bool | None = None,
+                           origins: dict | None = None) -> None:
+    """Metadata, doc strings and attribute doc strings of the original's nodes, by their key within the same
+    graph (`_nodes_by_path`: a named node by its name, `renamed` mapping new names to original ones; an unnamed
+    one by op and outputs, `origins` (`_tensor_origins`) mapping renamed outputs): graphsurgeon keeps none of
+    them. An attribute's doc string only where the node kept its op type and the attribute its name and kind.
+    The bodies' own text (`_restore_graph_text`) by their holder's key and attribute. Then the passes'
+    `provenance`, by node path (Context.settle_tags); a renamed node's metadata travels in it too
+    (passes/rename.py). `node_text=False`: the import found none of the original's nodes carrying text
+    (`ImportNotes`), so they are not walked (30-90 ms on 20,000 nodes)."""
     kept, docs, attribute_docs, bodies = {}, {}, {}, {}
-    for path, _, node in _nodes_by_path(original.graph) if node_text is not False else ():
-        if node.name and node.metadata_props:
-            kept[path] = list(node.metadata_props)
-        if node.name and node.doc_string:
-            docs[path] = node.doc_string
-        described = _attribute_docs(node.attribute) if node.name else None
+    for _, key, node in _nodes_by_path(original.graph) if node_text is not False else ():
+        if node.metadata_props:
+            kept[key] = list(node.metadata_props)
+        if node.doc_string:
+            docs[key] = node.doc_string
+        described = _attribute_docs(node.attribute)
         if described:
-            attribute_docs[path] = (node.op_type, node.domain, described)
+            attribute_docs[key] = (node.op_type, node.domain, described)
         for attribute, body in subgraphs(node) if node.attribute else ():
-            bodies[f"{path}/{attribute}"] = body
-    if not kept and not docs and not provenance and not attribute_docs and not bodies:
+            bodies[key, attribute] = body
+    text = bool(kept or docs or attribute_docs or bodies)
+    if not text and not provenance:
         return
-    for path, original_path, node in _nodes_by_path(model.graph, renamed):
-        doc = docs.get(original_path)
+    for path, key, node in _nodes_by_path(model.graph, renamed, origins, keyed=text):
+        doc = docs.get(key)
         if not node.doc_string and doc:
             set_text_field(node, "doc_string", doc)
-        op_type, domain, described = attribute_docs.get(original_path, (None, None, None))
+        op_type, domain, described = attribute_docs.get(key, (None, None, None))
         if op_type == node.op_type and domain == node.domain:
             _restore_attribute_docs(node.attribute, described)
         for attribute, body in subgraphs(node) if bodies and node.attribute else ():
-            before = bodies.get(f"{original_path}/{attribute}")
+            before = bodies.get((key, attribute))
             if before is not None:
-                _restore_graph_text(body, before)
-        if original_path in kept or path in provenance:
-            _write_metadata(node.metadata_props, kept.get(original_path, ()), provenance.get(path, {}))
+                _restore_graph_text(body, before, origins)
+        if path in provenance:
+            _write_metadata(node.metadata_props, kept.get(key, ()), provenance[path])
+        elif key in kept and not node.metadata_props:  # as it was, order and repeated keys included
+            node.metadata_props.extend(kept[key])
 
 
 def _attribute_docs(attributes) -> dict:
@@ -530,10 +535,11 @@ def _restore_attribute_docs(attributes, described: dict | None) -> None:
             set_text_field(attribute, "doc_string", doc)
 
 
-def _restore_graph_text(graph: onnx.GraphProto, before: onnx.GraphProto) -> None:
+def _restore_graph_text(graph: onnx.GraphProto, before: onnx.GraphProto, origins: dict | None = None) -> None:
     """A graph's (the main graph's or a body's) own free text, from the graph it was: its doc string
     (graphsurgeon escapes one that is not UTF-8), its metadata, and the doc strings and metadata of its
-    inputs, outputs and value infos of the same name (graphsurgeon keeps none of these)."""
+    inputs, outputs and value infos by the tensor's name there (`origins`, `_tensor_origins`: the text follows
+    a renamed tensor, not its name; graphsurgeon keeps none of these)."""
     if before.HasField("doc_string"):
         set_text_field(graph, "doc_string", before.doc_string)
     else:
@@ -543,7 +549,7 @@ def _restore_graph_text(graph: onnx.GraphProto, before: onnx.GraphProto) -> None
     described = {info.name: info for info in (*before.input, *before.output, *before.value_info)
                  if info.doc_string or info.metadata_props}
     for info in (*graph.input, *graph.output, *graph.value_info) if described else ():
-        before_info = described.get(info.name)
+        before_info = described.get(origins.get(info.name, info.name) if origins else info.name)
         if before_info is not None:
             if not info.doc_string and before_info.doc_string:
                 set_text_field(info, "doc_string", before_info.doc_string)
@@ -617,17 +623,53 @@ def _text_key(key: str | bytes) -> str:
     return key if isinstance(key, str) else key.decode("utf-8", "surrogateescape")
 
 
-def _nodes_by_path(graph: onnx.GraphProto, renamed: dict | None = None, scope: str = "", original_scope: str = ""):
-    """(path, original path, node) for the graph's nodes and, after each node holding bodies, theirs: a
-    body's nodes are named `holder/attribute/` + their name. The original path names the main-graph nodes
-    in `renamed` (new name -> original name) by their original names, in their bodies' paths too (rename
-    renames main-graph nodes only: a body node named like a renamed one keeps its own name)."""
+def _nodes_by_path(graph: onnx.GraphProto, renamed: dict | None = None, origins: dict | None = None,
+                   keyed: bool = True, scope: str = "", held_by: tuple | None = None):
+    """(path, key, node) for the graph's nodes and, after each node holding bodies, theirs. The path names
+    the node as passes do (`pass_api.node_paths`): a body's nodes are named `holder/attribute/` + their name.
+    The key finds the node in the input model: (key of the holder and attribute, or None in the main graph)
+    with the node's original name (`renamed`: new name -> original name, main graph only, as rename renames
+    main-graph nodes only), or for an unnamed node its op type, domain and outputs' original names
+    (`origins`, `_tensor_origins`), which no other node in its graph shares. `keyed=False`: paths only, the
+    key None (15 ms less on 20,000 unnamed nodes)."""
     for node in graph.node:
-        original_name = renamed.get(node.name, node.name) if renamed and not scope else node.name
-        yield scope + node.name, original_scope + original_name, node
+        key = None
+        if keyed:
+            name = renamed.get(node.name, node.name) if renamed and held_by is None else node.name
+            if name:
+                key = (held_by, name)
+            else:
+                outputs = tuple(origins.get(o, o) for o in node.output) if origins else tuple(node.output)
+                key = (held_by, node.op_type, node.domain, outputs)
+        yield scope + node.name, key, node
         for attribute, body in subgraphs(node):
-            yield from _nodes_by_path(body, renamed, f"{scope}{node.name}/{attribute}/",
-                                      f"{original_scope}{original_name}/{attribute}/")
+            yield from _nodes_by_path(body, renamed, origins, keyed, f"{scope}{node.name}/{attribute}/",
+                                      (key, attribute))
+
+
+def renamed_tensors(steps) -> dict[str, str]:
+    """{name in the input model: name after `steps`} of every tensor a `rename` step renamed (its
+    `inputs`, `outputs` and `tensors`, at once, as the pass does): validation compares a renamed output
+    with the original's under its new name, and a run restores a renamed tensor's free text."""
+    original_of: dict[str, str] = {}  # current name -> name in the input model
+    for step in steps:
+        if step.pass_name != "rename":
+            continue
+        renames = [(old, new) for key in ("inputs", "outputs", "tensors")
+                   for old, new in (step.params.get(key) or {}).items()]
+        # A rename step renames at once (passes/rename.py): every origin is taken before any is filed.
+        origins = [(new, original_of.pop(old, old)) for old, new in renames]
+        original_of.update(origins)
+    return {old: new for new, old in original_of.items() if old != new}
+
+
+def _tensor_origins(records) -> dict[str, str | None]:
+    """{name after `records`: name in the input model} of the renamed tensors (`renamed_tensors`), and None
+    for an input model's name a renamed tensor left: a tensor holding it now is another one."""
+    renamed = renamed_tensors(records)
+    origins: dict[str, str | None] = dict.fromkeys(renamed)
+    origins.update((new, old) for old, new in renamed.items())
+    return origins
 
 
 def _copy_model_fields(model: onnx.ModelProto, original: onnx.ModelProto) -> None:

@@ -1025,3 +1025,83 @@ def test_a_function_holding_a_body_keeps_its_text(tmp_path):
     (tmp_path / "m.onnx").write_bytes(serialized)
     surgeon.run_recipe({"name": "noop", "steps": []}, model=tmp_path / "m.onnx", output=tmp_path / "o.onnx")
     assert _without_stamp(onnx.load(tmp_path / "o.onnx")).SerializeToString() == serialized
+
+
+def _model_with_unnamed_nodes() -> onnx.ModelProto:
+    """Free text on unnamed nodes (doc strings, metadata with keys out of order, attribute doc strings) and on
+    two unnamed Ifs, their bodies and their bodies' unnamed nodes; every value info there, so a no-op run has
+    nothing to add."""
+    from onnx import TensorProto
+
+    def info(name):
+        return helper.make_tensor_value_info(name, TensorProto.FLOAT, [2])
+
+    def branch(out, tag):
+        node = _with_text(helper.make_node("Constant", [], [out], value_floats=[1.0, 2.0]), f"{tag} node")
+        return _with_text(helper.make_graph([node], tag, [], [_with_text(info(out), f"{tag} output")]), tag)
+
+    relu = _with_text(helper.make_node("Relu", ["x"], ["a"]), "relu")
+    relu.metadata_props.add(key="a first", value="written after")  # kept in the input's order
+    leaky = _attribute_with_doc(helper.make_node("LeakyRelu", ["a"], ["b"], alpha=0.1), "leaky")
+    ifs = [_with_text(helper.make_node("If", ["c"], [out], then_branch=branch(f"{out}_then", f"{out} then"),
+                                       else_branch=branch(f"{out}_else", f"{out} else")), out)
+           for out in ("u1", "u2")]
+    nodes = [relu, leaky, *ifs, helper.make_node("Sum", ["b", "u1", "u2"], ["y"])]
+    model = make_model(nodes, [("x", np.float32, [2]), ("c", np.bool_, [])], [("y", np.float32, [2])], opset=17)
+    model.graph.value_info.extend([info("a"), _with_text(info("b"), "b"), info("u1"), info("u2")])
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def test_unnamed_nodes_keep_their_free_text(tmp_path):
+    """Unnamed nodes go by op and outputs: a no-op run lost their doc strings, metadata and attribute doc strings,
+    gave both unnamed Ifs' bodies the text of one, and sorted a node's metadata keys."""
+    serialized = _model_with_unnamed_nodes().SerializeToString()
+    (tmp_path / "m.onnx").write_bytes(serialized)
+    result = surgeon.run_recipe({"name": "noop", "steps": [{"pass": "cleanup"}]}, model=tmp_path / "m.onnx",
+                                output=tmp_path / "o.onnx")
+    assert len(_free_text(result.original)) == 33
+    assert _without_stamp(onnx.load(tmp_path / "o.onnx")).SerializeToString() == serialized
+
+
+def test_unnamed_nodes_keep_their_free_text_when_their_outputs_are_renamed():
+    """An unnamed node is found by its outputs' names in the input model, whatever `rename` made of them."""
+    from surgeon.testing import apply_pass
+
+    original = _model_with_unnamed_nodes()
+    model, _ = apply_pass(original, "rename", tensors={"b": "leaky_out", "u1": "u2", "u2": "u1"})
+    _without_stamp(model)
+    # The Ifs swapped output names: each keeps its own text and its bodies', found by its output's original name.
+    moved = {"value_info[b]": "value_info[leaky_out]"}
+    expected = {}
+    for path, text in _free_text(original).items():
+        for old, new in moved.items():
+            path = path.replace(old, new)
+        expected[path] = text
+    assert _free_text(model) == expected
+    assert [n.doc_string for n in model.graph.node[2:4]] == [f"{_TEXT} u1 doc", f"{_TEXT} u2 doc"]
+    assert [n.attribute[0].g.doc_string for n in model.graph.node[2:4]] == [f"{_TEXT} u1 else doc",
+                                                                           f"{_TEXT} u2 else doc"]
+
+
+@pytest.mark.parametrize("renames, expected", [
+    ({"outputs": {"boxes": "scores", "scores": "boxes"}}, {"x": "x", "scores": "boxes", "boxes": "scores"}),
+    ({"outputs": {"boxes": "bboxes"}, "inputs": {"x": "points"}},
+     {"points": "x", "bboxes": "boxes", "scores": "scores"}),
+])
+def test_graph_inputs_and_outputs_keep_their_text_when_renamed(renames, expected):
+    """The doc strings and metadata of graph inputs, outputs and value infos follow the tensor, not its name: a
+    swap gave each output the other's, a rename dropped them."""
+    from surgeon.testing import apply_pass
+
+    nodes = [helper.make_node("Relu", ["x"], ["boxes"], name="n_boxes"),
+             helper.make_node("Sigmoid", ["x"], ["scores"], name="n_scores")]
+    model = make_model(nodes, [("x", np.float32, [2])], [("boxes", np.float32, [2]), ("scores", np.float32, [2])],
+                       opset=17)
+    for info in (*model.graph.input, *model.graph.output):
+        _with_text(info, info.name)
+    out, _ = apply_pass(model, "rename", **renames)
+    seen = {info.name: (info.doc_string, [(p.key, p.value) for p in info.metadata_props])
+            for info in (*out.graph.input, *out.graph.output)}
+    assert seen == {new: (f"{_TEXT} {old} doc", [(f"{_TEXT} {old}", f"{_TEXT} value")])
+                    for new, old in expected.items()}
