@@ -24,8 +24,9 @@ class PluginArgs:
 
 class ProjectPluginArgs:
     """`--no-config`; without it, the plugin files `[tool.surgeon] plugins` lists, loaded as `surgeon check`
-    loads them, so a recipe that lints clean there runs here. Listed before RecipeArgs: the recipe's passes
-    must be known when it is read."""
+    loads them, so a recipe that lints clean there runs here. Only `plugins` is read: the other settings are
+    `check`'s, and a pyproject.toml that is not surgeon's to read is skipped (see `check.config.project_plugins`).
+    Listed before RecipeArgs: the recipe's passes must be known when it is read."""
 
     @staticmethod
     def add_to(parser: argparse.ArgumentParser) -> None:
@@ -34,12 +35,12 @@ class ProjectPluginArgs:
 
     @staticmethod
     def parse(args) -> None:
-        from surgeon.check.config import load_config
-        from surgeon.registry import load_plugin_file
+        from surgeon.check.config import ProjectPlugins, project_plugins
+        from surgeon.registry import load_project_plugins
 
-        args.project_plugins = [] if args.no_config else list(load_config().plugins)
-        for path in args.project_plugins:
-            load_plugin_file(path)
+        project = ProjectPlugins((), "--no-config left pyproject.toml out") if args.no_config else project_plugins()
+        args.project_plugins = list(project.files)
+        load_project_plugins(project)
 
 
 class RecipeArgs:

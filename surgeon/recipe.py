@@ -31,7 +31,7 @@ import yaml
 
 from surgeon.errors import RecipeError, suggest
 from surgeon.pass_api import BUILTIN_PACKAGE, Param, ParamError
-from surgeon.registry import get_pass, shipped_dir, discover
+from surgeon.registry import discover, get_pass, shipped_dir, unknown_pass_hint
 from surgeon.validation.settings import MAX_SEED
 
 TOP_LEVEL_KEYS = ("name", "description", "model", "target", "extends", "steps", "prepend_steps", "append_steps",
@@ -597,7 +597,7 @@ def _parse_steps(mapping, key: str, file) -> list[Step]:
         name = item["pass"]
         if not isinstance(name, str) or name not in passes:
             raise _error(f"unknown pass '{name}'{where}", _value_mark(item, "pass"),
-                         hint=suggest(str(name), passes) or "see 'surgeon passes'", file=file)
+                         hint=unknown_pass_hint(str(name), passes), file=file)
         params = item.get("with") or {}
         if not isinstance(params, dict):
             raise _error(f"'with' must map parameter names to values{where}", _value_mark(item, "with"), file=file)

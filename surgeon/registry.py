@@ -28,6 +28,8 @@ from surgeon.reference import load_references
 
 ENTRY_POINT_GROUP = "surgeon.passes"
 _discovered = False
+# What the command made of pyproject.toml's plugins, in words (see load_project_plugins); None where it read none.
+_project_plugins_looked_at: str | None = None
 
 
 def shipped_dir(name: str) -> Path:
@@ -117,6 +119,15 @@ def load_plugin_file(path) -> list[str]:
     return defined
 
 
+def load_project_plugins(project) -> None:
+    """Load the plugin files of `project` (a `check.config.ProjectPlugins`) and remember its `looked_at`, so an
+    unknown pass names the pyproject.toml that was read, or says none was."""
+    global _project_plugins_looked_at
+    for path in project.files:
+        load_plugin_file(path)
+    _project_plugins_looked_at = project.looked_at
+
+
 def _module_imported_from(file: Path) -> str | None:
     """The name of the module already imported from `file` (resolved), or None."""
     for name, module in list(sys.modules.items()):
@@ -130,8 +141,17 @@ def get_pass(name: str) -> type[Pass]:
     """The pass class registered under `name`; a SurgeonError suggests the nearest name otherwise."""
     passes = discover()
     if name not in passes:
-        raise SurgeonError(f"unknown pass '{name}'", hint=suggest(name, passes))
+        raise SurgeonError(f"unknown pass '{name}'", hint=unknown_pass_hint(name, passes))
     return passes[name]
+
+
+def unknown_pass_hint(name: str, passes) -> str:
+    """The hint of an unknown pass `name`: the nearest of `passes`, and where a pass of the user's own comes from,
+    with the pyproject.toml the command looked at: a pass that is not a typo is mostly one whose file was not
+    loaded (a recipe run from outside its project does not find the project's pyproject.toml)."""
+    close = suggest(name, passes) or "see 'surgeon passes'"
+    looked_at = f"; {_project_plugins_looked_at}" if _project_plugins_looked_at else ""
+    return f"{close}; a pass of your own needs --plugin FILE or [tool.surgeon] plugins in pyproject.toml{looked_at}"
 
 
 def passes_handling(label: str) -> list[type[Pass]]:

@@ -168,14 +168,32 @@ def test_bad_pyproject_names_the_file(models, capsys, monkeypatch):
     monkeypatch.chdir(models)
     assert main(["check", str(models / "good.onnx")]) == 2
     err = capsys.readouterr().err
-    assert f"{models / 'pyproject.toml'}: unknown key 'targte' in [tool.surgeon] (did you mean 'target'?)" in err
+    assert f"{models / 'pyproject.toml'}: unknown key 'targte' in [tool.surgeon] (did you mean 'target'?; " \
+           "--no-config skips pyproject.toml)" in err
     (models / "pyproject.toml").write_text('[tool.surgeon]\n# tensorrt-8.7 is next year\n[[tool.surgeon.overrides]]\n'
                                            'files = ["*"]\ntarget = "tensorrt-8.7"\n')
     assert main(["check", str(models / "good.onnx")]) == 2
     err = capsys.readouterr().err
     assert f"{models / 'pyproject.toml'}:5: [[tool.surgeon.overrides]] entry 1: 'target': unknown target " \
-           "'tensorrt-8.7'" in err and "(did you mean 'tensorrt-8.6'?)" in err
+           "'tensorrt-8.7'" in err and "(did you mean 'tensorrt-8.6'?; --no-config skips pyproject.toml)" in err
 
+
+@pytest.mark.parametrize("content, message", [
+    (b'[project\nname = "x"\n', ": not valid TOML: Expected ']'"),
+    (b'[tool]\nsurgeon = "yes"\n', ":2: 'tool.surgeon' must be a table"),
+    (b"tool = 3\n", ":1: 'tool' must be a table"),
+    (b'[project]\nname = "caf\xe9"\n', ": not UTF-8 text (byte 21)"),
+])
+def test_a_malformed_pyproject_is_one_error_naming_it(content, message, models, capsys, monkeypatch):
+    """`surgeon check` reads the nearest pyproject.toml whole: a file it cannot read is its error (it was an
+    internal error for a `tool` that is no table and for a byte that is not UTF-8), which says how to skip it."""
+    (models / "pyproject.toml").write_bytes(content)
+    monkeypatch.chdir(models)
+    assert main(["check", "good.onnx"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"surgeon: error: {models / 'pyproject.toml'}{message}")
+    assert err.endswith("(--no-config skips pyproject.toml)\n") and len(err.splitlines()) == 1
+    assert main(["check", "--no-config", "good.onnx"]) == 0
 
 def test_a_pyproject_target_profile_is_relative_to_pyproject(models, capsys, monkeypatch):
     """As `plugins` and the override globs: from a subfolder the working directory would miss it."""

@@ -266,3 +266,101 @@ def test_check_says_how_to_make_a_users_plugin_known(tmp_path, own_registries, m
                                         "`plugins:` in a target profile (docs/plugins.md#your-own-plugins)")
     (tmp_path / "my-trt.yaml").write_text("name: my-trt\nextends: tensorrt-10\nplugins:\n  ExtendingUnlisted: {}\n")
     assert main(["check", "--no-config", "--plugin", "specs.py", "-t", "my-trt.yaml", "m.onnx"]) == 0
+
+
+@pytest.mark.parametrize("content", [
+    b'[tool.surgeon]\nselect = ["SG999"]\n',  # a rule of a newer surgeon
+    b'[tool.surgeon]\ntarget = "tensorrt-9"\n',
+    b'[project\nname = "x"\n',
+    b'[tool]\nsurgeon = "yes"\n',
+    b"tool = 3\n",
+    b'[project]\nname = "caf\xe9"\n',
+], ids=["rule", "target", "toml", "surgeon-str", "tool-int", "latin1"])
+def test_commands_other_than_check_read_only_the_plugins_of_a_pyproject(content, tmp_path, monkeypatch, capsys):
+    """A pyproject.toml around the model may be another project's, or a newer surgeon's: `run`, `passes`,
+    `explain` and `plugins list` read its plugins only, and skip a file that is not surgeon's to read (each
+    once stopped with check's error, or an internal error)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "pyproject.toml").write_bytes(content)
+    onnx.save(make_model([helper.make_node("Relu", ["x"], ["y"], name="relu")], [("x", np.float32, [2])],
+                         [("y", np.float32, [2])]), tmp_path / "m.onnx")
+    (tmp_path / "r.yaml").write_text("model: m.onnx\nsteps: [{pass: cleanup}]\n")
+    for argv in (["run", "r.yaml", "-o", "o.onnx", "--no-validate", "-q"], ["passes", "-q"],
+                 ["explain", "cleanup"], ["plugins", "list", "-q"]):
+        assert main(argv) == 0, capsys.readouterr().err
+    assert capsys.readouterr().err == "" and (tmp_path / "o.onnx").is_file()
+    assert main(["check", "m.onnx"]) == 2  # check's own settings: it reports them
+    assert "--no-config skips pyproject.toml" in capsys.readouterr().err
+
+
+def test_the_plugins_of_a_pyproject_load_whatever_its_check_settings(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    project_with_a_pass(tmp_path, "extending-settings-pass")
+    (tmp_path / "pyproject.toml").write_text('[tool.surgeon]\nselect = ["SG999"]\nplugins = ["tools/passes.py"]\n')
+    assert main(["run", "r.yaml", "-o", "o.onnx", "-q", "--no-validate"]) == 0
+
+
+@pytest.mark.parametrize("plugins, message", [
+    ('"tools/passes.py"', ":2: [tool.surgeon]: 'plugins' must be a list of Python file paths"),
+    ('["tools/nope.py"]', ":2: [tool.surgeon]: plugin file 'tools/nope.py' not found"),
+])
+def test_a_wrong_plugins_value_stops_every_command_naming_pyproject(plugins, message, tmp_path, monkeypatch, capsys):
+    """[tool.surgeon] is surgeon's: a wrong `plugins` there is an error (its passes would be missing), saying
+    how to go on without the file."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "pyproject.toml").write_text(f'[tool.surgeon]\nplugins = {plugins}\n')
+    for argv in (["passes"], ["plugins", "list"], ["check", "m.onnx"]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"surgeon: error: {tmp_path / 'pyproject.toml'}{message}"), argv
+        assert err.endswith("(--no-config skips pyproject.toml)\n") and len(err.splitlines()) == 1
+    assert main(["passes", "--no-config", "-q"]) == 0
+
+
+def test_schema_builtin_only_runs_no_project_plugin_code(tmp_path, monkeypatch, capsys):
+    """`--builtin-only` leaves out every pass a plugin file adds: a cloned repository's plugin code need not run."""
+    monkeypatch.chdir(tmp_path)
+    write(tmp_path / "tools" / "plugin.py", '''
+        from pathlib import Path
+        Path(__file__).with_name("ran").touch()
+    ''')
+    (tmp_path / "pyproject.toml").write_text('[tool.surgeon]\nplugins = ["tools/plugin.py"]\n')
+    assert main(["schema", "--builtin-only"]) == 0 and not (tmp_path / "tools" / "ran").exists()
+    capsys.readouterr()
+    assert main(["schema"]) == 0 and (tmp_path / "tools" / "ran").exists()
+
+
+def test_an_unknown_pass_says_which_pyproject_plugins_were_loaded(tmp_path, monkeypatch, capsys):
+    """A pass of the user's own is mostly one whose file was not loaded: the error says how to load it and
+    what the command found, so a recipe run from outside its project shows why."""
+    project_with_a_pass(tmp_path, "extending-hinted-pass")
+    monkeypatch.chdir(tmp_path)
+    assert main(["explain", "extending-hinted-pas"]) == 2
+    err = capsys.readouterr().err
+    assert "(did you mean 'extending-hinted-pass'?; a pass of your own needs --plugin FILE or [tool.surgeon] " \
+           "plugins in pyproject.toml" in err and f"; {tmp_path / 'pyproject.toml'} lists tools/passes.py)" in err
+    assert main(["explain", "qqqq", "--no-config"]) == 2
+    assert capsys.readouterr().err.endswith("(see 'surgeon passes'; a pass of your own needs --plugin FILE or "
+                                            "[tool.surgeon] plugins in pyproject.toml; --no-config left "
+                                            "pyproject.toml out)\n")
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    (tmp_path / "pyproject.toml").unlink()
+    assert main(["explain", "qqqq"]) == 2
+    err = capsys.readouterr().err
+    from surgeon.check.config import find_pyproject
+
+    if find_pyproject() is None:  # no pyproject.toml in a folder above the test's either
+        assert err.endswith(f"; no pyproject.toml in {tmp_path / 'elsewhere'} or above)\n")
+
+
+def test_plugins_list_shows_the_domains_and_the_file_of_each_spec(tmp_path, own_registries, capsys):
+    path = spec_file(tmp_path / "specs.py", "ExtendingOrigin", extra=', domains=("myco",)')
+    assert main(["plugins", "list", "--no-config", "--plugin", str(path)]) == 0
+    rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
+    assert rows["plugin"].split()[2:] == ["domains", "inputs", "attributes", "dtypes", "kernel", "origin"]
+    assert rows["ExtendingOrigin"].split()[2] == "myco" and rows["ExtendingOrigin"].endswith(str(path))
+    assert rows["GridSample2D"].split()[2:4] == ["surgeon,", '""'] and rows["GridSample2D"].endswith(" shipped")
+    assert main(["plugins", "list", "--no-config", "--plugin", str(path), "--json"]) == 0
+    origins = {spec["name"]: spec["origin"] for spec in json.loads(capsys.readouterr().out)}
+    assert origins["ExtendingOrigin"] == str(path) and origins["GridSample2D"] == "shipped"

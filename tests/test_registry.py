@@ -194,3 +194,10 @@ def test_a_file_imported_as_an_installed_module_is_not_run_again_as_a_plugin_fil
     assert load_plugin_file(path) == ["registry-test-installed"]
     assert builtins.registry_test_module_runs == 1
     sys.modules.pop("registry_test_installed", None)
+
+
+def test_an_unknown_pass_keeps_the_nearest_name_and_says_how_to_load_ones_own():
+    with pytest.raises(SurgeonError) as info:
+        get_pass("grid-sampel")
+    assert info.value.hint.startswith("did you mean 'grid-sample'?; a pass of your own needs --plugin FILE or "
+                                      "[tool.surgeon] plugins in pyproject.toml")

@@ -12,6 +12,9 @@
     files = ["models/legacy/*.onnx"]
     target = "onnxruntime"
     ignore = ["SG007"]
+
+`surgeon check` reads all of it (`load_config`). The other commands read only `plugins` (`project_plugins`),
+and skip a pyproject.toml that is not surgeon's to read: it may belong to the project around the model.
 """
 from __future__ import annotations
 
@@ -19,15 +22,17 @@ import fnmatch
 import math
 import re
 import tomllib
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from surgeon.errors import SurgeonError, suggest
+from surgeon.errors import SurgeonError, first_line, suggest
 
 UNREADABLE_FILE_ID = "SG000"  # findings.UNREADABLE_FILE: never filtered out
 SETTING_KEYS = ("target", "select", "ignore", "static-shapes", "max-initializer-mb")
 _LIST_KEYS = ("select", "ignore")
 SIZE_LIMIT = "a finite number of MiB, 0 or more"  # what `max-initializer-mb` takes
+SKIP_HINT = "--no-config skips pyproject.toml"  # in every error of the file's: it may be another project's
 
 
 def is_size_limit(value) -> bool:
@@ -105,40 +110,104 @@ def find_pyproject(start=None) -> Path | None:
 
 
 def load_config(start=None) -> Config:
-    """The `[tool.surgeon]` settings of the nearest pyproject.toml; unknown keys are errors naming the file."""
+    """The `[tool.surgeon]` settings of the nearest pyproject.toml (`surgeon check`'s configuration): a file it
+    cannot read, or unknown keys, are errors naming the file."""
     path = find_pyproject(start)
     if path is None:
         return Config()
+    with _naming_no_config():
+        table = _surgeon_table(path)
+        if table is None:
+            return Config(source=path)
+        overrides = []
+        for index, entry in enumerate(table.get("overrides") or (), start=1):
+            where = f"[[tool.surgeon.overrides]] entry {index}"
+            if not isinstance(entry, dict) or not isinstance(entry.get("files"), list) or not entry["files"]:
+                raise SurgeonError(f"{where} needs files = [\"glob\", ...]", file=path)
+            values = _settings_values({k: v for k, v in entry.items() if k != "files"}, path, where)
+            overrides.append((tuple(map(str, entry["files"])), values))
+        base = _settings_values({k: v for k, v in table.items() if k not in ("overrides", "plugins")}, path,
+                                "[tool.surgeon]")
+        return Config(base=Settings(**base), overrides=tuple(overrides), root=path.parent, source=path,
+                      plugins=_plugin_files(table.get("plugins", []), path))
+
+
+@dataclass(frozen=True)
+class ProjectPlugins:
+    """The plugin files `[tool.surgeon] plugins` lists, and what was found where, in words (`looked_at`: an
+    unknown pass is often a plugin file that was not loaded, so the error says which pyproject.toml was read)."""
+
+    files: tuple[Path, ...]
+    looked_at: str
+
+
+def project_plugins(start=None) -> ProjectPlugins:
+    """`[tool.surgeon] plugins` of the nearest pyproject.toml, for the commands other than `check`, which read
+    nothing else of it. A pyproject.toml they cannot read as surgeon's (not TOML, not UTF-8, no [tool.surgeon]
+    table) is skipped: it may be another project's, and its settings are `check`'s to report. A wrong
+    `plugins` value in a readable [tool.surgeon] is an error naming the file."""
+    path = find_pyproject(start)
+    if path is None:
+        return ProjectPlugins((), f"no pyproject.toml in {Path(start or Path.cwd()).resolve()} or above")
     try:
-        data = tomllib.loads(path.read_text())
+        table = _surgeon_table(path)
+    except SurgeonError as exc:
+        return ProjectPlugins((), f"{path} skipped, {exc.message}")
+    if table is None:
+        return ProjectPlugins((), f"{path} has no [tool.surgeon] table")
+    with _naming_no_config():
+        files = _plugin_files(table.get("plugins", []), path)
+    return ProjectPlugins(files, f"{path} lists {', '.join(table.get('plugins', [])) or 'no plugins'}")
+
+
+@contextmanager
+def _naming_no_config():
+    """An error in pyproject.toml also says how to go on without the file: it may be another project's."""
+    try:
+        yield
+    except SurgeonError as exc:
+        exc.hint = f"{exc.hint}; {SKIP_HINT}" if exc.hint else SKIP_HINT
+        raise
+
+
+def _surgeon_table(path: Path) -> dict | None:
+    """The `[tool.surgeon]` table of `path`, None when it has none; a file that is no UTF-8 TOML, or a `tool`
+    or `tool.surgeon` that is no table, is a SurgeonError naming the file."""
+    try:
+        data = tomllib.loads(path.read_bytes().decode("utf-8"))
+    except OSError as exc:
+        raise SurgeonError(f"cannot be read: {exc.strerror or first_line(exc)}", file=path) from None
+    except UnicodeDecodeError as exc:
+        raise SurgeonError(f"not UTF-8 text (byte {exc.start}), as TOML must be", file=path) from None
     except tomllib.TOMLDecodeError as exc:
         raise SurgeonError(f"not valid TOML: {exc}", file=path) from None
-    table = data.get("tool", {}).get("surgeon")
-    if table is None:
-        return Config(source=path)
-    overrides = []
-    for index, entry in enumerate(table.get("overrides") or (), start=1):
-        where = f"[[tool.surgeon.overrides]] entry {index}"
-        if not isinstance(entry, dict) or not isinstance(entry.get("files"), list) or not entry["files"]:
-            raise SurgeonError(f"{where} needs files = [\"glob\", ...]", file=path)
-        values = _settings_values({k: v for k, v in entry.items() if k != "files"}, path, where)
-        overrides.append((tuple(map(str, entry["files"])), values))
-    base = _settings_values({k: v for k, v in table.items() if k not in ("overrides", "plugins")}, path,
-                            "[tool.surgeon]")
-    return Config(base=Settings(**base), overrides=tuple(overrides), root=path.parent, source=path,
-                  plugins=_plugin_files(table.get("plugins", []), path))
+    tool = data.get("tool", {})
+    if not isinstance(tool, dict):
+        raise SurgeonError("'tool' must be a table ([tool.surgeon] holds surgeon's settings)", file=path,
+                           line=_line_of(path, r"\s*tool\s*="))
+    table = tool.get("surgeon")
+    if table is not None and not isinstance(table, dict):
+        raise SurgeonError("'tool.surgeon' must be a table ([tool.surgeon] holds surgeon's settings)", file=path,
+                           line=_line_of(path, r"\s*(tool\.)?surgeon\s*="))
+    return table
+
+
+def _line_of(path: Path, pattern: str) -> int | None:
+    """The number of the first line of `path` that `pattern` matches at its start (an error's location)."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    return next((n for n, text in enumerate(lines, start=1) if re.match(pattern, text)), None)
 
 
 def _plugin_files(value, path: Path) -> tuple[Path, ...]:
     """`plugins = [...]`: pass files, relative to the pyproject's folder; each must exist."""
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise SurgeonError("[tool.surgeon]: 'plugins' must be a list of Python file paths", file=path)
+        raise SurgeonError("[tool.surgeon]: 'plugins' must be a list of Python file paths", file=path,
+                           line=_line_of(path, r"\s*plugins\s*="))
     files = tuple(path.parent / v for v in value)
     for name, file in zip(value, files):
         if not file.is_file():
-            line = next((n for n, text in enumerate(path.read_text().splitlines(), start=1) if name in text), None)
             raise SurgeonError(f"[tool.surgeon]: plugin file '{name}' not found (looked at {file})", file=path,
-                               line=line)
+                               line=_line_of(path, f".*{re.escape(name)}"))
     return files
 
 
@@ -179,8 +248,7 @@ def _target(name: str, path: Path, where: str) -> str:
         load_target(name)
         return name
     except SurgeonError as exc:
-        line = next((n for n, text in enumerate(path.read_text().splitlines(), start=1)
-                     if re.match(r"\s*target\s*=", text) and name in text), None)
+        line = _line_of(path, rf"\s*target\s*=.*{re.escape(name)}")
         raise SurgeonError(f"{where}: 'target': {exc.message}", file=path, line=line, hint=exc.hint) from None
 
 
@@ -193,7 +261,6 @@ def check_rule_ids(ids, where: str, path: Path | None = None) -> None:
     known = all_rules()
     for rule_id in ids:
         if not rule_id or not any(k.startswith(rule_id) for k in known):
-            line = path and next((n for n, text in enumerate(path.read_text().splitlines(), start=1)
-                                  if f'"{rule_id}"' in text or f"'{rule_id}'" in text), None)
+            line = path and _line_of(path, rf".*[\"']{re.escape(rule_id)}[\"']")
             raise SurgeonError(f"{where}: no rule '{rule_id}'", file=path, line=line,
                                hint=suggest(rule_id, known) or "see `surgeon check --list-rules`")

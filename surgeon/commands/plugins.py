@@ -3,6 +3,8 @@ and by the plugin files `[tool.surgeon]` in pyproject.toml lists), `surgeon plug
 libsurgeon_plugins.so (CUDA kernels, C API and, when TensorRT 10+ headers are found, the IPluginV3 plugins)."""
 from __future__ import annotations
 
+import sys
+
 from surgeon.cli_args import OutputArgs, PluginArgs, ProjectPluginArgs, print_json, table
 
 NAME = "plugins"
@@ -47,10 +49,19 @@ def _list(args) -> int:
     ProjectPluginArgs.parse(args)
     specs = sorted(plugin_specs().values(), key=lambda s: s.name)
     if args.json:
-        print_json([s.to_dict() for s in specs])
+        print_json([{**s.to_dict(), "origin": _origin(s)} for s in specs])
     elif not args.quiet:
-        rows = [[s.name, f"{s.namespace}/{s.version}", ", ".join(s.inputs),
-                 ", ".join(f"{a.name}={a.default}" for a in s.attrs) or "-", "/".join(s.dtypes), s.cuda_source]
-                for s in specs]
-        print(table(rows, ["plugin", "namespace/version", "inputs", "attributes", "dtypes", "kernel"]))
+        rows = [[s.name, f"{s.namespace}/{s.version}", ", ".join(d or '""' for d in s.domains), ", ".join(s.inputs),
+                 ", ".join(f"{a.name}={a.default}" for a in s.attrs) or "-", "/".join(s.dtypes), s.cuda_source,
+                 _origin(s)] for s in specs]
+        print(table(rows, ["plugin", "namespace/version", "domains", "inputs", "attributes", "dtypes", "kernel",
+                           "origin"]))
     return 0
+
+
+def _origin(spec) -> str:
+    """`shipped` for surgeon's own spec, else the file that declared it (a plugin file, an installed package's
+    module): the user's specs stand out, and a clash or a wrong domain can be traced to its file."""
+    if spec.shipped:
+        return "shipped"
+    return str(getattr(sys.modules.get(spec.reference.__module__), "__file__", None) or spec.reference.__module__)
