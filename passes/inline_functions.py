@@ -19,7 +19,7 @@ domain the model lacks is imported, and a custom domain at another version is an
 
 `functions` names the functions to inline (a name, or `domain::name`; default all). Calls of the others
 stay calls, also where a named function's body holds them; a named function a kept one's body calls stays
-for that call. A named function the graph no longer has that an earlier step or run inlined (its nodes'
+for that call (called from kept bodies only, it is inlined nowhere: a note names them). A named function the graph no longer has that an earlier step or run inlined (its nodes'
 `surgeon.function` say so: a recipe extending a target recipe, which inlines everything first) is a note;
 a name never inlined is an error.
 """
@@ -61,10 +61,12 @@ class InlineFunctions(Pass):
         if not graph.functions:
             return result
         model = export_graph(graph)
+        called_before = called_functions(model)
+        for name, kept in _reached_only_through_kept(model, chosen, called_before).items():
+            result.note(f"{name} is called only from functions kept as calls ({', '.join(kept)}): name those too")
         sites = {}  # marker site -> (call, its scope; None for a call in a function body)
         for scope, body in _graphs(model.graph):
             _mark_calls(body, scope, chosen, sites)
-        called_before = called_functions(model)
         if not sites and called_before == {_key(f) for f in model.functions}:
             return result
         functions = _detached(model.functions)
@@ -136,6 +138,41 @@ def _inlined_before(ctx, pass_name: str) -> list[str]:
         if tag.get("surgeon.pass") == pass_name and isinstance(tag.get(FUNCTION_KEY), str):
             labels.update(tag[FUNCTION_KEY].split("/"))
     return sorted(labels)
+
+
+def _reached_only_through_kept(model: onnx.ModelProto, chosen, called) -> dict[str, list[str]]:
+    """The `chosen` functions the graph calls (`called`: `called_functions`) that no call the inliner reaches
+    calls (from the graph, through chosen functions only), by name, with the kept functions whose bodies call
+    them, directly or through other such chosen ones: naming a function whose calls all stay inlines nothing,
+    which the user should hear about."""
+    chosen = chosen & called
+    calls = {_key(f): _calls_in(f) for f in model.functions if _key(f) in called}
+    reached, reading = set(), [key for key in _calls_in(model.graph) if key in chosen]
+    while reading:
+        key = reading.pop()
+        if key not in reached:
+            reached.add(key)
+            reading.extend(calls[key] & chosen)
+    found = {}
+    for key in sorted(chosen - reached):
+        kept, seen, reading = set(), set(), [key]
+        while reading:  # up through the callers, to the first kept one on each path
+            callee = reading.pop()
+            for caller, called in calls.items():
+                if callee in called and caller not in seen:
+                    seen.add(caller)
+                    if caller in chosen:
+                        reading.append(caller)
+                    else:
+                        kept.add(caller)
+        if kept:
+            found[key[1]] = sorted(name for _, name in kept)
+    return found
+
+
+def _calls_in(graph) -> set[tuple[str, str]]:
+    """What the nodes of `graph` (or a function) and of its If/Loop/Scan bodies call, as (domain, op type)."""
+    return {(n.domain, n.op_type) for n in all_nodes(graph)}
 
 
 def _detached(functions) -> list[onnx.FunctionProto]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from surgeon.errors import PassError, suggest
 from surgeon.graphinfo import tensor_names
-from surgeon.pass_api import Param, Pass, PassResult, register_pass
+from surgeon.pass_api import Param, ParamError, Pass, PassResult, register_pass
 from surgeon.rewrite import any_subgraphs
 
 
@@ -25,6 +25,18 @@ class Rename(Pass):
         "nodes": Param(dict, None, items=str, help="{old: new} for node names"),
     }
     keeps = ("toposort", "cleanup", "shapes")
+
+    @classmethod
+    def check_params(cls, values):
+        """The declared checks, then: no new name is empty, so a recipe fails at load time, at its line."""
+        checked = super().check_params(values)
+        for key in cls.params:
+            empty = next((old for old, new in (checked[key] or {}).items() if not new), None)
+            if empty is not None:
+                why = "" if key == "nodes" else ": an empty tensor name means 'no tensor' in ONNX"
+                raise ParamError(key, f"parameter '{key}' of pass '{cls.name}': the new name for '{empty}' is empty",
+                                 hint=f"give it a name, or drop the entry{why}")
+        return checked
 
     def run(self, graph, ctx):
         result = PassResult()
@@ -71,8 +83,6 @@ def _check_new_names(taken: set[str], renames: list[tuple[str, object]]) -> None
     new_by_old: dict[str, str] = {}
     old_by_new: dict[str, str] = {}
     for old, new in renames:
-        if not new:
-            raise PassError(f"rename: the new name for '{old}' must be a non-empty string")
         if new_by_old.setdefault(old, new) != new:
             raise PassError(f"rename: the mapping gives '{old}' two new names, '{new_by_old[old]}' and '{new}'")
         if old_by_new.setdefault(new, old) != old:

@@ -29,6 +29,7 @@ beside it in tests/test_pass_clip_int.py.
 from __future__ import annotations
 
 import contextlib
+import numbers
 import os
 import sys
 from dataclasses import dataclass, field
@@ -55,7 +56,18 @@ class Mismatch(ValueError):
         super().__init__(message)
         # Detected here, once, for every path that coerces (a step, `set:`, `--set`, a section, list items,
         # mapping entries)
-        self.hint = BOOLEAN_FOR_TEXT if isinstance(value, bool) and text_expected else None
+        self.hint = _text_hint(value) if text_expected else None
+
+
+def _text_hint(value: Any) -> str | None:
+    """How to write `value`, which YAML read as no text, as the text it was meant to be."""
+    if isinstance(value, bool):
+        return BOOLEAN_FOR_TEXT
+    if isinstance(value, int):  # purely numeric names are common: older torch exports name tensors `123`
+        return f"quote it: '{value}'"
+    if isinstance(value, float):  # YAML may have changed the digits (`1.10` reads 1.1)
+        return "quote it, as written: YAML reads it as a number"
+    return None
 
 
 @dataclass(frozen=True)
@@ -72,6 +84,10 @@ class Param:
     #: Bounds of a number (inclusive), checked here and published in the JSON schema.
     minimum: int | float | None = None
     maximum: int | float | None = None
+
+    def __post_init__(self):
+        # Every reader of `default` (the run, `explain`, the JSON schema) then sees what a recipe could write.
+        object.__setattr__(self, "default", _plain_number(self.default))
 
     @property
     def required(self) -> bool:
@@ -90,7 +106,12 @@ class Param:
         `hint` may say how to write it, where its type or choice does not fit)."""
         if value is None and (self.nullable or self.default is None):
             return None
-        value = _coerce_one(self.type, value, self.type_name())
+        try:
+            value = _coerce_one(self.type, value, self.type_name())
+        except Mismatch as exc:
+            if self.choices is not None and not isinstance(value, bool) and str(value) not in self.choices:
+                exc.hint = None  # quoted, the number would still be none of the choices
+            raise
         if self.type is list and self.items is not None:
             value = [_coerce_one(self.items, v, _TYPE_NAMES.get(self.items, "value")) for v in value]
         if self.type is dict and self.items is not None:
@@ -135,6 +156,7 @@ def _described(value: Any) -> str:
 
 def _coerce_one(kind, value: Any, type_name: str) -> Any:
     expected = f"expected {_a(type_name)}"
+    value = _plain_number(value)
     if isinstance(kind, tuple):
         for option in kind:
             try:
@@ -155,6 +177,14 @@ def _coerce_one(kind, value: Any, type_name: str) -> Any:
     if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
         raise Mismatch(f"{expected}, got {_described(value)}", value, kind is str)
     return value
+
+
+def _plain_number(value: Any) -> Any:
+    """A NumPy scalar (`np.float32(1e-5)` as a default, a value from the Python API) as the Python number it
+    equals, which recipes, JSON and `repr` show plainly; anything else unchanged."""
+    if type(value) in (bool, int, float) or not isinstance(value, numbers.Real):  # np.float64 is a float
+        return value
+    return int(value) if isinstance(value, numbers.Integral) else float(value)
 
 
 def _coerce_entry(kind, value: Any, where: str) -> Any:
@@ -365,6 +395,8 @@ class Context:
     _unused_initializers: list[str] | None = None
     _input_model: Any = None
     _taken: set[str] | None = None
+    #: By base, the suffix `new_name` tries first: those below it are taken already.
+    _next_suffix: dict[str, int] = field(default_factory=dict)
     #: Where the last Rewrite spliced its nodes in (see surgeon.rewrite), reset for every pass.
     splice_hint: int = 0
 
@@ -404,6 +436,7 @@ class Context:
         self.pass_name = pass_name
         self.opset = _default_opset(graph, self.opset)
         self._taken = None
+        self._next_suffix.clear()
         self.splice_hint = 0
 
     def _names(self, graph=None) -> set[str]:
@@ -418,11 +451,16 @@ class Context:
     def new_name(self, base: str, graph=None) -> str:
         """A name not yet used in the graph: `base`, else `base_1`, `base_2`, ..."""
         taken = self._names(graph)
-        name, i = base, 0
+        # Names are only added to `taken` during a pass, so the suffixes tried before are still taken: going on
+        # from the last one gives the names trying from 1 would, without trying them all again for each node of
+        # many with one base (quadratic: unnamed calls of a function, each inlined).
+        i = self._next_suffix.get(base, 0)
+        name = f"{base}_{i}" if i else base
         while name in taken:
             i += 1
             name = f"{base}_{i}"
         taken.add(name)
+        self._next_suffix[base] = i + 1
         return name
 
     def tag(self, node, replaces: str | None = None, **props: str) -> None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -1013,40 +1014,52 @@ def test_an_undefined_element_type_on_a_body_output_is_an_error_infer_shapes_fix
 INT64_MAX, INT64_MIN = np.iinfo(np.int64).max, np.iinfo(np.int64).min
 
 
-def _slice(ends, also_read=False):
-    """x[1:] as torch writes it (ends INT64_MAX), optionally with the ends also added to an int64 input."""
-    nodes = [helper.make_node("Slice", ["x", "starts", "ends"], ["y"], name="slice")]
+def _slice(ends, also_read=False, steps=None):
+    """x[1:] as torch writes it (ends INT64_MAX), optionally with the ends also added to an int64 input, or with
+    `steps`."""
+    bounds = ["x", "starts", "ends"] + (["axes", "steps"] if steps is not None else [])
+    nodes = [helper.make_node("Slice", bounds, ["y"], name="slice")]
     outputs = [("y", np.float32, [3])]
     if also_read:
         nodes.append(helper.make_node("Add", ["i", "ends"], ["j"], name="add"))
         outputs.append(("j", np.int64, [1]))
+    steps = {"axes": np.array([0]), "steps": np.array([steps])} if steps is not None else {}
     return make_model(nodes, [("x", np.float32, [4]), ("i", np.int64, [1])], outputs, opset=13,
-                      initializers={"starts": np.array([1]), "ends": np.array([ends])})
+                      initializers={"starts": np.array([1]), "ends": np.array([ends]), **steps})
 
 
-@pytest.mark.parametrize("target, fires", [("tensorrt-8.5", True), ("tensorrt-8.6", True), ("tensorrt-10", False),
-                                           ("onnxruntime", False), ("opset-11", False)])
-def test_sg024_is_for_tensorrt_before_10_only(target, fires, tmp_path):
-    findings = _check(int64_index_beyond_int32(), Settings(target=target, select=("SG024",)), tmp_path)
-    assert len(findings) == fires
-
-
-def test_sg024_follows_the_profiles_int64_key(tmp_path):
-    """A profile that holds int64 natively (a TensorRT 8.6 build that does not) gets no SG024."""
-    profile = tmp_path / "mine.yaml"
-    profile.write_text("extends: tensorrt-8.6\nname: mine\nint64: native\n")
-    assert _check(int64_index_beyond_int32(), Settings(target=str(profile), select=("SG024",)), tmp_path) == []
-
-
-@pytest.mark.parametrize("ends", [INT64_MAX, INT64_MIN])
-def test_slice_ends_at_the_int64_limits_are_no_sg024(ends, tmp_path):
-    """TensorRT clamps them to the int32 limits, which still mean 'to the end'; read by anything else, the
-    clamped value is wrong there."""
+@pytest.mark.parametrize("ends", [INT64_MAX, INT64_MIN, -INT64_MAX, 2 ** 40, -2 ** 33])
+def test_slice_starts_and_ends_beyond_int32_are_no_sg024(ends, tmp_path):
+    """Slice clamps them to the dim, so their int32 limits select the same on every dim below 2**31 (torch.flip
+    writes -INT64_MAX); read by anything else, the clamped value is wrong there."""
     settings = Settings(target="tensorrt-8.6", select=("SG024",))
     assert _check(_slice(ends), settings, tmp_path) == []
     [finding] = _check(_slice(ends, also_read=True), settings, tmp_path)
     assert finding.message.startswith(f"initializer 'ends' holds 1 int64 value(s) outside the int32 range ({ends} ")
-    assert _check(_slice(2 ** 40), settings, tmp_path) != []  # only the exact limits mean "to the end"
+
+
+@pytest.mark.parametrize("steps, fires", [(INT64_MAX, False), (INT64_MIN, False), (2 ** 40, True), (-2 ** 33, True)])
+def test_slice_steps_beyond_int32_are_sg024_but_at_the_int64_limits(steps, fires, tmp_path):
+    """Slice does not clamp a step to the dim; only the int64 limits are known to be written as "as far as it goes"."""
+    findings = _check(_slice(4, steps=steps), Settings(target="tensorrt-8.6", select=("SG024",)), tmp_path)
+    assert [f.message.split(" holds")[0] for f in findings] == (["initializer 'steps'"] if fires else [])
+
+
+def test_a_torch_flip_export_is_no_sg024(tmp_path):
+    """torch writes the Slice of a flip as ends -INT64_MAX, step -1 (before, a warning on every flip)."""
+    torch = pytest.importorskip("torch")
+
+    class Flip(torch.nn.Module):
+        def forward(self, x):
+            return torch.flip(x, dims=[1])[:, 1:]
+
+    path = tmp_path / "flip.onnx"
+    with warnings.catch_warnings():  # the TorchScript exporter's deprecation notices
+        warnings.simplefilter("ignore")
+        torch.onnx.export(Flip(), (torch.randn(2, 5),), str(path), opset_version=11, dynamo=False)
+    slices = [n for n in onnx.load(path).graph.node if n.op_type == "Slice"]
+    assert len(slices) == 2
+    assert check_file(path, Settings(target="tensorrt-8.6", select=("SG024",))) == []
 
 
 def test_sg024_names_a_constant_node_and_reads_value_ints(tmp_path):

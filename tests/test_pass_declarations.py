@@ -124,3 +124,66 @@ def test_properties_a_pass_tags_a_node_with_are_written_to_its_metadata(relu_mod
     assert [(p.key, p.value) for p in relu.metadata_props] == [
         ("surgeon.pass", "declarations-test-tag"), ("surgeon.replaces", "old_relu"),
         ("surgeon.source", "unit test"), ("surgeon.zone", "a")]
+
+
+def test_numpy_scalars_are_numbers_in_defaults_and_values():
+    """Before, `Param(float, np.float32(1e-5))` refused to register: "expected a number, got a float32"."""
+    import numpy as np
+
+    @register_pass("declarations-test-numpy")
+    class NumpyDefaults(Pass):
+        """NumPy scalars as defaults."""
+        params = {"eps": Param(float, np.float32(0.5), minimum=0), "steps": Param(int, np.int64(3)),
+                  "scale": Param(float, 1.0)}
+
+        def run(self, graph, ctx):
+            return PassResult()
+
+    assert NumpyDefaults.params["eps"].default == 0.5 and type(NumpyDefaults.params["eps"].default) is float
+    checked = NumpyDefaults.check_params({"steps": np.int32(4), "scale": np.float64(2.0)})
+    assert checked == {"eps": 0.5, "steps": 4, "scale": 2.0}
+    assert [type(checked[key]) for key in ("eps", "steps", "scale")] == [float, int, float]
+    for value in (np.bool_(True), np.float32(1.5)):
+        with pytest.raises(SurgeonError, match="parameter 'steps'.*expected an integer"):
+            NumpyDefaults.check_params({"steps": value})
+
+
+class _CountingSet(set):
+    """The names a Context holds as taken, counting how often one is looked up."""
+    lookups = 0
+
+    def __contains__(self, name):
+        self.lookups += 1
+        return super().__contains__(name)
+
+
+def test_new_names_of_one_base_are_found_in_linear_time_and_stay_the_same():
+    """Before, each `new_name` tried `base_1`, `base_2`, ... from 1 again: inlining n unnamed calls looked names
+    up n²/2 times (seconds for a few thousand)."""
+    import onnx_graphsurgeon as gs
+
+    from surgeon.pass_api import Context
+
+    ctx = Context(target=None)
+    ctx.begin(gs.Graph(), "declarations-test")
+    ctx._taken = _CountingSet({"n", "n_2"})
+    assert [ctx.new_name("n") for _ in range(3)] + [ctx.new_name("m")] == ["n_1", "n_3", "n_4", "m"]
+    ctx._taken.lookups = 0
+    names = [ctx.new_name("n") for _ in range(1000)]
+    assert names == [f"n_{i}" for i in range(5, 1005)] and ctx._taken.lookups == 1000
+    graph = gs.Graph(nodes=[gs.Node("Relu", name="n_1")])
+    ctx.begin(graph, "declarations-test")  # a new pass: names and suffixes from its graph
+    assert [ctx.new_name("n", graph) for _ in range(2)] == ["n", "n_2"]
+
+
+@pytest.mark.parametrize("param, value, hint", [
+    (Param(str, "a"), 123, "quote it: '123'"),
+    (Param(list, None, items=str), [1.5], "quote it, as written: YAML reads it as a number"),
+    (Param(str, "fp32", choices=("fp32", "16")), 16, "quote it: '16'"),
+    (Param(str, "fp32", choices=("fp32", "fp16")), 16, None),  # quoted, still none of the choices
+    (Param(int, 1), "x", None)])
+def test_a_number_where_text_belongs_says_to_quote_it(param, value, hint):
+    """Purely numeric tensor names are common in older torch exports; YAML reads them unquoted as numbers."""
+    with pytest.raises(ValueError) as raised:
+        param.coerce(value)
+    assert raised.value.hint == hint

@@ -107,6 +107,19 @@ def test_named_functions_only():
         np.testing.assert_array_equal(got, want)
 
 
+def test_naming_a_function_only_a_kept_function_calls_says_which_to_name_too():
+    """Before, `functions: [Inner]` with Inner called only from Outer's body said only "nothing to do"."""
+    model = _functions_model()
+    branch = next(n for n in model.graph.node if n.op_type == "If")
+    model.graph.node.remove(branch)
+    del model.graph.output[1], model.graph.input[1]
+    out, step = apply_pass(model, "inline-functions", functions=["Inner"])
+    assert step.rewritten == [] and _calls(out) == ["block_1", "block_2"]
+    assert step.notes == ["Inner is called only from functions kept as calls (Outer): name those too"]
+    out, step = apply_pass(model, "inline-functions", functions=["Inner", "Outer"])
+    assert _calls(out) == [] and step.notes == ["inlined 2 call(s) of pkg::Outer"]
+
+
 def test_an_unknown_function_name_is_one_clear_error():
     with pytest.raises(SurgeonError, match=r"no local function named 'Outr' \(the model's: pkg::Inner, pkg::Outer\)") \
             as raised:

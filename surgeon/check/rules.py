@@ -698,21 +698,25 @@ def undefined_element_types(facts: ModelFacts):
 
 INT32_RANGE = np.iinfo(np.int32)
 INT64_LIMITS = (np.iinfo(np.int64).min, np.iinfo(np.int64).max)
-SLICE_BOUND_INPUTS = (1, 2, 4)  # Slice-10's starts, ends and steps
+SLICE_STARTS_ENDS = (1, 2)  # Slice-10's inputs ONNX clamps to the dim
+SLICE_STEPS = 4
 
 
 @model_rule("SG024", "int64-beyond-int32", "warning",
             "int64 initializer or Constant value outside the int32 range on a target holding int64 in int32 "
-            "(profile `int64: int32`: TensorRT before 10, whose parser clamps such values); Slice starts/ends/steps "
-            "of exactly the int64 limits are left out: clamped, they still mean 'to the end'")
+            "(profile `int64: int32`: TensorRT before 10, whose parser clamps such values); Slice starts/ends "
+            "are left out (Slice clamps them to the dim, so the clamped value differs only on a dim of 2**31 "
+            "or more), and Slice steps of exactly the int64 limits")
 def int64_beyond_int32(facts: ModelFacts):
     target = facts.target
     if target.int64 != "int32":
         return
-    slice_bounds = _read_only_as_slice_bounds(facts)
+    slice_reads = _read_only_as_slice_bounds(facts)
     for what, name, values, node in _int64_constants(facts):
+        if slice_reads.get(name) == "starts/ends":
+            continue
         outside = (values > INT32_RANGE.max) | (values < INT32_RANGE.min)
-        if name in slice_bounds:
+        if slice_reads.get(name) == "steps":
             outside &= ~np.isin(values, INT64_LIMITS)
         if not outside.any():
             continue
@@ -749,12 +753,18 @@ def _int64_constants(facts: ModelFacts):
             yield "", node.output[0], values, node
 
 
-def _read_only_as_slice_bounds(facts: ModelFacts) -> set[str]:
-    """Names every node reading them (in any graph) reads as a Slice's starts, ends or steps."""
-    bound, other = set(), set()
+def _read_only_as_slice_bounds(facts: ModelFacts) -> dict[str, str]:
+    """Names every node reading them (in any graph) reads as a Slice's starts, ends or steps: "steps" for those
+    some Slice reads as steps, whose values Slice does not clamp, else "starts/ends"."""
+    bound, steps, other = set(), set(), set()
     for node in facts.all_nodes:
         is_slice = node.op_type == "Slice" and node.domain in STANDARD_DOMAINS
         for index, name in enumerate(node.input):
-            (bound if is_slice and index in SLICE_BOUND_INPUTS else other).add(name)
+            if is_slice and index in SLICE_STARTS_ENDS:
+                bound.add(name)
+            elif is_slice and index == SLICE_STEPS:
+                steps.add(name)
+            else:
+                other.add(name)
     other.update(value.name for value in facts.model.graph.output)
-    return bound - other
+    return {name: "steps" if name in steps else "starts/ends" for name in (bound | steps) - other}
