@@ -2,7 +2,8 @@
 
 A command module defines `NAME`, `HELP`, `add_arguments(parser)` and `run(args) -> int`; it may list
 shared argument groups in `ARG_GROUPS` (see `surgeon.cli_args`), as Polygraphy's tools do.
-Exit codes: 0 success, 1 a check or validation failed, 2 bad usage or bad input, 3 internal error.
+Exit codes: 0 success, 1 a check or validation failed, 2 bad usage or bad input, 3 internal error,
+130 interrupted (Ctrl-C), 143 terminated (SIGTERM).
 """
 from __future__ import annotations
 
@@ -10,12 +11,26 @@ import argparse
 import importlib
 import os
 import pkgutil
+import signal
 import sys
+import threading
 
 from surgeon import __version__
 from surgeon.errors import SurgeonError
 
 INTERNAL_ERROR = 3
+INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a process Ctrl-C stopped
+TERMINATED = 143  # 128 + SIGTERM
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM (a CI job's timeout, `docker stop`), raised where the run is, as Ctrl-C's KeyboardInterrupt
+    is: the same clean-up (temporary files and folders deleted, no half-written output) runs for both."""
+
+
+def _terminate(signum, frame):
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the clean-up short
+    raise _Terminated
 
 
 class _Parser(argparse.ArgumentParser):
@@ -47,6 +62,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may take signals
+        return _main(argv)
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        return _main(argv)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _main(argv) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "_module", None):
@@ -74,12 +99,13 @@ def main(argv=None) -> int:
         # Every file is written whole or not at all (through a temporary name); a run that has written
         # its model lists it, and the reports when they were done, in `written`.
         written = getattr(exc, "written", None)
+        stopped = "terminated (SIGTERM)" if isinstance(exc, _Terminated) else "interrupted"
         if written:
-            print(f"surgeon: interrupted after writing {', '.join(map(str, written))}; the other files were not "
+            print(f"surgeon: {stopped} after writing {', '.join(map(str, written))}; the other files were not "
                   "written", file=sys.stderr)
         else:
-            print("surgeon: interrupted; nothing was written", file=sys.stderr)
-        return 130
+            print(f"surgeon: {stopped}; nothing was written", file=sys.stderr)
+        return TERMINATED if isinstance(exc, _Terminated) else INTERRUPTED
     except Exception as exc:  # a bug of ours: say so briefly, full traceback on request
         if os.environ.get("SURGEON_DEBUG"):
             raise

@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from surgeon.pipeline import StepRecord, finish_graph, run_steps
+from surgeon.pipeline import StepRecord, finish_graph, renamed_tensors, run_steps
 from surgeon.recipe import Recipe
 from surgeon.validation.compare import OutputReport, Tolerance, compare_outputs, run_model
 from surgeon.validation.data import Feeds, out_of_memory_named
@@ -186,22 +186,6 @@ def _bisect_steps(recipe, original, feeds, tolerance, runner, reference, model_d
     result.outputs = checked[bad][1]
     result.checked = _checked_rows(checked, records)
     return result
-
-
-def renamed_tensors(steps) -> dict[str, str]:
-    """{name in the input model: name after `steps`} of every tensor a `rename` step renamed (its
-    `inputs`, `outputs` and `tensors`, at once, as the pass does): validation compares
-    a renamed output with the original's under its new name."""
-    original_of: dict[str, str] = {}  # current name -> name in the input model
-    for step in steps:
-        if step.pass_name != "rename":
-            continue
-        renames = [(old, new) for key in ("inputs", "outputs", "tensors")
-                   for old, new in (step.params.get(key) or {}).items()]
-        # A rename step renames at once (passes/rename.py): every origin is taken before any is filed.
-        origins = [(new, original_of.pop(old, old)) for old, new in renames]
-        original_of.update(origins)
-    return {old: new for new, old in original_of.items() if old != new}
 
 
 def _checked_rows(checked: dict, records: list[StepRecord]) -> list[dict]:

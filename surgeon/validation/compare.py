@@ -14,7 +14,8 @@ Relative error is Polygraphy's: |candidate - reference| / |reference|, with zero
 nudged by 2.2e-16. `element_mismatches` is Polygraphy's elementwise rule.
 
 Models run on one input set at a time, and outputs are judged one output of one set at a time: what
-is kept of many sets goes to disk (`spill.py`), so memory does not grow with their number.
+is kept of many sets goes to disk past a memory budget (`spill.py`), so memory does not grow with
+their number.
 """
 from __future__ import annotations
 
@@ -271,7 +272,8 @@ def run_model(model: onnx.ModelProto, feeds: Sequence[dict], kind: str, name: st
 
 def run_runner(runner, feeds: Sequence[dict], source=None) -> RunOutputs:
     """Run any Polygraphy runner (ours, ONNX Runtime's, TensorRT's) on every feed, one at a time, its
-    outputs kept as `RunOutputs` (on disk for more than one feed); `source` names the model in any error."""
+    outputs kept as `RunOutputs` (on disk past its budget for more than one feed); `source` names the
+    model in any error."""
     outputs = RunOutputs(runner.name, on_disk=len(feeds) > 1)
     # Polygraphy prints a refusal (G_LOGGER.critical) before raising it: silenced, it reaches the user once.
     with errors_naming(source), G_LOGGER.verbosity(G_LOGGER.CRITICAL + 1):

@@ -276,7 +276,8 @@ def feed_layouts(feeds: Feeds) -> Sequence[dict[str, np.ndarray]]:
 HELD_BYTES_PER_OUTPUT_ELEMENT = 64
 #: Python objects for an input set (the feeds, both runners' results, error arrays), whatever their size.
 HELD_BYTES_PER_SET = 4096
-#: Bytes kept on disk per output element and input set when there is more than one set: the float64
+#: Bytes kept per output element and input set when there is more than one set, on disk past
+#: `spill.MEMORY_BUDGET` (not deducted: the estimate is for the worst case): the float64
 #: absolute and relative errors and the two float64 copies cosine similarity takes (`spill.Column`),
 #: besides the outputs themselves of up to three models (original, rewritten, a bisected step).
 SPILLED_BYTES_PER_OUTPUT_ELEMENT = 32
@@ -312,7 +313,8 @@ def _check_room(model: onnx.ModelProto, inputs: list, iterations: int, model_nam
     """Refuse random inputs the validation could not hold: one input set at a time, with both models'
     outputs and their errors, in memory; with more than one set, what is kept of every set (`spill.py`)
     on the disk of the temp directory. Estimated from the inputs and the model's declared outputs (a
-    dynamic dimension counted as 1), against the machine's memory and that disk's free space."""
+    dynamic dimension counted as 1, so outputs that grow with their data can need more), against the
+    machine's memory and that disk's free space."""
     memory = physical_memory()
     sizes = {name: math.prod(shape) * dtype.itemsize for name, dtype, shape in inputs}
     largest = max(sizes, key=sizes.get, default=None)

@@ -7,8 +7,8 @@
                                      └─► first diverging step (bisect.py, with each_step)
     expected.npz (PyTorch) ─► compared with the rewritten model's outputs too
 
-Each model runs on one input set at a time, and what is kept of many sets waits on disk (`spill.py`):
-memory does not grow with the number of sets.
+Each model runs on one input set at a time, and what is kept of many sets waits on disk past a memory
+budget (`spill.py`): memory does not grow with the number of sets.
 """
 from __future__ import annotations
 
@@ -25,7 +25,8 @@ from surgeon import modelio
 from surgeon.errors import SurgeonError, suggest
 from surgeon.graphinfo import histogram_delta, op_histogram, tensor_bytes
 from surgeon.modelio import load_model
-from surgeon.validation.bisect import Bisection, bisect_steps, renamed_tensors
+from surgeon.pipeline import renamed_tensors
+from surgeon.validation.bisect import Bisection, bisect_steps
 from surgeon.validation.compare import OutputReport, Tolerance, compare_outputs, run_model, run_runner
 from surgeon.validation.data import (Feeds, check_fits, check_recorded, feed_layouts, feeds_for, load_arrays,
                                      out_of_memory_named)
@@ -183,15 +184,15 @@ def validate_models(original: onnx.ModelProto, rewritten: onnx.ModelProto | None
     which may then be None (an engine has no graph to diff or localise in). `expected`: the path of
     the expected outputs, or them as read by `expected_results`. `reference`: what `original` is
     ("original", or "against" for a recipe's `validate.against` model), its runner's name in the
-    results. `renames` ({original name: rewritten name}, `bisect.renamed_tensors`) pairs outputs a
+    results. `renames` ({original name: rewritten name}, `pipeline.renamed_tensors`) pairs outputs a
     recipe renamed; other outputs whose names differ are paired by position where that is unambiguous
     (`compare.output_pairs`), with a note. `prepare_validation` checks all of this before anything runs.
     `sessions`: the ONNX Runtime sessions its checks built (`ValidationInputs.sessions`), run instead
     of building them again. `files` ({`reference` or "rewritten": path}) name the models in errors.
     The models run on one input set at a time (`feeds` may draw them as asked, `data.RandomFeeds`);
-    with more than one, their outputs wait on disk (`ValidationResult.runs`) until the result is
-    collected, or are deleted at once when the validation fails to finish. Running out of memory is
-    an error naming the number of input sets.
+    with more than one, their outputs wait (`ValidationResult.runs`, on disk past `spill.MEMORY_BUDGET`)
+    until the result is collected, or are deleted at once when the validation fails to finish. Running
+    out of memory is an error naming the number of input sets.
     """
     runs: list[RunOutputs] = []
     with out_of_memory_named(len(feeds)):
