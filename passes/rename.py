@@ -28,14 +28,21 @@ class Rename(Pass):
 
     @classmethod
     def check_params(cls, values):
-        """The declared checks, then: no new name is empty, so a recipe fails at load time, at its line."""
+        """The declared checks, then: no old or new name is empty, so a recipe fails at load time, at its line
+        (an empty old name matched no tensor, or any one of the unnamed nodes)."""
         checked = super().check_params(values)
         for key in cls.params:
-            empty = next((old for old, new in (checked[key] or {}).items() if not new), None)
+            mapping = checked[key] or {}
+            where = f"parameter '{key}' of pass '{cls.name}'"
+            no_tensor = "" if key == "nodes" else ": an empty tensor name means 'no tensor' in ONNX"
+            if "" in mapping:
+                why = ": unnamed nodes cannot be told apart by name" if key == "nodes" else no_tensor
+                raise ParamError(key, f"{where}: the entry renaming '' to '{mapping['']}' has an empty old name",
+                                 hint=f"give the {key[:-1]}'s current name, or drop the entry{why}")
+            empty = next((old for old, new in mapping.items() if not new), None)
             if empty is not None:
-                why = "" if key == "nodes" else ": an empty tensor name means 'no tensor' in ONNX"
-                raise ParamError(key, f"parameter '{key}' of pass '{cls.name}': the new name for '{empty}' is empty",
-                                 hint=f"give it a name, or drop the entry{why}")
+                raise ParamError(key, f"{where}: the new name for '{empty}' is empty",
+                                 hint=f"give it a name, or drop the entry{no_tensor}")
         return checked
 
     def run(self, graph, ctx):

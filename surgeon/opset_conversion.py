@@ -141,7 +141,7 @@ def convert_function(function: onnx.FunctionProto, wanted: int, ir_version: int)
     default = imports.get("") or imports.get("ai.onnx")
     if default is None or default.version == wanted:
         return converted
-    where = f"local function {function.domain}:{function.name}"
+    where = f"local function {function.domain}::{function.name}"
     body = helper.make_graph(list(function.node), function.name,
                              [onnx.ValueInfoProto(name=name) for name in function.input],
                              [onnx.ValueInfoProto(name=name) for name in function.output])

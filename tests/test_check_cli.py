@@ -370,6 +370,29 @@ def test_output_may_not_replace_a_recipe_target_profile(tmp_path, capsys, monkey
     assert run(capsys, "r.yaml")[0] == 0
 
 
+@pytest.mark.parametrize("pyproject, option", [
+    ("", ["--target", "../my.yaml"]),
+    ('[tool.surgeon]\ntarget = "my.yaml"\n', []),
+    ('[tool.surgeon]\n[[tool.surgeon.overrides]]\nfiles = ["legacy/*.onnx"]\ntarget = "my.yaml"\n', []),
+], ids=["--target", "pyproject-target", "override-target"])
+def test_output_may_not_replace_a_target_file(models, capsys, monkeypatch, pyproject, option):
+    """The profile file named by --target or pyproject.toml (an override's too, whichever files it matches)
+    is read by check: the report must not replace it."""
+    monkeypatch.chdir(models)
+    (models / "pyproject.toml").write_text(pyproject)
+    profile = models / "my.yaml"
+    profile.write_text("name: my\nextends: onnxruntime\n")
+    before = profile.read_bytes()
+    (models / "sub").mkdir()
+    monkeypatch.chdir(models / "sub")  # pyproject's target is relative to pyproject.toml, not here
+    assert main(["check", "../good.onnx", *option, "-o", "../my.yaml"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and profile.read_bytes() == before
+    refused = re.fullmatch(r"surgeon: error: refusing to overwrite the target file (\S+) with the report"
+                           r"( \.\./my\.yaml)? \(choose another -o\)", err.strip())
+    assert refused and Path(refused[1]).resolve() == profile.resolve()
+
+
 def test_sarif_uris_are_percent_encoded(models, capsys, monkeypatch):
     from urllib.parse import unquote, urlsplit
 

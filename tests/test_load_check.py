@@ -139,7 +139,7 @@ def test_a_run_validates_a_model_calling_a_function_at_another_opset(tmp_path, r
 
 @pytest.mark.parametrize("model, why", [
     (lambda: _calling([helper.make_node("Split", ["x"], ["y", "z"], name="halves", axis=1, num_outputs=2)], {"": 18}),
-     "cannot convert local function pkg:F from opset 18 to 17: onnx's version converter has no adapter for Split "
+     "cannot convert local function pkg::F from opset 18 to 17: onnx's version converter has no adapter for Split "
      "across version 18"),
     (lambda: _calling([helper.make_node("G", ["x"], ["y"], domain="q")], {"": 17, "q": 2}, {"q": 1}),
      "local function pkg::F imports domain 'q' version 2, the model version 1: onnx's inliner leaves such a "

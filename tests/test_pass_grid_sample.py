@@ -304,10 +304,18 @@ def test_fma_emulation_follows_the_target(target, params, float64):
 
 
 def test_fma_emulation_float64_is_refused_where_the_target_has_no_float64():
-    with pytest.raises(RecipeError, match="'fma_emulation' of pass 'grid-sample': 'float64' needs float64 .* "
-                                          "'tensorrt-8.5' lacks"):
-        apply_pass(grid_sample_16(SHAPES[1], "bilinear", "zeros", False, opset=11), "grid-sample",
-                   target="tensorrt-8.5", mode="decompose", fma_emulation="float64")
+    """When the recipe loads, and by the step of a Recipe whose target was changed in code after that: the
+    same message, naming the step and the parameter."""
+    model = grid_sample_16(SHAPES[1], "bilinear", "zeros", False, opset=11)
+    params = {"mode": "decompose", "fma_emulation": "float64"}
+    why = (r"step 1 \(grid-sample\): parameter 'fma_emulation' of pass 'grid-sample': 'float64' needs float64 .* "
+           "'tensorrt-8.5' lacks")
+    with pytest.raises(RecipeError, match=why):
+        apply_pass(model, "grid-sample", target="tensorrt-8.5", **params)
+    recipe = load_recipe({"name": "x", "steps": [{"pass": "grid-sample", "with": params}]})
+    recipe.target = "tensorrt-8.5"
+    with pytest.raises(SurgeonError, match=why):
+        run_steps(model, recipe)
 
 
 @pytest.mark.parametrize("pass_name", ("grid-sample", "grid-sample-3d"))
@@ -392,7 +400,7 @@ def test_onnx_mode_refuses_a_local_function_the_converter_cannot_convert():
                                domain="org.pytorch.aten", operator="grid_sampler")
     model = calling_a_local_function(sampler, (1, 2, 4, 4), (1, 3, 3, 2), function_body=body)
     model.graph.node[0].attribute.append(helper.make_attribute("where", [0]))
-    with pytest.raises(SurgeonError, match="GridSample needs opset 16: cannot convert local function custom:Twice "
+    with pytest.raises(SurgeonError, match="GridSample needs opset 16: cannot convert local function custom::Twice "
                                            ".* use mode decompose"):
         apply_pass(model, "grid-sample", mode="onnx")
 

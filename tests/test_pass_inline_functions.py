@@ -295,7 +295,7 @@ def test_a_function_body_the_converter_refuses_is_one_clear_error(model_opset):
     model.opset_import[0].version = model_opset
     with pytest.raises(SurgeonError) as raised:
         apply_pass(model, "inline-functions")
-    assert str(raised.value).endswith(f"cannot convert local function pkg:F from opset 18 to {model_opset}: onnx's "
+    assert str(raised.value).endswith(f"cannot convert local function pkg::F from opset 18 to {model_opset}: onnx's "
                                       "version converter has no adapter for Split across version 18")
 
 

@@ -34,10 +34,11 @@ def test_rename_errors():
     ("'12': 47", "the value of '12': expected a string, got an integer 47", "quote it: '47'"),
     ("12: relu_out", "a key: expected a string, got an integer 12", "quote it: '12'"),
     ("on: relu_out", "a key: expected a string, got a boolean True", "booleans in YAML"),
-    ("'12': ''", "the new name for '12' is empty", "no tensor")])
+    ("'12': ''", "the new name for '12' is empty", "no tensor"),
+    ("'': relu_out", "the entry renaming '' to 'relu_out' has an empty old name", "no tensor")])
 def test_a_new_name_that_is_not_text_is_refused_when_the_recipe_loads_at_its_line(tmp_path, entry, why, hint):
-    """Before, a boolean (`yes`, which YAML 1.1 reads unquoted as true) and an empty name got as far as the run,
-    and a number (older torch exports name tensors `12`) came without the hint to quote it."""
+    """Before, a boolean (`yes`, which YAML 1.1 reads unquoted as true) and an empty new or old name got as far
+    as the run, and a number (older torch exports name tensors `12`) came without the hint to quote it."""
     from surgeon.errors import RecipeError
     from surgeon.recipe import load_recipe
 
@@ -181,3 +182,14 @@ def test_an_empty_new_node_name_is_refused_before_the_run():
             as raised:
         get_pass("rename").check_params({"nodes": {"Relu_0": ""}})
     assert raised.value.hint == "give it a name, or drop the entry"
+
+
+def test_an_empty_old_node_name_is_refused_before_the_run():
+    """Before, it renamed whichever unnamed node came last."""
+    from surgeon.registry import get_pass
+
+    with pytest.raises(SurgeonError, match="parameter 'nodes' of pass 'rename': the entry renaming '' to 'relu' "
+                                           "has an empty old name") as raised:
+        get_pass("rename").check_params({"nodes": {"": "relu"}})
+    assert raised.value.hint == "give the node's current name, or drop the entry: unnamed nodes cannot be told " \
+                                "apart by name"

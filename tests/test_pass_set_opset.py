@@ -55,7 +55,7 @@ def test_a_function_attribute_the_converter_would_lose_is_an_error():
                                     [helper.make_opsetid("", 11)], attributes=["where"])
     model = model_calling(function)
     model.graph.node[0].attribute.append(helper.make_attribute("where", [0]))
-    with pytest.raises(SurgeonError, match="local function local.fn:UnsqueezeAt .* takes an attribute from"):
+    with pytest.raises(SurgeonError, match="local function local.fn::UnsqueezeAt .* takes an attribute from"):
         apply_pass(model, "set-opset", opset=13)
 
 

@@ -85,7 +85,7 @@ def run(args) -> int:
     if args.output is not None:  # before any file is checked: the report must not replace one of them
         from surgeon.modelio import guard_outputs
 
-        guard_outputs([(args.output, "the report", "-o")], *_checked_files(inputs, args, config.plugins),
+        guard_outputs([(args.output, "the report", "-o")], *_checked_files(inputs, args, config),
                       discard="leave out -o to print the report")
     for path in config.plugins:  # after --plugin's files, as every command loads them; one named by both runs once
         load_plugin_file(path)
@@ -116,10 +116,10 @@ def _shipped_or_path(name_or_path: str) -> str:
         return name_or_path
 
 
-def _checked_files(inputs, args, project_plugins) -> tuple[list, list]:
+def _checked_files(inputs, args, config) -> tuple[list, list]:
     """(files, models) that `check` reads, as `modelio.guard_outputs` takes them: recipes (with the recipes
-    they extend and their target profile files), the target file and the plugin files, and the models (their
-    external data counts too)."""
+    they extend and their target profile files), the target files (`--target`, and every one pyproject.toml
+    names: the overrides' too), the plugin files, and the models (their external data counts too)."""
     from surgeon.check.runner import is_recipe
     from surgeon.errors import SurgeonError
     from surgeon.recipe import load_recipe
@@ -139,9 +139,9 @@ def _checked_files(inputs, args, project_plugins) -> tuple[list, list]:
                 pass
         files += [(f, "the checked recipe") for f in chain]
         files += [(f, "the target profile") for f in targets]
-    if args.target:
-        files += [(f, "the target file") for f in profile_files(args.target)]
-    files += [(f, "the plugin file") for f in (*args.plugin, *project_plugins)]
+    named_targets = [args.target, config.base.target, *(values.get("target") for _, values in config.overrides)]
+    files += [(f, "the target file") for name in named_targets if name for f in profile_files(name)]
+    files += [(f, "the plugin file") for f in (*args.plugin, *config.plugins)]
     return files, models
 
 
