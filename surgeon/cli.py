@@ -72,12 +72,14 @@ def main(argv=None) -> int:
 
 
 def _main(argv) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "_module", None):
-        parser.print_help()
-        return 2
     try:
+        # Inside the try: building the parser imports every command (Polygraphy, onnxruntime: a few tenths
+        # of a second), where a Ctrl-C or a CI timeout's SIGTERM lands as often as anywhere.
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if not getattr(args, "_module", None):
+            parser.print_help()
+            return 2
         for group in getattr(args._module, "ARG_GROUPS", ()):
             group.parse(args)
         return int(args._module.run(args) or 0)

@@ -39,6 +39,9 @@ class ProjectPluginArgs:
         from surgeon.registry import load_project_plugins
 
         project = ProjectPlugins((), "--no-config left pyproject.toml out") if args.no_config else project_plugins()
+        if project.skipped_ours:
+            print(f"surgeon: warning: {project.looked_at}; its [tool.surgeon] plugins are not loaded",
+                  file=sys.stderr)
         args.project_plugins = list(project.files)
         load_project_plugins(project)
 

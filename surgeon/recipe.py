@@ -23,6 +23,7 @@ import hashlib
 import json
 import os
 import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -381,8 +382,9 @@ def _check_for_target(recipe: Recipe) -> None:
 
     target = load_target(recipe.target)
     for index, step in enumerate(recipe.steps, start=1):
+        cls = get_pass(step.pass_name)
         try:
-            get_pass(step.pass_name).check_params_for(step.params, target)
+            cls.check_params_for(step.params, target)
         except ParamError as exc:
             message = f"{step.describe(index)}: {exc.message}"
             given = step.given_at.get(exc.param)
@@ -392,6 +394,11 @@ def _check_for_target(recipe: Recipe) -> None:
                 raise RecipeError(message, file=step.file, line=step.line, hint=exc.hint) from None
             file, mark = given
             raise _error(message, mark, exc.hint, file=file) from None
+        except Exception as exc:  # a bug in a pass's own check (a plugin's): where, not an internal error
+            defined_in = getattr(sys.modules.get(cls.__module__), "__file__", None) or cls.__module__
+            raise RecipeError(f"{step.describe(index)}: the pass's check_params_for failed: "
+                              f"{type(exc).__name__}: {exc} (in {defined_in})", file=step.file,
+                              line=step.line) from exc
 
 
 def _sha256(chain: list, overrides) -> str:

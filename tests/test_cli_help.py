@@ -39,3 +39,20 @@ def test_every_command_that_loads_plugin_files_loads_the_projects():
         options = {option for action in parser._actions for option in action.option_strings}
         if "--plugin" in options:
             assert "--no-config" in options, " ".join(path)
+
+
+@pytest.mark.parametrize("signal_error, code, said", [
+    ("KeyboardInterrupt", 130, "surgeon: interrupted; nothing was written"),
+    ("_Terminated", 143, "surgeon: terminated (SIGTERM); nothing was written"),
+])
+def test_a_stop_while_the_commands_load_is_one_line(monkeypatch, capsys, signal_error, code, said):
+    """Building the parser imports every command (a few tenths of a second): a Ctrl-C or SIGTERM there
+    printed a traceback and exited 1."""
+    import surgeon.cli as cli
+
+    def stopped():
+        raise getattr(cli, signal_error, KeyboardInterrupt)()
+
+    monkeypatch.setattr(cli, "build_parser", stopped)
+    assert cli.main(["passes"]) == code
+    assert capsys.readouterr().err == said + "\n"

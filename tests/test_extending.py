@@ -364,3 +364,48 @@ def test_plugins_list_shows_the_domains_and_the_file_of_each_spec(tmp_path, own_
     assert main(["plugins", "list", "--no-config", "--plugin", str(path), "--json"]) == 0
     origins = {spec["name"]: spec["origin"] for spec in json.loads(capsys.readouterr().out)}
     assert origins["ExtendingOrigin"] == str(path) and origins["GridSample2D"] == "shipped"
+
+
+def test_a_bug_in_a_plugins_check_params_for_names_the_step_and_the_file(tmp_path, capsys):
+    """It was `internal error: KeyError` (exit 3), naming neither."""
+    plugin = write(tmp_path / "badcheck.py", '''
+        from surgeon.pass_api import Pass, PassResult, Param, register_pass
+
+        @register_pass("extending-bad-check")
+        class BadCheck(Pass):
+            """check_params_for with a typo."""
+            params = {"level": Param(int, 1)}
+
+            @classmethod
+            def check_params_for(cls, values, target):
+                return values["levle"]
+
+            def run(self, graph, ctx):
+                return PassResult()
+    ''')
+    onnx.save(make_model([helper.make_node("Relu", ["x"], ["y"], name="relu")], [("x", np.float32, [2])],
+                         [("y", np.float32, [2])]), tmp_path / "m.onnx")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("model: m.onnx\nsteps: [{pass: extending-bad-check}]\n")
+    assert main(["run", str(recipe), "--plugin", str(plugin), "-o", str(tmp_path / "o.onnx"), "--no-config"]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"surgeon: error: {recipe}:2: step 1 (extending-bad-check): the pass's check_params_for failed: "
+                   f"KeyError: 'levle' (in {plugin})\n")
+    assert not (tmp_path / "o.onnx").exists()
+
+
+@pytest.mark.parametrize("pyproject, warned", [
+    ('[tool.surgeon]\nplugins = ["tools/p.py"\n', True),  # surgeon's table with a typo: say it was skipped
+    ('[project]\nname = "other"\nversion = \n', False),  # another project's broken file: not surgeon's to judge
+])
+def test_a_skipped_pyproject_is_named_only_where_it_holds_surgeons_table(tmp_path, monkeypatch, capsys, pyproject,
+                                                                         warned):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "pyproject.toml").write_text(pyproject)
+    assert main(["passes"]) == 0
+    err = capsys.readouterr().err
+    if warned:
+        assert err.startswith(f"surgeon: warning: {tmp_path / 'pyproject.toml'} skipped, not valid TOML: ")
+        assert err.endswith("; its [tool.surgeon] plugins are not loaded\n") and err.count("\n") == 1
+    else:
+        assert err == ""

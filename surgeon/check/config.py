@@ -139,6 +139,9 @@ class ProjectPlugins:
 
     files: tuple[Path, ...]
     looked_at: str
+    #: A pyproject.toml that mentions [tool.surgeon] but was skipped as unreadable: a typo there would
+    #: otherwise hide the user's passes and references behind errors that never name the file.
+    skipped_ours: bool = False
 
 
 def project_plugins(start=None) -> ProjectPlugins:
@@ -152,12 +155,19 @@ def project_plugins(start=None) -> ProjectPlugins:
     try:
         table = _surgeon_table(path)
     except SurgeonError as exc:
-        return ProjectPlugins((), f"{path} skipped, {exc.message}")
+        return ProjectPlugins((), f"{path} skipped, {exc.message}", skipped_ours=_mentions_surgeon(path))
     if table is None:
         return ProjectPlugins((), f"{path} has no [tool.surgeon] table")
     with _naming_no_config():
         files = _plugin_files(table.get("plugins", []), path)
     return ProjectPlugins(files, f"{path} lists {', '.join(table.get('plugins', [])) or 'no plugins'}")
+
+
+def _mentions_surgeon(path: Path) -> bool:
+    try:
+        return b"tool.surgeon" in path.read_bytes()
+    except OSError:
+        return False
 
 
 @contextmanager
