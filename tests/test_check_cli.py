@@ -564,3 +564,12 @@ def test_an_export_with_local_functions_passes_where_the_runtime_runs_them(tmp_p
         assert run(capsys, tmp_path / "func.onnx", "--target", target) == (0, "no findings in 1 file\n", "")
     code, out, _ = run(capsys, tmp_path / "func.onnx", "--target", "tensorrt-8.6")
     assert code == 1 and out.count("calls a model-local function, which tensorrt-8.6 does not run") == 2
+
+
+def test_a_pyproject_error_points_into_surgeons_table(tmp_path, capsys, monkeypatch):
+    """Another tool's `plugins =` came first, and the error named its line."""
+    (tmp_path / "pyproject.toml").write_text('[tool.mypy]\nplugins = ["pydantic.mypy"]\n\n[tool.surgeon]\n'
+                                             'plugins = "tools/p.py"\n')
+    monkeypatch.chdir(tmp_path)
+    assert main(["passes"]) == 2
+    assert f"{tmp_path / 'pyproject.toml'}:5: [tool.surgeon]: 'plugins' must be a list" in capsys.readouterr().err

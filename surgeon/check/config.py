@@ -203,9 +203,19 @@ def _surgeon_table(path: Path) -> dict | None:
 
 
 def _line_of(path: Path, pattern: str) -> int | None:
-    """The number of the first line of `path` that `pattern` matches at its start (an error's location)."""
-    lines = path.read_text(encoding="utf-8").splitlines()
-    return next((n for n, text in enumerate(lines, start=1) if re.match(pattern, text)), None)
+    """The number of the first line of `path` that `pattern` matches at its start (an error's location):
+    within a `[tool.surgeon...]` section where one matches (another tool's `plugins =` may come first), else
+    anywhere."""
+    section, anywhere = "", None
+    for number, text in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        header = re.match(r"\s*\[\[?\s*([^\]]+?)\s*\]", text)
+        if header:
+            section = header.group(1)
+        elif re.match(pattern, text):
+            if section == "tool.surgeon" or section.startswith("tool.surgeon."):
+                return number
+            anywhere = anywhere or number
+    return anywhere
 
 
 def _plugin_files(value, path: Path) -> tuple[Path, ...]:
