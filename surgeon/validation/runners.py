@@ -164,12 +164,26 @@ def _check_runnable(model: onnx.ModelProto, file, what: str, runner: str | None)
         if output.name not in provided:
             raise ModelError(f"{prefix}graph output '{output.name}' is made by no node, graph input or initializer, "
                              "so the model cannot run", file=file, hint=hint)
+        kind = _not_comparable(output.type)
+        if kind:  # found here, before anything runs or is written; surgeon.validation.spill refuses the values too
+            raise ModelError(f"{prefix}graph output '{output.name}' is {kind}: validation compares numeric and bool "
+                             "tensor outputs only", file=file)
     if runner != "onnxruntime":
         return None
     try:
         return ort_session(model)
     except Exception as exc:  # ORT raises its own exception types for unloadable graphs
         raise _ort_refuses(exc, what, file) from None
+
+
+def _not_comparable(value_type: onnx.TypeProto) -> str | None:
+    """What a declared output type is where validation cannot judge its values, else None."""
+    kind = value_type.WhichOneof("value")
+    if kind in ("sequence_type", "map_type", "optional_type"):
+        return {"sequence_type": "a sequence", "map_type": "a map", "optional_type": "an optional"}[kind]
+    if kind == "tensor_type" and value_type.tensor_type.elem_type == onnx.TensorProto.STRING:
+        return "a string tensor"
+    return None
 
 
 def _check_interface(model: onnx.ModelProto, prefix: str, file) -> None:
