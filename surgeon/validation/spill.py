@@ -153,10 +153,10 @@ class Column:
         self._size += values.size
 
     def discard(self) -> None:
-        """Let the values go (delete their file)."""
-        self._pieces, self.held, self._size, self._on_disk = [], 0, 0, False
-        if self._path is not None:
+        """Let the values go (delete their file, where they went to one)."""
+        if self._on_disk:
             self._path.unlink(missing_ok=True)
+        self._pieces, self.held, self._size, self._on_disk = [], 0, 0, False
 
     def values(self) -> np.ndarray:
         """Every value appended, one array the caller may reorder (a writable memory map on disk)."""
