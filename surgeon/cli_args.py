@@ -26,7 +26,8 @@ class ProjectPluginArgs:
     """`--no-config`; without it, the plugin files `[tool.surgeon] plugins` lists, loaded as `surgeon check`
     loads them, so a recipe that lints clean there runs here. Only `plugins` is read: the other settings are
     `check`'s, and a pyproject.toml that is not surgeon's to read is skipped (see `check.config.project_plugins`).
-    Listed before RecipeArgs: the recipe's passes must be known when it is read."""
+    What was found where, in words, goes to `args.plugins_looked_at`: an unknown pass names it (see
+    `registry.unknown_pass_hint`). Listed before RecipeArgs: the recipe's passes must be known when it is read."""
 
     @staticmethod
     def add_to(parser: argparse.ArgumentParser) -> None:
@@ -36,20 +37,23 @@ class ProjectPluginArgs:
     @staticmethod
     def parse(args) -> None:
         from surgeon.check.config import ProjectPlugins, project_plugins
-        from surgeon.registry import load_project_plugins
+        from surgeon.registry import load_plugin_file
 
         project = ProjectPlugins((), "--no-config left pyproject.toml out") if args.no_config else project_plugins()
         if project.skipped_ours:
             print(f"surgeon: warning: {project.looked_at}; its [tool.surgeon] plugins are not loaded",
                   file=sys.stderr)
         args.project_plugins = list(project.files)
-        load_project_plugins(project)
+        for path in project.files:
+            load_plugin_file(path)
+        args.plugins_looked_at = project.looked_at
 
 
 class RecipeArgs:
     """`RECIPE [MODEL] --set STEP.PARAM=VALUE`: loads the recipe into `args.loaded_recipe`.
 
-    List it after PluginArgs, so passes from plugin files are known when the recipe is checked.
+    List it after PluginArgs and ProjectPluginArgs, so passes from plugin files are known when the recipe is
+    checked, and an unknown pass says what was made of pyproject.toml.
     """
 
     @staticmethod
@@ -64,7 +68,8 @@ class RecipeArgs:
     def parse(args) -> None:
         from surgeon.recipe import load_recipe
 
-        args.loaded_recipe = load_recipe(args.recipe, overrides=args.overrides, model=args.model)
+        args.loaded_recipe = load_recipe(args.recipe, overrides=args.overrides, model=args.model,
+                                         plugins_looked_at=args.plugins_looked_at)
 
 
 class OutputArgs:

@@ -16,7 +16,6 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field, fields
-from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable
 
@@ -33,7 +32,7 @@ from surgeon.modelio import (guard_outputs, model_inputs, read_model, save_model
                              set_text_field, stdout_to_stderr, write_text_atomic)
 from surgeon.pass_api import BUILTIN_PACKAGE, NEEDS, Context, PassResult
 from surgeon.recipe import Recipe, Step, load_recipe
-from surgeon.registry import ENTRY_POINT_GROUP, get_pass
+from surgeon.registry import distribution_of, get_pass
 from surgeon.rewrite import dismantle_graph, dismantle_replaced, export_graph, is_sorted, prune_graph, stable_toposort
 from surgeon.targets import load_target
 
@@ -388,7 +387,8 @@ def _run_step(graph: gs.Graph, step: Step, index: int, ctx: Context, state: _Gra
 def _pass_origin(cls: type) -> dict[str, str] | None:
     """Where a pass that is not built in comes from, for the run's records: its module, its file and the
     file's sha256 (the code that made the output, whatever the pass's name), and the installed package whose
-    `surgeon.passes` entry point brought the module in, with its version. None for a built-in pass."""
+    `surgeon.passes` entry point brought the module in, with its version (`registry.distribution_of`: known
+    since the registry loaded the entry points, not looked up again per step). None for a built-in pass."""
     if cls.__module__.startswith(f"{BUILTIN_PACKAGE}."):
         return None
     origin = {"module": cls.__module__}
@@ -397,11 +397,9 @@ def _pass_origin(cls: type) -> dict[str, str] | None:
         origin["file"] = str(file)
         with contextlib.suppress(OSError):  # gone since it was imported: the record says where it was
             origin["sha256"] = hashlib.sha256(Path(file).read_bytes()).hexdigest()
-    package = cls.__module__.partition(".")[0]
-    for entry in metadata.entry_points(group=ENTRY_POINT_GROUP):
-        if entry.module.partition(".")[0] == package and entry.dist is not None:
-            origin["package"] = f"{entry.dist.name} {entry.dist.version}"
-            break
+    distribution = distribution_of(cls.__module__)
+    if distribution is not None:
+        origin["package"] = " ".join(distribution)
     return origin
 
 

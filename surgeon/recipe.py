@@ -112,6 +112,9 @@ class Recipe:
     checker: bool = True
     sha256: str = ""
     files: list[str] = field(default_factory=list)
+    #: Where `target` was given, (file, mark) of its value; None for the default. A value the target refuses
+    #: is blamed on it where an `extends` child set it below the value (see `_check_for_target`).
+    target_given_at: tuple | None = field(default=None, compare=False, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "description": self.description, "target": self.target,
@@ -352,16 +355,19 @@ def _shipped_recipe(name) -> Path:
     raise RecipeError(f"recipe not found: {name}", hint=suggest(str(name), known))
 
 
-def load_recipe(source, overrides=(), model=None) -> Recipe:
-    """Load and check a recipe file (or a dict); apply `--set` style overrides; optionally replace the model."""
+def load_recipe(source, overrides=(), model=None, *, plugins_looked_at: str | None = None) -> Recipe:
+    """Load and check a recipe file (or a dict); apply `--set` style overrides; optionally replace the model.
+
+    `plugins_looked_at`: what a command made of pyproject.toml's plugins, in words, for the hint of an unknown
+    pass (`registry.unknown_pass_hint`); None where the caller read no pyproject.toml."""
     path = None if isinstance(source, dict) else find_recipe(source)
     chain = _chain(source, None, ()) if path is None else _chain(_read_yaml(path), path, ())
-    recipe = _build(chain, path)
+    recipe = _build(chain, path, plugins_looked_at)
     recipe.files = [str(file) for _, file in chain if file is not None]
     recipe.sha256 = _sha256(chain, overrides)
     for override in overrides:
         apply_override(recipe, override)
-    _check_for_target(recipe)
+    _check_for_target(recipe, [file for _, file in chain])
     if recipe.build:  # the section as written was checked with its marks; `set:` and --set may have changed it
         from surgeon.build import check_build_combination
         from surgeon.errors import SurgeonError
@@ -375,9 +381,12 @@ def load_recipe(source, overrides=(), model=None) -> Recipe:
     return recipe
 
 
-def _check_for_target(recipe: Recipe) -> None:
+def _check_for_target(recipe: Recipe, levels: list) -> None:
     """Refuse a parameter the recipe's target cannot run (clip-int mode cast on TensorRT) at the place that gave
-    its final value, now that every level, `set:` and `--set` has spoken, before any model is read."""
+    its final value, now that every level, `set:` and `--set` has spoken, before any model is read. Where a level
+    below that place set the target (an `extends` child's `target:`, `levels`: the chain's files, outermost parent
+    first; None: a recipe given as a dict, always the last), the change of target caused the refusal: it is
+    blamed there, naming where the value was given."""
     from surgeon.targets import load_target
 
     target = load_target(recipe.target)
@@ -391,9 +400,17 @@ def _check_for_target(recipe: Recipe) -> None:
             if isinstance(given, str):  # --set
                 raise RecipeError(f"{given}: {message}", hint=exc.hint) from None
             if given is None:  # the default: the step itself is where to change it
-                raise RecipeError(message, file=step.file, line=step.line, hint=exc.hint) from None
-            file, mark = given
-            raise _error(message, mark, exc.hint, file=file) from None
+                file, line, column = Path(step.file) if step.file else None, step.line, None
+                value_is = f"keeps its default (the step is at {file}:{line})"
+            else:
+                file, mark = given
+                line, column = (mark.line + 1, mark.column + 1) if mark else (None, None)
+                value_is = f"is set at {file}:{line}"
+            if recipe.target_given_at and levels.index(recipe.target_given_at[0]) > levels.index(file):
+                target_file, target_mark = recipe.target_given_at
+                raise _error(f"target '{target.name}' refuses {step.describe(index)}, whose '{exc.param}' "
+                             f"{value_is}: {exc.message}", target_mark, exc.hint, file=target_file) from None
+            raise RecipeError(message, file=file, line=line, column=column, hint=exc.hint) from None
         except Exception as exc:  # a bug in a pass's own check (a plugin's): where, not an internal error
             defined_in = getattr(sys.modules.get(cls.__module__), "__file__", None) or cls.__module__
             raise RecipeError(f"{step.describe(index)}: the pass's check_params_for failed: "
@@ -461,7 +478,7 @@ def _check_keys(mapping, allowed, what: str, path, extra: str = "") -> None:
                          hint=suggest(key, allowed) or f"allowed: {', '.join(allowed)}", file=path)
 
 
-def _build(chain: list, path: Path | None) -> Recipe:
+def _build(chain: list, path: Path | None, plugins_looked_at: str | None) -> Recipe:
     merged = _merge(chain)
 
     def value(key, default=None):
@@ -480,6 +497,7 @@ def _build(chain: list, path: Path | None) -> Recipe:
     if not isinstance(target, str):
         raise _error("'target' must be a target name such as 'tensorrt-8.6'", _value_mark(mapping, "target"), file=file)
     recipe.target = _resolve_target(target, mapping, file)
+    recipe.target_given_at = (file, _value_mark(mapping, "target")) if mapping is not None else None
     checker, mapping, file = value("checker", True)
     if not isinstance(checker, bool):
         raise _error("'checker' must be true or false", _value_mark(mapping, "checker"), file=file)
@@ -491,7 +509,7 @@ def _build(chain: list, path: Path | None) -> Recipe:
         recipe.model = _join(file.parent if file else Path.cwd(), model)
 
     parsed: dict = {}
-    recipe.steps = _chain_steps(merged, parsed)
+    recipe.steps = _chain_steps(merged, parsed, plugins_looked_at)
 
     # Each level's `set` edits that level's own view of the recipe, as if written in its file, before the
     # levels below it replace what they write: its step 2 is its own step 2 (whatever a child prepends), and
@@ -508,7 +526,8 @@ def _build(chain: list, path: Path | None) -> Recipe:
         sets = mapping["set"]
         if not isinstance(sets, dict):
             raise _error("'set' must map STEP.PARAM to a value", _value_mark(mapping, "set"), file=file)
-        own_steps = _chain_steps(_merge(chain[:depth]), parsed) if depth < len(chain) else recipe.steps
+        own_steps = (_chain_steps(_merge(chain[:depth]), parsed, plugins_looked_at) if depth < len(chain)
+                     else recipe.steps)
         for key, val in sets.items():
             try:
                 step = apply_override(recipe, (str(key), val), steps=own_steps,
@@ -547,12 +566,12 @@ def _check_name(top: dict, path: Path | None) -> str:
     return name
 
 
-def _chain_steps(merged: dict, parsed: dict) -> list[Step]:
+def _chain_steps(merged: dict, parsed: dict, plugins_looked_at: str | None) -> list[Step]:
     """The steps of a (part of a) chain: every level's prepend_steps, the nearest level's steps, every level's
     append_steps. `parsed` keeps each list parsed once, so every part of the chain shares its Step objects."""
     def steps_of(key: str, mapping, file) -> list[Step]:
         if id(mapping) not in parsed.setdefault(key, {}):
-            parsed[key][id(mapping)] = _parse_steps(mapping, key, file)
+            parsed[key][id(mapping)] = _parse_steps(mapping, key, file, plugins_looked_at)
         return parsed[key][id(mapping)]
 
     steps: list[Step] = []
@@ -585,7 +604,7 @@ def _resolve_target(target: str, mapping, file) -> str:
     return resolved
 
 
-def _parse_steps(mapping, key: str, file) -> list[Step]:
+def _parse_steps(mapping, key: str, file, plugins_looked_at: str | None) -> list[Step]:
     raw = mapping[key]
     if raw is None:
         return []
@@ -604,7 +623,7 @@ def _parse_steps(mapping, key: str, file) -> list[Step]:
         name = item["pass"]
         if not isinstance(name, str) or name not in passes:
             raise _error(f"unknown pass '{name}'{where}", _value_mark(item, "pass"),
-                         hint=unknown_pass_hint(str(name), passes), file=file)
+                         hint=unknown_pass_hint(str(name), passes, plugins_looked_at), file=file)
         params = item.get("with") or {}
         if not isinstance(params, dict):
             raise _error(f"'with' must map parameter names to values{where}", _value_mark(item, "with"), file=file)

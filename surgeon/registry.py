@@ -28,8 +28,9 @@ from surgeon.reference import load_references
 
 ENTRY_POINT_GROUP = "surgeon.passes"
 _discovered = False
-# What the command made of pyproject.toml's plugins, in words (see load_project_plugins); None where it read none.
-_project_plugins_looked_at: str | None = None
+#: Top-level package of each loaded entry point's module -> (distribution name, version), so a run records where
+#: a third-party pass comes from (`pipeline._pass_origin`) without walking the installed packages again.
+_distributions: dict[str, tuple[str, str]] = {}
 
 
 def shipped_dir(name: str) -> Path:
@@ -79,7 +80,15 @@ def load_entry_points() -> list[str]:
         except (Exception, SystemExit) as exc:  # a broken third-party package must say which one
             raise SurgeonError(f"entry point '{entry.name}' ({entry.value}) of group {ENTRY_POINT_GROUP} "
                                f"failed to load: {type(exc).__name__}: {exc}") from None
+        if entry.dist is not None:
+            _distributions.setdefault(entry.module.partition(".")[0], (entry.dist.name, entry.dist.version))
     return sorted(set(registered_passes()) - before)
+
+
+def distribution_of(module: str) -> tuple[str, str] | None:
+    """(name, version) of the installed distribution whose `surgeon.passes` entry point brought in `module`'s
+    top-level package, or None (a built-in module, a plugin file's)."""
+    return _distributions.get(module.partition(".")[0])
 
 
 def load_plugin_file(path) -> list[str]:
@@ -119,15 +128,6 @@ def load_plugin_file(path) -> list[str]:
     return defined
 
 
-def load_project_plugins(project) -> None:
-    """Load the plugin files of `project` (a `check.config.ProjectPlugins`) and remember its `looked_at`, so an
-    unknown pass names the pyproject.toml that was read, or says none was."""
-    global _project_plugins_looked_at
-    for path in project.files:
-        load_plugin_file(path)
-    _project_plugins_looked_at = project.looked_at
-
-
 def _module_imported_from(file: Path) -> str | None:
     """The name of the module already imported from `file` (resolved), or None."""
     for name, module in list(sys.modules.items()):
@@ -137,20 +137,23 @@ def _module_imported_from(file: Path) -> str | None:
     return None
 
 
-def get_pass(name: str) -> type[Pass]:
-    """The pass class registered under `name`; a SurgeonError suggests the nearest name otherwise."""
+def get_pass(name: str, plugins_looked_at: str | None = None) -> type[Pass]:
+    """The pass class registered under `name`; a SurgeonError suggests the nearest name otherwise
+    (`plugins_looked_at`: see `unknown_pass_hint`)."""
     passes = discover()
     if name not in passes:
-        raise SurgeonError(f"unknown pass '{name}'", hint=unknown_pass_hint(name, passes))
+        raise SurgeonError(f"unknown pass '{name}'", hint=unknown_pass_hint(name, passes, plugins_looked_at))
     return passes[name]
 
 
-def unknown_pass_hint(name: str, passes) -> str:
-    """The hint of an unknown pass `name`: the nearest of `passes`, and where a pass of the user's own comes from,
-    with the pyproject.toml the command looked at: a pass that is not a typo is mostly one whose file was not
-    loaded (a recipe run from outside its project does not find the project's pyproject.toml)."""
+def unknown_pass_hint(name: str, passes, plugins_looked_at: str | None = None) -> str:
+    """The hint of an unknown pass `name`: the nearest of `passes`, and where a pass of the user's own comes from.
+    `plugins_looked_at`: what the caller made of pyproject.toml's plugins, in words (`ProjectPlugins.looked_at`),
+    given by a command that read it: a pass that is not a typo is mostly one whose file was not loaded (a recipe
+    run from outside its project does not find the project's pyproject.toml). None (an API caller, which reads
+    no pyproject.toml) adds nothing."""
     close = suggest(name, passes) or "see 'surgeon passes'"
-    looked_at = f"; {_project_plugins_looked_at}" if _project_plugins_looked_at else ""
+    looked_at = f"; {plugins_looked_at}" if plugins_looked_at else ""
     return f"{close}; a pass of your own needs --plugin FILE or [tool.surgeon] plugins in pyproject.toml{looked_at}"
 
 

@@ -91,9 +91,25 @@ def sha256(path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def test_a_plugin_files_pass_is_recorded_with_its_file_and_hash(tmp_path, weight_model_file):
+def refuse_entry_point_walk(monkeypatch) -> None:
+    """From now on, walking the installed packages' entry points fails: a run's records come from what the
+    registry learnt when it loaded them, not from a walk per step."""
+    from importlib import metadata
+
+    from surgeon.registry import discover
+
+    discover()
+
+    def walked(*args, **kwargs):
+        raise AssertionError("the installed entry points were walked again")
+
+    monkeypatch.setattr(metadata, "entry_points", walked)
+
+
+def test_a_plugin_files_pass_is_recorded_with_its_file_and_hash(tmp_path, weight_model_file, monkeypatch):
     plugin = write_noop_plugin(tmp_path / "trust_plugin_passes.py", "test-trust-plugin-noop")
     load_plugin_file(plugin)
+    refuse_entry_point_walk(monkeypatch)
     out = tmp_path / "o.onnx"
     surgeon.run_recipe({"name": "t", "steps": [{"pass": "toposort"}, {"pass": "test-trust-plugin-noop"}]},
                        model=weight_model_file, output=out)
@@ -104,22 +120,28 @@ def test_a_plugin_files_pass_is_recorded_with_its_file_and_hash(tmp_path, weight
                         "origin": {"file": "trust_plugin_passes.py", "sha256": sha256(plugin)}}]
     built_in, plugged = json.loads((tmp_path / "o.surgeon.json").read_text())["steps"]
     assert "origin" not in built_in
-    assert plugged["origin"]["file"] == str(plugin) and plugged["origin"]["sha256"] == sha256(plugin)
+    assert plugged["origin"] == {"module": surgeon.get_pass("test-trust-plugin-noop").__module__,
+                                 "file": str(plugin), "sha256": sha256(plugin)}
 
 
 def test_an_entry_point_pass_is_recorded_with_its_package_and_version(tmp_path, weight_model_file, monkeypatch):
+    from surgeon.registry import load_entry_points
+
     write_noop_plugin(tmp_path / "trust_ep_passes.py", "test-trust-entry-point-noop")
     info = tmp_path / "trust_ep-1.2.3.dist-info"
     info.mkdir()
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: trust-ep\nVersion: 1.2.3\n")
     (info / "entry_points.txt").write_text("[surgeon.passes]\ntrust = trust_ep_passes\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    __import__("trust_ep_passes")
+    assert "test-trust-entry-point-noop" in load_entry_points()  # as `discover` loads an installed package's
+    refuse_entry_point_walk(monkeypatch)
     out = tmp_path / "o.onnx"
-    surgeon.run_recipe({"name": "t", "steps": [{"pass": "test-trust-entry-point-noop"}]},
+    surgeon.run_recipe({"name": "t", "steps": [{"pass": "test-trust-entry-point-noop"}] * 2},
                        model=weight_model_file, output=out)
-    stamped, = json.loads({p.key: p.value for p in onnx.load(out).metadata_props}["surgeon.steps"])
-    assert stamped["origin"] == {"file": "trust_ep_passes.py", "package": "trust-ep 1.2.3",
-                                 "sha256": sha256(tmp_path / "trust_ep_passes.py")}
-    recorded, = json.loads((tmp_path / "o.surgeon.json").read_text())["steps"]
-    assert recorded["origin"]["module"] == "trust_ep_passes" and recorded["origin"]["package"] == "trust-ep 1.2.3"
+    module_file = tmp_path / "trust_ep_passes.py"
+    origin = {"file": module_file.name, "package": "trust-ep 1.2.3", "sha256": sha256(module_file)}
+    stamped = json.loads({p.key: p.value for p in onnx.load(out).metadata_props}["surgeon.steps"])
+    assert [step["origin"] for step in stamped] == [origin] * 2
+    recorded = json.loads((tmp_path / "o.surgeon.json").read_text())["steps"]
+    assert [step["origin"] for step in recorded] == [
+        {**origin, "module": "trust_ep_passes", "file": str(module_file)}] * 2

@@ -15,7 +15,7 @@ from onnx import helper
 
 from surgeon.cli import main
 from surgeon.errors import RecipeError, SurgeonError
-from surgeon.pass_api import ParamError
+from surgeon.pass_api import Param, ParamError, Pass, PassResult, register_pass
 from surgeon.recipe import load_recipe
 from surgeon.registry import get_pass
 from surgeon.targets import load_target
@@ -402,9 +402,9 @@ def test_the_target_check_blames_where_the_final_value_was_given(capsys, tmp_pat
             with: {mode: cast}
         """)
     child = write(tmp_path / "child.yaml", "extends: base/parent.yaml\ntarget: tensorrt-8.6\n")
-    with pytest.raises(RecipeError) as refusal:  # the parent's value, refused by the child's target
+    with pytest.raises(RecipeError) as refusal:  # the parent's value, refused by the child's target: see below
         load_recipe(child)
-    assert (refusal.value.file, refusal.value.line, refusal.value.column) == (str(parent), 4, 12)
+    assert (refusal.value.file, refusal.value.line) == (str(child), 2) and f"set at {parent}:4" in str(refusal.value)
 
     fixed = write(tmp_path / "fixed.yaml", "extends: child.yaml\nset: {clip-int.mode: minmax}\n")
     assert load_recipe(fixed).steps[0].params == {"mode": "minmax"}
@@ -421,3 +421,63 @@ def test_the_target_check_blames_where_the_final_value_was_given(capsys, tmp_pat
     with pytest.raises(RecipeError) as refusal:  # the `set:` line gave the value last
         load_recipe(repeated)
     assert (refusal.value.file, refusal.value.line, refusal.value.column) == (str(repeated), 4, 3)
+
+
+def test_a_refusal_an_extends_childs_target_causes_is_blamed_on_that_target_line(capsys, tmp_path, model):
+    """The parent's value was fine on the parent's target: the child's `target:` made it wrong, so the error
+    points there, and still says where the value was set (it blamed the parent's line alone)."""
+    parent = write(tmp_path / "base" / "parent.yaml", """
+        name: parent
+        steps:
+          - pass: grid-sample
+            with:
+              fma_emulation: float64
+        """)
+    assert load_recipe(parent).steps[0].params["fma_emulation"] == "float64"  # onnxruntime runs float64
+    child = write(tmp_path / "child.yaml", "name: child\nextends: base/parent.yaml\ntarget: tensorrt-8.6\n")
+    message = (f"{child}:3:9: target 'tensorrt-8.6' refuses step 1 (grid-sample), whose 'fma_emulation' is set at "
+               f"{parent}:5: parameter 'fma_emulation' of pass 'grid-sample': 'float64' needs float64 "
+               "Cast/Mul/Sub, which target 'tensorrt-8.6' lacks (use fma_emulation 'none' or 'auto')")
+    assert refused(capsys, tmp_path, model, child) == message
+    code, out, _ = cli(capsys, "check", "--no-config", child)
+    assert code == 1 and out.startswith(f"{child}:3:9: SR001 error target 'tensorrt-8.6' refuses step 1")
+
+    # A value given below the target (here the child's `set:`) is still the value's fault, at its line.
+    on_target = write(tmp_path / "base" / "on-target.yaml", "target: tensorrt-8.6\nsteps: [{pass: grid-sample}]\n")
+    setting = write(tmp_path / "setting.yaml", "extends: base/on-target.yaml\nset:\n  1.fma_emulation: float64\n")
+    with pytest.raises(RecipeError) as refusal:
+        load_recipe(setting)
+    assert (refusal.value.file, refusal.value.line) == (str(setting), 3)
+    assert refusal.value.message.startswith("step 1 (grid-sample): parameter 'fma_emulation'")
+    assert load_recipe(on_target).target == "tensorrt-8.6"
+
+
+@register_pass("test-refuses-its-default-on-tensorrt")
+class RefusesItsDefaultOnTensorRT(Pass):
+    """A pass whose default value TensorRT cannot run."""
+
+    params = {"form": Param(str, "float64", choices=("float64", "float32"))}
+
+    @classmethod
+    def check_params_for(cls, values, target):
+        if values["form"] == "float64" and target.is_tensorrt:
+            raise ParamError("form", f"parameter 'form' of pass '{cls.name}': 'float64' is not on '{target.name}'")
+
+    def run(self, graph, ctx):
+        return PassResult()
+
+
+def test_a_default_an_extends_childs_target_refuses_is_blamed_on_that_target_line(tmp_path):
+    parent = write(tmp_path / "parent.yaml", "steps:\n  - pass: test-refuses-its-default-on-tensorrt\n")
+    child = write(tmp_path / "child.yaml", "extends: parent.yaml\ntarget: tensorrt-10\n")
+    with pytest.raises(RecipeError) as refusal:
+        load_recipe(child)
+    assert str(refusal.value) == (f"{child}:2:9: target 'tensorrt-10' refuses step 1 "
+                                  f"(test-refuses-its-default-on-tensorrt), whose 'form' keeps its default (the step "
+                                  f"is at {parent}:2): parameter 'form' of pass 'test-refuses-its-default-on-tensorrt'"
+                                  ": 'float64' is not on 'tensorrt-10'")
+    together = write(tmp_path / "together.yaml",
+                     "target: tensorrt-10\nsteps: [{pass: test-refuses-its-default-on-tensorrt}]\n")
+    with pytest.raises(RecipeError) as refusal:  # one file wrote both: the step, as before
+        load_recipe(together)
+    assert (refusal.value.file, refusal.value.line) == (str(together), 2)

@@ -201,3 +201,28 @@ def test_an_unknown_pass_keeps_the_nearest_name_and_says_how_to_load_ones_own():
         get_pass("grid-sampel")
     assert info.value.hint.startswith("did you mean 'grid-sample'?; a pass of your own needs --plugin FILE or "
                                       "[tool.surgeon] plugins in pyproject.toml")
+
+
+def test_an_api_call_after_a_command_names_no_pyproject_the_command_read(tmp_path, monkeypatch, capsys):
+    """What pyproject.toml gave is the command's to tell: it used to stay in the process, so a later API call
+    (or a command in another project) named the first project's pyproject.toml."""
+    from surgeon.cli import main
+    from surgeon.recipe import load_recipe
+
+    project, elsewhere = tmp_path / "project", tmp_path / "elsewhere"
+    plugin_file(project / "tools", "registry-test-project-pass")
+    (project / "pyproject.toml").write_text('[tool.surgeon]\nplugins = ["tools/passes.py"]\n')
+    (project / "r.yaml").write_text("steps: [{pass: registry-test-project-pas}]\n")
+    monkeypatch.chdir(project)
+    assert main(["run", "r.yaml", "-o", "o.onnx"]) == 2
+    pyproject = f"{project / 'pyproject.toml'} lists tools/passes.py"
+    assert capsys.readouterr().err.endswith(f"in pyproject.toml; {pyproject})\n")  # the command says what it read
+
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    for call in (lambda: load_recipe({"name": "x", "steps": [{"pass": "registry-test-project-pas"}]}),
+                 lambda: get_pass("registry-test-project-pas")):
+        with pytest.raises(SurgeonError) as info:
+            call()
+        assert info.value.hint == ("did you mean 'registry-test-project-pass'?; a pass of your own needs --plugin "
+                                   "FILE or [tool.surgeon] plugins in pyproject.toml")

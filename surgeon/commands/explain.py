@@ -19,7 +19,7 @@ def run(args) -> int:
     from surgeon.pass_api import param_fields
     from surgeon.registry import get_pass
 
-    cls = get_pass(args.pass_name)
+    cls = get_pass(args.pass_name, args.plugins_looked_at)
     params = param_fields(cls)
     module_doc = inspect.getdoc(sys.modules.get(cls.__module__)) or ""
     if args.json:
