@@ -90,6 +90,36 @@ def test_json_format(models, capsys):
                      "message": "not runnable on onnxruntime"}
 
 
+def test_a_fix_that_is_no_pass_is_advice_in_every_format(models, capsys, tmp_path):
+    """`fix` names a pass, as it always did; what to do where no pass helps (here: run grid-sample with other
+    parameters, SG007 on the opset-11 recipe's output) is `advice`, printed `— fix: <advice>`, not `— fix: pass
+    <advice>` (before, such advice could only live in the message)."""
+    from surgeon.pipeline import run_recipe
+
+    sampler = helper.make_node("grid_sampler", ["x", "g"], ["y"], name="sampler", domain="mmdeploy",
+                               interpolation_mode=0, padding_mode=0, align_corners=0)
+    onnx.save(make_model([sampler], [("x", np.float32, [1, 2, 3, 3]), ("g", np.float32, [1, 3, 3, 2])],
+                         [("y", np.float32, [1, 2, 3, 3])], opset=11), tmp_path / "in.onnx")
+    run_recipe(REPO / "recipes" / "targets" / "opset11.yaml", tmp_path / "in.onnx", tmp_path / "fma.onnx",
+               validate=False, build=False, quiet=True)
+    files = (models / "bad.onnx", tmp_path / "fma.onnx", "--target", "opset-11", "--select", "SG007,SG011")
+    advice = "where the runtime has no float64, run grid-sample with `fma_emulation: none`"
+    _, out, _ = run(capsys, *files)
+    assert f"{models / 'bad.onnx'}: SG011 warning initializer 'orphan' is not used — fix: pass cleanup\n" in out
+    assert "SG007 warning node sampler/x_plus1_wide (Cast) starts grid-sample's fma_emulation" in out
+    assert f" — fix: {advice}" in out and "fix: pass where" not in out
+    _, out, _ = run(capsys, *files, "--format", "json")
+    by_rule = {f["rule"]: f for f in json.loads(out)["findings"]}
+    assert by_rule["SG011"]["fix"] == "cleanup" and "advice" not in by_rule["SG011"]
+    assert by_rule["SG007"]["advice"].startswith(advice) and "fix" not in by_rule["SG007"]
+    _, out, _ = run(capsys, *files, "--format", "sarif")
+    by_rule = {r["ruleId"]: r for r in json.loads(out)["runs"][0]["results"]}
+    assert by_rule["SG011"]["properties"] == {"fix": "pass cleanup"}
+    assert list(by_rule["SG007"]["properties"]) == ["advice"]
+    assert by_rule["SG007"]["properties"]["advice"].startswith(advice)
+    assert by_rule["SG007"]["message"]["text"].endswith("(docs/passes/grid-sample.md#modes)")
+
+
 def test_github_format(models, capsys):
     _, out, _ = run(capsys, models / "bad.onnx", "--format", "github", "--target", "tensorrt-8.6")
     lines = out.splitlines()

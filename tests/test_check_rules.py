@@ -318,6 +318,26 @@ def test_plugin_node_is_runnable_on_tensorrt(tmp_path):
     assert [f.rule for f in _check(plugin_node(), Settings(target="onnxruntime"), tmp_path)] == ["SG001"]
 
 
+def test_a_plugin_of_your_own_gets_advice_not_a_pass(tmp_path, monkeypatch):
+    """No pass removes a node of the user's own plugin spec: SG001's fix is advice (list it in a target profile),
+    not a pass, and no longer sits in the message."""
+    from surgeon import reference
+    from surgeon.plugins import specs
+
+    reference.load_references()
+    monkeypatch.setattr(specs, "_SPECS", dict(specs._SPECS))
+    monkeypatch.setattr(reference, "_REFERENCES", dict(reference._REFERENCES))
+    specs.plugin_spec("CheckOwnPlugin", inputs=("x",), output_shape=lambda shapes, attrs: [shapes[0]],
+                      cuda_source="mine.cu")(lambda x: x)
+    node = helper.make_node("CheckOwnPlugin", ["x"], ["y"], name="mine", domain="surgeon")
+    model = make_model([node], [("x", np.float32, [2])], [("y", np.float32, [2])])
+    [finding] = _check(model, Settings(target="tensorrt-10", select=("SG001",)), tmp_path)
+    assert (finding.message, finding.fix) == ("not runnable on tensorrt-10: your plugin CheckOwnPlugin is not in its "
+                                              "profile", None)
+    assert finding.describe().endswith("is not in its profile — fix: list it under `plugins:` in a target profile "
+                                       "(docs/plugins.md#your-own-plugins)")
+
+
 def test_sorted_copy_lets_the_checker_report_the_next_problem(tmp_path):
     model = unsorted()
     model.graph.node[1].attribute.append(helper.make_attribute("alpha", 1.0))
@@ -467,6 +487,44 @@ def test_dtypes_inside_subgraphs_are_checked(tmp_path):
     findings = _check(model, Settings(target="onnxruntime", select=("SG004", "SG007")), tmp_path)
     assert ("SG004", "If_0/then_branch/#1") in {(f.rule, f.node) for f in findings}
     assert "tensor 'd' is float64" in {f.message for f in findings if f.rule == "SG007"}
+
+
+def _reflecting_grid_sampler(dtype=np.float32):
+    node = helper.make_node("grid_sampler", ["x", "g"], ["y"], name="sampler", domain="mmdeploy",
+                            interpolation_mode=0, padding_mode=2, align_corners=0)
+    return make_model([node], [("x", dtype, [1, 2, 3, 3]), ("g", dtype, [1, 3, 3, 2])], [("y", dtype, [1, 2, 3, 3])],
+                      opset=11)
+
+
+def test_float64_of_grid_samples_fma_emulation_says_where_it_comes_from(tmp_path):
+    """The opset-11 target recipe decomposes grid sampling with `fma_emulation: auto`, float64 on opset-11: check
+    -t opset-11 on its output used to give one bare SG007 per float64 tensor (20 for this sampler). Now one per
+    sampler, at the Cast that widens, naming fma_emulation and advising `fma_emulation: none`, which, applied
+    as the advice words it, leaves no float64. A float64 grid's float64 is the model's: reported as before."""
+    from surgeon.pipeline import run_recipe
+
+    target_recipe = Path(__file__).resolve().parent.parent / "recipes" / "targets" / "opset11.yaml"
+    onnx.save(_reflecting_grid_sampler(), tmp_path / "in.onnx")
+    (tmp_path / "none.yaml").write_text(f"extends: {target_recipe}\nset: {{grid-sample.fma_emulation: none}}\n")
+    settings = Settings(target="opset-11", select=("SG007",))
+    run_recipe(target_recipe, tmp_path / "in.onnx", tmp_path / "auto.onnx", validate=False, build=False, quiet=True)
+    [finding] = check_file(tmp_path / "auto.onnx", settings)
+    assert (finding.node, finding.op, finding.fix) == ("sampler/x_plus1_wide", "Cast", None)
+    assert finding.message.startswith("starts grid-sample's fma_emulation in its rewrite of node sampler: 20 float64 "
+                                      "tensors ('sampler/x_distance_wide', 'sampler/x_flips_wide', 'sampler/x_half', "
+                                      "...) that round torch's fused multiply-adds once")
+    assert finding.advice.startswith("where the runtime has no float64, run grid-sample with `fma_emulation: none` "
+                                     "(extending a target recipe: `set: {grid-sample.fma_emulation: none}`)")
+    assert "1 ulp" in finding.advice
+    run_recipe(tmp_path / "none.yaml", tmp_path / "in.onnx", tmp_path / "none.onnx", validate=False, build=False,
+               quiet=True)
+    assert check_file(tmp_path / "none.onnx", settings) == []
+    onnx.save(_reflecting_grid_sampler(np.float64), tmp_path / "double.onnx")
+    run_recipe(target_recipe, tmp_path / "double.onnx", tmp_path / "double-out.onnx", validate=False, build=False,
+               quiet=True)
+    findings = check_file(tmp_path / "double-out.onnx", settings)
+    assert "tensor 'g' is float64" in {f.message for f in findings}
+    assert not [f for f in findings if "fma_emulation" in f.message or f.advice]
 
 
 def test_an_unsorted_body_is_sg008_and_the_rest_is_checked_sorted(tmp_path):
@@ -888,6 +946,8 @@ BODY_FIX_CASES = [
     ("SG005", "tensorrt-8.6", lambda: helper.make_node("Clip", ["a", "lo", "hi"], ["y"], name="n"),
      [("a", np.int64, [3])], (np.int64, [3]), 13, {"lo": np.array(0), "hi": np.array(5)}, "clip-int",
      ("clip-int", {})),
+    ("SG015", "onnxruntime", lambda: helper.make_node("MaxPool", ["x"], ["y"], name="n", kernel_shape=[1, 1]),
+     [("x", np.float32, [1, 4, 5])], (np.float32, [1, 4, 5]), 13, None, "pool-rank", ("pool-rank", {})),
 ]
 
 
@@ -933,6 +993,27 @@ def test_a_node_of_a_local_function_is_fixed_after_inline_functions(tmp_path):
     inlined, _ = apply_pass(model, "inline-functions")
     fixed, _ = apply_pass(inlined, "maximum-minimum")
     assert _check(fixed, settings, tmp_path) == []
+
+
+def test_a_pool_of_the_wrong_rank_in_a_local_function_is_fixed_after_inline_functions(tmp_path):
+    """Strict inference reports it through the call (`(op_type:Block, node name: call): ... Inference error(s):
+    (op_type:MaxPool, node name: n): ...`): one SG015 on the body's node, whose fix inlines first (before, an
+    SG015 on the call with the truncated message, and one naming no node and no fix)."""
+    from surgeon.testing import apply_pass
+
+    pool = helper.make_node("MaxPool", ["x"], ["y"], name="n", kernel_shape=[1, 1])
+    model = make_model([helper.make_node("Block", ["x"], ["y"], name="call", domain="pkg.local")],
+                       [("x", np.float32, [1, 4, 5])], [("y", np.float32, [1, 4, 5])], opset=17)
+    model.functions.append(helper.make_function("pkg.local", "Block", ["x"], ["y"], [pool],
+                                                [helper.make_opsetid("", 17)]))
+    settings = Settings(target="onnxruntime", select=("SG015",))
+    [finding] = _check(model, settings, tmp_path)
+    assert (finding.node, finding.op) == ("pkg.local::Block/n", "MaxPool")
+    assert finding.fix == "inline-functions, then pool-rank"
+    assert finding.message.endswith("Attribute kernel_shape has incorrect size")
+    assert _check(apply_pass(model, "pool-rank")[0], settings, tmp_path) != []
+    inlined, _ = apply_pass(model, "inline-functions")
+    assert _check(apply_pass(inlined, "pool-rank")[0], settings, tmp_path) == []
 
 
 def test_a_function_called_only_inside_a_body_gets_no_fix(tmp_path):
@@ -1014,14 +1095,14 @@ def test_an_undefined_element_type_on_a_body_output_is_an_error_infer_shapes_fix
 INT64_MAX, INT64_MIN = np.iinfo(np.int64).max, np.iinfo(np.int64).min
 
 
-def _slice(ends, also_read=False, steps=None):
-    """x[1:] as torch writes it (ends INT64_MAX), optionally with the ends also added to an int64 input, or with
-    `steps`."""
+def _slice(ends, also_read=None, steps=None):
+    """x[1:] as torch writes it (ends INT64_MAX), optionally with `steps`, and with the tensor named `also_read`
+    ("ends", "steps") also added to an int64 input."""
     bounds = ["x", "starts", "ends"] + (["axes", "steps"] if steps is not None else [])
     nodes = [helper.make_node("Slice", bounds, ["y"], name="slice")]
     outputs = [("y", np.float32, [3])]
     if also_read:
-        nodes.append(helper.make_node("Add", ["i", "ends"], ["j"], name="add"))
+        nodes.append(helper.make_node("Add", ["i", also_read], ["j"], name="add"))
         outputs.append(("j", np.int64, [1]))
     steps = {"axes": np.array([0]), "steps": np.array([steps])} if steps is not None else {}
     return make_model(nodes, [("x", np.float32, [4]), ("i", np.int64, [1])], outputs, opset=13,
@@ -1034,15 +1115,31 @@ def test_slice_starts_and_ends_beyond_int32_are_no_sg024(ends, tmp_path):
     writes -INT64_MAX); read by anything else, the clamped value is wrong there."""
     settings = Settings(target="tensorrt-8.6", select=("SG024",))
     assert _check(_slice(ends), settings, tmp_path) == []
-    [finding] = _check(_slice(ends, also_read=True), settings, tmp_path)
+    [finding] = _check(_slice(ends, also_read="ends"), settings, tmp_path)
     assert finding.message.startswith(f"initializer 'ends' holds 1 int64 value(s) outside the int32 range ({ends} ")
 
 
-@pytest.mark.parametrize("steps, fires", [(INT64_MAX, False), (INT64_MIN, False), (2 ** 40, True), (-2 ** 33, True)])
-def test_slice_steps_beyond_int32_are_sg024_but_at_the_int64_limits(steps, fires, tmp_path):
-    """Slice does not clamp a step to the dim; only the int64 limits are known to be written as "as far as it goes"."""
-    findings = _check(_slice(4, steps=steps), Settings(target="tensorrt-8.6", select=("SG024",)), tmp_path)
-    assert [f.message.split(" holds")[0] for f in findings] == (["initializer 'steps'"] if fires else [])
+@pytest.mark.parametrize("steps", [2 ** 31, 2 ** 40, INT64_MAX, -2 ** 31 - 1, -2 ** 33, INT64_MIN])
+def test_slice_steps_beyond_int32_are_no_sg024(steps, tmp_path):
+    """TensorRT 8 clamps such a step to the int32 limit of its sign, which is no smaller than a dim below 2**31
+    either: both take the start's element alone (or none), as ONNX Runtime shows on a small dim, whatever the
+    starts and ends. Before, only steps of exactly the int64 limits were left out; read by anything else, the
+    clamped value is wrong there."""
+    from surgeon.testing import run_ort
+
+    clamped = int(np.clip(steps, np.iinfo(np.int32).min, np.iinfo(np.int32).max))
+    x = np.arange(5, dtype=np.float32)
+    for starts, ends in ((0, 5), (1, INT64_MAX), (-1, INT64_MIN), (4, -6), (-2, 2), (2, 2)):
+        node = helper.make_node("Slice", ["x", "starts", "ends", "axes", "steps"], ["y"])
+        taken = [run_ort(make_model([node], [("x", np.float32, [5])], [("y", np.float32, None)], opset=13,
+                                    initializers={"starts": np.array([starts]), "ends": np.array([ends]),
+                                                  "axes": np.array([0]), "steps": np.array([step])}), {"x": x})[0]
+                 for step in (steps, clamped)]
+        assert taken[0].tolist() == taken[1].tolist() and len(taken[0]) <= 1, (starts, ends, taken)
+    settings = Settings(target="tensorrt-8.6", select=("SG024",))
+    assert _check(_slice(4, steps=steps), settings, tmp_path) == []
+    [finding] = _check(_slice(4, steps=steps, also_read="steps"), settings, tmp_path)
+    assert finding.message.startswith(f"initializer 'steps' holds 1 int64 value(s) outside the int32 range ({steps} ")
 
 
 def test_a_torch_flip_export_is_no_sg024(tmp_path):

@@ -262,8 +262,8 @@ def test_check_says_how_to_make_a_users_plugin_known(tmp_path, own_registries, m
                  "m.onnx"]) == 1
     sg001 = [f for f in json.loads(capsys.readouterr().out)["findings"] if f["rule"] == "SG001"]
     assert len(sg001) == 1 and "fix" not in sg001[0]
-    assert sg001[0]["message"].endswith("your plugin ExtendingUnlisted is not in its profile; list it under "
-                                        "`plugins:` in a target profile (docs/plugins.md#your-own-plugins)")
+    assert sg001[0]["message"].endswith("your plugin ExtendingUnlisted is not in its profile")
+    assert sg001[0]["advice"] == "list it under `plugins:` in a target profile (docs/plugins.md#your-own-plugins)"
     (tmp_path / "my-trt.yaml").write_text("name: my-trt\nextends: tensorrt-10\nplugins:\n  ExtendingUnlisted: {}\n")
     assert main(["check", "--no-config", "--plugin", "specs.py", "-t", "my-trt.yaml", "m.onnx"]) == 0
 

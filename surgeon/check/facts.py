@@ -170,6 +170,10 @@ class ModelFacts:
     def calls_local_function(self, node) -> bool:
         return _call_key(node) in self.local_functions
 
+    def called_function(self, node) -> onnx.FunctionProto | None:
+        """The model-local function `node` calls, if it calls one."""
+        return self.local_functions.get(_call_key(node))
+
     @cached_property
     def graphs(self) -> list:
         """The main graph and every subgraph (of local function bodies too), recursively."""

@@ -1,4 +1,4 @@
-"""What a check reports: a `Finding`, and the `Rule` it comes from (stable id, severity, fix pass).
+"""What a check reports: a `Finding`, and the `Rule` it comes from (stable id, severity, fix).
 
 Rules register themselves with `@model_rule` (surgeon/check/rules.py) or `@recipe_rule`
 (surgeon/check/recipes.py), so the rule table in `surgeon check --list-rules` and docs/check.md is
@@ -14,7 +14,9 @@ SEVERITIES = ("error", "warning", "info")
 
 @dataclass(frozen=True)
 class Finding:
-    """One problem at one place: a node of a model, or a line of a recipe."""
+    """One problem at one place: a node of a model, or a line of a recipe. `fix` is the pass (and its
+    parameters) that removes it; `advice` what to do where no pass does (list a plugin in a profile, run a
+    pass with other parameters), so a reader of `fix` always gets a pass."""
 
     rule: str
     severity: str
@@ -25,6 +27,7 @@ class Finding:
     fix: str | None = None
     line: int | None = None
     column: int | None = None
+    advice: str | None = None
 
     def where(self) -> str:
         """`file:line:col` for recipes, the file alone for models."""
@@ -36,12 +39,15 @@ class Finding:
         return text
 
     def describe(self) -> str:
-        """`node /ATen_12 (ATen:grid_sampler) not runnable on ... — fix: pass grid-sample ...`."""
+        """`node /ATen_12 (ATen:grid_sampler) not runnable on ... — fix: pass grid-sample ...`; advice reads
+        `— fix: <advice>`."""
         text = self.message
         if self.node is not None:
             text = f"node {self.node} ({self.op}) {text}" if self.op else f"node {self.node} {text}"
-        if self.fix:
-            text += f" — fix: pass {self.fix}"
+        fixes = [f"pass {self.fix}"] if self.fix else []
+        fixes += [self.advice] if self.advice else []
+        if fixes:
+            text += f" — fix: {'; or '.join(fixes)}"
         return text
 
     def to_dict(self) -> dict:

@@ -67,8 +67,9 @@ def format_sarif(findings: list[Finding], rules: dict[str, Rule], files: int) ->
                                              **({"fullyQualifiedName": f"{f.node} ({f.op})"} if f.op else {})}]
         result = {"ruleId": f.rule, "ruleIndex": rule_ids.index(f.rule), "level": SARIF_LEVELS[f.severity],
                   "message": {"text": f.describe()}, "locations": [location]}
-        if f.fix:
-            result["properties"] = {"fix": f"pass {f.fix}"}
+        properties = {**({"fix": f"pass {f.fix}"} if f.fix else {}), **({"advice": f.advice} if f.advice else {})}
+        if properties:
+            result["properties"] = properties
         results.append(result)
     document = {
         "$schema": SARIF_SCHEMA, "version": "2.1.0",

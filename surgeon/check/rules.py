@@ -4,6 +4,9 @@ A rule is a function registered with `@model_rule(id, name, severity, summary, f
 changes meaning. The fix names the pass (and mode) that removes the finding, so a finding reads
 
     SG001 error node /ATen_12 (ATen:grid_sampler) not runnable on tensorrt-8.6 — fix: pass grid-sample (native GridSample), or mode=plugin or mode=decompose
+
+Where no pass removes it, a finding carries `advice` instead (list your plugin in a profile, run grid-sample
+with `fma_emulation: none`), printed `— fix: <advice>`.
 """
 from __future__ import annotations
 
@@ -28,10 +31,11 @@ CLIP_INTEGER_OPSET = 12  # Clip-12 added integer types
 INTEGER_DTYPES = ("int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64")
 
 
-def _finding(facts: ModelFacts, rule: str, severity: str, message: str, node=None, fix: str | None = None):
+def _finding(facts: ModelFacts, rule: str, severity: str, message: str, node=None, fix: str | None = None,
+             advice: str | None = None):
     return Finding(rule=rule, severity=severity, message=message, file=facts.file,
                    node=facts.node_path(node) if node is not None else None,
-                   op=op_label(node) if node is not None else None, fix=fix)
+                   op=op_label(node) if node is not None else None, fix=fix, advice=advice)
 
 
 def fix_for(node, target) -> str | None:
@@ -103,28 +107,50 @@ def _working_directory(folder):
         os.chdir(previous)
 
 
-@model_rule("SG015", "shape-inference", "error", "strict ONNX shape inference fails (type or shape conflict)")
+@model_rule("SG015", "shape-inference", "error", "strict ONNX shape inference fails (type or shape conflict)",
+            fix="pass pool-rank")
 def shape_inference(facts: ModelFacts):
     error = facts.inference[1]
     if error is None:
         return
-    by_name = {node.name: node for node in facts.nodes if node.name}
     untyped = {name for node in facts.nodes if not is_standard_op(node) for name in node.output}
-    problems = INFERENCE_PROBLEM.findall(_first_line(error))
+    problems = list(_inference_problems(facts, _first_line(error)))
     if not problems:
         yield _finding(facts, "SG015", "error", f"shape inference (strict): {_first_line(error)}")
-    for _, name, problem in problems:
-        node = by_name.get(name)
+    for node, problem in problems:
         if node is not None:
             untyped.update(node.output)
+        if problem.endswith(NESTED_ERRORS):  # an If/Loop/Scan or a call: the problems that follow are its body's
+            continue
         # A node reading an untyped output (of an ATen/custom node, or of a node that failed already) only
         # echoes the cause, which SG001/SG002 or an earlier SG015 finding reports.
         if node is not None and "instead is null" in problem and any(i in untyped for i in node.input):
             continue
-        yield _finding(facts, "SG015", "error", f"shape inference (strict): {problem.strip()}", node,
-                       fix=_shape_fix(node, problem))
+        fix, why_no_pass = fix_reaching(facts, node, _shape_fix(node, problem))
+        yield _finding(facts, "SG015", "error", f"shape inference (strict): {problem}{why_no_pass}", node, fix=fix)
 
 
+def _inference_problems(facts: ModelFacts, error: str):
+    """(node or None, problem) for each node strict inference names in `error`. A failing If/Loop/Scan body or
+    local function body is one problem of the node holding or calling it, `Inference error(s):`, followed by
+    its own nodes' problems, which are looked up there first (names repeat across graphs), then outward."""
+    scopes = [list(facts.nodes)]
+    for op_type, name, problem in INFERENCE_PROBLEM.findall(error):
+        node = None
+        for depth in range(len(scopes) - 1, -1, -1) if name else ():  # an unnamed node cannot be told apart
+            node = next((n for n in scopes[depth] if n.name == name and n.op_type == op_type), None)
+            if node is not None:
+                del scopes[depth + 1:]
+                break
+        problem = problem.strip()
+        if node is not None and problem.endswith(NESTED_ERRORS):
+            function = facts.called_function(node)
+            scopes.append(list(function.node) if function is not None else
+                          [inner for _, body in subgraphs(node) for inner in body.node])
+        yield node, problem
+
+
+NESTED_ERRORS = "Inference error(s):"
 POOLS = ("MaxPool", "AveragePool", "LpPool")
 
 
@@ -180,8 +206,8 @@ def custom_op_unsupported(facts: ModelFacts):
             continue
         if _own_plugin(node.op_type):
             yield _finding(facts, "SG001", "error", f"not runnable on {facts.target.name}: your plugin {node.op_type} "
-                           "is not in its profile; list it under `plugins:` in a target profile "
-                           "(docs/plugins.md#your-own-plugins)", node)
+                           "is not in its profile", node, advice="list it under `plugins:` in a target profile "
+                           "(docs/plugins.md#your-own-plugins)")
             continue
         fix, why_no_pass = fix_reaching(facts, node, fix_for(node, facts.target))
         yield _finding(facts, "SG001", "error", f"not runnable on {facts.target.name}{why_no_pass}", node, fix=fix)
@@ -530,17 +556,73 @@ def dynamic_shape(facts: ModelFacts):
                            f"{facts.target.name} needs static shapes (re-export with fixed sizes)")
 
 
-@model_rule("SG007", "float64", "warning", "float64 tensors: TensorRT casts them down, NPUs reject them")
+@model_rule("SG007", "float64", "warning",
+            "float64 tensors: TensorRT casts them down to float32, and a runtime without float64 kernels rejects "
+            "them; those of grid-sample's `fma_emulation` are reported once per sampler, with how to avoid them")
 def float64_tensors(facts: ModelFacts):
     doubles = sorted({name for name, dtype in facts.dtypes.items() if dtype == "float64"})
     if not doubles:
         return
+    emulations = _fma_emulations(facts)
+    emulated = {name for _, names in emulations.values() for name in names}
     producer = {out: node for node in facts.graph_nodes for out in node.output}  # function bodies name their own
     initializers = {t.name for g in facts.graphs for t in g.initializer}
     for name in doubles:
+        if name in emulated:
+            continue
         node = producer.get(name)
         what = "initializer" if name in initializers else "tensor"
         yield _finding(facts, "SG007", "warning", f"{what} '{name}' is float64", node)
+    for replaced, (widening, names) in emulations.items():
+        shown = ", ".join(f"'{name}'" for name in sorted(names)[:FMA_NAMES_SHOWN])
+        more = ", ..." if len(names) > FMA_NAMES_SHOWN else ""
+        yield _finding(facts, "SG007", "warning", f"starts grid-sample's fma_emulation in its rewrite of "
+                       f"{f'node {replaced}' if replaced else 'an unnamed sampler'}: {len(names)} float64 tensors "
+                       f"({shown}{more}) that round torch's fused multiply-adds once, as torch does "
+                       "(`fma_emulation: auto` picks float64 where the recipe's target profile runs float64 Cast, "
+                       "Mul and Sub)", widening,
+                       advice="where the runtime has no float64, run grid-sample with `fma_emulation: none` "
+                       "(extending a target recipe: `set: {grid-sample.fma_emulation: none}`): float32 only, at the "
+                       "cost of rounding the coordinates twice, up to 1 ulp off torch's "
+                       "(docs/passes/grid-sample.md#modes)")
+
+
+FMA_PASS = "grid-sample"  # its fma_emulation widens float32 coordinates to float64 (passes/grid_sample.py)
+FMA_NAMES_SHOWN = 3
+
+
+def _fma_emulations(facts: ModelFacts) -> dict[str, tuple[onnx.NodeProto, set[str]]]:
+    """By the node each of grid-sample's rewrites replaced (its `surgeon.replaces` provenance, "" if unnamed): the
+    first Cast widening a float32 coordinate to float64, and the float64 tensors of the emulation, which such
+    Casts start: what the rewrite's nodes compute from them in float64 and the float64 constants they read. A
+    float64 grid's rewrite computes in float64 throughout without widening anything, so it is not counted."""
+    constants = {t.name for t in facts.model.graph.initializer}
+    constants.update(out for node in facts.nodes if node.op_type == "Constant" for out in node.output)
+    found: dict[str, tuple[onnx.NodeProto, set[str]]] = {}
+    for cast in facts.nodes:
+        made_by = _made_by(cast)
+        widens = cast.op_type == "Cast" and cast.input and facts.dtypes.get(cast.input[0]) != "float64" and \
+            any(a.name == "to" and a.i == onnx.TensorProto.DOUBLE for a in cast.attribute)
+        if made_by[0] != FMA_PASS or not widens:
+            continue
+        names = found.setdefault(made_by[1], (cast, set()))[1]
+        frontier = [cast.output[0]]
+        while frontier:
+            name = frontier.pop()
+            if name in names:
+                continue
+            names.add(name)
+            for reader in facts.readers.get(name, []):
+                if _made_by(reader) == made_by:
+                    frontier += [n for n in (*reader.input, *reader.output) if facts.dtypes.get(n) == "float64" and
+                                 (n in constants or n in reader.output)]
+    return found
+
+
+def _made_by(node) -> tuple[str | None, str]:
+    """(the pass that made `node`, the node it replaced) as the node's provenance (`metadata_props`) says."""
+    tags = {entry.key: entry.value for entry in node.metadata_props}
+    return tags.get("surgeon.pass"), tags.get("surgeon.replaces", "")
 
 
 @model_rule("SG008", "not-toposorted", "error", "nodes not in topological order (onnx.checker requires it)",
@@ -697,27 +779,23 @@ def undefined_element_types(facts: ModelFacts):
 # ---------------------------------------------------------------- values
 
 INT32_RANGE = np.iinfo(np.int32)
-INT64_LIMITS = (np.iinfo(np.int64).min, np.iinfo(np.int64).max)
-SLICE_STARTS_ENDS = (1, 2)  # Slice-10's inputs ONNX clamps to the dim
-SLICE_STEPS = 4
+# Slice-10's starts, ends and steps: clamped to the int32 limits, each slices as before on every dim below 2**31
+SLICE_CLAMPED_ALIKE = (1, 2, 4)
 
 
 @model_rule("SG024", "int64-beyond-int32", "warning",
             "int64 initializer or Constant value outside the int32 range on a target holding int64 in int32 "
-            "(profile `int64: int32`: TensorRT before 10, whose parser clamps such values); Slice starts/ends "
-            "are left out (Slice clamps them to the dim, so the clamped value differs only on a dim of 2**31 "
-            "or more), and Slice steps of exactly the int64 limits")
+            "(profile `int64: int32`: TensorRT before 10, whose parser clamps such values); Slice starts, ends "
+            "and steps are left out: clamped to the int32 limits they slice the same on every dim below 2**31")
 def int64_beyond_int32(facts: ModelFacts):
     target = facts.target
     if target.int64 != "int32":
         return
-    slice_reads = _read_only_as_slice_bounds(facts)
+    slice_reads = _read_only_as_slice_inputs(facts)
     for what, name, values, node in _int64_constants(facts):
-        if slice_reads.get(name) == "starts/ends":
+        if name in slice_reads:
             continue
         outside = (values > INT32_RANGE.max) | (values < INT32_RANGE.min)
-        if slice_reads.get(name) == "steps":
-            outside &= ~np.isin(values, INT64_LIMITS)
         if not outside.any():
             continue
         first = int(np.flatnonzero(outside)[0])
@@ -753,18 +831,15 @@ def _int64_constants(facts: ModelFacts):
             yield "", node.output[0], values, node
 
 
-def _read_only_as_slice_bounds(facts: ModelFacts) -> dict[str, str]:
-    """Names every node reading them (in any graph) reads as a Slice's starts, ends or steps: "steps" for those
-    some Slice reads as steps, whose values Slice does not clamp, else "starts/ends"."""
-    bound, steps, other = set(), set(), set()
+def _read_only_as_slice_inputs(facts: ModelFacts) -> set[str]:
+    """Names every node reading them (in any graph) reads as a Slice's starts, ends or steps. Slice clamps starts
+    and ends to the dim; a step of magnitude 2**31 or more, clamped or not (clamping keeps its sign), is no
+    smaller than such a dim, so it takes the start's element (or none) either way (tests/test_check_rules.py
+    runs both)."""
+    sliced, other = set(), set()
     for node in facts.all_nodes:
         is_slice = node.op_type == "Slice" and node.domain in STANDARD_DOMAINS
         for index, name in enumerate(node.input):
-            if is_slice and index in SLICE_STARTS_ENDS:
-                bound.add(name)
-            elif is_slice and index == SLICE_STEPS:
-                steps.add(name)
-            else:
-                other.add(name)
+            (sliced if is_slice and index in SLICE_CLAMPED_ALIKE else other).add(name)
     other.update(value.name for value in facts.model.graph.output)
-    return {name: "steps" if name in steps else "starts/ends" for name in (bound | steps) - other}
+    return sliced - other
