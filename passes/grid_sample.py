@@ -137,7 +137,8 @@ class GridSamplePass(Pass):
         attrs = dict(zip(PLUGIN_ATTRIBUTES, (INTERPOLATION_CODES.index(site.interpolation),
                                              PADDING_CODES.index(site.padding), int(site.align_corners))))
         if self.plugin_op in plugin_specs():  # surgeon's plugin: the spec checks the attributes, sizes the output
-            node = make_plugin_node(rw, self.plugin_op, [site.x, grid], attrs, domain=self.plugin_namespace)
+            node = make_plugin_node(rw, self.plugin_op, [site.x, grid], attrs, domain=self.plugin_namespace,
+                                    plugin_namespace=self.plugin_namespace)
         else:  # the user's own plugin, which no spec describes: the output is grid-sample's [N, C, Hg, Wg]
             node = rw.finish(self.plugin_op, [site.x, grid], attrs, domain=self.plugin_namespace)
             output = node.outputs[0]

@@ -9,7 +9,8 @@ graph only, so a target recipe inlines first. `onnx.inliner` does the work: attr
 call's values, calls inside function bodies and inside If/Loop/Scan bodies are inlined too, and the names
 a body defines are made unique in the graph. Each node a call brings in, down to those inside an If/Loop
 body of the function, is named after the call (`block_1/mul`, the body's own name less the inliner's `__N`
-suffix) and tagged with it and with the functions it came through (`surgeon.function: pkg::Outer/pkg::Inner`).
+suffix; `block_1/mul_1` where a node of the graph or of its bodies has that name) and tagged with it and
+with the functions it came through (`surgeon.function: pkg::Outer/pkg::Inner`).
 Functions nothing calls any more are dropped. The inliner works on the model without its weights (as
 validation's does), which keeps models past protobuf's 2 GB limit working.
 
@@ -77,7 +78,7 @@ class InlineFunctions(Pass):
         inlined = inlined_header(model)
         inlined.functions.extend(functions)  # those still called stay: a kept body may call an inlined one
         replaced = {}
-        _name_inlined(inlined.graph, "", [], sites, ctx, graph, replaced)
+        _name_inlined(inlined.graph, "", [], sites, _namer(ctx, graph, model.graph), replaced)
         called = called_functions(inlined)
         gone = [f for f in inlined.functions if _key(f) not in called]  # inlined everywhere, or never called
         for function in gone:
@@ -241,11 +242,26 @@ def _prepared(function: onnx.FunctionProto, model: onnx.ModelProto, chosen, site
     return prepared
 
 
-def _name_inlined(graph: onnx.GraphProto, scope: str, open_calls: list, sites: dict, ctx, gs_graph,
+def _namer(ctx, gs_graph, marked: onnx.GraphProto):
+    """`ctx.new_name` for the nodes calls bring in, also clear of the names of the nodes of `marked` (the graph
+    before inlining) inside its If/Loop/Scan bodies, which `new_name` does not see: an inlined node lands beside
+    them, and ONNX wants a graph's node names unique."""
+    own = {node.name for node in all_nodes(marked)}
+
+    def new_name(base: str) -> str:
+        name = ctx.new_name(base, gs_graph)
+        while name in own:
+            name = ctx.new_name(base)
+        return name
+
+    return new_name
+
+
+def _name_inlined(graph: onnx.GraphProto, scope: str, open_calls: list, sites: dict, new_name,
                   replaced: dict) -> None:
     """Remove the markers from an inlined `graph` and its bodies, naming each node a call brought in after
-    the call (the outermost, `open_calls[0]`, where calls nest); record, by node path, the call each replaces
-    and the functions it came through."""
+    the call (the outermost, `open_calls[0]`, where calls nest) with `new_name` (`_namer`); record, by node
+    path, the call each replaces and the functions it came through."""
     kept = []
     for node in graph.node:
         if node.domain == MARKER_DOMAIN:
@@ -258,10 +274,10 @@ def _name_inlined(graph: onnx.GraphProto, scope: str, open_calls: list, sites: d
         if open_calls:
             outermost = open_calls[0]
             base = INLINER_SUFFIX.sub("", node.name) or node.op_type
-            node.name = ctx.new_name(f"{outermost.name or outermost.op_type}/{base}", gs_graph)
+            node.name = new_name(f"{outermost.name or outermost.op_type}/{base}")
             replaced[f"{scope}{node.name}"] = (outermost.name, "/".join(_label_of_call(c) for c in open_calls))
         for attribute, body in subgraphs(node):
-            _name_inlined(body, f"{scope}{node.name}/{attribute}/", list(open_calls), sites, ctx, gs_graph, replaced)
+            _name_inlined(body, f"{scope}{node.name}/{attribute}/", list(open_calls), sites, new_name, replaced)
     if len(kept) != len(graph.node):
         del graph.node[:]
         graph.node.extend(kept)

@@ -481,43 +481,64 @@ def _decode_own_text(holder: gs.Graph, walk_nodes: bool) -> None:
 def _restore_node_metadata(model: onnx.ModelProto, original: onnx.ModelProto, provenance: dict,
                            renamed: dict | None = None, node_text: bool | None = None,
                            origins: dict | None = None) -> None:
-    """Metadata, doc strings and attribute doc strings of the original's nodes, by their key within the same
-    graph (`_nodes_by_path`: a named node by its name, `renamed` mapping new names to original ones; an unnamed
-    one by op and outputs, `origins` (`_tensor_origins`) mapping renamed outputs): graphsurgeon keeps none of
-    them. An attribute's doc string only where the node kept its op type and the attribute its name and kind.
-    The bodies' own text (`_restore_graph_text`) by their holder's key and attribute. Then the passes'
-    `provenance`, by node path (Context.settle_tags); a renamed node's metadata travels in it too
-    (passes/rename.py). `node_text=False`: the import found none of the original's nodes carrying text
-    (`ImportNotes`), so they are not walked (30-90 ms on 20,000 nodes)."""
-    kept, docs, attribute_docs, bodies = {}, {}, {}, {}
-    for _, key, node in _nodes_by_path(original.graph) if node_text is not False else ():
-        if node.metadata_props:
-            kept[key] = list(node.metadata_props)
-        if node.doc_string:
-            docs[key] = node.doc_string
-        described = _attribute_docs(node.attribute)
-        if described:
-            attribute_docs[key] = (node.op_type, node.domain, described)
-        for attribute, body in subgraphs(node) if node.attribute else ():
-            bodies[key, attribute] = body
-    text = bool(kept or docs or attribute_docs or bodies)
-    if not text and not provenance:
-        return
-    for path, key, node in _nodes_by_path(model.graph, renamed, origins, keyed=text):
-        doc = docs.get(key)
-        if not node.doc_string and doc:
-            set_text_field(node, "doc_string", doc)
-        op_type, domain, described = attribute_docs.get(key, (None, None, None))
-        if op_type == node.op_type and domain == node.domain:
-            _restore_attribute_docs(node.attribute, described)
-        for attribute, body in subgraphs(node) if bodies and node.attribute else ():
-            before = bodies.get((key, attribute))
-            if before is not None:
-                _restore_graph_text(body, before, origins)
+    """Metadata, doc strings and attribute doc strings of the original's nodes (`_restore_nodes_text`): graphsurgeon
+    keeps none of them. Then the passes' `provenance`, by node path (Context.settle_tags); a renamed node's metadata
+    travels in it too (passes/rename.py). `node_text=False`: the import found none of the original's nodes carrying
+    text (`ImportNotes`), so they are not walked (30-90 ms on 20,000 nodes)."""
+    before = _nodes_before(original.graph) if node_text is not False else {}
+    if before or provenance:
+        _restore_nodes_text(model.graph, before, provenance, renamed, origins)
+
+
+def _nodes_before(graph) -> dict:
+    """The nodes of `graph` (a graph or a function) and of its bodies that carry text or hold a body, by their key
+    (`_nodes_by_path`); under a name that repeats within one graph, a list of all the nodes of that name, those
+    without text included (`_same_node` tells them apart)."""
+    nodes, described = {}, set()
+    for _, key, node in _nodes_by_path(graph):
+        known = nodes.setdefault(key, node)
+        if known is not node:
+            nodes[key] = [*known, node] if type(known) is list else [known, node]
+        if node.doc_string or node.metadata_props or node.attribute and (
+                _attribute_docs(node.attribute) or next(subgraphs(node), None)):
+            described.add(key)
+    return {key: nodes[key] for key in described}
+
+
+def _same_node(candidates: list, node: onnx.NodeProto, origins: dict | None):
+    """The one of `candidates`, nodes sharing a name in one graph of the input model, that `node` was, or None:
+    by op type, domain and outputs, as unnamed nodes go, so that each keeps its own text."""
+    outputs = [origins.get(o, o) for o in node.output] if origins else list(node.output)
+    return next((n for n in candidates if n.op_type == node.op_type and n.domain == node.domain
+                 and list(n.output) == outputs), None)
+
+
+def _restore_nodes_text(graph, before: dict, provenance: dict, renamed: dict | None = None,
+                        origins: dict | None = None) -> None:
+    """The text of the nodes `before` (`_nodes_before`) onto those of `graph` (a graph or a function) they were, by
+    key within the same graph (`_nodes_by_path`: a named node by its name, `renamed` mapping new names to original
+    ones; an unnamed one by op and outputs, `origins` (`_tensor_origins`) mapping renamed outputs): doc strings,
+    metadata, and an attribute's doc string only where the node kept its op type and the attribute its name and
+    kind. The bodies' own text (`_restore_graph_text`) by their holder and attribute. Then `provenance`, by path."""
+    for path, key, node in _nodes_by_path(graph, renamed, origins, keyed=bool(before)):
+        node_before = before.get(key) if before else None
+        if type(node_before) is list:
+            node_before = _same_node(node_before, node, origins)
+        kept = ()
+        if node_before is not None:
+            kept = node_before.metadata_props
+            if not node.doc_string and node_before.doc_string:
+                set_text_field(node, "doc_string", node_before.doc_string)
+            if node_before.op_type == node.op_type and node_before.domain == node.domain:
+                _restore_attribute_docs(node.attribute, _attribute_docs(node_before.attribute))
+            for attribute, body in subgraphs(node) if node.attribute else ():
+                body_before = next((g for name, g in subgraphs(node_before) if name == attribute), None)
+                if body_before is not None:
+                    _restore_graph_text(body, body_before, origins)
         if path in provenance:
-            _write_metadata(node.metadata_props, kept.get(key, ()), provenance[path])
-        elif key in kept and not node.metadata_props:  # as it was, order and repeated keys included
-            node.metadata_props.extend(kept[key])
+            _write_metadata(node.metadata_props, kept, provenance[path])
+        elif kept and not node.metadata_props:  # as it was, order and repeated keys included
+            node.metadata_props.extend(kept)
 
 
 def _attribute_docs(attributes) -> dict:
@@ -557,9 +578,10 @@ def _restore_graph_text(graph: onnx.GraphProto, before: onnx.GraphProto, origins
 
 def _restore_function_text(model: onnx.ModelProto, original: onnx.ModelProto) -> None:
     """Local functions' free text, by (domain, name, overload): the function's doc string (graphsurgeon
-    escapes one that is not UTF-8) and metadata, and its attributes' doc strings. Where its body is still the
-    original's node for node (passes rarely touch function bodies), its nodes' text too (`_restore_same_nodes`)
-    and its value infos, which graphsurgeon drops whole."""
+    escapes one that is not UTF-8) and metadata, its attributes' doc strings, and its nodes' text as the main
+    graph's (`_restore_nodes_text`: a body a pass changed keeps the text of the nodes that survive). Its value
+    infos, which graphsurgeon drops whole, only where its body is still the original's node for node (passes
+    rarely touch function bodies): a changed body's tensors may be others."""
     originals = {(f.domain, f.name, f.overload): f for f in original.functions}
     for function in model.functions if originals else ():
         before = originals.get((function.domain, function.name, function.overload))
@@ -570,26 +592,9 @@ def _restore_function_text(model: onnx.ModelProto, original: onnx.ModelProto) ->
         if not function.metadata_props:
             function.metadata_props.extend(before.metadata_props)
         _restore_attribute_docs(function.attribute_proto, _attribute_docs(before.attribute_proto))
-        if _body_outline(function.node) == _body_outline(before.node):
-            _restore_same_nodes(function.node, before.node)
-            if not function.value_info:
-                function.value_info.extend(before.value_info)
-
-
-def _restore_same_nodes(nodes, nodes_before) -> None:
-    """The text of `nodes_before` onto `nodes`, the same nodes one for one (`_body_outline`): their doc
-    strings, metadata and attribute doc strings, and the text of the bodies they hold and of those bodies'
-    nodes while those are the same too."""
-    for node, node_before in zip(nodes, nodes_before):
-        if not node.doc_string and node_before.doc_string:
-            set_text_field(node, "doc_string", node_before.doc_string)
-        if not node.metadata_props:
-            node.metadata_props.extend(node_before.metadata_props)
-        _restore_attribute_docs(node.attribute, _attribute_docs(node_before.attribute))
-        for (_, body), (_, body_before) in zip(subgraphs(node), subgraphs(node_before)):
-            _restore_graph_text(body, body_before)
-            if _body_outline(body.node) == _body_outline(body_before.node):
-                _restore_same_nodes(body.node, body_before.node)
+        _restore_nodes_text(function, _nodes_before(before), {})
+        if not function.value_info and _body_outline(function.node) == _body_outline(before.node):
+            function.value_info.extend(before.value_info)
 
 
 def _body_outline(nodes) -> list[tuple]:
@@ -627,9 +632,9 @@ def _nodes_by_path(graph: onnx.GraphProto, renamed: dict | None = None, origins:
     the node as passes do (`pass_api.node_paths`): a body's nodes are named `holder/attribute/` + their name.
     The key finds the node in the input model: (key of the holder and attribute, or None in the main graph)
     with the node's original name (`renamed`: new name -> original name, main graph only, as rename renames
-    main-graph nodes only), or for an unnamed node its op type, domain and outputs' original names
-    (`origins`, `_tensor_origins`), which no other node in its graph shares. `keyed=False`: paths only, the
-    key None (15 ms less on 20,000 unnamed nodes)."""
+    main-graph nodes only; nodes sharing a name are told apart by `_same_node`), or for an unnamed node its
+    op type, domain and outputs' original names (`origins`, `_tensor_origins`), which no other node in its
+    graph shares. `keyed=False`: paths only, the key None (15 ms less on 20,000 unnamed nodes)."""
     for node in graph.node:
         key = None
         if keyed:

@@ -537,13 +537,15 @@ def test_plugin_op_the_pass_reads_as_input_is_refused_at_its_recipe_line(tmp_pat
 
 
 @pytest.mark.parametrize("plugin_op, namespace", [("GridSample2D", ""), ("grid_sampler", "surgeon"),
-                                                   ("MyGridSample", "acme")])
+                                                   ("MyGridSample", "acme"), ("GridSample2D", "acme")])
 def test_plugin_op_of_the_plugin_contract_is_accepted(plugin_op, namespace):
     """The spec's op in either domain, and op types the pass does not read (mmdeploy's TensorRT plugin is
-    grid_sampler, with the spec's contract; the pass reads it in the mmdeploy domain only)."""
+    grid_sampler, with the spec's contract; the pass reads it in the mmdeploy domain only). GridSample2D in
+    another namespace is a plugin of the user's own, which make_plugin_node takes in any domain."""
     out, _ = apply_pass(aten_export(11), "grid-sample", mode="plugin", plugin_op=plugin_op,
                         plugin_namespace=namespace)
     assert [(n.op_type, n.domain) for n in out.graph.node] == [(plugin_op, namespace)]
+    assert {a.name: a.s for a in out.graph.node[0].attribute}["plugin_namespace"] == namespace.encode()
     assert apply_pass(out, "grid-sample", mode="plugin", plugin_op=plugin_op,
                       plugin_namespace=namespace)[1].rewritten == []
 

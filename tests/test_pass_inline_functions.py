@@ -80,6 +80,21 @@ def test_inlined_nodes_are_named_and_tagged_after_their_call():
         ("in_branch/relu", "in_branch"), ("in_branch/neg", "in_branch")]
 
 
+def test_inlined_names_keep_clear_of_the_users_own_nodes_in_bodies():
+    """A node of the user's own in the If branch holding a call, named as an inlined node would be: the
+    inlined one takes a suffix (it took the same name, and the branch had two nodes of one name)."""
+    model = _functions_model()
+    then_branch = next(a.g for a in model.graph.node[2].attribute if a.name == "then_branch")
+    then_branch.node.insert(0, helper.make_node("Identity", ["a"], ["a2"], name="in_branch/relu"))
+    then_branch.node[1].input[0] = "a2"
+    out, _ = apply_pass(model, "inline-functions")
+    branch = next(a.g for a in out.graph.node[-1].attribute if a.name == "then_branch")
+    assert [n.name for n in branch.node] == ["in_branch/relu", "in_branch/relu_1", "in_branch/neg"]
+    assert [n.name for n in out.graph.node][:3] == ["block_1/relu", "block_1/neg", "block_1/leaky"]
+    again, _ = apply_pass(model, "inline-functions")
+    assert again.graph == out.graph
+
+
 def test_a_second_run_changes_nothing():
     once, _ = apply_pass(_functions_model(), "inline-functions")
     twice, step = apply_pass(once, "inline-functions")

@@ -974,8 +974,9 @@ def test_free_text_follows_the_elements_that_survive_a_rewrite(steps, renamed):
 
 def test_free_text_is_not_put_back_on_elements_a_pass_rewrote():
     """Node `lr` became an Elu: its own doc string and metadata stay (they describe where it came from), its
-    attribute's doc string does not (it was a LeakyRelu's). Function Act's body lost a node: none of its
-    nodes' text or value infos come back, while the function's own do."""
+    attribute's doc string does not (it was a LeakyRelu's). Function Act's body lost a node: the node that
+    survives keeps its text, its attribute's included (it lost all of it), as main-graph nodes do; the value
+    infos of the changed body do not come back, while the function's own text does."""
     from surgeon.testing import apply_pass
 
     original = _model_with_every_free_text()
@@ -983,11 +984,68 @@ def test_free_text_is_not_put_back_on_elements_a_pass_rewrote():
     text = _free_text(model)
     gone = {path for path in _free_text(original) if path not in text}
     assert gone == {"/graph[test]/node[lr]/attribute[alpha]/doc_string",
-                    "/functions[Act]/node[fn_lr]/doc_string", "/functions[Act]/node[fn_lr]/metadata_props",
-                    "/functions[Act]/node[fn_lr]/attribute[alpha]/doc_string",
                     "/functions[Act]/node[fn_relu]/doc_string", "/functions[Act]/node[fn_relu]/metadata_props",
                     "/functions[Act]/value_info[r]/doc_string", "/functions[Act]/value_info[r]/metadata_props"}
+    assert text["/functions[Act]/node[fn_lr]/doc_string"] == f"{_TEXT} fn_lr doc"
     assert not model.functions[0].value_info
+
+
+@register_pass("test-drop-neg")
+class DropNeg(Pass):
+    """Drop the Neg of the first function's body (for the tests)."""
+
+    def run(self, graph, ctx):
+        body = graph.functions[0]
+        neg = next(node for node in body.nodes if node.op == "Neg")
+        body.nodes[2].inputs[0] = neg.inputs[0]
+        body.nodes.remove(neg)
+        result = PassResult()
+        result.rewrote(neg)
+        return result
+
+
+def _two_nodes_named_act(second_text: bool) -> onnx.ModelProto:
+    """A Relu and a Neg both named `act` in one graph (ONNX wants node names unique, exporters do not always
+    oblige), each with its own text, or the second without any."""
+    first = _with_text(helper.make_node("Relu", ["x"], ["r"], name="act"), "first")
+    second = helper.make_node("Neg", ["r"], ["y"], name="act")
+    model = make_model([first, _with_text(second, "second") if second_text else second],
+                       [("x", np.float32, [4])], [("y", np.float32, [4])], opset=17)
+    onnx.checker.check_model(model)
+    return model
+
+
+@pytest.mark.parametrize("second_text", [True, False])
+def test_nodes_sharing_a_name_keep_their_own_text(second_text):
+    """Nodes of one name in one graph are told apart by op type, domain and outputs, as unnamed nodes are
+    (both got the text of one of them, the last's where both had some, the first's where only it had)."""
+    from surgeon.testing import apply_pass
+
+    original = _two_nodes_named_act(second_text)
+    model, _ = apply_pass(original, "toposort")
+    seen = [(n.op_type, n.doc_string, [(p.key, p.value) for p in n.metadata_props]) for n in model.graph.node]
+    assert seen == [("Relu", f"{_TEXT} first doc", [(f"{_TEXT} first", f"{_TEXT} value")]),
+                    ("Neg", f"{_TEXT} second doc", [(f"{_TEXT} second", f"{_TEXT} value")]) if second_text else
+                    ("Neg", "", [])]
+
+
+def test_the_surviving_nodes_of_a_function_body_a_pass_changed_keep_their_text():
+    """A function body that lost a node, whose other nodes are unnamed and share a name: each node that survives
+    gets its own text back (the whole body's text was lost)."""
+    from surgeon.testing import apply_pass
+
+    nodes = [_with_text(helper.make_node("Relu", ["x"], ["r"]), "relu"),
+             _with_text(helper.make_node("Neg", ["r"], ["n"], name="same"), "neg"),
+             _with_text(helper.make_node("Abs", ["n"], ["y"], name="same"), "abs")]
+    function = helper.make_function("local", "Act", ["x"], ["y"], nodes, [helper.make_opsetid("", 17)])
+    model = make_model([helper.make_node("Act", ["a"], ["b"], name="call", domain="local")],
+                       [("a", np.float32, [2])], [("b", np.float32, [2])], opset=17, extra_opsets={"local": 1})
+    model.functions.append(function)
+    onnx.checker.check_model(model)
+    out, _ = apply_pass(model, "test-drop-neg")
+    assert [(n.op_type, n.doc_string) for n in out.functions[0].node] == [("Relu", f"{_TEXT} relu doc"),
+                                                                         ("Abs", f"{_TEXT} abs doc")]
+    assert [p.key for n in out.functions[0].node for p in n.metadata_props] == [f"{_TEXT} relu", f"{_TEXT} abs"]
 
 
 def test_free_text_of_a_graph_without_bodies_is_kept_byte_for_byte(tmp_path):

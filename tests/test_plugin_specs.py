@@ -245,6 +245,33 @@ def test_make_plugin_node_carries_op_type_attributes_and_shape():
     assert plugin.outputs[0].name == "y" and list(plugin.outputs[0].shape) == [2, 3, 4, 5]
 
 
+def test_make_plugin_node_refuses_a_domain_its_reference_does_not_answer_in():
+    """The spec's plugin in a domain no reference answers in could not be validated: one PassError naming the
+    plugin and the domain, before anything changes (it was emitted, and validation refused the graph after
+    the run). Another plugin_namespace makes it a plugin of the user's own, accepted in any domain."""
+    graph, node = _one_node_graph()
+    ctx = Context(target=None)
+    ctx.begin(graph, "test")
+    with pytest.raises(PassError, match=r"plugin GridSample2D in domain 'acme': its spec's reference answers in "
+                                        r"'surgeon' and the default domain only"):
+        make_plugin_node(Rewrite(graph, ctx, node), "GridSample2D", node.inputs[:2], domain="acme")
+    assert [n.op for n in graph.nodes] == ["GridSample"]
+    plugin = make_plugin_node(Rewrite(graph, ctx, node), "GridSample2D", node.inputs[:2], domain="acme",
+                              plugin_namespace="acme")
+    assert (plugin.domain, plugin.attrs["plugin_namespace"]) == ("acme", "acme")
+
+
+def test_make_plugin_node_takes_a_domain_a_reference_was_registered_for():
+    from surgeon.reference import temporary_reference
+
+    graph, node = _one_node_graph()
+    ctx = Context(target=None)
+    ctx.begin(graph, "test")
+    with temporary_reference(lambda inputs, attrs: inputs[:1], "GridSample2D", domain="acme"):
+        plugin = make_plugin_node(Rewrite(graph, ctx, node), "GridSample2D", node.inputs[:2], domain="acme")
+    assert (plugin.domain, plugin.attrs["plugin_namespace"]) == ("acme", "surgeon")
+
+
 def test_make_plugin_node_rejects_unknown_and_ill_typed_attributes():
     graph, node = _one_node_graph()
     ctx = Context(target=None)

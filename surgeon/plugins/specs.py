@@ -28,7 +28,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from surgeon.errors import PassError, SurgeonError
-from surgeon.reference import defined_where, reference_op, refuse_second_reference
+from surgeon.reference import defined_where, find_reference, reference_op, refuse_second_reference
 from surgeon.reference.numpy_ops import grid_sample, multi_scale_deformable_attention
 
 PLUGIN_DOMAIN = "surgeon"
@@ -159,18 +159,33 @@ def get_spec(name: str) -> PluginSpec:
 
 
 def make_plugin_node(rewrite, spec_name: str, inputs: Sequence, attrs: dict[str, Any] | None = None,
-                     domain: str = PLUGIN_DOMAIN, last: bool = True):
+                     domain: str = PLUGIN_DOMAIN, last: bool = True, plugin_namespace: str | None = None):
     """Add a plugin node to `rewrite` (a surgeon.rewrite.Rewrite) and return it.
 
     With `last` the node takes over the replaced node's outputs and the rewrite is spliced in;
     otherwise it gets a new output for further nodes to read. Unknown output shapes and dtypes are
     filled in from the spec's rules.
+
+    The node carries `plugin_namespace` (default the spec's `namespace`), by which TensorRT's parser
+    finds the plugin. Carrying the spec's own, it is the spec's plugin, which validation runs through the
+    reference registered for (`domain`, op type): a domain without one (neither in the spec's `domains`
+    nor given a `@reference_op`) is a PassError here, naming the domain and the spec, not a graph that
+    validation refuses after the run. Another namespace makes the node a plugin of the user's own with
+    the spec's contract (grid-sample's `plugin_namespace`), whose reference is the user's to register.
     """
     spec = get_spec(spec_name)
     if len(inputs) != len(spec.inputs):
         raise PassError(f"plugin {spec.name} takes {len(spec.inputs)} inputs ({', '.join(spec.inputs)}), "
                         f"got {len(inputs)}")
+    if (plugin_namespace in (None, spec.namespace) and domain not in spec.domains
+            and find_reference(spec.name, domain) is None):
+        answers = " and ".join(f"'{d}'" if d else "the default domain" for d in spec.domains)
+        raise PassError(f"plugin {spec.name} in domain '{domain}': its spec's reference answers in {answers} only, "
+                        "so validation could not run the node", hint="emit it in one of those" + (
+                            "" if spec.shipped else f", or add '{domain}' to its plugin_spec(domains=...)"))
     node_attrs = spec.node_attrs(dict(attrs or {}))
+    if plugin_namespace is not None:
+        node_attrs["plugin_namespace"] = plugin_namespace
     if last:
         node = rewrite.finish(spec.name, list(inputs), node_attrs, domain=domain)
     else:
