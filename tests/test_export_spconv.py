@@ -385,3 +385,52 @@ def test_torch_fx_deprecation_line_is_not_printed(window, caplog):
     with caplog.at_level(logging.WARNING, logger="torch.fx._symbolic_trace"):
         export_spconv(build_centerpoint_scn(), *window)
     assert not [r for r in caplog.records if "is_fx_tracing" in r.getMessage()]
+
+
+def _export_cli(tmp_path, features, indices, *options):
+    np.save(tmp_path / "feat.npy", features)
+    np.save(tmp_path / "idx.npy", indices)
+    return main(["export", "spconv", "--model", "centerpoint-scn", "--features", str(tmp_path / "feat.npy"),
+                 "--indices", str(tmp_path / "idx.npy"), "-o", str(tmp_path / "scn.onnx"), *options])
+
+
+def test_repeated_voxel_coordinates_are_refused_before_tracing(window, tmp_path, capsys):
+    """Two rows at one (batch, z, y, x) made spconv and the references differ by 0.1 of the output's
+    scale, and without --check the model was written silently."""
+    features, indices = window
+    repeats = [7, 3]
+    code = _export_cli(tmp_path, np.concatenate([features, features[repeats] * 3]),
+                       np.concatenate([indices, indices[repeats]]), "--check")
+    assert code == 2
+    assert capsys.readouterr().err == (
+        f"surgeon: error: {tmp_path / 'idx.npy'}: voxel 3011: coordinates {indices[7].tolist()} repeat voxel 7's; "
+        f"2 voxel(s) repeat an earlier one (one row per grid cell: merge them when voxelizing)\n")
+    assert not (tmp_path / "scn.onnx").exists()
+
+
+def test_repeated_voxels_are_found_in_row_order():
+    from surgeon.export.spconv_export import repeated_voxels
+
+    indices = np.array([[0, 5, 1], [0, 1, 9], [0, 5, 1], [0, 1, 9], [0, 5, 1], [1, 5, 1]], np.int32)
+    assert repeated_voxels(indices).tolist() == [2, 3, 4]
+    assert repeated_voxels(indices[[0, 1, 5]]).tolist() == []
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf])
+def test_non_finite_voxel_features_are_refused(window, tmp_path, capsys, value):
+    features = window[0].copy()
+    features[[9, 5], 2] = value
+    assert _export_cli(tmp_path, features, window[1], "--check") == 2
+    assert capsys.readouterr().err == (f"surgeon: error: {tmp_path / 'feat.npy'}: voxel 5: feature 2 is {value}; "
+                                       f"2 voxel(s) with NaN or infinite features\n")
+    assert not (tmp_path / "scn.onnx").exists()
+
+
+def test_libspconv_flavour_refuses_a_batch_larger_than_one(window, tmp_path, capsys):
+    """libspconv's Engine::forward takes one scan (engine.hpp: the batch 'must be 1 now')."""
+    assert _export_cli(tmp_path, *window, "--batch-size", "2") == 2
+    assert capsys.readouterr().err.startswith("surgeon: error: --batch-size 2: the libspconv flavour takes batch "
+                                              "size 1 only")
+    assert not (tmp_path / "scn.onnx").exists()
+    with pytest.raises(SurgeonError, match="^batch_size 2: the libspconv flavour takes batch size 1 only"):
+        export_spconv(build_centerpoint_scn(), *window, flavour="libspconv", batch_size=2)

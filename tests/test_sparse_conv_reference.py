@@ -13,6 +13,7 @@ torch = pytest.importorskip("torch")
 
 from onnx import helper, numpy_helper  # noqa: E402
 
+from surgeon.errors import SurgeonError  # noqa: E402
 from surgeon.export.graph import build_model  # noqa: E402
 from surgeon.export.spconv_export import trace_spconv  # noqa: E402
 from surgeon.reference import find_reference  # noqa: E402
@@ -95,10 +96,32 @@ def test_inverse_restores_the_forward_convolutions_coordinates():
     assert inverse.standard_attrs["rulebook_stride"] == [2, 2, 2]
 
 
+@pytest.mark.parametrize("conv_type", [spconv.SubMConv3d, spconv.SparseConv3d])
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.filterwarnings("ignore:Using a non-tuple sequence")  # spconv 2.3.8 dense() on torch 2.x
+def test_kernel_1_computes_what_the_module_computes(conv_type, bias):
+    """spconv 2.3 runs a 1x1 convolution as one matmul, x @ weight.view(Cin, Cout), not with the
+    [Cout, Cin] matrix its [Cout, 1, 1, 1, Cin] storage holds; the export writes the matrix it uses."""
+    conv = conv_type(4, 5, 1, bias=bias)
+    assert conv.conv1x1  # spconv's own matmul path, which the module's forward takes below
+    net = Net(conv)
+    features, indices = random_voxels(200)
+    trace = check_against_spconv(net, features, indices)
+    with torch.no_grad():
+        expected = net(torch.from_numpy(features), torch.from_numpy(indices), 2).numpy()
+    (actual,) = run_nodes(build_model(trace, "standard"), {"features": features, "indices": indices})
+    np.testing.assert_allclose(actual, expected, rtol=0, atol=1e-6 * np.abs(expected).max())
+    weight = conv.weight.detach().numpy()
+    np.testing.assert_array_equal(trace.ops[0].weights["weight"][:, 0, 0, 0, :], weight.reshape(4, 5).T)
+
+
 def test_transposed():
     net = Net(spconv.SparseConv3d(4, 4, 3, stride=2, padding=1, bias=False),
               spconv.SparseConvTranspose3d(4, 3, 3, stride=2, padding=1, bias=False))
-    check_against_spconv(net, *random_voxels(120))
+    trace = check_against_spconv(net, *random_voxels(120))
+    # libspconv's parser reads no `transposed`: it would build a strided down-sampling convolution
+    with pytest.raises(SurgeonError, match="'layers.1': a transposed sparse convolution .* has no libspconv form"):
+        build_model(trace, "libspconv")
 
 
 def test_regular_output_coordinates_are_those_of_spconv():

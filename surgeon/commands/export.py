@@ -51,7 +51,8 @@ def add_arguments(parser) -> None:
     spconv.add_argument("--no-fold-batchnorm", action="store_true",
                         help="keep BatchNormalization nodes (standard flavour only: libspconv has none)")
     spconv.add_argument("--no-fold-relu", action="store_true", help="keep Relu nodes instead of activation=ReLU")
-    spconv.add_argument("--batch-size", type=int, default=1, help="batch size the model is called with (default 1)")
+    spconv.add_argument("--batch-size", type=int, default=1,
+                        help="batch size the model is called with (default 1; the libspconv flavour takes 1 only)")
     spconv.add_argument("--check", action="store_true",
                         help="run the graph on the CPU references and compare with PyTorch's output")
     OutputArgs.add_to(spconv)  # on the subcommand, so `--json` goes after `spconv` like every other option
@@ -89,8 +90,8 @@ def run(args) -> int:
     OutputArgs.parse(args)
     _guard_outputs(args)
     try:
-        from surgeon.export.spconv_export import (build_zoo_model, check_with_references, export_spconv,
-                                                  layers_over_output_bound, save_tensors)
+        from surgeon.export.spconv_export import (build_zoo_model, check_batch_size, check_with_references,
+                                                  export_spconv, layers_over_output_bound, save_tensors)
     except ModuleNotFoundError as exc:
         if (exc.name or "").split(".")[0] in ("torch", "spconv", "cumm"):
             raise SurgeonError(MISSING_SPCONV) from exc
@@ -98,6 +99,7 @@ def run(args) -> int:
     from surgeon.graphinfo import op_histogram
     from surgeon.modelio import save_model_atomic
 
+    check_batch_size(args.flavour, args.batch_size, "--batch-size")
     features, indices = load_array(args.features), load_array(args.indices)
     fold = {"fold_batchnorm": not args.no_fold_batchnorm, "fold_relu": not args.no_fold_relu}
     model = build_zoo_model(args.model, args.checkpoint, args.trust_checkpoint)

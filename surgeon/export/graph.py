@@ -129,6 +129,12 @@ class _Writer:
                                                [v.name for v in op.outputs], op.name, **op.attrs))
 
     def add_custom(self, op: Op) -> None:
+        if not self.standard and op.op_type == "SparseConvolution" and op.attrs["transposed"]:
+            raise SurgeonError(f"'{op.name}': a transposed sparse convolution (SparseConvTranspose3d) has no "
+                               f"libspconv form: its parser reads no `transposed`, `output_padding` or "
+                               f"`output_spatial_shape` and would build a strided down-sampling convolution",
+                               hint="export the standard flavour, or up-sample with SparseInverseConv3d, "
+                                    "which libspconv reads as `inverse`")
         weights = dict(op.weights)
         if op.op_type == "SparseConvolution" and "bias" not in weights:
             # libspconv's parser reads input 2 unconditionally; both flavours keep the same inputs.

@@ -143,8 +143,9 @@ def check_voxels(model: torch.nn.Module, features: np.ndarray, indices: np.ndarr
                  features_file=None, indices_file=None) -> None:
     """One clear error naming the file when the voxels cannot be what `model` reads: features [N, C] with
     the channels of its first sparse convolution, indices [N, 1 + ndim] integers (batch, z, y, x) inside
-    the batch and the model's grid (`sparse_shape`). spconv fails on such input with an assertion, or a
-    C++ error and its debug output."""
+    the batch and the model's grid (`sparse_shape`), finite features, no two voxels at one coordinate.
+    spconv fails on such input with an assertion, or a C++ error and its debug output, or (repeated or
+    non-finite voxels) returns an output the CPU references cannot reproduce."""
     first = next((m for m in model.modules() if isinstance(m, SparseConvolution)), None)
     grid = next((list(m.sparse_shape) for m in model.modules() if getattr(m, "sparse_shape", None) is not None),
                 None)
@@ -154,6 +155,12 @@ def check_voxels(model: torch.nn.Module, features: np.ndarray, indices: np.ndarr
         wanted = f"[N, {channels}]" if channels else "[N, C]"
         raise SurgeonError(f"voxel features must be a {wanted} float array (the model reads {channels or 'C'} "
                            f"channels per voxel), got {list(features.shape)} {features.dtype}", file=features_file)
+    not_finite = np.argwhere(~np.isfinite(features))
+    if len(not_finite):
+        row, channel = (int(i) for i in not_finite[0])
+        rows = len(np.unique(not_finite[:, 0]))
+        raise SurgeonError(f"voxel {row}: feature {channel} is {features[row, channel]}; {rows} voxel(s) with NaN "
+                           f"or infinite features", file=features_file)
     if indices.ndim != 2 or indices.shape[1] != 1 + ndim:
         raise SurgeonError(f"voxel coordinates must be [N, {1 + ndim}] as batch, {', '.join('zyx'[-ndim:])}"
                            f"{'' if ndim <= 3 else ', ...'}, got {list(indices.shape)}", file=indices_file)
@@ -175,6 +182,21 @@ def check_voxels(model: torch.nn.Module, features: np.ndarray, indices: np.ndarr
             what = f"batch size {batch_size}" if column == 0 else f"the model's grid {grid} as z, y, x"
             raise SurgeonError(f"voxel {row}: {axis} {int(values[row])} is outside {where} ({what}); "
                                f"{bad.size} voxel(s) out of range", file=indices_file)
+    repeated = repeated_voxels(indices)
+    if repeated.size:
+        row = int(repeated[0])
+        earlier = int(np.flatnonzero((indices == indices[row]).all(axis=1))[0])
+        raise SurgeonError(f"voxel {row}: coordinates {indices[row].tolist()} repeat voxel {earlier}'s; "
+                           f"{repeated.size} voxel(s) repeat an earlier one (one row per grid cell: merge them "
+                           f"when voxelizing)", file=indices_file)
+
+
+def repeated_voxels(indices: np.ndarray) -> np.ndarray:
+    """The rows whose coordinates an earlier row has, ascending. Rows are sorted lexicographically rather
+    than by a linear key, so no coordinate range can overflow it."""
+    order = np.lexsort(indices.T[::-1])  # stable: rows with equal coordinates keep their order
+    ordered = indices[order]
+    return np.sort(order[1:][(ordered[1:] == ordered[:-1]).all(axis=1)])
 
 
 @contextlib.contextmanager
@@ -200,12 +222,21 @@ def trace_spconv(model: torch.nn.Module, features: torch.Tensor, indices: torch.
                            sparse_indices={"features": ("indices", indices)})
 
 
+def check_batch_size(flavour: str, batch_size: int, name: str = "batch_size") -> None:
+    """Refuse a batch the flavour cannot run, naming the parameter (`name`) it came from."""
+    if flavour == "libspconv" and batch_size != 1:
+        raise SurgeonError(f"{name} {batch_size}: the libspconv flavour takes batch size 1 only: libspconv runs "
+                           f"one scan at a time (engine.hpp: the batch 'must be 1 now')",
+                           hint="use batch size 1, or the standard flavour")
+
+
 def export_spconv(model: torch.nn.Module, features, indices, flavour: str = "standard", batch_size: int = 1,
                   fold_batchnorm: bool = True, fold_relu: bool = True, files=(None, None)) -> SpconvExport:
     """Trace `model` on (features [N, C], indices [N, 4] int32 as batch, z, y, x) in float32 on the CPU.
 
-    The arrays are checked against the model first (`check_voxels`); `files`: where they came from, for
-    the messages."""
+    The batch size is checked against the flavour and the arrays against the model first (`check_batch_size`,
+    `check_voxels`); `files`: where they came from, for the messages."""
+    check_batch_size(flavour, batch_size)
     features, indices = np.asarray(features), np.asarray(indices)
     check_voxels(model, features, indices, batch_size, *files)
     features_t = torch.from_numpy(features.astype(np.float32))

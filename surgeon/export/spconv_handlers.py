@@ -14,8 +14,10 @@ map. Importing this module registers all of them.
 """
 from __future__ import annotations
 
+import numpy as np
 import spconv.pytorch as spconv
 from cumm import tensorview as tv
+from spconv.pytorch import conv as spconv_conv
 from spconv.pytorch.conv import SparseConvolution
 
 from surgeon.errors import SurgeonError
@@ -29,6 +31,21 @@ ACTIVATION_NAMES = {
     tv.gemm.Activation.Sigmoid: "Sigmoid",
     tv.gemm.Activation.LeakyReLU: "LeakyReLU",
 }
+
+
+def effective_weight(conv: SparseConvolution) -> np.ndarray:
+    """The weight [Cout, k.., Cin] of the convolution `conv` computes, y = x @ W[o, i]^T per offset.
+
+    spconv 2.3 runs a 1x1 convolution (`conv.conv1x1`: kernel 1, and stride 1 unless submanifold) as
+    one matmul that, with FILTER_HWIO off (its default), reads the [Cout, 1, 1, 1, Cin] storage as a
+    [Cin, Cout] matrix: the module computes x @ weight.view(Cin, Cout), on the CPU and GPU alike. The
+    matrix of that product is what libspconv and the CPU references must get.
+    """
+    weight = to_numpy(conv.weight)
+    if conv.conv1x1 and not spconv_conv.FILTER_HWIO:
+        matrix = weight.reshape(conv.in_channels, conv.out_channels)
+        return np.ascontiguousarray(matrix.T).reshape(weight.shape)
+    return weight
 
 
 def sparse_convolution(call: Call) -> None:
@@ -48,7 +65,7 @@ def sparse_convolution(call: Call) -> None:
                                f"but no traced forward convolution made that rule book")
         extra = {"index_inputs": [made_by["indices"]],
                  "standard_attrs": {f"rulebook_{k}": v for k, v in made_by.items() if k != "indices"}}
-    weights = {"weight": to_numpy(conv.weight)}
+    weights = {"weight": effective_weight(conv)}
     if conv.bias is not None:
         weights["bias"] = to_numpy(conv.bias)
     attrs = {
