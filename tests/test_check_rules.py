@@ -209,6 +209,22 @@ def int64_index_beyond_int32(value=2 ** 40):
                       initializers={"index": np.array([1, value], np.int64)})
 
 
+def libspconv_scn(transposed=0, batch=1):
+    """A libspconv graph as NVIDIA's exptool.py writes it (float16, default domain, coordinates implicit): a
+    stride-2 SparseConvolution [4, 4, 4] -> [2, 2, 2], then ScatterDense to [batch, 8, 2, 2, 2]."""
+    conv = helper.make_node(
+        "SparseConvolution", ["features", "conv.weight", "conv.bias"], ["conv"], name="conv", ndim=3,
+        input_spatial_shape=[4, 4, 4], output_spatial_shape=[2, 2, 2], in_channels=4, out_channels=8,
+        kernel_size=[3, 3, 3], output_bound=200000, stride=[2, 2, 2], dilation=[1, 1, 1], padding=[1, 1, 1],
+        transposed=transposed, inverse=0, output_padding=[0, 0, 0], groups=1, subm=0, rulebook="down",
+        activation="ReLU", input_shape=[10, 4], output_shape=[6, 8])
+    dense = helper.make_node("ScatterDense", ["conv"], ["dense"], name="dense", input_spatial_shape=[2, 2, 2],
+                             format="zyx", output_shape=[batch, 8, 2, 2, 2])
+    return make_model([conv, dense], [("features", np.float16, [10, 4])], [("dense", np.float16, [batch, 8, 2, 2, 2])],
+                      initializers={"conv.weight": np.zeros((8, 3, 3, 3, 4), np.float16),
+                                    "conv.bias": np.zeros(8, np.float16)})
+
+
 # rule id, bad model, settings, expected text in one finding of that rule, its severity
 CASES = [
     ("SG001", aten_grid_sampler, Settings(target="tensorrt-8.6"), "node /ATen_12 (ATen:grid_sampler) not runnable "
@@ -267,6 +283,13 @@ CASES = [
     ("SG024", int64_index_beyond_int32, Settings(target="tensorrt-8.6"), "initializer 'index' holds 1 int64 value(s) "
      "outside the int32 range (1099511627776 at flat index 1); tensorrt-8.6 holds int64 in int32 and clamps it to "
      "2147483647", "warning"),
+    ("SG025", lambda: libspconv_scn(transposed=1), Settings(target="libspconv"), "node conv (SparseConvolution) has "
+     "transposed=1, which libspconv's parser never reads (nor output_padding / output_spatial_shape): it builds a "
+     "strided down-sampling convolution instead — fix: re-export with SparseInverseConv3d for up-sampling, or in the "
+     "standard flavour", "error"),
+    ("SG025", lambda: libspconv_scn(batch=2), Settings(target="libspconv"), "node dense (ScatterDense) writes "
+     "batch 2; libspconv runs batch 1 only (engine.hpp: the batch 'must be 1 now') — fix: re-export with batch size 1",
+     "error"),
 ]
 
 
@@ -1183,3 +1206,78 @@ def test_settings_refuse_what_the_command_line_refuses(options, message):
     with pytest.raises(SurgeonError, match=re.escape(message)):
         Settings(target="tensorrt-8.6", **options)
     assert Settings(select=["SG001"]).select == ("SG001",)
+
+
+def test_a_libspconv_graph_as_exptool_writes_it_is_clean(tmp_path):
+    assert _check(libspconv_scn(), Settings(target="libspconv"), tmp_path) == []
+
+
+@pytest.mark.parametrize("target", sorted(set(available_targets()) - {"libspconv"}))
+def test_sg025_is_libspconvs_alone(target, tmp_path):
+    # No other target runs libspconv's ops at all: SG001 says so there, not SG025.
+    findings = _check(libspconv_scn(transposed=1, batch=2), Settings(target=target), tmp_path)
+    assert findings and "SG025" not in {f.rule for f in findings}
+
+
+def test_sg025_follows_the_profiles_runtime_not_its_name(tmp_path):
+    profile = tmp_path / "my-spconv.yaml"
+    profile.write_text("extends: libspconv\nname: my-spconv\n")
+    findings = _check(libspconv_scn(batch=4), Settings(target=str(profile)), tmp_path)
+    assert [(f.rule, f.node) for f in findings] == [("SG025", "dense")]
+
+
+def test_sg025_without_the_attributes_is_silent(tmp_path):
+    model = libspconv_scn()
+    conv, dense = model.graph.node
+    del conv.attribute[:]  # a convolution without `transposed`, a ScatterDense without `output_shape`
+    del dense.attribute[:]
+    assert "SG025" not in {f.rule for f in _check(model, Settings(target="libspconv"), tmp_path)}
+
+
+def test_sg025_passes_the_centerpoint_export_and_names_what_the_exporter_once_let_through(tmp_path):
+    """The real CenterPoint libspconv export (the committed window of nuScenes voxels) is clean; given a transposed
+    convolution and batch 2, as graphs exported before the exporter refused them can be, it is SG025 there."""
+    pytest.importorskip("spconv.pytorch", reason="needs spconv (pip install 'surgeon[zoo]')")
+    from surgeon.export.spconv_export import export_spconv
+    from surgeon.export.tensor_file import read_tensor
+    from surgeon.zoo.centerpoint import build_centerpoint_scn
+
+    data = Path(__file__).resolve().parent / "data" / "spconv"
+    window = read_tensor(data / "window_features.fp16.tensor"), read_tensor(data / "window_indices_zyx.int32.tensor")
+    model = export_spconv(build_centerpoint_scn(), *window, flavour="libspconv").model
+    libspconv = Settings(target="libspconv")
+    assert _check(model, libspconv, tmp_path) == []
+    nodes = {node.name: node for node in model.graph.node}
+    for name, key, value in (("backbone.conv2.0.0", "transposed", 1), ("dense", "output_shape", [2, 128, 2, 180, 180])):
+        attribute = next(a for a in nodes[name].attribute if a.name == key)
+        attribute.CopyFrom(helper.make_attribute(key, value))
+    assert [(f.rule, f.node) for f in _check(model, libspconv, tmp_path)] == [
+        ("SG025", "backbone.conv2.0.0"), ("SG025", "dense")]
+
+
+def test_sg025_on_a_transposed_convolution_exported_in_the_standard_flavour(tmp_path):
+    """libspconv's parser dispatches on op type alone, so a standard-flavour graph (spconv domain, SG001 there)
+    is read the same way: a SparseConvTranspose3d at batch 2 is SG025 twice."""
+    spconv = pytest.importorskip("spconv.pytorch", reason="needs spconv (pip install 'surgeon[zoo]')")
+    torch = pytest.importorskip("torch")
+    from surgeon.export.graph import build_model
+    from surgeon.export.spconv_export import trace_spconv
+
+    class UpSampling(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.up = spconv.SparseConvTranspose3d(4, 3, 3, stride=2, padding=1, bias=False)
+
+        def forward(self, features, indices, batch_size):
+            return self.up(spconv.SparseConvTensor(features, indices, [6, 6, 6], batch_size)).dense()
+
+    rng = np.random.default_rng(0)
+    cells = rng.choice(2 * 6 ** 3, size=40, replace=False)
+    indices = np.stack(np.unravel_index(cells, [2, 6, 6, 6]), axis=1).astype(np.int32)
+    features = rng.standard_normal((40, 4)).astype(np.float32)
+    trace = trace_spconv(UpSampling().eval(), torch.from_numpy(features), torch.from_numpy(indices), 2)
+    model = build_model(trace, "standard")
+    findings = [f for f in _check(model, Settings(target="libspconv"), tmp_path) if f.rule == "SG025"]
+    assert [(f.node, f.op) for f in findings] == [("up", "spconv::SparseConvolution"),
+                                                  ("dense", "spconv::ScatterDense")]
+    assert "writes batch 2;" in findings[1].message

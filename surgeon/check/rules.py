@@ -843,3 +843,38 @@ def _read_only_as_slice_inputs(facts: ModelFacts) -> set[str]:
             (sliced if is_slice and index in SLICE_CLAMPED_ALIKE else other).add(name)
     other.update(value.name for value in facts.model.graph.output)
     return sliced - other
+
+
+# ---------------------------------------------------------------- what libspconv's parser builds
+
+LIBSPCONV = "libspconv"  # the profile `runtime` of NVIDIA's 3DSparseConvolution parser (surgeon/targets/libspconv.yaml)
+
+
+@model_rule("SG025", "libspconv-misread", "error",
+            "on a libspconv target, a graph its parser builds into something else: a SparseConvolution with "
+            "transposed=1 (built as a strided down-sampling convolution) or a ScatterDense writing a batch other "
+            "than 1 (libspconv runs batch 1 only)")
+def libspconv_misread(facts: ModelFacts):
+    # `surgeon export spconv --flavour libspconv` refuses both; graphs exported before that, or by other tools,
+    # can still carry them. The parser walks graph.node by op type whatever the domain, so the rule does too.
+    if facts.target.runtime != LIBSPCONV:
+        return
+    for node in facts.nodes:
+        if node.op_type == "SparseConvolution":
+            transposed = _attribute_value(node, "transposed", onnx.AttributeProto.INT)
+            if transposed:
+                yield _finding(facts, "SG025", "error", f"has transposed={transposed}, which libspconv's parser never "
+                               "reads (nor output_padding / output_spatial_shape): it builds a strided down-sampling "
+                               "convolution instead", node,
+                               advice="re-export with SparseInverseConv3d for up-sampling, or in the standard flavour")
+        elif node.op_type == "ScatterDense":
+            shape = _attribute_value(node, "output_shape", onnx.AttributeProto.INTS)
+            if shape and shape[0] != 1:
+                yield _finding(facts, "SG025", "error", f"writes batch {shape[0]}; libspconv runs batch 1 only "
+                               "(engine.hpp: the batch 'must be 1 now')", node, advice="re-export with batch size 1")
+
+
+def _attribute_value(node, name: str, kind: int):
+    """The value of `node`'s attribute `name` where it has the AttributeProto type `kind`, else None."""
+    attribute = next((a for a in node.attribute if a.name == name and a.type == kind), None)
+    return onnx.helper.get_attribute_value(attribute) if attribute is not None else None
