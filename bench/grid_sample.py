@@ -1,6 +1,7 @@
 """ONNX Runtime CPU latency of grid sampling: native GridSample vs the grid-sample passes' decompose forms
 vs the widely copied mmcv-style `bilinear_grid_sample` (the second baseline, 2-D only), in one process;
-then nearest sampling (native vs decompose, 2-D), which `mode: auto` decomposes on ONNX Runtime.
+then nearest sampling (native vs decompose, 2-D), which `mode: auto` decomposes on ONNX Runtime; then
+mmcv's whole deformable-attention block (native GridSample vs grid-sample decompose vs msda-decompose).
 
     python bench/grid_sample.py [--runs 9] [--threads 0] [--quick]
 
@@ -34,6 +35,10 @@ from surgeon.testing import apply_pass, make_model  # noqa: E402
 SHAPES = [((48, 32, 15, 25), (48, 2500, 8, 2)), ((6, 256, 15, 25), (6, 2500, 4, 2)),
           ((1, 32, 8, 32, 32), (1, 8, 64, 64, 3))]
 QUICK_SHAPES = [((8, 32, 15, 25), (8, 500, 8, 2)), ((1, 8, 4, 8, 8), (1, 4, 16, 16, 3))]
+#: mmcv's multi_scale_deformable_attn_pytorch (level shapes, batch, queries, heads, channels, points):
+#: BEVFormer-tiny's spatial cross-attention (6 cameras, one 15x25 level) and four levels as BEVFormer-base has.
+MSDA_BLOCKS = [([(15, 25)], 6, 2500, 8, 32, 8), ([(15, 25), (8, 13), (4, 7), (2, 4)], 6, 2500, 8, 32, 4)]
+QUICK_MSDA_BLOCKS = [([(6, 8), (3, 4)], 2, 100, 4, 8, 4)]
 #: The zoo's BEVFormer-tiny as torch exports it (ATen grid_sampler, opset 11), timed whole.
 WHOLE_MODEL = (Path(__file__).resolve().parent.parent / "tests" / "data" / "zoo"
                / "bevformer-tiny.fixture.opset11-aten.onnx")
@@ -85,6 +90,33 @@ def mmcv_style_model(x_shape, grid_shape) -> onnx.ModelProto:
         torch.onnx.export(MmcvBilinearGridSample(), (torch.zeros(x_shape), torch.zeros(grid_shape)), buffer,
                           dynamo=False, opset_version=11, input_names=["x", "grid"], output_names=["y"])
     return onnx.load_from_string(buffer.getvalue())
+
+
+def msda_block(level_shapes, batch, queries, heads, channels, points, rng):
+    """mmcv's fallback block as torch exports it (ATen grid_sampler, opset 11), and feeds: unit-normal values,
+    locations uniform in [-0.1, 1.1] (some outside the image), attention weights uniform in [0, 1)."""
+    import torch
+
+    from surgeon.testing import export_torch
+    from surgeon.zoo.layers import multi_scale_deformable_attn_pytorch
+
+    levels, keys = len(level_shapes), sum(h * w for h, w in level_shapes)
+    feeds = {"value": rng.standard_normal((batch, keys, heads, channels), dtype=np.float32),
+             "loc": rng.uniform(-0.1, 1.1, (batch, queries, heads, levels, points, 2)).astype(np.float32),
+             "weights": rng.uniform(0, 1, (batch, queries, heads, levels, points)).astype(np.float32)}
+    model = export_torch(lambda value, loc, weights: multi_scale_deformable_attn_pytorch(value, level_shapes, loc,
+                                                                                          weights),
+                         *map(torch.from_numpy, feeds.values()), input_names=list(feeds), output_names=["out"])
+    return model, feeds
+
+
+def msda_forms(exported: onnx.ModelProto) -> dict[str, onnx.ModelProto]:
+    """An export's samplers as native GridSample (the baseline), decomposed one by one, and msda-decompose's
+    fused blocks (then grid-sample decompose for samplers outside a block, as the opset-11 target recipe)."""
+    fused = apply_pass(exported, "msda-decompose")[0]
+    return {"native GridSample-16": apply_pass(exported, "grid-sample", mode="onnx")[0],
+            "surgeon decompose": apply_pass(exported, "grid-sample", mode="decompose")[0],
+            "surgeon msda-decompose": apply_pass(fused, "grid-sample", mode="decompose")[0]}
 
 
 def random_feeds(rng, x_shape, grid_shape) -> dict[str, np.ndarray]:
@@ -161,13 +193,16 @@ def main(argv=None) -> int:
                      "surgeon decompose nearest": apply_pass(native, "grid-sample", mode="decompose")[0]}
             report(str(list(x_shape)), str(list(grid_shape)), forms, random_feeds(rng, x_shape, grid_shape),
                    args.runs, args.threads, clock)
+    for level_shapes, batch, queries, heads, channels, points in QUICK_MSDA_BLOCKS if args.quick else MSDA_BLOCKS:
+        model, feeds = msda_block(level_shapes, batch, queries, heads, channels, points, rng)
+        report(f"msda {len(level_shapes)} level(s)", f"[{batch},{queries},{heads},{channels}] P={points}",
+               msda_forms(model), feeds, args.runs, args.threads, clock)
     if not args.quick and WHOLE_MODEL.exists():  # the whole BEVFormer-tiny fixture, its recorded inputs
         exported = onnx.load(WHOLE_MODEL)
-        forms = {"native GridSample-16": apply_pass(exported, "grid-sample", mode="onnx")[0],
-                 "surgeon decompose": apply_pass(exported, "grid-sample", mode="decompose")[0]}
         feeds = dict(np.load(WHOLE_MODEL.with_suffix(".inputs.npz")))
         sites = sum(n.op_type == "ATen" for n in exported.graph.node)
-        report("bevformer-tiny", f"whole model, {sites} sites", forms, feeds, args.runs, args.threads, clock)
+        report("bevformer-tiny", f"whole model, {sites} sites", msda_forms(exported), feeds, args.runs, args.threads,
+               clock)
     return 0
 
 

@@ -37,6 +37,8 @@ GRID_SAMPLE_SINCE = 16
 #: From this many channels decompose blends with one gather + MatMul instead of four gathers: the measured
 #: crossover lies between 64 (four gathers faster) and 128 (MatMul faster); docs/passes/grid-sample.md, Speed.
 MATMUL_MIN_CHANNELS = 128
+#: The corners of a bilinear sample in torch's order (and the order of `bilinear_corners`' weights).
+CORNERS = ("nw", "ne", "sw", "se")
 #: The plugin spec whose contract (inputs, attributes, output) every plugin node of this pass has.
 PLUGIN_SPEC = "GridSample2D"
 #: The attributes of that contract, which the pass gives every plugin node (besides plugin_version/_namespace).
@@ -100,10 +102,7 @@ class GridSamplePass(Pass):
 
     @classmethod
     def check_params_for(cls, values, target):
-        if values["fma_emulation"] == "float64" and not runs_float64(target):
-            raise ParamError("fma_emulation", f"parameter 'fma_emulation' of pass '{cls.name}': 'float64' needs "
-                             f"float64 Cast/Mul/Sub, which target '{target.name}' lacks",
-                             hint="use fma_emulation 'none' or 'auto'")
+        check_fma_emulation(cls.name, values["fma_emulation"], target)
 
     @classmethod
     def fix_hint(cls, target) -> str:
@@ -115,22 +114,14 @@ class GridSamplePass(Pass):
     def run(self, graph, ctx):
         self.check_params_for(self.values, ctx.target)  # a Recipe built in code skips load_recipe's check
         form = self.mode if self.mode != "auto" else choose_form(ctx.target)
-        fma_in_float64 = self.fma_emulation == "float64" or (self.fma_emulation == "auto" and
-                                                              runs_float64(ctx.target))
+        fma_in_float64 = emulates_fma_in_float64(self.fma_emulation, ctx.target)
         decompose = partial(emit_decomposition, fma_in_float64=fma_in_float64)
         emit = {"onnx": emit_onnx, "decompose": decompose,
                 "plugin": lambda rw, site, grid, opset: self._emit_plugin(rw, site, grid)}[form]
         result, decomposed = rewrite_following_torch_ties(graph, ctx, form, 2, GRID_SAMPLE_SINCE, emit, decompose,
                                                           self.mode == "auto")
         if (form == "decompose" and result.changed) or decomposed:
-            why = "" if self.fma_emulation != "auto" else (
-                f" (auto: target {ctx.target.name} {'runs' if fma_in_float64 else 'has no'} float64 Cast/Mul/Sub)")
-            effect = ("float32 grids' coordinates are rounded once where torch's kernel fuses a multiply-add, "
-                      "as torch's are" if fma_in_float64 else
-                      "float32 grids' coordinates are rounded twice where torch's kernel fuses a multiply-add: "
-                      "they can be 1 ulp off, bilinear then differ from torch by more than 1e-5 on large maps "
-                      "and nearest pick a neighbour")
-            result.note(f"fma_emulation {'float64' if fma_in_float64 else 'none'}{why}: {effect}")
+            result.note(fma_note(self.fma_emulation, fma_in_float64, ctx.target))
         return result
 
     def _emit_plugin(self, rw: Rewrite, site: Sampling, grid: gs.Tensor) -> None:
@@ -262,13 +253,44 @@ def runs_float64(target) -> bool:
     return all(target.supports(op, dtype=np.float64) for op in ("Cast", "Mul", "Sub"))
 
 
+def check_fma_emulation(pass_name: str, setting: str, target) -> None:
+    """Raise ParamError where `fma_emulation` `setting` asks `target` for float64 ops it lacks."""
+    if setting == "float64" and not runs_float64(target):
+        raise ParamError("fma_emulation", f"parameter 'fma_emulation' of pass '{pass_name}': 'float64' needs "
+                         f"float64 Cast/Mul/Sub, which target '{target.name}' lacks",
+                         hint="use fma_emulation 'none' or 'auto'")
+
+
+def emulates_fma_in_float64(setting: str, target) -> bool:
+    """Whether `fma_emulation` `setting` (auto: where `target` runs float64) computes the fused multiply-adds
+    in float64."""
+    return setting == "float64" or (setting == "auto" and runs_float64(target))
+
+
+def fma_note(setting: str, in_float64: bool, target) -> str:
+    """The note a decomposing run adds: how its float32 coordinates are rounded, and why (auto)."""
+    why = "" if setting != "auto" else (
+        f" (auto: target {target.name} {'runs' if in_float64 else 'has no'} float64 Cast/Mul/Sub)")
+    effect = ("float32 grids' coordinates are rounded once where torch's kernel fuses a multiply-add, "
+              "as torch's are" if in_float64 else
+              "float32 grids' coordinates are rounded twice where torch's kernel fuses a multiply-add: "
+              "they can be 1 ulp off, bilinear then differ from torch by more than 1e-5 on large maps "
+              "and nearest pick a neighbour")
+    return f"fma_emulation {'float64' if in_float64 else 'none'}{why}: {effect}"
+
+
+def fma_dtype_for(coord_dtype, in_float64: bool) -> np.dtype:
+    """The dtype of the fused multiply-adds: float64 for float32 coordinates where emulated, else theirs."""
+    # torch's float32 kernel fuses two multiply-adds (one rounding each), which float64 arithmetic rounds
+    # once too (docs: where not). Its float64 kernel fuses them as well, beyond what float64 ops can emulate.
+    return np.dtype(np.float64) if in_float64 and np.dtype(coord_dtype) == np.float32 else np.dtype(coord_dtype)
+
+
 def emit_decomposition(rw: Rewrite, site: Sampling, grid: gs.Tensor, opset: int, fma_in_float64: bool) -> None:
     """Gather whole channel rows of a padded channels-last table, one flat index per sample point."""
     _, channels, height, width = site.x.shape
     coord_dtype = np.dtype(dtype_of(grid) or np.float32)
-    # torch's float32 kernel fuses two multiply-adds (one rounding each), which float64 arithmetic rounds
-    # once too (docs: where not). Its float64 kernel fuses them as well, beyond what float64 ops can emulate.
-    fma_dtype = np.dtype(np.float64) if fma_in_float64 and coord_dtype == np.float32 else coord_dtype
+    fma_dtype = fma_dtype_for(coord_dtype, fma_in_float64)
     padded = padded_channels_last(rw, site.x, 2)  # [N, H+3, W+3, C]
     px = _pixel(rw, grid, 0, width, site, coord_dtype, fma_dtype, opset, "x")
     py = _pixel(rw, grid, 1, height, site, coord_dtype, fma_dtype, opset, "y")
@@ -281,24 +303,30 @@ def emit_decomposition(rw: Rewrite, site: Sampling, grid: gs.Tensor, opset: int,
         rw.finish("Transpose", [picked], {"perm": [0, 3, 1, 2]}, suffix="nchw")
         return
 
-    one = rw.const(1.0, "one", coord_dtype)
-    x0, y0 = rw.op("Floor", [px], suffix="x_floor"), rw.op("Floor", [py], suffix="y_floor")
-    east, south = rw.op("Sub", [px, x0], suffix="east"), rw.op("Sub", [py, y0], suffix="south")
-    west, north = rw.op("Sub", [one, east], suffix="west"), rw.op("Sub", [one, south], suffix="north")
-    weights = []  # torch's order: nw, ne, sw, se; each a product of two 1-D weights
-    for label, weight_x, weight_y in (("nw", west, north), ("ne", east, north), ("sw", west, south),
-                                      ("se", east, south)):
-        weights.append(value_weight(rw, rw.op("Mul", [weight_x, weight_y], suffix=f"{label}_weight"), site.x,
-                                    coord_dtype, label))
+    x0, y0, corner_weights = bilinear_corners(rw, px, py, coord_dtype)
+    weights = [value_weight(rw, weight, site.x, coord_dtype, label)
+               for label, weight in zip(CORNERS, corner_weights)]
     if isinstance(channels, int) and channels >= MATMUL_MIN_CHANNELS:
         blended = _blend_by_matmul(rw, padded, x0, y0, weights, site.x, channels, height, width, opset,
                                    coord_dtype)
     else:
         table = rw.op("Flatten", [padded], {"axis": 3}, suffix="table")
         north_west = flat_index(rw, [y0, x0], site.x, [height + 3, width + 3], coord_dtype)
-        corners = zip(("nw", "ne", "sw", "se"), (0, 1, width + 3, width + 4), weights)
+        corners = zip(CORNERS, (0, 1, width + 3, width + 4), weights)
         blended = blend_rows(rw, table, north_west, corners, opset)
     rw.finish("Transpose", [blended], {"perm": [0, 3, 1, 2]}, suffix="nchw")
+
+
+def bilinear_corners(rw: Rewrite, px: gs.Tensor, py: gs.Tensor, dtype) -> tuple[gs.Tensor, gs.Tensor, list]:
+    """(x0, y0, weights): the north-west corner of clipped pixel coordinates `px`, `py` and the four corners'
+    weights in `CORNERS` order, each the product of two 1-D weights (west = 1 - (px - x0), ...)."""
+    one = rw.const(1.0, "one", dtype)
+    x0, y0 = rw.op("Floor", [px], suffix="x_floor"), rw.op("Floor", [py], suffix="y_floor")
+    east, south = rw.op("Sub", [px, x0], suffix="east"), rw.op("Sub", [py, y0], suffix="south")
+    west, north = rw.op("Sub", [one, east], suffix="west"), rw.op("Sub", [one, south], suffix="north")
+    weights = [rw.op("Mul", [weight_x, weight_y], suffix=f"{label}_weight") for label, weight_x, weight_y in
+               zip(CORNERS, (west, east, west, east), (north, north, south, south))]
+    return x0, y0, weights
 
 
 def _pixel(rw: Rewrite, grid: gs.Tensor, axis: int, size: int, site: Sampling, dtype, fma_dtype, opset: int,
@@ -308,18 +336,24 @@ def _pixel(rw: Rewrite, grid: gs.Tensor, axis: int, size: int, site: Sampling, d
 
     A NaN coordinate becomes the low bound, as torch's `clip_coordinates` does for border and reflection.
     """
-    shifted = rw.op("Add", [grid_axis(rw, grid, axis, label), rw.const(1.0, f"{label}_one", dtype)],
-                    suffix=f"{label}_plus1")
-    if site.align_corners:  # no addend: the product is rounded once anyway
-        pixel = rw.op("Mul", [shifted, rw.const((size - 1) / 2, f"{label}_scale", dtype)], suffix=f"{label}_pixel")
-    else:  # fused: (g + 1) * (size / 2) - 0.5
-        scaled = rw.op("Mul", [_widen(rw, shifted, dtype, fma_dtype, f"{label}_plus1"),
-                               rw.const(size / 2, f"{label}_scale", fma_dtype)], suffix=f"{label}_scaled")
-        pixel = _narrow(rw, rw.op("Sub", [scaled, rw.const(0.5, f"{label}_half", fma_dtype)],
-                                  suffix=f"{label}_unnormalised"), dtype, fma_dtype, f"{label}_pixel")
+    pixel = unnormalise(rw, grid_axis(rw, grid, axis, label), size, site.align_corners, dtype, fma_dtype, label)
     if site.padding == "reflection":
         pixel = _reflect(rw, pixel, site.align_corners, size, dtype, fma_dtype, label)
     return clip_pixel(rw, pixel, size, site.padding, -1 if site.padding == "zeros" else 0, dtype, opset, label)
+
+
+def unnormalise(rw: Rewrite, coord: gs.Tensor, size, align_corners: bool, dtype, fma_dtype,
+                label: str) -> gs.Tensor:
+    """A normalised coordinate in pixels along an axis of `size` pixels, as torch's grid sampler computes it:
+    (g + 1) * (size - 1) / 2 with `align_corners`, else the fused (g + 1) * (size / 2) - 0.5 in `fma_dtype`
+    (float64: rounded once, as torch's). `size` may be an array broadcasting against `coord` (a size per level)."""
+    shifted = rw.op("Add", [coord, rw.const(1.0, f"{label}_one", dtype)], suffix=f"{label}_plus1")
+    if align_corners:  # no addend: the product is rounded once anyway
+        return rw.op("Mul", [shifted, rw.const((size - 1) / 2, f"{label}_scale", dtype)], suffix=f"{label}_pixel")
+    scaled = rw.op("Mul", [_widen(rw, shifted, dtype, fma_dtype, f"{label}_plus1"),
+                           rw.const(size / 2, f"{label}_scale", fma_dtype)], suffix=f"{label}_scaled")
+    return _narrow(rw, rw.op("Sub", [scaled, rw.const(0.5, f"{label}_half", fma_dtype)],
+                             suffix=f"{label}_unnormalised"), dtype, fma_dtype, f"{label}_pixel")
 
 
 def _widen(rw: Rewrite, tensor: gs.Tensor, dtype, fma_dtype, label: str) -> gs.Tensor:
@@ -368,7 +402,7 @@ def _blend_by_matmul(rw, padded, x0, y0, weights, x, channels, height, width, op
     The Reshapes name C (static here), not -1: ONNX Runtime cannot infer -1 in an empty tensor (empty grid).
     """
     corners = []
-    for label, (dy, dx) in zip(("nw", "ne", "sw", "se"), ((0, 0), (0, 1), (1, 0), (1, 1))):
+    for label, (dy, dx) in zip(CORNERS, ((0, 0), (0, 1), (1, 0), (1, 1))):
         corners.append(rw.op("Slice", [padded, rw.const([dy, dx], f"{label}_starts", np.int64),
                                        rw.const([dy + height + 2, dx + width + 2], f"{label}_ends", np.int64),
                                        rw.const([1, 2], f"{label}_axes", np.int64)], suffix=f"{label}_shift"))
@@ -378,8 +412,7 @@ def _blend_by_matmul(rw, padded, x0, y0, weights, x, channels, height, width, op
     gathered = rw.op("Gather", [table, index], {"axis": 0}, suffix="gather")
     by_corner = rw.op("Reshape", [gathered, rw.const([0, 0, 0, 4, channels], "corner_shape", np.int64)],
                       suffix="by_corner")
-    columns = [unsqueeze(rw, w, [-1], opset, f"{label}_weight") for label, w in zip(("nw", "ne", "sw", "se"),
-                                                                                        weights)]
+    columns = [unsqueeze(rw, w, [-1], opset, f"{label}_weight") for label, w in zip(CORNERS, weights)]
     weight_row = unsqueeze(rw, rw.op("Concat", columns, {"axis": -1}, suffix="weights"), [-2], opset, "weights")
     blended = rw.op("MatMul", [weight_row, by_corner], suffix="blend")
     return rw.op("Reshape", [blended, rw.const([0, 0, 0, channels], "blend_shape", np.int64)], suffix="blended")

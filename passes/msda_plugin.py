@@ -62,18 +62,7 @@ class MsdaPlugin(Pass):
 
     def run(self, graph, ctx):
         result = PassResult()
-        stacks: dict[int, gs.Node] = {}
-        for sampler in graph.nodes:
-            if _is_mmcv_grid_sampler(sampler):
-                stack = _stack_of(sampler)
-                if stack is not None:
-                    stacks.setdefault(id(stack), stack)
-        for stack in stacks.values():
-            try:
-                site = _match(stack)
-            except NoMatch as exc:
-                result.note(f"{stack.name}: not a deformable-attention block ({exc})")
-                continue
+        for site in match_blocks(graph, result):
             rewrite = Rewrite(graph, ctx, site.output_node)
             shapes = rewrite.const(np.array(site.level_shapes, dtype=np.int64), "spatial_shapes")
             starts = np.cumsum([0] + [h * w for h, w in site.level_shapes[:-1]]).astype(np.int64)
@@ -85,7 +74,7 @@ class MsdaPlugin(Pass):
                 rewrite.finish("Transpose", [node.outputs[0]], {"perm": [[0, 2, 1][i] for i in site.perm]})
             result.rewrote(site.output_node)
             result.note(f"{node.name}: {len(site.level_shapes)} level(s) {site.level_shapes}")
-        for node in [n for n in graph.nodes if n.op == MMCV_OP_TYPE and len(n.inputs) == 5]:
+        for node in mmcv_attention_nodes(graph):
             rewrite = Rewrite(graph, ctx, node)
             inputs = [node.inputs[0], rewrite.cast(node.inputs[1], np.int64),
                       rewrite.cast(node.inputs[2], np.int64), *node.inputs[3:]]
@@ -94,7 +83,30 @@ class MsdaPlugin(Pass):
         return result
 
 
-def _is_mmcv_grid_sampler(node: gs.Node) -> bool:
+def match_blocks(graph: gs.Graph, result: PassResult) -> list[MsdaBlock]:
+    """Every block of mmcv's fallback in `graph`, found from its grid samplers; a stack of samples that is not
+    one gets a note in `result` naming the step of the walk that failed."""
+    stacks: dict[int, gs.Node] = {}
+    for sampler in graph.nodes:
+        if is_mmcv_grid_sampler(sampler):
+            stack = stack_of(sampler)
+            if stack is not None:
+                stacks.setdefault(id(stack), stack)
+    blocks = []
+    for stack in stacks.values():
+        try:
+            blocks.append(match_block(stack))
+        except NoMatch as exc:
+            result.note(f"{stack.name}: not a deformable-attention block ({exc})")
+    return blocks
+
+
+def mmcv_attention_nodes(graph: gs.Graph) -> list[gs.Node]:
+    """mmcv's own op nodes (value, spatial_shapes, level_start_index, loc, weights) in `graph`."""
+    return [n for n in graph.nodes if n.op == MMCV_OP_TYPE and len(n.inputs) == 5]
+
+
+def is_mmcv_grid_sampler(node: gs.Node) -> bool:
     """Whether `node` samples as mmcv's fallback does: 2-D, bilinear, zero padding, align_corners=False, with
     the grid in torch's layout (BEVFormer_tensorrt's [N,2,Hg,Wg] * 10 grid is not the walk's 2 * loc - 1)."""
     try:
@@ -111,9 +123,9 @@ def _only_consumer(tensor: gs.Tensor, op_type: str) -> gs.Node | None:
     return found[0] if len(found) == 1 else None
 
 
-def _stack_of(sampler: gs.Node) -> gs.Node | None:
+def stack_of(sampler: gs.Node) -> gs.Node | None:
     """The Concat of torch.stack(samples, ...) reading this sampler (Unsqueeze each, Concat); its axes are
-    checked by `_match`, which reports a stack on another axis."""
+    checked by `match_block`, which reports a stack on another axis."""
     unsqueeze = _only_consumer(sampler.outputs[0], "Unsqueeze")
     return _only_consumer(unsqueeze.outputs[0], "Concat") if unsqueeze is not None else None
 
@@ -215,26 +227,29 @@ def _trailing_dims(shape: gs.Tensor, count: int = 2) -> list[int] | None:
 
 
 @dataclass
-class _Site:
-    """One matched block: the plugin's tensor inputs, each level's (h, w), the node whose outputs it takes."""
+class MsdaBlock:
+    """One matched block: the plugin's tensor inputs, each level's (h, w), the node whose outputs it takes,
+    and the samplers' grid 2 * locations - 1 (as the graph computes it)."""
 
     value: gs.Tensor
     locations: gs.Tensor
     weights: gs.Tensor
     level_shapes: list[tuple[int, int]]
     output_node: gs.Node
+    grid: gs.Tensor
 
     @property
     def perm(self) -> list[int]:
         return _perm(self.output_node)
 
 
-def _match(stack: gs.Node) -> _Site:
+def match_block(stack: gs.Node) -> MsdaBlock:
+    """The block whose samples `stack` stacks; raises NoMatch naming the step of the walk that fails."""
     samplers = []
     for tensor in stack.inputs:
         unsqueeze = expect_producer(tensor, "Unsqueeze", "each stacked level")
         sampler = producer(unsqueeze.inputs[0])
-        if sampler is None or not _is_mmcv_grid_sampler(sampler):
+        if sampler is None or not is_mmcv_grid_sampler(sampler):
             raise NoMatch("a stacked tensor is not a bilinear zero-padding grid sample")
         # Samples [B*heads, dims, Q, P] stacked on dim -2 (level-major, as the weights are laid out).
         if _unsqueeze_axes(unsqueeze) not in ([3], [-2]):
@@ -243,7 +258,7 @@ def _match(stack: gs.Node) -> _Site:
     if stack.attrs.get("axis") not in (3, -2):
         raise NoMatch(f"the samples are not stacked on dim -2 (Concat axis {stack.attrs.get('axis')})")
     value, level_shapes = _value_and_shapes(samplers)
-    locations = _locations(samplers)
+    locations, grid = _locations(samplers)
     flatten = _only_consumer(stack.outputs[0], "Reshape")
     mul = _only_consumer(flatten.outputs[0], "Mul") if flatten is not None else None
     if mul is None:
@@ -262,7 +277,7 @@ def _match(stack: gs.Node) -> _Site:
     entries = _target_entries(view, 3) if view is not None else None
     if transpose is None or sorted(_perm(transpose)) != [0, 1, 2] or entries is None or len(entries) != 3:
         raise NoMatch("the sum is not viewed as [B, C, Q] and transposed")
-    return _Site(value, locations, weights, level_shapes, transpose)
+    return MsdaBlock(value, locations, weights, level_shapes, transpose, grid)
 
 
 def _value_and_shapes(samplers: list[gs.Node]) -> tuple[gs.Tensor, list[tuple[int, int]]]:
@@ -315,8 +330,9 @@ def _sliced_value(sources: list[gs.Tensor], shapes: list[tuple[int, int]]) -> gs
     return value
 
 
-def _locations(samplers: list[gs.Node]) -> gs.Tensor:
-    """sampling_locations, from each level's grid: Reshape(Transpose(Gather(2 * loc - 1, level, axis=3)))."""
+def _locations(samplers: list[gs.Node]) -> tuple[gs.Tensor, gs.Tensor]:
+    """(sampling_locations, the grid 2 * loc - 1), from each level's grid:
+    Reshape(Transpose(Gather(2 * loc - 1, level, axis=3)))."""
     grids = set()
     for level, sampler in enumerate(samplers):
         flatten = expect_producer(sampler.inputs[1], "Reshape", "the sampling grid")
@@ -334,7 +350,7 @@ def _locations(samplers: list[gs.Node]) -> gs.Tensor:
     constant = [i for i, t in enumerate(mul.inputs) if _ints(t) is not None]
     if _ints(sub.inputs[1]) != [1] or len(constant) != 1 or const_value(mul.inputs[constant[0]]).reshape(-1).tolist() != [2]:
         raise NoMatch("the grid is not 2 * sampling_locations - 1")
-    return mul.inputs[1 - constant[0]]
+    return mul.inputs[1 - constant[0]], grid
 
 
 def _weights(tensor: gs.Tensor) -> gs.Tensor:

@@ -217,6 +217,12 @@ def flat_index(rw: Rewrite, coords: list[gs.Tensor], x: gs.Tensor, sizes: list[i
     return index
 
 
+def batch_row_starts(rw: Rewrite, x: gs.Tensor, rows_per_item: int, index_dims: int) -> gs.Tensor:
+    """[N, 1, ...] int64 (`index_dims` ones): the first row of each batch item of `x` in a table holding
+    `rows_per_item` rows per item, for row indices built outside `flat_index` (msda-decompose's)."""
+    return _batch_starts(rw, x, rows_per_item, index_dims)
+
+
 def _batch_starts(rw: Rewrite, x: gs.Tensor, rows_per_item: int, grid_dims: int) -> gs.Tensor:
     """[N, 1, ...] int64: the first table row of each batch item (Shape and Range when N is dynamic)."""
     batch = x.shape[0]
