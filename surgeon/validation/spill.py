@@ -10,11 +10,16 @@ and a validation holds about the budget, one input set and the two models' outpu
 the number of sets. Files cost time per file (300 small outputs of 50 sets: 11-12 s on disk, 3-4 s
 held, docs/validation.md), which small outputs need not pay. One set always stays in memory: it is what
 would be held anyway.
+
+A `RunOutputs` keeps its outputs, and their files, until it is closed or collected: a validation's
+result gives them to its caller (`ValidationResult.runs`), so they last as long as the result. An
+output's error columns go as soon as it is judged.
 """
 from __future__ import annotations
 
 import contextlib
 import tempfile
+import threading
 import weakref
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,16 +32,51 @@ from surgeon.errors import SurgeonError
 #: most, before what they are given next goes to disk.
 MEMORY_BUDGET = 256 << 20
 
-_holders: weakref.WeakSet = weakref.WeakSet()  # every RunOutputs and Column alive: their `held` bytes
+# The bytes all holders alive hold, a running total: summing the holders on every append took 0.1 s of
+# a compare of 2,000 outputs. A holder collected while it holds some (a result dropped) queues them from
+# its finalizer, which can run in the middle of an update of the total; held() subtracts them. The lock
+# keeps updates from several threads (validations side by side) from losing one another.
+_held = 0
+_collected: list[int] = []
+_lock = threading.Lock()
 
 
 def held() -> int:
     """Bytes every `RunOutputs` and `Column` alive hold in memory."""
-    return sum(holder.held for holder in _holders)
+    global _held
+    with _lock:
+        while _collected:
+            _held -= _collected.pop()
+        return _held
 
 
 def _fits(size: int) -> bool:
     return held() + size <= MEMORY_BUDGET
+
+
+def _collect(held_bytes: list[int]) -> None:
+    _collected.append(held_bytes[0])
+
+
+class _Holder:
+    """Holds outputs or errors in memory: their bytes, `held`, counted in `held()` as they change, and
+    let go of there when the holder is collected."""
+
+    def __init__(self):
+        self._bytes = [0]  # shared with the finalizer, which must not hold the holder
+        weakref.finalize(self, _collect, self._bytes).atexit = False
+
+    @property
+    def held(self) -> int:
+        """Bytes this holds in memory."""
+        return self._bytes[0]
+
+    def _hold(self, size: int) -> None:
+        """Count `size` bytes more held (fewer where negative)."""
+        global _held
+        with _lock:
+            _held += size
+        self._bytes[0] += size
 
 
 def _temporary_folder() -> tempfile.TemporaryDirectory:
@@ -69,29 +109,28 @@ def _tensor(run: str, name: str, value) -> np.ndarray:
     return value
 
 
-class RunOutputs(Sequence):
+class RunOutputs(_Holder, Sequence):
     """One runner's outputs for each input set, in order ({output name: array} per set), with the
     runtime of each inference: in memory when `on_disk` is false; else in memory within
     `MEMORY_BUDGET`, past it one .npy file per output and set, read back when asked for."""
 
     def __init__(self, name: str, on_disk: bool = False):
+        super().__init__()
         self.name = name
         self.runtimes: list[float | None] = []
-        self.held = 0
         self._folder = _temporary_folder() if on_disk else None
         self._sets: list[dict] = []  # {name: array} held, or {name: position} written
-        _holders.add(self)
 
     def append(self, outputs: dict, runtime: float | None = None) -> None:
         outputs = {name: _tensor(self.name, name, array) for name, array in outputs.items()}
         size = sum(array.nbytes for array in outputs.values())
         if self._folder is None:
             self._sets.append(outputs)
-            self.held += size
+            self._hold(size)
         elif _fits(size):
             # Copies: Polygraphy's runners may reuse their output buffers for the next set.
             self._sets.append({name: array.copy() for name, array in outputs.items()})
-            self.held += size
+            self._hold(size)
         else:
             with _writing(self._folder.name):
                 for position, array in enumerate(outputs.values()):
@@ -118,7 +157,8 @@ class RunOutputs(Sequence):
 
     def close(self) -> None:
         """Let the outputs go and delete their files (they cannot be read after)."""
-        self._sets, self.held = [], 0
+        self._sets = []
+        self._hold(-self.held)
         if self._folder is not None:
             self._folder.cleanup()
 
@@ -127,42 +167,68 @@ class RunOutputs(Sequence):
         return Path(self._folder.name) / f"{index}-{position}.npy"
 
 
-class Column:
+class Column(_Holder):
     """float64 values appended a set at a time and read back as one array, equal to their concatenation:
     in memory when `folder` is None; else in memory within `MEMORY_BUDGET`, past it all written to a file
-    there and memory-mapped (pages the system can drop, not memory the validation holds)."""
+    there and memory-mapped (pages the system can drop, not memory the validation holds).
 
-    def __init__(self, folder: Path | None, name: str):
-        self.held = 0
-        self._pieces: list[np.ndarray] = []
+    Held, the values are copied into one array as they come, made with room for the `appends` expected
+    (the input sets) as large as the first, and made again larger where a set needs more: reading them
+    back joins no copies, so judging an output holds its errors once, not twice."""
+
+    def __init__(self, folder: Path | None, name: str, appends: int = 1):
+        super().__init__()
+        self._appends_left = appends
+        self._buffer = np.empty(0)  # held: its first `_size` elements are the values
         self._path = None if folder is None else Path(folder) / f"{name}.f8"
         self._on_disk = False
         self._size = 0
-        _holders.add(self)
 
     def append(self, values: np.ndarray) -> None:
-        values = np.ascontiguousarray(values, dtype=np.float64).ravel()
-        if self._path is None or (not self._on_disk and _fits(values.nbytes)):
-            self._pieces.append(values)
-            self.held += values.nbytes
-        else:  # the values held so far go first: one file, in order
+        """Add `values` after those before; where they are all that is expected, the array given is kept, not
+        copied (the caller lets go of it)."""
+        values = np.asarray(values, dtype=np.float64).ravel()
+        end = self._size + values.size
+        if self._on_disk or not self._held_in_memory(values, end):
             with _writing(self._path.parent), open(self._path, "ab") as handle:
-                for piece in (*self._pieces, values):
-                    piece.tofile(handle)
-            self._pieces, self.held, self._on_disk = [], 0, True
-        self._size += values.size
+                if not self._on_disk:  # the values held so far go first: one file, in order
+                    self._buffer[:self._size].tofile(handle)
+                    self._buffer, self._on_disk = np.empty(0), True
+                    self._hold(-self.held)
+                values.tofile(handle)
+        self._size = end
+        self._appends_left -= 1
+
+    def _held_in_memory(self, values: np.ndarray, end: int) -> bool:
+        """Put `values` after those held, in room made where there is none (for as many values per append
+        still expected) if the budget has it; False where it has not."""
+        if end > self._buffer.size:
+            room = max(end, self._size + values.size * self._appends_left)
+            if self._path is not None and not _fits((room - self._buffer.size) * values.itemsize):
+                return False
+            if room == values.size:  # the only values expected: kept as they are, not copied
+                self._hold(values.nbytes - self._buffer.nbytes)
+                self._buffer = values
+                return True
+            buffer = np.empty(room)
+            buffer[:self._size] = self._buffer[:self._size]
+            self._hold(buffer.nbytes - self._buffer.nbytes)
+            self._buffer = buffer
+        self._buffer[self._size:end] = values
+        return True
 
     def discard(self) -> None:
         """Let the values go (delete their file, where they went to one)."""
         if self._on_disk:
             self._path.unlink(missing_ok=True)
-        self._pieces, self.held, self._size, self._on_disk = [], 0, 0, False
+        self._buffer, self._size, self._on_disk = np.empty(0), 0, False
+        self._hold(-self.held)
 
     def values(self) -> np.ndarray:
         """Every value appended, one array the caller may reorder (a writable memory map on disk)."""
         if self._on_disk and self._size:  # an empty file cannot be mapped
             return np.memmap(self._path, np.float64, mode="r+", shape=(self._size,))
-        return self._pieces[0] if len(self._pieces) == 1 else np.concatenate(self._pieces or [np.empty(0)])
+        return self._buffer[:self._size]
 
 
 def column_folder(sets: int) -> tempfile.TemporaryDirectory | None:

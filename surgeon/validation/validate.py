@@ -64,7 +64,9 @@ class ValidationResult:
     tolerance_hint: str = ""
     #: Whether the reference model's own outputs miss the expected ones (None: not compared).
     original_misses_expected: bool | None = None
-    #: Each model's outputs, in the order the reports save them (`PREFIX.polygraphy.json`).
+    #: Each model's outputs, in the order the reports save them (`PREFIX.polygraphy.json`). They are the
+    #: caller's to read after the reports are written, so they are kept (in memory within the budget, in
+    #: temporary files past it) until the result is collected (`validate_run` bisects against the first).
     runs: list[RunOutputs] = field(default_factory=list, repr=False)
     feeds: Feeds = field(default_factory=list, repr=False)
 
