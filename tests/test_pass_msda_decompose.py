@@ -212,3 +212,17 @@ def test_bevformer_tiny_through_the_opset11_target_recipe_validates(tmp_path):
     assert counts["msda-decompose"] == 12 and counts["grid-sample"] == 1
     assert result.validation.passed and not SAMPLERS & set(op_types(result.model))
     assert_opset11_only(result.model)
+
+
+def test_check_reports_the_float64_of_its_fma_emulation_once_per_block_with_the_way_out(tmp_path):
+    """`check -t opset-11` on the opset-11 result used to print one bare SG007 per float64 tensor (about ten per
+    block): msda-decompose widens coordinates as grid-sample does, so its float64 is grouped and explained the same
+    way, with its own pass in the advice."""
+    from surgeon.check import Settings, check_file
+
+    fused, _ = apply_pass(mmcv_op_model(*CASES[1]), "msda-decompose", target="opset-11")
+    onnx.save(fused, tmp_path / "fused.onnx")
+    [finding] = check_file(tmp_path / "fused.onnx", Settings(target="opset-11", select=("SG007",)))
+    assert finding.message.startswith("starts msda-decompose's fma_emulation in its rewrite of node msda: ")
+    assert "run msda-decompose with `fma_emulation: none`" in finding.advice
+    assert "`set: {msda-decompose.fma_emulation: none}`" in finding.advice

@@ -558,7 +558,8 @@ def dynamic_shape(facts: ModelFacts):
 
 @model_rule("SG007", "float64", "warning",
             "float64 tensors: TensorRT casts them down to float32, and a runtime without float64 kernels rejects "
-            "them; those of grid-sample's `fma_emulation` are reported once per sampler, with how to avoid them")
+            "them; those of grid-sample's and msda-decompose's `fma_emulation` are reported once per rewrite, with "
+            "how to avoid them")
 def float64_tensors(facts: ModelFacts):
     doubles = sorted({name for name, dtype in facts.dtypes.items() if dtype == "float64"})
     if not doubles:
@@ -573,39 +574,42 @@ def float64_tensors(facts: ModelFacts):
         node = producer.get(name)
         what = "initializer" if name in initializers else "tensor"
         yield _finding(facts, "SG007", "warning", f"{what} '{name}' is float64", node)
-    for replaced, (widening, names) in emulations.items():
+    for (made_by, replaced), (widening, names) in emulations.items():
         shown = ", ".join(f"'{name}'" for name in sorted(names)[:FMA_NAMES_SHOWN])
         more = ", ..." if len(names) > FMA_NAMES_SHOWN else ""
-        yield _finding(facts, "SG007", "warning", f"starts grid-sample's fma_emulation in its rewrite of "
-                       f"{f'node {replaced}' if replaced else 'an unnamed sampler'}: {len(names)} float64 tensors "
+        yield _finding(facts, "SG007", "warning", f"starts {made_by}'s fma_emulation in its rewrite of "
+                       f"{f'node {replaced}' if replaced else 'an unnamed node'}: {len(names)} float64 tensors "
                        f"({shown}{more}) that round torch's fused multiply-adds once, as torch does "
                        "(`fma_emulation: auto` picks float64 where the recipe's target profile runs float64 Cast, "
                        "Mul and Sub)", widening,
-                       advice="where the runtime has no float64, run grid-sample with `fma_emulation: none` "
-                       "(extending a target recipe: `set: {grid-sample.fma_emulation: none}`): float32 only, at the "
+                       advice=f"where the runtime has no float64, run {made_by} with `fma_emulation: none` "
+                       f"(extending a target recipe: `set: {{{made_by}.fma_emulation: none}}`): float32 only, at the "
                        "cost of rounding the coordinates twice, up to 1 ulp off torch's "
                        "(docs/passes/grid-sample.md#modes)")
 
 
-FMA_PASS = "grid-sample"  # its fma_emulation widens float32 coordinates to float64 (passes/grid_sample.py)
+#: Passes whose fma_emulation widens float32 coordinates to float64 (passes/grid_sample.py; msda-decompose
+#: computes its coordinates with grid-sample's helpers).
+FMA_PASSES = ("grid-sample", "msda-decompose")
 FMA_NAMES_SHOWN = 3
 
 
-def _fma_emulations(facts: ModelFacts) -> dict[str, tuple[onnx.NodeProto, set[str]]]:
-    """By the node each of grid-sample's rewrites replaced (its `surgeon.replaces` provenance, "" if unnamed): the
+def _fma_emulations(facts: ModelFacts) -> dict[tuple[str, str], tuple[onnx.NodeProto, set[str]]]:
+    """By (the pass, the node each of its rewrites replaced: its `surgeon.replaces` provenance, "" if unnamed), for
+    the FMA_PASSES: the
     first Cast widening a float32 coordinate to float64, and the float64 tensors of the emulation, which such
     Casts start: what the rewrite's nodes compute from them in float64 and the float64 constants they read. A
     float64 grid's rewrite computes in float64 throughout without widening anything, so it is not counted."""
     constants = {t.name for t in facts.model.graph.initializer}
     constants.update(out for node in facts.nodes if node.op_type == "Constant" for out in node.output)
-    found: dict[str, tuple[onnx.NodeProto, set[str]]] = {}
+    found: dict[tuple[str, str], tuple[onnx.NodeProto, set[str]]] = {}
     for cast in facts.nodes:
         made_by = _made_by(cast)
         widens = cast.op_type == "Cast" and cast.input and facts.dtypes.get(cast.input[0]) != "float64" and \
             any(a.name == "to" and a.i == onnx.TensorProto.DOUBLE for a in cast.attribute)
-        if made_by[0] != FMA_PASS or not widens:
+        if made_by[0] not in FMA_PASSES or not widens:
             continue
-        names = found.setdefault(made_by[1], (cast, set()))[1]
+        names = found.setdefault(made_by, (cast, set()))[1]
         frontier = [cast.output[0]]
         while frontier:
             name = frontier.pop()
