@@ -26,7 +26,9 @@ quadrant) and sigmoid tricks.
 
 Types follow torch: operands are Cast to the result type (the output's recorded type, else
 torch.result_type: float16 with float32 is float32). float16/bfloat16 are computed in float32 and
-cast back where the target lacks the ops in them (ONNX Runtime), as torch itself computes them.
+cast back where the target lacks the ops in them (ONNX Runtime) or ONNX's schema at the graph's opset
+does (Where before opset 16 has no bfloat16), as torch itself computes them; an operand of another type
+is Cast to the result type first (atan2(int32, float16): torch rounds the integer to float16).
 float64 is left alone, with a note, where the target cannot run the ops in float64 (ONNX Runtime has
 no double Atan, TensorRT no double at all): float32 would not be exact, and the result would not load.
 """
@@ -36,13 +38,12 @@ import numpy as np
 
 from surgeon.pass_api import Param, Pass, PassResult, register_pass
 from surgeon.promotion import TORCH_FLOATS, torch_result_type
-from surgeon.rewrite import Rewrite, aten_operator, const_value, dtype_of, find_nodes, is_op, producer
+from surgeon.rewrite import (HALF_FLOATS, Rewrite, aten_operator, const_value, dtype_of, find_nodes, is_op, producer,
+                             takes_dtype)
 
 
 #: Every op the rewrite writes (computed in one float type; Where, Less, Greater, Equal read it too).
 REWRITE_OPS = ("Abs", "Greater", "Where", "Div", "Equal", "Atan", "Sub", "Add", "Min", "Less", "Mul")
-#: torch computes these in float32 and rounds once; the rewrite may too where a target lacks them.
-HALF_TYPES = ("float16", "bfloat16")
 
 
 def is_atan2(node) -> bool:
@@ -77,8 +78,10 @@ def exported_operands(node):
 
 
 def is_constant(tensor, expected: float) -> bool:
+    """Whether `tensor` is a constant holding `expected` rounded to the constant's own type (torch's float16
+    export holds pi as 3.140625)."""
     value = const_value(tensor)
-    return value is not None and value.size == 1 and np.isclose(float(value.ravel()[0]), expected, rtol=1e-6, atol=0)
+    return value is not None and value.size == 1 and value.ravel()[0] == np.array(expected, dtype=value.dtype)
 
 
 @register_pass("atan2")
@@ -115,9 +118,10 @@ class Atan2(Pass):
                 continue
             computed_in = self.computed_in(dtype, ctx)
             if computed_in is None:
-                missing = next(op for op in REWRITE_OPS if not ctx.target.supports(op, dtype=dtype))
-                result.note(f"{node.name}: left alone, target '{ctx.target.name}' has no {dtype} {missing}, which "
-                            f"the rewrite needs" + ("" if dtype.name in HALF_TYPES else
+                missing = next(op for op in REWRITE_OPS if not takes_dtype(ctx, op, dtype))
+                result.note(f"{node.name}: left alone, target '{ctx.target.name}' at opset {ctx.opset} has no {dtype} "
+                            f"{missing}, which "
+                            f"the rewrite needs" + ("" if dtype.name in HALF_FLOATS else
                                                     f" (computed in float32 it would not match torch's {dtype})"))
                 continue
             self.rewrite(graph, ctx, node, y, x, dtype, computed_in)
@@ -126,20 +130,23 @@ class Atan2(Pass):
 
     @staticmethod
     def computed_in(dtype, ctx) -> np.dtype | None:
-        """`dtype` where the target runs every op of the rewrite in it; float32 for float16/bfloat16 where it
-        does not (torch computes those in float32 too, rounding once at the end); else None (float64 on
-        ONNX Runtime, which has no double Atan kernel, or on TensorRT, which has no double at all)."""
-        candidates = [dtype] + ([np.dtype(np.float32)] if dtype.name in HALF_TYPES else [])
+        """`dtype` where the target runs every op of the rewrite in it and ONNX's schema at the graph's opset
+        takes it (`takes_dtype`); float32 for float16/bfloat16 where not (torch computes those in float32 too,
+        rounding once at the end); else None (float64 on ONNX Runtime, which has no double Atan kernel, or on
+        TensorRT, which has no double at all)."""
+        candidates = [dtype] + ([np.dtype(np.float32)] if dtype.name in HALF_FLOATS else [])
         for candidate in candidates:
-            # Asked at the target's own opset: only the type is this pass's question (a graph whose opset
+            # The target asked at its own opset: only the type is this pass's question (a graph whose opset
             # the target lacks is the check's to report, and rewriting it stays right).
-            if all(ctx.target.supports(op, dtype=candidate) for op in REWRITE_OPS):
+            if all(takes_dtype(ctx, op, candidate) for op in REWRITE_OPS):
                 return candidate
         return None
 
     def rewrite(self, graph, ctx, node, y, x, result_dtype, dtype):
         """Replace `node` by the rewrite computed in `dtype`, its result cast to `result_dtype`."""
         rw = Rewrite(graph, ctx, node)
+        if dtype != result_dtype:  # torch promotes first (int32 2049 -> float16 2048), then computes in float32
+            y, x = rw.cast(y, result_dtype, "promote_y"), rw.cast(x, result_dtype, "promote_x")
         y, x = rw.cast(y, dtype, "cast_y"), rw.cast(x, dtype, "cast_x")
 
         def const(value, suffix):

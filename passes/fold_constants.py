@@ -79,6 +79,8 @@ class FoldConstants(Pass):
 
         folded = fold_graph(graph, fold_shapes=self.fold_shapes, size_threshold=self.size_threshold,
                             fallback=onnxruntime)
+        for node, why in folded.refused:
+            result.note(f"{node.name}: not folded, {why}")
         if folded.remaining:
             return folded.constants + self._graphsurgeon_folds(graph, result)
         result.rewritten.extend(node.name for node in prune_graph(graph))

@@ -29,7 +29,8 @@ any number of leading (also dynamic) dimensions. Accuracy, tested in float32 aga
 relative error (max abs error over max abs entry, per matrix) within 2e-6 on well-conditioned matrices with
 entries from 1e-30 to 1e30 and on lidar2img projections (docs/passes/inverse.md has the measurements). A
 singular or zero matrix gives inf/NaN where torch raises; a NaN or inf entry gives NaN like torch. Other
-sizes are an error naming the node and the shape.
+sizes are an error naming the node and the shape. bfloat16 matrices, which torch refuses to invert, are
+inverted in float32 and cast back (inv(M.float()).bfloat16()) where the target or ONNX lacks bfloat16 ops.
 """
 from __future__ import annotations
 
@@ -39,12 +40,15 @@ import numpy as np
 
 from surgeon.errors import PassError
 from surgeon.pass_api import Param, Pass, PassResult, register_pass
-from surgeon.rewrite import Rewrite, aten_operator, dtype_of, is_op
+from surgeon.rewrite import Rewrite, aten_operator, bfloat16_compute_dtype, dtype_of, is_op
 
 ATEN_OPERATORS = ("linalg_inv", "inverse")
 CONTRIB_DOMAIN = "com.microsoft"
 TRT_OP = "InverseTRT"  # BEVFormer_tensorrt's plugin (det2trt/models/functions/inverse.py)
 SIZES = (2, 3, 4)
+#: Every op the closed form writes.
+CLOSED_FORM_OPS = ("Reshape", "Abs", "ReduceMax", "Log", "Div", "Sub", "Floor", "Pow", "Gather", "Mul", "Add",
+                   "MatMul")
 
 
 @register_pass("inverse")
@@ -77,14 +81,27 @@ class Inverse(Pass):
             if shape is None or len(shape) < 2 or shape[-1] != shape[-2] or shape[-1] not in SIZES:
                 raise PassError(f"node '{node.name}' ({aten_operator(node) or node.op}) inverts a matrix of shape "
                                 f"{shape}; the closed form covers [..., n, n] with n in {SIZES} and a known rank")
-            dtype = dtype_of(matrix)
-            _closed_form_inverse(Rewrite(graph, ctx, node), matrix, len(shape), shape[-1],
-                                 np.dtype(np.float32) if dtype is None else dtype)
+            dtype = np.dtype(np.float32) if dtype_of(matrix) is None else dtype_of(matrix)
+            # torch refuses bfloat16 matrices ("linalg.inv: Low precision dtypes not supported"): such a graph can
+            # only mean inv(M.float()).bfloat16(), which float32 between Casts computes where bfloat16 is lacking.
+            computed_in = bfloat16_compute_dtype(ctx, CLOSED_FORM_OPS, dtype)
+            if computed_in is None:
+                result.note(f"{node.name}: left alone, target '{ctx.target.name}' at opset {ctx.opset} has no "
+                            f"{dtype} or float32 {' / '.join(CLOSED_FORM_OPS)}")
+                continue
+            rw = Rewrite(graph, ctx, node)
+            if computed_in == dtype:
+                _closed_form_inverse(rw, matrix, len(shape), shape[-1], dtype)
+            else:
+                inverse = _closed_form_inverse(rw, rw.cast(matrix, computed_in, "cast_matrix"), len(shape),
+                                               shape[-1], computed_in, last=False)
+                rw.finish_cast(inverse, dtype, suffix="cast_back")
             result.rewrote(node)
         return result
 
 
-def _closed_form_inverse(rw: Rewrite, matrix, rank: int, n: int, dtype) -> None:
+def _closed_form_inverse(rw: Rewrite, matrix, rank: int, n: int, dtype, last: bool = True):
+    """The inverse of `matrix`, computed in `dtype`; `last`: it takes over the node's output (else returned)."""
     leading = [0] * (rank - 2)  # Reshape's 0 keeps a dimension, so leading dims may be dynamic
     flat = rw.op("Reshape", [matrix, rw.const(leading + [n * n], "flat_shape", np.int64)], dtype=dtype)
     scale = _power_of_two_scale(rw, flat, dtype)
@@ -118,7 +135,8 @@ def _closed_form_inverse(rw: Rewrite, matrix, rank: int, n: int, dtype) -> None:
                 dtype=dtype)
     # Two divisions, not adj / (det * s): det * s can leave the float range where the inverse does not.
     inverse = rw.op("Div", [rw.op("Div", [adjugate, det], dtype=dtype), scale], dtype=dtype)
-    rw.finish("Reshape", [inverse, rw.const(leading + [n, n], "matrix_shape", np.int64)])
+    reshaped = [inverse, rw.const(leading + [n, n], "matrix_shape", np.int64)]
+    return rw.finish("Reshape", reshaped) if last else rw.op("Reshape", reshaped, dtype=dtype)
 
 
 def _power_of_two_scale(rw: Rewrite, flat, dtype):

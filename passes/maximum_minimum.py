@@ -24,6 +24,8 @@ ATen operands of different dtypes are first Cast to torch's result dtype (the AT
 type, else torch.result_type of the operands), which then picks the form: fmax(int64, float32) is a
 float32 fmax, NaN handling included. Integers ONNX Runtime's profile gives neither Max/Min nor Where
 (int16, uint16) are computed in int32 and cast back; uint64 selects with the wrap-around arithmetic above.
+bfloat16, which ONNX Runtime has no Max/Min/IsNaN/Where for (and ONNX no Where before opset 16), is computed
+in float32 and cast back, exactly.
 """
 from __future__ import annotations
 
@@ -33,8 +35,8 @@ from onnx import TensorProto
 from surgeon.errors import PassError
 from surgeon.pass_api import Param, Pass, PassResult, register_pass
 from surgeon.promotion import aten_result_dtype
-from surgeon.rewrite import (INTEGER_MAX_MIN_SINCE, Rewrite, aten_operator, attr_text, const_value, dtype_of,
-                             is_op, max_min_is_wrong, producer, validation_runtime)
+from surgeon.rewrite import (INTEGER_MAX_MIN_SINCE, Rewrite, aten_operator, attr_text, bfloat16_compute_dtype,
+                             const_value, dtype_of, is_op, max_min_is_wrong, producer, validation_runtime)
 
 #: ATen operator -> (standard op, NaN-ignoring?)
 ATEN_FORMS = {"maximum": ("Max", False), "minimum": ("Min", False), "fmax": ("Max", True),
@@ -74,8 +76,12 @@ class MaximumMinimum(Pass):
                 result.note(f"{node.name}: left alone, torch's result type of its operands ({known}) is unknown "
                             f"here (run infer-shapes first?)")
                 continue
+            computed_in = _computed_in(op_type, ignore_nan, dtype, ctx)
+            if computed_in is None:
+                result.note(f"{node.name}: left alone, target '{ctx.target.name}' at opset {ctx.opset} has no "
+                            f"{' / '.join(_float_ops(op_type, ignore_nan))} on {dtype}, nor on float32")
+                continue
             rw = Rewrite(graph, ctx, node)
-            computed_in = _computed_in(op_type, dtype, ctx)
             operands = [rw.const(t, f"operand_{i}", dtype=computed_in) if isinstance(t, np.ndarray)
                         else rw.cast(t, computed_in, f"cast_{i}") for i, t in enumerate(operands)]
             combined = operands[0]
@@ -138,11 +144,16 @@ class MaximumMinimum(Pass):
         return emit(op_type, [a, b])
 
 
-def _computed_in(op_type, dtype, ctx) -> np.dtype:
-    """The dtype to compute in: `dtype`, or int32 for an integer type int32 holds where ONNX Runtime has
+def _computed_in(op_type, ignore_nan, dtype, ctx) -> np.dtype | None:
+    """The dtype to compute in: `dtype`; float32 for a bfloat16 that the target or ONNX at the graph's opset
+    does not take for the ops of the float form (no runtime has a bfloat16 Max before opset 13, Where takes it
+    from opset 16, ONNX Runtime has neither), exact, as max/min/NaN tests are; None where float32 will not do
+    either. Or int32 for an integer type int32 holds where ONNX Runtime has
     neither the Max/Min (from opset 12) nor the Where kernel for it at the opset: its profile says so, the
     target's own where the target is ONNX Runtime, else the built-in one, since validation runs the rewrite
     there (1.31 lacks int16/uint16; the tests pin it). Cast(int32) -> Max -> Cast back is exact."""
+    if dtype != np.bool_ and not _is_integer(dtype):
+        return bfloat16_compute_dtype(ctx, _float_ops(op_type, ignore_nan), dtype)
     if not _is_integer(dtype) or not np.can_cast(dtype, np.int32):
         return dtype
     runtime = validation_runtime(ctx.target)
@@ -150,6 +161,11 @@ def _computed_in(op_type, dtype, ctx) -> np.dtype:
     if runs_max_min or runtime.supports("Where", dtype=dtype, opset=ctx.opset):
         return dtype
     return np.dtype(np.int32)
+
+
+def _float_ops(op_type, ignore_nan) -> tuple[str, ...]:
+    """The ops of the float form: Max/Min, and for fmax/fmin the IsNaN tests and the Where picking the other."""
+    return (op_type, "IsNaN", "Where") if ignore_nan else (op_type,)
 
 
 def _is_integer(dtype) -> bool:

@@ -19,20 +19,26 @@ After, mode "remove" (the user asserts no NaN/inf reaches it):  y = x
 torch's defaults are posinf = the dtype's largest finite value and neginf = its lowest (float16:
 ±65504, float32: ±3.4028235e38); the cluster carries them as constants, for ATen they come from the
 input's dtype. Equal(x, ±inf) rather than IsInf because ONNX Runtime's IsInf takes float16 only from
-opset 20. A lone Where(IsNaN(x), 0, x) is not a nan_to_num and is left alone.
+opset 20. A lone Where(IsNaN(x), 0, x) is not a nan_to_num and is left alone. bfloat16 (defaults ±3.3895e38)
+runs in float32 between Casts where the target or the opset lacks bfloat16 Equal/IsNaN/Where: exact, as
+float32 holds every bfloat16.
 """
 from __future__ import annotations
 
 from functools import partial
 
+import ml_dtypes  # onnx's own dependency, whose finfo knows bfloat16 (NumPy's does not)
 import numpy as np
 from onnx import TensorProto
 
 from surgeon.errors import PassError
 from surgeon.pass_api import Param, Pass, PassResult, register_pass
-from surgeon.rewrite import Rewrite, aten_operator, const_value, dtype_of, is_op, producer
+from surgeon.promotion import TORCH_FLOATS
+from surgeon.rewrite import Rewrite, aten_operator, bfloat16_compute_dtype, const_value, dtype_of, is_op, producer
 
 KINDS = ("nan", "posinf", "neginf")
+#: Every op the exact form writes (Mul for a -0.0 replacement).
+EXACT_OPS = ("Equal", "IsNaN", "Where", "Mul")
 #: The Cast torch puts before IsInf: to float64, which keeps every value, infinities included.
 WIDENING_CASTS = (TensorProto.DOUBLE,)
 
@@ -65,22 +71,36 @@ class NanToNum(Pass):
                 continue
             rw = Rewrite(graph, ctx, node)
             dtype = dtype_of(x)
-            if self.mode == "remove" or (dtype is not None and not np.issubdtype(dtype, np.floating)):
+            if self.mode == "remove" or (dtype is not None and dtype.name not in TORCH_FLOATS):
                 rw.bypass(x)  # nan_to_num of an integer tensor is a copy
             else:
-                self._exact(rw, x, _resolve(replacements, dtype, node))
+                values = _resolve(replacements, dtype, node)
+                computed_in = bfloat16_compute_dtype(ctx, EXACT_OPS, values["nan"].dtype)
+                if computed_in is None:
+                    result.note(f"{node.name}: left alone, target '{ctx.target.name}' or ONNX at opset {ctx.opset} "
+                                f"has no {values['nan'].dtype} {' / '.join(EXACT_OPS)}, even computed in float32")
+                    continue
+                self._exact(rw, x, values, computed_in)
             claimed.update(id(n) for n in rw.nodes)
             result.rewrote(node)
         return result
 
     @staticmethod
-    def _exact(rw: Rewrite, x, values: dict):
-        dtype = values["nan"].dtype
+    def _exact(rw: Rewrite, x, values: dict, dtype):
+        """The exact form computed in `dtype`: the input's type, or float32 for a bfloat16 input the target or
+        the opset has no kernels for (float32 holds every bfloat16 and the replacements, which are bfloat16
+        values: Cast there and back changes no bit)."""
+        result_dtype = values["nan"].dtype
+        values = {kind: value.astype(dtype) for kind, value in values.items()}
+        x = rw.cast(x, dtype, "cast_x")
         kept = _replace(rw, rw.op("Equal", [x, rw.const(-np.inf, "minus_inf", dtype)], dtype=np.bool_),
                         values["neginf"], x, "neginf")
         kept = _replace(rw, rw.op("Equal", [x, rw.const(np.inf, "inf", dtype)], dtype=np.bool_),
                         values["posinf"], kept, "posinf")
-        _replace(rw, rw.op("IsNaN", [x], dtype=np.bool_), values["nan"], kept, "nan", last=True)
+        cast_back = dtype != result_dtype
+        replaced = _replace(rw, rw.op("IsNaN", [x], dtype=np.bool_), values["nan"], kept, "nan", last=not cast_back)
+        if cast_back:
+            rw.finish_cast(replaced, result_dtype, suffix="cast_back")
 
 
 def _replace(rw: Rewrite, condition, value: np.ndarray, kept, label: str, last: bool = False):
@@ -108,7 +128,7 @@ def _resolve(replacements: dict, dtype, node) -> dict:
     if dtype is None:
         raise PassError(f"node '{node.name}': cannot tell the dtype of nan_to_num's input, which sets the "
                         "default posinf/neginf; run shape inference on the model first")
-    defaults = {"nan": 0.0, "posinf": np.finfo(dtype).max, "neginf": np.finfo(dtype).min}
+    defaults = {"nan": 0.0, "posinf": ml_dtypes.finfo(dtype).max, "neginf": ml_dtypes.finfo(dtype).min}
     with np.errstate(over="ignore"):  # like torch, a replacement beyond the dtype's range becomes ±inf
         return {k: np.asarray(known.get(k, defaults[k]), dtype=dtype) for k in KINDS}
 

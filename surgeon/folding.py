@@ -12,11 +12,16 @@ Runtime after copying the whole graph, which costs seconds on 20,000 nodes (docs
   `Gather` or `Slice` picks out of a partly dynamic shape.
 
 The table holds only evaluations whose NumPy result is bit-identical to ONNX Runtime's (each one
-tested against it, NaN, infinities, signed zeros and subnormals included): data movement for every
-dtype, integer and boolean arithmetic, the correctly rounded float32/float64 + - * /, comparisons,
-casts that are exact or wrap the same way in C++. A constant node outside the table (MatMul, Exp,
-float16 math, ...) goes to `fallback`, normally `evaluate_with_onnxruntime`: ONNX Runtime's own
-kernel on a one-node model. What neither evaluates is reported in `FoldResult.remaining`.
+tested against it, NaN, infinities, signed zeros, subnormals and the integer extremes included): data
+movement for every dtype, integer and boolean arithmetic, the correctly rounded float32/float64
++ - * /, comparisons, casts that are exact or wrap the same way in C++. Where ONNX Runtime's integer
+kernels go through float64 (Mod with fmod=1, ReduceSum, ReduceProd: 64-bit values past 2**53 round,
+int32 sums past the range saturate), NumPy evaluates only values float64 holds exactly and results in
+range, and leaves the rest to `fallback`, normally `evaluate_with_onnxruntime`: ONNX Runtime's own
+kernel on a one-node model, as for any constant node outside the table (MatMul, Exp, float16 math, ...).
+What neither evaluates is reported in `FoldResult.remaining`. An int32/int64 Div or Mod (fmod=0) of the
+type's minimum by -1 is undefined in C++ (ONNX Runtime dies of SIGFPE on it): never folded, and such a
+node with constant inputs is reported in `FoldResult.refused`, with why.
 
     result = fold_graph(graph, size_threshold=1 << 20,
                         fallback=lambda node, inputs: evaluate_with_onnxruntime(node, inputs, opset=17))
@@ -43,11 +48,37 @@ NOT_FOLDED = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear",
               *RANDOM_OPS}
 
 
+#: The ops whose integer kernels in ONNX Runtime divide as C++ does.
+DIVISIONS = ("Div", "Mod")
+
+
 def never_folded(node: gs.Node) -> bool:
-    """An op of NOT_FOLDED, or a Dropout given `training_mode`, which may drop values at random."""
+    """An op of NOT_FOLDED, a Dropout given `training_mode`, which may drop values at random, or a division
+    that is undefined on its constant inputs (`undefined_division`), which ONNX Runtime dies evaluating (this
+    is graphsurgeon's folder's `should_exclude_node` too)."""
     if node.op == "Dropout":
         return len(node.inputs) > 2 and not node.inputs[2].is_empty()
+    if node.op in DIVISIONS and all(isinstance(t, gs.Constant) for t in node.inputs[:2]):
+        return undefined_division(node, [t.values for t in node.inputs[:2]]) is not None
     return node.op in NOT_FOLDED
+
+
+def undefined_division(node: gs.Node, inputs: list) -> str | None:
+    """Why Div or Mod (fmod=0) of `inputs` is undefined, where one divides an int32/int64 minimum by -1 (the
+    quotient does not fit: undefined in C++, SIGFPE in ONNX Runtime 1.31, measured; narrower types are promoted
+    to int first and wrap); None where it is defined."""
+    if node.op not in DIVISIONS or len(inputs) < 2 or inputs[0] is None or inputs[1] is None:
+        return None
+    a, b = (np.asarray(v) for v in inputs[:2])
+    if node.op == "Mod" and node.attrs.get("fmod", 0):
+        return None
+    if a.dtype != b.dtype or a.dtype.kind != "i" or a.dtype.itemsize < 4:
+        return None
+    minimum = np.iinfo(a.dtype).min
+    if not np.any((a == minimum) & (b == -1)):
+        return None
+    return (f"{node.op} of {a.dtype} {minimum} by -1 is undefined (the quotient does not fit; ONNX Runtime dies "
+            "of SIGFPE on it)")
 
 
 @dataclass
@@ -55,6 +86,8 @@ class FoldResult:
     folded: list[gs.Node] = field(default_factory=list)      # evaluated here: now without consumers
     remaining: list[gs.Node] = field(default_factory=list)   # constant inputs, not evaluated here
     constants: list[str] = field(default_factory=list)       # tensors that became constants
+    #: Nodes with constant inputs that must not fold (`undefined_division`), with why; not in `remaining`.
+    refused: list[tuple[gs.Node, str]] = field(default_factory=list)
 
 
 def fold_graph(graph: gs.Graph, fold_shapes: bool = True, size_threshold: int | None = None,
@@ -73,9 +106,13 @@ def fold_graph(graph: gs.Graph, fold_shapes: bool = True, size_threshold: int | 
             _lower_constant_node(node, result)
             continue
         if _inputs_known(node, known):
+            values = [_value(t, known) for t in node.inputs]
+            why = undefined_division(node, values)
+            if why is not None:
+                result.refused.append((node, why))
+                continue
             if never_folded(node) or _has_attribute_refs(node):
                 continue
-            values = [_value(t, known) for t in node.inputs]
             outputs = evaluate(node, values)
             if outputs is None and fallback is not None:
                 outputs = fallback(node, values)
@@ -423,18 +460,46 @@ def _div(node, inputs):
     if _is_exact_float(a):
         with np.errstate(all="ignore"):  # x/0 is inf or nan, as in C++
             return [np.asarray(np.divide(a, b)).astype(a.dtype, copy=False)]
-    if not _is_int(a, b) or a.dtype == np.bool_ or np.any(b == 0):
+    if not _is_int(a, b) or a.dtype == np.bool_ or np.any(b == 0) or undefined_division(node, inputs):
         return None
-    quotient = np.abs(a) // np.abs(b)  # C++ division truncates toward zero
-    return [np.where((a < 0) != (b < 0), -quotient, quotient).astype(a.dtype)]
+    return [_truncating_divide(*_as_cpp_int(a, b)).astype(a.dtype)]
+
+
+def _as_cpp_int(*arrays):
+    """The arrays as C++ computes with them: types narrower than int promoted (to int64 here, which holds every
+    int8/int16/uint8/uint16 quotient and remainder; the result cast back wraps, as C++ stores it)."""
+    return tuple(a.astype(np.int64) if a.dtype.itemsize < 4 else a for a in arrays)
+
+
+def _truncating_divide(a, b):
+    """a / b rounded toward zero, as C++ divides integers: NumPy's floor division, plus one where it rounded a
+    negative inexact quotient down. No |a| // |b|: |INT_MIN| is INT_MIN again."""
+    with np.errstate(over="ignore"):
+        quotient = np.floor_divide(a, b)
+        inexact = quotient * b != a  # wraps alike on both sides; an inexact product differs by less than |b|
+    return np.where(inexact & ((a < 0) != (b < 0)), quotient + 1, quotient)
 
 
 @_evaluates("Mod")
 def _integer_mod(node, inputs):
     a, b = inputs
-    if not _is_int(a, b) or a.dtype != b.dtype or np.any(b == 0):
+    if not _is_int(a, b) or a.dtype != b.dtype or np.any(b == 0) or undefined_division(node, inputs):
         return None
-    return [(np.fmod if node.attrs.get("fmod", 0) else np.mod)(a, b).astype(a.dtype)]
+    fmod = node.attrs.get("fmod", 0)
+    if fmod and not (_float64_exact(a) and _float64_exact(b)):
+        return None  # ONNX Runtime's integer fmod goes through float64, which rounds these
+    wide_a, wide_b = _as_cpp_int(a, b)
+    return [(np.fmod if fmod else np.mod)(wide_a, wide_b).astype(a.dtype)]
+
+
+#: Every integer of at most this magnitude is a float64.
+FLOAT64_EXACT = 2**53
+
+
+def _float64_exact(values) -> bool:
+    """Whether float64 holds every integer of `values` exactly (below 2**53 in magnitude: a value past it that
+    rounds to 2**53 is caught by the strict comparison)."""
+    return values.dtype.itemsize < 8 or bool(np.all(np.abs(values.astype(np.float64)) < FLOAT64_EXACT))
 
 
 @_evaluates("Neg", "Abs")
@@ -540,7 +605,28 @@ def _integer_reduce(node, inputs):
     if data.size == 0 and node.op in ("ReduceMax", "ReduceMin"):
         return None
     keepdims = bool(node.attrs.get("keepdims", 1))
-    return [_REDUCTIONS[node.op](data, axis=axis, keepdims=keepdims).astype(data.dtype)]
+    reduced = _REDUCTIONS[node.op](data, axis=axis, keepdims=keepdims)
+    if node.op in ("ReduceSum", "ReduceProd") and not _reduction_exact(node.op, data, axis, reduced):
+        return None  # ONNX Runtime's result rounds or saturates: its own kernel folds it
+    return [reduced.astype(data.dtype)]
+
+
+def _reduction_exact(op: str, data, axis, reduced) -> bool:
+    """Whether `reduced`, NumPy's integer ReduceSum/ReduceProd of `data`, is exact and ONNX Runtime's result.
+    ONNX Runtime 1.31's results are those of float64 arithmetic converted back (measured: int64 2**62 + 1
+    sums to 2**62, an int32 sum past 2**31 - 1 saturates to it), which is exact while every partial result's
+    magnitude is within 2**53 and the result fits the type. Partial results are bounded by the sum of the
+    magnitudes, or the product of the nonzero ones, computed in float64 with a factor-2 margin for its own
+    rounding; within 2**52, NumPy's 64-bit accumulation is exact too."""
+    magnitudes = np.abs(data.astype(np.float64))
+    if op == "ReduceSum":
+        bound = np.sum(magnitudes, axis=axis)
+    else:
+        bound = np.prod(np.maximum(magnitudes, 1.0), axis=axis)
+    if not np.all(bound <= FLOAT64_EXACT // 2):
+        return False
+    info = np.iinfo(data.dtype)
+    return bool(np.all((reduced >= info.min) & (reduced <= info.max)))
 
 
 @_evaluates("Cast")

@@ -25,7 +25,7 @@ import onnx_graphsurgeon as gs
 from surgeon import __version__
 from surgeon.cli_args import json_text
 from surgeon.errors import CheckFailed, ModelError, SurgeonError, first_line
-from surgeon.graphinfo import all_nodes, histogram_delta, op_histogram, subgraphs
+from surgeon.graphinfo import all_nodes, histogram_delta, op_histogram, op_label, subgraphs
 from surgeon.graphio import import_graph_noting
 from surgeon.inference import annotate_shapes, infer_graph_shapes, infer_where_untyped, infer_without_weights
 from surgeon.modelio import (guard_outputs, model_inputs, read_model, save_model_atomic, serialize_model,
@@ -33,7 +33,8 @@ from surgeon.modelio import (guard_outputs, model_inputs, read_model, save_model
 from surgeon.pass_api import BUILTIN_PACKAGE, NEEDS, Context, PassResult
 from surgeon.recipe import Recipe, Step, load_recipe
 from surgeon.registry import distribution_of, get_pass
-from surgeon.rewrite import dismantle_graph, dismantle_replaced, export_graph, is_sorted, prune_graph, stable_toposort
+from surgeon.rewrite import (any_subgraphs, dismantle_graph, dismantle_replaced, export_graph, is_sorted, prune_graph,
+                             stable_toposort)
 from surgeon.targets import load_target
 
 
@@ -162,7 +163,8 @@ def run_recipe(recipe, model=None, output=None, *, overrides=(), dry_run: bool =
     with collector_paused():
         graph, records = run_steps(original, recipe, model_dir=model_path.parent, progress=progress,
                                    after_step=after_step, quiet=quiet)
-        result_model = finish_graph(graph, original, recipe, records)
+        with stdout_to_stderr():
+            result_model = finish_graph(graph, original, recipe, records)
         dismantle_graph(graph)
         del graph
         writing = output is not None and not dry_run
@@ -281,7 +283,8 @@ def run_steps(model: onnx.ModelProto, recipe: Recipe, model_dir=None, progress: 
     """Import `model`, run the recipe's steps over it; return the (untidied) graph and the records. `quiet`
     (`run -q`): the tools the passes call print nothing (`Context.tool_output`)."""
     progress = progress or Progress()
-    graph, notes = import_graph_noting(model)
+    with stdout_to_stderr():  # graphsurgeon warns on stdout (bfloat16 tensors), where `run --json` prints
+        graph, notes = import_graph_noting(model)
     _decode_free_text(graph, walk_nodes=notes is None)  # notes come only for graphs without bodies or functions
     ctx = Context(target=load_target(recipe.target), opset=graph.opset or 17, model_dir=model_dir, quiet=quiet)
     ctx.loaded_model = model
@@ -338,7 +341,8 @@ def _run_step(graph: gs.Graph, step: Step, index: int, ctx: Context, state: _Gra
     cls = get_pass(step.pass_name)
     instance = cls(**step.params)
     untidy_nodes = len(graph.nodes)
-    graph = _provide(graph, cls.needs, state)
+    with stdout_to_stderr():  # shape inference exports and imports the graph: graphsurgeon's warnings
+        graph = _provide(graph, cls.needs, state)
     ctx.begin(graph, step.pass_name)
     ctx.held = frozenset(state.held)
     before_nodes = len(graph.nodes)
@@ -346,7 +350,8 @@ def _run_step(graph: gs.Graph, step: Step, index: int, ctx: Context, state: _Gra
     before_hist = state.histogram if state.histogram is not None else op_histogram(graph.nodes)
     started = time.perf_counter()
     try:
-        result = instance.run(graph, ctx)
+        with stdout_to_stderr():  # what a pass or the tools it calls print must not corrupt `run --json`
+            result = instance.run(graph, ctx)
     except SurgeonError as exc:
         exc.message = f"{where}: {exc.message}"
         exc.args = (exc.message,)
@@ -378,10 +383,39 @@ def _run_step(graph: gs.Graph, step: Step, index: int, ctx: Context, state: _Gra
         state.histogram = op_histogram(graph.nodes)
     record = StepRecord(index=index, pass_name=step.pass_name, label=step.label, params=dict(step.params),
                         nodes_before=before_nodes, nodes_after=len(graph.nodes),
-                        op_delta=histogram_delta(before_hist, state.histogram),
-                        rewritten=list(result.rewritten), notes=list(result.notes), seconds=round(seconds, 4),
+                        op_delta=histogram_delta(before_hist, state.histogram), rewritten=list(result.rewritten),
+                        notes=[*result.notes, *_unvisited_sites(graph, cls, ctx.target)], seconds=round(seconds, 4),
                         pruned_before=untidy_nodes - before_nodes, origin=_pass_origin(cls))
     return record, graph
+
+
+def _unvisited_sites(graph: gs.Graph, cls: type, target) -> list[str]:
+    """A note for each node of an op the pass handles (`Pass.handles`) left inside an If/Loop/Scan body or a
+    local function, which passes do not visit (they rewrite the main graph only), with what to run first as
+    `surgeon check` phrases it (`fix_reaching`: simplify for an If on a constant condition, inline-functions for
+    a function's node). Asked of the exported graph only where such a node exists."""
+    if not cls.handles or not (graph.functions or any_subgraphs(graph.nodes)):
+        return []
+    nested = [*graph.subgraphs(recursive=True), *graph.functions,
+              *(sub for function in graph.functions for sub in function.subgraphs(recursive=True))]
+    if not any(op_label(node) in cls.handles for body in nested for node in body.nodes):
+        return []
+    from surgeon.check.facts import ModelFacts
+    from surgeon.check.rules import fix_reaching
+
+    with stdout_to_stderr():  # graphsurgeon's export warnings (bfloat16)
+        model = export_graph(graph)
+    facts = ModelFacts(path=Path("model.onnx"), model=model, target=target)
+    notes = []
+    for node in facts.all_nodes:
+        label = op_label(node)
+        if label not in cls.handles or facts.in_main_graph(node):
+            continue
+        fix, why_not = fix_reaching(facts, node, cls.fix_hint(target))
+        where = "a local function" if facts.body_holder(node) is None else "an If/Loop/Scan body"
+        advice = f", passes do not visit {where}: run {fix}" if fix is not None else why_not
+        notes.append(f"{facts.node_path(node)} ({label}): left{advice}")
+    return notes
 
 
 def _pass_origin(cls: type) -> dict[str, str] | None:

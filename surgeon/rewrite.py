@@ -17,6 +17,7 @@ facts below say when each change came.
 """
 from __future__ import annotations
 
+import functools
 from operator import attrgetter
 from typing import Iterable, Sequence
 
@@ -122,6 +123,43 @@ def max_min_is_wrong(target, dtype) -> bool:
     would fail validation. Its uint64 Max/Min and int64 Less/Greater/Where are right, and the Where form
     runs on TensorRT too."""
     return validation_runtime(target).runtime == "onnxruntime" and np.dtype(dtype) == np.int64
+
+
+#: Float types torch computes elementwise ops on in float32, rounding once at the end.
+HALF_FLOATS = ("float16", "bfloat16")
+
+
+def takes_dtype(ctx, op_type: str, dtype, opset: int | None = None) -> bool:
+    """Whether a standard `op_type` node on `dtype` may be written: ONNX's schema at the graph's opset lists the
+    type for one of its inputs (Where-9 and Pow-13 have no bfloat16: onnx.checker's full check refuses them),
+    and the target runs it (`target.supports`, asked at `opset`; None: the target's own)."""
+    return _schema_takes(op_type, onnx_dtype(dtype), ctx.opset) and ctx.target.supports(op_type, dtype=dtype,
+                                                                                         opset=opset)
+
+
+@functools.lru_cache(maxsize=None)
+def _schema_takes(op_type: str, elem_type: int, opset: int) -> bool:
+    try:
+        schema = onnx.defs.get_schema(op_type, opset, "")
+    except onnx.defs.SchemaError:  # not defined at that opset: the target's question (surgeon check reports it)
+        return True
+    wanted = f"tensor({onnx.TensorProto.DataType.Name(elem_type).lower()})"  # tensor(float), tensor(bfloat16)
+    allowed = {c.type_param_str: c.allowed_type_strs for c in schema.type_constraints}
+    return any(wanted in allowed.get(formal.type_str, [formal.type_str]) for formal in schema.inputs)
+
+
+def bfloat16_compute_dtype(ctx, ops: Iterable[str], dtype) -> np.dtype | None:
+    """The type to run `ops` on `dtype` in: a bfloat16 stays where every op takes it (`takes_dtype`), else
+    float32 where every op takes that (Cast there and back: exact for selections, comparisons and max/min,
+    one rounding at the end for arithmetic, as torch computes bfloat16), else None. Other types stay as they
+    are: ONNX Runtime runs a float16 op it has no kernel for in float32 itself (InsertCastTransformer), which
+    it does not for bfloat16, and what a target lacks of the others `surgeon check` reports."""
+    dtype = np.dtype(dtype)
+    if dtype.name != "bfloat16":
+        return dtype
+    ops = tuple(ops)
+    candidates = (dtype, np.dtype(np.float32))
+    return next((c for c in candidates if all(takes_dtype(ctx, op, c, opset=ctx.opset) for op in ops)), None)
 
 
 def find_nodes(graph: gs.Graph, predicate) -> list[gs.Node]:

@@ -13,6 +13,7 @@ from surgeon.testing import IR_VERSION, apply_pass, make_model, run_ort
 
 ZOO = Path(__file__).parent / "data" / "zoo"
 I64_MAX = np.iinfo(np.int64).max
+I64_MIN = np.iinfo(np.int64).min
 
 
 def single_node_model(op, inputs, attrs=None, opset=13, outputs=1):
@@ -79,6 +80,17 @@ CASES = [  # (id, op, inputs, attrs, opset)
     ("sub-int32", "Sub", [np.array([1, -5], np.int32), np.array([3], np.int32)], {}, 13),
     ("mul-broadcast", "Mul", [i64(1, 2, 3).reshape(3, 1), i64(-2, 5)], {}, 13),
     ("div-truncates", "Div", [i64(-7, 7, -7, 7, 0), i64(2, -2, -2, 2, 3)], {}, 13),
+    # |INT_MIN| is INT_MIN again: truncating division must not go through abs()
+    ("div-int64-min", "Div", [i64(I64_MIN, I64_MIN, I64_MIN, -7), i64(10, -10, I64_MIN, I64_MIN)], {}, 14),
+    ("div-int32-min", "Div", [np.array([-2**31, -2**31, 2**31 - 1], np.int32), np.array([2, -2, -2**31], np.int32)],
+     {}, 14),
+    # narrower types divide promoted to int and wrap when stored: -128 / -1 is -128
+    ("div-int8-min", "Div", [np.array([-128, -128, -128, 127], np.int8), np.array([3, 2, -1, -128], np.int8)], {}, 14),
+    ("div-int16-min", "Div", [np.array([-32768, -32768], np.int16), np.array([7, -1], np.int16)], {}, 14),
+    ("mod-int8-min", "Mod", [np.array([-128, -128, 127], np.int8), np.array([-1, 3, -128], np.int8)], {}, 13),
+    ("mod-int64-min", "Mod", [i64(I64_MIN, I64_MIN, I64_MAX), i64(10, -3, I64_MIN)], {}, 13),
+    ("mod-fmod-int64-exact-in-float64", "Mod", [i64(2**53 - 1, -(2**53) + 1, 12345), i64(-10, 7, 2**53 - 1)],
+     {"fmod": 1}, 13),
     ("mod-python-sign", "Mod", [i64(-7, 7, -7, 7), i64(3, -3, -3, 3)], {}, 13),
     ("mod-fmod", "Mod", [i64(-7, 7, -7, 7), i64(3, -3, -3, 3)], {"fmod": 1}, 13),
     ("neg", "Neg", [i64(3, -4, 0)], {}, 13),
@@ -100,6 +112,9 @@ CASES = [  # (id, op, inputs, attrs, opset)
     ("range-down", "Range", [np.array(5, np.int32), np.array(-2, np.int32), np.array(-2, np.int32)], {}, 13),
     ("range-empty", "Range", [np.array(5, np.int64), np.array(1, np.int64), np.array(1, np.int64)], {}, 13),
     ("reduce-prod-all", "ReduceProd", [i64(2, 3, 4)], {"keepdims": 0}, 13),
+    ("reduce-sum-int32-near-max", "ReduceSum", [np.array([2**31 - 1, 1, -1], np.int32)], {}, 13),
+    ("reduce-prod-int32-near-max", "ReduceProd", [np.array([46340, 46340, -1], np.int32)], {}, 13),
+    ("reduce-sum-int64-float64-exact", "ReduceSum", [i64(2**51, 2**50, -(2**50) + 1)], {}, 13),
     ("reduce-sum-attr", "ReduceSum", [np.arange(6, dtype=np.int64).reshape(2, 3)], {"axes": [1]}, 11),
     ("reduce-sum-input", "ReduceSum", [np.arange(6, dtype=np.int64).reshape(2, 3), i64(0)], {"keepdims": 0}, 13),
     ("reduce-max", "ReduceMax", [np.arange(6, dtype=np.int32).reshape(2, 3)], {"axes": [-1]}, 13),
@@ -153,6 +168,14 @@ LEFT_TO_ONNXRUNTIME = [  # evaluations NumPy could get wrong, or that are invali
     ("tile-repeats-too-few", "Tile", [i64(1, 2).reshape(1, 2), i64(3)], {}),  # NumPy would pad them
     ("slice-axis-out-of-range", "Slice", [i64(1, 2, 3), i64(0), i64(2), i64(1)], {}),  # NumPy: axis 1 % 1 = 0
     ("float-exp", "Exp", [np.array([1.0], np.float32)], {}),
+    # ONNX Runtime computes these in float64 (measured): 64-bit values past 2**53 round, int32 sums saturate
+    ("mod-fmod-int64-past-2**53", "Mod", [i64(2**60 + 12345), i64(10)], {"fmod": 1}),
+    ("mod-fmod-uint64-past-2**53", "Mod", [np.array([2**63 + 12345], np.uint64), np.array([10], np.uint64)],
+     {"fmod": 1}),
+    ("reduce-sum-int64-past-2**53", "ReduceSum", [i64(2**62, 1)], {}),
+    ("reduce-prod-int64-past-2**53", "ReduceProd", [i64(2**31 + 1, 2**31 - 1)], {}),
+    ("reduce-sum-int32-overflows", "ReduceSum", [np.array([2**30, 2**30], np.int32)], {}),
+    ("reduce-prod-int32-overflows", "ReduceProd", [np.array([46341, 46341], np.int32)], {}),
 ]
 
 
@@ -304,3 +327,24 @@ def test_fold_constants_matches_graphsurgeons_folder_on_the_zoo(fixture):
     assert ours_init.keys() == theirs_init.keys()
     for name, value in theirs_init.items():
         assert ours_init[name].dtype == value.dtype and ours_init[name].tobytes() == value.tobytes(), name
+
+
+@pytest.mark.parametrize("dtype", [np.int32, np.int64])
+@pytest.mark.parametrize("op, attrs", [("Div", {}), ("Mod", {"fmod": 0})])
+def test_undefined_integer_division_never_folds(dtype, op, attrs):
+    """INT_MIN / -1 does not fit: undefined in C++, and ONNX Runtime dies of SIGFPE evaluating it (measured), so
+    neither NumPy nor the ONNX Runtime fallback may fold it, directly or after folding what feeds it."""
+    minimum = np.array([np.iinfo(dtype).min], dtype)
+    model = single_node_model(op, [minimum, np.array([-1], dtype)], attrs, opset=14)
+    graph = gs.import_onnx(model)
+    result = fold_graph(graph, fallback=lambda node, values: pytest.fail("the fallback must not be asked"))
+    assert result.folded == [] and result.remaining == []
+    assert [(node.name, "undefined" in why) for node, why in result.refused] == [("node", True)]
+    out, step = apply_pass(model, "fold-constants")  # graphsurgeon's folder excludes it too (never_folded)
+    assert [n.op_type for n in out.graph.node] == [op]
+    assert [note for note in step.notes if note.startswith("node: not folded, ") and "undefined" in note]
+    computed = helper.make_node("Identity", ["in0"], ["copy"], name="copy")
+    model.graph.node[0].input[0] = "copy"
+    model.graph.node.insert(0, computed)
+    result = fold_graph(gs.import_onnx(model))
+    assert [n.name for n in result.folded] == ["copy"] and [n.name for n, _ in result.refused] == ["node"]

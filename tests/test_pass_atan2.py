@@ -173,6 +173,45 @@ def test_torch_own_atan2_export_is_replaced_because_it_is_wrong_on_the_axes(opse
     assert kept.rewritten == []
 
 
+class _Atan2(torch.nn.Module):
+    def forward(self, y, x):
+        return torch.atan2(y, x)
+
+
+@pytest.mark.parametrize("opset", [11, 13, 17])
+def test_torch_own_float16_export_is_replaced(opset):
+    """torch's float16 export holds pi as float16 3.140625: matched as pi rounded to the constant's own type.
+    Edge grid: equal to torch bit for bit (computed in float32, rounded once, as torch does)."""
+    y, x = (torch.from_numpy(grid.ravel()).half() for grid in np.meshgrid(EDGES, EDGES))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        buffer = io.BytesIO()
+        torch.onnx.export(_Atan2(), (y, x), buffer, dynamo=False, opset_version=opset, input_names=["y", "x"],
+                          output_names=["angle"])
+    model = onnx.load_from_string(buffer.getvalue())
+    out, step = apply_pass(model, "atan2")
+    assert len(step.rewritten) == 1 and op_types(out).count("Atan") == 1
+    got = run_ort(out, {"y": y.numpy(), "x": x.numpy()})[0]
+    want = torch.atan2(y, x).numpy()
+    np.testing.assert_array_equal(got, want)
+    both = ~np.isnan(want)
+    np.testing.assert_array_equal(np.signbit(got[both]), np.signbit(want[both]))
+
+
+def test_integer_operand_is_rounded_to_float16_first_like_torch():
+    """atan2(int32, float16) is float16 in torch, which rounds the integer to float16 first (2049 -> 2048,
+    70000 -> inf) and then computes in float32: the rewrite casts int32 -> float16 -> float32. Bit for bit."""
+    y = np.array([2049, 4097, 70000, -70000, 65519, 65520, 3, 1, 0], np.int32)
+    x = np.array([2048, 4096, 1e4, 1e4, 1e4, 6e4, 0, -0.0, -1], np.float16)
+    out, step = apply_pass(typed_atan2_model(np.int32, np.float16, np.float16), "atan2")
+    assert step.rewritten == ["atan2_node"]
+    onnx.checker.check_model(out, full_check=True)
+    got = run_ort(out, {"y": y, "x": x})[0]
+    want = torch.atan2(torch.from_numpy(y), torch.from_numpy(x)).numpy()
+    assert got.dtype == want.dtype == np.float16
+    np.testing.assert_array_equal(got, want)
+
+
 def typed_atan2_model(dtype_y, dtype_x, out_dtype, opset=13):
     node = helper.make_node("ATen", ["y", "x"], ["angle"], name="atan2_node", domain="org.pytorch.aten",
                             operator="atan2", overload_name="")

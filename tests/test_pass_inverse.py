@@ -265,3 +265,27 @@ def test_inverse_trt_cpu_reference_matches_torch():
     assert got.dtype == np.float32 and (relative_error(got, matrices) <= RTOL[np.float32]).all()
     versus_torch = np.abs(got - want).max(axis=(-2, -1)) / np.abs(want).max(axis=(-2, -1))
     assert (versus_torch <= relative_error(want, matrices) + RTOL[np.float32]).all()
+
+
+def test_bfloat16_matrices_are_inverted_in_float32():
+    """torch refuses bfloat16 matrices (linalg.inv: Low precision dtypes not supported); the graph asks for
+    inv(M.float()).bfloat16(), which the rewrite computes in float32 (Pow-13 and ONNX Runtime have no bfloat16)
+    and rounds once. Against torch in float32 rounded to bfloat16: within 1 bfloat16 ulp (2**-8 relative),
+    the float32 closed form's 2e-6 moving a value across a rounding boundary at most."""
+    rng = np.random.default_rng(0)
+    matrices = (rng.normal(size=(64, 4, 4)) + 4 * np.eye(4)).astype(np.float32)
+    matrices = torch.from_numpy(matrices).bfloat16().float().numpy()  # values bfloat16 holds
+    bfloat16 = onnx.TensorProto.BFLOAT16
+    nodes = [helper.make_node("Cast", ["m"], ["m_bf16"], name="to_bf16", to=bfloat16),
+             helper.make_node("ATen", ["m_bf16"], ["inv_bf16"], name="inv", domain="org.pytorch.aten",
+                              operator="linalg_inv", overload_name=""),
+             helper.make_node("Cast", ["inv_bf16"], ["inv"], name="to_float", to=onnx.TensorProto.FLOAT)]
+    model = make_model(nodes, [("m", np.float32, [64, 4, 4])], [("inv", np.float32, [64, 4, 4])], opset=13)
+    model.graph.value_info.append(helper.make_tensor_value_info("m_bf16", bfloat16, [64, 4, 4]))
+    out, step = apply_pass(model, "inverse")
+    onnx.checker.check_model(out, full_check=True)
+    assert step.rewritten == ["inv"]
+    got = run_ort(out, {"m": matrices})[0]
+    want = torch.linalg.inv(torch.from_numpy(matrices)).bfloat16().float().numpy()
+    ulps = np.abs(got.view(np.int32) - want.view(np.int32)) >> 16  # bfloat16 is float32's upper half
+    assert ulps.max() <= 1

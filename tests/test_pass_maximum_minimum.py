@@ -423,3 +423,38 @@ def test_variadic_bool_max_folds_into_ors():
     a, b, c = np.array([True, False]), np.array([False, False]), np.array([False, False])
     np.testing.assert_array_equal(run_ort(out, {"a": a, "b": b, "c": c})[0], a | b | c)
     assert step.rewritten == ["max3"] and op_types(out) == ["Or", "Or"]
+
+
+BFLOAT16 = onnx.TensorProto.BFLOAT16
+
+
+def bfloat16_model(operator, opset):
+    """ATen `operator` on bfloat16 operands, float32 at the graph's boundary (ONNX Runtime's Python API feeds no
+    bfloat16): Cast in, the site, Cast out."""
+    nodes = [helper.make_node("Cast", [name], [f"{name}_bf16"], name=f"to_bf16_{name}", to=BFLOAT16) for name in "ab"]
+    nodes.append(helper.make_node("ATen", ["a_bf16", "b_bf16"], ["y_bf16"], name=f"aten_{operator}",
+                                  domain="org.pytorch.aten", operator=operator, overload_name=""))
+    nodes.append(helper.make_node("Cast", ["y_bf16"], ["y"], name="to_float", to=onnx.TensorProto.FLOAT))
+    model = make_model(nodes, [("a", np.float32, [8]), ("b", np.float32, [8])], [("y", np.float32, [8])], opset=opset)
+    model.graph.value_info.append(helper.make_tensor_value_info("y_bf16", BFLOAT16, [8]))
+    return model
+
+
+@pytest.mark.parametrize("opset", [13, 17])
+@pytest.mark.parametrize("operator", ["maximum", "minimum", "fmax", "fmin"])
+def test_bfloat16_is_computed_in_float32_where_bfloat16_is_not_taken(operator, opset):
+    """ONNX Runtime has no bfloat16 Max/Min/IsNaN/Where kernels, and Where takes bfloat16 only from opset 16:
+    the site runs in float32 between Casts (exact: every bfloat16 is a float32, max/min pick one of them).
+    Bit for bit torch's bfloat16 result, NaN placement included; the output passes onnx's full check."""
+    a = np.array([np.nan, 1.0, -0.0, np.inf, -3.0, 2.5, np.nan, 1e38], np.float32)
+    b = np.array([1.0, np.nan, 0.0, -np.inf, -3.5, 2.5078125, np.nan, -1e38], np.float32)
+    out, step = apply_pass(bfloat16_model(operator, opset), "maximum-minimum")
+    onnx.checker.check_model(out, full_check=True)
+    assert step.rewritten == [f"aten_{operator}"]
+    got = run_ort(out, {"a": a, "b": b})[0]
+    want = TORCH_FN[operator](torch.from_numpy(a).bfloat16(), torch.from_numpy(b).bfloat16()).float().numpy()
+    np.testing.assert_array_equal(got, want)
+    on_tensorrt, step = apply_pass(bfloat16_model(operator, opset), "maximum-minimum", target="tensorrt-10")
+    onnx.checker.check_model(on_tensorrt, full_check=True)
+    stays = opset >= 16 or operator in ("maximum", "minimum")  # TensorRT 10 runs bfloat16; Where-9 lacks it
+    assert op_types(on_tensorrt).count("Cast") == (3 if stays else 6)  # the model's 3, or 2 operands in, 1 back

@@ -188,3 +188,52 @@ def test_aten_input_of_unknown_dtype_is_a_clear_error():
     model.graph.input[0].type.tensor_type.elem_type = onnx.TensorProto.UNDEFINED
     with pytest.raises(Exception, match="'nan_to_num': cannot tell the dtype"):
         apply_pass(model, "nan-to-num")
+
+
+def bfloat16_model(opset, nan=None, posinf=None, neginf=None):
+    """ATen(nan_to_num) on bfloat16, float32 at the graph's boundary (ONNX Runtime's Python API feeds no bfloat16)."""
+    model = aten_model(np.float32, [12], opset, nan, posinf, neginf)
+    graph = model.graph
+    graph.node[0].input[0], graph.node[0].output[0] = "x_bf16", "y_bf16"
+    graph.node.insert(0, helper.make_node("Cast", ["x"], ["x_bf16"], name="to_bf16", to=onnx.TensorProto.BFLOAT16))
+    graph.node.append(helper.make_node("Cast", ["y_bf16"], ["y"], name="to_float", to=onnx.TensorProto.FLOAT))
+    graph.value_info.append(helper.make_tensor_value_info("x_bf16", onnx.TensorProto.BFLOAT16, [12]))
+    return model
+
+
+def bfloat16_values(seed):
+    x = edge_values(np.float32, [12], seed).astype(np.float32)
+    x[:4] = [np.nan, np.inf, -np.inf, -0.0]
+    return torch.from_numpy(x).bfloat16().float().numpy()  # values bfloat16 holds
+
+
+@pytest.mark.parametrize("opset", [13, 17])  # Cast takes bfloat16 from opset 13
+@pytest.mark.parametrize("values", [(None, None, None), (1.5, 1e39, -0.0), (-0.0, -2.0, None)])
+def test_bfloat16_matches_torch_bitwise(opset, values):
+    """bfloat16 is a float (ml_dtypes' type is no np.floating): ONNX Runtime has no bfloat16 Equal/IsNaN/Where,
+    so the rewrite runs in float32 between Casts; torch's defaults are bfloat16's own max/min (3.3895e38)."""
+    nan, posinf, neginf = values
+    out, step = apply_pass(bfloat16_model(opset, nan, posinf, neginf), "nan-to-num")
+    onnx.checker.check_model(out, full_check=True)
+    assert step.rewritten == ["nan_to_num"] and "IsNaN" in op_types(out)
+    x = bfloat16_values(opset)
+    want = torch.nan_to_num(torch.from_numpy(x).bfloat16(), nan=nan, posinf=posinf, neginf=neginf).float().numpy()
+    assert_bitwise_equal(run_single(out, x), want)
+    twice, again = apply_pass(out, "nan-to-num")
+    assert again.rewritten == [] and op_types(twice) == op_types(out)
+
+
+def test_bfloat16_export_cluster_matches_torch_bitwise():
+    x = torch.from_numpy(bfloat16_values(0))
+    model = export(lambda v: torch.nan_to_num(v.bfloat16()).float(), x, 13)
+    out, step = apply_pass(model, "nan-to-num")
+    onnx.checker.check_model(out, full_check=True)
+    assert len(step.rewritten) == 1 and "IsInf" not in op_types(out)
+    assert_bitwise_equal(run_single(out, x.numpy()), torch.nan_to_num(x.bfloat16()).float().numpy())
+
+
+def test_bfloat16_stays_bfloat16_where_target_and_opset_take_it():
+    out, step = apply_pass(bfloat16_model(17), "nan-to-num", target="tensorrt-10")
+    onnx.checker.check_model(out, full_check=True)
+    ops = op_types(out)
+    assert step.rewritten == ["nan_to_num"] and "IsNaN" in ops and ops.count("Cast") == 2  # the model's own two

@@ -288,6 +288,25 @@ def test_json_output_and_version(tmp_path, model_file, capsys):
     assert info.value.code == 0 and surgeon.__version__ in capsys.readouterr().out
 
 
+def test_json_output_is_only_the_report_for_a_bfloat16_graph(tmp_path):
+    """onnx-graphsurgeon prints warnings on stdout on importing and exporting bfloat16 tensors ("Could not convert:
+    BFLOAT16 ..."): the run sends them to stderr, so `--json` prints the report alone. A fresh process, as
+    graphsurgeon's logger prints some of its warnings once per process."""
+    bfloat16 = onnx.TensorProto.BFLOAT16
+    nodes = [helper.make_node("Cast", ["x"], ["x_bf16"], name="to_bf16", to=bfloat16),
+             helper.make_node("Mul", ["x_bf16", "two"], ["y_bf16"], name="double"),
+             helper.make_node("Cast", ["y_bf16"], ["y"], name="to_float", to=onnx.TensorProto.FLOAT)]
+    model = make_model(nodes, [("x", np.float32, [4])], [("y", np.float32, [4])], opset=13)
+    model.graph.initializer.append(helper.make_tensor("two", bfloat16, [], [0x4000]))  # bfloat16 2.0
+    onnx.save(model, tmp_path / "bf16.onnx")
+    recipe = recipe_file(tmp_path, [{"pass": "toposort"}, {"pass": "infer-shapes"}], target="onnxruntime")
+    proc = subprocess.run([sys.executable, "-m", "surgeon", "run", str(recipe), str(tmp_path / "bf16.onnx"), "-o",
+                           str(tmp_path / "o.onnx"), "--json"], capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["nodes"]["after"] == 3
+    assert "BFLOAT16" in proc.stderr  # the warnings still reach the user, on stderr
+
+
 def write_noop_plugin(path, pass_name: str):
     """Write a plugin file (or module) at `path` registering `pass_name`, a pass that changes nothing."""
     path.write_text(textwrap.dedent(f'''
@@ -1163,3 +1182,41 @@ def test_graph_inputs_and_outputs_keep_their_text_when_renamed(renames, expected
             for info in (*out.graph.input, *out.graph.output)}
     assert seen == {new: (f"{_TEXT} {old} doc", [(f"{_TEXT} {old}", f"{_TEXT} value")])
                     for new, old in expected.items()}
+
+
+def _atan2_in_if_body(condition_is_constant: bool):
+    """ATen atan2 in an If's then-branch; the condition a graph input, or a constant initializer."""
+    atan2 = helper.make_node("ATen", ["y", "x"], ["angle"], name="inner_site", domain="org.pytorch.aten",
+                             operator="atan2", overload_name="")
+    info = helper.make_tensor_value_info
+    then_branch = helper.make_graph([atan2], "then", [], [info("angle", onnx.TensorProto.FLOAT, [2])])
+    else_branch = helper.make_graph([helper.make_node("Identity", ["y"], ["same"], name="copy")], "else", [],
+                                    [info("same", onnx.TensorProto.FLOAT, [2])])
+    branch = helper.make_node("If", ["c"], ["r"], name="if", then_branch=then_branch, else_branch=else_branch)
+    inputs = [("y", np.float32, [2]), ("x", np.float32, [2])] + ([] if condition_is_constant else [("c", np.bool_, [])])
+    model = make_model([branch], inputs, [("r", np.float32, [2])], opset=13,
+                       initializers={"c": np.array(True)} if condition_is_constant else None)
+    return model
+
+
+@pytest.mark.parametrize("condition_is_constant", [False, True])
+def test_a_site_inside_a_body_is_noted_with_what_check_suggests(tmp_path, condition_is_constant):
+    """Passes rewrite the main graph only: a handled op inside an If body gets a note naming its path and, as
+    `surgeon check` phrases it, what to run first (simplify folds an If on a constant condition) or why
+    nothing will reach it."""
+    model_file = tmp_path / "m.onnx"
+    onnx.save(_atan2_in_if_body(condition_is_constant), model_file)
+    from surgeon.pipeline import run_recipe
+
+    result = run_recipe({"name": "t", "target": "onnxruntime", "steps": [{"pass": "atan2"}]},
+                        model_file, dry_run=True, validate=False)
+    (step,) = result.steps
+    assert step.rewritten == [] and len(step.notes) == 1
+    assert step.notes[0].startswith("if/then_branch/inner_site (ATen:atan2): left")
+    if condition_is_constant:
+        assert step.notes[0].endswith("passes do not visit an If/Loop/Scan body: run simplify, then atan2")
+    else:
+        assert "which no pass rewrites" in step.notes[0]
+    cleanup = run_recipe({"name": "t", "steps": [{"pass": "cleanup"}]}, model_file, dry_run=True,
+                         validate=False)
+    assert cleanup.steps[0].notes == []  # a pass handling no op notes nothing
