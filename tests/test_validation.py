@@ -15,12 +15,12 @@ from surgeon.cli import main
 from surgeon.errors import SurgeonError
 from surgeon.pass_api import Pass, PassResult, register_pass
 from surgeon.pipeline import run_recipe
-from surgeon.testing import make_model, run_ort
+from surgeon.testing import apply_pass, make_model, run_ort
 from surgeon.validation import Tolerance, make_feeds, make_runner, validate_models
 from surgeon.validation.runners import OnnxrtRunner, ReferenceRunner
 from surgeon.validation.validate import input_notes
 
-from conftest import REPO
+from conftest import DATA, REPO
 
 ATEN = "org.pytorch.aten"
 WRONG_STEP = "test-validation-wrong-constant"
@@ -1194,3 +1194,135 @@ sys.exit(main(["compare", {str(tmp_path / 'm.onnx')!r}, {str(tmp_path / 'm.onnx'
         process.kill()
     assert (process.returncode, err) == (143, "surgeon: terminated (SIGTERM); nothing was written\n")
     assert list(temp.glob("surgeon-*")) == []  # (the folder is also the temp directory of whatever else runs)
+
+
+DROP_OUTPUT_STEP = "test-validation-drop-last-output"
+HIDDEN_RENAME_STEP = "test-validation-rename-output-tensor"
+
+
+@register_pass(DROP_OUTPUT_STEP)
+class DropLastOutput(Pass):
+    """Drops the last graph output: an ordinary rewrite that loses an output (for the tests)."""
+
+    def run(self, graph, ctx):
+        result = PassResult()
+        if len(graph.outputs) > 1:
+            result.rewritten.append(f"output:{graph.outputs[-1].name}")
+            graph.outputs = graph.outputs[:-1]
+        return result
+
+
+@register_pass(HIDDEN_RENAME_STEP)
+class RenameOutputTensor(Pass):
+    """Renames the first graph output's tensor behind the rename pass's back (for the tests)."""
+
+    def run(self, graph, ctx):
+        result = PassResult()
+        if not graph.outputs[0].name.startswith("fresh_"):
+            graph.outputs[0].name = f"fresh_{graph.outputs[0].name}"
+            result.rewritten.append("output")
+        return result
+
+
+def write_stage_recipe(tmp_path, model, steps, **validate) -> str:
+    """A recipe of `steps` ((pass, params) pairs) on `model`, validated against the original."""
+    onnx.save(model, tmp_path / "model.onnx")
+    recipe = {"name": "stage", "model": "model.onnx", "steps": [{"pass": p, "with": w} for p, w in steps],
+              "validate": validate or {"atol": 1e-5}}
+    (tmp_path / "stage.yaml").write_text(yaml.safe_dump(recipe))
+    return str(tmp_path / "stage.yaml")
+
+
+@pytest.mark.parametrize("cut, compared, fed", [
+    ({"inputs": ["input.1"], "outputs": ["20"]}, "20", ""),
+    ({"inputs": ["20"], "outputs": ["47"]}, "47", " and feeds the stage its values of 20")])
+def test_a_stage_cut_by_extract_is_compared_with_the_same_tensors_of_the_original(tmp_path, cut, compared, fed):
+    """Used to fail on '47 missing from rewritten' without comparing 20, or to refuse a stage taking 20."""
+    model = onnx.load(DATA / "centerpoint_pfe.onnx")
+    recipe = write_stage_recipe(tmp_path, model, [("extract", cut)])
+    result = run_recipe(recipe, output=tmp_path / "out.onnx")
+    validation = result.validation
+    assert result.ok and validation.passed
+    assert [(o.name, o.passed) for o in validation.outputs] == [(compared, True)]
+    assert validation.outputs[0].max_abs is not None and validation.outputs[0].cosine == pytest.approx(1)
+    assert ("note: a stage cut by the recipe's extract step: its outputs are compared with the tensors of the "
+            f"same names in the original, which runs from its own inputs{fed}") in validation.summary
+    dropped = "note: outputs of the original the stage does not return, not compared: 47"
+    assert (dropped in validation.summary) == (compared == "20")
+    assert list(validation.feeds[0]) == ["input.1"] + (["20"] if fed else [])  # saved with the reports
+
+
+def test_a_wrong_stage_fails_on_the_tensors_it_returns_and_is_localised(tmp_path):
+    """The stage takes an intermediate tensor (scaled), returns another (act, renamed), and is wrong."""
+    recipe = write_stage_recipe(tmp_path, chain_model(), [("extract", {"inputs": ["scaled"], "outputs": ["act"]}),
+                                                          ("rename", {"outputs": {"act": "feature"}}),
+                                                          (WRONG_STEP, {})], iterations=2)
+    validation = run_recipe(recipe, output=tmp_path / "out.onnx").validation
+    assert list(validation.feeds[1]) == ["x", "scaled"] and [run.name for run in validation.runs] == [
+        "original", "rewritten"]
+    output = validation.outputs[0]
+    assert (output.name, output.candidate_name, output.within_tolerance) == ("act", "feature", False)
+    assert output.max_abs == pytest.approx(1e-3, rel=1e-3)
+    assert validation.divergence["tensor"] == "shifted"
+    assert "feeds the stage its values of scaled" in validation.summary
+    assert "not compared: y" in validation.summary
+
+
+def test_per_output_tolerances_name_the_stages_outputs(tmp_path):
+    steps = [("extract", {"inputs": ["scaled"], "outputs": ["act"]}), (WRONG_STEP, {})]
+    assert run_recipe(write_stage_recipe(tmp_path, chain_model(), steps, atol={"act": 1e-2}),
+                      output=tmp_path / "out.onnx").validation.passed
+    with pytest.raises(SurgeonError, match="atol names 'y', which is not an output of the model"):
+        run_recipe(write_stage_recipe(tmp_path, chain_model(), steps, atol={"y": 1e-2}), output=tmp_path / "o.onnx")
+    assert not (tmp_path / "o.onnx").exists()
+
+
+def test_a_stage_with_nothing_comparable_is_said_so_not_failed(tmp_path):
+    recipe = write_stage_recipe(tmp_path, chain_model(), [("extract", {"outputs": ["act"]}), (HIDDEN_RENAME_STEP, {})])
+    with pytest.raises(SurgeonError, match=r"nothing comparable: none of the stage's outputs \(fresh_act\) is a "
+                                           "tensor of"):
+        run_recipe(recipe, output=tmp_path / "out.onnx")
+    assert not (tmp_path / "out.onnx").exists()
+
+
+def test_an_output_an_ordinary_rewrite_drops_still_fails(tmp_path):
+    """Only a recipe that cuts (extract) makes a stage; any other lost output is a failure."""
+    model = chain_model()
+    model.graph.output.append(helper.make_tensor_value_info("act", onnx.TensorProto.FLOAT, None))
+    validation = run_recipe(write_stage_recipe(tmp_path, model, [(DROP_OUTPUT_STEP, {})]),
+                            output=tmp_path / "out.onnx").validation
+    assert not validation.passed
+    assert [(o.name, o.passed, o.note) for o in validation.outputs] == [
+        ("y", True, ""), ("act", False, "output missing from rewritten")]
+
+
+def test_each_step_does_not_bisect_across_a_cut(tmp_path):
+    steps = [("extract", {"inputs": ["scaled"], "outputs": ["act"]}), (WRONG_STEP, {})]
+    validation = run_recipe(write_stage_recipe(tmp_path, chain_model(), steps, each_step=True),
+                            output=tmp_path / "out.onnx").validation
+    assert not validation.passed and validation.bisection is None
+    assert "each_step: not bisected: the graphs before the recipe's cut return other outputs" in validation.summary
+
+
+def test_a_stage_taking_an_intermediate_tensor_runs_on_inputs_recorded_for_the_original(tmp_path):
+    x = np.linspace(-2, 2, 40, dtype=np.float32).reshape(1, 2, 4, 5)
+    np.savez(tmp_path / "inputs.npz", x=x)
+    recipe = write_stage_recipe(tmp_path, chain_model(), [("extract", {"inputs": ["shifted"], "outputs": ["act"]})],
+                                data=str(tmp_path / "inputs.npz"))
+    validation = run_recipe(recipe, output=tmp_path / "out.onnx").validation
+    assert validation.passed and [o.name for o in validation.outputs] == ["act"]
+    shifted = x * np.float32([[[[1.5]], [[-0.5]]]]) + np.float32(0.25)
+    np.testing.assert_allclose(validation.feeds[0]["shifted"], shifted, rtol=1e-6)
+
+
+def test_a_stage_validated_against_its_own_export_is_compared_as_any_rewrite(tmp_path):
+    """The recipe's renames relate the original's names to the stage's, not the against model's: an
+    against model with the stage's interface is compared output by output, as before."""
+    steps = [("extract", {"inputs": ["scaled"], "outputs": ["act"]}), ("rename", {"outputs": {"act": "feature"}})]
+    own_export, _ = apply_pass(apply_pass(chain_model(), "extract", inputs=["scaled"], outputs=["act"])[0],
+                               "rename", outputs={"act": "feature"})
+    onnx.save(own_export, tmp_path / "stage_export.onnx")
+    recipe = write_stage_recipe(tmp_path, chain_model(), steps, against=str(tmp_path / "stage_export.onnx"))
+    validation = run_recipe(recipe, output=tmp_path / "out.onnx").validation
+    assert validation.passed and [o.name for o in validation.outputs] == ["feature"]
+    assert validation.notes == []

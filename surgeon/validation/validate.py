@@ -7,6 +7,10 @@
                                      └─► first diverging step (bisect.py, with each_step)
     expected.npz (PyTorch) ─► compared with the rewritten model's outputs too
 
+A recipe that cuts the graph (`extract`) makes a stage whose inputs and outputs are other tensors of
+the original: the original returns those tensors instead (`Stage`), runs from its own inputs, and
+feeds the stage the ones it takes.
+
 Each model runs on one input set at a time, and what is kept of many sets waits on disk past a memory
 budget (`spill.py`): memory does not grow with the number of sets.
 """
@@ -14,6 +18,7 @@ from __future__ import annotations
 
 import math
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,13 +35,15 @@ from surgeon.validation.bisect import Bisection, bisect_steps
 from surgeon.validation.compare import OutputReport, Tolerance, compare_outputs, run_model, run_runner
 from surgeon.validation.data import (Feeds, check_fits, check_recorded, feed_layouts, feeds_for, load_arrays,
                                      out_of_memory_named)
-from surgeon.validation.localise import describe_divergence, first_divergence
+from surgeon.validation.localise import describe_divergence, first_divergence, with_outputs
 from surgeon.validation.runners import RUNNER_KINDS, check_runnable, declared_dtype, graph_inputs
 from surgeon.validation.spill import RunOutputs
 
 ORIGINAL, REWRITTEN, EXPECTED, AGAINST = "original", "rewritten", "expected", "against"
 
 
+#: The pass whose steps make a recipe's result a stage of the original rather than a rewrite of it.
+CUT_PASS = "extract"
 #: float16's precision, relative (2**-10, its spacing at 1): a tolerance below it judges rounding.
 FLOAT16_RTOL = 1e-3
 
@@ -174,11 +181,111 @@ def describe_output(o: OutputReport) -> str:
     return "; ".join(parts)
 
 
+@dataclass
+class Stage:
+    """A cut stage as validation compares it: its outputs with the reference model's tensors of the same
+    names (before any `rename`), the reference running from its own inputs. `model` is the reference
+    returning those tensors, and also the ones it computes that the stage takes as inputs (BEVFusion's
+    vtransform takes the camera features): the stage is fed the reference's values of them."""
+
+    model: onnx.ModelProto
+    outputs: list[str]  # the stage's outputs, by their names in the reference
+    fed: dict[str, str]  # {stage input: reference tensor} where the reference's own feeds lack the name
+    computed: list[str]  # the tensors in `fed` that the reference computes (`model` returns them too)
+    dropped: list[str]  # the reference's outputs the stage does not return
+    unmatched: list[str]  # the stage's outputs the reference has no tensor of
+
+    def notes(self, reference: str) -> list[str]:
+        """What was compared with what, said rather than hidden (`reference`: "the original", ...)."""
+        fed = [f"{source} -> {name}" if source != name else name for name, source in self.fed.items()]
+        notes = [f"a stage cut by the recipe's {CUT_PASS} step: its outputs are compared with the tensors of "
+                 f"the same names in {reference}, which runs from its own inputs"
+                 + (f" and feeds the stage its values of {', '.join(fed)}" if fed else "")]
+        if self.dropped:
+            notes.append(f"outputs of {reference} the stage does not return, not compared: {', '.join(self.dropped)}")
+        if self.unmatched:
+            notes.append(f"outputs of the stage {reference} has no tensor of, not compared: "
+                         f"{', '.join(self.unmatched)}")
+        return notes
+
+
+def cut_stage(reference: onnx.ModelProto, stage: onnx.ModelProto, renames: dict | None = None,
+              reference_name: str = "the original") -> Stage | None:
+    """How to compare `stage`, the result of a recipe that cuts the graph, with `reference`; None where it
+    takes the reference's inputs (or fewer) and returns its outputs, so that it is compared as any rewrite.
+
+    Its inputs and outputs are tensors of `reference` under their names there (`renames`, {reference
+    name: stage name}, as `pipeline.renamed_tensors` gives). An input that is no tensor of `reference`,
+    or no output that is one, leaves nothing comparable: an error saying so."""
+    reference_of = {new: old for old, new in (renames or {}).items()}
+    inputs = {v.name: reference_of.get(v.name, v.name) for v in graph_inputs(stage)}
+    outputs = {o.name: reference_of.get(o.name, o.name) for o in stage.graph.output}
+    own_inputs = {v.name for v in graph_inputs(reference)}
+    own_outputs = [o.name for o in reference.graph.output]
+    if set(inputs.values()) <= own_inputs and set(outputs.values()) == set(own_outputs):
+        return None
+    computed = {name for node in reference.graph.node for name in node.output if name}
+    hint = ("a stage's tensors are found by their names in the model compared with: cut at tensors it has, "
+            "rename them with the rename pass (which validation follows), or run with --no-validate")
+    unknown = [name for name, source in inputs.items() if source not in own_inputs | computed]
+    if unknown:
+        raise SurgeonError(f"validate: nothing comparable: the stage takes {', '.join(unknown)}, which "
+                           f"{reference_name} has no tensor of, so it cannot run to what the stage is fed", hint=hint)
+    compared = [source for source in outputs.values() if source in computed]
+    if not compared:
+        raise SurgeonError(f"validate: nothing comparable: none of the stage's outputs ({', '.join(outputs)}) is a "
+                           f"tensor of {reference_name}", hint=hint)
+    fed = {name: source for name, source in inputs.items() if source != name or source not in own_inputs}
+    fed_computed = list(dict.fromkeys(source for source in fed.values() if source not in own_inputs))
+    returned = list(dict.fromkeys(compared + fed_computed))
+    model = with_outputs(reference, returned)
+    kept = [o for o in model.graph.output if o.name in returned]
+    del model.graph.output[:]
+    model.graph.output.extend(kept)
+    return Stage(model, compared, fed, fed_computed, dropped=[name for name in own_outputs if name not in compared],
+                 unmatched=[name for name, source in outputs.items() if source not in computed])
+
+
+class StageFeeds(Sequence):
+    """Each input set of the reference model with what a stage is fed added (`Stage.fed`), taken from the
+    set or from the reference's run on it (`computed`): each model picks the inputs it takes by name."""
+
+    def __init__(self, feeds: Feeds, computed: RunOutputs, fed: dict[str, str]):
+        self.feeds, self.computed, self.fed = feeds, computed, fed
+
+    def __len__(self) -> int:
+        return len(self.feeds)
+
+    def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+        feed = self.feeds[index]
+        return {**feed, **{name: feed[source] if source in feed else self.computed.array(index, source)
+                           for name, source in self.fed.items()}}
+
+
+def _run_to_stage(stage: Stage, feeds: Feeds, kind: str, name: str, sessions: dict | None, files: dict | None,
+                  runs: list[RunOutputs]) -> tuple[RunOutputs, str, StageFeeds]:
+    """Run the reference returning the stage's tensors (`Stage.model`): its outputs to compare, and the
+    feeds with what the stage takes. Both replace the whole run in `runs`, deleted with them on an error;
+    the caller takes the feeds' part out of `runs` when done (they are no model's outputs to report)."""
+    returned, ran_as = _run_model(stage.model, feeds, kind, name, sessions, files, runs)
+    runs.pop()
+    outputs, computed = RunOutputs(name, on_disk=len(feeds) > 1), RunOutputs(name, on_disk=len(feeds) > 1)
+    runs += [outputs, computed]
+    try:
+        for index, runtime in enumerate(returned.runtimes):
+            outputs.append({n: returned.array(index, n) for n in stage.outputs}, runtime)
+            computed.append({n: returned.array(index, n) for n in stage.computed})
+    finally:
+        returned.close()
+    return outputs, ran_as, StageFeeds(feeds, computed, stage.fed)
+
+
 def validate_models(original: onnx.ModelProto, rewritten: onnx.ModelProto | None, feeds: Feeds,
                     tolerance: Tolerance, runner: str = "auto", expected: str | RunOutputs | None = None,
                     data: str = "random inputs", localise: bool = True,
                     rewritten_runner=None, reference: str = ORIGINAL, renames: dict | None = None,
-                    sessions: dict | None = None, files: dict | None = None) -> ValidationResult:
+                    sessions: dict | None = None, files: dict | None = None,
+                    stage: Stage | None = None) -> ValidationResult:
     """Compare `rewritten` with `original` (and with `expected` outputs, if given) on `feeds`.
 
     `original=None` compares with the `expected` outputs only: for exports no runtime can run at all.
@@ -191,6 +298,8 @@ def validate_models(original: onnx.ModelProto, rewritten: onnx.ModelProto | None
     (`compare.output_pairs`), with a note. `prepare_validation` checks all of this before anything runs.
     `sessions`: the ONNX Runtime sessions its checks built (`ValidationInputs.sessions`), run instead
     of building them again. `files` ({`reference` or "rewritten": path}) name the models in errors.
+    `stage` (`cut_stage`): `rewritten` is a stage cut from `original`, compared as it says; the result's
+    feeds are then the ones with what the stage takes (`StageFeeds`).
     The models run on one input set at a time (`feeds` may draw them as asked, `data.RandomFeeds`);
     with more than one, their outputs wait (`ValidationResult.runs`, on disk past `spill.MEMORY_BUDGET`)
     until the result is collected, or are deleted at once when the validation fails to finish. Running
@@ -203,7 +312,7 @@ def validate_models(original: onnx.ModelProto, rewritten: onnx.ModelProto | None
                 return _validate_against_expected(rewritten, feeds, tolerance, runner, expected, data, renames,
                                                   sessions, files, runs)
             return _validate_models(original, rewritten, feeds, tolerance, runner, expected, data, localise,
-                                    rewritten_runner, reference, renames, sessions, files, runs)
+                                    rewritten_runner, reference, renames, sessions, files, runs, stage)
         except BaseException:
             for run in runs:
                 run.close()
@@ -211,9 +320,14 @@ def validate_models(original: onnx.ModelProto, rewritten: onnx.ModelProto | None
 
 
 def _validate_models(original, rewritten, feeds, tolerance, runner, expected, data, localise, rewritten_runner,
-                     reference, renames, sessions, files, runs) -> ValidationResult:
-    tolerance.check_outputs([o.name for o in original.graph.output])
-    original_outputs, original_kind = _run_model(original, feeds, runner, reference, sessions, files, runs)
+                     reference, renames, sessions, files, runs, stage) -> ValidationResult:
+    if stage is None:
+        tolerance.check_outputs([o.name for o in original.graph.output])
+        original_outputs, original_kind = _run_model(original, feeds, runner, reference, sessions, files, runs)
+    else:
+        tolerance.check_outputs(stage.outputs)
+        original_outputs, original_kind, feeds = _run_to_stage(stage, feeds, runner, reference, sessions, files,
+                                                               runs)
     if rewritten_runner is not None:
         rewritten_outputs = run_runner(rewritten_runner, feeds, _source(files, REWRITTEN))
         runs.append(rewritten_outputs)
@@ -226,7 +340,10 @@ def _validate_models(original, rewritten, feeds, tolerance, runner, expected, da
                               iterations=len(feeds), data=data, feeds=feeds, reference=reference,
                               graph_diff=graph_diff(original, rewritten) if rewritten is not None else {},
                               runs=runs)
-    result.notes = input_notes(original, rewritten, feed_layouts(feeds)[0]) if rewritten is not None else []
+    if stage is not None:
+        result.notes = stage.notes(result.reference_phrase)
+    elif rewritten is not None:
+        result.notes = input_notes(original, rewritten, feed_layouts(feeds)[0])
     result.notes += output_notes(outputs, renames, reference)
     if expected:
         result.expected = compare_outputs(_expected(expected), rewritten_outputs, tolerance, iterations=1,
@@ -239,6 +356,8 @@ def _validate_models(original, rewritten, feeds, tolerance, runner, expected, da
     # Only an error beyond tolerance has a tensor to look for; a changed dtype, shape or name has not.
     if localise and rewritten is not None and any(o.within_tolerance is False for o in outputs):
         result.divergence = first_divergence(original, rewritten, feeds[0], tolerance, runner)
+    if stage is not None:
+        runs.remove(feeds.computed)  # held by the result's feeds from here
     return result
 
 
@@ -376,6 +495,14 @@ class ValidationInputs:
     #: checked (runner 'onnxruntime'), for `validate_models` to run rather than build another; None
     #: where the caller does not hand them over (`prepare_validation`'s `keep_sessions`).
     sessions: dict | None = field(default=None, repr=False)
+    #: Whether the candidate may be a stage cut from the reference (the recipe has an `extract` step), and
+    #: the tensors the recipe renames ({reference name: new name}) where the reference is the original, to
+    #: find the stage's tensors under.
+    cuts: bool = False
+    renames: dict = field(default_factory=dict)
+    #: How the candidate, a stage cut from the reference, is compared with it (`cut_stage`); set by
+    #: `check_candidate`, None for any other candidate.
+    stage: Stage | None = None
 
     def keep_session(self, model: onnx.ModelProto, session) -> None:
         # Kept up to 2 GB of weights only: a session holds a copy of them, and held through the recipe's
@@ -388,15 +515,26 @@ class ValidationInputs:
     def check_candidate(self, model: onnx.ModelProto | None, name: str = "the rewritten model", file=None) -> None:
         """Check that `model` (the one judged, called `name` in errors, read from `file` if given; None for
         a TensorRT engine) can run, that the inputs fit it, that the expected outputs name outputs, and
-        that per-output tolerances name outputs of the model judged."""
+        that per-output tolerances name outputs of the model judged. With `cuts`, a candidate that is a
+        stage cut from the reference (`cut_stage`) is compared with the reference's tensors it returns:
+        the reference returning them must run, and the inputs need fit only the stage's inputs the
+        reference takes too (the reference computes the others)."""
         outputs = [o.name for o in self.reference.graph.output] if self.reference is not None else []
         if model is not None:
             self.keep_session(model, check_runnable(model, file=file, what=name, runner=self.runner))
+            source = self.reference_name or "the reference model"
+            if self.cuts and self.reference is not None:
+                self.stage = cut_stage(self.reference, model, self.renames, source)
+                self.tolerance.check_outputs(self.stage.outputs if self.stage else outputs)
+            if self.stage is not None:
+                (self.sessions or {}).pop(id(self.reference), None)  # the whole reference does not run
+                what = "the reference model returning the stage's tensors"
+                self.keep_session(self.stage.model, check_runnable(self.stage.model, file=self.reference_name,
+                                                                   what=what, runner=self.runner))
             if self.feeds is None:
                 self.feeds, self.data = feeds_for(model, self.config, name)
-            else:
-                check_fits(self.feeds, model, name, self.reference_name or "the reference model",
-                           self.config.get("data"))
+            elif self.stage is None or not self.stage.fed:
+                check_fits(self.feeds, model, name, source, self.config.get("data"))
             candidate_outputs = [o.name for o in model.graph.output]
             if self.reference is None:
                 self.tolerance.check_outputs(candidate_outputs)
@@ -413,7 +551,7 @@ class ValidationInputs:
 
 def prepare_validation(config: dict, reference: onnx.ModelProto | None, reference_name: str | None = None, *,
                        recorded_for: onnx.ModelProto | None = None, recorded_for_name: str | None = None,
-                       keep_sessions: bool = False) -> ValidationInputs:
+                       keep_sessions: bool = False, cuts: bool = False) -> ValidationInputs:
     """Read and check a validate section's inputs (or the same keys from `surgeon compare`) for a
     comparison with `reference` (named `reference_name` in errors, a path where there is one).
 
@@ -421,7 +559,9 @@ def prepare_validation(config: dict, reference: onnx.ModelProto | None, referenc
     what `recorded_for` takes (the model it was recorded for), if given. Random inputs are made here
     for `reference`, or by `ValidationInputs.check_candidate` for the candidate when there is none.
     `keep_sessions`: keep the ONNX Runtime sessions the checks build (runner 'onnxruntime') in
-    `ValidationInputs.sessions`, for a caller that hands them to `validate_models`.
+    `ValidationInputs.sessions`, for a caller that hands them to `validate_models`. `cuts`: the candidate
+    may be a stage cut from `reference` (`ValidationInputs.cuts`), whose outputs per-output tolerances
+    then name: checked with the candidate.
     """
     tolerance = Tolerance.from_config(config)
     runner = config.get("runner") or "auto"
@@ -440,7 +580,8 @@ def prepare_validation(config: dict, reference: onnx.ModelProto | None, referenc
     session = None
     if reference is not None:
         session = check_runnable(reference, file=reference_name, what="the reference model", runner=runner)
-        tolerance.check_outputs([o.name for o in reference.graph.output])
+        if not cuts:
+            tolerance.check_outputs([o.name for o in reference.graph.output])
         feeds, data = feeds_for(reference, config, reference_name)
     elif data_path:
         feeds, data = load_arrays(data_path, "inputs"), str(data_path)
@@ -451,7 +592,7 @@ def prepare_validation(config: dict, reference: onnx.ModelProto | None, referenc
     expected = expected_results(expected_path) if expected_path else None
     prepared = ValidationInputs(config=config, reference=reference, reference_name=reference_name,
                                 tolerance=tolerance, runner=runner, feeds=feeds, data=data, expected=expected,
-                                sessions={} if keep_sessions else None)
+                                sessions={} if keep_sessions else None, cuts=cuts)
     prepared.keep_session(reference, session)
     return prepared
 
@@ -459,18 +600,23 @@ def prepare_validation(config: dict, reference: onnx.ModelProto | None, referenc
 def prepare_run_validation(recipe, original: onnx.ModelProto, original_path) -> ValidationInputs:
     """`prepare_validation` for a recipe's `validate:` section: the model compared with is the original,
     another model (`against: PATH`, loaded here) or none; the sessions its checks build are kept for
-    `validate_run`."""
+    `validate_run`. A recipe with an `extract` step may make a stage of the model compared with, not a
+    rewrite of it: `ValidationInputs.check_candidate` tells which."""
     config = recipe.validate
     against = config.get("against") or "original"
-    if against == "original":
-        return prepare_validation(config, original, str(original_path), keep_sessions=True)
     if against == "none":
         return prepare_validation(config, None, recorded_for=original, recorded_for_name=str(original_path),
                                   keep_sessions=True)
-    prepared = prepare_validation(config, load_model(against), str(against), keep_sessions=True)
-    if config.get("each_step"):  # bisection runs the original on the same inputs
-        check_fits(prepared.feeds, original, f"the original model {original_path}", str(against),
-                   config.get("data"))
+    cuts = any(step.pass_name == CUT_PASS for step in recipe.steps)
+    if against == "original":
+        prepared = prepare_validation(config, original, str(original_path), keep_sessions=True, cuts=cuts)
+    else:
+        prepared = prepare_validation(config, load_model(against), str(against), keep_sessions=True, cuts=cuts)
+        if config.get("each_step"):  # bisection runs the original on the same inputs
+            check_fits(prepared.feeds, original, f"the original model {original_path}", str(against),
+                       config.get("data"))
+    if against == "original":  # another model's tensors are named as it names them, not as the original does
+        prepared.renames = renamed_tensors(recipe.steps)
     return prepared
 
 
@@ -493,9 +639,13 @@ def validate_run(recipe, original: onnx.ModelProto, original_path: Path, rewritt
     reference_label = AGAINST if against else ORIGINAL
     result = validate_models(reference, rewritten, feeds, tolerance, runner, prepared.expected, prepared.data,
                              reference=reference_label, renames=renamed_tensors(steps), sessions=prepared.sessions,
-                             files={reference_label: prepared.reference_name, REWRITTEN: output})
+                             files={reference_label: prepared.reference_name, REWRITTEN: output}, stage=prepared.stage)
     result.graph_diff = graph_diff(original, rewritten)  # what the recipe changed, whatever it is compared with
-    if config.get("each_step") and recipe.steps:
+    if config.get("each_step") and recipe.steps and prepared.stage is not None:
+        # The graphs before the cut return the original's outputs, not the stage's: nothing to judge them by.
+        result.notes.append("each_step: not bisected: the graphs before the recipe's cut return other outputs "
+                            "than the stage")
+    elif config.get("each_step") and recipe.steps:
         # Bisection compares every step's graph with the original model, also when the finished one was
         # compared with an `against` model: then it runs the original itself and judges the last step too.
         progress.message("bisecting the recipe's steps against the original model")
