@@ -1304,6 +1304,15 @@ def test_each_step_does_not_bisect_across_a_cut(tmp_path):
     assert "each_step: not bisected: the graphs before the recipe's cut return other outputs" in validation.summary
 
 
+def test_bisect_refuses_a_recipe_that_cuts_naming_the_step(tmp_path, capsys):
+    """It used to run the stage's graphs against the original's outputs and stop on 'Polygraphy cannot run it'."""
+    recipe = write_stage_recipe(tmp_path, chain_model(), [(WRONG_STEP, {}),
+                                                          ("extract", {"inputs": ["scaled"], "outputs": ["act"]})])
+    assert main(["bisect", recipe]) == 2
+    err = capsys.readouterr().err
+    assert "recipe 'stage' cuts the graph (step 2, extract)" in err and "`surgeon run` validates the stage" in err
+
+
 def test_a_stage_taking_an_intermediate_tensor_runs_on_inputs_recorded_for_the_original(tmp_path):
     x = np.linspace(-2, 2, 40, dtype=np.float32).reshape(1, 2, 4, 5)
     np.savez(tmp_path / "inputs.npz", x=x)

@@ -26,11 +26,17 @@ def run(args) -> int:
     from surgeon.modelio import load_model
     from surgeon.recipe import VALIDATE_FIELDS
     from surgeon.validation import bisect_steps
-    from surgeon.validation.validate import prepare_validation
+    from surgeon.validation.validate import CUT_PASS, prepare_validation
 
     recipe = args.loaded_recipe
     if recipe.model is None:
         raise SurgeonError(f"recipe '{recipe.name}' names no model: give MODEL on the command line")
+    cut = next((index for index, step in enumerate(recipe.steps, start=1) if step.pass_name == CUT_PASS), None)
+    if cut is not None:  # the graphs before the cut return the original's outputs, those after it the stage's
+        raise SurgeonError(f"bisect: recipe '{recipe.name}' cuts the graph (step {cut}, {CUT_PASS}): the graphs "
+                           "before the cut return other outputs than the stage, so no step can be judged against "
+                           "the original's", hint="`surgeon run` validates the stage against the same tensors of "
+                           "the original (docs/validation.md)")
     config = recipe.validate or {key: field.default for key, field in VALIDATE_FIELDS.items()}
     original = load_model(recipe.model)
     # Bisection compares each step's graph with the original model; expected outputs play no part.
