@@ -15,23 +15,25 @@ After, mode decompose (opset-11 ops, no loops, no per-channel index):
     Σ weight_k · Gather(table, index_k, axis 0) ─Transpose─► y [N,C,Hg,Wg]
     (from 128 channels: one Gather from a table of 4-corner rows [N*H'*W', 4C], then MatMul with the weights)
 Out-of-image corners land in the zero border of the padded table, so zero padding needs no masks.
+A bfloat16 site is sampled in float32 between Casts (onnx and decompose), as torch's CUDA kernel samples it.
 5-D input is left to grid-sample-3d. docs/passes/grid-sample.md has the exact arithmetic and the benchmark;
 surgeon.sampling reads the spellings and holds what the 2-D and 3-D rewrites share.
 """
 from __future__ import annotations
 
-from functools import partial
+import dataclasses
 
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
+from surgeon.errors import PassError
 from surgeon.pass_api import Param, ParamError, Pass, PassResult, register_pass
 from surgeon.plugins.specs import make_plugin_node, plugin_specs
 from surgeon.rewrite import Rewrite, dtype_of
-from surgeon.sampling import (INTERPOLATION_CODES, PADDING_CODES, Sampling, blend_rows, clip_pixel, emit_onnx,
-                              flat_index, grid_axis, padded_channels_last, read_sampling, rewrite_sites, unsqueeze,
-                              value_weight)
+from surgeon.sampling import (INTERPOLATION_CODES, PADDING_CODES, Sampling, blend_rows, check_supported, clip_pixel,
+                              emit_onnx, flat_index, grid_axis, padded_channels_last, read_sampling, rewrite_sites,
+                              unsqueeze, value_weight)
 
 GRID_SAMPLE_SINCE = 16
 #: From this many channels decompose blends with one gather + MatMul instead of four gathers: the measured
@@ -59,10 +61,10 @@ class GridSamplePass(Pass):
 
     params = {
         "mode": Param(str, "auto", choices=("auto", "onnx", "decompose", "plugin"),
-                      help="target form; auto: GridSample where the target runs it, else decompose (nearest "
-                           "sites decompose on ONNX Runtime, whose nearest kernel is slower; nearest reflection "
-                           "sites with align_corners 0 everywhere but on TensorRT: GridSample's ties differ "
-                           "from torch's)"),
+                      help="target form; auto: GridSample where the target runs it on the site's dtype, else "
+                           "decompose (nearest sites decompose on ONNX Runtime, whose nearest kernel is slower; "
+                           "nearest reflection sites with align_corners 0 everywhere but on TensorRT: GridSample's "
+                           "ties differ from torch's)"),
         "plugin_op": Param(str, "GridSample2D", help="op type of the plugin node (mode plugin)"),
         "plugin_version": Param(str, "1", help="plugin_version attribute of the plugin node"),
         "plugin_namespace": Param(str, "surgeon", help="plugin_namespace attribute (and domain) of the plugin node"),
@@ -115,13 +117,18 @@ class GridSamplePass(Pass):
         self.check_params_for(self.values, ctx.target)  # a Recipe built in code skips load_recipe's check
         form = self.mode if self.mode != "auto" else choose_form(ctx.target)
         fma_in_float64 = emulates_fma_in_float64(self.fma_emulation, ctx.target)
-        decompose = partial(emit_decomposition, fma_in_float64=fma_in_float64)
+        grid_dtypes: set[str] = set()  # of the decomposed sites, as sampled
+
+        def decompose(rw: Rewrite, site: Sampling, grid: gs.Tensor, opset: int) -> None:
+            grid_dtypes.add(np.dtype(dtype_of(grid) or np.float32).name)
+            emit_decomposition(rw, site, grid, opset, fma_in_float64)
+
         emit = {"onnx": emit_onnx, "decompose": decompose,
                 "plugin": lambda rw, site, grid, opset: self._emit_plugin(rw, site, grid)}[form]
-        result, decomposed = rewrite_following_torch_ties(graph, ctx, form, 2, GRID_SAMPLE_SINCE, emit, decompose,
-                                                          self.mode == "auto")
-        if (form == "decompose" and result.changed) or decomposed:
-            result.note(fma_note(self.fma_emulation, fma_in_float64, ctx.target))
+        result = rewrite_following_torch_ties(graph, ctx, form, 2, GRID_SAMPLE_SINCE, emit, decompose,
+                                              self.mode == "auto")
+        if grid_dtypes:
+            result.note(decomposition_note(self.fma_emulation, fma_in_float64, ctx.target, grid_dtypes))
         return result
 
     def _emit_plugin(self, rw: Rewrite, site: Sampling, grid: gs.Tensor) -> None:
@@ -141,7 +148,8 @@ class GridSamplePass(Pass):
 
 
 def choose_form(target) -> str:
-    """The form `mode: auto` picks: GridSample where the target runs it, opset-11 ops elsewhere."""
+    """The form `mode: auto` picks: GridSample where the target runs it, opset-11 ops elsewhere (then, site by
+    site, `auto_decomposes` says where GridSample is not taken after all)."""
     if target.is_tensorrt:
         return "onnx" if target.version_tuple() >= (8, 5) else "decompose"
     if target.opset >= GRID_SAMPLE_SINCE and target.supports("GridSample", opset=target.opset):
@@ -167,15 +175,21 @@ ORT_NEAREST_SLOWDOWN = "5–11×"
 
 
 def rewrite_following_torch_ties(graph, ctx, form: str, spatial_dims: int, onnx_opset: int, emit, decompose,
-                                 auto: bool) -> tuple[PassResult, list[str]]:
+                                 auto: bool) -> PassResult:
     """`rewrite_sites`, and when `auto` chose the onnx form, `decompose` (an `emit`) instead for the sites
     `auto_decomposes` names, standard GridSample nodes included; notes the chosen forms and why, and the
-    GridSample nodes left whose ties differ. Returns the result and the names decomposed instead."""
+    GridSample nodes left whose ties differ. Bfloat16 sites are sampled in float32 (`sampled_in_float32`),
+    but by a plugin node, whose kernel is the user's choice."""
+    widened: list[str] = []  # the bfloat16 sites, sampled in float32
+    if form != "plugin":
+        emit = sampled_in_float32(emit, widened)
+    decompose = sampled_in_float32(decompose, widened)
     auto_onnx = auto and form == "onnx"
+    gridsample_opset = max(graph.opset, onnx_opset)  # the opset of any GridSample auto writes or keeps
     reasons: dict[str, str] = {}  # node name -> why auto decomposed it
 
     def reason_for(site: Sampling) -> str | None:
-        return auto_decomposes(site, ctx.target) if auto_onnx else None
+        return auto_decomposes(site, ctx.target, gridsample_opset) if auto_onnx else None
 
     def emit_site(rw: Rewrite, site: Sampling, grid: gs.Tensor, opset: int) -> None:
         reason = reason_for(site)
@@ -185,34 +199,104 @@ def rewrite_following_torch_ties(graph, ctx, form: str, spatial_dims: int, onnx_
         else:
             emit(rw, site, grid, opset)
 
-    if auto_onnx and not any(site is not None and site.spatial_dims == spatial_dims and site.spelling != "onnx"
-                             and reason_for(site) is None for site in map(read_sampling, graph.nodes)):
-        onnx_opset = graph.opset  # no site becomes GridSample: no conversion to its opset
+    if auto_onnx:
+        sites = [site for site in map(read_sampling, graph.nodes)
+                 if site is not None and site.spatial_dims == spatial_dims]
+        decomposed = {id(site.node): reason for site in sites if (reason := reason_for(site))}
+        for site in sites:  # before anything is rewritten
+            if id(site.node) in decomposed:
+                check_decomposable(site, decomposed[id(site.node)], ctx.target)
+        if all(site.spelling == "onnx" or id(site.node) in decomposed for site in sites):
+            onnx_opset = graph.opset  # no site becomes GridSample: no conversion to its opset
     result = rewrite_sites(graph, ctx, form, spatial_dims, onnx_opset, emit_site)
     if auto and len(result.rewritten) > len(reasons):
         result.note(f"mode auto chose '{form}' for target {ctx.target.name}")
     if auto_onnx:  # a standard GridSample is the onnx form already, which rewrite_sites leaves alone
-        standard = decompose_standard(result.graph or graph, ctx, spatial_dims, decompose)
+        standard = decompose_standard(result.graph or graph, ctx, spatial_dims, decompose, gridsample_opset)
         result.rewritten += list(standard)
         reasons.update(standard)
-    names = {why: [name for name, reason in reasons.items() if reason == why] for why in ("ties", "speed")}
-    if names["ties"]:
-        result.note(f"mode auto chose 'decompose' for {', '.join(names['ties'])}: nearest with reflection padding "
-                    f"and align_corners 0, where {TIE_ORDER}; decompose follows torch (mode onnx keeps GridSample)")
-    if names["speed"]:
-        result.note(f"mode auto chose 'decompose' for {', '.join(names['speed'])}: ONNX Runtime's nearest "
-                    f"GridSample kernel is {ORT_NEAREST_SLOWDOWN} slower than the decomposition here; "
-                    f"mode onnx keeps it")
+    for why in [*AUTO_REASONS, *sorted(set(reasons.values()) - set(AUTO_REASONS))]:
+        names = [name for name, reason in reasons.items() if reason == why]
+        if names:
+            result.note(f"mode auto chose 'decompose' for {', '.join(names)}: "
+                        f"{AUTO_REASONS.get(why) or lacking_text(why, ctx.target)}")
+    if widened:
+        result.note(f"sampled {', '.join(widened)} in float32 between Casts from and to bfloat16, as torch's CUDA "
+                    f"kernel computes bfloat16 (its CPU kernel rounds every step to bfloat16 and differs)")
     if form == "onnx":
         note_ties(result.graph or graph, result, ctx.target, spatial_dims)
-    return result, list(reasons)
+    return result
 
 
-def auto_decomposes(site: Sampling, target) -> str | None:
-    """Why auto, having chosen GridSample for `target`, decomposes `site` instead: "ties" where GridSample's
-    ties differ from torch's (but on TensorRT, whose kernel is unchecked), "speed" for 2-D nearest on ONNX
-    Runtime, whose nearest kernel is the slow one (TensorRT's and 3-D are unmeasured); None otherwise, and
-    where decompose cannot take the site (a dynamic spatial size: it stays GridSample, noted if its ties differ)."""
+#: The notes of `auto_decomposes`' reasons but a GridSample the target lacks (`lacking_text`).
+AUTO_REASONS = {
+    "ties": f"nearest with reflection padding and align_corners 0, where {TIE_ORDER}; decompose follows torch "
+            f"(mode onnx keeps GridSample)",
+    "speed": f"ONNX Runtime's nearest GridSample kernel is {ORT_NEAREST_SLOWDOWN} slower than the decomposition "
+             f"here; mode onnx keeps it",
+}
+
+
+def lacking_text(lacking: str, target) -> str:
+    """Why auto decomposes a site whose GridSample `target` lacks (`lacking`: "float64 GridSample-16")."""
+    return f"target {target.name} runs no {lacking} (mode onnx keeps GridSample)"
+
+
+def check_decomposable(site: Sampling, reason: str, target) -> None:
+    """Raise PassError naming the node where auto would decompose `site` for `reason` but decompose cannot take
+    it: only for a GridSample the target lacks (ties and speed need what decompose needs)."""
+    try:
+        check_supported(site, "decompose")
+    except PassError as exc:
+        raise PassError(f"{exc.message}; mode auto decomposes it: {lacking_text(reason, target)}") from exc
+
+
+def sampled_in_float32(emit, widened: list[str]):
+    """`emit`, which samples a site whose input or grid is bfloat16 in float32 between Casts and appends its name
+    to `widened`. torch's CUDA kernel computes bfloat16 sampling in float32 too (opmath), rounding once at the
+    end; a bfloat16 form could not: ONNX has no bfloat16 GridSample before opset 22, nor Where before 16."""
+
+    def emit_site(rw: Rewrite, site: Sampling, grid: gs.Tensor, opset: int) -> None:
+        if "bfloat16" not in (_dtype_name(site.x), _dtype_name(grid)):
+            emit(rw, site, grid, opset)
+            return
+        widened.append(site.node.name or rw.prefix)
+        last = CastBackToBfloat16(rw) if _dtype_name(site.x) == "bfloat16" else rw
+        wide = dataclasses.replace(site, x=last.cast(site.x, np.float32, "x_float32"))
+        emit(last, wide, last.cast(grid, np.float32, "grid_float32"), opset)
+
+    return emit_site
+
+
+def _dtype_name(tensor: gs.Tensor) -> str | None:
+    dtype = dtype_of(tensor)
+    return None if dtype is None else dtype.name
+
+
+class CastBackToBfloat16(Rewrite):
+    """The rewrite `rw` of a bfloat16 site sampled in float32: its last node writes float32, and a Cast to
+    bfloat16 takes over the site's outputs."""
+
+    def __init__(self, rw: Rewrite):
+        super().__init__(rw.graph, rw.ctx, rw.node)
+        self.prefix, self.nodes = rw.prefix, rw.nodes  # the nodes `rw` holds already (a standardised grid)
+
+    def finish(self, op_type: str, inputs, attrs: dict | None = None, *, domain: str | None = None,
+               suffix: str | None = None) -> gs.Node:
+        sampled = self.op(op_type, inputs, attrs, domain=domain, suffix=suffix, dtype=np.float32)
+        return super().finish("Cast", [sampled], {"to": onnx.TensorProto.BFLOAT16}, suffix="bfloat16")
+
+
+def auto_decomposes(site: Sampling, target, gridsample_opset: int) -> str | None:
+    """Why auto, having chosen GridSample for `target`, decomposes `site` instead: the GridSample it would write
+    or keep at `gridsample_opset` where `target` lacks it for the site's dtype (`lacking_gridsample`); "ties"
+    where GridSample's ties differ from torch's (but on TensorRT, whose kernel is unchecked), "speed" for 2-D
+    nearest on ONNX Runtime, whose nearest kernel is the slow one (TensorRT's and 3-D are unmeasured); None
+    otherwise. Where decompose cannot take the site (a dynamic spatial size), ties and speed leave it GridSample
+    (noted if its ties differ); a lacking GridSample stops the pass (`check_decomposable`)."""
+    lacking = lacking_gridsample(site, target, gridsample_opset)
+    if lacking:
+        return lacking
     shape = site.x.shape
     if shape is None or not all(isinstance(d, int) for d in shape[2:]):
         return None
@@ -223,14 +307,32 @@ def auto_decomposes(site: Sampling, target) -> str | None:
     return None
 
 
-def decompose_standard(graph, ctx, spatial_dims: int, decompose) -> dict[str, str]:
+def lacking_gridsample(site: Sampling, target, opset: int) -> str | None:
+    """The GridSample of `opset` that `target` lacks for `site` ("float64 GridSample-16"), asked for the dtypes
+    of its input and grid as written (a bfloat16 site but a standard GridSample, kept as it is, in float32:
+    `sampled_in_float32`); None where it runs it. What `surgeon check` accepts counts as run: ONNX Runtime
+    runs a float16 node in float32 itself (InsertCastTransformer), TensorRT casts float64 to float32."""
+    version = onnx.defs.get_schema("GridSample", opset).since_version
+    for tensor in (site.x, site.grid):
+        dtype = np.dtype(dtype_of(tensor) or np.float32)
+        if dtype.name == "bfloat16" and site.spelling != "onnx":
+            dtype = np.dtype(np.float32)
+        cast_by_runtime = (dtype == np.float16 and target.runtime == "onnxruntime") or (
+            dtype == np.float64 and target.is_tensorrt)
+        runs = target.supports("GridSample", dtype=np.float32 if cast_by_runtime else dtype, opset=opset)
+        if not runs:
+            return f"{dtype.name} GridSample-{version}"
+    return None
+
+
+def decompose_standard(graph, ctx, spatial_dims: int, decompose, gridsample_opset: int) -> dict[str, str]:
     """`decompose` the standard GridSample nodes with `spatial_dims` that `auto_decomposes`; the names of
     those rewritten, with why."""
     reasons = {}
     for site in map(read_sampling, list(graph.nodes)):
         if site is None or site.spelling != "onnx" or site.spatial_dims != spatial_dims:
             continue
-        reason = auto_decomposes(site, ctx.target)
+        reason = auto_decomposes(site, ctx.target, gridsample_opset)
         if reason:
             rw = Rewrite(graph, ctx, site.node)
             decompose(rw, site, site.grid, graph.opset)
@@ -277,6 +379,25 @@ def fma_note(setting: str, in_float64: bool, target) -> str:
               "they can be 1 ulp off, bilinear then differ from torch by more than 1e-5 on large maps "
               "and nearest pick a neighbour")
     return f"fma_emulation {'float64' if in_float64 else 'none'}{why}: {effect}"
+
+
+#: What a decomposed grid of another dtype than float32 gets, where fma_emulation does not apply.
+UNEMULATED_GRIDS = {
+    "float64": "torch's float64 kernel fuses the same multiply-adds, which float64 ops cannot emulate: the "
+               "coordinates are rounded twice there, about one ulp of double from torch's",
+    "float16": "coordinates computed in float16 op by op, where torch's float16 CPU kernel rounds differently "
+               "(docs/passes/grid-sample.md, fma_emulation)",
+}
+
+
+def decomposition_note(setting: str, in_float64: bool, target, grid_dtypes: set[str]) -> str:
+    """The note of a run that decomposed grids of `grid_dtypes` (as sampled: float32 for bfloat16):
+    `fma_note` where float32 grids are among them, and what the other dtypes get instead."""
+    notes = [fma_note(setting, in_float64, target) if "float32" in grid_dtypes else
+             "fma_emulation applies to float32 grids only"]
+    notes += [f"{dtype} grids: {UNEMULATED_GRIDS.get(dtype, f'computed in {dtype} op by op')}"
+              for dtype in sorted(grid_dtypes - {"float32"})]
+    return "; ".join(notes)
 
 
 def fma_dtype_for(coord_dtype, in_float64: bool) -> np.dtype:

@@ -12,9 +12,10 @@ After, mode decompose (opset-11 ops, no loops, no per-channel index):
     grid ─► voxel coords ─Floor─► one flat index [N,Dg,Hg,Wg] + 8 corner offsets and weights
     Σ weight_k · Gather(table, index + offset_k, axis 0) ─Transpose─► y [N,C,Dg,Hg,Wg]
 
-mode auto: GridSample-20 where the target's opset is 20 or more, except on TensorRT (its GridSample is 2-D only)
-and, where the spatial size is static, at nearest sites with reflection padding and align_corners 0, whose ties
-outside the volume GridSample resolves unlike torch (grid_sample.TIE_ORDER); else decompose.
+mode auto: GridSample-20 where the target's opset is 20 or more, except on TensorRT (its GridSample is 2-D only),
+at sites whose dtype the target's GridSample lacks, and, where the spatial size is static, at nearest sites with
+reflection padding and align_corners 0, whose ties outside the volume GridSample resolves unlike torch
+(grid_sample.TIE_ORDER); else decompose. A bfloat16 site is sampled in float32 between Casts, as in grid-sample.
 
 torch samples 3-D grids with its scalar CPU kernel (GridSampler.cpp), whose arithmetic differs from the
 vectorised 2-D one, so the coordinates and weights here follow that kernel operation for operation
@@ -44,8 +45,8 @@ class GridSample3DPass(Pass):
     params = {
         "mode": Param(str, "auto", choices=("auto", "onnx", "decompose"),
                       help="target form; auto: GridSample where the target's opset is 20 or more (not TensorRT), "
-                           "else decompose (nearest reflection sites with align_corners 0 decompose: GridSample's "
-                           "ties differ from torch's)"),
+                           "else decompose (sites whose dtype the target's GridSample lacks, and nearest reflection "
+                           "sites with align_corners 0, decompose: GridSample's ties differ from torch's)"),
     }
     needs = ("shapes",)
     handles = ("ATen:grid_sampler_3d", "GridSampler3DTRT", "GridSampler3DTRT2")
@@ -53,9 +54,8 @@ class GridSample3DPass(Pass):
     def run(self, graph, ctx):
         form = self.mode if self.mode != "auto" else choose_form(ctx.target)
         emit = emit_onnx if form == "onnx" else emit_decomposition
-        result, _ = rewrite_following_torch_ties(graph, ctx, form, 3, GRID_SAMPLE_ND_SINCE, emit, emit_decomposition,
-                                                 self.mode == "auto")
-        return result
+        return rewrite_following_torch_ties(graph, ctx, form, 3, GRID_SAMPLE_ND_SINCE, emit, emit_decomposition,
+                                            self.mode == "auto")
 
 
 def choose_form(target) -> str:

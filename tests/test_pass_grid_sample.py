@@ -845,3 +845,160 @@ def test_empty_batch_or_channels_give_torchs_empty_output(form, shape):
         x, grid = feeds(shape)
         out = run_form(model, form, {"x": x, "grid": grid})
         assert out.shape == torch_grid_sample(x, grid, mode).shape == shape[:2] + shape[4:]
+
+
+def typed_sampler(spelling: str, dtype, opset: int, x_shape=(1, 2, 4, 5)) -> onnx.ModelProto:
+    """One bilinear, border-padded sampler named 'sampler' on `dtype` x and grid [N,3,3,2] (GridSample spelt
+    for `opset`)."""
+    grid_shape = [x_shape[0], 3, 3, 2]
+    if spelling == "GridSample":
+        node = helper.make_node("GridSample", ["x", "grid"], ["y"], name="sampler", padding_mode="border",
+                                mode="linear" if opset >= 20 else "bilinear")
+        constants = {}
+    elif spelling == "mmdeploy":
+        node = helper.make_node("grid_sampler", ["x", "grid"], ["y"], name="sampler", domain="mmdeploy",
+                                interpolation_mode=0, padding_mode=1, align_corners=0)
+        constants = {}
+    else:
+        node = helper.make_node("ATen", ["x", "grid", "mode", "padding", "align"], ["y"], name="sampler",
+                                domain="org.pytorch.aten", operator="grid_sampler")
+        constants = {"mode": np.array(0), "padding": np.array(1), "align": np.array(False)}
+    return make_model([node], [("x", dtype, list(x_shape)), ("grid", dtype, grid_shape)], [("y", dtype, None)],
+                      initializers=constants, opset=opset)
+
+
+@pytest.mark.parametrize("spelling, opset, kept", [("aten", 13, False), ("mmdeploy", 11, False),
+                                                   ("GridSample", 16, False), ("GridSample", 20, True),
+                                                   ("aten", 20, True)])
+def test_auto_decomposes_a_float64_site_where_the_target_has_no_float64_gridsample(spelling, opset, kept):
+    """ONNX Runtime's profile has float64 GridSample from version 20 only: below opset 20 auto decomposes a
+    float64 site (GridSample-16 would not load: NOT_IMPLEMENTED), the opset kept and why noted; from 20 it
+    writes or keeps GridSample. Either way ONNX Runtime runs the result, equal to torch's float64 kernel."""
+    model = typed_sampler(spelling, np.float64, opset)
+    rewritten, step = apply_pass(model, "grid-sample", target="onnxruntime")
+    onnx.checker.check_model(rewritten, full_check=True)
+    assert ("GridSample" in op_types(rewritten)) == kept
+    decomposed_note = ("mode auto chose 'decompose' for sampler: target onnxruntime runs no float64 GridSample-16 "
+                       "(mode onnx keeps GridSample)")
+    assert (decomposed_note in step.notes) == (not kept)
+    if not kept:
+        assert step.rewritten == ["sampler"] and "raised" not in " ".join(step.notes)
+        assert {o.domain: o.version for o in rewritten.opset_import}[""] == opset
+    rng = np.random.default_rng(opset)
+    x, grid = rng.standard_normal((1, 2, 4, 5)), rng.uniform(-1.2, 1.2, (1, 3, 3, 2))
+    np.testing.assert_allclose(run_ort(rewritten, {"x": x, "grid": grid})[0],
+                               torch_grid_sample(x, grid, "bilinear", "border"), atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("dtype, target", [(np.float16, "onnxruntime"), (np.float64, "tensorrt-10")])
+def test_auto_keeps_gridsample_where_the_runtime_casts_the_dtype_itself(dtype, target):
+    """As `surgeon check` accepts them: ONNX Runtime runs a float16 GridSample in float32 itself
+    (InsertCastTransformer), TensorRT casts float64 to float32."""
+    rewritten, step = apply_pass(typed_sampler("aten", dtype, 13), "grid-sample", target=target)
+    assert op_types(rewritten) == ["GridSample"]
+    assert f"mode auto chose 'onnx' for target {target}" in step.notes
+    if target == "onnxruntime":
+        rng = np.random.default_rng(1)
+        x, grid = rng.standard_normal((1, 2, 4, 5)), rng.uniform(-1.2, 1.2, (1, 3, 3, 2))
+        np.testing.assert_allclose(run_ort(rewritten, {"x": x.astype(dtype), "grid": grid.astype(dtype)})[0],
+                                   torch_grid_sample(x, grid, "bilinear", "border"), atol=2e-3, rtol=0)
+
+
+def test_auto_stops_where_the_target_lacks_the_sites_gridsample_and_decompose_cannot():
+    """A float64 site of dynamic spatial size on ONNX Runtime: neither GridSample-16 nor the decomposition
+    would run, so the pass stops, naming the node, why and what to do; nothing is rewritten."""
+    model = typed_sampler("mmdeploy", np.float64, 11, x_shape=(1, 2, "h", "w"))
+    with pytest.raises(SurgeonError, match=r"node 'sampler': decompose needs a static spatial size .* run "
+                                           r"fold-constants .*; mode auto decomposes it: target onnxruntime runs "
+                                           r"no float64 GridSample-16"):
+        apply_pass(model, "grid-sample", target="onnxruntime")
+
+
+def test_fma_note_says_what_applies_to_float64_grids():
+    """fma_emulation concerns float32 coordinates: a float64 grid's note says what it gets instead."""
+    float64_note = ("float64 grids: torch's float64 kernel fuses the same multiply-adds, which float64 ops cannot "
+                    "emulate: the coordinates are rounded twice there, about one ulp of double from torch's")
+    _, step = apply_pass(typed_sampler("aten", np.float64, 13), "grid-sample", mode="decompose")
+    assert step.notes == [f"fma_emulation applies to float32 grids only; {float64_note}"]
+    n, c, h, w, hg, wg = SHAPES[1]
+    nodes = [helper.make_node("grid_sampler", [f"x{bits}", f"grid{bits}"], [f"y{bits}"], name=f"sampler{bits}",
+                              domain="mmdeploy", interpolation_mode=0, padding_mode=0, align_corners=0)
+             for bits in (32, 64)]
+    model = make_model(nodes, [(f"{name}{bits}", dtype, shape) for bits, dtype in ((32, np.float32), (64, np.float64))
+                               for name, shape in (("x", [n, c, h, w]), ("grid", [n, hg, wg, 2]))],
+                       [(f"y{bits}", dtype, None) for bits, dtype in ((32, np.float32), (64, np.float64))], opset=13)
+    _, step = apply_pass(model, "grid-sample", mode="decompose")
+    assert step.notes == ["fma_emulation float64 (auto: target onnxruntime runs float64 Cast/Mul/Sub): float32 "
+                          "grids' coordinates are rounded once where torch's kernel fuses a multiply-add, as torch's "
+                          f"are; {float64_note}"]
+
+
+def in_bfloat16(model: onnx.ModelProto, opset: int = 13) -> onnx.ModelProto:
+    """`model`'s one sampler on bfloat16: its float32 x and grid Cast to bfloat16 before it, its output Cast back
+    after (ONNX Runtime's Python API cannot feed bfloat16; Cast takes bfloat16 from opset 13)."""
+    graph = model.graph
+    sampler = graph.node[0]
+    sampler.input[0], sampler.input[1], sampler.output[0] = "x_bf16", "grid_bf16", "y_bf16"
+    nodes = [helper.make_node("Cast", [name], [f"{name}_bf16"], name=f"{name}_to_bf16",
+                              to=onnx.TensorProto.BFLOAT16) for name in ("x", "grid")]
+    nodes += [sampler, helper.make_node("Cast", ["y_bf16"], ["y"], name="y_to_float", to=onnx.TensorProto.FLOAT)]
+    del graph.node[:]
+    graph.node.extend(nodes)
+    {o.domain: o for o in model.opset_import}[""].version = max(opset, 13)
+    return model
+
+
+def torch_bfloat16_as_cuda(x, grid, mode, padding, align_corners=False) -> np.ndarray:
+    """torch's bfloat16 grid_sample as its CUDA kernel computes it (opmath: float32 on the bfloat16 values, one
+    rounding to bfloat16 at the end), here on the CPU's float32 kernel; as float32."""
+    x16, grid16 = (torch.from_numpy(a).bfloat16().float() for a in (x, grid))
+    out = F.grid_sample(x16, grid16, mode=mode, padding_mode=padding, align_corners=align_corners)
+    return out.bfloat16().float().numpy()
+
+
+#: One bfloat16 ulp relative to the value: bfloat16 keeps 8 significant bits, so neighbours lie 2^-8 to 2^-7 of
+#: a value apart, and results that differ in float32 by an ulp of float32 can round to neighbouring bfloat16s.
+BFLOAT16_RTOL = 2.0 ** -7
+
+
+def assert_matches_torch_bfloat16(out, x, grid, mode, padding):
+    """`out` (a bfloat16 site's, as float32) against `torch_bfloat16_as_cuda`: nearest identical, (tri)linear
+    within one bfloat16 ulp."""
+    expected = torch_bfloat16_as_cuda(x, grid, mode, padding)
+    if mode == "nearest":
+        np.testing.assert_array_equal(out, expected)
+    else:
+        np.testing.assert_allclose(out, expected, rtol=BFLOAT16_RTOL, atol=1e-6)
+
+
+@pytest.mark.parametrize("padding", PADDINGS)
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("form", ("auto", "decompose", "onnx"))
+def test_bfloat16_site_is_sampled_in_float32_as_torchs_cuda_kernel(form, mode, padding):
+    """A bfloat16 site is sampled in float32 between Casts (ONNX has no bfloat16 GridSample before opset 22, nor
+    Where before 16: the full check refused both). ONNX Runtime on the result against torch's bfloat16 kernel
+    on the same inputs as CUDA computes it: nearest identical, bilinear within one bfloat16 ulp (rtol 2^-7).
+    torch's CPU bfloat16 kernel rounds every step to bfloat16 and is further off (docs: Modes, bfloat16)."""
+    shape = SHAPES[1]
+    model = in_bfloat16(sampler_model("aten", shape, mode, padding, False))
+    rewritten, step = apply_pass(model, "grid-sample", mode=form)
+    onnx.checker.check_model(rewritten, full_check=True)
+    assert ("sampled sampler in float32 between Casts from and to bfloat16, as torch's CUDA kernel computes "
+            "bfloat16 (its CPU kernel rounds every step to bfloat16 and differs)") in step.notes
+    native = form == "onnx" or (form == "auto" and mode == "bilinear")  # auto: ONNX Runtime's nearest is slow
+    assert ("GridSample" in op_types(rewritten)) == native
+    x, grid = feeds(shape, seed=11, far_out=not native, ties_outside=not native)
+    assert_matches_torch_bfloat16(run_ort(rewritten, {"x": x, "grid": grid})[0], x, grid, mode, padding)
+
+
+def test_bfloat16_gridsample_the_target_lacks_is_decomposed_in_float32():
+    """A standard bfloat16 GridSample-22 is kept as it is by the onnx form; ONNX Runtime has none, so auto
+    decomposes it, in float32."""
+    model = in_bfloat16(grid_sample_16(SHAPES[1], "linear", "zeros", False, opset=22), opset=22)
+    rewritten, step = apply_pass(model, "grid-sample", target="onnxruntime")
+    onnx.checker.check_model(rewritten, full_check=True)
+    assert "GridSample" not in op_types(rewritten)
+    assert ("mode auto chose 'decompose' for sampler: target onnxruntime runs no bfloat16 GridSample-22 (mode onnx "
+            "keeps GridSample)") in step.notes
+    x, grid = feeds(SHAPES[1], seed=12)
+    assert_matches_torch_bfloat16(run_ort(rewritten, {"x": x, "grid": grid})[0], x, grid, "bilinear", "zeros")

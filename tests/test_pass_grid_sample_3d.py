@@ -24,8 +24,8 @@ F = torch.nn.functional
 
 discover()  # the built-in passes import as surgeon.passes.*
 from surgeon.passes.grid_sample_3d import choose_form as choose_form_3d  # noqa: E402
-from test_pass_grid_sample import (ATOL, OPSET11_OPS, PADDINGS, calling_a_local_function, make_grid,  # noqa: E402
-                                   torch_grid_sample)
+from test_pass_grid_sample import (ATOL, OPSET11_OPS, PADDINGS, assert_matches_torch_bfloat16,  # noqa: E402
+                                   calling_a_local_function, in_bfloat16, make_grid, torch_grid_sample)
 
 
 #: (N, C, D, H, W, Dg, Hg, Wg): size-1 dims; sizes 4 (align False) and 5 (align True) give exact ties.
@@ -267,3 +267,43 @@ def test_3d_auto_keeps_gridsample_whose_ties_differ_where_decompose_cannot(opset
     assert op_types(rewritten) == ["GridSample"] and step.rewritten == ["dynamic"]
     assert any(text.startswith("dynamic/GridSample: GridSample nearest with reflection padding")
                and text.endswith("mode decompose follows torch exactly") for text in step.notes)
+
+
+@pytest.mark.parametrize("padding", PADDINGS)
+@pytest.mark.parametrize("mode", ("bilinear", "nearest"))
+@pytest.mark.parametrize("form", ("decompose", "auto"))
+def test_3d_bfloat16_site_is_sampled_in_float32_as_torchs_cuda_kernel(form, mode, padding, opset20_target):
+    """As in 2-D: between Casts, in float32 (ONNX has no bfloat16 GridSample-20, nor Where before 16; auto here
+    writes GridSample-20). ONNX Runtime against torch's bfloat16 kernel as CUDA computes it: nearest identical,
+    trilinear within one bfloat16 ulp."""
+    shape = SHAPES_3D[1]
+    model = in_bfloat16(sampler_3d("aten", shape, mode, padding, False))
+    rewritten, step = apply_pass(model, "grid-sample-3d", target=opset20_target, mode=form)
+    onnx.checker.check_model(rewritten, full_check=True)
+    native = form == "auto" and (mode, padding) != ("nearest", "reflection")  # auto decomposes those: ties
+    assert ("GridSample" in op_types(rewritten)) == native
+    assert any(text.startswith("sampled sampler3d in float32 between Casts from and to bfloat16")
+               for text in step.notes)
+    x, grid = feeds_3d(shape, seed=4, align_corners=False, far_out=not native)
+    assert_matches_torch_bfloat16(run_ort(rewritten, {"x": x, "grid": grid})[0], x, grid, mode, padding)
+
+
+def test_3d_auto_decomposes_a_site_whose_dtype_the_target_has_no_gridsample_for(tmp_path):
+    """A profile at opset 20 whose GridSample takes float32 only: auto decomposes a float64 site (its opset kept)
+    and says why, and keeps a float32 one as GridSample-20."""
+    profile = tmp_path / "float32-gridsample.yaml"
+    profile.write_text("name: float32-gridsample\nruntime: onnxruntime\nopset: 20\n"
+                       "ops:\n  GridSample: {since: 16, dtypes: [float32]}\n")
+    for dtype, kept in ((np.float64, False), (np.float32, True)):
+        model = sampler_3d("mmdeploy", SHAPES_3D[1], "bilinear", "border", False)
+        for value in (*model.graph.input, *model.graph.output):
+            value.type.tensor_type.elem_type = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+        rewritten, step = apply_pass(model, "grid-sample-3d", target=str(profile))
+        assert ("GridSample" in op_types(rewritten)) == kept
+        decomposed_note = ("mode auto chose 'decompose' for sampler3d: target float32-gridsample runs no float64 "
+                           "GridSample-20 (mode onnx keeps GridSample)")
+        assert (decomposed_note in step.notes) == (not kept)
+        assert default_opset(rewritten) == (20 if kept else 11)
+        x, grid = feeds_3d(SHAPES_3D[1], seed=5, align_corners=False, far_out=False)
+        np.testing.assert_allclose(run_ort(rewritten, {"x": x.astype(dtype), "grid": grid.astype(dtype)})[0],
+                                   torch_grid_sample(x, grid, "bilinear", "border"), atol=ATOL, rtol=0)
