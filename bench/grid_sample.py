@@ -3,7 +3,7 @@ vs the widely copied mmcv-style `bilinear_grid_sample` (the second baseline, 2-D
 then nearest sampling (native vs decompose, 2-D), which `mode: auto` decomposes on ONNX Runtime; then
 mmcv's whole deformable-attention block (native GridSample vs grid-sample decompose vs msda-decompose).
 
-    python bench/grid_sample.py [--runs 9] [--threads 0] [--quick]
+    python bench/grid_sample.py [--runs 9] [--threads 0] [--quick] [--only samplers|nearest|msda|model]
 
 Prints the median latency of each form and its ratio to native GridSample on the same inputs, for
 BEVFormer's spatial cross-attention shapes (DESIGN.md "Fast decompositions") and one variant. The forms
@@ -36,9 +36,15 @@ SHAPES = [((48, 32, 15, 25), (48, 2500, 8, 2)), ((6, 256, 15, 25), (6, 2500, 4, 
           ((1, 32, 8, 32, 32), (1, 8, 64, 64, 3))]
 QUICK_SHAPES = [((8, 32, 15, 25), (8, 500, 8, 2)), ((1, 8, 4, 8, 8), (1, 4, 16, 16, 3))]
 #: mmcv's multi_scale_deformable_attn_pytorch (level shapes, batch, queries, heads, channels, points):
-#: BEVFormer-tiny's spatial cross-attention (6 cameras, one 15x25 level) and four levels as BEVFormer-base has.
-MSDA_BLOCKS = [([(15, 25)], 6, 2500, 8, 32, 8), ([(15, 25), (8, 13), (4, 7), (2, 4)], 6, 2500, 8, 32, 4)]
+#: The issue's BEVFormer-like shapes (6 cameras, 256 channels as 8 heads x 32, one 15x25 map, 2500 queries x 4
+#: points: each sampler [48,32,15,25] x [48,2500,4,2]), BEVFormer-tiny's spatial cross-attention (8 points), and
+#: four levels as BEVFormer-base has.
+MSDA_BLOCKS = [([(15, 25)], 6, 2500, 8, 32, 4), ([(15, 25)], 6, 2500, 8, 32, 8),
+               ([(15, 25), (8, 13), (4, 7), (2, 4)], 6, 2500, 8, 32, 4)]
 QUICK_MSDA_BLOCKS = [([(6, 8), (3, 4)], 2, 100, 4, 8, 4)]
+#: What --only picks: single samplers (bilinear), the same shapes nearest (2-D), whole deformable-attention blocks,
+#: the whole BEVFormer-tiny fixture.
+PARTS = ("samplers", "nearest", "msda", "model")
 #: The zoo's BEVFormer-tiny as torch exports it (ATen grid_sampler, opset 11), timed whole.
 WHOLE_MODEL = (Path(__file__).resolve().parent.parent / "tests" / "data" / "zoo"
                / "bevformer-tiny.fixture.opset11-aten.onnx")
@@ -168,13 +174,16 @@ def main(argv=None) -> int:
     parser.add_argument("--runs", type=int, default=9, help="timed runs per form (median reported)")
     parser.add_argument("--threads", type=int, default=0, help="ORT intra-op threads (0: ORT default)")
     parser.add_argument("--quick", action="store_true", help="small shapes and no whole model, for a smoke run")
+    parser.add_argument("--only", action="append", choices=PARTS,
+                        help="time only this part (repeatable; default: all of " + ", ".join(PARTS) + ")")
     args = parser.parse_args(argv)
+    parts = set(args.only or PARTS)
     rng = np.random.default_rng(0)
     clock = time.process_time if args.threads == 1 else time.perf_counter
     print(f"onnxruntime {ort.__version__}, CPU, intra-op threads {args.threads or 'default'}, "
           f"median of {args.runs} runs, {'CPU' if args.threads == 1 else 'wall'} time")
     print(f"{'input':>20} {'grid':>22} | {'form':<28} {'ms':>9} {'x native':>9} {'max |diff|':>11}")
-    shapes = QUICK_SHAPES if args.quick else SHAPES
+    shapes = (QUICK_SHAPES if args.quick else SHAPES) if "samplers" in parts else []
     for x_shape, grid_shape in shapes:
         native = native_model(x_shape, grid_shape)
         if len(x_shape) == 5:
@@ -186,18 +195,19 @@ def main(argv=None) -> int:
                      "mmcv-style (opset 11)": mmcv_style_model(x_shape, grid_shape)}
         report(str(list(x_shape)), str(list(grid_shape)), forms, random_feeds(rng, x_shape, grid_shape),
                args.runs, args.threads, clock)
-    for x_shape, grid_shape in shapes:
+    for x_shape, grid_shape in shapes if "nearest" in parts else []:
         if len(x_shape) == 4:
             native = native_model(x_shape, grid_shape, nearest=True)
             forms = {"native GridSample-16 nearest": native,
                      "surgeon decompose nearest": apply_pass(native, "grid-sample", mode="decompose")[0]}
             report(str(list(x_shape)), str(list(grid_shape)), forms, random_feeds(rng, x_shape, grid_shape),
                    args.runs, args.threads, clock)
-    for level_shapes, batch, queries, heads, channels, points in QUICK_MSDA_BLOCKS if args.quick else MSDA_BLOCKS:
+    blocks = (QUICK_MSDA_BLOCKS if args.quick else MSDA_BLOCKS) if "msda" in parts else []
+    for level_shapes, batch, queries, heads, channels, points in blocks:
         model, feeds = msda_block(level_shapes, batch, queries, heads, channels, points, rng)
         report(f"msda {len(level_shapes)} level(s)", f"[{batch},{queries},{heads},{channels}] P={points}",
                msda_forms(model), feeds, args.runs, args.threads, clock)
-    if not args.quick and WHOLE_MODEL.exists():  # the whole BEVFormer-tiny fixture, its recorded inputs
+    if "model" in parts and not args.quick and WHOLE_MODEL.exists():  # the whole BEVFormer-tiny fixture, its recorded inputs
         exported = onnx.load(WHOLE_MODEL)
         feeds = dict(np.load(WHOLE_MODEL.with_suffix(".inputs.npz")))
         sites = sum(n.op_type == "ATen" for n in exported.graph.node)
