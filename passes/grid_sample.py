@@ -311,16 +311,13 @@ def lacking_gridsample(site: Sampling, target, opset: int) -> str | None:
     """The GridSample of `opset` that `target` lacks for `site` ("float64 GridSample-16"), asked for the dtypes
     of its input and grid as written (a bfloat16 site but a standard GridSample, kept as it is, in float32:
     `sampled_in_float32`); None where it runs it. What `surgeon check` accepts counts as run: ONNX Runtime
-    runs a float16 node in float32 itself (InsertCastTransformer), TensorRT casts float64 to float32."""
+    runs a float16 node in float32 itself, TensorRT casts float64 to float32 (`Target.computes_in`)."""
     version = onnx.defs.get_schema("GridSample", opset).since_version
     for tensor in (site.x, site.grid):
         dtype = np.dtype(dtype_of(tensor) or np.float32)
         if dtype.name == "bfloat16" and site.spelling != "onnx":
             dtype = np.dtype(np.float32)
-        cast_by_runtime = (dtype == np.float16 and target.runtime == "onnxruntime") or (
-            dtype == np.float64 and target.is_tensorrt)
-        runs = target.supports("GridSample", dtype=np.float32 if cast_by_runtime else dtype, opset=opset)
-        if not runs:
+        if not target.supports("GridSample", dtype=target.computes_in(dtype.name), opset=opset):
             return f"{dtype.name} GridSample-{version}"
     return None
 

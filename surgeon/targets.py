@@ -56,6 +56,15 @@ class Target:
     def is_tensorrt(self) -> bool:
         return self.runtime == "tensorrt"
 
+    def computes_in(self, dtype: str) -> str:
+        """The dtype (a name: "float16") the runtime computes an op of `dtype` in where it has no kernel for it:
+        float32 for float16 on ONNX Runtime (its InsertCastTransformer) and for float64 on TensorRT (which casts
+        DOUBLE down: SG007 warns); `dtype` itself otherwise. `surgeon check` and the passes' target-driven
+        choices take an op as runnable where the runtime runs it so."""
+        if (dtype == "float16" and self.runtime == "onnxruntime") or (dtype == "float64" and self.is_tensorrt):
+            return "float32"
+        return dtype
+
     def version_tuple(self) -> tuple[int, ...]:
         return tuple(int(p) for p in str(self.version or "0").split(".") if p.isdigit())
 

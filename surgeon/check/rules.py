@@ -351,10 +351,7 @@ def _dtype_problems(facts: ModelFacts):
                 yield node, dtype, (f"on {dtype}: ONNX's {node.op_type}-{version} has no {dtype} type, so no runtime "
                                     "runs it")
             continue
-        cast_down = dtype == "float64" and facts.target.is_tensorrt  # TensorRT casts DOUBLE to FLOAT: SG007 warns
-        # ONNX Runtime runs a float16 node that has no float16 kernel in float32 (InsertCastTransformer)
-        cast_up = dtype == "float16" and facts.target.runtime == "onnxruntime" and "float32" in allowed
-        if not cast_down and not cast_up and dtype not in allowed:
+        if dtype not in allowed and facts.target.computes_in(dtype) not in allowed:
             yield node, dtype, f"on {dtype} is not supported by {facts.target.name} (supported: {', '.join(allowed)})"
 
 
