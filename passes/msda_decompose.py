@@ -36,7 +36,7 @@ from surgeon.pass_api import Param, Pass, PassResult, register_pass
 from surgeon.passes.grid_sample import (CORNERS, bilinear_corners, check_fma_emulation, emulates_fma_in_float64,
                                         fma_dtype_for, fma_note, unnormalise)
 from surgeon.passes.msda_plugin import MMCV_OP_TYPE, match_blocks, mmcv_attention_nodes
-from surgeon.rewrite import Rewrite, const_value, dtype_of
+from surgeon.rewrite import Rewrite, const_value, dtype_of, prune_graph
 from surgeon.sampling import batch_row_starts, grid_axis, value_weight
 
 
@@ -51,6 +51,7 @@ class MsdaDecompose(Pass):
                                     "none: float32 Mul, Sub (two roundings); auto: float64 where the target runs it"),
     }
     needs = ("shapes",)
+    provides = ("cleanup",)  # the replaced blocks are pruned
     handles = (f"mmcv::{MMCV_OP_TYPE}",)
 
     @classmethod
@@ -87,6 +88,7 @@ class MsdaDecompose(Pass):
             result.note(f"{node.name}: {len(level_shapes)} level(s) {level_shapes}")
         if result.changed:
             result.note(fma_note(self.fma_emulation, in_float64, ctx.target))
+            prune_graph(graph)  # the blocks' own nodes, dead now: gone in this step's op changes, not a later one's
         return result
 
 

@@ -42,7 +42,7 @@ from surgeon.errors import PassError
 from surgeon.pass_api import Pass, PassResult, register_pass
 from surgeon.plugins.matching import DOMAIN_PARAM, NoMatch, expect_producer
 from surgeon.plugins.specs import make_plugin_node
-from surgeon.rewrite import Rewrite, const_value, is_op, producer
+from surgeon.rewrite import Rewrite, const_value, is_op, producer, prune_graph
 from surgeon.sampling import read_sampling
 
 
@@ -55,6 +55,7 @@ class MsdaPlugin(Pass):
     """Fuse mmcv's grid_sample fallback of multi-scale deformable attention into MultiScaleDeformableAttn."""
 
     handles = ("mmcv::MMCVMultiScaleDeformableAttention",)
+    provides = ("cleanup",)  # the replaced blocks are pruned
 
     params = {
         "domain": DOMAIN_PARAM,
@@ -80,6 +81,8 @@ class MsdaPlugin(Pass):
                       rewrite.cast(node.inputs[2], np.int64), *node.inputs[3:]]
             make_plugin_node(rewrite, "MultiScaleDeformableAttn", inputs, domain=self.domain)
             result.rewrote(node)
+        if result.changed:
+            prune_graph(graph)  # the blocks' own nodes, dead now: gone in this step's op changes, not a later one's
         return result
 
 

@@ -226,3 +226,14 @@ def test_check_reports_the_float64_of_its_fma_emulation_once_per_block_with_the_
     assert finding.message.startswith("starts msda-decompose's fma_emulation in its rewrite of node msda: ")
     assert "run msda-decompose with `fma_emulation: none`" in finding.advice
     assert "`set: {msda-decompose.fma_emulation: none}`" in finding.advice
+
+
+@pytest.mark.parametrize("pass_name", ["msda-decompose", "msda-plugin"])
+def test_the_step_that_replaces_blocks_shows_their_samplers_gone(pass_name):
+    """The blocks' own nodes used to stay in the graph, dead, until a later pruning step, whose row then
+    showed the samplers removed (fold-constants: ATen:grid_sampler -12 on BEVFormer-tiny)."""
+    shapes = CASES[1][0]
+    model = export(Block(shapes), inputs(shapes, 3, 4, seed=1), 11)
+    out, step = apply_pass(model, pass_name)
+    assert step.op_delta["ATen:grid_sampler"] == -len(shapes)
+    assert "ATen" not in op_types(out)
