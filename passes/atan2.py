@@ -55,26 +55,45 @@ def exported_operands(node):
 
         a = Atan(Div(y, x));  Where(Less(x, 0), Where(Greater(y, 0), a + pi, a - pi), a)
 
-    which is NaN at the origin and gives -pi instead of pi for y = +0, x < 0.
+    which is NaN at the origin and gives -pi instead of pi for y = +0, x < 0. Operands of different types are
+    Cast, each comparison's apart from the Div's (int32 y, float16 x: Div(Cast(y, float16), x) but
+    Greater(Cast(y, int64), 0)); the Div's operands, promoted to the result type, are returned.
     """
+    skeleton = _exported_skeleton(node)
+    if skeleton is None:
+        return None
+    less, shifted, atan, divide = skeleton
+    y, x = divide.inputs
+    greater, plus, minus = (producer(t) for t in shifted.inputs)
+    a = atan.outputs[0]
+    shape_ok = (same_source(less.inputs[0], x) and is_constant(less.inputs[1], 0)
+                and greater is not None and is_op(greater, "Greater") and same_source(greater.inputs[0], y)
+                and is_constant(greater.inputs[1], 0)
+                and plus is not None and is_op(plus, "Add") and plus.inputs[0] is a and is_constant(plus.inputs[1], np.pi)
+                and minus is not None and is_op(minus, "Sub") and minus.inputs[0] is a
+                and is_constant(minus.inputs[1], np.pi))
+    return (y, x) if shape_ok else None
+
+
+def _exported_skeleton(node):
+    """(Less, inner Where, Atan, Div) where `node` is Where(Less(..), Where(..), Atan(Div(..))), the frame of
+    torch's atan2 export, else None."""
     if not is_op(node, "Where") or len(node.inputs) != 3:
         return None
     less, shifted, atan = (producer(t) for t in node.inputs)
     if not (less and shifted and atan and is_op(less, "Less") and is_op(shifted, "Where") and is_op(atan, "Atan")):
         return None
     divide = producer(atan.inputs[0])
-    if divide is None or not is_op(divide, "Div"):
-        return None
-    y, x = divide.inputs
-    greater, plus, minus = (producer(t) for t in shifted.inputs)
-    a = atan.outputs[0]
-    shape_ok = (less.inputs[0] is x and is_constant(less.inputs[1], 0)
-                and greater is not None and is_op(greater, "Greater") and greater.inputs[0] is y
-                and is_constant(greater.inputs[1], 0)
-                and plus is not None and is_op(plus, "Add") and plus.inputs[0] is a and is_constant(plus.inputs[1], np.pi)
-                and minus is not None and is_op(minus, "Sub") and minus.inputs[0] is a
-                and is_constant(minus.inputs[1], np.pi))
-    return (y, x) if shape_ok else None
+    return (less, shifted, atan, divide) if divide is not None and is_op(divide, "Div") else None
+
+
+def same_source(tensor, operand) -> bool:
+    """Whether `tensor` is `operand`, or either is a Cast of the other or both Casts of one tensor."""
+    def source(t):
+        cast = producer(t)
+        return cast.inputs[0] if cast is not None and is_op(cast, "Cast") else t
+
+    return source(tensor) is source(operand) or tensor is source(operand) or source(tensor) is operand
 
 
 def is_constant(tensor, expected: float) -> bool:
@@ -98,6 +117,11 @@ class Atan2(Pass):
 
     def run(self, graph, ctx):
         result = PassResult()
+        if self.match_exported:  # before any rewrite, which leaves the replaced nodes dead in the graph
+            for node in find_nodes(graph, lambda n: _exported_skeleton(n) and not exported_operands(n)):
+                result.note(f"{node.name}: left alone, Where(Less, Where, Atan(Div)) as torch's atan2 export "
+                            "writes, but its Less, Greater, Add or Sub do not read the Div's operands, the Atan, 0 "
+                            "and pi as that export does")
         for node in find_nodes(graph, lambda n: is_atan2(n) or self.match_exported and exported_operands(n)):
             y, x = node.inputs[:2] if is_atan2(node) else exported_operands(node)
             # torch's result type: the output's recorded type, else torch.result_type of the operands

@@ -311,14 +311,20 @@ def lacking_gridsample(site: Sampling, target, opset: int) -> str | None:
     """The GridSample of `opset` that `target` lacks for `site` ("float64 GridSample-16"), asked for the dtypes
     of its input and grid as written (a bfloat16 site but a standard GridSample, kept as it is, in float32:
     `sampled_in_float32`); None where it runs it. What `surgeon check` accepts counts as run: ONNX Runtime
-    runs a float16 node in float32 itself, TensorRT casts float64 to float32 (`Target.computes_in`)."""
+    runs a float16 node in float32 itself, TensorRT casts float64 to float32 (`Target.computes_in`). ONNX
+    Runtime's kernels take input and grid of one type: a pair it computes in two lacks GridSample there
+    ("GridSample-20 on float32 input and float64 grid")."""
     version = onnx.defs.get_schema("GridSample", opset).since_version
+    dtypes = []
     for tensor in (site.x, site.grid):
         dtype = np.dtype(dtype_of(tensor) or np.float32)
         if dtype.name == "bfloat16" and site.spelling != "onnx":
             dtype = np.dtype(np.float32)
         if not target.supports("GridSample", dtype=target.computes_in(dtype.name), opset=opset):
             return f"{dtype.name} GridSample-{version}"
+        dtypes.append(dtype.name)
+    if target.runtime == "onnxruntime" and len({target.computes_in(name) for name in dtypes}) > 1:
+        return f"GridSample-{version} on {dtypes[0]} input and {dtypes[1]} grid (its kernels take one type for both)"
     return None
 
 

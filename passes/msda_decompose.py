@@ -33,8 +33,8 @@ import onnx_graphsurgeon as gs
 
 from surgeon.errors import PassError
 from surgeon.pass_api import Param, Pass, PassResult, register_pass
-from surgeon.passes.grid_sample import (CORNERS, bilinear_corners, check_fma_emulation, emulates_fma_in_float64,
-                                        fma_dtype_for, fma_note, unnormalise)
+from surgeon.passes.grid_sample import (CORNERS, CastBackToBfloat16, bilinear_corners, check_fma_emulation,
+                                        decomposition_note, emulates_fma_in_float64, fma_dtype_for, unnormalise)
 from surgeon.passes.msda_plugin import MMCV_OP_TYPE, match_blocks, mmcv_attention_nodes
 from surgeon.rewrite import Rewrite, const_value, dtype_of, prune_graph
 from surgeon.sampling import batch_row_starts, grid_axis, value_weight
@@ -62,32 +62,39 @@ class MsdaDecompose(Pass):
         self.check_params_for(self.values, ctx.target)  # a Recipe built in code skips load_recipe's check
         in_float64 = emulates_fma_in_float64(self.fma_emulation, ctx.target)
         result = PassResult()
+        grid_dtypes: set[str] = set()  # as sampled
+        widened: list[str] = []  # the bfloat16 blocks, sampled in float32
         for block in match_blocks(graph, result):
             try:
                 dims = static_dims(block.output_node, block.value, block.grid, block.weights, len(block.level_shapes))
             except PassError as exc:  # grid-sample can still decompose the block's samplers one by one
                 result.note(f"{exc.message}; left to grid-sample")
                 continue
-            rw = Rewrite(graph, ctx, block.output_node)
+            rw, value, grid, weights = _sampled_in_float32(Rewrite(graph, ctx, block.output_node), block.value,
+                                                           block.grid, block.weights, widened)
             keys = np.cumsum([0] + [h * w for h, w in block.level_shapes[:-1]]).tolist()
             # The block's output is [B, M*C, Q] transposed by `perm`, so the fused [B, Q, M*C] transposed by this:
             perm = [[0, 2, 1][axis] for axis in block.perm]
-            emit_fused(rw, block.value, block.grid, block.weights, block.level_shapes, keys, dims, in_float64, perm)
+            grid_dtypes.add(emit_fused(rw, value, grid, weights, block.level_shapes, keys, dims, in_float64, perm))
             result.rewrote(block.output_node)
             result.note(f"{block.output_node.name}: {len(block.level_shapes)} level(s) {block.level_shapes}")
         for node in mmcv_attention_nodes(graph):
             value, shapes, starts, locations, weights = node.inputs
             level_shapes, keys = _constant_levels(node, shapes, starts)
             dims = static_dims(node, value, locations, weights, len(level_shapes))
-            rw = Rewrite(graph, ctx, node)
-            dtype = dtype_of(locations) or np.float32  # mmcv: sampling_grids = 2 * sampling_locations - 1
-            twice = rw.op("Mul", [locations, rw.const(2.0, "two", dtype)], suffix="twice")
-            grid = rw.op("Sub", [twice, rw.const(1.0, "one", dtype)], suffix="grid")
-            emit_fused(rw, value, grid, weights, level_shapes, keys, dims, in_float64, [0, 1, 2])
+            rw, value, locations, weights = _sampled_in_float32(Rewrite(graph, ctx, node), value, locations, weights,
+                                                                widened)
+            dtype = np.dtype(dtype_of(locations) or np.float32)  # mmcv: sampling_grids = 2 * sampling_locations - 1
+            twice = rw.op("Mul", [locations, rw.const(2.0, "two", dtype)], suffix="twice", dtype=dtype)
+            grid = rw.op("Sub", [twice, rw.const(1.0, "one", dtype)], suffix="grid", dtype=dtype)
+            grid_dtypes.add(emit_fused(rw, value, grid, weights, level_shapes, keys, dims, in_float64, [0, 1, 2]))
             result.rewrote(node)
             result.note(f"{node.name}: {len(level_shapes)} level(s) {level_shapes}")
+        if widened:
+            result.note(f"sampled {', '.join(widened)} in float32 between Casts from and to bfloat16, as "
+                        "grid-sample samples bfloat16 (ONNX has no bfloat16 Where before opset 16)")
         if result.changed:
-            result.note(fma_note(self.fma_emulation, in_float64, ctx.target))
+            result.note(decomposition_note(self.fma_emulation, in_float64, ctx.target, grid_dtypes))
             prune_graph(graph)  # the blocks' own nodes, dead now: gone in this step's op changes, not a later one's
         return result
 
@@ -106,18 +113,36 @@ def _constant_levels(node: gs.Node, shapes: gs.Tensor, starts: gs.Tensor) -> tup
     return level_shapes, keys
 
 
+def _sampled_in_float32(rw: Rewrite, value: gs.Tensor, grid: gs.Tensor, weights: gs.Tensor, widened: list[str]):
+    """(rw, value, grid, weights) to sample with: where one of them is bfloat16, all three Cast to float32 and a
+    rewrite whose last node Casts back to bfloat16 (a bfloat16 value), its node's name appended to `widened`, as
+    grid-sample's `sampled_in_float32` and torch's CUDA kernel (float32 opmath, one rounding at the end)."""
+    names = [None if dtype_of(t) is None else dtype_of(t).name for t in (value, grid, weights)]
+    if "bfloat16" not in names:
+        return rw, value, grid, weights
+    widened.append(rw.node.name or rw.prefix)
+    wide = CastBackToBfloat16(rw) if names[0] == "bfloat16" else rw
+    return (wide, *(wide.cast(t, np.float32, f"{label}_float32")
+                    for t, label in ((value, "value"), (grid, "grid"), (weights, "weights"))))
+
+
 def emit_fused(rw: Rewrite, value: gs.Tensor, grid: gs.Tensor, weights: gs.Tensor, level_shapes: list[tuple[int, int]],
-               keys: list[int], dims: tuple[int, int], fma_in_float64: bool, perm: list[int]) -> None:
+               keys: list[int], dims: tuple[int, int], fma_in_float64: bool, perm: list[int]) -> str:
     """Finish `rw` with [B, Q, M*C] transposed by `perm`: Σ over levels, points and corners of (corner weight ×
     attention weight) × value row, from value [B, S, M, C] (level l from key keys[l]), grid [B, Q, M, L, P, 2]
-    (2 * loc - 1) and weights [B, Q, M, L, P]; `dims` = (M, P) (`static_dims`)."""
+    (2 * loc - 1) and weights [B, Q, M, L, P]; `dims` = (M, P) (`static_dims`). Returns the coordinates' dtype
+    name (the grid's)."""
     heads, points = dims
     coord_dtype = np.dtype(dtype_of(grid) or np.float32)
     fma_dtype = fma_dtype_for(coord_dtype, fma_in_float64)
     # a row per pixel of the bordered image but its last row and column, per head
     level_rows = [(h + 2) * (w + 2) for h, w in level_shapes]
     first_rows = np.cumsum([0] + level_rows[:-1]).tolist()
-    table = _corner_table(rw, value, level_shapes, keys, heads)
+    # Static sizes rather than -1 where known: ONNX Runtime cannot infer a -1 dim of an empty tensor (batch or
+    # queries 0).
+    channels = value.shape[3] if value.shape is not None and isinstance(value.shape[3], int) else -1
+    samples = len(level_shapes) * points
+    table = _corner_table(rw, value, level_shapes, keys, heads, channels)
     heights, widths = (_per_level([shape[axis] for shape in level_shapes]) for axis in (0, 1))
     px, py = (_clip_to_levels(rw, unnormalise(rw, grid_axis(rw, grid, axis, label), size, False, coord_dtype,
                                               fma_dtype, label), size, coord_dtype, label)
@@ -129,18 +154,19 @@ def emit_fused(rw: Rewrite, value: gs.Tensor, grid: gs.Tensor, weights: gs.Tenso
         columns.append(rw.unsqueeze(weighted, [-1], suffix=f"{label}_column", axes_suffix=f"{label}_axes"))
     # [B, Q, M, L, P, 4] -> one row [B, Q, M, 1, L*P*4], in the gathered rows' order (point-major, then corner)
     weight_row = rw.op("Reshape", [rw.op("Concat", columns, {"axis": -1}, suffix="weights"),
-                                   rw.const([0, 0, heads, 1, -1], "weight_row_shape", np.int64)], suffix="weight_row")
-    index = _row_index(rw, value, x0, y0, widths, first_rows, sum(level_rows), heads, coord_dtype)
+                                   rw.const([0, 0, heads, 1, samples * 4], "weight_row_shape", np.int64)],
+                       suffix="weight_row")
+    index = _row_index(rw, value, x0, y0, widths, first_rows, sum(level_rows), heads, samples, coord_dtype)
     gathered = rw.op("Gather", [table, index], {"axis": 0}, suffix="gather")  # [B, Q, M, L*P, 4C]
-    channels = value.shape[3] if value.shape is not None and isinstance(value.shape[3], int) else -1
-    by_corner = rw.op("Reshape", [gathered, rw.const([0, 0, heads, len(level_shapes) * points * 4, channels],
-                                                     "corner_shape", np.int64)], suffix="by_corner")
+    by_corner = rw.op("Reshape", [gathered, rw.const([0, 0, heads, samples * 4, channels], "corner_shape", np.int64)],
+                      suffix="by_corner")
     blended = rw.op("MatMul", [weight_row, by_corner], suffix="blend")  # [B, Q, M, 1, C]
-    out_shape = rw.const([0, 0, -1], "out_shape", np.int64)
+    out_shape = rw.const([0, 0, heads * channels if channels > 0 else -1], "out_shape", np.int64)
     if perm == [0, 1, 2]:
         rw.finish("Reshape", [blended, out_shape], suffix="channels_last")
     else:
         rw.finish("Transpose", [rw.op("Reshape", [blended, out_shape], suffix="channels_last")], {"perm": perm})
+    return coord_dtype.name
 
 
 def static_dims(node: gs.Node, value, grid, weights, levels: int) -> tuple[int, int]:
@@ -163,7 +189,7 @@ def _per_level(sizes: list[int]) -> np.ndarray:
     return array.reshape(()) if len(sizes) == 1 else array.reshape(-1, 1)
 
 
-def _corner_table(rw: Rewrite, value: gs.Tensor, level_shapes, keys, heads: int) -> gs.Tensor:
+def _corner_table(rw: Rewrite, value: gs.Tensor, level_shapes, keys, heads: int, channels: int) -> gs.Tensor:
     """table [B * R * M, 4C]: for each level, its [B, h, w, M, C] image with grid-sample decompose's zero border
     (1 before, 2 after), a row per head of each of its first h+2 by w+2 pixels holding the four corners nw|ne|sw|se
     (the border keeps every clipped corner inside), the levels one after the other."""
@@ -173,7 +199,7 @@ def _corner_table(rw: Rewrite, value: gs.Tensor, level_shapes, keys, heads: int)
             "Slice", [value, rw.const([key], f"level{level}_start", np.int64),
                       rw.const([key + h * w], f"level{level}_end", np.int64),
                       rw.const([1], f"level{level}_axes", np.int64)], suffix=f"level{level}_keys")
-        image = rw.op("Reshape", [keys_of_level, rw.const([0, h, w, heads, -1], f"level{level}_shape", np.int64)],
+        image = rw.op("Reshape", [keys_of_level, rw.const([0, h, w, heads, channels], f"level{level}_shape", np.int64)],
                       suffix=f"level{level}_image")
         padded = rw.op("Pad", [image, rw.const([0, 1, 1, 0, 0, 0, 2, 2, 0, 0], f"level{level}_pads", np.int64)],
                        {"mode": "constant"}, suffix=f"level{level}_pad")
@@ -183,8 +209,9 @@ def _corner_table(rw: Rewrite, value: gs.Tensor, level_shapes, keys, heads: int)
                           suffix=f"level{level}_{label}_shift")
                    for label, (dy, dx) in zip(CORNERS, ((0, 0), (0, 1), (1, 0), (1, 1)))]
         corners = rw.op("Concat", shifted, {"axis": 4}, suffix=f"level{level}_corners")
-        levels.append(rw.op("Reshape", [corners, rw.const([0, (h + 2) * (w + 2), heads, -1], f"level{level}_rows",
-                                                          np.int64)], suffix=f"level{level}_rows"))
+        rows_shape = [0, (h + 2) * (w + 2), heads, 4 * channels if channels > 0 else -1]
+        levels.append(rw.op("Reshape", [corners, rw.const(rows_shape, f"level{level}_rows", np.int64)],
+                            suffix=f"level{level}_rows"))
     table = levels[0] if len(levels) == 1 else rw.op("Concat", levels, {"axis": 1}, suffix="levels")
     return rw.op("Flatten", [table], {"axis": 3}, suffix="table")
 
@@ -199,7 +226,7 @@ def _clip_to_levels(rw: Rewrite, pixel: gs.Tensor, size: np.ndarray, dtype, labe
 
 
 def _row_index(rw: Rewrite, value: gs.Tensor, x0, y0, widths: np.ndarray, first_rows: list[int], rows: int,
-               heads: int, dtype) -> gs.Tensor:
+               heads: int, samples: int, dtype) -> gs.Tensor:
     """int64 [B, Q, M, L*P]: each sample's table row (its north-west corner's), (b * R + first row of the level +
     (y0 + 1) * (w + 2) + x0 + 1) * M + m; the +1 steps over the zero border's first row and column."""
     one = rw.const(1.0, "pad_offset", dtype)
@@ -213,4 +240,4 @@ def _row_index(rw: Rewrite, value: gs.Tensor, x0, y0, widths: np.ndarray, first_
                               rw.const(np.arange(heads).reshape(heads, 1, 1), "head_offset", np.int64)],
                       suffix="head_rows")
     row = rw.op("Add", [head_rows, batch_row_starts(rw, value, rows * heads, 4)], suffix="row")
-    return rw.op("Reshape", [row, rw.const([0, 0, heads, -1], "index_shape", np.int64)], suffix="index")
+    return rw.op("Reshape", [row, rw.const([0, 0, heads, samples], "index_shape", np.int64)], suffix="index")

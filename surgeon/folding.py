@@ -420,6 +420,8 @@ def _where(node, inputs):
     condition, x, y = inputs
     if condition.dtype != np.bool_ or x.dtype != y.dtype:
         return None
+    if x.dtype.kind == "f" and np.any(condition & (x == 0) & np.signbit(x)):
+        return None  # ONNX Runtime returns +0.0 for a -0.0 picked from X (measured; from Y it keeps -0.0)
     return [np.where(condition, x, y)]
 
 

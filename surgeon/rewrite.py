@@ -131,8 +131,9 @@ HALF_FLOATS = ("float16", "bfloat16")
 
 def takes_dtype(ctx, op_type: str, dtype, opset: int | None = None) -> bool:
     """Whether a standard `op_type` node on `dtype` may be written: ONNX's schema at the graph's opset lists the
-    type for one of its inputs (Where-9 and Pow-13 have no bfloat16: onnx.checker's full check refuses them),
-    and the target runs it (`target.supports`, asked at `opset`; None: the target's own)."""
+    type for every input that takes floats (those a float rewrite feeds: Pow's base and exponent, not Where's
+    condition nor Gather's indices; Where-9 and Pow-13's exponent have no bfloat16: onnx.checker's full check
+    refuses them), and the target runs it (`target.supports`, asked at `opset`; None: the target's own)."""
     return _schema_takes(op_type, onnx_dtype(dtype), ctx.opset) and ctx.target.supports(op_type, dtype=dtype,
                                                                                          opset=opset)
 
@@ -145,7 +146,9 @@ def _schema_takes(op_type: str, elem_type: int, opset: int) -> bool:
         return True
     wanted = f"tensor({onnx.TensorProto.DataType.Name(elem_type).lower()})"  # tensor(float), tensor(bfloat16)
     allowed = {c.type_param_str: c.allowed_type_strs for c in schema.type_constraints}
-    return any(wanted in allowed.get(formal.type_str, [formal.type_str]) for formal in schema.inputs)
+    fed = [types for types in (allowed.get(formal.type_str, [formal.type_str]) for formal in schema.inputs)
+           if "tensor(float)" in types]
+    return bool(fed) and all(wanted in types for types in fed)
 
 
 def bfloat16_compute_dtype(ctx, ops: Iterable[str], dtype) -> np.dtype | None:

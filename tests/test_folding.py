@@ -64,6 +64,9 @@ CASES = [  # (id, op, inputs, attrs, opset)
      {"value": numpy_helper.from_array(np.array([7], np.int64))}, 13),
     ("constant-of-shape-default", "ConstantOfShape", [i64(4)], {}, 13),
     ("where-int", "Where", [np.array([True, False, True]), i64(1, 2, 3), i64(-1)], {}, 13),
+    # -0.0 in X left, from Y picked: ONNX Runtime keeps it
+    ("where-float-negative-zero-from-y", "Where", [np.array([False, False, True]), np.array([-0.0, -0.0, 1.0]),
+                                                   np.array([2.0, -0.0, 0.0])], {}, 13),
     ("add-wraps", "Add", [i64(I64_MAX, 1), i64(1, 2)], {}, 13),
     ("add-float-edges", "Add", [FLOAT_EDGES, FLOAT_EDGES[::-1].copy()], {}, 13),
     ("sub-float-broadcast", "Sub", [FLOAT_EDGES, np.array([0.1], np.float32)], {}, 13),
@@ -168,6 +171,10 @@ LEFT_TO_ONNXRUNTIME = [  # evaluations NumPy could get wrong, or that are invali
     ("tile-repeats-too-few", "Tile", [i64(1, 2).reshape(1, 2), i64(3)], {}),  # NumPy would pad them
     ("slice-axis-out-of-range", "Slice", [i64(1, 2, 3), i64(0), i64(2), i64(1)], {}),  # NumPy: axis 1 % 1 = 0
     ("float-exp", "Exp", [np.array([1.0], np.float32)], {}),
+    # ONNX Runtime returns +0.0 for a -0.0 picked from X (measured, float16/32/64)
+    *((f"where-{np.dtype(dtype).name}-negative-zero-from-x", "Where",
+       [np.array([True, False]), np.array([-0.0, 1.0], dtype), np.array([2.0, 3.0], dtype)], {})
+      for dtype in (np.float16, np.float32, np.float64)),
     # ONNX Runtime computes these in float64 (measured): 64-bit values past 2**53 round, int32 sums saturate
     ("mod-fmod-int64-past-2**53", "Mod", [i64(2**60 + 12345), i64(10)], {"fmod": 1}),
     ("mod-fmod-uint64-past-2**53", "Mod", [np.array([2**63 + 12345], np.uint64), np.array([10], np.uint64)],

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from onnx import helper
 
-from surgeon.testing import apply_pass, make_model, op_types, run_ort
+from surgeon.testing import apply_pass, export_torch, make_model, op_types, run_ort
 
 torch = pytest.importorskip("torch")
 
@@ -173,6 +173,18 @@ def test_torch_own_atan2_export_is_replaced_because_it_is_wrong_on_the_axes(opse
     assert kept.rewritten == []
 
 
+def test_a_near_miss_of_torchs_own_export_is_noted():
+    model = exported_decomposed_atan2(13)
+    greater = next(n for n in model.graph.node if n.op_type == "Greater")
+    greater.input[0] = "x"  # not y's sign: not atan2
+    out, step = apply_pass(model, "atan2")
+    where = next(n.name for n in model.graph.node if n.op_type == "Where" and n.output[0] == model.graph.output[0].name)
+    assert step.rewritten == [] and op_types(out) == op_types(model)
+    assert step.notes == [f"{where}: left alone, Where(Less, Where, Atan(Div)) as torch's atan2 export writes, but "
+                          "its Less, Greater, Add or Sub do not read the Div's operands, the Atan, 0 and pi as that "
+                          "export does"]
+
+
 class _Atan2(torch.nn.Module):
     def forward(self, y, x):
         return torch.atan2(y, x)
@@ -221,11 +233,13 @@ def typed_atan2_model(dtype_y, dtype_x, out_dtype, opset=13):
 
 def operand(values, dtype):
     """`values` (EDGES pairs) as `dtype`: floats as they are (1e30 is inf in float16), bools as `!= 0`,
-    integers from a fixed pool of the same length."""
+    integers from a fixed pool of those the type holds (2049 and 70000 round in float16), of the same length."""
     if dtype == np.bool_:
         return values != 0
     if np.issubdtype(dtype, np.integer):
-        return np.resize(np.array([0, 1, -1, 3, -7, 2**40, -(2**40)], dtype), values.shape)
+        limits = np.iinfo(dtype)
+        pool = [v for v in (0, 1, -1, 3, -7, 2049, -70000, 2**40, -(2**40)) if limits.min <= v <= limits.max]
+        return np.resize(np.array(pool, dtype), values.shape)
     with np.errstate(over="ignore"):
         return values.astype(dtype)
 
@@ -321,3 +335,25 @@ def test_unknown_result_type_leaves_the_node_with_a_note():
     out, step = apply_pass(model, "atan2")
     assert step.rewritten == [] and "Atan2" in op_types(out)
     assert "atan2_node" in step.notes[0] and "unknown" in step.notes[0]
+
+
+@pytest.mark.parametrize("opset", [11, 17])
+@pytest.mark.parametrize("dtype_y, dtype_x", [(np.int32, np.float16), (np.float16, np.int64), (np.int64, np.float32),
+                                              (np.float16, np.float32)])
+def test_torch_own_export_of_mixed_operand_types_is_replaced(dtype_y, dtype_x, opset):
+    """torch's own export Casts mixed operands apart for the Div and for each comparison (int32 y, float16 x:
+    Div(Cast(y, float16), x), Greater(Cast(y, int64), 0)): matched through those Casts. float16 results bit for
+    bit, float32 within 1e-6 absolute (as above), signs of zeros as torch's."""
+    y, x = (operand(grid.ravel(), dtype) for grid, dtype in zip(np.meshgrid(EDGES, EDGES), (dtype_y, dtype_x)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = export_torch(_Atan2(), torch.from_numpy(y), torch.from_numpy(x), opset=opset, input_names=["y", "x"],
+                             output_names=["angle"])
+    out, step = apply_pass(model, "atan2")
+    assert len(step.rewritten) == 1 and op_types(out).count("Atan") == 1
+    got = run_ort(out, {"y": y, "x": x})[0]
+    want = torch.atan2(torch.from_numpy(y), torch.from_numpy(x)).numpy()
+    assert got.dtype == want.dtype
+    np.testing.assert_allclose(got, want, rtol=0, atol=0 if want.dtype == np.float16 else ATOL)
+    both = ~np.isnan(want)
+    np.testing.assert_array_equal(np.signbit(got[both]), np.signbit(want[both]))

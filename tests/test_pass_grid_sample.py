@@ -904,6 +904,28 @@ def test_auto_keeps_gridsample_where_the_runtime_casts_the_dtype_itself(dtype, t
                                    torch_grid_sample(x, grid, "bilinear", "border"), atol=2e-3, rtol=0)
 
 
+@pytest.mark.parametrize("x_dtype, grid_dtype", [(np.float32, np.float64), (np.float64, np.float32),
+                                                  (np.float16, np.float32)])
+def test_auto_decomposes_a_gridsample_onnxruntime_computes_in_two_types(x_dtype, grid_dtype):
+    """ONNX Runtime's GridSample kernels take input and grid of one type: GridSample-20 on float32 and float64
+    would not load (NOT_IMPLEMENTED), so auto decomposes it, saying why. float16 with float32 is kept: ONNX
+    Runtime computes the float16 in float32 itself."""
+    node = helper.make_node("GridSample", ["x", "grid"], ["y"], name="sampler", mode="linear")
+    model = make_model([node], [("x", x_dtype, [1, 2, 4, 5]), ("grid", grid_dtype, [1, 3, 3, 2])],
+                       [("y", x_dtype, [1, 2, 3, 3])], opset=20)
+    rewritten, step = apply_pass(model, "grid-sample", target="onnxruntime")
+    mixed = x_dtype != np.float16
+    assert ("GridSample" in op_types(rewritten)) != mixed
+    names = (np.dtype(x_dtype).name, np.dtype(grid_dtype).name)
+    note = (f"mode auto chose 'decompose' for sampler: target onnxruntime runs no GridSample-20 on {names[0]} input "
+            f"and {names[1]} grid (its kernels take one type for both) (mode onnx keeps GridSample)")
+    assert (note in step.notes) == mixed
+    rng = np.random.default_rng(2)
+    x, grid = rng.standard_normal((1, 2, 4, 5)), rng.uniform(-1.2, 1.2, (1, 3, 3, 2))
+    np.testing.assert_allclose(run_ort(rewritten, {"x": x.astype(x_dtype), "grid": grid.astype(grid_dtype)})[0],
+                               torch_grid_sample(x, grid), atol=2e-3 if x_dtype == np.float16 else 1e-6, rtol=0)
+
+
 def test_auto_stops_where_the_target_lacks_the_sites_gridsample_and_decompose_cannot():
     """A float64 site of dynamic spatial size on ONNX Runtime: neither GridSample-16 nor the decomposition
     would run, so the pass stops, naming the node, why and what to do; nothing is rewritten."""

@@ -147,6 +147,32 @@ def _with_samplers_spelled(model, op_type, domain):
     return model
 
 
+class _ConstantLocations(torch.nn.Module):
+    """mmcv's call on fixed sampling locations (a buffer), whose grid fold-constants turns into an initializer."""
+
+    def __init__(self, shapes, locations):
+        super().__init__()
+        self.shapes = shapes
+        self.register_buffer("locations", locations)
+
+    def forward(self, value, weights):
+        return multi_scale_deformable_attn_pytorch(value, self.shapes, self.locations, weights)
+
+
+def test_a_folded_grid_is_reported_as_a_constant():
+    shapes = [(3, 4), (2, 2)]
+    value, locations, weights = _inputs(shapes)
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(_ConstantLocations(shapes, locations), (value, weights), buffer, opset_version=16,
+                          dynamo=False, input_names=["value", "weights"], output_names=["out"])
+    folded, _ = apply_pass(onnx.load_from_string(buffer.getvalue()), "fold-constants")
+    _, step = apply_pass(folded, "msda-plugin")
+    assert step.rewritten == []
+    assert any("expected the sampling grid from a Reshape, found a constant (initializer)" in n for n in step.notes)
+
+
 def test_mmdeploy_grid_samplers_are_fused_too():
     """mmdeploy's spelling of the same bilinear sampler (read by surgeon.sampling, as grid-sample reads it)."""
     shapes = [(6, 8), (3, 4)]

@@ -23,6 +23,8 @@ def expect_producer(tensor: gs.Tensor, op_type: str, what: str) -> gs.Node:
     """The node of type `op_type` producing `tensor`, or NoMatch saying what `tensor` (`what`) came from."""
     node = producer(tensor)
     if node is None or not is_op(node, op_type):
-        raise NoMatch(f"expected {what} from a {op_type}, found {node.op if node is not None else 'a graph input'}")
+        found = (node.op if node is not None else "a constant (initializer)" if isinstance(tensor, gs.Constant)
+                 else "a graph input")
+        raise NoMatch(f"expected {what} from a {op_type}, found {found}")
     return node
 
