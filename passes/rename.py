@@ -63,6 +63,8 @@ class Rename(Pass):
                 read.name = new
             result.rewritten.append(f"tensor:{old}")
         nodes = {n.name: n for n in graph.nodes}
+        if self.nodes:
+            _refuse_shared_names(graph.nodes, self.nodes)
         node_renames = [(old, self._lookup(nodes, old, "nodes"), new) for old, new in (self.nodes or {}).items()]
         _check_new_names(set(nodes), [(old, new) for old, _, new in node_renames])
         original = _metadata_by_node(ctx.input_model) if self.nodes else {}
@@ -98,6 +100,18 @@ def _check_new_names(taken: set[str], renames: list[tuple[str, object]]) -> None
     for _, new in renames:
         if new in kept:
             raise PassError(f"rename: '{new}' is already used in the graph")
+
+
+def _refuse_shared_names(nodes, renames: dict[str, str]) -> None:
+    """Refuse renaming a name more than one node has: which of them is meant cannot be told (one used to be
+    renamed silently, the other left)."""
+    for old in renames:
+        named = [node for node in nodes if node.name == old]
+        if len(named) > 1:
+            which = "; ".join(f"{node.op} -> {', '.join(t.name for t in node.outputs) or 'nothing'}" for node in named)
+            raise PassError(f"rename.nodes: {len(named)} nodes are named '{old}' ({which}): which one to rename "
+                            "cannot be told by name", hint="give the nodes distinct names in the export "
+                            "(`surgeon check` lists shared ones, SG009)")
 
 
 def _subgraph_tensors(graph) -> dict[str, list]:

@@ -132,83 +132,98 @@ def run_recipe(recipe, model=None, output=None, *, overrides=(), dry_run: bool =
     runs, `modelio.guard_outputs` checks every file the run will write (OUT, sidecars, reports, engine)
     against every file it reads (`run_files`; `inputs`: more (path, what) pairs, e.g. plugin files).
     """
-    started = time.perf_counter()
-    progress = progress or Progress()
-    if not isinstance(recipe, Recipe):
-        recipe = load_recipe(recipe, overrides=overrides, model=model)
-    elif model is not None:
-        recipe.model = Path(model)
-    if recipe.model is None:
-        raise SurgeonError(f"recipe '{recipe.name}' names no model: give MODEL on the command line or "
-                           "'model:' in the recipe")
-    model_path = Path(recipe.model)
-    if not model_path.exists():
-        missing_checks = [key for key in ("data", "expected") if validate and (recipe.validate or {}).get(key)
-                          and not Path(recipe.validate[key]).exists()]
-        also = (f"; its validation files ({', '.join(f'validate.{key}' for key in missing_checks)}) are missing "
-                "too: add --no-validate, or --set them") if missing_checks else ""
-        raise ModelError("model file not found", file=model_path,
-                         hint=f"recipe '{recipe.name}' reads it; give MODEL on the command line to use another{also}")
-    original, files_read = read_model(model_path)
-    if output is not None and not dry_run:  # before any step: no output may replace an input (or a device)
-        guard_outputs(*run_files(recipe, output, files_read, validate, build, inputs),
-                      discard="use --dry-run to run without writing")
-    output = Path(output) if output is not None else None
-    validating = bool(recipe.validate) and validate
-    if validating:  # the validation inputs, read and checked now: bad ones stop the run before any step
-        from surgeon.validation.validate import prepare_run_validation
+    with _graphsurgeon_quiet(quiet):  # `run -q`: its warnings (node dumps) are no errors
+        started = time.perf_counter()
+        progress = progress or Progress()
+        if not isinstance(recipe, Recipe):
+            recipe = load_recipe(recipe, overrides=overrides, model=model)
+        elif model is not None:
+            recipe.model = Path(model)
+        if recipe.model is None:
+            raise SurgeonError(f"recipe '{recipe.name}' names no model: give MODEL on the command line or "
+                               "'model:' in the recipe")
+        model_path = Path(recipe.model)
+        if not model_path.exists():
+            missing_checks = [key for key in ("data", "expected") if validate and (recipe.validate or {}).get(key)
+                              and not Path(recipe.validate[key]).exists()]
+            also = (f"; its validation files ({', '.join(f'validate.{key}' for key in missing_checks)}) are missing "
+                    "too: add --no-validate, or --set them") if missing_checks else ""
+            raise ModelError("model file not found", file=model_path,
+                             hint=f"recipe '{recipe.name}' reads it; give MODEL on the command line to use another{also}")
+        original, files_read = read_model(model_path)
+        if output is not None and not dry_run:  # before any step: no output may replace an input (or a device)
+            guard_outputs(*run_files(recipe, output, files_read, validate, build, inputs),
+                          discard="use --dry-run to run without writing")
+        output = Path(output) if output is not None else None
+        validating = bool(recipe.validate) and validate
+        if validating:  # the validation inputs, read and checked now: bad ones stop the run before any step
+            from surgeon.validation.validate import prepare_run_validation
 
-        prepared = prepare_run_validation(recipe, original, model_path)
-    progress.run_started(recipe, model_path, len(recipe.steps))
-    with collector_paused():
-        graph, records = run_steps(original, recipe, model_dir=model_path.parent, progress=progress,
-                                   after_step=after_step, quiet=quiet)
-        with stdout_to_stderr():
-            result_model = finish_graph(graph, original, recipe, records)
-        dismantle_graph(graph)
-        del graph
-        writing = output is not None and not dry_run
-        serialized = serialize_model(result_model) if recipe.checker or writing else None
-        if recipe.checker and serialized is not None:
-            check_model(serialized, source=model_path)
-        elif recipe.checker and not writing:  # past 2 GB: onnx.checker reads such a model from a file only
-            with tempfile.TemporaryDirectory() as scratch:
-                save_model_atomic(result_model, Path(scratch) / "model.onnx",
-                                  check=functools.partial(check_model_file, source=model_path))
-    if validating:  # and against the rewritten model (its inputs, its outputs) before OUT is written
-        prepared.check_candidate(result_model)
+            prepared = prepare_run_validation(recipe, original, model_path)
+        progress.run_started(recipe, model_path, len(recipe.steps))
+        with collector_paused():
+            graph, records = run_steps(original, recipe, model_dir=model_path.parent, progress=progress,
+                                       after_step=after_step, quiet=quiet)
+            with stdout_to_stderr():
+                result_model = finish_graph(graph, original, recipe, records)
+            dismantle_graph(graph)
+            del graph
+            writing = output is not None and not dry_run
+            serialized = serialize_model(result_model) if recipe.checker or writing else None
+            if recipe.checker and serialized is not None:
+                check_model(serialized, source=model_path)
+            elif recipe.checker and not writing:  # past 2 GB: onnx.checker reads such a model from a file only
+                with tempfile.TemporaryDirectory() as scratch:
+                    save_model_atomic(result_model, Path(scratch) / "model.onnx",
+                                      check=functools.partial(check_model_file, source=model_path))
+        if validating:  # and against the rewritten model (its inputs, its outputs) before OUT is written
+            prepared.check_candidate(result_model)
 
-    result = RunResult(recipe=recipe, model=result_model, original=original, model_path=model_path, steps=records,
-                       notes=_target_notes(result_model, recipe))
-    for note in result.notes:
-        progress.message(note)
-    try:
-        if writing:
-            result.files = save_model_atomic(result_model, output, serialized=serialized,
-                                             check=functools.partial(check_model_file, source=model_path)
-                                             if recipe.checker and serialized is None else None)
-            result.output = output
-        if validating:
-            from surgeon.validation import validate_run
+        result = RunResult(recipe=recipe, model=result_model, original=original, model_path=model_path, steps=records,
+                           notes=_target_notes(result_model, recipe))
+        for note in result.notes:
+            progress.message(note)
+        try:
+            if writing:
+                result.files = save_model_atomic(result_model, output, serialized=serialized,
+                                                 check=functools.partial(check_model_file, source=model_path)
+                                                 if recipe.checker and serialized is None else None)
+                result.output = output
+            if validating:
+                from surgeon.validation import validate_run
 
-            against = recipe.validate.get("against") or "original"
-            progress.message("validating against " + {"original": "the original model",
-                                                      "none": "the expected outputs"}.get(against, against))
-            result.validation = validate_run(recipe, original, model_path, result_model,
-                                             None if dry_run else output, progress, prepared=prepared, steps=records)
-        if recipe.build and build and not dry_run and output is not None:
-            from surgeon.build import build_run
+                against = recipe.validate.get("against") or "original"
+                progress.message("validating against " + {"original": "the original model",
+                                                          "none": "the expected outputs"}.get(against, against))
+                result.validation = validate_run(recipe, original, model_path, result_model,
+                                                 None if dry_run else output, progress, prepared=prepared, steps=records)
+            if recipe.build and build and not dry_run and output is not None:
+                from surgeon.build import build_run
 
-            progress.message("building the TensorRT engine")
-            result.build = build_run(recipe, output, progress)
-        result.seconds = time.perf_counter() - started
-        if output is not None and not dry_run:
-            result.report_path = report_path_for(output)
-            write_text_atomic(result.report_path, json_text(result.report()))  # NaN, inf as "nan", "inf"
-    except (KeyboardInterrupt, SurgeonError) as exc:  # the CLI says what was written before it (surgeon.cli)
-        exc.written = [*result.files, *(result.validation.reports if result.validation is not None else ())]
-        raise
-    return result
+                progress.message("building the TensorRT engine")
+                result.build = build_run(recipe, output, progress)
+            result.seconds = time.perf_counter() - started
+            if output is not None and not dry_run:
+                result.report_path = report_path_for(output)
+                write_text_atomic(result.report_path, json_text(result.report()))  # NaN, inf as "nan", "inf"
+        except (KeyboardInterrupt, SurgeonError) as exc:  # the CLI says what was written before it (surgeon.cli)
+            exc.written = [*result.files, *(result.validation.reports if result.validation is not None else ())]
+            raise
+        return result
+
+
+@contextlib.contextmanager
+def _graphsurgeon_quiet(quiet: bool):
+    """Raise onnx-graphsurgeon's log severity to errors while the block runs, where `quiet`: its warnings (a
+    dump of each pair of nodes sharing a name, a missing `colored` module) go to the terminal directly,
+    past the tool output `Context.tool_output` holds back."""
+    if not quiet:
+        yield
+        return
+    from onnx_graphsurgeon.logger import G_LOGGER
+
+    with G_LOGGER.suppress(G_LOGGER.ERROR):
+        yield
 
 
 def _target_notes(model: onnx.ModelProto, recipe: Recipe) -> list[str]:
@@ -393,7 +408,9 @@ def _unvisited_sites(graph: gs.Graph, cls: type, target) -> list[str]:
     """A note for each node of an op the pass handles (`Pass.handles`) left inside an If/Loop/Scan body or a
     local function, which passes do not visit (they rewrite the main graph only), with what to run first as
     `surgeon check` phrases it (`fix_reaching`: simplify for an If on a constant condition, inline-functions for
-    a function's node). Asked of the exported graph only where such a node exists."""
+    a function's node). Only a node `surgeon check` flags for the target is noted (the rules a pass's rewrite
+    answers: SG001 custom op, SG003 op version, SG004 dtype): a plain Split or float32 GridSample in a body
+    needs nothing. Asked of the exported graph only where a nested node of a handled op exists."""
     if not cls.handles or not (graph.functions or any_subgraphs(graph.nodes)):
         return []
     nested = [*graph.subgraphs(recursive=True), *graph.functions,
@@ -401,15 +418,17 @@ def _unvisited_sites(graph: gs.Graph, cls: type, target) -> list[str]:
     if not any(op_label(node) in cls.handles for body in nested for node in body.nodes):
         return []
     from surgeon.check.facts import ModelFacts
-    from surgeon.check.rules import fix_reaching
+    from surgeon.check.rules import custom_op_unsupported, dtype_unsupported, fix_reaching, op_unsupported
 
     with stdout_to_stderr():  # graphsurgeon's export warnings (bfloat16)
         model = export_graph(graph)
     facts = ModelFacts(path=Path("model.onnx"), model=model, target=target)
+    flagged = {finding.node for rule in (custom_op_unsupported, op_unsupported, dtype_unsupported)
+               for finding in rule(facts)}
     notes = []
     for node in facts.all_nodes:
         label = op_label(node)
-        if label not in cls.handles or facts.in_main_graph(node):
+        if label not in cls.handles or facts.in_main_graph(node) or facts.node_path(node) not in flagged:
             continue
         fix, why_not = fix_reaching(facts, node, cls.fix_hint(target))
         where = "a local function" if facts.body_holder(node) is None else "an If/Loop/Scan body"

@@ -151,6 +151,15 @@ def test_renaming_into_a_name_the_graph_keeps_is_still_refused():
         apply_pass(model_with_three_outputs(), "rename", tensors={"a": "b", "b": "c"})
 
 
+def test_a_node_name_two_nodes_share_is_refused_naming_both():
+    """One of the two nodes named 'n' used to be renamed silently."""
+    nodes = [helper.make_node("Relu", ["x"], ["a"], name="n"), helper.make_node("Sigmoid", ["a"], ["y"], name="n")]
+    shared = make_model(nodes, [("x", np.float32, [2])], [("y", np.float32, [2])], opset=17)
+    with pytest.raises(SurgeonError, match=r"rename.nodes: 2 nodes are named 'n' \(Relu -> a; Sigmoid -> y\): which "
+                                           "one to rename cannot be told by name"):
+        apply_pass(shared, "rename", nodes={"n": "n2"})
+
+
 def test_swapped_node_names_keep_their_own_metadata_and_doc_strings():
     nodes = [helper.make_node("Relu", ["x"], ["r"], name="first", doc_string="relu"),
              helper.make_node("Neg", ["r"], ["y"], name="second", doc_string="neg")]

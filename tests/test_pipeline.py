@@ -307,6 +307,20 @@ def test_json_output_is_only_the_report_for_a_bfloat16_graph(tmp_path):
     assert "BFLOAT16" in proc.stderr  # the warnings still reach the user, on stderr
 
 
+def test_quiet_run_prints_no_graphsurgeon_warnings(tmp_path):
+    """`run -q` prints nothing but errors: onnx-graphsurgeon's warnings (a dump of two nodes sharing a name,
+    "colored module is not installed") used to reach stderr. A fresh process: it prints some once a process."""
+    nodes = [helper.make_node("Relu", ["x"], ["a"], name="n"), helper.make_node("Sigmoid", ["a"], ["y"], name="n")]
+    onnx.save(make_model(nodes, [("x", np.float32, [2])], [("y", np.float32, [2])], opset=17), tmp_path / "dup.onnx")
+    recipe = recipe_file(tmp_path, [{"pass": "rename", "with": {"tensors": {"a": "a2"}}}], target="onnxruntime")
+    command = [sys.executable, "-m", "surgeon", "run", str(recipe), str(tmp_path / "dup.onnx"), "--no-validate",
+               "-o", str(tmp_path / "o.onnx")]
+    loud = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
+    assert loud.returncode == 0 and "share the same name" in loud.stderr  # the case the quiet run silences
+    quiet = subprocess.run([*command, "-q"], capture_output=True, text=True, cwd=REPO)
+    assert (quiet.returncode, quiet.stdout, quiet.stderr) == (0, "", "")
+
+
 def write_noop_plugin(path, pass_name: str):
     """Write a plugin file (or module) at `path` registering `pass_name`, a pass that changes nothing."""
     path.write_text(textwrap.dedent(f'''
@@ -1220,3 +1234,30 @@ def test_a_site_inside_a_body_is_noted_with_what_check_suggests(tmp_path, condit
     cleanup = run_recipe({"name": "t", "steps": [{"pass": "cleanup"}]}, model_file, dry_run=True,
                          validate=False)
     assert cleanup.steps[0].notes == []  # a pass handling no op notes nothing
+
+
+@pytest.mark.parametrize("steps", [["chunk", "any-all"], ["grid-sample"]])
+def test_a_node_in_a_body_the_target_runs_is_not_noted(tmp_path, steps):
+    """A Split, ReduceSum (float32) and GridSample-16 (float32) inside an If body run on ONNX Runtime as they
+    are: `surgeon check` flags none of them, so the passes that handle those ops note none of them."""
+    info = helper.make_tensor_value_info
+
+    def branch(tag):
+        nodes = [helper.make_node("Split", ["x"], [f"a_{tag}", f"b_{tag}"], name=f"split_{tag}", axis=1),
+                 helper.make_node("ReduceSum", [f"a_{tag}"], [f"s_{tag}"], name=f"sum_{tag}", keepdims=1),
+                 helper.make_node("GridSample", ["x4", "grid"], [f"g_{tag}"], name=f"gs_{tag}")]
+        return helper.make_graph(nodes, tag, [], [info(f"s_{tag}", onnx.TensorProto.FLOAT, [2, 1]),
+                                                  info(f"g_{tag}", onnx.TensorProto.FLOAT, [1, 1, 2, 2])])
+
+    branch_node = helper.make_node("If", ["c"], ["s", "g"], name="if", then_branch=branch("then"),
+                                   else_branch=branch("else"))
+    model = make_model([branch_node], [("c", np.bool_, []), ("x", np.float32, [2, 4]),
+                                       ("x4", np.float32, [1, 1, 3, 3]), ("grid", np.float32, [1, 2, 2, 2])],
+                       [("s", np.float32, [2, 1]), ("g", np.float32, [1, 1, 2, 2])], opset=16)
+    model_file = tmp_path / "m.onnx"
+    onnx.save(model, model_file)
+    from surgeon.pipeline import run_recipe
+
+    result = run_recipe({"name": "t", "target": "onnxruntime", "steps": [{"pass": step} for step in steps]},
+                        model_file, dry_run=True, validate=False)
+    assert [step.notes for step in result.steps] == [[] for _ in steps]

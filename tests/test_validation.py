@@ -1277,6 +1277,18 @@ def test_per_output_tolerances_name_the_stages_outputs(tmp_path):
     assert not (tmp_path / "o.onnx").exists()
 
 
+@pytest.mark.parametrize("cut", [[("extract", {"inputs": ["scaled"], "outputs": ["act"]})], []])
+def test_a_tolerance_naming_an_output_by_its_new_name_says_which_name_it_takes(tmp_path, cut):
+    """It used to say "'feature', which is not an output of the model (outputs: act)"."""
+    renamed = "act" if cut else "y"
+    steps = [*cut, ("rename", {"outputs": {renamed: "feature"}})]
+    with pytest.raises(SurgeonError, match=f"atol names 'feature', the name a rename step gives '{renamed}': "
+                                           "per-output tolerances name outputs as the model compared with does"):
+        run_recipe(write_stage_recipe(tmp_path, chain_model(), steps, atol={"feature": 1e-2}),
+                   output=tmp_path / "o.onnx")
+    assert not (tmp_path / "o.onnx").exists()
+
+
 def test_a_stage_with_nothing_comparable_is_said_so_not_failed(tmp_path):
     recipe = write_stage_recipe(tmp_path, chain_model(), [("extract", {"outputs": ["act"]}), (HIDDEN_RENAME_STEP, {})])
     with pytest.raises(SurgeonError, match=r"nothing comparable: none of the stage's outputs \(fresh_act\) is a "
@@ -1304,13 +1316,29 @@ def test_each_step_does_not_bisect_across_a_cut(tmp_path):
     assert "each_step: not bisected: the graphs before the recipe's cut return other outputs" in validation.summary
 
 
-def test_bisect_refuses_a_recipe_that_cuts_naming_the_step(tmp_path, capsys):
+def test_bisect_refuses_a_recipe_that_cuts_after_step_1_naming_the_step(tmp_path, capsys):
     """It used to run the stage's graphs against the original's outputs and stop on 'Polygraphy cannot run it'."""
     recipe = write_stage_recipe(tmp_path, chain_model(), [(WRONG_STEP, {}),
                                                           ("extract", {"inputs": ["scaled"], "outputs": ["act"]})])
     assert main(["bisect", recipe]) == 2
     err = capsys.readouterr().err
-    assert "recipe 'stage' cuts the graph (step 2, extract)" in err and "`surgeon run` validates the stage" in err
+    assert "recipe 'stage' cuts the graph at step 2 (extract): the graphs before the cut return the original's " \
+           "outputs" in err and "make extract the first step" in err
+
+
+def test_bisect_judges_the_steps_after_a_first_step_cut_against_the_stages_tensors(tmp_path, capsys):
+    """Every graph after an extract at step 1 is the stage: fed the original's values of what it takes (under
+    the names a rename gives them), compared with the original's tensors it returns. Bisect used to refuse."""
+    steps = [("extract", {"inputs": ["scaled"], "outputs": ["act"]}),
+             ("rename", {"inputs": {"scaled": "features"}, "outputs": {"act": "feature"}}), (WRONG_STEP, {})]
+    assert main(["bisect", write_stage_recipe(tmp_path, chain_model(), steps, atol={"act": 1e-5})]) == 1
+    assert "outputs leave tolerance after step 3 (test-validation-wrong-constant)" in capsys.readouterr().out
+
+
+def test_bisect_takes_a_cut_that_keeps_the_interface_as_any_recipe(tmp_path, capsys):
+    steps = [(WRONG_STEP, {}), ("extract", {"inputs": ["x"], "outputs": ["y"]})]
+    assert main(["bisect", write_stage_recipe(tmp_path, chain_model(), steps)]) == 1
+    assert "outputs leave tolerance after step 1 (test-validation-wrong-constant)" in capsys.readouterr().out
 
 
 def test_a_stage_taking_an_intermediate_tensor_runs_on_inputs_recorded_for_the_original(tmp_path):
@@ -1322,6 +1350,30 @@ def test_a_stage_taking_an_intermediate_tensor_runs_on_inputs_recorded_for_the_o
     assert validation.passed and [o.name for o in validation.outputs] == ["act"]
     shifted = x * np.float32([[[[1.5]], [[-0.5]]]]) + np.float32(0.25)
     np.testing.assert_allclose(validation.feeds[0]["shifted"], shifted, rtol=1e-6)
+
+
+def test_a_stage_output_passing_an_input_through_is_compared(tmp_path):
+    """An input of the original is one of its tensors: it used to be noted as one the original has none of."""
+    recipe = write_stage_recipe(tmp_path, chain_model(), [("extract", {"inputs": ["x"], "outputs": ["act", "x"]})])
+    validation = run_recipe(recipe, output=tmp_path / "out.onnx").validation
+    assert validation.passed and [(o.name, o.passed) for o in validation.outputs] == [("act", True), ("x", True)]
+    assert "has no tensor of" not in validation.summary
+
+
+def test_expected_outputs_are_compared_where_the_stage_is(tmp_path):
+    """Expected outputs recorded for the original: those the stage returns are compared (under the stage's
+    names), the others noted as not compared; they used to fail on 'output missing from rewritten'."""
+    x = np.linspace(-2, 2, 40, dtype=np.float32).reshape(1, 2, 4, 5)
+    act = np.maximum(x * np.float32([[[[1.5]], [[-0.5]]]]) + np.float32(0.25), 0)
+    np.savez(tmp_path / "inputs.npz", x=x)
+    np.savez(tmp_path / "expected.npz", y=act * 2, act=act)
+    steps = [("extract", {"inputs": ["scaled"], "outputs": ["act"]}), ("rename", {"outputs": {"act": "feature"}})]
+    recipe = write_stage_recipe(tmp_path, chain_model(), steps, data=str(tmp_path / "inputs.npz"),
+                                expected=str(tmp_path / "expected.npz"))
+    validation = run_recipe(recipe, output=tmp_path / "out.onnx").validation
+    assert validation.passed
+    assert [(o.name, o.candidate_name, o.passed) for o in validation.expected] == [("act", "feature", True)]
+    assert "expected outputs the stage does not return, not compared: y" in validation.notes
 
 
 def test_a_stage_validated_against_its_own_export_is_compared_as_any_rewrite(tmp_path):

@@ -31,19 +31,17 @@ def run(args) -> int:
     recipe = args.loaded_recipe
     if recipe.model is None:
         raise SurgeonError(f"recipe '{recipe.name}' names no model: give MODEL on the command line")
-    cut = next((index for index, step in enumerate(recipe.steps, start=1) if step.pass_name == CUT_PASS), None)
-    if cut is not None:  # the graphs before the cut return the original's outputs, those after it the stage's
-        raise SurgeonError(f"bisect: recipe '{recipe.name}' cuts the graph (step {cut}, {CUT_PASS}): the graphs "
-                           "before the cut return other outputs than the stage, so no step can be judged against "
-                           "the original's", hint="`surgeon run` validates the stage against the same tensors of "
-                           "the original (docs/validation.md)")
     config = recipe.validate or {key: field.default for key, field in VALIDATE_FIELDS.items()}
     original = load_model(recipe.model)
-    # Bisection compares each step's graph with the original model; expected outputs play no part.
-    prepared = prepare_validation({**config, "expected": None, "each_step": False}, original, str(recipe.model))
+    # Bisection compares each step's graph with the original model (or, in a recipe that cuts a stage out of
+    # it, with the original's tensors the stage returns: `bisect_steps` checks the tolerances' names then);
+    # expected outputs play no part.
+    cuts = any(step.pass_name == CUT_PASS for step in recipe.steps)
+    prepared = prepare_validation({**config, "expected": None, "each_step": False}, original, str(recipe.model),
+                                  cuts=cuts)
     progress = None if (args.quiet or args.json) else TerminalProgress(stream=sys.stderr)
     result = bisect_steps(recipe, original, prepared.feeds, prepared.tolerance, prepared.runner,
-                          model_dir=Path(recipe.model).parent, progress=progress)
+                          model_dir=Path(recipe.model).parent, progress=progress, cuts=cuts)
     if args.json:
         print_json(result.to_dict())
     elif not args.quiet:

@@ -10,12 +10,13 @@ later one, and so checks about log2(steps) + 1 graphs; every checked step is lis
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
+from surgeon.errors import SurgeonError
 from surgeon.pipeline import StepRecord, finish_graph, renamed_tensors, run_steps
 from surgeon.recipe import Recipe
 from surgeon.validation.compare import OutputReport, Tolerance, compare_outputs, run_model
@@ -131,27 +132,63 @@ def step_graphs(recipe: Recipe, original: onnx.ModelProto, model_dir=None) -> tu
 
 def bisect_steps(recipe: Recipe, original: onnx.ModelProto, feeds: Feeds, tolerance: Tolerance,
                  runner: str = "auto", reference: RunOutputs | None = None, model_dir=None,
-                 progress=None, final: list[OutputReport] | None = None) -> Bisection:
+                 progress=None, final: list[OutputReport] | None = None, cuts: bool = False) -> Bisection:
     """Find the first step whose graph's outputs differ from `reference` (default: the original model's).
 
     `final` is the verdict on the finished model when the caller has it (`validate_run` does), so the
     last step is not run again. Each step's outputs are deleted once judged; the original's, run here
     when `reference` is None, once bisection is done. Running out of memory is an error naming the
-    number of input sets.
+    number of input sets. `cuts`: the recipe has an `extract` step, and `reference` is None. Where its
+    result is a stage (`validate.cut_stage`) cut by step 1, every step's graph is such a stage, compared with
+    the original's tensors it returns, run from the original's inputs, and fed the original's values of the
+    tensors it takes (`StageFeeds`) under their names at each step; per-output tolerances name the stage's
+    outputs. A stage cut by a later step is refused: the graphs before the cut return other outputs.
     """
     with out_of_memory_named(len(feeds)):
+        graphs, records = step_graphs(recipe, original, model_dir)
+        stage = _stage_cut_first(recipe, original, graphs, records, tolerance) if cuts and records else None
         ours = reference is None
-        if ours:
+        runs: list[RunOutputs] = []
+        if stage is not None:
+            from surgeon.validation.validate import run_to_stage
+
+            reference, _, feeds = run_to_stage(stage, feeds, runner, "original", None, None, runs)
+        elif ours:
             reference, _ = run_model(original, feeds, runner, "original", source="the original model")
+            runs.append(reference)
         try:
-            return _bisect_steps(recipe, original, feeds, tolerance, runner, reference, model_dir, progress, final)
+            return _bisect_steps(recipe, original, graphs, records, feeds, tolerance, runner, reference, progress,
+                                 final)
         finally:
-            if ours:
-                reference.close()
+            for run in runs:
+                run.close()
 
 
-def _bisect_steps(recipe, original, feeds, tolerance, runner, reference, model_dir, progress, final) -> Bisection:
-    graphs, records = step_graphs(recipe, original, model_dir)
+def _stage_cut_first(recipe, original, graphs, records, tolerance):
+    """The stage the recipe's result is, fed under the names its inputs have at each step (`bisect_steps`);
+    None where the cut keeps the original's interface, which is bisected as any recipe."""
+    from surgeon.validation.validate import CUT_PASS, check_tolerance_names, cut_stage
+
+    renames = renamed_tensors(records)
+    stage = cut_stage(original, finish_graph(graphs[-1], original, recipe, records), renames)
+    check_tolerance_names(tolerance, stage.outputs if stage else [o.name for o in original.graph.output], renames)
+    if stage is None:
+        return None
+    cut = next(record for record in records if record.pass_name == CUT_PASS)
+    if cut.index != 1:
+        raise SurgeonError(f"bisect: recipe '{recipe.name}' cuts the graph at step {cut.index} ({cut.title}): the "
+                           "graphs before the cut return the original's outputs, those after it the stage's, so "
+                           "no one reference judges every step", hint=f"make {CUT_PASS} the first step (its "
+                           "stage is then bisected against the original's tensors it returns); `surgeon run` "
+                           "validates the finished stage (docs/validation.md)")
+    sources = set(stage.fed.values())
+    fed = {renamed_tensors(records[:step]).get(source, source): source
+           for step in range(1, len(records) + 1) for source in sources}
+    return replace(stage, fed=fed)
+
+
+def _bisect_steps(recipe, original, graphs, records, feeds, tolerance, runner, reference, progress,
+                  final) -> Bisection:
     checked: dict[int, tuple[bool, list[OutputReport]]] = {}
     if final is not None and records:
         checked[len(records)] = (all(o.passed for o in final), final)

@@ -208,6 +208,16 @@ class Stage:
                          f"{', '.join(self.unmatched)}")
         return notes
 
+    def expected_outputs(self, expected: RunOutputs, renames: dict | None) -> tuple[RunOutputs, list[str]]:
+        """(the `expected` outputs the stage returns, by their names in the reference, as its outputs are;
+        the others, not compared). The expected outputs were recorded for the reference, but may name an
+        output the recipe renamed by its new name (`renames`, {reference name: new name})."""
+        reference_of = {(renames or {}).get(name, name): name for name in self.outputs}
+        kept = RunOutputs(expected.name)
+        kept.append({reference_of.get(name, name): np.asarray(expected.array(0, name)) for name in expected[0]
+                     if name in self.outputs or name in reference_of})
+        return kept, [name for name in expected[0] if name not in self.outputs and name not in reference_of]
+
 
 def cut_stage(reference: onnx.ModelProto, stage: onnx.ModelProto, renames: dict | None = None,
               reference_name: str = "the original") -> Stage | None:
@@ -225,13 +235,15 @@ def cut_stage(reference: onnx.ModelProto, stage: onnx.ModelProto, renames: dict 
     if set(inputs.values()) <= own_inputs and set(outputs.values()) == set(own_outputs):
         return None
     computed = {name for node in reference.graph.node for name in node.output if name}
+    # A stage output may pass an input or a weight of the reference through: a tensor of it as any other.
+    tensors = computed | own_inputs | {tensor.name for tensor in reference.graph.initializer}
     hint = ("a stage's tensors are found by their names in the model compared with: cut at tensors it has, "
             "rename them with the rename pass (which validation follows), or run with --no-validate")
-    unknown = [name for name, source in inputs.items() if source not in own_inputs | computed]
+    unknown = [name for name, source in inputs.items() if source not in tensors]
     if unknown:
         raise SurgeonError(f"validate: nothing comparable: the stage takes {', '.join(unknown)}, which "
                            f"{reference_name} has no tensor of, so it cannot run to what the stage is fed", hint=hint)
-    compared = [source for source in outputs.values() if source in computed]
+    compared = [source for source in outputs.values() if source in tensors]
     if not compared:
         raise SurgeonError(f"validate: nothing comparable: none of the stage's outputs ({', '.join(outputs)}) is a "
                            f"tensor of {reference_name}", hint=hint)
@@ -243,7 +255,7 @@ def cut_stage(reference: onnx.ModelProto, stage: onnx.ModelProto, renames: dict 
     del model.graph.output[:]
     model.graph.output.extend(kept)
     return Stage(model, compared, fed, fed_computed, dropped=[name for name in own_outputs if name not in compared],
-                 unmatched=[name for name, source in outputs.items() if source not in computed])
+                 unmatched=[name for name, source in outputs.items() if source not in tensors])
 
 
 class StageFeeds(Sequence):
@@ -262,7 +274,7 @@ class StageFeeds(Sequence):
                            for name, source in self.fed.items()}}
 
 
-def _run_to_stage(stage: Stage, feeds: Feeds, kind: str, name: str, sessions: dict | None, files: dict | None,
+def run_to_stage(stage: Stage, feeds: Feeds, kind: str, name: str, sessions: dict | None, files: dict | None,
                   runs: list[RunOutputs]) -> tuple[RunOutputs, str, StageFeeds]:
     """Run the reference returning the stage's tensors (`Stage.model`): its outputs to compare, and the
     feeds with what the stage takes. Both replace the whole run in `runs`, deleted with them on an error;
@@ -326,7 +338,7 @@ def _validate_models(original, rewritten, feeds, tolerance, runner, expected, da
         original_outputs, original_kind = _run_model(original, feeds, runner, reference, sessions, files, runs)
     else:
         tolerance.check_outputs(stage.outputs)
-        original_outputs, original_kind, feeds = _run_to_stage(stage, feeds, runner, reference, sessions, files,
+        original_outputs, original_kind, feeds = run_to_stage(stage, feeds, runner, reference, sessions, files,
                                                                runs)
     if rewritten_runner is not None:
         rewritten_outputs = run_runner(rewritten_runner, feeds, _source(files, REWRITTEN))
@@ -346,11 +358,17 @@ def _validate_models(original, rewritten, feeds, tolerance, runner, expected, da
         result.notes = input_notes(original, rewritten, feed_layouts(feeds)[0])
     result.notes += output_notes(outputs, renames, reference)
     if expected:
-        result.expected = compare_outputs(_expected(expected), rewritten_outputs, tolerance, iterations=1,
+        expected = _expected(expected)
+        if stage is not None:  # compared where the stage is: its outputs only, as with the reference
+            expected, not_returned = stage.expected_outputs(expected, renames)
+            if not_returned:
+                result.notes.append(f"expected outputs the stage does not return, not compared: "
+                                    f"{', '.join(not_returned)}")
+        result.expected = compare_outputs(expected, rewritten_outputs, tolerance, iterations=1,
                                           check_dtypes=False, renames=renames, by_position=False)
         result.passed = result.passed and all(o.passed for o in result.expected)
         if not result.passed:  # would the original pass against them? (the rewrite may repair it)
-            misses = compare_outputs(_expected(expected), original_outputs, tolerance, iterations=1,
+            misses = compare_outputs(expected, original_outputs, tolerance, iterations=1,
                                      check_dtypes=False, by_position=False)
             result.original_misses_expected = not all(o.passed for o in misses)
     # Only an error beyond tolerance has a tensor to look for; a changed dtype, shape or name has not.
@@ -497,7 +515,7 @@ class ValidationInputs:
     sessions: dict | None = field(default=None, repr=False)
     #: Whether the candidate may be a stage cut from the reference (the recipe has an `extract` step), and
     #: the tensors the recipe renames ({reference name: new name}) where the reference is the original, to
-    #: find the stage's tensors under.
+    #: find the stage's tensors under and to say which name a tolerance naming a renamed output means.
     cuts: bool = False
     renames: dict = field(default_factory=dict)
     #: How the candidate, a stage cut from the reference, is compared with it (`cut_stage`); set by
@@ -525,7 +543,7 @@ class ValidationInputs:
             source = self.reference_name or "the reference model"
             if self.cuts and self.reference is not None:
                 self.stage = cut_stage(self.reference, model, self.renames, source)
-                self.tolerance.check_outputs(self.stage.outputs if self.stage else outputs)
+                check_tolerance_names(self.tolerance, self.stage.outputs if self.stage else outputs, self.renames)
             if self.stage is not None:
                 (self.sessions or {}).pop(id(self.reference), None)  # the whole reference does not run
                 what = "the reference model returning the stage's tensors"
@@ -540,6 +558,8 @@ class ValidationInputs:
                 self.tolerance.check_outputs(candidate_outputs)
             outputs += [o for o in candidate_outputs if o not in outputs]
         if self.expected is not None:
+            if self.stage is not None:  # recorded for the reference: they may hold what the stage returns
+                outputs += [o for o in self.stage.outputs if o not in outputs]
             known = set(outputs)
             for key in self.expected[0]:
                 if key not in known:
@@ -549,9 +569,25 @@ class ValidationInputs:
                                        hint=f"outputs: {', '.join(outputs)}" + (f"; {close}" if close else ""))
 
 
+def check_tolerance_names(tolerance: Tolerance, outputs: list[str], renames: dict | None = None) -> None:
+    """`Tolerance.check_outputs`, where a per-output tolerance naming an output by the name a `rename` step
+    gives it (`renames`, {name in the model compared with: new name}) is refused saying which name that is:
+    tolerances name outputs as the model compared with does (`compare_outputs` holds them by that name)."""
+    renamed = {new: old for old, new in (renames or {}).items() if old in outputs and new not in outputs}
+    for key in ("atol", "rtol", "error_stat"):
+        named = getattr(tolerance, key)
+        wrong = next((name for name in named if name in renamed), None) if isinstance(named, dict) else None
+        if wrong is not None:
+            raise SurgeonError(f"{key} names '{wrong}', the name a rename step gives '{renamed[wrong]}': per-output "
+                               "tolerances name outputs as the model compared with does",
+                               hint=f"name it '{renamed[wrong]}' in {key}")
+    tolerance.check_outputs(outputs)
+
+
 def prepare_validation(config: dict, reference: onnx.ModelProto | None, reference_name: str | None = None, *,
                        recorded_for: onnx.ModelProto | None = None, recorded_for_name: str | None = None,
-                       keep_sessions: bool = False, cuts: bool = False) -> ValidationInputs:
+                       keep_sessions: bool = False, cuts: bool = False,
+                       renames: dict | None = None) -> ValidationInputs:
     """Read and check a validate section's inputs (or the same keys from `surgeon compare`) for a
     comparison with `reference` (named `reference_name` in errors, a path where there is one).
 
@@ -561,7 +597,9 @@ def prepare_validation(config: dict, reference: onnx.ModelProto | None, referenc
     `keep_sessions`: keep the ONNX Runtime sessions the checks build (runner 'onnxruntime') in
     `ValidationInputs.sessions`, for a caller that hands them to `validate_models`. `cuts`: the candidate
     may be a stage cut from `reference` (`ValidationInputs.cuts`), whose outputs per-output tolerances
-    then name: checked with the candidate.
+    then name: checked with the candidate. `renames` ({reference name: new name}, `pipeline.renamed_tensors`):
+    the outputs the recipe renames, kept in `ValidationInputs.renames` (a tolerance naming one by its new
+    name is refused saying so).
     """
     tolerance = Tolerance.from_config(config)
     runner = config.get("runner") or "auto"
@@ -581,7 +619,7 @@ def prepare_validation(config: dict, reference: onnx.ModelProto | None, referenc
     if reference is not None:
         session = check_runnable(reference, file=reference_name, what="the reference model", runner=runner)
         if not cuts:
-            tolerance.check_outputs([o.name for o in reference.graph.output])
+            check_tolerance_names(tolerance, [o.name for o in reference.graph.output], renames)
         feeds, data = feeds_for(reference, config, reference_name)
     elif data_path:
         feeds, data = load_arrays(data_path, "inputs"), str(data_path)
@@ -592,7 +630,7 @@ def prepare_validation(config: dict, reference: onnx.ModelProto | None, referenc
     expected = expected_results(expected_path) if expected_path else None
     prepared = ValidationInputs(config=config, reference=reference, reference_name=reference_name,
                                 tolerance=tolerance, runner=runner, feeds=feeds, data=data, expected=expected,
-                                sessions={} if keep_sessions else None, cuts=cuts)
+                                sessions={} if keep_sessions else None, cuts=cuts, renames=renames or {})
     prepared.keep_session(reference, session)
     return prepared
 
@@ -608,15 +646,14 @@ def prepare_run_validation(recipe, original: onnx.ModelProto, original_path) -> 
         return prepare_validation(config, None, recorded_for=original, recorded_for_name=str(original_path),
                                   keep_sessions=True)
     cuts = any(step.pass_name == CUT_PASS for step in recipe.steps)
-    if against == "original":
-        prepared = prepare_validation(config, original, str(original_path), keep_sessions=True, cuts=cuts)
+    if against == "original":  # another model's tensors are named as it names them, not as the original does
+        prepared = prepare_validation(config, original, str(original_path), keep_sessions=True, cuts=cuts,
+                                      renames=renamed_tensors(recipe.steps))
     else:
         prepared = prepare_validation(config, load_model(against), str(against), keep_sessions=True, cuts=cuts)
         if config.get("each_step"):  # bisection runs the original on the same inputs
             check_fits(prepared.feeds, original, f"the original model {original_path}", str(against),
                        config.get("data"))
-    if against == "original":  # another model's tensors are named as it names them, not as the original does
-        prepared.renames = renamed_tensors(recipe.steps)
     return prepared
 
 
