@@ -1308,31 +1308,32 @@ def test_an_output_an_ordinary_rewrite_drops_still_fails(tmp_path):
         ("y", True, ""), ("act", False, "output missing from rewritten")]
 
 
+CUT_REFUSAL = "cuts the graph (step {}, extract): its steps' graphs take or return other tensors than the original, " \
+              "so they cannot be judged against it"
+
+
 def test_each_step_does_not_bisect_across_a_cut(tmp_path):
+    """The note used to say the graphs before the cut return other outputs, of a cut at step 1 too."""
     steps = [("extract", {"inputs": ["scaled"], "outputs": ["act"]}), (WRONG_STEP, {})]
     validation = run_recipe(write_stage_recipe(tmp_path, chain_model(), steps, each_step=True),
                             output=tmp_path / "out.onnx").validation
     assert not validation.passed and validation.bisection is None
-    assert "each_step: not bisected: the graphs before the recipe's cut return other outputs" in validation.summary
+    assert f"each_step: not bisected: recipe 'stage' {CUT_REFUSAL.format(1)}" in validation.notes
 
 
-def test_bisect_refuses_a_recipe_that_cuts_after_step_1_naming_the_step(tmp_path, capsys):
-    """It used to run the stage's graphs against the original's outputs and stop on 'Polygraphy cannot run it'."""
-    recipe = write_stage_recipe(tmp_path, chain_model(), [(WRONG_STEP, {}),
-                                                          ("extract", {"inputs": ["scaled"], "outputs": ["act"]})])
-    assert main(["bisect", recipe]) == 2
+CUT = ("extract", {"inputs": ["scaled"], "outputs": ["act"]})
+
+
+@pytest.mark.parametrize("steps, cut_at", [
+    # Bisect used to merge the renames of every step into one feed, so a swap or a chain of renames of the
+    # cut's inputs fed them crosswise; with two cuts Polygraphy paired the missing inputs by position.
+    ([CUT, ("rename", {"inputs": {"scaled": "features"}, "outputs": {"act": "feature"}}), (WRONG_STEP, {})], 1),
+    ([CUT, (WRONG_STEP, {}), ("extract", {"inputs": ["shifted"], "outputs": ["act"]})], 1),
+    ([(WRONG_STEP, {}), CUT], 2)])
+def test_bisect_refuses_a_recipe_whose_result_is_a_stage(tmp_path, capsys, steps, cut_at):
+    assert main(["bisect", write_stage_recipe(tmp_path, chain_model(), steps)]) == 2
     err = capsys.readouterr().err
-    assert "recipe 'stage' cuts the graph at step 2 (extract): the graphs before the cut return the original's " \
-           "outputs" in err and "make extract the first step" in err
-
-
-def test_bisect_judges_the_steps_after_a_first_step_cut_against_the_stages_tensors(tmp_path, capsys):
-    """Every graph after an extract at step 1 is the stage: fed the original's values of what it takes (under
-    the names a rename gives them), compared with the original's tensors it returns. Bisect used to refuse."""
-    steps = [("extract", {"inputs": ["scaled"], "outputs": ["act"]}),
-             ("rename", {"inputs": {"scaled": "features"}, "outputs": {"act": "feature"}}), (WRONG_STEP, {})]
-    assert main(["bisect", write_stage_recipe(tmp_path, chain_model(), steps, atol={"act": 1e-5})]) == 1
-    assert "outputs leave tolerance after step 3 (test-validation-wrong-constant)" in capsys.readouterr().out
+    assert f"bisect: recipe 'stage' {CUT_REFUSAL.format(cut_at)}" in err and "`surgeon run` validates" in err
 
 
 def test_bisect_takes_a_cut_that_keeps_the_interface_as_any_recipe(tmp_path, capsys):
@@ -1374,6 +1375,43 @@ def test_expected_outputs_are_compared_where_the_stage_is(tmp_path):
     assert validation.passed
     assert [(o.name, o.candidate_name, o.passed) for o in validation.expected] == [("act", "feature", True)]
     assert "expected outputs the stage does not return, not compared: y" in validation.notes
+
+
+def test_expected_outputs_of_a_stage_whose_outputs_a_rename_swaps_are_read_by_the_originals_names(tmp_path):
+    """Expected a and b are the original's a and b, as without a cut: they used to be read by the new names,
+    each compared with the other output."""
+    nodes = [helper.make_node("Mul", ["x", "two"], ["a"]), helper.make_node("Add", ["x", "one"], ["b"]),
+             helper.make_node("Mul", ["a", "b"], ["c"])]
+    model = make_model(nodes, [("x", np.float32, [1, 4])], [(n, np.float32, [1, 4]) for n in "abc"],
+                       {"two": np.float32(2), "one": np.float32(1)})
+    x = np.float32([[0.1, 0.2, 0.3, 0.4]])
+    np.savez(tmp_path / "inputs.npz", x=x)
+    np.savez(tmp_path / "expected.npz", a=x * 2, b=x + 1)
+    steps = [("extract", {"inputs": ["x"], "outputs": ["a", "b"]}), ("rename", {"outputs": {"a": "b", "b": "a"}})]
+    recipe = write_stage_recipe(tmp_path, model, steps, data=str(tmp_path / "inputs.npz"),
+                                expected=str(tmp_path / "expected.npz"))
+    validation = run_recipe(recipe, output=tmp_path / "out.onnx").validation
+    assert validation.passed
+    assert [(o.name, o.candidate_name, o.passed) for o in validation.expected] == [("a", "b", True), ("b", "a", True)]
+
+
+def test_inputs_a_rename_swaps_are_fed_under_their_new_names(tmp_path, capsys):
+    """Feeds are keyed by the original's input names: a swap {x: y, y: x} used to feed them crosswise, so a
+    rename that changes nothing failed validation and bisect named it (or, shapes differing, was refused)."""
+    model = make_model([helper.make_node("Sub", ["x", "y"], ["out"])],
+                       [("x", np.float32, [1, 4]), ("y", np.float32, [2, 4])], [("out", np.float32, [2, 4])])
+    recipe = write_stage_recipe(tmp_path, model, [("rename", {"inputs": {"x": "y", "y": "x"}})])
+    assert run_recipe(recipe, output=tmp_path / "out.onnx").validation.passed
+    assert main(["bisect", recipe]) == 0
+    assert "every step of 1 stays within tolerance" in capsys.readouterr().out
+
+
+def test_bisect_says_which_name_a_tolerance_naming_a_renamed_output_takes(tmp_path, capsys):
+    """It used to give the generic "'result', which is not an output of the model"."""
+    recipe = write_stage_recipe(tmp_path, chain_model(), [("rename", {"outputs": {"y": "result"}})],
+                                atol={"result": 1e-4})
+    assert main(["bisect", recipe]) == 2
+    assert "atol names 'result', the name a rename step gives 'y'" in capsys.readouterr().err
 
 
 def test_a_stage_validated_against_its_own_export_is_compared_as_any_rewrite(tmp_path):

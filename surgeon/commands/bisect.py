@@ -24,6 +24,7 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     from surgeon.commands.run import TerminalProgress
     from surgeon.modelio import load_model
+    from surgeon.pipeline import renamed_tensors
     from surgeon.recipe import VALIDATE_FIELDS
     from surgeon.validation import bisect_steps
     from surgeon.validation.validate import CUT_PASS, prepare_validation
@@ -33,12 +34,12 @@ def run(args) -> int:
         raise SurgeonError(f"recipe '{recipe.name}' names no model: give MODEL on the command line")
     config = recipe.validate or {key: field.default for key, field in VALIDATE_FIELDS.items()}
     original = load_model(recipe.model)
-    # Bisection compares each step's graph with the original model (or, in a recipe that cuts a stage out of
-    # it, with the original's tensors the stage returns: `bisect_steps` checks the tolerances' names then);
-    # expected outputs play no part.
+    # Bisection compares each step's graph with the original model (a recipe that cuts a stage out of it is
+    # refused by `bisect_steps`, which checks the tolerances' names of one that cuts); expected outputs play
+    # no part.
     cuts = any(step.pass_name == CUT_PASS for step in recipe.steps)
     prepared = prepare_validation({**config, "expected": None, "each_step": False}, original, str(recipe.model),
-                                  cuts=cuts)
+                                  cuts=cuts, renames=renamed_tensors(recipe.steps))
     progress = None if (args.quiet or args.json) else TerminalProgress(stream=sys.stderr)
     result = bisect_steps(recipe, original, prepared.feeds, prepared.tolerance, prepared.runner,
                           model_dir=Path(recipe.model).parent, progress=progress, cuts=cuts)

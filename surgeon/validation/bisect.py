@@ -10,7 +10,7 @@ later one, and so checks about log2(steps) + 1 graphs; every checked step is lis
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
@@ -138,57 +138,51 @@ def bisect_steps(recipe: Recipe, original: onnx.ModelProto, feeds: Feeds, tolera
     `final` is the verdict on the finished model when the caller has it (`validate_run` does), so the
     last step is not run again. Each step's outputs are deleted once judged; the original's, run here
     when `reference` is None, once bisection is done. Running out of memory is an error naming the
-    number of input sets. `cuts`: the recipe has an `extract` step, and `reference` is None. Where its
-    result is a stage (`validate.cut_stage`) cut by step 1, every step's graph is such a stage, compared with
-    the original's tensors it returns, run from the original's inputs, and fed the original's values of the
-    tensors it takes (`StageFeeds`) under their names at each step; per-output tolerances name the stage's
-    outputs. A stage cut by a later step is refused: the graphs before the cut return other outputs.
+    number of input sets. `feeds` are keyed by the original's input names: each step's graph is fed them
+    under the names the recipe's `rename` steps up to it give those inputs. `cuts`: the recipe has an
+    `extract` step; a result that keeps the original's interface is bisected as any recipe, a stage
+    (`validate.cut_stage`) is refused (`cut_refusal`): the steps' graphs take or return other tensors.
     """
     with out_of_memory_named(len(feeds)):
         graphs, records = step_graphs(recipe, original, model_dir)
-        stage = _stage_cut_first(recipe, original, graphs, records, tolerance) if cuts and records else None
+        if cuts and records:
+            _check_keeps_interface(recipe, original, graphs, records, tolerance)
         ours = reference is None
-        runs: list[RunOutputs] = []
-        if stage is not None:
-            from surgeon.validation.validate import run_to_stage
-
-            reference, _, feeds = run_to_stage(stage, feeds, runner, "original", None, None, runs)
-        elif ours:
+        if ours:
             reference, _ = run_model(original, feeds, runner, "original", source="the original model")
-            runs.append(reference)
         try:
             return _bisect_steps(recipe, original, graphs, records, feeds, tolerance, runner, reference, progress,
                                  final)
         finally:
-            for run in runs:
-                run.close()
+            if ours:
+                reference.close()
 
 
-def _stage_cut_first(recipe, original, graphs, records, tolerance):
-    """The stage the recipe's result is, fed under the names its inputs have at each step (`bisect_steps`);
-    None where the cut keeps the original's interface, which is bisected as any recipe."""
-    from surgeon.validation.validate import CUT_PASS, check_tolerance_names, cut_stage
+def cut_refusal(recipe: Recipe) -> str:
+    """Why the steps of `recipe`, whose result is a stage cut from the original, are not bisected."""
+    from surgeon.validation.validate import CUT_PASS
+
+    index, step = next((index, step) for index, step in enumerate(recipe.steps, 1) if step.pass_name == CUT_PASS)
+    return (f"recipe '{recipe.name}' cuts the graph (step {index}, {step.label or step.pass_name}): its steps' "
+            "graphs take or return other tensors than the original, so they cannot be judged against it")
+
+
+def _check_keeps_interface(recipe, original, graphs, records, tolerance) -> None:
+    """Refuse a recipe whose result is a stage cut from the original; check the tolerances' names otherwise
+    (`prepare_validation` leaves them to the caller where a recipe cuts)."""
+    from surgeon.validation.validate import check_tolerance_names, cut_stage
 
     renames = renamed_tensors(records)
-    stage = cut_stage(original, finish_graph(graphs[-1], original, recipe, records), renames)
-    check_tolerance_names(tolerance, stage.outputs if stage else [o.name for o in original.graph.output], renames)
-    if stage is None:
-        return None
-    cut = next(record for record in records if record.pass_name == CUT_PASS)
-    if cut.index != 1:
-        raise SurgeonError(f"bisect: recipe '{recipe.name}' cuts the graph at step {cut.index} ({cut.title}): the "
-                           "graphs before the cut return the original's outputs, those after it the stage's, so "
-                           "no one reference judges every step", hint=f"make {CUT_PASS} the first step (its "
-                           "stage is then bisected against the original's tensors it returns); `surgeon run` "
-                           "validates the finished stage (docs/validation.md)")
-    sources = set(stage.fed.values())
-    fed = {renamed_tensors(records[:step]).get(source, source): source
-           for step in range(1, len(records) + 1) for source in sources}
-    return replace(stage, fed=fed)
+    if cut_stage(original, finish_graph(graphs[-1], original, recipe, records), renames) is not None:
+        raise SurgeonError(f"bisect: {cut_refusal(recipe)}", hint="`surgeon run` validates the finished stage "
+                           "against the same tensors of the original (docs/validation.md)")
+    check_tolerance_names(tolerance, [o.name for o in original.graph.output], renames)
 
 
 def _bisect_steps(recipe, original, graphs, records, feeds, tolerance, runner, reference, progress,
                   final) -> Bisection:
+    from surgeon.validation.validate import renamed_feeds
+
     checked: dict[int, tuple[bool, list[OutputReport]]] = {}
     if final is not None and records:
         checked[len(records)] = (all(o.passed for o in final), final)
@@ -199,10 +193,11 @@ def _bisect_steps(recipe, original, graphs, records, feeds, tolerance, runner, r
                 progress.message(f"bisect: checking the graph after step {step} ({records[step - 1].title})")
             # Finished (tidied, exported) only when checked: bisection looks at few of the steps.
             model = finish_graph(graphs[step - 1], original, recipe, records[:step])
-            results, _ = run_model(model, feeds, runner, f"after-step-{step}",
+            renames = renamed_tensors(records[:step])
+            results, _ = run_model(model, renamed_feeds(feeds, original, renames), runner, f"after-step-{step}",
                                    source=f"the graph after step {step} ({records[step - 1].title})")
             try:
-                outputs = compare_outputs(reference, results, tolerance, renames=renamed_tensors(records[:step]))
+                outputs = compare_outputs(reference, results, tolerance, renames=renames)
             finally:
                 results.close()
             checked[step] = (all(o.passed for o in outputs), outputs)

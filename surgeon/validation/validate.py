@@ -31,7 +31,7 @@ from surgeon.errors import SurgeonError, suggest
 from surgeon.graphinfo import histogram_delta, op_histogram, tensor_bytes
 from surgeon.modelio import load_model
 from surgeon.pipeline import renamed_tensors
-from surgeon.validation.bisect import Bisection, bisect_steps
+from surgeon.validation.bisect import Bisection, bisect_steps, cut_refusal
 from surgeon.validation.compare import OutputReport, Tolerance, compare_outputs, run_model, run_runner
 from surgeon.validation.data import (Feeds, check_fits, check_recorded, feed_layouts, feeds_for, load_arrays,
                                      out_of_memory_named)
@@ -211,11 +211,13 @@ class Stage:
     def expected_outputs(self, expected: RunOutputs, renames: dict | None) -> tuple[RunOutputs, list[str]]:
         """(the `expected` outputs the stage returns, by their names in the reference, as its outputs are;
         the others, not compared). The expected outputs were recorded for the reference, but may name an
-        output the recipe renamed by its new name (`renames`, {reference name: new name})."""
+        output the recipe renamed by its new name (`renames`, {reference name: new name}); a name that is one
+        of the stage's outputs in the reference is read as that output, as without a cut (a rename swapping
+        two outputs must not swap what they are compared with)."""
         reference_of = {(renames or {}).get(name, name): name for name in self.outputs}
         kept = RunOutputs(expected.name)
-        kept.append({reference_of.get(name, name): np.asarray(expected.array(0, name)) for name in expected[0]
-                     if name in self.outputs or name in reference_of})
+        kept.append({name if name in self.outputs else reference_of[name]: np.asarray(expected.array(0, name))
+                     for name in expected[0] if name in self.outputs or name in reference_of})
         return kept, [name for name in expected[0] if name not in self.outputs and name not in reference_of]
 
 
@@ -260,9 +262,10 @@ def cut_stage(reference: onnx.ModelProto, stage: onnx.ModelProto, renames: dict 
 
 class StageFeeds(Sequence):
     """Each input set of the reference model with what a stage is fed added (`Stage.fed`), taken from the
-    set or from the reference's run on it (`computed`): each model picks the inputs it takes by name."""
+    set or from the reference's run on it (`computed`, None where the set holds them all): each model
+    picks the inputs it takes by name."""
 
-    def __init__(self, feeds: Feeds, computed: RunOutputs, fed: dict[str, str]):
+    def __init__(self, feeds: Feeds, computed: RunOutputs | None, fed: dict[str, str]):
         self.feeds, self.computed, self.fed = feeds, computed, fed
 
     def __len__(self) -> int:
@@ -274,7 +277,16 @@ class StageFeeds(Sequence):
                            for name, source in self.fed.items()}}
 
 
-def run_to_stage(stage: Stage, feeds: Feeds, kind: str, name: str, sessions: dict | None, files: dict | None,
+def renamed_feeds(feeds: Feeds, reference: onnx.ModelProto, renames: dict | None) -> Feeds:
+    """`feeds` (keyed by `reference`'s input names) under the names a recipe's `rename` steps give those
+    inputs (`renames`, {reference name: new name}): a swap {x: y, y: x} feeds each input its own data, where
+    names alone would feed them crosswise."""
+    own_inputs = {v.name for v in graph_inputs(reference)}
+    fed = {new: old for old, new in (renames or {}).items() if old in own_inputs}
+    return StageFeeds(feeds, None, fed) if fed else feeds
+
+
+def _run_to_stage(stage: Stage, feeds: Feeds, kind: str, name: str, sessions: dict | None, files: dict | None,
                   runs: list[RunOutputs]) -> tuple[RunOutputs, str, StageFeeds]:
     """Run the reference returning the stage's tensors (`Stage.model`): its outputs to compare, and the
     feeds with what the stage takes. Both replace the whole run in `runs`, deleted with them on an error;
@@ -338,14 +350,18 @@ def _validate_models(original, rewritten, feeds, tolerance, runner, expected, da
         original_outputs, original_kind = _run_model(original, feeds, runner, reference, sessions, files, runs)
     else:
         tolerance.check_outputs(stage.outputs)
-        original_outputs, original_kind, feeds = run_to_stage(stage, feeds, runner, reference, sessions, files,
+        original_outputs, original_kind, feeds = _run_to_stage(stage, feeds, runner, reference, sessions, files,
                                                                runs)
+    # A stage's feeds name its inputs already (`Stage.fed` follows the renames); an against model's inputs
+    # are named as it names them, which the recipe's renames say nothing of.
+    candidate_feeds = renamed_feeds(feeds, original, renames) if stage is None and reference == ORIGINAL else feeds
     if rewritten_runner is not None:
-        rewritten_outputs = run_runner(rewritten_runner, feeds, _source(files, REWRITTEN))
+        rewritten_outputs = run_runner(rewritten_runner, candidate_feeds, _source(files, REWRITTEN))
         runs.append(rewritten_outputs)
         rewritten_kind = rewritten_runner.name
     else:
-        rewritten_outputs, rewritten_kind = _run_model(rewritten, feeds, runner, REWRITTEN, sessions, files, runs)
+        rewritten_outputs, rewritten_kind = _run_model(rewritten, candidate_feeds, runner, REWRITTEN, sessions, files,
+                                                       runs)
     outputs = compare_outputs(original_outputs, rewritten_outputs, tolerance, renames=renames)
     result = ValidationResult(passed=all(o.passed for o in outputs), tolerance=tolerance, outputs=outputs,
                               runners={reference: original_kind, REWRITTEN: rewritten_kind},
@@ -552,7 +568,10 @@ class ValidationInputs:
             if self.feeds is None:
                 self.feeds, self.data = feeds_for(model, self.config, name)
             elif self.stage is None or not self.stage.fed:
-                check_fits(self.feeds, model, name, source, self.config.get("data"))
+                # As `validate_models` feeds it: under the names the recipe's renames give the inputs.
+                feeds = renamed_feeds(feed_layouts(self.feeds), self.reference, self.renames) if self.renames \
+                    else self.feeds
+                check_fits(feeds, model, name, source, self.config.get("data"))
             candidate_outputs = [o.name for o in model.graph.output]
             if self.reference is None:
                 self.tolerance.check_outputs(candidate_outputs)
@@ -679,9 +698,7 @@ def validate_run(recipe, original: onnx.ModelProto, original_path: Path, rewritt
                              files={reference_label: prepared.reference_name, REWRITTEN: output}, stage=prepared.stage)
     result.graph_diff = graph_diff(original, rewritten)  # what the recipe changed, whatever it is compared with
     if config.get("each_step") and recipe.steps and prepared.stage is not None:
-        # The graphs before the cut return the original's outputs, not the stage's: nothing to judge them by.
-        result.notes.append("each_step: not bisected: the graphs before the recipe's cut return other outputs "
-                            "than the stage")
+        result.notes.append(f"each_step: not bisected: {cut_refusal(recipe)}")
     elif config.get("each_step") and recipe.steps:
         # Bisection compares every step's graph with the original model, also when the finished one was
         # compared with an `against` model: then it runs the original itself and judges the last step too.
