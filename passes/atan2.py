@@ -88,12 +88,38 @@ def _exported_skeleton(node):
 
 
 def same_source(tensor, operand) -> bool:
-    """Whether `tensor` is `operand`, or either is a Cast of the other or both Casts of one tensor."""
+    """Whether `tensor` is `operand`, or either is a Cast of the other or both Casts of one tensor, each Cast
+    one that keeps the sign of every value (`keeps_sign`): a comparison with 0 then reads the Div's signs."""
     def source(t):
         cast = producer(t)
-        return cast.inputs[0] if cast is not None and is_op(cast, "Cast") else t
+        return cast.inputs[0] if cast is not None and is_op(cast, "Cast") and keeps_sign(cast) else t
 
     return source(tensor) is source(operand) or tensor is source(operand) or source(tensor) is operand
+
+
+#: Each float type and the floats its values keep their sign in, zeros included (float16's smallest subnormal
+#: is a bfloat16 normal; bfloat16 -> float16 flushes 1e-30 to 0).
+_SIGN_KEEPING_FLOATS = {"float16": ("float16", "bfloat16", "float32", "float64"),
+                        "bfloat16": ("bfloat16", "float32", "float64"), "float32": ("float32", "float64"),
+                        "float64": ("float64",)}
+
+
+def keeps_sign(cast) -> bool:
+    """Whether every value keeps its sign (negative, zero, positive) through `cast`, as in the Casts torch's
+    export writes (bool or integer -> wider integer or any float, float -> wider float). Not float -> integer
+    (it truncates: -0.5 -> 0), narrowing (1e-30 -> float16 0, int64 -> int8 wraps) or signed -> unsigned."""
+    source, target = dtype_of(cast.inputs[0]), dtype_of(cast.outputs[0])
+    if source is None or target is None:
+        return False
+    if target.name in TORCH_FLOATS:
+        return source.kind in "biu" or target.name in _SIGN_KEEPING_FLOATS.get(source.name, ())
+    if source.kind == "b":
+        return target.kind in "iu"
+    if source.kind not in "iu" or target.kind not in "iu":
+        return False
+    if source.kind == target.kind:
+        return target.itemsize >= source.itemsize
+    return source.kind == "u" and target.itemsize > source.itemsize  # uint8 -> int16, not int8 -> uint16
 
 
 def is_constant(tensor, expected: float) -> bool:
@@ -107,7 +133,7 @@ def is_constant(tensor, expected: float) -> bool:
 class Atan2(Pass):
     """Replace ATen atan2 / custom Atan2 by Atan, Div and Where, exact in all quadrants and on the axes."""
 
-    handles = ("ATen:atan2", "Atan2")
+    handles = ("ATen:atan2", "Atan2", "mmdeploy::Atan2")  # as exporters write them (is_atan2: any domain)
 
     params = {
         "signed_zeros": Param(bool, True, help="treat -0.0 like torch (atan2(0, -0.0) = pi); false saves four nodes"),
@@ -120,8 +146,8 @@ class Atan2(Pass):
         if self.match_exported:  # before any rewrite, which leaves the replaced nodes dead in the graph
             for node in find_nodes(graph, lambda n: _exported_skeleton(n) and not exported_operands(n)):
                 result.note(f"{node.name}: left alone, Where(Less, Where, Atan(Div)) as torch's atan2 export "
-                            "writes, but its Less, Greater, Add or Sub do not read the Div's operands, the Atan, 0 "
-                            "and pi as that export does")
+                            "writes, but its Less, Greater, Add or Sub do not read the Div's operands (or Casts of "
+                            "them that keep every sign), the Atan, 0 and pi as that export does")
         for node in find_nodes(graph, lambda n: is_atan2(n) or self.match_exported and exported_operands(n)):
             y, x = node.inputs[:2] if is_atan2(node) else exported_operands(node)
             # torch's result type: the output's recorded type, else torch.result_type of the operands

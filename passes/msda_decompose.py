@@ -22,7 +22,8 @@ so nothing of sampler size is transposed: the block's final layout is at most a 
 decompose's: same coordinate ops (its helpers, `fma_emulation` alike), same zero border, so out-of-image
 corners read zeros. Only the blend differs from torch: each corner weight is multiplied by its attention
 weight before one sum over levels, points and corners (torch: sum the 4 corners, times the attention
-weight, sum over levels and points), another float32 rounding order. docs/passes/msda-decompose.md has
+weight, sum over levels and points), another float32 rounding order. mmcv's op with locations or weights of
+another type than the value's has them Cast to the value's, as mmcv does. docs/passes/msda-decompose.md has
 the arithmetic and the benchmark.
 """
 from __future__ import annotations
@@ -77,19 +78,21 @@ class MsdaDecompose(Pass):
             perm = [[0, 2, 1][axis] for axis in block.perm]
             grid_dtypes.add(emit_fused(rw, value, grid, weights, block.level_shapes, keys, dims, in_float64, perm))
             result.rewrote(block.output_node)
-            result.note(f"{block.output_node.name}: {len(block.level_shapes)} level(s) {block.level_shapes}")
+            result.note(f"{block.output_node.name}: {len(block.level_shapes)} level(s) {block.level_shapes}"
+                        + _symbolic_channels_note(value))
         for node in mmcv_attention_nodes(graph):
             value, shapes, starts, locations, weights = node.inputs
             level_shapes, keys = _constant_levels(node, shapes, starts)
             dims = static_dims(node, value, locations, weights, len(level_shapes))
-            rw, value, locations, weights = _sampled_in_float32(Rewrite(graph, ctx, node), value, locations, weights,
-                                                                widened)
+            rw = Rewrite(graph, ctx, node)
+            locations, weights = _as_value_dtype(rw, value, locations, weights)
+            rw, value, locations, weights = _sampled_in_float32(rw, value, locations, weights, widened)
             dtype = np.dtype(dtype_of(locations) or np.float32)  # mmcv: sampling_grids = 2 * sampling_locations - 1
             twice = rw.op("Mul", [locations, rw.const(2.0, "two", dtype)], suffix="twice", dtype=dtype)
             grid = rw.op("Sub", [twice, rw.const(1.0, "one", dtype)], suffix="grid", dtype=dtype)
             grid_dtypes.add(emit_fused(rw, value, grid, weights, level_shapes, keys, dims, in_float64, [0, 1, 2]))
             result.rewrote(node)
-            result.note(f"{node.name}: {len(level_shapes)} level(s) {level_shapes}")
+            result.note(f"{node.name}: {len(level_shapes)} level(s) {level_shapes}" + _symbolic_channels_note(value))
         if widened:
             result.note(f"sampled {', '.join(widened)} in float32 between Casts from and to bfloat16, as "
                         "grid-sample samples bfloat16 (ONNX has no bfloat16 Where before opset 16)")
@@ -111,6 +114,16 @@ def _constant_levels(node: gs.Node, shapes: gs.Tensor, starts: gs.Tensor) -> tup
         raise PassError(f"node '{node.name}': spatial_shapes {level_shapes} and level_start_index {keys} do not "
                         "describe the same levels")
     return level_shapes, keys
+
+
+def _as_value_dtype(rw: Rewrite, value: gs.Tensor, locations: gs.Tensor, weights: gs.Tensor):
+    """(locations, weights) Cast to value's dtype where theirs differs, as mmcv's op does before its kernel
+    (`sampling_locations.type_as(value)`, for amp: float32 locations with a float16 value), so one dtype
+    flows through the rewrite and the output has value's, the op's."""
+    dtype = dtype_of(value)
+    if dtype is None:
+        return locations, weights
+    return rw.cast(locations, dtype, "locations_as_value"), rw.cast(weights, dtype, "weights_as_value")
 
 
 def _sampled_in_float32(rw: Rewrite, value: gs.Tensor, grid: gs.Tensor, weights: gs.Tensor, widened: list[str]):
@@ -140,7 +153,7 @@ def emit_fused(rw: Rewrite, value: gs.Tensor, grid: gs.Tensor, weights: gs.Tenso
     first_rows = np.cumsum([0] + level_rows[:-1]).tolist()
     # Static sizes rather than -1 where known: ONNX Runtime cannot infer a -1 dim of an empty tensor (batch or
     # queries 0).
-    channels = value.shape[3] if value.shape is not None and isinstance(value.shape[3], int) else -1
+    channels = static_channels(value)
     samples = len(level_shapes) * points
     table = _corner_table(rw, value, level_shapes, keys, heads, channels)
     heights, widths = (_per_level([shape[axis] for shape in level_shapes]) for axis in (0, 1))
@@ -167,6 +180,20 @@ def emit_fused(rw: Rewrite, value: gs.Tensor, grid: gs.Tensor, weights: gs.Tenso
     else:
         rw.finish("Transpose", [rw.op("Reshape", [blended, out_shape], suffix="channels_last")], {"perm": perm})
     return coord_dtype.name
+
+
+def static_channels(value: gs.Tensor) -> int:
+    """The value's channels per head C where its shape gives them, else -1 (`Reshape` infers them)."""
+    return value.shape[3] if value.shape is not None and isinstance(value.shape[3], int) else -1
+
+
+def _symbolic_channels_note(value: gs.Tensor) -> str:
+    """The note's tail where C is symbolic: its Reshapes then read -1, which ONNX Runtime cannot infer for an
+    empty tensor (computing C from the value's Shape would cost a Shape, Gather and Concat per Reshape)."""
+    if static_channels(value) > 0:
+        return ""
+    return ("; channels per head are symbolic, so batch or queries 0 fail at run time in a Reshape: run "
+            "set-input-shapes with a static channel size first where they can be 0")
 
 
 def static_dims(node: gs.Node, value, grid, weights, levels: int) -> tuple[int, int]:

@@ -8,6 +8,8 @@ too) is an error. The names change at once: `{a: b, b: q}` and swaps work in any
 """
 from __future__ import annotations
 
+from collections import Counter
+
 from surgeon.errors import PassError, suggest
 from surgeon.graphinfo import tensor_names
 from surgeon.pass_api import Param, ParamError, Pass, PassResult, register_pass
@@ -105,9 +107,10 @@ def _check_new_names(taken: set[str], renames: list[tuple[str, object]]) -> None
 def _refuse_shared_names(nodes, renames: dict[str, str]) -> None:
     """Refuse renaming a name more than one node has: which of them is meant cannot be told (one used to be
     renamed silently, the other left)."""
+    counts = Counter(node.name for node in nodes)  # once: a lookup per rename would cost renames x nodes
     for old in renames:
-        named = [node for node in nodes if node.name == old]
-        if len(named) > 1:
+        if counts[old] > 1:
+            named = [node for node in nodes if node.name == old]
             which = "; ".join(f"{node.op} -> {', '.join(t.name for t in node.outputs) or 'nothing'}" for node in named)
             raise PassError(f"rename.nodes: {len(named)} nodes are named '{old}' ({which}): which one to rename "
                             "cannot be told by name", hint="give the nodes distinct names in the export "

@@ -104,6 +104,25 @@ def test_custom_atan2_op_in_any_domain_is_rewritten(domain):
     assert_matches_torch(out, y, x)
 
 
+def test_mmdeploy_atan2_in_an_if_body_is_noted_and_checks_fix_is_this_pass(tmp_path):
+    """The pass rewrites mmdeploy::Atan2 in the main graph, so it declares it: inside a body the step notes it
+    as left, and `surgeon check` names this pass as its fix."""
+    from surgeon.pipeline import run_recipe
+    from surgeon.registry import passes_handling
+
+    body = helper.make_graph([helper.make_node("Atan2", ["y", "x"], ["angle"], name="site", domain="mmdeploy")],
+                             "then", [], [helper.make_tensor_value_info("angle", onnx.TensorProto.FLOAT, [2])])
+    branch = helper.make_node("If", ["c"], ["r"], name="if", then_branch=body, else_branch=body)
+    model = make_model([branch], [("c", np.bool_, []), ("y", np.float32, [2]), ("x", np.float32, [2])],
+                       [("r", np.float32, [2])], opset=13, extra_opsets={"mmdeploy": 1})
+    onnx.save(model, tmp_path / "m.onnx")
+    result = run_recipe({"name": "t", "steps": [{"pass": "atan2"}]}, tmp_path / "m.onnx", dry_run=True,
+                        validate=False, quiet=True)
+    assert sorted(note.split(": left")[0] for note in result.steps[0].notes) == [
+        "if/else_branch/site (mmdeploy::Atan2)", "if/then_branch/site (mmdeploy::Atan2)"]
+    assert [c.name for c in passes_handling("mmdeploy::Atan2")] == ["atan2"]
+
+
 def test_without_signed_zeros_only_negative_zero_inputs_differ():
     out, _ = apply_pass(atan2_model(), "atan2", signed_zeros=False)
     y, x = (grid.ravel() for grid in np.meshgrid(EDGES, EDGES))
@@ -181,8 +200,41 @@ def test_a_near_miss_of_torchs_own_export_is_noted():
     where = next(n.name for n in model.graph.node if n.op_type == "Where" and n.output[0] == model.graph.output[0].name)
     assert step.rewritten == [] and op_types(out) == op_types(model)
     assert step.notes == [f"{where}: left alone, Where(Less, Where, Atan(Div)) as torch's atan2 export writes, but "
-                          "its Less, Greater, Add or Sub do not read the Div's operands, the Atan, 0 and pi as that "
-                          "export does"]
+                          "its Less, Greater, Add or Sub do not read the Div's operands (or Casts of them that keep "
+                          "every sign), the Atan, 0 and pi as that export does"]
+
+
+def export_comparing_casts(to):
+    """torch's atan2 export with float32 operands, but its Less and Greater reading Cast(x, to), Cast(y, to)."""
+    nodes = [helper.make_node("Cast", ["x"], ["x_cast"], to=helper.np_dtype_to_tensor_dtype(np.dtype(to))),
+             helper.make_node("Cast", ["y"], ["y_cast"], to=helper.np_dtype_to_tensor_dtype(np.dtype(to))),
+             helper.make_node("Div", ["y", "x"], ["ratio"]), helper.make_node("Atan", ["ratio"], ["a"]),
+             helper.make_node("Less", ["x_cast", "zero"], ["x_negative"]),
+             helper.make_node("Greater", ["y_cast", "zero"], ["y_positive"]),
+             helper.make_node("Add", ["a", "pi"], ["a_plus"]), helper.make_node("Sub", ["a", "pi"], ["a_minus"]),
+             helper.make_node("Where", ["y_positive", "a_plus", "a_minus"], ["shifted"]),
+             helper.make_node("Where", ["x_negative", "shifted", "a"], ["angle"], name="where")]
+    return make_model(nodes, [("y", np.float32, ["n"]), ("x", np.float32, ["n"])], [("angle", np.float32, ["n"])],
+                      {"zero": np.array(0, to), "pi": np.float32(np.pi)}, opset=17)
+
+
+@pytest.mark.parametrize("to", [np.int64, np.uint8, np.float16])
+def test_comparisons_through_a_cast_that_changes_signs_are_not_atan2(to):
+    """float -> int64 truncates (-0.5 -> 0), -> uint8 wraps negatives, -> float16 flushes 1e-30 to 0: the
+    comparisons then read other signs than the Div's, so what the graph computes is not atan2's."""
+    model = export_comparing_casts(to)
+    out, step = apply_pass(model, "atan2")
+    assert step.rewritten == [] and op_types(out) == op_types(model)
+    assert len(step.notes) == 1 and step.notes[0].startswith("where: left alone, Where(Less, Where, Atan(Div))")
+    feed = {"y": np.float32([1, 2, -1, 1e-30]), "x": np.float32([-0.5, -0.25, -0.9, -2])}
+    np.testing.assert_array_equal(run_ort(out, feed)[0], run_ort(model, feed)[0])
+
+
+def test_comparisons_through_a_widening_cast_are_atan2():
+    out, step = apply_pass(export_comparing_casts(np.float64), "atan2")
+    assert step.rewritten == ["where"]
+    grid_y, grid_x = (grid.ravel() for grid in np.meshgrid(EDGES, EDGES))
+    assert_matches_torch(out, grid_y, grid_x)
 
 
 class _Atan2(torch.nn.Module):

@@ -193,6 +193,36 @@ def test_mmcv_op_on_float16_and_float64_computes_in_that_dtype(dtype):
                                atol=TOLERANCES[dtype], rtol=0)
 
 
+@pytest.mark.parametrize("value_dtype, sampling_dtype", [("float16", "float32"), ("float32", "float16")])
+def test_mmcv_op_with_locations_of_another_dtype_computes_in_values(value_dtype, sampling_dtype):
+    """mmcv's op Casts locations and weights to value's dtype before its kernel (`type_as(value)`, for amp), so
+    the rewrite does: one dtype throughout (a Mul of float16 by float32 would not load), value's out."""
+    shapes, heads, points = CASES[1]
+    model = mmcv_op_model(shapes, heads, points, dtype=value_dtype)
+    for graph_input in model.graph.input[1:]:
+        graph_input.type.tensor_type.elem_type = helper.np_dtype_to_tensor_dtype(np.dtype(sampling_dtype))
+    fused, step = apply_pass(model, "msda-decompose")
+    onnx.checker.check_model(fused, full_check=True)
+    assert step.rewritten == ["msda"]
+    value, locations, weights = inputs(shapes, heads, points, seed=6)
+    args = [value.to(getattr(torch, value_dtype))] + [t.to(getattr(torch, sampling_dtype)) for t in (locations, weights)]
+    got = run_ort(fused, feeds(args))[0]
+    want = Block(shapes)(args[0], *[t.type_as(args[0]) for t in args[1:]]).numpy()
+    assert got.dtype == want.dtype == np.dtype(value_dtype)
+    np.testing.assert_allclose(got, want, atol=TOLERANCES.get(value_dtype, ATOL), rtol=0)
+
+
+def test_symbolic_channels_are_noted_since_an_empty_batch_then_fails():
+    """C symbolic: the Reshapes read -1, which ONNX Runtime cannot infer for batch or queries 0."""
+    shapes, heads, points = CASES[1]
+    _, step = apply_pass(mmcv_op_model(shapes, heads, points, batch="B", dims="C"), "msda-decompose")
+    assert step.notes[0] == ("msda: 2 level(s) [(6, 8), (3, 4)]; channels per head are symbolic, so batch or "
+                             "queries 0 fail at run time in a Reshape: run set-input-shapes with a static channel "
+                             "size first where they can be 0")
+    _, static = apply_pass(mmcv_op_model(shapes, heads, points, batch="B"), "msda-decompose")
+    assert static.notes[0] == "msda: 2 level(s) [(6, 8), (3, 4)]"
+
+
 def test_mmcv_op_on_bfloat16_is_sampled_in_float32_rounded_once():
     """A bfloat16 op is computed in float32 between Casts, as grid-sample samples bfloat16 (ONNX has no bfloat16
     Where before opset 16): against torch in float32 on the bfloat16 inputs, rounded once to bfloat16, within one
