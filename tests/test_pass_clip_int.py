@@ -83,13 +83,28 @@ def test_random_values_and_bounds_match_torch(mode, dtype, opset, lo, hi, data):
     out, step = apply_pass(model, "clip-int", mode=mode)
     assert step.rewritten == ["clip"]
     assert "Clip" not in op_types(out)
-    if (lo, hi) != (None, None):
+    info = np.iinfo(dtype)
+    # A bound at the type's extreme clips nothing, so the pass leaves it out (hypothesis found lo = INT32_MIN,
+    # hi None: a plain Identity).
+    lo_clips, hi_clips = (lo is not None and lo > info.min), (hi is not None and hi < info.max)
+    if lo_clips or hi_clips:
         # cast: Max/Min in float64 between two Casts, except for int64 with a bound left out, which keeps
         # minmax (the missing bound is the type's extreme, which float64 would round)
         in_float64 = mode == "cast" and (dtype == np.int32 or None not in (lo, hi))
         assert ("Cast" in op_types(out)) == in_float64
+    else:
+        assert op_types(out) == ["Identity"]
     for values in (x, around_bounds(dtype, lo, hi)):
         np.testing.assert_array_equal(run_ort(out, {"x": values})[0], torch_clamp(values, lo, hi))
+
+
+@pytest.mark.parametrize("mode", ["minmax", "cast"])
+def test_a_bound_at_the_types_extreme_clips_nothing_and_becomes_the_identity(mode):
+    """What hypothesis drew once (int32, lo = INT32_MIN, hi None): the test had expected cast's Casts."""
+    out, step = apply_pass(clip_model(np.int32, 11, -2**31, None), "clip-int", mode=mode)
+    assert step.rewritten == ["clip"] and op_types(out) == ["Identity"]
+    x = np.array([-2**31, -1, 0, 2**31 - 1], np.int32)
+    np.testing.assert_array_equal(run_ort(out, {"x": x})[0], x)
 
 
 def test_lower_bound_above_upper_gives_upper_like_torch():
