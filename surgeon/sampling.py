@@ -206,7 +206,7 @@ def flat_index(rw: Rewrite, coords: list[gs.Tensor], x: gs.Tensor, sizes: list[i
     spatial axis; `coords` are float pixel coordinates [N, ...], slowest axis first."""
     offset = rw.const(1.0, "pad_offset", dtype)
     strides = [int(np.prod(sizes[axis + 1:])) for axis in range(len(sizes))]
-    index = _batch_starts(rw, x, int(np.prod(sizes)), len(coords))
+    index = batch_row_starts(rw, x, int(np.prod(sizes)), len(coords))
     for axis, (coord, stride) in enumerate(zip(coords, strides)):
         padded = rw.op("Add", [coord, offset], suffix=f"axis{axis}_padded")
         position = rw.op("Cast", [padded], {"to": onnx.TensorProto.INT64}, suffix=f"axis{axis}_index")
@@ -219,22 +219,17 @@ def flat_index(rw: Rewrite, coords: list[gs.Tensor], x: gs.Tensor, sizes: list[i
 
 def batch_row_starts(rw: Rewrite, x: gs.Tensor, rows_per_item: int, index_dims: int) -> gs.Tensor:
     """[N, 1, ...] int64 (`index_dims` ones): the first row of each batch item of `x` in a table holding
-    `rows_per_item` rows per item, for row indices built outside `flat_index` (msda-decompose's)."""
-    return _batch_starts(rw, x, rows_per_item, index_dims)
-
-
-def _batch_starts(rw: Rewrite, x: gs.Tensor, rows_per_item: int, grid_dims: int) -> gs.Tensor:
-    """[N, 1, ...] int64: the first table row of each batch item (Shape and Range when N is dynamic)."""
+    `rows_per_item` rows per item (Shape and Range when N is dynamic); `flat_index`'s and msda-decompose's."""
     batch = x.shape[0]
     if isinstance(batch, int):
-        return rw.const((np.arange(batch) * rows_per_item).reshape((batch,) + (1,) * grid_dims), "batch_start",
+        return rw.const((np.arange(batch) * rows_per_item).reshape((batch,) + (1,) * index_dims), "batch_start",
                         np.int64)
     count = rw.op("Gather", [rw.op("Shape", [x], suffix="shape"), rw.const(0, "batch_axis", np.int64)],
                   {"axis": 0}, suffix="batch")
     items = rw.op("Range", [rw.const(0, "range_start", np.int64), count, rw.const(1, "range_step", np.int64)],
                   suffix="batch_items")
     starts = rw.op("Mul", [items, rw.const(rows_per_item, "batch_stride", np.int64)], suffix="batch_rows")
-    return rw.op("Reshape", [starts, rw.const([-1] + [1] * grid_dims, "batch_shape", np.int64)],
+    return rw.op("Reshape", [starts, rw.const([-1] + [1] * index_dims, "batch_shape", np.int64)],
                  suffix="batch_start")
 
 

@@ -27,7 +27,7 @@ def run(args) -> int:
     from surgeon.pipeline import renamed_tensors
     from surgeon.recipe import VALIDATE_FIELDS
     from surgeon.validation import bisect_steps
-    from surgeon.validation.validate import CUT_PASS, prepare_validation
+    from surgeon.validation.validate import cuts_graph, prepare_validation
 
     recipe = args.loaded_recipe
     if recipe.model is None:
@@ -37,7 +37,7 @@ def run(args) -> int:
     # Bisection compares each step's graph with the original model (a recipe that cuts a stage out of it is
     # refused by `bisect_steps`, which checks the tolerances' names of one that cuts); expected outputs play
     # no part.
-    cuts = any(step.pass_name == CUT_PASS for step in recipe.steps)
+    cuts = cuts_graph(recipe)
     prepared = prepare_validation({**config, "expected": None, "each_step": False}, original, str(recipe.model),
                                   cuts=cuts, renames=renamed_tensors(recipe.steps))
     progress = None if (args.quiet or args.json) else TerminalProgress(stream=sys.stderr)

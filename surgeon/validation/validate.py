@@ -44,6 +44,11 @@ ORIGINAL, REWRITTEN, EXPECTED, AGAINST = "original", "rewritten", "expected", "a
 
 #: The pass whose steps make a recipe's result a stage of the original rather than a rewrite of it.
 CUT_PASS = "extract"
+
+
+def cuts_graph(recipe) -> bool:
+    """Whether `recipe` has a `CUT_PASS` step, so that its result may be a stage (`cut_stage` tells)."""
+    return any(step.pass_name == CUT_PASS for step in recipe.steps)
 #: float16's precision, relative (2**-10, its spacing at 1): a tolerance below it judges rounding.
 FLOAT16_RTOL = 1e-3
 
@@ -664,7 +669,7 @@ def prepare_run_validation(recipe, original: onnx.ModelProto, original_path) -> 
     if against == "none":
         return prepare_validation(config, None, recorded_for=original, recorded_for_name=str(original_path),
                                   keep_sessions=True)
-    cuts = any(step.pass_name == CUT_PASS for step in recipe.steps)
+    cuts = cuts_graph(recipe)
     if against == "original":  # another model's tensors are named as it names them, not as the original does
         prepared = prepare_validation(config, original, str(original_path), keep_sessions=True, cuts=cuts,
                                       renames=renamed_tensors(recipe.steps))
