@@ -257,18 +257,19 @@ def sampled_in_float32(emit, widened: list[str]):
     end; a bfloat16 form could not: ONNX has no bfloat16 GridSample before opset 22, nor Where before 16."""
 
     def emit_site(rw: Rewrite, site: Sampling, grid: gs.Tensor, opset: int) -> None:
-        if "bfloat16" not in (_dtype_name(site.x), _dtype_name(grid)):
+        if "bfloat16" not in (dtype_name_of(site.x), dtype_name_of(grid)):
             emit(rw, site, grid, opset)
             return
         widened.append(site.node.name or rw.prefix)
-        last = CastBackToBfloat16(rw) if _dtype_name(site.x) == "bfloat16" else rw
+        last = CastBackToBfloat16(rw) if dtype_name_of(site.x) == "bfloat16" else rw
         wide = dataclasses.replace(site, x=last.cast(site.x, np.float32, "x_float32"))
         emit(last, wide, last.cast(grid, np.float32, "grid_float32"), opset)
 
     return emit_site
 
 
-def _dtype_name(tensor: gs.Tensor) -> str | None:
+def dtype_name_of(tensor: gs.Tensor) -> str | None:
+    """`tensor`'s dtype by name ("bfloat16"), None where unknown."""
     dtype = dtype_of(tensor)
     return None if dtype is None else dtype.name
 

@@ -35,7 +35,8 @@ import onnx_graphsurgeon as gs
 from surgeon.errors import PassError
 from surgeon.pass_api import Param, Pass, PassResult, register_pass
 from surgeon.passes.grid_sample import (CORNERS, CastBackToBfloat16, bilinear_corners, check_fma_emulation,
-                                        decomposition_note, emulates_fma_in_float64, fma_dtype_for, unnormalise)
+                                        decomposition_note, dtype_name_of, emulates_fma_in_float64, fma_dtype_for,
+                                        unnormalise)
 from surgeon.passes.msda_plugin import MMCV_OP_TYPE, match_blocks, mmcv_attention_nodes
 from surgeon.rewrite import Rewrite, const_value, dtype_of, prune_graph
 from surgeon.sampling import batch_row_starts, grid_axis, value_weight
@@ -130,7 +131,7 @@ def _sampled_in_float32(rw: Rewrite, value: gs.Tensor, grid: gs.Tensor, weights:
     """(rw, value, grid, weights) to sample with: where one of them is bfloat16, all three Cast to float32 and a
     rewrite whose last node Casts back to bfloat16 (a bfloat16 value), its node's name appended to `widened`, as
     grid-sample's `sampled_in_float32` and torch's CUDA kernel (float32 opmath, one rounding at the end)."""
-    names = [None if dtype_of(t) is None else dtype_of(t).name for t in (value, grid, weights)]
+    names = [dtype_name_of(t) for t in (value, grid, weights)]
     if "bfloat16" not in names:
         return rw, value, grid, weights
     widened.append(rw.node.name or rw.prefix)
